@@ -1,0 +1,1 @@
+//! Timely operators around the plugin host: one extension trait per operator.

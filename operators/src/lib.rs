@@ -1,0 +1,10 @@
+//! pluginflow's per-event work.
+//!
+//! - [`plugin`]: the QuickJS plugin host (no timely, no Kafka).
+//! - [`dataflow`]: thin timely operators around it.
+//! - [`event`]: from an input line to an event or a dead letter.
+#![warn(missing_docs)]
+
+pub mod dataflow;
+pub mod event;
+pub mod plugin;

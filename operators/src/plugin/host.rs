@@ -1,0 +1,414 @@
+//! The native side of a plugin context: the functions behind `__host` in `js/prelude.js`.
+//!
+//! Each plugin instance gets its own [`HostBindings`]: its cache scope, storage namespace,
+//! log attribution, and an outbox for the events it captures and the jobs it enqueues. Calls
+//! are synchronous on the worker thread; the prelude wraps them in promises where the plugin
+//! API is asynchronous.
+
+use std::cell::RefCell;
+use std::io::{Read, Write};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use rquickjs::function::Opt;
+use rquickjs::{Ctx, Exception, Function, Object, TypedArray, Value};
+use state::{CacheScope, StateStore};
+
+use super::geoip::GeoIp;
+use super::log::{LogEntry, LogLevel, LogSink, LogSource, Redactor};
+
+/// What a plugin instance asked the host to do on its behalf, drained by the caller.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    /// Events from `posthog.capture`, as complete JSON events.
+    pub captured: Vec<serde_json::Value>,
+    /// Jobs from `meta.jobs.NAME(payload).runX()`.
+    pub jobs: Vec<EnqueuedJob>,
+}
+
+/// A job a plugin enqueued.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EnqueuedJob {
+    /// The job's name (a key of the plugin's exported `jobs`).
+    pub name: String,
+    /// The payload, JSON-serialised.
+    pub payload: String,
+    /// When to run it, in milliseconds since the Unix epoch.
+    pub run_at_ms: i64,
+}
+
+/// Services one plugin instance may use, shared by all instances of a worker (or process).
+#[derive(Clone)]
+pub struct HostServices {
+    /// Cache and storage.
+    pub store: Arc<dyn StateStore>,
+    /// MaxMind database for `geoip.locate`, if configured.
+    pub geoip: Option<Arc<GeoIp>>,
+    /// Where `console.*` and system log entries go.
+    pub logs: Arc<dyn LogSink>,
+    /// HTTP client for `fetch`.
+    pub http: ureq::Agent,
+}
+
+impl HostServices {
+    /// Services with an HTTP client whose requests give up after `fetch_timeout`.
+    pub fn new(store: Arc<dyn StateStore>, geoip: Option<Arc<GeoIp>>, logs: Arc<dyn LogSink>, fetch_timeout: Duration) -> Self {
+        let http = ureq::Agent::config_builder()
+            .timeout_global(Some(fetch_timeout))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        Self { store, geoip, logs, http }
+    }
+}
+
+/// Identity of the plugin instance a context belongs to.
+#[derive(Clone, Debug)]
+pub struct InstanceIdentity {
+    /// Plugin display name.
+    pub plugin: String,
+    /// Plugin configuration id.
+    pub config_id: String,
+    /// Team the configuration belongs to; `None` for all teams.
+    pub team_id: Option<i64>,
+}
+
+/// Everything a context's native functions close over.
+#[derive(Clone)]
+pub(crate) struct HostBindings {
+    pub services: HostServices,
+    pub identity: Rc<InstanceIdentity>,
+    pub scope: Rc<CacheScope>,
+    /// Storage namespace: the configuration, per team (PostHog configurations were per team).
+    pub storage_ns: Rc<str>,
+    pub redactor: Rc<Redactor>,
+    pub outbox: Rc<RefCell<Outbox>>,
+}
+
+impl HostBindings {
+    pub fn log(&self, level: LogLevel, source: LogSource, message: &str) {
+        self.services.logs.log(LogEntry::new(&self.identity, level, source, self.redactor.redact(message)));
+    }
+}
+
+fn throw(ctx: &Ctx<'_>, message: impl AsRef<str>) -> rquickjs::Error {
+    Exception::throw_message(ctx, message.as_ref())
+}
+
+fn state_err<T>(ctx: &Ctx<'_>, r: state::Result<T>) -> rquickjs::Result<T> {
+    r.map_err(|e| throw(ctx, e.to_string()))
+}
+
+/// Copies the bytes of a typed array or array buffer.
+#[allow(unsafe_code)]
+pub(crate) fn bytes_of(ctx: &Ctx<'_>, value: &Value<'_>) -> rquickjs::Result<Vec<u8>> {
+    if let Ok(array) = TypedArray::<u8>::from_value(value.clone()) {
+        // SAFETY: the slice is copied at once, before any JavaScript can run and detach or
+        // resize the underlying buffer.
+        return Ok(unsafe { array.as_slice() }.to_vec());
+    }
+    Err(throw(ctx, "expected a Uint8Array"))
+}
+
+fn new_bytes<'js>(ctx: &Ctx<'js>, bytes: Vec<u8>) -> rquickjs::Result<Value<'js>> {
+    Ok(TypedArray::<u8>::new(ctx.clone(), bytes)?.into_value())
+}
+
+/// Installs `globalThis.__host` for one plugin context.
+pub(crate) fn install<'js>(ctx: &Ctx<'js>, host: &HostBindings) -> rquickjs::Result<()> {
+    let obj = Object::new(ctx.clone())?;
+    install_logging(ctx, &obj, host)?;
+    install_cache(ctx, &obj, host)?;
+    install_storage(ctx, &obj, host)?;
+    install_outbox(ctx, &obj, host)?;
+    install_bytes(ctx, &obj)?;
+    install_crypto(ctx, &obj)?;
+    install_url(ctx, &obj)?;
+    install_fetch(ctx, &obj, host)?;
+    let geoip = host.services.geoip.clone();
+    obj.set(
+        "geoipLocate",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, ip: String| -> rquickjs::Result<String> {
+            let Some(db) = &geoip else {
+                return Err(throw(&ctx, "geoip database is not ready (no geoip database configured)"));
+            };
+            db.locate_json(&ip).map_err(|e| throw(&ctx, e))
+        })?,
+    )?;
+    ctx.globals().set("__host", obj)
+}
+
+fn install_logging<'js>(ctx: &Ctx<'js>, obj: &Object<'js>, host: &HostBindings) -> rquickjs::Result<()> {
+    let h = host.clone();
+    obj.set(
+        "log",
+        Function::new(ctx.clone(), move |level: String, message: String| {
+            h.log(LogLevel::from_console(&level), LogSource::Console, &message);
+        })?,
+    )
+}
+
+fn install_cache<'js>(ctx: &Ctx<'js>, obj: &Object<'js>, host: &HostBindings) -> rquickjs::Result<()> {
+    let (s, sc) = (host.services.store.clone(), host.scope.clone());
+    obj.set("cacheGet", Function::new(ctx.clone(), move |ctx: Ctx<'js>, key: String| {
+        state_err(&ctx, s.cache_get(&sc, &key))
+    })?)?;
+    let (s, sc) = (host.services.store.clone(), host.scope.clone());
+    obj.set("cacheSet", Function::new(ctx.clone(), move |ctx: Ctx<'js>, key: String, value: String, ttl: f64| {
+        let ttl = (ttl >= 1.0).then_some(ttl as u64);
+        state_err(&ctx, s.cache_set(&sc, &key, &value, ttl))
+    })?)?;
+    let (s, sc) = (host.services.store.clone(), host.scope.clone());
+    obj.set("cacheIncr", Function::new(ctx.clone(), move |ctx: Ctx<'js>, key: String| {
+        state_err(&ctx, s.cache_incr(&sc, &key)).map(|v| v as f64)
+    })?)?;
+    let (s, sc) = (host.services.store.clone(), host.scope.clone());
+    obj.set("cacheExpire", Function::new(ctx.clone(), move |ctx: Ctx<'js>, key: String, ttl: f64| {
+        state_err(&ctx, s.cache_expire(&sc, &key, ttl.max(0.0) as u64))
+    })?)?;
+    let (s, sc) = (host.services.store.clone(), host.scope.clone());
+    obj.set("cacheLpush", Function::new(ctx.clone(), move |ctx: Ctx<'js>, key: String, values: Vec<String>| {
+        state_err(&ctx, s.cache_lpush(&sc, &key, &values)).map(|v| v as f64)
+    })?)?;
+    let (s, sc) = (host.services.store.clone(), host.scope.clone());
+    obj.set("cacheLrange", Function::new(ctx.clone(), move |ctx: Ctx<'js>, key: String, start: f64, stop: f64| {
+        state_err(&ctx, s.cache_lrange(&sc, &key, start as i64, stop as i64))
+    })?)?;
+    let (s, sc) = (host.services.store.clone(), host.scope.clone());
+    obj.set("cacheLlen", Function::new(ctx.clone(), move |ctx: Ctx<'js>, key: String| {
+        state_err(&ctx, s.cache_llen(&sc, &key)).map(|v| v as f64)
+    })?)?;
+    let (s, sc) = (host.services.store.clone(), host.scope.clone());
+    obj.set("cacheLpop", Function::new(ctx.clone(), move |ctx: Ctx<'js>, key: String, count: f64| {
+        state_err(&ctx, s.cache_lpop(&sc, &key, count.max(0.0) as u64))
+    })?)?;
+    let (s, sc) = (host.services.store.clone(), host.scope.clone());
+    obj.set("cacheLrem", Function::new(ctx.clone(), move |ctx: Ctx<'js>, key: String, count: f64, value: String| {
+        state_err(&ctx, s.cache_lrem(&sc, &key, count as i64, &value)).map(|v| v as f64)
+    })?)
+}
+
+fn install_storage<'js>(ctx: &Ctx<'js>, obj: &Object<'js>, host: &HostBindings) -> rquickjs::Result<()> {
+    let (s, ns) = (host.services.store.clone(), host.storage_ns.clone());
+    obj.set("storageGet", Function::new(ctx.clone(), move |ctx: Ctx<'js>, key: String| {
+        state_err(&ctx, s.storage_get(&ns, &key))
+    })?)?;
+    let (s, ns) = (host.services.store.clone(), host.storage_ns.clone());
+    obj.set("storageSet", Function::new(ctx.clone(), move |ctx: Ctx<'js>, key: String, value: String| {
+        state_err(&ctx, s.storage_set(&ns, &key, &value))
+    })?)?;
+    let (s, ns) = (host.services.store.clone(), host.storage_ns.clone());
+    obj.set("storageDel", Function::new(ctx.clone(), move |ctx: Ctx<'js>, key: String| {
+        state_err(&ctx, s.storage_del(&ns, &key))
+    })?)
+}
+
+fn install_outbox<'js>(ctx: &Ctx<'js>, obj: &Object<'js>, host: &HostBindings) -> rquickjs::Result<()> {
+    let h = host.clone();
+    obj.set("capture", Function::new(ctx.clone(), move |ctx: Ctx<'js>, event: String, properties: String| {
+        let props: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(&properties).map_err(|e| throw(&ctx, format!("posthog.capture: properties must be an object: {e}")))?;
+        let event = super::capture::captured_event(&h.identity, &event, props);
+        h.outbox.borrow_mut().captured.push(event);
+        Ok::<_, rquickjs::Error>(())
+    })?)?;
+    let h = host.clone();
+    obj.set("enqueueJob", Function::new(ctx.clone(), move |name: String, payload: String, at: f64| {
+        h.outbox.borrow_mut().jobs.push(EnqueuedJob { name, payload, run_at_ms: at as i64 });
+    })?)
+}
+
+fn install_bytes<'js>(ctx: &Ctx<'js>, obj: &Object<'js>) -> rquickjs::Result<()> {
+    obj.set("encode", Function::new(ctx.clone(), |ctx: Ctx<'js>, text: String, encoding: String| {
+        let bytes = encode(&text, &encoding).map_err(|e| throw(&ctx, e))?;
+        new_bytes(&ctx, bytes)
+    })?)?;
+    obj.set("decode", Function::new(ctx.clone(), |ctx: Ctx<'js>, bytes: Value<'js>, encoding: String| {
+        let bytes = bytes_of(&ctx, &bytes)?;
+        decode(&bytes, &encoding).map_err(|e| throw(&ctx, e))
+    })?)?;
+    obj.set("zlib", Function::new(ctx.clone(), |ctx: Ctx<'js>, op: String, data: Value<'js>| {
+        let data = bytes_of(&ctx, &data)?;
+        let out = zlib(&op, &data).map_err(|e| throw(&ctx, format!("zlib.{op}: {e}")))?;
+        new_bytes(&ctx, out)
+    })?)
+}
+
+fn install_crypto<'js>(ctx: &Ctx<'js>, obj: &Object<'js>) -> rquickjs::Result<()> {
+    obj.set("hash", Function::new(ctx.clone(), |ctx: Ctx<'js>, alg: String, data: Value<'js>, key: Value<'js>| {
+        let data = bytes_of(&ctx, &data)?;
+        let key = if key.is_null() || key.is_undefined() { None } else { Some(bytes_of(&ctx, &key)?) };
+        let out = super::natives::digest(&alg, &data, key.as_deref()).map_err(|e| throw(&ctx, e))?;
+        new_bytes(&ctx, out)
+    })?)?;
+    obj.set("randomBytes", Function::new(ctx.clone(), |ctx: Ctx<'js>, size: f64| {
+        if !(0.0..=1_048_576.0).contains(&size) {
+            return Err(throw(&ctx, "randomBytes: size must be between 0 and 1048576"));
+        }
+        new_bytes(&ctx, super::natives::random_bytes(size as usize))
+    })?)?;
+    obj.set("randomUUID", Function::new(ctx.clone(), super::natives::random_uuid)?)
+}
+
+fn install_url<'js>(ctx: &Ctx<'js>, obj: &Object<'js>) -> rquickjs::Result<()> {
+    obj.set("urlParse", Function::new(ctx.clone(), |ctx: Ctx<'js>, input: String, base: Opt<String>| {
+        let parsed = match base.0 {
+            Some(base) => url::Url::parse(&base).and_then(|b| b.join(&input)),
+            None => url::Url::parse(&input),
+        };
+        parsed.map(|u| super::natives::url_parts(&u)).map_err(|e| Exception::throw_type(&ctx, &format!("Invalid URL: {input} ({e})")))
+    })?)?;
+    obj.set("urlSet", Function::new(ctx.clone(), |ctx: Ctx<'js>, href: String, part: String, value: String| {
+        let mut u = url::Url::parse(&href).map_err(|e| Exception::throw_type(&ctx, &format!("Invalid URL: {e}")))?;
+        super::natives::url_set(&mut u, &part, &value).map_err(|e| Exception::throw_type(&ctx, &e))?;
+        Ok::<_, rquickjs::Error>(super::natives::url_parts(&u))
+    })?)
+}
+
+fn install_fetch<'js>(ctx: &Ctx<'js>, obj: &Object<'js>, host: &HostBindings) -> rquickjs::Result<()> {
+    let agent = host.services.http.clone();
+    obj.set(
+        "fetch",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, url: String, method: String, headers: String, body: Value<'js>, _timeout: f64| {
+            let headers: Vec<(String, String)> = serde_json::from_str(&headers).unwrap_or_default();
+            let body = if body.is_null() || body.is_undefined() {
+                None
+            } else if let Some(s) = body.as_string() {
+                Some(s.to_string()?.into_bytes())
+            } else {
+                Some(bytes_of(&ctx, &body)?)
+            };
+            match super::natives::http_request(&agent, &method, &url, &headers, body) {
+                Ok(reply) => {
+                    let out = Object::new(ctx.clone())?;
+                    out.set("status", reply.status)?;
+                    out.set("statusText", reply.status_text)?;
+                    out.set("url", reply.url)?;
+                    out.set("headers", reply.headers)?;
+                    out.set("body", new_bytes(&ctx, reply.body)?)?;
+                    Ok::<_, rquickjs::Error>(out.into_value())
+                }
+                // A string tells the prelude to reject with a FetchError.
+                Err(reason) => Ok(rquickjs::String::from_str(ctx.clone(), &reason)?.into_value()),
+            }
+        })?,
+    )
+}
+
+/// Encodes text to bytes with a Node `Buffer` encoding name.
+pub(crate) fn encode(text: &str, encoding: &str) -> Result<Vec<u8>, String> {
+    match encoding.to_ascii_lowercase().as_str() {
+        "utf8" | "utf-8" => Ok(text.as_bytes().to_vec()),
+        "base64" | "base64url" => Ok(base64_decode_lenient(text)),
+        "hex" => Ok(hex_decode_lenient(text)),
+        "latin1" | "binary" | "ascii" => Ok(text.chars().map(|c| c as u32 as u8).collect()),
+        other => Err(format!("Unknown encoding: {other}")),
+    }
+}
+
+/// Decodes bytes to text with a Node `Buffer` encoding name.
+pub(crate) fn decode(bytes: &[u8], encoding: &str) -> Result<String, String> {
+    match encoding.to_ascii_lowercase().as_str() {
+        "utf8" | "utf-8" => Ok(String::from_utf8_lossy(bytes).into_owned()),
+        "base64" => Ok(base64::engine::general_purpose::STANDARD.encode(bytes)),
+        "base64url" => Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)),
+        "hex" => Ok(bytes.iter().map(|b| format!("{b:02x}")).collect()),
+        "latin1" | "binary" => Ok(bytes.iter().map(|&b| b as char).collect()),
+        "ascii" => Ok(bytes.iter().map(|&b| (b & 0x7f) as char).collect()),
+        other => Err(format!("Unknown encoding: {other}")),
+    }
+}
+
+/// Node decodes base64 leniently: it accepts both alphabets, skips other characters and
+/// padding, and ignores a dangling final character.
+fn base64_decode_lenient(text: &str) -> Vec<u8> {
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    const LENIENT: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new()
+            .with_decode_allow_trailing_bits(true)
+            .with_decode_padding_mode(DecodePaddingMode::RequireNone),
+    );
+    let cleaned: String = text
+        .chars()
+        .filter_map(|c| match c {
+            '-' => Some('+'),
+            '_' => Some('/'),
+            c if c.is_ascii_alphanumeric() || c == '+' || c == '/' => Some(c),
+            _ => None,
+        })
+        .collect();
+    let usable = &cleaned[..cleaned.len() - usize::from(cleaned.len() % 4 == 1)];
+    LENIENT.decode(usable).unwrap_or_default()
+}
+
+/// Node's hex decoding stops at the first invalid pair.
+fn hex_decode_lenient(text: &str) -> Vec<u8> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len() / 2);
+    for pair in bytes.chunks_exact(2) {
+        match std::str::from_utf8(pair).ok().and_then(|p| u8::from_str_radix(p, 16).ok()) {
+            Some(b) => out.push(b),
+            None => break,
+        }
+    }
+    out
+}
+
+fn zlib(op: &str, data: &[u8]) -> std::io::Result<Vec<u8>> {
+    use flate2::Compression;
+    let mut out = Vec::new();
+    match op {
+        "gzip" => {
+            let mut enc = flate2::write::GzEncoder::new(Vec::new(), Compression::default());
+            enc.write_all(data)?;
+            out = enc.finish()?;
+        }
+        "gunzip" => {
+            flate2::read::MultiGzDecoder::new(data).read_to_end(&mut out)?;
+        }
+        "deflate" => {
+            let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), Compression::default());
+            enc.write_all(data)?;
+            out = enc.finish()?;
+        }
+        "inflate" => {
+            flate2::read::ZlibDecoder::new(data).read_to_end(&mut out)?;
+        }
+        "deflateRaw" => {
+            let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), Compression::default());
+            enc.write_all(data)?;
+            out = enc.finish()?;
+        }
+        "inflateRaw" => {
+            flate2::read::DeflateDecoder::new(data).read_to_end(&mut out)?;
+        }
+        other => return Err(std::io::Error::other(format!("unknown operation {other}"))),
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodings_round_trip_like_node() {
+        assert_eq!(decode(&encode("héllo", "utf8").unwrap(), "base64").unwrap(), "aMOpbGxv");
+        assert_eq!(encode("aMOpbGxv", "base64").unwrap(), "héllo".as_bytes());
+        assert_eq!(encode("aGk", "base64").unwrap(), b"hi");
+        assert_eq!(decode(b"\x01\xff", "hex").unwrap(), "01ff");
+        assert_eq!(encode("01ffzz", "hex").unwrap(), vec![1, 255]);
+        assert!(encode("x", "utf-32").is_err());
+    }
+
+    #[test]
+    fn gzip_round_trips() {
+        let packed = zlib("gzip", b"hello hello hello").unwrap();
+        assert_eq!(&packed[..2], &[0x1f, 0x8b]);
+        assert_eq!(zlib("gunzip", &packed).unwrap(), b"hello hello hello");
+        assert!(zlib("gunzip", b"not gzip").is_err());
+    }
+}

@@ -1,0 +1,765 @@
+// pluginflow plugin prelude: evaluated once in every plugin context, before the plugin's code.
+//
+// It builds what PostHog's VM gave a plugin: the globals (console, fetch, RetryError, Buffer,
+// URL, TextEncoder, posthog), the allow-listed modules, the `meta` object, and the small
+// machinery the Rust host drives (module definitions, export discovery, hook calls).
+// Everything that touches the outside world goes through `__host`, a native object installed
+// by the Rust side and removed from the global scope here.
+(function (host) {
+    'use strict'
+    const G = globalThis
+    delete G.__host
+
+    // ---- errors -------------------------------------------------------------------------
+    class RetryError extends Error {
+        constructor(message) {
+            super(message)
+            this.name = 'RetryError'
+        }
+        toString() {
+            const attempt = this._attempt && this._maxAttempts ? ` (attempt ${this._attempt}/${this._maxAttempts})` : ''
+            return this.message ? `${this.name}${attempt}: ${this.message}` : `${this.name}${attempt}`
+        }
+    }
+    class TimeoutError extends RetryError {
+        constructor(message, caller) {
+            super(message)
+            this.name = 'TimeoutError'
+            this.caller = caller
+        }
+    }
+    class IllegalOperationError extends Error {
+        constructor(message) {
+            super(message)
+            this.name = 'IllegalOperationError'
+        }
+    }
+    class FetchError extends Error {
+        constructor(message, type) {
+            super(message)
+            this.name = 'FetchError'
+            this.type = type || 'system'
+        }
+    }
+
+    const promised = (fn) => function () {
+        try {
+            return Promise.resolve(fn.apply(this, arguments))
+        } catch (e) {
+            return Promise.reject(e)
+        }
+    }
+
+    // ---- console ------------------------------------------------------------------------
+    function formatArg(arg) {
+        if (Array.isArray(arg)) return JSON.stringify(arg)
+        let text
+        try {
+            text = String(arg)
+        } catch (e) {
+            text = '[object Object]'
+        }
+        if (text === '[object Object]') {
+            try {
+                const json = JSON.stringify(arg)
+                if (json !== undefined) text = json
+            } catch (e) {
+                // keep '[object Object]' for cyclic objects
+            }
+        }
+        return text
+    }
+    const console = {}
+    for (const level of ['log', 'info', 'warn', 'error', 'debug']) {
+        console[level] = function () {
+            host.log(level.toUpperCase(), Array.prototype.map.call(arguments, formatArg).join(' '))
+            return Promise.resolve()
+        }
+    }
+
+    // ---- bytes: Buffer, TextEncoder, TextDecoder ----------------------------------------
+    class Buffer extends Uint8Array {
+        static from(value, encodingOrOffset, length) {
+            if (typeof value === 'string') return Buffer._wrap(host.encode(value, encodingOrOffset || 'utf8'))
+            if (value instanceof ArrayBuffer) {
+                const offset = encodingOrOffset || 0
+                return new Buffer(value, offset, length === undefined ? value.byteLength - offset : length)
+            }
+            if (ArrayBuffer.isView(value) || Array.isArray(value)) {
+                const out = new Buffer(value.length)
+                for (let i = 0; i < value.length; i++) out[i] = value[i] & 255
+                return out
+            }
+            if (value && value.type === 'Buffer' && Array.isArray(value.data)) return Buffer.from(value.data)
+            throw new TypeError('The first argument must be a string, Buffer, ArrayBuffer, Array, or array-like object')
+        }
+        static _wrap(bytes) {
+            return new Buffer(bytes.buffer, bytes.byteOffset, bytes.length)
+        }
+        static alloc(size, fill) {
+            const out = new Buffer(size)
+            if (fill !== undefined) out.fill(typeof fill === 'number' ? fill : Buffer.from(String(fill))[0])
+            return out
+        }
+        static allocUnsafe(size) {
+            return new Buffer(size)
+        }
+        static isBuffer(value) {
+            return value instanceof Buffer
+        }
+        static byteLength(value, encoding) {
+            return typeof value === 'string' ? host.encode(value, encoding || 'utf8').length : value.byteLength
+        }
+        static concat(list, totalLength) {
+            const total = totalLength === undefined ? list.reduce((n, b) => n + b.length, 0) : totalLength
+            const out = new Buffer(total)
+            let offset = 0
+            for (const part of list) {
+                if (offset >= total) break
+                out.set(part.subarray(0, total - offset), offset)
+                offset += part.length
+            }
+            return out
+        }
+        toString(encoding, start, end) {
+            return host.decode(this.subarray(start || 0, end === undefined ? this.length : end), encoding || 'utf8')
+        }
+        toJSON() {
+            return { type: 'Buffer', data: Array.from(this) }
+        }
+        equals(other) {
+            if (this.length !== other.length) return false
+            for (let i = 0; i < this.length; i++) if (this[i] !== other[i]) return false
+            return true
+        }
+        slice(start, end) {
+            return this.subarray(start, end)
+        }
+        write(string, offset, length, encoding) {
+            const bytes = host.encode(string, encoding || 'utf8')
+            const at = offset || 0
+            const count = Math.min(bytes.length, length === undefined ? this.length - at : length, this.length - at)
+            this.set(bytes.subarray(0, count), at)
+            return count
+        }
+    }
+    class TextEncoder {
+        get encoding() {
+            return 'utf-8'
+        }
+        encode(text) {
+            return host.encode(text === undefined ? '' : String(text), 'utf8')
+        }
+    }
+    class TextDecoder {
+        constructor(label) {
+            const name = (label || 'utf-8').toLowerCase()
+            if (name !== 'utf-8' && name !== 'utf8') throw new RangeError(`TextDecoder: unsupported encoding '${label}'`)
+        }
+        get encoding() {
+            return 'utf-8'
+        }
+        decode(bytes) {
+            if (bytes === undefined) return ''
+            const view = bytes instanceof ArrayBuffer ? new Uint8Array(bytes) : new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength)
+            return host.decode(view, 'utf8')
+        }
+    }
+
+    // ---- URL and URLSearchParams --------------------------------------------------------
+    const formEncode = (s) => encodeURIComponent(s).replace(/[!'()~]/g, (c) => '%' + c.charCodeAt(0).toString(16).toUpperCase()).replace(/%20/g, '+')
+    const formDecode = (s) => {
+        const spaced = s.replace(/\+/g, ' ')
+        try {
+            return decodeURIComponent(spaced)
+        } catch (e) {
+            return spaced
+        }
+    }
+    class URLSearchParams {
+        constructor(init) {
+            this._list = []
+            this._url = null
+            if (init === undefined || init === null) return
+            if (typeof init === 'string') {
+                this._parse(init)
+            } else if (init instanceof URLSearchParams) {
+                this._list = init._list.map((p) => p.slice())
+            } else if (typeof init[Symbol.iterator] === 'function') {
+                for (const pair of init) this._list.push([String(pair[0]), String(pair[1])])
+            } else {
+                for (const key of Object.keys(init)) this._list.push([key, String(init[key])])
+            }
+        }
+        _parse(text) {
+            this._list = []
+            const query = text.startsWith('?') ? text.slice(1) : text
+            for (const part of query.split('&')) {
+                if (!part) continue
+                const eq = part.indexOf('=')
+                const key = eq < 0 ? part : part.slice(0, eq)
+                const value = eq < 0 ? '' : part.slice(eq + 1)
+                this._list.push([formDecode(key), formDecode(value)])
+            }
+        }
+        _changed() {
+            if (this._url) this._url._setSearchFromParams(this.toString())
+        }
+        get size() {
+            return this._list.length
+        }
+        append(key, value) {
+            this._list.push([String(key), String(value)])
+            this._changed()
+        }
+        delete(key) {
+            this._list = this._list.filter((p) => p[0] !== String(key))
+            this._changed()
+        }
+        get(key) {
+            const found = this._list.find((p) => p[0] === String(key))
+            return found ? found[1] : null
+        }
+        getAll(key) {
+            return this._list.filter((p) => p[0] === String(key)).map((p) => p[1])
+        }
+        has(key) {
+            return this._list.some((p) => p[0] === String(key))
+        }
+        set(key, value) {
+            const k = String(key)
+            const index = this._list.findIndex((p) => p[0] === k)
+            if (index < 0) {
+                this._list.push([k, String(value)])
+            } else {
+                this._list[index][1] = String(value)
+                this._list = this._list.filter((p, i) => i <= index || p[0] !== k)
+            }
+            this._changed()
+        }
+        sort() {
+            this._list.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0))
+            this._changed()
+        }
+        forEach(callback, thisArg) {
+            for (const [k, v] of this._list) callback.call(thisArg, v, k, this)
+        }
+        entries() {
+            return this._list.map((p) => [p[0], p[1]])[Symbol.iterator]()
+        }
+        keys() {
+            return this._list.map((p) => p[0])[Symbol.iterator]()
+        }
+        values() {
+            return this._list.map((p) => p[1])[Symbol.iterator]()
+        }
+        [Symbol.iterator]() {
+            return this.entries()
+        }
+        toString() {
+            return this._list.map(([k, v]) => formEncode(k) + '=' + formEncode(v)).join('&')
+        }
+    }
+
+    const URL_PARTS = ['href', 'protocol', 'username', 'password', 'host', 'hostname', 'port', 'pathname', 'search', 'hash', 'origin']
+    class URL {
+        constructor(input, base) {
+            this._apply(host.urlParse(String(input), base === undefined ? undefined : String(base)))
+            this._params = new URLSearchParams(this._parts.search)
+            this._params._url = this
+        }
+        static canParse(input, base) {
+            try {
+                new URL(input, base)
+                return true
+            } catch (e) {
+                return false
+            }
+        }
+        _apply(parts) {
+            this._parts = {}
+            URL_PARTS.forEach((name, i) => (this._parts[name] = parts[i]))
+        }
+        _set(part, value) {
+            this._apply(host.urlSet(this._parts.href, part, String(value)))
+            if (part === 'search' || part === 'href') this._params._parse(this._parts.search)
+        }
+        _setSearchFromParams(query) {
+            this._apply(host.urlSet(this._parts.href, 'search', query))
+        }
+        get searchParams() {
+            return this._params
+        }
+        toString() {
+            return this._parts.href
+        }
+        toJSON() {
+            return this._parts.href
+        }
+    }
+    for (const name of URL_PARTS) {
+        Object.defineProperty(URL.prototype, name, {
+            get() {
+                return this._parts[name]
+            },
+            set(value) {
+                if (name === 'origin') return
+                this._set(name, value)
+            },
+        })
+    }
+
+    // ---- fetch ----------------------------------------------------------------------------
+    class Headers {
+        constructor(init) {
+            this._map = new Map()
+            if (!init) return
+            const pairs = init instanceof Headers ? init.entries() : typeof init[Symbol.iterator] === 'function' ? init : Object.entries(init)
+            for (const [k, v] of pairs) this.append(k, v)
+        }
+        append(key, value) {
+            const k = String(key).toLowerCase()
+            const prev = this._map.get(k)
+            this._map.set(k, prev === undefined ? String(value) : prev + ', ' + String(value))
+        }
+        set(key, value) {
+            this._map.set(String(key).toLowerCase(), String(value))
+        }
+        get(key) {
+            const v = this._map.get(String(key).toLowerCase())
+            return v === undefined ? null : v
+        }
+        has(key) {
+            return this._map.has(String(key).toLowerCase())
+        }
+        delete(key) {
+            this._map.delete(String(key).toLowerCase())
+        }
+        forEach(callback, thisArg) {
+            for (const [k, v] of this._map) callback.call(thisArg, v, k, this)
+        }
+        entries() {
+            return this._map.entries()
+        }
+        keys() {
+            return this._map.keys()
+        }
+        values() {
+            return this._map.values()
+        }
+        raw() {
+            const out = {}
+            for (const [k, v] of this._map) out[k] = [v]
+            return out
+        }
+        [Symbol.iterator]() {
+            return this._map.entries()
+        }
+    }
+    class Response {
+        constructor(body, init) {
+            const options = init || {}
+            this._body = body instanceof Uint8Array ? body : host.encode(body === undefined || body === null ? '' : String(body), 'utf8')
+            this.status = options.status === undefined ? 200 : options.status
+            this.statusText = options.statusText || ''
+            this.headers = new Headers(options.headers)
+            this.url = options.url || ''
+            this.bodyUsed = false
+        }
+        get ok() {
+            return this.status >= 200 && this.status < 300
+        }
+        _consume() {
+            if (this.bodyUsed) return Promise.reject(new TypeError(`body used already for: ${this.url}`))
+            this.bodyUsed = true
+            return Promise.resolve(this._body)
+        }
+        text() {
+            return this._consume().then((b) => host.decode(b, 'utf8'))
+        }
+        json() {
+            return this.text().then((t) => JSON.parse(t))
+        }
+        arrayBuffer() {
+            return this._consume().then((b) => b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength))
+        }
+        buffer() {
+            return this._consume().then((b) => Buffer.from(b))
+        }
+    }
+    function fetch(input, init) {
+        try {
+            const options = init || {}
+            const url = typeof input === 'string' ? input : input && input.href ? input.href : input && input.url ? input.url : String(input)
+            const headers = new Headers(options.headers)
+            let body = options.body
+            if (body instanceof URLSearchParams) {
+                if (!headers.has('content-type')) headers.set('content-type', 'application/x-www-form-urlencoded;charset=UTF-8')
+                body = body.toString()
+            } else if (body instanceof ArrayBuffer) {
+                body = new Uint8Array(body)
+            } else if (body !== undefined && body !== null && !ArrayBuffer.isView(body)) {
+                body = String(body)
+                if (!headers.has('content-type')) headers.set('content-type', 'text/plain;charset=UTF-8')
+            }
+            const method = String(options.method || 'GET').toUpperCase()
+            const reply = host.fetch(url, method, JSON.stringify(Array.from(headers.entries())), body === undefined ? null : body, Number(options.timeout) || 0)
+            if (typeof reply === 'string') return Promise.reject(new FetchError(`request to ${url} failed, reason: ${reply}`, 'system'))
+            return Promise.resolve(new Response(reply.body, { status: reply.status, statusText: reply.statusText, headers: reply.headers, url: reply.url }))
+        } catch (e) {
+            return Promise.reject(e)
+        }
+    }
+    fetch.default = fetch
+    fetch.Headers = Headers
+    fetch.Response = Response
+    fetch.FetchError = FetchError
+
+    // ---- timers are not available -------------------------------------------------------
+    const noTimers = (name) =>
+        function () {
+            throw new Error(`${name} is not available in plugins: use jobs (meta.jobs.NAME(payload).runIn(...)) or scheduled tasks (runEveryMinute) instead`)
+        }
+
+    // ---- modules ------------------------------------------------------------------------
+    function bytesOf(data, encoding) {
+        if (typeof data === 'string') return host.encode(data, encoding || 'utf8')
+        if (data instanceof ArrayBuffer) return new Uint8Array(data)
+        if (ArrayBuffer.isView(data)) return new Uint8Array(data.buffer, data.byteOffset, data.byteLength)
+        throw new TypeError('The "data" argument must be of type string or an instance of Buffer, TypedArray, or DataView')
+    }
+    function digestOutput(bytes, encoding) {
+        return encoding ? host.decode(bytes, encoding) : Buffer._wrap(bytes)
+    }
+    function hasher(algorithm, key) {
+        const alg = String(algorithm).toLowerCase()
+        if (!['md5', 'sha1', 'sha256', 'sha512'].includes(alg)) throw new Error(`Digest method not supported: ${algorithm}`)
+        const parts = []
+        let done = false
+        return {
+            update(data, encoding) {
+                if (done) throw new Error('Digest already called')
+                parts.push(Buffer.from(bytesOf(data, encoding)))
+                return this
+            },
+            digest(encoding) {
+                if (done) throw new Error('Digest already called')
+                done = true
+                return digestOutput(host.hash(alg, Buffer.concat(parts), key === undefined ? null : key), encoding)
+            },
+        }
+    }
+    const crypto = {
+        createHash: (algorithm) => hasher(algorithm),
+        createHmac: (algorithm, key) => hasher(algorithm, bytesOf(key)),
+        randomUUID: () => host.randomUUID(),
+        randomBytes(size, callback) {
+            const bytes = Buffer._wrap(host.randomBytes(size))
+            if (typeof callback === 'function') {
+                Promise.resolve().then(() => callback(null, bytes))
+                return undefined
+            }
+            return bytes
+        },
+        timingSafeEqual(a, b) {
+            if (a.length !== b.length) throw new RangeError('Input buffers must have the same byte length')
+            let diff = 0
+            for (let i = 0; i < a.length; i++) diff |= a[i] ^ b[i]
+            return diff === 0
+        },
+    }
+    const zlib = {}
+    for (const op of ['gzip', 'gunzip', 'deflate', 'inflate', 'deflateRaw', 'inflateRaw']) {
+        const sync = (data) => Buffer._wrap(host.zlib(op, bytesOf(data)))
+        zlib[op + 'Sync'] = sync
+        zlib[op] = function (data, options, callback) {
+            const cb = typeof options === 'function' ? options : callback
+            let result
+            let error = null
+            try {
+                result = sync(data)
+            } catch (e) {
+                error = e
+            }
+            Promise.resolve().then(() => cb(error, result))
+        }
+    }
+    const urlModule = {
+        URL,
+        URLSearchParams,
+        parse(text) {
+            const u = new URL(text)
+            return {
+                href: u.href, protocol: u.protocol, auth: u.username ? u.username + (u.password ? ':' + u.password : '') : null,
+                host: u.host, hostname: u.hostname, port: u.port || null, pathname: u.pathname, search: u.search || null,
+                query: u.search ? u.search.slice(1) : null, hash: u.hash || null, path: u.pathname + u.search, slashes: true,
+            }
+        },
+        format(u) {
+            return u instanceof URL ? u.href : typeof u === 'string' ? u : String(u.href || '')
+        },
+    }
+    function createBuffer(options) {
+        const limit = options.limit === undefined ? 10 : options.limit
+        const timeoutSeconds = options.timeoutSeconds === undefined ? 60 : options.timeoutSeconds
+        const buffer = {
+            _buffer: [],
+            _points: 0,
+            _startedAt: null,
+            get points() {
+                return this._points
+            },
+            add(object, points) {
+                const weight = points === undefined ? 1 : points
+                if (this._buffer.length > 0 && this._points + weight > limit) this.flush()
+                this._buffer.push(object)
+                this._points += weight
+                if (this._startedAt === null) this._startedAt = Date.now()
+                if (this._points > limit || Date.now() - this._startedAt >= timeoutSeconds * 1000) this.flush()
+            },
+            flush() {
+                if (this._buffer.length === 0) return Promise.resolve()
+                const batch = this._buffer
+                this._buffer = []
+                this._points = 0
+                this._startedAt = null
+                return Promise.resolve(options.onFlush ? options.onFlush(batch) : undefined)
+            },
+        }
+        return buffer
+    }
+    const builtins = {
+        '@posthog/plugin-scaffold': { RetryError },
+        '@posthog/plugin-contrib': { createBuffer },
+        crypto,
+        url: urlModule,
+        'node-fetch': fetch,
+        zlib,
+    }
+
+    // ---- globals ------------------------------------------------------------------------
+    const posthog = {
+        capture(event, properties) {
+            try {
+                host.capture(String(event), JSON.stringify(properties === undefined ? {} : properties))
+                return Promise.resolve()
+            } catch (e) {
+                return Promise.reject(e)
+            }
+        },
+        api: new Proxy({}, {
+            get(_, name) {
+                return () => Promise.reject(new Error(`posthog.api.${String(name)} is not available in pluginflow`))
+            },
+        }),
+    }
+    const globals = {
+        console, fetch, RetryError, URL, URLSearchParams, Buffer, TextEncoder, TextDecoder, posthog,
+        setTimeout: noTimers('setTimeout'), setInterval: noTimers('setInterval'), setImmediate: noTimers('setImmediate'),
+        clearTimeout: noTimers('clearTimeout'), clearInterval: noTimers('clearInterval'),
+    }
+    for (const name of Object.keys(globals)) {
+        Object.defineProperty(G, name, { value: globals[name], writable: false, configurable: false, enumerable: false })
+    }
+
+    // ---- meta -----------------------------------------------------------------------------
+    const TIME_UNITS = {
+        milliseconds: 1, seconds: 1000, minutes: 60000, hours: 3600000, days: 86400000,
+        weeks: 604800000, months: 2592000000, quarters: 7776000000, years: 31536000000,
+    }
+    function unitMs(unit) {
+        const name = String(unit).endsWith('s') ? String(unit) : String(unit) + 's'
+        const ms = TIME_UNITS[name]
+        if (ms === undefined) throw new Error(`Unknown time unit: ${unit}`)
+        return ms
+    }
+    function jobsProxy() {
+        const enqueue = (name, payload, at) => {
+            host.enqueueJob(name, JSON.stringify(payload === undefined ? null : payload), at)
+        }
+        return new Proxy({}, {
+            get(_, name) {
+                if (typeof name !== 'string') return undefined
+                return (payload) => ({
+                    runNow: promised(() => enqueue(name, payload, Date.now())),
+                    runIn: promised((amount, unit) => enqueue(name, payload, Date.now() + Number(amount) * unitMs(unit))),
+                    runAt: promised((date) => enqueue(name, payload, new Date(date).getTime())),
+                })
+            },
+        })
+    }
+    function listArg(elementOrArray) {
+        if (Array.isArray(elementOrArray)) {
+            if (elementOrArray.length > 1000) throw new IllegalOperationError('Too many elements in array for cache.lpush. Maximum: 1000')
+            return elementOrArray.map((x) => String(x))
+        }
+        if (typeof elementOrArray === 'string') return [elementOrArray]
+        throw new Error('cache.lpush expects a string value or an array of strings')
+    }
+    function numberArg(method, name, value) {
+        if (typeof value !== 'number') throw new TypeError(`cache.${method} expects ${name} to be a number, got ${typeof value}`)
+        return value
+    }
+    const cache = {
+        set: promised((key, value, ttlSeconds, options) => {
+            const json = !options || options.jsonSerialize !== false
+            host.cacheSet(String(key), json ? String(JSON.stringify(value)) : String(value), Number(ttlSeconds) || 0)
+        }),
+        get: promised((key, defaultValue, options) => {
+            const raw = host.cacheGet(String(key))
+            if (raw === undefined) return defaultValue
+            if (raw === '') return null
+            if (options && options.jsonSerialize === false) return raw
+            try {
+                return JSON.parse(raw)
+            } catch (e) {
+                return null
+            }
+        }),
+        incr: promised((key) => host.cacheIncr(String(key))),
+        expire: promised((key, ttlSeconds) => host.cacheExpire(String(key), numberArg('expire', 'ttlSeconds', ttlSeconds))),
+        lpush: promised((key, elementOrArray) => host.cacheLpush(String(key), listArg(elementOrArray))),
+        lrange: promised((key, start, end) => host.cacheLrange(String(key), numberArg('lrange', 'startIndex', start), numberArg('lrange', 'endIndex', end))),
+        llen: promised((key) => host.cacheLlen(String(key))),
+        lpop: promised((key, count) => host.cacheLpop(String(key), numberArg('lpop', 'count', count))),
+        lrem: promised((key, count, element) => host.cacheLrem(String(key), numberArg('lrem', 'count', count), String(element))),
+    }
+    const storage = {
+        get: promised((key, defaultValue) => {
+            const raw = host.storageGet(String(key))
+            return raw === undefined ? defaultValue : JSON.parse(raw)
+        }),
+        set: promised((key, value) => {
+            if (value === undefined) host.storageDel(String(key))
+            else host.storageSet(String(key), JSON.stringify(value))
+        }),
+        del: promised((key) => host.storageDel(String(key))),
+    }
+    const geoip = {
+        locate: promised((ip) => JSON.parse(host.geoipLocate(String(ip)))),
+    }
+
+    // ---- module registry and export discovery -------------------------------------------
+    const factories = new Map()
+    const loaded = new Map()
+    function makeRequire(fromName, requires) {
+        return function require(spec) {
+            const target = requires[spec]
+            if (target === undefined) throw new Error(`Cannot import '${spec}'! This package is not provided by PostHog in plugins.`)
+            if (Object.prototype.hasOwnProperty.call(builtins, target)) return builtins[target]
+            return loadModule(target)
+        }
+    }
+    function loadModule(name) {
+        if (loaded.has(name)) return loaded.get(name).exports
+        const def = factories.get(name)
+        const module = { exports: {} }
+        loaded.set(name, module)
+        const returned = def.factory.call(undefined, module.exports, makeRequire(name, def.requires), module, name, '')
+        if (module.exports === returned || returned === undefined) return module.exports
+        // ES-module code writes to `exports`; keep what it wrote when module.exports is untouched.
+        return module.exports
+    }
+
+    let meta = null
+    let hooks = {}
+    let jobFunctions = {}
+    const HOOKS = ['setupPlugin', 'teardownPlugin', 'processEvent', 'onEvent', 'exportEvents', 'runEveryMinute', 'runEveryHour', 'runEveryDay']
+
+    function discover(exportsObject, module) {
+        const candidates = [exportsObject, exportsObject && exportsObject.default, module.exports]
+        const destinations = candidates.filter((d) => d !== null && typeof d === 'object')
+        if (!destinations.some((d) => Object.keys(d).length > 0) && module.__pfTopLevel) destinations.push(module.__pfTopLevel)
+        const getExported = (key) => {
+            for (const d of destinations) if (d[key]) return d[key]
+            return undefined
+        }
+        const found = {}
+        for (const name of HOOKS) {
+            const fn = getExported(name)
+            if (typeof fn === 'function') found[name] = fn
+        }
+        if (!found.processEvent && typeof getExported('processEventBatch') === 'function') {
+            const batch = getExported('processEventBatch')
+            found.processEvent = async (event, m) => {
+                const result = await batch([event], m)
+                return result ? result[0] : undefined
+            }
+        }
+        const jobs = {}
+        for (const d of destinations.slice().reverse()) {
+            if (d.jobs && typeof d.jobs === 'object') for (const k of Object.keys(d.jobs)) if (typeof d.jobs[k] === 'function') jobs[k] = d.jobs[k]
+        }
+        return { found, jobs }
+    }
+
+    const pf = {
+        RetryError,
+        TimeoutError,
+        define(name, factory, requires) {
+            factories.set(name, { factory, requires })
+        },
+        // Runs the entry module with PostHog's prelude (`exports` and `module.exports` are
+        // distinct objects) and builds `meta`. Returns the names of the hooks found.
+        start(entryName, info) {
+            const def = factories.get(entryName)
+            const module = { exports: {} }
+            loaded.set(entryName, module)
+            const exportsObject = def.factory.call(undefined, {}, makeRequire(entryName, def.requires), module, entryName, '')
+            const { found, jobs } = discover(exportsObject, module)
+            hooks = found
+            jobFunctions = jobs
+            const attachments = {}
+            for (const a of info.attachments) {
+                attachments[a.key] = { content_type: a.content_type, file_name: a.file_name, contents: a.contents === null ? null : Buffer._wrap(a.contents) }
+            }
+            meta = { config: info.config, attachments, global: {}, cache, storage, geoip, jobs: jobsProxy() }
+            return Object.keys(hooks).concat(Object.keys(jobs).map((j) => 'job:' + j))
+        },
+        call(name, a, b) {
+            const fn = hooks[name]
+            if (name === 'processEvent' || name === 'onEvent' || name === 'exportEvents') return fn(a, meta)
+            return fn(meta)
+        },
+        callJob(name, payloadJson) {
+            const fn = jobFunctions[name]
+            if (!fn) throw new Error(`Task "${name}" not found for plugin`)
+            const payload = JSON.parse(payloadJson)
+            return payload ? fn(payload, meta) : fn(meta)
+        },
+        // Checks what processEvent returned: 0 an event object, 1 dropped (falsy),
+        // 2 a truthy non-object, 3 an object whose team_id was changed (restored here).
+        check(result, teamId) {
+            if (!result) return 1
+            if (typeof result !== 'object' || Array.isArray(result)) return 2
+            if (result.team_id !== teamId) {
+                result.team_id = teamId
+                return 3
+            }
+            return 0
+        },
+        teamOf(event) {
+            return event.team_id
+        },
+        mark(event, succeeded, failed, deferred) {
+            event.properties = Object.assign({}, event.properties, { $plugins_succeeded: succeeded, $plugins_failed: failed, $plugins_deferred: deferred })
+        },
+        // Classifies a thrown value: [kind, name, message, stack].
+        describe(error) {
+            if (error instanceof TimeoutError || (error && error.name === 'TimeoutError')) return ['timeout', 'TimeoutError', String(error.message || ''), String(error.stack || '')]
+            if (error instanceof RetryError || (error && error.name === 'RetryError')) return ['retry', 'RetryError', String(error.message || ''), String(error.stack || '')]
+            if (error instanceof Error || (error && typeof error === 'object' && 'message' in error)) {
+                return ['failed', String(error.name || 'Error'), String(error.message), String(error.stack || '')]
+            }
+            return ['failed', typeof error, formatArg(error), '']
+        },
+        isThenable(value) {
+            return value !== null && (typeof value === 'object' || typeof value === 'function') && typeof value.then === 'function'
+        },
+        // Adopts any thenable into a native promise the host can inspect.
+        toPromise(value) {
+            return Promise.resolve(value)
+        },
+    }
+    Object.defineProperty(G, '__pf', { value: Object.freeze(pf), writable: false, configurable: false, enumerable: false })
+})(globalThis.__host)

@@ -1,0 +1,33 @@
+//! The plugin host: loads PostHog plugin folders and runs their hooks in QuickJS.
+//!
+//! It knows nothing of timely or Kafka. It takes a plugin folder, a configuration and an event
+//! (or a hook to run) and returns a result or a typed [`PluginError`]. The pieces:
+//!
+//! - [`manifest`]: `plugin.json` and configuration checks.
+//! - [`source`]: TypeScript and ES modules to CommonJS (oxc), import allow-list.
+//! - [`runtime`]: one QuickJS runtime per worker with memory, stack and time limits.
+//! - [`instance`]: one plugin configuration in a runtime; typed hook calls.
+//! - [`chain`]: a team's `processEvent` chain with PostHog's semantics.
+//! - `host` and `js/prelude.js`: `meta`, globals and modules plugins see.
+
+pub mod chain;
+pub mod error;
+pub mod geoip;
+pub mod instance;
+pub mod log;
+pub mod manifest;
+pub mod runtime;
+pub mod source;
+pub mod worker;
+
+mod capture;
+mod host;
+mod natives;
+
+pub use chain::{ChainOutcome, run_chain};
+pub use error::{ErrorKind, Hook, LoadError, PluginError};
+pub use geoip::GeoIp;
+pub use host::{EnqueuedJob, HostServices, InstanceIdentity, Outbox};
+pub use instance::{InstanceConfig, JsEvent, PluginDefinition, PluginInstance, StepOutcome};
+pub use log::{LogEntry, LogLevel, LogSink, LogSource, MemoryLogSink};
+pub use runtime::{Limits, PluginRuntime};

@@ -1,0 +1,786 @@
+//! The plugin host against small plugins of our own, one behaviour per test.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{Host, event, plugin, process};
+use operators::plugin::{ErrorKind, Hook, Limits, LoadError, LogSource, PluginDefinition, run_chain};
+use serde_json::{Value, json};
+
+// ---- export styles --------------------------------------------------------------------------
+
+fn assert_marks(src: &str, file: &str) {
+    let fx = plugin("styles", &[(file, src)]);
+    let host = Host::new();
+    let mut p = host.ready(&fx);
+    assert!(p.has(Hook::ProcessEvent), "processEvent not found in {file}: {src}");
+    let out = process(&mut p).unwrap();
+    assert_eq!(out["properties"]["style"], "ok", "{src}");
+}
+
+#[test]
+fn module_exports_object() {
+    assert_marks("module.exports = { processEvent(e) { e.properties.style = 'ok'; return e } }", "index.js");
+}
+
+#[test]
+fn module_exports_property() {
+    assert_marks("module.exports.processEvent = (e) => { e.properties.style = 'ok'; return e }", "index.js");
+}
+
+#[test]
+fn exports_reassigned() {
+    assert_marks("exports = { processEvent: (e) => { e.properties.style = 'ok'; return e } }", "index.js");
+}
+
+#[test]
+fn exports_property() {
+    assert_marks("exports.processEvent = (e) => { e.properties.style = 'ok'; return e }", "index.js");
+}
+
+#[test]
+fn esm_named_export() {
+    assert_marks("export function processEvent(e) { e.properties.style = 'ok'; return e }", "index.js");
+}
+
+#[test]
+fn esm_default_export() {
+    assert_marks("export default { processEvent: (e) => { e.properties.style = 'ok'; return e } }", "index.js");
+}
+
+#[test]
+fn top_level_functions_when_nothing_is_exported() {
+    assert_marks("async function processEvent(e) { e.properties.style = 'ok'; return e }", "index.js");
+}
+
+#[test]
+fn top_level_functions_are_ignored_when_something_is_exported() {
+    let fx = plugin("t", &[("index.js", "function processEvent(e) { return null }\nexports.onEvent = () => {}")]);
+    let host = Host::new();
+    let p = host.ready(&fx);
+    assert!(!p.has(Hook::ProcessEvent));
+    assert!(p.has(Hook::OnEvent));
+}
+
+#[test]
+fn typescript_with_relative_imports_and_main() {
+    let fx = plugin(
+        "ts",
+        &[
+            ("plugin.json", r#"{"name":"ts","main":"src/main.ts"}"#),
+            (
+                "src/main.ts",
+                "import { PluginEvent, PluginMeta } from '@posthog/plugin-scaffold'\nimport { tag } from './lib/tag'\nimport helper from './lib/helper.js'\n\
+                 interface Meta extends PluginMeta { config: { x: string } }\n\
+                 export async function processEvent(event: PluginEvent, meta: Meta): Promise<PluginEvent> {\n  event.properties!.style = tag(helper.n as number)\n  return event\n}\n",
+            ),
+            ("src/lib/tag.ts", "export const tag = (n: number): string => n === 42 ? 'ok' : 'bad'\n"),
+            ("src/lib/helper.js", "module.exports = { n: 42 }\n"),
+        ],
+    );
+    let host = Host::new();
+    let mut p = host.ready(&fx);
+    assert_eq!(process(&mut p).unwrap()["properties"]["style"], "ok");
+}
+
+#[test]
+fn index_ts_is_preferred_over_index_js() {
+    let fx = plugin(
+        "pick",
+        &[
+            ("index.ts", "export function processEvent(e: any) { e.properties.style = 'ok'; return e }"),
+            ("index.js", "exports.processEvent = (e) => { e.properties.style = 'js'; return e }"),
+        ],
+    );
+    let host = Host::new();
+    let mut p = host.ready(&fx);
+    assert_eq!(process(&mut p).unwrap()["properties"]["style"], "ok");
+}
+
+#[test]
+fn unknown_module_fails_the_load_naming_module_and_plugin() {
+    let fx = plugin("pgplugin", &[("index.js", "const { Client } = require('pg')\nexports.processEvent = e => e")]);
+    let err = Host::new().load(&fx, json!({})).unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, LoadError::Source { .. }), "{text}");
+    assert!(text.contains("pgplugin") && text.contains("'pg'"), "{text}");
+}
+
+#[test]
+fn syntax_error_fails_the_load_with_file_and_line() {
+    let fx = plugin("broken", &[("index.js", "exports.processEvent = (e) => {\n  return e +\n}\n")]);
+    let text = Host::new().load(&fx, json!({})).unwrap_err().to_string();
+    assert!(text.contains("broken") && text.contains("index.js:3:"), "{text}");
+}
+
+#[test]
+fn top_level_throw_fails_the_load_with_the_message() {
+    let fx = plugin("thrower", &[("index.js", "throw new Error('boom at load')")]);
+    let text = Host::new().load(&fx, json!({})).unwrap_err().to_string();
+    assert!(text.contains("thrower") && text.contains("boom at load"), "{text}");
+}
+
+// ---- meta ------------------------------------------------------------------------------------
+
+#[test]
+fn config_takes_defaults_and_checks_required() {
+    let files = [
+        ("plugin.json", r#"{"name":"cfg","config":[{"key":"greeting","default":"hi"},{"key":"must","required":true},{"key":"mode","type":"choice","choices":["a","b"]}]}"#),
+        ("index.js", "exports.processEvent = (e, { config }) => { e.properties.cfg = config; return e }"),
+    ];
+    let fx = plugin("cfg", &files);
+    let host = Host::new();
+    let mut p = host.load(&fx, json!({"must": "yes", "mode": "b"})).unwrap();
+    assert_eq!(process(&mut p).unwrap()["properties"]["cfg"], json!({"must": "yes", "mode": "b", "greeting": "hi"}));
+    let err = host.load(&fx, json!({})).unwrap_err().to_string();
+    assert!(err.contains("must: required value is missing"), "{err}");
+    let err = host.load(&fx, json!({"must": "yes", "mode": "c"})).unwrap_err().to_string();
+    assert!(err.contains("mode: value 'c' is not one of"), "{err}");
+}
+
+#[test]
+fn attachments_are_buffers_with_name_and_type() {
+    let fx = plugin(
+        "att",
+        &[
+            ("plugin.json", r#"{"name":"att","config":[{"key":"list","type":"attachment"}]}"#),
+            ("index.js", "exports.processEvent = (e, { attachments }) => { const a = attachments.list; e.properties.att = [a.file_name, a.content_type, a.contents.toString('utf8'), Buffer.isBuffer(a.contents)]; return e }"),
+        ],
+    );
+    let file = fx.dir.path().join("allow.csv");
+    std::fs::write(&file, "a,b\n").unwrap();
+    let host = Host::new();
+    let def = PluginDefinition::load(&fx.path()).unwrap();
+    let cfg = operators::plugin::InstanceConfig {
+        config_id: "1".into(),
+        team_id: Some(2),
+        attachments: [("list".to_string(), file)].into_iter().collect(),
+        ..Default::default()
+    };
+    let mut p = operators::plugin::PluginInstance::new(&host.runtime, &def, &cfg, &host.services).unwrap();
+    assert_eq!(process(&mut p).unwrap()["properties"]["att"], json!(["allow.csv", "text/csv", "a,b\n", true]));
+}
+
+#[test]
+fn global_persists_across_calls_and_is_per_instance() {
+    let fx = plugin(
+        "g",
+        &[("index.js", "exports.setupPlugin = ({ global }) => { global.n = 100 }\nexports.processEvent = (e, { global }) => { e.properties.n = global.n++; return e }")],
+    );
+    let host = Host::new();
+    let mut a = host.ready(&fx);
+    let mut b = host.ready(&fx);
+    assert_eq!(process(&mut a).unwrap()["properties"]["n"], 100);
+    assert_eq!(process(&mut a).unwrap()["properties"]["n"], 101);
+    assert_eq!(process(&mut b).unwrap()["properties"]["n"], 100);
+}
+
+#[test]
+fn cache_methods_follow_redis_semantics() {
+    let fx = plugin(
+        "cache",
+        &[(
+            "index.js",
+            "exports.processEvent = async (e, { cache }) => {\n\
+               const r = {}\n\
+               r.missing = await cache.get('nope', 'dflt')\n\
+               await cache.set('obj', { a: [1, 2] })\n\
+               r.obj = await cache.get('obj', null)\n\
+               r.incr = [await cache.incr('n'), await cache.incr('n')]\n\
+               r.expireMissing = await cache.expire('ghost', 10)\n\
+               r.expireHit = await cache.expire('n', 10)\n\
+               r.push = [await cache.lpush('l', 'a string'), await cache.lpush('l', ['an', 'array'])]\n\
+               r.range = await cache.lrange('l', 0, -1)\n\
+               r.len = await cache.llen('l')\n\
+               r.pop = await cache.lpop('l', 1)\n\
+               r.rem = await cache.lrem('l', 1, 'an')\n\
+               r.after = await cache.lrange('l', 0, 3)\n\
+               try { await cache.lpush('l', 42) } catch (err) { r.bad = err.message }\n\
+               try { await cache.lrange('l', '0', 1) } catch (err) { r.badRange = err.name }\n\
+               e.properties.r = r\n\
+               return e\n\
+             }",
+        )],
+    );
+    let host = Host::new();
+    let mut p = host.ready(&fx);
+    let r = process(&mut p).unwrap()["properties"]["r"].clone();
+    assert_eq!(r["missing"], "dflt");
+    assert_eq!(r["obj"], json!({"a": [1, 2]}));
+    assert_eq!(r["incr"], json!([1, 2]));
+    assert_eq!(r["expireMissing"], false);
+    assert_eq!(r["expireHit"], true);
+    assert_eq!(r["push"], json!([1, 3]));
+    assert_eq!(r["range"], json!(["array", "an", "a string"]));
+    assert_eq!(r["len"], 3);
+    assert_eq!(r["pop"], json!(["array"]));
+    assert_eq!(r["rem"], 1);
+    assert_eq!(r["after"], json!(["a string"]));
+    assert_eq!(r["bad"], "cache.lpush expects a string value or an array of strings");
+    assert_eq!(r["badRange"], "TypeError");
+}
+
+#[test]
+fn cache_is_namespaced_per_plugin_and_team() {
+    let src = "exports.processEvent = async (e, { cache }) => { e.properties.n = await cache.incr('hits'); return e }";
+    let fx_a = plugin("alpha", &[("index.js", src)]);
+    let fx_b = plugin("beta", &[("index.js", src)]);
+    let host = Host::new();
+    let mut a2 = host.load_as(&fx_a, json!({}), "1", Some(2)).unwrap();
+    let mut a2_other_config = host.load_as(&fx_a, json!({}), "9", Some(2)).unwrap();
+    let mut a3 = host.load_as(&fx_a, json!({}), "2", Some(3)).unwrap();
+    let mut b2 = host.load_as(&fx_b, json!({}), "3", Some(2)).unwrap();
+    assert_eq!(process(&mut a2).unwrap()["properties"]["n"], 1);
+    assert_eq!(process(&mut a2_other_config).unwrap()["properties"]["n"], 2, "same plugin and team share a cache");
+    assert_eq!(process(&mut a3).unwrap()["properties"]["n"], 1);
+    assert_eq!(process(&mut b2).unwrap()["properties"]["n"], 1);
+}
+
+#[test]
+fn storage_get_set_del_per_configuration() {
+    let fx = plugin(
+        "st",
+        &[(
+            "index.js",
+            "exports.processEvent = async (e, { storage }) => {\n\
+               const before = await storage.get('k', 'none')\n\
+               await storage.set('k', { v: (before.v || 0) + 1 })\n\
+               await storage.set('neg', -1)\n\
+               await storage.set('nul', null)\n\
+               await storage.set('gone', 1); await storage.del('gone')\n\
+               await storage.set('undef', 1); await storage.set('undef', undefined)\n\
+               e.properties.s = [before, await storage.get('neg'), await storage.get('nul', 'd'), await storage.get('gone', null), await storage.get('undef', 'u')]\n\
+               return e\n\
+             }",
+        )],
+    );
+    let host = Host::new();
+    let mut p = host.ready(&fx);
+    assert_eq!(process(&mut p).unwrap()["properties"]["s"], json!(["none", -1, null, null, "u"]));
+    assert_eq!(process(&mut p).unwrap()["properties"]["s"][0], json!({"v": 1}));
+    let mut other = host.load_as(&fx, json!({}), "2", Some(2)).unwrap();
+    assert_eq!(process(&mut other).unwrap()["properties"]["s"][0], "none", "storage is per configuration");
+}
+
+#[test]
+fn console_calls_become_log_entries() {
+    let fx = plugin(
+        "con",
+        &[(
+            "index.js",
+            "exports.processEvent = (e) => { console.log(); console.info('number =', 987); console.warn(new Error('something')); console.error({1: 'ein', 2: 'zwei'}); console.debug([99, 79]); return e }",
+        )],
+    );
+    let host = Host::new();
+    let mut p = host.ready(&fx);
+    process(&mut p);
+    let console: Vec<(String, String)> = host
+        .logs
+        .entries()
+        .into_iter()
+        .filter(|e| e.source == LogSource::Console)
+        .map(|e| (e.level.as_str().to_string(), e.message))
+        .collect();
+    let want = [("LOG", ""), ("INFO", "number = 987"), ("WARN", "Error: something"), ("ERROR", r#"{"1":"ein","2":"zwei"}"#), ("DEBUG", "[99,79]")];
+    let want: Vec<(String, String)> = want.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+    assert_eq!(console, want);
+    assert!(host.logs.entries().iter().all(|e| e.plugin == "con" && e.config_id == "1"));
+}
+
+#[test]
+fn secrets_never_reach_logs_or_errors() {
+    let fx = plugin(
+        "sec",
+        &[
+            ("plugin.json", r#"{"name":"sec","config":[{"key":"apiKey","secret":true,"required":true}]}"#),
+            ("index.js", "exports.processEvent = (e, { config }) => { console.log('key is', config.apiKey); throw new Error('bad key ' + config.apiKey) }"),
+        ],
+    );
+    let host = Host::new();
+    let mut p = host.load(&fx, json!({"apiKey": "sk-live-12345"})).unwrap();
+    let err = p.process_event_json(&event().to_string()).unwrap_err();
+    assert!(!err.to_string().contains("sk-live-12345"), "{err}");
+    assert!(host.messages().iter().all(|m| !m.contains("sk-live-12345")), "{:?}", host.messages());
+    assert!(host.messages().iter().any(|m| m.starts_with("key is ****")));
+}
+
+#[test]
+fn geoip_locate_reads_a_real_maxmind_database() {
+    let db = Arc::new(operators::plugin::GeoIp::open(&common::geoip_db()).unwrap());
+    let mut host = Host::new();
+    host.services.geoip = Some(db);
+    let fx = plugin(
+        "geo",
+        &[(
+            "index.js",
+            "exports.processEvent = async (e, { geoip }) => {\n\
+               const r = await geoip.locate('18.9.22.69')\n\
+               e.properties.geo = { city: r.city && r.city.names.en, country: r.country.isoCode, tz: r.location.timeZone, lat: typeof r.location.latitude, ip: r.traits.ipAddress, sub: r.subdivisions && r.subdivisions[0].isoCode }\n\
+               try { await geoip.locate('10.0.0.1') } catch (err) { e.properties.privateErr = true }\n\
+               try { await geoip.locate('not an ip') } catch (err) { e.properties.badErr = err.message }\n\
+               return e\n\
+             }",
+        )],
+    );
+    let mut p = host.ready(&fx);
+    let props = process(&mut p).unwrap()["properties"].clone();
+    assert_eq!(props["geo"]["country"], "US");
+    assert_eq!(props["geo"]["tz"], "America/New_York");
+    assert_eq!(props["geo"]["lat"], "number");
+    assert_eq!(props["geo"]["ip"], "18.9.22.69");
+    assert_eq!(props["geo"]["sub"], "MA");
+    assert_eq!(props["privateErr"], true);
+    assert_eq!(props["badErr"], "'not an ip' is not a valid IP address");
+}
+
+// ---- imports and globals -------------------------------------------------------------------
+
+#[test]
+fn crypto_hashes_hmacs_and_random_values() {
+    let fx = plugin(
+        "cr",
+        &[(
+            "index.js",
+            "import { createHash, createHmac, randomUUID, randomBytes } from 'crypto'\n\
+             export function processEvent(e) {\n\
+               e.properties.c = [\n\
+                 createHash('md5').update('abc').digest('hex'),\n\
+                 createHash('sha1').update('abc').digest('base64'),\n\
+                 createHash('sha256').update('a').update('bc').digest('hex'),\n\
+                 createHash('sha512').update(Buffer.from('abc')).digest().length,\n\
+                 createHmac('sha256', 'key').update('The quick brown fox jumps over the lazy dog').digest('hex'),\n\
+                 /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/.test(randomUUID()),\n\
+                 randomBytes(16).length,\n\
+               ]\n\
+               return e\n\
+             }",
+        )],
+    );
+    let mut p = Host::new().ready(&fx);
+    assert_eq!(
+        process(&mut p).unwrap()["properties"]["c"],
+        json!([
+            "900150983cd24fb0d6963f7d28e17f72",
+            "qZk+NkcGgWq6PiVxeFDCbJzQ2J0=",
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+            64,
+            "f7bc83f430538424b13298e6aa6fb143ef4d59a14946175997479dbc2d1a3cd8",
+            true,
+            16
+        ])
+    );
+}
+
+#[test]
+fn url_zlib_buffer_and_text_codecs() {
+    let fx = plugin(
+        "u",
+        &[(
+            "index.js",
+            "const { URL: ModURL } = require('url')\nconst zlib = require('zlib')\n\
+             exports.processEvent = (e) => {\n\
+               const u = new URL('/p/q?a=1&b=x%20y#h', 'https://user@example.com:8443')\n\
+               u.searchParams.append('c', 'd e')\n\
+               const packed = zlib.gzipSync('hello '.repeat(20))\n\
+               e.properties.x = {\n\
+                 same: ModURL === URL, host: u.host, path: u.pathname, b: u.searchParams.get('b'), href: u.href,\n\
+                 gz: [packed[0], packed[1], zlib.gunzipSync(packed).toString().length],\n\
+                 b64: Buffer.from('héllo').toString('base64'), hex: Buffer.from('ff00', 'hex').toString('hex'),\n\
+                 te: new TextDecoder().decode(new TextEncoder().encode('ü')),\n\
+                 qs: new URLSearchParams({ q: 'a&b', r: '1' }).toString(),\n\
+               }\n\
+               return e\n\
+             }",
+        )],
+    );
+    let mut p = Host::new().ready(&fx);
+    let x = process(&mut p).unwrap()["properties"]["x"].clone();
+    assert_eq!(x["same"], true);
+    assert_eq!(x["host"], "example.com:8443");
+    assert_eq!(x["path"], "/p/q");
+    assert_eq!(x["b"], "x y");
+    assert_eq!(x["href"], "https://user@example.com:8443/p/q?a=1&b=x+y&c=d+e#h");
+    assert_eq!(x["gz"], json!([31, 139, 120]));
+    assert_eq!(x["b64"], "aMOpbGxv");
+    assert_eq!(x["hex"], "ff00");
+    assert_eq!(x["te"], "ü");
+    assert_eq!(x["qs"], "q=a%26b&r=1");
+}
+
+/// Serves `responses` HTTP replies on a loopback port and returns the port and the requests.
+fn http_server(responses: usize) -> (u16, std::thread::JoinHandle<Vec<String>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let handle = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        for _ in 0..responses {
+            let (mut stream, _) = listener.accept().unwrap();
+            stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut buf = vec![0u8; 65536];
+            let mut got = Vec::new();
+            loop {
+                let n = stream.read(&mut buf).unwrap();
+                got.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&got).to_string();
+                if let Some(head_end) = text.find("\r\n\r\n") {
+                    let len = text
+                        .lines()
+                        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap()))
+                        .unwrap_or(0);
+                    if got.len() >= head_end + 4 + len || n == 0 {
+                        break;
+                    }
+                }
+            }
+            seen.push(String::from_utf8_lossy(&got).to_string());
+            let body = r#"{"ok":true,"n":7}"#;
+            write!(stream, "HTTP/1.1 201 Created\r\nContent-Type: application/json\r\nX-Test: yes\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
+        }
+        seen
+    });
+    (port, handle)
+}
+
+#[test]
+fn fetch_global_and_node_fetch_make_real_requests() {
+    let (port, server) = http_server(2);
+    let src = format!(
+        "import nodeFetch from 'node-fetch'\n\
+         export async function processEvent(e) {{\n\
+           const r = await fetch('http://127.0.0.1:{port}/hook', {{ method: 'POST', headers: {{ 'Content-Type': 'application/json' }}, body: JSON.stringify({{ uuid: e.uuid }}) }})\n\
+           const j = await r.json()\n\
+           const r2 = await nodeFetch('http://127.0.0.1:{port}/two')\n\
+           e.properties.f = [r.status, r.ok, r.headers.get('x-test'), j.n, await r2.text(), nodeFetch === fetch]\n\
+           try {{ await fetch('http://127.0.0.1:1/closed') }} catch (err) {{ e.properties.err = err.name }}\n\
+           return e\n\
+         }}"
+    );
+    let fx = plugin("f", &[("index.js", &src)]);
+    let mut p = Host::with_limits(Limits { call_timeout: Duration::from_secs(10), ..Limits::default() }).ready(&fx);
+    let out = process(&mut p).unwrap();
+    assert_eq!(out["properties"]["f"], json!([201, true, "yes", 7, r#"{"ok":true,"n":7}"#, true]));
+    assert_eq!(out["properties"]["err"], "FetchError");
+    let requests = server.join().unwrap();
+    assert!(requests[0].starts_with("POST /hook HTTP/1.1"), "{}", requests[0]);
+    assert!(requests[0].ends_with(r#"{"uuid":"u-1"}"#), "{}", requests[0]);
+    assert!(requests[1].starts_with("GET /two"), "{}", requests[1]);
+}
+
+#[test]
+fn timers_are_not_available_and_say_why() {
+    let fx = plugin("tm", &[("index.js", "exports.processEvent = (e) => { setTimeout(() => {}, 10); return e }")]);
+    let mut p = Host::new().ready(&fx);
+    let err = p.process_event_json(&event().to_string()).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Failed);
+    assert!(err.message.starts_with("setTimeout is not available in plugins: use jobs"), "{}", err.message);
+}
+
+#[test]
+fn scaffold_retry_error_and_contrib_buffer() {
+    let fx = plugin(
+        "rb",
+        &[(
+            "index.ts",
+            "import { RetryError } from '@posthog/plugin-scaffold'\nimport { createBuffer } from '@posthog/plugin-contrib'\n\
+             export function setupPlugin({ global }) { global.flushed = []; global.buffer = createBuffer({ limit: 2, timeoutSeconds: 600, onFlush: async (batch) => { global.flushed.push(batch.length) } }) }\n\
+             export function processEvent(e, { global }) {\n\
+               global.buffer.add(e.uuid); global.buffer.add(e.uuid); global.buffer.add(e.uuid)\n\
+               e.properties.flushed = global.flushed.slice()\n\
+               if (e.properties.retry) throw new RetryError('try later')\n\
+               e.properties.sameClass = RetryError === globalThis.RetryError\n\
+               return e\n\
+             }",
+        )],
+    );
+    let mut p = Host::new().ready(&fx);
+    let out = process(&mut p).unwrap();
+    assert_eq!(out["properties"]["flushed"], json!([2]));
+    assert_eq!(out["properties"]["sameClass"], true);
+    let mut ev = event();
+    ev["properties"]["retry"] = json!(true);
+    let err = p.process_event_json(&ev.to_string()).unwrap_err();
+    assert_eq!((err.kind, err.name.as_str(), err.message.as_str()), (ErrorKind::Retry, "RetryError", "try later"));
+}
+
+#[test]
+fn posthog_capture_and_jobs_reach_the_outbox() {
+    let fx = plugin(
+        "cap",
+        &[(
+            "index.js",
+            "exports.jobs = { later: async (payload, meta) => { meta.global.ran = payload } }\n\
+             exports.processEvent = async (e, { jobs, global }) => {\n\
+               await posthog.capture('derived', { distinct_id: 'someone', n: 1 })\n\
+               await posthog.capture('plain')\n\
+               await jobs.later({ x: 1 }).runIn(2, 'minutes')\n\
+               await jobs.later({ x: 2 }).runNow()\n\
+               e.properties.ran = global.ran || null\n\
+               return e\n\
+             }",
+        )],
+    );
+    let mut p = Host::new().ready(&fx);
+    assert!(p.has(Hook::Job));
+    assert_eq!(p.jobs(), ["later".to_string()]);
+    let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    process(&mut p);
+    let outbox = p.take_outbox();
+    assert_eq!(outbox.captured.len(), 2);
+    assert_eq!(outbox.captured[0]["event"], "derived");
+    assert_eq!(outbox.captured[0]["distinct_id"], "someone");
+    assert_eq!(outbox.captured[0]["team_id"], 2);
+    assert_eq!(outbox.captured[0]["properties"]["$lib"], "posthog-plugin-server");
+    assert_eq!(outbox.captured[0]["properties"]["n"], 1);
+    assert_eq!(outbox.captured[1]["distinct_id"], "cap", "defaults to the plugin name");
+    assert_eq!(outbox.jobs.len(), 2);
+    assert_eq!(outbox.jobs[0].name, "later");
+    assert_eq!(outbox.jobs[0].payload, r#"{"x":1}"#);
+    let delay = outbox.jobs[0].run_at_ms - before;
+    assert!((119_000..=121_000).contains(&delay), "runIn(2, 'minutes') scheduled {delay} ms ahead");
+    p.run_job("later", r#"{"x":9}"#).unwrap();
+    assert_eq!(process(&mut p).unwrap()["properties"]["ran"], json!({"x": 9}));
+    let err = p.run_job("nope", "null").unwrap_err();
+    assert!(err.message.contains("Task \"nope\" not found"), "{}", err.message);
+}
+
+// ---- calling -------------------------------------------------------------------------------
+
+#[test]
+fn falsy_results_drop_the_event() {
+    for value in ["null", "undefined", "false", "0", "''"] {
+        let fx = plugin("drop", &[("index.js", &format!("exports.processEvent = async (e) => {value}"))]);
+        let mut p = Host::new().ready(&fx);
+        assert_eq!(p.process_event_json(&event().to_string()).unwrap(), None, "{value}");
+    }
+}
+
+#[test]
+fn process_event_batch_shim() {
+    let fx = plugin("batch", &[("index.js", "exports.processEventBatch = async (events) => events.map(e => { e.properties.batched = events.length; return e })")]);
+    let mut p = Host::new().ready(&fx);
+    assert!(p.has(Hook::ProcessEvent));
+    assert_eq!(process(&mut p).unwrap()["properties"]["batched"], 1);
+    let fx = plugin("batch-empty", &[("index.js", "exports.processEventBatch = async () => []")]);
+    let mut p = Host::new().ready(&fx);
+    assert_eq!(process(&mut p), None);
+    let fx = plugin("both", &[("index.js", "exports.processEventBatch = async () => []\nexports.processEvent = (e) => e")]);
+    let mut p = Host::new().ready(&fx);
+    assert!(process(&mut p).is_some(), "processEvent wins over the shim");
+}
+
+#[test]
+fn key_order_is_kept() {
+    let fx = plugin("order", &[("index.js", "exports.processEvent = (e) => { e.properties.z = 1; e.properties.a = 2; return e }")]);
+    let mut p = Host::new().ready(&fx);
+    let input = r#"{"uuid":"u","team_id":2,"event":"e","zeta":1,"alpha":2,"properties":{"m":1,"b":2}}"#;
+    let out = p.process_event_json(input).unwrap().unwrap();
+    assert_eq!(out, r#"{"uuid":"u","team_id":2,"event":"e","zeta":1,"alpha":2,"properties":{"m":1,"b":2,"z":1,"a":2}}"#);
+}
+
+#[test]
+fn hooks_receive_their_arguments() {
+    let fx = plugin(
+        "hooks",
+        &[(
+            "index.js",
+            "exports.setupPlugin = (meta) => { meta.global.calls = ['setup:' + typeof meta.cache] }\n\
+             exports.onEvent = (e, meta) => { meta.global.calls.push('onEvent:' + e.event) }\n\
+             exports.exportEvents = async (events, meta) => { meta.global.calls.push('export:' + events.length) }\n\
+             exports.runEveryMinute = (meta) => { meta.global.calls.push('minute') }\n\
+             exports.runEveryHour = async (meta) => { meta.global.calls.push('hour') }\n\
+             exports.runEveryDay = (meta) => { meta.global.calls.push('day') }\n\
+             exports.teardownPlugin = (meta) => { console.log(meta.global.calls.concat('teardown').join(',')) }",
+        )],
+    );
+    let host = Host::new();
+    let mut p = host.ready(&fx);
+    p.on_event_json(&event().to_string()).unwrap();
+    p.export_events_json(&json!([event(), event()]).to_string()).unwrap();
+    p.run_scheduled(Hook::RunEveryMinute).unwrap();
+    p.run_scheduled(Hook::RunEveryHour).unwrap();
+    p.run_scheduled(Hook::RunEveryDay).unwrap();
+    p.teardown().unwrap();
+    assert!(host.messages().contains(&"setup:object,onEvent:$pageview,export:2,minute,hour,day,teardown".to_string()), "{:?}", host.messages());
+}
+
+#[test]
+fn errors_carry_plugin_hook_message_and_stack() {
+    let fx = plugin("err", &[("index.js", "function inner() { throw new TypeError('nope') }\nexports.onEvent = () => inner()")]);
+    let mut p = Host::new().ready(&fx);
+    let err = p.on_event_json(&event().to_string()).unwrap_err();
+    assert_eq!((err.kind, err.hook, err.name.as_str(), err.message.as_str()), (ErrorKind::Failed, Hook::OnEvent, "TypeError", "nope"));
+    assert_eq!(err.plugin, "err");
+    assert!(err.stack.contains("inner") && err.stack.contains("index.js:1"), "{}", err.stack);
+    assert_eq!(err.to_string(), "plugin 'err' (1) onEvent: TypeError: nope");
+}
+
+#[test]
+fn team_id_change_is_reverted_and_non_objects_are_errors() {
+    let fx = plugin("team", &[("index.js", "exports.processEvent = (e) => { e.team_id = 400; return e }")]);
+    let mut p = Host::new().ready(&fx);
+    let err = p.process_event_json(&event().to_string()).unwrap_err();
+    assert_eq!(err.message, "Plugin tried to change event.team_id");
+    let fx = plugin("num", &[("index.js", "exports.processEvent = () => 42")]);
+    let mut p = Host::new().ready(&fx);
+    let err = p.process_event_json(&event().to_string()).unwrap_err();
+    assert_eq!(err.message, "processEvent returned a number, expected an object or a falsy value");
+}
+
+// ---- hostile plugins -------------------------------------------------------------------------
+
+fn well_behaved(host: &Host) -> operators::plugin::PluginInstance {
+    let fx = plugin("fine", &[("index.js", "exports.processEvent = (e) => { e.properties.fine = true; return e }")]);
+    let p = host.ready(&fx);
+    std::mem::forget(fx);
+    p
+}
+
+#[test]
+fn infinite_loop_is_ended_by_the_deadline() {
+    let host = Host::new();
+    let fx = plugin("loop", &[("index.js", "exports.processEvent = (e) => { if (e.properties.spin) { try { while (true) {} } catch (x) {} } return e }")]);
+    let mut p = host.ready(&fx);
+    let mut other = well_behaved(&host);
+    let mut ev = event();
+    ev["properties"]["spin"] = json!(true);
+    let started = Instant::now();
+    let err = p.process_event_json(&ev.to_string()).unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(err.kind, ErrorKind::Timeout);
+    assert!(took >= Duration::from_millis(300) && took < Duration::from_secs(3), "took {took:?}");
+    assert!(process(&mut p).is_some(), "the same instance serves the next event");
+    assert_eq!(process(&mut other).unwrap()["properties"]["fine"], true);
+}
+
+#[test]
+fn async_busy_loop_is_ended_too() {
+    let host = Host::new();
+    let fx = plugin("aloop", &[("index.js", "exports.processEvent = async (e) => { await null; for (;;) {} }")]);
+    let mut p = host.ready(&fx);
+    let err = p.process_event_json(&event().to_string()).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Timeout);
+    let mut other = well_behaved(&host);
+    assert_eq!(process(&mut other).unwrap()["properties"]["fine"], true);
+}
+
+#[test]
+fn never_settling_promise_fails_the_call() {
+    let host = Host::new();
+    let fx = plugin("pending", &[("index.js", "exports.processEvent = (e) => new Promise(() => {})")]);
+    let mut p = host.ready(&fx);
+    let err = p.process_event_json(&event().to_string()).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Timeout);
+    assert!(err.message.contains("can never settle"), "{}", err.message);
+    let mut other = well_behaved(&host);
+    assert_eq!(process(&mut other).unwrap()["properties"]["fine"], true);
+}
+
+#[test]
+fn deep_recursion_hits_the_stack_limit() {
+    let host = Host::new();
+    let fx = plugin("deep", &[("index.js", "function f(n) { return f(n + 1) + 1 }\nexports.processEvent = (e) => { f(0); return e }")]);
+    let mut p = host.ready(&fx);
+    let err = p.process_event_json(&event().to_string()).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Failed);
+    assert_eq!((err.name.as_str(), err.message.as_str()), ("RangeError", "Maximum call stack size exceeded"));
+    assert!(process(&mut well_behaved(&host)).is_some());
+}
+
+#[test]
+fn memory_bomb_fails_the_call_and_spares_the_others() {
+    let host = Host::with_limits(Limits { call_timeout: Duration::from_secs(10), memory_limit_bytes: 64 << 20, ..Limits::default() });
+    let mut other = well_behaved(&host);
+    let fx = plugin(
+        "bomb",
+        &[("index.js", "exports.processEvent = (e, { global }) => { if (e.properties.keep) { global.hoard = []; for (;;) global.hoard.push('x'.repeat(1000) + Math.random()) } const a = []; for (;;) a.push(new Array(1000).fill(Math.random())) }")],
+    );
+    let mut p = host.ready(&fx);
+    let err = p.process_event_json(&event().to_string()).unwrap_err();
+    assert_eq!(err.name, "OutOfMemory", "{err}");
+    assert!(p.disabled().is_none(), "garbage from a failed call is collected; the instance stays");
+    assert_eq!(process(&mut other).unwrap()["properties"]["fine"], true);
+    let mut ev = event();
+    ev["properties"]["keep"] = json!(true);
+    let err = p.process_event_json(&ev.to_string()).unwrap_err();
+    assert_eq!(err.name, "OutOfMemory");
+    assert!(p.disabled().is_some(), "an instance that keeps the heap full is disabled");
+    assert_eq!(p.process_event_json(&event().to_string()).unwrap_err().kind, ErrorKind::Disabled);
+    assert_eq!(process(&mut other).unwrap()["properties"]["fine"], true);
+    assert_eq!(process(&mut well_behaved(&host)).unwrap()["properties"]["fine"], true);
+}
+
+// ---- chains ----------------------------------------------------------------------------------
+
+#[test]
+fn chain_runs_in_order_and_records_plugins() {
+    let host = Host::new();
+    let add = |name: &str| plugin(name, &[("index.js", &format!("exports.processEvent = (e) => {{ (e.properties.order = e.properties.order || []).push('{name}'); return e }}"))]);
+    let fail = plugin("failing", &[("index.js", "exports.processEvent = (e) => { e.properties.touched = true; throw new Error('I always fail!') }\nexports.onEvent = () => {}")]);
+    let only_on_event = plugin("exporter", &[("index.js", "exports.onEvent = () => {}")]);
+    let (fa, fb) = (add("a"), add("b"));
+    let mut a = host.load_as(&fa, json!({}), "60", Some(2)).unwrap();
+    let mut f = host.load_as(&fail, json!({}), "61", Some(2)).unwrap();
+    let mut b = host.load_as(&fb, json!({}), "62", Some(2)).unwrap();
+    let mut x = host.load_as(&only_on_event, json!({}), "63", Some(2)).unwrap();
+    let outcome = run_chain(&mut [&mut a, &mut f, &mut b, &mut x], &event().to_string()).unwrap();
+    let out: Value = serde_json::from_str(outcome.event.as_deref().unwrap()).unwrap();
+    assert_eq!(out["properties"]["order"], json!(["a", "b"]));
+    assert_eq!(out["properties"]["touched"], true, "mutations before a throw remain");
+    assert_eq!(out["properties"]["$plugins_succeeded"], json!(["a (60)", "b (62)"]));
+    assert_eq!(out["properties"]["$plugins_failed"], json!(["failing (61)"]));
+    assert_eq!(out["properties"]["$plugins_deferred"], json!(["failing (61)", "exporter (63)"]));
+    assert_eq!(outcome.failed[0].message, "I always fail!");
+}
+
+#[test]
+fn chain_stops_at_a_drop() {
+    let host = Host::new();
+    let drop = plugin("dropper", &[("index.js", "exports.processEvent = () => null")]);
+    let after = plugin("after", &[("index.js", "exports.processEvent = (e) => { throw new Error('must not run') }")]);
+    let mut d = host.ready(&drop);
+    let mut a = host.ready(&after);
+    let outcome = run_chain(&mut [&mut d, &mut a], &event().to_string()).unwrap();
+    assert!(outcome.event.is_none());
+    assert_eq!(outcome.dropped_by.as_deref(), Some("dropper (1)"));
+    assert!(outcome.failed.is_empty());
+}
+
+#[test]
+fn chain_restores_team_id_and_keeps_the_returned_object() {
+    let host = Host::new();
+    let fx = plugin("team", &[("index.js", "exports.processEvent = (e) => ({ ...e, team_id: 400, properties: { replaced: true } })")]);
+    let mut p = host.ready(&fx);
+    let outcome = run_chain(&mut [&mut p], &event().to_string()).unwrap();
+    let out: Value = serde_json::from_str(outcome.event.as_deref().unwrap()).unwrap();
+    assert_eq!(out["team_id"], 2);
+    assert_eq!(out["properties"]["replaced"], true);
+    assert_eq!(out["properties"]["$plugins_failed"], json!(["team (1)"]));
+    assert_eq!(outcome.failed[0].message, "Plugin tried to change event.team_id");
+}
+
+#[test]
+fn chain_without_plugins_returns_the_input_untouched() {
+    let host = Host::new();
+    let fx = plugin("nothing", &[("index.js", "exports.setupPlugin = () => {}")]);
+    let mut p = host.ready(&fx);
+    let input = r#"{"uuid":"u",  "team_id":2,"event":"e"}"#;
+    let outcome = run_chain(&mut [&mut p], input).unwrap();
+    assert_eq!(outcome.event.as_deref(), Some(input));
+}
+
+#[test]
+fn idle_instance_memory_is_small() {
+    let host = Host::new();
+    let fx = plugin("idle", &[("index.js", "exports.processEvent = (e) => e")]);
+    host.runtime.collect_garbage();
+    let before = host.runtime.memory_used();
+    let instances: Vec<_> = (0..20).map(|i| host.load_as(&fx, json!({}), &i.to_string(), Some(2)).unwrap()).collect();
+    host.runtime.collect_garbage();
+    let per_instance = (host.runtime.memory_used() - before) / instances.len();
+    println!("idle plugin instance: {per_instance} bytes of QuickJS heap");
+    assert!(per_instance < 2 << 20, "an idle instance takes {per_instance} bytes");
+}

@@ -1,0 +1,383 @@
+//! The pipeline configuration file (TOML): what to read, where to write, which plugins run for
+//! which teams. Every field is documented in `docs/config.md`; [`PipelineConfig::load`] checks
+//! the file once at start and names the field at fault.
+//!
+//! Relative paths are resolved against the folder holding the configuration file.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// A configuration problem, naming the file and the field.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {field}: {problem}")]
+pub struct ConfigError {
+    /// The configuration file.
+    pub file: String,
+    /// The field, as a dotted path (`plugins[1].path`).
+    pub field: String,
+    /// What is wrong.
+    pub problem: String,
+}
+
+/// The whole configuration file.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Where events come from.
+    pub input: InputConfig,
+    /// Where results go.
+    #[serde(default)]
+    pub output: OutputConfig,
+    /// Durable state (plugin cache and storage).
+    #[serde(default)]
+    pub state: StateConfig,
+    /// MaxMind database for `geoip.locate`.
+    #[serde(default)]
+    pub geoip: Option<GeoipConfig>,
+    /// Limits and batching.
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+    /// Plugin configurations, each for some teams or all.
+    #[serde(default)]
+    pub plugins: Vec<PluginEntry>,
+}
+
+/// `[input]`: a recorded JSON-lines event log.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputConfig {
+    /// Path of the log. Each line is an event, either plain or in PostHog's ingestion envelope.
+    pub path: PathBuf,
+}
+
+/// `[output]`: JSON-lines files (`-` for standard output).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputConfig {
+    /// Processed events.
+    #[serde(default = "default_events_path")]
+    pub events: PathBuf,
+    /// Dead letters: lines that are not events, with the reason.
+    #[serde(default = "default_dead_letter_path")]
+    pub dead_letters: PathBuf,
+    /// Plugin log entries.
+    #[serde(default = "default_logs_path")]
+    pub logs: PathBuf,
+}
+
+fn default_events_path() -> PathBuf {
+    PathBuf::from("out/events.jsonl")
+}
+fn default_dead_letter_path() -> PathBuf {
+    PathBuf::from("out/dead-letters.jsonl")
+}
+fn default_logs_path() -> PathBuf {
+    PathBuf::from("out/plugin-logs.jsonl")
+}
+
+impl Default for OutputConfig {
+    fn default() -> Self {
+        Self { events: default_events_path(), dead_letters: default_dead_letter_path(), logs: default_logs_path() }
+    }
+}
+
+/// `[state]`: where the plugin cache and storage live.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// RocksDB folder, created when missing. `memory = true` keeps state in memory instead.
+    #[serde(default = "default_state_path")]
+    pub path: PathBuf,
+    /// Keep state in memory only (lost at exit).
+    #[serde(default)]
+    pub memory: bool,
+}
+
+fn default_state_path() -> PathBuf {
+    PathBuf::from(".state")
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self { path: default_state_path(), memory: false }
+    }
+}
+
+/// `[geoip]`: the MaxMind City database.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GeoipConfig {
+    /// Path of the `.mmdb` file.
+    pub path: PathBuf,
+}
+
+/// `[runtime]`: limits and batching.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Longest one plugin call may take, in milliseconds (PostHog: 30 s).
+    #[serde(default = "default_call_timeout_ms")]
+    pub call_timeout_ms: u64,
+    /// QuickJS heap limit per worker, in MiB, shared by the worker's plugin instances.
+    #[serde(default = "default_memory_limit_mb")]
+    pub memory_limit_mb: u64,
+    /// Lines per epoch (batch) read from the log.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// How many epochs the source may run ahead of the output.
+    #[serde(default = "default_max_epochs_ahead")]
+    pub max_epochs_ahead: u64,
+    /// Timeout of `fetch` requests, in milliseconds.
+    #[serde(default = "default_fetch_timeout_ms")]
+    pub fetch_timeout_ms: u64,
+}
+
+fn default_call_timeout_ms() -> u64 {
+    30_000
+}
+fn default_memory_limit_mb() -> u64 {
+    512
+}
+fn default_batch_size() -> usize {
+    1024
+}
+fn default_max_epochs_ahead() -> u64 {
+    4
+}
+fn default_fetch_timeout_ms() -> u64 {
+    10_000
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            call_timeout_ms: default_call_timeout_ms(),
+            memory_limit_mb: default_memory_limit_mb(),
+            batch_size: default_batch_size(),
+            max_epochs_ahead: default_max_epochs_ahead(),
+            fetch_timeout_ms: default_fetch_timeout_ms(),
+        }
+    }
+}
+
+/// `[[plugins]]`: one plugin configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginEntry {
+    /// Configuration id, unique in the file; shown as `Name (id)` in `$plugins_*`.
+    pub id: String,
+    /// Plugin folder (with `plugin.json` and `index.js`/`index.ts`).
+    pub path: PathBuf,
+    /// Teams this configuration runs for; omitted means every team.
+    #[serde(default)]
+    pub teams: Option<Vec<i64>>,
+    /// Position in the team's chain: lower runs first; ties keep file order.
+    #[serde(default)]
+    pub order: i64,
+    /// Whether the configuration runs at all.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Config values, keyed as in `plugin.json` (strings, as PostHog stored them).
+    #[serde(default)]
+    pub config: toml::Table,
+    /// Attachment files by config key.
+    #[serde(default)]
+    pub attachments: BTreeMap<String, PathBuf>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl PluginEntry {
+    /// Whether this configuration runs for `team`.
+    pub fn applies_to(&self, team: i64) -> bool {
+        self.enabled && self.teams.as_ref().is_none_or(|t| t.contains(&team))
+    }
+
+    /// Config values as JSON.
+    pub fn config_json(&self) -> serde_json::Map<String, serde_json::Value> {
+        serde_json::to_value(&self.config)
+            .ok()
+            .and_then(|v| v.as_object().cloned())
+            .unwrap_or_default()
+    }
+}
+
+impl PipelineConfig {
+    /// Reads, parses and checks a configuration file; relative paths become relative to it.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError { file: file.clone(), field: "(file)".into(), problem: format!("cannot read: {e}") })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&file, &text, base)
+    }
+
+    /// Parses configuration text; `file` names it in errors, `base` anchors relative paths.
+    pub fn parse(file: &str, text: &str, base: &Path) -> Result<Self, ConfigError> {
+        let mut config: Self = toml::from_str(text).map_err(|e| ConfigError {
+            file: file.to_string(),
+            field: field_of_toml_error(text, &e),
+            problem: e.message().to_string(),
+        })?;
+        config.resolve_paths(base);
+        config.check(file)?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() && p.as_os_str() != "-" {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.input.path);
+        fix(&mut self.output.events);
+        fix(&mut self.output.dead_letters);
+        fix(&mut self.output.logs);
+        fix(&mut self.state.path);
+        if let Some(g) = &mut self.geoip {
+            fix(&mut g.path);
+        }
+        for p in &mut self.plugins {
+            fix(&mut p.path);
+            p.attachments.values_mut().for_each(fix);
+        }
+    }
+
+    fn check(&self, file: &str) -> Result<(), ConfigError> {
+        let fail = |field: String, problem: String| Err(ConfigError { file: file.to_string(), field, problem });
+        if !self.input.path.is_file() {
+            return fail("input.path".into(), format!("{} is not a readable file", self.input.path.display()));
+        }
+        if let Some(g) = &self.geoip {
+            if !g.path.is_file() {
+                return fail("geoip.path".into(), format!("{} is not a readable file", g.path.display()));
+            }
+        }
+        let r = &self.runtime;
+        if r.call_timeout_ms == 0 {
+            return fail("runtime.call_timeout_ms".into(), "must be at least 1".into());
+        }
+        if r.memory_limit_mb < 8 {
+            return fail("runtime.memory_limit_mb".into(), "must be at least 8".into());
+        }
+        if r.batch_size == 0 {
+            return fail("runtime.batch_size".into(), "must be at least 1".into());
+        }
+        if r.max_epochs_ahead == 0 {
+            return fail("runtime.max_epochs_ahead".into(), "must be at least 1".into());
+        }
+        let mut ids = std::collections::HashSet::new();
+        for (i, p) in self.plugins.iter().enumerate() {
+            if p.id.trim().is_empty() {
+                return fail(format!("plugins[{i}].id"), "must not be empty".into());
+            }
+            if !ids.insert(&p.id) {
+                return fail(format!("plugins[{i}].id"), format!("duplicate id '{}'", p.id));
+            }
+            if !p.path.is_dir() {
+                return fail(format!("plugins[{i}].path"), format!("{} is not a folder", p.path.display()));
+            }
+            if p.teams.as_ref().is_some_and(|t| t.is_empty()) {
+                return fail(format!("plugins[{i}].teams"), "is empty: omit it to run for every team".into());
+            }
+            for (key, path) in &p.attachments {
+                if !path.is_file() {
+                    return fail(format!("plugins[{i}].attachments.{key}"), format!("{} is not a readable file", path.display()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Enabled plugin entries for `team`, in chain order: `order`, then file order.
+    pub fn chain_for(&self, team: i64) -> Vec<(usize, &PluginEntry)> {
+        let mut chain: Vec<_> = self.plugins.iter().enumerate().filter(|(_, p)| p.applies_to(team)).collect();
+        chain.sort_by_key(|(i, p)| (p.order, *i));
+        chain
+    }
+}
+
+/// Best effort at naming the field a TOML error is about, from the error's position.
+fn field_of_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let Some(span) = e.span() else { return "(file)".into() };
+    let before = &text[..span.start.min(text.len())];
+    let line_no = before.matches('\n').count() + 1;
+    let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
+    let key = line.split('=').next().unwrap_or("").trim();
+    let table = before
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').to_string());
+    match (table, key.is_empty() || key.starts_with('[')) {
+        (Some(t), false) => format!("{t}.{key} (line {line_no})"),
+        (Some(t), true) => format!("{t} (line {line_no})"),
+        (None, false) => format!("{key} (line {line_no})"),
+        (None, true) => format!("line {line_no}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("events.jsonl"), "{}\n").unwrap();
+        std::fs::create_dir(dir.path().join("p")).unwrap();
+        dir
+    }
+
+    fn parse(dir: &Path, text: &str) -> Result<PipelineConfig, ConfigError> {
+        PipelineConfig::parse("pf.toml", text, dir)
+    }
+
+    #[test]
+    fn minimal_config_takes_defaults_and_resolves_paths() {
+        let dir = setup();
+        let c = parse(dir.path(), "[input]\npath = \"events.jsonl\"\n").unwrap();
+        assert_eq!(c.input.path, dir.path().join("events.jsonl"));
+        assert_eq!(c.output.events, dir.path().join("out/events.jsonl"));
+        assert_eq!(c.runtime.call_timeout_ms, 30_000);
+        assert!(c.plugins.is_empty());
+    }
+
+    #[test]
+    fn plugins_sort_by_order_then_file_order() {
+        let dir = setup();
+        let c = parse(
+            dir.path(),
+            "[input]\npath = \"events.jsonl\"\n[[plugins]]\nid = \"a\"\npath = \"p\"\norder = 2\n[[plugins]]\nid = \"b\"\npath = \"p\"\norder = 1\nteams = [7]\n[[plugins]]\nid = \"c\"\npath = \"p\"\norder = 2\n[[plugins]]\nid = \"d\"\npath = \"p\"\nenabled = false\n",
+        )
+        .unwrap();
+        let ids = |team| c.chain_for(team).iter().map(|(_, p)| p.id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(7), vec!["b", "a", "c"]);
+        assert_eq!(ids(8), vec!["a", "c"]);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let dir = setup();
+        let e = parse(dir.path(), "[input]\npath = \"missing.jsonl\"\n").unwrap_err();
+        assert_eq!(e.field, "input.path");
+        let e = parse(dir.path(), "[input]\npath = \"events.jsonl\"\n[runtime]\nbatch_size = 0\n").unwrap_err();
+        assert_eq!(e.field, "runtime.batch_size");
+        let e = parse(dir.path(), "[input]\npath = \"events.jsonl\"\n[runtime]\nbatch_sise = 3\n").unwrap_err();
+        assert!(e.field.starts_with("runtime.batch_sise"), "{e}");
+        assert!(e.problem.contains("unknown field"), "{e}");
+        let e = parse(dir.path(), "[input]\npath = \"events.jsonl\"\n[[plugins]]\nid = \"a\"\npath = \"nope\"\n").unwrap_err();
+        assert_eq!(e.field, "plugins[0].path");
+        let e = parse(dir.path(), "[input]\npath = \"events.jsonl\"\n[[plugins]]\nid = \"a\"\npath = \"p\"\n[[plugins]]\nid = \"a\"\npath = \"p\"\n").unwrap_err();
+        assert_eq!(e.field, "plugins[1].id");
+        let e = parse(dir.path(), "[input]\npath = \"events.jsonl\"\n[[plugins]]\nid = \"a\"\npath = \"p\"\nteams = []\n").unwrap_err();
+        assert_eq!(e.field, "plugins[0].teams");
+        let e = parse(dir.path(), "[output]\nevents = \"x\"\n").unwrap_err();
+        assert!(e.problem.contains("input"), "{e}");
+    }
+}

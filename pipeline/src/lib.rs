@@ -1,0 +1,9 @@
+//! pluginflow: run PostHog plugins over event streams as a timely dataflow.
+//!
+//! This crate is "where events come from and go": configuration, the recorded-log source, the
+//! outputs, and the assembly of the dataflow. The per-event work lives in `operators`.
+
+pub mod config;
+pub mod run;
+pub mod stats;
+pub mod try_plugin;

@@ -1,0 +1,227 @@
+//! The `pluginflow` command line. Thin: parsing flags, wiring outputs, exit codes.
+
+use std::io::BufReader;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::{Args, Parser, Subcommand};
+use operators::plugin::log::JsonLinesLogSink;
+use pluginflow::config::PipelineConfig;
+use pluginflow::try_plugin::{self, TryOptions};
+
+/// Run PostHog plugins ("apps") over analytics events as a timely dataflow.
+#[derive(Parser, Debug)]
+#[command(name = "pluginflow", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the pipeline described by a configuration file (see docs/config.md).
+    Run(RunArgs),
+    /// Run one plugin's processEvent over JSON-lines events: one output line per input line.
+    Try(TryArgs),
+}
+
+#[derive(Args, Debug)]
+#[command(disable_help_flag = true)]
+struct RunArgs {
+    /// The pipeline configuration file (TOML).
+    config: PathBuf,
+    /// Worker threads in this process.
+    #[arg(short = 'w', long = "workers", default_value_t = 1)]
+    workers: usize,
+    /// Number of processes in a timely cluster (each runs the same command).
+    #[arg(short = 'n', long = "processes", default_value_t = 1)]
+    processes: usize,
+    /// This process's index in the cluster, from 0.
+    #[arg(short = 'p', long = "process", default_value_t = 0)]
+    process: usize,
+    /// File with one `host:port` per line, one per process of the cluster.
+    #[arg(short = 'h', long = "hostfile")]
+    hostfile: Option<PathBuf>,
+    /// Do not print the progress line on stderr.
+    #[arg(long)]
+    no_progress: bool,
+    /// Print help.
+    #[arg(long, action = clap::ArgAction::Help)]
+    help: Option<bool>,
+}
+
+#[derive(Args, Debug)]
+struct TryArgs {
+    /// The plugin folder (plugin.json and index.js or index.ts).
+    plugin_dir: PathBuf,
+    /// Config values as a JSON object, e.g. '{"greeting":"hi"}'.
+    #[arg(long)]
+    config: Option<String>,
+    /// An attachment for a config field of type attachment: KEY=PATH (repeatable).
+    #[arg(long = "attachment", value_parser = parse_attachment)]
+    attachments: Vec<(String, PathBuf)>,
+    /// MaxMind City database for geoip.locate.
+    #[arg(long)]
+    geoip: Option<PathBuf>,
+    /// Read events from this file instead of standard input.
+    #[arg(long)]
+    input: Option<PathBuf>,
+    /// Deadline of one plugin call, in milliseconds.
+    #[arg(long, default_value_t = 30_000)]
+    timeout_ms: u64,
+}
+
+fn parse_attachment(s: &str) -> Result<(String, PathBuf), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("expected KEY=PATH, got '{s}'"))?;
+    if k.is_empty() || v.is_empty() {
+        return Err(format!("expected KEY=PATH, got '{s}'"));
+    }
+    Ok((k.to_string(), PathBuf::from(v)))
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => run(args),
+        Command::Try(args) => try_cmd(args),
+    }
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let config = match PipelineConfig::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pluginflow: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    if let Err(e) = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)) {
+        eprintln!("pluginflow: cannot install the signal handler: {e}");
+        return ExitCode::from(1);
+    }
+    let logs_path = config.output.logs.clone();
+    let logs = match pluginflow::run::open_output(&logs_path) {
+        Ok(w) => Arc::new(JsonLinesLogSink::new(SharedWrite(w))),
+        Err(e) => {
+            eprintln!("pluginflow: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let shared = match pluginflow::run::prepare(config, logs, stop) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("pluginflow: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut timely_args = vec!["pluginflow".to_string(), "-w".into(), args.workers.to_string()];
+    timely_args.extend(["-n".into(), args.processes.to_string(), "-p".into(), args.process.to_string()]);
+    if let Some(h) = &args.hostfile {
+        timely_args.extend(["-h".into(), h.display().to_string()]);
+    }
+    let timely_config = match timely::Config::from_args(timely_args.into_iter()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pluginflow: invalid cluster flags: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let started = Instant::now();
+    let stats = shared.stats.clone();
+    let finished = Arc::new(AtomicBool::new(false));
+    let progress = (!args.no_progress).then(|| spawn_progress(stats.clone(), finished.clone(), started));
+    let result = pluginflow::run::run(shared, timely_config);
+    finished.store(true, Ordering::SeqCst);
+    if let Some(p) = progress {
+        let _ = p.join();
+    }
+    match result {
+        Ok(stats) => {
+            eprint!("{}", stats.summary().render(started.elapsed().as_secs_f64()));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("pluginflow: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn spawn_progress(
+    stats: Arc<pluginflow::stats::Stats>,
+    finished: Arc<AtomicBool>,
+    started: Instant,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut last = Instant::now();
+        while !finished.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(100));
+            if last.elapsed() >= Duration::from_secs(2) {
+                last = Instant::now();
+                eprintln!("{}", stats.summary().progress_line(started.elapsed().as_secs_f64()));
+            }
+        }
+    })
+}
+
+/// Lets the log sink write into a shared output.
+struct SharedWrite(pluginflow::run::SharedWriter);
+
+impl std::io::Write for SharedWrite {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log output lock").write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.lock().expect("log output lock").flush()
+    }
+}
+
+fn try_cmd(args: TryArgs) -> ExitCode {
+    let opts = TryOptions {
+        dir: args.plugin_dir,
+        config_json: args.config,
+        attachments: args.attachments,
+        geoip: args.geoip,
+        call_timeout: Some(Duration::from_millis(args.timeout_ms)),
+    };
+    let logs = Arc::new(JsonLinesLogSink::new(std::io::stderr()));
+    let (_runtime, mut instance) = match try_plugin::load(&opts, logs) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("pluginflow try: {}", e.0.replace('\n', " "));
+            return ExitCode::from(2);
+        }
+    };
+    let stdout = std::io::stdout().lock();
+    let result = match &args.input {
+        Some(path) => match std::fs::File::open(path) {
+            Ok(f) => try_plugin::run_lines(&mut instance, BufReader::new(f), stdout),
+            Err(e) => {
+                eprintln!("pluginflow try: cannot read {}: {e}", path.display());
+                return ExitCode::from(2);
+            }
+        },
+        None => try_plugin::run_lines(&mut instance, std::io::stdin().lock(), stdout),
+    };
+    let teardown = instance.teardown();
+    match (result, teardown) {
+        (Ok(_), Ok(())) => ExitCode::SUCCESS,
+        (Err(e), _) => {
+            eprintln!("pluginflow try: {e}");
+            ExitCode::from(1)
+        }
+        (Ok(_), Err(e)) => {
+            eprintln!("pluginflow try: teardownPlugin failed: {}: {}", e.name, e.message);
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! Counters of a run, shared by the workers of a process: the progress line and the summary.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Run counters. Cheap to update from any worker.
+#[derive(Debug, Default)]
+pub struct Stats {
+    events_in: AtomicU64,
+    bytes_in: AtomicU64,
+    input_bytes: AtomicU64,
+    events_out: AtomicU64,
+    dropped: AtomicU64,
+    dead_lettered: AtomicU64,
+    failures: Mutex<BTreeMap<(String, String), u64>>,
+}
+
+/// A snapshot of [`Stats`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// Lines read.
+    pub events_in: u64,
+    /// Bytes read.
+    pub bytes_in: u64,
+    /// Size of the input.
+    pub input_bytes: u64,
+    /// Events written.
+    pub events_out: u64,
+    /// Events dropped by a plugin.
+    pub dropped: u64,
+    /// Lines sent to the dead-letter output.
+    pub dead_lettered: u64,
+    /// Failures per (plugin configuration, hook).
+    pub failures: BTreeMap<(String, String), u64>,
+}
+
+impl Stats {
+    /// Records lines read.
+    pub fn add_in(&self, lines: u64, bytes: u64) {
+        self.events_in.fetch_add(lines, Ordering::Relaxed);
+        self.bytes_in.fetch_add(bytes, Ordering::Relaxed);
+    }
+    /// Records the size of the input.
+    pub fn set_input_bytes(&self, bytes: u64) {
+        self.input_bytes.store(bytes, Ordering::Relaxed);
+    }
+    /// Records events written.
+    pub fn add_out(&self, n: u64) {
+        self.events_out.fetch_add(n, Ordering::Relaxed);
+    }
+    /// Records events dropped by plugins.
+    pub fn add_dropped(&self, n: u64) {
+        self.dropped.fetch_add(n, Ordering::Relaxed);
+    }
+    /// Records dead letters.
+    pub fn add_dead(&self, n: u64) {
+        self.dead_lettered.fetch_add(n, Ordering::Relaxed);
+    }
+    /// Records one failure of `hook` in plugin configuration `plugin`.
+    pub fn add_failure(&self, plugin: &str, hook: &str) {
+        *self.failures.lock().expect("stats lock").entry((plugin.to_string(), hook.to_string())).or_default() += 1;
+    }
+    /// A snapshot.
+    pub fn summary(&self) -> Summary {
+        Summary {
+            events_in: self.events_in.load(Ordering::Relaxed),
+            bytes_in: self.bytes_in.load(Ordering::Relaxed),
+            input_bytes: self.input_bytes.load(Ordering::Relaxed),
+            events_out: self.events_out.load(Ordering::Relaxed),
+            dropped: self.dropped.load(Ordering::Relaxed),
+            dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
+            failures: self.failures.lock().expect("stats lock").clone(),
+        }
+    }
+}
+
+impl Summary {
+    /// One progress line: events, rate, share of the input.
+    pub fn progress_line(&self, elapsed_secs: f64) -> String {
+        let rate = self.events_in as f64 / elapsed_secs.max(1e-9);
+        let share = if self.input_bytes > 0 { 100.0 * self.bytes_in as f64 / self.input_bytes as f64 } else { 0.0 };
+        format!("pluginflow: {} events read, {:.0} events/s, {:.1}% of the input", self.events_in, rate, share)
+    }
+
+    /// The end-of-run summary, several lines.
+    pub fn render(&self, elapsed_secs: f64) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "pluginflow summary ({elapsed_secs:.2} s):");
+        let _ = writeln!(s, "  events in:           {}", self.events_in);
+        let _ = writeln!(s, "  events out:          {}", self.events_out);
+        let _ = writeln!(s, "  dropped by plugins:  {}", self.dropped);
+        let _ = writeln!(s, "  dead-lettered:       {}", self.dead_lettered);
+        if self.failures.is_empty() {
+            let _ = writeln!(s, "  plugin failures:     none");
+        } else {
+            let _ = writeln!(s, "  plugin failures:");
+            for ((plugin, hook), n) in &self.failures {
+                let _ = writeln!(s, "    {plugin} {hook}: {n}");
+            }
+        }
+        s
+    }
+}

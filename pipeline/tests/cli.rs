@@ -1,0 +1,139 @@
+//! The `pluginflow` binary: exit codes, `try`, shutdown on SIGTERM.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_pluginflow"))
+}
+
+fn plugin(dir: &Path, name: &str, plugin_json: &str, index: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::create_dir_all(&p).unwrap();
+    std::fs::write(p.join("plugin.json"), plugin_json).unwrap();
+    std::fs::write(p.join("index.js"), index).unwrap();
+    p
+}
+
+#[test]
+fn run_rejects_a_bad_config_with_exit_code_2_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("pf.toml");
+    std::fs::write(&cfg, "[input]\npath = \"nope.jsonl\"\n").unwrap();
+    let out = bin().args(["run"]).arg(&cfg).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("input.path") && err.contains("nope.jsonl"), "{err}");
+}
+
+#[test]
+fn run_rejects_a_plugin_that_cannot_load() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("e.jsonl"), "").unwrap();
+    plugin(dir.path(), "bad", r#"{"name":"bad"}"#, "import pg from 'pg'\nexport function processEvent(e) { return e }");
+    let cfg = dir.path().join("pf.toml");
+    std::fs::write(&cfg, "[input]\npath = \"e.jsonl\"\n[state]\nmemory = true\n[[plugins]]\nid = \"x\"\npath = \"bad\"\n").unwrap();
+    let out = bin().args(["run"]).arg(&cfg).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Cannot import 'pg'") && err.contains("bad"), "{err}");
+}
+
+#[test]
+fn help_lists_every_subcommand_and_flag() {
+    let out = bin().arg("--help").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("run") && text.contains("try"), "{text}");
+    let out = bin().args(["run", "--help"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for flag in ["--workers", "--processes", "--process", "--hostfile", "--no-progress"] {
+        assert!(text.contains(flag), "run --help lacks {flag}: {text}");
+    }
+}
+
+#[test]
+fn try_prints_one_line_per_input_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = plugin(
+        dir.path(),
+        "greeter",
+        r#"{"name":"greeter","config":[{"key":"greeting","default":"hello"}]}"#,
+        "exports.setupPlugin = ({ global, config }) => { global.g = config.greeting }\n\
+         exports.processEvent = (e, { global }) => { if (e.event === 'skip') return null; console.log('saw', e.uuid); e.properties.greeting = global.g; return e }\n\
+         exports.teardownPlugin = () => { console.log('bye') }",
+    );
+    let mut child = bin()
+        .arg("try")
+        .arg(&p)
+        .args(["--config", r#"{"greeting":"hi"}"#])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"{\"uuid\":\"1\",\"event\":\"e\",\"team_id\":1,\"properties\":{\"z\":1,\"a\":2}}\n{\"uuid\":\"2\",\"event\":\"skip\",\"team_id\":1}\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(stdout, "{\"uuid\":\"1\",\"event\":\"e\",\"team_id\":1,\"properties\":{\"z\":1,\"a\":2,\"greeting\":\"hi\"}}\nnull\n");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let logs: Vec<serde_json::Value> = stderr.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    assert!(logs.iter().any(|l| l["message"] == "saw 1" && l["type"] == "LOG" && l["plugin"] == "greeter"), "{stderr}");
+    assert!(logs.iter().any(|l| l["message"] == "bye"), "teardownPlugin ran: {stderr}");
+}
+
+#[test]
+fn try_exits_2_when_setup_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = plugin(dir.path(), "nosetup", r#"{"name":"nosetup"}"#, "exports.setupPlugin = () => { throw new Error('no API key') }\nexports.processEvent = e => e");
+    let out = bin().arg("try").arg(&p).stdin(Stdio::null()).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("setupPlugin failed") && err.contains("no API key"), "{err}");
+    assert_eq!(err.lines().filter(|l| l.starts_with("pluginflow try:")).count(), 1, "{err}");
+}
+
+#[test]
+fn sigterm_stops_reading_finishes_and_tears_down() {
+    let dir = tempfile::tempdir().unwrap();
+    // A long log: the pipeline must not get through it before the signal arrives.
+    let line = "{\"uuid\":\"u\",\"event\":\"e\",\"team_id\":1,\"properties\":{}}\n";
+    std::fs::write(dir.path().join("e.jsonl"), line.repeat(400_000)).unwrap();
+    plugin(
+        dir.path(),
+        "slow",
+        r#"{"name":"slow"}"#,
+        "exports.processEvent = (e) => { let x = 0; for (let i = 0; i < 20000; i++) x += i; e.properties.x = x; return e }\n\
+         exports.teardownPlugin = () => { console.log('teardown ran') }",
+    );
+    let cfg = dir.path().join("pf.toml");
+    std::fs::write(
+        &cfg,
+        "[input]\npath = \"e.jsonl\"\n[output]\nevents = \"out/e.jsonl\"\ndead_letters = \"out/d.jsonl\"\nlogs = \"out/l.jsonl\"\n[state]\npath = \"state\"\n[[plugins]]\nid = \"s\"\npath = \"slow\"\nteams = [1]\n",
+    )
+    .unwrap();
+    let child = bin().args(["run", "-w", "2", "--no-progress"]).arg(&cfg).stderr(Stdio::piped()).spawn().unwrap();
+    let events = dir.path().join("out/e.jsonl");
+    let started = Instant::now();
+    while std::fs::metadata(&events).map(|m| m.len()).unwrap_or(0) == 0 {
+        assert!(started.elapsed() < Duration::from_secs(60), "no output appeared");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let written = std::fs::read_to_string(&events).unwrap().lines().count();
+    assert!(written > 0 && written < 400_000, "stopped early with {written} events written");
+    assert!(stderr.contains(&format!("events out:          {written}")), "the summary counts what was written: {stderr}");
+    let logs = std::fs::read_to_string(dir.path().join("out/l.jsonl")).unwrap();
+    assert_eq!(logs.matches("teardown ran").count(), 2, "teardownPlugin ran on both workers: {logs}");
+}
