@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use operators::event::{DeadLetter, ValidEvent, parse_line};
@@ -32,6 +32,7 @@ use operators::plugin::{GeoIp, HostServices, Limits, LogSink, PluginDefinition};
 use state::{MemoryStore, RocksStore, StateStore};
 use timely::dataflow::operators::core::{Inspect, OkErr, Probe};
 use timely::dataflow::operators::vec::Map;
+use timely::container::CapacityContainerBuilder;
 use timely::dataflow::{InputHandle, ProbeHandle};
 
 use crate::config::PipelineConfig;
@@ -142,7 +143,7 @@ pub fn run(shared: Shared, timely_config: timely::Config) -> anyhow::Result<Arc<
         };
         plugins.borrow_mut().preload();
         record_notices(&shared.stats, &mut plugins.borrow_mut());
-        let mut input = InputHandle::<u64, Vec<(u64, Vec<u8>)>>::new();
+        let mut input = InputHandle::<u64, CapacityContainerBuilder<Vec<(u64, Vec<u8>)>>>::new();
         let probe = ProbeHandle::new();
         let source_name = shared.config.input.path.display().to_string();
         worker.dataflow::<u64, _, _>(|scope| {

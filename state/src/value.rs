@@ -195,7 +195,7 @@ impl PackedList {
         let limit = if count == 0 { usize::MAX } else { usize::try_from(count.unsigned_abs()).unwrap_or(usize::MAX) };
         let mut elements: Vec<&[u8]> = self.elements().collect();
         let before = elements.len();
-        if count > 0 {
+        if count < 0 {
             elements.reverse();
         }
         let mut removed = 0;
@@ -204,7 +204,7 @@ impl PackedList {
             removed += usize::from(hit);
             !hit
         });
-        if count > 0 {
+        if count < 0 {
             elements.reverse();
         }
         if removed > 0 {
@@ -239,7 +239,7 @@ fn to_string(element: &[u8]) -> Result<String> {
 /// `stop` to the last element; `None` when the range is empty.
 pub(crate) fn redis_range(len: usize, start: i64, stop: i64) -> Option<(usize, usize)> {
     let len = i64::try_from(len).unwrap_or(i64::MAX);
-    let start = if start < 0 { start.saturating_add(len).max(0) } else { start };
+    let start = if start < 0 { 0 } else { start };
     let stop = if stop < 0 { stop.saturating_add(len) } else { stop };
     if start > stop || start >= len {
         return None;
