@@ -4,6 +4,7 @@
 //! outputs, and the assembly of the dataflow. The per-event work lives in `operators`.
 
 pub mod config;
+pub mod io;
 pub mod run;
 pub mod stats;
 pub mod try_plugin;

@@ -109,7 +109,7 @@ fn run(args: RunArgs) -> ExitCode {
         return ExitCode::from(1);
     }
     let logs_path = config.output.logs.clone();
-    let logs = match pluginflow::run::open_output(&logs_path) {
+    let logs = match pluginflow::io::open_output(&logs_path) {
         Ok(w) => Arc::new(JsonLinesLogSink::new(SharedWrite(w))),
         Err(e) => {
             eprintln!("pluginflow: {e:#}");
@@ -174,7 +174,7 @@ fn spawn_progress(
 }
 
 /// Lets the log sink write into a shared output.
-struct SharedWrite(pluginflow::run::SharedWriter);
+struct SharedWrite(pluginflow::io::SharedWriter);
 
 impl std::io::Write for SharedWrite {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {

@@ -18,11 +18,11 @@
 
 use std::cell::RefCell;
 use std::fs::File;
-use std::io::{BufRead, BufReader, BufWriter, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::path::Path;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -36,22 +36,8 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::{InputHandle, ProbeHandle};
 
 use crate::config::PipelineConfig;
+use crate::io::{EventSource, OutRecord, SharedFiles, open_worker_io};
 use crate::stats::Stats;
-
-/// A JSON-lines output shared by the workers of this process.
-pub type SharedWriter = Arc<Mutex<Box<dyn Write + Send>>>;
-
-/// Opens `path` for writing (`-` is standard output), creating its folder.
-pub fn open_output(path: &Path) -> anyhow::Result<SharedWriter> {
-    if path.as_os_str() == "-" {
-        return Ok(Arc::new(Mutex::new(Box::new(std::io::stdout()))));
-    }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create folder {}", dir.display()))?;
-    }
-    let file = File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-    Ok(Arc::new(Mutex::new(Box::new(BufWriter::with_capacity(1 << 20, file)))))
-}
 
 /// What every worker of the process shares.
 #[derive(Clone)]
@@ -62,10 +48,8 @@ pub struct Shared {
     pub specs: Arc<Vec<PluginSpec>>,
     /// Services for the plugin host.
     pub services: HostServices,
-    /// Processed events.
-    pub events_out: SharedWriter,
-    /// Dead letters.
-    pub dead_out: SharedWriter,
+    /// Output files shared by the workers.
+    pub files: SharedFiles,
     /// Counters.
     pub stats: Arc<Stats>,
     /// Set on SIGINT/SIGTERM: stop reading, finish what is in flight.
@@ -111,8 +95,7 @@ pub fn prepare(config: PipelineConfig, logs: Arc<dyn LogSink>, stop: Arc<AtomicB
     let store = open_store(&config)?;
     let services = HostServices::new(store, geoip, logs, Duration::from_millis(config.runtime.fetch_timeout_ms));
     Ok(Shared {
-        events_out: open_output(&config.output.events)?,
-        dead_out: open_output(&config.output.dead_letters)?,
+        files: SharedFiles::open(&config)?,
         specs: Arc::new(specs),
         services,
         stats: Arc::new(Stats::default()),
@@ -132,91 +115,130 @@ fn limits(config: &PipelineConfig) -> Limits {
 /// Runs the job with timely configuration `timely_config` and returns the counters.
 pub fn run(shared: Shared, timely_config: timely::Config) -> anyhow::Result<Arc<Stats>> {
     let stats = shared.stats.clone();
-    let total = std::fs::metadata(&shared.config.input.path)?.len();
-    stats.set_input_bytes(total);
     let guards = timely::execute(timely_config, move |worker| {
         let index = worker.index();
         let peers = worker.peers();
-        let plugins = match WorkerPlugins::new(limits(&shared.config), shared.specs.clone(), shared.services.clone()) {
-            Ok(p) => Rc::new(RefCell::new(p)),
-            Err(e) => return Err(e),
-        };
-        plugins.borrow_mut().preload();
-        record_notices(&shared.stats, &mut plugins.borrow_mut());
-        let mut input = InputHandle::<u64, CapacityContainerBuilder<Vec<(u64, Vec<u8>)>>>::new();
-        let probe = ProbeHandle::new();
-        let source_name = shared.config.input.path.display().to_string();
-        worker.dataflow::<u64, _, _>(|scope| {
-            let (events, dead) = input.to_stream(scope).ok_err(move |(pos, line): (u64, Vec<u8>)| parse_line(&line, &source_name, pos));
-            let chain = plugins.clone();
-            let stats = shared.stats.clone();
-            let processed = events.flat_map(move |ev: ValidEvent| run_event(&chain, &stats, ev));
-            let out = shared.events_out.clone();
-            let stats = shared.stats.clone();
-            processed
-                .inspect_core(move |batch| {
-                    if let Ok((_, lines)) = batch {
-                        write_lines(&out, lines.iter().map(String::as_str));
-                        stats.add_out(lines.len() as u64);
-                    }
-                })
-                .probe_with(&probe);
-            let out = shared.dead_out.clone();
-            let stats = shared.stats.clone();
-            dead.inspect_core(move |batch: Result<(_, &Vec<DeadLetter>), _>| {
-                if let Ok((_, letters)) = batch {
-                    let lines: Vec<String> = letters.iter().map(|d| d.to_json().to_string()).collect();
-                    write_lines(&out, lines.iter().map(String::as_str));
-                    stats.add_dead(letters.len() as u64);
-                }
-            })
-            .probe_with(&probe);
-        });
-        let mut reader = SliceReader::open(&shared.config.input.path, index, peers).map_err(|e| e.to_string())?;
-        let batch_size = shared.config.runtime.batch_size;
-        let ahead = shared.config.runtime.max_epochs_ahead;
-        let mut epoch = 0u64;
-        loop {
-            if shared.stop.load(Ordering::Relaxed) {
-                tracing::info!(worker = index, "stop requested: no more input is read");
-                break;
-            }
-            let (batch, bytes) = reader.next_batch(batch_size).map_err(|e| e.to_string())?;
-            shared.stats.add_in(batch.len() as u64, bytes);
-            let done = batch.is_empty();
-            for item in batch {
-                input.send(item);
-            }
-            epoch += 1;
-            input.advance_to(epoch);
-            worker.step();
-            while probe.less_than(&epoch.saturating_sub(ahead)) {
-                worker.step();
-            }
-            record_notices(&shared.stats, &mut plugins.borrow_mut());
-            if done {
-                break;
-            }
-        }
-        drop(input);
-        while !probe.done() {
-            worker.step();
-        }
-        plugins.borrow_mut().teardown_all();
-        record_notices(&shared.stats, &mut plugins.borrow_mut());
-        flush(&shared.events_out);
-        flush(&shared.dead_out);
-        Ok(())
+        run_worker(worker, &shared, index, peers).map_err(|e| format!("worker {index}: {e:#}"))
     })
     .map_err(anyhow::Error::msg)?;
     for result in guards.join() {
         match result {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => bail!("worker failed: {e}"),
+            Ok(Err(e)) => bail!("{e}"),
             Err(e) => bail!("worker panicked: {e}"),
         }
     }
     Ok(stats)
+}
+
+fn run_worker(
+    worker: &mut timely::worker::Worker,
+    shared: &Shared,
+    index: usize,
+    peers: usize,
+) -> anyhow::Result<()> {
+    let plugins = Rc::new(RefCell::new(
+        WorkerPlugins::new(limits(&shared.config), shared.specs.clone(), shared.services.clone()).map_err(anyhow::Error::msg)?,
+    ));
+    plugins.borrow_mut().preload();
+    record_notices(&shared.stats, &mut plugins.borrow_mut());
+    let io = open_worker_io(&shared.config, &shared.files, index, peers)?;
+    let mut source = io.source;
+    if let Some(size) = source.size_hint() {
+        shared.stats.set_input_bytes(size);
+    }
+    let mut input = InputHandle::<u64, CapacityContainerBuilder<Vec<(u64, Vec<u8>)>>>::new();
+    let probe = ProbeHandle::new();
+    let source_name = source.name();
+    let failed: Rc<RefCell<Option<anyhow::Error>>> = Rc::new(RefCell::new(None));
+    worker.dataflow::<u64, _, _>(|scope| {
+        let (events, dead) = input.to_stream(scope).ok_err(move |(pos, line): (u64, Vec<u8>)| parse_line(&line, &source_name, pos));
+        let chain = plugins.clone();
+        let stats = shared.stats.clone();
+        let processed = events.flat_map(move |ev: ValidEvent| run_event(&chain, &stats, ev));
+        let (sink, stats, fail) = (io.events.clone(), shared.stats.clone(), failed.clone());
+        processed
+            .inspect_core(move |batch| {
+                if let Ok((stamp, lines)) = batch {
+                    let records: Vec<OutRecord> = lines.iter().map(|l| OutRecord { value: l.clone(), headers: Vec::new() }).collect();
+                    keep_first_error(&fail, sink.borrow_mut().write(stamp.least().copied().unwrap_or_default(), &records));
+                    stats.add_out(lines.len() as u64);
+                }
+            })
+            .probe_with(&probe);
+        let (sink, stats, fail) = (io.dead_letters.clone(), shared.stats.clone(), failed.clone());
+        dead.inspect_core(move |batch: Result<(_, &Vec<DeadLetter>), _>| {
+            if let Ok((stamp, letters)) = batch {
+                let records: Vec<OutRecord> = letters.iter().map(dead_letter_record).collect();
+                keep_first_error(&fail, sink.borrow_mut().write(stamp.least().copied().unwrap_or_default(), &records));
+                stats.add_dead(letters.len() as u64);
+            }
+        })
+        .probe_with(&probe);
+    });
+    let batch_size = shared.config.runtime.batch_size;
+    let ahead = shared.config.runtime.max_epochs_ahead;
+    let mut epoch = 0u64;
+    loop {
+        if shared.stop.load(Ordering::Relaxed) {
+            tracing::info!(worker = index, "stop requested: no more input is read");
+            break;
+        }
+        let polled = source.poll(epoch, batch_size)?;
+        shared.stats.add_in(polled.records.len() as u64, polled.bytes);
+        for item in polled.records {
+            input.send(item);
+        }
+        epoch += 1;
+        input.advance_to(epoch);
+        worker.step();
+        while probe.less_than(&epoch.saturating_sub(ahead)) {
+            worker.step();
+        }
+        check_failed(&failed)?;
+        complete(&mut *source, &probe)?;
+        record_notices(&shared.stats, &mut plugins.borrow_mut());
+        if polled.exhausted {
+            break;
+        }
+    }
+    drop(input);
+    while !probe.done() {
+        worker.step();
+    }
+    check_failed(&failed)?;
+    plugins.borrow_mut().teardown_all();
+    record_notices(&shared.stats, &mut plugins.borrow_mut());
+    io.events.borrow_mut().flush()?;
+    io.dead_letters.borrow_mut().flush()?;
+    source.complete(u64::MAX)?;
+    Ok(())
+}
+
+/// Tells the source which epochs are complete: those the probe has passed.
+fn complete(source: &mut dyn EventSource, probe: &ProbeHandle<u64>) -> anyhow::Result<()> {
+    let frontier = probe.with_frontier(|f| f.first().copied());
+    source.complete(frontier.unwrap_or(u64::MAX))
+}
+
+fn keep_first_error(slot: &Rc<RefCell<Option<anyhow::Error>>>, result: anyhow::Result<()>) {
+    if let Err(e) = result {
+        slot.borrow_mut().get_or_insert(e);
+    }
+}
+
+fn check_failed(slot: &Rc<RefCell<Option<anyhow::Error>>>) -> anyhow::Result<()> {
+    match slot.borrow_mut().take() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+fn dead_letter_record(d: &DeadLetter) -> OutRecord {
+    OutRecord {
+        value: d.to_json().to_string(),
+        headers: vec![("reason", d.reason.clone()), ("source", d.source.clone()), ("position", d.position.to_string())],
+    }
 }
 
 fn run_event(chain: &Rc<RefCell<WorkerPlugins>>, stats: &Stats, ev: ValidEvent) -> Option<String> {
@@ -246,22 +268,6 @@ fn record_notices(stats: &Stats, plugins: &mut WorkerPlugins) {
     }
 }
 
-fn write_lines<'a>(out: &SharedWriter, lines: impl Iterator<Item = &'a str>) {
-    let mut w = out.lock().expect("output lock");
-    for line in lines {
-        if let Err(e) = writeln!(w, "{line}") {
-            // Losing output silently is not an option: stop loudly.
-            panic!("cannot write output: {e}");
-        }
-    }
-}
-
-fn flush(out: &SharedWriter) {
-    if let Err(e) = out.lock().expect("output lock").flush() {
-        panic!("cannot flush output: {e}");
-    }
-}
-
 /// Reads one worker's share of a log: lines starting in `[start, end)` of the file's bytes.
 /// Positions reported for dead letters are byte offsets of the line.
 pub struct SliceReader {
@@ -272,7 +278,7 @@ pub struct SliceReader {
 
 impl SliceReader {
     /// The share of worker `index` of `peers`.
-    pub fn open(path: &PathBuf, index: usize, peers: usize) -> std::io::Result<Self> {
+    pub fn open(path: &Path, index: usize, peers: usize) -> std::io::Result<Self> {
         let len = std::fs::metadata(path)?.len();
         let start = len * index as u64 / peers as u64;
         let end = len * (index as u64 + 1) / peers as u64;

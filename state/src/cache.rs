@@ -45,7 +45,9 @@ fn update_live<S: CacheSlots, R>(
 }
 
 pub(crate) fn get<S: CacheSlots>(s: &S, key: &[u8]) -> Result<Option<String>> {
-    live(s, key)?.map(|e| e.as_str().map(str::to_owned)).transpose()
+    live(s, key)?
+        .map(|e| e.as_str().map(str::to_owned))
+        .transpose()
 }
 
 pub(crate) fn set<S: CacheSlots>(s: &S, key: &[u8], value: &str, ttl: Option<u64>) -> Result<()> {
@@ -96,7 +98,10 @@ pub(crate) fn lpush<S: CacheSlots>(s: &S, key: &[u8], values: &[String]) -> Resu
             let mut list = PackedList::default();
             list.push_front(values);
             let len = list.len() as u64;
-            *slot = Some(Entry { expires_at_ms: 0, value: Value::List(list) });
+            *slot = Some(Entry {
+                expires_at_ms: 0,
+                value: Value::List(list),
+            });
             Ok((len, true))
         }
         Some(e) => {
@@ -107,7 +112,12 @@ pub(crate) fn lpush<S: CacheSlots>(s: &S, key: &[u8], values: &[String]) -> Resu
     })
 }
 
-pub(crate) fn lrange<S: CacheSlots>(s: &S, key: &[u8], start: i64, stop: i64) -> Result<Vec<String>> {
+pub(crate) fn lrange<S: CacheSlots>(
+    s: &S,
+    key: &[u8],
+    start: i64,
+    stop: i64,
+) -> Result<Vec<String>> {
     match live(s, key)? {
         None => Ok(Vec::new()),
         Some(e) => e.as_list()?.range(start, stop),
@@ -123,7 +133,9 @@ pub(crate) fn llen<S: CacheSlots>(s: &S, key: &[u8]) -> Result<u64> {
 
 pub(crate) fn lpop<S: CacheSlots>(s: &S, key: &[u8], count: u64) -> Result<Vec<String>> {
     update_live(s, key, |slot, _| {
-        let Some(e) = slot else { return Ok((Vec::new(), false)) };
+        let Some(e) = slot else {
+            return Ok((Vec::new(), false));
+        };
         let list = e.as_list_mut()?;
         let popped = list.pop_front(count)?;
         let changed = !popped.is_empty();
@@ -212,7 +224,10 @@ mod tests {
         let s = Slots::default();
         set(&s, b"k", "abc", None).unwrap();
         assert!(matches!(incr(&s, b"k"), Err(StateError::NotAnInteger)));
-        assert!(matches!(lpush(&s, b"k", &["x".into()]), Err(StateError::WrongType)));
+        assert!(matches!(
+            lpush(&s, b"k", &["x".into()]),
+            Err(StateError::WrongType)
+        ));
         assert_eq!(get(&s, b"k").unwrap().as_deref(), Some("abc"));
         assert_eq!(s.writes.get(), 1);
     }

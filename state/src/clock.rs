@@ -32,7 +32,9 @@ pub struct ManualClock {
 impl ManualClock {
     /// A clock showing `start_ms`.
     pub fn new(start_ms: u64) -> Self {
-        Self { now_ms: AtomicU64::new(start_ms) }
+        Self {
+            now_ms: AtomicU64::new(start_ms),
+        }
     }
 
     /// Sets the time to `ms` (it may go backwards).
@@ -44,7 +46,9 @@ impl ManualClock {
     pub fn advance_ms(&self, ms: u64) {
         let _ = self
             .now_ms
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |now| Some(now.saturating_add(ms)));
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |now| {
+                Some(now.saturating_add(ms))
+            });
     }
 
     /// Moves the time forward by `secs` seconds (saturating).

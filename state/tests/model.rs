@@ -5,20 +5,42 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
-use state::{CacheScope, ManualClock, MemoryStore, RocksStore, StateError, StateStore};
 use proptest::prelude::*;
+use state::{CacheScope, ManualClock, MemoryStore, RocksStore, StateError, StateStore};
 
 const START_MS: u64 = 1_700_000_000_000;
 const KEYS: [&str; 3] = ["a", "b", "a/b"];
 const CONFIGS: [&str; 2] = ["cfg", "cfg/a"];
-const VALUES: [&str; 9] = ["0", "41", "-3", "x", "", "+1", " 1", "9223372036854775807", "\"7\""];
+const VALUES: [&str; 9] = [
+    "0",
+    "41",
+    "-3",
+    "x",
+    "",
+    "+1",
+    " 1",
+    "9223372036854775807",
+    "\"7\"",
+];
 
 fn scopes() -> [CacheScope; 4] {
     [
-        CacheScope { plugin: "p".into(), team: None },
-        CacheScope { plugin: "p".into(), team: Some(1) },
-        CacheScope { plugin: "p/1".into(), team: None },
-        CacheScope { plugin: "q".into(), team: Some(1) },
+        CacheScope {
+            plugin: "p".into(),
+            team: None,
+        },
+        CacheScope {
+            plugin: "p".into(),
+            team: Some(1),
+        },
+        CacheScope {
+            plugin: "p/1".into(),
+            team: None,
+        },
+        CacheScope {
+            plugin: "q".into(),
+            team: Some(1),
+        },
     ]
 }
 
@@ -37,6 +59,10 @@ enum Op {
     StorageGet(usize, usize),
     StorageDel(usize, usize),
     Advance(u64),
+    /// `sweep_expired` on both stores; must not change what is visible.
+    Sweep,
+    /// `compact_cache` on the RocksDB store (runs the expiry compaction filter).
+    Compact,
 }
 
 /// What a command returned, errors reduced to their kind.
@@ -78,6 +104,8 @@ fn op_strategy() -> impl Strategy<Value = Op> {
         1 => (0..2usize, 0..KEYS.len()).prop_map(|(c, k)| Op::StorageGet(c, k)),
         1 => (0..2usize, 0..KEYS.len()).prop_map(|(c, k)| Op::StorageDel(c, k)),
         3 => prop_oneof![Just(0u64), Just(999), Just(1_000), 0u64..4_000].prop_map(Op::Advance),
+        1 => Just(Op::Sweep),
+        1 => Just(Op::Compact),
     ]
 }
 
@@ -122,7 +150,9 @@ fn strings(idx: &[usize]) -> Vec<String> {
 fn apply(store: &dyn StateStore, op: &Op) -> Out {
     let sc = scopes();
     match *op {
-        Op::Set(s, k, v, t) => out(store.cache_set(&sc[s], KEYS[k], VALUES[v], t), |()| Out::Unit),
+        Op::Set(s, k, v, t) => out(store.cache_set(&sc[s], KEYS[k], VALUES[v], t), |()| {
+            Out::Unit
+        }),
         Op::Get(s, k) => out(store.cache_get(&sc[s], KEYS[k]), Out::Str),
         Op::Incr(s, k) => out(store.cache_incr(&sc[s], KEYS[k]), Out::Int),
         Op::Expire(s, k, t) => out(store.cache_expire(&sc[s], KEYS[k], t), Out::Bool),
@@ -131,10 +161,12 @@ fn apply(store: &dyn StateStore, op: &Op) -> Out {
         Op::Llen(s, k) => out(store.cache_llen(&sc[s], KEYS[k]), Out::Len),
         Op::Lpop(s, k, c) => out(store.cache_lpop(&sc[s], KEYS[k], c), Out::List),
         Op::Lrem(s, k, c, v) => out(store.cache_lrem(&sc[s], KEYS[k], c, VALUES[v]), Out::Len),
-        Op::StorageSet(c, k, v) => out(store.storage_set(CONFIGS[c], KEYS[k], VALUES[v]), |()| Out::Unit),
+        Op::StorageSet(c, k, v) => out(store.storage_set(CONFIGS[c], KEYS[k], VALUES[v]), |()| {
+            Out::Unit
+        }),
         Op::StorageGet(c, k) => out(store.storage_get(CONFIGS[c], KEYS[k]), Out::Str),
         Op::StorageDel(c, k) => out(store.storage_del(CONFIGS[c], KEYS[k]), |()| Out::Unit),
-        Op::Advance(_) => Out::Unit,
+        Op::Advance(_) | Op::Sweep | Op::Compact => Out::Unit,
     }
 }
 
@@ -174,7 +206,11 @@ struct Model {
 impl Model {
     /// The live entry under (s, k), dropping it if it has expired.
     fn live(&mut self, at: (usize, usize)) -> Option<&mut (Option<u64>, MValue)> {
-        if self.cache.get(&at).is_some_and(|(exp, _)| exp.is_some_and(|e| self.now >= e)) {
+        if self
+            .cache
+            .get(&at)
+            .is_some_and(|(exp, _)| exp.is_some_and(|e| self.now >= e))
+        {
             self.cache.remove(&at);
         }
         self.cache.get_mut(&at)
@@ -192,7 +228,8 @@ impl Model {
         match *op {
             Op::Set(s, k, v, t) => {
                 let exp = t.filter(|&t| t > 0).map(|t| self.now + t * 1000);
-                self.cache.insert((s, k), (exp, MValue::Str(VALUES[v].into())));
+                self.cache
+                    .insert((s, k), (exp, MValue::Str(VALUES[v].into())));
                 Out::Unit
             }
             Op::Get(s, k) => match self.live((s, k)) {
@@ -204,15 +241,15 @@ impl Model {
             Op::Expire(s, k, t) => {
                 let now = self.now;
                 match self.live((s, k)) {
-                None => Out::Bool(false),
-                Some(_) if t == 0 => {
-                    self.cache.remove(&(s, k));
-                    Out::Bool(true)
-                }
-                Some(entry) => {
-                    entry.0 = Some(now + t * 1000);
-                    Out::Bool(true)
-                }
+                    None => Out::Bool(false),
+                    Some(_) if t == 0 => {
+                        self.cache.remove(&(s, k));
+                        Out::Bool(true)
+                    }
+                    Some(entry) => {
+                        entry.0 = Some(now + t * 1000);
+                        Out::Bool(true)
+                    }
                 }
             }
             Op::Lpush(s, k, ref vs) => self.lpush((s, k), vs),
@@ -240,6 +277,7 @@ impl Model {
                 self.now += ms;
                 Out::Unit
             }
+            Op::Sweep | Op::Compact => Out::Unit,
         }
     }
 
@@ -276,7 +314,9 @@ impl Model {
                 }
             }
         };
-        let Some(next) = current.checked_add(1) else { return Out::NotAnInteger };
+        let Some(next) = current.checked_add(1) else {
+            return Out::NotAnInteger;
+        };
         self.cache.insert(at, (exp, MValue::Str(next.to_string())));
         Out::Int(next)
     }
@@ -327,15 +367,34 @@ impl Model {
 
 fn lrange(l: &VecDeque<String>, start: i64, stop: i64) -> Vec<String> {
     let len = l.len() as i64;
-    let start = if start < 0 { (len + start).max(0) } else { start };
-    let stop = if stop < 0 { len + stop } else { stop.min(len - 1) };
-    (start..=stop).filter(|&i| i < len).map(|i| l[i as usize].clone()).collect()
+    let start = if start < 0 {
+        (len + start).max(0)
+    } else {
+        start
+    };
+    let stop = if stop < 0 {
+        len + stop
+    } else {
+        stop.min(len - 1)
+    };
+    (start..=stop)
+        .filter(|&i| i < len)
+        .map(|i| l[i as usize].clone())
+        .collect()
 }
 
 fn lrem(l: &mut VecDeque<String>, count: i64, value: &str) -> u64 {
     let mut removed = 0u64;
-    let limit = if count == 0 { u64::MAX } else { count.unsigned_abs() };
-    let positions: Vec<usize> = if count < 0 { (0..l.len()).rev().collect() } else { (0..l.len()).collect() };
+    let limit = if count == 0 {
+        u64::MAX
+    } else {
+        count.unsigned_abs()
+    };
+    let positions: Vec<usize> = if count < 0 {
+        (0..l.len()).rev().collect()
+    } else {
+        (0..l.len()).collect()
+    };
     let mut doomed = Vec::new();
     for i in positions {
         if removed < limit && l[i] == value {
@@ -361,8 +420,14 @@ proptest! {
         let rocks = RocksStore::open_with_clock(dir.path(), clock.clone()).unwrap();
         let mut model = Model { now: START_MS, ..Model::default() };
         for (step, op) in ops.iter().enumerate() {
-            if let Op::Advance(ms) = op {
-                clock.advance_ms(*ms);
+            match op {
+                Op::Advance(ms) => clock.advance_ms(*ms),
+                Op::Sweep => {
+                    memory.sweep_expired().unwrap();
+                    rocks.sweep_expired().unwrap();
+                }
+                Op::Compact => rocks.compact_cache().unwrap(),
+                _ => {}
             }
             let expected = model.apply(op);
             prop_assert_eq!(&apply(&memory, op), &expected, "memory, step {} {:?}", step, op);
