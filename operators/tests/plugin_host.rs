@@ -784,3 +784,17 @@ fn idle_instance_memory_is_small() {
     println!("idle plugin instance: {per_instance} bytes of QuickJS heap");
     assert!(per_instance < 2 << 20, "an idle instance takes {per_instance} bytes");
 }
+
+#[test]
+fn events_built_value_by_value_match_json_text() {
+    let fx = plugin("conv", &[("index.js", "exports.processEvent = (e) => { e.properties.n = 1.5; return e }")]);
+    let mut p = Host::new().ready(&fx);
+    let ev = json!({"uuid": "u", "team_id": 2, "event": "e", "properties": {"z": [1, "x", null, true, {"k": -7}], "a": 3000000000i64}});
+    let built = p.event_from_value(&ev).unwrap();
+    let team = p.team_of(&built);
+    let operators::plugin::StepOutcome::Kept(out) = p.process(built, &team) else { panic!("kept") };
+    let mut want = ev.clone();
+    want["properties"]["n"] = json!(1.5);
+    assert_eq!(p.event_to_value(&out).unwrap(), want);
+    assert_eq!(p.stringify(&out), want.to_string());
+}

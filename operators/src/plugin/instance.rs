@@ -705,3 +705,90 @@ fn describe_caught(ctx: &Ctx<'_>, error: rquickjs::Error) -> String {
     }
     thrown.as_string().and_then(|s| s.to_string().ok()).unwrap_or_else(|| format!("{thrown:?}"))
 }
+
+/// Building events value by value instead of through JSON text: the other way across the
+/// boundary, kept for the benchmark that compares the two.
+pub mod convert {
+    use rquickjs::{Array, Ctx, Object, Value};
+    use serde_json::{Map, Number, Value as Json};
+
+    /// Builds a JavaScript value from JSON, value by value (object key order kept).
+    pub fn json_to_js<'js>(ctx: &Ctx<'js>, v: &Json) -> rquickjs::Result<Value<'js>> {
+        Ok(match v {
+            Json::Null => Value::new_null(ctx.clone()),
+            Json::Bool(b) => Value::new_bool(ctx.clone(), *b),
+            Json::Number(n) => match n.as_i64().and_then(|i| i32::try_from(i).ok()) {
+                Some(i) => Value::new_int(ctx.clone(), i),
+                None => Value::new_float(ctx.clone(), n.as_f64().unwrap_or(f64::NAN)),
+            },
+            Json::String(s) => rquickjs::String::from_str(ctx.clone(), s)?.into_value(),
+            Json::Array(items) => {
+                let arr = Array::new(ctx.clone())?;
+                for (i, item) in items.iter().enumerate() {
+                    arr.set(i, json_to_js(ctx, item)?)?;
+                }
+                arr.into_value()
+            }
+            Json::Object(map) => {
+                let obj = Object::new(ctx.clone())?;
+                for (k, item) in map {
+                    obj.set(k.as_str(), json_to_js(ctx, item)?)?;
+                }
+                obj.into_value()
+            }
+        })
+    }
+
+    /// Reads a JavaScript value back into JSON, value by value (`undefined` and functions
+    /// become null).
+    pub fn js_to_json(v: &Value<'_>) -> rquickjs::Result<Json> {
+        Ok(if let Some(b) = v.as_bool() {
+            Json::Bool(b)
+        } else if let Some(i) = v.as_int() {
+            Json::Number(i.into())
+        } else if let Some(f) = v.as_float() {
+            // JSON.stringify writes integral doubles without a fraction; so do we.
+            if f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0 {
+                Json::Number((f as i64).into())
+            } else {
+                Number::from_f64(f).map_or(Json::Null, Json::Number)
+            }
+        } else if let Some(s) = v.as_string() {
+            Json::String(s.to_string()?)
+        } else if let Some(arr) = v.as_array() {
+            let mut out = Vec::with_capacity(arr.len());
+            for item in arr.iter::<Value<'_>>() {
+                out.push(js_to_json(&item?)?);
+            }
+            Json::Array(out)
+        } else if let Some(obj) = v.as_object().filter(|_| !v.is_function()) {
+            let mut out = Map::new();
+            for prop in obj.props::<String, Value<'_>>() {
+                let (k, item) = prop?;
+                out.insert(k, js_to_json(&item)?);
+            }
+            Json::Object(out)
+        } else {
+            Json::Null
+        })
+    }
+}
+
+impl PluginInstance {
+    /// Builds an event in this instance's context from a JSON value, value by value.
+    pub fn event_from_value(&self, v: &Json) -> Result<JsEvent, String> {
+        self.with_ctx(|ctx| {
+            convert::json_to_js(&ctx, v).map(|v| JsEvent(Persistent::save(&ctx, v))).map_err(|e| e.to_string())
+        })
+        .unwrap_or_else(|| Err("plugin context is gone".into()))
+    }
+
+    /// Reads an event back into a JSON value, value by value.
+    pub fn event_to_value(&self, event: &JsEvent) -> Result<Json, String> {
+        self.with_ctx(|ctx| {
+            let v = event.0.clone().restore(&ctx).map_err(|e| e.to_string())?;
+            convert::js_to_json(&v).map_err(|e| e.to_string())
+        })
+        .unwrap_or_else(|| Err("plugin context is gone".into()))
+    }
+}
