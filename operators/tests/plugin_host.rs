@@ -700,13 +700,13 @@ fn memory_bomb_fails_the_call_and_spares_the_others() {
     );
     let mut p = host.ready(&fx);
     let err = p.process_event_json(&event().to_string()).unwrap_err();
-    assert_eq!(err.name, "OutOfMemory", "{err}");
+    assert_eq!(err.name, "OutOfMemory", "{err:?}");
     assert!(p.disabled().is_none(), "garbage from a failed call is collected; the instance stays");
     assert_eq!(process(&mut other).unwrap()["properties"]["fine"], true);
     let mut ev = event();
     ev["properties"]["keep"] = json!(true);
     let err = p.process_event_json(&ev.to_string()).unwrap_err();
-    assert_eq!(err.name, "OutOfMemory");
+    assert_eq!(err.name, "OutOfMemory", "{err:?}");
     assert!(p.disabled().is_some(), "an instance that keeps the heap full is disabled");
     assert_eq!(p.process_event_json(&event().to_string()).unwrap_err().kind, ErrorKind::Disabled);
     assert_eq!(process(&mut other).unwrap()["properties"]["fine"], true);

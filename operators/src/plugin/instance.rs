@@ -31,7 +31,8 @@ const MAX_STALE_JOBS: usize = 100_000;
 /// instance that failed is disabled so that the others can go on.
 const MEMORY_HIGH_WATER: f64 = 0.5;
 
-/// Marks a call that threw `null` until the heap has been looked at.
+/// Marks a failure that may be an out-of-memory error until the heap has been looked at; the
+/// message holds the original name and message separated by a NUL.
 const THREW_NULL: &str = "\0null";
 
 /// A plugin folder, read and compiled. Shared by all workers of a process.
@@ -561,18 +562,19 @@ impl PluginInstance {
         outcome
     }
 
-    /// QuickJS throws `null` when it cannot even allocate the out-of-memory error. A plugin may
-    /// also `throw null`; a nearly full heap tells the two apart.
+    /// QuickJS throws `null` (or a message-less `InternalError`) when it cannot even allocate
+    /// the out-of-memory error. A plugin may also throw such values; a nearly full heap tells
+    /// the two apart.
     fn null_or_out_of_memory(&mut self, context: &rquickjs::Context, error: PluginError) -> PluginError {
-        let rt = context.runtime();
-        rt.run_gc();
-        let used = rt.memory_usage().malloc_size.max(0) as f64;
+        // Measured before collecting: the failed call's garbage is what filled the heap.
+        let used = context.runtime().memory_usage().malloc_size.max(0) as f64;
         if used > MEMORY_HIGH_WATER * self.limits.memory_limit_bytes as f64 {
             let e = self.out_of_memory(error.hook);
             self.after_out_of_memory(context);
             return e;
         }
-        PluginError { name: "null".into(), message: "null".into(), ..error }
+        let (name, message) = error.message.split_once('\0').unwrap_or(("Error", ""));
+        PluginError { name: name.into(), message: message.into(), ..error.clone() }
     }
 
     fn settle<'js>(&self, ctx: &Ctx<'js>, pf: &Object<'js>, hook: Hook, value: Value<'js>) -> Result<Value<'js>, PluginError> {
@@ -625,7 +627,7 @@ impl PluginInstance {
         }
         let thrown = ctx.catch();
         if thrown.is_null() {
-            return self.error(hook, ErrorKind::Failed, THREW_NULL, "null", "");
+            return self.error(hook, ErrorKind::Failed, THREW_NULL, "null\0null", "");
         }
         let describe: Option<Vec<String>> = pf.get::<_, Function<'_>>("describe").and_then(|f| f.call((thrown,))).ok();
         let Some([kind, name, message, stack]) = describe.and_then(|d| <[String; 4]>::try_from(d).ok()) else {
@@ -635,6 +637,10 @@ impl PluginInstance {
         };
         if message == "out of memory" {
             return self.out_of_memory(hook);
+        }
+        if name == "InternalError" && message.is_empty() {
+            // QuickJS may run out of memory while building the error's message.
+            return self.error(hook, ErrorKind::Failed, THREW_NULL, &format!("{name}\0"), &stack);
         }
         let kind = match kind.as_str() {
             "retry" => ErrorKind::Retry,
