@@ -42,14 +42,33 @@ pub struct PipelineConfig {
     /// Plugin configurations, each for some teams or all.
     #[serde(default)]
     pub plugins: Vec<PluginEntry>,
+    /// Kafka brokers, topics and delivery mode; required when `input.kind = "kafka"`.
+    #[serde(default)]
+    pub kafka: Option<crate::kafka::KafkaConfig>,
 }
 
-/// `[input]`: a recorded JSON-lines event log.
+/// `[input]`: a recorded JSON-lines event log, or Kafka (`kind = "kafka"`, topics in `[kafka]`).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InputConfig {
-    /// Path of the log. Each line is an event, either plain or in PostHog's ingestion envelope.
+    /// Where events come from: `file` (the default) or `kafka`.
+    #[serde(default)]
+    pub kind: InputKind,
+    /// Path of the log (`kind = "file"` only). Each line is an event, either plain or in
+    /// PostHog's ingestion envelope. Empty when the input is Kafka.
+    #[serde(default)]
     pub path: PathBuf,
+}
+
+/// What `[input]` reads.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum InputKind {
+    /// A recorded JSON-lines log (`input.path`).
+    #[default]
+    File,
+    /// The `[kafka]` input topic, through a consumer group.
+    Kafka,
 }
 
 /// `[output]`: JSON-lines files (`-` for standard output).
@@ -132,6 +151,25 @@ pub struct RuntimeConfig {
     /// Timeout of `fetch` requests, in milliseconds.
     #[serde(default = "default_fetch_timeout_ms")]
     pub fetch_timeout_ms: u64,
+    /// Wait before the first `onEvent` retry (then doubling: 5 retries), in milliseconds.
+    #[serde(default = "default_on_event_retry_base_ms")]
+    pub on_event_retry_base_ms: u64,
+    /// Wait before the first `exportEvents` retry (then doubling: 3 retries), in milliseconds.
+    #[serde(default = "default_export_retry_base_ms")]
+    pub export_retry_base_ms: u64,
+    /// Wait before the first `setupPlugin` retry (then doubling: 5 retries), in milliseconds.
+    #[serde(default = "default_setup_retry_base_ms")]
+    pub setup_retry_base_ms: u64,
+}
+
+fn default_on_event_retry_base_ms() -> u64 {
+    5_000
+}
+fn default_export_retry_base_ms() -> u64 {
+    6_000
+}
+fn default_setup_retry_base_ms() -> u64 {
+    5_000
 }
 
 fn default_call_timeout_ms() -> u64 {
@@ -158,6 +196,9 @@ impl Default for RuntimeConfig {
             batch_size: default_batch_size(),
             max_epochs_ahead: default_max_epochs_ahead(),
             fetch_timeout_ms: default_fetch_timeout_ms(),
+            on_event_retry_base_ms: default_on_event_retry_base_ms(),
+            export_retry_base_ms: default_export_retry_base_ms(),
+            setup_retry_base_ms: default_setup_retry_base_ms(),
         }
     }
 }
@@ -234,7 +275,9 @@ impl PipelineConfig {
                 *p = base.join(&*p);
             }
         };
-        fix(&mut self.input.path);
+        if !self.input.path.as_os_str().is_empty() {
+            fix(&mut self.input.path);
+        }
         fix(&mut self.output.events);
         fix(&mut self.output.dead_letters);
         fix(&mut self.output.logs);
@@ -250,9 +293,7 @@ impl PipelineConfig {
 
     fn check(&self, file: &str) -> Result<(), ConfigError> {
         let fail = |field: String, problem: String| Err(ConfigError { file: file.to_string(), field, problem });
-        if !self.input.path.is_file() {
-            return fail("input.path".into(), format!("{} is not a readable file", self.input.path.display()));
-        }
+        self.check_input(file)?;
         if let Some(g) = &self.geoip {
             if !g.path.is_file() {
                 return fail("geoip.path".into(), format!("{} is not a readable file", g.path.display()));
@@ -292,6 +333,28 @@ impl PipelineConfig {
             }
         }
         Ok(())
+    }
+
+    fn check_input(&self, file: &str) -> Result<(), ConfigError> {
+        let fail = |field: &str, problem: String| Err(ConfigError { file: file.to_string(), field: field.into(), problem });
+        match self.input.kind {
+            InputKind::File if self.input.path.as_os_str().is_empty() => fail("input.path", "is required when input.kind = \"file\"".into()),
+            InputKind::File if !self.input.path.is_file() => {
+                fail("input.path", format!("{} is not a readable file", self.input.path.display()))
+            }
+            InputKind::Kafka if !self.input.path.as_os_str().is_empty() => {
+                fail("input.path", "must be omitted when input.kind = \"kafka\" (the topic is kafka.input_topic)".into())
+            }
+            InputKind::Kafka if self.kafka.is_none() => fail("kafka", "is required when input.kind = \"kafka\"".into()),
+            _ => match &self.kafka {
+                Some(k) => k.check(self.input.kind == InputKind::Kafka).map_err(|(field, problem)| ConfigError {
+                    file: file.to_string(),
+                    field: format!("kafka.{field}"),
+                    problem,
+                }),
+                None => Ok(()),
+            },
+        }
     }
 
     /// Enabled plugin entries for `team`, in chain order: `order`, then file order.

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 
-use crate::config::PipelineConfig;
+use crate::config::{InputKind, PipelineConfig};
 use crate::run::SliceReader;
 
 /// What one poll returned.
@@ -159,6 +159,9 @@ pub struct WorkerIo {
 
 /// Opens worker `index`'s input and outputs as the configuration says.
 pub fn open_worker_io(config: &PipelineConfig, files: &SharedFiles, index: usize, peers: usize) -> anyhow::Result<WorkerIo> {
+    if let (InputKind::Kafka, Some(kafka)) = (config.input.kind, &config.kafka) {
+        return crate::kafka::open_worker_io(kafka, index);
+    }
     let sink = |w: &SharedWriter| -> SharedSink { Rc::new(RefCell::new(Box::new(FileSink(w.clone())))) };
     Ok(WorkerIo {
         source: Box::new(LogSource::open(&config.input.path, index, peers)?),

@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod io;
+pub mod kafka;
 pub mod run;
 pub mod stats;
 pub mod try_plugin;

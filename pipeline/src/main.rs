@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::{Args, Parser, Subcommand};
+use operators::plugin::LogSink;
 use operators::plugin::log::JsonLinesLogSink;
+use pluginflow::kafka::KafkaLogSink;
 use pluginflow::config::PipelineConfig;
 use pluginflow::try_plugin::{self, TryOptions};
 
@@ -108,9 +110,8 @@ fn run(args: RunArgs) -> ExitCode {
         eprintln!("pluginflow: cannot install the signal handler: {e}");
         return ExitCode::from(1);
     }
-    let logs_path = config.output.logs.clone();
-    let logs = match pluginflow::io::open_output(&logs_path) {
-        Ok(w) => Arc::new(JsonLinesLogSink::new(SharedWrite(w))),
+    let (logs, kafka_logs) = match open_logs(&config) {
+        Ok(l) => l,
         Err(e) => {
             eprintln!("pluginflow: {e:#}");
             return ExitCode::from(2);
@@ -144,6 +145,11 @@ fn run(args: RunArgs) -> ExitCode {
     if let Some(p) = progress {
         let _ = p.join();
     }
+    if let Some(k) = &kafka_logs {
+        if let Err(e) = k.flush(Duration::from_secs(30)) {
+            eprintln!("pluginflow: {e:#}");
+        }
+    }
     match result {
         Ok(stats) => {
             eprint!("{}", stats.summary().render(started.elapsed().as_secs_f64()));
@@ -171,6 +177,17 @@ fn spawn_progress(
             }
         }
     })
+}
+
+/// Plugin logs go to `kafka.logs_topic` when set, else to the `output.logs` file. The Kafka sink
+/// is also returned so `run` can flush it before exiting.
+fn open_logs(config: &PipelineConfig) -> anyhow::Result<(Arc<dyn LogSink>, Option<Arc<KafkaLogSink>>)> {
+    if let Some((kafka, topic)) = config.kafka.as_ref().and_then(|k| k.logs_topic.as_deref().map(|t| (k, t))) {
+        let sink = Arc::new(KafkaLogSink::open(kafka, topic)?);
+        return Ok((sink.clone(), Some(sink)));
+    }
+    let file = pluginflow::io::open_output(&config.output.logs)?;
+    Ok((Arc::new(JsonLinesLogSink::new(SharedWrite(file))), None))
 }
 
 /// Lets the log sink write into a shared output.

@@ -27,6 +27,8 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use operators::event::{DeadLetter, ValidEvent, parse_line};
+use operators::dataflow::deferred::RunDeferred;
+use operators::plugin::deferred::{DeferredWork, RetryPolicies, RetryPolicy};
 use operators::plugin::worker::{PluginNotice, PluginSpec, WorkerPlugins};
 use operators::plugin::{GeoIp, HostServices, Limits, LogSink, PluginDefinition};
 use state::{MemoryStore, RocksStore, StateStore};
@@ -148,8 +150,13 @@ fn run_worker(
         shared.stats.set_input_bytes(size);
     }
     let mut input = InputHandle::<u64, CapacityContainerBuilder<Vec<(u64, Vec<u8>)>>>::new();
+    // `probe` sees everything, deferred work and retries included: it decides which epochs are
+    // complete. `intake` sees only the outputs of the chain: it bounds how far reading runs
+    // ahead, so a pending retry holds commits back without stopping the flow.
     let probe = ProbeHandle::new();
+    let intake = ProbeHandle::new();
     let source_name = source.name();
+    let deferred = Rc::new(RefCell::new(DeferredWork::new(plugins.clone(), retry_policies(&shared.config), shared.services.store.clone())));
     let failed: Rc<RefCell<Option<anyhow::Error>>> = Rc::new(RefCell::new(None));
     worker.dataflow::<u64, _, _>(|scope| {
         let (events, dead) = input.to_stream(scope).ok_err(move |(pos, line): (u64, Vec<u8>)| parse_line(&line, &source_name, pos));
@@ -158,23 +165,27 @@ fn run_worker(
         let processed = events.flat_map(move |ev: ValidEvent| run_event(&chain, &stats, ev));
         let (sink, stats, fail) = (io.events.clone(), shared.stats.clone(), failed.clone());
         processed
+            .clone()
             .inspect_core(move |batch| {
-                if let Ok((stamp, lines)) = batch {
-                    let records: Vec<OutRecord> = lines.iter().map(|l| OutRecord { value: l.clone(), headers: Vec::new() }).collect();
+                if let Ok((stamp, events)) = batch {
+                    let records: Vec<OutRecord> = events.iter().map(|(_, l)| OutRecord { value: l.clone(), headers: Vec::new() }).collect();
                     keep_first_error(&fail, sink.borrow_mut().write(stamp.least().copied().unwrap_or_default(), &records));
-                    stats.add_out(lines.len() as u64);
+                    stats.add_out(events.len() as u64);
                 }
             })
+            .probe_with(&intake)
             .probe_with(&probe);
-        let (sink, stats, fail) = (io.dead_letters.clone(), shared.stats.clone(), failed.clone());
-        dead.inspect_core(move |batch: Result<(_, &Vec<DeadLetter>), _>| {
-            if let Ok((stamp, letters)) = batch {
-                let records: Vec<OutRecord> = letters.iter().map(dead_letter_record).collect();
-                keep_first_error(&fail, sink.borrow_mut().write(stamp.least().copied().unwrap_or_default(), &records));
-                stats.add_dead(letters.len() as u64);
-            }
-        })
-        .probe_with(&probe);
+        write_dead_letters(dead, &io.dead_letters, &shared.stats, &failed).probe_with(&intake).probe_with(&probe);
+        let exhausted = processed.run_deferred(deferred.clone());
+        let source_label = "plugin".to_string();
+        let given_up = exhausted.map(move |e| DeadLetter {
+            source: source_label.clone(),
+            position: 0,
+            reason: e.reason(),
+            raw: e.payload,
+            raw_base64: None,
+        });
+        write_dead_letters(given_up, &io.dead_letters, &shared.stats, &failed).probe_with(&probe);
     });
     let batch_size = shared.config.runtime.batch_size;
     let ahead = shared.config.runtime.max_epochs_ahead;
@@ -192,7 +203,7 @@ fn run_worker(
         epoch += 1;
         input.advance_to(epoch);
         worker.step();
-        while probe.less_than(&epoch.saturating_sub(ahead)) {
+        while intake.less_than(&epoch.saturating_sub(ahead)) {
             worker.step();
         }
         check_failed(&failed)?;
@@ -203,8 +214,14 @@ fn run_worker(
         }
     }
     drop(input);
+    if shared.stop.load(Ordering::Relaxed) {
+        deferred.borrow_mut().stop();
+    }
     while !probe.done() {
-        worker.step();
+        worker.step_or_park(Some(Duration::from_millis(50)));
+        if shared.stop.load(Ordering::Relaxed) && !deferred.borrow().stopping() {
+            deferred.borrow_mut().stop();
+        }
     }
     check_failed(&failed)?;
     plugins.borrow_mut().teardown_all();
@@ -241,20 +258,44 @@ fn dead_letter_record(d: &DeadLetter) -> OutRecord {
     }
 }
 
-fn run_event(chain: &Rc<RefCell<WorkerPlugins>>, stats: &Stats, ev: ValidEvent) -> Option<String> {
+fn write_dead_letters<'s>(
+    letters: timely::dataflow::Stream<'s, u64, Vec<DeadLetter>>,
+    sink: &crate::io::SharedSink,
+    stats: &Arc<Stats>,
+    failed: &Rc<RefCell<Option<anyhow::Error>>>,
+) -> timely::dataflow::Stream<'s, u64, Vec<DeadLetter>> {
+    let (sink, stats, fail) = (sink.clone(), stats.clone(), failed.clone());
+    letters.inspect_core(move |batch: Result<(_, &Vec<DeadLetter>), _>| {
+        if let Ok((stamp, letters)) = batch {
+            let records: Vec<OutRecord> = letters.iter().map(dead_letter_record).collect();
+            keep_first_error(&fail, sink.borrow_mut().write(stamp.least().copied().unwrap_or_default(), &records));
+            stats.add_dead(letters.len() as u64);
+        }
+    })
+}
+
+fn retry_policies(config: &PipelineConfig) -> RetryPolicies {
+    let r = &config.runtime;
+    RetryPolicies {
+        on_event: RetryPolicy { base: Duration::from_millis(r.on_event_retry_base_ms), ..RetryPolicy::on_event() },
+        export_events: RetryPolicy { base: Duration::from_millis(r.export_retry_base_ms), ..RetryPolicy::export_events() },
+    }
+}
+
+fn run_event(chain: &Rc<RefCell<WorkerPlugins>>, stats: &Stats, ev: ValidEvent) -> Option<(i64, String)> {
     let mut plugins = chain.borrow_mut();
     match plugins.process(ev.team_id, &ev.name, &ev.uuid, &ev.json) {
         Ok(outcome) => {
             if outcome.event.is_none() {
                 stats.add_dropped(1);
             }
-            outcome.event
+            outcome.event.map(|e| (ev.team_id, e))
         }
         Err(e) => {
             // The line passed validation but not QuickJS's parser (which serde accepted):
             // keep the event unprocessed rather than lose it.
             tracing::error!(uuid = %ev.uuid, error = %e, "event could not enter the plugin runtime; passed through unprocessed");
-            Some(ev.json)
+            Some((ev.team_id, ev.json))
         }
     }
 }
@@ -264,6 +305,7 @@ fn record_notices(stats: &Stats, plugins: &mut WorkerPlugins) {
         match notice {
             PluginNotice::CallFailed(e) => stats.add_failure(&format!("{} ({})", e.plugin, e.config_id), e.hook.as_str()),
             PluginNotice::LoadFailed { config_id, .. } => stats.add_failure(&config_id, "load"),
+            PluginNotice::Metric(m) => stats.add_metric(m),
         }
     }
 }

@@ -15,6 +15,7 @@ pub struct Stats {
     dropped: AtomicU64,
     dead_lettered: AtomicU64,
     failures: Mutex<BTreeMap<(String, String), u64>>,
+    metrics: Mutex<BTreeMap<(String, i64, String, String), u64>>,
 }
 
 /// A snapshot of [`Stats`].
@@ -34,6 +35,8 @@ pub struct Summary {
     pub dead_lettered: u64,
     /// Failures per (plugin configuration, hook).
     pub failures: BTreeMap<(String, String), u64>,
+    /// App metrics: counts per (configuration, team, hook, outcome).
+    pub metrics: BTreeMap<(String, i64, String, String), u64>,
 }
 
 impl Stats {
@@ -62,6 +65,11 @@ impl Stats {
     pub fn add_failure(&self, plugin: &str, hook: &str) {
         *self.failures.lock().expect("stats lock").entry((plugin.to_string(), hook.to_string())).or_default() += 1;
     }
+    /// Records an app metric.
+    pub fn add_metric(&self, m: operators::plugin::worker::AppMetric) {
+        let key = (m.config_id, m.team, m.hook.as_str().to_string(), m.outcome.as_str().to_string());
+        *self.metrics.lock().expect("stats lock").entry(key).or_default() += m.count;
+    }
     /// A snapshot.
     pub fn summary(&self) -> Summary {
         Summary {
@@ -72,6 +80,7 @@ impl Stats {
             dropped: self.dropped.load(Ordering::Relaxed),
             dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
             failures: self.failures.lock().expect("stats lock").clone(),
+            metrics: self.metrics.lock().expect("stats lock").clone(),
         }
     }
 }
@@ -98,6 +107,12 @@ impl Summary {
             let _ = writeln!(s, "  plugin failures:");
             for ((plugin, hook), n) in &self.failures {
                 let _ = writeln!(s, "    {plugin} {hook}: {n}");
+            }
+        }
+        if !self.metrics.is_empty() {
+            let _ = writeln!(s, "  app metrics (configuration, team, hook: outcome = count):");
+            for ((config, team, hook, outcome), n) in &self.metrics {
+                let _ = writeln!(s, "    {config} team {team} {hook}: {outcome} = {n}");
             }
         }
         s

@@ -1,6 +1,8 @@
 //! Helpers for pluginflow's end-to-end tests: repository paths, generated event logs, and
 //! pipeline configurations written into temporary folders.
 
+pub mod broker;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

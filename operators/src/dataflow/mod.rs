@@ -1,1 +1,3 @@
-//! Timely operators around the plugin host: one extension trait per operator.
+//! Timely operators around the plugin host: one extension trait per operator, in its own file.
+
+pub mod deferred;

@@ -101,6 +101,7 @@ pub struct PluginInstance {
     jobs: Vec<String>,
     label: String,
     disabled: Option<String>,
+    config: Map<String, Json>,
 }
 
 impl std::fmt::Debug for PluginInstance {
@@ -194,8 +195,10 @@ impl PluginInstance {
             jobs: Vec::new(),
             label: format!("{plugin} ({})", cfg.config_id),
             disabled: None,
+            config: Map::new(),
         };
-        let config_json = Json::Object(config).to_string();
+        let config_json = Json::Object(config.clone()).to_string();
+        instance.config = config;
         let (pf, names) = context.with(|ctx| instance.boot(&ctx, def, cfg, &config_json))?;
         instance.pf = Some(pf);
         for name in names {
@@ -289,6 +292,15 @@ impl PluginInstance {
     /// Whether the plugin exports `hook` (and the instance is not disabled).
     pub fn has(&self, hook: Hook) -> bool {
         self.disabled.is_none() && self.hooks.contains(&hook)
+    }
+
+    /// A resolved config value as text (strings as they are, other JSON as JSON).
+    pub fn config_text(&self, key: &str) -> Option<String> {
+        match self.config.get(key)? {
+            Json::String(s) => Some(s.clone()),
+            Json::Null => None,
+            other => Some(other.to_string()),
+        }
     }
 
     /// Names of the plugin's jobs.

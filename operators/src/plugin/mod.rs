@@ -11,6 +11,7 @@
 //! - `host` and `js/prelude.js`: `meta`, globals and modules plugins see.
 
 pub mod chain;
+pub mod deferred;
 pub mod error;
 pub mod geoip;
 pub mod instance;

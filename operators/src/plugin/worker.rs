@@ -39,6 +39,9 @@ impl PluginSpec {
     }
 }
 
+/// Identifies an instance in a worker: (configuration index in chain order, team).
+pub type InstanceKey = (usize, i64);
+
 /// Something the worker's plugins did that the pipeline counts or reports.
 #[derive(Clone, Debug, PartialEq)]
 pub enum PluginNotice {
@@ -53,6 +56,46 @@ pub enum PluginNotice {
     },
     /// A hook call failed.
     CallFailed(PluginError),
+    /// An app-metric count: calls of a hook that ended one way.
+    Metric(AppMetric),
+}
+
+/// How a hook call ended, for app metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Outcome {
+    /// On the first attempt.
+    Succeeded,
+    /// After one or more retries.
+    SucceededOnRetry,
+    /// For good (after the last retry, or at once for a non-retriable error).
+    Failed,
+}
+
+impl Outcome {
+    /// The metric's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::SucceededOnRetry => "succeeded_on_retry",
+            Outcome::Failed => "failed",
+        }
+    }
+}
+
+/// One app-metric observation: `count` calls (or exported events) of `hook` in a
+/// configuration for a team ended with `outcome`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppMetric {
+    /// Configuration id.
+    pub config_id: String,
+    /// Team.
+    pub team: i64,
+    /// Hook (category).
+    pub hook: Hook,
+    /// Outcome.
+    pub outcome: Outcome,
+    /// How many.
+    pub count: u64,
 }
 
 /// The plugin instances of one worker.
@@ -110,7 +153,16 @@ impl WorkerPlugins {
         let mut refs: Vec<&mut PluginInstance> = taken.iter_mut().map(|(_, p)| p).collect();
         let outcome = run_chain(&mut refs, json);
         if let Ok(o) = &outcome {
+            for (i, inst) in &taken {
+                if o.succeeded.iter().any(|l| l == inst.label()) {
+                    let config_id = self.specs[*i].id.clone();
+                    let m = AppMetric { config_id, team, hook: Hook::ProcessEvent, outcome: Outcome::Succeeded, count: 1 };
+                    self.notices.push(PluginNotice::Metric(m));
+                }
+            }
             for err in &o.failed {
+                let m = AppMetric { config_id: err.config_id.clone(), team, hook: Hook::ProcessEvent, outcome: Outcome::Failed, count: 1 };
+                self.notices.push(PluginNotice::Metric(m));
                 if let Some((_, inst)) = taken.iter().find(|(_, p)| p.config_id() == err.config_id) {
                     inst.log_error(err, Some(uuid));
                 }
@@ -121,6 +173,45 @@ impl WorkerPlugins {
             self.instances.insert((i, team), Some(inst));
         }
         outcome
+    }
+
+    /// Records an app metric.
+    pub fn metric(&mut self, key: InstanceKey, hook: Hook, outcome: Outcome, count: u64) {
+        let config_id = self.specs[key.0].id.clone();
+        self.notices.push(PluginNotice::Metric(AppMetric { config_id, team: key.1, hook, outcome, count }));
+    }
+
+    /// Records a failed call.
+    pub fn failed(&mut self, error: PluginError) {
+        self.notices.push(PluginNotice::CallFailed(error));
+    }
+
+    /// Instances of `team` with any of `hooks`, in chain order (creating them if needed).
+    pub fn team_instances_with(&mut self, team: i64, hooks: &[Hook]) -> Vec<InstanceKey> {
+        self.chain(team)
+            .into_iter()
+            .map(|i| (i, team))
+            .filter(|k| self.instances.get(k).and_then(Option::as_ref).is_some_and(|p| hooks.iter().any(|h| p.has(*h))))
+            .collect()
+    }
+
+    /// The instance for `key`, creating it if needed; `None` when it failed to load.
+    pub fn instance_mut(&mut self, key: InstanceKey) -> Option<&mut PluginInstance> {
+        if key.0 >= self.specs.len() {
+            return None;
+        }
+        self.ensure(key.0, key.1);
+        self.instances.get_mut(&key).and_then(Option::as_mut)
+    }
+
+    /// Configuration id of the configuration at `index` (chain order).
+    pub fn config_id(&self, index: usize) -> &str {
+        &self.specs[index].id
+    }
+
+    /// The key of configuration `config_id` for `team`.
+    pub fn key_of(&self, config_id: &str, team: i64) -> Option<InstanceKey> {
+        self.specs.iter().position(|s| s.id == config_id).map(|i| (i, team))
     }
 
     /// What happened since the last call (load failures, failed calls).

@@ -1,0 +1,541 @@
+//! Work that follows the `processEvent` chain: `onEvent` for every plugin of the event's team,
+//! and batched `exportEvents` (a buffer per instance flushed by size, by time, and at the end),
+//! with PostHog's retry policies. Failed attempts become [`Task`]s the caller schedules for
+//! later; this module knows nothing of timely and never sleeps.
+//!
+//! Retried tasks are written to the durable queue [`RETRY_QUEUE`] so that they resume after a
+//! restart; they are acknowledged once they succeed or give up.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value, json};
+use state::{QueueItemId, StateStore};
+
+use super::error::{Hook, PluginError};
+use super::worker::{InstanceKey, Outcome, WorkerPlugins};
+
+/// Durable queue holding pending retries.
+pub const RETRY_QUEUE: &str = "retries";
+
+/// How often and how long to retry a hook: `max_retries` retries after the first attempt,
+/// waiting `base`, `2 × base`, `4 × base`, ...
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt.
+    pub max_retries: u32,
+    /// Wait before the first retry.
+    pub base: Duration,
+}
+
+impl RetryPolicy {
+    /// Wait before retry number `retry` (1-based).
+    pub fn delay(&self, retry: u32) -> Duration {
+        self.base * 2u32.saturating_pow(retry.saturating_sub(1))
+    }
+
+    /// PostHog's documented `onEvent` policy: 5 retries after 5, 10, 20, 40 and 80 s.
+    pub fn on_event() -> Self {
+        Self { max_retries: 5, base: Duration::from_secs(5) }
+    }
+
+    /// PostHog's `exportEvents` policy: 3 retries after 6, 12 and 24 s.
+    pub fn export_events() -> Self {
+        Self { max_retries: 3, base: Duration::from_secs(6) }
+    }
+
+    /// PostHog's documented `setupPlugin` policy: 5 retries after 5, 10, 20, 40 and 80 s.
+    pub fn setup() -> Self {
+        Self { max_retries: 5, base: Duration::from_secs(5) }
+    }
+
+    /// Jobs retry like `onEvent`.
+    pub fn job() -> Self {
+        Self::on_event()
+    }
+}
+
+/// Retry policies of the deferred hooks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryPolicies {
+    /// For `onEvent`.
+    pub on_event: RetryPolicy,
+    /// For `exportEvents`.
+    pub export_events: RetryPolicy,
+}
+
+impl Default for RetryPolicies {
+    fn default() -> Self {
+        Self { on_event: RetryPolicy::on_event(), export_events: RetryPolicy::export_events() }
+    }
+}
+
+/// What a task calls.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TaskKind {
+    /// `onEvent` with one event (`ProcessedPluginEvent` JSON).
+    OnEvent(String),
+    /// `exportEvents` with a batch (each a `ProcessedPluginEvent` JSON).
+    Export(Vec<String>),
+}
+
+/// A hook call owed to an instance.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Task {
+    /// Configuration id (stable across restarts, unlike indexes).
+    pub config_id: String,
+    /// Team.
+    pub team: i64,
+    /// What to call.
+    pub kind: TaskKind,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// Earliest epoch of the events in the task (the caller holds this time open).
+    pub epoch: u64,
+    /// The task's entry in the durable queue, once it was retried.
+    pub queue_id: Option<QueueItemId>,
+}
+
+impl Task {
+    fn hook(&self) -> Hook {
+        match self.kind {
+            TaskKind::OnEvent(_) => Hook::OnEvent,
+            TaskKind::Export(_) => Hook::ExportEvents,
+        }
+    }
+
+    fn events(&self) -> u64 {
+        match &self.kind {
+            TaskKind::OnEvent(_) => 1,
+            TaskKind::Export(b) => b.len() as u64,
+        }
+    }
+
+    fn payload(&self) -> String {
+        match &self.kind {
+            TaskKind::OnEvent(e) => e.clone(),
+            TaskKind::Export(b) => format!("[{}]", b.join(",")),
+        }
+    }
+}
+
+/// What became of a task.
+#[derive(Debug)]
+pub enum Step {
+    /// Done (succeeded, or failed without a retry: recorded, nothing owed).
+    Done,
+    /// Call again at `due`.
+    Retry(Instant, Task),
+    /// Failed after the last retry, or with an error that is not retried: the caller sends it
+    /// to the dead-letter output.
+    GaveUp(Exhausted),
+}
+
+/// A task that failed for good.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Exhausted {
+    /// The last error.
+    pub error: PluginError,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The event (or batch, as a JSON array) that could not be handled.
+    pub payload: String,
+    /// Earliest epoch of the task.
+    pub epoch: u64,
+}
+
+impl Exhausted {
+    /// One-line reason for the dead-letter output.
+    pub fn reason(&self) -> String {
+        format!(
+            "{} of plugin '{}' ({}) failed after {} attempt{}: {}: {}",
+            self.error.hook,
+            self.error.plugin,
+            self.error.config_id,
+            self.attempts,
+            if self.attempts == 1 { "" } else { "s" },
+            self.error.name,
+            self.error.message
+        )
+    }
+}
+
+/// Export settings of one instance, from its config (PostHog's names and clamps).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExportSettings {
+    /// Flush when the buffered JSON reaches this many characters.
+    pub max_bytes: usize,
+    /// Flush this long after the first buffered event.
+    pub max_age: Duration,
+    /// Event names never exported.
+    pub ignore: Vec<String>,
+}
+
+impl ExportSettings {
+    /// Reads `exportEventsBufferBytes` (1 MiB, 1..=100 MiB), `exportEventsBufferSeconds`
+    /// (10 s, 1..=600) and `exportEventsToIgnore` (comma separated).
+    pub fn from_config(get: impl Fn(&str) -> Option<String>) -> Self {
+        let int = |key: &str, default: i64, min: i64, max: i64| {
+            get(key).and_then(|v| parse_int_prefix(&v)).unwrap_or(default).clamp(min, max)
+        };
+        Self {
+            max_bytes: int("exportEventsBufferBytes", 1_048_576, 1, 104_857_600) as usize,
+            max_age: Duration::from_secs(int("exportEventsBufferSeconds", 10, 1, 600) as u64),
+            ignore: get("exportEventsToIgnore")
+                .map(|v| v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// JavaScript's `parseInt` on a decimal string: leading digits, `None` when there are none.
+fn parse_int_prefix(text: &str) -> Option<i64> {
+    let t = text.trim_start();
+    let (sign, digits) = match t.strip_prefix('-') {
+        Some(rest) => (-1, rest),
+        None => (1, t.strip_prefix('+').unwrap_or(t)),
+    };
+    let end = digits.find(|c: char| !c.is_ascii_digit()).unwrap_or(digits.len());
+    digits[..end].parse::<i64>().ok().map(|n| sign * n)
+}
+
+#[derive(Debug)]
+struct ExportBuffer {
+    settings: ExportSettings,
+    events: Vec<String>,
+    chars: usize,
+    started: Option<Instant>,
+    min_epoch: Option<u64>,
+}
+
+impl ExportBuffer {
+    fn take(&mut self) -> Option<(Vec<String>, u64)> {
+        if self.events.is_empty() {
+            return None;
+        }
+        let epoch = self.min_epoch.take().unwrap_or_default();
+        self.chars = 0;
+        self.started = None;
+        Some((std::mem::take(&mut self.events), epoch))
+    }
+}
+
+/// The deferred work of one worker.
+pub struct DeferredWork {
+    plugins: Rc<RefCell<WorkerPlugins>>,
+    policies: RetryPolicies,
+    store: Arc<dyn StateStore>,
+    buffers: HashMap<InstanceKey, ExportBuffer>,
+    stopping: bool,
+    waker: Option<Box<dyn Fn()>>,
+}
+
+impl DeferredWork {
+    /// Deferred work over a worker's plugins.
+    pub fn new(plugins: Rc<RefCell<WorkerPlugins>>, policies: RetryPolicies, store: Arc<dyn StateStore>) -> Self {
+        Self { plugins, policies, store, buffers: HashMap::new(), stopping: false, waker: None }
+    }
+
+    /// Sets what wakes whoever drives this work (its operator), so that a stop is seen at once.
+    pub fn set_waker(&mut self, waker: Box<dyn Fn()>) {
+        self.waker = Some(waker);
+    }
+
+    /// Asks for a quick stop: pending retries are left in the durable queue (they resume after
+    /// a restart) instead of being waited for.
+    pub fn stop(&mut self) {
+        self.stopping = true;
+        if let Some(wake) = &self.waker {
+            wake();
+        }
+    }
+
+    /// Whether [`DeferredWork::stop`] was called.
+    pub fn stopping(&self) -> bool {
+        self.stopping
+    }
+
+    /// Handles one event that left the chain at `epoch`: `onEvent` for each plugin of the team
+    /// that has it, and the event added to export buffers. Returns retries, give-ups and
+    /// size-triggered export steps.
+    pub fn event(&mut self, epoch: u64, team: i64, final_json: &str) -> Vec<Step> {
+        let keys = self.plugins.borrow_mut().team_instances_with(team, &[Hook::OnEvent, Hook::ExportEvents]);
+        if keys.is_empty() {
+            return Vec::new();
+        }
+        let Some((name, processed)) = processed_event(final_json) else {
+            return Vec::new();
+        };
+        let mut steps = Vec::new();
+        for key in keys {
+            let (has_on_event, has_export, config_id) = {
+                let mut plugins = self.plugins.borrow_mut();
+                let Some(inst) = plugins.instance_mut(key) else { continue };
+                (inst.has(Hook::OnEvent), inst.has(Hook::ExportEvents), inst.config_id().to_string())
+            };
+            if has_export {
+                steps.extend(self.buffer(key, &config_id, epoch, &name, &processed));
+            }
+            if has_on_event {
+                let task = Task { config_id, team, kind: TaskKind::OnEvent(processed.clone()), attempts: 0, epoch, queue_id: None };
+                steps.push(self.run(task));
+            }
+        }
+        steps
+    }
+
+    fn buffer(&mut self, key: InstanceKey, config_id: &str, epoch: u64, name: &str, processed: &str) -> Vec<Step> {
+        if !self.buffers.contains_key(&key) {
+            let settings = {
+                let mut plugins = self.plugins.borrow_mut();
+                let inst = plugins.instance_mut(key).expect("checked by the caller");
+                ExportSettings::from_config(|k| inst.config_text(k))
+            };
+            self.buffers.insert(key, ExportBuffer { settings, events: Vec::new(), chars: 0, started: None, min_epoch: None });
+        }
+        let buffer = self.buffers.get_mut(&key).expect("inserted above");
+        if buffer.settings.ignore.iter().any(|n| n == name) {
+            return Vec::new();
+        }
+        // PostHog counted `JSON.stringify(event).length`: UTF-16 code units.
+        let size = processed.encode_utf16().count();
+        let mut batches = Vec::new();
+        if !buffer.events.is_empty() && buffer.chars + size > buffer.settings.max_bytes {
+            batches.extend(buffer.take());
+        }
+        buffer.events.push(processed.to_string());
+        buffer.chars += size;
+        buffer.min_epoch = Some(buffer.min_epoch.map_or(epoch, |m| m.min(epoch)));
+        buffer.started.get_or_insert_with(Instant::now);
+        if buffer.chars > buffer.settings.max_bytes {
+            batches.extend(buffer.take());
+        }
+        batches.into_iter().map(|(events, epoch)| self.export(key, config_id, events, epoch)).collect()
+    }
+
+    fn export(&mut self, key: InstanceKey, config_id: &str, events: Vec<String>, epoch: u64) -> Step {
+        let task = Task { config_id: config_id.to_string(), team: key.1, kind: TaskKind::Export(events), attempts: 0, epoch, queue_id: None };
+        self.run(task)
+    }
+
+    /// Export buffers due by time (or all of them with `force`, at shutdown), exported now.
+    pub fn flush(&mut self, now: Instant, force: bool) -> Vec<Step> {
+        let mut due: Vec<(InstanceKey, Vec<String>, u64)> = Vec::new();
+        for (key, buffer) in &mut self.buffers {
+            let expired = buffer.started.is_some_and(|t| now.duration_since(t) >= buffer.settings.max_age);
+            if force || expired {
+                if let Some((events, epoch)) = buffer.take() {
+                    due.push((*key, events, epoch));
+                }
+            }
+        }
+        due.sort_by_key(|(k, _, _)| *k);
+        due.into_iter()
+            .map(|(key, events, epoch)| {
+                let config_id = self.plugins.borrow().config_id(key.0).to_string();
+                self.export(key, &config_id, events, epoch)
+            })
+            .collect()
+    }
+
+    /// When the next export buffer falls due.
+    pub fn next_flush(&self) -> Option<Instant> {
+        self.buffers.values().filter_map(|b| b.started.map(|t| t + b.settings.max_age)).min()
+    }
+
+    /// The earliest epoch of any buffered, unexported event.
+    pub fn buffered_min_epoch(&self) -> Option<u64> {
+        self.buffers.values().filter_map(|b| b.min_epoch).min()
+    }
+
+    /// Calls the task's hook once and says what comes next.
+    pub fn run(&mut self, mut task: Task) -> Step {
+        let hook = task.hook();
+        let policy = match hook {
+            Hook::OnEvent => self.policies.on_event,
+            _ => self.policies.export_events,
+        };
+        task.attempts += 1;
+        let result = self.call(&task);
+        let key = self.plugins.borrow().key_of(&task.config_id, task.team);
+        let record = |plugins: &mut WorkerPlugins, outcome| {
+            if let Some(k) = key {
+                plugins.metric(k, hook, outcome, task.events());
+            }
+        };
+        match result {
+            Ok(()) => {
+                let outcome = if task.attempts == 1 { Outcome::Succeeded } else { Outcome::SucceededOnRetry };
+                record(&mut self.plugins.borrow_mut(), outcome);
+                self.ack(&task);
+                Step::Done
+            }
+            Err(error) if error.kind.is_retriable() && task.attempts <= policy.max_retries => {
+                let delay = policy.delay(task.attempts);
+                self.log_retry(&task, &error, delay, policy);
+                self.persist(&mut task, delay);
+                Step::Retry(Instant::now() + delay, task)
+            }
+            Err(error) => {
+                record(&mut self.plugins.borrow_mut(), Outcome::Failed);
+                self.log_failure(&task, &error);
+                self.ack(&task);
+                // Failed for good, or a plain error (never retried): either way the work was
+                // not done, so it goes to the dead-letter output rather than vanishing.
+                Step::GaveUp(Exhausted { attempts: task.attempts, payload: task.payload(), epoch: task.epoch, error })
+            }
+        }
+    }
+
+    fn call(&mut self, task: &Task) -> Result<(), PluginError> {
+        let mut plugins = self.plugins.borrow_mut();
+        let Some(key) = plugins.key_of(&task.config_id, task.team) else {
+            return Ok(());
+        };
+        let Some(inst) = plugins.instance_mut(key) else {
+            return Ok(());
+        };
+        let result = match &task.kind {
+            TaskKind::OnEvent(e) => inst.on_event_json(e),
+            TaskKind::Export(batch) => inst.export_events_json(&format!("[{}]", batch.join(","))),
+        };
+        if let Err(e) = &result {
+            inst.log_error(e, None);
+            let e = e.clone();
+            plugins.failed(e);
+        }
+        result
+    }
+
+    fn log_retry(&self, task: &Task, error: &PluginError, delay: Duration, policy: RetryPolicy) {
+        tracing::debug!(config = %task.config_id, team = task.team, hook = %task.hook(), attempt = task.attempts,
+            max = policy.max_retries + 1, delay_ms = delay.as_millis() as u64, error = %error, "retrying");
+    }
+
+    fn log_failure(&self, task: &Task, error: &PluginError) {
+        tracing::warn!(config = %task.config_id, team = task.team, hook = %task.hook(), attempts = task.attempts, error = %error, "giving up");
+    }
+
+    /// Writes the task to the durable queue (replacing its previous entry).
+    fn persist(&mut self, task: &mut Task, delay: Duration) {
+        self.ack(task);
+        let due = super::log::now_ms() + delay.as_millis() as u64;
+        let payload = json!({
+            "config_id": task.config_id,
+            "team": task.team,
+            "hook": task.hook().as_str(),
+            "attempts": task.attempts,
+            "events": match &task.kind { TaskKind::OnEvent(e) => vec![e.clone()], TaskKind::Export(b) => b.clone() },
+        });
+        match self.store.queue_put(RETRY_QUEUE, due, payload.to_string().as_bytes()) {
+            Ok(id) => task.queue_id = Some(id),
+            Err(e) => tracing::error!(error = %e, config = %task.config_id, "cannot persist a pending retry; it is kept in memory only"),
+        }
+    }
+
+    fn ack(&mut self, task: &Task) {
+        if let Some(id) = task.queue_id {
+            if let Err(e) = self.store.queue_ack(RETRY_QUEUE, id) {
+                tracing::error!(error = %e, "cannot acknowledge a finished retry; it may run again after a restart");
+            }
+        }
+    }
+
+    /// Takes every retry left in the durable queue by an earlier run, with its due time.
+    pub fn recover(&mut self, epoch: u64) -> Vec<(Instant, Task)> {
+        let items = match self.store.queue_take_due(RETRY_QUEUE, u64::MAX, usize::MAX) {
+            Ok(items) => items,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read pending retries");
+                return Vec::new();
+            }
+        };
+        let now_ms = super::log::now_ms();
+        let now = Instant::now();
+        items
+            .into_iter()
+            .filter_map(|item| {
+                let v: Value = serde_json::from_slice(&item.payload).ok()?;
+                let events: Vec<String> = v["events"].as_array()?.iter().filter_map(|e| e.as_str().map(str::to_string)).collect();
+                let kind = match v["hook"].as_str()? {
+                    "onEvent" => TaskKind::OnEvent(events.into_iter().next()?),
+                    _ => TaskKind::Export(events),
+                };
+                let task = Task {
+                    config_id: v["config_id"].as_str()?.to_string(),
+                    team: v["team"].as_i64()?,
+                    kind,
+                    attempts: v["attempts"].as_u64()? as u32,
+                    epoch,
+                    queue_id: Some(item.id),
+                };
+                let due = now + Duration::from_millis(item.due_ms.saturating_sub(now_ms));
+                Some((due, task))
+            })
+            .collect()
+    }
+}
+
+/// The `ProcessedPluginEvent` PostHog handed to `onEvent` and `exportEvents` (spec §1.2), and
+/// the event's name: `{distinct_id, ip, team_id, event, properties, timestamp, $set, $set_once,
+/// uuid}`.
+pub fn processed_event(final_json: &str) -> Option<(String, String)> {
+    let Value::Object(mut ev) = serde_json::from_str::<Value>(final_json).ok()? else { return None };
+    let properties = ev.remove("properties").unwrap_or_else(|| Value::Object(Map::new()));
+    let name = ev.get("event").and_then(Value::as_str).unwrap_or_default().to_string();
+    let timestamp = ev.remove("timestamp").or_else(|| ev.remove("now")).unwrap_or(Value::Null);
+    let mut out = Map::new();
+    for key in ["distinct_id", "ip", "team_id", "event"] {
+        out.insert(key.into(), ev.remove(key).unwrap_or(Value::Null));
+    }
+    out.insert("$set".into(), properties.get("$set").cloned().unwrap_or(Value::Null));
+    out.insert("$set_once".into(), properties.get("$set_once").cloned().unwrap_or(Value::Null));
+    out.insert("properties".into(), properties);
+    out.insert("timestamp".into(), timestamp);
+    out.insert("uuid".into(), ev.remove("uuid").unwrap_or(Value::Null));
+    Some((name, Value::Object(out).to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policies_double_their_wait() {
+        let p = RetryPolicy::on_event();
+        let waits: Vec<u64> = (1..=5).map(|r| p.delay(r).as_secs()).collect();
+        assert_eq!(waits, vec![5, 10, 20, 40, 80]);
+        let e = RetryPolicy::export_events();
+        assert_eq!((1..=3).map(|r| e.delay(r).as_secs()).collect::<Vec<_>>(), vec![6, 12, 24]);
+    }
+
+    #[test]
+    fn export_settings_parse_like_parse_int_and_clamp() {
+        let cfg = |k: &str| match k {
+            "exportEventsBufferBytes" => Some("2048kb".to_string()),
+            "exportEventsBufferSeconds" => Some("9999".to_string()),
+            "exportEventsToIgnore" => Some(" $pageview , ,custom ".to_string()),
+            _ => None,
+        };
+        let s = ExportSettings::from_config(cfg);
+        assert_eq!(s.max_bytes, 2048);
+        assert_eq!(s.max_age, Duration::from_secs(600));
+        assert_eq!(s.ignore, vec!["$pageview", "custom"]);
+        let d = ExportSettings::from_config(|_| Some("nope".into()));
+        assert_eq!((d.max_bytes, d.max_age), (1_048_576, Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn processed_event_has_posthogs_shape() {
+        let (name, json) = processed_event(
+            r#"{"uuid":"u","event":"e","team_id":2,"distinct_id":"d","ip":"1.2.3.4","site_url":"s","now":"n","timestamp":"t","properties":{"$set":{"a":1},"x":2}}"#,
+        )
+        .unwrap();
+        assert_eq!(name, "e");
+        let v: Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v, json!({"distinct_id":"d","ip":"1.2.3.4","team_id":2,"event":"e","$set":{"a":1},"$set_once":null,"properties":{"$set":{"a":1},"x":2},"timestamp":"t","uuid":"u"}));
+    }
+}

@@ -1,0 +1,229 @@
+//! One worker's producer, shared (`Rc`) by the worker's Kafka sinks and its source, because the
+//! source decides when outputs count as done: it flushes the producer before committing offsets
+//! (at-least-once) or puts outputs and offsets in one transaction (exactly-once).
+//!
+//! Retries are librdkafka's: a produce request that fails with a retriable error is retried
+//! inside librdkafka (idempotently, so without duplicates or reordering) until
+//! `message.timeout.ms`. A delivery report that still carries an error is therefore permanent;
+//! it is kept and surfaced as an error from the next `send`/`flush`, never ignored.
+//!
+//! In exactly-once mode records are not produced as they are written: they wait in memory, by
+//! epoch, until their epoch is complete, and are produced inside the transaction that also
+//! commits that epoch's offsets. Records of an epoch that is complete are final: a transaction
+//! never holds part of an epoch. Memory is bounded by the epochs the source may run ahead.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow};
+use rdkafka::consumer::ConsumerGroupMetadata;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer as _, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientContext, Message as _, TopicPartitionList};
+
+use super::config::{Delivery, KafkaConfig};
+
+/// How long to wait for the broker in transactional calls before retrying them.
+const TXN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a transactional call that failed with a retriable error is tried again.
+const TXN_RETRIES: usize = 20;
+
+/// One record waiting for its epoch's transaction.
+#[derive(Debug)]
+struct Pending {
+    topic: String,
+    key: Option<String>,
+    value: String,
+    headers: Vec<(&'static str, String)>,
+}
+
+/// Counts deliveries and keeps the first permanent failure.
+#[derive(Default)]
+pub struct DeliveryContext {
+    failed: Mutex<Option<String>>,
+    delivered: AtomicU64,
+}
+
+impl ClientContext for DeliveryContext {}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => {
+                self.delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            Err((e, msg)) => {
+                tracing::error!(topic = msg.topic(), partition = msg.partition(), error = %e, "delivery failed after librdkafka's retries");
+                self.failed.lock().expect("delivery lock").get_or_insert_with(|| format!("delivery to {} failed: {e}", msg.topic()));
+            }
+        }
+    }
+}
+
+impl DeliveryContext {
+    fn check(&self) -> anyhow::Result<()> {
+        match self.failed.lock().expect("delivery lock").clone() {
+            Some(e) => Err(anyhow!(e)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A worker's producer and, in exactly-once mode, the records waiting for their transaction.
+pub struct WorkerProducer {
+    producer: ThreadedProducer<DeliveryContext>,
+    delivery: Delivery,
+    waiting: BTreeMap<u64, Vec<Pending>>,
+    /// Records of epochs below this are dropped (exactly-once, after a rebalance rewound them).
+    discard_below: u64,
+    worker: usize,
+}
+
+impl WorkerProducer {
+    /// Creates worker `worker`'s producer; in exactly-once mode, registers its transactional id,
+    /// which aborts whatever transaction a previous incarnation left open.
+    pub fn open(config: &KafkaConfig, worker: usize) -> anyhow::Result<Self> {
+        let producer: ThreadedProducer<DeliveryContext> = config
+            .producer_config(worker)
+            .create_with_context(DeliveryContext::default())
+            .context("cannot create the Kafka producer")?;
+        if config.delivery == Delivery::ExactlyOnce {
+            retry_txn("init_transactions", || producer.init_transactions(TXN_TIMEOUT))?;
+            tracing::info!(worker, transactional_id = %config.transactional_id(worker), "transactional producer ready");
+        }
+        Ok(Self { producer, delivery: config.delivery, waiting: BTreeMap::new(), discard_below: 0, worker })
+    }
+
+    /// Sends (at-least-once) or keeps for its epoch's transaction (exactly-once) one record.
+    pub fn send(&mut self, epoch: u64, topic: &str, key: Option<&str>, value: &str, headers: &[(&'static str, String)]) -> anyhow::Result<()> {
+        match self.delivery {
+            Delivery::AtLeastOnce => {
+                self.producer.context().check()?;
+                produce(&self.producer, topic, key, value, headers)
+            }
+            Delivery::ExactlyOnce if epoch < self.discard_below => Ok(()),
+            Delivery::ExactlyOnce => {
+                let pending = Pending { topic: topic.to_string(), key: key.map(str::to_string), value: value.to_string(), headers: headers.to_vec() };
+                self.waiting.entry(epoch).or_default().push(pending);
+                Ok(())
+            }
+        }
+    }
+
+    /// Waits until every record sent so far is acknowledged (at-least-once); fails on a
+    /// permanent delivery failure. In exactly-once mode, records leave with their transaction.
+    pub fn flush(&mut self) -> anyhow::Result<()> {
+        if self.delivery == Delivery::ExactlyOnce {
+            return Ok(());
+        }
+        // No timeout of our own: librdkafka fails each message after `message.timeout.ms`, and
+        // a flush that returns early would let offsets be committed before their outputs.
+        loop {
+            match self.producer.flush(Duration::from_secs(10)) {
+                Ok(()) => break,
+                Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)) => {
+                    tracing::warn!(worker = self.worker, in_flight = self.producer.in_flight_count(), "producer still waiting for acknowledgements");
+                }
+                Err(e) => return Err(e).context("cannot flush the Kafka producer"),
+            }
+        }
+        self.producer.context().check()
+    }
+
+    /// Exactly-once: drops every waiting record of epochs below `epoch`, and any written later
+    /// for them (their input will be read again from the committed offsets).
+    pub fn discard_below(&mut self, epoch: u64) {
+        self.discard_below = self.discard_below.max(epoch);
+        let keep = self.waiting.split_off(&epoch);
+        let dropped: usize = self.waiting.values().map(Vec::len).sum();
+        self.waiting = keep;
+        if dropped > 0 {
+            tracing::info!(worker = self.worker, dropped, "dropped uncommitted outputs of rewound epochs");
+        }
+    }
+
+    /// Exactly-once: one transaction with the waiting records of epochs below `frontier` and
+    /// `offsets`. Does nothing when both are empty.
+    pub fn commit_transaction(&mut self, frontier: u64, offsets: &TopicPartitionList, group: &ConsumerGroupMetadata) -> anyhow::Result<usize> {
+        let later = self.waiting.split_off(&frontier);
+        let ready = std::mem::replace(&mut self.waiting, later);
+        let count: usize = ready.values().map(Vec::len).sum();
+        if count == 0 && offsets.count() == 0 {
+            return Ok(0);
+        }
+        self.producer.begin_transaction().context("cannot begin a Kafka transaction")?;
+        let result = self.fill_and_commit(ready, offsets, group);
+        if let Err(e) = &result {
+            tracing::error!(worker = self.worker, error = %format!("{e:#}"), "transaction failed; aborting it");
+            if let Err(abort) = self.producer.abort_transaction(TXN_TIMEOUT) {
+                tracing::error!(worker = self.worker, error = %abort, "cannot abort the transaction");
+            }
+        }
+        result.map(|()| count)
+    }
+
+    fn fill_and_commit(&self, ready: BTreeMap<u64, Vec<Pending>>, offsets: &TopicPartitionList, group: &ConsumerGroupMetadata) -> anyhow::Result<()> {
+        for p in ready.into_values().flatten() {
+            produce(&self.producer, &p.topic, p.key.as_deref(), &p.value, &p.headers)?;
+        }
+        if offsets.count() > 0 {
+            retry_txn("send_offsets_to_transaction", || self.producer.send_offsets_to_transaction(offsets, group, TXN_TIMEOUT))?;
+        }
+        retry_txn("commit_transaction", || self.producer.commit_transaction(TXN_TIMEOUT))?;
+        self.producer.context().check()
+    }
+
+    /// Messages acknowledged so far.
+    pub fn delivered(&self) -> u64 {
+        self.producer.context().delivered.load(Ordering::Relaxed)
+    }
+}
+
+/// Produces one record, waiting while librdkafka's queue is full (backpressure, not failure).
+pub fn produce<C: ProducerContext<DeliveryOpaque = ()> + 'static>(
+    producer: &ThreadedProducer<C>,
+    topic: &str,
+    key: Option<&str>,
+    value: &str,
+    headers: &[(&'static str, String)],
+) -> anyhow::Result<()> {
+    let mut record = BaseRecord::<str, str>::to(topic).payload(value);
+    if let Some(k) = key {
+        record = record.key(k);
+    }
+    if !headers.is_empty() {
+        let h = headers.iter().fold(OwnedHeaders::new(), |h, (k, v)| h.insert(Header { key: k, value: Some(v.as_str()) }));
+        record = record.headers(h);
+    }
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                // The producer's own thread serves delivery reports; give it room.
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err((e, _)) => return Err(e).with_context(|| format!("cannot produce to {topic}")),
+        }
+    }
+}
+
+/// Retries a transactional call while librdkafka says a retry can help.
+fn retry_txn(what: &str, mut call: impl FnMut() -> Result<(), KafkaError>) -> anyhow::Result<()> {
+    for attempt in 1..=TXN_RETRIES {
+        match call() {
+            Ok(()) => return Ok(()),
+            Err(KafkaError::Transaction(e)) if e.is_retriable() && attempt < TXN_RETRIES => {
+                tracing::warn!(call = what, attempt, error = %e, "transactional call failed; retrying");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => return Err(e).with_context(|| format!("{what} failed")),
+        }
+    }
+    unreachable!("the last attempt returns")
+}

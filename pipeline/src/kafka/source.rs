@@ -1,0 +1,336 @@
+//! The Kafka input of one worker: a `BaseConsumer` in the pipeline's consumer group, a batch of
+//! messages per epoch, and an offset ledger that turns "epochs before F are complete" into
+//! offset commits (at-least-once) or transactions (exactly-once).
+//!
+//! ```text
+//!  poll(epoch)  ──► ledger[epoch] = {partition: highest offset + 1}
+//!  complete(F)  ──► ready ∪= ledger[e] for e < F
+//!                   every commit_interval_ms (and at the end):
+//!                     at-least-once: flush producer (acks) → commit ready offsets
+//!                     exactly-once:  one transaction: outputs of epochs < F + ready offsets
+//! ```
+//!
+//! IMPORTANT: offsets of an epoch are committed only after the worker loop reports the epoch
+//! complete, i.e. the output probe has passed it, and (at-least-once) after the producer has
+//! every output acknowledged. A crash before that replays the epoch.
+//!
+//! Rebalances (eager protocol) revoke every partition at once. The revoke callback runs inside
+//! `consumer.poll`, on this thread, so it only records the event; `poll` then applies it before
+//! taking the next message:
+//! - at-least-once: ledger entries of revoked partitions are dropped, never committed by us
+//!   (the new owner reads from the last committed offset). Their in-flight records still reach
+//!   the output, so records around a rebalance may be written twice.
+//! - exactly-once: every uncommitted epoch is rewound: its ledger entries and its waiting outputs
+//!   are dropped, and the records already polled into the current batch are thrown away. The
+//!   next assignment resumes from the committed offsets, so nothing is written twice.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
+
+use super::config::{Delivery, KafkaConfig};
+use super::producer::WorkerProducer;
+use crate::io::{EventSource, Polled};
+
+/// A partition assignment change, as seen by the rebalance callback.
+#[derive(Debug)]
+enum Rebalanced {
+    Assigned(Vec<i32>),
+    Revoked(Vec<i32>),
+}
+
+/// Records rebalances for the source to apply between messages.
+#[derive(Default)]
+pub struct RebalanceContext {
+    events: Mutex<Vec<Rebalanced>>,
+    worker: usize,
+}
+
+impl ClientContext for RebalanceContext {}
+
+impl ConsumerContext for RebalanceContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let event = match rebalance {
+            Rebalance::Revoke(tpl) => Rebalanced::Revoked(partitions(tpl)),
+            Rebalance::Assign(tpl) => Rebalanced::Assigned(partitions(tpl)),
+            Rebalance::Error(e) => {
+                tracing::warn!(worker = self.worker, error = %e, "rebalance error");
+                return;
+            }
+        };
+        tracing::info!(worker = self.worker, ?event, "rebalance");
+        self.events.lock().expect("rebalance lock").push(event);
+    }
+}
+
+fn partitions(tpl: &TopicPartitionList) -> Vec<i32> {
+    tpl.elements().iter().map(|e| e.partition()).collect()
+}
+
+/// Highest offset + 1 per partition, per epoch, of the records handed to the dataflow.
+#[derive(Debug, Default)]
+pub struct OffsetLedger {
+    by_epoch: BTreeMap<u64, BTreeMap<i32, i64>>,
+    ready: BTreeMap<i32, i64>,
+}
+
+impl OffsetLedger {
+    /// Notes that the record at `offset` of `partition` belongs to `epoch`.
+    pub fn record(&mut self, epoch: u64, partition: i32, offset: i64) {
+        let next = self.by_epoch.entry(epoch).or_default().entry(partition).or_insert(offset + 1);
+        *next = (*next).max(offset + 1);
+    }
+
+    /// Moves every epoch before `frontier` into the ready set.
+    pub fn complete(&mut self, frontier: u64) {
+        let later = self.by_epoch.split_off(&frontier);
+        for (partition, next) in std::mem::replace(&mut self.by_epoch, later).into_values().flatten() {
+            let ready = self.ready.entry(partition).or_insert(next);
+            *ready = (*ready).max(next);
+        }
+    }
+
+    /// Forgets `revoked` partitions everywhere: their offsets are someone else's to commit now.
+    pub fn forget(&mut self, revoked: &[i32]) {
+        for offsets in self.by_epoch.values_mut().chain(std::iter::once(&mut self.ready)) {
+            offsets.retain(|p, _| !revoked.contains(p));
+        }
+    }
+
+    /// Forgets everything not yet committed.
+    pub fn clear(&mut self) {
+        self.by_epoch.clear();
+        self.ready.clear();
+    }
+
+    /// The ready offsets as a commit list for `topic`.
+    pub fn ready_list(&self, topic: &str) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        for (&p, &next) in &self.ready {
+            tpl.add_partition_offset(topic, p, Offset::Offset(next)).expect("a valid offset");
+        }
+        tpl
+    }
+
+    /// Ready offsets, by partition.
+    pub fn ready(&self) -> &BTreeMap<i32, i64> {
+        &self.ready
+    }
+
+    /// Commit done: nothing is ready any more.
+    pub fn committed(&mut self) {
+        self.ready.clear();
+    }
+}
+
+/// One worker's Kafka input.
+pub struct KafkaSource {
+    consumer: BaseConsumer<RebalanceContext>,
+    producer: Rc<RefCell<WorkerProducer>>,
+    topic: String,
+    delivery: Delivery,
+    ledger: OffsetLedger,
+    poll_timeout: Duration,
+    commit_interval: Duration,
+    stop_after_idle: Option<Duration>,
+    last_commit: Instant,
+    last_activity: Instant,
+    assigned_once: bool,
+    last_error_log: Option<Instant>,
+    worker: usize,
+}
+
+impl KafkaSource {
+    /// Joins the consumer group and subscribes to the input topic.
+    pub fn open(config: &KafkaConfig, producer: Rc<RefCell<WorkerProducer>>, worker: usize) -> anyhow::Result<Self> {
+        let context = RebalanceContext { events: Mutex::default(), worker };
+        let consumer: BaseConsumer<RebalanceContext> =
+            config.consumer_config(worker).create_with_context(context).context("cannot create the Kafka consumer")?;
+        consumer.subscribe(&[config.input_topic()]).with_context(|| format!("cannot subscribe to {}", config.input_topic()))?;
+        tracing::info!(worker, topic = config.input_topic(), group = %config.group_id, delivery = ?config.delivery, "kafka source subscribed");
+        Ok(Self {
+            consumer,
+            producer,
+            topic: config.input_topic().to_string(),
+            delivery: config.delivery,
+            ledger: OffsetLedger::default(),
+            poll_timeout: Duration::from_millis(config.poll_timeout_ms),
+            commit_interval: Duration::from_millis(config.commit_interval_ms),
+            stop_after_idle: config.stop_after_idle_ms.map(Duration::from_millis),
+            last_commit: Instant::now(),
+            last_activity: Instant::now(),
+            assigned_once: false,
+            last_error_log: None,
+            worker,
+        })
+    }
+
+    /// Applies the rebalances recorded since the last call; `batch` holds the records already
+    /// polled for `epoch`.
+    fn apply_rebalances(&mut self, epoch: u64, batch: &mut Polled) {
+        let events = std::mem::take(&mut *self.consumer.context().events.lock().expect("rebalance lock"));
+        for event in events {
+            match event {
+                Rebalanced::Assigned(assigned) => {
+                    tracing::debug!(worker = self.worker, topic = %self.topic, ?assigned, "partitions assigned");
+                    self.assigned_once = true;
+                    self.last_activity = Instant::now();
+                }
+                Rebalanced::Revoked(revoked) => self.revoke(epoch, &revoked, batch),
+            }
+        }
+    }
+
+    fn revoke(&mut self, epoch: u64, revoked: &[i32], batch: &mut Polled) {
+        match self.delivery {
+            Delivery::AtLeastOnce => self.ledger.forget(revoked),
+            Delivery::ExactlyOnce => {
+                // Rewind every uncommitted epoch: the next assignment starts at the committed
+                // offsets, so all of it will be read again.
+                self.ledger.clear();
+                self.producer.borrow_mut().discard_below(epoch);
+                if !batch.records.is_empty() {
+                    tracing::info!(worker = self.worker, epoch, dropped = batch.records.len(), "rebalance: dropped the records of the current batch");
+                }
+                batch.records.clear();
+            }
+        }
+    }
+
+    fn log_consumer_error(&mut self, e: &rdkafka::error::KafkaError) {
+        // Errors repeat on every poll while a broker is away: say so every few seconds.
+        if self.last_error_log.is_none_or(|t| t.elapsed() > Duration::from_secs(5)) {
+            tracing::warn!(worker = self.worker, topic = %self.topic, error = %e, "kafka consumer error (librdkafka keeps retrying)");
+            self.last_error_log = Some(Instant::now());
+        }
+    }
+
+    fn idle_long_enough(&self) -> bool {
+        self.stop_after_idle.is_some_and(|idle| self.assigned_once && self.last_activity.elapsed() >= idle)
+    }
+
+    fn commit(&mut self, frontier: u64) -> anyhow::Result<()> {
+        match self.delivery {
+            Delivery::AtLeastOnce => self.commit_offsets(),
+            Delivery::ExactlyOnce => self.commit_transaction(frontier),
+        }
+    }
+
+    fn commit_offsets(&mut self) -> anyhow::Result<()> {
+        if self.ledger.ready().is_empty() {
+            return Ok(());
+        }
+        // Outputs first: an offset may only be committed once its epoch's records are acked.
+        self.producer.borrow_mut().flush()?;
+        let tpl = self.ledger.ready_list(&self.topic);
+        match self.consumer.commit(&tpl, CommitMode::Sync) {
+            Ok(()) => {
+                tracing::debug!(worker = self.worker, topic = %self.topic, offsets = ?self.ledger.ready(), "offsets committed");
+                self.ledger.committed();
+            }
+            // Not fatal: the offsets stay ready and go with the next commit; a crash meanwhile
+            // replays them (at-least-once).
+            Err(e) => tracing::warn!(worker = self.worker, topic = %self.topic, error = %e, "offset commit failed; will retry"),
+        }
+        Ok(())
+    }
+
+    fn commit_transaction(&mut self, frontier: u64) -> anyhow::Result<()> {
+        let tpl = self.ledger.ready_list(&self.topic);
+        let group = self.consumer.group_metadata().context("the consumer has no group metadata")?;
+        let written = self.producer.borrow_mut().commit_transaction(frontier, &tpl, &group)?;
+        if written > 0 || tpl.count() > 0 {
+            tracing::debug!(worker = self.worker, topic = %self.topic, written, offsets = ?self.ledger.ready(), "transaction committed");
+        }
+        self.ledger.committed();
+        Ok(())
+    }
+}
+
+impl EventSource for KafkaSource {
+    fn name(&self) -> String {
+        format!("kafka:{}", self.topic)
+    }
+
+    fn poll(&mut self, epoch: u64, max: usize) -> anyhow::Result<Polled> {
+        let mut batch = Polled::default();
+        let mut timeout = self.poll_timeout;
+        while batch.records.len() < max {
+            let polled = self.consumer.poll(timeout).map(|r| r.map(|m| (m.partition(), m.offset(), m.payload().map(<[u8]>::to_vec))));
+            // Callbacks served during that poll happened before the message it returned.
+            self.apply_rebalances(epoch, &mut batch);
+            match polled {
+                None => break,
+                Some(Err(e)) => {
+                    self.log_consumer_error(&e);
+                    break;
+                }
+                Some(Ok((partition, offset, payload))) => {
+                    let payload = payload.unwrap_or_default();
+                    batch.bytes += payload.len() as u64;
+                    batch.records.push((offset as u64, payload));
+                    self.ledger.record(epoch, partition, offset);
+                }
+            }
+            timeout = Duration::ZERO;
+        }
+        if batch.records.is_empty() {
+            batch.exhausted = self.idle_long_enough();
+        } else {
+            self.last_activity = Instant::now();
+        }
+        Ok(batch)
+    }
+
+    fn complete(&mut self, frontier: u64) -> anyhow::Result<()> {
+        self.ledger.complete(frontier);
+        if frontier != u64::MAX && self.last_commit.elapsed() < self.commit_interval {
+            return Ok(());
+        }
+        self.commit(frontier)?;
+        self.last_commit = Instant::now();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ledger_commits_only_complete_epochs_and_keeps_the_highest_offset() {
+        let mut l = OffsetLedger::default();
+        l.record(0, 0, 10);
+        l.record(0, 0, 12);
+        l.record(0, 1, 3);
+        l.record(1, 0, 13);
+        l.record(2, 1, 4);
+        l.complete(1);
+        assert_eq!(l.ready(), &BTreeMap::from([(0, 13), (1, 4)]));
+        l.complete(2);
+        assert_eq!(l.ready(), &BTreeMap::from([(0, 14), (1, 4)]));
+        l.committed();
+        assert!(l.ready().is_empty());
+        l.complete(u64::MAX);
+        assert_eq!(l.ready(), &BTreeMap::from([(1, 5)]));
+    }
+
+    #[test]
+    fn revoked_partitions_are_never_committed() {
+        let mut l = OffsetLedger::default();
+        l.record(0, 0, 1);
+        l.record(0, 1, 1);
+        l.complete(1);
+        l.record(1, 1, 2);
+        l.record(1, 2, 7);
+        l.forget(&[1]);
+        l.complete(u64::MAX);
+        assert_eq!(l.ready(), &BTreeMap::from([(0, 2), (2, 8)]));
+    }
+}
