@@ -25,7 +25,7 @@
 //!     let work = Rc::new(RefCell::new(DeferredWork::new(Rc::new(RefCell::new(plugins)), RetryPolicies::default(), store)));
 //!     let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
 //!         let (input, events) = scope.new_input::<Vec<(i64, String)>>();
-//!         let probe = events.run_deferred(work).probe();
+//!         let probe = events.run_deferred(work).probe().0;
 //!         (input, probe)
 //!     });
 //!     input.send((1, r#"{"uuid":"u","event":"e","team_id":1}"#.to_string()));
@@ -89,8 +89,8 @@ impl<'scope> RunDeferred<'scope> for Stream<'scope, u64, Vec<(i64, String)>> {
                     }
                     for (team, json) in data.drain(..) {
                         let steps = work.borrow_mut().event(epoch, team, &json);
-                        for step in steps {
-                            let held = buffer_cap.as_ref().expect("set above").delayed(&epoch.min(step_epoch(&step, epoch)));
+                        for step in steps.into_iter().filter(|s| !matches!(s, Step::Done)) {
+                            let held = buffer_cap.as_ref().expect("set above").delayed(&step_epoch(&step, epoch));
                             place(step, held, &mut pending, &mut gave_up);
                         }
                     }
@@ -110,7 +110,7 @@ impl<'scope> RunDeferred<'scope> for Stream<'scope, u64, Vec<(i64, String)>> {
                 // Export buffers due by time, or all of them once no input can come.
                 let stopping = work.borrow().stopping();
                 let steps = work.borrow_mut().flush(now, frontier.is_empty() || stopping);
-                for step in steps {
+                for step in steps.into_iter().filter(|s| !matches!(s, Step::Done)) {
                     let epoch = step_epoch(&step, 0);
                     let held = buffer_cap.as_ref().expect("buffered events hold a capability").delayed(&epoch);
                     place(step, held, &mut pending, &mut gave_up);
