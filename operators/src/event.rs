@@ -19,6 +19,8 @@ pub struct ValidEvent {
     pub uuid: String,
     /// Its name (`event`).
     pub name: String,
+    /// How many `posthog.capture` calls in a row led to it (0 for input events).
+    pub hops: u32,
 }
 
 /// A line that is not a valid event, kept whole with the reason.
@@ -58,6 +60,8 @@ struct Head {
     team_id: Option<Value>,
     uuid: Option<Value>,
     data: Option<Value>,
+    #[serde(rename = "$pluginflow_hops")]
+    hops: Option<u32>,
 }
 
 /// Checks one line. `source` and `position` only label a dead letter.
@@ -97,7 +101,15 @@ fn check(text: &str) -> Result<ValidEvent, String> {
         return from_envelope(text, data);
     }
     let (name, team_id, uuid) = required(&head.event, &head.team_id, &head.uuid)?;
-    Ok(ValidEvent { json: text.to_string(), team_id, uuid, name })
+    if let Some(hops) = head.hops {
+        // A captured event coming back: its hop count is ours, not part of the event.
+        let Value::Object(mut m) = serde_json::from_str::<Value>(text).map_err(|e| format!("invalid JSON: {e}"))? else {
+            unreachable!("checked to start with an object");
+        };
+        m.remove("$pluginflow_hops");
+        return Ok(ValidEvent { json: Value::Object(m).to_string(), team_id, uuid, name, hops });
+    }
+    Ok(ValidEvent { json: text.to_string(), team_id, uuid, name, hops: 0 })
 }
 
 /// Merges an ingestion envelope: `data` is parsed and its keys win over the envelope's (the
@@ -120,7 +132,7 @@ fn from_envelope(text: &str, data: &str) -> Result<ValidEvent, String> {
     }
     let (name, team_id, uuid) = required(&envelope.get("event").cloned(), &envelope.get("team_id").cloned(), &envelope.get("uuid").cloned())?;
     let json = Value::Object(envelope).to_string();
-    Ok(ValidEvent { json, team_id, uuid, name })
+    Ok(ValidEvent { json, team_id, uuid, name, hops: 0 })
 }
 
 fn required(event: &Option<Value>, team: &Option<Value>, uuid: &Option<Value>) -> Result<(String, i64, String), String> {

@@ -93,13 +93,13 @@ fn run_holding(h: &Harness, batches: Vec<Vec<String>>, hold: Duration, mut durin
         let mut worker = timely::worker::Worker::new(timely::WorkerConfig::default(), alloc, Some(Instant::now()));
         let worker = &mut worker;
         let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
-            let (input, stream) = scope.new_input::<Vec<(i64, String)>>();
+            let (input, stream) = scope.new_input::<Vec<(i64, u32, String)>>();
             let probe = stream.run_deferred(work.clone()).inspect(move |e: &Exhausted| sink.borrow_mut().push(e.clone())).probe().0;
             (input, probe)
         });
         for (epoch, batch) in batches.into_iter().enumerate() {
             for ev in batch {
-                input.send((1, ev));
+                input.send((1, 0, ev));
             }
             input.advance_to(epoch as u64 + 1);
             for _ in 0..20 {

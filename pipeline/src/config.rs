@@ -160,6 +160,14 @@ pub struct RuntimeConfig {
     /// Wait before the first `setupPlugin` retry (then doubling: 5 retries), in milliseconds.
     #[serde(default = "default_setup_retry_base_ms")]
     pub setup_retry_base_ms: u64,
+    /// How many `posthog.capture` generations in a row an event may be (an event captured
+    /// while handling a captured event is one more); deeper ones go to the dead-letter output.
+    #[serde(default = "default_max_capture_hops")]
+    pub max_capture_hops: u32,
+}
+
+fn default_max_capture_hops() -> u32 {
+    3
 }
 
 fn default_on_event_retry_base_ms() -> u64 {
@@ -199,6 +207,7 @@ impl Default for RuntimeConfig {
             on_event_retry_base_ms: default_on_event_retry_base_ms(),
             export_retry_base_ms: default_export_retry_base_ms(),
             setup_retry_base_ms: default_setup_retry_base_ms(),
+            max_capture_hops: default_max_capture_hops(),
         }
     }
 }

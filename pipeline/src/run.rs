@@ -29,7 +29,7 @@ use anyhow::{Context as _, bail};
 use operators::event::{DeadLetter, ValidEvent, parse_line};
 use operators::dataflow::deferred::RunDeferred;
 use operators::plugin::deferred::{DeferredWork, RetryPolicies, RetryPolicy};
-use operators::plugin::worker::{PluginNotice, PluginSpec, WorkerPlugins};
+use operators::plugin::worker::{PluginNotice, PluginSpec, WorkerPlace, WorkerPlugins};
 use operators::plugin::{GeoIp, HostServices, Limits, LogSink, PluginDefinition};
 use state::{MemoryStore, RocksStore, StateStore};
 use timely::dataflow::operators::core::{Inspect, OkErr, Probe};
@@ -38,7 +38,7 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::{InputHandle, ProbeHandle};
 
 use crate::config::PipelineConfig;
-use crate::io::{EventSource, OutRecord, SharedFiles, open_worker_io};
+use crate::io::{EventSource, OutRecord, Polled, SharedFiles, open_worker_io};
 use crate::stats::Stats;
 
 /// What every worker of the process shares.
@@ -56,6 +56,8 @@ pub struct Shared {
     pub stats: Arc<Stats>,
     /// Set on SIGINT/SIGTERM: stop reading, finish what is in flight.
     pub stop: Arc<AtomicBool>,
+    /// The clock scheduled tasks and jobs follow (tests set their own).
+    pub clock: Arc<dyn state::Clock>,
 }
 
 /// Loads and compiles every enabled plugin; a plugin that cannot load stops the start.
@@ -102,6 +104,7 @@ pub fn prepare(config: PipelineConfig, logs: Arc<dyn LogSink>, stop: Arc<AtomicB
         services,
         stats: Arc::new(Stats::default()),
         stop,
+        clock: Arc::new(state::SystemClock),
         config: Arc::new(config),
     })
 }
@@ -140,7 +143,15 @@ fn run_worker(
     peers: usize,
 ) -> anyhow::Result<()> {
     let plugins = Rc::new(RefCell::new(
-        WorkerPlugins::new(limits(&shared.config), shared.specs.clone(), shared.services.clone()).map_err(anyhow::Error::msg)?,
+        WorkerPlugins::new(limits(&shared.config), shared.specs.clone(), shared.services.clone())
+            .map_err(anyhow::Error::msg)?
+            .with_place(WorkerPlace {
+                index,
+                peers,
+                clock: shared.clock.clone(),
+                setup_policy: RetryPolicy { base: Duration::from_millis(shared.config.runtime.setup_retry_base_ms), ..RetryPolicy::setup() },
+                job_policy: RetryPolicy { base: Duration::from_millis(shared.config.runtime.on_event_retry_base_ms), ..RetryPolicy::job() },
+            }),
     ));
     plugins.borrow_mut().preload();
     record_notices(&shared.stats, &mut plugins.borrow_mut());
@@ -168,7 +179,7 @@ fn run_worker(
             .clone()
             .inspect_core(move |batch| {
                 if let Ok((stamp, events)) = batch {
-                    let records: Vec<OutRecord> = events.iter().map(|(_, l)| OutRecord { value: l.clone(), headers: Vec::new() }).collect();
+                    let records: Vec<OutRecord> = events.iter().map(|(_, _, l)| OutRecord { value: l.clone(), headers: Vec::new() }).collect();
                     keep_first_error(&fail, sink.borrow_mut().write(stamp.least().copied().unwrap_or_default(), &records));
                     stats.add_out(events.len() as u64);
                 }
@@ -176,30 +187,31 @@ fn run_worker(
             .probe_with(&intake)
             .probe_with(&probe);
         write_dead_letters(dead, &io.dead_letters, &shared.stats, &failed).probe_with(&intake).probe_with(&probe);
-        let exhausted = processed.run_deferred(deferred.clone());
-        let source_label = "plugin".to_string();
-        let given_up = exhausted.map(move |e| DeadLetter {
-            source: source_label.clone(),
-            position: 0,
-            reason: e.reason(),
-            raw: e.payload,
-            raw_base64: None,
-        });
+        let given_up = processed.run_deferred(deferred.clone()).map(exhausted_letter);
         write_dead_letters(given_up, &io.dead_letters, &shared.stats, &failed).probe_with(&probe);
     });
     let batch_size = shared.config.runtime.batch_size;
     let ahead = shared.config.runtime.max_epochs_ahead;
+    let max_hops = shared.config.runtime.max_capture_hops;
     let mut epoch = 0u64;
+    let mut source_done = false;
     loop {
         if shared.stop.load(Ordering::Relaxed) {
             tracing::info!(worker = index, "stop requested: no more input is read");
             break;
         }
-        let polled = source.poll(epoch, batch_size)?;
+        let polled = if source_done { Polled::default() } else { source.poll(epoch, batch_size)? };
+        source_done |= polled.exhausted;
         shared.stats.add_in(polled.records.len() as u64, polled.bytes);
         for item in polled.records {
             input.send(item);
         }
+        // Background plugin work, then events plugins captured: back into the graph.
+        let gave_up = plugins.borrow_mut().maintain();
+        write_now(&io.dead_letters, epoch, gave_up.iter().map(|e| exhausted_letter(e.clone())).collect(), &shared.stats)?;
+        let captured = plugins.borrow_mut().take_captured();
+        let looping = inject_captured(&mut input, captured, max_hops, &shared.stats);
+        write_now(&io.dead_letters, epoch, looping, &shared.stats)?;
         epoch += 1;
         input.advance_to(epoch);
         worker.step();
@@ -209,7 +221,8 @@ fn run_worker(
         check_failed(&failed)?;
         complete(&mut *source, &probe)?;
         record_notices(&shared.stats, &mut plugins.borrow_mut());
-        if polled.exhausted {
+        // The input stays open while captured events may still come back.
+        if source_done && !intake.less_than(&epoch) && plugins.borrow().captured_pending() == 0 {
             break;
         }
     }
@@ -225,11 +238,65 @@ fn run_worker(
     }
     check_failed(&failed)?;
     plugins.borrow_mut().teardown_all();
+    // What plugins captured after the input closed (in onEvent retries, at teardown) cannot
+    // enter the graph any more: keep it as dead letters rather than lose it.
+    let late: Vec<DeadLetter> = plugins
+        .borrow_mut()
+        .take_captured()
+        .into_iter()
+        .map(|json| DeadLetter { source: "posthog.capture".into(), position: 0, reason: "captured after the input closed".into(), raw: json, raw_base64: None })
+        .collect();
+    write_now(&io.dead_letters, epoch, late, &shared.stats)?;
     record_notices(&shared.stats, &mut plugins.borrow_mut());
     io.events.borrow_mut().flush()?;
     io.dead_letters.borrow_mut().flush()?;
     source.complete(u64::MAX)?;
     Ok(())
+}
+
+/// Sends captured events into the input; those past the hop limit become dead letters.
+fn inject_captured(
+    input: &mut InputHandle<u64, CapacityContainerBuilder<Vec<(u64, Vec<u8>)>>>,
+    captured: Vec<String>,
+    max_hops: u32,
+    stats: &Stats,
+) -> Vec<DeadLetter> {
+    let mut looping = Vec::new();
+    for json in captured {
+        let hops = serde_json::from_str::<serde_json::Value>(&json)
+            .ok()
+            .and_then(|v| v.get(operators::plugin::worker::HOPS_KEY).and_then(serde_json::Value::as_u64))
+            .unwrap_or(1) as u32;
+        if hops > max_hops {
+            tracing::warn!(hops, max_hops, "posthog.capture loop stopped: the event goes to the dead-letter output");
+            looping.push(DeadLetter {
+                source: "posthog.capture".into(),
+                position: 0,
+                reason: format!("posthog.capture loop: this event is {hops} captures deep (runtime.max_capture_hops = {max_hops})"),
+                raw: json,
+                raw_base64: None,
+            });
+            continue;
+        }
+        stats.add_captured(1);
+        input.send((0, json.into_bytes()));
+    }
+    looping
+}
+
+/// Writes dead letters from the worker loop (outside the dataflow).
+fn write_now(sink: &crate::io::SharedSink, epoch: u64, letters: Vec<DeadLetter>, stats: &Stats) -> anyhow::Result<()> {
+    if letters.is_empty() {
+        return Ok(());
+    }
+    let records: Vec<OutRecord> = letters.iter().map(dead_letter_record).collect();
+    sink.borrow_mut().write(epoch, &records)?;
+    stats.add_dead(letters.len() as u64);
+    Ok(())
+}
+
+fn exhausted_letter(e: operators::plugin::deferred::Exhausted) -> DeadLetter {
+    DeadLetter { source: "plugin".into(), position: 0, reason: e.reason(), raw: e.payload, raw_base64: None }
 }
 
 /// Tells the source which epochs are complete: those the probe has passed.
@@ -282,20 +349,20 @@ fn retry_policies(config: &PipelineConfig) -> RetryPolicies {
     }
 }
 
-fn run_event(chain: &Rc<RefCell<WorkerPlugins>>, stats: &Stats, ev: ValidEvent) -> Option<(i64, String)> {
+fn run_event(chain: &Rc<RefCell<WorkerPlugins>>, stats: &Stats, ev: ValidEvent) -> Option<(i64, u32, String)> {
     let mut plugins = chain.borrow_mut();
-    match plugins.process(ev.team_id, &ev.name, &ev.uuid, &ev.json) {
+    match plugins.process(ev.team_id, &ev.name, &ev.uuid, &ev.json, ev.hops) {
         Ok(outcome) => {
             if outcome.event.is_none() {
                 stats.add_dropped(1);
             }
-            outcome.event.map(|e| (ev.team_id, e))
+            outcome.event.map(|e| (ev.team_id, ev.hops, e))
         }
         Err(e) => {
             // The line passed validation but not QuickJS's parser (which serde accepted):
             // keep the event unprocessed rather than lose it.
             tracing::error!(uuid = %ev.uuid, error = %e, "event could not enter the plugin runtime; passed through unprocessed");
-            Some((ev.team_id, ev.json))
+            Some((ev.team_id, ev.hops, ev.json))
         }
     }
 }

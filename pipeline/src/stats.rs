@@ -14,6 +14,7 @@ pub struct Stats {
     events_out: AtomicU64,
     dropped: AtomicU64,
     dead_lettered: AtomicU64,
+    captured: AtomicU64,
     failures: Mutex<BTreeMap<(String, String), u64>>,
     metrics: Mutex<BTreeMap<(String, i64, String, String), u64>>,
 }
@@ -33,6 +34,8 @@ pub struct Summary {
     pub dropped: u64,
     /// Lines sent to the dead-letter output.
     pub dead_lettered: u64,
+    /// Events plugins captured (`posthog.capture`) and the graph took in.
+    pub captured: u64,
     /// Failures per (plugin configuration, hook).
     pub failures: BTreeMap<(String, String), u64>,
     /// App metrics: counts per (configuration, team, hook, outcome).
@@ -61,6 +64,10 @@ impl Stats {
     pub fn add_dead(&self, n: u64) {
         self.dead_lettered.fetch_add(n, Ordering::Relaxed);
     }
+    /// Records events captured by plugins and sent back into the graph.
+    pub fn add_captured(&self, n: u64) {
+        self.captured.fetch_add(n, Ordering::Relaxed);
+    }
     /// Records one failure of `hook` in plugin configuration `plugin`.
     pub fn add_failure(&self, plugin: &str, hook: &str) {
         *self.failures.lock().expect("stats lock").entry((plugin.to_string(), hook.to_string())).or_default() += 1;
@@ -79,6 +86,7 @@ impl Stats {
             events_out: self.events_out.load(Ordering::Relaxed),
             dropped: self.dropped.load(Ordering::Relaxed),
             dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
+            captured: self.captured.load(Ordering::Relaxed),
             failures: self.failures.lock().expect("stats lock").clone(),
             metrics: self.metrics.lock().expect("stats lock").clone(),
         }
@@ -101,6 +109,7 @@ impl Summary {
         let _ = writeln!(s, "  events out:          {}", self.events_out);
         let _ = writeln!(s, "  dropped by plugins:  {}", self.dropped);
         let _ = writeln!(s, "  dead-lettered:       {}", self.dead_lettered);
+        let _ = writeln!(s, "  captured by plugins: {}", self.captured);
         if self.failures.is_empty() {
             let _ = writeln!(s, "  plugin failures:     none");
         } else {

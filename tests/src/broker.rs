@@ -359,7 +359,7 @@ pub fn kafka_config(dir: &std::path::Path, bootstrap: &str, group: &str, topics:
          [runtime]\nbatch_size = 256\n{plugins}\n\
          [kafka]\nbrokers = {bootstrap:?}\ngroup_id = {group:?}\ninput_topic = {:?}\noutput_topic = {:?}\ndead_letter_topic = {:?}\n\
          commit_interval_ms = 100\n{logs}{kafka}\n\
-         [kafka.librdkafka]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n",
+         [kafka.consumer]\n\"session.timeout.ms\" = \"6000\"\n\"heartbeat.interval.ms\" = \"500\"\n",
         out.join("events.jsonl").display().to_string(),
         out.join("dead.jsonl").display().to_string(),
         out.join("logs.jsonl").display().to_string(),
@@ -378,7 +378,7 @@ pub fn spawn_pipeline(config: &std::path::Path, workers: usize, log: &std::path:
     Command::new(pluginflow_bin())
         .args(["run", "--no-progress", "-w", &workers.to_string()])
         .arg(config)
-        .env("RUST_LOG", "info,librdkafka=warn,rdkafka=warn")
+        .env("RUST_LOG", std::env::var("PF_TEST_LOG").unwrap_or_else(|_| "info,librdkafka=warn,rdkafka=warn".into()))
         .stdout(Stdio::null())
         .stderr(stderr)
         .spawn()

@@ -68,10 +68,16 @@ fn crash_test(delivery: &str, isolation: Isolation) -> (usize, usize, usize) {
     for u in uuids(out.iter().map(|r| r.value.as_str())) {
         *seen.entry(u).or_default() += 1;
     }
+    let raw = if isolation == Isolation::ReadCommitted {
+        // What a read_uncommitted reader sees: aborted and unfinished transactions included.
+        format!(", {} when read uncommitted", consume_all(&broker.bootstrap(), &topics.output, Isolation::ReadUncommitted).len())
+    } else {
+        String::new()
+    };
     let missing = want.iter().filter(|u| !seen.contains_key(*u)).count();
     let repeated: usize = seen.values().map(|n| n - 1).sum();
     println!(
-        "crash test ({delivery}, {isolation:?}): {EVENTS} in, {} out, {} distinct, {missing} missing, {repeated} repeats; killed at outputs {kills:?}; {:.1} s",
+        "crash test ({delivery}, {isolation:?}): {EVENTS} in, {} out{raw}, {} distinct, {missing} missing, {repeated} repeats; killed at outputs {kills:?}; {:.1} s",
         out.len(),
         seen.len(),
         started.elapsed().as_secs_f64()

@@ -24,11 +24,11 @@
 //!     let plugins = WorkerPlugins::new(Limits::default(), Arc::new(vec![]), services).unwrap();
 //!     let work = Rc::new(RefCell::new(DeferredWork::new(Rc::new(RefCell::new(plugins)), RetryPolicies::default(), store)));
 //!     let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
-//!         let (input, events) = scope.new_input::<Vec<(i64, String)>>();
+//!         let (input, events) = scope.new_input::<Vec<(i64, u32, String)>>();
 //!         let probe = events.run_deferred(work).probe().0;
 //!         (input, probe)
 //!     });
-//!     input.send((1, r#"{"uuid":"u","event":"e","team_id":1}"#.to_string()));
+//!     input.send((1, 0, r#"{"uuid":"u","event":"e","team_id":1}"#.to_string()));
 //!     input.advance_to(1);
 //!     while probe.less_than(&1) {
 //!         worker.step();
@@ -50,7 +50,7 @@ use crate::plugin::deferred::{DeferredWork, Exhausted, Step, Task};
 
 /// Runs `onEvent` and `exportEvents` for final events, retrying on delayed capabilities.
 pub trait RunDeferred<'scope> {
-    /// Takes `(team, final event JSON)` and returns the calls that failed for good.
+    /// Takes `(team, hops, final event JSON)` and returns the calls that failed for good.
     fn run_deferred(self, work: Rc<RefCell<DeferredWork>>) -> Stream<'scope, u64, Vec<Exhausted>>;
 }
 
@@ -61,7 +61,7 @@ struct Pending {
     task: Task,
 }
 
-impl<'scope> RunDeferred<'scope> for Stream<'scope, u64, Vec<(i64, String)>> {
+impl<'scope> RunDeferred<'scope> for Stream<'scope, u64, Vec<(i64, u32, String)>> {
     fn run_deferred(self, work: Rc<RefCell<DeferredWork>>) -> Stream<'scope, u64, Vec<Exhausted>> {
         let scope = self.scope();
         self.unary_frontier(Pipeline, "RunDeferred", move |initial, info| {
@@ -87,8 +87,8 @@ impl<'scope> RunDeferred<'scope> for Stream<'scope, u64, Vec<(i64, String)>> {
                     if buffer_cap.as_ref().is_none_or(|b| *b.time() > epoch) {
                         buffer_cap = Some(cap.delayed(&epoch, 0));
                     }
-                    for (team, json) in data.drain(..) {
-                        let steps = work.borrow_mut().event(epoch, team, &json);
+                    for (team, hops, json) in data.drain(..) {
+                        let steps = work.borrow_mut().event(epoch, team, hops, &json);
                         for step in steps.into_iter().filter(|s| !matches!(s, Step::Done)) {
                             let held = buffer_cap.as_ref().expect("set above").delayed(&step_epoch(&step, epoch));
                             place(step, held, &mut pending, &mut gave_up);

@@ -261,7 +261,7 @@ impl DeferredWork {
     /// Handles one event that left the chain at `epoch`: `onEvent` for each plugin of the team
     /// that has it, and the event added to export buffers. Returns retries, give-ups and
     /// size-triggered export steps.
-    pub fn event(&mut self, epoch: u64, team: i64, final_json: &str) -> Vec<Step> {
+    pub fn event(&mut self, epoch: u64, team: i64, hops: u32, final_json: &str) -> Vec<Step> {
         let keys = self.plugins.borrow_mut().team_instances_with(team, &[Hook::OnEvent, Hook::ExportEvents]);
         if keys.is_empty() {
             return Vec::new();
@@ -283,6 +283,7 @@ impl DeferredWork {
                 let task = Task { config_id, team, kind: TaskKind::OnEvent(processed.clone()), attempts: 0, epoch, queue_id: None };
                 steps.push(self.run(task));
             }
+            self.plugins.borrow_mut().collect_outbox_of(key, hops);
         }
         steps
     }

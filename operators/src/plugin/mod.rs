@@ -18,6 +18,7 @@ pub mod instance;
 pub mod log;
 pub mod manifest;
 pub mod runtime;
+pub mod schedule;
 pub mod source;
 pub mod worker;
 

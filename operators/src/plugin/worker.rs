@@ -11,8 +11,14 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
+use std::time::Instant;
+
+use state::{Clock, SystemClock};
+
 use super::chain::{ChainOutcome, run_chain};
-use super::error::{ErrorKind, Hook, PluginError};
+use super::deferred::RetryPolicy;
+use super::schedule::{Schedule, owner, period_ms};
+use super::error::{Hook, PluginError};
 use super::host::HostServices;
 use super::instance::{InstanceConfig, PluginDefinition, PluginInstance};
 use super::log::LogLevel;
@@ -108,7 +114,40 @@ pub struct WorkerPlugins {
     /// Spec indexes of each team's chain, in order.
     chains: HashMap<i64, Vec<usize>>,
     notices: Vec<PluginNotice>,
+    place: WorkerPlace,
+    /// Instances whose `setupPlugin` threw `RetryError`: attempts so far and when to retry.
+    setup_retries: HashMap<InstanceKey, (u32, Instant)>,
+    schedules: HashMap<(InstanceKey, Hook), Schedule>,
+    /// Events plugins captured, ready to go back into the graph (JSON with their hop count).
+    captured: Vec<String>,
 }
+
+/// Where a worker sits and how its background work is paced.
+#[derive(Clone)]
+pub struct WorkerPlace {
+    /// This worker's index in the cluster.
+    pub index: usize,
+    /// Workers in the cluster.
+    pub peers: usize,
+    /// The clock scheduled tasks and jobs follow.
+    pub clock: Arc<dyn Clock>,
+    /// `setupPlugin` retries.
+    pub setup_policy: RetryPolicy,
+    /// Job retries.
+    pub job_policy: RetryPolicy,
+}
+
+impl Default for WorkerPlace {
+    fn default() -> Self {
+        Self { index: 0, peers: 1, clock: Arc::new(SystemClock), setup_policy: RetryPolicy::setup(), job_policy: RetryPolicy::job() }
+    }
+}
+
+/// Durable queue of enqueued plugin jobs.
+pub const JOB_QUEUE: &str = "jobs";
+
+/// Top-level key of a captured event carrying its hop count (removed when the event is read).
+pub const HOPS_KEY: &str = "$pluginflow_hops";
 
 impl WorkerPlugins {
     /// A worker's plugin set; `specs` must be in chain order (order, then file order).
@@ -120,7 +159,17 @@ impl WorkerPlugins {
             instances: HashMap::new(),
             chains: HashMap::new(),
             notices: Vec::new(),
+            place: WorkerPlace::default(),
+            setup_retries: HashMap::new(),
+            schedules: HashMap::new(),
+            captured: Vec::new(),
         })
+    }
+
+    /// Sets where this worker sits (index, peers), its clock and retry policies.
+    pub fn with_place(mut self, place: WorkerPlace) -> Self {
+        self.place = place;
+        self
     }
 
     /// Creates (and sets up) the instances of every configuration that names its teams, so
@@ -139,7 +188,7 @@ impl WorkerPlugins {
 
     /// Runs the team's `processEvent` chain over one event. `$snapshot` events skip the chain,
     /// as in PostHog.
-    pub fn process(&mut self, team: i64, event_name: &str, uuid: &str, json: &str) -> Result<ChainOutcome, String> {
+    pub fn process(&mut self, team: i64, event_name: &str, uuid: &str, json: &str, hops: u32) -> Result<ChainOutcome, String> {
         if event_name == "$snapshot" {
             return Ok(ChainOutcome { event: Some(json.to_string()), ..ChainOutcome::default() });
         }
@@ -170,9 +219,179 @@ impl WorkerPlugins {
             }
         }
         for (i, inst) in taken {
+            self.collect_outbox(&inst, hops);
             self.instances.insert((i, team), Some(inst));
         }
         outcome
+    }
+
+    /// Moves what an instance captured and enqueued into the worker's loopback and the job
+    /// queue. Captured events count one hop more than the event being handled (`hops`).
+    pub fn collect_outbox(&mut self, inst: &PluginInstance, hops: u32) {
+        let outbox = inst.take_outbox();
+        for mut event in outbox.captured {
+            event[HOPS_KEY] = serde_json::json!(hops + 1);
+            self.captured.push(event.to_string());
+        }
+        for job in outbox.jobs {
+            let item = serde_json::json!({
+                "config_id": inst.config_id(), "team": inst.team_id(), "name": job.name, "payload": job.payload, "attempts": 0,
+            });
+            let due = u64::try_from(job.run_at_ms).unwrap_or(0);
+            if let Err(e) = self.services.store.queue_put(JOB_QUEUE, due, item.to_string().as_bytes()) {
+                tracing::error!(error = %e, config = %inst.config_id(), job = %job.name, "cannot enqueue a job");
+                inst.log_system(LogLevel::Error, &format!("Job '{}' could not be enqueued: {e}", job.name));
+            }
+        }
+    }
+
+    /// Collects the outbox of the instance at `key`.
+    pub fn collect_outbox_of(&mut self, key: InstanceKey, hops: u32) {
+        if let Some(Some(inst)) = self.instances.remove(&key) {
+            self.collect_outbox(&inst, hops);
+            self.instances.insert(key, Some(inst));
+        }
+    }
+
+    /// How many captured events wait for [`WorkerPlugins::take_captured`].
+    pub fn captured_pending(&self) -> usize {
+        self.captured.len()
+    }
+
+    /// Events captured since the last call, as JSON lines with their hop count.
+    pub fn take_captured(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.captured)
+    }
+
+    /// Background work due now: `setupPlugin` retries, scheduled tasks this worker owns, and due
+    /// jobs. Returns jobs that failed for good.
+    pub fn maintain(&mut self) -> Vec<super::deferred::Exhausted> {
+        self.retry_setups();
+        self.run_schedules();
+        self.run_jobs()
+    }
+
+    fn retry_setups(&mut self) {
+        let now = Instant::now();
+        let due: Vec<InstanceKey> = self.setup_retries.iter().filter(|(_, (_, at))| *at <= now).map(|(k, _)| *k).collect();
+        for key in due {
+            let (attempts, _) = self.setup_retries.remove(&key).expect("listed above");
+            if let Some(Some(mut inst)) = self.instances.remove(&key) {
+                self.setup(key, &mut inst, attempts);
+                self.instances.insert(key, Some(inst));
+            }
+        }
+    }
+
+    fn run_schedules(&mut self) {
+        let now = self.place.clock.now_ms();
+        let mut keys: Vec<InstanceKey> = self.instances.keys().copied().collect();
+        keys.sort();
+        for key in keys {
+            if owner(&self.specs[key.0].id, key.1, self.place.peers) != self.place.index {
+                continue;
+            }
+            for hook in [Hook::RunEveryMinute, Hook::RunEveryHour, Hook::RunEveryDay] {
+                self.run_schedule(key, hook, now);
+            }
+        }
+    }
+
+    fn run_schedule(&mut self, key: InstanceKey, hook: Hook, now: u64) {
+        let has = self.instances.get(&key).and_then(Option::as_ref).is_some_and(|i| i.has(hook));
+        if !has {
+            return;
+        }
+        let period = period_ms(hook).expect("scheduled hooks have periods");
+        let schedule = self.schedules.entry((key, hook)).or_insert_with(|| Schedule::new(period, now));
+        if !schedule.due(now) {
+            return;
+        }
+        let Some(Some(mut inst)) = self.instances.remove(&key) else { return };
+        let result = inst.run_scheduled(hook);
+        let finished = self.place.clock.now_ms();
+        self.schedules.get_mut(&(key, hook)).expect("inserted above").ran(finished);
+        let outcome = match &result {
+            Ok(()) => Outcome::Succeeded,
+            Err(e) => {
+                inst.log_error(e, None);
+                self.notices.push(PluginNotice::CallFailed(e.clone()));
+                Outcome::Failed
+            }
+        };
+        self.collect_outbox(&inst, 0);
+        self.instances.insert(key, Some(inst));
+        self.metric(key, hook, outcome, 1);
+    }
+
+    fn run_jobs(&mut self) -> Vec<super::deferred::Exhausted> {
+        let now = self.place.clock.now_ms();
+        let items = match self.services.store.queue_take_due(JOB_QUEUE, now, 64) {
+            Ok(items) => items,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the job queue");
+                return Vec::new();
+            }
+        };
+        items.into_iter().filter_map(|item| self.run_job(item)).collect()
+    }
+
+    fn run_job(&mut self, item: state::QueueItem) -> Option<super::deferred::Exhausted> {
+        let store = self.services.store.clone();
+        let ack = |store: &Arc<dyn state::StateStore>| {
+            if let Err(e) = store.queue_ack(JOB_QUEUE, item.id) {
+                tracing::error!(error = %e, "cannot acknowledge a job; it may run again after a restart");
+            }
+        };
+        let Ok(job) = serde_json::from_slice::<serde_json::Value>(&item.payload) else {
+            tracing::error!("an unreadable job was dropped from the queue");
+            ack(&store);
+            return None;
+        };
+        let (Some(config_id), Some(team), Some(name)) = (job["config_id"].as_str(), job["team"].as_i64(), job["name"].as_str()) else {
+            ack(&store);
+            return None;
+        };
+        let Some(key) = self.key_of(config_id, team) else {
+            // The configuration is gone: PostHog skipped jobs of disabled configurations too.
+            ack(&store);
+            return None;
+        };
+        let payload = job["payload"].as_str().unwrap_or("null").to_string();
+        let attempts = job["attempts"].as_u64().unwrap_or(0) as u32 + 1;
+        let inst = self.instance_mut(key)?;
+        let result = inst.run_job(name, &payload);
+        let result = match result {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                inst.log_error(&e, None);
+                Err(e)
+            }
+        };
+        self.collect_outbox_of(key, 0);
+        ack(&store);
+        match result {
+            Ok(()) => {
+                let outcome = if attempts == 1 { Outcome::Succeeded } else { Outcome::SucceededOnRetry };
+                self.metric(key, Hook::Job, outcome, 1);
+                None
+            }
+            Err(e) if e.kind.is_retriable() && attempts <= self.place.job_policy.max_retries => {
+                let mut retry = job.clone();
+                retry["attempts"] = serde_json::json!(attempts);
+                let due = self.place.clock.now_ms() + self.place.job_policy.delay(attempts).as_millis() as u64;
+                if let Err(err) = store.queue_put(JOB_QUEUE, due, retry.to_string().as_bytes()) {
+                    tracing::error!(error = %err, "cannot re-enqueue a job for its retry");
+                }
+                self.notices.push(PluginNotice::CallFailed(e));
+                None
+            }
+            Err(e) => {
+                self.metric(key, Hook::Job, Outcome::Failed, 1);
+                self.notices.push(PluginNotice::CallFailed(e.clone()));
+                Some(super::deferred::Exhausted { error: e, attempts, payload: job.to_string(), epoch: 0 })
+            }
+        }
     }
 
     /// Records an app metric.
@@ -263,7 +482,7 @@ impl WorkerPlugins {
         };
         let instance = match PluginInstance::new(&self.runtime, &spec.def, &cfg, &self.services) {
             Ok(mut inst) => {
-                self.setup(&mut inst);
+                self.setup((i, team), &mut inst, 0);
                 Some(inst)
             }
             Err(e) => {
@@ -275,19 +494,34 @@ impl WorkerPlugins {
         self.instances.insert((i, team), instance);
     }
 
-    /// Runs `setupPlugin`. A `RetryError` leaves the plugin running (PostHog ran methods while
-    /// setup was being retried); any other error disables it, as PostHog did.
-    fn setup(&mut self, inst: &mut PluginInstance) {
+    /// Runs `setupPlugin` (attempt `done + 1`). A `RetryError` or timeout schedules another
+    /// attempt (5 retries, doubling waits) and leaves the plugin running meanwhile, as PostHog
+    /// did; any other error, or the last retry failing, disables it.
+    fn setup(&mut self, key: InstanceKey, inst: &mut PluginInstance, done: u32) {
+        let attempt = done + 1;
+        let policy = self.place.setup_policy;
         match inst.setup() {
             Ok(()) => inst.log_system(LogLevel::Info, "setupPlugin succeeded."),
             Err(e) => {
                 inst.log_error(&e, None);
-                if !matches!(e.kind, ErrorKind::Retry | ErrorKind::Timeout) {
-                    inst.disable(format!("setupPlugin failed: {}: {}", e.name, e.message));
+                if e.kind.is_retriable() && attempt <= policy.max_retries {
+                    let wait = policy.delay(attempt);
+                    inst.log_system(
+                        LogLevel::Error,
+                        &format!("setupPlugin failed with {}: {} (attempt {attempt}/{}). Retrying in {} ms...", e.name, e.message, policy.max_retries + 1, wait.as_millis()),
+                    );
+                    self.setup_retries.insert(key, (attempt, Instant::now() + wait));
+                } else {
+                    inst.disable(format!("setupPlugin failed with {}: {} (attempt {attempt}). Disabled the app!", e.name, e.message));
                 }
                 self.notices.push(PluginNotice::CallFailed(e));
             }
         }
+    }
+
+    /// When the next `setupPlugin` retry is due.
+    pub fn next_setup_retry(&self) -> Option<Instant> {
+        self.setup_retries.values().map(|(_, at)| *at).min()
     }
 
     /// Whether any instance of team `team` has `hook`.

@@ -57,6 +57,13 @@ pub struct KafkaConfig {
     /// librdkafka settings for every client (consumer and producers), e.g. `"security.protocol"`.
     #[serde(default)]
     pub librdkafka: BTreeMap<String, String>,
+    /// librdkafka settings for the consumers only (after `librdkafka`), e.g.
+    /// `"session.timeout.ms"`.
+    #[serde(default)]
+    pub consumer: BTreeMap<String, String>,
+    /// librdkafka settings for the producers only (after `librdkafka`), e.g. `"linger.ms"`.
+    #[serde(default)]
+    pub producer: BTreeMap<String, String>,
 }
 
 /// Delivery guarantee of a Kafka pipeline.
@@ -132,16 +139,18 @@ impl KafkaConfig {
     }
 
     fn check_librdkafka(&self) -> Result<(), (String, String)> {
-        for key in self.librdkafka.keys() {
-            if RESERVED.contains(&key.as_str()) || key == "bootstrap.servers" {
-                let problem = format!("\"{key}\" is set by pluginflow (use the [kafka] fields) and cannot be overridden");
-                return Err((format!("librdkafka.\"{key}\""), problem));
+        for (table, map) in [("librdkafka", &self.librdkafka), ("consumer", &self.consumer), ("producer", &self.producer)] {
+            for (key, value) in map {
+                if RESERVED.contains(&key.as_str()) || key == "bootstrap.servers" {
+                    let problem = format!("\"{key}\" is set by pluginflow (use the [kafka] fields) and cannot be overridden");
+                    return Err((format!("{table}.\"{key}\""), problem));
+                }
+                let cooperative = key == "partition.assignment.strategy" && value.contains("cooperative");
+                if cooperative && self.delivery == Delivery::ExactlyOnce {
+                    let problem = "cooperative rebalancing is not supported in exactly-once mode (a rebalance rewinds every partition)";
+                    return Err((format!("{table}.\"{key}\""), problem.into()));
+                }
             }
-        }
-        let cooperative = self.librdkafka.get("partition.assignment.strategy").is_some_and(|s| s.contains("cooperative"));
-        if cooperative && self.delivery == Delivery::ExactlyOnce {
-            let problem = "cooperative rebalancing is not supported in exactly-once mode (a rebalance rewinds every partition)";
-            return Err(("librdkafka.\"partition.assignment.strategy\"".into(), problem.into()));
         }
         Ok(())
     }
@@ -151,19 +160,15 @@ impl KafkaConfig {
         self.input_topic.as_deref().unwrap_or_default()
     }
 
-    /// Settings shared by every client: brokers, then the pass-through table.
-    fn base(&self) -> ClientConfig {
-        let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", &self.brokers);
-        for (k, v) in &self.librdkafka {
-            c.set(k, v);
-        }
-        c
+    /// Settings shared by every client: the pass-through table.
+    fn base(&self) -> BTreeMap<&String, &String> {
+        self.librdkafka.iter().collect()
     }
 
     /// The consumer of one worker. `client.id` names the worker in broker logs.
     pub fn consumer_config(&self, worker: usize) -> ClientConfig {
         let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers);
         c.set("auto.offset.reset", "earliest");
         // Bound what librdkafka prefetches per consumer; intake is bounded by the epochs the
         // source may run ahead, and this bounds the bytes waiting below it (default: 64 MiB).
@@ -171,6 +176,7 @@ impl KafkaConfig {
         c.set("queued.min.messages", "10000");
         c.set("client.id", format!("pluginflow-{worker}"));
         c.extend_from(&self.base());
+        c.extend_from(&self.consumer.iter().collect());
         c.set("group.id", &self.group_id);
         c.set("enable.auto.commit", "false");
         c.set("enable.auto.offset.store", "false");
@@ -183,10 +189,12 @@ impl KafkaConfig {
     /// The producer of one worker: idempotent, transactional in exactly-once mode.
     pub fn producer_config(&self, worker: usize) -> ClientConfig {
         let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers);
         c.set("enable.idempotence", "true");
         c.set("linger.ms", "5");
         c.set("client.id", format!("pluginflow-{worker}"));
         c.extend_from(&self.base());
+        c.extend_from(&self.producer.iter().collect());
         if self.delivery == Delivery::ExactlyOnce {
             c.set("transactional.id", self.transactional_id(worker));
         }
@@ -196,9 +204,11 @@ impl KafkaConfig {
     /// A plain producer for plugin logs (process-wide, outside any transaction).
     pub fn log_producer_config(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers);
         c.set("linger.ms", "50");
         c.set("client.id", "pluginflow-logs");
         c.extend_from(&self.base());
+        c.extend_from(&self.producer.iter().collect());
         c
     }
 
@@ -211,13 +221,13 @@ impl KafkaConfig {
 
 /// Copies settings of `other` over `self` (later wins), as layering defaults then user settings.
 trait ExtendFrom {
-    fn extend_from(&mut self, other: &ClientConfig);
+    fn extend_from(&mut self, other: &BTreeMap<&String, &String>);
 }
 
 impl ExtendFrom for ClientConfig {
-    fn extend_from(&mut self, other: &ClientConfig) {
-        for (k, v) in other.config_map() {
-            self.set(k, v);
+    fn extend_from(&mut self, other: &BTreeMap<&String, &String>) {
+        for (k, v) in other {
+            self.set(k.as_str(), v.as_str());
         }
     }
 }

@@ -140,8 +140,9 @@ pub struct KafkaSource {
     commit_interval: Duration,
     stop_after_idle: Option<Duration>,
     last_commit: Instant,
-    last_activity: Instant,
-    assigned_once: bool,
+    /// Since when polls found nothing while partitions were assigned (for `stop_after_idle`).
+    idle_since: Option<Instant>,
+    assigned: bool,
     last_error_log: Option<Instant>,
     worker: usize,
 }
@@ -164,8 +165,8 @@ impl KafkaSource {
             commit_interval: Duration::from_millis(config.commit_interval_ms),
             stop_after_idle: config.stop_after_idle_ms.map(Duration::from_millis),
             last_commit: Instant::now(),
-            last_activity: Instant::now(),
-            assigned_once: false,
+            idle_since: None,
+            assigned: false,
             last_error_log: None,
             worker,
         })
@@ -179,10 +180,14 @@ impl KafkaSource {
             match event {
                 Rebalanced::Assigned(assigned) => {
                     tracing::debug!(worker = self.worker, topic = %self.topic, ?assigned, "partitions assigned");
-                    self.assigned_once = true;
-                    self.last_activity = Instant::now();
+                    self.assigned = true;
+                    self.idle_since = None;
                 }
-                Rebalanced::Revoked(revoked) => self.revoke(epoch, &revoked, batch),
+                Rebalanced::Revoked(revoked) => {
+                    self.assigned = false;
+                    self.idle_since = None;
+                    self.revoke(epoch, &revoked, batch);
+                }
             }
         }
     }
@@ -211,8 +216,43 @@ impl KafkaSource {
         }
     }
 
-    fn idle_long_enough(&self) -> bool {
-        self.stop_after_idle.is_some_and(|idle| self.assigned_once && self.last_activity.elapsed() >= idle)
+    /// `stop_after_idle`: true once polls have found nothing for the idle time while this worker
+    /// held its partitions, and every assigned partition is read to its end. A broker that is
+    /// away is not idleness: consumer errors and rebalances restart the clock.
+    fn idle_long_enough(&mut self) -> bool {
+        let Some(idle) = self.stop_after_idle else { return false };
+        if !self.assigned {
+            return false;
+        }
+        let since = *self.idle_since.get_or_insert_with(Instant::now);
+        tracing::trace!(worker = self.worker, idle_ms = since.elapsed().as_millis() as u64, "idle");
+        if since.elapsed() < idle {
+            return false;
+        }
+        if self.at_end_of_assignment() {
+            return true;
+        }
+        self.idle_since = None;
+        false
+    }
+
+    fn at_end_of_assignment(&self) -> bool {
+        let positions = match self.consumer.position() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!(worker = self.worker, error = %e, "idle: no positions");
+                return false;
+            }
+        };
+        positions.elements().iter().all(|e| {
+            let hi = self.consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(5)).map(|(_, hi)| hi);
+            tracing::debug!(worker = self.worker, partition = e.partition(), position = ?e.offset(), high = ?hi, "idle: at the end?");
+            match (e.offset(), hi) {
+                (_, Ok(0)) => true,
+                (Offset::Offset(pos), Ok(hi)) => pos >= hi,
+                _ => false,
+            }
+        })
     }
 
     fn commit(&mut self, frontier: u64) -> anyhow::Result<()> {
@@ -269,6 +309,7 @@ impl EventSource for KafkaSource {
                 None => break,
                 Some(Err(e)) => {
                     self.log_consumer_error(&e);
+                    self.idle_since = None;
                     break;
                 }
                 Some(Ok((partition, offset, payload))) => {
@@ -283,7 +324,7 @@ impl EventSource for KafkaSource {
         if batch.records.is_empty() {
             batch.exhausted = self.idle_long_enough();
         } else {
-            self.last_activity = Instant::now();
+            self.idle_since = None;
         }
         Ok(batch)
     }

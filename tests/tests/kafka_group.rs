@@ -1,0 +1,77 @@
+//! Two pipeline processes in one consumer group split the input's partitions and together write
+//! every event: once in exactly-once mode (read_committed), at least once otherwise, with repeats
+//! only around rebalances (counted and printed).
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use pluginflow_tests::broker::{Broker, Isolation, Topics, consume_all, kafka_config, produce_lines, spawn_pipeline, uuids, wait_exit};
+use pluginflow_tests::gen_events;
+
+const EVENTS: usize = 20_000;
+const PARTITIONS: i32 = 6;
+
+/// `events in:` from a run's summary.
+fn events_in(log: &Path) -> u64 {
+    let text = std::fs::read_to_string(log).unwrap();
+    let line = text.lines().rev().find(|l| l.trim_start().starts_with("events in:")).unwrap_or_else(|| panic!("no summary in {text}"));
+    line.split(':').nth(1).unwrap().trim().parse().unwrap()
+}
+
+fn two_processes(delivery: &str, isolation: Isolation) -> (usize, usize, [u64; 2]) {
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("events.jsonl");
+    gen_events(&input, EVENTS, 29, &[]);
+    let broker = Broker::start();
+    let topics = Topics::named(&format!("group-{delivery}"));
+    topics.create(&broker.bootstrap(), PARTITIONS);
+    produce_lines(&broker.bootstrap(), &topics.input, PARTITIONS, &input);
+
+    let group = format!("group-{delivery}");
+    let mut runs = Vec::new();
+    for p in 0..2 {
+        let sub = dir.path().join(format!("p{p}"));
+        std::fs::create_dir_all(&sub).unwrap();
+        // Independent processes need their own transactional ids.
+        let extra = format!("stop_after_idle_ms = 5000\ndelivery = {delivery:?}\ntransactional_id_prefix = \"{group}-p{p}\"");
+        let config = kafka_config(&sub, &broker.bootstrap(), &group, &topics, &extra, "");
+        let log = sub.join("pluginflow.log");
+        runs.push((spawn_pipeline(&config, 1, &log), log));
+    }
+    for (child, log) in &mut runs {
+        let status = wait_exit(child, Duration::from_secs(120), log);
+        assert!(status.success(), "a process failed: {}", std::fs::read_to_string(&*log).unwrap());
+    }
+    let read = [events_in(&runs[0].1), events_in(&runs[1].1)];
+
+    let out = consume_all(&broker.bootstrap(), &topics.output, isolation);
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for u in uuids(out.iter().map(|r| r.value.as_str())) {
+        *seen.entry(u).or_default() += 1;
+    }
+    let want: Vec<String> = uuids(std::fs::read_to_string(&input).unwrap().lines());
+    let missing = want.iter().filter(|u| !seen.contains_key(*u)).count();
+    let repeated: usize = seen.values().map(|n| n - 1).sum();
+    println!(
+        "two processes ({delivery}): {EVENTS} in, read {read:?}, {} out, {missing} missing, {repeated} repeats; {:.1} s",
+        out.len(),
+        started.elapsed().as_secs_f64()
+    );
+    (missing, repeated, read)
+}
+
+#[test]
+fn two_processes_split_the_partitions_at_least_once() {
+    let (missing, _, read) = two_processes("at-least-once", Isolation::ReadUncommitted);
+    assert_eq!(missing, 0);
+    assert!(read.iter().all(|&n| n > 0), "both processes read a share: {read:?}");
+}
+
+#[test]
+fn two_processes_split_the_partitions_exactly_once() {
+    let (missing, repeated, read) = two_processes("exactly-once", Isolation::ReadCommitted);
+    assert_eq!((missing, repeated), (0, 0));
+    assert!(read.iter().all(|&n| n > 0), "both processes read a share: {read:?}");
+}
