@@ -483,6 +483,14 @@ impl WorkerPlugins {
         let instance = match PluginInstance::new(&self.runtime, &spec.def, &cfg, &self.services) {
             Ok(mut inst) => {
                 self.setup((i, team), &mut inst, 0);
+                // A task's first tick is the first period boundary after the instance exists.
+                let now = self.place.clock.now_ms();
+                for hook in [Hook::RunEveryMinute, Hook::RunEveryHour, Hook::RunEveryDay] {
+                    if inst.has(hook) {
+                        let period = period_ms(hook).expect("scheduled hooks have periods");
+                        self.schedules.insert(((i, team), hook), Schedule::new(period, now));
+                    }
+                }
                 Some(inst)
             }
             Err(e) => {

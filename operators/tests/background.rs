@@ -1,0 +1,185 @@
+//! A worker's background plugin work: `setupPlugin` retries, scheduled tasks with one owner,
+//! jobs from the durable queue.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::plugin;
+use operators::plugin::deferred::RetryPolicy;
+use operators::plugin::worker::{JOB_QUEUE, Outcome, PluginNotice, PluginSpec, WorkerPlace, WorkerPlugins};
+use operators::plugin::{Hook, HostServices, Limits, MemoryLogSink, PluginDefinition};
+use state::{CacheScope, ManualClock, MemoryStore, StateStore, SystemClock};
+
+fn spec(fixture: &common::Fixture, id: &str, teams: Vec<i64>) -> PluginSpec {
+    PluginSpec {
+        id: id.into(),
+        def: PluginDefinition::load(&fixture.path()).unwrap(),
+        teams: Some(teams),
+        config: Default::default(),
+        attachments: Default::default(),
+    }
+}
+
+fn worker(specs: Vec<PluginSpec>, store: Arc<MemoryStore>, logs: Arc<MemoryLogSink>, place: WorkerPlace) -> WorkerPlugins {
+    let services = HostServices::new(store, None, logs, Duration::from_secs(5));
+    WorkerPlugins::new(Limits::default(), Arc::new(specs), services).unwrap().with_place(place)
+}
+
+fn fast(ms: u64) -> RetryPolicy {
+    RetryPolicy { base: Duration::from_millis(ms), ..RetryPolicy::setup() }
+}
+
+fn run_for(w: &mut WorkerPlugins, how_long: Duration) {
+    let started = Instant::now();
+    while started.elapsed() < how_long {
+        w.maintain();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn setup_retry_error_is_retried_then_succeeds() {
+    let fx = plugin(
+        "slowstart",
+        &[(
+            "index.js",
+            "const { RetryError } = require('@posthog/plugin-scaffold')\n\
+             exports.setupPlugin = async ({ cache, global }) => { const n = await cache.incr('setup'); if (n < 3) throw new RetryError('warming up ' + n); global.ready = n }\n\
+             exports.processEvent = (e, { global }) => { e.properties.ready = global.ready || null; return e }",
+        )],
+    );
+    let logs = Arc::new(MemoryLogSink::default());
+    let place = WorkerPlace { setup_policy: fast(30), ..WorkerPlace::default() };
+    let mut w = worker(vec![spec(&fx, "s", vec![1])], Arc::new(MemoryStore::new()), logs.clone(), place);
+    w.preload();
+    // Methods run while setup is being retried, as in PostHog.
+    let before = w.process(1, "e", "u", r#"{"uuid":"u","event":"e","team_id":1,"properties":{}}"#, 0).unwrap();
+    assert!(before.event.unwrap().contains(r#""ready":null"#));
+    run_for(&mut w, Duration::from_millis(300));
+    let after = w.process(1, "e", "u", r#"{"uuid":"u","event":"e","team_id":1,"properties":{}}"#, 0).unwrap();
+    assert!(after.event.unwrap().contains(r#""ready":3"#));
+    let messages: Vec<String> = logs.entries().into_iter().map(|e| e.message).collect();
+    assert!(messages.iter().any(|m| m.contains("(attempt 1/6). Retrying in 30 ms")), "{messages:?}");
+    assert!(messages.iter().any(|m| m.contains("(attempt 2/6). Retrying in 60 ms")), "{messages:?}");
+    assert!(messages.iter().any(|m| m == "setupPlugin succeeded."), "{messages:?}");
+}
+
+#[test]
+fn setup_that_keeps_failing_disables_the_plugin_after_six_attempts() {
+    let fx = plugin(
+        "never",
+        &[("index.js", "const { RetryError } = require('@posthog/plugin-scaffold')\nexports.setupPlugin = async ({ cache }) => { await cache.incr('setup'); throw new RetryError('down') }\nexports.processEvent = (e) => { e.properties.touched = true; return e }")],
+    );
+    let store = Arc::new(MemoryStore::new());
+    let logs = Arc::new(MemoryLogSink::default());
+    let place = WorkerPlace { setup_policy: fast(5), ..WorkerPlace::default() };
+    let mut w = worker(vec![spec(&fx, "n", vec![1])], store.clone(), logs.clone(), place);
+    w.preload();
+    run_for(&mut w, Duration::from_millis(400));
+    let scope = CacheScope { plugin: "never".into(), team: Some(1) };
+    assert_eq!(store.cache_get(&scope, "setup").unwrap().as_deref(), Some("6"), "1 attempt + 5 retries");
+    assert!(logs.entries().iter().any(|e| e.message.contains("Disabled the app!")));
+    let out = w.process(1, "e", "u", r#"{"uuid":"u","event":"e","team_id":1,"properties":{}}"#, 0).unwrap();
+    assert!(!out.event.unwrap().contains("touched"), "a disabled plugin is skipped");
+}
+
+#[test]
+fn a_plain_setup_error_disables_at_once() {
+    let fx = plugin("bad", &[("index.js", "exports.setupPlugin = () => { throw new Error('no key') }\nexports.processEvent = (e) => e")]);
+    let logs = Arc::new(MemoryLogSink::default());
+    let mut w = worker(vec![spec(&fx, "b", vec![1])], Arc::new(MemoryStore::new()), logs.clone(), WorkerPlace::default());
+    w.preload();
+    assert!(!w.team_has(1, Hook::ProcessEvent));
+    assert!(logs.entries().iter().any(|e| e.message.contains("setupPlugin failed with Error: no key (attempt 1). Disabled the app!")));
+}
+
+const TICKER: &str = "exports.runEveryMinute = async ({ cache }) => { await cache.incr('minute') }\nexports.runEveryHour = async ({ cache }) => { await cache.incr('hour') }";
+
+#[test]
+fn each_scheduled_task_has_exactly_one_owner_among_workers() {
+    let fx = plugin("ticker", &[("index.js", TICKER)]);
+    let store = Arc::new(MemoryStore::new());
+    let clock = Arc::new(ManualClock::new(30_000));
+    let specs = || vec![spec(&fx, "t", vec![1, 2, 3, 4, 5, 6])];
+    let mut workers: Vec<WorkerPlugins> = (0..2)
+        .map(|index| {
+            let place = WorkerPlace { index, peers: 2, clock: clock.clone(), ..WorkerPlace::default() };
+            let mut w = worker(specs(), store.clone(), Arc::new(MemoryLogSink::default()), place);
+            w.preload();
+            w
+        })
+        .collect();
+    for _ in 0..5 {
+        clock.advance_ms(60_000);
+        for w in &mut workers {
+            w.maintain();
+        }
+    }
+    for team in 1..=6 {
+        let scope = CacheScope { plugin: "ticker".into(), team: Some(team) };
+        assert_eq!(store.cache_get(&scope, "minute").unwrap().as_deref(), Some("5"), "team {team}: one run per minute, cluster-wide");
+        assert_eq!(store.cache_get(&scope, "hour").unwrap(), None, "no hour has passed");
+    }
+    let owned: Vec<usize> = workers
+        .iter_mut()
+        .map(|w| w.take_notices().iter().filter(|n| matches!(n, PluginNotice::Metric(m) if m.hook == Hook::RunEveryMinute && m.outcome == Outcome::Succeeded)).count())
+        .collect();
+    assert!(owned.iter().all(|n| *n > 0), "both workers own some configurations: {owned:?}");
+    assert_eq!(owned.iter().sum::<usize>(), 30);
+}
+
+#[test]
+fn missed_ticks_are_not_back_filled() {
+    let fx = plugin("ticker", &[("index.js", TICKER)]);
+    let store = Arc::new(MemoryStore::new());
+    let clock = Arc::new(ManualClock::new(0));
+    let place = WorkerPlace { clock: clock.clone(), ..WorkerPlace::default() };
+    let mut w = worker(vec![spec(&fx, "t", vec![1])], store.clone(), Arc::new(MemoryLogSink::default()), place);
+    w.preload();
+    w.maintain();
+    clock.advance_ms(7 * 60_000 + 5_000);
+    w.maintain();
+    w.maintain();
+    let scope = CacheScope { plugin: "ticker".into(), team: Some(1) };
+    assert_eq!(store.cache_get(&scope, "minute").unwrap().as_deref(), Some("1"), "seven missed minutes run once");
+}
+
+#[test]
+fn jobs_run_when_due_and_retry_like_on_event() {
+    let fx = plugin(
+        "jobs",
+        &[(
+            "index.js",
+            "const { RetryError } = require('@posthog/plugin-scaffold')\n\
+             exports.jobs = {\n\
+               hello: async (payload, { cache }) => { await cache.lpush('ran', 'hello ' + payload.n) },\n\
+               flaky: async (payload, { cache }) => { const n = await cache.incr('flaky'); if (n < 3) throw new RetryError('again'); await cache.lpush('ran', 'flaky ' + n) },\n\
+               bare: async (meta) => { await meta.cache.lpush('ran', 'bare ' + typeof meta.cache) },\n\
+             }\n\
+             exports.processEvent = async (e, { jobs }) => {\n\
+               await jobs.hello({ n: 1 }).runNow()\n\
+               await jobs.hello({ n: 2 }).runIn(250, 'milliseconds')\n\
+               await jobs.flaky({}).runNow()\n\
+               await jobs.bare().runNow()\n\
+               return e\n\
+             }",
+        )],
+    );
+    let store = Arc::new(MemoryStore::new());
+    let place = WorkerPlace { clock: Arc::new(SystemClock), job_policy: fast(20), ..WorkerPlace::default() };
+    let mut w = worker(vec![spec(&fx, "j", vec![1])], store.clone(), Arc::new(MemoryLogSink::default()), place);
+    w.process(1, "e", "u", r#"{"uuid":"u","event":"e","team_id":1,"properties":{}}"#, 0).unwrap();
+    assert_eq!(store.queue_len(JOB_QUEUE).unwrap(), 4, "jobs are in the durable queue");
+    w.maintain();
+    let scope = CacheScope { plugin: "jobs".into(), team: Some(1) };
+    let ran = |s: &MemoryStore| s.cache_lrange(&scope, "ran", 0, -1).unwrap();
+    assert!(ran(&store).contains(&"hello 1".to_string()));
+    assert!(!ran(&store).contains(&"hello 2".to_string()), "not due yet");
+    run_for(&mut w, Duration::from_millis(400));
+    let mut all = ran(&store);
+    all.sort();
+    assert_eq!(all, vec!["bare object", "flaky 3", "hello 1", "hello 2"]);
+    assert_eq!(store.queue_len(JOB_QUEUE).unwrap(), 0);
+}
