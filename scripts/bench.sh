@@ -10,7 +10,9 @@
 #
 # Environment: N (base log size; default 100000), REPEAT (runs per pluginflow/floor row, median reported; default 3),
 # PEER_REPEAT (runs per Node row; default 1), BENCH_SECONDS (criterion time per bench; 2),
-# JOBS (cargo -j; 2), CARGO_TARGET_DIR (default ~/.cache/pluginflow/target).
+# JOBS (cargo -j; 2), CARGO_TARGET_DIR (default ~/.cache/pluginflow/target), PLUGINFLOW_BIN (the
+# pluginflow binary to measure; default: the one this script builds), BIN_NOTE (says in the report
+# where PLUGINFLOW_BIN comes from).
 #
 # Every ratio in the report is computed from rows of the same run. Work files live in
 # .cache/bench (gitignored): logs, configs, outputs, results/*.
@@ -42,7 +44,7 @@ RES=$WORK/results
 PEER=$ROOT/.cache/peer
 PEER_PLUGINS=$SHARED/peer/plugins
 GEOIP=$ROOT/.cache/GeoLite2-City.mmdb
-BIN=$CARGO_TARGET_DIR/release/pluginflow
+BIN=${PLUGINFLOW_BIN:-$CARGO_TARGET_DIR/release/pluginflow}
 HARNESS=$CARGO_TARGET_DIR/release/throughput
 SIZES=(${N:-100000})
 [ "$WITH_1M" = 1 ] && SIZES+=(1000000)
@@ -93,6 +95,8 @@ if [ "$REPORT_ONLY" = 0 ]; then
         echo "rustc=$(rustc --version)"
         echo "node=$(node --version)"
         echo "vm2=$(node -p "require('$PEER/node_modules/vm2/package.json').version")"
+        echo "pluginflow_bin=$BIN"
+        echo "bin_note=${BIN_NOTE:-}"
         echo "load_at_start=$(cut -d' ' -f1-3 /proc/loadavg)"
     } > "$RES/machine.txt"
     for n in "${SIZES[@]}"; do
@@ -136,7 +140,9 @@ if [ "$REPORT_ONLY" = 0 ]; then
         cfg=$(write_config "$name" "$n" "$state")
         rm -rf "$WORK/state/run"
         log "pluginflow [$name] n=$n -w $w state=$state (run $r)"
-        /usr/bin/time -v "$BIN" run "$cfg" -w "$w" --no-progress > /dev/null 2> "$RES/pf.$name.$n.w$w.$state.$r.txt" ||
+        # A run that has not ended after 15 minutes is stopped (SIGTERM: it flushes and exits 0)
+        # and marked, so that a hang shows in the report instead of stalling the suite.
+        timeout --signal=TERM 900 /usr/bin/time -v "$BIN" run "$cfg" -w "$w" --no-progress > /dev/null 2> "$RES/pf.$name.$n.w$w.$state.$r.txt" ||
             { cat "$RES/pf.$name.$n.w$w.$state.$r.txt" >&2; exit 1; }
     }
 
@@ -267,6 +273,7 @@ def parse_pf(path):
         "sys": g(r"System time \(seconds\): ([\d.]+)"),
         "rss_kb": g(r"Maximum resident set size \(kbytes\): (\d+)", int),
         "cpu_pct": g(r"Percent of CPU this job got: (\d+)%", int),
+        "stopped": "stop requested" in t,
     }
 
 
@@ -333,6 +340,9 @@ if loads:
       f"(start {machine.get('load_at_start', '?')}, end {machine.get('load_at_end', '?')}); other agents compile on this "
       "machine now and then, so absolute figures are noisy. **Only ratios between rows of the same run count**; every row "
       "interleaves with the others run by run, and medians are reported.")
+if machine.get("bin_note"):
+    w("")
+    w(f"**pluginflow binary:** {machine['bin_note']}")
 w("")
 n0 = 100000 if 100000 in sizes else (sizes[0] if sizes else 100000)
 w(f"Input: `gen-events.py --count N --seed 42 --teams 3` ({machine.get('log_' + str(n0), '?')} for N = {n0:,}; ~3 KB per event, "
@@ -402,7 +412,8 @@ def throughput_table(n):
             rates = [r["events_in"] / r["elapsed"] for r in runs]
             mbs = [mb / 1e6 / r["elapsed"] for r in runs] if mb else []
             cpu = med([r["user"] + r["sys"] for r in runs if r["user"] is not None])
-            w(f"| **pluginflow run** | {LABEL[chain]} | {wk} | {spread(rates)} | {fmt1(med(mbs))} | see harness | see harness | "
+            stop = " (stopped by timeout!)" if any(r["stopped"] for r in runs) else ""
+            w(f"| **pluginflow run**{stop} | {LABEL[chain]} | {wk} | {spread(rates)} | {fmt1(med(mbs))} | see harness | see harness | "
               f"{fmt_int(med([r['rss_kb'] / 1024 for r in runs]))} | {fmt1(cpu)} | {fmt_int(runs[0]['dropped'])} |")
     runs = pf.get((c3, n, 1, "memory"), [])
     if runs:

@@ -38,7 +38,7 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::{InputHandle, ProbeHandle};
 
 use crate::config::PipelineConfig;
-use crate::io::{EventSource, OutRecord, Polled, SharedFiles, open_worker_io};
+use crate::io::{EventSource, OutRecord, SharedFiles, open_worker_io};
 use crate::stats::Stats;
 
 /// What every worker of the process shares.
@@ -200,11 +200,22 @@ fn run_worker(
             tracing::info!(worker = index, "stop requested: no more input is read");
             break;
         }
-        let polled = if source_done { Polled::default() } else { source.poll(epoch, batch_size)? };
-        source_done |= polled.exhausted;
-        shared.stats.add_in(polled.records.len() as u64, polled.bytes);
-        for item in polled.records {
-            input.send(item);
+        if source_done {
+            // The input is read: let the chain catch up, and keep the input open only while
+            // plugins keep capturing events that must go back in.
+            while intake.less_than(&epoch) {
+                worker.step_or_park(Some(Duration::from_millis(1)));
+            }
+            if plugins.borrow().captured_pending() == 0 {
+                break;
+            }
+        } else {
+            let polled = source.poll(epoch, batch_size)?;
+            source_done = polled.exhausted;
+            shared.stats.add_in(polled.records.len() as u64, polled.bytes);
+            for item in polled.records {
+                input.send(item);
+            }
         }
         // Background plugin work, then events plugins captured: back into the graph.
         let gave_up = plugins.borrow_mut().maintain();
@@ -221,10 +232,6 @@ fn run_worker(
         check_failed(&failed)?;
         complete(&mut *source, &probe)?;
         record_notices(&shared.stats, &mut plugins.borrow_mut());
-        // The input stays open while captured events may still come back.
-        if source_done && !intake.less_than(&epoch) && plugins.borrow().captured_pending() == 0 {
-            break;
-        }
     }
     drop(input);
     if shared.stop.load(Ordering::Relaxed) {

@@ -1,0 +1,122 @@
+//! Work after the chain, end to end through `pluginflow run` in-process: a pending retry
+//! survives a restart; `posthog.capture` loops stop at the hop limit; failures end in the
+//! dead-letter output.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use operators::plugin::MemoryLogSink;
+use pluginflow::config::PipelineConfig;
+use pluginflow::run::{prepare, run};
+use pluginflow::stats::Summary;
+use pluginflow_tests::{plugin_entry, read_json_lines};
+
+fn write_plugin(dir: &Path, name: &str, index: &str) -> std::path::PathBuf {
+    let p = dir.join(name);
+    std::fs::create_dir_all(&p).unwrap();
+    std::fs::write(p.join("plugin.json"), format!("{{\"name\":\"{name}\"}}")).unwrap();
+    std::fs::write(p.join("index.js"), index).unwrap();
+    p
+}
+
+fn config(dir: &Path, input: &str, state: &str, runtime: &str, plugins: &str) -> PipelineConfig {
+    std::fs::write(dir.join("in.jsonl"), input).unwrap();
+    let text = format!(
+        "[input]\npath = \"in.jsonl\"\n[output]\nevents = \"out/events.jsonl\"\ndead_letters = \"out/dead.jsonl\"\nlogs = \"out/logs.jsonl\"\n[state]\n{state}\n[runtime]\n{runtime}\n{plugins}"
+    );
+    std::fs::write(dir.join("pf.toml"), text).unwrap();
+    PipelineConfig::load(&dir.join("pf.toml")).unwrap()
+}
+
+/// Runs the pipeline; `stop_when` is polled on the logs and sets the stop flag when true.
+fn run_until(config: &PipelineConfig, stop_when: impl Fn(&MemoryLogSink) -> bool + Send + 'static) -> (Summary, Arc<MemoryLogSink>) {
+    let logs = Arc::new(MemoryLogSink::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let (l, s) = (logs.clone(), stop.clone());
+    let watcher = std::thread::spawn(move || {
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(20) && !s.load(Ordering::SeqCst) {
+            if stop_when(&l) {
+                s.store(true, Ordering::SeqCst);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    });
+    let shared = prepare(config.clone(), logs.clone(), stop.clone()).unwrap();
+    let stats = run(shared, timely::Config::thread()).unwrap();
+    stop.store(true, Ordering::SeqCst);
+    watcher.join().unwrap();
+    (stats.summary(), logs)
+}
+
+fn messages(logs: &MemoryLogSink) -> Vec<String> {
+    logs.entries().into_iter().map(|e| e.message).collect()
+}
+
+const DELIVER: &str = "const { RetryError } = require('@posthog/plugin-scaffold')\n\
+    exports.onEvent = async (e, { storage }) => {\n\
+      const n = (await storage.get('attempts:' + e.uuid, 0)) + 1\n\
+      await storage.set('attempts:' + e.uuid, n)\n\
+      console.log('deliver ' + e.uuid + ' attempt ' + n)\n\
+      if (n === 1) throw new RetryError('remote is down')\n\
+    }";
+
+#[test]
+fn a_pending_retry_resumes_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write_plugin(dir.path(), "deliver", DELIVER);
+    let plugins = plugin_entry("d", &p, 1, "teams = [1]");
+    let event = "{\"uuid\":\"u1\",\"event\":\"e\",\"team_id\":1,\"properties\":{}}\n";
+    let runtime = "on_event_retry_base_ms = 1500";
+    // First run: the first attempt fails, the retry is due in 1.5 s, and we stop before that.
+    let first = config(dir.path(), event, "path = \"state\"", runtime, &plugins);
+    let (summary, logs) = run_until(&first, |l| l.entries().iter().any(|e| e.message == "deliver u1 attempt 1"));
+    assert_eq!(summary.events_out, 1);
+    assert!(!messages(&logs).iter().any(|m| m.contains("attempt 2")), "the retry did not run in the first process");
+    // Second run, same state folder, no new input: the retry comes back from RocksDB and runs.
+    let second = config(dir.path(), "", "path = \"state\"", runtime, &plugins);
+    let started = Instant::now();
+    let (summary, logs) = run_until(&second, |_| false);
+    assert!(messages(&logs).contains(&"deliver u1 attempt 2".to_string()), "{:?}", messages(&logs));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(summary.metrics.get(&("d".to_string(), 1, "onEvent".to_string(), "succeeded_on_retry".to_string())), Some(&1));
+    // A third run finds nothing left to do.
+    let (_, logs) = run_until(&second, |_| false);
+    assert!(!messages(&logs).iter().any(|m| m.starts_with("deliver")));
+}
+
+#[test]
+fn capture_loops_stop_at_the_hop_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write_plugin(dir.path(), "echo", "exports.processEvent = async (e) => { await posthog.capture('echo of ' + e.event, { distinct_id: 'x', depth: (e.properties.depth || 0) + 1 }); return e }");
+    let plugins = plugin_entry("echo", &p, 1, "");
+    let cfg = config(dir.path(), "{\"uuid\":\"u1\",\"event\":\"start\",\"team_id\":5,\"properties\":{}}\n", "memory = true", "max_capture_hops = 3", &plugins);
+    let (summary, _) = run_until(&cfg, |_| false);
+    let events = read_json_lines(&cfg.output.events);
+    let names: Vec<&str> = events.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["start", "echo of start", "echo of echo of start", "echo of echo of echo of start"]);
+    assert!(events.iter().all(|e| e.get("$pluginflow_hops").is_none()), "the hop count is ours, not the event's");
+    assert!(events.iter().skip(1).all(|e| e["team_id"] == 5 && e["properties"]["$lib"] == "posthog-plugin-server"));
+    let dead = read_json_lines(&cfg.output.dead_letters);
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0]["reason"].as_str().unwrap().starts_with("posthog.capture loop: this event is 4 captures deep"), "{}", dead[0]);
+    assert_eq!(summary.captured, 3);
+}
+
+#[test]
+fn on_event_give_ups_reach_the_dead_letter_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write_plugin(dir.path(), "doomed", "const { RetryError } = require('@posthog/plugin-scaffold')\nexports.onEvent = () => { throw new RetryError('never') }");
+    let plugins = plugin_entry("x", &p, 1, "");
+    let cfg = config(dir.path(), "{\"uuid\":\"u1\",\"event\":\"e\",\"team_id\":1,\"properties\":{}}\n", "memory = true", "on_event_retry_base_ms = 5", &plugins);
+    let (summary, _) = run_until(&cfg, |_| false);
+    assert_eq!(summary.events_out, 1, "the event itself was written");
+    let dead = read_json_lines(&cfg.output.dead_letters);
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["reason"], "onEvent of plugin 'doomed' (x) failed after 6 attempts: RetryError: never");
+    assert_eq!(dead[0]["source"], "plugin");
+    assert!(dead[0]["raw"].as_str().unwrap().contains("\"uuid\":\"u1\""));
+    assert_eq!(summary.metrics.get(&("x".to_string(), 1, "onEvent".to_string(), "failed".to_string())), Some(&1));
+}
