@@ -84,6 +84,13 @@ pub struct OutputConfig {
     /// Plugin log entries.
     #[serde(default = "default_logs_path")]
     pub logs: PathBuf,
+    /// App metrics: changes of the count per configuration × team × hook × outcome × minute.
+    #[serde(default = "default_app_metrics_path")]
+    pub app_metrics: PathBuf,
+}
+
+fn default_app_metrics_path() -> PathBuf {
+    PathBuf::from("out/app-metrics.jsonl")
 }
 
 fn default_events_path() -> PathBuf {
@@ -98,7 +105,12 @@ fn default_logs_path() -> PathBuf {
 
 impl Default for OutputConfig {
     fn default() -> Self {
-        Self { events: default_events_path(), dead_letters: default_dead_letter_path(), logs: default_logs_path() }
+        Self {
+            events: default_events_path(),
+            dead_letters: default_dead_letter_path(),
+            logs: default_logs_path(),
+            app_metrics: default_app_metrics_path(),
+        }
     }
 }
 
@@ -290,6 +302,7 @@ impl PipelineConfig {
         fix(&mut self.output.events);
         fix(&mut self.output.dead_letters);
         fix(&mut self.output.logs);
+        fix(&mut self.output.app_metrics);
         fix(&mut self.state.path);
         if let Some(g) = &mut self.geoip {
             fix(&mut g.path);

@@ -18,7 +18,7 @@
 
 use std::cell::RefCell;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -32,6 +32,7 @@ use operators::plugin::deferred::{DeferredWork, RetryPolicies, RetryPolicy};
 use operators::plugin::worker::{PluginNotice, PluginSpec, WorkerPlace, WorkerPlugins};
 use operators::plugin::{GeoIp, HostServices, Limits, LogSink, PluginDefinition};
 use state::{MemoryStore, RocksStore, StateStore};
+use differential_dataflow::input::InputSession;
 use timely::dataflow::operators::core::{Inspect, OkErr, Probe};
 use timely::dataflow::operators::vec::Map;
 use timely::container::CapacityContainerBuilder;
@@ -52,6 +53,8 @@ pub struct Shared {
     pub services: HostServices,
     /// Output files shared by the workers.
     pub files: SharedFiles,
+    /// App-metric changes (JSON lines).
+    pub app_metrics: crate::io::SharedWriter,
     /// Counters.
     pub stats: Arc<Stats>,
     /// Set on SIGINT/SIGTERM: stop reading, finish what is in flight.
@@ -100,6 +103,7 @@ pub fn prepare(config: PipelineConfig, logs: Arc<dyn LogSink>, stop: Arc<AtomicB
     let services = HostServices::new(store, geoip, logs, Duration::from_millis(config.runtime.fetch_timeout_ms));
     Ok(Shared {
         files: SharedFiles::open(&config)?,
+        app_metrics: crate::io::open_output(&config.output.app_metrics)?,
         specs: Arc::new(specs),
         services,
         stats: Arc::new(Stats::default()),
@@ -154,7 +158,6 @@ fn run_worker(
             }),
     ));
     plugins.borrow_mut().preload();
-    record_notices(&shared.stats, &mut plugins.borrow_mut());
     let io = open_worker_io(&shared.config, &shared.files, index, peers)?;
     let mut source = io.source;
     if let Some(size) = source.size_hint() {
@@ -169,7 +172,18 @@ fn run_worker(
     let source_name = source.name();
     let deferred = Rc::new(RefCell::new(DeferredWork::new(plugins.clone(), retry_policies(&shared.config), shared.services.store.clone())));
     let failed: Rc<RefCell<Option<anyhow::Error>>> = Rc::new(RefCell::new(None));
+    // App metrics are a differential collection with their own probe, so their input can stay
+    // open until every other piece of work (which still produces metrics) has finished.
+    let mut metrics = InputSession::<u64, MetricKey, isize>::new();
+    let metrics_probe = ProbeHandle::new();
     worker.dataflow::<u64, _, _>(|scope| {
+        let out = shared.app_metrics.clone();
+        metrics
+            .to_collection(scope)
+            .consolidate()
+            .inspect(move |(key, _time, delta)| write_metric(&out, key, *delta))
+            .inner
+            .probe_with(&metrics_probe);
         let (events, dead) = input.to_stream(scope).ok_err(move |(pos, line): (u64, Vec<u8>)| parse_line(&line, &source_name, pos));
         let chain = plugins.clone();
         let stats = shared.stats.clone();
@@ -229,9 +243,11 @@ fn run_worker(
         while intake.less_than(&epoch.saturating_sub(ahead)) {
             worker.step();
         }
+        record_notices(&shared.stats, &mut plugins.borrow_mut(), &mut metrics, &*shared.clock);
+        metrics.advance_to(epoch);
+        metrics.flush();
         check_failed(&failed)?;
         complete(&mut *source, &probe)?;
-        record_notices(&shared.stats, &mut plugins.borrow_mut());
     }
     drop(input);
     if shared.stop.load(Ordering::Relaxed) {
@@ -239,6 +255,8 @@ fn run_worker(
     }
     while !probe.done() {
         worker.step_or_park(Some(Duration::from_millis(50)));
+        record_notices(&shared.stats, &mut plugins.borrow_mut(), &mut metrics, &*shared.clock);
+        metrics.flush();
         if shared.stop.load(Ordering::Relaxed) && !deferred.borrow().stopping() {
             deferred.borrow_mut().stop();
         }
@@ -254,8 +272,13 @@ fn run_worker(
         .map(|json| DeadLetter { source: "posthog.capture".into(), position: 0, reason: "captured after the input closed".into(), raw: json, raw_base64: None })
         .collect();
     write_now(&io.dead_letters, epoch, late, &shared.stats)?;
-    record_notices(&shared.stats, &mut plugins.borrow_mut());
+    record_notices(&shared.stats, &mut plugins.borrow_mut(), &mut metrics, &*shared.clock);
+    metrics.close();
+    while !metrics_probe.done() {
+        worker.step();
+    }
     io.events.borrow_mut().flush()?;
+    flush_shared(&shared.app_metrics)?;
     io.dead_letters.borrow_mut().flush()?;
     source.complete(u64::MAX)?;
     Ok(())
@@ -374,14 +397,39 @@ fn run_event(chain: &Rc<RefCell<WorkerPlugins>>, stats: &Stats, ev: ValidEvent) 
     }
 }
 
-fn record_notices(stats: &Stats, plugins: &mut WorkerPlugins) {
+/// Counts plugin notices, and feeds app metrics into the metrics collection.
+fn record_notices(stats: &Stats, plugins: &mut WorkerPlugins, metrics: &mut InputSession<u64, MetricKey, isize>, clock: &dyn state::Clock) {
     for notice in plugins.take_notices() {
         match notice {
             PluginNotice::CallFailed(e) => stats.add_failure(&format!("{} ({})", e.plugin, e.config_id), e.hook.as_str()),
             PluginNotice::LoadFailed { config_id, .. } => stats.add_failure(&config_id, "load"),
-            PluginNotice::Metric(m) => stats.add_metric(m),
+            PluginNotice::Metric(m) => {
+                let minute = clock.now_ms() / 60_000 * 60_000;
+                let key = (m.config_id.clone(), m.team, m.hook.as_str().to_string(), m.outcome.as_str().to_string(), minute);
+                metrics.update(key, m.count as isize);
+                stats.add_metric(m);
+            }
         }
     }
+}
+
+/// (configuration, team, hook, outcome, minute start in ms).
+type MetricKey = (String, i64, String, String, u64);
+
+fn write_metric(out: &crate::io::SharedWriter, key: &MetricKey, delta: isize) {
+    let (config, team, hook, outcome, minute) = key;
+    let line = serde_json::json!({
+        "plugin_config_id": config, "team_id": team, "hook": hook, "outcome": outcome,
+        "minute": operators::plugin::log::format_iso(*minute), "delta": delta,
+    });
+    let mut w = out.lock().expect("metrics output lock");
+    if let Err(e) = writeln!(w, "{line}") {
+        tracing::error!(error = %e, "cannot write app metrics");
+    }
+}
+
+fn flush_shared(out: &crate::io::SharedWriter) -> anyhow::Result<()> {
+    out.lock().expect("output lock").flush().context("cannot flush output")
 }
 
 /// Reads one worker's share of a log: lines starting in `[start, end)` of the file's bytes.

@@ -376,7 +376,7 @@ pub fn kafka_config(dir: &std::path::Path, bootstrap: &str, group: &str, topics:
 pub fn spawn_pipeline(config: &std::path::Path, workers: usize, log: &std::path::Path) -> Child {
     let stderr = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("open log");
     Command::new(pluginflow_bin())
-        .args(["run", "--no-progress", "-w", &workers.to_string()])
+        .args(["run", "--no-progress", "-w", &std::env::var("PF_TEST_WORKERS").unwrap_or_else(|_| workers.to_string())])
         .arg(config)
         .env("RUST_LOG", std::env::var("PF_TEST_LOG").unwrap_or_else(|_| "info,librdkafka=warn,rdkafka=warn".into()))
         .stdout(Stdio::null())

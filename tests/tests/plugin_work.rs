@@ -24,7 +24,7 @@ fn write_plugin(dir: &Path, name: &str, index: &str) -> std::path::PathBuf {
 fn config(dir: &Path, input: &str, state: &str, runtime: &str, plugins: &str) -> PipelineConfig {
     std::fs::write(dir.join("in.jsonl"), input).unwrap();
     let text = format!(
-        "[input]\npath = \"in.jsonl\"\n[output]\nevents = \"out/events.jsonl\"\ndead_letters = \"out/dead.jsonl\"\nlogs = \"out/logs.jsonl\"\n[state]\n{state}\n[runtime]\n{runtime}\n{plugins}"
+        "[input]\npath = \"in.jsonl\"\n[output]\nevents = \"out/events.jsonl\"\ndead_letters = \"out/dead.jsonl\"\nlogs = \"out/logs.jsonl\"\napp_metrics = \"out/metrics.jsonl\"\n[state]\n{state}\n[runtime]\n{runtime}\n{plugins}"
     );
     std::fs::write(dir.join("pf.toml"), text).unwrap();
     PipelineConfig::load(&dir.join("pf.toml")).unwrap()
@@ -119,4 +119,13 @@ fn on_event_give_ups_reach_the_dead_letter_output() {
     assert_eq!(dead[0]["source"], "plugin");
     assert!(dead[0]["raw"].as_str().unwrap().contains("\"uuid\":\"u1\""));
     assert_eq!(summary.metrics.get(&("x".to_string(), 1, "onEvent".to_string(), "failed".to_string())), Some(&1));
+    // The same count, from the differential app-metrics collection's output.
+    let metrics = read_json_lines(&cfg.output.app_metrics);
+    let failed: i64 = metrics
+        .iter()
+        .filter(|m| m["plugin_config_id"] == "x" && m["hook"] == "onEvent" && m["outcome"] == "failed")
+        .map(|m| m["delta"].as_i64().unwrap())
+        .sum();
+    assert_eq!(failed, 1, "{metrics:?}");
+    assert!(metrics.iter().all(|m| m["minute"].as_str().unwrap().ends_with(":00.000Z")));
 }
