@@ -39,6 +39,9 @@ pub struct PipelineConfig {
     /// Limits and batching.
     #[serde(default)]
     pub runtime: RuntimeConfig,
+    /// The HTTP endpoint (`/healthz`, `/metrics`, `/plugins`); off when omitted.
+    #[serde(default)]
+    pub http: Option<HttpConfig>,
     /// Plugin configurations, each for some teams or all.
     #[serde(default)]
     pub plugins: Vec<PluginEntry>,
@@ -142,6 +145,14 @@ impl Default for StateConfig {
 pub struct GeoipConfig {
     /// Path of the `.mmdb` file.
     pub path: PathBuf,
+}
+
+/// `[http]`: the loopback HTTP endpoint.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Loopback address and port, e.g. `127.0.0.1:9464` (port 0 picks a free one).
+    pub listen: std::net::SocketAddr,
 }
 
 /// `[runtime]`: limits and batching.
@@ -319,6 +330,11 @@ impl PipelineConfig {
         if let Some(g) = &self.geoip {
             if !g.path.is_file() {
                 return fail("geoip.path".into(), format!("{} is not a readable file", g.path.display()));
+            }
+        }
+        if let Some(h) = &self.http {
+            if !h.listen.ip().is_loopback() {
+                return fail("http.listen".into(), format!("{} is not a loopback address (use 127.0.0.1 or [::1])", h.listen));
             }
         }
         let r = &self.runtime;

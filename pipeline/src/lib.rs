@@ -4,6 +4,7 @@
 //! outputs, and the assembly of the dataflow. The per-event work lives in `operators`.
 
 pub mod config;
+pub mod http;
 pub mod io;
 pub mod kafka;
 pub mod run;

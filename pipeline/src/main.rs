@@ -124,6 +124,19 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let _http = match &shared.config.http {
+        Some(h) => match pluginflow::http::HttpServer::start(h.listen, shared.http.clone()) {
+            Ok(server) => {
+                eprintln!("pluginflow: http endpoint on http://{}/ (healthz, metrics, plugins)", server.addr());
+                Some(server)
+            }
+            Err(e) => {
+                eprintln!("pluginflow: cannot start the http endpoint: {e:#}");
+                return ExitCode::from(2);
+            }
+        },
+        None => None,
+    };
     let mut timely_args = vec!["pluginflow".to_string(), "-w".into(), args.workers.to_string()];
     timely_args.extend(["-n".into(), args.processes.to_string(), "-p".into(), args.process.to_string()]);
     if let Some(h) = &args.hostfile {

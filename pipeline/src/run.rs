@@ -17,6 +17,7 @@
 //! epochs ahead of the probe. `onEvent` and `exportEvents` attach after the chain (next issue).
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::Path;
@@ -61,6 +62,8 @@ pub struct Shared {
     pub stop: Arc<AtomicBool>,
     /// The clock scheduled tasks and jobs follow (tests set their own).
     pub clock: Arc<dyn state::Clock>,
+    /// What the HTTP endpoint shows.
+    pub http: Arc<crate::http::HttpState>,
 }
 
 /// Loads and compiles every enabled plugin; a plugin that cannot load stops the start.
@@ -101,12 +104,18 @@ pub fn prepare(config: PipelineConfig, logs: Arc<dyn LogSink>, stop: Arc<AtomicB
     };
     let store = open_store(&config)?;
     let services = HostServices::new(store, geoip, logs, Duration::from_millis(config.runtime.fetch_timeout_ms));
+    let stats = Arc::new(Stats::default());
+    let http = Arc::new(crate::http::HttpState { stats: stats.clone(), ..Default::default() });
+    let queue_store = services.store.clone();
+    *http.pending_retries.lock().expect("http state lock") =
+        Some(Box::new(move || queue_store.queue_len(operators::plugin::deferred::RETRY_QUEUE).unwrap_or(0)));
     Ok(Shared {
+        http,
         files: SharedFiles::open(&config)?,
         app_metrics: crate::io::open_output(&config.output.app_metrics)?,
         specs: Arc::new(specs),
         services,
-        stats: Arc::new(Stats::default()),
+        stats,
         stop,
         clock: Arc::new(state::SystemClock),
         config: Arc::new(config),
@@ -244,6 +253,9 @@ fn run_worker(
             worker.step();
         }
         record_notices(&shared.stats, &mut plugins.borrow_mut(), &mut metrics, &*shared.clock);
+        if epoch % 64 == 1 {
+            publish(&shared.http, &plugins.borrow(), index);
+        }
         metrics.advance_to(epoch);
         metrics.flush();
         check_failed(&failed)?;
@@ -273,6 +285,7 @@ fn run_worker(
         .collect();
     write_now(&io.dead_letters, epoch, late, &shared.stats)?;
     record_notices(&shared.stats, &mut plugins.borrow_mut(), &mut metrics, &*shared.clock);
+    publish(&shared.http, &plugins.borrow(), index);
     metrics.close();
     while !metrics_probe.done() {
         worker.step();
@@ -411,6 +424,24 @@ fn record_notices(stats: &Stats, plugins: &mut WorkerPlugins, metrics: &mut Inpu
             }
         }
     }
+}
+
+/// Publishes this worker's plugin statuses and call latency for the HTTP endpoint.
+fn publish(http: &crate::http::HttpState, plugins: &WorkerPlugins, worker: usize) {
+    {
+        let mut statuses = http.plugins.lock().expect("http state lock");
+        for (config, team, plugin, loaded, disabled) in plugins.statuses() {
+            statuses.insert((config, team, worker), crate::http::PluginStatus { plugin, loaded, disabled });
+        }
+    }
+    // This worker's histograms, summed over each configuration's teams, replace its last ones.
+    let mut mine: BTreeMap<(String, String, usize), crate::http::Histogram> = BTreeMap::new();
+    for inst in plugins.instances() {
+        for (hook, h) in inst.latency() {
+            mine.entry((inst.config_id().to_string(), hook.as_str().to_string(), worker)).or_default().merge(h);
+        }
+    }
+    http.latency.lock().expect("http state lock").extend(mine);
 }
 
 /// (configuration, team, hook, outcome, minute start in ms).

@@ -32,6 +32,14 @@ fn config(dir: &Path, input: &str, state: &str, runtime: &str, plugins: &str) ->
 
 /// Runs the pipeline; `stop_when` is polled on the logs and sets the stop flag when true.
 fn run_until(config: &PipelineConfig, stop_when: impl Fn(&MemoryLogSink) -> bool + Send + 'static) -> (Summary, Arc<MemoryLogSink>) {
+    let (summary, logs, _) = run_with_http(config, stop_when);
+    (summary, logs)
+}
+
+fn run_with_http(
+    config: &PipelineConfig,
+    stop_when: impl Fn(&MemoryLogSink) -> bool + Send + 'static,
+) -> (Summary, Arc<MemoryLogSink>, Arc<pluginflow::http::HttpState>) {
     let logs = Arc::new(MemoryLogSink::default());
     let stop = Arc::new(AtomicBool::new(false));
     let (l, s) = (logs.clone(), stop.clone());
@@ -45,10 +53,11 @@ fn run_until(config: &PipelineConfig, stop_when: impl Fn(&MemoryLogSink) -> bool
         }
     });
     let shared = prepare(config.clone(), logs.clone(), stop.clone()).unwrap();
+    let http = shared.http.clone();
     let stats = run(shared, timely::Config::thread()).unwrap();
     stop.store(true, Ordering::SeqCst);
     watcher.join().unwrap();
-    (stats.summary(), logs)
+    (stats.summary(), logs, http)
 }
 
 fn messages(logs: &MemoryLogSink) -> Vec<String> {
@@ -111,8 +120,14 @@ fn on_event_give_ups_reach_the_dead_letter_output() {
     let p = write_plugin(dir.path(), "doomed", "const { RetryError } = require('@posthog/plugin-scaffold')\nexports.onEvent = () => { throw new RetryError('never') }");
     let plugins = plugin_entry("x", &p, 1, "");
     let cfg = config(dir.path(), "{\"uuid\":\"u1\",\"event\":\"e\",\"team_id\":1,\"properties\":{}}\n", "memory = true", "on_event_retry_base_ms = 5", &plugins);
-    let (summary, _) = run_until(&cfg, |_| false);
+    let (summary, _, http) = run_with_http(&cfg, |_| false);
     assert_eq!(summary.events_out, 1, "the event itself was written");
+    let metrics = pluginflow::http::prometheus(&http);
+    assert!(metrics.contains("pluginflow_plugin_call_seconds_count{config=\"x\",hook=\"onEvent\"} 6\n"), "{metrics}");
+    let plugins: serde_json::Value = serde_json::from_str(&pluginflow::http::plugins_json(&http)).unwrap();
+    assert_eq!(plugins[0]["plugin_config_id"], "x");
+    assert_eq!(plugins[0]["loaded"], true);
+    assert_eq!(plugins[0]["app_metrics"]["onEvent"]["failed"], 1);
     let dead = read_json_lines(&cfg.output.dead_letters);
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0]["reason"], "onEvent of plugin 'doomed' (x) failed after 6 attempts: RetryError: never");

@@ -102,6 +102,7 @@ pub struct PluginInstance {
     label: String,
     disabled: Option<String>,
     config: Map<String, Json>,
+    latency: std::collections::HashMap<Hook, super::timing::Histogram>,
 }
 
 impl std::fmt::Debug for PluginInstance {
@@ -196,6 +197,7 @@ impl PluginInstance {
             label: format!("{plugin} ({})", cfg.config_id),
             disabled: None,
             config: Map::new(),
+            latency: std::collections::HashMap::new(),
         };
         let config_json = Json::Object(config.clone()).to_string();
         instance.config = config;
@@ -301,6 +303,11 @@ impl PluginInstance {
             Json::Null => None,
             other => Some(other.to_string()),
         }
+    }
+
+    /// Latency of this instance's calls, per hook.
+    pub fn latency(&self) -> &std::collections::HashMap<Hook, super::timing::Histogram> {
+        &self.latency
     }
 
     /// Names of the plugin's jobs.
@@ -546,6 +553,7 @@ impl PluginInstance {
         if self.gc_pending.replace(false) {
             context.runtime().run_gc();
         }
+        let started = std::time::Instant::now();
         self.deadline.arm(self.limits.call_timeout);
         let outcome = context.with(|ctx| {
             let pf = self.pf_object(&ctx);
@@ -559,6 +567,7 @@ impl PluginInstance {
             settled.map(|v| JsEvent(Persistent::save(&ctx, v)))
         });
         self.deadline.disarm();
+        self.latency.entry(hook).or_default().observe(started.elapsed());
         let outcome = match outcome {
             Err(e) if e.name == THREW_NULL => Err(self.null_or_out_of_memory(&context, e)),
             Err(e) if e.name == "OutOfMemory" => {

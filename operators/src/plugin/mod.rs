@@ -20,6 +20,7 @@ pub mod manifest;
 pub mod runtime;
 pub mod schedule;
 pub mod source;
+pub mod timing;
 pub mod worker;
 
 mod capture;

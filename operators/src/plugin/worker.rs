@@ -532,6 +532,21 @@ impl WorkerPlugins {
         self.setup_retries.values().map(|(_, at)| *at).min()
     }
 
+    /// Each configuration × team: plugin name, whether it loaded, why it is disabled.
+    pub fn statuses(&self) -> Vec<(String, i64, String, bool, Option<String>)> {
+        let mut out: Vec<_> = self
+            .instances
+            .iter()
+            .map(|((i, team), inst)| {
+                let spec = &self.specs[*i];
+                let name = spec.def.manifest.name.clone();
+                (spec.id.clone(), *team, name, inst.is_some(), inst.as_ref().and_then(|p| p.disabled().map(str::to_string)))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
     /// Whether any instance of team `team` has `hook`.
     pub fn team_has(&self, team: i64, hook: Hook) -> bool {
         self.instances.iter().any(|((_, t), inst)| *t == team && inst.as_ref().is_some_and(|i| i.has(hook)))

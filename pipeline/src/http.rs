@@ -1,0 +1,233 @@
+//! A small HTTP endpoint on a loopback port: `/healthz`, `/metrics` (Prometheus text) and
+//! `/plugins` (JSON). One thread, blocking I/O, one request per connection: it serves
+//! operators and scrapers, not traffic.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::stats::Stats;
+pub use operators::plugin::timing::{Histogram, LATENCY_BUCKETS_US};
+
+/// What `/plugins` says about one configuration for one team on one worker.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PluginStatus {
+    /// Plugin display name.
+    pub plugin: String,
+    /// Whether its instance loaded.
+    pub loaded: bool,
+    /// Why it is disabled, if it is.
+    pub disabled: Option<String>,
+}
+
+/// What the endpoint shows; workers publish into it.
+#[derive(Default)]
+pub struct HttpState {
+    /// Run counters and app metrics.
+    pub stats: Arc<Stats>,
+    /// Status per (configuration, team, worker).
+    pub plugins: Mutex<BTreeMap<(String, i64, usize), PluginStatus>>,
+    /// Latency per (configuration, hook, worker).
+    pub latency: Mutex<BTreeMap<(String, String, usize), Histogram>>,
+    /// Pending retries, as counted by the durable queue.
+    pub pending_retries: Mutex<Option<Box<dyn Fn() -> u64 + Send>>>,
+}
+
+/// A running endpoint; dropping it stops the thread.
+pub struct HttpServer {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl HttpServer {
+    /// Serves `state` on `addr` (which must be a loopback address; port 0 picks a free port).
+    pub fn start(addr: SocketAddr, state: Arc<HttpState>) -> anyhow::Result<Self> {
+        if !addr.ip().is_loopback() {
+            anyhow::bail!("http.listen must be a loopback address, got {addr}");
+        }
+        let listener = TcpListener::bind(addr)?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new().name("pluginflow-http".into()).spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        if let Err(e) = serve(stream, &state) {
+                            tracing::debug!(error = %e, "http request failed");
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(20)),
+                    Err(e) => tracing::warn!(error = %e, "http accept failed"),
+                }
+            }
+        })?;
+        tracing::info!(%addr, "http endpoint listening");
+        Ok(Self { addr, stop, thread: Some(thread) })
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve(stream: TcpStream, state: &HttpState) -> std::io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
+    let path = request_line.split_whitespace().nth(1).unwrap_or("/").to_string();
+    let (status, content_type, body) = match path.as_str() {
+        "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
+        "/metrics" => ("200 OK", "text/plain; version=0.0.4", prometheus(state)),
+        "/plugins" => ("200 OK", "application/json", plugins_json(state)),
+        _ => ("404 Not Found", "text/plain", "not found: try /healthz, /metrics or /plugins\n".to_string()),
+    };
+    let mut stream = stream;
+    write!(stream, "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())?;
+    stream.flush()
+}
+
+fn label(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// The `/metrics` text.
+pub fn prometheus(state: &HttpState) -> String {
+    let s = state.stats.summary();
+    let mut out = String::new();
+    let mut counter = |name: &str, help: &str, value: u64| {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"));
+    };
+    counter("pluginflow_events_in_total", "Input lines read.", s.events_in);
+    counter("pluginflow_events_out_total", "Events written to the output.", s.events_out);
+    counter("pluginflow_events_dropped_total", "Events dropped by a processEvent plugin.", s.dropped);
+    counter("pluginflow_dead_letters_total", "Records sent to the dead-letter output.", s.dead_lettered);
+    counter("pluginflow_events_captured_total", "Events plugins captured that went back into the graph.", s.captured);
+    out.push_str("# HELP pluginflow_plugin_calls_total Plugin hook calls by outcome (app metrics).\n# TYPE pluginflow_plugin_calls_total counter\n");
+    for ((config, team, hook, outcome), n) in &s.metrics {
+        out.push_str(&format!(
+            "pluginflow_plugin_calls_total{{config=\"{}\",team=\"{team}\",hook=\"{hook}\",outcome=\"{outcome}\"}} {n}\n",
+            label(config)
+        ));
+    }
+    let pending = state.pending_retries.lock().expect("http state lock").as_ref().map_or(0, |f| f());
+    out.push_str(&format!("# HELP pluginflow_pending_retries Retries waiting in the durable queue.\n# TYPE pluginflow_pending_retries gauge\npluginflow_pending_retries {pending}\n"));
+    let mut merged: BTreeMap<(String, String), Histogram> = BTreeMap::new();
+    for ((config, hook, _), h) in state.latency.lock().expect("http state lock").iter() {
+        merged.entry((config.clone(), hook.clone())).or_default().merge(h);
+    }
+    out.push_str("# HELP pluginflow_plugin_call_seconds Plugin hook call latency.\n# TYPE pluginflow_plugin_call_seconds histogram\n");
+    for ((config, hook), h) in &merged {
+        let labels = format!("config=\"{}\",hook=\"{hook}\"", label(config));
+        let mut cumulative = 0;
+        for (i, bound) in LATENCY_BUCKETS_US.iter().enumerate() {
+            cumulative += h.buckets[i];
+            out.push_str(&format!("pluginflow_plugin_call_seconds_bucket{{{labels},le=\"{}\"}} {cumulative}\n", *bound as f64 / 1e6));
+        }
+        out.push_str(&format!("pluginflow_plugin_call_seconds_bucket{{{labels},le=\"+Inf\"}} {}\n", h.count));
+        out.push_str(&format!("pluginflow_plugin_call_seconds_sum{{{labels}}} {}\n", h.sum_seconds));
+        out.push_str(&format!("pluginflow_plugin_call_seconds_count{{{labels}}} {}\n", h.count));
+    }
+    out
+}
+
+/// The `/plugins` JSON: each configuration and team, whether it loaded, whether (and why) it
+/// is disabled on any worker, and its app metrics.
+pub fn plugins_json(state: &HttpState) -> String {
+    let summary = state.stats.summary();
+    let mut configs: BTreeMap<(String, i64), serde_json::Value> = BTreeMap::new();
+    for ((config, team, worker), status) in state.plugins.lock().expect("http state lock").iter() {
+        let entry = configs.entry((config.clone(), *team)).or_insert_with(|| {
+            json!({"plugin_config_id": config, "team_id": team, "plugin": status.plugin, "loaded": true, "disabled": null, "workers": 0, "app_metrics": {}})
+        });
+        entry["workers"] = json!(entry["workers"].as_u64().unwrap_or(0) + 1);
+        if !status.loaded {
+            entry["loaded"] = json!(false);
+        }
+        if let Some(reason) = &status.disabled {
+            entry["disabled"] = json!(format!("worker {worker}: {reason}"));
+        }
+    }
+    for ((config, team, hook, outcome), n) in &summary.metrics {
+        if let Some(entry) = configs.get_mut(&(config.clone(), *team)) {
+            entry["app_metrics"][hook][outcome] = json!(n);
+        }
+    }
+    serde_json::Value::Array(configs.into_values().collect()).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn get(addr: SocketAddr, path: &str) -> (String, String) {
+        let mut s = TcpStream::connect(addr).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        (head.lines().next().unwrap().to_string(), body.to_string())
+    }
+
+    #[test]
+    fn serves_health_metrics_and_plugins() {
+        let state = Arc::new(HttpState::default());
+        state.stats.add_in(5, 100);
+        state.stats.add_out(4);
+        state.stats.add_metric(operators::plugin::worker::AppMetric {
+            config_id: "c1".into(),
+            team: 2,
+            hook: operators::plugin::Hook::OnEvent,
+            outcome: operators::plugin::worker::Outcome::SucceededOnRetry,
+            count: 3,
+        });
+        state.plugins.lock().unwrap().insert(("c1".into(), 2, 0), PluginStatus { plugin: "P".into(), loaded: true, disabled: Some("setup failed".into()) });
+        let mut h = Histogram::default();
+        h.observe(Duration::from_micros(70));
+        h.observe(Duration::from_millis(3));
+        state.latency.lock().unwrap().insert(("c1".into(), "onEvent".into(), 0), h);
+        *state.pending_retries.lock().unwrap() = Some(Box::new(|| 7));
+        let server = HttpServer::start("127.0.0.1:0".parse().unwrap(), state).unwrap();
+        assert_eq!(get(server.addr(), "/healthz"), ("HTTP/1.1 200 OK".into(), "ok\n".into()));
+        let (status, metrics) = get(server.addr(), "/metrics");
+        assert_eq!(status, "HTTP/1.1 200 OK");
+        assert!(metrics.contains("pluginflow_events_in_total 5\n"), "{metrics}");
+        assert!(metrics.contains("pluginflow_events_out_total 4\n"));
+        assert!(metrics.contains("pluginflow_plugin_calls_total{config=\"c1\",team=\"2\",hook=\"onEvent\",outcome=\"succeeded_on_retry\"} 3\n"));
+        assert!(metrics.contains("pluginflow_pending_retries 7\n"));
+        assert!(metrics.contains("pluginflow_plugin_call_seconds_bucket{config=\"c1\",hook=\"onEvent\",le=\"0.0001\"} 1\n"), "{metrics}");
+        assert!(metrics.contains("pluginflow_plugin_call_seconds_count{config=\"c1\",hook=\"onEvent\"} 2\n"));
+        let (_, plugins) = get(server.addr(), "/plugins");
+        let v: serde_json::Value = serde_json::from_str(&plugins).unwrap();
+        assert_eq!(v[0]["plugin_config_id"], "c1");
+        assert_eq!(v[0]["disabled"], "worker 0: setup failed");
+        assert_eq!(v[0]["app_metrics"]["onEvent"]["succeeded_on_retry"], 3);
+        assert_eq!(get(server.addr(), "/nope").0, "HTTP/1.1 404 Not Found");
+    }
+
+    #[test]
+    fn refuses_non_loopback_addresses() {
+        let err = HttpServer::start("0.0.0.0:0".parse().unwrap(), Arc::new(HttpState::default())).err().unwrap();
+        assert!(err.to_string().contains("loopback"));
+    }
+}
