@@ -395,6 +395,27 @@ impl PipelineConfig {
         }
     }
 
+    /// Gives every file output (and the state folder) a `.p{process}` suffix, so the processes
+    /// of a cluster sharing a folder do not write over each other.
+    pub fn per_process_outputs(&mut self, process: usize) {
+        let suffix = |p: &mut PathBuf| {
+            if p.as_os_str() == "-" {
+                return;
+            }
+            let stem = p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            let name = match p.extension() {
+                Some(ext) => format!("{stem}.p{process}.{}", ext.to_string_lossy()),
+                None => format!("{stem}.p{process}"),
+            };
+            p.set_file_name(name);
+        };
+        suffix(&mut self.output.events);
+        suffix(&mut self.output.dead_letters);
+        suffix(&mut self.output.logs);
+        suffix(&mut self.output.app_metrics);
+        suffix(&mut self.state.path);
+    }
+
     /// Enabled plugin entries for `team`, in chain order: `order`, then file order.
     pub fn chain_for(&self, team: i64) -> Vec<(usize, &PluginEntry)> {
         let mut chain: Vec<_> = self.plugins.iter().enumerate().filter(|(_, p)| p.applies_to(team)).collect();

@@ -97,13 +97,17 @@ fn main() -> ExitCode {
 }
 
 fn run(args: RunArgs) -> ExitCode {
-    let config = match PipelineConfig::load(&args.config) {
+    let mut config = match PipelineConfig::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("pluginflow: invalid configuration: {e}");
             return ExitCode::from(2);
         }
     };
+    if args.processes > 1 {
+        // Each process of a cluster writes its own files (they may share a folder).
+        config.per_process_outputs(args.process);
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
     if let Err(e) = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)) {

@@ -137,3 +137,33 @@ fn sigterm_stops_reading_finishes_and_tears_down() {
     let logs = std::fs::read_to_string(dir.path().join("out/l.jsonl")).unwrap();
     assert_eq!(logs.matches("teardown ran").count(), 2, "teardownPlugin ran on both workers: {logs}");
 }
+
+#[test]
+fn two_processes_form_a_cluster_and_split_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines: String = (0..4000).map(|i| format!("{{\"uuid\":\"u{i}\",\"event\":\"e\",\"team_id\":{},\"properties\":{{}}}}\n", i % 3 + 1)).collect();
+    std::fs::write(dir.path().join("e.jsonl"), lines).unwrap();
+    plugin(dir.path(), "tag", r#"{"name":"tag"}"#, "exports.processEvent = (e) => { e.properties.tagged = true; return e }");
+    let cfg = dir.path().join("pf.toml");
+    std::fs::write(&cfg, "[input]\npath = \"e.jsonl\"\n[output]\nevents = \"out/e.jsonl\"\n[state]\nmemory = true\n[[plugins]]\nid = \"t\"\npath = \"tag\"\n").unwrap();
+    let ports: Vec<u16> = (0..2).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()).collect();
+    let hosts = dir.path().join("hosts.txt");
+    std::fs::write(&hosts, ports.iter().map(|p| format!("127.0.0.1:{p}\n")).collect::<String>()).unwrap();
+    let children: Vec<_> = (0..2)
+        .map(|p| {
+            bin().args(["run", "-w", "2", "-n", "2", "-p", &p.to_string(), "-h"]).arg(&hosts).arg("--no-progress").arg(&cfg).stderr(Stdio::piped()).spawn().unwrap()
+        })
+        .collect();
+    let mut seen = Vec::new();
+    for (p, child) in children.into_iter().enumerate() {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "process {p}: {}", String::from_utf8_lossy(&out.stderr));
+        let text = std::fs::read_to_string(dir.path().join(format!("out/e.p{p}.jsonl"))).unwrap();
+        assert!(text.lines().count() > 0, "process {p} did some of the work");
+        seen.extend(text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["uuid"].as_str().unwrap().to_string()));
+    }
+    seen.sort();
+    let mut want: Vec<String> = (0..4000).map(|i| format!("u{i}")).collect();
+    want.sort();
+    assert_eq!(seen, want, "every event exactly once across the cluster");
+}
