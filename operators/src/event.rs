@@ -91,7 +91,7 @@ fn check(text: &str) -> Result<ValidEvent, String> {
     let first = text.trim_start().chars().next();
     if first != Some('{') {
         let what = match serde_json::from_str::<Value>(text) {
-            Ok(v) => kind(&v).to_string(),
+            Ok(v) => json_kind(&v).to_string(),
             Err(e) => return Err(format!("invalid JSON: {e}")),
         };
         return Err(format!("expected a JSON object (an event), got {what}"));
@@ -120,7 +120,7 @@ fn from_envelope(text: &str, data: &str) -> Result<ValidEvent, String> {
     };
     let inner = match serde_json::from_str::<Value>(data) {
         Ok(Value::Object(m)) => m,
-        Ok(other) => return Err(format!("envelope field 'data' must hold a JSON object, got {}", kind(&other))),
+        Ok(other) => return Err(format!("envelope field 'data' must hold a JSON object, got {}", json_kind(&other))),
         Err(e) => return Err(format!("envelope field 'data' is not valid JSON: {e}")),
     };
     envelope.remove("data");
@@ -139,23 +139,24 @@ fn required(event: &Option<Value>, team: &Option<Value>, uuid: &Option<Value>) -
     let name = match event {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
         Some(Value::String(_)) => return Err("field 'event' is empty: the event name is required (plugins and ingestion select on it)".into()),
-        Some(other) => return Err(format!("field 'event' must be a string, got {}", kind(other))),
+        Some(other) => return Err(format!("field 'event' must be a string, got {}", json_kind(other))),
         None => return Err("missing required field 'event': the event name is required (plugins and ingestion select on it)".into()),
     };
     let team_id = match team {
         Some(Value::Number(n)) if n.as_i64().is_some() => n.as_i64().expect("checked"),
-        Some(other) => return Err(format!("field 'team_id' must be an integer, got {}", kind(other))),
+        Some(other) => return Err(format!("field 'team_id' must be an integer, got {}", json_kind(other))),
         None => return Err("missing required field 'team_id': it selects which plugin configurations run (pluginflow does not resolve API tokens)".into()),
     };
     let uuid = match uuid {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
-        Some(other) => return Err(format!("field 'uuid' must be a non-empty string, got {}", kind(other))),
+        Some(other) => return Err(format!("field 'uuid' must be a non-empty string, got {}", json_kind(other))),
         None => return Err("missing required field 'uuid': it identifies the event in logs, dead letters and exports".into()),
     };
     Ok((name, team_id, uuid))
 }
 
-fn kind(v: &Value) -> &'static str {
+/// How a JSON value reads in an error message ("an array", "a number", ...).
+pub fn json_kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",

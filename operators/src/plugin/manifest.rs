@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
+use crate::event::json_kind;
+
 /// A config field's type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FieldType {
@@ -190,18 +192,7 @@ fn optional_string(file: &Path, obj: &Map<String, Value>, key: &str) -> Result<O
     match obj.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(other) => Err(err(file, key, format!("expected a string, got {}", kind(other)))),
-    }
-}
-
-fn kind(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
+        Some(other) => Err(err(file, key, format!("expected a string, got {}", json_kind(other)))),
     }
 }
 
@@ -220,7 +211,7 @@ fn parse_config(file: &Path, value: Option<&Value>) -> Result<Vec<ConfigEntry>, 
             });
             items.into_iter().map(|(k, v)| (format!("config.{k}"), v)).collect()
         }
-        Some(other) => return Err(err(file, "config", format!("expected an array, got {}", kind(other)))),
+        Some(other) => return Err(err(file, "config", format!("expected an array, got {}", json_kind(other)))),
     };
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::with_capacity(entries.len());
@@ -238,7 +229,7 @@ fn parse_config(file: &Path, value: Option<&Value>) -> Result<Vec<ConfigEntry>, 
 
 fn parse_entry(file: &Path, path: &str, entry: &Value) -> Result<ConfigEntry, ManifestError> {
     let Value::Object(obj) = entry else {
-        return Err(err(file, path, format!("expected an object, got {}", kind(entry))));
+        return Err(err(file, path, format!("expected an object, got {}", json_kind(entry))));
     };
     let field_str = |key: &str| -> Result<Option<String>, ManifestError> {
         optional_string(file, obj, key).map_err(|e| err(file, format!("{path}.{key}"), e.problem))
@@ -247,7 +238,7 @@ fn parse_entry(file: &Path, path: &str, entry: &Value) -> Result<ConfigEntry, Ma
         match obj.get(key) {
             None | Some(Value::Null) => Ok(false),
             Some(Value::Bool(b)) => Ok(*b),
-            Some(other) => Err(err(file, format!("{path}.{key}"), format!("expected a boolean, got {}", kind(other)))),
+            Some(other) => Err(err(file, format!("{path}.{key}"), format!("expected a boolean, got {}", json_kind(other)))),
         }
     };
     let markdown = field_str("markdown")?;
@@ -277,7 +268,7 @@ fn parse_entry(file: &Path, path: &str, entry: &Value) -> Result<ConfigEntry, Ma
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(s.clone()),
         Some(v @ (Value::Number(_) | Value::Bool(_))) => Some(v.to_string()),
-        Some(other) => return Err(err(file, format!("{path}.default"), format!("expected a string, got {}", kind(other)))),
+        Some(other) => return Err(err(file, format!("{path}.default"), format!("expected a string, got {}", json_kind(other)))),
     };
     let choices = parse_choices(file, path, obj.get("choices"), field_type)?;
     if let (Some(d), FieldType::Choice) = (&default, field_type) {
@@ -313,11 +304,11 @@ fn parse_choices(file: &Path, path: &str, value: Option<&Value>, field_type: Fie
                 .enumerate()
                 .map(|(i, v)| match v {
                     Value::String(s) => Ok(s.clone()),
-                    other => Err(err(file, format!("{at}[{i}]"), format!("expected a string, got {}", kind(other)))),
+                    other => Err(err(file, format!("{at}[{i}]"), format!("expected a string, got {}", json_kind(other)))),
                 })
                 .collect()
         }
-        (Some(other), _) => Err(err(file, at, format!("expected an array, got {}", kind(other)))),
+        (Some(other), _) => Err(err(file, at, format!("expected an array, got {}", json_kind(other)))),
     }
 }
 
