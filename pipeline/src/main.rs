@@ -157,6 +157,7 @@ fn run(args: RunArgs) -> ExitCode {
     let stats = shared.stats.clone();
     let finished = Arc::new(AtomicBool::new(false));
     let progress = (!args.no_progress).then(|| spawn_progress(stats.clone(), finished.clone(), started));
+    let http_state = shared.http.clone();
     let result = pluginflow::run::run(shared, timely_config);
     finished.store(true, Ordering::SeqCst);
     if let Some(p) = progress {
@@ -170,6 +171,14 @@ fn run(args: RunArgs) -> ExitCode {
     match result {
         Ok(stats) => {
             eprint!("{}", stats.summary().render(started.elapsed().as_secs_f64()));
+            for ((config, team, worker), status) in http_state.plugins.lock().expect("http state lock").iter() {
+                if let Some(reason) = &status.disabled {
+                    eprintln!("  disabled: {} ({config}) team {team} on worker {worker}: {reason}", status.plugin);
+                }
+                if !status.loaded {
+                    eprintln!("  not loaded: {} ({config}) team {team} on worker {worker}", status.plugin);
+                }
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {
