@@ -110,6 +110,23 @@ struct Tally {
     bytes_out: u64,
     dropped: u64,
     bad: u64,
+    /// CPU time of the timed loop (this thread), seconds.
+    cpu_s: f64,
+}
+
+/// CPU time this thread has used, in seconds (`/proc/thread-self/stat`, clock ticks of 10 ms),
+/// or 0 where unavailable.
+fn thread_cpu_s() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/thread-self/stat") else { return 0.0 };
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // The first field after the name is field 3 (state); utime and stime are fields 14 and 15.
+    let tick = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok());
+    match (tick(11), tick(12)) {
+        (Some(u), Some(s)) => (u + s) as f64 / 100.0,
+        _ => 0.0,
+    }
 }
 
 /// Runs `one` over the warm-up, then times it over every line.
@@ -118,7 +135,7 @@ fn timed(log: &Log, warmup: usize, mut one: impl FnMut(&[u8], u64) -> Option<Opt
         std::hint::black_box(one(&log.buf[s..e], s as u64));
     }
     let mut lat = Vec::with_capacity(log.lines.len());
-    let mut t = Tally::default();
+    let mut t = Tally { cpu_s: -thread_cpu_s(), ..Tally::default() };
     let started = Instant::now();
     for &(s, e) in &log.lines {
         let t0 = Instant::now();
@@ -131,6 +148,7 @@ fn timed(log: &Log, warmup: usize, mut one: impl FnMut(&[u8], u64) -> Option<Opt
             Some(Some(n)) => t.bytes_out += n as u64,
         }
     }
+    t.cpu_s += thread_cpu_s();
     (started.elapsed().as_secs_f64(), lat, t)
 }
 
@@ -152,6 +170,9 @@ fn report(a: &Args, label: &str, extra: Value, rss_before_kib: u64, elapsed: f64
         "dropped": t.dropped,
         "bad_lines": t.bad,
         "bytes_out": t.bytes_out,
+        "loop_cpu_s": (t.cpu_s * 100.0).round() / 100.0,
+        "loop_cpu_pct": (100.0 * t.cpu_s / elapsed).round(),
+        "loop_cpu_v": 2,
         "latency": {
             "p50_us": r1(percentile(&lat, 0.5)),
             "p90_us": r1(percentile(&lat, 0.9)),
