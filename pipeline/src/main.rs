@@ -205,9 +205,12 @@ fn spawn_progress(
     })
 }
 
+/// The plugin-log sink, and the same sink as Kafka's when it is one (to flush before exiting).
+type OpenedLogs = (Arc<dyn LogSink>, Option<Arc<KafkaLogSink>>);
+
 /// Plugin logs go to `kafka.logs_topic` when set, else to the `output.logs` file. The Kafka sink
 /// is also returned so `run` can flush it before exiting.
-fn open_logs(config: &PipelineConfig) -> anyhow::Result<(Arc<dyn LogSink>, Option<Arc<KafkaLogSink>>)> {
+fn open_logs(config: &PipelineConfig) -> anyhow::Result<OpenedLogs> {
     if let Some((kafka, topic)) = config.kafka.as_ref().and_then(|k| k.logs_topic.as_deref().map(|t| (k, t))) {
         let sink = Arc::new(KafkaLogSink::open(kafka, topic)?);
         return Ok((sink.clone(), Some(sink)));

@@ -1,6 +1,7 @@
 //! Two pipeline processes in one consumer group split the input's partitions and together write
 //! every event: once in exactly-once mode (read_committed), at least once otherwise, with repeats
-//! only around rebalances (counted and printed).
+//! only around rebalances (counted and printed). The second process joins while the first is
+//! mid-run, so every run goes through a rebalance under load.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -8,9 +9,21 @@ use std::time::{Duration, Instant};
 
 use pluginflow_tests::broker::{Broker, Isolation, Topics, consume_all, kafka_config, produce_lines, spawn_pipeline, uuids, wait_exit};
 use pluginflow_tests::gen_events;
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 
 const EVENTS: usize = 20_000;
 const PARTITIONS: i32 = 6;
+
+/// Waits until `topic` holds at least `n` messages (committed or not).
+fn wait_for_output(bootstrap: &str, topic: &str, n: i64) {
+    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (0..3).map(|p| c.fetch_watermarks(topic, p, Duration::from_secs(5)).map(|(_, hi)| hi).unwrap_or(0)).sum::<i64>() < n {
+        assert!(Instant::now() < deadline, "the first process wrote nothing");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
 
 /// `events in:` from a run's summary.
 fn events_in(log: &Path) -> u64 {
@@ -32,6 +45,10 @@ fn two_processes(delivery: &str, isolation: Isolation) -> (usize, usize, [u64; 2
     let group = format!("group-{delivery}");
     let mut runs = Vec::new();
     for p in 0..2 {
+        if p == 1 {
+            // The second process joins while the first is mid-run: a rebalance under load.
+            wait_for_output(&broker.bootstrap(), &topics.output, 2000);
+        }
         let sub = dir.path().join(format!("p{p}"));
         std::fs::create_dir_all(&sub).unwrap();
         // Independent processes need their own transactional ids.

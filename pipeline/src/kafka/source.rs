@@ -245,14 +245,26 @@ impl KafkaSource {
             }
         };
         positions.elements().iter().all(|e| {
-            let hi = self.consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(5)).map(|(_, hi)| hi);
-            tracing::debug!(worker = self.worker, partition = e.partition(), position = ?e.offset(), high = ?hi, "idle: at the end?");
-            match (e.offset(), hi) {
-                (_, Ok(0)) => true,
-                (Offset::Offset(pos), Ok(hi)) => pos >= hi,
-                _ => false,
-            }
+            let Ok((lo, hi)) = self.consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(5)) else { return false };
+            // A partition that returned nothing since its assignment has no position yet: it
+            // starts at its committed offset, or at the beginning without one.
+            let position = match e.offset() {
+                Offset::Offset(pos) => Some(pos),
+                _ => self.committed_offset(e.partition()).or(Some(lo)),
+            };
+            tracing::debug!(worker = self.worker, partition = e.partition(), ?position, high = hi, "idle: at the end?");
+            position.is_some_and(|pos| pos >= hi)
         })
+    }
+
+    fn committed_offset(&self, partition: i32) -> Option<i64> {
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&self.topic, partition);
+        let committed = self.consumer.committed_offsets(tpl, Duration::from_secs(5)).ok()?;
+        match committed.elements().first()?.offset() {
+            Offset::Offset(o) => Some(o),
+            _ => None,
+        }
     }
 
     fn commit(&mut self, frontier: u64) -> anyhow::Result<()> {
@@ -337,6 +349,28 @@ impl EventSource for KafkaSource {
         self.commit(frontier)?;
         self.last_commit = Instant::now();
         Ok(())
+    }
+}
+
+/// How long closing waits for the group to take the partitions back.
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Drop for KafkaSource {
+    /// Leaves the group before librdkafka's own close: dropping a `BaseConsumer` that still
+    /// holds an assignment runs the revoke callback inside `rd_kafka_consumer_close`, where its
+    /// `rd_kafka_assign(NULL)` was seen to block forever. Unsubscribing and serving the revoke
+    /// here, in ordinary polls, leaves nothing for the close to do. Records polled meanwhile are
+    /// not processed and not committed: the next owner reads them.
+    fn drop(&mut self) {
+        self.consumer.unsubscribe();
+        let deadline = Instant::now() + LEAVE_TIMEOUT;
+        while Instant::now() < deadline {
+            let _ = self.consumer.poll(Duration::from_millis(100));
+            if self.consumer.assignment().map(|a| a.count() == 0).unwrap_or(true) {
+                break;
+            }
+        }
+        tracing::debug!(worker = self.worker, topic = %self.topic, "left the consumer group");
     }
 }
 
