@@ -124,7 +124,15 @@ fn each_scheduled_task_has_exactly_one_owner_among_workers() {
     }
     let owned: Vec<usize> = workers
         .iter_mut()
-        .map(|w| w.take_notices().iter().filter(|n| matches!(n, PluginNotice::Metric(m) if m.hook == Hook::RunEveryMinute && m.outcome == Outcome::Succeeded)).count())
+        .map(|w| {
+            w.take_notices()
+                .iter()
+                .map(|n| match n {
+                    PluginNotice::Metric(m) if m.hook == Hook::RunEveryMinute && m.outcome == Outcome::Succeeded => m.count as usize,
+                    _ => 0,
+                })
+                .sum::<usize>()
+        })
         .collect();
     assert!(owned.iter().all(|n| *n > 0), "both workers own some configurations: {owned:?}");
     assert_eq!(owned.iter().sum::<usize>(), 30);

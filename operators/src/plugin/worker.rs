@@ -120,6 +120,8 @@ pub struct WorkerPlugins {
     schedules: HashMap<(InstanceKey, Hook), Schedule>,
     /// Events plugins captured, ready to go back into the graph (JSON with their hop count).
     captured: Vec<String>,
+    /// App-metric counts since the last `take_notices`.
+    metric_counts: HashMap<(InstanceKey, Hook, Outcome), u64>,
 }
 
 /// Where a worker sits and how its background work is paced.
@@ -163,6 +165,7 @@ impl WorkerPlugins {
             setup_retries: HashMap::new(),
             schedules: HashMap::new(),
             captured: Vec::new(),
+            metric_counts: HashMap::new(),
         })
     }
 
@@ -204,14 +207,13 @@ impl WorkerPlugins {
         if let Ok(o) = &outcome {
             for (i, inst) in &taken {
                 if o.succeeded.iter().any(|l| l == inst.label()) {
-                    let config_id = self.specs[*i].id.clone();
-                    let m = AppMetric { config_id, team, hook: Hook::ProcessEvent, outcome: Outcome::Succeeded, count: 1 };
-                    self.notices.push(PluginNotice::Metric(m));
+                    self.metric((*i, team), Hook::ProcessEvent, Outcome::Succeeded, 1);
                 }
             }
             for err in &o.failed {
-                let m = AppMetric { config_id: err.config_id.clone(), team, hook: Hook::ProcessEvent, outcome: Outcome::Failed, count: 1 };
-                self.notices.push(PluginNotice::Metric(m));
+                if let Some((i, _)) = taken.iter().find(|(_, p)| p.config_id() == err.config_id) {
+                    self.metric((*i, team), Hook::ProcessEvent, Outcome::Failed, 1);
+                }
                 if let Some((_, inst)) = taken.iter().find(|(_, p)| p.config_id() == err.config_id) {
                     inst.log_error(err, Some(uuid));
                 }
@@ -394,10 +396,10 @@ impl WorkerPlugins {
         }
     }
 
-    /// Records an app metric.
+    /// Records an app metric. Counts add up in place (this runs per event and plugin); they
+    /// become notices when [`WorkerPlugins::take_notices`] is called.
     pub fn metric(&mut self, key: InstanceKey, hook: Hook, outcome: Outcome, count: u64) {
-        let config_id = self.specs[key.0].id.clone();
-        self.notices.push(PluginNotice::Metric(AppMetric { config_id, team: key.1, hook, outcome, count }));
+        *self.metric_counts.entry((key, hook, outcome)).or_default() += count;
     }
 
     /// Records a failed call.
@@ -435,6 +437,12 @@ impl WorkerPlugins {
 
     /// What happened since the last call (load failures, failed calls).
     pub fn take_notices(&mut self) -> Vec<PluginNotice> {
+        let mut counts: Vec<_> = self.metric_counts.drain().collect();
+        counts.sort_by_key(|(k, _)| *k);
+        for ((key, hook, outcome), count) in counts {
+            let config_id = self.specs[key.0].id.clone();
+            self.notices.push(PluginNotice::Metric(AppMetric { config_id, team: key.1, hook, outcome, count }));
+        }
         std::mem::take(&mut self.notices)
     }
 
