@@ -367,18 +367,18 @@ impl PluginInstance {
         if self.disabled.is_none() && !self.hooks.contains(&hook) {
             return Ok(());
         }
-        self.call(hook, |ctx, pf| {
+        self.call(hook, |_, pf| {
             let call: Function<'_> = pf.get("call")?;
-            call.call((hook.as_str(),)).map(|v: Value<'_>| drop_ctx(ctx, v))
+            call.call((hook.as_str(),))
         })
         .map(|_| ())
     }
 
     /// Runs job `name` with its JSON payload.
     pub fn run_job(&mut self, name: &str, payload_json: &str) -> Result<(), PluginError> {
-        self.call(Hook::Job, |ctx, pf| {
+        self.call(Hook::Job, |_, pf| {
             let call: Function<'_> = pf.get("callJob")?;
-            call.call((name, payload_json)).map(|v: Value<'_>| drop_ctx(ctx, v))
+            call.call((name, payload_json))
         })
         .map(|_| ())
     }
@@ -400,7 +400,7 @@ impl PluginInstance {
         self.call(hook, |ctx, pf| {
             let arg = ctx.json_parse(json)?;
             let call: Function<'_> = pf.get("call")?;
-            call.call((hook.as_str(), arg)).map(|v: Value<'_>| drop_ctx(ctx, v))
+            call.call((hook.as_str(), arg))
         })
         .map(|_| ())
     }
@@ -491,7 +491,7 @@ impl PluginInstance {
                 let what = self.describe_type(&returned);
                 StepOutcome::Failed(
                     self.error(Hook::ProcessEvent, ErrorKind::Failed, "TypeError", &format!("processEvent returned {what}, expected an object or a falsy value"), ""),
-                    event_back(input),
+                    input,
                 )
             }
         }
@@ -692,15 +692,6 @@ impl PluginInstance {
             self.context = None;
         }
     }
-}
-
-/// Gives the input event back after a failed step (kept as a function for readability).
-fn event_back(input: JsEvent) -> JsEvent {
-    input
-}
-
-fn drop_ctx<'js>(_ctx: &Ctx<'js>, v: Value<'js>) -> Value<'js> {
-    v
 }
 
 fn timeout_message(limits: Limits) -> String {
