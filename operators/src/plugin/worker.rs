@@ -535,11 +535,6 @@ impl WorkerPlugins {
         }
     }
 
-    /// When the next `setupPlugin` retry is due.
-    pub fn next_setup_retry(&self) -> Option<Instant> {
-        self.setup_retries.values().map(|(_, at)| *at).min()
-    }
-
     /// Each configuration × team: plugin name, whether it loaded, why it is disabled.
     pub fn statuses(&self) -> Vec<(String, i64, String, bool, Option<String>)> {
         let mut out: Vec<_> = self

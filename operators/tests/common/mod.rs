@@ -9,7 +9,7 @@ use std::time::Duration;
 use operators::plugin::{
     HostServices, InstanceConfig, Limits, LoadError, MemoryLogSink, PluginDefinition, PluginInstance, PluginRuntime,
 };
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use state::{MemoryStore, StateStore};
 
 /// A plugin folder in a temporary directory.
@@ -108,8 +108,4 @@ pub fn geoip_db() -> PathBuf {
         path.display()
     );
     path
-}
-
-pub fn empty_config() -> Map<String, Value> {
-    Map::new()
 }

@@ -655,9 +655,9 @@
         const def = factories.get(name)
         const module = { exports: {} }
         loaded.set(name, module)
-        const returned = def.factory.call(undefined, module.exports, makeRequire(name, def.requires), module, name, '')
-        if (module.exports === returned || returned === undefined) return module.exports
-        // ES-module code writes to `exports`; keep what it wrote when module.exports is untouched.
+        // Node's rule for a required module: it is whatever ends up in module.exports (ES-module
+        // code writes to `exports`, which is that same object unless it was replaced).
+        def.factory.call(undefined, module.exports, makeRequire(name, def.requires), module, name, '')
         return module.exports
     }
 
