@@ -737,6 +737,24 @@ fn chain_runs_in_order_and_records_plugins() {
 }
 
 #[test]
+fn chain_marks_keep_key_order_whether_properties_are_changed_in_place_or_copied() {
+    let host = Host::new();
+    let keep = plugin("keep", &[("index.js", "exports.processEvent = (e) => e")]);
+    let freeze = plugin("freeze", &[("index.js", "exports.processEvent = (e) => { Object.freeze(e.properties); return e }")]);
+    for fx in [&keep, &freeze] {
+        let mut p = host.ready(fx);
+        let mut ev = event();
+        ev["properties"] = json!({ "$plugins_failed": ["stale"], "a": 1 });
+        let outcome = run_chain(&mut [&mut p], &ev.to_string()).unwrap();
+        let out: Value = serde_json::from_str(outcome.event.as_deref().unwrap()).unwrap();
+        let keys: Vec<&str> = out["properties"].as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys, ["$plugins_failed", "a", "$plugins_succeeded", "$plugins_deferred"], "{:?}", outcome.succeeded);
+        assert_eq!(out["properties"]["$plugins_failed"], json!([]));
+        assert_eq!(out["properties"]["$plugins_succeeded"].as_array().unwrap().len(), 1);
+    }
+}
+
+#[test]
 fn chain_stops_at_a_drop() {
     let host = Host::new();
     let drop = plugin("dropper", &[("index.js", "exports.processEvent = () => null")]);

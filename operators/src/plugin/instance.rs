@@ -433,7 +433,9 @@ impl PluginInstance {
     pub fn stringify(&self, event: &JsEvent) -> String {
         self.with_ctx(|ctx| {
             let v = event.0.clone().restore(&ctx).expect("events stay in the worker's runtime");
-            ctx.json_stringify(v).ok().flatten().and_then(|s| s.to_string().ok()).unwrap_or_else(|| "null".into())
+            super::tojson::stringify(&ctx, &v).unwrap_or_else(|| {
+                ctx.json_stringify(v).ok().flatten().and_then(|s| s.to_string().ok()).unwrap_or_else(|| "null".into())
+            })
         })
         .unwrap_or_else(|| "null".into())
     }

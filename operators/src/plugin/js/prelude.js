@@ -741,8 +741,22 @@
         teamOf(event) {
             return event.team_id
         },
+        // Same keys in the same order as a copy with the three lists added; a plain object is
+        // changed in place (no copy of ~100 properties). Objects may come from another plugin's
+        // context, so "plain" is asked of the class tag, not of this realm's Object.prototype.
         mark(event, succeeded, failed, deferred) {
-            event.properties = Object.assign({}, event.properties, { $plugins_succeeded: succeeded, $plugins_failed: failed, $plugins_deferred: deferred })
+            const p = event.properties
+            if (p !== null && typeof p === 'object' && Object.prototype.toString.call(p) === '[object Object]' && Object.isExtensible(p)) {
+                try {
+                    p.$plugins_succeeded = succeeded
+                    p.$plugins_failed = failed
+                    p.$plugins_deferred = deferred
+                    return
+                } catch (e) {
+                    // a read-only $plugins_* property: copy as below
+                }
+            }
+            event.properties = Object.assign({}, p, { $plugins_succeeded: succeeded, $plugins_failed: failed, $plugins_deferred: deferred })
         },
         // Classifies a thrown value: [kind, name, message, stack].
         describe(error) {
