@@ -713,6 +713,22 @@ fn memory_bomb_fails_the_call_and_spares_the_others() {
     assert_eq!(process(&mut well_behaved(&host)).unwrap()["properties"]["fine"], true);
 }
 
+#[test]
+fn running_out_of_memory_is_told_from_what_the_plugin_throws() {
+    let host = Host::with_limits(Limits { call_timeout: Duration::from_secs(10), memory_limit_bytes: 32 << 20, ..Limits::default() });
+    // Catches QuickJS's error and throws a value of its own: still out of memory.
+    let swallow = plugin(
+        "swallow",
+        &[("index.js", "exports.processEvent = () => { try { const a = []; for (;;) a.push(new Array(1000).fill(1.5)) } catch (e) { throw 'not me' } }")],
+    );
+    let err = host.ready(&swallow).process_event_json(&event().to_string()).unwrap_err();
+    assert_eq!(err.name, "OutOfMemory", "{err:?}");
+    // A plain `throw null` with memory to spare is the plugin's own error.
+    let null = plugin("null", &[("index.js", "exports.processEvent = () => { throw null }")]);
+    let err = host.ready(&null).process_event_json(&event().to_string()).unwrap_err();
+    assert_eq!((err.name.as_str(), err.message.as_str()), ("null", "null"), "{err:?}");
+}
+
 // ---- chains ----------------------------------------------------------------------------------
 
 #[test]

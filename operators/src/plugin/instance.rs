@@ -19,7 +19,7 @@ use super::error::{ErrorKind, Hook, LoadError, PluginError};
 use super::host::{self, HostBindings, HostServices, InstanceIdentity, Outbox};
 use super::log::{LogLevel, LogSource, Redactor};
 use super::manifest::{self, PluginManifest};
-use super::runtime::{Deadline, Limits, PluginRuntime};
+use super::runtime::{Deadline, Heap, Limits, PluginRuntime};
 use super::source::{self, CompiledPlugin};
 
 const PRELUDE: &str = include_str!("js/prelude.js");
@@ -94,6 +94,8 @@ pub struct PluginInstance {
     pf: Option<Persistent<Object<'static>>>,
     context: Option<rquickjs::Context>,
     deadline: Rc<Deadline>,
+    /// The runtime's heap account: a refusal during a call means it ran out of memory.
+    heap: Rc<Heap>,
     gc_pending: Rc<std::cell::Cell<bool>>,
     limits: Limits,
     bindings: HostBindings,
@@ -189,6 +191,7 @@ impl PluginInstance {
             pf: None,
             context: None,
             deadline: runtime.deadline.clone(),
+            heap: runtime.heap.clone(),
             gc_pending: runtime.gc_pending.clone(),
             limits: runtime.limits,
             bindings,
@@ -424,7 +427,10 @@ impl PluginInstance {
     /// Parses JSON into an event in this instance's context.
     pub fn parse_event(&self, json: &str) -> Result<JsEvent, String> {
         self.with_ctx(|ctx| {
-            ctx.json_parse(json).map(|v| JsEvent(Persistent::save(&ctx, v))).map_err(|e| describe_caught(&ctx, e))
+            match super::fromjson::parse(&ctx, json) {
+                Some(v) => Ok(JsEvent(Persistent::save(&ctx, v))),
+                None => ctx.json_parse(json).map(|v| JsEvent(Persistent::save(&ctx, v))).map_err(|e| describe_caught(&ctx, e)),
+            }
         })
         .unwrap_or_else(|| Err("plugin context is gone".into()))
     }
@@ -557,6 +563,7 @@ impl PluginInstance {
         }
         let started = std::time::Instant::now();
         self.deadline.arm(self.limits.call_timeout);
+        let refusals = self.heap.refusals();
         let outcome = context.with(|ctx| {
             let pf = self.pf_object(&ctx);
             let settled = match invoke(&ctx, &pf) {
@@ -570,11 +577,18 @@ impl PluginInstance {
         });
         self.deadline.disarm();
         self.latency.entry(hook).or_default().observe(started.elapsed());
+        let ran_out = self.heap.refusals() > refusals;
         let outcome = match outcome {
-            Err(e) if e.name == THREW_NULL => Err(self.null_or_out_of_memory(&context, e)),
-            Err(e) if e.name == "OutOfMemory" => {
+            Err(e) if e.kind != ErrorKind::Timeout && (ran_out || e.name == "OutOfMemory") => {
+                // Whatever was thrown (QuickJS's error, `null` when it could not build one, or
+                // a plugin's own after catching): memory was refused during this call.
+                let e = self.out_of_memory(e.hook);
                 self.after_out_of_memory(&context);
                 Err(e)
+            }
+            Err(e) if e.name == THREW_NULL => {
+                let (name, message) = e.message.split_once('\0').unwrap_or(("Error", ""));
+                Err(PluginError { name: name.into(), message: message.into(), ..e })
             }
             other => other,
         };
@@ -583,21 +597,6 @@ impl PluginInstance {
             self.gc_pending.set(true);
         }
         outcome
-    }
-
-    /// QuickJS throws `null` (or a message-less `InternalError`) when it cannot even allocate
-    /// the out-of-memory error. A plugin may also throw such values; a nearly full heap tells
-    /// the two apart.
-    fn null_or_out_of_memory(&mut self, context: &rquickjs::Context, error: PluginError) -> PluginError {
-        // Measured before collecting: the failed call's garbage is what filled the heap.
-        let used = context.runtime().memory_usage().malloc_size.max(0) as f64;
-        if used > MEMORY_HIGH_WATER * self.limits.memory_limit_bytes as f64 {
-            let e = self.out_of_memory(error.hook);
-            self.after_out_of_memory(context);
-            return e;
-        }
-        let (name, message) = error.message.split_once('\0').unwrap_or(("Error", ""));
-        PluginError { name: name.into(), message: message.into(), ..error.clone() }
     }
 
     fn settle<'js>(&self, ctx: &Ctx<'js>, pf: &Object<'js>, hook: Hook, value: Value<'js>) -> Result<Value<'js>, PluginError> {

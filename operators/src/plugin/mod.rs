@@ -21,6 +21,7 @@ pub mod runtime;
 pub mod schedule;
 pub mod source;
 pub mod timing;
+mod fromjson;
 mod tojson;
 pub mod worker;
 

@@ -354,6 +354,27 @@ mod tests {
     }
 }
 
+/// Arbitrary JSON documents for the differential tests of this module and `fromjson`.
+#[cfg(test)]
+pub(crate) fn differential_json() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+    use proptest::prelude::*;
+    let leaf = prop_oneof![
+        Just(serde_json::Value::Null),
+        any::<bool>().prop_map(serde_json::Value::Bool),
+        any::<i64>().prop_map(|n| serde_json::json!(n)),
+        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| serde_json::json!(f)),
+        any::<String>().prop_map(serde_json::Value::String),
+        "[a-z$_\\\\\"\\x00-\\x1f\u{e9}\u{1F600}]{0,12}".prop_map(serde_json::Value::String),
+    ];
+    leaf.prop_recursive(4, 48, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::Array),
+            prop::collection::vec((any::<String>(), inner), 0..6)
+                .prop_map(|kv| serde_json::Value::Object(kv.into_iter().collect())),
+        ]
+    })
+}
+
 /// The walker against QuickJS's own `JSON.stringify`, on generated JSON and on values only
 /// JavaScript can make.
 #[cfg(test)]
@@ -421,27 +442,9 @@ mod differential {
         });
     }
 
-    fn json() -> impl Strategy<Value = serde_json::Value> {
-        let leaf = prop_oneof![
-            Just(serde_json::Value::Null),
-            any::<bool>().prop_map(serde_json::Value::Bool),
-            any::<i64>().prop_map(|n| serde_json::json!(n)),
-            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| serde_json::json!(f)),
-            any::<String>().prop_map(serde_json::Value::String),
-            "[a-z$_\\\\\"\\x00-\\x1f\u{e9}\u{1F600}]{0,12}".prop_map(serde_json::Value::String),
-        ];
-        leaf.prop_recursive(4, 48, 6, |inner| {
-            prop_oneof![
-                prop::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::Array),
-                prop::collection::vec((any::<String>(), inner), 0..6)
-                    .prop_map(|kv| serde_json::Value::Object(kv.into_iter().collect())),
-            ]
-        })
-    }
-
     proptest! {
         #[test]
-        fn generated_json_matches_json_stringify(value in json()) {
+        fn generated_json_matches_json_stringify(value in super::differential_json()) {
             with_ctx(|ctx| {
                 let text = serde_json::to_string(&value).unwrap();
                 let v = ctx.json_parse(text.clone()).unwrap();
