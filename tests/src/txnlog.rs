@@ -77,9 +77,19 @@ pub fn read_committed(bootstrap: &str, topic: &str) -> TxnLog {
     log
 }
 
+/// Whether some partition of `topic` (with `partitions` partitions) holds records of a
+/// transaction that has not ended: its last stable offset is below its high watermark. Cheap (two
+/// ListOffsets per partition); a test uses it to time a crash inside a transaction. Relies on the
+/// broker's last stable offset, which tansu 0.6 does track (it is only the aborted-transaction
+/// list that it leaves empty).
+pub fn transaction_in_flight(bootstrap: &str, topic: &str, partitions: i32) -> bool {
+    let mut conn = Connection::open(bootstrap);
+    (0..partitions).any(|p| conn.latest_offset(topic, p, true) < conn.latest_offset(topic, p, false))
+}
+
 /// The partition count of `topic`, from rdkafka's metadata: fetching a partition that does not
 /// exist is an error, so the reader has to know.
-fn partition_count(bootstrap: &str, topic: &str) -> i32 {
+pub fn partition_count(bootstrap: &str, topic: &str) -> i32 {
     let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).create().expect("metadata client");
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
     let t = &metadata.topics()[0];
@@ -166,16 +176,29 @@ impl Connection {
         Self { stream, correlation: 0 }
     }
 
-    /// Fetch v4, `read_uncommitted`, one partition from `offset`.
-    fn fetch(&mut self, topic: &str, partition: i32, offset: i64, max_bytes: i32) -> Fetched {
+    /// Sends one request (header v1) and returns the response body after the correlation id.
+    fn request(&mut self, api_key: i16, api_version: i16, body: &[u8]) -> Vec<u8> {
         self.correlation += 1;
         let mut req = Vec::new();
-        // Request header v1.
-        req.extend(1i16.to_be_bytes()); // api_key: Fetch
-        req.extend(4i16.to_be_bytes()); // api_version
+        req.extend(api_key.to_be_bytes());
+        req.extend(api_version.to_be_bytes());
         req.extend(self.correlation.to_be_bytes());
         put_string(&mut req, "pluginflow-txnlog");
-        // Fetch v4 body.
+        req.extend(body);
+        let mut framed = (req.len() as i32).to_be_bytes().to_vec();
+        framed.extend(req);
+        self.stream.write_all(&framed).expect("send a request");
+        let mut size = [0u8; 4];
+        self.stream.read_exact(&mut size).expect("response size");
+        let mut response = vec![0u8; i32::from_be_bytes(size) as usize];
+        self.stream.read_exact(&mut response).expect("response");
+        assert_eq!(i32::from_be_bytes(response[..4].try_into().expect("4 bytes")), self.correlation, "correlation id");
+        response.split_off(4)
+    }
+
+    /// Fetch v4, `read_uncommitted`, one partition from `offset`.
+    fn fetch(&mut self, topic: &str, partition: i32, offset: i64, max_bytes: i32) -> Fetched {
+        let mut req = Vec::new();
         req.extend((-1i32).to_be_bytes()); // replica_id: a consumer
         req.extend(100i32.to_be_bytes()); // max_wait_ms
         req.extend(0i32.to_be_bytes()); // min_bytes: answer at once
@@ -187,17 +210,9 @@ impl Connection {
         req.extend(partition.to_be_bytes());
         req.extend(offset.to_be_bytes());
         req.extend(max_bytes.to_be_bytes());
-
-        let mut framed = (req.len() as i32).to_be_bytes().to_vec();
-        framed.extend(req);
-        self.stream.write_all(&framed).expect("send Fetch");
-        let mut size = [0u8; 4];
-        self.stream.read_exact(&mut size).expect("Fetch response size");
-        let mut body = vec![0u8; i32::from_be_bytes(size) as usize];
-        self.stream.read_exact(&mut body).expect("Fetch response");
+        let body = self.request(1, 4, &req);
 
         let mut r = Input::new(&body);
-        assert_eq!(r.i32(), self.correlation, "correlation id");
         r.i32(); // throttle_time_ms
         assert_eq!(r.i32(), 1, "one topic in the response");
         assert_eq!(r.string(), topic);
@@ -219,6 +234,31 @@ impl Connection {
             n => r.take(n as usize).to_vec(),
         };
         Fetched { high_watermark, aborted_txns, records }
+    }
+
+    /// ListOffsets v2, latest offset of one partition: the high watermark when `read_committed`
+    /// is false, the last stable offset when it is true.
+    fn latest_offset(&mut self, topic: &str, partition: i32, read_committed: bool) -> i64 {
+        let mut req = Vec::new();
+        req.extend((-1i32).to_be_bytes()); // replica_id: a consumer
+        req.push(u8::from(read_committed)); // isolation_level
+        req.extend(1i32.to_be_bytes()); // one topic
+        put_string(&mut req, topic);
+        req.extend(1i32.to_be_bytes()); // one partition
+        req.extend(partition.to_be_bytes());
+        req.extend((-1i64).to_be_bytes()); // timestamp: latest
+        let body = self.request(2, 2, &req);
+
+        let mut r = Input::new(&body);
+        r.i32(); // throttle_time_ms
+        assert_eq!(r.i32(), 1, "one topic in the response");
+        assert_eq!(r.string(), topic);
+        assert_eq!(r.i32(), 1, "one partition in the response");
+        assert_eq!(r.i32(), partition);
+        let error = r.i16();
+        assert_eq!(error, 0, "ListOffsets {topic}/{partition}: error code {error}");
+        r.i64(); // timestamp
+        r.i64()
     }
 }
 

@@ -70,11 +70,14 @@ fn verifier_applies_read_committed_from_the_log_markers() {
     send(&successor, "committed-3", &[1]);
     successor.commit_transaction(TIMEOUT).unwrap();
 
+    assert!(!txnlog::transaction_in_flight(&bs, TOPIC, 2), "every transaction so far has ended");
+
     // Open until the end of the test: nobody commits, aborts or fences it.
     let open = transactional(&bs, "txn-open");
     open.begin_transaction().unwrap();
     send(&open, "open-1", &[1]);
 
+    assert!(txnlog::transaction_in_flight(&bs, TOPIC, 2), "open-1 is in flight");
     let log = txnlog::read_committed(&bs, TOPIC);
     let got = sorted(log.visible.iter().map(|r| r.value_text()).collect());
     println!(
