@@ -394,12 +394,17 @@ pub fn wait_exit(child: &mut Child, timeout: Duration, log: &std::path::Path) ->
         }
         if Instant::now() > deadline {
             let _ = child.kill();
-            let tail = std::fs::read_to_string(log).unwrap_or_default();
-            let tail: String = tail.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
-            panic!("pluginflow did not finish within {timeout:?}; log tail:\n{tail}");
+            panic!("pluginflow did not finish within {timeout:?}; log tail:\n{}", log_tail(log, 30));
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The last `lines` lines of the log file `log`.
+pub fn log_tail(log: &std::path::Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let tail: Vec<&str> = text.lines().rev().take(lines).collect();
+    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
 }
 
 /// The `uuid` of each JSON value (events without one are skipped).

@@ -2,6 +2,7 @@
 //! pipeline configurations written into temporary folders.
 
 pub mod broker;
+pub mod txnlog;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

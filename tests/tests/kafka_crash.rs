@@ -1,56 +1,103 @@
 //! Crash test: `kill -9` the pipeline several times during a run of 100k events, restart it each
-//! time, then read the output topic. At-least-once: every input uuid is there. Exactly-once
-//! (read_committed): every uuid exactly once. Counts are printed.
+//! time, then read the output topic. At-least-once: every input uuid is there. Exactly-once:
+//! every uuid exactly once among the records a `read_committed` reader may see, as decided by
+//! the test verifier [`txnlog`] from the transaction markers in the log (tansu does not filter
+//! aborted transactions itself). Counts are printed.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use pluginflow_tests::broker::{Broker, Isolation, Topics, consume_all, kafka_config, produce_lines, spawn_pipeline, uuids, wait_exit};
-use pluginflow_tests::gen_events;
+use pluginflow_tests::broker::{Broker, Isolation, Topics, consume_all, kafka_config, log_tail, produce_lines, spawn_pipeline, uuids, wait_exit};
+use pluginflow_tests::{gen_events, txnlog};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::ClientConfig;
 
 const EVENTS: usize = 100_000;
 const PARTITIONS: i32 = 4;
 const KILLS: usize = 3;
+/// Partitions of the output topic (`Topics::create` makes 3).
+const OUTPUT_PARTITIONS: i32 = 3;
 
 /// Messages on `topic` so far, read-uncommitted high watermarks summed.
 fn written(bootstrap: &str, topic: &str) -> i64 {
     let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
-    (0..3).map(|p| c.fetch_watermarks(topic, p, Duration::from_secs(5)).map(|(_, hi)| hi).unwrap_or(0)).sum()
+    (0..OUTPUT_PARTITIONS).map(|p| c.fetch_watermarks(topic, p, Duration::from_secs(5)).map(|(_, hi)| hi).unwrap_or(0)).sum()
+}
+
+/// Where a kill landed: outputs written when it was due (markers included) and, in exactly-once
+/// mode, whether a transaction with records in the log was open at that moment.
+struct Kill {
+    outputs: i64,
+    in_txn: bool,
 }
 
 /// Runs the pipeline, kills it (SIGKILL) each time the output has grown by a share of the input,
-/// restarts it, then lets the last run finish. Returns the output values and the kill points.
-fn run_with_kills(dir: &Path, broker: &Broker, topics: &Topics, delivery: &str) -> Vec<i64> {
+/// restarts it, then lets the last run finish. In exactly-once mode each kill also waits (a
+/// while) for a transaction in flight, so that the abort path is what gets tested: a kill
+/// between transactions would prove little.
+fn run_with_kills(dir: &Path, broker: &Broker, topics: &Topics, delivery: &str) -> Vec<Kill> {
     let config = kafka_config(dir, &broker.bootstrap(), &format!("crash-{delivery}"), topics, &format!("stop_after_idle_ms = 4000\ndelivery = {delivery:?}"), "");
     let log = dir.join(format!("pluginflow-{delivery}.log"));
-    let mut kill_points = Vec::new();
+    let mut kills = Vec::new();
     for kill in 0..KILLS {
         let target = (EVENTS as i64 * (kill as i64 + 1)) / (KILLS as i64 + 2);
         let mut child = spawn_pipeline(&config, 2, &log);
         let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
+        let exited = |child: &mut std::process::Child| {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("pluginflow exited ({status}) before kill {}; log tail:\n{}", kill + 1, log_tail(&log, 40));
+            }
+        };
+        let outputs = loop {
             let now = written(&broker.bootstrap(), &topics.output);
             if now >= target {
-                kill_points.push(now);
-                break;
+                break now;
             }
-            assert!(child.try_wait().unwrap().is_none(), "pluginflow exited before it was killed");
+            exited(&mut child);
             assert!(Instant::now() < deadline, "no progress to {target} outputs (at {now})");
             std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut in_txn = false;
+        if delivery == "exactly-once" {
+            let give_up = Instant::now() + Duration::from_secs(20);
+            while !in_txn && Instant::now() < give_up {
+                exited(&mut child);
+                in_txn = txnlog::transaction_in_flight(&broker.bootstrap(), &topics.output, OUTPUT_PARTITIONS);
+            }
         }
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
+        kills.push(Kill { outputs, in_txn });
     }
     let mut child = spawn_pipeline(&config, 2, &log);
     let status = wait_exit(&mut child, Duration::from_secs(180), &log);
     assert!(status.success(), "the last run failed: {}", std::fs::read_to_string(&log).unwrap());
-    kill_points
+    kills
 }
 
-fn crash_test(delivery: &str, isolation: Isolation) -> (usize, usize, usize) {
+/// How the output topic is counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reader {
+    /// librdkafka, `read_uncommitted`: everything written.
+    Uncommitted,
+    /// The test verifier: `read_committed` applied from the log's markers.
+    Committed,
+}
+
+/// The output as one reader counted it.
+struct Counts {
+    missing: usize,
+    repeats: usize,
+    distinct: usize,
+    /// Records of aborted transactions (verifier only).
+    aborted: usize,
+    /// Records of transactions that never ended (verifier only).
+    open: usize,
+}
+
+/// Runs the crash test and counts the output as `reader` sees it.
+fn crash_test(delivery: &str, reader: Reader) -> Counts {
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("events.jsonl");
@@ -63,46 +110,50 @@ fn crash_test(delivery: &str, isolation: Isolation) -> (usize, usize, usize) {
     produce_lines(&broker.bootstrap(), &topics.input, PARTITIONS, &input);
     let kills = run_with_kills(dir.path(), &broker, &topics, delivery);
 
-    let out = consume_all(&broker.bootstrap(), &topics.output, isolation);
+    let (values, aborted, open, detail) = match reader {
+        Reader::Uncommitted => {
+            let out = consume_all(&broker.bootstrap(), &topics.output, Isolation::ReadUncommitted);
+            (out.into_iter().map(|r| r.value).collect::<Vec<_>>(), 0, 0, String::new())
+        }
+        Reader::Committed => {
+            let log = txnlog::read_committed(&broker.bootstrap(), &topics.output);
+            let detail = format!(" ({} aborted, {} open, {} markers)", log.aborted, log.open, log.markers);
+            (log.visible.iter().map(|r| r.value_text()).collect(), log.aborted, log.open, detail)
+        }
+    };
     let mut seen: HashMap<String, usize> = HashMap::new();
-    for u in uuids(out.iter().map(|r| r.value.as_str())) {
+    for u in uuids(values.iter().map(String::as_str)) {
         *seen.entry(u).or_default() += 1;
     }
-    let raw = if isolation == Isolation::ReadCommitted {
-        // What a read_uncommitted reader sees: aborted and unfinished transactions included.
-        format!(", {} when read uncommitted", consume_all(&broker.bootstrap(), &topics.output, Isolation::ReadUncommitted).len())
-    } else {
-        String::new()
-    };
     let missing = want.iter().filter(|u| !seen.contains_key(*u)).count();
-    let repeated: usize = seen.values().map(|n| n - 1).sum();
+    let repeats: usize = seen.values().map(|n| n - 1).sum();
     println!(
-        "crash test ({delivery}, {isolation:?}): {EVENTS} in, {} out{raw}, {} distinct, {missing} missing, {repeated} repeats; killed at outputs {kills:?}; {:.1} s",
-        out.len(),
+        "crash test ({delivery}, {reader:?}): {EVENTS} in, {} visible{detail}, {} distinct, {missing} missing, {repeats} repeats; \
+         killed at outputs {}; {:.1} s",
+        values.len(),
         seen.len(),
+        kills.iter().map(|k| format!("{}{}", k.outputs, if k.in_txn { " in a transaction" } else { "" })).collect::<Vec<_>>().join(", "),
         started.elapsed().as_secs_f64()
     );
-    (missing, repeated, seen.len())
+    Counts { missing, repeats, distinct: seen.len(), aborted, open }
 }
 
 #[test]
 fn at_least_once_survives_kill_9() {
-    let (missing, _, distinct) = crash_test("at-least-once", Isolation::ReadUncommitted);
-    assert_eq!(missing, 0, "at-least-once lost events");
-    assert_eq!(distinct, EVENTS);
+    let c = crash_test("at-least-once", Reader::Uncommitted);
+    assert_eq!(c.missing, 0, "at-least-once lost events");
+    assert_eq!(c.distinct, EVENTS);
 }
 
-// Not verifiable on tansu 0.6, tracked on issue 6: in 1 of 3 full runs a kill landed inside an
-// open transaction and read_committed readers saw 915 duplicates. A probe against the same
-// broker showed why: tansu 0.6 returns the records of an explicitly *aborted* transaction (and
-// of a fenced zombie's open one) to read_committed consumers. The guarantee is therefore not
-// claimed until this test runs on librdkafka's MockCluster, which filters aborted records. Run
-// it by hand with `cargo test --release -p pluginflow-tests --test kafka_crash -- --ignored`.
+/// The kills land inside transactions; the restarted workers fence their predecessors (same
+/// transactional ids), which aborts what those left open. Counted with the test verifier,
+/// because tansu hands aborted records to librdkafka's read_committed consumer.
 #[test]
-#[ignore = "tansu 0.6 shows aborted transactions to read_committed readers (issue 6)"]
 fn exactly_once_survives_kill_9_without_duplicates() {
-    let (missing, repeated, distinct) = crash_test("exactly-once", Isolation::ReadCommitted);
-    assert_eq!(missing, 0, "exactly-once lost events");
-    assert_eq!(repeated, 0, "read_committed saw duplicates");
-    assert_eq!(distinct, EVENTS);
+    let c = crash_test("exactly-once", Reader::Committed);
+    assert_eq!(c.missing, 0, "exactly-once lost events");
+    assert_eq!(c.repeats, 0, "read_committed (by the log's markers) saw duplicates");
+    assert_eq!(c.distinct, EVENTS);
+    assert!(c.aborted > 0, "no kill left an aborted transaction behind: the abort path was not exercised");
+    assert_eq!(c.open, 0, "a transaction never ended: a restarted worker did not fence its predecessor");
 }
