@@ -57,6 +57,8 @@ impl ProducerContext for DeliveryContext {
             Ok(_) => {
                 self.delivered.fetch_add(1, Ordering::Relaxed);
             }
+            // Records purged by our own abort of a transaction: their epochs are read again.
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight), _)) => {}
             Err((e, msg)) => {
                 tracing::error!(topic = msg.topic(), partition = msg.partition(), error = %e, "delivery failed after librdkafka's retries");
                 self.failed.lock().expect("delivery lock").get_or_insert_with(|| format!("delivery to {} failed: {e}", msg.topic()));
@@ -72,6 +74,21 @@ impl DeliveryContext {
             None => Ok(()),
         }
     }
+
+    /// Forgets a failure: it belonged to a transaction that was aborted.
+    fn clear(&self) {
+        *self.failed.lock().expect("delivery lock") = None;
+    }
+}
+
+/// How a transaction ended, when the producer can go on.
+#[derive(Debug)]
+pub enum Transaction {
+    /// Committed, with this many records.
+    Committed(usize),
+    /// Failed but aborted: its records are gone and its offsets were not committed, so the
+    /// epochs it held must be read again.
+    Aborted(anyhow::Error),
 }
 
 /// A worker's producer and, in exactly-once mode, the records waiting for their transaction.
@@ -149,22 +166,32 @@ impl WorkerProducer {
 
     /// Exactly-once: one transaction with the waiting records of epochs below `frontier` and
     /// `offsets`. Does nothing when both are empty.
-    pub fn commit_transaction(&mut self, frontier: u64, offsets: &TopicPartitionList, group: &ConsumerGroupMetadata) -> anyhow::Result<usize> {
+    ///
+    /// A transaction that fails is aborted. If the abort succeeds and the producer has no fatal
+    /// error, the result is [`Transaction::Aborted`] and the producer can run the next
+    /// transaction (e.g. offsets refused as ILLEGAL_GENERATION while the group rebalances).
+    /// A fatal error (fenced: another instance owns the transactional id) or a failed abort is
+    /// an error: the producer cannot go on.
+    pub fn commit_transaction(&mut self, frontier: u64, offsets: &TopicPartitionList, group: &ConsumerGroupMetadata) -> anyhow::Result<Transaction> {
         let later = self.waiting.split_off(&frontier);
         let ready = std::mem::replace(&mut self.waiting, later);
         let count: usize = ready.values().map(Vec::len).sum();
         if count == 0 && offsets.count() == 0 {
-            return Ok(0);
+            return Ok(Transaction::Committed(0));
         }
         self.producer.begin_transaction().context("cannot begin a Kafka transaction")?;
-        let result = self.fill_and_commit(ready, offsets, group);
-        if let Err(e) = &result {
-            tracing::error!(worker = self.worker, error = %format!("{e:#}"), "transaction failed; aborting it");
-            if let Err(abort) = self.producer.abort_transaction(TXN_TIMEOUT) {
-                tracing::error!(worker = self.worker, error = %abort, "cannot abort the transaction");
-            }
+        let Err(error) = self.fill_and_commit(ready, offsets, group) else { return Ok(Transaction::Committed(count)) };
+        tracing::warn!(worker = self.worker, error = %format!("{error:#}"), "transaction failed; aborting it");
+        if let Err(abort) = self.producer.abort_transaction(TXN_TIMEOUT) {
+            tracing::error!(worker = self.worker, error = %abort, "cannot abort the transaction");
+            return Err(error);
         }
-        result.map(|()| count)
+        if let Some((code, reason)) = self.producer.client().fatal_error() {
+            return Err(error.context(format!("the producer has a fatal error: {code}: {reason}")));
+        }
+        // Delivery failures were of the aborted records: the next transaction starts clean.
+        self.producer.context().clear();
+        Ok(Transaction::Aborted(error))
     }
 
     fn fill_and_commit(&self, ready: BTreeMap<u64, Vec<Pending>>, offsets: &TopicPartitionList, group: &ConsumerGroupMetadata) -> anyhow::Result<()> {

@@ -23,6 +23,12 @@
 //! - exactly-once: every uncommitted epoch is rewound: its ledger entries and its waiting outputs
 //!   are dropped, and the records already polled into the current batch are thrown away. The
 //!   next assignment resumes from the committed offsets, so nothing is written twice.
+//!
+//! Exactly-once, a transaction that fails but is aborted (offsets refused while the group
+//! rebalances, a produce that failed…) rewinds the same way, in-process: every epoch read so far
+//! is dropped and each assigned partition is read again from its committed offset. Only a fatal
+//! producer error (fenced: another instance owns the transactional id), a failed abort, or
+//! transactions that keep failing stop the worker.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -35,7 +41,7 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
 
 use super::config::{Delivery, KafkaConfig};
-use super::producer::WorkerProducer;
+use super::producer::{Transaction, WorkerProducer};
 use crate::io::{EventSource, Polled};
 
 /// A partition assignment change, as seen by the rebalance callback.
@@ -144,15 +150,32 @@ pub struct KafkaSource {
     idle_since: Option<Instant>,
     assigned: bool,
     last_error_log: Option<Instant>,
+    /// Every epoch below this one has been polled (exactly-once: what a rewind drops).
+    polled_below: u64,
+    /// Where a partition without a committed offset starts (`auto.offset.reset`).
+    no_commit: Offset,
+    /// Transactions aborted since the last one that committed.
+    aborts_in_a_row: usize,
     worker: usize,
 }
+
+/// Transactions aborted in a row before the worker gives up: a failure that comes back on
+/// every attempt (a record the broker refuses…) must stop the worker, not loop forever.
+const MAX_ABORTS_IN_A_ROW: usize = 10;
+/// How long a rewind waits for the committed offsets.
+const REWIND_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl KafkaSource {
     /// Joins the consumer group and subscribes to the input topic.
     pub fn open(config: &KafkaConfig, producer: Rc<RefCell<WorkerProducer>>, worker: usize) -> anyhow::Result<Self> {
         let context = RebalanceContext { events: Mutex::default(), worker };
+        let consumer_config = config.consumer_config(worker);
+        let no_commit = match consumer_config.get("auto.offset.reset") {
+            Some("latest" | "largest" | "end") => Offset::End,
+            _ => Offset::Beginning,
+        };
         let consumer: BaseConsumer<RebalanceContext> =
-            config.consumer_config(worker).create_with_context(context).context("cannot create the Kafka consumer")?;
+            consumer_config.create_with_context(context).context("cannot create the Kafka consumer")?;
         consumer.subscribe(&[config.input_topic()]).with_context(|| format!("cannot subscribe to {}", config.input_topic()))?;
         tracing::info!(worker, topic = config.input_topic(), group = %config.group_id, delivery = ?config.delivery, "kafka source subscribed");
         Ok(Self {
@@ -168,6 +191,9 @@ impl KafkaSource {
             idle_since: None,
             assigned: false,
             last_error_log: None,
+            polled_below: 0,
+            no_commit,
+            aborts_in_a_row: 0,
             worker,
         })
     }
@@ -296,11 +322,52 @@ impl KafkaSource {
     fn commit_transaction(&mut self, frontier: u64) -> anyhow::Result<()> {
         let tpl = self.ledger.ready_list(&self.topic);
         let group = self.consumer.group_metadata().context("the consumer has no group metadata")?;
-        let written = self.producer.borrow_mut().commit_transaction(frontier, &tpl, &group)?;
-        if written > 0 || tpl.count() > 0 {
-            tracing::debug!(worker = self.worker, topic = %self.topic, written, offsets = ?self.ledger.ready(), "transaction committed");
+        let outcome = self.producer.borrow_mut().commit_transaction(frontier, &tpl, &group)?;
+        match outcome {
+            Transaction::Committed(written) => {
+                if written > 0 || tpl.count() > 0 {
+                    tracing::debug!(worker = self.worker, topic = %self.topic, written, offsets = ?self.ledger.ready(), "transaction committed");
+                }
+                self.ledger.committed();
+                self.aborts_in_a_row = 0;
+                Ok(())
+            }
+            // The last commit of a run: no poll follows that could read the epochs again.
+            Transaction::Aborted(e) if frontier == u64::MAX => Err(e.context("the last transaction of the run was aborted")),
+            Transaction::Aborted(e) if self.aborts_in_a_row + 1 >= MAX_ABORTS_IN_A_ROW => {
+                Err(e.context(format!("{MAX_ABORTS_IN_A_ROW} transactions in a row were aborted")))
+            }
+            Transaction::Aborted(e) => {
+                self.aborts_in_a_row += 1;
+                self.rewind(&e)
+            }
         }
-        self.ledger.committed();
+    }
+
+    /// Exactly-once, after an aborted transaction: its outputs are gone and its offsets were not
+    /// committed, so every epoch read so far is read again, as after a revoke. Their ledger
+    /// entries and waiting outputs are dropped (outputs still in the dataflow are dropped when
+    /// written), and each assigned partition goes back to its committed offset.
+    fn rewind(&mut self, error: &anyhow::Error) -> anyhow::Result<()> {
+        self.ledger.clear();
+        self.producer.borrow_mut().discard_below(self.polled_below);
+        self.idle_since = None;
+        let committed = self.consumer.committed(REWIND_TIMEOUT).context("rewind: cannot read the committed offsets")?;
+        let mut seek = TopicPartitionList::new();
+        let mut seeks = BTreeMap::new();
+        for e in committed.elements() {
+            let offset = match e.offset() {
+                Offset::Offset(o) => Offset::Offset(o),
+                _ => self.no_commit,
+            };
+            seek.add_partition_offset(e.topic(), e.partition(), offset).context("rewind: a seek offset")?;
+            seeks.insert(e.partition(), offset);
+        }
+        for e in self.consumer.seek_partitions(seek, REWIND_TIMEOUT).context("rewind: cannot seek")?.elements() {
+            e.error().with_context(|| format!("rewind: cannot seek {} [{}]", e.topic(), e.partition()))?;
+        }
+        tracing::warn!(worker = self.worker, error = %format!("{error:#}"), epochs_below = self.polled_below, ?seeks,
+            "transaction aborted: rewound every epoch read so far to the committed offsets");
         Ok(())
     }
 }
@@ -311,6 +378,7 @@ impl EventSource for KafkaSource {
     }
 
     fn poll(&mut self, epoch: u64, max: usize) -> anyhow::Result<Polled> {
+        self.polled_below = self.polled_below.max(epoch + 1);
         let mut batch = Polled::default();
         let mut timeout = self.poll_timeout;
         while batch.records.len() < max {
