@@ -204,21 +204,13 @@ impl Connection {
         req.extend(0i32.to_be_bytes()); // min_bytes: answer at once
         req.extend(max_bytes.to_be_bytes());
         req.push(0); // isolation_level: read_uncommitted, markers and all
-        req.extend(1i32.to_be_bytes()); // one topic
-        put_string(&mut req, topic);
-        req.extend(1i32.to_be_bytes()); // one partition
-        req.extend(partition.to_be_bytes());
+        put_one_partition(&mut req, topic, partition);
         req.extend(offset.to_be_bytes());
         req.extend(max_bytes.to_be_bytes());
         let body = self.request(1, 4, &req);
 
         let mut r = Input::new(&body);
-        r.i32(); // throttle_time_ms
-        assert_eq!(r.i32(), 1, "one topic in the response");
-        assert_eq!(r.string(), topic);
-        assert_eq!(r.i32(), 1, "one partition in the response");
-        assert_eq!(r.i32(), partition);
-        let error = r.i16();
+        let error = r.one_partition(topic, partition);
         assert_eq!(error, 0, "Fetch {topic}/{partition}@{offset}: error code {error}");
         let high_watermark = r.i64();
         r.i64(); // last_stable_offset
@@ -242,24 +234,24 @@ impl Connection {
         let mut req = Vec::new();
         req.extend((-1i32).to_be_bytes()); // replica_id: a consumer
         req.push(u8::from(read_committed)); // isolation_level
-        req.extend(1i32.to_be_bytes()); // one topic
-        put_string(&mut req, topic);
-        req.extend(1i32.to_be_bytes()); // one partition
-        req.extend(partition.to_be_bytes());
+        put_one_partition(&mut req, topic, partition);
         req.extend((-1i64).to_be_bytes()); // timestamp: latest
         let body = self.request(2, 2, &req);
 
         let mut r = Input::new(&body);
-        r.i32(); // throttle_time_ms
-        assert_eq!(r.i32(), 1, "one topic in the response");
-        assert_eq!(r.string(), topic);
-        assert_eq!(r.i32(), 1, "one partition in the response");
-        assert_eq!(r.i32(), partition);
-        let error = r.i16();
+        let error = r.one_partition(topic, partition);
         assert_eq!(error, 0, "ListOffsets {topic}/{partition}: error code {error}");
         r.i64(); // timestamp
         r.i64()
     }
+}
+
+/// The topics array of a request naming one partition of one topic.
+fn put_one_partition(req: &mut Vec<u8>, topic: &str, partition: i32) {
+    req.extend(1i32.to_be_bytes()); // one topic
+    put_string(req, topic);
+    req.extend(1i32.to_be_bytes()); // one partition
+    req.extend(partition.to_be_bytes());
 }
 
 fn put_string(buf: &mut Vec<u8>, s: &str) {
@@ -398,6 +390,17 @@ impl<'a> Input<'a> {
     fn string(&mut self) -> String {
         let n = self.i16();
         String::from_utf8_lossy(self.take(n as usize)).into_owned()
+    }
+
+    /// The start of a response about one partition of one topic, checked against the request;
+    /// returns the partition's error code.
+    fn one_partition(&mut self, topic: &str, partition: i32) -> i16 {
+        self.i32(); // throttle_time_ms
+        assert_eq!(self.i32(), 1, "one topic in the response");
+        assert_eq!(self.string(), topic);
+        assert_eq!(self.i32(), 1, "one partition in the response");
+        assert_eq!(self.i32(), partition);
+        self.i16()
     }
 
     /// A zigzag varint (the record format's lengths and deltas).
