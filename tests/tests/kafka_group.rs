@@ -1,14 +1,18 @@
 //! Two pipeline processes in one consumer group split the input's partitions and together write
 //! every event: once in exactly-once mode (read_committed), at least once otherwise, with repeats
 //! only around rebalances (counted and printed). The second process joins while the first is
-//! mid-run, so every run goes through a rebalance under load.
+//! mid-run, so every run goes through a rebalance under load. A pacing plugin (half a
+//! millisecond per event) keeps the first process busy long enough for that: unpaced, it read
+//! all 20,000 events before tansu had assigned the second one anything. Exactly-once output is
+//! counted by the test's own read_committed reader (`txnlog`), as tansu does not filter aborted
+//! transactions.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use pluginflow_tests::broker::{Broker, Isolation, Topics, consume_all, kafka_config, produce_lines, spawn_pipeline, uuids, wait_exit};
-use pluginflow_tests::gen_events;
+use pluginflow_tests::{gen_events, plugin_entry, txnlog};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
@@ -23,6 +27,21 @@ fn wait_for_output(bootstrap: &str, topic: &str, n: i64) {
         assert!(Instant::now() < deadline, "the first process wrote nothing");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// A plugin that spends about half a millisecond per event (busy: plugins have no timers).
+fn pacing_plugin(dir: &Path) -> String {
+    let pace = dir.join("pace");
+    std::fs::create_dir_all(&pace).unwrap();
+    std::fs::write(pace.join("plugin.json"), r#"{"name": "pace", "config": []}"#).unwrap();
+    std::fs::write(
+        pace.join("index.js"),
+        "function processEvent(event) { const until = Date.now() + 0.5; while (Date.now() < until) {} return event }
+module.exports = { processEvent }
+",
+    )
+    .unwrap();
+    plugin_entry("pace", &pace, 1, "")
 }
 
 /// `events in:` from a run's summary.
@@ -53,7 +72,7 @@ fn two_processes(delivery: &str, isolation: Isolation) -> (usize, usize, [u64; 2
         std::fs::create_dir_all(&sub).unwrap();
         // Independent processes need their own transactional ids.
         let extra = format!("stop_after_idle_ms = 5000\ndelivery = {delivery:?}\ntransactional_id_prefix = \"{group}-p{p}\"");
-        let config = kafka_config(&sub, &broker.bootstrap(), &group, &topics, &extra, "");
+        let config = kafka_config(&sub, &broker.bootstrap(), &group, &topics, &extra, &pacing_plugin(dir.path()));
         let log = sub.join("pluginflow.log");
         runs.push((spawn_pipeline(&config, 1, &log), log));
     }
@@ -63,9 +82,12 @@ fn two_processes(delivery: &str, isolation: Isolation) -> (usize, usize, [u64; 2
     }
     let read = [events_in(&runs[0].1), events_in(&runs[1].1)];
 
-    let out = consume_all(&broker.bootstrap(), &topics.output, isolation);
+    let values: Vec<String> = match isolation {
+        Isolation::ReadCommitted => txnlog::read_committed(&broker.bootstrap(), &topics.output).visible.iter().map(|r| r.value_text()).collect(),
+        _ => consume_all(&broker.bootstrap(), &topics.output, isolation).into_iter().map(|r| r.value).collect(),
+    };
     let mut seen: HashMap<String, usize> = HashMap::new();
-    for u in uuids(out.iter().map(|r| r.value.as_str())) {
+    for u in uuids(values.iter().map(String::as_str)) {
         *seen.entry(u).or_default() += 1;
     }
     let want: Vec<String> = uuids(std::fs::read_to_string(&input).unwrap().lines());
@@ -73,7 +95,7 @@ fn two_processes(delivery: &str, isolation: Isolation) -> (usize, usize, [u64; 2
     let repeated: usize = seen.values().map(|n| n - 1).sum();
     println!(
         "two processes ({delivery}): {EVENTS} in, read {read:?}, {} out, {missing} missing, {repeated} repeats; {:.1} s",
-        out.len(),
+        values.len(),
         started.elapsed().as_secs_f64()
     );
     (missing, repeated, read)
