@@ -33,15 +33,14 @@ struct Owned {
 }
 
 impl Owned {
-    /// Takes over `v`; `None` if it is an exception (QuickJS ran out of memory).
-    fn new(ctx: *mut qjs::JSContext, v: qjs::JSValue) -> Option<Owned> {
+    /// Takes over `v`; an error if it is an exception (QuickJS ran out of memory).
+    fn new<E: serde::de::Error>(ctx: *mut qjs::JSContext, v: qjs::JSValue) -> Result<Owned, E> {
         // SAFETY: `v` was just returned by QuickJS; an exception value owns nothing, but the
         // pending exception must be cleared so the fallback starts clean.
         if unsafe { qjs::JS_IsException(v) } {
-            let _: serde_json::Error = failed(ctx);
-            return None;
+            return Err(failed(ctx));
         }
-        Some(Owned { ctx, v })
+        Ok(Owned { ctx, v })
     }
 
     fn into_raw(self) -> qjs::JSValue {
@@ -82,7 +81,7 @@ impl Build {
     fn string<E: serde::de::Error>(self, s: &str) -> Result<Owned, E> {
         // SAFETY: QuickJS copies the bytes (valid UTF-8) into a new string.
         let v = unsafe { qjs::JS_NewStringLen(self.ctx, s.as_ptr().cast(), s.len() as _) };
-        Owned::new(self.ctx, v).ok_or_else(out_of_memory)
+        Owned::new(self.ctx, v)
     }
 
     fn number<E: serde::de::Error>(self, n: f64) -> Result<Owned, E> {
@@ -132,7 +131,7 @@ impl<'de> Visitor<'de> for Build {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Owned, A::Error> {
         // SAFETY: a new array, owned by `array` from here on.
-        let array = Owned::new(self.ctx, unsafe { qjs::JS_NewArray(self.ctx) }).ok_or_else(out_of_memory)?;
+        let array = Owned::new(self.ctx, unsafe { qjs::JS_NewArray(self.ctx) })?;
         let mut index = 0u32;
         while let Some(item) = seq.next_element_seed(self)? {
             // SAFETY: DefineProperty takes over the item's reference, even when it fails.
@@ -147,7 +146,7 @@ impl<'de> Visitor<'de> for Build {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Owned, A::Error> {
         // SAFETY: a new object, owned by `object` from here on.
-        let object = Owned::new(self.ctx, unsafe { qjs::JS_NewObject(self.ctx) }).ok_or_else(out_of_memory)?;
+        let object = Owned::new(self.ctx, unsafe { qjs::JS_NewObject(self.ctx) })?;
         while let Some(key) = map.next_key_seed(Key { ctx: self.ctx })? {
             let value = map.next_value_seed(self);
             let ok = value.map(|value| {
