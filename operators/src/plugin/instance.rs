@@ -31,10 +31,6 @@ const MAX_STALE_JOBS: usize = 100_000;
 /// instance that failed is disabled so that the others can go on.
 const MEMORY_HIGH_WATER: f64 = 0.5;
 
-/// Marks a failure that may be an out-of-memory error until the heap has been looked at; the
-/// message holds the original name and message separated by a NUL.
-const THREW_NULL: &str = "\0null";
-
 /// A plugin folder, read and compiled. Shared by all workers of a process.
 #[derive(Debug)]
 pub struct PluginDefinition {
@@ -586,10 +582,6 @@ impl PluginInstance {
                 self.after_out_of_memory(&context);
                 Err(e)
             }
-            Err(e) if e.name == THREW_NULL => {
-                let (name, message) = e.message.split_once('\0').unwrap_or(("Error", ""));
-                Err(PluginError { name: name.into(), message: message.into(), ..e })
-            }
             other => other,
         };
         if self.context.is_none() {
@@ -649,7 +641,9 @@ impl PluginInstance {
         }
         let thrown = ctx.catch();
         if thrown.is_null() {
-            return self.error(hook, ErrorKind::Failed, THREW_NULL, "null\0null", "");
+            // QuickJS's own `null` (no memory even for its error) is told apart in `call`, by
+            // the heap's refusals; here it is what the plugin threw.
+            return self.error(hook, ErrorKind::Failed, "null", "null", "");
         }
         let describe: Option<Vec<String>> = pf.get::<_, Function<'_>>("describe").and_then(|f| f.call((thrown,))).ok();
         let Some([kind, name, message, stack]) = describe.and_then(|d| <[String; 4]>::try_from(d).ok()) else {
@@ -659,10 +653,6 @@ impl PluginInstance {
         };
         if message == "out of memory" {
             return self.out_of_memory(hook);
-        }
-        if name == "InternalError" && message.is_empty() {
-            // QuickJS may run out of memory while building the error's message.
-            return self.error(hook, ErrorKind::Failed, THREW_NULL, &format!("{name}\0"), &stack);
         }
         let kind = match kind.as_str() {
             "retry" => ErrorKind::Retry,
