@@ -63,8 +63,7 @@ fn out_of_memory<E: serde::de::Error>() -> E {
 
 /// A QuickJS call failed (out of memory): clear its pending exception and stop the parse.
 fn failed<E: serde::de::Error>(ctx: *mut qjs::JSContext) -> E {
-    // SAFETY: JS_GetException hands over the pending exception; freed at once.
-    unsafe { qjs::JS_FreeValue(ctx, qjs::JS_GetException(ctx)) };
+    super::tojson::drop_pending_exception(ctx);
     out_of_memory()
 }
 

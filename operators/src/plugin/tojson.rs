@@ -226,10 +226,15 @@ impl Writer {
 
     /// Drops the exception a failed call left pending; `JSON.stringify` will meet it again.
     fn clear_exception(&mut self) -> Bail {
-        // SAFETY: JS_GetException hands over the pending exception (or undefined); freed at once.
-        unsafe { qjs::JS_FreeValue(self.ctx, qjs::JS_GetException(self.ctx)) };
+        drop_pending_exception(self.ctx);
         Bail
     }
+}
+
+/// Drops the exception a failed QuickJS call left pending on `ctx`, if any.
+pub(super) fn drop_pending_exception(ctx: *mut qjs::JSContext) {
+    // SAFETY: JS_GetException hands over the pending exception (or undefined); freed at once.
+    unsafe { qjs::JS_FreeValue(ctx, qjs::JS_GetException(ctx)) };
 }
 
 impl Drop for Writer {
