@@ -484,24 +484,20 @@ def throughput_table(n):
     w("")
     w("| system | chain | workers | events/s median (min–max) | MB/s in | p50 µs | p99 µs | peak RSS MB | CPU % | dropped |")
     w("|---|---|---|---|---|---|---|---|---|---|")
+    def one_thread_row(system, chain_label, runs, cpu):
+        # A harness or Node row: both report the same JSON fields; only CPU % is found apart.
+        if not runs:
+            return
+        rates = [r["events_per_s"] for r in runs]
+        lat = lambda k: med([r["latency"][k] for r in runs])
+        w(f"| {system} | {chain_label} | 1 thread | {spread(rates)} | {fmt1(med([r['mb_in_per_s'] for r in runs]))} | "
+          f"{fmt1(lat('p50_us'))} | {fmt1(lat('p99_us'))} | {fmt_int(med([r['peak_rss_mb'] for r in runs]))} | "
+          f"{fmt_int(cpu(runs))} | {fmt_int(runs[0]['dropped'])} |")
     def hrow(system, mode, tag, chain_label):
-        runs = harness.get((mode, tag, str(n)), [])
-        if not runs:
-            return
-        rates = [r["events_per_s"] for r in runs]
-        lat = lambda k: med([r["latency"][k] for r in runs])
-        w(f"| {system} | {chain_label} | 1 thread | {spread(rates)} | {fmt1(med([r['mb_in_per_s'] for r in runs]))} | "
-          f"{fmt1(lat('p50_us'))} | {fmt1(lat('p99_us'))} | {fmt_int(med([r['peak_rss_mb'] for r in runs]))} | "
-          f"{fmt_int(med([r['loop_cpu_pct'] for r in runs if r.get('loop_cpu_v') == 2]))} | {fmt_int(runs[0]['dropped'])} |")
+        one_thread_row(system, chain_label, harness.get((mode, tag, str(n)), []),
+                       lambda runs: med([r["loop_cpu_pct"] for r in runs if r.get("loop_cpu_v") == 2]))
     def prow(system, tag, chain_label):
-        runs = peer.get((tag, str(n)), [])
-        if not runs:
-            return
-        rates = [r["events_per_s"] for r in runs]
-        lat = lambda k: med([r["latency"][k] for r in runs])
-        w(f"| {system} | {chain_label} | 1 thread | {spread(rates)} | {fmt1(med([r['mb_in_per_s'] for r in runs]))} | "
-          f"{fmt1(lat('p50_us'))} | {fmt1(lat('p99_us'))} | {fmt_int(med([r['peak_rss_mb'] for r in runs]))} | "
-          f"{fmt_int(peer_cpu_pct(tag, n))} | {fmt_int(runs[0]['dropped'])} |")
+        one_thread_row(system, chain_label, peer.get((tag, str(n)), []), lambda runs: peer_cpu_pct(tag, n))
     hrow("Rust floor: serde_json parse + serialise", "floor", "serde", "–")
     hrow("Rust: `parse_line` only (the graph's check)", "check", "parse_line", "–")
     prow("Node floor: JSON.parse + JSON.stringify", "floor", "–")
