@@ -18,3 +18,5 @@ scripts/tansu.sh path >/dev/null
 
 # Tests run in the release profile: the same compiled C/C++ dependencies as the binary.
 cargo test --release -j2 --workspace
+# The plugin host's out-of-memory tests again, under valgrind's memcheck (about 2 minutes).
+scripts/memcheck.sh

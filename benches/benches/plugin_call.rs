@@ -1,6 +1,6 @@
 //! One plugin call: the fixed cost of a `processEvent` call (sync and async, tiny event), each
 //! of the four peer plugins alone on a ~1 KB event, and the peer chains through `run_chain`
-//! (one parse, the event moving between contexts as a QuickJS object, one stringify).
+//! (each plugin gets the event built in its own runtime and the host reads its result back).
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -33,12 +33,12 @@ fn calls(c: &mut Criterion) {
     {
         let mut chain3: Vec<&mut PluginInstance> = peers.iter_mut().take(3).map(|(_, i)| i).collect();
         g.bench_function("chain_hello_filter_flatten/1kb", |b| {
-            b.iter(|| run_chain(&mut chain3, black_box(EVENT_1KB)).expect("ok").event)
+            b.iter(|| run_chain(&mut chain3, black_box(EVENT_1KB), 2).expect("ok").event)
         });
     }
     let mut chain4: Vec<&mut PluginInstance> = peers.iter_mut().map(|(_, i)| i).collect();
     g.bench_function("chain_hello_filter_flatten_geoip-like/1kb", |b| {
-        b.iter(|| run_chain(&mut chain4, black_box(EVENT_1KB)).expect("ok").event)
+        b.iter(|| run_chain(&mut chain4, black_box(EVENT_1KB), 2).expect("ok").event)
     });
     g.finish();
 }

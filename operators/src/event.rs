@@ -5,7 +5,6 @@
 //! event that passes the checks is forwarded as the very text it came in (no re-serialisation);
 //! an envelope is merged and serialised once, keys in order.
 
-use serde::Deserialize;
 use serde_json::{Map, Value};
 
 /// A line that is a valid event.
@@ -53,19 +52,208 @@ impl DeadLetter {
     }
 }
 
-/// The few fields checked; everything else is skipped without allocating.
-#[derive(Deserialize)]
+/// How big an event may be. Events past these limits are dead-lettered at the door: every event
+/// that is let in can enter every plugin of its chain.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EventLimits {
+    /// Longest line, in bytes.
+    pub max_bytes: usize,
+    /// Deepest nesting of objects and arrays (the event object itself is level 1).
+    pub max_depth: usize,
+}
+
+impl Default for EventLimits {
+    fn default() -> Self {
+        EventLimits { max_bytes: 1024 * 1024, max_depth: 64 }
+    }
+}
+
+/// Deepest nesting [`EventLimits::max_depth`] may allow: below serde_json's own recursion
+/// limit (128), so every admitted event parses on the fast path.
+pub const MAX_DEPTH_LIMIT: usize = 120;
+
+/// The few fields checked; everything else is scanned (for depth) without allocating.
+#[derive(Default)]
 struct Head {
     event: Option<Value>,
     team_id: Option<Value>,
     uuid: Option<Value>,
     data: Option<Value>,
-    #[serde(rename = "$pluginflow_hops")]
     hops: Option<u32>,
+    /// What `properties` holds, when present.
+    properties: Option<Kind>,
+}
+
+/// The kind of a JSON value.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kind {
+    Null,
+    Scalar,
+    Array,
+    Object,
+}
+
+/// Marks the error raised when an event is nested too deep (serde wraps it with a position).
+const TOO_DEEP: &str = "pluginflow: nested too deep";
+
+/// Reads a whole event object: the checked fields, and the depth of everything.
+struct HeadSeed {
+    max_depth: usize,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for HeadSeed {
+    type Value = Head;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Head, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for HeadSeed {
+    type Value = Head;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an event object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Head, A::Error> {
+        let mut head = Head::default();
+        let inner = Skim { left: self.max_depth.saturating_sub(1) };
+        while let Some(key) = map.next_key::<Field>()? {
+            match key {
+                Field::Event => head.event = Some(checked(map.next_value()?, inner.left)?),
+                Field::TeamId => head.team_id = Some(checked(map.next_value()?, inner.left)?),
+                Field::Uuid => head.uuid = Some(checked(map.next_value()?, inner.left)?),
+                Field::Data => head.data = Some(checked(map.next_value()?, inner.left)?),
+                Field::Hops => head.hops = Some(map.next_value()?),
+                Field::Properties => head.properties = Some(map.next_value_seed(inner)?),
+                Field::Other => {
+                    map.next_value_seed(inner)?;
+                }
+            }
+        }
+        Ok(head)
+    }
+}
+
+/// A top-level key of an event, told apart without allocating.
+enum Field {
+    Event,
+    TeamId,
+    Uuid,
+    Data,
+    Hops,
+    Properties,
+    Other,
+}
+
+impl<'de> serde::Deserialize<'de> for Field {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Field, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Field;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<Field, E> {
+                Ok(match key {
+                    "event" => Field::Event,
+                    "team_id" => Field::TeamId,
+                    "uuid" => Field::Uuid,
+                    "data" => Field::Data,
+                    "$pluginflow_hops" => Field::Hops,
+                    "properties" => Field::Properties,
+                    _ => Field::Other,
+                })
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// `v` if it nests no deeper than `left` levels.
+fn checked<E: serde::de::Error>(v: Value, left: usize) -> Result<Value, E> {
+    if depth(&v) > left {
+        return Err(E::custom(TOO_DEEP));
+    }
+    Ok(v)
+}
+
+/// Scans a value, refusing nesting deeper than `left` more levels; says what kind it was.
+#[derive(Clone, Copy)]
+struct Skim {
+    left: usize,
+}
+
+impl Skim {
+    fn deeper<E: serde::de::Error>(self) -> Result<Skim, E> {
+        if self.left == 0 {
+            return Err(E::custom(TOO_DEEP));
+        }
+        Ok(Skim { left: self.left - 1 })
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Skim {
+    type Value = Kind;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Kind, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Skim {
+    type Value = Kind;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Kind, E> {
+        Ok(Kind::Null)
+    }
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Kind, E> {
+        Ok(Kind::Scalar)
+    }
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Kind, E> {
+        Ok(Kind::Scalar)
+    }
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Kind, E> {
+        Ok(Kind::Scalar)
+    }
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Kind, E> {
+        Ok(Kind::Scalar)
+    }
+    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Kind, E> {
+        Ok(Kind::Scalar)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Kind, A::Error> {
+        let inner = self.deeper()?;
+        while seq.next_element_seed(inner)?.is_some() {}
+        Ok(Kind::Array)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Kind, A::Error> {
+        let inner = self.deeper()?;
+        while map.next_key::<serde::de::IgnoredAny>()?.is_some() {
+            map.next_value_seed(inner)?;
+        }
+        Ok(Kind::Object)
+    }
+}
+
+/// Nesting depth of a parsed value (a scalar is 0, `{}` is 1).
+fn depth(v: &Value) -> usize {
+    match v {
+        Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
 }
 
 /// Checks one line. `source` and `position` only label a dead letter.
-pub fn parse_line(bytes: &[u8], source: &str, position: u64) -> Result<ValidEvent, DeadLetter> {
+pub fn parse_line(bytes: &[u8], source: &str, position: u64, limits: &EventLimits) -> Result<ValidEvent, DeadLetter> {
     let dead = |reason: String, raw: String, raw_base64: Option<String>| DeadLetter {
         source: source.to_string(),
         position,
@@ -84,10 +272,17 @@ pub fn parse_line(bytes: &[u8], source: &str, position: u64) -> Result<ValidEven
             ));
         }
     };
-    check(text).map_err(|reason| dead(reason, text.to_string(), None))
+    if text.len() > limits.max_bytes {
+        return Err(dead(
+            format!("the event is {} bytes, more than runtime.max_event_bytes ({})", text.len(), limits.max_bytes),
+            text.to_string(),
+            None,
+        ));
+    }
+    check(text, limits).map_err(|reason| dead(reason, text.to_string(), None))
 }
 
-fn check(text: &str) -> Result<ValidEvent, String> {
+fn check(text: &str, limits: &EventLimits) -> Result<ValidEvent, String> {
     let first = text.trim_start().chars().next();
     if first != Some('{') {
         let what = match serde_json::from_str::<Value>(text) {
@@ -96,9 +291,16 @@ fn check(text: &str) -> Result<ValidEvent, String> {
         };
         return Err(format!("expected a JSON object (an event), got {what}"));
     }
-    let head: Head = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
+    let too_deep = || format!("the event is nested deeper than runtime.max_event_depth ({} levels)", limits.max_depth);
+    let mut de = serde_json::Deserializer::from_str(text);
+    let head = serde::de::DeserializeSeed::deserialize(HeadSeed { max_depth: limits.max_depth }, &mut de)
+        .and_then(|h| de.end().map(|()| h))
+        .map_err(|e| if e.to_string().starts_with(TOO_DEEP) { too_deep() } else { format!("invalid JSON: {e}") })?;
     if let Some(Value::String(data)) = &head.data {
-        return from_envelope(text, data);
+        return from_envelope(text, data, limits);
+    }
+    if let Some(kind) = head.properties {
+        properties_kind(kind)?;
     }
     let (name, team_id, uuid) = required(&head.event, &head.team_id, &head.uuid)?;
     if let Some(hops) = head.hops {
@@ -114,7 +316,7 @@ fn check(text: &str) -> Result<ValidEvent, String> {
 
 /// Merges an ingestion envelope: `data` is parsed and its keys win over the envelope's (the
 /// 2022 server's order), `data` itself is removed, and empty `ip`/`site_url` become null.
-fn from_envelope(text: &str, data: &str) -> Result<ValidEvent, String> {
+fn from_envelope(text: &str, data: &str, limits: &EventLimits) -> Result<ValidEvent, String> {
     let Value::Object(mut envelope) = serde_json::from_str::<Value>(text).map_err(|e| format!("invalid JSON: {e}"))? else {
         unreachable!("checked to start with an object");
     };
@@ -131,8 +333,28 @@ fn from_envelope(text: &str, data: &str) -> Result<ValidEvent, String> {
         }
     }
     let (name, team_id, uuid) = required(&envelope.get("event").cloned(), &envelope.get("team_id").cloned(), &envelope.get("uuid").cloned())?;
-    let json = Value::Object(envelope).to_string();
+    match envelope.get("properties") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(_)) => {}
+        Some(other) => return Err(format!("field 'properties' must be an object, got {}", json_kind(other))),
+    }
+    let merged = Value::Object(envelope);
+    if depth(&merged) > limits.max_depth {
+        return Err(format!("the event is nested deeper than runtime.max_event_depth ({} levels)", limits.max_depth));
+    }
+    let json = merged.to_string();
+    if json.len() > limits.max_bytes {
+        return Err(format!("the event is {} bytes once merged, more than runtime.max_event_bytes ({})", json.len(), limits.max_bytes));
+    }
     Ok(ValidEvent { json, team_id, uuid, name, hops: 0 })
+}
+
+fn properties_kind(kind: Kind) -> Result<(), String> {
+    match kind {
+        Kind::Object | Kind::Null => Ok(()),
+        Kind::Array => Err("field 'properties' must be an object, got an array".into()),
+        Kind::Scalar => Err("field 'properties' must be an object, got a scalar".into()),
+    }
 }
 
 fn required(event: &Option<Value>, team: &Option<Value>, uuid: &Option<Value>) -> Result<(String, i64, String), String> {
@@ -172,13 +394,13 @@ mod tests {
     use super::*;
 
     fn reason(line: &[u8]) -> String {
-        parse_line(line, "t", 1).unwrap_err().reason
+        parse_line(line, "t", 1, &EventLimits::default()).unwrap_err().reason
     }
 
     #[test]
     fn plain_event_passes_through_as_is() {
         let line = br#"{"uuid":"u1","event":"$pageview","team_id":2,"properties":{"b":1,"a":2}}"#;
-        let ev = parse_line(line, "t", 1).unwrap();
+        let ev = parse_line(line, "t", 1, &EventLimits::default()).unwrap();
         assert_eq!(ev.json.as_bytes(), line);
         assert_eq!((ev.team_id, ev.uuid.as_str(), ev.name.as_str()), (2, "u1", "$pageview"));
     }
@@ -186,7 +408,7 @@ mod tests {
     #[test]
     fn envelope_is_merged_with_data_winning() {
         let line = br#"{"uuid":"u1","team_id":2,"ip":"","site_url":"","distinct_id":"d","data":"{\"event\":\"e\",\"properties\":{\"x\":1},\"distinct_id\":\"inner\"}"}"#;
-        let ev = parse_line(line, "t", 1).unwrap();
+        let ev = parse_line(line, "t", 1, &EventLimits::default()).unwrap();
         let v: Value = serde_json::from_str(&ev.json).unwrap();
         assert_eq!(v["event"], "e");
         assert_eq!(v["distinct_id"], "inner");
@@ -203,7 +425,7 @@ mod tests {
         assert!(reason(br#"{"team_id":1,"event":"e"}"#).starts_with("missing required field 'uuid'"));
         assert!(reason(br#"{"uuid":"u","event":"e","team_id":"1"}"#).starts_with("field 'team_id' must be an integer"));
         assert!(reason(br#"{"uuid":"u","team_id":1,"data":"{nope"}"#).starts_with("envelope field 'data' is not valid JSON"));
-        let bad = parse_line(b"{\"event\":\"\xff\"}", "t", 9).unwrap_err();
+        let bad = parse_line(b"{\"event\":\"\xff\"}", "t", 9, &EventLimits::default()).unwrap_err();
         assert_eq!(bad.reason, "invalid UTF-8 at byte 10");
         assert_eq!(bad.position, 9);
         assert!(bad.raw_base64.is_some());

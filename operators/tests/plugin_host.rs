@@ -742,7 +742,7 @@ fn chain_runs_in_order_and_records_plugins() {
     let mut f = host.load_as(&fail, json!({}), "61", Some(2)).unwrap();
     let mut b = host.load_as(&fb, json!({}), "62", Some(2)).unwrap();
     let mut x = host.load_as(&only_on_event, json!({}), "63", Some(2)).unwrap();
-    let outcome = run_chain(&mut [&mut a, &mut f, &mut b, &mut x], &event().to_string()).unwrap();
+    let outcome = run_chain(&mut [&mut a, &mut f, &mut b, &mut x], &event().to_string(), 2).unwrap();
     let out: Value = serde_json::from_str(outcome.event.as_deref().unwrap()).unwrap();
     assert_eq!(out["properties"]["order"], json!(["a", "b"]));
     assert_eq!(out["properties"]["touched"], true, "mutations before a throw remain");
@@ -761,7 +761,7 @@ fn chain_marks_keep_key_order_whether_properties_are_changed_in_place_or_copied(
         let mut p = host.ready(fx);
         let mut ev = event();
         ev["properties"] = json!({ "$plugins_failed": ["stale"], "a": 1 });
-        let outcome = run_chain(&mut [&mut p], &ev.to_string()).unwrap();
+        let outcome = run_chain(&mut [&mut p], &ev.to_string(), 2).unwrap();
         let out: Value = serde_json::from_str(outcome.event.as_deref().unwrap()).unwrap();
         let keys: Vec<&str> = out["properties"].as_object().unwrap().keys().map(String::as_str).collect();
         assert_eq!(keys, ["$plugins_failed", "a", "$plugins_succeeded", "$plugins_deferred"], "{:?}", outcome.succeeded);
@@ -777,7 +777,7 @@ fn chain_stops_at_a_drop() {
     let after = plugin("after", &[("index.js", "exports.processEvent = (e) => { throw new Error('must not run') }")]);
     let mut d = host.ready(&drop);
     let mut a = host.ready(&after);
-    let outcome = run_chain(&mut [&mut d, &mut a], &event().to_string()).unwrap();
+    let outcome = run_chain(&mut [&mut d, &mut a], &event().to_string(), 2).unwrap();
     assert!(outcome.event.is_none());
     assert_eq!(outcome.dropped_by.as_deref(), Some("dropper (1)"));
     assert!(outcome.failed.is_empty());
@@ -788,7 +788,7 @@ fn chain_restores_team_id_and_keeps_the_returned_object() {
     let host = Host::new();
     let fx = plugin("team", &[("index.js", "exports.processEvent = (e) => ({ ...e, team_id: 400, properties: { replaced: true } })")]);
     let mut p = host.ready(&fx);
-    let outcome = run_chain(&mut [&mut p], &event().to_string()).unwrap();
+    let outcome = run_chain(&mut [&mut p], &event().to_string(), 2).unwrap();
     let out: Value = serde_json::from_str(outcome.event.as_deref().unwrap()).unwrap();
     assert_eq!(out["team_id"], 2);
     assert_eq!(out["properties"]["replaced"], true);
@@ -802,7 +802,7 @@ fn chain_without_plugins_returns_the_input_untouched() {
     let fx = plugin("nothing", &[("index.js", "exports.setupPlugin = () => {}")]);
     let mut p = host.ready(&fx);
     let input = r#"{"uuid":"u",  "team_id":2,"event":"e"}"#;
-    let outcome = run_chain(&mut [&mut p], input).unwrap();
+    let outcome = run_chain(&mut [&mut p], input, 2).unwrap();
     assert_eq!(outcome.event.as_deref(), Some(input));
 }
 
@@ -810,25 +810,64 @@ fn chain_without_plugins_returns_the_input_untouched() {
 fn idle_instance_memory_is_small() {
     let host = Host::new();
     let fx = plugin("idle", &[("index.js", "exports.processEvent = (e) => e")]);
-    host.runtime.collect_garbage();
     let before = host.runtime.memory_used();
     let instances: Vec<_> = (0..20).map(|i| host.load_as(&fx, json!({}), &i.to_string(), Some(2)).unwrap()).collect();
-    host.runtime.collect_garbage();
+    instances.iter().for_each(|p| p.collect_garbage());
     let per_instance = (host.runtime.memory_used() - before) / instances.len();
-    println!("idle plugin instance: {per_instance} bytes of QuickJS heap");
+    println!("idle plugin instance: {per_instance} bytes of QuickJS heap (its own runtime)");
     assert!(per_instance < 2 << 20, "an idle instance takes {per_instance} bytes");
+    drop(instances);
+    assert_eq!(host.runtime.memory_used(), before, "a dropped instance gives its whole heap back");
 }
 
 #[test]
-fn events_built_value_by_value_match_json_text() {
-    let fx = plugin("conv", &[("index.js", "exports.processEvent = (e) => { e.properties.n = 1.5; return e }")]);
-    let mut p = Host::new().ready(&fx);
+fn results_read_back_match_json_stringify_in_the_plugins_realm() {
+    // The host reads what processEvent returns from Rust; QuickJS's own JSON.stringify of the
+    // same object, logged by the plugin, is the oracle.
+    let fx = plugin(
+        "shapes",
+        &[("index.js", "exports.processEvent = (e) => { const p = e.properties; p.n = 1.5; p.big = 2 ** 60; p.tiny = 1e-7; p.neg = -0; p.u = undefined; p.arr = [undefined, Symbol('s'), , 'x']; p.s = 'é\\u2028\\ud800'; p.nested = { when: new Date(0), k: [[]] }; console.log(JSON.stringify(e)); return e }")],
+    );
+    let host = Host::new();
+    let mut p = host.ready(&fx);
     let ev = json!({"uuid": "u", "team_id": 2, "event": "e", "properties": {"z": [1, "x", null, true, {"k": -7}], "a": 3000000000i64}});
-    let built = p.event_from_value(&ev).unwrap();
-    let team = p.team_of(&built);
-    let operators::plugin::StepOutcome::Kept(out) = p.process(built, &team) else { panic!("kept") };
-    let mut want = ev.clone();
-    want["properties"]["n"] = json!(1.5);
-    assert_eq!(p.event_to_value(&out).unwrap(), want);
-    assert_eq!(p.stringify(&out), want.to_string());
+    let out = p.process_event_json(&ev.to_string()).unwrap().unwrap();
+    let logged = host.messages().into_iter().find(|m| m.starts_with('{')).unwrap();
+    assert_eq!(out, logged);
+}
+
+#[test]
+fn plugins_cannot_compile_code_from_strings() {
+    // QuickJS's compiler is not safe when it runs out of memory halfway; plugins never get to
+    // run it. Every door to it throws, and the ordinary uses of functions keep working.
+    let fx = plugin(
+        "codegen",
+        &[(
+            "index.js",
+            "exports.processEvent = (e) => {\n\
+               const tried = {}\n\
+               const attempts = {\n\
+                 eval: () => eval('1 + 1'),\n\
+                 indirect_eval: () => (0, globalThis['ev' + 'al'])('1 + 1'),\n\
+                 new_function: () => new Function('return 1'),\n\
+                 function_call: () => Function('return 1'),\n\
+                 constructor: () => (() => 1).constructor('return 1'),\n\
+                 async_constructor: () => Object.getPrototypeOf(async function () {}).constructor('return 1'),\n\
+                 generator_constructor: () => Object.getPrototypeOf(function* () {}).constructor('yield 1'),\n\
+                 async_generator_constructor: () => Object.getPrototypeOf(async function* () {}).constructor('yield 1'),\n\
+                 redefine: () => { Object.defineProperty(Function.prototype, 'constructor', { value: 1 }); return Function.prototype.constructor('return 1') },\n\
+               }\n\
+               for (const [name, attempt] of Object.entries(attempts)) { try { attempt(); tried[name] = 'ran' } catch (x) { tried[name] = x.name } }\n\
+               e.properties.tried = tried\n\
+               e.properties.still = [typeof (() => 1), (() => 1) instanceof Function, (function () {}).constructor === Function, [1, 2].map((x) => x * 2).join()]\n\
+               return e\n\
+             }",
+        )],
+    );
+    let out = process(&mut Host::new().ready(&fx)).unwrap();
+    for (name, result) in out["properties"]["tried"].as_object().unwrap() {
+        assert!(result == "EvalError" || (name == "redefine" && result == "TypeError"), "{name}: {result}");
+    }
+    assert_eq!(out["properties"]["tried"].as_object().unwrap().len(), 9);
+    assert_eq!(out["properties"]["still"], json!(["function", true, true, "2,4"]));
 }

@@ -162,9 +162,38 @@ pub struct RuntimeConfig {
     /// Longest one plugin call may take, in milliseconds (PostHog: 30 s).
     #[serde(default = "default_call_timeout_ms")]
     pub call_timeout_ms: u64,
-    /// QuickJS heap limit per worker, in MiB, shared by the worker's plugin instances.
+    /// QuickJS heap limit of one plugin instance (configuration × team), in MiB. Every
+    /// instance has a runtime and heap of its own.
     #[serde(default = "default_memory_limit_mb")]
     pub memory_limit_mb: u64,
+    /// Largest event, in bytes of JSON: larger input lines are dead-lettered, and a plugin
+    /// returning a larger event fails that call.
+    #[serde(default = "default_max_event_bytes")]
+    pub max_event_bytes: u64,
+    /// Deepest nesting of objects and arrays in an event (the event itself is level 1), for
+    /// input lines and plugin results alike. At most 120.
+    #[serde(default = "default_max_event_depth")]
+    pub max_event_depth: u64,
+    /// Calls that time out or run out of memory after which a plugin instance is disabled
+    /// (each one holds the worker; a timeout for `call_timeout_ms`).
+    #[serde(default = "default_max_timeouts")]
+    pub max_timeouts: u32,
+    /// `posthog.capture` calls one hook call may make; past it `capture` throws.
+    #[serde(default = "default_max_captures_per_call")]
+    pub max_captures_per_call: u32,
+    /// `posthog.capture` calls one plugin instance may make per batch of `batch_size` lines.
+    #[serde(default = "default_max_captures_per_epoch")]
+    pub max_captures_per_epoch: u32,
+    /// Jobs one hook call may enqueue; past it `runNow`/`runIn`/`runAt` reject.
+    #[serde(default = "default_max_jobs_per_call")]
+    pub max_jobs_per_call: u32,
+    /// Bytes of `console` output one hook call may write; the rest is cut with a marker.
+    #[serde(default = "default_max_log_bytes_per_call")]
+    pub max_log_bytes_per_call: u64,
+    /// After SIGINT/SIGTERM, how long plugin calls may go on before every call is ended at
+    /// once, in milliseconds (a second signal ends them at once).
+    #[serde(default = "default_shutdown_grace_ms")]
+    pub shutdown_grace_ms: u64,
     /// Lines per epoch (batch) read from the log.
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
@@ -192,6 +221,30 @@ pub struct RuntimeConfig {
 fn default_max_capture_hops() -> u32 {
     3
 }
+fn default_max_event_bytes() -> u64 {
+    1024 * 1024
+}
+fn default_max_event_depth() -> u64 {
+    64
+}
+fn default_max_timeouts() -> u32 {
+    5
+}
+fn default_max_captures_per_call() -> u32 {
+    100
+}
+fn default_max_captures_per_epoch() -> u32 {
+    10_000
+}
+fn default_max_jobs_per_call() -> u32 {
+    100
+}
+fn default_max_log_bytes_per_call() -> u64 {
+    64 * 1024
+}
+fn default_shutdown_grace_ms() -> u64 {
+    10_000
+}
 
 fn default_on_event_retry_base_ms() -> u64 {
     5_000
@@ -207,7 +260,7 @@ fn default_call_timeout_ms() -> u64 {
     30_000
 }
 fn default_memory_limit_mb() -> u64 {
-    512
+    64
 }
 fn default_batch_size() -> usize {
     1024
@@ -231,6 +284,14 @@ impl Default for RuntimeConfig {
             export_retry_base_ms: default_export_retry_base_ms(),
             setup_retry_base_ms: default_setup_retry_base_ms(),
             max_capture_hops: default_max_capture_hops(),
+            max_event_bytes: default_max_event_bytes(),
+            max_event_depth: default_max_event_depth(),
+            max_timeouts: default_max_timeouts(),
+            max_captures_per_call: default_max_captures_per_call(),
+            max_captures_per_epoch: default_max_captures_per_epoch(),
+            max_jobs_per_call: default_max_jobs_per_call(),
+            max_log_bytes_per_call: default_max_log_bytes_per_call(),
+            shutdown_grace_ms: default_shutdown_grace_ms(),
         }
     }
 }
@@ -338,17 +399,25 @@ impl PipelineConfig {
             }
         }
         let r = &self.runtime;
-        if r.call_timeout_ms == 0 {
-            return fail("runtime.call_timeout_ms".into(), "must be at least 1".into());
-        }
-        if r.memory_limit_mb < 8 {
-            return fail("runtime.memory_limit_mb".into(), "must be at least 8".into());
-        }
-        if r.batch_size == 0 {
-            return fail("runtime.batch_size".into(), "must be at least 1".into());
-        }
-        if r.max_epochs_ahead == 0 {
-            return fail("runtime.max_epochs_ahead".into(), "must be at least 1".into());
+        let ranges: [(&str, u64, u64, u64); 13] = [
+            ("call_timeout_ms", r.call_timeout_ms, 1, 3_600_000),
+            ("memory_limit_mb", r.memory_limit_mb, 8, 65_536),
+            ("batch_size", r.batch_size as u64, 1, 1_000_000),
+            ("max_epochs_ahead", r.max_epochs_ahead, 1, 1_000),
+            ("fetch_timeout_ms", r.fetch_timeout_ms, 1, 3_600_000),
+            ("max_event_bytes", r.max_event_bytes, 1024, 256 << 20),
+            ("max_event_depth", r.max_event_depth, 2, operators::event::MAX_DEPTH_LIMIT as u64),
+            ("max_timeouts", u64::from(r.max_timeouts), 1, 1_000_000),
+            ("max_captures_per_call", u64::from(r.max_captures_per_call), 0, 1_000_000),
+            ("max_captures_per_epoch", u64::from(r.max_captures_per_epoch), 0, 100_000_000),
+            ("max_jobs_per_call", u64::from(r.max_jobs_per_call), 0, 1_000_000),
+            ("max_log_bytes_per_call", r.max_log_bytes_per_call, 0, 1 << 30),
+            ("shutdown_grace_ms", r.shutdown_grace_ms, 0, 3_600_000),
+        ];
+        for (name, value, low, high) in ranges {
+            if !(low..=high).contains(&value) {
+                return fail(format!("runtime.{name}"), format!("is {value}; it must be between {low} and {high}"));
+            }
         }
         let mut ids = std::collections::HashSet::new();
         for (i, p) in self.plugins.iter().enumerate() {

@@ -121,13 +121,21 @@ pub fn prometheus(state: &HttpState) -> String {
     counter("pluginflow_events_out_total", "Events written to the output.", s.events_out);
     counter("pluginflow_events_dropped_total", "Events dropped by a processEvent plugin.", s.dropped);
     counter("pluginflow_dead_letters_total", "Records sent to the dead-letter output.", s.dead_lettered);
-    counter("pluginflow_events_captured_total", "Events plugins captured that went back into the graph.", s.captured);
+    counter("pluginflow_events_captured_total", "Events plugins captured (sent back into the graph, or dead-lettered as capture loops).", s.captured);
     out.push_str("# HELP pluginflow_plugin_calls_total Plugin hook calls by outcome (app metrics).\n# TYPE pluginflow_plugin_calls_total counter\n");
     for ((config, team, hook, outcome), n) in &s.metrics {
         out.push_str(&format!(
             "pluginflow_plugin_calls_total{{config=\"{}\",team=\"{team}\",hook=\"{hook}\",outcome=\"{outcome}\"}} {n}\n",
             label(config)
         ));
+    }
+    out.push_str("# HELP pluginflow_chain_skips_total Events that did not run a plugin of their chain: reason snapshot ($snapshot events, whole chain, as PostHog), disabled or not_loaded (that configuration).\n# TYPE pluginflow_chain_skips_total counter\n");
+    for ((config, reason), n) in &s.skips {
+        out.push_str(&format!("pluginflow_chain_skips_total{{config=\"{}\",reason=\"{reason}\"}} {n}\n", label(config)));
+    }
+    out.push_str("# HELP pluginflow_refused_total posthog.capture calls and jobs refused by the per-call and per-batch limits.\n# TYPE pluginflow_refused_total counter\n");
+    for ((config, what), n) in &s.refused {
+        out.push_str(&format!("pluginflow_refused_total{{config=\"{}\",what=\"{what}\"}} {n}\n", label(config)));
     }
     let pending = state.pending_retries.lock().expect("http state lock").as_ref().map_or(0, |f| f());
     out.push_str(&format!("# HELP pluginflow_pending_retries Retries waiting in the durable queue.\n# TYPE pluginflow_pending_retries gauge\npluginflow_pending_retries {pending}\n"));

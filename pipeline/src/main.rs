@@ -109,8 +109,25 @@ fn run(args: RunArgs) -> ExitCode {
         config.per_process_outputs(args.process);
     }
     let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    if let Err(e) = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)) {
+    let cancel = Arc::new(AtomicBool::new(false));
+    let (flag, cancel_flag) = (stop.clone(), cancel.clone());
+    let grace = std::time::Duration::from_millis(config.runtime.shutdown_grace_ms);
+    // First signal: stop reading and finish what is in flight; plugin calls still running after
+    // the grace period are ended. A second signal ends them at once.
+    let handler = move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            eprintln!("pluginflow: second signal: ending plugin calls now");
+            cancel_flag.store(true, Ordering::SeqCst);
+            return;
+        }
+        eprintln!("pluginflow: stopping: no more input is read; plugin calls are ended after {} ms", grace.as_millis());
+        let cancel = cancel_flag.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(grace);
+            cancel.store(true, Ordering::SeqCst);
+        });
+    };
+    if let Err(e) = ctrlc::set_handler(handler) {
         eprintln!("pluginflow: cannot install the signal handler: {e}");
         return ExitCode::from(1);
     }
@@ -122,7 +139,7 @@ fn run(args: RunArgs) -> ExitCode {
         }
     };
     let shared = match pluginflow::run::prepare(config, logs, stop) {
-        Ok(s) => s,
+        Ok(s) => pluginflow::run::Shared { cancel, ..s },
         Err(e) => {
             eprintln!("pluginflow: {e:#}");
             return ExitCode::from(2);

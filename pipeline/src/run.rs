@@ -27,11 +27,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use operators::event::{DeadLetter, ValidEvent, parse_line};
+use operators::event::{DeadLetter, EventLimits, ValidEvent, parse_line};
 use operators::dataflow::deferred::RunDeferred;
 use operators::plugin::deferred::{DeferredWork, RetryPolicies, RetryPolicy};
 use operators::plugin::worker::{PluginNotice, PluginSpec, WorkerPlace, WorkerPlugins};
-use operators::plugin::{GeoIp, HostServices, Limits, LogSink, PluginDefinition};
+use operators::plugin::{GeoIp, HostServices, Limits, LogSink, PluginDefinition, PluginRuntime};
 use state::{MemoryStore, RocksStore, StateStore};
 use differential_dataflow::input::InputSession;
 use timely::dataflow::operators::core::{Inspect, OkErr, Probe};
@@ -60,6 +60,8 @@ pub struct Shared {
     pub stats: Arc<Stats>,
     /// Set on SIGINT/SIGTERM: stop reading, finish what is in flight.
     pub stop: Arc<AtomicBool>,
+    /// Set when plugin calls must end at once (the shutdown grace is over).
+    pub cancel: Arc<AtomicBool>,
     /// The clock scheduled tasks and jobs follow (tests set their own).
     pub clock: Arc<dyn state::Clock>,
     /// What the HTTP endpoint shows.
@@ -117,17 +119,32 @@ pub fn prepare(config: PipelineConfig, logs: Arc<dyn LogSink>, stop: Arc<AtomicB
         services,
         stats,
         stop,
+        cancel: Arc::new(AtomicBool::new(false)),
         clock: Arc::new(state::SystemClock),
         config: Arc::new(config),
     })
 }
 
-fn limits(config: &PipelineConfig) -> Limits {
+/// The plugin sandbox's limits from `[runtime]` (ranges checked when the file was read).
+pub fn limits(config: &PipelineConfig) -> Limits {
+    let r = &config.runtime;
     Limits {
-        call_timeout: Duration::from_millis(config.runtime.call_timeout_ms),
-        memory_limit_bytes: (config.runtime.memory_limit_mb as usize) << 20,
+        call_timeout: Duration::from_millis(r.call_timeout_ms),
+        memory_limit_bytes: (r.memory_limit_mb as usize) << 20,
+        max_event_bytes: r.max_event_bytes as usize,
+        max_event_depth: r.max_event_depth as usize,
+        max_timeouts: r.max_timeouts,
+        max_captures_per_call: r.max_captures_per_call,
+        max_captures_per_epoch: r.max_captures_per_epoch,
+        max_jobs_per_call: r.max_jobs_per_call,
+        max_log_bytes_per_call: r.max_log_bytes_per_call as usize,
         ..Limits::default()
     }
+}
+
+/// The limits input lines are checked against.
+pub fn event_limits(config: &PipelineConfig) -> EventLimits {
+    EventLimits { max_bytes: config.runtime.max_event_bytes as usize, max_depth: config.runtime.max_event_depth as usize }
 }
 
 /// Runs the job with timely configuration `timely_config` and returns the counters.
@@ -155,8 +172,9 @@ fn run_worker(
     index: usize,
     peers: usize,
 ) -> anyhow::Result<()> {
+    let sandbox = PluginRuntime::with_cancel(limits(&shared.config), shared.cancel.clone()).map_err(anyhow::Error::msg)?;
     let plugins = Rc::new(RefCell::new(
-        WorkerPlugins::new(limits(&shared.config), shared.specs.clone(), shared.services.clone())
+        WorkerPlugins::with_runtime(sandbox, shared.specs.clone(), shared.services.clone())
             .map_err(anyhow::Error::msg)?
             .with_place(WorkerPlace {
                 index,
@@ -193,10 +211,11 @@ fn run_worker(
             .inspect(move |(key, _time, delta)| write_metric(&out, key, *delta))
             .inner
             .probe_with(&metrics_probe);
-        let (events, dead) = input.to_stream(scope).ok_err(move |(pos, line): (u64, Vec<u8>)| parse_line(&line, &source_name, pos));
+        let checks = event_limits(&shared.config);
+        let (events, dead) = input.to_stream(scope).ok_err(move |(pos, line): (u64, Vec<u8>)| parse_line(&line, &source_name, pos, &checks));
         let chain = plugins.clone();
         let stats = shared.stats.clone();
-        let processed = events.flat_map(move |ev: ValidEvent| run_event(&chain, &stats, ev));
+        let (processed, unprocessable): (timely::dataflow::Stream<'_, u64, Vec<(i64, u32, String)>>, _) = events.flat_map(move |ev: ValidEvent| run_event(&chain, &stats, ev)).ok_err(|r: Result<(i64, u32, String), DeadLetter>| r);
         let (sink, stats, fail) = (io.events.clone(), shared.stats.clone(), failed.clone());
         processed
             .clone()
@@ -210,6 +229,7 @@ fn run_worker(
             .probe_with(&intake)
             .probe_with(&probe);
         write_dead_letters(dead, &io.dead_letters, &shared.stats, &failed).probe_with(&intake).probe_with(&probe);
+        write_dead_letters(unprocessable, &io.dead_letters, &shared.stats, &failed).probe_with(&intake).probe_with(&probe);
         let given_up = processed.run_deferred(deferred.clone()).map(exhausted_letter);
         write_dead_letters(given_up, &io.dead_letters, &shared.stats, &failed).probe_with(&probe);
     });
@@ -223,6 +243,7 @@ fn run_worker(
             tracing::info!(worker = index, "stop requested: no more input is read");
             break;
         }
+        plugins.borrow_mut().begin_epoch(epoch);
         if source_done {
             // The input is read: let the chain catch up, and keep the input open only while
             // plugins keep capturing events that must go back in.
@@ -277,9 +298,9 @@ fn run_worker(
     plugins.borrow_mut().teardown_all();
     // What plugins captured after the input closed (in onEvent retries, at teardown) cannot
     // enter the graph any more: keep it as dead letters rather than lose it.
-    let late: Vec<DeadLetter> = plugins
-        .borrow_mut()
-        .take_captured()
+    let late: Vec<String> = plugins.borrow_mut().take_captured();
+    shared.stats.add_captured(late.len() as u64);
+    let late: Vec<DeadLetter> = late
         .into_iter()
         .map(|json| DeadLetter { source: "posthog.capture".into(), position: 0, reason: "captured after the input closed".into(), raw: json, raw_base64: None })
         .collect();
@@ -310,6 +331,9 @@ fn inject_captured(
             .ok()
             .and_then(|v| v.get(operators::plugin::worker::HOPS_KEY).and_then(serde_json::Value::as_u64))
             .unwrap_or(1) as u32;
+        // Every captured event counts as captured, whether it goes in or to the dead letters:
+        // in + captured = out + dropped + dead letters.
+        stats.add_captured(1);
         if hops > max_hops {
             tracing::warn!(hops, max_hops, "posthog.capture loop stopped: the event goes to the dead-letter output");
             looping.push(DeadLetter {
@@ -321,7 +345,6 @@ fn inject_captured(
             });
             continue;
         }
-        stats.add_captured(1);
         input.send((0, json.into_bytes()));
     }
     looping
@@ -392,20 +415,20 @@ fn retry_policies(config: &PipelineConfig) -> RetryPolicies {
     }
 }
 
-fn run_event(chain: &Rc<RefCell<WorkerPlugins>>, stats: &Stats, ev: ValidEvent) -> Option<(i64, u32, String)> {
+/// Runs one event's chain: `Ok` with the final event (none when dropped), or a dead letter when
+/// the chain could not be completed. An event is never written out without its chain.
+fn run_event(chain: &Rc<RefCell<WorkerPlugins>>, stats: &Stats, ev: ValidEvent) -> Option<Result<(i64, u32, String), DeadLetter>> {
     let mut plugins = chain.borrow_mut();
     match plugins.process(ev.team_id, &ev.name, &ev.uuid, &ev.json, ev.hops) {
         Ok(outcome) => {
             if outcome.event.is_none() {
                 stats.add_dropped(1);
             }
-            outcome.event.map(|e| (ev.team_id, ev.hops, e))
+            outcome.event.map(|e| Ok((ev.team_id, ev.hops, e)))
         }
-        Err(e) => {
-            // The line passed validation but not QuickJS's parser (which serde accepted):
-            // keep the event unprocessed rather than lose it.
-            tracing::error!(uuid = %ev.uuid, error = %e, "event could not enter the plugin runtime; passed through unprocessed");
-            Some((ev.team_id, ev.hops, ev.json))
+        Err(reason) => {
+            tracing::error!(uuid = %ev.uuid, error = %reason, "event could not complete its chain: dead-lettered");
+            Some(Err(DeadLetter { source: "chain".into(), position: 0, reason, raw: ev.json, raw_base64: None }))
         }
     }
 }
@@ -416,6 +439,8 @@ fn record_notices(stats: &Stats, plugins: &mut WorkerPlugins, metrics: &mut Inpu
         match notice {
             PluginNotice::CallFailed(e) => stats.add_failure(&format!("{} ({})", e.plugin, e.config_id), e.hook.as_str()),
             PluginNotice::LoadFailed { config_id, .. } => stats.add_failure(&config_id, "load"),
+            PluginNotice::Skipped { config_id, reason, count } => stats.add_skip(config_id.as_deref().unwrap_or("*"), reason, count),
+            PluginNotice::Refused { config_id, what, count } => stats.add_refused(&config_id, what, count),
             PluginNotice::Metric(m) => {
                 let minute = clock.now_ms() / 60_000 * 60_000;
                 let key = (m.config_id.clone(), m.team, m.hook.as_str().to_string(), m.outcome.as_str().to_string(), minute);

@@ -17,6 +17,8 @@ pub struct Stats {
     captured: AtomicU64,
     failures: Mutex<BTreeMap<(String, String), u64>>,
     metrics: Mutex<BTreeMap<(String, i64, String, String), u64>>,
+    skips: Mutex<BTreeMap<(String, String), u64>>,
+    refused: Mutex<BTreeMap<(String, String), u64>>,
 }
 
 /// A snapshot of [`Stats`].
@@ -34,12 +36,18 @@ pub struct Summary {
     pub dropped: u64,
     /// Lines sent to the dead-letter output.
     pub dead_lettered: u64,
-    /// Events plugins captured (`posthog.capture`) and the graph took in.
+    /// Events plugins captured (`posthog.capture`): sent back into the graph, or dead-lettered
+    /// (capture loops, captures after the input closed).
     pub captured: u64,
     /// Failures per (plugin configuration, hook).
     pub failures: BTreeMap<(String, String), u64>,
     /// App metrics: counts per (configuration, team, hook, outcome).
     pub metrics: BTreeMap<(String, i64, String, String), u64>,
+    /// Events that did not run a plugin of their chain, per (configuration or `*` for the whole
+    /// chain, reason: `snapshot`, `disabled`, `not_loaded`).
+    pub skips: BTreeMap<(String, String), u64>,
+    /// `posthog.capture` calls and jobs refused by the limits, per (configuration, what).
+    pub refused: BTreeMap<(String, String), u64>,
 }
 
 impl Stats {
@@ -64,7 +72,7 @@ impl Stats {
     pub fn add_dead(&self, n: u64) {
         self.dead_lettered.fetch_add(n, Ordering::Relaxed);
     }
-    /// Records events captured by plugins and sent back into the graph.
+    /// Records events captured by plugins.
     pub fn add_captured(&self, n: u64) {
         self.captured.fetch_add(n, Ordering::Relaxed);
     }
@@ -76,6 +84,14 @@ impl Stats {
     pub fn add_metric(&self, m: operators::plugin::worker::AppMetric) {
         let key = (m.config_id, m.team, m.hook.as_str().to_string(), m.outcome.as_str().to_string());
         *self.metrics.lock().expect("stats lock").entry(key).or_default() += m.count;
+    }
+    /// Records events that skipped a plugin of their chain (`config` `*`: the whole chain).
+    pub fn add_skip(&self, config: &str, reason: &str, n: u64) {
+        *self.skips.lock().expect("stats lock").entry((config.to_string(), reason.to_string())).or_default() += n;
+    }
+    /// Records captures or jobs the limits refused.
+    pub fn add_refused(&self, config: &str, what: &str, n: u64) {
+        *self.refused.lock().expect("stats lock").entry((config.to_string(), what.to_string())).or_default() += n;
     }
     /// A snapshot.
     pub fn summary(&self) -> Summary {
@@ -89,6 +105,8 @@ impl Stats {
             captured: self.captured.load(Ordering::Relaxed),
             failures: self.failures.lock().expect("stats lock").clone(),
             metrics: self.metrics.lock().expect("stats lock").clone(),
+            skips: self.skips.lock().expect("stats lock").clone(),
+            refused: self.refused.lock().expect("stats lock").clone(),
         }
     }
 }
@@ -117,6 +135,12 @@ impl Summary {
             for ((plugin, hook), n) in &self.failures {
                 let _ = writeln!(s, "    {plugin} {hook}: {n}");
             }
+        }
+        for ((config, reason), n) in &self.skips {
+            let _ = writeln!(s, "  skipped a plugin:    {n} events ({config}: {reason})");
+        }
+        for ((config, what), n) in &self.refused {
+            let _ = writeln!(s, "  refused by limits:   {n} {what} calls ({config})");
         }
         if !self.metrics.is_empty() {
             let _ = writeln!(s, "  app metrics (configuration, team, hook: outcome = count):");

@@ -84,26 +84,25 @@ pub fn run_lines(instance: &mut PluginInstance, input: impl BufRead, mut out: im
             writeln!(out, "null")?;
             continue;
         }
-        let result = match instance.parse_event(&line) {
-            Ok(event) => {
-                let team = instance.team_of(&event);
-                match instance.process(event, &team) {
-                    StepOutcome::Kept(e) => instance.stringify(&e),
-                    StepOutcome::Dropped => {
-                        report.dropped += 1;
-                        "null".to_string()
-                    }
-                    StepOutcome::Failed(err, e) => {
-                        report.failed += 1;
-                        instance.log_error(&err, None);
-                        instance.stringify(&e)
-                    }
-                }
-            }
+        let team = match serde_json::from_str::<serde_json::Value>(&line) {
+            Ok(v) => v.get("team_id").and_then(serde_json::Value::as_i64),
             Err(e) => {
                 report.failed += 1;
                 instance.log_system(LogLevel::Error, &format!("input line {} is not valid JSON: {e}", report.lines));
+                writeln!(out, "null")?;
+                continue;
+            }
+        };
+        let result = match instance.process_team(&line, team) {
+            StepOutcome::Kept(e) => e,
+            StepOutcome::Dropped => {
+                report.dropped += 1;
                 "null".to_string()
+            }
+            StepOutcome::Failed(err, kept) => {
+                report.failed += 1;
+                instance.log_error(&err, None);
+                kept.unwrap_or(line)
             }
         };
         writeln!(out, "{result}")?;

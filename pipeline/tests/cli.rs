@@ -139,6 +139,52 @@ fn sigterm_stops_reading_finishes_and_tears_down() {
 }
 
 #[test]
+fn sigterm_ends_a_plugin_that_never_returns_after_the_grace_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let line = "{\"uuid\":\"u\",\"event\":\"e\",\"team_id\":1,\"properties\":{}}\n";
+    std::fs::write(dir.path().join("e.jsonl"), line.repeat(10)).unwrap();
+    plugin(dir.path(), "spin", r#"{"name":"spin"}"#, "exports.processEvent = (e) => { console.log('spinning'); for (;;) {} }");
+    let cfg = dir.path().join("pf.toml");
+    // The call deadline is an hour: only the shutdown can end the call.
+    std::fs::write(
+        &cfg,
+        "[input]\npath = \"e.jsonl\"\n[output]\nevents = \"out/e.jsonl\"\ndead_letters = \"out/d.jsonl\"\nlogs = \"out/l.jsonl\"\n[state]\nmemory = true\n[runtime]\ncall_timeout_ms = 3600000\nshutdown_grace_ms = 200\n[[plugins]]\nid = \"s\"\npath = \"spin\"\n",
+    )
+    .unwrap();
+    let mut child = bin().args(["run", "--no-progress"]).arg(&cfg).stderr(Stdio::piped()).spawn().unwrap();
+    let logs = dir.path().join("out/l.jsonl");
+    let started = Instant::now();
+    while !std::fs::read_to_string(&logs).unwrap_or_default().contains("spinning") {
+        assert!(started.elapsed() < Duration::from_secs(60), "the plugin never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    // Without the cancel the call would run for an hour; a minute is a generous bound.
+    let waited = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if waited.elapsed() > Duration::from_secs(60) {
+            child.kill().unwrap();
+            panic!("pluginflow did not end after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    let events = std::fs::read_to_string(dir.path().join("out/e.jsonl")).unwrap();
+    assert!(events.lines().count() >= 1, "the event in flight was written: {stderr}");
+    for e in events.lines() {
+        let v: serde_json::Value = serde_json::from_str(e).unwrap();
+        assert_eq!(v["properties"]["$plugins_failed"], serde_json::json!(["spin (s)"]), "{e}");
+    }
+    let logs = std::fs::read_to_string(&logs).unwrap();
+    assert!(logs.contains("cancelled: pluginflow is shutting down"), "{logs}");
+}
+
+#[test]
 fn two_processes_form_a_cluster_and_split_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let lines: String = (0..4000).map(|i| format!("{{\"uuid\":\"u{i}\",\"event\":\"e\",\"team_id\":{},\"properties\":{{}}}}\n", i % 3 + 1)).collect();

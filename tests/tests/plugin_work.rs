@@ -111,7 +111,9 @@ fn capture_loops_stop_at_the_hop_limit() {
     let dead = read_json_lines(&cfg.output.dead_letters);
     assert_eq!(dead.len(), 1);
     assert!(dead[0]["reason"].as_str().unwrap().starts_with("posthog.capture loop: this event is 4 captures deep"), "{}", dead[0]);
-    assert_eq!(summary.captured, 3);
+    // Four captures: three went back in, the fourth was too deep and is a dead letter.
+    assert_eq!(summary.captured, 4);
+    assert_eq!(summary.events_in + summary.captured, summary.events_out + summary.dropped + summary.dead_lettered);
 }
 
 #[test]

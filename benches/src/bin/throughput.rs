@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use operators::event::parse_line;
+use operators::event::{EventLimits, parse_line};
 use operators::plugin::worker::{PluginSpec, WorkerPlugins};
 use operators::plugin::{InstanceConfig, Limits, PluginDefinition, PluginInstance, PluginRuntime};
 use pluginflow_benches::{percentile, proc_status_kib, services};
@@ -217,7 +217,7 @@ fn check(a: &Args) {
     let log = load(a.events.as_deref().unwrap_or_else(|| usage("--events is required")));
     let rss = proc_status_kib("VmRSS");
     let (elapsed, lat, t) = timed(&log, a.warmup, |bytes, pos| {
-        let ev = parse_line(bytes, "bench", pos).ok()?;
+        let ev = parse_line(bytes, "bench", pos, &EventLimits::default()).ok()?;
         Some(Some(std::hint::black_box(ev.json).len()))
     });
     report(a, "parse_line check (graph's per-event work)", json!({}), rss, elapsed, lat, t);
@@ -254,7 +254,7 @@ fn chain(a: &Args) {
     let mut failures = 0u64;
     let rss = proc_status_kib("VmRSS");
     let (elapsed, lat, t) = timed(&log, a.warmup, |bytes, pos| {
-        let ev = parse_line(bytes, "bench", pos).ok()?;
+        let ev = parse_line(bytes, "bench", pos, &EventLimits::default()).ok()?;
         match plugins.process(ev.team_id, &ev.name, &ev.uuid, &ev.json, ev.hops) {
             Ok(out) => {
                 failures += out.failed.len() as u64;
@@ -280,14 +280,14 @@ fn instances(a: &Args) {
         inst.setup().unwrap_or_else(|e| usage(&format!("setupPlugin: {}: {}", e.name, e.message)));
         inst
     };
-    // One instance first, so the allocator and QuickJS's shared atoms are warm.
+    // One instance first, so the allocator is warm (each instance has a runtime of its own).
     let mut kept = vec![make(0)];
-    runtime.collect_garbage();
+    kept.iter().for_each(|i| i.collect_garbage());
     let (rss0, heap0) = (proc_status_kib("VmRSS"), runtime.memory_used());
     for team in 1..=a.count as i64 {
         kept.push(make(team));
     }
-    runtime.collect_garbage();
+    kept.iter().for_each(|i| i.collect_garbage());
     let (rss1, heap1) = (proc_status_kib("VmRSS"), runtime.memory_used());
     let n = a.count.max(1) as f64;
     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();

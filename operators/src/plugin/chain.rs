@@ -4,8 +4,9 @@
 //! as a failure; `$plugins_succeeded`, `$plugins_failed` and `$plugins_deferred` list
 //! `Name (configId)` of each plugin.
 //!
-//! The event is parsed once, moves between the plugins' contexts as a QuickJS object, and is
-//! serialised once at the end.
+//! Between plugins the event is JSON text: each plugin gets its own copy built in its own
+//! runtime, and what it returns is read back by the host as data. No object of one plugin is
+//! ever seen by another.
 
 use super::error::{Hook, PluginError};
 use super::instance::{PluginInstance, StepOutcome};
@@ -25,29 +26,21 @@ pub struct ChainOutcome {
     pub deferred: Vec<String>,
 }
 
-/// Runs `event_json` through `chain` (the team's instances in plugin order).
+/// Runs `event_json` (an event of team `team`) through `chain` (the team's instances in plugin
+/// order).
 ///
-/// Returns `Err` only when the event is not valid JSON. With no plugin to run or mark, the
-/// input is returned untouched.
-pub fn run_chain(chain: &mut [&mut PluginInstance], event_json: &str) -> Result<ChainOutcome, String> {
+/// Returns `Err` only when the event's text cannot be marked (its `properties` is not an
+/// object): the caller dead-letters it. With no plugin to run or mark, the input is returned
+/// untouched.
+pub fn run_chain(chain: &mut [&mut PluginInstance], event_json: &str, team: i64) -> Result<ChainOutcome, String> {
     let mut out = ChainOutcome::default();
-    let runs = chain.iter().any(|p| p.has(Hook::ProcessEvent));
-    let marks = chain.iter().any(|p| p.has(Hook::OnEvent));
-    if !runs && !marks {
-        out.event = Some(event_json.to_string());
-        return Ok(out);
-    }
-    let first = chain.iter().position(|p| p.has(Hook::ProcessEvent)).unwrap_or(0);
-    let mut event = chain[first].parse_event(event_json)?;
-    let team = chain[first].team_of(&event);
-    let mut last = first;
-    for (i, plugin) in chain.iter_mut().enumerate() {
+    let mut event: Option<String> = None;
+    for plugin in chain.iter_mut() {
         if plugin.has(Hook::ProcessEvent) {
-            last = i;
-            match plugin.process(event, &team) {
+            match plugin.process(event.as_deref().unwrap_or(event_json), team) {
                 StepOutcome::Kept(next) => {
                     out.succeeded.push(plugin.label().to_string());
-                    event = next;
+                    event = Some(next);
                 }
                 StepOutcome::Dropped => {
                     out.succeeded.push(plugin.label().to_string());
@@ -56,7 +49,9 @@ pub fn run_chain(chain: &mut [&mut PluginInstance], event_json: &str) -> Result<
                 }
                 StepOutcome::Failed(error, kept) => {
                     out.failed.push(error);
-                    event = kept;
+                    if kept.is_some() {
+                        event = kept;
+                    }
                 }
             }
         }
@@ -64,8 +59,12 @@ pub fn run_chain(chain: &mut [&mut PluginInstance], event_json: &str) -> Result<
             out.deferred.push(plugin.label().to_string());
         }
     }
+    let text = event.as_deref().unwrap_or(event_json);
+    if out.succeeded.is_empty() && out.failed.is_empty() && out.deferred.is_empty() {
+        out.event = Some(text.to_string());
+        return Ok(out);
+    }
     let failed: Vec<String> = out.failed.iter().map(|e| format!("{} ({})", e.plugin, e.config_id)).collect();
-    chain[last].mark(&event, &out.succeeded, &failed, &out.deferred);
-    out.event = Some(chain[last].stringify(&event));
+    out.event = Some(super::marks::mark_event(text, &out.succeeded, &failed, &out.deferred)?);
     Ok(out)
 }

@@ -5,7 +5,7 @@
 //! are synchronous on the worker thread; the prelude wraps them in promises where the plugin
 //! API is asynchronous.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io::{Read, Write};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -18,6 +18,7 @@ use state::{CacheScope, StateStore};
 
 use super::geoip::GeoIp;
 use super::log::{LogEntry, LogLevel, LogSink, LogSource, Redactor};
+use super::runtime::{Deadline, Limits};
 
 /// What a plugin instance asked the host to do on its behalf, drained by the caller.
 #[derive(Debug, Default)]
@@ -85,11 +86,139 @@ pub(crate) struct HostBindings {
     pub storage_ns: Rc<str>,
     pub redactor: Rc<Redactor>,
     pub outbox: Rc<RefCell<Outbox>>,
+    /// What one call (and one epoch) may still do.
+    pub budget: Rc<CallBudget>,
+    /// The worker's call deadline (`fetch` waits no longer than the call may run).
+    pub deadline: Rc<Deadline>,
 }
 
 impl HostBindings {
     pub fn log(&self, level: LogLevel, source: LogSource, message: &str) {
         self.services.logs.log(LogEntry::new(&self.identity, level, source, self.redactor.redact(message)));
+    }
+
+    /// A `console.*` message, within the call's log budget: past it the message is cut with a
+    /// marker, and later ones are counted and reported once when the call ends.
+    fn console(&self, level: LogLevel, message: &str) {
+        let b = &self.budget;
+        let left = b.limits.max_log_bytes_per_call.saturating_sub(b.log_bytes.get());
+        if left == 0 {
+            b.log_dropped.set(b.log_dropped.get() + 1);
+            return;
+        }
+        if message.len() <= left {
+            b.log_bytes.set(b.log_bytes.get() + message.len());
+            self.log(level, LogSource::Console, message);
+            return;
+        }
+        let mut cut = left;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        b.log_bytes.set(b.limits.max_log_bytes_per_call);
+        let marker = format!(
+            "{} … [cut: {} more bytes; one call may log {} bytes (runtime.max_log_bytes_per_call)]",
+            &message[..cut],
+            message.len() - cut,
+            b.limits.max_log_bytes_per_call
+        );
+        self.log(level, LogSource::Console, &marker);
+    }
+
+    /// Reports what the call's limits held back.
+    pub fn end_call(&self) {
+        let dropped = self.budget.log_dropped.replace(0);
+        if dropped > 0 {
+            self.log(
+                LogLevel::Warn,
+                LogSource::System,
+                &format!(
+                    "{dropped} console messages of this call were dropped: one call may log {} bytes (runtime.max_log_bytes_per_call)",
+                    self.budget.limits.max_log_bytes_per_call
+                ),
+            );
+        }
+    }
+}
+
+/// Per-call and per-epoch allowances of one instance (see [`Limits`]).
+#[derive(Debug)]
+pub(crate) struct CallBudget {
+    limits: Limits,
+    /// The worker's current epoch, shared by its instances.
+    epoch: Rc<Cell<u64>>,
+    captures: Cell<u32>,
+    epoch_captures: Cell<(u64, u32)>,
+    jobs: Cell<u32>,
+    log_bytes: Cell<usize>,
+    log_dropped: Cell<u32>,
+    refusal_logged: Cell<bool>,
+    refused_captures: Cell<u64>,
+    refused_jobs: Cell<u64>,
+}
+
+impl CallBudget {
+    pub fn new(limits: Limits, epoch: Rc<Cell<u64>>) -> Self {
+        CallBudget {
+            limits,
+            epoch,
+            captures: Cell::new(0),
+            epoch_captures: Cell::new((0, 0)),
+            jobs: Cell::new(0),
+            log_bytes: Cell::new(0),
+            log_dropped: Cell::new(0),
+            refusal_logged: Cell::new(false),
+            refused_captures: Cell::new(0),
+            refused_jobs: Cell::new(0),
+        }
+    }
+
+    pub fn begin_call(&self) {
+        self.captures.set(0);
+        self.jobs.set(0);
+        self.log_bytes.set(0);
+        self.log_dropped.set(0);
+        self.refusal_logged.set(false);
+    }
+
+    /// True once per call: the first refusal is logged, later ones only counted.
+    fn first_refusal(&self) -> bool {
+        !self.refusal_logged.replace(true)
+    }
+
+    /// (captures, jobs) refused since the last call of this.
+    pub fn take_refused(&self) -> (u64, u64) {
+        (self.refused_captures.replace(0), self.refused_jobs.replace(0))
+    }
+
+    /// Takes one capture from the call's and the epoch's allowance, or says why not.
+    fn take_capture(&self) -> Result<(), String> {
+        let epoch = self.epoch.get();
+        let (seen, count) = self.epoch_captures.get();
+        let in_epoch = if seen == epoch { count } else { 0 };
+        let refusal = if self.captures.get() >= self.limits.max_captures_per_call {
+            Some(format!("this call already captured {} events (runtime.max_captures_per_call)", self.limits.max_captures_per_call))
+        } else if in_epoch >= self.limits.max_captures_per_epoch {
+            Some(format!("this plugin already captured {} events in this batch (runtime.max_captures_per_epoch)", self.limits.max_captures_per_epoch))
+        } else {
+            None
+        };
+        if let Some(why) = refusal {
+            self.refused_captures.set(self.refused_captures.get() + 1);
+            return Err(format!("posthog.capture refused: {why}"));
+        }
+        self.captures.set(self.captures.get() + 1);
+        self.epoch_captures.set((epoch, in_epoch + 1));
+        Ok(())
+    }
+
+    fn take_job(&self) -> Result<(), String> {
+        if self.jobs.get() >= self.limits.max_jobs_per_call {
+            self.refused_jobs.set(self.refused_jobs.get() + 1);
+            return Err(format!("job refused: this call already enqueued {} jobs (runtime.max_jobs_per_call)", self.limits.max_jobs_per_call));
+        }
+        self.jobs.set(self.jobs.get() + 1);
+        Ok(())
     }
 }
 
@@ -116,8 +245,9 @@ fn new_bytes<'js>(ctx: &Ctx<'js>, bytes: Vec<u8>) -> rquickjs::Result<Value<'js>
     Ok(TypedArray::<u8>::new(ctx.clone(), bytes)?.into_value())
 }
 
-/// Installs `globalThis.__host` for one plugin context.
-pub(crate) fn install<'js>(ctx: &Ctx<'js>, host: &HostBindings) -> rquickjs::Result<()> {
+/// Builds the host object of one plugin context: the native functions behind the prelude. It
+/// is handed to the prelude's function and never placed where plugin code can reach it.
+pub(crate) fn install<'js>(ctx: &Ctx<'js>, host: &HostBindings) -> rquickjs::Result<Object<'js>> {
     let obj = Object::new(ctx.clone())?;
     install_logging(ctx, &obj, host)?;
     install_cache(ctx, &obj, host)?;
@@ -137,7 +267,7 @@ pub(crate) fn install<'js>(ctx: &Ctx<'js>, host: &HostBindings) -> rquickjs::Res
             db.locate_json(&ip).map_err(|e| throw(&ctx, e))
         })?,
     )?;
-    ctx.globals().set("__host", obj)
+    Ok(obj)
 }
 
 fn install_logging<'js>(ctx: &Ctx<'js>, obj: &Object<'js>, host: &HostBindings) -> rquickjs::Result<()> {
@@ -145,7 +275,7 @@ fn install_logging<'js>(ctx: &Ctx<'js>, obj: &Object<'js>, host: &HostBindings) 
     obj.set(
         "log",
         Function::new(ctx.clone(), move |level: String, message: String| {
-            h.log(LogLevel::from_console(&level), LogSource::Console, &message);
+            h.console(LogLevel::from_console(&level), &message);
         })?,
     )
 }
@@ -207,16 +337,30 @@ fn install_storage<'js>(ctx: &Ctx<'js>, obj: &Object<'js>, host: &HostBindings) 
 
 fn install_outbox<'js>(ctx: &Ctx<'js>, obj: &Object<'js>, host: &HostBindings) -> rquickjs::Result<()> {
     let h = host.clone();
+    // Both return `null` when done, or the reason they refused (the prelude throws it).
     obj.set("capture", Function::new(ctx.clone(), move |ctx: Ctx<'js>, event: String, properties: String| {
         let props: serde_json::Map<String, serde_json::Value> =
             serde_json::from_str(&properties).map_err(|e| throw(&ctx, format!("posthog.capture: properties must be an object: {e}")))?;
+        if let Err(why) = h.budget.take_capture() {
+            if h.budget.first_refusal() {
+                h.log(LogLevel::Warn, LogSource::System, &why);
+            }
+            return Ok::<_, rquickjs::Error>(Some(why));
+        }
         let event = super::capture::captured_event(&h.identity, &event, props);
         h.outbox.borrow_mut().captured.push(event);
-        Ok::<_, rquickjs::Error>(())
+        Ok(None)
     })?)?;
     let h = host.clone();
     obj.set("enqueueJob", Function::new(ctx.clone(), move |name: String, payload: String, at: f64| {
+        if let Err(why) = h.budget.take_job() {
+            if h.budget.first_refusal() {
+                h.log(LogLevel::Warn, LogSource::System, &why);
+            }
+            return Some(why);
+        }
         h.outbox.borrow_mut().jobs.push(EnqueuedJob { name, payload, run_at_ms: at as i64 });
+        None
     })?)
 }
 
@@ -269,9 +413,20 @@ fn install_url<'js>(ctx: &Ctx<'js>, obj: &Object<'js>) -> rquickjs::Result<()> {
 
 fn install_fetch<'js>(ctx: &Ctx<'js>, obj: &Object<'js>, host: &HostBindings) -> rquickjs::Result<()> {
     let agent = host.services.http.clone();
+    let deadline = host.deadline.clone();
     obj.set(
         "fetch",
-        Function::new(ctx.clone(), move |ctx: Ctx<'js>, url: String, method: String, headers: String, body: Value<'js>, _timeout: f64| {
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, url: String, method: String, headers: String, body: Value<'js>, timeout_ms: f64| {
+            // node-fetch's `timeout` option, and never past the call's own deadline (the
+            // agent's `runtime.fetch_timeout_ms` applies as well).
+            let asked = (timeout_ms.is_finite() && timeout_ms > 0.0).then(|| Duration::from_secs_f64(timeout_ms / 1000.0));
+            let timeout = match (asked, deadline.remaining()) {
+                (Some(a), Some(r)) => Some(a.min(r)),
+                (a, r) => a.or(r),
+            };
+            if timeout == Some(Duration::ZERO) {
+                return Ok(rquickjs::String::from_str(ctx.clone(), "the call's deadline has passed")?.into_value());
+            }
             let headers: Vec<(String, String)> = serde_json::from_str(&headers).unwrap_or_default();
             let body = if body.is_null() || body.is_undefined() {
                 None
@@ -280,7 +435,7 @@ fn install_fetch<'js>(ctx: &Ctx<'js>, obj: &Object<'js>, host: &HostBindings) ->
             } else {
                 Some(bytes_of(&ctx, &body)?)
             };
-            match super::natives::http_request(&agent, &method, &url, &headers, body) {
+            match super::natives::http_request(&agent, &method, &url, &headers, body, timeout) {
                 Ok(reply) => {
                     let out = Object::new(ctx.clone())?;
                     out.set("status", reply.status)?;

@@ -1,9 +1,11 @@
-//! A loaded plugin configuration on one worker: its QuickJS context and its hooks.
+//! A loaded plugin configuration on one worker: its own QuickJS runtime and its hooks.
 //!
 //! [`PluginDefinition`] is the plugin folder, read and compiled once per process.
-//! [`PluginInstance`] is that plugin with one configuration inside one worker's runtime: its
-//! own globals, its own `meta` (and so its own `global`), and typed hook calls that enforce
-//! the runtime's deadline and classify every failure.
+//! [`PluginInstance`] is that plugin with one configuration, in a QuickJS runtime of its own:
+//! its own heap (with its own limit), globals, job queue and `meta` (and so its own `global`).
+//! Typed hook calls enforce the deadline and classify every failure. Events go in as JSON
+//! text and come out as JSON text read by the host (`tojson`): no object of one instance is
+//! ever handed to another, and the host runs no plugin code to read a result.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -11,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::Arc;
 
-use rquickjs::{Ctx, Function, Object, Persistent, Promise, Value, promise::PromiseState};
+use rquickjs::{Ctx, Function, Object, Persistent, Promise, Value, promise::PromiseState, qjs};
 use serde_json::{Map, Value as Json};
 use state::CacheScope;
 
@@ -20,6 +22,7 @@ use super::host::{self, HostBindings, HostServices, InstanceIdentity, Outbox};
 use super::log::{LogLevel, LogSource, Redactor};
 use super::manifest::{self, PluginManifest};
 use super::runtime::{Deadline, Heap, Limits, PluginRuntime};
+use super::tojson::{self, DateGetTime, Rules};
 use super::source::{self, CompiledPlugin};
 
 const PRELUDE: &str = include_str!("js/prelude.js");
@@ -69,30 +72,29 @@ pub struct InstanceConfig {
     pub attachments: BTreeMap<String, PathBuf>,
 }
 
-/// An event living in the worker's QuickJS heap, passed between a team's plugins without
-/// serialisation.
-pub struct JsEvent(Persistent<Value<'static>>);
-
 /// What one `processEvent` call did to an event.
+#[derive(Debug)]
 pub enum StepOutcome {
-    /// The plugin returned an event.
-    Kept(JsEvent),
+    /// The plugin returned an event (its JSON text, read by the host).
+    Kept(String),
     /// The plugin returned a falsy value: the event is dropped.
     Dropped,
-    /// The call failed; the chain goes on with `event` (the input, or for a `team_id` change
-    /// the returned object with its team restored).
-    Failed(PluginError, JsEvent),
+    /// The call failed. The chain goes on with the given text when there is one (the input
+    /// with the plugin's mutations, or for a `team_id` change the returned event with its
+    /// team restored, as PostHog did), else with the event as it stood before the call.
+    Failed(PluginError, Option<String>),
 }
 
-/// A plugin configuration instantiated in a worker's runtime.
+/// A plugin configuration instantiated in a runtime of its own.
 pub struct PluginInstance {
-    // Field order matters: `pf` must be dropped before the context that may own the runtime.
+    // Field order matters: values saved from the context go before the context (which owns
+    // the runtime) is dropped.
     pf: Option<Persistent<Object<'static>>>,
+    date_get_time: Option<Persistent<Function<'static>>>,
     context: Option<rquickjs::Context>,
     deadline: Rc<Deadline>,
-    /// The runtime's heap account: a refusal during a call means it ran out of memory.
+    /// This instance's heap account: a refusal during a call means it ran out of memory.
     heap: Rc<Heap>,
-    gc_pending: Rc<std::cell::Cell<bool>>,
     limits: Limits,
     bindings: HostBindings,
     hooks: BTreeSet<Hook>,
@@ -101,6 +103,8 @@ pub struct PluginInstance {
     disabled: Option<String>,
     config: Map<String, Json>,
     latency: std::collections::HashMap<Hook, super::timing::Histogram>,
+    /// Calls that timed out or ran out of memory so far (disabled at `limits.max_timeouts`).
+    timeouts: u32,
 }
 
 impl std::fmt::Debug for PluginInstance {
@@ -145,9 +149,9 @@ fn content_type(path: &Path) -> &'static str {
 }
 
 impl PluginInstance {
-    /// Creates the instance: checks the configuration against `plugin.json`, makes a context,
-    /// runs the prelude and the plugin's top-level code, and finds its hooks. Does not call
-    /// `setupPlugin`; see [`PluginInstance::setup`].
+    /// Creates the instance: checks the configuration against `plugin.json`, makes a runtime
+    /// and context of its own, runs the prelude and the plugin's top-level code, and finds its
+    /// hooks. Does not call `setupPlugin`; see [`PluginInstance::setup`].
     pub fn new(
         runtime: &PluginRuntime,
         def: &PluginDefinition,
@@ -177,18 +181,19 @@ impl PluginInstance {
             identity,
             redactor: Rc::new(Redactor::new(secrets)),
             outbox: Rc::new(RefCell::new(Outbox::default())),
+            budget: Rc::new(host::CallBudget::new(runtime.limits, runtime.epoch.clone())),
+            deadline: runtime.deadline.clone(),
         };
         let script_err = |message: String| LoadError::Script { plugin: plugin.clone(), message };
-        if runtime.gc_pending.replace(false) {
-            runtime.rt.run_gc();
-        }
-        let context = rquickjs::Context::full(&runtime.rt).map_err(|e| script_err(e.to_string()))?;
+        let own = runtime.instance_runtime().map_err(script_err)?;
+        let context = rquickjs::Context::full(&own.rt)
+            .map_err(|e| script_err(format!("cannot create the plugin's context: {e} (runtime.memory_limit_mb is too small?)")))?;
         let mut instance = Self {
             pf: None,
+            date_get_time: None,
             context: None,
             deadline: runtime.deadline.clone(),
-            heap: runtime.heap.clone(),
-            gc_pending: runtime.gc_pending.clone(),
+            heap: own.heap,
             limits: runtime.limits,
             bindings,
             hooks: BTreeSet::new(),
@@ -197,11 +202,13 @@ impl PluginInstance {
             disabled: None,
             config: Map::new(),
             latency: std::collections::HashMap::new(),
+            timeouts: 0,
         };
         let config_json = Json::Object(config.clone()).to_string();
         instance.config = config;
-        let (pf, names) = context.with(|ctx| instance.boot(&ctx, def, cfg, &config_json))?;
+        let (pf, date_get_time, names) = context.with(|ctx| instance.boot(&ctx, def, cfg, &config_json))?;
         instance.pf = Some(pf);
+        instance.date_get_time = Some(date_get_time);
         for name in names {
             match name.strip_prefix("job:") {
                 Some(job) => instance.jobs.push(job.to_string()),
@@ -222,28 +229,43 @@ impl PluginInstance {
         def: &PluginDefinition,
         cfg: &InstanceConfig,
         config_json: &str,
-    ) -> Result<(Persistent<Object<'static>>, Vec<String>), LoadError> {
+    ) -> Result<(Persistent<Object<'static>>, Persistent<Function<'static>>, Vec<String>), LoadError> {
+        update_stack_top(ctx);
+        // One deadline bounds the whole load: top-level code, `start`, and describing a
+        // thrown value (its getters are plugin code too).
+        self.deadline.arm(self.limits.call_timeout);
+        let booted = self.boot_armed(ctx, def, cfg, config_json);
+        self.deadline.disarm();
+        booted
+    }
+
+    fn boot_armed<'js>(
+        &self,
+        ctx: &Ctx<'js>,
+        def: &PluginDefinition,
+        cfg: &InstanceConfig,
+        config_json: &str,
+    ) -> Result<(Persistent<Object<'static>>, Persistent<Function<'static>>, Vec<String>), LoadError> {
         let plugin = def.manifest.name.clone();
         let script_err = |ctx: &Ctx<'js>, e: rquickjs::Error| LoadError::Script {
             plugin: plugin.clone(),
             message: self.bindings.redactor.redact(&describe_caught(ctx, e)),
         };
-        host::install(ctx, &self.bindings).map_err(|e| script_err(ctx, e))?;
-        let mut options = rquickjs::context::EvalOptions::default();
-        options.global = true;
-        options.strict = false;
-        options.filename = Some("pluginflow:prelude".into());
-        ctx.eval_with_options::<(), _>(PRELUDE, options).map_err(|e| script_err(ctx, e))?;
-        let pf: Object<'js> = ctx.globals().get("__pf").map_err(|e| script_err(ctx, e))?;
+        // Taken from the fresh realm before any other code runs: the host reads Dates with it.
+        let date_get_time: Function<'js> = ctx
+            .globals()
+            .get::<_, Object<'js>>("Date")
+            .and_then(|d| d.get::<_, Object<'js>>("prototype"))
+            .and_then(|p| p.get("getTime"))
+            .map_err(|e| script_err(ctx, e))?;
+        let host_object = host::install(ctx, &self.bindings).map_err(|e| script_err(ctx, e))?;
+        // The prelude evaluates to a function of the host object that returns the host's
+        // handle on the context (`pf`): neither is ever reachable from plugin code.
+        let prelude: Function<'js> = self.compile_and_run(ctx, PRELUDE, "pluginflow:prelude").map_err(|e| script_err(ctx, e))?;
+        let pf: Object<'js> = prelude.call((host_object,)).map_err(|e| script_err(ctx, e))?;
         let define: Function<'js> = pf.get("define").map_err(|e| script_err(ctx, e))?;
         for module in &def.compiled.modules {
-            let mut options = rquickjs::context::EvalOptions::default();
-            options.global = true;
-            options.strict = false;
-            options.filename = Some(module.name.clone());
-            self.deadline.arm(self.limits.call_timeout);
-            let factory = ctx.eval_with_options::<Function<'js>, _>(module.factory.as_str(), options);
-            self.deadline.disarm();
+            let factory = self.compile_and_run::<Function<'js>>(ctx, &module.factory, &module.name);
             let factory = factory.map_err(|e| script_err(ctx, e))?;
             let requires = Object::new(ctx.clone()).map_err(|e| script_err(ctx, e))?;
             for (spec, target) in &module.requires {
@@ -256,18 +278,59 @@ impl PluginInstance {
         info.set("attachments", attachment_info(ctx, &plugin, &cfg.attachments)?).map_err(|e| script_err(ctx, e))?;
         let start: Function<'js> = pf.get("start").map_err(|e| script_err(ctx, e))?;
         let entry = def.compiled.modules[0].name.as_str();
-        self.deadline.arm(self.limits.call_timeout);
+        let refusals = self.heap.refusals();
         let names = start.call::<_, Vec<String>>((entry, info));
         let timed_out = self.deadline.passed();
-        self.deadline.disarm();
         let names = names.map_err(|e| {
             if timed_out {
+                let _ = ctx.catch();
                 LoadError::Script { plugin: plugin.clone(), message: timeout_message(self.limits) }
+            } else if self.heap.refusals() > refusals {
+                let _ = ctx.catch();
+                LoadError::Script { plugin: plugin.clone(), message: self.out_of_memory(Hook::SetupPlugin).message }
             } else {
                 script_err(ctx, e)
             }
         })?;
-        Ok((Persistent::save(ctx, pf), names))
+        Ok((Persistent::save(ctx, pf), Persistent::save(ctx, date_get_time), names))
+    }
+
+    /// Compiles `source` as a global script with no allocation refused (the parser's
+    /// out-of-memory paths are not safe, see [`Heap::unrefused`]), then runs it under the
+    /// limits and the deadline. A script whose compiled form does not fit the heap fails.
+    fn compile_and_run<'js, V: rquickjs::FromJs<'js>>(&self, ctx: &Ctx<'js>, source: &str, name: &str) -> rquickjs::Result<V> {
+        let text = std::ffi::CString::new(source).map_err(|_| rquickjs::Exception::throw_syntax(ctx, &format!("{name}: the source contains a NUL character")))?;
+        let file = std::ffi::CString::new(name.replace('\0', "?")).expect("NULs were replaced");
+        let raw = ctx.as_raw().as_ptr();
+        let flags = (qjs::JS_EVAL_TYPE_GLOBAL | qjs::JS_EVAL_FLAG_COMPILE_ONLY) as i32;
+        // SAFETY: `text` is NUL-terminated as JS_Eval requires; the result is a new reference
+        // (a compiled script, or an exception left pending on the context).
+        #[allow(unsafe_code)]
+        let compiled = self.heap.unrefused(|| unsafe { qjs::JS_Eval(raw, text.as_ptr(), text.as_bytes().len() as _, file.as_ptr(), flags) });
+        #[allow(unsafe_code)]
+        if unsafe { qjs::JS_IsException(compiled) } {
+            return Err(rquickjs::Error::Exception);
+        }
+        if self.heap.over() {
+            // SAFETY: we own the compiled script's reference.
+            #[allow(unsafe_code)]
+            unsafe {
+                qjs::JS_FreeValue(raw, compiled)
+            };
+            let limit = self.limits.memory_limit_bytes >> 20;
+            return Err(rquickjs::Exception::throw_range(ctx, &format!("{name}: the compiled code does not fit the plugin's heap limit of {limit} MiB (runtime.memory_limit_mb)")));
+        }
+        // SAFETY: JS_EvalFunction takes over `compiled` and returns a new reference.
+        #[allow(unsafe_code)]
+        let value = unsafe { qjs::JS_EvalFunction(raw, compiled) };
+        #[allow(unsafe_code)]
+        if unsafe { qjs::JS_IsException(value) } {
+            return Err(rquickjs::Error::Exception);
+        }
+        // SAFETY: a new reference, handed to rquickjs.
+        #[allow(unsafe_code)]
+        let value = unsafe { Value::from_raw(ctx.clone(), value) };
+        V::from_js(ctx, value)
     }
 
     /// `Name (configId)`, as PostHog wrote it into `$plugins_succeeded` and friends.
@@ -295,6 +358,11 @@ impl PluginInstance {
         self.disabled.is_none() && self.hooks.contains(&hook)
     }
 
+    /// Whether the plugin exports `hook`, disabled or not.
+    pub fn exports(&self, hook: Hook) -> bool {
+        self.hooks.contains(&hook)
+    }
+
     /// A resolved config value as text (strings as they are, other JSON as JSON).
     pub fn config_text(&self, key: &str) -> Option<String> {
         match self.config.get(key)? {
@@ -319,6 +387,18 @@ impl PluginInstance {
         self.disabled.as_deref()
     }
 
+    /// Bytes of QuickJS heap this instance holds.
+    pub fn memory_used(&self) -> usize {
+        self.heap.used()
+    }
+
+    /// Runs this instance's garbage collector.
+    pub fn collect_garbage(&self) {
+        if let Some(c) = &self.context {
+            c.runtime().run_gc();
+        }
+    }
+
     /// Disables the instance: every later call fails with [`ErrorKind::Disabled`].
     pub fn disable(&mut self, reason: impl Into<String>) {
         let reason = reason.into();
@@ -329,6 +409,12 @@ impl PluginInstance {
     /// Events captured and jobs enqueued since the last call.
     pub fn take_outbox(&self) -> Outbox {
         std::mem::take(&mut *self.bindings.outbox.borrow_mut())
+    }
+
+    /// `posthog.capture` calls and jobs the limits refused since the last call of this
+    /// (captures, jobs).
+    pub fn take_refused(&self) -> (u64, u64) {
+        self.bindings.budget.take_refused()
     }
 
     /// Writes a SYSTEM log entry for this instance.
@@ -366,20 +452,18 @@ impl PluginInstance {
         if self.disabled.is_none() && !self.hooks.contains(&hook) {
             return Ok(());
         }
-        self.call(hook, |_, pf| {
-            let call: Function<'_> = pf.get("call")?;
-            call.call((hook.as_str(),))
+        self.call(hook, |this, ctx, pf| {
+            let call: rquickjs::Result<Value<'_>> = pf.get::<_, Function<'_>>("call").and_then(|f| f.call((hook.as_str(),)));
+            this.settled(ctx, pf, hook, call).map(|_| ())
         })
-        .map(|_| ())
     }
 
     /// Runs job `name` with its JSON payload.
     pub fn run_job(&mut self, name: &str, payload_json: &str) -> Result<(), PluginError> {
-        self.call(Hook::Job, |_, pf| {
-            let call: Function<'_> = pf.get("callJob")?;
-            call.call((name, payload_json))
+        self.call(Hook::Job, |this, ctx, pf| {
+            let call = pf.get::<_, Function<'_>>("callJob").and_then(|f| f.call((name, payload_json)));
+            this.settled(ctx, pf, Hook::Job, call).map(|_| ())
         })
-        .map(|_| ())
     }
 
     /// Calls `onEvent` with a JSON event (no-op without the hook).
@@ -396,134 +480,113 @@ impl PluginInstance {
         if self.disabled.is_none() && !self.hooks.contains(&hook) {
             return Ok(());
         }
-        self.call(hook, |ctx, pf| {
-            let arg = ctx.json_parse(json)?;
-            let call: Function<'_> = pf.get("call")?;
-            call.call((hook.as_str(), arg))
+        self.call(hook, |this, ctx, pf| {
+            let arg = this.enter(ctx, hook, json)?;
+            let call = pf.get::<_, Function<'_>>("call").and_then(|f| f.call((hook.as_str(), arg)));
+            this.settled(ctx, pf, hook, call).map(|_| ())
         })
-        .map(|_| ())
     }
 
     /// Runs `processEvent` on one JSON event and returns the JSON it returned (`None` when
-    /// dropped). No `$plugins_*` bookkeeping: this is one plugin, not a chain. A truthy
-    /// non-object result or a changed `team_id` is an error.
+    /// dropped). No `$plugins_*` bookkeeping: this is one plugin, not a chain. The event's
+    /// `team_id` is the team the result is checked against.
     pub fn process_event_json(&mut self, event_json: &str) -> Result<Option<String>, PluginError> {
-        if let Some(reason) = &self.disabled {
-            return Err(self.error(Hook::ProcessEvent, ErrorKind::Disabled, "Disabled", reason, ""));
-        }
-        let event = self.parse_event(event_json).map_err(|m| self.error(Hook::ProcessEvent, ErrorKind::Failed, "SyntaxError", &m, ""))?;
-        let team = self.team_of(&event);
-        match self.process(event, &team) {
-            StepOutcome::Kept(e) => Ok(Some(self.stringify(&e))),
+        let team = serde_json::from_str::<Json>(event_json)
+            .ok()
+            .and_then(|v| v.get("team_id").and_then(Json::as_i64))
+            .ok_or_else(|| self.error(Hook::ProcessEvent, ErrorKind::Failed, "TypeError", "the event has no integer team_id", ""))?;
+        match self.process(event_json, team) {
+            StepOutcome::Kept(e) => Ok(Some(e)),
             StepOutcome::Dropped => Ok(None),
             StepOutcome::Failed(err, _) => Err(err),
         }
     }
 
-    /// Parses JSON into an event in this instance's context.
-    pub fn parse_event(&self, json: &str) -> Result<JsEvent, String> {
-        self.with_ctx(|ctx| {
-            match super::fromjson::parse(&ctx, json) {
-                Some(v) => Ok(JsEvent(Persistent::save(&ctx, v))),
-                None => ctx.json_parse(json).map(|v| JsEvent(Persistent::save(&ctx, v))).map_err(|e| describe_caught(&ctx, e)),
+    /// Runs `processEvent` on `input` (JSON text of an event of `team`). The event enters this
+    /// instance's runtime as its own objects; what the plugin returns is read back as data,
+    /// and its `team_id` must still be `team`.
+    pub fn process(&mut self, input: &str, team: i64) -> StepOutcome {
+        self.process_team(input, Some(team))
+    }
+
+    /// [`PluginInstance::process`] for an event that may have no team (`pluginflow try`): with
+    /// `None`, `team_id` is not checked.
+    pub fn process_team(&mut self, input: &str, team: Option<i64>) -> StepOutcome {
+        let hook = Hook::ProcessEvent;
+        let mut mutated: Option<String> = None;
+        let rules = self.rules(team);
+        let result = self.call(hook, |this, ctx, pf| {
+            let event = this.enter(ctx, hook, input)?;
+            let call = pf.get::<_, Function<'_>>("call").and_then(|f| f.call(("processEvent", event.clone())));
+            let outcome = this.settled(ctx, pf, hook, call).and_then(|v| this.read_returned(ctx, &v, &rules));
+            if outcome.is_err() {
+                // PostHog went on with the object it had passed in, mutations included.
+                mutated = tojson::read_event(ctx, &event, &rules, this.date_get_time(ctx)).ok().map(|r| r.json);
             }
-        })
-        .unwrap_or_else(|| Err("plugin context is gone".into()))
-    }
-
-    /// Serialises an event to JSON (keys in insertion order).
-    pub fn stringify(&self, event: &JsEvent) -> String {
-        self.with_ctx(|ctx| {
-            let v = event.0.clone().restore(&ctx).expect("events stay in the worker's runtime");
-            super::tojson::stringify(&ctx, &v).unwrap_or_else(|| {
-                ctx.json_stringify(v).ok().flatten().and_then(|s| s.to_string().ok()).unwrap_or_else(|| "null".into())
-            })
-        })
-        .unwrap_or_else(|| "null".into())
-    }
-
-    /// The event's `team_id`, as a JavaScript value kept for comparisons.
-    pub fn team_of(&self, event: &JsEvent) -> JsEvent {
-        self.with_ctx(|ctx| {
-            let v = event.0.clone().restore(&ctx).expect("events stay in the worker's runtime");
-            let team = v.as_object().and_then(|o| o.get::<_, Value<'_>>("team_id").ok()).unwrap_or_else(|| Value::new_undefined(ctx.clone()));
-            JsEvent(Persistent::save(&ctx, team))
-        })
-        .expect("team_of is called on live instances")
-    }
-
-    /// Writes `$plugins_succeeded`, `$plugins_failed` and `$plugins_deferred` onto the event.
-    pub fn mark(&self, event: &JsEvent, succeeded: &[String], failed: &[String], deferred: &[String]) {
-        self.with_ctx(|ctx| {
-            let v = event.0.clone().restore(&ctx).expect("events stay in the worker's runtime");
-            let pf = self.pf_object(&ctx);
-            let mark: Function<'_> = pf.get("mark").expect("prelude defines mark");
-            // Marking only assigns properties; it cannot fail on an object.
-            let _ = mark.call::<_, ()>((v, succeeded.to_vec(), failed.to_vec(), deferred.to_vec()));
+            outcome
         });
-    }
-
-    /// Runs `processEvent` on an event (which may come from another instance's context).
-    pub fn process(&mut self, event: JsEvent, team: &JsEvent) -> StepOutcome {
-        let input = JsEvent(event.0.clone());
-        let result = self.call(Hook::ProcessEvent, |ctx, pf| {
-            let ev = event.0.restore(ctx)?;
-            let call: Function<'_> = pf.get("call")?;
-            call.call(("processEvent", ev))
-        });
-        let returned = match result {
-            Ok(v) => v,
-            Err(err) => return StepOutcome::Failed(err, input),
-        };
-        let (status, returned) = self
-            .with_ctx(|ctx| {
-                let v = returned.0.restore(&ctx).expect("events stay in the worker's runtime");
-                let team = team.0.clone().restore(&ctx).expect("events stay in the worker's runtime");
-                let check: Function<'_> = self.pf_object(&ctx).get("check").expect("prelude defines check");
-                let status: i32 = check.call((v.clone(), team)).unwrap_or(2);
-                (status, JsEvent(Persistent::save(&ctx, v)))
-            })
-            .unwrap_or((1, JsEvent(input.0.clone())));
-        match status {
-            0 => StepOutcome::Kept(returned),
-            1 => StepOutcome::Dropped,
-            3 => StepOutcome::Failed(
-                self.error(Hook::ProcessEvent, ErrorKind::Failed, "IllegalOperationError", "Plugin tried to change event.team_id", ""),
-                returned,
+        match result {
+            Ok(None) => StepOutcome::Dropped,
+            Ok(Some(read)) if read.team_changed => StepOutcome::Failed(
+                self.error(hook, ErrorKind::Failed, "IllegalOperationError", "Plugin tried to change event.team_id", ""),
+                Some(read.json),
             ),
-            _ => {
-                let what = self.describe_type(&returned);
-                StepOutcome::Failed(
-                    self.error(Hook::ProcessEvent, ErrorKind::Failed, "TypeError", &format!("processEvent returned {what}, expected an object or a falsy value"), ""),
-                    input,
-                )
-            }
+            Ok(Some(read)) => StepOutcome::Kept(read.json),
+            Err(e) => StepOutcome::Failed(e, mutated),
         }
     }
 
-    fn describe_type(&self, value: &JsEvent) -> String {
-        self.with_ctx(|ctx| {
-            let v = value.0.clone().restore(&ctx).expect("events stay in the worker's runtime");
-            let what = if v.is_array() {
-                "an array"
-            } else if v.is_number() {
-                "a number"
-            } else if v.is_string() {
-                "a string"
-            } else if v.is_bool() {
-                "a boolean"
-            } else if v.is_function() {
-                "a function"
-            } else {
-                "a value of another type"
-            };
-            what.to_string()
+    /// Builds `input` (an event of `team`) in this instance's runtime and reads it back, with
+    /// no plugin code: the cost of an event crossing into and out of a plugin (benchmarks).
+    pub fn cross(&mut self, input: &str, team: i64) -> Result<String, PluginError> {
+        let rules = self.rules(Some(team));
+        self.call(Hook::ProcessEvent, |this, ctx, _pf| {
+            let event = this.enter(ctx, Hook::ProcessEvent, input)?;
+            tojson::read_event(ctx, &event, &rules, this.date_get_time(ctx))
+                .map(|r| r.json)
+                .map_err(|r| this.error(Hook::ProcessEvent, ErrorKind::Failed, "TypeError", &r.to_string(), ""))
         })
-        .unwrap_or_default()
     }
 
-    fn with_ctx<R>(&self, f: impl FnOnce(Ctx<'_>) -> R) -> Option<R> {
-        self.context.as_ref().map(|c| c.with(f))
+    fn rules(&self, team: Option<i64>) -> Rules {
+        Rules { max_bytes: self.limits.max_event_bytes, max_depth: self.limits.max_event_depth, team }
+    }
+
+    /// What `processEvent` returned, read as data: `None` for a falsy value (drop).
+    fn read_returned<'js>(&self, ctx: &Ctx<'js>, value: &Value<'js>, rules: &Rules) -> Result<Option<tojson::Read>, PluginError> {
+        let hook = Hook::ProcessEvent;
+        // SAFETY: ToBoolean runs no JavaScript (objects are always truthy).
+        #[allow(unsafe_code)]
+        let truthy = unsafe { qjs::JS_ToBool(ctx.as_raw().as_ptr(), value.as_raw()) } > 0;
+        if !truthy {
+            return Ok(None);
+        }
+        let read = tojson::read_event(ctx, value, rules, self.date_get_time(ctx));
+        read.map(Some).map_err(|refusal| {
+            let message = if refusal.path == "event" {
+                format!("processEvent returned {}, expected an object or a falsy value", refusal.what)
+            } else {
+                format!("processEvent returned an event that is not plain data: {refusal}")
+            };
+            self.error(hook, ErrorKind::Failed, "TypeError", &message, "")
+        })
+    }
+
+    fn date_get_time(&self, ctx: &Ctx<'_>) -> Option<DateGetTime> {
+        let f = self.date_get_time.clone()?.restore(ctx).ok()?;
+        // The function stays alive: the instance holds it for as long as the context lives.
+        Some(DateGetTime(f.as_raw()))
+    }
+
+    /// Builds `json` (an event or a batch the host wrote) in this instance's context.
+    fn enter<'js>(&self, ctx: &Ctx<'js>, hook: Hook, json: &str) -> Result<Value<'js>, PluginError> {
+        if let Some(v) = super::fromjson::parse(ctx, json) {
+            return Ok(v);
+        }
+        ctx.json_parse(json).map_err(|e| {
+            let message = format!("the event could not enter the plugin: {}", describe_caught(ctx, e));
+            self.error(hook, ErrorKind::Failed, "HostError", &message, "")
+        })
     }
 
     fn pf_object<'js>(&self, ctx: &Ctx<'js>) -> Object<'js> {
@@ -542,11 +605,12 @@ impl PluginInstance {
         }
     }
 
-    /// Calls into the plugin under the deadline, settles a returned promise, and classifies
-    /// any failure. `invoke` gets the context and the prelude's `__pf` object.
-    fn call<F>(&mut self, hook: Hook, invoke: F) -> Result<JsEvent, PluginError>
+    /// Calls into the plugin under the deadline and classifies any failure. `invoke` runs in
+    /// the context with the prelude's `pf` object and returns plain Rust data: nothing of the
+    /// context outlives the call.
+    fn call<R, F>(&mut self, hook: Hook, invoke: F) -> Result<R, PluginError>
     where
-        F: for<'js> FnOnce(&Ctx<'js>, &Object<'js>) -> rquickjs::Result<Value<'js>>,
+        F: for<'js> FnOnce(&Self, &Ctx<'js>, &Object<'js>) -> Result<R, PluginError>,
     {
         if let Some(reason) = &self.disabled {
             return Err(self.error(hook, ErrorKind::Disabled, "Disabled", reason, ""));
@@ -554,24 +618,25 @@ impl PluginInstance {
         let Some(context) = self.context.clone() else {
             return Err(self.error(hook, ErrorKind::Disabled, "Disabled", "plugin context was released", ""));
         };
-        if self.gc_pending.replace(false) {
-            context.runtime().run_gc();
-        }
         let started = std::time::Instant::now();
+        self.bindings.budget.begin_call();
         self.deadline.arm(self.limits.call_timeout);
         let refusals = self.heap.refusals();
         let outcome = context.with(|ctx| {
+            update_stack_top(&ctx);
             let pf = self.pf_object(&ctx);
-            let settled = match invoke(&ctx, &pf) {
-                Ok(v) => self.settle(&ctx, &pf, hook, v),
-                Err(e) => Err(self.caught(&ctx, &pf, hook, e)),
-            };
-            if self.deadline.passed() {
+            let outcome = invoke(self, &ctx, &pf);
+            if self.deadline.passed() || self.heap.refusals() > refusals {
+                // A call that timed out or ran out of memory leaves nothing to the next one:
+                // what it left queued runs now, each job cut short by the passed deadline.
+                self.deadline.fire();
                 drain_stale_jobs(&ctx);
             }
-            settled.map(|v| JsEvent(Persistent::save(&ctx, v)))
+            outcome
         });
+        let cancelled = self.deadline.cancelled();
         self.deadline.disarm();
+        self.bindings.end_call();
         self.latency.entry(hook).or_default().observe(started.elapsed());
         let ran_out = self.heap.refusals() > refusals;
         let outcome = match outcome {
@@ -579,23 +644,75 @@ impl PluginInstance {
                 // Whatever was thrown (QuickJS's error, `null` when it could not build one, or
                 // a plugin's own after catching): memory was refused during this call.
                 let e = self.out_of_memory(e.hook);
-                self.after_out_of_memory(&context);
+                self.after_out_of_memory();
+                Err(e)
+            }
+            Ok(_) if ran_out => {
+                // The plugin caught the out-of-memory error and carried on: still a failure.
+                let e = self.out_of_memory(hook);
+                self.after_out_of_memory();
                 Err(e)
             }
             other => other,
         };
-        if self.context.is_none() {
-            // The caller still holds values of the released context; collect at the next call.
-            self.gc_pending.set(true);
+        let exhausted = match &outcome {
+            Err(e) if e.kind == ErrorKind::Timeout => !cancelled,
+            Err(e) => e.name == "OutOfMemory",
+            Ok(_) => false,
+        };
+        if exhausted && self.disabled.is_none() {
+            self.timeouts += 1;
+            if self.timeouts >= self.limits.max_timeouts {
+                self.disable(format!(
+                    "it timed out or ran out of memory {} times (runtime.max_timeouts = {}); each time holds the worker",
+                    self.timeouts, self.limits.max_timeouts
+                ));
+                self.release();
+            }
         }
         outcome
     }
 
+    /// A hook call's result, its promise settled, or the failure classified.
+    fn settled<'js>(&self, ctx: &Ctx<'js>, pf: &Object<'js>, hook: Hook, called: rquickjs::Result<Value<'js>>) -> Result<Value<'js>, PluginError> {
+        match called {
+            Ok(v) => self.settle(ctx, pf, hook, v),
+            Err(e) => Err(self.caught(ctx, pf, hook, e)),
+        }
+    }
+
+    /// Settles what a hook returned: a promise (or thenable) is run to its end, and then, as
+    /// under Node, every microtask the call left queued runs before the call is over, all
+    /// under the deadline.
     fn settle<'js>(&self, ctx: &Ctx<'js>, pf: &Object<'js>, hook: Hook, value: Value<'js>) -> Result<Value<'js>, PluginError> {
+        let settled = self.settle_value(ctx, pf, hook, value);
+        let drained = self.drain_jobs(ctx, hook);
+        match (settled, drained) {
+            (Err(e), _) | (Ok(_), Err(e)) => Err(e),
+            (Ok(v), Ok(())) => Ok(v),
+        }
+    }
+
+    /// Runs queued jobs until none is left; a queue that never empties ends with the deadline.
+    fn drain_jobs(&self, ctx: &Ctx<'_>, hook: Hook) -> Result<(), PluginError> {
+        while ctx.execute_pending_job() {
+            if self.deadline.passed() {
+                return Err(self.timeout(hook));
+            }
+        }
+        Ok(())
+    }
+
+    fn settle_value<'js>(&self, ctx: &Ctx<'js>, pf: &Object<'js>, hook: Hook, value: Value<'js>) -> Result<Value<'js>, PluginError> {
         let promise: Promise<'js> = match value.as_promise() {
             Some(p) => p.clone(),
             None => {
-                let thenable: bool = pf.get::<_, Function<'_>>("isThenable").and_then(|f| f.call((value.clone(),))).unwrap_or(false);
+                if !value.is_object() {
+                    return Ok(value);
+                }
+                // A thenable is adopted as `await` would (its `then` is plugin code, run under
+                // the deadline).
+                let thenable: bool = pf.get::<_, Function<'_>>("isThenable").and_then(|f| f.call((value.clone(),))).map_err(|e| self.caught(ctx, pf, hook, e))?;
                 if !thenable {
                     return Ok(value);
                 }
@@ -614,7 +731,7 @@ impl PluginInstance {
                 }
                 PromiseState::Pending => {
                     if self.deadline.passed() {
-                        return Err(self.error(hook, ErrorKind::Timeout, "TimeoutError", &timeout_message(self.limits), ""));
+                        return Err(self.timeout(hook));
                     }
                     if !ctx.execute_pending_job() {
                         let message = format!(
@@ -627,11 +744,18 @@ impl PluginInstance {
         }
     }
 
+    fn timeout(&self, hook: Hook) -> PluginError {
+        if self.deadline.cancelled() {
+            return self.error(hook, ErrorKind::Timeout, "TimeoutError", "Script execution was cancelled: pluginflow is shutting down", "");
+        }
+        self.error(hook, ErrorKind::Timeout, "TimeoutError", &timeout_message(self.limits), "")
+    }
+
     /// Classifies a JavaScript exception (or engine error) from a call.
     fn caught<'js>(&self, ctx: &Ctx<'js>, pf: &Object<'js>, hook: Hook, error: rquickjs::Error) -> PluginError {
         if self.deadline.passed() {
             let _ = ctx.catch();
-            return self.error(hook, ErrorKind::Timeout, "TimeoutError", &timeout_message(self.limits), "");
+            return self.timeout(hook);
         }
         if matches!(error, rquickjs::Error::Allocation) {
             return self.out_of_memory(hook);
@@ -645,15 +769,16 @@ impl PluginInstance {
             // the heap's refusals; here it is what the plugin threw.
             return self.error(hook, ErrorKind::Failed, "null", "null", "");
         }
+        // Describing runs plugin code (getters, toString) in the plugin's own realm, still
+        // under the deadline: at worst the plugin misdescribes its own error.
         let describe: Option<Vec<String>> = pf.get::<_, Function<'_>>("describe").and_then(|f| f.call((thrown,))).ok();
         let Some([kind, name, message, stack]) = describe.and_then(|d| <[String; 4]>::try_from(d).ok()) else {
-            // Describing the error failed, most likely for lack of memory.
             let _ = ctx.catch();
-            return self.out_of_memory(hook);
+            if self.deadline.passed() {
+                return self.timeout(hook);
+            }
+            return self.error(hook, ErrorKind::Failed, "Error", "the plugin threw a value that could not be described", "");
         };
-        if message == "out of memory" {
-            return self.out_of_memory(hook);
-        }
         let kind = match kind.as_str() {
             "retry" => ErrorKind::Retry,
             "timeout" => ErrorKind::Timeout,
@@ -663,26 +788,42 @@ impl PluginInstance {
     }
 
     fn out_of_memory(&self, hook: Hook) -> PluginError {
-        let message = format!("out of memory: the worker's plugin heap limit is {} MiB", self.limits.memory_limit_bytes / (1024 * 1024));
+        let message = format!("out of memory: the plugin's heap limit is {} MiB (runtime.memory_limit_mb)", self.limits.memory_limit_bytes / (1024 * 1024));
         self.error(hook, ErrorKind::Failed, "OutOfMemory", &message, "")
     }
 
-    /// After an out-of-memory failure: collect garbage, and if the heap is still nearly full,
-    /// release this instance's context so the worker's other plugins can go on.
-    fn after_out_of_memory(&mut self, context: &rquickjs::Context) {
-        let rt = context.runtime();
-        rt.run_gc();
-        let used = rt.memory_usage().malloc_size.max(0) as f64;
+    /// After an out-of-memory failure: collect garbage, and if the heap is still more than
+    /// half full, disable the instance and release its runtime (the plugin keeps what it
+    /// allocated in `global` or module scope: it would fail again at once).
+    fn after_out_of_memory(&mut self) {
+        self.collect_garbage();
+        let used = self.heap.used() as f64;
         if used > MEMORY_HIGH_WATER * self.limits.memory_limit_bytes as f64 {
             self.disable(format!(
-                "it holds too much memory ({:.0} MiB of the {} MiB limit) after running out",
+                "it holds too much memory ({:.0} MiB of its {} MiB limit) after running out",
                 used / 1048576.0,
                 self.limits.memory_limit_bytes / (1024 * 1024)
             ));
-            self.pf = None;
-            self.context = None;
+            self.release();
         }
     }
+
+    /// Frees the instance's runtime; later calls fail as disabled.
+    fn release(&mut self) {
+        self.pf = None;
+        self.date_get_time = None;
+        self.context = None;
+    }
+}
+
+/// Makes the current native stack position the runtime's stack top, so the stack limit counts
+/// from where the call is made (each instance's runtime is created at another depth).
+fn update_stack_top(ctx: &Ctx<'_>) {
+    // SAFETY: the runtime of a live context, on the thread that uses it.
+    #[allow(unsafe_code)]
+    unsafe {
+        qjs::JS_UpdateStackTop(qjs::JS_GetRuntime(ctx.as_raw().as_ptr()))
+    };
 }
 
 fn timeout_message(limits: Limits) -> String {
@@ -713,91 +854,4 @@ fn describe_caught(ctx: &Ctx<'_>, error: rquickjs::Error) -> String {
         return format!("{name}: {message}\n{stack}").trim_end().to_string();
     }
     thrown.as_string().and_then(|s| s.to_string().ok()).unwrap_or_else(|| format!("{thrown:?}"))
-}
-
-/// Building events value by value instead of through JSON text: the other way across the
-/// boundary, kept for the benchmark that compares the two.
-pub mod convert {
-    use rquickjs::{Array, Ctx, Object, Value};
-    use serde_json::{Map, Number, Value as Json};
-
-    /// Builds a JavaScript value from JSON, value by value (object key order kept).
-    pub fn json_to_js<'js>(ctx: &Ctx<'js>, v: &Json) -> rquickjs::Result<Value<'js>> {
-        Ok(match v {
-            Json::Null => Value::new_null(ctx.clone()),
-            Json::Bool(b) => Value::new_bool(ctx.clone(), *b),
-            Json::Number(n) => match n.as_i64().and_then(|i| i32::try_from(i).ok()) {
-                Some(i) => Value::new_int(ctx.clone(), i),
-                None => Value::new_float(ctx.clone(), n.as_f64().unwrap_or(f64::NAN)),
-            },
-            Json::String(s) => rquickjs::String::from_str(ctx.clone(), s)?.into_value(),
-            Json::Array(items) => {
-                let arr = Array::new(ctx.clone())?;
-                for (i, item) in items.iter().enumerate() {
-                    arr.set(i, json_to_js(ctx, item)?)?;
-                }
-                arr.into_value()
-            }
-            Json::Object(map) => {
-                let obj = Object::new(ctx.clone())?;
-                for (k, item) in map {
-                    obj.set(k.as_str(), json_to_js(ctx, item)?)?;
-                }
-                obj.into_value()
-            }
-        })
-    }
-
-    /// Reads a JavaScript value back into JSON, value by value (`undefined` and functions
-    /// become null).
-    pub fn js_to_json(v: &Value<'_>) -> rquickjs::Result<Json> {
-        Ok(if let Some(b) = v.as_bool() {
-            Json::Bool(b)
-        } else if let Some(i) = v.as_int() {
-            Json::Number(i.into())
-        } else if let Some(f) = v.as_float() {
-            // JSON.stringify writes integral doubles without a fraction; so do we.
-            if f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0 {
-                Json::Number((f as i64).into())
-            } else {
-                Number::from_f64(f).map_or(Json::Null, Json::Number)
-            }
-        } else if let Some(s) = v.as_string() {
-            Json::String(s.to_string()?)
-        } else if let Some(arr) = v.as_array() {
-            let mut out = Vec::with_capacity(arr.len());
-            for item in arr.iter::<Value<'_>>() {
-                out.push(js_to_json(&item?)?);
-            }
-            Json::Array(out)
-        } else if let Some(obj) = v.as_object().filter(|_| !v.is_function()) {
-            let mut out = Map::new();
-            for prop in obj.props::<String, Value<'_>>() {
-                let (k, item) = prop?;
-                out.insert(k, js_to_json(&item)?);
-            }
-            Json::Object(out)
-        } else {
-            Json::Null
-        })
-    }
-}
-
-impl PluginInstance {
-    /// Builds an event in this instance's context from a JSON value, value by value.
-    pub fn event_from_value(&self, v: &Json) -> Result<JsEvent, String> {
-        self.with_ctx(|ctx| {
-            convert::json_to_js(&ctx, v).map(|v| JsEvent(Persistent::save(&ctx, v))).map_err(|e| e.to_string())
-        })
-        .unwrap_or_else(|| Err("plugin context is gone".into()))
-    }
-
-    /// Reads an event back into a JSON value, value by value.
-    pub fn event_to_value(&self, event: &JsEvent) -> Result<Json, String> {
-        self.with_ctx(|ctx| {
-            let v = event.0.clone().restore(&ctx).map_err(|e| e.to_string())?;
-            convert::js_to_json(&v).map_err(|e| e.to_string())
-        })
-        .unwrap_or_else(|| Err("plugin context is gone".into()))
-    }
 }

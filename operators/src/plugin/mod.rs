@@ -5,8 +5,10 @@
 //!
 //! - [`manifest`]: `plugin.json` and configuration checks.
 //! - [`source`]: TypeScript and ES modules to CommonJS (oxc), import allow-list.
-//! - [`runtime`]: one QuickJS runtime per worker with memory, stack and time limits.
-//! - [`instance`]: one plugin configuration in a runtime; typed hook calls.
+//! - [`runtime`]: the worker's sandbox: limits, the call deadline, one QuickJS runtime per
+//!   plugin instance.
+//! - [`instance`]: one plugin configuration in a runtime of its own; typed hook calls; what a
+//!   plugin returns read back as data (`tojson`).
 //! - [`chain`]: a team's `processEvent` chain with PostHog's semantics.
 //! - `host` and `js/prelude.js`: `meta`, globals and modules plugins see.
 
@@ -22,6 +24,7 @@ pub mod schedule;
 pub mod source;
 pub mod timing;
 mod fromjson;
+pub mod marks;
 mod tojson;
 pub mod worker;
 
@@ -33,6 +36,6 @@ pub use chain::{ChainOutcome, run_chain};
 pub use error::{ErrorKind, Hook, LoadError, PluginError};
 pub use geoip::GeoIp;
 pub use host::{EnqueuedJob, HostServices, InstanceIdentity, Outbox};
-pub use instance::{InstanceConfig, JsEvent, PluginDefinition, PluginInstance, StepOutcome};
+pub use instance::{InstanceConfig, PluginDefinition, PluginInstance, StepOutcome};
 pub use log::{LogEntry, LogLevel, LogSink, LogSource, MemoryLogSink};
 pub use runtime::{Limits, PluginRuntime};

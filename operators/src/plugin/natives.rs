@@ -121,12 +121,17 @@ pub(crate) fn http_request(
     url: &str,
     headers: &[(String, String)],
     body: Option<Vec<u8>>,
+    timeout: Option<std::time::Duration>,
 ) -> Result<HttpReply, String> {
     let mut builder = ureq::http::Request::builder().method(method).uri(url);
     for (k, v) in headers {
         builder = builder.header(k, v);
     }
-    let request = builder.body(body.unwrap_or_default()).map_err(|e| e.to_string())?;
+    let mut request = builder.body(body.unwrap_or_default()).map_err(|e| e.to_string())?;
+    if let Some(t) = timeout {
+        // The whole exchange (connect, send, read the body) within `t`, on top of the agent's own.
+        request = agent.configure_request(request).timeout_global(Some(t)).build();
+    }
     let mut response = agent.run(request).map_err(|e| e.to_string())?;
     let status = response.status();
     let mut out_headers = Vec::new();

@@ -1,64 +1,193 @@
-//! JSON text of an event, written by walking the QuickJS value from Rust.
+//! What a plugin hands back, read as data: the JSON text of an event written by walking the
+//! QuickJS value from Rust.
 //!
-//! QuickJS's `JSON.stringify` quotes every key and string into a fresh JS string and joins
-//! them in a growing JS string buffer; on a 3 KB event that was a third of a three-plugin
-//! chain's time. This walker reads the same properties in the same order through QuickJS's C
-//! API and writes bytes straight into one `Vec`.
+//! The walk takes only what an event is made of — plain objects (of any prototype) and arrays,
+//! their own enumerable data properties, strings, numbers, booleans, null — and never runs
+//! plugin code: no getter, no `toJSON`, no Proxy trap, no prototype lookup. Anything else is
+//! refused with the path to it ([`Refusal`]): accessors, Proxies, functions, BigInts, cycles,
+//! class instances with internal state (Map, Set, typed arrays, boxed primitives, …), nesting
+//! deeper than the limit, or text longer than the limit. Two exceptions follow `JSON.stringify`
+//! where it needs no plugin code: `undefined` and symbols are left out of objects and written
+//! as `null` in arrays, and a `Date` is written as its ISO time, read from its internal time
+//! value by the intrinsic `Date.prototype.getTime` captured before any plugin code ran.
 //!
-//! It covers what events are made of: plain objects, arrays, strings, numbers, booleans, null,
-//! and the values `JSON.stringify` leaves out (undefined, functions, symbols). Anything whose
-//! JSON form is defined by more of the spec — a `toJSON` method (Date), boxed primitives,
-//! proxies, Map/Set and other classes, BigInt, cycles or very deep nesting, a throwing
-//! getter — makes [`stringify`] return `None`, and the caller uses `JSON.stringify` itself.
-//! A differential test checks the two agree.
+//! For plain data the text is exactly `JSON.stringify`'s (a differential test checks it): keys
+//! in JavaScript's property order, numbers as JavaScript prints them, strings escaped the same
+//! way (lone surrogates as `\uXXXX`). The work is bounded by the size limit, not by the
+//! plugin: every property visited writes at least one byte or is an own property of an object
+//! already counted.
 
 #![allow(unsafe_code)] // QuickJS's C API: every call below is commented where it owns a value.
 
+use std::fmt;
+
 use rquickjs::{Ctx, Value, qjs};
 
-/// Nesting deeper than this (or a cycle) is left to `JSON.stringify`, which throws on cycles.
-const MAX_DEPTH: usize = 200;
 /// Integral doubles below this print as integers (2^53: every such double is exact in i64).
 const EXACT_INTEGER: f64 = 9_007_199_254_740_992.0;
 const CLASS_OBJECT: qjs::JSClassID = 1;
 const CLASS_ARRAY: qjs::JSClassID = 2;
+const CLASS_ERROR: qjs::JSClassID = 3;
+const CLASS_NUMBER: qjs::JSClassID = 4;
+const CLASS_STRING: qjs::JSClassID = 5;
+const CLASS_BOOLEAN: qjs::JSClassID = 6;
 
-/// The JSON text of `value`, as `JSON.stringify(value)` writes it; `None` when the value needs
-/// `JSON.stringify`'s full algorithm (see the module docs) or is not serialisable at top level.
-pub fn stringify(ctx: &Ctx<'_>, value: &Value<'_>) -> Option<String> {
-    let mut w = Writer::new(ctx.as_raw().as_ptr());
-    let wrote = w.value(value.as_raw(), 0);
-    let out = std::mem::take(&mut w.out);
-    drop(w);
-    match wrote {
-        Ok(Wrote::Text) => Some(String::from_utf8(out).expect("the writer emits UTF-8 only")),
-        Ok(Wrote::Nothing) | Err(Bail) => None,
+/// What the read may take, and what it checks.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Rules {
+    /// Longest text.
+    pub max_bytes: usize,
+    /// Deepest nesting (the value itself is level 1).
+    pub max_depth: usize,
+    /// For an event: its team. The top-level `team_id` must be this number; when it is not (or
+    /// is missing) this is written in its place and [`Read::team_changed`] says so.
+    pub team: Option<i64>,
+}
+
+/// An intrinsic `Date.prototype.getTime`, saved from a fresh realm (see the module docs).
+#[derive(Clone, Copy)]
+pub(crate) struct DateGetTime(pub qjs::JSValue);
+
+/// A value read as JSON text.
+#[derive(Debug)]
+pub(crate) struct Read {
+    /// The JSON text.
+    pub json: String,
+    /// The top-level `team_id` was not the event's team (see [`Rules::team`]).
+    pub team_changed: bool,
+}
+
+/// Why a value cannot be read as data: where, and what was found there.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Refusal {
+    /// Path from the value, e.g. `event.properties.tags[2]`.
+    pub path: String,
+    /// What is there, e.g. `an accessor (getter or setter)`.
+    pub what: String,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} is {}", self.path, self.what)
     }
 }
 
-/// The walk met something it leaves to `JSON.stringify`.
-struct Bail;
+/// Reads an event: `value` must be a plain object; the top-level `team_id` is checked (and
+/// restored) when `rules.team` is set, and `properties`, when present, must be an object or
+/// null.
+pub(crate) fn read_event(ctx: &Ctx<'_>, value: &Value<'_>, rules: &Rules, date: Option<DateGetTime>) -> Result<Read, Refusal> {
+    let mut w = Walker::new(ctx.as_raw().as_ptr(), rules, date);
+    w.event = true;
+    let v = value.as_raw();
+    let class = object_class(v);
+    if class != Some(CLASS_OBJECT) {
+        return Err(Refusal { path: "event".into(), what: describe(w.ctx, v) });
+    }
+    let result = w.value(v, 1);
+    w.finish(result)
+}
+
+/// The walk met something it does not take; the walker knows where.
+struct Stop(String);
 
 enum Wrote {
     Text,
-    /// `undefined`, a function or a symbol: left out of objects, `null` in arrays.
+    /// `undefined` or a symbol: left out of objects, `null` in arrays.
     Nothing,
 }
 
-struct Writer {
-    ctx: *mut qjs::JSContext,
-    out: Vec<u8>,
-    to_json: qjs::JSAtom,
+/// One step of the path from the root.
+#[derive(Clone, Copy)]
+enum Step {
+    Key(qjs::JSAtom),
+    Index(u32),
 }
 
-impl Writer {
-    fn new(ctx: *mut qjs::JSContext) -> Self {
-        // SAFETY: ctx is a live context (borrowed from a `Ctx` for this call); the atom is freed in Drop.
-        let to_json = unsafe { qjs::JS_NewAtom(ctx, c"toJSON".as_ptr()) };
-        Writer { ctx, out: Vec::with_capacity(4096), to_json }
+struct Walker<'r> {
+    ctx: *mut qjs::JSContext,
+    rules: &'r Rules,
+    date: Option<DateGetTime>,
+    out: Vec<u8>,
+    /// Objects being written (for cycles) and the path to the current value.
+    open: Vec<*mut std::ffi::c_void>,
+    path: Vec<Step>,
+    team_changed: bool,
+    /// Reading an event (the top-level rules apply).
+    event: bool,
+    /// Interned `team_id` and `properties` (atoms are unique per runtime: compared by value).
+    team_atom: qjs::JSAtom,
+    properties_atom: qjs::JSAtom,
+}
+
+impl Drop for Walker<'_> {
+    fn drop(&mut self) {
+        // SAFETY: both atoms were made in `new` on this context (0 is never freed).
+        for atom in [self.team_atom, self.properties_atom] {
+            if atom != 0 {
+                unsafe { qjs::JS_FreeAtom(self.ctx, atom) };
+            }
+        }
+    }
+}
+
+impl<'r> Walker<'r> {
+    fn new(ctx: *mut qjs::JSContext, rules: &'r Rules, date: Option<DateGetTime>) -> Self {
+        // SAFETY: interning on a live context; 0 (out of memory) never equals a real key.
+        let (team_atom, properties_atom) = unsafe { (qjs::JS_NewAtom(ctx, c"team_id".as_ptr()), qjs::JS_NewAtom(ctx, c"properties".as_ptr())) };
+        Walker {
+            ctx,
+            rules,
+            date,
+            out: Vec::with_capacity(4096),
+            open: Vec::new(),
+            path: Vec::new(),
+            team_changed: false,
+            event: false,
+            team_atom,
+            properties_atom,
+        }
     }
 
-    fn value(&mut self, v: qjs::JSValue, depth: usize) -> Result<Wrote, Bail> {
+    fn finish(mut self, result: Result<Wrote, Stop>) -> Result<Read, Refusal> {
+        match result {
+            Ok(_) => {
+                let out = std::mem::take(&mut self.out);
+                Ok(Read { json: String::from_utf8(out).expect("the walker emits UTF-8 only"), team_changed: self.team_changed })
+            }
+            Err(Stop(what)) => Err(Refusal { path: self.render_path(), what }),
+        }
+    }
+
+    fn render_path(&self) -> String {
+        let mut out = String::from("event");
+        for step in &self.path {
+            match *step {
+                Step::Index(i) => out.push_str(&format!("[{i}]")),
+                Step::Key(atom) => {
+                    let key = atom_text(self.ctx, atom).unwrap_or_else(|| "?".into());
+                    let plain = !key.is_empty()
+                        && !key.starts_with(|c: char| c.is_ascii_digit())
+                        && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$');
+                    if plain {
+                        out.push('.');
+                        out.push_str(&key);
+                    } else {
+                        out.push_str(&format!("[{}]", serde_json::Value::String(key)));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn check_size(&self) -> Result<(), Stop> {
+        if self.out.len() > self.rules.max_bytes {
+            return Err(Stop(format!("past the size limit: the text would be longer than {} bytes", self.rules.max_bytes)));
+        }
+        Ok(())
+    }
+
+    fn value(&mut self, v: qjs::JSValue, depth: usize) -> Result<Wrote, Stop> {
         // SAFETY: `v` is a live value borrowed from the caller for the duration of this call.
         let tag = unsafe { qjs::JS_VALUE_GET_TAG(v) };
         match tag {
@@ -72,16 +201,17 @@ impl Writer {
             }
             qjs::JS_TAG_NULL => self.out.extend_from_slice(b"null"),
             qjs::JS_TAG_UNDEFINED | qjs::JS_TAG_SYMBOL => return Ok(Wrote::Nothing),
-            qjs::JS_TAG_FLOAT64 => self.float(v)?,
-            qjs::JS_TAG_STRING | qjs::JS_TAG_STRING_ROPE => self.string(v)?,
-            qjs::JS_TAG_OBJECT => return self.object(v, depth),
-            _ => return Err(Bail), // BigInt (JSON.stringify throws) and internal tags
+            qjs::JS_TAG_FLOAT64 => self.float(unsafe { qjs::JS_VALUE_GET_FLOAT64(v) })?,
+            qjs::JS_TAG_STRING | qjs::JS_TAG_STRING_ROPE => self.string_bytes(v, true)?,
+            qjs::JS_TAG_OBJECT => self.object(v, depth)?,
+            qjs::JS_TAG_BIG_INT | qjs::JS_TAG_SHORT_BIG_INT => return Err(Stop("a BigInt (JSON has no BigInt)".into())),
+            _ => return Err(Stop("a value of an internal type".into())),
         }
+        self.check_size()?;
         Ok(Wrote::Text)
     }
 
-    fn float(&mut self, v: qjs::JSValue) -> Result<(), Bail> {
-        let d = unsafe { qjs::JS_VALUE_GET_FLOAT64(v) };
+    fn float(&mut self, d: f64) -> Result<(), Stop> {
         if !d.is_finite() {
             self.out.extend_from_slice(b"null");
         } else if d.fract() == 0.0 && d.abs() < EXACT_INTEGER {
@@ -89,10 +219,11 @@ impl Writer {
             self.out.extend_from_slice(itoa_i64(d as i64, &mut [0; 20]));
         } else {
             // Fractions and huge numbers: QuickJS's own Number-to-string, for exact JS digits.
+            // A primitive number's conversion runs no JavaScript.
             // SAFETY: JS_ToString returns a new string value, freed after it is copied.
-            let s = unsafe { qjs::JS_ToString(self.ctx, v) };
+            let s = unsafe { qjs::JS_ToString(self.ctx, qjs::JS_NewFloat64(d)) };
             if unsafe { qjs::JS_IsException(s) } {
-                return Err(self.clear_exception());
+                return Err(self.out_of_memory());
             }
             let r = self.string_bytes(s, false);
             unsafe { qjs::JS_FreeValue(self.ctx, s) };
@@ -101,18 +232,14 @@ impl Writer {
         Ok(())
     }
 
-    fn string(&mut self, v: qjs::JSValue) -> Result<(), Bail> {
-        self.string_bytes(v, true)
-    }
-
     /// Appends the UTF-8 of string value `s`, JSON-quoted when `quote`.
-    fn string_bytes(&mut self, s: qjs::JSValue, quote: bool) -> Result<(), Bail> {
+    fn string_bytes(&mut self, s: qjs::JSValue, quote: bool) -> Result<(), Stop> {
         let mut len: qjs::size_t = 0;
         // SAFETY: returns a pointer into QuickJS memory (or a copy) valid until JS_FreeCString.
         // With cesu8 = false, pairs become 4-byte UTF-8 and lone surrogates 3-byte sequences.
         let ptr = unsafe { qjs::JS_ToCStringLen2(self.ctx, &mut len, s, false) };
         if ptr.is_null() {
-            return Err(self.clear_exception());
+            return Err(self.out_of_memory());
         }
         let bytes = unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), len as usize) };
         if quote {
@@ -124,61 +251,88 @@ impl Writer {
         Ok(())
     }
 
-    fn object(&mut self, v: qjs::JSValue, depth: usize) -> Result<Wrote, Bail> {
+    fn object(&mut self, v: qjs::JSValue, depth: usize) -> Result<(), Stop> {
         let class = unsafe { qjs::JS_GetClassID(v) };
+        if unsafe { qjs::JS_IsDate(v) } {
+            return self.date(v);
+        }
         if class != CLASS_OBJECT && class != CLASS_ARRAY {
-            return if unsafe { qjs::JS_IsFunction(self.ctx, v) } { Ok(Wrote::Nothing) } else { Err(Bail) };
+            return Err(Stop(describe(self.ctx, v)));
         }
-        if depth >= MAX_DEPTH {
-            return Err(Bail);
+        if depth > self.rules.max_depth {
+            return Err(Stop(format!("nested deeper than {} levels", self.rules.max_depth)));
         }
-        // A toJSON anywhere on the prototype chain changes the output: leave it to JS.
-        // SAFETY: JS_GetProperty returns a new value; freed at once.
-        let method = unsafe { qjs::JS_GetProperty(self.ctx, v, self.to_json) };
-        let plain = unsafe { qjs::JS_IsUndefined(method) };
-        if unsafe { qjs::JS_IsException(method) } {
-            return Err(self.clear_exception());
+        let ptr = unsafe { qjs::JS_VALUE_GET_PTR(v) };
+        if self.open.contains(&ptr) {
+            return Err(Stop("the object that contains it (a cycle)".into()));
         }
-        unsafe { qjs::JS_FreeValue(self.ctx, method) };
-        if !plain {
-            return Err(Bail);
-        }
-        if class == CLASS_ARRAY { self.array(v, depth) } else { self.fields(v, depth) }?;
-        Ok(Wrote::Text)
+        self.open.push(ptr);
+        let result = if class == CLASS_ARRAY { self.array(v, depth) } else { self.fields(v, depth) };
+        self.open.pop();
+        result
     }
 
-    fn array(&mut self, v: qjs::JSValue, depth: usize) -> Result<(), Bail> {
+    fn date(&mut self, v: qjs::JSValue) -> Result<(), Stop> {
+        let Some(DateGetTime(get_time)) = self.date else {
+            return Err(Stop("a Date".into()));
+        };
+        // SAFETY: `get_time` is the intrinsic native getTime of this runtime (no plugin code);
+        // on a Date it reads the internal time value. The result is a number (no reference).
+        let t = unsafe { qjs::JS_Call(self.ctx, get_time, v, 0, std::ptr::null_mut()) };
+        if unsafe { qjs::JS_IsException(t) } {
+            return Err(self.out_of_memory());
+        }
+        let ms = match unsafe { qjs::JS_VALUE_GET_TAG(t) } {
+            qjs::JS_TAG_INT => f64::from(unsafe { qjs::JS_VALUE_GET_INT(t) }),
+            qjs::JS_TAG_FLOAT64 => unsafe { qjs::JS_VALUE_GET_FLOAT64(t) },
+            _ => f64::NAN,
+        };
+        unsafe { qjs::JS_FreeValue(self.ctx, t) };
+        match iso_time(ms) {
+            Some(text) => quote_into(&mut self.out, text.as_bytes()),
+            None => self.out.extend_from_slice(b"null"),
+        }
+        Ok(())
+    }
+
+    fn array(&mut self, v: qjs::JSValue, depth: usize) -> Result<(), Stop> {
         let mut len: i64 = 0;
+        // SAFETY: an Array's length is an own data property; reading it runs no JavaScript.
         if unsafe { qjs::JS_GetLength(self.ctx, v, &mut len) } < 0 {
-            return Err(self.clear_exception());
+            return Err(self.out_of_memory());
         }
         self.out.push(b'[');
-        for i in 0..len {
+        for i in 0..len.clamp(0, u32::MAX as i64) as u32 {
             if i > 0 {
                 self.out.push(b',');
             }
-            // SAFETY: a new value (holes and missing indexes give undefined), freed below.
-            let item = unsafe { qjs::JS_GetPropertyInt64(self.ctx, v, i) };
-            if unsafe { qjs::JS_IsException(item) } {
-                return Err(self.clear_exception());
+            self.path.push(Step::Index(i));
+            let atom = unsafe { qjs::JS_NewAtomUInt32(self.ctx, i) };
+            if atom == 0 {
+                return Err(self.out_of_memory());
             }
-            let wrote = self.value(item, depth + 1);
-            unsafe { qjs::JS_FreeValue(self.ctx, item) };
-            if let Wrote::Nothing = wrote? {
-                self.out.extend_from_slice(b"null");
+            let item = self.own_data(v, atom, depth);
+            unsafe { qjs::JS_FreeAtom(self.ctx, atom) };
+            match item? {
+                // A hole (no own property) reads as undefined, as in JSON.stringify.
+                None | Some(Wrote::Nothing) => self.out.extend_from_slice(b"null"),
+                Some(Wrote::Text) => {}
             }
+            self.path.pop();
+            self.check_size()?;
         }
         self.out.push(b']');
         Ok(())
     }
 
-    fn fields(&mut self, v: qjs::JSValue, depth: usize) -> Result<(), Bail> {
+    fn fields(&mut self, v: qjs::JSValue, depth: usize) -> Result<(), Stop> {
         let mut tab: *mut qjs::JSPropertyEnum = std::ptr::null_mut();
         let mut len: u32 = 0;
         let flags = (qjs::JS_GPN_STRING_MASK | qjs::JS_GPN_ENUM_ONLY) as i32;
         // SAFETY: on success `tab` holds `len` atoms we own; JS_FreePropertyEnum frees them all.
+        // On a plain object (class checked by the caller) this runs no JavaScript.
         if unsafe { qjs::JS_GetOwnPropertyNames(self.ctx, &mut tab, &mut len, v, flags) } < 0 {
-            return Err(self.clear_exception());
+            return Err(self.out_of_memory());
         }
         let keys = unsafe { std::slice::from_raw_parts(tab, len as usize) };
         let result = self.write_fields(v, keys, depth);
@@ -186,7 +340,10 @@ impl Writer {
         result
     }
 
-    fn write_fields(&mut self, v: qjs::JSValue, keys: &[qjs::JSPropertyEnum], depth: usize) -> Result<(), Bail> {
+    fn write_fields(&mut self, v: qjs::JSValue, keys: &[qjs::JSPropertyEnum], depth: usize) -> Result<(), Stop> {
+        let top = depth == 1 && self.event;
+        let team_rule = top && self.rules.team.is_some();
+        let mut saw_team = false;
         self.out.push(b'{');
         let mut first = true;
         for key in keys {
@@ -196,39 +353,201 @@ impl Writer {
             }
             self.key(key.atom)?;
             self.out.push(b':');
-            // SAFETY: a new value (a getter may run, as in JSON.stringify), freed below.
-            let item = unsafe { qjs::JS_GetProperty(self.ctx, v, key.atom) };
-            if unsafe { qjs::JS_IsException(item) } {
-                return Err(self.clear_exception());
-            }
-            let wrote = self.value(item, depth + 1);
-            unsafe { qjs::JS_FreeValue(self.ctx, item) };
-            match wrote? {
+            self.path.push(Step::Key(key.atom));
+            let wrote = if team_rule && key.atom == self.team_atom {
+                saw_team = true;
+                self.team_field(v, key.atom)?
+            } else {
+                if top && key.atom == self.properties_atom {
+                    self.check_properties(v, key.atom)?;
+                }
+                self.own_data(v, key.atom, depth)?.unwrap_or(Wrote::Nothing)
+            };
+            self.path.pop();
+            match wrote {
                 Wrote::Text => first = false,
                 Wrote::Nothing => self.out.truncate(rollback),
             }
+            self.check_size()?;
+        }
+        if team_rule && !saw_team {
+            // `returned.team_id !== team_id`: PostHog wrote the team back onto the object.
+            self.team_changed = true;
+            if !first {
+                self.out.push(b',');
+            }
+            self.out.extend_from_slice(b"\"team_id\":");
+            let team = self.rules.team.expect("checked by `team_rule`");
+            self.out.extend_from_slice(itoa_i64(team, &mut [0; 20]));
         }
         self.out.push(b'}');
         Ok(())
     }
 
-    fn key(&mut self, atom: qjs::JSAtom) -> Result<(), Bail> {
+    /// Writes the top-level `team_id`: the event's team, whatever the plugin left there.
+    fn team_field(&mut self, v: qjs::JSValue, atom: qjs::JSAtom) -> Result<Wrote, Stop> {
+        let team = self.rules.team.expect("only called for events");
+        let desc = self.descriptor(v, atom)?;
+        let same = match desc {
+            Some(Desc::Data(value)) => {
+                let same = match unsafe { qjs::JS_VALUE_GET_TAG(value) } {
+                    qjs::JS_TAG_INT => i64::from(unsafe { qjs::JS_VALUE_GET_INT(value) }) == team,
+                    qjs::JS_TAG_FLOAT64 => (unsafe { qjs::JS_VALUE_GET_FLOAT64(value) }) == team as f64,
+                    _ => false,
+                };
+                unsafe { qjs::JS_FreeValue(self.ctx, value) };
+                same
+            }
+            Some(Desc::Accessor) => return Err(Stop("an accessor (getter or setter): events are plain data".into())),
+            None => false,
+        };
+        if !same {
+            self.team_changed = true;
+        }
+        self.out.extend_from_slice(itoa_i64(team, &mut [0; 20]));
+        Ok(Wrote::Text)
+    }
+
+    /// The top-level `properties` of an event must be an object (or null, or absent).
+    fn check_properties(&mut self, v: qjs::JSValue, atom: qjs::JSAtom) -> Result<(), Stop> {
+        if let Some(Desc::Data(value)) = self.descriptor(v, atom)? {
+            let tag = unsafe { qjs::JS_VALUE_GET_TAG(value) };
+            let ok = matches!(tag, qjs::JS_TAG_NULL | qjs::JS_TAG_UNDEFINED) || object_class(value) == Some(CLASS_OBJECT);
+            let what = if ok { String::new() } else { describe(self.ctx, value) };
+            unsafe { qjs::JS_FreeValue(self.ctx, value) };
+            if !ok {
+                return Err(Stop(format!("{what}; an event's properties must be an object")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the own data property `atom` of `v`; `None` when there is none.
+    fn own_data(&mut self, v: qjs::JSValue, atom: qjs::JSAtom, depth: usize) -> Result<Option<Wrote>, Stop> {
+        match self.descriptor(v, atom)? {
+            None => Ok(None),
+            Some(Desc::Accessor) => Err(Stop("an accessor (getter or setter): events are plain data".into())),
+            Some(Desc::Data(value)) => {
+                let wrote = self.value(value, depth + 1);
+                unsafe { qjs::JS_FreeValue(self.ctx, value) };
+                wrote.map(Some)
+            }
+        }
+    }
+
+    /// The own property `atom` of plain object or array `v`, without running any getter.
+    fn descriptor(&mut self, v: qjs::JSValue, atom: qjs::JSAtom) -> Result<Option<Desc>, Stop> {
+        let mut desc = qjs::JSPropertyDescriptor {
+            flags: 0,
+            value: qjs::JS_MKVAL(qjs::JS_TAG_UNDEFINED, 0),
+            getter: qjs::JS_MKVAL(qjs::JS_TAG_UNDEFINED, 0),
+            setter: qjs::JS_MKVAL(qjs::JS_TAG_UNDEFINED, 0),
+        };
+        // SAFETY: on a plain object or array this looks the property up in its shape (no
+        // exotic behaviour, no JavaScript). On 1 the descriptor owns one reference to each of
+        // value, getter and setter (undefined when absent); all are freed here or by the caller.
+        let found = unsafe { qjs::JS_GetOwnProperty(self.ctx, &mut desc, v, atom) };
+        if found < 0 {
+            return Err(self.out_of_memory());
+        }
+        if found == 0 {
+            return Ok(None);
+        }
+        if desc.flags & qjs::JS_PROP_GETSET as i32 != 0 {
+            unsafe {
+                qjs::JS_FreeValue(self.ctx, desc.getter);
+                qjs::JS_FreeValue(self.ctx, desc.setter);
+                qjs::JS_FreeValue(self.ctx, desc.value);
+            }
+            return Ok(Some(Desc::Accessor));
+        }
+        Ok(Some(Desc::Data(desc.value)))
+    }
+
+    fn key(&mut self, atom: qjs::JSAtom) -> Result<(), Stop> {
         let mut len: qjs::size_t = 0;
         // SAFETY: like JS_ToCStringLen2: valid until JS_FreeCString.
         let ptr = unsafe { qjs::JS_AtomToCStringLen(self.ctx, &mut len, atom) };
         if ptr.is_null() {
-            return Err(self.clear_exception());
+            return Err(self.out_of_memory());
         }
         quote_into(&mut self.out, unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), len as usize) });
         unsafe { qjs::JS_FreeCString(self.ctx, ptr) };
         Ok(())
     }
 
-    /// Drops the exception a failed call left pending; `JSON.stringify` will meet it again.
-    fn clear_exception(&mut self) -> Bail {
+    /// QuickJS could not allocate (a heap at its limit): drop its pending exception and stop.
+    fn out_of_memory(&self) -> Stop {
         drop_pending_exception(self.ctx);
-        Bail
+        Stop("unreadable: the plugin's heap is out of memory".into())
     }
+}
+
+/// An own property: its value (one reference, the caller's to free), or the fact that it is an
+/// accessor.
+enum Desc {
+    Data(qjs::JSValue),
+    Accessor,
+}
+
+/// The class of an object value; `None` for primitives.
+fn object_class(v: qjs::JSValue) -> Option<qjs::JSClassID> {
+    // SAFETY: reading the tag and class id of a live value.
+    (unsafe { qjs::JS_VALUE_GET_TAG(v) } == qjs::JS_TAG_OBJECT).then(|| unsafe { qjs::JS_GetClassID(v) })
+}
+
+/// What a value that is not plain data is, for an error message.
+fn describe(ctx: *mut qjs::JSContext, v: qjs::JSValue) -> String {
+    // SAFETY: type checks on a live value; none runs JavaScript.
+    unsafe {
+        match qjs::JS_VALUE_GET_TAG(v) {
+            qjs::JS_TAG_INT | qjs::JS_TAG_FLOAT64 => return "a number".into(),
+            qjs::JS_TAG_STRING | qjs::JS_TAG_STRING_ROPE => return "a string".into(),
+            qjs::JS_TAG_BOOL => return "a boolean".into(),
+            qjs::JS_TAG_NULL => return "null".into(),
+            qjs::JS_TAG_UNDEFINED => return "undefined".into(),
+            qjs::JS_TAG_SYMBOL => return "a symbol".into(),
+            qjs::JS_TAG_BIG_INT | qjs::JS_TAG_SHORT_BIG_INT => return "a BigInt (JSON has no BigInt)".into(),
+            qjs::JS_TAG_OBJECT => {}
+            _ => return "a value of an internal type".into(),
+        }
+        if qjs::JS_IsProxy(v) {
+            return "a Proxy: events are plain data".into();
+        }
+        if qjs::JS_IsFunction(ctx, v) {
+            return "a function".into();
+        }
+        let what = match qjs::JS_GetClassID(v) {
+            CLASS_ARRAY => "an array",
+            CLASS_ERROR => "an Error",
+            CLASS_NUMBER => "a Number object (boxed)",
+            CLASS_STRING => "a String object (boxed)",
+            CLASS_BOOLEAN => "a Boolean object (boxed)",
+            _ if qjs::JS_IsMap(v) => "a Map",
+            _ if qjs::JS_IsSet(v) => "a Set",
+            _ if qjs::JS_IsWeakMap(v) || qjs::JS_IsWeakSet(v) || qjs::JS_IsWeakRef(v) => "a weak collection",
+            _ if qjs::JS_IsRegExp(v) => "a RegExp",
+            _ if qjs::JS_IsPromise(v) => "a Promise (was it awaited?)",
+            _ if qjs::JS_IsArrayBuffer(v) || qjs::JS_IsDataView(v) || qjs::JS_GetTypedArrayType(v) >= 0 => "binary data (a typed array or buffer)",
+            _ if qjs::JS_IsDate(v) => "a Date",
+            _ => "an object with internal state (not a plain object)",
+        };
+        what.into()
+    }
+}
+
+/// The text of an atom (a property key).
+fn atom_text(ctx: *mut qjs::JSContext, atom: qjs::JSAtom) -> Option<String> {
+    let mut len: qjs::size_t = 0;
+    // SAFETY: valid until JS_FreeCString; copied at once.
+    let ptr = unsafe { qjs::JS_AtomToCStringLen(ctx, &mut len, atom) };
+    if ptr.is_null() {
+        drop_pending_exception(ctx);
+        return None;
+    }
+    let text = String::from_utf8_lossy(unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), len as usize) }).into_owned();
+    unsafe { qjs::JS_FreeCString(ctx, ptr) };
+    Some(text)
 }
 
 /// Drops the exception a failed QuickJS call left pending on `ctx`, if any.
@@ -237,11 +556,28 @@ pub(super) fn drop_pending_exception(ctx: *mut qjs::JSContext) {
     unsafe { qjs::JS_FreeValue(ctx, qjs::JS_GetException(ctx)) };
 }
 
-impl Drop for Writer {
-    fn drop(&mut self) {
-        // SAFETY: the atom was made in `new` on this context.
-        unsafe { qjs::JS_FreeAtom(self.ctx, self.to_json) };
+/// `Date.prototype.toISOString` of a time value in ms since the epoch; `None` for an invalid
+/// date (NaN or beyond ±8.64e15 ms), which `toJSON` writes as `null`.
+pub(crate) fn iso_time(ms: f64) -> Option<String> {
+    if !ms.is_finite() || ms.abs() > 8.64e15 {
+        return None;
     }
+    let ms = ms.trunc() as i64;
+    let days = ms.div_euclid(86_400_000);
+    let in_day = ms.rem_euclid(86_400_000);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let year_text = if (0..=9999).contains(&year) { format!("{year:04}") } else if year < 0 { format!("-{:06}", -year) } else { format!("+{year:06}") };
+    let (h, m, s, milli) = (in_day / 3_600_000, in_day / 60_000 % 60, in_day / 1000 % 60, in_day % 1000);
+    Some(format!("{year_text}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{milli:03}Z"))
 }
 
 /// Decimal digits of `n` (written backwards into `buf`).
@@ -380,84 +716,3 @@ pub(crate) fn differential_json() -> impl proptest::strategy::Strategy<Value = s
     })
 }
 
-/// The walker against QuickJS's own `JSON.stringify`, on generated JSON and on values only
-/// JavaScript can make.
-#[cfg(test)]
-mod differential {
-    use proptest::prelude::*;
-    use rquickjs::{Context, Runtime};
-
-    fn both<'js>(ctx: &rquickjs::Ctx<'js>, v: rquickjs::Value<'js>) -> (Option<String>, Option<String>) {
-        let ours = super::stringify(ctx, &v);
-        let theirs = ctx.json_stringify(v).ok().flatten().map(|s| s.to_string().unwrap());
-        (ours, theirs)
-    }
-
-    fn with_ctx<R>(f: impl FnOnce(&rquickjs::Ctx<'_>) -> R) -> R {
-        let rt = Runtime::new().unwrap();
-        let context = Context::full(&rt).unwrap();
-        context.with(|ctx| f(&ctx))
-    }
-
-    /// Values written in JavaScript: (source, whether the walker handles it itself).
-    const CASES: &[(&str, bool)] = &[
-        ("({a: undefined, b: function () {}, c: Symbol('s'), d: 1})", true),
-        ("[undefined, () => 1, Symbol('s'), , 2]", true),
-        ("({neg0: -0, frac: 0.1 + 0.2, tiny: 1.5e-7, big: 1e21, huge: 2 ** 60, nan: NaN, inf: -Infinity, exp: 123e-20})", true),
-        ("({lone: '\\ud800x', low: 'a\\udc00', pair: '\\ud83d\\ude00', ctl: '\\u0000\\u001f\\u007f', esc: '\"\\\\/'})", true),
-        ("({2: 'two', b: 1, 1: 'one', a: 2})", true),
-        ("Object.create(null, {x: {value: 1, enumerable: true}, hidden: {value: 2, enumerable: false}})", true),
-        ("(() => { const o = {a: 1}; Object.defineProperty(o, 'g', {get() { return [1, {z: 'x'}] }, enumerable: true}); return o })()", true),
-        ("({when: new Date(0)})", false),
-        ("({own: {toJSON() { return 'custom' }}})", false),
-        ("({boxed: new String('s')})", false),
-        ("({m: new Map([[1, 2]])})", false),
-        ("({p: new Proxy({a: 1}, {})})", false),
-        ("(() => { class Point { constructor() { this.x = 1 } }; return {pt: new Point()} })()", true),
-    ];
-
-    #[test]
-    fn javascript_values_match_json_stringify() {
-        with_ctx(|ctx| {
-            for (source, handled) in CASES {
-                let v: rquickjs::Value<'_> = ctx.eval(*source).unwrap();
-                let (ours, theirs) = both(ctx, v);
-                assert_eq!(ours.is_some(), *handled, "{source}: walker {ours:?}, JSON.stringify {theirs:?}");
-                if let Some(ours) = ours {
-                    assert_eq!(Some(ours), theirs, "{source}");
-                }
-            }
-        });
-    }
-
-    #[test]
-    fn cycles_throwing_getters_and_bigints_are_left_to_json_stringify() {
-        with_ctx(|ctx| {
-            for source in [
-                "(() => { const o = {}; o.self = o; return o })()",
-                "({ get boom() { throw new Error('no') }, enumerable: true })",
-                "({n: 10n})",
-            ] {
-                let v: rquickjs::Value<'_> = ctx.eval(source).unwrap();
-                assert_eq!(super::stringify(ctx, &v), None, "{source}");
-                // No exception is left pending by the walker.
-                let ok: i32 = ctx.eval("1 + 1").unwrap();
-                assert_eq!(ok, 2);
-            }
-        });
-    }
-
-    proptest! {
-        #[test]
-        fn generated_json_matches_json_stringify(value in super::differential_json()) {
-            with_ctx(|ctx| {
-                let text = serde_json::to_string(&value).unwrap();
-                let v = ctx.json_parse(text.clone()).unwrap();
-                let (ours, theirs) = both(ctx, v);
-                prop_assert!(ours.is_some(), "walker declined {text}");
-                prop_assert_eq!(ours, theirs);
-                Ok(())
-            })?;
-        }
-    }
-}

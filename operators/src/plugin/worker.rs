@@ -64,6 +64,25 @@ pub enum PluginNotice {
     CallFailed(PluginError),
     /// An app-metric count: calls of a hook that ended one way.
     Metric(AppMetric),
+    /// Events that did not run a plugin's `processEvent` although it is in their team's chain
+    /// (`config_id` `None`: the whole chain, e.g. `$snapshot` events, which PostHog never ran).
+    Skipped {
+        /// Configuration id.
+        config_id: Option<String>,
+        /// `snapshot`, `disabled` or `not_loaded`.
+        reason: &'static str,
+        /// How many events.
+        count: u64,
+    },
+    /// `posthog.capture` calls or jobs a configuration's limits refused.
+    Refused {
+        /// Configuration id.
+        config_id: String,
+        /// `capture` or `job`.
+        what: &'static str,
+        /// How many.
+        count: u64,
+    },
 }
 
 /// How a hook call ended, for app metrics.
@@ -122,6 +141,8 @@ pub struct WorkerPlugins {
     captured: Vec<String>,
     /// App-metric counts since the last `take_notices`.
     metric_counts: HashMap<(InstanceKey, Hook, Outcome), u64>,
+    /// Skips since the last `take_notices`, by (configuration index, reason).
+    skip_counts: HashMap<(Option<usize>, &'static str), u64>,
 }
 
 /// Where a worker sits and how its background work is paced.
@@ -154,8 +175,13 @@ pub const HOPS_KEY: &str = "$pluginflow_hops";
 impl WorkerPlugins {
     /// A worker's plugin set; `specs` must be in chain order (order, then file order).
     pub fn new(limits: Limits, specs: Arc<Vec<PluginSpec>>, services: HostServices) -> Result<Self, String> {
+        Self::with_runtime(PluginRuntime::new(limits)?, specs, services)
+    }
+
+    /// A worker's plugin set in the sandbox `runtime` (e.g. one with a cancel flag).
+    pub fn with_runtime(runtime: PluginRuntime, specs: Arc<Vec<PluginSpec>>, services: HostServices) -> Result<Self, String> {
         Ok(Self {
-            runtime: PluginRuntime::new(limits)?,
+            runtime,
             specs,
             services,
             instances: HashMap::new(),
@@ -166,7 +192,18 @@ impl WorkerPlugins {
             schedules: HashMap::new(),
             captured: Vec::new(),
             metric_counts: HashMap::new(),
+            skip_counts: HashMap::new(),
         })
+    }
+
+    /// Starts epoch `epoch` (per-epoch allowances such as captures start again).
+    pub fn begin_epoch(&mut self, epoch: u64) {
+        self.runtime.begin_epoch(epoch);
+    }
+
+    /// QuickJS heap held by this worker's instances, in bytes.
+    pub fn memory_used(&self) -> usize {
+        self.runtime.memory_used()
     }
 
     /// Sets where this worker sits (index, peers), its clock and retry policies.
@@ -193,17 +230,28 @@ impl WorkerPlugins {
     /// as in PostHog.
     pub fn process(&mut self, team: i64, event_name: &str, uuid: &str, json: &str, hops: u32) -> Result<ChainOutcome, String> {
         if event_name == "$snapshot" {
+            *self.skip_counts.entry((None, "snapshot")).or_default() += 1;
             return Ok(ChainOutcome { event: Some(json.to_string()), ..ChainOutcome::default() });
         }
         let chain = self.chain(team);
         let mut taken: Vec<(usize, PluginInstance)> = Vec::with_capacity(chain.len());
         for i in chain {
-            if let Some(Some(inst)) = self.instances.remove(&(i, team)) {
-                taken.push((i, inst));
+            match self.instances.remove(&(i, team)) {
+                Some(Some(inst)) => {
+                    if inst.disabled().is_some() && inst.exports(Hook::ProcessEvent) {
+                        *self.skip_counts.entry((Some(i), "disabled")).or_default() += 1;
+                    }
+                    taken.push((i, inst));
+                }
+                Some(None) => {
+                    *self.skip_counts.entry((Some(i), "not_loaded")).or_default() += 1;
+                    self.instances.insert((i, team), None);
+                }
+                None => {}
             }
         }
         let mut refs: Vec<&mut PluginInstance> = taken.iter_mut().map(|(_, p)| p).collect();
-        let outcome = run_chain(&mut refs, json);
+        let outcome = run_chain(&mut refs, json, team);
         if let Ok(o) = &outcome {
             for (i, inst) in &taken {
                 if o.succeeded.iter().any(|l| l == inst.label()) {
@@ -442,6 +490,25 @@ impl WorkerPlugins {
         for ((key, hook, outcome), count) in counts {
             let config_id = self.specs[key.0].id.clone();
             self.notices.push(PluginNotice::Metric(AppMetric { config_id, team: key.1, hook, outcome, count }));
+        }
+        let mut skips: Vec<_> = self.skip_counts.drain().collect();
+        skips.sort();
+        for ((index, reason), count) in skips {
+            let config_id = index.map(|i| self.specs[i].id.clone());
+            self.notices.push(PluginNotice::Skipped { config_id, reason, count });
+        }
+        let mut refused: std::collections::BTreeMap<(usize, &'static str), u64> = std::collections::BTreeMap::new();
+        for ((i, _), inst) in &self.instances {
+            if let Some(inst) = inst {
+                let (captures, jobs) = inst.take_refused();
+                *refused.entry((*i, "capture")).or_default() += captures;
+                *refused.entry((*i, "job")).or_default() += jobs;
+            }
+        }
+        for ((i, what), count) in refused {
+            if count > 0 {
+                self.notices.push(PluginNotice::Refused { config_id: self.specs[i].id.clone(), what, count });
+            }
         }
         std::mem::take(&mut self.notices)
     }

@@ -3,12 +3,30 @@
 // It builds what PostHog's VM gave a plugin: the globals (console, fetch, RetryError, Buffer,
 // URL, TextEncoder, posthog), the allow-listed modules, the `meta` object, and the small
 // machinery the Rust host drives (module definitions, export discovery, hook calls).
-// Everything that touches the outside world goes through `__host`, a native object installed
-// by the Rust side and removed from the global scope here.
+// Everything that touches the outside world goes through `host`, a native object the Rust side
+// passes to this function. The function returns `pf`, the host's handle on this context. Both
+// live only in this closure and in the host: plugin code can reach neither. Events are read
+// back by the host as data (never through code here), so nothing a plugin does to its own
+// realm changes what the host sees.
 (function (host) {
     'use strict'
     const G = globalThis
-    delete G.__host
+
+    // ---- no code from strings -----------------------------------------------------------
+    // QuickJS's compiler does not survive running out of memory halfway (it can write past a
+    // buffer), and a plugin could make it run out at will. So plugins compile no code at run
+    // time: `eval` and every Function constructor throw. `typeof`, `instanceof Function` and
+    // `fn.constructor === Function` keep working.
+    const noCodeFromStrings = function Function() {
+        throw new EvalError('Code generation from strings is disabled in pluginflow plugins (eval, new Function)')
+    }
+    noCodeFromStrings.prototype = Function.prototype
+    for (const proto of [Function.prototype, Object.getPrototypeOf(async function () {}), Object.getPrototypeOf(function* () {}), Object.getPrototypeOf(async function* () {})]) {
+        Object.defineProperty(proto, 'constructor', { value: noCodeFromStrings, writable: false, configurable: false, enumerable: false })
+    }
+    for (const name of ['Function', 'eval']) {
+        Object.defineProperty(G, name, { value: noCodeFromStrings, writable: false, configurable: false, enumerable: false })
+    }
 
     // ---- errors -------------------------------------------------------------------------
     class RetryError extends Error {
@@ -540,12 +558,15 @@
     // ---- globals ------------------------------------------------------------------------
     const posthog = {
         capture(event, properties) {
+            let refused
             try {
-                host.capture(String(event), JSON.stringify(properties === undefined ? {} : properties))
-                return Promise.resolve()
+                refused = host.capture(String(event), JSON.stringify(properties === undefined ? {} : properties))
             } catch (e) {
                 return Promise.reject(e)
             }
+            // A refusal by the limits throws at once, so a capture loop stops where it is.
+            if (refused) throw new Error(refused)
+            return Promise.resolve()
         },
         api: new Proxy({}, {
             get(_, name) {
@@ -575,7 +596,8 @@
     }
     function jobsProxy() {
         const enqueue = (name, payload, at) => {
-            host.enqueueJob(name, JSON.stringify(payload === undefined ? null : payload), at)
+            const refused = host.enqueueJob(name, JSON.stringify(payload === undefined ? null : payload), at)
+            if (refused) throw new Error(refused)
         }
         return new Proxy({}, {
             get(_, name) {
@@ -727,37 +749,6 @@
             const payload = JSON.parse(payloadJson)
             return payload ? fn(payload, meta) : fn(meta)
         },
-        // Checks what processEvent returned: 0 an event object, 1 dropped (falsy),
-        // 2 a truthy non-object, 3 an object whose team_id was changed (restored here).
-        check(result, teamId) {
-            if (!result) return 1
-            if (typeof result !== 'object' || Array.isArray(result)) return 2
-            if (result.team_id !== teamId) {
-                result.team_id = teamId
-                return 3
-            }
-            return 0
-        },
-        teamOf(event) {
-            return event.team_id
-        },
-        // Same keys in the same order as a copy with the three lists added; a plain object is
-        // changed in place (no copy of ~100 properties). Objects may come from another plugin's
-        // context, so "plain" is asked of the class tag, not of this realm's Object.prototype.
-        mark(event, succeeded, failed, deferred) {
-            const p = event.properties
-            if (p !== null && typeof p === 'object' && Object.prototype.toString.call(p) === '[object Object]' && Object.isExtensible(p)) {
-                try {
-                    p.$plugins_succeeded = succeeded
-                    p.$plugins_failed = failed
-                    p.$plugins_deferred = deferred
-                    return
-                } catch (e) {
-                    // a read-only $plugins_* property: copy as below
-                }
-            }
-            event.properties = Object.assign({}, p, { $plugins_succeeded: succeeded, $plugins_failed: failed, $plugins_deferred: deferred })
-        },
         // Classifies a thrown value: [kind, name, message, stack].
         describe(error) {
             if (error instanceof TimeoutError || (error && error.name === 'TimeoutError')) return ['timeout', 'TimeoutError', String(error.message || ''), String(error.stack || '')]
@@ -775,5 +766,5 @@
             return Promise.resolve(value)
         },
     }
-    Object.defineProperty(G, '__pf', { value: Object.freeze(pf), writable: false, configurable: false, enumerable: false })
-})(globalThis.__host)
+    return Object.freeze(pf)
+})
