@@ -716,3 +716,145 @@ pub(crate) fn differential_json() -> impl proptest::strategy::Strategy<Value = s
     })
 }
 
+
+/// The reader against QuickJS's own `JSON.stringify` (the oracle for plain data), and its
+/// refusals of everything else, with the path.
+#[cfg(test)]
+mod differential {
+    use proptest::prelude::*;
+    use rquickjs::{Context, Runtime};
+
+    const RULES: super::Rules = super::Rules { max_bytes: 1 << 20, max_depth: 64, team: None };
+
+    fn with_ctx<R>(f: impl FnOnce(&rquickjs::Ctx<'_>) -> R) -> R {
+        let rt = Runtime::new().unwrap();
+        let context = Context::full(&rt).unwrap();
+        context.with(|ctx| f(&ctx))
+    }
+
+    /// Reads `source`'s value with the reader (no JavaScript runs).
+    fn ours(ctx: &rquickjs::Ctx<'_>, source: &str) -> Result<String, String> {
+        let v: rquickjs::Value<'_> = ctx.eval(source).unwrap();
+        let get_time: rquickjs::Function<'_> = ctx.eval("Date.prototype.getTime").unwrap();
+        super::read_event(ctx, &v, &RULES, Some(super::DateGetTime(get_time.as_raw()))).map(|r| r.json).map_err(|r| r.to_string())
+    }
+
+    /// Reads `source`'s value both ways: (ours, JSON.stringify's).
+    fn both(ctx: &rquickjs::Ctx<'_>, source: &str) -> (Result<String, String>, Option<String>) {
+        let theirs = ctx.eval::<rquickjs::Value<'_>, _>(source).ok().and_then(|v| ctx.json_stringify(v).ok().flatten()).map(|s| s.to_string().unwrap());
+        (ours(ctx, source), theirs)
+    }
+
+    /// Plain data written in JavaScript: the reader writes exactly what JSON.stringify does.
+    const PLAIN: &[&str] = &[
+        "({a: undefined, c: Symbol('s'), d: 1})",
+        "({arr: [undefined, Symbol('s'), , 2]})",
+        "({neg0: -0, frac: 0.1 + 0.2, tiny: 1.5e-7, big: 1e21, huge: 2 ** 60, nan: NaN, inf: -Infinity, exp: 123e-20})",
+        "({lone: '\\ud800x', low: 'a\\udc00', pair: '\\ud83d\\ude00', ctl: '\\u0000\\u001f\\u007f', esc: '\"\\\\/'})",
+        "({2: 'two', b: 1, 1: 'one', a: 2})",
+        "Object.create(null, {x: {value: 1, enumerable: true}, hidden: {value: 2, enumerable: false}})",
+        "(() => { class Point { constructor() { this.x = 1 } }; return {pt: new Point()} })()",
+        "({when: new Date(0), later: new Date(8.64e15), before: new Date(-62198755200000), bad: new Date(NaN)})",
+        "(() => { const shared = {k: 1}; return {a: shared, b: [shared, shared]} })()",
+        "(() => { const a = [1, 2, 3]; a.length = 5; return {a} })()",
+        "({['__proto__']: {x: 1}, 'a b': {'c.d': [[]]}})",
+    ];
+
+    #[test]
+    fn plain_javascript_values_read_as_json_stringify_writes_them() {
+        with_ctx(|ctx| {
+            for source in PLAIN {
+                let (ours, theirs) = both(ctx, source);
+                assert_eq!(ours.as_deref().ok(), theirs.as_deref(), "{source}: {ours:?}");
+            }
+        });
+    }
+
+    /// What is not plain data: refused at the right path, without running plugin code.
+    const REFUSED: &[(&str, &str)] = &[
+        ("({own: {toJSON() { return 'custom' }}})", "event.own.toJSON is a function"),
+        ("({boxed: new String('s')})", "event.boxed is a String object (boxed)"),
+        ("({m: new Map([[1, 2]])})", "event.m is a Map"),
+        ("({p: new Proxy({a: 1}, {ownKeys() { for (;;) {} }})})", "event.p is a Proxy"),
+        ("({get g() { for (;;) {} }})", "event.g is an accessor"),
+        ("(() => { const a = [1]; Object.defineProperty(a, 0, {get() { for (;;) {} }, enumerable: true}); return {a} })()", "event.a[0] is an accessor"),
+        ("(() => { const o = {}; o.self = o; return o })()", "event.self is the object that contains it (a cycle)"),
+        ("({n: 10n})", "event.n is a BigInt"),
+        ("({deep: {'we ird': [{f() {}}]}})", "event.deep[\"we ird\"][0].f is a function"),
+        ("({bytes: new Uint8Array(2)})", "event.bytes is binary data"),
+        ("[1]", "event is an array"),
+        ("new Proxy({}, {})", "event is a Proxy"),
+    ];
+
+    #[test]
+    fn what_is_not_plain_data_is_refused_with_its_path() {
+        with_ctx(|ctx| {
+            for (source, want) in REFUSED {
+                let err = ours(ctx, source).expect_err(source);
+                assert!(err.starts_with(want), "{source}: {err}");
+                let ok: i32 = ctx.eval("1 + 1").unwrap();
+                assert_eq!(ok, 2, "no exception left pending");
+            }
+        });
+    }
+
+    #[test]
+    fn limits_of_size_and_depth_are_refusals() {
+        with_ctx(|ctx| {
+            let deep = format!("({}1{})", "{a:".repeat(70), "}".repeat(70));
+            assert!(ours(ctx, &deep).unwrap_err().contains("nested deeper than 64 levels"));
+            assert!(ours(ctx, "({s: 'x'.repeat(2 << 20)})").unwrap_err().contains("longer than 1048576 bytes"));
+            let sparse = ours(ctx, "(() => { const a = []; a.length = 2 ** 32 - 1; return {a} })()").unwrap_err();
+            assert!(sparse.starts_with("event.a ") && sparse.contains("longer than"), "a sparse array stops at the size limit: {sparse}");
+        });
+    }
+
+    #[test]
+    fn the_team_is_checked_and_put_back() {
+        with_ctx(|ctx| {
+            let rules = super::Rules { team: Some(2), ..RULES };
+            for (source, changed, json) in [
+                ("({team_id: 2, a: 1})", false, r#"{"team_id":2,"a":1}"#),
+                ("({team_id: 2.0, a: 1})", false, r#"{"team_id":2,"a":1}"#),
+                ("({team_id: '2', a: 1})", true, r#"{"team_id":2,"a":1}"#),
+                ("({a: 1})", true, r#"{"a":1,"team_id":2}"#),
+                ("({})", true, r#"{"team_id":2}"#),
+            ] {
+                let v: rquickjs::Value<'_> = ctx.eval(source).unwrap();
+                let r = super::read_event(ctx, &v, &rules, None).unwrap();
+                assert_eq!((r.team_changed, r.json.as_str()), (changed, json), "{source}");
+            }
+            let v: rquickjs::Value<'_> = ctx.eval("({properties: 'x'})").unwrap();
+            let err = super::read_event(ctx, &v, &rules, None).unwrap_err();
+            assert_eq!(err.to_string(), "event.properties is a string; an event's properties must be an object");
+        });
+    }
+
+    #[test]
+    fn iso_times_match_to_iso_string() {
+        with_ctx(|ctx| {
+            for ms in [0.0, 1.5, -1.0, 951_782_400_000.0, -62_198_755_200_000.0, 253_402_300_800_000.0, 8.64e15, -8.64e15, 1e12 + 0.999] {
+                let theirs: String = ctx.eval(format!("new Date({ms}).toISOString()")).unwrap();
+                assert_eq!(super::iso_time(ms).as_deref(), Some(theirs.as_str()), "{ms}");
+            }
+            assert_eq!(super::iso_time(f64::NAN), None);
+            assert_eq!(super::iso_time(8.64e15 + 1.0), None);
+        });
+    }
+
+    proptest! {
+        #[test]
+        fn generated_json_reads_as_json_stringify_writes_it(value in super::differential_json()) {
+            let event = serde_json::json!({ "v": value });
+            with_ctx(|ctx| {
+                let text = serde_json::to_string(&event).unwrap();
+                let v = ctx.json_parse(text.clone()).unwrap();
+                let ours = super::read_event(ctx, &v, &RULES, None).map(|r| r.json).ok();
+                let theirs = ctx.json_stringify(v).ok().flatten().map(|s| s.to_string().unwrap());
+                prop_assert!(ours.is_some(), "refused {}", text);
+                prop_assert_eq!(ours, theirs);
+                Ok(())
+            })?;
+        }
+    }
+}
