@@ -129,18 +129,17 @@ impl<'de> Visitor<'de> for Build {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Owned, A::Error> {
-        // SAFETY: a new array, owned by `array` from here on.
-        let array = Owned::new(self.ctx, unsafe { qjs::JS_NewArray(self.ctx) })?;
-        let mut index = 0u32;
+        // The items first (dropping the Vec on an error frees them), then one fast array made
+        // from them at once.
+        let mut items: Vec<Owned> = Vec::new();
         while let Some(item) = seq.next_element_seed(self)? {
-            // SAFETY: DefineProperty takes over the item's reference, even when it fails.
-            let ok = unsafe { qjs::JS_DefinePropertyValueUint32(self.ctx, array.v, index, item.into_raw(), qjs::JS_PROP_C_W_E as i32) };
-            if ok < 0 {
-                return Err(failed(self.ctx));
-            }
-            index += 1;
+            items.push(item);
         }
-        Ok(array)
+        let count = i32::try_from(items.len()).map_err(|_| out_of_memory::<A::Error>())?;
+        let raw: Vec<qjs::JSValue> = items.into_iter().map(Owned::into_raw).collect();
+        // SAFETY: JS_NewArrayFrom takes over every value's reference, also when it fails.
+        let array = unsafe { qjs::JS_NewArrayFrom(self.ctx, count, raw.as_ptr()) };
+        Owned::new(self.ctx, array)
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Owned, A::Error> {

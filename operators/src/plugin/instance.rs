@@ -91,6 +91,9 @@ pub struct PluginInstance {
     // the runtime) is dropped.
     pf: Option<Persistent<Object<'static>>>,
     date_get_time: Option<Persistent<Function<'static>>>,
+    /// The last event built in this runtime, kept so the object shapes of the next event (same
+    /// keys, same order) are found instead of built again. Nothing reads it.
+    shape_anchor: RefCell<Option<Persistent<Value<'static>>>>,
     context: Option<rquickjs::Context>,
     deadline: Rc<Deadline>,
     /// This instance's heap account: a refusal during a call means it ran out of memory.
@@ -191,6 +194,7 @@ impl PluginInstance {
         let mut instance = Self {
             pf: None,
             date_get_time: None,
+            shape_anchor: RefCell::new(None),
             context: None,
             deadline: runtime.deadline.clone(),
             heap: own.heap,
@@ -517,6 +521,7 @@ impl PluginInstance {
         let rules = self.rules(team);
         let result = self.call(hook, |this, ctx, pf| {
             let event = this.enter(ctx, hook, input)?;
+            this.shape_anchor.replace(Some(Persistent::save(ctx, event.clone())));
             let call = pf.get::<_, Function<'_>>("call").and_then(|f| f.call(("processEvent", event.clone())));
             let outcome = this.settled(ctx, pf, hook, call).and_then(|v| this.read_returned(ctx, &v, &rules));
             if outcome.is_err() {
@@ -810,6 +815,7 @@ impl PluginInstance {
 
     /// Frees the instance's runtime; later calls fail as disabled.
     fn release(&mut self) {
+        self.shape_anchor.replace(None);
         self.pf = None;
         self.date_get_time = None;
         self.context = None;

@@ -49,6 +49,17 @@ pub fn mark_event(text: &str, succeeded: &[String], failed: &[String], deferred:
 
 /// `properties` (an object's text) with the lists set.
 fn mark_properties(raw: &str, lists: &[String; 3]) -> Result<String, String> {
+    let close = raw.rfind('}').expect("an object's text ends with '}'");
+    if !raw.contains("plugins") && !raw.contains("\\u") {
+        // No `$plugins_*` key can be there (not even spelled with escapes): append the lists
+        // without scanning the members.
+        let mut out = String::with_capacity(raw.len() + 128);
+        out.push_str(&raw[..close]);
+        let empty = raw[1..close].trim().is_empty();
+        append_members(&mut out, lists, &[false; 3], !empty);
+        out.push('}');
+        return Ok(out);
+    }
     let inner = spans(raw, &KEYS).map_err(|e| format!("cannot mark the event's properties: {e}"))?;
     let mut out = String::with_capacity(raw.len() + 128);
     let mut at = 0;
@@ -59,7 +70,6 @@ fn mark_properties(raw: &str, lists: &[String; 3]) -> Result<String, String> {
         present[which] = true;
         at = end;
     }
-    let close = raw.rfind('}').expect("an object's text ends with '}'");
     out.push_str(&raw[at..close]);
     append_members(&mut out, lists, &present, inner.keys > 0);
     out.push('}');
@@ -207,6 +217,17 @@ mod tests {
             assert_eq!(keys(&v["properties"]), ["$plugins_succeeded", "$plugins_failed", "$plugins_deferred"], "{text}");
         }
         assert_eq!(keys(&marked("{}")), ["properties"]);
+    }
+
+    #[test]
+    fn both_paths_agree() {
+        // With no `$plugins` in sight the lists are appended without a scan; with an escape
+        // the members are scanned. Both give what the scan gives.
+        for text in [r#"{"properties":{"a":"x"}}"#, r#"{"properties":{"a":"\u0078"}}"#, r#"{"properties":{"plugins":1}}"#] {
+            let v = marked(text);
+            assert_eq!(keys(&v["properties"]).len(), 4, "{text}");
+            assert_eq!(v["properties"]["$plugins_deferred"], json!(["d (2)"]), "{text}");
+        }
     }
 
     #[test]
