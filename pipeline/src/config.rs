@@ -575,6 +575,26 @@ mod tests {
     const KAFKA: &str = "[input]\nkind = \"kafka\"\n[kafka]\nbrokers = \"127.0.0.1:9092\"\ninput_topic = \"in\"\noutput_topic = \"out\"\ndead_letter_topic = \"dead\"\n";
 
     #[test]
+    fn runtime_numbers_out_of_range_are_refused_naming_the_field() {
+        let dir = setup();
+        for (setting, field) in [
+            ("memory_limit_mb = 17592186044416", "runtime.memory_limit_mb"),
+            ("memory_limit_mb = 4", "runtime.memory_limit_mb"),
+            ("call_timeout_ms = 0", "runtime.call_timeout_ms"),
+            ("max_event_depth = 500", "runtime.max_event_depth"),
+            ("max_event_bytes = 10", "runtime.max_event_bytes"),
+            ("max_timeouts = 0", "runtime.max_timeouts"),
+            ("fetch_timeout_ms = 0", "runtime.fetch_timeout_ms"),
+        ] {
+            let e = parse(dir.path(), &format!("[input]\npath = \"events.jsonl\"\n[runtime]\n{setting}\n")).unwrap_err();
+            assert_eq!(e.field, field, "{setting}");
+            assert!(e.problem.contains("must be between"), "{setting}: {}", e.problem);
+        }
+        let c = parse(dir.path(), "[input]\npath = \"events.jsonl\"\n[runtime]\nmax_event_depth = 120\nmemory_limit_mb = 8\n").unwrap();
+        assert_eq!((c.runtime.max_event_depth, c.runtime.memory_limit_mb), (120, 8));
+    }
+
+    #[test]
     fn kafka_input_takes_defaults() {
         let dir = setup();
         let c = parse(dir.path(), KAFKA).unwrap();

@@ -35,12 +35,12 @@ enum Command {
 struct RunArgs {
     /// The pipeline configuration file (TOML).
     config: PathBuf,
-    /// Worker threads in this process.
-    #[arg(short = 'w', long = "workers", default_value_t = 1)]
-    workers: usize,
-    /// Number of processes in a timely cluster (each runs the same command).
-    #[arg(short = 'n', long = "processes", default_value_t = 1)]
-    processes: usize,
+    /// Worker threads in this process (1 to 1024).
+    #[arg(short = 'w', long = "workers", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    workers: u16,
+    /// Number of processes in a timely cluster (each runs the same command; 1 to 1024).
+    #[arg(short = 'n', long = "processes", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    processes: u16,
     /// This process's index in the cluster, from 0.
     #[arg(short = 'p', long = "process", default_value_t = 0)]
     process: usize,
@@ -97,6 +97,10 @@ fn main() -> ExitCode {
 }
 
 fn run(args: RunArgs) -> ExitCode {
+    if args.process >= usize::from(args.processes) {
+        eprintln!("pluginflow: --process {} is not below --processes {} (processes are numbered from 0)", args.process, args.processes);
+        return ExitCode::from(2);
+    }
     let mut config = match PipelineConfig::load(&args.config) {
         Ok(c) => c,
         Err(e) => {

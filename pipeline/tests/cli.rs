@@ -42,6 +42,16 @@ fn run_rejects_a_plugin_that_cannot_load() {
 }
 
 #[test]
+fn cluster_flags_out_of_range_are_refused_with_exit_code_2() {
+    for args in [&["-w", "0"][..], &["-n", "0"], &["-w", "100000"], &["-n", "2", "-p", "2"]] {
+        let out = bin().arg("run").args(args).arg("no-such.toml").output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--workers") || err.contains("--processes") || err.contains("--process"), "{args:?}: {err}");
+    }
+}
+
+#[test]
 fn help_lists_every_subcommand_and_flag() {
     let out = bin().arg("--help").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
