@@ -309,6 +309,41 @@ fn secrets_never_reach_logs_or_errors() {
 }
 
 #[test]
+fn oversized_output_is_cut_after_masking_or_refused() {
+    // A secret right where the console budget cuts, a 1 MiB error message, a capture and a job
+    // payload past runtime.max_event_bytes: nothing outside the heap grows with them.
+    let fx = plugin(
+        "big",
+        &[
+            ("plugin.json", r#"{"name":"big","config":[{"key":"apiKey","secret":true,"required":true}]}"#),
+            (
+                "index.js",
+                "exports.jobs = { x: () => {} }\n\
+                 exports.processEvent = async (e, { config, jobs }) => {\n\
+                   console.log('k'.repeat(65530) + config.apiKey)\n\
+                   const big = { pad: 'p'.repeat(2 << 20) }\n\
+                   try { posthog.capture('huge', big) } catch (x) { e.properties.capture = x.message }\n\
+                   try { await jobs.x(big).runNow() } catch (x) { e.properties.job = x.message }\n\
+                   if (e.properties.fail) throw new Error('m'.repeat(1 << 20))\n\
+                   return e\n\
+                 }",
+            ),
+        ],
+    );
+    let host = Host::new();
+    let mut p = host.load(&fx, json!({"apiKey": "sk-live-12345"})).unwrap();
+    let out = serde_json::from_str::<Value>(&p.process_event_json(&event().to_string()).unwrap().unwrap()).unwrap();
+    assert!(out["properties"]["capture"].as_str().unwrap().contains("larger than runtime.max_event_bytes"), "{}", out["properties"]["capture"]);
+    assert!(out["properties"]["job"].as_str().unwrap().contains("larger than runtime.max_event_bytes"), "{}", out["properties"]["job"]);
+    assert!(p.take_outbox().captured.is_empty() && p.take_outbox().jobs.is_empty());
+    assert!(host.messages().iter().all(|m| !m.contains("sk-live")), "a cut left part of the secret");
+    let mut ev = event();
+    ev["properties"]["fail"] = json!(true);
+    let err = p.process_event_json(&ev.to_string()).unwrap_err();
+    assert!(err.message.len() < 9 * 1024 && err.message.ends_with("more bytes]"), "{} bytes", err.message.len());
+}
+
+#[test]
 fn geoip_locate_reads_a_real_maxmind_database() {
     let db = Arc::new(operators::plugin::GeoIp::open(&common::geoip_db()).unwrap());
     let mut host = Host::new();

@@ -100,6 +100,8 @@ impl HostBindings {
     /// A `console.*` message, within the call's log budget: past it the message is cut with a
     /// marker, and later ones are counted and reported once when the call ends.
     fn console(&self, level: LogLevel, message: &str) {
+        // Masked before it is cut: a cut through a secret must not leave its first half.
+        let message = &self.redactor.redact(message);
         let b = &self.budget;
         let left = b.limits.max_log_bytes_per_call.saturating_sub(b.log_bytes.get());
         if left == 0 {
@@ -253,7 +255,7 @@ pub(crate) fn install<'js>(ctx: &Ctx<'js>, host: &HostBindings) -> rquickjs::Res
     install_cache(ctx, &obj, host)?;
     install_storage(ctx, &obj, host)?;
     install_outbox(ctx, &obj, host)?;
-    install_bytes(ctx, &obj)?;
+    install_bytes(ctx, &obj, host.budget.limits.memory_limit_bytes)?;
     install_crypto(ctx, &obj)?;
     install_url(ctx, &obj)?;
     install_fetch(ctx, &obj, host)?;
@@ -339,6 +341,10 @@ fn install_outbox<'js>(ctx: &Ctx<'js>, obj: &Object<'js>, host: &HostBindings) -
     let h = host.clone();
     // Both return `null` when done, or the reason they refused (the prelude throws it).
     obj.set("capture", Function::new(ctx.clone(), move |ctx: Ctx<'js>, event: String, properties: String| {
+        let max = h.budget.limits.max_event_bytes;
+        if properties.len() + event.len() > max {
+            return Ok(Some(format!("posthog.capture refused: the event is larger than runtime.max_event_bytes ({max} bytes)")));
+        }
         let props: serde_json::Map<String, serde_json::Value> =
             serde_json::from_str(&properties).map_err(|e| throw(&ctx, format!("posthog.capture: properties must be an object: {e}")))?;
         if let Err(why) = h.budget.take_capture() {
@@ -353,6 +359,10 @@ fn install_outbox<'js>(ctx: &Ctx<'js>, obj: &Object<'js>, host: &HostBindings) -
     })?)?;
     let h = host.clone();
     obj.set("enqueueJob", Function::new(ctx.clone(), move |name: String, payload: String, at: f64| {
+        let max = h.budget.limits.max_event_bytes;
+        if payload.len() + name.len() > max {
+            return Some(format!("job refused: its payload is larger than runtime.max_event_bytes ({max} bytes)"));
+        }
         if let Err(why) = h.budget.take_job() {
             if h.budget.first_refusal() {
                 h.log(LogLevel::Warn, LogSource::System, &why);
@@ -364,7 +374,7 @@ fn install_outbox<'js>(ctx: &Ctx<'js>, obj: &Object<'js>, host: &HostBindings) -
     })?)
 }
 
-fn install_bytes<'js>(ctx: &Ctx<'js>, obj: &Object<'js>) -> rquickjs::Result<()> {
+fn install_bytes<'js>(ctx: &Ctx<'js>, obj: &Object<'js>, max_output: usize) -> rquickjs::Result<()> {
     obj.set("encode", Function::new(ctx.clone(), |ctx: Ctx<'js>, text: String, encoding: String| {
         let bytes = encode(&text, &encoding).map_err(|e| throw(&ctx, e))?;
         new_bytes(&ctx, bytes)
@@ -373,9 +383,9 @@ fn install_bytes<'js>(ctx: &Ctx<'js>, obj: &Object<'js>) -> rquickjs::Result<()>
         let bytes = bytes_of(&ctx, &bytes)?;
         decode(&bytes, &encoding).map_err(|e| throw(&ctx, e))
     })?)?;
-    obj.set("zlib", Function::new(ctx.clone(), |ctx: Ctx<'js>, op: String, data: Value<'js>| {
+    obj.set("zlib", Function::new(ctx.clone(), move |ctx: Ctx<'js>, op: String, data: Value<'js>| {
         let data = bytes_of(&ctx, &data)?;
-        let out = zlib(&op, &data).map_err(|e| throw(&ctx, format!("zlib.{op}: {e}")))?;
+        let out = zlib(&op, &data, max_output).map_err(|e| throw(&ctx, format!("zlib.{op}: {e}")))?;
         new_bytes(&ctx, out)
     })?)
 }
@@ -512,8 +522,11 @@ fn hex_decode_lenient(text: &str) -> Vec<u8> {
     out
 }
 
-fn zlib(op: &str, data: &[u8]) -> std::io::Result<Vec<u8>> {
+/// Runs a zlib operation; output past `max_output` bytes is an error (a decompression bomb must
+/// not allocate outside the plugin's heap limit).
+fn zlib(op: &str, data: &[u8], max_output: usize) -> std::io::Result<Vec<u8>> {
     use flate2::Compression;
+    let cap = max_output as u64 + 1;
     let mut out = Vec::new();
     match op {
         "gzip" => {
@@ -522,7 +535,7 @@ fn zlib(op: &str, data: &[u8]) -> std::io::Result<Vec<u8>> {
             out = enc.finish()?;
         }
         "gunzip" => {
-            flate2::read::MultiGzDecoder::new(data).read_to_end(&mut out)?;
+            flate2::read::MultiGzDecoder::new(data).take(cap).read_to_end(&mut out)?;
         }
         "deflate" => {
             let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), Compression::default());
@@ -530,7 +543,7 @@ fn zlib(op: &str, data: &[u8]) -> std::io::Result<Vec<u8>> {
             out = enc.finish()?;
         }
         "inflate" => {
-            flate2::read::ZlibDecoder::new(data).read_to_end(&mut out)?;
+            flate2::read::ZlibDecoder::new(data).take(cap).read_to_end(&mut out)?;
         }
         "deflateRaw" => {
             let mut enc = flate2::write::DeflateEncoder::new(Vec::new(), Compression::default());
@@ -538,9 +551,12 @@ fn zlib(op: &str, data: &[u8]) -> std::io::Result<Vec<u8>> {
             out = enc.finish()?;
         }
         "inflateRaw" => {
-            flate2::read::DeflateDecoder::new(data).read_to_end(&mut out)?;
+            flate2::read::DeflateDecoder::new(data).take(cap).read_to_end(&mut out)?;
         }
         other => return Err(std::io::Error::other(format!("unknown operation {other}"))),
+    }
+    if out.len() > max_output {
+        return Err(std::io::Error::other(format!("the output is larger than the plugin's memory limit ({max_output} bytes)")));
     }
     Ok(out)
 }
@@ -561,9 +577,18 @@ mod tests {
 
     #[test]
     fn gzip_round_trips() {
-        let packed = zlib("gzip", b"hello hello hello").unwrap();
+        let packed = zlib("gzip", b"hello hello hello", 1 << 20).unwrap();
         assert_eq!(&packed[..2], &[0x1f, 0x8b]);
-        assert_eq!(zlib("gunzip", &packed).unwrap(), b"hello hello hello");
-        assert!(zlib("gunzip", b"not gzip").is_err());
+        assert_eq!(zlib("gunzip", &packed, 1 << 20).unwrap(), b"hello hello hello");
+        assert!(zlib("gunzip", b"not gzip", 1 << 20).is_err());
+    }
+
+    #[test]
+    fn a_decompression_bomb_stops_at_the_limit() {
+        let bomb = zlib("gzip", &vec![0u8; 8 << 20], usize::MAX).unwrap();
+        assert!(bomb.len() < 64 << 10, "8 MiB of zeros pack small");
+        let err = zlib("gunzip", &bomb, 1 << 20).unwrap_err();
+        assert!(err.to_string().contains("larger than the plugin's memory limit"), "{err}");
+        assert_eq!(zlib("gunzip", &bomb, 8 << 20).unwrap().len(), 8 << 20);
     }
 }

@@ -604,9 +604,9 @@ impl PluginInstance {
             plugin: self.bindings.identity.plugin.clone(),
             config_id: self.bindings.identity.config_id.clone(),
             hook,
-            name: name.to_string(),
-            message: self.bindings.redactor.redact(message),
-            stack: self.bindings.redactor.redact(stack),
+            name: cut(&self.bindings.redactor.redact(name), 256),
+            message: cut(&self.bindings.redactor.redact(message), MAX_ERROR_TEXT),
+            stack: cut(&self.bindings.redactor.redact(stack), MAX_ERROR_TEXT),
         }
     }
 
@@ -830,6 +830,21 @@ fn update_stack_top(ctx: &Ctx<'_>) {
     unsafe {
         qjs::JS_UpdateStackTop(qjs::JS_GetRuntime(ctx.as_raw().as_ptr()))
     };
+}
+
+/// Longest error message or stack kept from a plugin (they reach logs and dead letters).
+const MAX_ERROR_TEXT: usize = 8 * 1024;
+
+/// `text` cut to at most `max` bytes (on a character boundary) with a marker saying so.
+fn cut(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{} … [cut: {} more bytes]", &text[..end], text.len() - end)
 }
 
 fn timeout_message(limits: Limits) -> String {
