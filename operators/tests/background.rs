@@ -10,7 +10,7 @@ use common::plugin;
 use operators::plugin::deferred::RetryPolicy;
 use operators::plugin::worker::{JOB_QUEUE, Outcome, PluginNotice, PluginSpec, WorkerPlace, WorkerPlugins};
 use operators::plugin::{Hook, HostServices, Limits, MemoryLogSink, PluginDefinition};
-use state::{CacheScope, ManualClock, MemoryStore, StateStore, SystemClock};
+use state::{ManualClock, MemoryStore, StateStore, SystemClock};
 
 fn spec(fixture: &common::Fixture, id: &str, teams: Vec<i64>) -> PluginSpec {
     PluginSpec {
@@ -78,7 +78,7 @@ fn setup_that_keeps_failing_disables_the_plugin_after_six_attempts() {
     let mut w = worker(vec![spec(&fx, "n", vec![1])], store.clone(), logs.clone(), place);
     w.preload();
     run_for(&mut w, Duration::from_millis(400));
-    let scope = CacheScope { plugin: "never".into(), team: Some(1) };
+    let scope = PluginDefinition::load(&fx.path()).unwrap().cache_scope(Some(1));
     assert_eq!(store.cache_get(&scope, "setup").unwrap().as_deref(), Some("6"), "1 attempt + 5 retries");
     assert!(logs.entries().iter().any(|e| e.message.contains("Disabled the app!")));
     let out = w.process(1, "e", "u", r#"{"uuid":"u","event":"e","team_id":1,"properties":{}}"#, 0).unwrap();
@@ -118,7 +118,7 @@ fn each_scheduled_task_has_exactly_one_owner_among_workers() {
         }
     }
     for team in 1..=6 {
-        let scope = CacheScope { plugin: "ticker".into(), team: Some(team) };
+        let scope = PluginDefinition::load(&fx.path()).unwrap().cache_scope(Some(team));
         assert_eq!(store.cache_get(&scope, "minute").unwrap().as_deref(), Some("5"), "team {team}: one run per minute, cluster-wide");
         assert_eq!(store.cache_get(&scope, "hour").unwrap(), None, "no hour has passed");
     }
@@ -150,7 +150,7 @@ fn missed_ticks_are_not_back_filled() {
     clock.advance_ms(7 * 60_000 + 5_000);
     w.maintain();
     w.maintain();
-    let scope = CacheScope { plugin: "ticker".into(), team: Some(1) };
+    let scope = PluginDefinition::load(&fx.path()).unwrap().cache_scope(Some(1));
     assert_eq!(store.cache_get(&scope, "minute").unwrap().as_deref(), Some("1"), "seven missed minutes run once");
 }
 
@@ -181,7 +181,7 @@ fn jobs_run_when_due_and_retry_like_on_event() {
     w.process(1, "e", "u", r#"{"uuid":"u","event":"e","team_id":1,"properties":{}}"#, 0).unwrap();
     assert_eq!(store.queue_len(JOB_QUEUE).unwrap(), 4, "jobs are in the durable queue");
     w.maintain();
-    let scope = CacheScope { plugin: "jobs".into(), team: Some(1) };
+    let scope = PluginDefinition::load(&fx.path()).unwrap().cache_scope(Some(1));
     let ran = |s: &MemoryStore| s.cache_lrange(&scope, "ran", 0, -1).unwrap();
     assert!(ran(&store).contains(&"hello 1".to_string()));
     assert!(!ran(&store).contains(&"hello 2".to_string()), "not due yet");

@@ -238,6 +238,11 @@ fn cache_is_namespaced_per_plugin_and_team() {
     assert_eq!(process(&mut a2_other_config).unwrap()["properties"]["n"], 2, "same plugin and team share a cache");
     assert_eq!(process(&mut a3).unwrap()["properties"]["n"], 1);
     assert_eq!(process(&mut b2).unwrap()["properties"]["n"], 1);
+    // A plugin declaring another's name gets a cache of its own: the cache is the folder's.
+    let impostor = plugin("alpha", &[("index.js", "exports.processEvent = async (e, { cache }) => { e.properties.seen = await cache.get('hits'); await cache.set('hits', 1000); return e }")]);
+    let out = process(&mut host.load_as(&impostor, json!({}), "7", Some(2)).unwrap()).unwrap();
+    assert_eq!(out["properties"]["seen"], Value::Null, "the impostor read alpha's counter");
+    assert_eq!(process(&mut a2).unwrap()["properties"]["n"], 3, "alpha's counter was not overwritten");
 }
 
 #[test]

@@ -43,6 +43,10 @@ pub struct PluginDefinition {
     pub manifest: PluginManifest,
     /// Its compiled modules.
     pub compiled: CompiledPlugin,
+    /// Its `cache` namespace: the name it declares and a digest of its folder's canonical
+    /// path, so configurations of the same plugin folder share a cache (PostHog shared it per
+    /// plugin) and no plugin can claim another's by declaring its name.
+    pub cache_namespace: String,
 }
 
 impl PluginDefinition {
@@ -55,7 +59,16 @@ impl PluginDefinition {
         let entry = manifest::entry_file(dir, &manifest)
             .map_err(|source| LoadError::Manifest { plugin: plugin.clone(), source })?;
         let compiled = source::compile_plugin(dir, &entry).map_err(|source| LoadError::Source { plugin, source })?;
-        Ok(Arc::new(Self { dir: dir.to_path_buf(), manifest, compiled }))
+        let canonical = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+        let digest = super::natives::digest("sha256", canonical.to_string_lossy().as_bytes(), None).expect("sha256 is supported");
+        let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        let cache_namespace = format!("{}:{hex}", manifest.name);
+        Ok(Arc::new(Self { dir: dir.to_path_buf(), manifest, compiled, cache_namespace }))
+    }
+
+    /// The `cache` scope of this plugin for `team`.
+    pub fn cache_scope(&self, team: Option<i64>) -> CacheScope {
+        CacheScope { plugin: self.cache_namespace.clone(), team }
     }
 }
 
@@ -176,7 +189,7 @@ impl PluginInstance {
         let identity = Rc::new(InstanceIdentity { plugin: plugin.clone(), config_id: cfg.config_id.clone(), team_id: cfg.team_id });
         let bindings = HostBindings {
             services: services.clone(),
-            scope: Rc::new(CacheScope { plugin: def.manifest.name.clone(), team: cfg.team_id }),
+            scope: Rc::new(def.cache_scope(cfg.team_id)),
             storage_ns: Rc::from(match cfg.team_id {
                 Some(team) => format!("{}/{team}", cfg.config_id),
                 None => format!("{}/all", cfg.config_id),

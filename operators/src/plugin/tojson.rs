@@ -13,9 +13,10 @@
 //!
 //! For plain data the text is exactly `JSON.stringify`'s (a differential test checks it): keys
 //! in JavaScript's property order, numbers as JavaScript prints them, strings escaped the same
-//! way (lone surrogates as `\uXXXX`). The work is bounded by the size limit, not by the
-//! plugin: every property visited writes at least one byte or is an own property of an object
-//! already counted.
+//! way (lone surrogates as `\uXXXX`). The work is bounded by a budget, not by the plugin: every
+//! value visited and every own key listed counts, and past `max_bytes` units the read is
+//! refused (a small object with 200,000 `undefined` properties, referenced 300,000 times, writes
+//! almost nothing but would take minutes to walk).
 
 #![allow(unsafe_code)] // QuickJS's C API: every call below is commented where it owns a value.
 
@@ -114,6 +115,8 @@ struct Walker<'r> {
     team_changed: bool,
     /// Reading an event (the top-level rules apply).
     event: bool,
+    /// Work done so far (values visited, keys listed); bounded by `rules.max_bytes`.
+    work: usize,
     /// Interned `team_id` and `properties` (atoms are unique per runtime: compared by value).
     team_atom: qjs::JSAtom,
     properties_atom: qjs::JSAtom,
@@ -143,6 +146,7 @@ impl<'r> Walker<'r> {
             path: Vec::new(),
             team_changed: false,
             event: false,
+            work: 0,
             team_atom,
             properties_atom,
         }
@@ -187,7 +191,17 @@ impl<'r> Walker<'r> {
         Ok(())
     }
 
+    /// Counts `units` of work; past the budget the read stops.
+    fn charge(&mut self, units: usize) -> Result<(), Stop> {
+        self.work = self.work.saturating_add(units);
+        if self.work > self.rules.max_bytes {
+            return Err(Stop(format!("past the work limit: reading it visits more than {} values and keys", self.rules.max_bytes)));
+        }
+        Ok(())
+    }
+
     fn value(&mut self, v: qjs::JSValue, depth: usize) -> Result<Wrote, Stop> {
+        self.charge(1)?;
         // SAFETY: `v` is a live value borrowed from the caller for the duration of this call.
         let tag = unsafe { qjs::JS_VALUE_GET_TAG(v) };
         match tag {
@@ -335,7 +349,7 @@ impl<'r> Walker<'r> {
             return Err(self.out_of_memory());
         }
         let keys = unsafe { std::slice::from_raw_parts(tab, len as usize) };
-        let result = self.write_fields(v, keys, depth);
+        let result = self.charge(len as usize).and_then(|()| self.write_fields(v, keys, depth));
         unsafe { qjs::JS_FreePropertyEnum(self.ctx, tab, len) };
         result
     }
@@ -804,6 +818,9 @@ mod differential {
             let deep = format!("({}1{})", "{a:".repeat(70), "}".repeat(70));
             assert!(ours(ctx, &deep).unwrap_err().contains("nested deeper than 64 levels"));
             assert!(ours(ctx, "({s: 'x'.repeat(2 << 20)})").unwrap_err().contains("longer than 1048576 bytes"));
+            // Little text, much work: one object of many undefined properties, many times over.
+            let amplified = ours(ctx, "(() => { const o = {}; for (let i = 0; i < 20000; i++) o['k' + i] = undefined; return {amp: new Array(1000).fill(o)} })()").unwrap_err();
+            assert!(amplified.contains("past the work limit"), "{amplified}");
             let sparse = ours(ctx, "(() => { const a = []; a.length = 2 ** 32 - 1; return {a} })()").unwrap_err();
             assert!(sparse.starts_with("event.a ") && sparse.contains("longer than"), "a sparse array stops at the size limit: {sparse}");
         });
