@@ -18,7 +18,8 @@ pub struct ValidEvent {
     pub uuid: String,
     /// Its name (`event`).
     pub name: String,
-    /// How many `posthog.capture` calls in a row led to it (0 for input events).
+    /// How many `posthog.capture` calls in a row led to it (0 for input events; the graph sets
+    /// it for captured events, out of band: no input line can claim it).
     pub hops: u32,
 }
 
@@ -79,7 +80,6 @@ struct Head {
     team_id: Option<Value>,
     uuid: Option<Value>,
     data: Option<Value>,
-    hops: Option<u32>,
     /// What `properties` holds, when present.
     properties: Option<Kind>,
 }
@@ -93,13 +93,8 @@ enum Kind {
     Object,
 }
 
-/// Marks the error raised when an event is nested too deep (serde wraps it with a position).
-const TOO_DEEP: &str = "pluginflow: nested too deep";
-
-/// Reads a whole event object: the checked fields, and the depth of everything.
-struct HeadSeed {
-    max_depth: usize,
-}
+/// Reads the checked fields of an event object.
+struct HeadSeed;
 
 impl<'de> serde::de::DeserializeSeed<'de> for HeadSeed {
     type Value = Head;
@@ -118,17 +113,25 @@ impl<'de> serde::de::Visitor<'de> for HeadSeed {
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Head, A::Error> {
         let mut head = Head::default();
-        let inner = Skim { left: self.max_depth.saturating_sub(1) };
+        // Nesting was checked on the bytes (see `nesting_within`); values are skipped undecoded,
+        // so strings JavaScript takes (lone surrogates) are not refused here.
         while let Some(key) = map.next_key::<Field>()? {
             match key {
-                Field::Event => head.event = Some(checked(map.next_value()?, inner.left)?),
-                Field::TeamId => head.team_id = Some(checked(map.next_value()?, inner.left)?),
-                Field::Uuid => head.uuid = Some(checked(map.next_value()?, inner.left)?),
-                Field::Data => head.data = Some(checked(map.next_value()?, inner.left)?),
-                Field::Hops => head.hops = Some(map.next_value()?),
-                Field::Properties => head.properties = Some(map.next_value_seed(inner)?),
+                Field::Event => head.event = Some(map.next_value()?),
+                Field::TeamId => head.team_id = Some(map.next_value()?),
+                Field::Uuid => head.uuid = Some(map.next_value()?),
+                Field::Data => head.data = Some(map.next_value()?),
+                Field::Properties => {
+                    let raw: &serde_json::value::RawValue = map.next_value()?;
+                    head.properties = Some(match raw.get().as_bytes().first() {
+                        Some(b'{') => Kind::Object,
+                        Some(b'n') => Kind::Null,
+                        Some(b'[') => Kind::Array,
+                        _ => Kind::Scalar,
+                    });
+                }
                 Field::Other => {
-                    map.next_value_seed(inner)?;
+                    map.next_value::<serde::de::IgnoredAny>()?;
                 }
             }
         }
@@ -142,7 +145,6 @@ enum Field {
     TeamId,
     Uuid,
     Data,
-    Hops,
     Properties,
     Other,
 }
@@ -161,7 +163,6 @@ impl<'de> serde::Deserialize<'de> for Field {
                     "team_id" => Field::TeamId,
                     "uuid" => Field::Uuid,
                     "data" => Field::Data,
-                    "$pluginflow_hops" => Field::Hops,
                     "properties" => Field::Properties,
                     _ => Field::Other,
                 })
@@ -171,76 +172,39 @@ impl<'de> serde::Deserialize<'de> for Field {
     }
 }
 
-/// `v` if it nests no deeper than `left` levels.
-fn checked<E: serde::de::Error>(v: Value, left: usize) -> Result<Value, E> {
-    if depth(&v) > left {
-        return Err(E::custom(TOO_DEEP));
-    }
-    Ok(v)
-}
-
-/// Scans a value, refusing nesting deeper than `left` more levels; says what kind it was.
-#[derive(Clone, Copy)]
-struct Skim {
-    left: usize,
-}
-
-impl Skim {
-    fn deeper<E: serde::de::Error>(self) -> Result<Skim, E> {
-        if self.left == 0 {
-            return Err(E::custom(TOO_DEEP));
+/// Whether objects and arrays in `text` nest at most `max` deep, counted on the bytes (brackets
+/// outside strings). Malformed text passes here and fails the parse.
+fn nesting_within(text: &[u8], max: usize) -> bool {
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < text.len() {
+        match text[i] {
+            b'"' => {
+                // Skip the string: to its closing quote, stepping over escapes.
+                i += 1;
+                loop {
+                    match text.get(i..).and_then(|rest| rest.iter().position(|&b| b == b'"' || b == b'\\')) {
+                        Some(j) if text[i + j] == b'\\' => i += j + 2,
+                        Some(j) => {
+                            i += j;
+                            break;
+                        }
+                        None => return true,
+                    }
+                }
+            }
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > max {
+                    return false;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
         }
-        Ok(Skim { left: self.left - 1 })
+        i += 1;
     }
-}
-
-impl<'de> serde::de::DeserializeSeed<'de> for Skim {
-    type Value = Kind;
-
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Kind, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for Skim {
-    type Value = Kind;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("any JSON value")
-    }
-
-    fn visit_unit<E: serde::de::Error>(self) -> Result<Kind, E> {
-        Ok(Kind::Null)
-    }
-    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Kind, E> {
-        Ok(Kind::Scalar)
-    }
-    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Kind, E> {
-        Ok(Kind::Scalar)
-    }
-    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Kind, E> {
-        Ok(Kind::Scalar)
-    }
-    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Kind, E> {
-        Ok(Kind::Scalar)
-    }
-    fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Kind, E> {
-        Ok(Kind::Scalar)
-    }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Kind, A::Error> {
-        let inner = self.deeper()?;
-        while seq.next_element_seed(inner)?.is_some() {}
-        Ok(Kind::Array)
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Kind, A::Error> {
-        let inner = self.deeper()?;
-        while map.next_key::<serde::de::IgnoredAny>()?.is_some() {
-            map.next_value_seed(inner)?;
-        }
-        Ok(Kind::Object)
-    }
+    true
 }
 
 /// Nesting depth of a parsed value (a scalar is 0, `{}` is 1).
@@ -291,11 +255,13 @@ fn check(text: &str, limits: &EventLimits) -> Result<ValidEvent, String> {
         };
         return Err(format!("expected a JSON object (an event), got {what}"));
     }
-    let too_deep = || format!("the event is nested deeper than runtime.max_event_depth ({} levels)", limits.max_depth);
+    if !nesting_within(text.as_bytes(), limits.max_depth) {
+        return Err(format!("the event is nested deeper than runtime.max_event_depth ({} levels)", limits.max_depth));
+    }
     let mut de = serde_json::Deserializer::from_str(text);
-    let head = serde::de::DeserializeSeed::deserialize(HeadSeed { max_depth: limits.max_depth }, &mut de)
+    let head = serde::de::DeserializeSeed::deserialize(HeadSeed, &mut de)
         .and_then(|h| de.end().map(|()| h))
-        .map_err(|e| if e.to_string().starts_with(TOO_DEEP) { too_deep() } else { format!("invalid JSON: {e}") })?;
+        .map_err(|e| format!("invalid JSON: {e}"))?;
     if let Some(Value::String(data)) = &head.data {
         return from_envelope(text, data, limits);
     }
@@ -303,14 +269,6 @@ fn check(text: &str, limits: &EventLimits) -> Result<ValidEvent, String> {
         properties_kind(kind)?;
     }
     let (name, team_id, uuid) = required(&head.event, &head.team_id, &head.uuid)?;
-    if let Some(hops) = head.hops {
-        // A captured event coming back: its hop count is ours, not part of the event.
-        let Value::Object(mut m) = serde_json::from_str::<Value>(text).map_err(|e| format!("invalid JSON: {e}"))? else {
-            unreachable!("checked to start with an object");
-        };
-        m.remove("$pluginflow_hops");
-        return Ok(ValidEvent { json: Value::Object(m).to_string(), team_id, uuid, name, hops });
-    }
     Ok(ValidEvent { json: text.to_string(), team_id, uuid, name, hops: 0 })
 }
 
@@ -414,6 +372,24 @@ mod tests {
         assert_eq!(v["distinct_id"], "inner");
         assert!(v["ip"].is_null() && v["site_url"].is_null());
         assert!(v.get("data").is_none());
+    }
+
+    #[test]
+    fn nesting_is_counted_outside_strings() {
+        assert!(nesting_within(br#"{"a":[{"b":"[[[[{{{{\"]]"}]}"#, 3));
+        assert!(!nesting_within(br#"{"a":[{"b":[1]}]}"#, 3));
+        assert!(nesting_within(br#"{"a":[{"b":[1]}]}"#, 4));
+        let deep = format!("{{\"p\":{}1{}}}", "[".repeat(30_000), "]".repeat(30_000));
+        assert!(!nesting_within(deep.as_bytes(), 64));
+        let err = parse_line(deep.as_bytes(), "t", 1, &EventLimits::default()).unwrap_err();
+        assert!(err.reason.contains("nested deeper than runtime.max_event_depth (64 levels)"), "{}", err.reason);
+    }
+
+    #[test]
+    fn lone_surrogates_pass_the_door_as_javascript_takes_them() {
+        for line in [&br#"{"uuid":"u","event":"e","team_id":1,"properties":{"s":"a\ud800b"}}"#[..], br#"{"uuid":"u","event":"e","team_id":1,"properties":{"a\udc00":1}}"#] {
+            assert!(parse_line(line, "t", 1, &EventLimits::default()).is_ok(), "{}", String::from_utf8_lossy(line));
+        }
     }
 
     #[test]

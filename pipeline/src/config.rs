@@ -190,6 +190,10 @@ pub struct RuntimeConfig {
     /// Bytes of `console` output one hook call may write; the rest is cut with a marker.
     #[serde(default = "default_max_log_bytes_per_call")]
     pub max_log_bytes_per_call: u64,
+    /// Bytes one hook call may hand the host to keep: captured events, job payloads, cache and
+    /// storage writes.
+    #[serde(default = "default_max_host_bytes_per_call")]
+    pub max_host_bytes_per_call: u64,
     /// After SIGINT/SIGTERM, how long plugin calls may go on before every call is ended at
     /// once, in milliseconds (a second signal ends them at once).
     #[serde(default = "default_shutdown_grace_ms")]
@@ -242,6 +246,9 @@ fn default_max_jobs_per_call() -> u32 {
 fn default_max_log_bytes_per_call() -> u64 {
     64 * 1024
 }
+fn default_max_host_bytes_per_call() -> u64 {
+    16 * 1024 * 1024
+}
 fn default_shutdown_grace_ms() -> u64 {
     10_000
 }
@@ -291,6 +298,7 @@ impl Default for RuntimeConfig {
             max_captures_per_epoch: default_max_captures_per_epoch(),
             max_jobs_per_call: default_max_jobs_per_call(),
             max_log_bytes_per_call: default_max_log_bytes_per_call(),
+            max_host_bytes_per_call: default_max_host_bytes_per_call(),
             shutdown_grace_ms: default_shutdown_grace_ms(),
         }
     }
@@ -399,7 +407,7 @@ impl PipelineConfig {
             }
         }
         let r = &self.runtime;
-        let ranges: [(&str, u64, u64, u64); 13] = [
+        let ranges: [(&str, u64, u64, u64); 14] = [
             ("call_timeout_ms", r.call_timeout_ms, 1, 3_600_000),
             ("memory_limit_mb", r.memory_limit_mb, 8, 65_536),
             ("batch_size", r.batch_size as u64, 1, 1_000_000),
@@ -412,6 +420,7 @@ impl PipelineConfig {
             ("max_captures_per_epoch", u64::from(r.max_captures_per_epoch), 0, 100_000_000),
             ("max_jobs_per_call", u64::from(r.max_jobs_per_call), 0, 1_000_000),
             ("max_log_bytes_per_call", r.max_log_bytes_per_call, 0, 1 << 30),
+            ("max_host_bytes_per_call", r.max_host_bytes_per_call, 0, 1 << 34),
             ("shutdown_grace_ms", r.shutdown_grace_ms, 0, 3_600_000),
         ];
         for (name, value, low, high) in ranges {

@@ -138,6 +138,7 @@ pub fn limits(config: &PipelineConfig) -> Limits {
         max_captures_per_epoch: r.max_captures_per_epoch,
         max_jobs_per_call: r.max_jobs_per_call,
         max_log_bytes_per_call: r.max_log_bytes_per_call as usize,
+        max_host_bytes_per_call: r.max_host_bytes_per_call as usize,
         ..Limits::default()
     }
 }
@@ -190,7 +191,8 @@ fn run_worker(
     if let Some(size) = source.size_hint() {
         shared.stats.set_input_bytes(size);
     }
-    let mut input = InputHandle::<u64, CapacityContainerBuilder<Vec<(u64, Vec<u8>)>>>::new();
+    // (position, line, capture hops): hops travel beside the line, never inside it.
+    let mut input = InputHandle::<u64, CapacityContainerBuilder<Vec<(u64, Vec<u8>, u32)>>>::new();
     // `probe` sees everything, deferred work and retries included: it decides which epochs are
     // complete. `intake` sees only the outputs of the chain: it bounds how far reading runs
     // ahead, so a pending retry holds commits back without stopping the flow.
@@ -212,7 +214,9 @@ fn run_worker(
             .inner
             .probe_with(&metrics_probe);
         let checks = event_limits(&shared.config);
-        let (events, dead) = input.to_stream(scope).ok_err(move |(pos, line): (u64, Vec<u8>)| parse_line(&line, &source_name, pos, &checks));
+        let (events, dead) = input.to_stream(scope).ok_err(move |(pos, line, hops): (u64, Vec<u8>, u32)| {
+            parse_line(&line, &source_name, pos, &checks).map(|ev| ValidEvent { hops, ..ev })
+        });
         let chain = plugins.clone();
         let stats = shared.stats.clone();
         let (processed, unprocessable): (timely::dataflow::Stream<'_, u64, Vec<(i64, u32, String)>>, _) = events.flat_map(move |ev: ValidEvent| run_event(&chain, &stats, ev)).ok_err(|r: Result<(i64, u32, String), DeadLetter>| r);
@@ -257,8 +261,8 @@ fn run_worker(
             let polled = source.poll(epoch, batch_size)?;
             source_done = polled.exhausted;
             shared.stats.add_in(polled.records.len() as u64, polled.bytes);
-            for item in polled.records {
-                input.send(item);
+            for (position, line) in polled.records {
+                input.send((position, line, 0));
             }
         }
         // Background plugin work, then events plugins captured: back into the graph.
@@ -298,11 +302,11 @@ fn run_worker(
     plugins.borrow_mut().teardown_all();
     // What plugins captured after the input closed (in onEvent retries, at teardown) cannot
     // enter the graph any more: keep it as dead letters rather than lose it.
-    let late: Vec<String> = plugins.borrow_mut().take_captured();
+    let late: Vec<(String, u32)> = plugins.borrow_mut().take_captured();
     shared.stats.add_captured(late.len() as u64);
     let late: Vec<DeadLetter> = late
         .into_iter()
-        .map(|json| DeadLetter { source: "posthog.capture".into(), position: 0, reason: "captured after the input closed".into(), raw: json, raw_base64: None })
+        .map(|(json, _)| DeadLetter { source: "posthog.capture".into(), position: 0, reason: "captured after the input closed".into(), raw: json, raw_base64: None })
         .collect();
     write_now(&io.dead_letters, epoch, late, &shared.stats)?;
     record_notices(&shared.stats, &mut plugins.borrow_mut(), &mut metrics, &*shared.clock);
@@ -320,17 +324,13 @@ fn run_worker(
 
 /// Sends captured events into the input; those past the hop limit become dead letters.
 fn inject_captured(
-    input: &mut InputHandle<u64, CapacityContainerBuilder<Vec<(u64, Vec<u8>)>>>,
-    captured: Vec<String>,
+    input: &mut InputHandle<u64, CapacityContainerBuilder<Vec<(u64, Vec<u8>, u32)>>>,
+    captured: Vec<(String, u32)>,
     max_hops: u32,
     stats: &Stats,
 ) -> Vec<DeadLetter> {
     let mut looping = Vec::new();
-    for json in captured {
-        let hops = serde_json::from_str::<serde_json::Value>(&json)
-            .ok()
-            .and_then(|v| v.get(operators::plugin::worker::HOPS_KEY).and_then(serde_json::Value::as_u64))
-            .unwrap_or(1) as u32;
+    for (json, hops) in captured {
         // Every captured event counts as captured, whether it goes in or to the dead letters:
         // in + captured = out + dropped + dead letters.
         stats.add_captured(1);
@@ -345,7 +345,7 @@ fn inject_captured(
             });
             continue;
         }
-        input.send((0, json.into_bytes()));
+        input.send((0, json.into_bytes(), hops));
     }
     looping
 }

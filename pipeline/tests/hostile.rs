@@ -115,13 +115,19 @@ fn run(hostile: Option<&str>, runtime: &str) -> Run {
 }
 
 fn run_with(hostile: Option<&str>, runtime: &str, hostile_json: &Value) -> Run {
+    run_at(hostile, runtime, hostile_json, 2)
+}
+
+/// `order` places the attacker: 0 runs it first (its realm would build the event if realms were
+/// shared), 2 between `before` and `vault`.
+fn run_at(hostile: Option<&str>, runtime: &str, hostile_json: &Value, order: i64) -> Run {
     let dir = tempfile::tempdir().unwrap();
     neighbours(dir.path());
     input(dir.path());
     let mut plugins = String::from("[[plugins]]\nid = \"b\"\npath = \"before\"\norder = 1\n");
     if let Some(src) = hostile {
         write(dir.path(), "hostile", hostile_json, src);
-        plugins.push_str("[[plugins]]\nid = \"h\"\npath = \"hostile\"\norder = 2\nteams = [1]\n");
+        plugins.push_str(&format!("[[plugins]]\nid = \"h\"\npath = \"hostile\"\norder = {order}\nteams = [1]\n"));
     }
     plugins.push_str(&format!("[[plugins]]\nid = \"v\"\npath = \"vault\"\norder = 3\nconfig = {{ token = \"{SECRET}\" }}\n"));
     plugins.push_str("[[plugins]]\nid = \"c\"\npath = \"counter\"\norder = 4\n");
@@ -212,7 +218,8 @@ fn attacker_failures(r: &Run) -> (usize, Vec<String>) {
 
 #[test]
 fn a_setter_on_object_prototype_steals_nothing_and_pollution_stays_home() {
-    let attack = run(
+    // First in the chain: with realms shared, its realm would have built every event object.
+    let attack = run_at(
         Some(
             "const stolen = []\n\
              Object.defineProperty(Object.prototype, 'tmp', { set(v) { stolen.push(v); console.log('stolen ' + v) }, get() { return undefined }, configurable: true })\n\
@@ -221,6 +228,8 @@ fn a_setter_on_object_prototype_steals_nothing_and_pollution_stays_home() {
              exports.processEvent = (e) => { e.properties.stolen = stolen.length; return e }",
         ),
         "",
+        &json!({"name": "hostile"}),
+        0,
     );
     assert_contained(&attack, &oracle(), true);
     for e in attack.team(1).values() {
@@ -429,4 +438,59 @@ fn events_that_cannot_enter_a_plugin_are_dead_lettered_never_passed_through() {
     assert!(reasons[0].contains("nested deeper than runtime.max_event_depth"), "{reasons:?}");
     assert!(reasons[1].contains("more than runtime.max_event_bytes"), "{reasons:?}");
     assert!(reasons[2].contains("field 'properties' must be an object"), "{reasons:?}");
+}
+
+#[test]
+fn a_result_that_is_cheap_to_build_and_costly_to_read_is_refused_quickly() {
+    // A small object with many undefined properties, referenced many times: almost no text,
+    // millions of properties to visit. The read has a work budget: a TypeError, not a timeout.
+    let attack = run(
+        Some(
+            "const o = {}; for (let i = 0; i < 20000; i++) o['k' + i] = undefined\n\
+             const many = new Array(100000).fill(o)\n\
+             exports.processEvent = (e) => { e.properties.amp = many; return e }",
+        ),
+        "",
+    );
+    assert_contained(&attack, &oracle(), true);
+    let (failed, errors) = attacker_failures(&attack);
+    assert_eq!(failed, PER_TEAM);
+    assert!(errors.iter().all(|m| m.contains("TypeError") && m.contains("past the work limit")), "{errors:?}");
+}
+
+#[test]
+fn declaring_a_neighbours_name_does_not_give_its_cache() {
+    // The attacker calls itself `counter` and rewrites the counter's key: the counter's own
+    // counts (checked against the oracle) are untouched.
+    let attack = run_with(
+        Some("exports.processEvent = async (e, { cache }) => { e.properties.stolen = await cache.get('count'); await cache.set('count', 1000000); return e }"),
+        "",
+        &json!({"name": "counter"}),
+    );
+    assert_contained(&attack, &oracle(), true);
+    // It only ever sees its own cache: nothing, then what it wrote itself.
+    assert!(
+        attack.team(1).values().all(|e| e["properties"]["stolen"].is_null() || e["properties"]["stolen"] == 1_000_000),
+        "the impostor read the counter's cache"
+    );
+}
+
+#[test]
+fn jobs_do_not_restart_a_capture_loop() {
+    // Each event enqueues a job; the job captures an event; each captured event enqueues
+    // another job. The hop count travels with the job, so the loop ends at max_capture_hops.
+    let attack = run_with(
+        Some(
+            "exports.jobs = { again: async (payload) => { await posthog.capture('echo', { depth: payload.depth + 1 }) } }\n\
+             exports.processEvent = async (e, { jobs }) => { await jobs.again({ depth: e.properties.depth || 0 }).runNow(); return e }",
+        ),
+        "max_capture_hops = 2",
+        &json!({"name": "hostile"}),
+    );
+    assert_contained(&attack, &oracle(), false);
+    assert!(attack.count("captured") > 0);
+    let too_deep = attack.dead.iter().filter(|d| d["reason"].as_str().unwrap().contains("captures deep")).count();
+    assert!(too_deep > 0, "the loop reached the hop limit: {}", attack.stderr);
+    let depths: Vec<u64> = attack.events.iter().filter_map(|e| e["properties"]["depth"].as_u64()).collect();
+    assert!(depths.iter().all(|d| *d <= 2), "an event deeper than the hop limit went out: {depths:?}");
 }

@@ -152,6 +152,8 @@ pub(crate) struct CallBudget {
     captures: Cell<u32>,
     epoch_captures: Cell<(u64, u32)>,
     jobs: Cell<u32>,
+    /// Bytes this call handed the host to keep (captures, jobs, cache and storage writes).
+    host_bytes: Cell<usize>,
     log_bytes: Cell<usize>,
     log_dropped: Cell<u32>,
     refusal_logged: Cell<bool>,
@@ -167,6 +169,7 @@ impl CallBudget {
             captures: Cell::new(0),
             epoch_captures: Cell::new((0, 0)),
             jobs: Cell::new(0),
+            host_bytes: Cell::new(0),
             log_bytes: Cell::new(0),
             log_dropped: Cell::new(0),
             refusal_logged: Cell::new(false),
@@ -178,6 +181,7 @@ impl CallBudget {
     pub fn begin_call(&self) {
         self.captures.set(0);
         self.jobs.set(0);
+        self.host_bytes.set(0);
         self.log_bytes.set(0);
         self.log_dropped.set(0);
         self.refusal_logged.set(false);
@@ -211,6 +215,20 @@ impl CallBudget {
         }
         self.captures.set(self.captures.get() + 1);
         self.epoch_captures.set((epoch, in_epoch + 1));
+        Ok(())
+    }
+
+    /// Takes `bytes` from the call's allowance of data handed to the host; `what` names the
+    /// refused operation.
+    fn take_bytes(&self, what: &str, bytes: usize) -> Result<(), String> {
+        let total = self.host_bytes.get().saturating_add(bytes);
+        if total > self.limits.max_host_bytes_per_call {
+            return Err(format!(
+                "{what} refused: one call may hand the host {} bytes to keep (captures, jobs, cache and storage writes; runtime.max_host_bytes_per_call)",
+                self.limits.max_host_bytes_per_call
+            ));
+        }
+        self.host_bytes.set(total);
         Ok(())
     }
 
@@ -287,8 +305,9 @@ fn install_cache<'js>(ctx: &Ctx<'js>, obj: &Object<'js>, host: &HostBindings) ->
     obj.set("cacheGet", Function::new(ctx.clone(), move |ctx: Ctx<'js>, key: String| {
         state_err(&ctx, s.cache_get(&sc, &key))
     })?)?;
-    let (s, sc) = (host.services.store.clone(), host.scope.clone());
+    let (s, sc, b) = (host.services.store.clone(), host.scope.clone(), host.budget.clone());
     obj.set("cacheSet", Function::new(ctx.clone(), move |ctx: Ctx<'js>, key: String, value: String, ttl: f64| {
+        b.take_bytes("cache.set", key.len() + value.len()).map_err(|why| throw(&ctx, why))?;
         let ttl = (ttl >= 1.0).then_some(ttl as u64);
         state_err(&ctx, s.cache_set(&sc, &key, &value, ttl))
     })?)?;
@@ -300,9 +319,21 @@ fn install_cache<'js>(ctx: &Ctx<'js>, obj: &Object<'js>, host: &HostBindings) ->
     obj.set("cacheExpire", Function::new(ctx.clone(), move |ctx: Ctx<'js>, key: String, ttl: f64| {
         state_err(&ctx, s.cache_expire(&sc, &key, ttl.max(0.0) as u64))
     })?)?;
-    let (s, sc) = (host.services.store.clone(), host.scope.clone());
-    obj.set("cacheLpush", Function::new(ctx.clone(), move |ctx: Ctx<'js>, key: String, values: Vec<String>| {
-        state_err(&ctx, s.cache_lpush(&sc, &key, &values)).map(|v| v as f64)
+    let (s, sc, b) = (host.services.store.clone(), host.scope.clone(), host.budget.clone());
+    obj.set("cacheLpush", Function::new(ctx.clone(), move |ctx: Ctx<'js>, key: String, values: Vec<Value<'js>>| {
+        b.take_bytes("cache.lpush", key.len()).map_err(|why| throw(&ctx, why))?;
+        if values.len() > 1000 {
+            return Err(throw(&ctx, "Too many elements in array for cache.lpush. Maximum: 1000"));
+        }
+        // Converted one by one against the allowance: a thousand copies of a huge string stop
+        // at the first that does not fit.
+        let mut texts = Vec::with_capacity(values.len());
+        for v in values {
+            let text = v.as_string().ok_or_else(|| throw(&ctx, "cache.lpush expects strings"))?.to_string()?;
+            b.take_bytes("cache.lpush", text.len()).map_err(|why| throw(&ctx, why))?;
+            texts.push(text);
+        }
+        state_err(&ctx, s.cache_lpush(&sc, &key, &texts)).map(|v| v as f64)
     })?)?;
     let (s, sc) = (host.services.store.clone(), host.scope.clone());
     obj.set("cacheLrange", Function::new(ctx.clone(), move |ctx: Ctx<'js>, key: String, start: f64, stop: f64| {
@@ -327,8 +358,9 @@ fn install_storage<'js>(ctx: &Ctx<'js>, obj: &Object<'js>, host: &HostBindings) 
     obj.set("storageGet", Function::new(ctx.clone(), move |ctx: Ctx<'js>, key: String| {
         state_err(&ctx, s.storage_get(&ns, &key))
     })?)?;
-    let (s, ns) = (host.services.store.clone(), host.storage_ns.clone());
+    let (s, ns, b) = (host.services.store.clone(), host.storage_ns.clone(), host.budget.clone());
     obj.set("storageSet", Function::new(ctx.clone(), move |ctx: Ctx<'js>, key: String, value: String| {
+        b.take_bytes("storage.set", key.len() + value.len()).map_err(|why| throw(&ctx, why))?;
         state_err(&ctx, s.storage_set(&ns, &key, &value))
     })?)?;
     let (s, ns) = (host.services.store.clone(), host.storage_ns.clone());
@@ -347,7 +379,7 @@ fn install_outbox<'js>(ctx: &Ctx<'js>, obj: &Object<'js>, host: &HostBindings) -
         }
         let props: serde_json::Map<String, serde_json::Value> =
             serde_json::from_str(&properties).map_err(|e| throw(&ctx, format!("posthog.capture: properties must be an object: {e}")))?;
-        if let Err(why) = h.budget.take_capture() {
+        if let Err(why) = h.budget.take_capture().and_then(|()| h.budget.take_bytes("posthog.capture", properties.len() + event.len())) {
             if h.budget.first_refusal() {
                 h.log(LogLevel::Warn, LogSource::System, &why);
             }
@@ -363,7 +395,7 @@ fn install_outbox<'js>(ctx: &Ctx<'js>, obj: &Object<'js>, host: &HostBindings) -
         if payload.len() + name.len() > max {
             return Some(format!("job refused: its payload is larger than runtime.max_event_bytes ({max} bytes)"));
         }
-        if let Err(why) = h.budget.take_job() {
+        if let Err(why) = h.budget.take_job().and_then(|()| h.budget.take_bytes("job", payload.len() + name.len())) {
             if h.budget.first_refusal() {
                 h.log(LogLevel::Warn, LogSource::System, &why);
             }
@@ -429,7 +461,8 @@ fn install_fetch<'js>(ctx: &Ctx<'js>, obj: &Object<'js>, host: &HostBindings) ->
         Function::new(ctx.clone(), move |ctx: Ctx<'js>, url: String, method: String, headers: String, body: Value<'js>, timeout_ms: f64| {
             // node-fetch's `timeout` option, and never past the call's own deadline (the
             // agent's `runtime.fetch_timeout_ms` applies as well).
-            let asked = (timeout_ms.is_finite() && timeout_ms > 0.0).then(|| Duration::from_secs_f64(timeout_ms / 1000.0));
+            // `try_from`: a plugin's 1e300 must not panic the host.
+            let asked = (timeout_ms > 0.0).then(|| Duration::try_from_secs_f64(timeout_ms / 1000.0).ok()).flatten();
             let timeout = match (asked, deadline.remaining()) {
                 (Some(a), Some(r)) => Some(a.min(r)),
                 (a, r) => a.or(r),

@@ -179,6 +179,15 @@ impl Redactor {
     /// Masks each of `secrets` (empty strings are ignored).
     pub fn new(secrets: impl IntoIterator<Item = String>) -> Self {
         let mut secrets: Vec<String> = secrets.into_iter().filter(|s| !s.is_empty()).collect();
+        // A secret logged through JSON.stringify appears escaped (`"` as `\"`, controls as
+        // `\n` or `\u0001`): mask that spelling too.
+        let escaped: Vec<String> = secrets
+            .iter()
+            .map(|s| serde_json::Value::String(s.clone()).to_string())
+            .map(|quoted| quoted[1..quoted.len() - 1].to_string())
+            .filter(|e| !secrets.contains(e))
+            .collect();
+        secrets.extend(escaped);
         // Longest first, so a secret containing another is masked whole.
         secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
         Self { secrets }

@@ -115,6 +115,10 @@ impl PluginManifest {
             Some(name) if !name.trim().is_empty() => name,
             _ => fallback_name.to_string(),
         };
+        // The name appears in logs, `$plugins_*` labels and the summary: one printable line.
+        if name.chars().any(char::is_control) || name.len() > 200 {
+            return Err(err(file, "name", "must be one line of at most 200 bytes without control characters"));
+        }
         Ok(Self {
             name,
             url: optional_string(file, &obj, "url")?,
@@ -379,6 +383,8 @@ mod tests {
         assert!(e.problem.starts_with("invalid JSON"), "{e}");
         let e = parse(r#"{"name": 3}"#).unwrap_err();
         assert_eq!(e.to_string(), "p/plugin.json: name: expected a string, got a number");
+        let e = PluginManifest::parse(Path::new("p/plugin.json"), r#"{"name": "x\n  events in: 5"}"#, "f").unwrap_err();
+        assert!(e.to_string().contains("name: must be one line"), "{e}");
     }
 
     #[test]

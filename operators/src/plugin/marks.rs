@@ -6,11 +6,6 @@
 //! are added at the end, and an event without properties gets an object with the three. The
 //! text is spliced, not rebuilt: everything else stays byte for byte as it was.
 
-use std::borrow::Cow;
-use std::fmt;
-
-use serde::de::{self, Deserializer, MapAccess, Visitor};
-use serde_json::value::RawValue;
 
 /// The three lists, in the order PostHog added them.
 const KEYS: [&str; 3] = ["$plugins_succeeded", "$plugins_failed", "$plugins_deferred"];
@@ -123,58 +118,159 @@ struct Spans {
     keys: usize,
 }
 
-fn spans(text: &str, wanted: &[&str]) -> Result<Spans, serde_json::Error> {
-    let mut de = serde_json::Deserializer::from_str(text);
-    let spans = de.deserialize_map(SpanVisitor { base: text.as_ptr() as usize, wanted })?;
-    de.end()?;
-    Ok(spans)
-}
-
-struct SpanVisitor<'w> {
-    base: usize,
-    wanted: &'w [&'w str],
-}
-
-impl<'de> Visitor<'de> for SpanVisitor<'_> {
-    type Value = Spans;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON object")
+/// Finds the members of the object `text` whose keys are `wanted`. A small scanner rather than
+/// serde_json: keys are decoded the way JavaScript reads them (a lone surrogate escape is a
+/// key like any other, which serde_json refuses), values are skipped without decoding.
+fn spans(text: &str, wanted: &[&str]) -> Result<Spans, String> {
+    let b = text.as_bytes();
+    let mut i = skip_ws(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return Err("not an object".into());
     }
+    i = skip_ws(b, i + 1);
+    let mut out = Spans { found: Vec::new(), keys: 0 };
+    if b.get(i) == Some(&b'}') {
+        return Ok(out);
+    }
+    loop {
+        let (key, after) = read_key(b, i)?;
+        i = skip_ws(b, after);
+        if b.get(i) != Some(&b':') {
+            return Err(format!("expected ':' at byte {i}"));
+        }
+        let start = skip_ws(b, i + 1);
+        let end = skip_value(b, start)?;
+        out.keys += 1;
+        if let Some(which) = wanted.iter().position(|w| w.as_bytes() == key.as_slice()) {
+            out.found.push((which, start, end));
+        }
+        i = skip_ws(b, end);
+        match b.get(i) {
+            Some(b',') => i = skip_ws(b, i + 1),
+            Some(b'}') => return Ok(out),
+            _ => return Err(format!("expected ',' or '}}' at byte {i}")),
+        }
+    }
+}
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Spans, A::Error> {
-        let mut out = Spans { found: Vec::new(), keys: 0 };
-        while let Some(key) = map.next_key::<Key<'de>>()? {
-            out.keys += 1;
-            let value: &'de RawValue = map.next_value()?;
-            if let Some(which) = self.wanted.iter().position(|w| *w == key.0) {
-                let start = value.get().as_ptr() as usize - self.base;
-                out.found.push((which, start, start + value.get().len()));
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while matches!(b.get(i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+        i += 1;
+    }
+    i
+}
+
+/// The end of the string starting at `b[i]` (a quote), just past its closing quote.
+fn skip_string(b: &[u8], i: usize) -> Result<usize, String> {
+    let mut j = i + 1;
+    loop {
+        match b.get(j..).and_then(|rest| rest.iter().position(|&c| c == b'"' || c == b'\\')) {
+            Some(k) if b[j + k] == b'\\' => j += k + 2,
+            Some(k) => return Ok(j + k + 1),
+            None => return Err("unterminated string".into()),
+        }
+    }
+}
+
+/// The end of the JSON value starting at `b[i]`.
+fn skip_value(b: &[u8], i: usize) -> Result<usize, String> {
+    match b.get(i) {
+        Some(b'"') => skip_string(b, i),
+        Some(b'{' | b'[') => {
+            let mut depth = 0usize;
+            let mut j = i;
+            while j < b.len() {
+                match b[j] {
+                    b'"' => {
+                        j = skip_string(b, j)?;
+                        continue;
+                    }
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Ok(j + 1);
+                        }
+                    }
+                    _ => {}
+                }
+                j += 1;
+            }
+            Err("unterminated object or array".into())
+        }
+        Some(_) => {
+            let mut j = i;
+            while j < b.len() && !matches!(b[j], b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r') {
+                j += 1;
+            }
+            Ok(j)
+        }
+        None => Err("a value is missing".into()),
+    }
+}
+
+/// The key starting at `b[i]`, decoded to (generalized) UTF-8, and the index past it.
+fn read_key(b: &[u8], i: usize) -> Result<(Vec<u8>, usize), String> {
+    if b.get(i) != Some(&b'"') {
+        return Err(format!("expected a key at byte {i}"));
+    }
+    let end = skip_string(b, i)?;
+    let raw = &b[i + 1..end - 1];
+    if !raw.contains(&b'\\') {
+        return Ok((raw.to_vec(), end));
+    }
+    let mut key = Vec::with_capacity(raw.len());
+    let mut j = 0;
+    while j < raw.len() {
+        if raw[j] != b'\\' {
+            key.push(raw[j]);
+            j += 1;
+            continue;
+        }
+        let simple = match raw.get(j + 1) {
+            Some(b'"') => Some(b'"'),
+            Some(b'\\') => Some(b'\\'),
+            Some(b'/') => Some(b'/'),
+            Some(b'b') => Some(8),
+            Some(b'f') => Some(12),
+            Some(b'n') => Some(b'\n'),
+            Some(b'r') => Some(b'\r'),
+            Some(b't') => Some(b'\t'),
+            Some(b'u') => None,
+            _ => return Err("bad escape in a key".into()),
+        };
+        if let Some(c) = simple {
+            key.push(c);
+            j += 2;
+            continue;
+        }
+        let unit = |at: usize| raw.get(at..at + 4).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u32::from_str_radix(h, 16).ok());
+        let high = unit(j + 2).ok_or("bad \\u escape in a key")?;
+        j += 6;
+        let mut code = high;
+        if (0xd800..0xdc00).contains(&high) && raw.get(j) == Some(&b'\\') && raw.get(j + 1) == Some(&b'u') {
+            if let Some(low) = unit(j + 2).filter(|l| (0xdc00..0xe000).contains(l)) {
+                code = 0x10000 + ((high - 0xd800) << 10) + (low - 0xdc00);
+                j += 6;
             }
         }
-        Ok(out)
+        push_code_point(&mut key, code);
     }
+    Ok((key, end))
 }
 
-/// A key, borrowed from the text when it has no escapes.
-struct Key<'de>(Cow<'de, str>);
-
-impl<'de> de::Deserialize<'de> for Key<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Key<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a key")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Borrowed(s)))
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(s.to_string())))
-            }
-        }
-        d.deserialize_str(V)
+/// Appends `code` as UTF-8; a lone surrogate as its 3-byte generalized form.
+fn push_code_point(out: &mut Vec<u8>, code: u32) {
+    match code {
+        0..=0x7f => out.push(code as u8),
+        0x80..=0x7ff => out.extend_from_slice(&[0xc0 | (code >> 6) as u8, 0x80 | (code & 0x3f) as u8]),
+        0x800..=0xffff => out.extend_from_slice(&[0xe0 | (code >> 12) as u8, 0x80 | ((code >> 6) & 0x3f) as u8, 0x80 | (code & 0x3f) as u8]),
+        _ => out.extend_from_slice(&[
+            0xf0 | (code >> 18) as u8,
+            0x80 | ((code >> 12) & 0x3f) as u8,
+            0x80 | ((code >> 6) & 0x3f) as u8,
+            0x80 | (code & 0x3f) as u8,
+        ]),
     }
 }
 
@@ -227,6 +323,32 @@ mod tests {
             let v = marked(text);
             assert_eq!(keys(&v["properties"]).len(), 4, "{text}");
             assert_eq!(v["properties"]["$plugins_deferred"], json!(["d (2)"]), "{text}");
+        }
+    }
+
+    #[test]
+    fn keys_are_read_as_javascript_reads_them() {
+        // A lone surrogate in a key (JSON.parse takes it, serde_json does not), an escaped
+        // `properties`, a surrogate pair, strings with brackets and escaped quotes.
+        let text = r#"{"a\udc00":{"x":"}"},"propert\u0069es":{"k":"\"]}","\ud83d\ude00":[1,{"y":[]}]},"z":null}"#;
+        let out = mark_event(text, &["a (1)".into()], &[], &[]).unwrap();
+        assert!(out.contains(r#""\ud83d\ude00":[1,{"y":[]}],"$plugins_succeeded":["a (1)"]"#), "{out}");
+        assert!(out.starts_with(r#"{"a\udc00":{"x":"}"},"propert\u0069es":"#), "{out}");
+        let (key, _) = read_key(br#""\u00e9\ud800x""#, 0).unwrap();
+        assert_eq!(key, [0xc3, 0xa9, 0xed, 0xa0, 0x80, b'x']);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn marking_generated_events_adds_only_the_lists(value in crate::plugin::tojson::differential_json()) {
+            let event = serde_json::json!({ "uuid": "u", "v": value.clone(), "properties": { "p": value } });
+            let text = serde_json::to_string(&event).unwrap();
+            let out: Value = serde_json::from_str(&mark_event(&text, &["a (1)".into()], &["b (2)".into()], &[]).unwrap()).unwrap();
+            let mut want = event.clone();
+            want["properties"]["$plugins_succeeded"] = json!(["a (1)"]);
+            want["properties"]["$plugins_failed"] = json!(["b (2)"]);
+            want["properties"]["$plugins_deferred"] = json!([]);
+            proptest::prop_assert_eq!(out, want);
         }
     }
 

@@ -38,6 +38,9 @@ pub struct Limits {
     pub max_jobs_per_call: u32,
     /// Bytes of `console` output one hook call may write; more is cut with a marker.
     pub max_log_bytes_per_call: usize,
+    /// Bytes one hook call may hand the host to keep: captured events, job payloads, cache
+    /// and storage writes (host memory and disk outside the plugin's heap).
+    pub max_host_bytes_per_call: usize,
 }
 
 impl Default for Limits {
@@ -53,6 +56,7 @@ impl Default for Limits {
             max_captures_per_epoch: 10_000,
             max_jobs_per_call: 100,
             max_log_bytes_per_call: 64 * 1024,
+            max_host_bytes_per_call: 16 * 1024 * 1024,
         }
     }
 }

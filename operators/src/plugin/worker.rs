@@ -137,8 +137,8 @@ pub struct WorkerPlugins {
     /// Instances whose `setupPlugin` threw `RetryError`: attempts so far and when to retry.
     setup_retries: HashMap<InstanceKey, (u32, Instant)>,
     schedules: HashMap<(InstanceKey, Hook), Schedule>,
-    /// Events plugins captured, ready to go back into the graph (JSON with their hop count).
-    captured: Vec<String>,
+    /// Events plugins captured, ready to go back into the graph, with their hop counts.
+    captured: Vec<(String, u32)>,
     /// App-metric counts since the last `take_notices`.
     metric_counts: HashMap<(InstanceKey, Hook, Outcome), u64>,
     /// Skips since the last `take_notices`, by (configuration index, reason).
@@ -169,8 +169,6 @@ impl Default for WorkerPlace {
 /// Durable queue of enqueued plugin jobs.
 pub const JOB_QUEUE: &str = "jobs";
 
-/// Top-level key of a captured event carrying its hop count (removed when the event is read).
-pub const HOPS_KEY: &str = "$pluginflow_hops";
 
 impl WorkerPlugins {
     /// A worker's plugin set; `specs` must be in chain order (order, then file order).
@@ -279,13 +277,14 @@ impl WorkerPlugins {
     /// queue. Captured events count one hop more than the event being handled (`hops`).
     pub fn collect_outbox(&mut self, inst: &PluginInstance, hops: u32) {
         let outbox = inst.take_outbox();
-        for mut event in outbox.captured {
-            event[HOPS_KEY] = serde_json::json!(hops + 1);
-            self.captured.push(event.to_string());
+        for event in outbox.captured {
+            self.captured.push((event.to_string(), hops.saturating_add(1)));
         }
         for job in outbox.jobs {
+            // The job keeps the hop count of the call that enqueued it: what it captures is one
+            // hop deeper, so jobs cannot restart a capture loop at zero.
             let item = serde_json::json!({
-                "config_id": inst.config_id(), "team": inst.team_id(), "name": job.name, "payload": job.payload, "attempts": 0,
+                "config_id": inst.config_id(), "team": inst.team_id(), "name": job.name, "payload": job.payload, "attempts": 0, "hops": hops,
             });
             let due = u64::try_from(job.run_at_ms).unwrap_or(0);
             if let Err(e) = self.services.store.queue_put(JOB_QUEUE, due, item.to_string().as_bytes()) {
@@ -308,8 +307,8 @@ impl WorkerPlugins {
         self.captured.len()
     }
 
-    /// Events captured since the last call, as JSON lines with their hop count.
-    pub fn take_captured(&mut self) -> Vec<String> {
+    /// Events captured since the last call, as JSON with their hop counts.
+    pub fn take_captured(&mut self) -> Vec<(String, u32)> {
         std::mem::take(&mut self.captured)
     }
 
@@ -418,7 +417,8 @@ impl WorkerPlugins {
                 Err(e)
             }
         };
-        self.collect_outbox_of(key, 0);
+        let hops = job["hops"].as_u64().map_or(0, |h| u32::try_from(h).unwrap_or(u32::MAX));
+        self.collect_outbox_of(key, hops);
         ack(&store);
         match result {
             Ok(()) => {
