@@ -511,6 +511,49 @@ fn fetch_global_and_node_fetch_make_real_requests() {
 }
 
 #[test]
+fn a_fetch_never_outlives_its_call_or_its_own_timeout() {
+    // A server that takes the request and never answers until the test lets it go. The
+    // HTTP client's own timeout is a minute; the call's deadline (300 ms) and node-fetch's
+    // `timeout` option (200 ms) must end the wait — if neither did, the call would hang here.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let server = std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            held.push(listener.accept().unwrap().0);
+        }
+        // Let go after 30 s at the latest, so a client that ignores both timeouts fails this
+        // test instead of hanging it.
+        let by_the_test = released.recv_timeout(Duration::from_secs(30)).is_ok();
+        (held.len(), by_the_test)
+    });
+    let src = format!(
+        "exports.processEvent = async (e) => {{\n\
+           if (e.properties.option) {{ try {{ await fetch('http://127.0.0.1:{port}/slow', {{ timeout: 200 }}) }} catch (err) {{ e.properties.option_err = err.name }} return e }}\n\
+           await fetch('http://127.0.0.1:{port}/slow')\n\
+           return e\n\
+         }}"
+    );
+    let fx = plugin("slow", &[("index.js", &src)]);
+    let store = std::sync::Arc::new(state::MemoryStore::new());
+    let logs = std::sync::Arc::new(operators::plugin::MemoryLogSink::default());
+    let services = operators::plugin::HostServices::new(store, None, logs, Duration::from_secs(60));
+    let runtime = operators::plugin::PluginRuntime::new(Limits { call_timeout: Duration::from_millis(300), ..Limits::default() }).unwrap();
+    let def = operators::plugin::PluginDefinition::load(&fx.path()).unwrap();
+    let cfg = operators::plugin::InstanceConfig { config_id: "1".into(), team_id: Some(2), ..Default::default() };
+    let mut p = operators::plugin::PluginInstance::new(&runtime, &def, &cfg, &services).unwrap();
+    let err = p.process_event_json(&event().to_string()).unwrap_err();
+    assert!(err.kind == ErrorKind::Timeout || err.name == "FetchError", "the call's deadline ended the fetch: {err:?}");
+    let mut ev = event();
+    ev["properties"]["option"] = json!(true);
+    let out: Value = serde_json::from_str(&p.process_event_json(&ev.to_string()).unwrap().unwrap()).unwrap();
+    assert_eq!(out["properties"]["option_err"], "FetchError", "node-fetch's timeout option ended it");
+    release.send(()).unwrap();
+    assert_eq!(server.join().unwrap(), (2, true), "both requests reached the server and were still waiting when the calls had ended");
+}
+
+#[test]
 fn timers_are_not_available_and_say_why() {
     let fx = plugin("tm", &[("index.js", "exports.processEvent = (e) => { setTimeout(() => {}, 10); return e }")]);
     let mut p = Host::new().ready(&fx);

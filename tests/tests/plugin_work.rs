@@ -117,6 +117,24 @@ fn capture_loops_stop_at_the_hop_limit() {
 }
 
 #[test]
+fn an_input_line_cannot_claim_a_capture_hop_count() {
+    // `$pluginflow_hops` once marked captured events inside their JSON: an input line carrying
+    // it made every capture from it a "loop" (dead letters), or wrapped at u32::MAX. Now the
+    // hop count travels beside captured events and the key is an ordinary key.
+    let dir = tempfile::tempdir().unwrap();
+    let p = write_plugin(dir.path(), "echo", "exports.processEvent = async (e) => { if (e.event === 'start') await posthog.capture('echo', { distinct_id: 'x' }); return e }");
+    let plugins = plugin_entry("echo", &p, 1, "");
+    let input = "{\"uuid\":\"u1\",\"event\":\"start\",\"team_id\":5,\"$pluginflow_hops\":99,\"properties\":{}}\n\
+                 {\"uuid\":\"u2\",\"event\":\"start\",\"team_id\":5,\"$pluginflow_hops\":4294967295,\"properties\":{}}\n";
+    let cfg = config(dir.path(), input, "memory = true", "max_capture_hops = 1", &plugins);
+    let (summary, _) = run_until(&cfg, |_| false);
+    let names: Vec<String> = read_json_lines(&cfg.output.events).iter().map(|e| e["event"].as_str().unwrap().to_string()).collect();
+    assert_eq!(names.iter().filter(|n| *n == "echo").count(), 2, "both captures went in: {names:?}");
+    assert_eq!(summary.dead_lettered, 0);
+    assert_eq!(summary.captured, 2);
+}
+
+#[test]
 fn on_event_give_ups_reach_the_dead_letter_output() {
     let dir = tempfile::tempdir().unwrap();
     let p = write_plugin(dir.path(), "doomed", "const { RetryError } = require('@posthog/plugin-scaffold')\nexports.onEvent = () => { throw new RetryError('never') }");
