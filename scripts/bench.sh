@@ -209,6 +209,13 @@ if [ "$REPORT_ONLY" = 0 ]; then
     "$HARNESS" instances --plugin "$ROOT/examples/plugins/geoip-enricher" --geoip "$GEOIP" --count 50 \
         --json "$RES/inst.geoip-enricher.json" 2>> "$RES/harness.log"
 
+    # ------------------------------------------------------------------ instruction counts
+    # Exact counts (callgrind), gated against benches/instructions-baseline.json: a rise of more
+    # than 5% fails this script after the report is written.
+    log "instruction counts (scripts/instructions.sh)"
+    INSTRUCTIONS_OK=1
+    scripts/instructions.sh > "$RES/instructions.md" 2> "$RES/instructions.err" || INSTRUCTIONS_OK=0
+
     # ------------------------------------------------------------------ criterion
     if [ "$CRITERION" = 1 ]; then
         log "criterion benches (BENCH_SECONDS=$BENCH_SECONDS per bench)"
@@ -619,6 +626,26 @@ if inst:
       "timed loop (log buffer included) is in its result files (`rss_before_loop_mb`).")
     w("")
 
+# ---- instruction counts
+ins = os.path.join(res, "instructions.md")
+if os.path.exists(ins):
+    w("## Instruction counts (callgrind)")
+    w("")
+    w("`scripts/instructions.sh`: one operation after an uncounted setup, counted by callgrind "
+      "(`--toggle-collect='*measured_*'`), so the figures do not move with the machine's load; the baseline is "
+      "`benches/instructions-baseline.json` and a rise of more than 5% fails the script (and this one). "
+      "`crossing` is one event built in a plugin's runtime and read back (the realm-to-realm copy between two plugins); "
+      "`chain3` is one ~1 KB event through the benchmark plugins `benches/plugins/{greet,screen,flatten}`.")
+    w("")
+    for line in open(ins):
+        if line.startswith("|"):
+            w(line.rstrip("\n"))
+    err = open(os.path.join(res, "instructions.err")).read().strip() if os.path.exists(os.path.join(res, "instructions.err")) else ""
+    if "regression" in err:
+        w("")
+        w("**Regression:** " + err.replace("\n", " "))
+    w("")
+
 # ---- criterion
 crit = []
 for bj in glob.glob(f"{res}/criterion/**/new/benchmark.json", recursive=True):
@@ -700,3 +727,7 @@ if os.path.exists(out_path):
 open(out_path, "w", encoding="utf-8").write(generated + ("\n" + kept if kept else ""))
 PY
 log "done: BENCHMARKS.md"
+if [ "${INSTRUCTIONS_OK:-1}" = 0 ]; then
+    cat "$RES/instructions.err" >&2
+    exit 1
+fi
