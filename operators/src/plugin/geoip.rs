@@ -5,14 +5,48 @@
 //! We decode the database record generically and rename keys, so every field the database
 //! holds reaches the plugin.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
+use std::sync::Mutex;
 
 use serde_json::{Map, Value};
 
-/// An open MaxMind database, shared by all workers of a process.
+/// Addresses kept per generation of the lookup cache (two generations: at most twice this).
+const CACHE_GENERATION: usize = 4096;
+
+/// An open MaxMind database, shared by all workers of a process, with a cache of recent
+/// lookups (a City lookup decodes a record of some hundred fields; the same visitors come back).
 pub struct GeoIp {
     reader: maxminddb::Reader<Vec<u8>>,
+    recent: Mutex<Recent>,
+}
+
+/// The answers for recently looked-up addresses, in two generations: a hit in the older one is
+/// moved to the newer; when the newer is full, the older is dropped. Least recently used
+/// addresses leave first, at O(1) per lookup.
+#[derive(Default)]
+struct Recent {
+    new: HashMap<IpAddr, Result<String, String>>,
+    old: HashMap<IpAddr, Result<String, String>>,
+}
+
+impl Recent {
+    fn get(&mut self, addr: &IpAddr) -> Option<Result<String, String>> {
+        if let Some(hit) = self.new.get(addr) {
+            return Some(hit.clone());
+        }
+        let hit = self.old.remove(addr)?;
+        self.put(*addr, hit.clone());
+        Some(hit)
+    }
+
+    fn put(&mut self, addr: IpAddr, answer: Result<String, String>) {
+        if self.new.len() >= CACHE_GENERATION {
+            self.old = std::mem::take(&mut self.new);
+        }
+        self.new.insert(addr, answer);
+    }
 }
 
 impl std::fmt::Debug for GeoIp {
@@ -25,7 +59,7 @@ impl GeoIp {
     /// Opens a `.mmdb` file.
     pub fn open(path: &Path) -> Result<Self, String> {
         maxminddb::Reader::open_readfile(path)
-            .map(|reader| Self { reader })
+            .map(|reader| Self { reader, recent: Mutex::new(Recent::default()) })
             .map_err(|e| format!("cannot open geoip database {}: {e}", path.display()))
     }
 
@@ -50,9 +84,17 @@ impl GeoIp {
         Ok(Value::Object(out))
     }
 
-    /// [`GeoIp::locate`] as JSON text.
+    /// [`GeoIp::locate`] as JSON text, from the cache of recent lookups when it holds `ip`.
     pub fn locate_json(&self, ip: &str) -> Result<String, String> {
-        self.locate(ip).map(|v| v.to_string())
+        let Ok(addr) = ip.trim().parse::<IpAddr>() else {
+            return self.locate(ip).map(|v| v.to_string());
+        };
+        if let Some(answer) = self.recent.lock().expect("geoip cache lock").get(&addr) {
+            return answer;
+        }
+        let answer = self.locate(ip).map(|v| v.to_string());
+        self.recent.lock().expect("geoip cache lock").put(addr, answer.clone());
+        answer
     }
 }
 
@@ -93,6 +135,28 @@ fn camel(key: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_recent_cache_drops_the_least_recently_used_first() {
+        let mut r = Recent::default();
+        let ip = |n: u32| IpAddr::from(std::net::Ipv4Addr::from(n));
+        for n in 0..CACHE_GENERATION as u32 {
+            r.put(ip(n), Ok(n.to_string()));
+        }
+        // Address 0 is used again, then a new generation starts: 0 moves along, 1 does not.
+        assert_eq!(r.get(&ip(0)), Some(Ok("0".into())));
+        r.put(ip(1_000_000), Err("not found".into()));
+        for n in 2_000_000..2_000_000 + CACHE_GENERATION as u32 {
+            r.put(ip(n), Ok(String::new()));
+        }
+        assert_eq!(r.get(&ip(0)), None, "two generations later even a reused address is gone");
+        let mut r = Recent::default();
+        for n in 0..CACHE_GENERATION as u32 + 1 {
+            r.put(ip(n), Ok(n.to_string()));
+        }
+        assert_eq!(r.get(&ip(5)), Some(Ok("5".into())), "the older generation still answers");
+        assert!(r.new.contains_key(&ip(5)), "and the hit moves to the newer one");
+    }
 
     #[test]
     fn keys_become_camel_case_except_names() {
