@@ -2,33 +2,32 @@
 //! pipeline configurations written into temporary folders.
 
 pub mod broker;
+pub mod eventlog;
 pub mod txnlog;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
 }
 
-/// `shared/` beside the repository (the generator and the peer plugins live there).
-pub fn shared_dir() -> PathBuf {
-    let dir = repo_root().join("../shared");
-    assert!(dir.join("tools/gen-events.py").is_file(), "expected ../shared/tools/gen-events.py beside the repository");
-    dir
-}
-
-/// Writes `count` events from `gen-events.py` with `seed` (and `extra` arguments) to `out`.
+/// Writes `count` events generated with `seed` to `out`; `extra` takes `--bad-rate R`,
+/// `--bad-kinds a,b` and `--huge-kb N` (see [`eventlog::GenOptions`]).
 pub fn gen_events(out: &Path, count: usize, seed: u64, extra: &[&str]) {
-    let status = Command::new("python3")
-        .arg(shared_dir().join("tools/gen-events.py"))
-        .args(["--count", &count.to_string(), "--seed", &seed.to_string(), "--out"])
-        .arg(out)
-        .args(extra)
-        .status()
-        .expect("python3 runs");
-    assert!(status.success(), "gen-events.py failed");
+    let mut opts = eventlog::GenOptions { count, seed, ..eventlog::GenOptions::default() };
+    let mut args = extra.iter();
+    while let Some(flag) = args.next() {
+        let value = args.next().unwrap_or_else(|| panic!("{flag} needs a value"));
+        match *flag {
+            "--bad-rate" => opts.bad_rate = value.parse().expect("a rate"),
+            "--huge-kb" => opts.huge_kb = value.parse().expect("KiB"),
+            "--bad-kinds" => opts.bad_kinds = value.split(',').map(|k| eventlog::BadKind::parse(k).unwrap_or_else(|| panic!("unknown bad kind {k}"))).collect(),
+            "--teams" => opts.teams = value.parse().expect("a count"),
+            other => panic!("gen_events: unknown option {other}"),
+        }
+    }
+    std::fs::write(out, eventlog::generate(&opts)).unwrap_or_else(|e| panic!("cannot write {}: {e}", out.display()));
 }
 
 /// A plugin folder of the repository's examples.
@@ -36,9 +35,9 @@ pub fn example_plugin(name: &str) -> PathBuf {
     repo_root().join("examples/plugins").join(name)
 }
 
-/// A plugin folder of the Node peer (`shared/peer/plugins`).
-pub fn peer_plugin(name: &str) -> PathBuf {
-    shared_dir().join("peer/plugins").join(name)
+/// A benchmark plugin of the repository (`benches/plugins`: greet, screen, flatten).
+pub fn bench_plugin(name: &str) -> PathBuf {
+    repo_root().join("benches/plugins").join(name)
 }
 
 /// Reads a JSON-lines file into values.

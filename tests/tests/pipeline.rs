@@ -12,7 +12,7 @@ use operators::plugin::worker::WorkerPlugins;
 use operators::plugin::{HostServices, Limits, MemoryLogSink};
 use pluginflow::config::PipelineConfig;
 use pluginflow::run::{load_specs, prepare, run};
-use pluginflow_tests::{config_text, example_plugin, gen_events, peer_plugin, plugin_entry, read_json_lines};
+use pluginflow_tests::{config_text, example_plugin, gen_events, bench_plugin, plugin_entry, read_json_lines};
 use serde_json::Value;
 use state::MemoryStore;
 
@@ -61,9 +61,8 @@ fn graph_matches_a_plain_loop_with_one_and_two_workers() {
     let input = dir.path().join("events.jsonl");
     gen_events(&input, 3000, 11, &["--bad-rate", "0.01"]);
     let plugins = [
-        plugin_entry("filter", &peer_plugin("filter"), 1, ""),
-        plugin_entry("flatten", &peer_plugin("flatten"), 2, "teams = [1, 2]"),
-        plugin_entry("geo", &peer_plugin("geoip-like"), 3, ""),
+        plugin_entry("screen", &bench_plugin("screen"), 1, ""),
+        plugin_entry("flatten", &bench_plugin("flatten"), 2, "teams = [1, 2]"),
         plugin_entry("mask", &example_plugin("property-filter"), 4, "config = { mode = \"mask\", properties = \"$browser,$os\" }"),
     ]
     .concat();
