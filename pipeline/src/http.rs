@@ -117,7 +117,8 @@ pub fn prometheus(state: &HttpState) -> String {
     let mut counter = |name: &str, help: &str, value: u64| {
         out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"));
     };
-    counter("pluginflow_events_in_total", "Input lines read.", s.events_in);
+    counter("pluginflow_events_in_total", "Input lines read (blank lines not included).", s.events_in);
+    counter("pluginflow_blank_lines_total", "Input lines holding only whitespace, skipped.", s.blank_lines);
     counter("pluginflow_events_out_total", "Events written to the output.", s.events_out);
     counter("pluginflow_events_dropped_total", "Events dropped by a processEvent plugin.", s.dropped);
     counter("pluginflow_dead_letters_total", "Records sent to the dead-letter output.", s.dead_lettered);

@@ -26,6 +26,8 @@ pub struct Polled {
     pub bytes: u64,
     /// No record will ever come again (the end of a recorded log).
     pub exhausted: bool,
+    /// Lines that held only whitespace: skipped, counted here (not events, not dead letters).
+    pub blank: u64,
 }
 
 /// A worker's input.
@@ -117,9 +119,8 @@ impl EventSource for LogSource {
     }
 
     fn poll(&mut self, _epoch: u64, max: usize) -> anyhow::Result<Polled> {
-        let (records, bytes) = self.reader.next_batch(max)?;
-        let exhausted = records.is_empty();
-        Ok(Polled { records, bytes, exhausted })
+        let batch = self.reader.next_batch(max)?;
+        Ok(Polled { records: batch.records, bytes: batch.bytes, exhausted: batch.done, blank: batch.blank })
     }
 
     fn complete(&mut self, _frontier: u64) -> anyhow::Result<()> {

@@ -261,6 +261,7 @@ fn run_worker(
             let polled = source.poll(epoch, batch_size)?;
             source_done = polled.exhausted;
             shared.stats.add_in(polled.records.len() as u64, polled.bytes);
+            shared.stats.add_blank(polled.blank);
             for (position, line) in polled.records {
                 input.send((position, line, 0));
             }
@@ -513,31 +514,70 @@ impl SliceReader {
         Ok(Self { reader, pos, end })
     }
 
-    /// Up to `max` lines (empty lines skipped) and the bytes they took.
-    pub fn next_batch(&mut self, max: usize) -> std::io::Result<(Vec<(u64, Vec<u8>)>, u64)> {
-        let mut batch = Vec::with_capacity(max.min(4096));
-        let mut bytes = 0;
-        while batch.len() < max && self.pos < self.end {
+    /// Up to `max` lines (blank lines skipped and counted), the bytes they took, and whether
+    /// this share of the log is read to its end.
+    pub fn next_batch(&mut self, max: usize) -> std::io::Result<SliceBatch> {
+        let mut batch = SliceBatch { records: Vec::with_capacity(max.min(4096)), ..SliceBatch::default() };
+        while batch.records.len() < max {
+            if self.pos >= self.end {
+                batch.done = true;
+                break;
+            }
             let mut line = Vec::new();
             let n = self.reader.read_until(b'\n', &mut line)? as u64;
             if n == 0 {
+                batch.done = true;
                 break;
             }
             let at = self.pos;
             self.pos += n;
-            bytes += n;
+            batch.bytes += n;
             if line.iter().all(|b| b.is_ascii_whitespace()) {
+                batch.blank += 1;
                 continue;
             }
-            batch.push((at, line));
+            batch.records.push((at, line));
         }
-        Ok((batch, bytes))
+        Ok(batch)
     }
+}
+
+/// What [`SliceReader::next_batch`] read.
+#[derive(Debug, Default)]
+pub struct SliceBatch {
+    /// Lines as (byte offset, bytes).
+    pub records: Vec<(u64, Vec<u8>)>,
+    /// Bytes read, blank lines included.
+    pub bytes: u64,
+    /// Lines holding only whitespace, skipped.
+    pub blank: u64,
+    /// The share is read to its end.
+    pub done: bool,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_of_blank_lines_longer_than_a_batch_does_not_end_the_log() {
+        // A batch of nothing but blank lines once read as the end of the input: the events
+        // after it were never read, and nothing said so.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.jsonl");
+        std::fs::write(&path, format!("{{\"n\":1}}\n{}{{\"n\":2}}\n  \n", "\n".repeat(25))).unwrap();
+        let mut r = SliceReader::open(&path, 0, 1).unwrap();
+        let (mut lines, mut blank) = (0, 0);
+        loop {
+            let batch = r.next_batch(10).unwrap();
+            lines += batch.records.len();
+            blank += batch.blank;
+            if batch.done {
+                break;
+            }
+        }
+        assert_eq!((lines, blank), (2, 26));
+    }
 
     #[test]
     fn slices_cover_every_line_once() {
@@ -550,11 +590,11 @@ mod tests {
             for index in 0..peers {
                 let mut r = SliceReader::open(&path, index, peers).unwrap();
                 loop {
-                    let (batch, _) = r.next_batch(10).unwrap();
-                    if batch.is_empty() {
+                    let batch = r.next_batch(10).unwrap();
+                    seen.extend(batch.records.into_iter().map(|(_, l)| String::from_utf8(l).unwrap().trim_end().to_string()));
+                    if batch.done {
                         break;
                     }
-                    seen.extend(batch.into_iter().map(|(_, l)| String::from_utf8(l).unwrap().trim_end().to_string()));
                 }
             }
             seen.sort();

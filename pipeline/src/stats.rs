@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 #[derive(Debug, Default)]
 pub struct Stats {
     events_in: AtomicU64,
+    blank_lines: AtomicU64,
     bytes_in: AtomicU64,
     input_bytes: AtomicU64,
     events_out: AtomicU64,
@@ -24,8 +25,10 @@ pub struct Stats {
 /// A snapshot of [`Stats`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Summary {
-    /// Lines read.
+    /// Lines read (blank lines not included).
     pub events_in: u64,
+    /// Lines holding only whitespace: skipped, neither events nor dead letters.
+    pub blank_lines: u64,
     /// Bytes read.
     pub bytes_in: u64,
     /// Size of the input.
@@ -55,6 +58,10 @@ impl Stats {
     pub fn add_in(&self, lines: u64, bytes: u64) {
         self.events_in.fetch_add(lines, Ordering::Relaxed);
         self.bytes_in.fetch_add(bytes, Ordering::Relaxed);
+    }
+    /// Records blank lines skipped.
+    pub fn add_blank(&self, n: u64) {
+        self.blank_lines.fetch_add(n, Ordering::Relaxed);
     }
     /// Records the size of the input.
     pub fn set_input_bytes(&self, bytes: u64) {
@@ -97,6 +104,7 @@ impl Stats {
     pub fn summary(&self) -> Summary {
         Summary {
             events_in: self.events_in.load(Ordering::Relaxed),
+            blank_lines: self.blank_lines.load(Ordering::Relaxed),
             bytes_in: self.bytes_in.load(Ordering::Relaxed),
             input_bytes: self.input_bytes.load(Ordering::Relaxed),
             events_out: self.events_out.load(Ordering::Relaxed),
@@ -124,6 +132,7 @@ impl Summary {
         let mut s = String::new();
         let _ = writeln!(s, "pluginflow summary ({elapsed_secs:.2} s):");
         let _ = writeln!(s, "  events in:           {}", self.events_in);
+        let _ = writeln!(s, "  blank lines skipped: {}", self.blank_lines);
         let _ = writeln!(s, "  events out:          {}", self.events_out);
         let _ = writeln!(s, "  dropped by plugins:  {}", self.dropped);
         let _ = writeln!(s, "  dead-lettered:       {}", self.dead_lettered);
