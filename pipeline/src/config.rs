@@ -329,6 +329,43 @@ pub struct PluginEntry {
     pub attachments: BTreeMap<String, PathBuf>,
 }
 
+/// Whether `a` and `b` name the same file: the same device and inode when both exist (links and
+/// `..` included), else the same absolute path once the existing part is resolved.
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    if let (Ok(x), Ok(y)) = (std::fs::metadata(a), std::fs::metadata(b)) {
+        return x.dev() == y.dev() && x.ino() == y.ino();
+    }
+    fn resolved(p: &Path) -> PathBuf {
+        // The longest existing ancestor, canonicalized, with the rest appended; `.` and `..`
+        // in the part that does not exist yet are resolved by the text.
+        let mut rest = Vec::new();
+        let mut at = PathBuf::new();
+        for part in p.components() {
+            match part {
+                std::path::Component::ParentDir if std::fs::metadata(&at).is_err() => {
+                    at.pop();
+                }
+                std::path::Component::CurDir => {}
+                other => at.push(other),
+            }
+        }
+        loop {
+            if let Ok(c) = std::fs::canonicalize(&at) {
+                return rest.iter().rev().fold(c, |acc: PathBuf, part: &std::ffi::OsString| acc.join(part));
+            }
+            match (at.file_name().map(|n| n.to_os_string()), at.parent()) {
+                (Some(name), Some(parent)) => {
+                    rest.push(name);
+                    at = parent.to_path_buf();
+                }
+                _ => return p.to_path_buf(),
+            }
+        }
+    }
+    resolved(a) == resolved(b)
+}
+
 fn default_true() -> bool {
     true
 }
@@ -396,6 +433,7 @@ impl PipelineConfig {
     fn check(&self, file: &str) -> Result<(), ConfigError> {
         let fail = |field: String, problem: String| Err(ConfigError { file: file.to_string(), field, problem });
         self.check_input(file)?;
+        self.check_outputs(file)?;
         if let Some(g) = &self.geoip {
             if !g.path.is_file() {
                 return fail("geoip.path".into(), format!("{} is not a readable file", g.path.display()));
@@ -445,6 +483,37 @@ impl PipelineConfig {
             for (key, path) in &p.attachments {
                 if !path.is_file() {
                     return fail(format!("plugins[{i}].attachments.{key}"), format!("{} is not a readable file", path.display()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses an output that is the input or another output: opening it would truncate the
+    /// recorded log, or two writers would interleave and lose each other's records.
+    fn check_outputs(&self, file: &str) -> Result<(), ConfigError> {
+        let mut named: Vec<(&str, &Path)> = vec![
+            ("output.events", &self.output.events),
+            ("output.dead_letters", &self.output.dead_letters),
+            ("output.logs", &self.output.logs),
+            ("output.app_metrics", &self.output.app_metrics),
+        ];
+        named.retain(|(_, p)| p.as_os_str() != "-");
+        for (i, (field, path)) in named.iter().enumerate() {
+            if self.input.kind == InputKind::File && same_file(path, &self.input.path) {
+                return Err(ConfigError {
+                    file: file.into(),
+                    field: field.to_string(),
+                    problem: format!("{} is the input: writing it would destroy the recorded log", path.display()),
+                });
+            }
+            for (other, other_path) in &named[..i] {
+                if same_file(path, other_path) {
+                    return Err(ConfigError {
+                        file: file.into(),
+                        field: field.to_string(),
+                        problem: format!("{} is also {other}: each output needs a file of its own", path.display()),
+                    });
                 }
             }
         }
@@ -582,6 +651,28 @@ mod tests {
     }
 
     const KAFKA: &str = "[input]\nkind = \"kafka\"\n[kafka]\nbrokers = \"127.0.0.1:9092\"\ninput_topic = \"in\"\noutput_topic = \"out\"\ndead_letter_topic = \"dead\"\n";
+
+    #[test]
+    fn an_output_that_is_the_input_or_another_output_is_refused() {
+        let dir = setup();
+        std::fs::create_dir_all(dir.path().join("out")).unwrap();
+        for (outputs, field, problem) in [
+            ("events = \"events.jsonl\"", "output.events", "is the input"),
+            ("events = \"out/../events.jsonl\"", "output.events", "is the input"),
+            ("logs = \"./events.jsonl\"", "output.logs", "is the input"),
+            ("events = \"out/a.jsonl\"\ndead_letters = \"out/a.jsonl\"", "output.dead_letters", "is also output.events"),
+            ("events = \"out/new/b.jsonl\"\napp_metrics = \"out/new/../new/b.jsonl\"", "output.app_metrics", "is also output.events"),
+        ] {
+            let e = parse(dir.path(), &format!("[input]\npath = \"events.jsonl\"\n[output]\n{outputs}\n")).unwrap_err();
+            assert_eq!(e.field, field, "{outputs}");
+            assert!(e.problem.contains(problem), "{outputs}: {}", e.problem);
+        }
+        // A hard link to the input is the input too.
+        std::fs::hard_link(dir.path().join("events.jsonl"), dir.path().join("out/link.jsonl")).unwrap();
+        let e = parse(dir.path(), "[input]\npath = \"events.jsonl\"\n[output]\ndead_letters = \"out/link.jsonl\"\n").unwrap_err();
+        assert_eq!(e.field, "output.dead_letters");
+        assert!(parse(dir.path(), "[input]\npath = \"events.jsonl\"\n[output]\nevents = \"-\"\ndead_letters = \"-\"\n").is_ok(), "standard output may take several");
+    }
 
     #[test]
     fn runtime_numbers_out_of_range_are_refused_naming_the_field() {

@@ -135,6 +135,15 @@ fn run(args: RunArgs) -> ExitCode {
         eprintln!("pluginflow: cannot install the signal handler: {e}");
         return ExitCode::from(1);
     }
+    // The state first: its lock keeps a second pipeline off this state folder before any output
+    // (the plugin log included) is opened and truncated.
+    let store = match pluginflow::run::open_store(&config) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("pluginflow: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
     let (logs, kafka_logs) = match open_logs(&config) {
         Ok(l) => l,
         Err(e) => {
@@ -142,7 +151,7 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let shared = match pluginflow::run::prepare(config, logs, stop) {
+    let shared = match pluginflow::run::prepare_with_store(config, logs, stop, store) {
         Ok(s) => pluginflow::run::Shared { cancel, ..s },
         Err(e) => {
             eprintln!("pluginflow: {e:#}");

@@ -99,12 +99,19 @@ pub fn open_store(config: &PipelineConfig) -> anyhow::Result<Arc<dyn StateStore>
 
 /// Builds what the workers share: state, geoip, outputs and compiled plugins.
 pub fn prepare(config: PipelineConfig, logs: Arc<dyn LogSink>, stop: Arc<AtomicBool>) -> anyhow::Result<Shared> {
+    let store = open_store(&config)?;
+    prepare_with_store(config, logs, stop, store)
+}
+
+/// [`prepare`] with the state store already open. `pluginflow run` opens the store first: its
+/// lock is what keeps a second pipeline off the same state, and it must be held before any
+/// output (the plugin log included) is opened and truncated.
+pub fn prepare_with_store(config: PipelineConfig, logs: Arc<dyn LogSink>, stop: Arc<AtomicBool>, store: Arc<dyn StateStore>) -> anyhow::Result<Shared> {
     let specs = load_specs(&config)?;
     let geoip = match &config.geoip {
         Some(g) => Some(Arc::new(GeoIp::open(&g.path).map_err(anyhow::Error::msg)?)),
         None => None,
     };
-    let store = open_store(&config)?;
     let services = HostServices::new(store, geoip, logs, Duration::from_millis(config.runtime.fetch_timeout_ms));
     let stats = Arc::new(Stats::default());
     let http = Arc::new(crate::http::HttpState { stats: stats.clone(), ..Default::default() });
@@ -285,6 +292,7 @@ fn run_worker(
         metrics.advance_to(epoch);
         metrics.flush();
         check_failed(&failed)?;
+        check_logs(&shared.services)?;
         complete(&mut *source, &probe)?;
     }
     drop(input);
@@ -301,6 +309,7 @@ fn run_worker(
     }
     check_failed(&failed)?;
     plugins.borrow_mut().teardown_all();
+    check_logs(&shared.services)?;
     // What plugins captured after the input closed (in onEvent retries, at teardown) cannot
     // enter the graph any more: keep it as dead letters rather than lose it.
     let late: Vec<(String, u32)> = plugins.borrow_mut().take_captured();
@@ -370,6 +379,14 @@ fn exhausted_letter(e: operators::plugin::deferred::Exhausted) -> DeadLetter {
 fn complete(source: &mut dyn EventSource, probe: &ProbeHandle<u64>) -> anyhow::Result<()> {
     let frontier = probe.with_frontier(|f| f.first().copied());
     source.complete(frontier.unwrap_or(u64::MAX))
+}
+
+/// Stops the run when plugin log entries could not be written (a full disk, say).
+fn check_logs(services: &HostServices) -> anyhow::Result<()> {
+    match services.logs.failure() {
+        Some(e) => bail!("cannot write plugin logs: {e}"),
+        None => Ok(()),
+    }
 }
 
 fn keep_first_error(slot: &Rc<RefCell<Option<anyhow::Error>>>, result: anyhow::Result<()>) {

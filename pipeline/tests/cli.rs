@@ -195,6 +195,45 @@ fn sigterm_ends_a_plugin_that_never_returns_after_the_grace_period() {
 }
 
 #[test]
+fn an_operators_mistakes_destroy_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let line = "{\"uuid\":\"u\",\"event\":\"e\",\"team_id\":1,\"properties\":{}}\n";
+    std::fs::write(dir.path().join("e.jsonl"), line.repeat(10)).unwrap();
+    plugin(dir.path(), "spin", r#"{"name":"spin"}"#, "exports.processEvent = (e) => { console.log('first pipeline working'); for (;;) {} }");
+    let base = "[input]\npath = \"e.jsonl\"\n[state]\npath = \"state\"\n[runtime]\ncall_timeout_ms = 3600000\nshutdown_grace_ms = 100\n[[plugins]]\nid = \"s\"\npath = \"spin\"\n";
+    // The output is the input: refused before anything is opened.
+    std::fs::write(dir.path().join("same.toml"), format!("{base}[output]\nevents = \"e.jsonl\"\n")).unwrap();
+    let out = bin().args(["run", "same.toml"]).current_dir(dir.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is the input"));
+    assert_eq!(std::fs::read_to_string(dir.path().join("e.jsonl")).unwrap(), line.repeat(10), "the recorded log is intact");
+
+    // A second pipeline on a running pipeline's state: refused before it truncates the logs.
+    std::fs::write(dir.path().join("pf.toml"), format!("{base}[output]\nevents = \"out/e.jsonl\"\nlogs = \"out/l.jsonl\"\n")).unwrap();
+    let mut first = bin().args(["run", "--no-progress", "pf.toml"]).current_dir(dir.path()).stderr(Stdio::piped()).spawn().unwrap();
+    let logs = dir.path().join("out/l.jsonl");
+    let started = Instant::now();
+    while !std::fs::read_to_string(&logs).unwrap_or_default().contains("first pipeline working") {
+        assert!(started.elapsed() < Duration::from_secs(60), "the first pipeline never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let second = bin().args(["run", "--no-progress", "pf.toml"]).current_dir(dir.path()).output().unwrap();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(2), "{err}");
+    assert!(err.contains("cannot open state"), "{err}");
+    assert!(std::fs::read_to_string(&logs).unwrap().contains("first pipeline working"), "the second pipeline truncated the first's log");
+    assert!(Command::new("kill").args(["-TERM", &first.id().to_string()]).status().unwrap().success());
+    assert_eq!(first.wait().unwrap().code(), Some(0));
+
+    // Plugin logs on a full disk: the run fails loudly instead of losing entries.
+    std::fs::write(dir.path().join("full.toml"), format!("{base}[output]\nevents = \"out/e2.jsonl\"\nlogs = \"/dev/full\"\n").replace("state\"", "state2\"").replace("call_timeout_ms = 3600000", "call_timeout_ms = 100")).unwrap();
+    let out = bin().args(["run", "--no-progress", "full.toml"]).current_dir(dir.path()).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot write plugin logs"), "{err}");
+}
+
+#[test]
 fn two_processes_form_a_cluster_and_split_the_log() {
     let dir = tempfile::tempdir().unwrap();
     let lines: String = (0..4000).map(|i| format!("{{\"uuid\":\"u{i}\",\"event\":\"e\",\"team_id\":{},\"properties\":{{}}}}\n", i % 3 + 1)).collect();

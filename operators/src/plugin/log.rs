@@ -124,6 +124,12 @@ impl LogEntry {
 pub trait LogSink: Send + Sync {
     /// Records one entry.
     fn log(&self, entry: LogEntry);
+
+    /// The first error that kept an entry from being written, if any: the run stops on it
+    /// rather than lose log entries silently.
+    fn failure(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Keeps entries in memory (tests, summaries).
@@ -148,21 +154,28 @@ impl LogSink for MemoryLogSink {
 /// Writes each entry as one JSON line.
 pub struct JsonLinesLogSink<W: Write + Send> {
     out: Mutex<W>,
+    failed: Mutex<Option<String>>,
 }
 
 impl<W: Write + Send> JsonLinesLogSink<W> {
     /// A sink writing to `out`.
     pub fn new(out: W) -> Self {
-        Self { out: Mutex::new(out) }
+        Self { out: Mutex::new(out), failed: Mutex::new(None) }
     }
 }
 
 impl<W: Write + Send> LogSink for JsonLinesLogSink<W> {
     fn log(&self, entry: LogEntry) {
         let mut out = self.out.lock().expect("log sink lock");
-        // A log line that cannot be written must not stop the pipeline.
-        let _ = writeln!(out, "{}", entry.to_json());
-        let _ = out.flush();
+        let written = writeln!(out, "{}", entry.to_json()).and_then(|()| out.flush());
+        if let Err(e) = written {
+            // Kept for the run to stop on (the worker loop checks `failure`).
+            self.failed.lock().expect("log sink lock").get_or_insert_with(|| e.to_string());
+        }
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.failed.lock().expect("log sink lock").clone()
     }
 }
 
