@@ -72,7 +72,16 @@ impl RocksStore {
             path: path.clone(),
             source,
         })?;
-        let db = DB::open_cf_descriptors(&db_options(), &path, cf_descriptors(&clock))?;
+        let db = DB::open_cf_descriptors(&db_options(), &path, cf_descriptors(&clock)).map_err(|e| {
+            if e.kind() == rocksdb::ErrorKind::Corruption {
+                StateError::Corrupt(format!(
+                    "{} cannot be opened as it was: {e}. It is not opened at an older state instead; restore a copy or move the folder aside",
+                    path.display()
+                ))
+            } else {
+                StateError::Rocks(e)
+            }
+        })?;
         check_format_version(&db, &path)?;
         let next_id = read_next_id(&db)?;
         tracing::debug!(path = %path.display(), next_id, "opened state store");
@@ -187,6 +196,10 @@ fn db_options() -> Options {
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
+    // A torn last record (a crash in the middle of a write) is dropped; corruption anywhere
+    // else in the write-ahead log fails the open. RocksDB's default (point in time) would stop
+    // replaying at the corruption and open an older state without a word.
+    opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::TolerateCorruptedTailRecords);
     opts.set_compression_type(DBCompressionType::Lz4);
     opts
 }
