@@ -87,6 +87,26 @@ pub fn load_specs(config: &PipelineConfig) -> anyhow::Result<Vec<PluginSpec>> {
     Ok(specs)
 }
 
+/// Loads one instance of every configuration in a runtime of its own before the run starts:
+/// a configuration the plugin refuses (a missing `required` value, a value outside `choices`)
+/// or code that throws at its top level stops the start, as documented, instead of being
+/// skipped by every event later. `setupPlugin` is not called here (its failures are retried at
+/// run time, as in PostHog).
+fn check_loads(config: &PipelineConfig, specs: &[PluginSpec], services: &HostServices) -> anyhow::Result<()> {
+    let sandbox = PluginRuntime::new(limits(config)).map_err(anyhow::Error::msg)?;
+    for spec in specs {
+        let cfg = operators::plugin::InstanceConfig {
+            config_id: spec.id.clone(),
+            team_id: spec.teams.as_ref().and_then(|t| t.first().copied()),
+            config: spec.config.clone(),
+            attachments: spec.attachments.clone(),
+        };
+        operators::plugin::PluginInstance::new(&sandbox, &spec.def, &cfg, services)
+            .map_err(|e| anyhow::anyhow!("plugin configuration '{}' cannot load: {e}", spec.id))?;
+    }
+    Ok(())
+}
+
 /// Opens the state store named by the configuration.
 pub fn open_store(config: &PipelineConfig) -> anyhow::Result<Arc<dyn StateStore>> {
     if config.state.memory {
@@ -113,6 +133,7 @@ pub fn prepare_with_store(config: PipelineConfig, logs: Arc<dyn LogSink>, stop: 
         None => None,
     };
     let services = HostServices::new(store, geoip, logs, Duration::from_millis(config.runtime.fetch_timeout_ms));
+    check_loads(&config, &specs, &services)?;
     let stats = Arc::new(Stats::default());
     let http = Arc::new(crate::http::HttpState { stats: stats.clone(), ..Default::default() });
     let queue_store = services.store.clone();

@@ -52,6 +52,28 @@ fn cluster_flags_out_of_range_are_refused_with_exit_code_2() {
 }
 
 #[test]
+fn run_stops_the_start_when_a_configuration_cannot_load() {
+    // Each would once start, log "failed to load; its events skip it" and exit 0 with every
+    // event skipping the plugin.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("e.jsonl"), "{\"uuid\":\"u\",\"event\":\"e\",\"team_id\":1,\"properties\":{}}\n").unwrap();
+    plugin(dir.path(), "needs", r#"{"name":"needs","config":[{"key":"apiKey","required":true}]}"#, "exports.processEvent = (e) => e");
+    plugin(dir.path(), "throws", r#"{"name":"throws"}"#, "throw new Error('broken at load')\nexports.processEvent = (e) => e");
+    for (path, want) in [("needs", "apiKey"), ("throws", "broken at load")] {
+        std::fs::write(
+            dir.path().join("pf.toml"),
+            format!("[input]\npath = \"e.jsonl\"\n[state]\nmemory = true\n[output]\nevents = \"out/e.jsonl\"\n[[plugins]]\nid = \"x\"\npath = \"{path}\"\n"),
+        )
+        .unwrap();
+        let out = bin().args(["run", "--no-progress", "pf.toml"]).current_dir(dir.path()).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{path}: {err}");
+        assert!(err.contains("plugin configuration 'x' cannot load") && err.contains(want), "{path}: {err}");
+        assert!(!dir.path().join("out/e.jsonl").exists(), "{path}: nothing ran");
+    }
+}
+
+#[test]
 fn help_lists_every_subcommand_and_flag() {
     let out = bin().arg("--help").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);

@@ -570,6 +570,10 @@ impl WorkerPlugins {
             }
             Err(e) => {
                 tracing::error!(plugin = %spec.def.manifest.name, config = %spec.id, team, error = %e, "plugin failed to load; its events skip it");
+                // In the plugin log too, where its author and the team look.
+                let identity = super::host::InstanceIdentity { plugin: spec.def.manifest.name.clone(), config_id: spec.id.clone(), team_id: Some(team) };
+                let message = format!("Plugin failed to load for this team; its events skip it (counted as not_loaded): {e}");
+                self.services.logs.log(super::log::LogEntry::new(&identity, LogLevel::Error, super::log::LogSource::System, message));
                 self.notices.push(PluginNotice::LoadFailed { config_id: spec.id.clone(), team, message: e.to_string() });
                 None
             }
