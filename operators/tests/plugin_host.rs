@@ -225,6 +225,36 @@ fn cache_methods_follow_redis_semantics() {
 }
 
 #[test]
+fn a_truthy_cache_ttl_always_expires() {
+    // TTLs under a second were dropped: the value never expired.
+    let clock = std::sync::Arc::new(state::ManualClock::new(1_000_000));
+    let store = std::sync::Arc::new(state::MemoryStore::with_clock(clock.clone()));
+    let logs = std::sync::Arc::new(operators::plugin::MemoryLogSink::default());
+    let services = operators::plugin::HostServices::new(store, None, logs, Duration::from_secs(5));
+    let runtime = operators::plugin::PluginRuntime::new(Limits::default()).unwrap();
+    let fx = plugin(
+        "ttl",
+        &[("index.js", "exports.processEvent = async (e, { cache }) => {\n\
+           if (e.properties.set) { await cache.set('short', 'v', 0.25); try { await cache.set('bad', 'v', -1) } catch (x) { e.properties.negative = x.message } }\n\
+           e.properties.short = await cache.get('short', 'gone')\n\
+           return e\n\
+         }")],
+    );
+    let def = operators::plugin::PluginDefinition::load(&fx.path()).unwrap();
+    let cfg = operators::plugin::InstanceConfig { config_id: "1".into(), team_id: Some(2), ..Default::default() };
+    let mut p = operators::plugin::PluginInstance::new(&runtime, &def, &cfg, &services).unwrap();
+    let mut ev = event();
+    ev["properties"]["set"] = json!(true);
+    let out: Value = serde_json::from_str(&p.process_event_json(&ev.to_string()).unwrap().unwrap()).unwrap();
+    assert_eq!(out["properties"]["short"], "v");
+    assert!(out["properties"]["negative"].as_str().unwrap().contains("invalid expire time"), "{}", out["properties"]["negative"]);
+    clock.advance_ms(999);
+    assert_eq!(process(&mut p).unwrap()["properties"]["short"], "v", "a quarter second rounds up to one");
+    clock.advance_ms(2);
+    assert_eq!(process(&mut p).unwrap()["properties"]["short"], "gone", "and then it expires");
+}
+
+#[test]
 fn cache_is_namespaced_per_plugin_and_team() {
     let src = "exports.processEvent = async (e, { cache }) => { e.properties.n = await cache.incr('hits'); return e }";
     let fx_a = plugin("alpha", &[("index.js", src)]);

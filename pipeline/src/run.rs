@@ -94,6 +94,9 @@ pub fn load_specs(config: &PipelineConfig) -> anyhow::Result<Vec<PluginSpec>> {
 /// run time, as in PostHog).
 fn check_loads(config: &PipelineConfig, specs: &[PluginSpec], services: &HostServices) -> anyhow::Result<()> {
     let sandbox = PluginRuntime::new(limits(config)).map_err(anyhow::Error::msg)?;
+    // The trial instances' own log entries ("Plugin loaded.") are not the run's.
+    let services = HostServices { logs: Arc::new(operators::plugin::MemoryLogSink::default()), ..services.clone() };
+    let services = &services;
     for spec in specs {
         let cfg = operators::plugin::InstanceConfig {
             config_id: spec.id.clone(),

@@ -308,7 +308,12 @@ fn install_cache<'js>(ctx: &Ctx<'js>, obj: &Object<'js>, host: &HostBindings) ->
     let (s, sc, b) = (host.services.store.clone(), host.scope.clone(), host.budget.clone());
     obj.set("cacheSet", Function::new(ctx.clone(), move |ctx: Ctx<'js>, key: String, value: String, ttl: f64| {
         b.take_bytes("cache.set", key.len() + value.len()).map_err(|why| throw(&ctx, why))?;
-        let ttl = (ttl >= 1.0).then_some(ttl as u64);
+        // A truthy TTL always expires: a fraction of a second rounds up to one (Redis takes
+        // whole seconds); a negative one is an error, as Redis's `EX` answers.
+        if ttl < 0.0 {
+            return Err(throw(&ctx, format!("cache.set: invalid expire time {ttl} (ttlSeconds must be positive)")));
+        }
+        let ttl = (ttl > 0.0).then(|| ttl.ceil().min(u64::MAX as f64) as u64);
         state_err(&ctx, s.cache_set(&sc, &key, &value, ttl))
     })?)?;
     let (s, sc) = (host.services.store.clone(), host.scope.clone());
