@@ -36,6 +36,23 @@ pub struct DeadLetter {
     pub raw: String,
     /// The raw bytes in base64 when they were not valid UTF-8, so nothing is lost.
     pub raw_base64: Option<String>,
+    /// For work a plugin could not do (retries exhausted, a plain error): which and why.
+    pub failure: Option<PluginFailure>,
+}
+
+/// The plugin call a dead letter stands for.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PluginFailure {
+    /// Plugin name.
+    pub plugin: String,
+    /// Configuration id.
+    pub config_id: String,
+    /// The hook (`onEvent`, `exportEvents`, `job`).
+    pub hook: String,
+    /// Calls made.
+    pub attempts: u32,
+    /// The last error, `Name: message`.
+    pub error: String,
 }
 
 impl DeadLetter {
@@ -48,6 +65,13 @@ impl DeadLetter {
         m.insert("raw".into(), Value::String(self.raw.clone()));
         if let Some(b) = &self.raw_base64 {
             m.insert("raw_base64".into(), Value::String(b.clone()));
+        }
+        if let Some(f) = &self.failure {
+            m.insert("plugin".into(), Value::String(f.plugin.clone()));
+            m.insert("plugin_config_id".into(), Value::String(f.config_id.clone()));
+            m.insert("hook".into(), Value::String(f.hook.clone()));
+            m.insert("attempts".into(), Value::from(f.attempts));
+            m.insert("error".into(), Value::String(f.error.clone()));
         }
         Value::Object(m)
     }
@@ -224,6 +248,7 @@ pub fn parse_line(bytes: &[u8], source: &str, position: u64, limits: &EventLimit
         reason,
         raw,
         raw_base64,
+        failure: None,
     };
     let text = match std::str::from_utf8(bytes) {
         Ok(t) => t.trim_end_matches(['\r', '\n']),

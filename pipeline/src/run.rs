@@ -265,7 +265,7 @@ fn run_worker(
             .probe_with(&probe);
         write_dead_letters(dead, &io.dead_letters, &shared.stats, &failed).probe_with(&intake).probe_with(&probe);
         write_dead_letters(unprocessable, &io.dead_letters, &shared.stats, &failed).probe_with(&intake).probe_with(&probe);
-        let given_up = processed.run_deferred(deferred.clone()).map(exhausted_letter);
+        let given_up = processed.run_deferred(deferred.clone()).flat_map(exhausted_letters);
         write_dead_letters(given_up, &io.dead_letters, &shared.stats, &failed).probe_with(&probe);
     });
     let batch_size = shared.config.runtime.batch_size;
@@ -299,7 +299,7 @@ fn run_worker(
         }
         // Background plugin work, then events plugins captured: back into the graph.
         let gave_up = plugins.borrow_mut().maintain();
-        write_now(&io.dead_letters, epoch, gave_up.iter().map(|e| exhausted_letter(e.clone())).collect(), &shared.stats)?;
+        write_now(&io.dead_letters, epoch, gave_up.into_iter().flat_map(exhausted_letters).collect(), &shared.stats)?;
         let captured = plugins.borrow_mut().take_captured();
         let looping = inject_captured(&mut input, captured, max_hops, &shared.stats);
         write_now(&io.dead_letters, epoch, looping, &shared.stats)?;
@@ -340,7 +340,7 @@ fn run_worker(
     shared.stats.add_captured(late.len() as u64);
     let late: Vec<DeadLetter> = late
         .into_iter()
-        .map(|(json, _)| DeadLetter { source: "posthog.capture".into(), position: 0, reason: "captured after the input closed".into(), raw: json, raw_base64: None })
+        .map(|(json, _)| DeadLetter { source: "posthog.capture".into(), position: 0, reason: "captured after the input closed".into(), raw: json, raw_base64: None, failure: None })
         .collect();
     write_now(&io.dead_letters, epoch, late, &shared.stats)?;
     record_notices(&shared.stats, &mut plugins.borrow_mut(), &mut metrics, &*shared.clock);
@@ -376,6 +376,7 @@ fn inject_captured(
                 reason: format!("posthog.capture loop: this event is {hops} captures deep (runtime.max_capture_hops = {max_hops})"),
                 raw: json,
                 raw_base64: None,
+                failure: None,
             });
             continue;
         }
@@ -395,8 +396,29 @@ fn write_now(sink: &crate::io::SharedSink, epoch: u64, letters: Vec<DeadLetter>,
     Ok(())
 }
 
-fn exhausted_letter(e: operators::plugin::deferred::Exhausted) -> DeadLetter {
-    DeadLetter { source: "plugin".into(), position: 0, reason: e.reason(), raw: e.payload, raw_base64: None }
+/// The dead letters of work a plugin could not do: one per event (an export batch is split),
+/// with the plugin, configuration, hook, attempts and error as fields (and Kafka headers).
+fn exhausted_letters(e: operators::plugin::deferred::Exhausted) -> Vec<DeadLetter> {
+    let failure = operators::event::PluginFailure {
+        plugin: e.error.plugin.clone(),
+        config_id: e.error.config_id.clone(),
+        hook: e.error.hook.as_str().to_string(),
+        attempts: e.attempts,
+        error: format!("{}: {}", e.error.name, e.error.message),
+    };
+    let reason = e.reason();
+    let letter = |raw: String| DeadLetter {
+        source: format!("plugin:{}", failure.config_id),
+        position: 0,
+        reason: reason.clone(),
+        raw,
+        raw_base64: None,
+        failure: Some(failure.clone()),
+    };
+    match (e.error.hook, serde_json::from_str::<serde_json::Value>(&e.payload)) {
+        (operators::plugin::Hook::ExportEvents, Ok(serde_json::Value::Array(events))) => events.iter().map(|ev| letter(ev.to_string())).collect(),
+        _ => vec![letter(e.payload)],
+    }
 }
 
 /// Tells the source which epochs are complete: those the probe has passed.
@@ -427,10 +449,17 @@ fn check_failed(slot: &Rc<RefCell<Option<anyhow::Error>>>) -> anyhow::Result<()>
 }
 
 fn dead_letter_record(d: &DeadLetter) -> OutRecord {
-    OutRecord {
-        value: d.to_json().to_string(),
-        headers: vec![("reason", d.reason.clone()), ("source", d.source.clone()), ("position", d.position.to_string())],
+    let mut headers = vec![("reason", d.reason.clone()), ("source", d.source.clone()), ("position", d.position.to_string())];
+    if let Some(f) = &d.failure {
+        headers.extend([
+            ("plugin", f.plugin.clone()),
+            ("plugin_config_id", f.config_id.clone()),
+            ("hook", f.hook.clone()),
+            ("attempts", f.attempts.to_string()),
+            ("error", f.error.clone()),
+        ]);
     }
+    OutRecord { value: d.to_json().to_string(), headers }
 }
 
 fn write_dead_letters<'s>(
@@ -470,7 +499,7 @@ fn run_event(chain: &Rc<RefCell<WorkerPlugins>>, stats: &Stats, ev: ValidEvent) 
         }
         Err(reason) => {
             tracing::error!(uuid = %ev.uuid, error = %reason, "event could not complete its chain: dead-lettered");
-            Some(Err(DeadLetter { source: "chain".into(), position: 0, reason, raw: ev.json, raw_base64: None }))
+            Some(Err(DeadLetter { source: "chain".into(), position: 0, reason, raw: ev.json, raw_base64: None, failure: None }))
         }
     }
 }

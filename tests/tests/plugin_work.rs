@@ -135,6 +135,26 @@ fn an_input_line_cannot_claim_a_capture_hop_count() {
 }
 
 #[test]
+fn a_failed_export_batch_is_one_dead_letter_per_event() {
+    // A plain error is not retried: the batch of three fails at once. It once became one
+    // record holding the array.
+    let dir = tempfile::tempdir().unwrap();
+    let p = write_plugin(dir.path(), "exporter", "exports.exportEvents = (events) => { throw new Error('the warehouse said no to ' + events.length) }");
+    let plugins = plugin_entry("w", &p, 1, "");
+    let input: String = (1..=3).map(|i| format!("{{\"uuid\":\"u{i}\",\"event\":\"e\",\"team_id\":1,\"properties\":{{}}}}\n")).collect();
+    let cfg = config(dir.path(), &input, "memory = true", "", &plugins);
+    let (summary, _) = run_until(&cfg, |_| false);
+    assert_eq!(summary.events_out, 3);
+    let dead = read_json_lines(&cfg.output.dead_letters);
+    let uuids: Vec<String> = dead.iter().map(|d| serde_json::from_str::<serde_json::Value>(d["raw"].as_str().unwrap()).unwrap()["uuid"].as_str().unwrap().to_string()).collect();
+    assert_eq!(uuids, ["u1", "u2", "u3"], "{dead:?}");
+    for d in &dead {
+        assert_eq!((d["plugin"].as_str(), d["hook"].as_str(), d["attempts"].as_u64()), (Some("exporter"), Some("exportEvents"), Some(1)), "{d}");
+        assert_eq!(d["error"], "Error: the warehouse said no to 3");
+    }
+}
+
+#[test]
 fn on_event_give_ups_reach_the_dead_letter_output() {
     let dir = tempfile::tempdir().unwrap();
     let p = write_plugin(dir.path(), "doomed", "const { RetryError } = require('@posthog/plugin-scaffold')\nexports.onEvent = () => { throw new RetryError('never') }");
@@ -151,7 +171,9 @@ fn on_event_give_ups_reach_the_dead_letter_output() {
     let dead = read_json_lines(&cfg.output.dead_letters);
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0]["reason"], "onEvent of plugin 'doomed' (x) failed after 6 attempts: RetryError: never");
-    assert_eq!(dead[0]["source"], "plugin");
+    assert_eq!(dead[0]["source"], "plugin:x");
+    assert_eq!((dead[0]["plugin"].as_str(), dead[0]["plugin_config_id"].as_str(), dead[0]["hook"].as_str()), (Some("doomed"), Some("x"), Some("onEvent")));
+    assert_eq!((dead[0]["attempts"].as_u64(), dead[0]["error"].as_str()), (Some(6), Some("RetryError: never")));
     assert!(dead[0]["raw"].as_str().unwrap().contains("\"uuid\":\"u1\""));
     assert_eq!(summary.metrics.get(&("x".to_string(), 1, "onEvent".to_string(), "failed".to_string())), Some(&1));
     // The same count, from the differential app-metrics collection's output.
