@@ -191,3 +191,21 @@ fn jobs_run_when_due_and_retry_like_on_event() {
     assert_eq!(all, vec!["bare object", "flaky 3", "hello 1", "hello 2"]);
     assert_eq!(store.queue_len(JOB_QUEUE).unwrap(), 0);
 }
+
+#[test]
+fn jobs_that_cannot_run_are_given_up_not_dropped() {
+    // An unreadable job, one without its configuration, and one for a configuration that is not
+    // configured any more: each comes back as a failure (for the dead-letter output), and the
+    // queue is left empty.
+    let fx = plugin("jobs", &[("index.js", "exports.jobs = { x: () => {} }")]);
+    let store = Arc::new(MemoryStore::new());
+    for payload in [&b"{not json"[..], br#"{"team":1,"name":"x"}"#, br#"{"config_id":"gone","team":1,"name":"x","payload":"null","attempts":0}"#] {
+        store.queue_put(JOB_QUEUE, 0, payload).unwrap();
+    }
+    let mut w = worker(vec![spec(&fx, "j", vec![1])], store.clone(), Arc::new(MemoryLogSink::default()), WorkerPlace::default());
+    let gave_up = w.maintain();
+    let names: Vec<&str> = gave_up.iter().map(|e| e.error.name.as_str()).collect();
+    assert_eq!(names, ["UnreadableJob", "UnreadableJob", "Unavailable"], "{gave_up:?}");
+    assert_eq!(gave_up[2].error.config_id, "gone");
+    assert_eq!(store.queue_len(JOB_QUEUE).unwrap(), 0, "nothing is left taken or pending");
+}

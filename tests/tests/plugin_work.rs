@@ -97,6 +97,36 @@ fn a_pending_retry_resumes_after_a_restart() {
 }
 
 #[test]
+fn retries_that_cannot_be_done_after_a_restart_are_dead_letters() {
+    // A retry owed to a configuration that is gone was counted a success; an unreadable one
+    // was skipped, never acknowledged, and counted as pending for ever.
+    let dir = tempfile::tempdir().unwrap();
+    let p = write_plugin(dir.path(), "deliver", DELIVER);
+    let event = "{\"uuid\":\"u1\",\"event\":\"e\",\"team_id\":1,\"properties\":{}}\n";
+    // The retry is due 2 s after the first attempt: the first run stops before that.
+    let runtime = "on_event_retry_base_ms = 2000";
+    let first = config(dir.path(), event, "path = \"state\"", runtime, &plugin_entry("d", &p, 1, "teams = [1]"));
+    let (summary, _) = run_until(&first, |l| l.entries().iter().any(|e| e.message == "deliver u1 attempt 1"));
+    assert_eq!(summary.events_out, 1);
+    {
+        // Garbage beside the real pending retry.
+        let store = state::RocksStore::open(dir.path().join("state")).unwrap();
+        state::StateStore::queue_put(&store, operators::plugin::deferred::RETRY_QUEUE, 0, b"{not json").unwrap();
+    }
+    // Second run: the configuration is gone (another plugin in its place).
+    let other = write_plugin(dir.path(), "other", "exports.processEvent = (e) => e");
+    let second = config(dir.path(), "", "path = \"state\"", runtime, &plugin_entry("o", &other, 1, ""));
+    let (summary, _, http) = run_with_http(&second, |_| false);
+    let dead = read_json_lines(&second.output.dead_letters);
+    let reasons: Vec<&str> = dead.iter().map(|d| d["reason"].as_str().unwrap()).collect();
+    assert_eq!(dead.len(), 2, "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("Unavailable: the plugin configuration is no longer configured")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("UnreadableRetry")), "{reasons:?}");
+    assert_eq!(summary.dead_lettered, 2);
+    assert!(pluginflow::http::prometheus(&http).contains("pluginflow_pending_retries 0\n"), "nothing is left pending");
+}
+
+#[test]
 fn capture_loops_stop_at_the_hop_limit() {
     let dir = tempfile::tempdir().unwrap();
     let p = write_plugin(dir.path(), "echo", "exports.processEvent = async (e) => { await posthog.capture('echo of ' + e.event, { distinct_id: 'x', depth: (e.properties.depth || 0) + 1 }); return e }");

@@ -69,19 +69,17 @@ impl<'scope> RunDeferred<'scope> for Stream<'scope, u64, Vec<(i64, u32, String)>
             let waker = activator.clone();
             work.borrow_mut().set_waker(Box::new(move || waker.activate()));
             // Retries left by an earlier run resume now, under the initial capability.
-            let mut pending: Vec<Pending> = work
-                .borrow_mut()
-                .recover(*initial.time())
-                .into_iter()
-                .map(|(due, task)| Pending { due, cap: initial.clone(), task })
-                .collect();
-            if !pending.is_empty() {
+            let (recovered, unreadable) = work.borrow_mut().recover(*initial.time());
+            let mut pending: Vec<Pending> = recovered.into_iter().map(|(due, task)| Pending { due, cap: initial.clone(), task }).collect();
+            // Unreadable ones leave as dead letters at the first activation.
+            let mut unreadable: Vec<(Capability<u64>, Exhausted)> = unreadable.into_iter().map(|e| (initial.clone(), e)).collect();
+            if !pending.is_empty() || !unreadable.is_empty() {
                 activator.activate();
             }
             drop(initial);
             let mut buffer_cap: Option<Capability<u64>> = None;
             move |(input, frontier), output| {
-                let mut gave_up: Vec<(Capability<u64>, Exhausted)> = Vec::new();
+                let mut gave_up: Vec<(Capability<u64>, Exhausted)> = std::mem::take(&mut unreadable);
                 input.for_each(|cap, data| {
                     let epoch = *cap.least().expect("a batch has a time");
                     if buffer_cap.as_ref().is_none_or(|b| *b.time() > epoch) {

@@ -393,11 +393,22 @@ impl DeferredWork {
 
     fn call(&mut self, task: &Task) -> Result<(), PluginError> {
         let mut plugins = self.plugins.borrow_mut();
+        // Work owed to a configuration that is gone or no longer loads was not done: a failure
+        // (and a dead letter), never a success.
+        let unavailable = |why: &str| PluginError {
+            kind: super::error::ErrorKind::Failed,
+            plugin: task.config_id.clone(),
+            config_id: task.config_id.clone(),
+            hook: task.hook(),
+            name: "Unavailable".into(),
+            message: why.into(),
+            stack: String::new(),
+        };
         let Some(key) = plugins.key_of(&task.config_id, task.team) else {
-            return Ok(());
+            return Err(unavailable("the plugin configuration is no longer configured"));
         };
         let Some(inst) = plugins.instance_mut(key) else {
-            return Ok(());
+            return Err(unavailable("the plugin configuration no longer loads for this team"));
         };
         let result = match &task.kind {
             TaskKind::OnEvent(e) => inst.on_event_json(e),
@@ -446,37 +457,68 @@ impl DeferredWork {
     }
 
     /// Takes every retry left in the durable queue by an earlier run, with its due time.
-    pub fn recover(&mut self, epoch: u64) -> Vec<(Instant, Task)> {
+    pub fn recover(&mut self, epoch: u64) -> (Vec<(Instant, Task)>, Vec<Exhausted>) {
         let items = match self.store.queue_take_due(RETRY_QUEUE, u64::MAX, usize::MAX) {
             Ok(items) => items,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read pending retries");
-                return Vec::new();
+                return (Vec::new(), Vec::new());
             }
         };
         let now_ms = super::log::now_ms();
         let now = Instant::now();
-        items
+        let mut unreadable = Vec::new();
+        let tasks = items
             .into_iter()
             .filter_map(|item| {
-                let v: Value = serde_json::from_slice(&item.payload).ok()?;
-                let events: Vec<String> = v["events"].as_array()?.iter().filter_map(|e| e.as_str().map(str::to_string)).collect();
-                let kind = match v["hook"].as_str()? {
-                    "onEvent" => TaskKind::OnEvent(events.into_iter().next()?),
-                    _ => TaskKind::Export(events),
-                };
-                let task = Task {
-                    config_id: v["config_id"].as_str()?.to_string(),
-                    team: v["team"].as_i64()?,
-                    kind,
-                    attempts: v["attempts"].as_u64()? as u32,
-                    epoch,
-                    queue_id: Some(item.id),
-                };
-                let due = now + Duration::from_millis(item.due_ms.saturating_sub(now_ms));
-                Some((due, task))
+                let task = self.recovered(&item, epoch);
+                if task.is_none() {
+                    // Unreadable: dead-lettered with its bytes and acknowledged, not left to
+                    // count as pending for ever.
+                    tracing::error!(id = ?item.id, "a pending retry cannot be read: dead-lettered");
+                    unreadable.push(Exhausted {
+                        error: PluginError {
+                            kind: super::error::ErrorKind::Failed,
+                            plugin: "?".into(),
+                            config_id: "?".into(),
+                            hook: Hook::OnEvent,
+                            name: "UnreadableRetry".into(),
+                            message: "a pending retry in the state store cannot be read".into(),
+                            stack: String::new(),
+                        },
+                        attempts: 0,
+                        payload: String::from_utf8_lossy(&item.payload).into_owned(),
+                        epoch,
+                    });
+                    if let Err(e) = self.store.queue_ack(RETRY_QUEUE, item.id) {
+                        tracing::error!(error = %e, "cannot acknowledge an unreadable retry");
+                    }
+                    return None;
+                }
+                task.map(|task| {
+                    let due = now + Duration::from_millis(item.due_ms.saturating_sub(now_ms));
+                    (due, task)
+                })
             })
-            .collect()
+            .collect();
+        (tasks, unreadable)
+    }
+
+    fn recovered(&self, item: &state::QueueItem, epoch: u64) -> Option<Task> {
+        let v: Value = serde_json::from_slice(&item.payload).ok()?;
+        let events: Vec<String> = v["events"].as_array()?.iter().filter_map(|e| e.as_str().map(str::to_string)).collect();
+        let kind = match v["hook"].as_str()? {
+            "onEvent" => TaskKind::OnEvent(events.into_iter().next()?),
+            _ => TaskKind::Export(events),
+        };
+        Some(Task {
+            config_id: v["config_id"].as_str()?.to_string(),
+            team: v["team"].as_i64()?,
+            kind,
+            attempts: v["attempts"].as_u64()? as u32,
+            epoch,
+            queue_id: Some(item.id),
+        })
     }
 }
 

@@ -392,23 +392,44 @@ impl WorkerPlugins {
                 tracing::error!(error = %e, "cannot acknowledge a job; it may run again after a restart");
             }
         };
+        // A job that cannot run is a dead letter (acknowledged, with its bytes), never dropped.
+        let undone = |config_id: &str, name: &str, why: &str, payload: String| {
+            tracing::error!(config = %config_id, error = %why, "a job cannot run: dead-lettered");
+            Some(super::deferred::Exhausted {
+                error: PluginError {
+                    kind: super::error::ErrorKind::Failed,
+                    plugin: config_id.to_string(),
+                    config_id: config_id.to_string(),
+                    hook: Hook::Job,
+                    name: name.to_string(),
+                    message: why.to_string(),
+                    stack: String::new(),
+                },
+                attempts: 0,
+                payload,
+                epoch: 0,
+            })
+        };
+        let raw = String::from_utf8_lossy(&item.payload).into_owned();
         let Ok(job) = serde_json::from_slice::<serde_json::Value>(&item.payload) else {
-            tracing::error!("an unreadable job was dropped from the queue");
             ack(&store);
-            return None;
+            return undone("?", "UnreadableJob", "a job in the state store cannot be read", raw);
         };
         let (Some(config_id), Some(team), Some(name)) = (job["config_id"].as_str(), job["team"].as_i64(), job["name"].as_str()) else {
             ack(&store);
-            return None;
+            return undone("?", "UnreadableJob", "a job in the state store lacks its configuration, team or name", raw);
         };
         let Some(key) = self.key_of(config_id, team) else {
-            // The configuration is gone: PostHog skipped jobs of disabled configurations too.
             ack(&store);
-            return None;
+            return undone(config_id, "Unavailable", "the plugin configuration is no longer configured", raw);
         };
         let payload = job["payload"].as_str().unwrap_or("null").to_string();
         let attempts = job["attempts"].as_u64().unwrap_or(0) as u32 + 1;
-        let inst = self.instance_mut(key)?;
+        if self.instance_mut(key).is_none() {
+            ack(&store);
+            return undone(config_id, "Unavailable", "the plugin configuration no longer loads for this team", raw);
+        }
+        let inst = self.instance_mut(key).expect("checked just above");
         let result = inst.run_job(name, &payload);
         let result = match result {
             Ok(()) => Ok(()),
