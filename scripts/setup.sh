@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# Installs the system packages the build needs (libclang-dev for RocksDB's bindings).
+# Installs the system packages the build and the tests need: libclang-dev for RocksDB's
+# bindings; a Java runtime and Maven for Apache Kafka's broker (scripts/kafka.sh).
 set -euo pipefail
-if ! dpkg -s libclang-dev >/dev/null 2>&1; then
+missing=()
+dpkg -s libclang-dev >/dev/null 2>&1 || missing+=(libclang-dev)
+command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null 2>&1 || missing+=(maven)
+if [ "${#missing[@]}" -gt 0 ]; then
     sudo_cmd=""
     [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
     $sudo_cmd apt-get update -qq
-    $sudo_cmd apt-get install -y -qq libclang-dev
+    $sudo_cmd apt-get install -y -qq "${missing[@]}"
 fi

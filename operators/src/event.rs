@@ -28,7 +28,9 @@ pub struct ValidEvent {
 pub struct DeadLetter {
     /// Where the line came from (file path or topic).
     pub source: String,
-    /// Line number (1-based) or offset in the source.
+    /// Where in the source: the byte offset of the line in a recorded log, the offset in its
+    /// partition for Kafka (the partition is not named), 0 for work done after the chain
+    /// (retries, jobs, captures after the input closed).
     pub position: u64,
     /// Why the line was rejected.
     pub reason: String,

@@ -57,6 +57,7 @@ fn fast(on_event_ms: u64, export_ms: u64) -> RetryPolicies {
     RetryPolicies {
         on_event: RetryPolicy { base: Duration::from_millis(on_event_ms), ..RetryPolicy::on_event() },
         export_events: RetryPolicy { base: Duration::from_millis(export_ms), ..RetryPolicy::export_events() },
+        ..RetryPolicies::default()
     }
 }
 
@@ -191,6 +192,25 @@ fn the_frontier_does_not_pass_an_epoch_while_its_retry_is_pending() {
     for (input_time, frontier, _) in held.borrow().iter() {
         assert_eq!(*frontier, Some(0), "input at {input_time}: the frontier passed epoch 0 with its retry pending");
     }
+}
+
+/// `retry_hold_ms`: a retry holds its epoch for the hold at most. Past it (here at once), the
+/// epoch completes while the retry still waits, and the retry is not lost: it runs to its last
+/// attempt and its dead letter still comes out (at a later time).
+#[test]
+fn a_retry_past_its_hold_lets_its_epoch_complete_and_still_gives_up_later() {
+    let policies = RetryPolicies { hold: Duration::ZERO, ..fast(20, 10) };
+    let h = harness("rec", &[("index.js", RECORDER)], json!({}), policies);
+    let frontiers = Rc::new(RefCell::new(Vec::new()));
+    let seen = frontiers.clone();
+    let gave_up = run(&h, vec![vec![event("doomed")], vec![event("ok-b")]], move |_, frontier| seen.borrow_mut().push(frontier));
+    let passed = frontiers.borrow().iter().any(|f| f.is_some_and(|t| t >= 1));
+    assert!(passed, "epoch 0 never completed while its retry waited: {:?}", frontiers.borrow());
+    let calls = attempts(&h.logs);
+    assert_eq!(calls.iter().filter(|c| c.0 == "doomed").count(), 6, "every attempt still made");
+    assert_eq!(gave_up.len(), 1, "the dead letter still comes out");
+    assert_eq!(gave_up[0].attempts, 6);
+    assert_eq!(h.store.queue_len("retries").unwrap(), 0);
 }
 
 #[test]

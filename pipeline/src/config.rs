@@ -153,6 +153,29 @@ pub struct GeoipConfig {
 pub struct HttpConfig {
     /// Loopback address and port, e.g. `127.0.0.1:9464` (port 0 picks a free one).
     pub listen: std::net::SocketAddr,
+    /// `/healthz` fails once no Kafka broker has been reachable for this long (ms).
+    #[serde(default = "default_broker_unreachable_ms")]
+    pub broker_unreachable_ms: u64,
+    /// `/healthz` fails once an input offset has waited this long for its commit (ms).
+    #[serde(default = "default_commit_stall_ms")]
+    pub commit_stall_ms: u64,
+}
+
+fn default_broker_unreachable_ms() -> u64 {
+    30_000
+}
+fn default_commit_stall_ms() -> u64 {
+    120_000
+}
+
+impl HttpConfig {
+    /// The thresholds of `/healthz`.
+    pub fn limits(&self) -> crate::kafka::health::HealthLimits {
+        crate::kafka::health::HealthLimits {
+            broker_unreachable: std::time::Duration::from_millis(self.broker_unreachable_ms),
+            commit_stall: std::time::Duration::from_millis(self.commit_stall_ms),
+        }
+    }
 }
 
 /// `[runtime]`: limits and batching.
@@ -216,6 +239,11 @@ pub struct RuntimeConfig {
     /// Wait before the first `setupPlugin` retry (then doubling: 5 retries), in milliseconds.
     #[serde(default = "default_setup_retry_base_ms")]
     pub setup_retry_base_ms: u64,
+    /// How long an `onEvent`/`exportEvents` retry holds its epoch open, in milliseconds: the
+    /// input's offsets (Kafka commit) wait that long at most; past it the retry waits in the
+    /// durable queue only, and the epoch completes. 0: retries never hold an epoch.
+    #[serde(default = "default_retry_hold_ms")]
+    pub retry_hold_ms: u64,
     /// How many `posthog.capture` generations in a row an event may be (an event captured
     /// while handling a captured event is one more); deeper ones go to the dead-letter output.
     #[serde(default = "default_max_capture_hops")]
@@ -259,6 +287,9 @@ fn default_on_event_retry_base_ms() -> u64 {
 fn default_export_retry_base_ms() -> u64 {
     6_000
 }
+fn default_retry_hold_ms() -> u64 {
+    10_000
+}
 fn default_setup_retry_base_ms() -> u64 {
     5_000
 }
@@ -290,6 +321,7 @@ impl Default for RuntimeConfig {
             on_event_retry_base_ms: default_on_event_retry_base_ms(),
             export_retry_base_ms: default_export_retry_base_ms(),
             setup_retry_base_ms: default_setup_retry_base_ms(),
+            retry_hold_ms: default_retry_hold_ms(),
             max_capture_hops: default_max_capture_hops(),
             max_event_bytes: default_max_event_bytes(),
             max_event_depth: default_max_event_depth(),
@@ -371,11 +403,6 @@ fn default_true() -> bool {
 }
 
 impl PluginEntry {
-    /// Whether this configuration runs for `team`.
-    pub fn applies_to(&self, team: i64) -> bool {
-        self.enabled && self.teams.as_ref().is_none_or(|t| t.contains(&team))
-    }
-
     /// Config values as JSON.
     pub fn config_json(&self) -> serde_json::Map<String, serde_json::Value> {
         serde_json::to_value(&self.config)
@@ -396,7 +423,14 @@ impl PipelineConfig {
     }
 
     /// Parses configuration text; `file` names it in errors, `base` anchors relative paths.
+    /// `${NAME}` and `${NAME:-default}` are replaced by environment variables first (see
+    /// [`expand_env`]).
     pub fn parse(file: &str, text: &str, base: &Path) -> Result<Self, ConfigError> {
+        let text = &expand_env(text, |name| std::env::var(name).ok()).map_err(|(line, problem)| ConfigError {
+            file: file.to_string(),
+            field: format!("(line {line})"),
+            problem,
+        })?;
         let mut config: Self = toml::from_str(text).map_err(|e| ConfigError {
             file: file.to_string(),
             field: field_of_toml_error(text, &e),
@@ -443,9 +477,14 @@ impl PipelineConfig {
             if !h.listen.ip().is_loopback() {
                 return fail("http.listen".into(), format!("{} is not a loopback address (use 127.0.0.1 or [::1])", h.listen));
             }
+            for (field, value) in [("broker_unreachable_ms", h.broker_unreachable_ms), ("commit_stall_ms", h.commit_stall_ms)] {
+                if !(100..=86_400_000).contains(&value) {
+                    return fail(format!("http.{field}"), format!("{value} is out of range (100 to 86400000)"));
+                }
+            }
         }
         let r = &self.runtime;
-        let ranges: [(&str, u64, u64, u64); 14] = [
+        let ranges: [(&str, u64, u64, u64); 15] = [
             ("call_timeout_ms", r.call_timeout_ms, 1, 3_600_000),
             ("memory_limit_mb", r.memory_limit_mb, 8, 65_536),
             ("batch_size", r.batch_size as u64, 1, 1_000_000),
@@ -460,6 +499,7 @@ impl PipelineConfig {
             ("max_log_bytes_per_call", r.max_log_bytes_per_call, 0, 1 << 30),
             ("max_host_bytes_per_call", r.max_host_bytes_per_call, 0, 1 << 34),
             ("shutdown_grace_ms", r.shutdown_grace_ms, 0, 3_600_000),
+            ("retry_hold_ms", r.retry_hold_ms, 0, 86_400_000),
         ];
         for (name, value, low, high) in ranges {
             if !(low..=high).contains(&value) {
@@ -563,11 +603,12 @@ impl PipelineConfig {
         suffix(&mut self.state.path);
     }
 
-    /// Enabled plugin entries for `team`, in chain order: `order`, then file order.
-    pub fn chain_for(&self, team: i64) -> Vec<(usize, &PluginEntry)> {
-        let mut chain: Vec<_> = self.plugins.iter().enumerate().filter(|(_, p)| p.applies_to(team)).collect();
-        chain.sort_by_key(|(i, p)| (p.order, *i));
-        chain
+    /// Indexes of the enabled plugin entries in chain order: `order`, then file order. (Which
+    /// teams each applies to is the worker's business: `teams`.)
+    pub fn chain_order(&self) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.plugins.len()).filter(|&i| self.plugins[i].enabled).collect();
+        order.sort_by_key(|&i| (self.plugins[i].order, i));
+        order
     }
 }
 
@@ -592,6 +633,56 @@ fn field_of_toml_error(text: &str, e: &toml::de::Error) -> String {
     }
 }
 
+/// Replaces `${NAME}` with the value of `lookup(NAME)` and `${NAME:-default}` with it or, when
+/// unset or empty, `default`; `$${` stands for a literal `${`. Lines whose first non-blank
+/// character is `#` (comments) are left alone. The substitution is textual, before TOML is
+/// parsed: a value lands where the reference stood (inside quotes for a string). An unset
+/// variable without a default, a name that is not `[A-Za-z_][A-Za-z0-9_]*` or an unclosed `${`
+/// is an error `(line, problem)`: a typo must not become an empty broker list.
+pub fn expand_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, (usize, String)> {
+    let mut out = String::with_capacity(text.len());
+    for (n, line) in text.split_inclusive('\n').enumerate() {
+        if line.trim_start().starts_with('#') || !line.contains('$') {
+            out.push_str(line);
+            continue;
+        }
+        let mut rest = line;
+        while let Some(at) = rest.find('$') {
+            out.push_str(&rest[..at]);
+            let tail = &rest[at..];
+            if let Some(after) = tail.strip_prefix("$${") {
+                out.push_str("${");
+                rest = after;
+            } else if let Some(after) = tail.strip_prefix("${") {
+                let end = after.find('}').ok_or_else(|| (n + 1, "`${` without a closing `}`".to_string()))?;
+                let inner = &after[..end];
+                let (name, default) = match inner.split_once(":-") {
+                    Some((name, default)) => (name, Some(default)),
+                    None => (inner, None),
+                };
+                let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if !valid {
+                    return Err((n + 1, format!("`${{{inner}}}`: not an environment variable name")));
+                }
+                match (lookup(name).filter(|v| !v.is_empty() || default.is_none()), default) {
+                    (Some(value), _) => out.push_str(&value),
+                    (None, Some(default)) => out.push_str(default),
+                    (None, None) => {
+                        return Err((n + 1, format!("environment variable {name} is not set (write ${{{name}:-default}} for a default)")));
+                    }
+                }
+                rest = &after[end + 1..];
+            } else {
+                out.push('$');
+                rest = &tail[1..];
+            }
+        }
+        out.push_str(rest);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -605,6 +696,32 @@ mod tests {
 
     fn parse(dir: &Path, text: &str) -> Result<PipelineConfig, ConfigError> {
         PipelineConfig::parse("pf.toml", text, dir)
+    }
+
+    #[test]
+    fn environment_references_are_expanded_and_an_unset_one_is_an_error() {
+        let env = |name: &str| match name {
+            "KAFKA_BROKERS" => Some("k1:9092,k2:9092".to_string()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        };
+        let text = "# ${NOT_EXPANDED} in a comment\nbrokers = \"${KAFKA_BROKERS}\"\ngroup = \"${GROUP:-pf}-${EMPTY:-x}\"\nlit = \"$${HOME} costs $5\"\n";
+        assert_eq!(
+            expand_env(text, env).unwrap(),
+            "# ${NOT_EXPANDED} in a comment\nbrokers = \"k1:9092,k2:9092\"\ngroup = \"pf-x\"\nlit = \"${HOME} costs $5\"\n"
+        );
+        // A set-but-empty variable without a default is its (empty) value, as in a shell.
+        assert_eq!(expand_env("a = \"${EMPTY}\"", env).unwrap(), "a = \"\"");
+        let unset = expand_env("x = 1\nbrokers = \"${KAFKA_BROKRES}\"\n", env).unwrap_err();
+        assert_eq!(unset.0, 2);
+        assert!(unset.1.contains("KAFKA_BROKRES is not set"), "{}", unset.1);
+        assert!(expand_env("a = \"${A-B}\"", env).unwrap_err().1.contains("not an environment variable name"));
+        assert!(expand_env("a = \"${OPEN\"", env).unwrap_err().1.contains("without a closing"));
+
+        // Through the whole parse: the error names the file and line.
+        let dir = setup();
+        let err = parse(dir.path(), "[input]\npath = \"${PLUGINFLOW_TEST_SURELY_UNSET_VAR}\"\n").unwrap_err().to_string();
+        assert!(err.contains("pf.toml") && err.contains("line 2") && err.contains("PLUGINFLOW_TEST_SURELY_UNSET_VAR"), "{err}");
     }
 
     #[test]
@@ -625,9 +742,13 @@ mod tests {
             "[input]\npath = \"events.jsonl\"\n[[plugins]]\nid = \"a\"\npath = \"p\"\norder = 2\n[[plugins]]\nid = \"b\"\npath = \"p\"\norder = 1\nteams = [7]\n[[plugins]]\nid = \"c\"\npath = \"p\"\norder = 2\n[[plugins]]\nid = \"d\"\npath = \"p\"\nenabled = false\n",
         )
         .unwrap();
-        let ids = |team| c.chain_for(team).iter().map(|(_, p)| p.id.clone()).collect::<Vec<_>>();
-        assert_eq!(ids(7), vec!["b", "a", "c"]);
-        assert_eq!(ids(8), vec!["a", "c"]);
+        let ids: Vec<&str> = c.chain_order().into_iter().map(|i| c.plugins[i].id.as_str()).collect();
+        assert_eq!(ids, ["b", "a", "c"], "order first, then file order; disabled d left out");
+        std::fs::write(dir.path().join("p/plugin.json"), r#"{"name": "p"}"#).unwrap();
+        std::fs::write(dir.path().join("p/index.js"), "exports.processEvent = (e) => e").unwrap();
+        let specs = crate::run::load_specs(&c).unwrap();
+        assert_eq!(specs.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(), ids, "the run loads the chain in that order");
+        assert_eq!(specs[0].teams, Some(vec![7]));
     }
 
     #[test]

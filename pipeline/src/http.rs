@@ -7,10 +7,11 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use crate::kafka::health::{HealthLimits, KafkaHealth};
 use crate::stats::Stats;
 pub use operators::plugin::timing::{Histogram, LATENCY_BUCKETS_US};
 
@@ -36,6 +37,28 @@ pub struct HttpState {
     pub latency: Mutex<BTreeMap<(String, String, usize), Histogram>>,
     /// Pending retries, as counted by the durable queue.
     pub pending_retries: Mutex<Option<Box<dyn Fn() -> u64 + Send>>>,
+    /// What the Kafka workers report (lag, commits, brokers).
+    pub kafka: Arc<KafkaHealth>,
+    /// When `/healthz` fails.
+    pub limits: HealthLimits,
+}
+
+/// Why the process is unhealthy at `now`, one line each (empty: healthy): a Kafka broker
+/// unreachable or commits stalled past the limits, or a plugin configuration that failed to
+/// load for some team.
+pub fn health_problems(state: &HttpState, now: Instant) -> Vec<String> {
+    let mut problems = state.kafka.problems(&state.limits, now);
+    let mut failed: Vec<String> = state
+        .plugins
+        .lock()
+        .expect("http state lock")
+        .iter()
+        .filter(|(_, s)| !s.loaded)
+        .map(|((config, team, _), s)| format!("plugin configuration {config} ({}) failed to load for team {team}", s.plugin))
+        .collect();
+    failed.dedup();
+    problems.extend(failed);
+    problems
 }
 
 /// A running endpoint; dropping it stops the thread.
@@ -96,7 +119,10 @@ fn serve(stream: TcpStream, state: &HttpState) -> std::io::Result<()> {
     reader.read_line(&mut request_line)?;
     let path = request_line.split_whitespace().nth(1).unwrap_or("/").to_string();
     let (status, content_type, body) = match path.as_str() {
-        "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
+        "/healthz" => match health_problems(state, Instant::now()) {
+            problems if problems.is_empty() => ("200 OK", "text/plain", "ok\n".to_string()),
+            problems => ("503 Service Unavailable", "text/plain", problems.join("\n") + "\n"),
+        },
         "/metrics" => ("200 OK", "text/plain; version=0.0.4", prometheus(state)),
         "/plugins" => ("200 OK", "application/json", plugins_json(state)),
         _ => ("404 Not Found", "text/plain", "not found: try /healthz, /metrics or /plugins\n".to_string()),
@@ -140,6 +166,7 @@ pub fn prometheus(state: &HttpState) -> String {
     }
     let pending = state.pending_retries.lock().expect("http state lock").as_ref().map_or(0, |f| f());
     out.push_str(&format!("# HELP pluginflow_pending_retries Retries waiting in the durable queue.\n# TYPE pluginflow_pending_retries gauge\npluginflow_pending_retries {pending}\n"));
+    kafka_metrics(&mut out, &state.kafka, Instant::now());
     let mut merged: BTreeMap<(String, String), Histogram> = BTreeMap::new();
     for ((config, hook, _), h) in state.latency.lock().expect("http state lock").iter() {
         merged.entry((config.clone(), hook.clone())).or_default().merge(h);
@@ -157,6 +184,43 @@ pub fn prometheus(state: &HttpState) -> String {
         out.push_str(&format!("pluginflow_plugin_call_seconds_count{{{labels}}} {}\n", h.count));
     }
     out
+}
+
+/// Consumer lag per partition, seconds since the last commit and since the brokers became
+/// unreachable, per Kafka worker (nothing without Kafka workers).
+fn kafka_metrics(out: &mut String, kafka: &KafkaHealth, now: Instant) {
+    let workers = kafka.snapshot();
+    if workers.is_empty() {
+        return;
+    }
+    out.push_str("# HELP pluginflow_kafka_consumer_lag Messages left to read on each assigned input partition: read position to last stable offset (librdkafka statistics, every second).\n# TYPE pluginflow_kafka_consumer_lag gauge\n");
+    for (worker, w) in &workers {
+        for (partition, lag) in &w.lag {
+            out.push_str(&format!("pluginflow_kafka_consumer_lag{{worker=\"{worker}\",partition=\"{partition}\"}} {lag}\n"));
+        }
+    }
+    out.push_str("# HELP pluginflow_kafka_commit_age_seconds Seconds since the worker's last successful commit (offsets or transaction).\n# TYPE pluginflow_kafka_commit_age_seconds gauge\n");
+    for (worker, w) in &workers {
+        if let Some(at) = w.last_commit {
+            out.push_str(&format!("pluginflow_kafka_commit_age_seconds{{worker=\"{worker}\"}} {:.3}\n", now.saturating_duration_since(at).as_secs_f64()));
+        }
+    }
+    out.push_str("# HELP pluginflow_kafka_uncommitted_seconds Seconds the oldest offset read has waited for a commit (0: nothing waits).\n# TYPE pluginflow_kafka_uncommitted_seconds gauge\n");
+    for (worker, w) in &workers {
+        let waiting = w.uncommitted_since.map_or(0.0, |t| now.saturating_duration_since(t).as_secs_f64());
+        out.push_str(&format!("pluginflow_kafka_uncommitted_seconds{{worker=\"{worker}\"}} {waiting:.3}\n"));
+    }
+    out.push_str("# HELP pluginflow_kafka_statistics_age_seconds Seconds since the worker's Kafka client last reported statistics (every second while the worker polls; more: blocked).\n# TYPE pluginflow_kafka_statistics_age_seconds gauge\n");
+    for (worker, w) in &workers {
+        if let Some(at) = w.last_report {
+            out.push_str(&format!("pluginflow_kafka_statistics_age_seconds{{worker=\"{worker}\"}} {:.3}\n", now.saturating_duration_since(at).as_secs_f64()));
+        }
+    }
+    out.push_str("# HELP pluginflow_kafka_brokers_unreachable_seconds Seconds since no broker has been up for the worker's consumer (0: one is).\n# TYPE pluginflow_kafka_brokers_unreachable_seconds gauge\n");
+    for (worker, w) in &workers {
+        let away = w.unreachable_since.map_or(0.0, |t| now.saturating_duration_since(t).as_secs_f64());
+        out.push_str(&format!("pluginflow_kafka_brokers_unreachable_seconds{{worker=\"{worker}\"}} {away:.3}\n"));
+    }
 }
 
 /// The `/plugins` JSON: each configuration and team, whether it loaded, whether (and why) it
@@ -232,6 +296,35 @@ mod tests {
         assert_eq!(v[0]["disabled"], "worker 0: setup failed");
         assert_eq!(v[0]["app_metrics"]["onEvent"]["succeeded_on_retry"], 3);
         assert_eq!(get(server.addr(), "/nope").0, "HTTP/1.1 404 Not Found");
+    }
+
+    #[test]
+    fn healthz_fails_for_a_configuration_that_did_not_load_and_for_kafka_trouble() {
+        let state = Arc::new(HttpState::default());
+        for worker in 0..2 {
+            state.plugins.lock().unwrap().insert(("c7".into(), 3, worker), PluginStatus { plugin: "Q".into(), loaded: false, disabled: None });
+        }
+        let t0 = Instant::now();
+        state.kafka.statistics(0, true, BTreeMap::from([(2, 17), (5, 0)]), t0);
+        state.kafka.committed(0, true, t0);
+        state.kafka.statistics(1, false, BTreeMap::new(), t0 - Duration::from_secs(31));
+        state.kafka.statistics(1, false, BTreeMap::new(), t0);
+        let server = HttpServer::start("127.0.0.1:0".parse().unwrap(), state.clone()).unwrap();
+        let (status, body) = get(server.addr(), "/healthz");
+        assert_eq!(status, "HTTP/1.1 503 Service Unavailable");
+        assert_eq!(body.lines().count(), 2, "one line per problem, not per worker: {body}");
+        assert!(body.contains("worker 1: no Kafka broker reachable for 31 s"), "{body}");
+        assert!(body.contains("plugin configuration c7 (Q) failed to load for team 3"), "{body}");
+        let (_, metrics) = get(server.addr(), "/metrics");
+        assert!(metrics.contains("pluginflow_kafka_consumer_lag{worker=\"0\",partition=\"2\"} 17\n"), "{metrics}");
+        assert!(metrics.contains("pluginflow_kafka_consumer_lag{worker=\"0\",partition=\"5\"} 0\n"), "{metrics}");
+        assert!(metrics.contains("pluginflow_kafka_commit_age_seconds{worker=\"0\"} "), "{metrics}");
+        assert!(!metrics.contains("pluginflow_kafka_commit_age_seconds{worker=\"1\"}"), "worker 1 never committed: {metrics}");
+        assert!(metrics.contains("pluginflow_kafka_brokers_unreachable_seconds{worker=\"1\"} 31."), "{metrics}");
+
+        state.plugins.lock().unwrap().clear();
+        state.kafka.statistics(1, true, BTreeMap::new(), Instant::now());
+        assert_eq!(get(server.addr(), "/healthz"), ("HTTP/1.1 200 OK".into(), "ok\n".into()));
     }
 
     #[test]

@@ -158,10 +158,17 @@ pub struct WorkerIo {
     pub dead_letters: SharedSink,
 }
 
-/// Opens worker `index`'s input and outputs as the configuration says.
-pub fn open_worker_io(config: &PipelineConfig, files: &SharedFiles, index: usize, peers: usize) -> anyhow::Result<WorkerIo> {
+/// Opens worker `index`'s input and outputs as the configuration says; a Kafka worker reports
+/// its consumer's state to `health`.
+pub fn open_worker_io(
+    config: &PipelineConfig,
+    files: &SharedFiles,
+    index: usize,
+    peers: usize,
+    health: &std::sync::Arc<crate::kafka::health::KafkaHealth>,
+) -> anyhow::Result<WorkerIo> {
     if let (InputKind::Kafka, Some(kafka)) = (config.input.kind, &config.kafka) {
-        return crate::kafka::open_worker_io(kafka, index);
+        return crate::kafka::open_worker_io(kafka, index, health.clone());
     }
     let sink = |w: &SharedWriter| -> SharedSink { Rc::new(RefCell::new(Box::new(FileSink(w.clone())))) };
     Ok(WorkerIo {

@@ -1,20 +1,22 @@
-//! `pluginflow run`: the main job over a recorded event log.
+//! `pluginflow run`: the main job, over a recorded event log or a Kafka topic.
 //!
 //! ```text
-//!  recorded log (byte range per worker)
-//!      │  epoch = batch number; the worker loop holds the input capability
+//!  recorded log (byte range per worker) or Kafka consumer (partitions per worker)
+//!      │  epoch = one poll; the worker loop holds the input capability
 //!      ▼
 //!  parse + validate ──────────────────────────► dead letters (raw line + reason)
-//!      │ ValidEvent
+//!      │ ValidEvent (events captured by plugins come back here, hop count beside them)
 //!      ▼
 //!  processEvent chain of the event's team (plugin host, per worker)
 //!      │ final events (dropped ones counted)
+//!      ├──► events output (JSON lines or Kafka) ──► probe ◄── dead letters output
 //!      ▼
-//!  events output (JSON lines) ──► probe ◄── dead letters output
+//!  onEvent / exportEvents (dataflow::deferred: retries hold their epoch, for a while)
 //! ```
 //!
 //! The source reads `batch_size` lines per epoch and never runs more than `max_epochs_ahead`
-//! epochs ahead of the probe. `onEvent` and `exportEvents` attach after the chain (next issue).
+//! epochs ahead of the probe; a Kafka source commits an epoch's offsets once the probe has
+//! passed it (kafka/source.rs).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -70,10 +72,8 @@ pub struct Shared {
 
 /// Loads and compiles every enabled plugin; a plugin that cannot load stops the start.
 pub fn load_specs(config: &PipelineConfig) -> anyhow::Result<Vec<PluginSpec>> {
-    let mut order: Vec<usize> = (0..config.plugins.len()).filter(|&i| config.plugins[i].enabled).collect();
-    order.sort_by_key(|&i| (config.plugins[i].order, i));
     let mut specs = Vec::new();
-    for i in order {
+    for i in config.chain_order() {
         let entry = &config.plugins[i];
         let def = PluginDefinition::load(&entry.path).map_err(|e| anyhow::anyhow!("plugins[{i}] ({}): {e}", entry.id))?;
         specs.push(PluginSpec {
@@ -138,7 +138,8 @@ pub fn prepare_with_store(config: PipelineConfig, logs: Arc<dyn LogSink>, stop: 
     let services = HostServices::new(store, geoip, logs, Duration::from_millis(config.runtime.fetch_timeout_ms));
     check_loads(&config, &specs, &services)?;
     let stats = Arc::new(Stats::default());
-    let http = Arc::new(crate::http::HttpState { stats: stats.clone(), ..Default::default() });
+    let limits = config.http.as_ref().map(crate::config::HttpConfig::limits).unwrap_or_default();
+    let http = Arc::new(crate::http::HttpState { stats: stats.clone(), limits, ..Default::default() });
     let queue_store = services.store.clone();
     *http.pending_retries.lock().expect("http state lock") =
         Some(Box::new(move || queue_store.queue_len(operators::plugin::deferred::RETRY_QUEUE).unwrap_or(0)));
@@ -217,7 +218,7 @@ fn run_worker(
             }),
     ));
     plugins.borrow_mut().preload();
-    let io = open_worker_io(&shared.config, &shared.files, index, peers)?;
+    let io = open_worker_io(&shared.config, &shared.files, index, peers, &shared.http.kafka)?;
     let mut source = io.source;
     if let Some(size) = source.size_hint() {
         shared.stats.set_input_bytes(size);
@@ -483,6 +484,7 @@ fn retry_policies(config: &PipelineConfig) -> RetryPolicies {
     RetryPolicies {
         on_event: RetryPolicy { base: Duration::from_millis(r.on_event_retry_base_ms), ..RetryPolicy::on_event() },
         export_events: RetryPolicy { base: Duration::from_millis(r.export_retry_base_ms), ..RetryPolicy::export_events() },
+        hold: Duration::from_millis(r.retry_hold_ms),
     }
 }
 

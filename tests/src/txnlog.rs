@@ -1,11 +1,11 @@
 //! An independent `read_committed` reader for tests: reads a topic's raw log over the Kafka
 //! protocol and decides itself which records a `read_committed` consumer may see.
 //!
-//! Why: tansu 0.6 writes transaction markers (COMMIT/ABORT control batches) into the log, and
-//! its last stable offset stops at an open transaction, but its Fetch responses list no aborted
-//! transactions, so librdkafka's `read_committed` consumer hands out aborted records as if they
-//! were committed. librdkafka's MockCluster lists none either. So this module fetches everything
-//! (`read_uncommitted`) and applies Kafka's rule itself, from the markers in the log:
+//! Why: librdkafka's `read_committed` consumer trusts the broker's list of aborted transactions
+//! in each Fetch response; a broker (or mock) that lists none, or lists them wrongly, makes
+//! aborted records look committed. The crash tests count exactly-once output with both readers
+//! and require them to agree. This module fetches everything (`read_uncommitted`) and applies
+//! Kafka's rule itself, from the COMMIT/ABORT markers in the log:
 //!
 //! - a record of a non-transactional batch is visible at once;
 //! - a record of a transactional batch of producer id P waits for P's next control record on
@@ -60,8 +60,8 @@ pub struct TxnLog {
     pub past_open: usize,
     /// COMMIT and ABORT markers seen.
     pub markers: usize,
-    /// Aborted transactions the broker listed in its Fetch responses (Kafka's own filtering
-    /// input; tansu 0.6 lists none).
+    /// Aborted transactions the broker listed in its Fetch responses (Kafka lists them only to
+    /// `read_committed` fetches, so this reader normally sees none).
     pub broker_aborted_txns: usize,
 }
 
@@ -80,8 +80,7 @@ pub fn read_committed(bootstrap: &str, topic: &str) -> TxnLog {
 /// Whether some partition of `topic` (with `partitions` partitions) holds records of a
 /// transaction that has not ended: its last stable offset is below its high watermark. Cheap (two
 /// ListOffsets per partition); a test uses it to time a crash inside a transaction. Relies on the
-/// broker's last stable offset, which tansu 0.6 does track (it is only the aborted-transaction
-/// list that it leaves empty).
+/// broker's last stable offset.
 pub fn transaction_in_flight(bootstrap: &str, topic: &str, partitions: i32) -> bool {
     let mut conn = Connection::open(bootstrap);
     (0..partitions).any(|p| conn.latest_offset(topic, p, true) < conn.latest_offset(topic, p, false))

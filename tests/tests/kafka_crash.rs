@@ -1,8 +1,9 @@
 //! Crash test: `kill -9` the pipeline several times during a run of 100k events, restart it each
 //! time, then read the output topic. At-least-once: every input uuid is there. Exactly-once:
-//! every uuid exactly once among the records a `read_committed` reader may see, as decided by
-//! the test verifier [`txnlog`] from the transaction markers in the log (tansu does not filter
-//! aborted transactions itself). Counts are printed.
+//! every uuid exactly once among the records a `read_committed` reader may see, counted twice by
+//! independent readers that must agree record for record: librdkafka's own `read_committed`
+//! consumer (Apache Kafka filters aborted transactions), and the test verifier [`txnlog`], which
+//! decides from the transaction markers in the raw log. Counts are printed.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -91,8 +92,10 @@ fn run_with_kills(dir: &Path, broker: &Broker, topics: &Topics, delivery: &str) 
 enum Reader {
     /// librdkafka, `read_uncommitted`: everything written.
     Uncommitted,
-    /// The test verifier: `read_committed` applied from the log's markers.
+    /// librdkafka, `read_committed`: the broker filters aborted transactions.
     Committed,
+    /// The test verifier: `read_committed` applied from the log's markers.
+    Verifier,
 }
 
 /// The output as one reader counted it.
@@ -104,10 +107,14 @@ struct Counts {
     aborted: usize,
     /// Records of transactions that never ended (verifier only).
     open: usize,
+    /// The visible values, sorted (to compare readers).
+    values: Vec<String>,
+    /// Kills that landed.
+    kills: usize,
 }
 
-/// Runs the crash test and counts the output as `reader` sees it.
-fn crash_test(delivery: &str, reader: Reader) -> Counts {
+/// Runs the crash test and counts the output as each of `readers` sees it.
+fn crash_test(delivery: &str, readers: &[Reader]) -> Vec<Counts> {
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("events.jsonl");
@@ -120,47 +127,60 @@ fn crash_test(delivery: &str, reader: Reader) -> Counts {
     produce_lines(&broker.bootstrap(), &topics.input, PARTITIONS, &input);
     let kills = run_with_kills(dir.path(), &broker, &topics, delivery);
 
-    let (values, aborted, open, detail) = match reader {
-        Reader::Uncommitted => {
-            let out = consume_all(&broker.bootstrap(), &topics.output, Isolation::ReadUncommitted);
-            (out.into_iter().map(|r| r.value).collect::<Vec<_>>(), 0, 0, String::new())
+    let mut all = Vec::new();
+    for &reader in readers {
+        let (mut values, aborted, open, detail) = match reader {
+            Reader::Uncommitted | Reader::Committed => {
+                let isolation = if reader == Reader::Committed { Isolation::ReadCommitted } else { Isolation::ReadUncommitted };
+                let out = consume_all(&broker.bootstrap(), &topics.output, isolation);
+                (out.into_iter().map(|r| r.value).collect::<Vec<_>>(), 0, 0, String::new())
+            }
+            Reader::Verifier => {
+                let log = txnlog::read_committed(&broker.bootstrap(), &topics.output);
+                let detail = format!(" ({} aborted, {} open, {} markers)", log.aborted, log.open, log.markers);
+                (log.visible.iter().map(|r| r.value_text()).collect(), log.aborted, log.open, detail)
+            }
+        };
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for u in uuids(values.iter().map(String::as_str)) {
+            *seen.entry(u).or_default() += 1;
         }
-        Reader::Committed => {
-            let log = txnlog::read_committed(&broker.bootstrap(), &topics.output);
-            let detail = format!(" ({} aborted, {} open, {} markers)", log.aborted, log.open, log.markers);
-            (log.visible.iter().map(|r| r.value_text()).collect(), log.aborted, log.open, detail)
-        }
-    };
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    for u in uuids(values.iter().map(String::as_str)) {
-        *seen.entry(u).or_default() += 1;
+        let missing = want.iter().filter(|u| !seen.contains_key(*u)).count();
+        let repeats: usize = seen.values().map(|n| n - 1).sum();
+        println!(
+            "crash test ({delivery}, {reader:?}): {EVENTS} in, {} visible{detail}, {} distinct, {missing} missing, {repeats} repeats; \
+             {} kills, at outputs {}; {:.1} s",
+            values.len(),
+            seen.len(),
+            kills.len(),
+            kills.iter().map(|k| format!("{}{}", k.outputs, if k.in_txn { " in a transaction" } else { "" })).collect::<Vec<_>>().join(", "),
+            started.elapsed().as_secs_f64()
+        );
+        values.sort();
+        all.push(Counts { missing, repeats, distinct: seen.len(), aborted, open, values, kills: kills.len() });
     }
-    let missing = want.iter().filter(|u| !seen.contains_key(*u)).count();
-    let repeats: usize = seen.values().map(|n| n - 1).sum();
-    println!(
-        "crash test ({delivery}, {reader:?}): {EVENTS} in, {} visible{detail}, {} distinct, {missing} missing, {repeats} repeats; \
-         killed at outputs {}; {:.1} s",
-        values.len(),
-        seen.len(),
-        kills.iter().map(|k| format!("{}{}", k.outputs, if k.in_txn { " in a transaction" } else { "" })).collect::<Vec<_>>().join(", "),
-        started.elapsed().as_secs_f64()
-    );
-    Counts { missing, repeats, distinct: seen.len(), aborted, open }
+    all
 }
 
 #[test]
 fn at_least_once_survives_kill_9() {
-    let c = crash_test("at-least-once", Reader::Uncommitted);
+    let c = crash_test("at-least-once", &[Reader::Uncommitted]).remove(0);
+    assert!(c.kills > 0, "no kill landed before the input was read: the test proved nothing");
     assert_eq!(c.missing, 0, "at-least-once lost events");
     assert_eq!(c.distinct, EVENTS);
 }
 
 /// The kills land inside transactions; the restarted workers fence their predecessors (same
-/// transactional ids), which aborts what those left open. Counted with the test verifier,
-/// because tansu hands aborted records to librdkafka's read_committed consumer.
+/// transactional ids), which aborts what those left open. Counted by librdkafka's
+/// `read_committed` consumer and by the test verifier; both must see the same records.
 #[test]
 fn exactly_once_survives_kill_9_without_duplicates() {
-    let c = crash_test("exactly-once", Reader::Committed);
+    let mut counts = crash_test("exactly-once", &[Reader::Committed, Reader::Verifier]);
+    let c = counts.pop().unwrap();
+    let librdkafka = counts.pop().unwrap();
+    assert!(c.kills > 0, "no kill landed before the input was read: the test proved nothing");
+    assert!(librdkafka.values == c.values, "librdkafka's read_committed and the verifier disagree");
+    assert_eq!((librdkafka.missing, librdkafka.repeats), (0, 0), "librdkafka's read_committed saw losses or duplicates");
     assert_eq!(c.missing, 0, "exactly-once lost events");
     assert_eq!(c.repeats, 0, "read_committed (by the log's markers) saw duplicates");
     assert_eq!(c.distinct, EVENTS);

@@ -1,57 +1,64 @@
-//! Two pipeline processes in one consumer group split the input's partitions and together write
+//! Pipeline processes in one consumer group split the input's partitions and together write
 //! every event: once in exactly-once mode (read_committed), at least once otherwise, with repeats
-//! only around rebalances (counted and printed). The second process joins while the first is
-//! mid-run, so every run goes through a rebalance under load. A pacing plugin (half a
-//! millisecond per event) keeps the first process busy long enough for that: unpaced, it read
-//! all 20,000 events before tansu had assigned the second one anything. Exactly-once output is
-//! counted by the test's own read_committed reader (`txnlog`), as tansu does not filter aborted
-//! transactions.
+//! only around rebalances (counted and printed). Under load, the group goes through three
+//! rebalances: a second process joins the first mid-run, a third joins the two, and the third
+//! leaves again (SIGTERM) while the others go on. A pacing plugin (half a millisecond per event)
+//! keeps the processes busy long enough for that. Exactly-once output is counted by librdkafka's
+//! `read_committed` consumer and by the test's own verifier (`txnlog`), which must agree.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use pluginflow_tests::broker::{Broker, Isolation, Topics, consume_all, kafka_config, produce_lines, spawn_pipeline, uuids, wait_exit};
-use pluginflow_tests::{gen_events, plugin_entry, txnlog};
+use pluginflow_tests::broker::{Broker, Isolation, Topics, consume_all, events_in, kafka_config, pacing_plugin, produce_lines, spawn_pipeline, uuids, wait_exit};
+use pluginflow_tests::{gen_events, txnlog};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
-const EVENTS: usize = 20_000;
+const EVENTS: usize = 30_000;
 const PARTITIONS: i32 = 6;
+
+/// Messages on `topic` so far (committed or not, markers included).
+fn written(bootstrap: &str, topic: &str) -> i64 {
+    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
+    (0..3).map(|p| c.fetch_watermarks(topic, p, Duration::from_secs(5)).map(|(_, hi)| hi).unwrap_or(0)).sum::<i64>()
+}
 
 /// Waits until `topic` holds at least `n` messages (committed or not).
 fn wait_for_output(bootstrap: &str, topic: &str, n: i64) {
-    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while (0..3).map(|p| c.fetch_watermarks(topic, p, Duration::from_secs(5)).map(|(_, hi)| hi).unwrap_or(0)).sum::<i64>() < n {
-        assert!(Instant::now() < deadline, "the first process wrote nothing");
+    while written(bootstrap, topic) < n {
+        assert!(Instant::now() < deadline, "the output did not reach {n} messages");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
-/// A plugin that spends about half a millisecond per event (busy: plugins have no timers).
-fn pacing_plugin(dir: &Path) -> String {
-    let pace = dir.join("pace");
-    std::fs::create_dir_all(&pace).unwrap();
-    std::fs::write(pace.join("plugin.json"), r#"{"name": "pace", "config": []}"#).unwrap();
-    std::fs::write(
-        pace.join("index.js"),
-        "function processEvent(event) { const until = Date.now() + 0.5; while (Date.now() < until) {} return event }
-module.exports = { processEvent }
-",
-    )
-    .unwrap();
-    plugin_entry("pace", &pace, 1, "")
+/// Waits until the process logging to `log` has been assigned partitions.
+fn wait_for_assignment(log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.lines().any(|l| l.contains("event=Assigned([") && !l.contains("Assigned([])")) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "no partitions assigned to the joining process:\n{text}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
-/// `events in:` from a run's summary.
-fn events_in(log: &Path) -> u64 {
-    let text = std::fs::read_to_string(log).unwrap();
-    let line = text.lines().rev().find(|l| l.trim_start().starts_with("events in:")).unwrap_or_else(|| panic!("no summary in {text}"));
-    line.split(':').nth(1).unwrap().trim().parse().unwrap()
+/// One pipeline process of the group.
+fn start_process(dir: &Path, p: usize, broker: &Broker, topics: &Topics, group: &str, delivery: &str, plugins: &str) -> (std::process::Child, std::path::PathBuf) {
+    let sub = dir.join(format!("p{p}"));
+    std::fs::create_dir_all(&sub).unwrap();
+    // Independent processes need their own transactional ids.
+    let extra = format!("stop_after_idle_ms = 5000\ndelivery = {delivery:?}\ntransactional_id_prefix = \"{group}-p{p}\"");
+    let config = kafka_config(&sub, &broker.bootstrap(), group, topics, &extra, plugins);
+    let log = sub.join("pluginflow.log");
+    (spawn_pipeline(&config, 1, &log), log)
 }
 
-fn two_processes(delivery: &str, isolation: Isolation) -> (usize, usize, [u64; 2]) {
+/// Runs the group (see the module doc); returns (missing, repeats, events read by each process).
+fn group_run(delivery: &str) -> (usize, usize, [u64; 3]) {
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("events.jsonl");
@@ -60,57 +67,72 @@ fn two_processes(delivery: &str, isolation: Isolation) -> (usize, usize, [u64; 2
     let topics = Topics::named(&format!("group-{delivery}"));
     topics.create(&broker.bootstrap(), PARTITIONS);
     produce_lines(&broker.bootstrap(), &topics.input, PARTITIONS, &input);
-
+    let bs = broker.bootstrap();
     let group = format!("group-{delivery}");
-    let mut runs = Vec::new();
-    for p in 0..2 {
-        if p == 1 {
-            // The second process joins while the first is mid-run: a rebalance under load.
-            wait_for_output(&broker.bootstrap(), &topics.output, 2000);
-        }
-        let sub = dir.path().join(format!("p{p}"));
-        std::fs::create_dir_all(&sub).unwrap();
-        // Independent processes need their own transactional ids.
-        let extra = format!("stop_after_idle_ms = 5000\ndelivery = {delivery:?}\ntransactional_id_prefix = \"{group}-p{p}\"");
-        let config = kafka_config(&sub, &broker.bootstrap(), &group, &topics, &extra, &pacing_plugin(dir.path()));
-        let log = sub.join("pluginflow.log");
-        runs.push((spawn_pipeline(&config, 1, &log), log));
-    }
+    let plugins = pacing_plugin(dir.path());
+
+    let first = start_process(dir.path(), 0, &broker, &topics, &group, delivery, &plugins);
+    // The second joins while the first is mid-run: a rebalance under load.
+    wait_for_output(&bs, &topics.output, EVENTS as i64 / 10);
+    let second = start_process(dir.path(), 1, &broker, &topics, &group, delivery, &plugins);
+    wait_for_assignment(&second.1);
+    // The third joins the two, works a while, and leaves.
+    let mut third = start_process(dir.path(), 2, &broker, &topics, &group, delivery, &plugins);
+    wait_for_assignment(&third.1);
+    let joined_at = written(&bs, &topics.output);
+    wait_for_output(&bs, &topics.output, joined_at + EVENTS as i64 / 10);
+    let left_at = written(&bs, &topics.output);
+    assert!(left_at < EVENTS as i64, "the third process left after the input was done: nothing was tested");
+    let term = std::process::Command::new("kill").args(["-TERM", &third.0.id().to_string()]).status().unwrap();
+    assert!(term.success());
+    let status = wait_exit(&mut third.0, Duration::from_secs(60), &third.1);
+    assert!(status.success(), "the leaving process failed: {}", std::fs::read_to_string(&third.1).unwrap());
+
+    let mut runs = vec![first, second];
     for (child, log) in &mut runs {
-        let status = wait_exit(child, Duration::from_secs(120), log);
+        let status = wait_exit(child, Duration::from_secs(180), log);
         assert!(status.success(), "a process failed: {}", std::fs::read_to_string(&*log).unwrap());
     }
-    let read = [events_in(&runs[0].1), events_in(&runs[1].1)];
+    let read = [events_in(&runs[0].1), events_in(&runs[1].1), events_in(&third.1)];
 
-    let values: Vec<String> = match isolation {
-        Isolation::ReadCommitted => txnlog::read_committed(&broker.bootstrap(), &topics.output).visible.iter().map(|r| r.value_text()).collect(),
-        _ => consume_all(&broker.bootstrap(), &topics.output, isolation).into_iter().map(|r| r.value).collect(),
+    let count = |values: &[String]| {
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        for u in uuids(values.iter().map(String::as_str)) {
+            *seen.entry(u).or_default() += 1;
+        }
+        let want: Vec<String> = uuids(std::fs::read_to_string(&input).unwrap().lines());
+        let missing = want.iter().filter(|u| !seen.contains_key(*u)).count();
+        let repeated: usize = seen.values().map(|n| n - 1).sum();
+        (missing, repeated)
     };
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    for u in uuids(values.iter().map(String::as_str)) {
-        *seen.entry(u).or_default() += 1;
-    }
-    let want: Vec<String> = uuids(std::fs::read_to_string(&input).unwrap().lines());
-    let missing = want.iter().filter(|u| !seen.contains_key(*u)).count();
-    let repeated: usize = seen.values().map(|n| n - 1).sum();
+    let (missing, repeated) = if delivery == "exactly-once" {
+        let mut verifier: Vec<String> = txnlog::read_committed(&bs, &topics.output).visible.iter().map(|r| r.value_text()).collect();
+        let mut librdkafka: Vec<String> = consume_all(&bs, &topics.output, Isolation::ReadCommitted).into_iter().map(|r| r.value).collect();
+        verifier.sort();
+        librdkafka.sort();
+        assert!(verifier == librdkafka, "librdkafka's read_committed ({}) and the verifier ({}) disagree", librdkafka.len(), verifier.len());
+        count(&verifier)
+    } else {
+        count(&consume_all(&bs, &topics.output, Isolation::ReadUncommitted).into_iter().map(|r| r.value).collect::<Vec<_>>())
+    };
     println!(
-        "two processes ({delivery}): {EVENTS} in, read {read:?}, {} out, {missing} missing, {repeated} repeats; {:.1} s",
-        values.len(),
+        "group ({delivery}): {EVENTS} in, read by process {read:?}, third joined at {joined_at} and left at {left_at} outputs; \
+         {missing} missing, {repeated} repeats; {:.1} s",
         started.elapsed().as_secs_f64()
     );
     (missing, repeated, read)
 }
 
 #[test]
-fn two_processes_split_the_partitions_at_least_once() {
-    let (missing, _, read) = two_processes("at-least-once", Isolation::ReadUncommitted);
+fn a_group_rebalancing_under_load_loses_nothing_at_least_once() {
+    let (missing, _, read) = group_run("at-least-once");
     assert_eq!(missing, 0);
-    assert!(read.iter().all(|&n| n > 0), "both processes read a share: {read:?}");
+    assert!(read.iter().all(|&n| n > 0), "every process read a share: {read:?}");
 }
 
 #[test]
-fn two_processes_split_the_partitions_exactly_once() {
-    let (missing, repeated, read) = two_processes("exactly-once", Isolation::ReadCommitted);
+fn a_group_rebalancing_under_load_is_exactly_once() {
+    let (missing, repeated, read) = group_run("exactly-once");
     assert_eq!((missing, repeated), (0, 0));
-    assert!(read.iter().all(|&n| n > 0), "both processes read a share: {read:?}");
+    assert!(read.iter().all(|&n| n > 0), "every process read a share: {read:?}");
 }

@@ -1,4 +1,4 @@
-//! Kafka round trip through a real broker (tansu): events in, processed events out keyed by
+//! Kafka round trip through Apache Kafka: events in, processed events out keyed by
 //! `distinct_id`, dead letters with their reason header, plugin logs on their topic. The Kafka
 //! output must equal what the same configuration writes from a recorded log.
 

@@ -15,9 +15,8 @@
 //!     seconds from the first message out to the last, and messages/s.
 //! ```
 //!
-//! Timing by the producers' own timestamps treats every system alike and leaves out start-up
-//! and the consumer group's first assignment (over 20 s on tansu), which would swamp runs of a
-//! few seconds. (tansu's high watermarks are not message counts, so they cannot be used.)
+//! Timing by the producers' own timestamps treats every system alike and leaves out process
+//! start-up and the consumer group's first assignment, which would swamp runs of a few seconds.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

@@ -7,6 +7,15 @@
 //! `onEvent` and `exportEvents` call for its events has succeeded or given up — and only then
 //! may a Kafka source commit that epoch's offsets.
 //!
+//! Up to a point: a retry holds its capability for [`RetryPolicies::hold`] at most (10 s by
+//! default). One broken webhook must not hold every partition's commit for the whole retry
+//! window (155 s for `onEvent`). Past the hold, the retry lives on in the durable queue (where
+//! it already is: a crash resumes it) and in memory, without a capability: its epoch may
+//! complete. Should it give up later, its dead letter goes out at a `floor` capability the
+//! operator keeps at its input frontier, so the dead letter is still written, in a later epoch.
+//!
+//! [`RetryPolicies::hold`]: crate::plugin::deferred::RetryPolicies::hold
+//!
 //! ```
 //! use std::cell::RefCell;
 //! use std::rc::Rc;
@@ -16,16 +25,18 @@
 //! use operators::plugin::deferred::{DeferredWork, RetryPolicies};
 //! use operators::plugin::worker::WorkerPlugins;
 //! use operators::plugin::{HostServices, Limits, MemoryLogSink};
-//! use timely::dataflow::operators::{Input, Probe};
+//! use timely::dataflow::operators::{Input, Inspect, Probe};
 //!
 //! timely::execute(timely::Config::thread(), |worker| {
 //!     let store = Arc::new(state::MemoryStore::new());
 //!     let services = HostServices::new(store.clone(), None, Arc::new(MemoryLogSink::default()), Duration::from_secs(1));
 //!     let plugins = WorkerPlugins::new(Limits::default(), Arc::new(vec![]), services).unwrap();
 //!     let work = Rc::new(RefCell::new(DeferredWork::new(Rc::new(RefCell::new(plugins)), RetryPolicies::default(), store)));
+//!     let letters = Rc::new(RefCell::new(Vec::new()));
+//!     let sink = letters.clone();
 //!     let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
 //!         let (input, events) = scope.new_input::<Vec<(i64, u32, String)>>();
-//!         let probe = events.run_deferred(work).probe().0;
+//!         let probe = events.run_deferred(work).inspect(move |e| sink.borrow_mut().push(e.clone())).probe().0;
 //!         (input, probe)
 //!     });
 //!     input.send((1, 0, r#"{"uuid":"u","event":"e","team_id":1}"#.to_string()));
@@ -33,6 +44,8 @@
 //!     while probe.less_than(&1) {
 //!         worker.step();
 //!     }
+//!     // No plugin, nothing owed: epoch 0 completed with no dead letter.
+//!     assert!(letters.borrow().is_empty());
 //! })
 //! .unwrap();
 //! ```
@@ -54,10 +67,12 @@ pub trait RunDeferred<'scope> {
     fn run_deferred(self, work: Rc<RefCell<DeferredWork>>) -> Stream<'scope, u64, Vec<Exhausted>>;
 }
 
-/// A retry waiting for its time, holding its epoch open.
+/// A retry waiting for its time, holding its epoch open until `held_until` (then `cap` is
+/// `None`).
 struct Pending {
     due: Instant,
-    cap: Capability<u64>,
+    cap: Option<Capability<u64>>,
+    held_until: Instant,
     task: Task,
 }
 
@@ -68,18 +83,22 @@ impl<'scope> RunDeferred<'scope> for Stream<'scope, u64, Vec<(i64, u32, String)>
             let activator = scope.activator_for(info.address.clone());
             let waker = activator.clone();
             work.borrow_mut().set_waker(Box::new(move || waker.activate()));
+            let hold = work.borrow().retry_hold();
             // Retries left by an earlier run resume now, under the initial capability.
             let (recovered, unreadable) = work.borrow_mut().recover(*initial.time());
-            let mut pending: Vec<Pending> = recovered.into_iter().map(|(due, task)| Pending { due, cap: initial.clone(), task }).collect();
+            let held_until = Instant::now() + hold;
+            let mut pending: Vec<Pending> =
+                recovered.into_iter().map(|(due, task)| Pending { due, cap: Some(initial.clone()), held_until, task }).collect();
             // Unreadable ones leave as dead letters at the first activation.
-            let mut unreadable: Vec<(Capability<u64>, Exhausted)> = unreadable.into_iter().map(|e| (initial.clone(), e)).collect();
+            let mut unreadable: Vec<(Option<Capability<u64>>, Exhausted)> = unreadable.into_iter().map(|e| (Some(initial.clone()), e)).collect();
             if !pending.is_empty() || !unreadable.is_empty() {
                 activator.activate();
             }
-            drop(initial);
+            // Kept at the input frontier: where the dead letters of retries past their hold go.
+            let mut floor: Option<Capability<u64>> = Some(initial);
             let mut buffer_cap: Option<Capability<u64>> = None;
             move |(input, frontier), output| {
-                let mut gave_up: Vec<(Capability<u64>, Exhausted)> = std::mem::take(&mut unreadable);
+                let mut gave_up: Vec<(Option<Capability<u64>>, Exhausted)> = std::mem::take(&mut unreadable);
                 input.for_each(|cap, data| {
                     let epoch = *cap.least().expect("a batch has a time");
                     if buffer_cap.as_ref().is_none_or(|b| *b.time() > epoch) {
@@ -89,7 +108,7 @@ impl<'scope> RunDeferred<'scope> for Stream<'scope, u64, Vec<(i64, u32, String)>
                         let steps = work.borrow_mut().event(epoch, team, hops, &json);
                         for step in steps.into_iter().filter(|s| !matches!(s, Step::Done)) {
                             let held = buffer_cap.as_ref().expect("set above").delayed(&step_epoch(&step, epoch));
-                            place(step, held, &mut pending, &mut gave_up);
+                            place(step, Some(held), Instant::now() + hold, &mut pending, &mut gave_up);
                         }
                     }
                 });
@@ -103,7 +122,7 @@ impl<'scope> RunDeferred<'scope> for Stream<'scope, u64, Vec<(i64, u32, String)>
                 pending = waiting;
                 for p in due {
                     let step = work.borrow_mut().run(p.task);
-                    place(step, p.cap, &mut pending, &mut gave_up);
+                    place(step, p.cap, p.held_until, &mut pending, &mut gave_up);
                 }
                 // Export buffers due by time, or all of them once no input can come.
                 let stopping = work.borrow().stopping();
@@ -111,10 +130,22 @@ impl<'scope> RunDeferred<'scope> for Stream<'scope, u64, Vec<(i64, u32, String)>
                 for step in steps.into_iter().filter(|s| !matches!(s, Step::Done)) {
                     let epoch = step_epoch(&step, 0);
                     let held = buffer_cap.as_ref().expect("buffered events hold a capability").delayed(&epoch);
-                    place(step, held, &mut pending, &mut gave_up);
+                    place(step, Some(held), Instant::now() + hold, &mut pending, &mut gave_up);
                 }
                 if stopping {
                     pending.clear();
+                }
+                // Retries past their hold let their epochs go (they stay in the durable queue).
+                let now = Instant::now();
+                for p in pending.iter_mut().filter(|p| p.cap.is_some() && p.held_until <= now) {
+                    tracing::debug!(config = %p.task.config_id, epoch = p.task.epoch, "a retry outlived its hold: its epoch may complete");
+                    p.cap = None;
+                }
+                // The floor follows the input frontier.
+                if let (Some(t), Some(f)) = (frontier.frontier().iter().min(), floor.as_mut()) {
+                    if f.time() < t {
+                        f.downgrade(t);
+                    }
                 }
                 match work.borrow().buffered_min_epoch() {
                     None => buffer_cap = None,
@@ -125,9 +156,16 @@ impl<'scope> RunDeferred<'scope> for Stream<'scope, u64, Vec<(i64, u32, String)>
                     }
                 }
                 for (cap, exhausted) in gave_up {
-                    output.session(&cap).give(exhausted);
+                    let cap = cap.as_ref().or(floor.as_ref()).expect("the floor outlives every released retry");
+                    output.session(cap).give(exhausted);
                 }
-                let next = pending.iter().map(|p| p.due).chain(work.borrow().next_flush()).min();
+                // Once no input can come, the floor stays only while a released retry may still
+                // need it.
+                if frontier.is_empty() && !pending.iter().any(|p| p.cap.is_none()) {
+                    floor = None;
+                }
+                let holds = pending.iter().filter(|p| p.cap.is_some()).map(|p| p.held_until);
+                let next = pending.iter().map(|p| p.due).chain(holds).chain(work.borrow().next_flush()).min();
                 if let Some(next) = next {
                     activator.activate_after(next.saturating_duration_since(Instant::now()));
                 }
@@ -145,10 +183,16 @@ fn step_epoch(step: &Step, fallback: u64) -> u64 {
     }
 }
 
-fn place(step: Step, cap: Capability<u64>, pending: &mut Vec<Pending>, gave_up: &mut Vec<(Capability<u64>, Exhausted)>) {
+fn place(
+    step: Step,
+    cap: Option<Capability<u64>>,
+    held_until: Instant,
+    pending: &mut Vec<Pending>,
+    gave_up: &mut Vec<(Option<Capability<u64>>, Exhausted)>,
+) {
     match step {
         Step::Done => {}
-        Step::Retry(due, task) => pending.push(Pending { due, cap, task }),
+        Step::Retry(due, task) => pending.push(Pending { due, cap, held_until, task }),
         Step::GaveUp(e) => gave_up.push((cap, e)),
     }
 }

@@ -65,11 +65,17 @@ pub struct RetryPolicies {
     pub on_event: RetryPolicy,
     /// For `exportEvents`.
     pub export_events: RetryPolicy,
+    /// How long a retry holds its epoch open (and so the input's commit); past that, it waits
+    /// in the durable queue only and the epoch may complete (`runtime.retry_hold_ms`).
+    pub hold: Duration,
 }
+
+/// The default of [`RetryPolicies::hold`]: 10 s.
+pub const DEFAULT_RETRY_HOLD: Duration = Duration::from_secs(10);
 
 impl Default for RetryPolicies {
     fn default() -> Self {
-        Self { on_event: RetryPolicy::on_event(), export_events: RetryPolicy::export_events() }
+        Self { on_event: RetryPolicy::on_event(), export_events: RetryPolicy::export_events(), hold: DEFAULT_RETRY_HOLD }
     }
 }
 
@@ -256,6 +262,11 @@ impl DeferredWork {
     /// Whether [`DeferredWork::stop`] was called.
     pub fn stopping(&self) -> bool {
         self.stopping
+    }
+
+    /// How long a retry may hold its epoch open ([`RetryPolicies::hold`]).
+    pub fn retry_hold(&self) -> Duration {
+        self.policies.hold
     }
 
     /// Handles one event that left the chain at `epoch`: `onEvent` for each plugin of the team

@@ -2,7 +2,7 @@
 //!
 //! An entry carries plugin, configuration, team, level, source, message and time, as PostHog's
 //! `plugin_log_entries` did. Sinks decide where entries go (stderr as JSON lines, a file, a
-//! Kafka topic later); secret config values are masked before an entry is made.
+//! Kafka topic); secret config values are masked before an entry is made.
 
 use std::io::Write;
 use std::sync::Mutex;

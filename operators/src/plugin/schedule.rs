@@ -88,7 +88,19 @@ mod tests {
         for w in 0..4 {
             assert!(owners.contains(&w), "worker {w} owns nothing: {owners:?}");
         }
-        assert_eq!(owner("cfg", 7, 4), owner("cfg", 7, 4));
         assert_eq!(owner("cfg", 7, 1), 0);
+    }
+
+    /// Ownership must not change between builds or processes (a cluster's processes must agree,
+    /// and a restart must find its schedules where it left them). Golden values computed with
+    /// an independent FNV-1a (Python, checked against the published vector for "a":
+    /// 0xaf63dc4c8601ec8c) over the id's bytes and the team as 8 little-endian bytes.
+    #[test]
+    fn owners_match_golden_fnv1a_values() {
+        let got: Vec<usize> = (0..8).map(|t| owner("cfg", t, 4)).collect();
+        assert_eq!(got, [1, 0, 3, 2, 1, 0, 3, 2]);
+        assert_eq!(owner("hello (12)", 2, 3), 0);
+        assert_eq!(owner("x", -1, 7), 6);
+        assert_eq!(owner("x", -1, 0), 0, "no peers counts as one");
     }
 }

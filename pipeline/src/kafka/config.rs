@@ -177,6 +177,8 @@ impl KafkaConfig {
         c.set("queued.max.messages.kbytes", "65536");
         c.set("queued.min.messages", "100000");
         c.set("client.id", format!("pluginflow-{worker}"));
+        // Consumer lag and broker states for /metrics and /healthz (kafka/health.rs).
+        c.set("statistics.interval.ms", super::health::STATS_INTERVAL_MS.to_string());
         c.extend_from(&self.base());
         c.extend_from(&self.consumer.iter().collect());
         c.set("group.id", &self.group_id);

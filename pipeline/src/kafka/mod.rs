@@ -15,8 +15,10 @@
 //! - [`source`]: the consumer, the per-epoch offset ledger, rebalances, commits.
 //! - [`producer`]: the worker's producer, delivery checks, transactions.
 //! - [`sink`]: output topics and the process-wide plugin-log sink.
+//! - [`health`]: consumer lag, commit age and broker reachability for `/metrics` and `/healthz`.
 
 pub mod config;
+pub mod health;
 pub mod producer;
 pub mod sink;
 pub mod source;
@@ -32,7 +34,7 @@ pub use source::KafkaSource;
 use crate::io::{SharedSink, WorkerIo};
 
 /// Opens worker `index`'s consumer, producer and output sinks.
-pub fn open_worker_io(config: &KafkaConfig, index: usize) -> anyhow::Result<WorkerIo> {
+pub fn open_worker_io(config: &KafkaConfig, index: usize, health: std::sync::Arc<health::KafkaHealth>) -> anyhow::Result<WorkerIo> {
     let producer = Rc::new(RefCell::new(WorkerProducer::open(config, index)?));
     let sink = |topic: &Option<String>, key: Option<&str>| -> SharedSink {
         let topic = topic.as_deref().expect("output topics are checked at load");
@@ -40,6 +42,6 @@ pub fn open_worker_io(config: &KafkaConfig, index: usize) -> anyhow::Result<Work
     };
     let events = sink(&config.output_topic, Some(&config.key_field));
     let dead_letters = sink(&config.dead_letter_topic, None);
-    let source = KafkaSource::open(config, producer.clone(), index)?;
+    let source = KafkaSource::open(config, producer.clone(), index, health)?;
     Ok(WorkerIo { source: Box::new(source), events, dead_letters })
 }

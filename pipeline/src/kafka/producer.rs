@@ -99,6 +99,7 @@ pub struct WorkerProducer {
     /// Records of epochs below this are dropped (exactly-once, after a rebalance rewound them).
     discard_below: u64,
     worker: usize,
+    transactional_id: String,
 }
 
 impl WorkerProducer {
@@ -113,7 +114,7 @@ impl WorkerProducer {
             retry_txn("init_transactions", || producer.init_transactions(TXN_TIMEOUT))?;
             tracing::info!(worker, transactional_id = %config.transactional_id(worker), "transactional producer ready");
         }
-        Ok(Self { producer, delivery: config.delivery, waiting: BTreeMap::new(), discard_below: 0, worker })
+        Ok(Self { producer, delivery: config.delivery, waiting: BTreeMap::new(), discard_below: 0, worker, transactional_id: config.transactional_id(worker) })
     }
 
     /// Sends (at-least-once) or keeps for its epoch's transaction (exactly-once) one record.
@@ -179,19 +180,37 @@ impl WorkerProducer {
         if count == 0 && offsets.count() == 0 {
             return Ok(Transaction::Committed(0));
         }
-        self.producer.begin_transaction().context("cannot begin a Kafka transaction")?;
+        if let Err(e) = self.producer.begin_transaction() {
+            return Err(self.explain_fatal(anyhow::Error::new(e).context("cannot begin a Kafka transaction")));
+        }
         let Err(error) = self.fill_and_commit(ready, offsets, group) else { return Ok(Transaction::Committed(count)) };
         tracing::warn!(worker = self.worker, error = %format!("{error:#}"), "transaction failed; aborting it");
         if let Err(abort) = self.producer.abort_transaction(TXN_TIMEOUT) {
             tracing::error!(worker = self.worker, error = %abort, "cannot abort the transaction");
-            return Err(error);
+            return Err(self.explain_fatal(error));
         }
-        if let Some((code, reason)) = self.producer.client().fatal_error() {
-            return Err(error.context(format!("the producer has a fatal error: {code}: {reason}")));
+        if self.producer.client().fatal_error().is_some() {
+            return Err(self.explain_fatal(error));
         }
         // Delivery failures were of the aborted records: the next transaction starts clean.
         self.producer.context().clear();
         Ok(Transaction::Aborted(error))
+    }
+
+    /// Adds the producer's fatal error, if it has one, to `error`; when it was fenced, says so
+    /// in words an operator can act on.
+    fn explain_fatal(&self, error: anyhow::Error) -> anyhow::Error {
+        use rdkafka::types::RDKafkaErrorCode::{Fenced, InvalidProducerEpoch, ProducerFenced};
+        match self.producer.client().fatal_error() {
+            Some((code @ (Fenced | ProducerFenced | InvalidProducerEpoch), reason)) => error.context(format!(
+                "fenced: another producer registered the transactional id {:?} ({code}: {reason}); this worker stops, its open \
+                 transaction is aborted and the other goes on from the committed offsets. Independent processes in one group \
+                 need different transactional_id_prefix values",
+                self.transactional_id
+            )),
+            Some((code, reason)) => error.context(format!("the producer has a fatal error: {code}: {reason}")),
+            None => error,
+        }
     }
 
     fn fill_and_commit(&self, ready: BTreeMap<u64, Vec<Pending>>, offsets: &TopicPartitionList, group: &ConsumerGroupMetadata) -> anyhow::Result<()> {

@@ -34,13 +34,14 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
 
+use super::health::{KafkaHealth, read_statistics};
 use super::config::{Delivery, KafkaConfig};
 use super::producer::{Transaction, WorkerProducer};
 use crate::io::{EventSource, Polled};
@@ -52,14 +53,21 @@ enum Rebalanced {
     Revoked(Vec<i32>),
 }
 
-/// Records rebalances for the source to apply between messages.
-#[derive(Default)]
+/// Records rebalances for the source to apply between messages, and passes librdkafka's
+/// statistics to the health report.
 pub struct RebalanceContext {
     events: Mutex<Vec<Rebalanced>>,
     worker: usize,
+    topic: String,
+    health: Arc<KafkaHealth>,
 }
 
-impl ClientContext for RebalanceContext {}
+impl ClientContext for RebalanceContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let (up, lag) = read_statistics(&statistics, &self.topic);
+        self.health.statistics(self.worker, up, lag, Instant::now());
+    }
+}
 
 impl ConsumerContext for RebalanceContext {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -134,6 +142,11 @@ impl OffsetLedger {
     pub fn committed(&mut self) {
         self.ready.clear();
     }
+
+    /// Nothing read waits for a commit.
+    pub fn is_empty(&self) -> bool {
+        self.ready.is_empty() && self.by_epoch.values().all(BTreeMap::is_empty)
+    }
 }
 
 /// One worker's Kafka input.
@@ -158,6 +171,9 @@ pub struct KafkaSource {
     /// Transactions aborted since the last one that committed.
     aborts_in_a_row: usize,
     worker: usize,
+    health: Arc<KafkaHealth>,
+    /// Whether `health` knows that something read waits for a commit.
+    reported_uncommitted: bool,
 }
 
 /// Transactions aborted in a row before the worker gives up: a failure that comes back on
@@ -168,8 +184,8 @@ const REWIND_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl KafkaSource {
     /// Joins the consumer group and subscribes to the input topic.
-    pub fn open(config: &KafkaConfig, producer: Rc<RefCell<WorkerProducer>>, worker: usize) -> anyhow::Result<Self> {
-        let context = RebalanceContext { events: Mutex::default(), worker };
+    pub fn open(config: &KafkaConfig, producer: Rc<RefCell<WorkerProducer>>, worker: usize, health: Arc<KafkaHealth>) -> anyhow::Result<Self> {
+        let context = RebalanceContext { events: Mutex::default(), worker, topic: config.input_topic().to_string(), health: health.clone() };
         let consumer_config = config.consumer_config(worker);
         let no_commit = match consumer_config.get("auto.offset.reset") {
             Some("latest" | "largest" | "end") => Offset::End,
@@ -196,7 +212,25 @@ impl KafkaSource {
             no_commit,
             aborts_in_a_row: 0,
             worker,
+            health,
+            reported_uncommitted: false,
         })
+    }
+
+    /// Tells the health report that a commit succeeded.
+    fn report_commit(&mut self) {
+        let all = self.ledger.is_empty();
+        self.health.committed(self.worker, all, Instant::now());
+        self.reported_uncommitted = !all;
+    }
+
+    /// Tells the health report when nothing waits for a commit any more (after a revoke or a
+    /// rewind).
+    fn report_if_nothing_uncommitted(&mut self) {
+        if self.reported_uncommitted && self.ledger.is_empty() {
+            self.health.nothing_uncommitted(self.worker);
+            self.reported_uncommitted = false;
+        }
     }
 
     /// Applies the rebalances recorded since the last call; `batch` holds the records already
@@ -220,6 +254,11 @@ impl KafkaSource {
     }
 
     fn revoke(&mut self, epoch: u64, revoked: &[i32], batch: &mut Polled) {
+        self.revoke_ledger(epoch, revoked, batch);
+        self.report_if_nothing_uncommitted();
+    }
+
+    fn revoke_ledger(&mut self, epoch: u64, revoked: &[i32], batch: &mut Polled) {
         match self.delivery {
             Delivery::AtLeastOnce => self.ledger.forget(revoked),
             Delivery::ExactlyOnce => {
@@ -324,6 +363,7 @@ impl KafkaSource {
             Ok(()) => {
                 tracing::debug!(worker = self.worker, topic = %self.topic, offsets = ?self.ledger.ready(), "offsets committed");
                 self.ledger.committed();
+                self.report_commit();
             }
             // Not fatal: the offsets stay ready and go with the next commit; a crash meanwhile
             // replays them (at-least-once).
@@ -342,6 +382,7 @@ impl KafkaSource {
                     tracing::debug!(worker = self.worker, topic = %self.topic, written, offsets = ?self.ledger.ready(), "transaction committed");
                 }
                 self.ledger.committed();
+                self.report_commit();
                 self.aborts_in_a_row = 0;
                 Ok(())
             }
@@ -363,6 +404,7 @@ impl KafkaSource {
     /// written), and each assigned partition goes back to its committed offset.
     fn rewind(&mut self, error: &anyhow::Error) -> anyhow::Result<()> {
         self.ledger.clear();
+        self.report_if_nothing_uncommitted();
         self.producer.borrow_mut().discard_below(self.polled_below);
         self.idle_since = None;
         let committed = self.consumer.committed(REWIND_TIMEOUT).context("rewind: cannot read the committed offsets")?;
@@ -410,6 +452,10 @@ impl EventSource for KafkaSource {
                     batch.bytes += payload.len() as u64;
                     batch.records.push((offset as u64, payload));
                     self.ledger.record(epoch, partition, offset);
+                    if !self.reported_uncommitted {
+                        self.health.read(self.worker, Instant::now());
+                        self.reported_uncommitted = true;
+                    }
                 }
             }
             timeout = Duration::ZERO;

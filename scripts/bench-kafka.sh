@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# The Kafka rows of BENCHMARKS.md, against Apache Kafka (scripts/kafka.sh) on loopback: the raw
+# librdkafka consume→produce loop (the floor), pluginflow passing events through, and pluginflow
+# with the 3-plugin chain (benches/plugins greet, screen, flatten), each reading the same input
+# topic (4 partitions) from the start into a fresh output topic, one worker or thread, in
+# alternating rounds. Each run is timed by its output messages' create timestamps, first to last
+# (`kafka_bench count`), so process start-up and the group's first assignment are left out alike.
+#
+#   scripts/bench-kafka.sh                 # 100,000 events, 3 rounds
+#   KAFKA_N=200000 ROUNDS=5 scripts/bench-kafka.sh
+#
+# Prints a Markdown table with each row's median and its ratio to the raw loop's median.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/pluginflow/target}"
+N=${KAFKA_N:-100000}
+ROUNDS=${ROUNDS:-3}
+WORK=$(mktemp -d)
+trap 'scripts/kafka.sh stop "$WORK/broker" >/dev/null 2>&1 || true; rm -rf "$WORK"' EXIT
+
+scripts/setup.sh
+cargo build --release -j2 -p pluginflow -p pluginflow-benches -p pluginflow-tests --bins >&2
+BIN=$CARGO_TARGET_DIR/release
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+KB=127.0.0.1:$PORT
+scripts/kafka.sh start "$WORK/broker" "$PORT" >&2
+"$BIN/gen_events" --count "$N" --seed 42 --teams 3 -o "$WORK/events.jsonl"
+"$BIN/kafka_bench" create --bootstrap "$KB" --topic bench-in --partitions 4
+"$BIN/kafka_bench" load --bootstrap "$KB" --topic bench-in --events "$WORK/events.jsonl"
+
+config() { # group out-topic plugin-dirs...
+    local group=$1 out=$2 order=0
+    shift 2
+    {
+        printf '[input]\nkind = "kafka"\n[output]\nevents = "%s/out/e.jsonl"\ndead_letters = "%s/out/d.jsonl"\nlogs = "%s/out/l.jsonl"\n' "$WORK" "$WORK" "$WORK"
+        printf '[state]\nmemory = true\n'
+        printf '[kafka]\nbrokers = "%s"\ngroup_id = "%s"\ninput_topic = "bench-in"\noutput_topic = "%s"\n' "$KB" "$group" "$out"
+        printf 'dead_letter_topic = "%s-dead"\nstop_after_idle_ms = 3000\n' "$out"
+        for dir in "$@"; do
+            order=$((order + 1))
+            printf '[[plugins]]\nid = "%s"\npath = "%s"\norder = %d\n' "$(basename "$dir")" "$dir" "$order"
+        done
+    } >"$WORK/$group.toml"
+    echo "$WORK/$group.toml"
+}
+
+row() { # tag round
+    local tag=$1 r=$2 out="out-$1-$2"
+    "$BIN/kafka_bench" create --bootstrap "$KB" --topic "$out" --partitions 4
+    "$BIN/kafka_bench" create --bootstrap "$KB" --topic "$out-dead" --partitions 1
+    case $tag in
+        raw) "$BIN/kafka_bench" loop --bootstrap "$KB" --input bench-in --group "raw-$r" --count "$N" --output "$out" 2>>"$WORK/log" ;;
+        passthrough) "$BIN/pluginflow" run --no-progress -w 1 "$(config "pf-$r" "$out")" 2>>"$WORK/log" ;;
+        chain3) "$BIN/pluginflow" run --no-progress -w 1 "$(config "chain-$r" "$out" "$ROOT/benches/plugins/greet" "$ROOT/benches/plugins/screen" "$ROOT/benches/plugins/flatten")" 2>>"$WORK/log" ;;
+    esac
+    "$BIN/kafka_bench" count --bootstrap "$KB" --topic "$out" --quiet-ms 3000 --json "$WORK/$tag.$r.json" >/dev/null
+    echo "bench-kafka: $tag round $r: $(cat "$WORK/$tag.$r.json")" >&2
+}
+
+for r in $(seq 1 "$ROUNDS"); do
+    for tag in raw passthrough chain3; do
+        row "$tag" "$r"
+    done
+done
+
+python3 - "$WORK" "$ROUNDS" "$N" "$(git rev-parse --short HEAD)$(git diff --quiet || echo +dirty)" <<'PY'
+import json, statistics, sys, glob, os
+work, rounds, n, rev = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+rows = {}
+for tag in ("raw", "passthrough", "chain3"):
+    runs = [json.load(open(os.path.join(work, f"{tag}.{r}.json"))) for r in range(1, rounds + 1)]
+    rows[tag] = (statistics.median(x["messages_per_s"] for x in runs), [x["messages_per_s"] for x in runs], [x["messages"] for x in runs])
+floor = rows["raw"][0]
+names = {"raw": "raw librdkafka loop (floor)", "passthrough": "pluginflow, no plugins", "chain3": "pluginflow, greet+screen+flatten"}
+print(f"Apache Kafka {os.environ.get('KAFKA_VERSION', '4.4.0')} on loopback, {n} events, {rounds} rounds, git `{rev}`, command `scripts/bench-kafka.sh`.\n")
+print("| row | median messages/s | vs floor | runs (messages/s) | messages out |")
+print("|---|---:|---:|---|---|")
+for tag, (median, runs, counts) in rows.items():
+    print(f"| {names[tag]} | {median:,.0f} | {median / floor:.2f}× | {', '.join(f'{x:,.0f}' for x in runs)} | {', '.join(map(str, sorted(set(counts))))} |")
+PY
