@@ -12,6 +12,8 @@ cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/pluginflow/target}"
 
 scripts/setup.sh
+# Formatting first: it takes a second and fails fast (rustfmt.toml holds the house style).
+cargo fmt --all --check
 scripts/fetch-test-data.sh
 # Apache Kafka's broker for the Kafka tests (each test starts its own through scripts/kafka.sh):
 # its jars are fetched with Maven once, into ~/.cache/pluginflow.

@@ -37,9 +37,7 @@ pub fn peer_plugin(name: &str) -> PathBuf {
 
 /// The real GeoLite2-City database, when `scripts/fetch-test-data.sh` has fetched it.
 pub fn geolite_path() -> Option<PathBuf> {
-    let p = std::env::var_os("GEOIP_DB")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join(".cache/GeoLite2-City.mmdb"));
+    let p = std::env::var_os("GEOIP_DB").map(PathBuf::from).unwrap_or_else(|| workspace_root().join(".cache/GeoLite2-City.mmdb"));
     p.exists().then_some(p)
 }
 
@@ -48,9 +46,9 @@ pub fn proc_status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines().find(|l| l.starts_with(field)).and_then(|l| {
-                l.trim_start_matches(field).trim_start_matches(':').split_whitespace().next().and_then(|n| n.parse().ok())
-            })
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.trim_start_matches(field).trim_start_matches(':').split_whitespace().next().and_then(|n| n.parse().ok()))
         })
         .unwrap_or(0)
 }
@@ -77,17 +75,9 @@ pub fn temp_plugin(name: &str, index_js: &str) -> tempfile::TempDir {
 }
 
 /// A loaded instance of the plugin in `dir` for team 2, after `setupPlugin`.
-pub fn instance(
-    runtime: &operators::plugin::PluginRuntime,
-    dir: &Path,
-    services: &HostServices,
-) -> operators::plugin::PluginInstance {
+pub fn instance(runtime: &operators::plugin::PluginRuntime, dir: &Path, services: &HostServices) -> operators::plugin::PluginInstance {
     let def = operators::plugin::PluginDefinition::load(dir).expect("plugin loads");
-    let cfg = operators::plugin::InstanceConfig {
-        config_id: def.manifest.name.clone(),
-        team_id: Some(2),
-        ..Default::default()
-    };
+    let cfg = operators::plugin::InstanceConfig { config_id: def.manifest.name.clone(), team_id: Some(2), ..Default::default() };
     let mut inst = operators::plugin::PluginInstance::new(runtime, &def, &cfg, services).expect("instance");
     inst.setup().expect("setupPlugin");
     inst

@@ -317,7 +317,8 @@ fn from_envelope(text: &str, data: &str, limits: &EventLimits) -> Result<ValidEv
             envelope.insert(key.into(), Value::Null);
         }
     }
-    let (name, team_id, uuid) = required(&envelope.get("event").cloned(), &envelope.get("team_id").cloned(), &envelope.get("uuid").cloned())?;
+    let (name, team_id, uuid) =
+        required(&envelope.get("event").cloned(), &envelope.get("team_id").cloned(), &envelope.get("uuid").cloned())?;
     match envelope.get("properties") {
         None | Some(Value::Null) => {}
         Some(Value::Object(_)) => {}
@@ -345,14 +346,21 @@ fn properties_kind(kind: Kind) -> Result<(), String> {
 fn required(event: &Option<Value>, team: &Option<Value>, uuid: &Option<Value>) -> Result<(String, i64, String), String> {
     let name = match event {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
-        Some(Value::String(_)) => return Err("field 'event' is empty: the event name is required (plugins and ingestion select on it)".into()),
+        Some(Value::String(_)) => {
+            return Err("field 'event' is empty: the event name is required (plugins and ingestion select on it)".into());
+        }
         Some(other) => return Err(format!("field 'event' must be a string, got {}", json_kind(other))),
         None => return Err("missing required field 'event': the event name is required (plugins and ingestion select on it)".into()),
     };
     let team_id = match team {
         Some(Value::Number(n)) if n.as_i64().is_some() => n.as_i64().expect("checked"),
         Some(other) => return Err(format!("field 'team_id' must be an integer, got {}", json_kind(other))),
-        None => return Err("missing required field 'team_id': it selects which plugin configurations run (pluginflow does not resolve API tokens)".into()),
+        None => {
+            return Err(
+                "missing required field 'team_id': it selects which plugin configurations run (pluginflow does not resolve API tokens)"
+                    .into(),
+            );
+        }
     };
     let uuid = match uuid {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
@@ -414,7 +422,10 @@ mod tests {
 
     #[test]
     fn lone_surrogates_pass_the_door_as_javascript_takes_them() {
-        for line in [&br#"{"uuid":"u","event":"e","team_id":1,"properties":{"s":"a\ud800b"}}"#[..], br#"{"uuid":"u","event":"e","team_id":1,"properties":{"a\udc00":1}}"#] {
+        for line in [
+            &br#"{"uuid":"u","event":"e","team_id":1,"properties":{"s":"a\ud800b"}}"#[..],
+            br#"{"uuid":"u","event":"e","team_id":1,"properties":{"a\udc00":1}}"#,
+        ] {
             assert!(parse_line(line, "t", 1, &EventLimits::default()).is_ok(), "{}", String::from_utf8_lossy(line));
         }
     }

@@ -70,7 +70,10 @@ fn setup_retry_error_is_retried_then_succeeds() {
 fn setup_that_keeps_failing_disables_the_plugin_after_six_attempts() {
     let fx = plugin(
         "never",
-        &[("index.js", "const { RetryError } = require('@posthog/plugin-scaffold')\nexports.setupPlugin = async ({ cache }) => { await cache.incr('setup'); throw new RetryError('down') }\nexports.processEvent = (e) => { e.properties.touched = true; return e }")],
+        &[(
+            "index.js",
+            "const { RetryError } = require('@posthog/plugin-scaffold')\nexports.setupPlugin = async ({ cache }) => { await cache.incr('setup'); throw new RetryError('down') }\nexports.processEvent = (e) => { e.properties.touched = true; return e }",
+        )],
     );
     let store = Arc::new(MemoryStore::new());
     let logs = Arc::new(MemoryLogSink::default());
@@ -199,7 +202,9 @@ fn jobs_that_cannot_run_are_given_up_not_dropped() {
     // queue is left empty.
     let fx = plugin("jobs", &[("index.js", "exports.jobs = { x: () => {} }")]);
     let store = Arc::new(MemoryStore::new());
-    for payload in [&b"{not json"[..], br#"{"team":1,"name":"x"}"#, br#"{"config_id":"gone","team":1,"name":"x","payload":"null","attempts":0}"#] {
+    for payload in
+        [&b"{not json"[..], br#"{"team":1,"name":"x"}"#, br#"{"config_id":"gone","team":1,"name":"x","payload":"null","attempts":0}"#]
+    {
         store.queue_put(JOB_QUEUE, 0, payload).unwrap();
     }
     let mut w = worker(vec![spec(&fx, "j", vec![1])], store.clone(), Arc::new(MemoryLogSink::default()), WorkerPlace::default());

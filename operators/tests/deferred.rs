@@ -217,7 +217,12 @@ fn a_retry_past_its_hold_lets_its_epoch_complete_and_still_gives_up_later() {
 fn export_buffers_flush_by_size_by_time_and_at_the_end() {
     let src = "exports.exportEvents = (events) => { console.log('batch ' + events.map(e => e.uuid).join(',') + ' at ' + Date.now()) }";
     // Each ProcessedPluginEvent here is 133 characters: 300 holds two of them.
-    let h = harness("exp", &[("index.js", src)], json!({"exportEventsBufferBytes": "300", "exportEventsBufferSeconds": "1", "exportEventsToIgnore": "ignored"}), fast(10, 10));
+    let h = harness(
+        "exp",
+        &[("index.js", src)],
+        json!({"exportEventsBufferBytes": "300", "exportEventsBufferSeconds": "1", "exportEventsToIgnore": "ignored"}),
+        fast(10, 10),
+    );
     let ignored = json!({"uuid": "x", "event": "ignored", "team_id": 1, "properties": {}}).to_string();
     let started = Instant::now();
     assert_eq!(operators::plugin::deferred::processed_event(&event("a")).unwrap().1.len(), 133);
@@ -228,7 +233,8 @@ fn export_buffers_flush_by_size_by_time_and_at_the_end() {
     assert_eq!(names, vec!["a,b", "c,d"], "{lines:?}");
     // The second batch was flushed at the end (input closed), not after the 1 s timer.
     assert!(started.elapsed() < Duration::from_millis(900), "took {:?}", started.elapsed());
-    let h = harness("exp", &[("index.js", src)], json!({"exportEventsBufferBytes": "100000", "exportEventsBufferSeconds": "1"}), fast(10, 10));
+    let h =
+        harness("exp", &[("index.js", src)], json!({"exportEventsBufferBytes": "100000", "exportEventsBufferSeconds": "1"}), fast(10, 10));
     let sent_ms = now_ms();
     run_holding(&h, vec![vec![event("t")]], Duration::from_millis(1600), |_, _| {});
     let line = h.logs.entries().into_iter().find(|e| e.message.starts_with("batch t")).expect("flushed");
@@ -250,5 +256,8 @@ fn export_retries_then_gives_up_after_four_attempts() {
     assert_eq!(tries, 4, "1 attempt + 3 retries");
     assert_eq!(gave_up.len(), 1);
     assert_eq!(gave_up[0].attempts, 4);
-    assert_eq!(metrics(&h).into_iter().filter(|m| m.0 == "exportEvents").collect::<Vec<_>>(), vec![("exportEvents".to_string(), Outcome::Failed, 2)]);
+    assert_eq!(
+        metrics(&h).into_iter().filter(|m| m.0 == "exportEvents").collect::<Vec<_>>(),
+        vec![("exportEvents".to_string(), Outcome::Failed, 2)]
+    );
 }

@@ -28,7 +28,10 @@ const HOGS: &[(&str, &str)] = &[
     ("typed", "const t = []; for (;;) t.push(new Uint8Array(65536))"),
     ("huge_array", "const a = new Array(1e9).fill(0)"),
     ("repeat", "const s = 'abc'.repeat(1 << 28)"),
-    ("json", "const t = JSON.stringify(new Array(20000).fill({ a: [1, 2, 3], b: 'xyz' })); const all = []; for (;;) all.push(JSON.parse(t))"),
+    (
+        "json",
+        "const t = JSON.stringify(new Array(20000).fill({ a: [1, 2, 3], b: 'xyz' })); const all = []; for (;;) all.push(JSON.parse(t))",
+    ),
     ("regexp", "const s = 'a'.repeat(100000); const all = []; for (;;) all.push(s.match(/a/g))"),
     ("closures", "const fs = []; for (let i = 0; ; i++) fs.push(() => i + fs.length)"),
     ("bound_functions", "const fs = []; for (let i = 0; ; i++) fs.push(function (a) { return a + i }.bind(null, i))"),
@@ -45,15 +48,15 @@ const HOGS: &[(&str, &str)] = &[
 fn every_way_of_running_out_fails_the_call_and_nothing_else() {
     let host = small(4096);
     for (name, body) in HOGS {
-        let fx = plugin(name, &[("index.js", &format!("exports.processEvent = async (event, {{ global }}) => {{ {body}; return event }}"))]);
+        let fx =
+            plugin(name, &[("index.js", &format!("exports.processEvent = async (event, {{ global }}) => {{ {body}; return event }}"))]);
         let mut p = host.ready(&fx);
         for round in 0..2 {
             match p.process_event_json(&event().to_string()) {
                 Err(e) if e.kind == ErrorKind::Disabled => break,
-                Err(e) => assert!(
-                    e.name == "OutOfMemory" || e.name == "RangeError" || e.name == "InternalError",
-                    "{name} round {round}: {e:?}"
-                ),
+                Err(e) => {
+                    assert!(e.name == "OutOfMemory" || e.name == "RangeError" || e.name == "InternalError", "{name} round {round}: {e:?}")
+                }
                 Ok(_) => panic!("{name} round {round}: a call that ran out of memory succeeded"),
             }
         }
@@ -68,7 +71,13 @@ fn every_way_of_running_out_fails_the_call_and_nothing_else() {
 fn loading_in_a_heap_too_small_for_a_context_fails_cleanly_at_every_point() {
     // From a heap too small for anything up to one that fits, in steps: JS_NewContext, the
     // prelude and the plugin's top level each fail at many different allocations.
-    let fx = plugin("tiny", &[("index.js", "const table = new Array(2000).fill('entry'); exports.processEvent = (e) => { e.properties.n = table.length; return e }")]);
+    let fx = plugin(
+        "tiny",
+        &[(
+            "index.js",
+            "const table = new Array(2000).fill('entry'); exports.processEvent = (e) => { e.properties.n = table.length; return e }",
+        )],
+    );
     let mut loaded = 0;
     for kib in (64..=1536).step_by(24) {
         let host = small(kib);
@@ -93,7 +102,13 @@ fn many_instances_each_in_its_own_heap() {
     // What once ran out in a shared heap: hundreds of instances of a chain's plugins, one per
     // team. Each has its own runtime now; all load and run.
     let host = small(8192);
-    let fx = plugin("hello", &[("index.js", "exports.processEvent = (e, { global }) => { global.n = (global.n || 0) + 1; e.properties.hello = global.n; return e }")]);
+    let fx = plugin(
+        "hello",
+        &[(
+            "index.js",
+            "exports.processEvent = (e, { global }) => { global.n = (global.n || 0) + 1; e.properties.hello = global.n; return e }",
+        )],
+    );
     let mut instances: Vec<_> = (0..300).map(|team| host.load_as(&fx, json!({}), &format!("c{team}"), Some(team)).unwrap()).collect();
     for (team, p) in instances.iter_mut().enumerate() {
         let mut ev = event();

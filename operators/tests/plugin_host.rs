@@ -129,7 +129,10 @@ fn top_level_throw_fails_the_load_with_the_message() {
 #[test]
 fn config_takes_defaults_and_checks_required() {
     let files = [
-        ("plugin.json", r#"{"name":"cfg","config":[{"key":"greeting","default":"hi"},{"key":"must","required":true},{"key":"mode","type":"choice","choices":["a","b"]}]}"#),
+        (
+            "plugin.json",
+            r#"{"name":"cfg","config":[{"key":"greeting","default":"hi"},{"key":"must","required":true},{"key":"mode","type":"choice","choices":["a","b"]}]}"#,
+        ),
         ("index.js", "exports.processEvent = (e, { config }) => { e.properties.cfg = config; return e }"),
     ];
     let fx = plugin("cfg", &files);
@@ -148,7 +151,10 @@ fn attachments_are_buffers_with_name_and_type() {
         "att",
         &[
             ("plugin.json", r#"{"name":"att","config":[{"key":"list","type":"attachment"}]}"#),
-            ("index.js", "exports.processEvent = (e, { attachments }) => { const a = attachments.list; e.properties.att = [a.file_name, a.content_type, a.contents.toString('utf8'), Buffer.isBuffer(a.contents)]; return e }"),
+            (
+                "index.js",
+                "exports.processEvent = (e, { attachments }) => { const a = attachments.list; e.properties.att = [a.file_name, a.content_type, a.contents.toString('utf8'), Buffer.isBuffer(a.contents)]; return e }",
+            ),
         ],
     );
     let file = fx.dir.path().join("allow.csv");
@@ -169,7 +175,10 @@ fn attachments_are_buffers_with_name_and_type() {
 fn global_persists_across_calls_and_is_per_instance() {
     let fx = plugin(
         "g",
-        &[("index.js", "exports.setupPlugin = ({ global }) => { global.n = 100 }\nexports.processEvent = (e, { global }) => { e.properties.n = global.n++; return e }")],
+        &[(
+            "index.js",
+            "exports.setupPlugin = ({ global }) => { global.n = 100 }\nexports.processEvent = (e, { global }) => { e.properties.n = global.n++; return e }",
+        )],
     );
     let host = Host::new();
     let mut a = host.ready(&fx);
@@ -234,11 +243,14 @@ fn a_truthy_cache_ttl_always_expires() {
     let runtime = operators::plugin::PluginRuntime::new(Limits::default()).unwrap();
     let fx = plugin(
         "ttl",
-        &[("index.js", "exports.processEvent = async (e, { cache }) => {\n\
+        &[(
+            "index.js",
+            "exports.processEvent = async (e, { cache }) => {\n\
            if (e.properties.set) { await cache.set('short', 'v', 0.25); try { await cache.set('bad', 'v', -1) } catch (x) { e.properties.negative = x.message } }\n\
            e.properties.short = await cache.get('short', 'gone')\n\
            return e\n\
-         }")],
+         }",
+        )],
     );
     let def = operators::plugin::PluginDefinition::load(&fx.path()).unwrap();
     let cfg = operators::plugin::InstanceConfig { config_id: "1".into(), team_id: Some(2), ..Default::default() };
@@ -269,7 +281,13 @@ fn cache_is_namespaced_per_plugin_and_team() {
     assert_eq!(process(&mut a3).unwrap()["properties"]["n"], 1);
     assert_eq!(process(&mut b2).unwrap()["properties"]["n"], 1);
     // A plugin declaring another's name gets a cache of its own: the cache is the folder's.
-    let impostor = plugin("alpha", &[("index.js", "exports.processEvent = async (e, { cache }) => { e.properties.seen = await cache.get('hits'); await cache.set('hits', 1000); return e }")]);
+    let impostor = plugin(
+        "alpha",
+        &[(
+            "index.js",
+            "exports.processEvent = async (e, { cache }) => { e.properties.seen = await cache.get('hits'); await cache.set('hits', 1000); return e }",
+        )],
+    );
     let out = process(&mut host.load_as(&impostor, json!({}), "7", Some(2)).unwrap()).unwrap();
     assert_eq!(out["properties"]["seen"], Value::Null, "the impostor read alpha's counter");
     assert_eq!(process(&mut a2).unwrap()["properties"]["n"], 3, "alpha's counter was not overwritten");
@@ -320,7 +338,8 @@ fn console_calls_become_log_entries() {
         .filter(|e| e.source == LogSource::Console)
         .map(|e| (e.level.as_str().to_string(), e.message))
         .collect();
-    let want = [("LOG", ""), ("INFO", "number = 987"), ("WARN", "Error: something"), ("ERROR", r#"{"1":"ein","2":"zwei"}"#), ("DEBUG", "[99,79]")];
+    let want =
+        [("LOG", ""), ("INFO", "number = 987"), ("WARN", "Error: something"), ("ERROR", r#"{"1":"ein","2":"zwei"}"#), ("DEBUG", "[99,79]")];
     let want: Vec<(String, String)> = want.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
     assert_eq!(console, want);
     assert!(host.logs.entries().iter().all(|e| e.plugin == "con" && e.config_id == "1"));
@@ -332,7 +351,10 @@ fn secrets_never_reach_logs_or_errors() {
         "sec",
         &[
             ("plugin.json", r#"{"name":"sec","config":[{"key":"apiKey","secret":true,"required":true}]}"#),
-            ("index.js", "exports.processEvent = (e, { config }) => { console.log('key is', config.apiKey); throw new Error('bad key ' + config.apiKey) }"),
+            (
+                "index.js",
+                "exports.processEvent = (e, { config }) => { console.log('key is', config.apiKey); throw new Error('bad key ' + config.apiKey) }",
+            ),
         ],
     );
     let host = Host::new();
@@ -368,7 +390,11 @@ fn oversized_output_is_cut_after_masking_or_refused() {
     let host = Host::new();
     let mut p = host.load(&fx, json!({"apiKey": "sk-live-12345"})).unwrap();
     let out = serde_json::from_str::<Value>(&p.process_event_json(&event().to_string()).unwrap().unwrap()).unwrap();
-    assert!(out["properties"]["capture"].as_str().unwrap().contains("larger than runtime.max_event_bytes"), "{}", out["properties"]["capture"]);
+    assert!(
+        out["properties"]["capture"].as_str().unwrap().contains("larger than runtime.max_event_bytes"),
+        "{}",
+        out["properties"]["capture"]
+    );
     assert!(out["properties"]["job"].as_str().unwrap().contains("larger than runtime.max_event_bytes"), "{}", out["properties"]["job"]);
     assert!(p.take_outbox().captured.is_empty() && p.take_outbox().jobs.is_empty());
     assert!(host.messages().iter().all(|m| !m.contains("sk-live")), "a cut left part of the secret");
@@ -673,7 +699,13 @@ fn falsy_results_drop_the_event() {
 
 #[test]
 fn process_event_batch_shim() {
-    let fx = plugin("batch", &[("index.js", "exports.processEventBatch = async (events) => events.map(e => { e.properties.batched = events.length; return e })")]);
+    let fx = plugin(
+        "batch",
+        &[(
+            "index.js",
+            "exports.processEventBatch = async (events) => events.map(e => { e.properties.batched = events.length; return e })",
+        )],
+    );
     let mut p = Host::new().ready(&fx);
     assert!(p.has(Hook::ProcessEvent));
     assert_eq!(process(&mut p).unwrap()["properties"]["batched"], 1);
@@ -717,7 +749,11 @@ fn hooks_receive_their_arguments() {
     p.run_scheduled(Hook::RunEveryHour).unwrap();
     p.run_scheduled(Hook::RunEveryDay).unwrap();
     p.teardown().unwrap();
-    assert!(host.messages().contains(&"setup:object,onEvent:$pageview,export:2,minute,hour,day,teardown".to_string()), "{:?}", host.messages());
+    assert!(
+        host.messages().contains(&"setup:object,onEvent:$pageview,export:2,minute,hour,day,teardown".to_string()),
+        "{:?}",
+        host.messages()
+    );
 }
 
 #[test]
@@ -755,7 +791,10 @@ fn well_behaved(host: &Host) -> operators::plugin::PluginInstance {
 #[test]
 fn infinite_loop_is_ended_by_the_deadline() {
     let host = Host::new();
-    let fx = plugin("loop", &[("index.js", "exports.processEvent = (e) => { if (e.properties.spin) { try { while (true) {} } catch (x) {} } return e }")]);
+    let fx = plugin(
+        "loop",
+        &[("index.js", "exports.processEvent = (e) => { if (e.properties.spin) { try { while (true) {} } catch (x) {} } return e }")],
+    );
     let mut p = host.ready(&fx);
     let mut other = well_behaved(&host);
     let mut ev = event();
@@ -809,7 +848,10 @@ fn memory_bomb_fails_the_call_and_spares_the_others() {
     let mut other = well_behaved(&host);
     let fx = plugin(
         "bomb",
-        &[("index.js", "exports.processEvent = (e, { global }) => { if (e.properties.keep) { global.hoard = []; for (;;) global.hoard.push('x'.repeat(1000) + Math.random()) } const a = []; for (;;) a.push(new Array(1000).fill(Math.random())) }")],
+        &[(
+            "index.js",
+            "exports.processEvent = (e, { global }) => { if (e.properties.keep) { global.hoard = []; for (;;) global.hoard.push('x'.repeat(1000) + Math.random()) } const a = []; for (;;) a.push(new Array(1000).fill(Math.random())) }",
+        )],
     );
     let mut p = host.ready(&fx);
     let err = p.process_event_json(&event().to_string()).unwrap_err();
@@ -832,7 +874,10 @@ fn running_out_of_memory_is_told_from_what_the_plugin_throws() {
     // Catches QuickJS's error and throws a value of its own: still out of memory.
     let swallow = plugin(
         "swallow",
-        &[("index.js", "exports.processEvent = () => { try { const a = []; for (;;) a.push(new Array(1000).fill(1.5)) } catch (e) { throw 'not me' } }")],
+        &[(
+            "index.js",
+            "exports.processEvent = () => { try { const a = []; for (;;) a.push(new Array(1000).fill(1.5)) } catch (e) { throw 'not me' } }",
+        )],
     );
     let err = host.ready(&swallow).process_event_json(&event().to_string()).unwrap_err();
     assert_eq!(err.name, "OutOfMemory", "{err:?}");
@@ -847,8 +892,22 @@ fn running_out_of_memory_is_told_from_what_the_plugin_throws() {
 #[test]
 fn chain_runs_in_order_and_records_plugins() {
     let host = Host::new();
-    let add = |name: &str| plugin(name, &[("index.js", &format!("exports.processEvent = (e) => {{ (e.properties.order = e.properties.order || []).push('{name}'); return e }}"))]);
-    let fail = plugin("failing", &[("index.js", "exports.processEvent = (e) => { e.properties.touched = true; throw new Error('I always fail!') }\nexports.onEvent = () => {}")]);
+    let add = |name: &str| {
+        plugin(
+            name,
+            &[(
+                "index.js",
+                &format!("exports.processEvent = (e) => {{ (e.properties.order = e.properties.order || []).push('{name}'); return e }}"),
+            )],
+        )
+    };
+    let fail = plugin(
+        "failing",
+        &[(
+            "index.js",
+            "exports.processEvent = (e) => { e.properties.touched = true; throw new Error('I always fail!') }\nexports.onEvent = () => {}",
+        )],
+    );
     let only_on_event = plugin("exporter", &[("index.js", "exports.onEvent = () => {}")]);
     let (fa, fb) = (add("a"), add("b"));
     let mut a = host.load_as(&fa, json!({}), "60", Some(2)).unwrap();
@@ -919,6 +978,9 @@ fn chain_without_plugins_returns_the_input_untouched() {
     assert_eq!(outcome.event.as_deref(), Some(input));
 }
 
+/// What an idle plugin instance may hold of its heap (docs/config.md).
+const IDLE_INSTANCE_BUDGET: usize = 448 << 10;
+
 #[test]
 fn idle_instance_memory_is_small() {
     let host = Host::new();
@@ -928,7 +990,9 @@ fn idle_instance_memory_is_small() {
     instances.iter().for_each(|p| p.collect_garbage());
     let per_instance = (host.runtime.memory_used() - before) / instances.len();
     println!("idle plugin instance: {per_instance} bytes of QuickJS heap (its own runtime)");
-    assert!(per_instance < 2 << 20, "an idle instance takes {per_instance} bytes");
+    // The budget docs/config.md states for planning (`memory_limit_mb`): 448 KiB of heap per idle
+    // instance (measured 348 KiB when it was set; the prelude and its runtime are most of it).
+    assert!(per_instance < IDLE_INSTANCE_BUDGET, "an idle instance takes {per_instance} bytes, over the documented {IDLE_INSTANCE_BUDGET}");
     drop(instances);
     assert_eq!(host.runtime.memory_used(), before, "a dropped instance gives its whole heap back");
 }
@@ -939,7 +1003,10 @@ fn results_read_back_match_json_stringify_in_the_plugins_realm() {
     // same object, logged by the plugin, is the oracle.
     let fx = plugin(
         "shapes",
-        &[("index.js", "exports.processEvent = (e) => { const p = e.properties; p.n = 1.5; p.big = 2 ** 60; p.tiny = 1e-7; p.neg = -0; p.u = undefined; p.arr = [undefined, Symbol('s'), , 'x']; p.s = 'é\\u2028\\ud800'; p.nested = { when: new Date(0), k: [[]] }; console.log(JSON.stringify(e)); return e }")],
+        &[(
+            "index.js",
+            "exports.processEvent = (e) => { const p = e.properties; p.n = 1.5; p.big = 2 ** 60; p.tiny = 1e-7; p.neg = -0; p.u = undefined; p.arr = [undefined, Symbol('s'), , 'x']; p.s = 'é\\u2028\\ud800'; p.nested = { when: new Date(0), k: [[]] }; console.log(JSON.stringify(e)); return e }",
+        )],
     );
     let host = Host::new();
     let mut p = host.ready(&fx);

@@ -405,10 +405,7 @@ fn default_true() -> bool {
 impl PluginEntry {
     /// Config values as JSON.
     pub fn config_json(&self) -> serde_json::Map<String, serde_json::Value> {
-        serde_json::to_value(&self.config)
-            .ok()
-            .and_then(|v| v.as_object().cloned())
-            .unwrap_or_default()
+        serde_json::to_value(&self.config).ok().and_then(|v| v.as_object().cloned()).unwrap_or_default()
     }
 }
 
@@ -416,8 +413,11 @@ impl PipelineConfig {
     /// Reads, parses and checks a configuration file; relative paths become relative to it.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError { file: file.clone(), field: "(file)".into(), problem: format!("cannot read: {e}") })?;
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            field: "(file)".into(),
+            problem: format!("cannot read: {e}"),
+        })?;
         let base = path.parent().unwrap_or(Path::new("."));
         Self::parse(&file, &text, base)
     }
@@ -563,7 +563,9 @@ impl PipelineConfig {
     fn check_input(&self, file: &str) -> Result<(), ConfigError> {
         let fail = |field: &str, problem: String| Err(ConfigError { file: file.to_string(), field: field.into(), problem });
         match self.input.kind {
-            InputKind::File if self.input.path.as_os_str().is_empty() => fail("input.path", "is required when input.kind = \"file\"".into()),
+            InputKind::File if self.input.path.as_os_str().is_empty() => {
+                fail("input.path", "is required when input.kind = \"file\"".into())
+            }
             InputKind::File if !self.input.path.is_file() => {
                 fail("input.path", format!("{} is not a readable file", self.input.path.display()))
             }
@@ -619,12 +621,8 @@ fn field_of_toml_error(text: &str, e: &toml::de::Error) -> String {
     let line_no = before.matches('\n').count() + 1;
     let line = text.lines().nth(line_no - 1).unwrap_or("").trim();
     let key = line.split('=').next().unwrap_or("").trim();
-    let table = before
-        .lines()
-        .rev()
-        .map(str::trim)
-        .find(|l| l.starts_with('['))
-        .map(|l| l.trim_matches(|c| c == '[' || c == ']').to_string());
+    let table =
+        before.lines().rev().map(str::trim).find(|l| l.starts_with('[')).map(|l| l.trim_matches(|c| c == '[' || c == ']').to_string());
     match (table, key.is_empty() || key.starts_with('[')) {
         (Some(t), false) => format!("{t}.{key} (line {line_no})"),
         (Some(t), true) => format!("{t} (line {line_no})"),
@@ -763,7 +761,11 @@ mod tests {
         assert!(e.problem.contains("unknown field"), "{e}");
         let e = parse(dir.path(), "[input]\npath = \"events.jsonl\"\n[[plugins]]\nid = \"a\"\npath = \"nope\"\n").unwrap_err();
         assert_eq!(e.field, "plugins[0].path");
-        let e = parse(dir.path(), "[input]\npath = \"events.jsonl\"\n[[plugins]]\nid = \"a\"\npath = \"p\"\n[[plugins]]\nid = \"a\"\npath = \"p\"\n").unwrap_err();
+        let e = parse(
+            dir.path(),
+            "[input]\npath = \"events.jsonl\"\n[[plugins]]\nid = \"a\"\npath = \"p\"\n[[plugins]]\nid = \"a\"\npath = \"p\"\n",
+        )
+        .unwrap_err();
         assert_eq!(e.field, "plugins[1].id");
         let e = parse(dir.path(), "[input]\npath = \"events.jsonl\"\n[[plugins]]\nid = \"a\"\npath = \"p\"\nteams = []\n").unwrap_err();
         assert_eq!(e.field, "plugins[0].teams");
@@ -792,7 +794,10 @@ mod tests {
         std::fs::hard_link(dir.path().join("events.jsonl"), dir.path().join("out/link.jsonl")).unwrap();
         let e = parse(dir.path(), "[input]\npath = \"events.jsonl\"\n[output]\ndead_letters = \"out/link.jsonl\"\n").unwrap_err();
         assert_eq!(e.field, "output.dead_letters");
-        assert!(parse(dir.path(), "[input]\npath = \"events.jsonl\"\n[output]\nevents = \"-\"\ndead_letters = \"-\"\n").is_ok(), "standard output may take several");
+        assert!(
+            parse(dir.path(), "[input]\npath = \"events.jsonl\"\n[output]\nevents = \"-\"\ndead_letters = \"-\"\n").is_ok(),
+            "standard output may take several"
+        );
     }
 
     #[test]
@@ -860,12 +865,20 @@ mod tests {
         assert_eq!(field("[input]\nkind = \"kafka\"\n"), "kafka");
         assert_eq!(field("[input]\nkind = \"kafka\"\npath = \"events.jsonl\"\n[kafka]\nbrokers = \"b\"\n"), "input.path");
         assert_eq!(field("[input]\nkind = \"kafka\"\n[kafka]\nbrokers = \"b\"\n"), "kafka.input_topic");
-        assert_eq!(field("[input]\nkind = \"kafka\"\n[kafka]\nbrokers = \"b\"\ninput_topic = \"i\"\noutput_topic = \"o\"\n"), "kafka.dead_letter_topic");
+        assert_eq!(
+            field("[input]\nkind = \"kafka\"\n[kafka]\nbrokers = \"b\"\ninput_topic = \"i\"\noutput_topic = \"o\"\n"),
+            "kafka.dead_letter_topic"
+        );
         assert_eq!(field(&KAFKA.replace("127.0.0.1:9092", " ")), "kafka.brokers");
         assert_eq!(field(&format!("{KAFKA}stop_after_idle_ms = 0\n")), "kafka.stop_after_idle_ms");
-        assert_eq!(field(&format!("{KAFKA}[kafka.librdkafka]\n\"enable.auto.commit\" = \"true\"\n")), "kafka.librdkafka.\"enable.auto.commit\"");
         assert_eq!(
-            field(&format!("{KAFKA}delivery = \"exactly-once\"\n[kafka.consumer]\n\"partition.assignment.strategy\" = \"cooperative-sticky\"\n")),
+            field(&format!("{KAFKA}[kafka.librdkafka]\n\"enable.auto.commit\" = \"true\"\n")),
+            "kafka.librdkafka.\"enable.auto.commit\""
+        );
+        assert_eq!(
+            field(&format!(
+                "{KAFKA}delivery = \"exactly-once\"\n[kafka.consumer]\n\"partition.assignment.strategy\" = \"cooperative-sticky\"\n"
+            )),
             "kafka.consumer.\"partition.assignment.strategy\""
         );
         let e = parse(dir.path(), &format!("{KAFKA}delivery = \"twice\"\n")).unwrap_err();

@@ -128,7 +128,11 @@ fn serve(stream: TcpStream, state: &HttpState) -> std::io::Result<()> {
         _ => ("404 Not Found", "text/plain", "not found: try /healthz, /metrics or /plugins\n".to_string()),
     };
     let mut stream = stream;
-    write!(stream, "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())?;
+    write!(
+        stream,
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
     stream.flush()
 }
 
@@ -148,8 +152,14 @@ pub fn prometheus(state: &HttpState) -> String {
     counter("pluginflow_events_out_total", "Events written to the output.", s.events_out);
     counter("pluginflow_events_dropped_total", "Events dropped by a processEvent plugin.", s.dropped);
     counter("pluginflow_dead_letters_total", "Records sent to the dead-letter output.", s.dead_lettered);
-    counter("pluginflow_events_captured_total", "Events plugins captured (sent back into the graph, or dead-lettered as capture loops).", s.captured);
-    out.push_str("# HELP pluginflow_plugin_calls_total Plugin hook calls by outcome (app metrics).\n# TYPE pluginflow_plugin_calls_total counter\n");
+    counter(
+        "pluginflow_events_captured_total",
+        "Events plugins captured (sent back into the graph, or dead-lettered as capture loops).",
+        s.captured,
+    );
+    out.push_str(
+        "# HELP pluginflow_plugin_calls_total Plugin hook calls by outcome (app metrics).\n# TYPE pluginflow_plugin_calls_total counter\n",
+    );
     for ((config, team, hook, outcome), n) in &s.metrics {
         out.push_str(&format!(
             "pluginflow_plugin_calls_total{{config=\"{}\",team=\"{team}\",hook=\"{hook}\",outcome=\"{outcome}\"}} {n}\n",
@@ -202,7 +212,10 @@ fn kafka_metrics(out: &mut String, kafka: &KafkaHealth, now: Instant) {
     out.push_str("# HELP pluginflow_kafka_commit_age_seconds Seconds since the worker's last successful commit (offsets or transaction).\n# TYPE pluginflow_kafka_commit_age_seconds gauge\n");
     for (worker, w) in &workers {
         if let Some(at) = w.last_commit {
-            out.push_str(&format!("pluginflow_kafka_commit_age_seconds{{worker=\"{worker}\"}} {:.3}\n", now.saturating_duration_since(at).as_secs_f64()));
+            out.push_str(&format!(
+                "pluginflow_kafka_commit_age_seconds{{worker=\"{worker}\"}} {:.3}\n",
+                now.saturating_duration_since(at).as_secs_f64()
+            ));
         }
     }
     out.push_str("# HELP pluginflow_kafka_uncommitted_seconds Seconds the oldest offset read has waited for a commit (0: nothing waits).\n# TYPE pluginflow_kafka_uncommitted_seconds gauge\n");
@@ -213,7 +226,10 @@ fn kafka_metrics(out: &mut String, kafka: &KafkaHealth, now: Instant) {
     out.push_str("# HELP pluginflow_kafka_statistics_age_seconds Seconds since the worker's Kafka client last reported statistics (every second while the worker polls; more: blocked).\n# TYPE pluginflow_kafka_statistics_age_seconds gauge\n");
     for (worker, w) in &workers {
         if let Some(at) = w.last_report {
-            out.push_str(&format!("pluginflow_kafka_statistics_age_seconds{{worker=\"{worker}\"}} {:.3}\n", now.saturating_duration_since(at).as_secs_f64()));
+            out.push_str(&format!(
+                "pluginflow_kafka_statistics_age_seconds{{worker=\"{worker}\"}} {:.3}\n",
+                now.saturating_duration_since(at).as_secs_f64()
+            ));
         }
     }
     out.push_str("# HELP pluginflow_kafka_brokers_unreachable_seconds Seconds since no broker has been up for the worker's consumer (0: one is).\n# TYPE pluginflow_kafka_brokers_unreachable_seconds gauge\n");
@@ -274,7 +290,11 @@ mod tests {
             outcome: operators::plugin::worker::Outcome::SucceededOnRetry,
             count: 3,
         });
-        state.plugins.lock().unwrap().insert(("c1".into(), 2, 0), PluginStatus { plugin: "P".into(), loaded: true, disabled: Some("setup failed".into()) });
+        state
+            .plugins
+            .lock()
+            .unwrap()
+            .insert(("c1".into(), 2, 0), PluginStatus { plugin: "P".into(), loaded: true, disabled: Some("setup failed".into()) });
         let mut h = Histogram::default();
         h.observe(Duration::from_micros(70));
         h.observe(Duration::from_millis(3));
@@ -286,7 +306,9 @@ mod tests {
         assert_eq!(status, "HTTP/1.1 200 OK");
         assert!(metrics.contains("pluginflow_events_in_total 5\n"), "{metrics}");
         assert!(metrics.contains("pluginflow_events_out_total 4\n"));
-        assert!(metrics.contains("pluginflow_plugin_calls_total{config=\"c1\",team=\"2\",hook=\"onEvent\",outcome=\"succeeded_on_retry\"} 3\n"));
+        assert!(
+            metrics.contains("pluginflow_plugin_calls_total{config=\"c1\",team=\"2\",hook=\"onEvent\",outcome=\"succeeded_on_retry\"} 3\n")
+        );
         assert!(metrics.contains("pluginflow_pending_retries 7\n"));
         assert!(metrics.contains("pluginflow_plugin_call_seconds_bucket{config=\"c1\",hook=\"onEvent\",le=\"0.0001\"} 1\n"), "{metrics}");
         assert!(metrics.contains("pluginflow_plugin_call_seconds_count{config=\"c1\",hook=\"onEvent\"} 2\n"));
@@ -302,7 +324,11 @@ mod tests {
     fn healthz_fails_for_a_configuration_that_did_not_load_and_for_kafka_trouble() {
         let state = Arc::new(HttpState::default());
         for worker in 0..2 {
-            state.plugins.lock().unwrap().insert(("c7".into(), 3, worker), PluginStatus { plugin: "Q".into(), loaded: false, disabled: None });
+            state
+                .plugins
+                .lock()
+                .unwrap()
+                .insert(("c7".into(), 3, worker), PluginStatus { plugin: "Q".into(), loaded: false, disabled: None });
         }
         let t0 = Instant::now();
         state.kafka.statistics(0, true, BTreeMap::from([(2, 17), (5, 0)]), t0);

@@ -58,6 +58,12 @@ pub struct OutRecord {
 pub trait RecordSink {
     /// Writes records of `epoch`.
     fn write(&mut self, epoch: u64, records: &[OutRecord]) -> anyhow::Result<()>;
+    /// Writes values without headers (processed events) of `epoch`, borrowed: the default
+    /// builds records; sinks that can, write them as they are.
+    fn write_values(&mut self, epoch: u64, values: &mut dyn Iterator<Item = &str>) -> anyhow::Result<()> {
+        let records: Vec<OutRecord> = values.map(|v| OutRecord { value: v.to_string(), headers: Vec::new() }).collect();
+        self.write(epoch, &records)
+    }
     /// Makes everything written so far durable (or at least handed over).
     fn flush(&mut self) -> anyhow::Result<()>;
 }
@@ -84,10 +90,14 @@ pub fn open_output(path: &Path) -> anyhow::Result<SharedWriter> {
 pub struct FileSink(pub SharedWriter);
 
 impl RecordSink for FileSink {
-    fn write(&mut self, _epoch: u64, records: &[OutRecord]) -> anyhow::Result<()> {
+    fn write(&mut self, epoch: u64, records: &[OutRecord]) -> anyhow::Result<()> {
+        self.write_values(epoch, &mut records.iter().map(|r| r.value.as_str()))
+    }
+
+    fn write_values(&mut self, _epoch: u64, values: &mut dyn Iterator<Item = &str>) -> anyhow::Result<()> {
         let mut w = self.0.lock().expect("output lock");
-        for r in records {
-            writeln!(w, "{}", r.value).context("cannot write output")?;
+        for v in values {
+            writeln!(w, "{v}").context("cannot write output")?;
         }
         Ok(())
     }

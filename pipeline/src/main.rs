@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use clap::{Args, Parser, Subcommand};
 use operators::plugin::LogSink;
 use operators::plugin::log::JsonLinesLogSink;
-use pluginflow::kafka::KafkaLogSink;
 use pluginflow::config::PipelineConfig;
+use pluginflow::kafka::KafkaLogSink;
 use pluginflow::try_plugin::{self, TryOptions};
 
 /// Run PostHog plugins ("apps") over analytics events as a timely dataflow.
@@ -242,11 +242,7 @@ fn run(args: RunArgs) -> ExitCode {
     }
 }
 
-fn spawn_progress(
-    stats: Arc<pluginflow::stats::Stats>,
-    finished: Arc<AtomicBool>,
-    started: Instant,
-) -> std::thread::JoinHandle<()> {
+fn spawn_progress(stats: Arc<pluginflow::stats::Stats>, finished: Arc<AtomicBool>, started: Instant) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut last = Instant::now();
         while !finished.load(Ordering::SeqCst) {

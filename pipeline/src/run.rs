@@ -24,21 +24,21 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use operators::event::{DeadLetter, EventLimits, ValidEvent, parse_line};
+use differential_dataflow::input::InputSession;
 use operators::dataflow::deferred::RunDeferred;
+use operators::event::{DeadLetter, EventLimits, ValidEvent, parse_line};
 use operators::plugin::deferred::{DeferredWork, RetryPolicies, RetryPolicy};
 use operators::plugin::worker::{PluginNotice, PluginSpec, WorkerPlace, WorkerPlugins};
 use operators::plugin::{GeoIp, HostServices, Limits, LogSink, PluginDefinition, PluginRuntime};
 use state::{MemoryStore, RocksStore, StateStore};
-use differential_dataflow::input::InputSession;
+use timely::container::CapacityContainerBuilder;
 use timely::dataflow::operators::core::{Inspect, OkErr, Probe};
 use timely::dataflow::operators::vec::Map;
-use timely::container::CapacityContainerBuilder;
 use timely::dataflow::{InputHandle, ProbeHandle};
 
 use crate::config::PipelineConfig;
@@ -129,7 +129,12 @@ pub fn prepare(config: PipelineConfig, logs: Arc<dyn LogSink>, stop: Arc<AtomicB
 /// [`prepare`] with the state store already open. `pluginflow run` opens the store first: its
 /// lock is what keeps a second pipeline off the same state, and it must be held before any
 /// output (the plugin log included) is opened and truncated.
-pub fn prepare_with_store(config: PipelineConfig, logs: Arc<dyn LogSink>, stop: Arc<AtomicBool>, store: Arc<dyn StateStore>) -> anyhow::Result<Shared> {
+pub fn prepare_with_store(
+    config: PipelineConfig,
+    logs: Arc<dyn LogSink>,
+    stop: Arc<AtomicBool>,
+    store: Arc<dyn StateStore>,
+) -> anyhow::Result<Shared> {
     let specs = load_specs(&config)?;
     let geoip = match &config.geoip {
         Some(g) => Some(Arc::new(GeoIp::open(&g.path).map_err(anyhow::Error::msg)?)),
@@ -199,23 +204,21 @@ pub fn run(shared: Shared, timely_config: timely::Config) -> anyhow::Result<Arc<
     Ok(stats)
 }
 
-fn run_worker(
-    worker: &mut timely::worker::Worker,
-    shared: &Shared,
-    index: usize,
-    peers: usize,
-) -> anyhow::Result<()> {
+fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize, peers: usize) -> anyhow::Result<()> {
     let sandbox = PluginRuntime::with_cancel(limits(&shared.config), shared.cancel.clone()).map_err(anyhow::Error::msg)?;
     let plugins = Rc::new(RefCell::new(
-        WorkerPlugins::with_runtime(sandbox, shared.specs.clone(), shared.services.clone())
-            .map_err(anyhow::Error::msg)?
-            .with_place(WorkerPlace {
+        WorkerPlugins::with_runtime(sandbox, shared.specs.clone(), shared.services.clone()).map_err(anyhow::Error::msg)?.with_place(
+            WorkerPlace {
                 index,
                 peers,
                 clock: shared.clock.clone(),
-                setup_policy: RetryPolicy { base: Duration::from_millis(shared.config.runtime.setup_retry_base_ms), ..RetryPolicy::setup() },
+                setup_policy: RetryPolicy {
+                    base: Duration::from_millis(shared.config.runtime.setup_retry_base_ms),
+                    ..RetryPolicy::setup()
+                },
                 job_policy: RetryPolicy { base: Duration::from_millis(shared.config.runtime.on_event_retry_base_ms), ..RetryPolicy::job() },
-            }),
+            },
+        ),
     ));
     plugins.borrow_mut().preload();
     let io = open_worker_io(&shared.config, &shared.files, index, peers, &shared.http.kafka)?;
@@ -251,14 +254,15 @@ fn run_worker(
         });
         let chain = plugins.clone();
         let stats = shared.stats.clone();
-        let (processed, unprocessable): (timely::dataflow::Stream<'_, u64, Vec<(i64, u32, String)>>, _) = events.flat_map(move |ev: ValidEvent| run_event(&chain, &stats, ev)).ok_err(|r: Result<(i64, u32, String), DeadLetter>| r);
+        let (processed, unprocessable): (timely::dataflow::Stream<'_, u64, Vec<(i64, u32, String)>>, _) =
+            events.flat_map(move |ev: ValidEvent| run_event(&chain, &stats, ev)).ok_err(|r: Result<(i64, u32, String), DeadLetter>| r);
         let (sink, stats, fail) = (io.events.clone(), shared.stats.clone(), failed.clone());
         processed
             .clone()
             .inspect_core(move |batch| {
                 if let Ok((stamp, events)) = batch {
-                    let records: Vec<OutRecord> = events.iter().map(|(_, _, l)| OutRecord { value: l.clone(), headers: Vec::new() }).collect();
-                    keep_first_error(&fail, sink.borrow_mut().write(stamp.least().copied().unwrap_or_default(), &records));
+                    let epoch = stamp.least().copied().unwrap_or_default();
+                    keep_first_error(&fail, sink.borrow_mut().write_values(epoch, &mut events.iter().map(|(_, _, l)| l.as_str())));
                     stats.add_out(events.len() as u64);
                 }
             })
@@ -341,7 +345,14 @@ fn run_worker(
     shared.stats.add_captured(late.len() as u64);
     let late: Vec<DeadLetter> = late
         .into_iter()
-        .map(|(json, _)| DeadLetter { source: "posthog.capture".into(), position: 0, reason: "captured after the input closed".into(), raw: json, raw_base64: None, failure: None })
+        .map(|(json, _)| DeadLetter {
+            source: "posthog.capture".into(),
+            position: 0,
+            reason: "captured after the input closed".into(),
+            raw: json,
+            raw_base64: None,
+            failure: None,
+        })
         .collect();
     write_now(&io.dead_letters, epoch, late, &shared.stats)?;
     record_notices(&shared.stats, &mut plugins.borrow_mut(), &mut metrics, &*shared.clock);
@@ -417,7 +428,9 @@ fn exhausted_letters(e: operators::plugin::deferred::Exhausted) -> Vec<DeadLette
         failure: Some(failure.clone()),
     };
     match (e.error.hook, serde_json::from_str::<serde_json::Value>(&e.payload)) {
-        (operators::plugin::Hook::ExportEvents, Ok(serde_json::Value::Array(events))) => events.iter().map(|ev| letter(ev.to_string())).collect(),
+        (operators::plugin::Hook::ExportEvents, Ok(serde_json::Value::Array(events))) => {
+            events.iter().map(|ev| letter(ev.to_string())).collect()
+        }
         _ => vec![letter(e.payload)],
     }
 }

@@ -9,8 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use operators::plugin::{
-    GeoIp, HostServices, InstanceConfig, Limits, LogLevel, LogSink, PluginDefinition, PluginInstance, PluginRuntime,
-    StepOutcome,
+    GeoIp, HostServices, InstanceConfig, Limits, LogLevel, LogSink, PluginDefinition, PluginInstance, PluginRuntime, StepOutcome,
 };
 use state::MemoryStore;
 

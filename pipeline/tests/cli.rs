@@ -100,16 +100,33 @@ fn logs_are_json_on_request_plain_otherwise_and_the_config_reads_the_environment
     )
     .unwrap();
 
-    let json = bin().args(["--log-format", "json", "run", "--no-progress"]).arg(&cfg).env("PF_TEST_INPUT", "e.jsonl").env("RUST_LOG", "info").output().unwrap();
+    let json = bin()
+        .args(["--log-format", "json", "run", "--no-progress"])
+        .arg(&cfg)
+        .env("PF_TEST_INPUT", "e.jsonl")
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
     assert!(json.status.success(), "{}", String::from_utf8_lossy(&json.stderr));
-    assert_eq!(std::fs::read_to_string(dir.path().join("out/events.jsonl")).unwrap().lines().count(), 1, "the input came from ${{PF_TEST_INPUT}}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("out/events.jsonl")).unwrap().lines().count(),
+        1,
+        "the input came from ${{PF_TEST_INPUT}}"
+    );
     let stderr = String::from_utf8_lossy(&json.stderr);
     let logged: Vec<serde_json::Value> = stderr.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
     assert!(!logged.is_empty(), "no JSON log line: {stderr}");
     assert!(logged.iter().all(|v| v["level"].is_string() && v["timestamp"].is_string()), "{stderr}");
     assert!(logged.iter().any(|v| v["fields"]["message"] == "http endpoint listening"), "{stderr}");
 
-    let text = bin().args(["run", "--no-progress"]).arg(&cfg).env("PF_TEST_INPUT", "e.jsonl").env("PF_TEST_OUT", "out2").env("RUST_LOG", "info").output().unwrap();
+    let text = bin()
+        .args(["run", "--no-progress"])
+        .arg(&cfg)
+        .env("PF_TEST_INPUT", "e.jsonl")
+        .env("PF_TEST_OUT", "out2")
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
     assert!(text.status.success(), "{}", String::from_utf8_lossy(&text.stderr));
     assert!(dir.path().join("out2/events.jsonl").is_file(), "${{PF_TEST_OUT:-out}} took the variable");
     let stderr = String::from_utf8_lossy(&text.stderr);
@@ -161,7 +178,12 @@ fn try_prints_one_line_per_input_line() {
 #[test]
 fn try_exits_2_when_setup_fails() {
     let dir = tempfile::tempdir().unwrap();
-    let p = plugin(dir.path(), "nosetup", r#"{"name":"nosetup"}"#, "exports.setupPlugin = () => { throw new Error('no API key') }\nexports.processEvent = e => e");
+    let p = plugin(
+        dir.path(),
+        "nosetup",
+        r#"{"name":"nosetup"}"#,
+        "exports.setupPlugin = () => { throw new Error('no API key') }\nexports.processEvent = e => e",
+    );
     let out = bin().arg("try").arg(&p).stdin(Stdio::null()).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
@@ -258,7 +280,12 @@ fn an_operators_mistakes_destroy_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let line = "{\"uuid\":\"u\",\"event\":\"e\",\"team_id\":1,\"properties\":{}}\n";
     std::fs::write(dir.path().join("e.jsonl"), line.repeat(10)).unwrap();
-    plugin(dir.path(), "spin", r#"{"name":"spin"}"#, "exports.processEvent = (e) => { console.log('first pipeline working'); for (;;) {} }");
+    plugin(
+        dir.path(),
+        "spin",
+        r#"{"name":"spin"}"#,
+        "exports.processEvent = (e) => { console.log('first pipeline working'); for (;;) {} }",
+    );
     let base = "[input]\npath = \"e.jsonl\"\n[state]\npath = \"state\"\n[runtime]\ncall_timeout_ms = 3600000\nshutdown_grace_ms = 100\n[[plugins]]\nid = \"s\"\npath = \"spin\"\n";
     // The output is the input: refused before anything is opened.
     std::fs::write(dir.path().join("same.toml"), format!("{base}[output]\nevents = \"e.jsonl\"\n")).unwrap();
@@ -285,7 +312,13 @@ fn an_operators_mistakes_destroy_nothing() {
     assert_eq!(first.wait().unwrap().code(), Some(0));
 
     // Plugin logs on a full disk: the run fails loudly instead of losing entries.
-    std::fs::write(dir.path().join("full.toml"), format!("{base}[output]\nevents = \"out/e2.jsonl\"\nlogs = \"/dev/full\"\n").replace("state\"", "state2\"").replace("call_timeout_ms = 3600000", "call_timeout_ms = 100")).unwrap();
+    std::fs::write(
+        dir.path().join("full.toml"),
+        format!("{base}[output]\nevents = \"out/e2.jsonl\"\nlogs = \"/dev/full\"\n")
+            .replace("state\"", "state2\"")
+            .replace("call_timeout_ms = 3600000", "call_timeout_ms = 100"),
+    )
+    .unwrap();
     let out = bin().args(["run", "--no-progress", "full.toml"]).current_dir(dir.path()).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
@@ -295,7 +328,8 @@ fn an_operators_mistakes_destroy_nothing() {
 #[test]
 fn two_processes_form_a_cluster_and_split_the_log() {
     let dir = tempfile::tempdir().unwrap();
-    let lines: String = (0..4000).map(|i| format!("{{\"uuid\":\"u{i}\",\"event\":\"e\",\"team_id\":{},\"properties\":{{}}}}\n", i % 3 + 1)).collect();
+    let lines: String =
+        (0..4000).map(|i| format!("{{\"uuid\":\"u{i}\",\"event\":\"e\",\"team_id\":{},\"properties\":{{}}}}\n", i % 3 + 1)).collect();
     std::fs::write(dir.path().join("e.jsonl"), lines).unwrap();
     plugin(dir.path(), "tag", r#"{"name":"tag"}"#, "exports.processEvent = (e) => { e.properties.tagged = true; return e }");
     let cfg = dir.path().join("pf.toml");
@@ -305,7 +339,14 @@ fn two_processes_form_a_cluster_and_split_the_log() {
     std::fs::write(&hosts, ports.iter().map(|p| format!("127.0.0.1:{p}\n")).collect::<String>()).unwrap();
     let children: Vec<_> = (0..2)
         .map(|p| {
-            bin().args(["run", "-w", "2", "-n", "2", "-p", &p.to_string(), "-h"]).arg(&hosts).arg("--no-progress").arg(&cfg).stderr(Stdio::piped()).spawn().unwrap()
+            bin()
+                .args(["run", "-w", "2", "-n", "2", "-p", &p.to_string(), "-h"])
+                .arg(&hosts)
+                .arg("--no-progress")
+                .arg(&cfg)
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
         })
         .collect();
     let mut seen = Vec::new();

@@ -30,7 +30,12 @@ fn write(dir: &Path, name: &str, plugin_json: &Value, index: &str) -> PathBuf {
 /// for a moment, logs it, takes it off again) and `counter` (last, counts in its cache and its
 /// `global`).
 fn neighbours(dir: &Path) {
-    write(dir, "before", &json!({"name": "before"}), "exports.processEvent = async (e, { cache }) => { e.properties.before = await cache.incr('seen'); return e }");
+    write(
+        dir,
+        "before",
+        &json!({"name": "before"}),
+        "exports.processEvent = async (e, { cache }) => { e.properties.before = await cache.incr('seen'); return e }",
+    );
     write(
         dir,
         "vault",
@@ -104,7 +109,8 @@ impl Run {
 
 fn read_lines(path: &Path) -> (Vec<Value>, String) {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let values = text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{}: not JSON ({e}): {l}", path.display()))).collect();
+    let values =
+        text.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{}: not JSON ({e}): {l}", path.display()))).collect();
     (values, text)
 }
 
@@ -135,11 +141,8 @@ fn run_at(hostile: Option<&str>, runtime: &str, hostile_json: &Value, order: i64
         "[input]\npath = \"in.jsonl\"\n[output]\nevents = \"out/events.jsonl\"\ndead_letters = \"out/dead.jsonl\"\nlogs = \"out/logs.jsonl\"\napp_metrics = \"out/metrics.jsonl\"\n[state]\nmemory = true\n[runtime]\nbatch_size = 8\ncall_timeout_ms = 1000\n{runtime}\n{plugins}"
     );
     std::fs::write(dir.path().join("pf.toml"), config).unwrap();
-    let out: Output = Command::new(env!("CARGO_BIN_EXE_pluginflow"))
-        .args(["run", "--no-progress", "pf.toml"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
+    let out: Output =
+        Command::new(env!("CARGO_BIN_EXE_pluginflow")).args(["run", "--no-progress", "pf.toml"]).current_dir(dir.path()).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let (events, t1) = read_lines(&dir.path().join("out/events.jsonl"));
     let (dead, t2) = read_lines(&dir.path().join("out/dead.jsonl"));
@@ -177,7 +180,10 @@ fn assert_contained(attack: &Run, oracle: &Run, team1_exact: bool) {
     assert_eq!(attack.dead.len() as u64, attack.count("dead"));
     // The secret never leaves the vault: not in events, dead letters, logs or stderr.
     assert!(!attack.all_text.contains(SECRET), "the vault's secret leaked");
-    assert!(attack.logs.iter().any(|l| l["plugin"] == "vault" && l["message"].as_str().unwrap().contains("POSTHOG SECRET FIELD")), "vault logged (masked)");
+    assert!(
+        attack.logs.iter().any(|l| l["plugin"] == "vault" && l["message"].as_str().unwrap().contains("POSTHOG SECRET FIELD")),
+        "vault logged (masked)"
+    );
     // Team 2 never sees the attacker: byte for byte what the oracle wrote.
     assert_eq!(attack.team(2), oracle.team(2), "team 2's events differ from the run without the attacker");
     // Team 1: every input event is there, and the neighbours did their work.
@@ -212,7 +218,11 @@ fn oracle() -> Run {
 
 /// Team 1's events that list the attacker as failed, and the messages it failed with.
 fn attacker_failures(r: &Run) -> (usize, Vec<String>) {
-    let failed = r.team(1).values().filter(|e| e["properties"]["$plugins_failed"].as_array().is_some_and(|a| a.iter().any(|v| v == "hostile (h)"))).count();
+    let failed = r
+        .team(1)
+        .values()
+        .filter(|e| e["properties"]["$plugins_failed"].as_array().is_some_and(|a| a.iter().any(|v| v == "hostile (h)")))
+        .count();
     (failed, r.plugin_errors("hostile"))
 }
 
@@ -261,7 +271,10 @@ fn the_realm_escape_finds_no_host_internals_and_no_neighbour() {
     for e in attack.team(1).values() {
         assert_eq!(e["properties"]["escape"], "none", "{e}");
         assert_eq!(e["properties"]["ctor"], "EvalError", "the Function constructor is closed: {e}");
-        assert!(e["properties"]["caller"] == "threw" || e["properties"]["caller"] == "null" || e["properties"]["caller"] == "undefined", "{e}");
+        assert!(
+            e["properties"]["caller"] == "threw" || e["properties"]["caller"] == "null" || e["properties"]["caller"] == "undefined",
+            "{e}"
+        );
         assert_eq!(e["properties"]["meta"], "attachments,cache,config,geoip,global,jobs,storage", "{e}");
     }
 }
@@ -291,7 +304,9 @@ fn getters_and_proxies_in_a_result_are_refused_without_running() {
         assert!(message.contains("TypeError"), "{message}");
         assert!(!message.contains("Timeout"), "a getter ran: {message}");
         assert!(
-            message.contains("event.team_id is an accessor") || message.contains("a Proxy") || message.contains("event.properties.email is an accessor"),
+            message.contains("event.team_id is an accessor")
+                || message.contains("a Proxy")
+                || message.contains("event.properties.email is an accessor"),
             "{message}"
         );
     }
@@ -318,7 +333,12 @@ fn to_json_cycles_bigints_and_functions_fail_the_call_not_the_event() {
     let (failed, errors) = attacker_failures(&attack);
     assert_eq!(failed, PER_TEAM);
     let all = errors.join("\n");
-    for what in ["event.toJSON is a function", "event.properties.self is the object that contains it (a cycle)", "event.properties.n is a BigInt", "event.properties.fn is a function"] {
+    for what in [
+        "event.toJSON is a function",
+        "event.properties.self is the object that contains it (a cycle)",
+        "event.properties.n is a BigInt",
+        "event.properties.fn is a function",
+    ] {
         assert!(all.contains(what), "no error says '{what}':\n{all}");
     }
     assert!(attack.events.iter().all(|e| e["event"] == "$pageview"), "toJSON replaced an event");
@@ -370,14 +390,20 @@ fn endless_loops_and_microtask_loops_time_out_and_the_plugin_is_disabled() {
         // The microtask loop also grows a promise chain: it may run out of memory first.
         assert!(errors.iter().all(|m| m.contains("TimeoutError") || m.contains("OutOfMemory")), "{errors:?}");
         assert!(errors[0].contains("TimeoutError"), "{errors:?}");
-        assert!(attack.stderr.contains("disabled: hostile (h) team 1") && attack.stderr.contains("ran out of memory 3 times"), "{}", attack.stderr);
+        assert!(
+            attack.stderr.contains("disabled: hostile (h) team 1") && attack.stderr.contains("ran out of memory 3 times"),
+            "{}",
+            attack.stderr
+        );
     }
 }
 
 #[test]
 fn a_capture_flood_is_cut_per_call_and_per_batch() {
     let attack = run(
-        Some("exports.processEvent = (e) => { let i = 0; try { for (; i < 1000; i++) posthog.capture('spam', { i }) } catch (err) { e.properties.refused_at = i } return e }"),
+        Some(
+            "exports.processEvent = (e) => { let i = 0; try { for (; i < 1000; i++) posthog.capture('spam', { i }) } catch (err) { e.properties.refused_at = i } return e }",
+        ),
         "max_captures_per_call = 5\nmax_captures_per_epoch = 8\nmax_capture_hops = 2",
     );
     // Captured events are team 1's and go through its chain: the neighbours count them too.
@@ -405,9 +431,19 @@ fn log_and_job_floods_are_cut_per_call() {
         &json!({"name": "hostile"}),
     );
     assert_contained(&attack, &oracle(), true);
-    let logged: usize = attack.logs.iter().filter(|l| l["plugin"] == "hostile" && l["source"] == "CONSOLE").map(|l| l["message"].as_str().unwrap().len()).sum();
+    let logged: usize = attack
+        .logs
+        .iter()
+        .filter(|l| l["plugin"] == "hostile" && l["source"] == "CONSOLE")
+        .map(|l| l["message"].as_str().unwrap().len())
+        .sum();
     assert!(logged <= PER_TEAM * (4096 + 200), "console output past the per-call budget: {logged} bytes");
-    assert!(attack.logs.iter().any(|l| l["plugin"] == "hostile" && l["message"].as_str().unwrap().contains("console messages of this call were dropped")));
+    assert!(
+        attack
+            .logs
+            .iter()
+            .any(|l| l["plugin"] == "hostile" && l["message"].as_str().unwrap().contains("console messages of this call were dropped"))
+    );
     assert!(attack.team(1).values().all(|e| e["properties"]["jobs_refused_at"] == 7), "the 8th job of a call is refused");
 }
 
@@ -416,8 +452,15 @@ fn events_that_cannot_enter_a_plugin_are_dead_lettered_never_passed_through() {
     // A PII filter that must see every event, and input events built to slip past it.
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "pii", &json!({"name": "pii"}), "exports.processEvent = (e) => { delete e.properties.email; return e }");
-    let deep = format!("{{\"uuid\":\"deep\",\"event\":\"e\",\"team_id\":1,\"properties\":{{\"email\":\"a@b.test\",\"x\":{}1{}}}}}", "[".repeat(30_000), "]".repeat(30_000));
-    let big = format!("{{\"uuid\":\"big\",\"event\":\"e\",\"team_id\":1,\"properties\":{{\"email\":\"a@b.test\",\"pad\":\"{}\"}}}}", "z".repeat(2 << 20));
+    let deep = format!(
+        "{{\"uuid\":\"deep\",\"event\":\"e\",\"team_id\":1,\"properties\":{{\"email\":\"a@b.test\",\"x\":{}1{}}}}}",
+        "[".repeat(30_000),
+        "]".repeat(30_000)
+    );
+    let big = format!(
+        "{{\"uuid\":\"big\",\"event\":\"e\",\"team_id\":1,\"properties\":{{\"email\":\"a@b.test\",\"pad\":\"{}\"}}}}",
+        "z".repeat(2 << 20)
+    );
     let bad_props = "{\"uuid\":\"props\",\"event\":\"e\",\"team_id\":1,\"properties\":\"email=a@b.test\"}".to_string();
     let fine = "{\"uuid\":\"fine\",\"event\":\"e\",\"team_id\":1,\"properties\":{\"email\":\"a@b.test\"}}".to_string();
     std::fs::write(dir.path().join("in.jsonl"), [deep, big, bad_props, fine].join("\n") + "\n").unwrap();
@@ -426,7 +469,8 @@ fn events_that_cannot_enter_a_plugin_are_dead_lettered_never_passed_through() {
         "[input]\npath = \"in.jsonl\"\n[output]\nevents = \"out/events.jsonl\"\ndead_letters = \"out/dead.jsonl\"\nlogs = \"out/logs.jsonl\"\napp_metrics = \"out/m.jsonl\"\n[state]\nmemory = true\n[[plugins]]\nid = \"p\"\npath = \"pii\"\n",
     )
     .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_pluginflow")).args(["run", "--no-progress", "pf.toml"]).current_dir(dir.path()).output().unwrap();
+    let out =
+        Command::new(env!("CARGO_BIN_EXE_pluginflow")).args(["run", "--no-progress", "pf.toml"]).current_dir(dir.path()).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     let events = std::fs::read_to_string(dir.path().join("out/events.jsonl")).unwrap();
@@ -463,7 +507,9 @@ fn declaring_a_neighbours_name_does_not_give_its_cache() {
     // The attacker calls itself `counter` and rewrites the counter's key: the counter's own
     // counts (checked against the oracle) are untouched.
     let attack = run_with(
-        Some("exports.processEvent = async (e, { cache }) => { e.properties.stolen = await cache.get('count'); await cache.set('count', 1000000); return e }"),
+        Some(
+            "exports.processEvent = async (e, { cache }) => { e.properties.stolen = await cache.get('count'); await cache.set('count', 1000000); return e }",
+        ),
         "",
         &json!({"name": "counter"}),
     );

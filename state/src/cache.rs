@@ -14,11 +14,7 @@ pub(crate) trait CacheSlots {
     /// Runs `f` on the entry under `key` (possibly expired) with no other update of that key in
     /// between. `f` returns its result and whether the slot changed; a changed slot is stored
     /// (`None` deletes the key). When `f` fails, nothing is stored.
-    fn update<R>(
-        &self,
-        key: &[u8],
-        f: impl FnOnce(&mut Option<Entry>) -> Result<(R, bool)>,
-    ) -> Result<R>;
+    fn update<R>(&self, key: &[u8], f: impl FnOnce(&mut Option<Entry>) -> Result<(R, bool)>) -> Result<R>;
 }
 
 /// Loads `key`, treating an expired entry as missing.
@@ -28,11 +24,7 @@ fn live<S: CacheSlots>(s: &S, key: &[u8]) -> Result<Option<Entry>> {
 }
 
 /// Like [`CacheSlots::update`], but `f` sees an expired entry as `None`.
-fn update_live<S: CacheSlots, R>(
-    s: &S,
-    key: &[u8],
-    f: impl FnOnce(&mut Option<Entry>, u64) -> Result<(R, bool)>,
-) -> Result<R> {
+fn update_live<S: CacheSlots, R>(s: &S, key: &[u8], f: impl FnOnce(&mut Option<Entry>, u64) -> Result<(R, bool)>) -> Result<R> {
     s.update(key, |slot| {
         let now = s.now_ms();
         let expired = slot.as_ref().is_some_and(|e| e.is_expired(now));
@@ -45,9 +37,7 @@ fn update_live<S: CacheSlots, R>(
 }
 
 pub(crate) fn get<S: CacheSlots>(s: &S, key: &[u8]) -> Result<Option<String>> {
-    live(s, key)?
-        .map(|e| e.as_str().map(str::to_owned))
-        .transpose()
+    live(s, key)?.map(|e| e.as_str().map(str::to_owned)).transpose()
 }
 
 pub(crate) fn set<S: CacheSlots>(s: &S, key: &[u8], value: &str, ttl: Option<u64>) -> Result<()> {
@@ -98,10 +88,7 @@ pub(crate) fn lpush<S: CacheSlots>(s: &S, key: &[u8], values: &[String]) -> Resu
             let mut list = PackedList::default();
             list.push_front(values);
             let len = list.len() as u64;
-            *slot = Some(Entry {
-                expires_at_ms: 0,
-                value: Value::List(list),
-            });
+            *slot = Some(Entry { expires_at_ms: 0, value: Value::List(list) });
             Ok((len, true))
         }
         Some(e) => {
@@ -112,12 +99,7 @@ pub(crate) fn lpush<S: CacheSlots>(s: &S, key: &[u8], values: &[String]) -> Resu
     })
 }
 
-pub(crate) fn lrange<S: CacheSlots>(
-    s: &S,
-    key: &[u8],
-    start: i64,
-    stop: i64,
-) -> Result<Vec<String>> {
+pub(crate) fn lrange<S: CacheSlots>(s: &S, key: &[u8], start: i64, stop: i64) -> Result<Vec<String>> {
     match live(s, key)? {
         None => Ok(Vec::new()),
         Some(e) => e.as_list()?.range(start, stop),
@@ -179,11 +161,7 @@ mod tests {
         fn load(&self, key: &[u8]) -> Result<Option<Entry>> {
             Ok(self.map.borrow().get(key).cloned())
         }
-        fn update<R>(
-            &self,
-            key: &[u8],
-            f: impl FnOnce(&mut Option<Entry>) -> Result<(R, bool)>,
-        ) -> Result<R> {
+        fn update<R>(&self, key: &[u8], f: impl FnOnce(&mut Option<Entry>) -> Result<(R, bool)>) -> Result<R> {
             let mut slot = self.load(key)?;
             let (result, changed) = f(&mut slot)?;
             if changed {
@@ -224,10 +202,7 @@ mod tests {
         let s = Slots::default();
         set(&s, b"k", "abc", None).unwrap();
         assert!(matches!(incr(&s, b"k"), Err(StateError::NotAnInteger)));
-        assert!(matches!(
-            lpush(&s, b"k", &["x".into()]),
-            Err(StateError::WrongType)
-        ));
+        assert!(matches!(lpush(&s, b"k", &["x".into()]), Err(StateError::WrongType)));
         assert_eq!(get(&s, b"k").unwrap().as_deref(), Some("abc"));
         assert_eq!(s.writes.get(), 1);
     }

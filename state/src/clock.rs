@@ -16,9 +16,7 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now_ms(&self) -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
     }
 }
 
@@ -32,9 +30,7 @@ pub struct ManualClock {
 impl ManualClock {
     /// A clock showing `start_ms`.
     pub fn new(start_ms: u64) -> Self {
-        Self {
-            now_ms: AtomicU64::new(start_ms),
-        }
+        Self { now_ms: AtomicU64::new(start_ms) }
     }
 
     /// Sets the time to `ms` (it may go backwards).
@@ -44,11 +40,7 @@ impl ManualClock {
 
     /// Moves the time forward by `ms` milliseconds (saturating).
     pub fn advance_ms(&self, ms: u64) {
-        let _ = self
-            .now_ms
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |now| {
-                Some(now.saturating_add(ms))
-            });
+        let _ = self.now_ms.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |now| Some(now.saturating_add(ms)));
     }
 
     /// Moves the time forward by `secs` seconds (saturating).

@@ -50,16 +50,9 @@ mod tests {
 
     #[test]
     fn messages_name_the_problem() {
-        assert_eq!(
-            StateError::NotAnInteger.to_string(),
-            "value is not an integer or out of range"
-        );
+        assert_eq!(StateError::NotAnInteger.to_string(), "value is not an integer or out of range");
         assert!(StateError::WrongType.to_string().starts_with("WRONGTYPE"));
-        let e = StateError::FormatVersion {
-            found: 7,
-            expected: 1,
-            path: PathBuf::from("/x/state"),
-        };
+        let e = StateError::FormatVersion { found: 7, expected: 1, path: PathBuf::from("/x/state") };
         let msg = e.to_string();
         assert!(msg.contains("/x/state") && msg.contains("version 7") && msg.contains("version 1"));
     }
@@ -67,14 +60,8 @@ mod tests {
     #[test]
     fn io_display_stays_at_its_level() {
         let source = std::io::Error::other("disk on fire");
-        let e = StateError::Io {
-            path: PathBuf::from("/x"),
-            source,
-        };
+        let e = StateError::Io { path: PathBuf::from("/x"), source };
         assert!(!e.to_string().contains("disk on fire"));
-        assert_eq!(
-            e.source().map(ToString::to_string).as_deref(),
-            Some("disk on fire")
-        );
+        assert_eq!(e.source().map(ToString::to_string).as_deref(), Some("disk on fire"));
     }
 }

@@ -37,9 +37,7 @@ pub(crate) fn put_prefixed(out: &mut Vec<u8>, bytes: &[u8]) {
 
 /// Cache key: plugin, team (`"all"` when none) and key.
 pub(crate) fn cache_key(scope: &CacheScope, key: &str) -> Vec<u8> {
-    let team = scope
-        .team
-        .map_or_else(|| "all".to_owned(), |t| t.to_string());
+    let team = scope.team.map_or_else(|| "all".to_owned(), |t| t.to_string());
     let mut out = Vec::with_capacity(scope.plugin.len() + team.len() + key.len() + 4);
     put_prefixed(&mut out, scope.plugin.as_bytes());
     put_prefixed(&mut out, team.as_bytes());
@@ -83,9 +81,7 @@ pub(crate) fn queue_due_id(key: &[u8]) -> Result<(u64, u64)> {
 
 /// Decodes an 8-byte big-endian integer.
 pub(crate) fn be_u64(bytes: &[u8]) -> Result<u64> {
-    let arr: [u8; 8] = bytes
-        .try_into()
-        .map_err(|_| StateError::Corrupt("expected an 8-byte integer".into()))?;
+    let arr: [u8; 8] = bytes.try_into().map_err(|_| StateError::Corrupt("expected an 8-byte integer".into()))?;
     Ok(u64::from_be_bytes(arr))
 }
 
@@ -94,25 +90,12 @@ mod tests {
     use super::*;
 
     fn scope(plugin: &str, team: Option<i64>) -> CacheScope {
-        CacheScope {
-            plugin: plugin.into(),
-            team,
-        }
+        CacheScope { plugin: plugin.into(), team }
     }
 
     #[test]
     fn varint_round_trips() {
-        for n in [
-            0,
-            1,
-            127,
-            128,
-            300,
-            16_383,
-            16_384,
-            u64::from(u32::MAX),
-            u64::MAX,
-        ] {
+        for n in [0, 1, 127, 128, 300, 16_383, 16_384, u64::from(u32::MAX), u64::MAX] {
             let mut buf = Vec::new();
             put_varint(&mut buf, n);
             buf.push(0xAA); // trailing byte must not be consumed

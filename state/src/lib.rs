@@ -61,13 +61,7 @@ pub trait StateStore: Send + Sync {
     /// The value stored under `key`, or `None` when missing or expired.
     fn cache_get(&self, scope: &CacheScope, key: &str) -> Result<Option<String>>;
     /// Stores `value`; with `ttl_seconds`, the key expires after that many seconds.
-    fn cache_set(
-        &self,
-        scope: &CacheScope,
-        key: &str,
-        value: &str,
-        ttl_seconds: Option<u64>,
-    ) -> Result<()>;
+    fn cache_set(&self, scope: &CacheScope, key: &str, value: &str, ttl_seconds: Option<u64>) -> Result<()>;
     /// Adds one to the integer stored under `key` (a missing key counts from 0) and returns the
     /// new value. Fails with [`StateError::NotAnInteger`] when the value is not an integer.
     fn cache_incr(&self, scope: &CacheScope, key: &str) -> Result<i64>;
@@ -77,8 +71,7 @@ pub trait StateStore: Send + Sync {
     /// and returns the new length.
     fn cache_lpush(&self, scope: &CacheScope, key: &str, values: &[String]) -> Result<u64>;
     /// The elements from `start` to `stop`, both inclusive; negative indexes count from the end.
-    fn cache_lrange(&self, scope: &CacheScope, key: &str, start: i64, stop: i64)
-    -> Result<Vec<String>>;
+    fn cache_lrange(&self, scope: &CacheScope, key: &str, start: i64, stop: i64) -> Result<Vec<String>>;
     /// Length of the list, 0 when missing.
     fn cache_llen(&self, scope: &CacheScope, key: &str) -> Result<u64>;
     /// Removes and returns up to `count` elements from the head of the list.

@@ -40,15 +40,7 @@ impl MemoryStore {
 
     /// An empty store whose TTLs follow `clock`.
     pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
-        Self {
-            clock,
-            cache: Mutex::default(),
-            storage: Mutex::default(),
-            queues: Mutex::new(Queues {
-                next_id: 1,
-                ..Queues::default()
-            }),
-        }
+        Self { clock, cache: Mutex::default(), storage: Mutex::default(), queues: Mutex::new(Queues { next_id: 1, ..Queues::default() }) }
     }
 
     /// Deletes expired cache entries and returns how many there were.
@@ -82,11 +74,7 @@ impl CacheSlots for MemoryStore {
         Ok(lock(&self.cache).get(key).cloned())
     }
 
-    fn update<R>(
-        &self,
-        key: &[u8],
-        f: impl FnOnce(&mut Option<Entry>) -> Result<(R, bool)>,
-    ) -> Result<R> {
+    fn update<R>(&self, key: &[u8], f: impl FnOnce(&mut Option<Entry>) -> Result<(R, bool)>) -> Result<R> {
         let mut cache = lock(&self.cache);
         let mut slot = cache.get(key).cloned();
         let (result, changed) = f(&mut slot)?;
@@ -103,19 +91,14 @@ impl CacheSlots for MemoryStore {
 impl Queues {
     /// Items of the queue with `prefix`, in key (due, id) order.
     fn scan<'a>(&'a self, prefix: &'a [u8]) -> impl Iterator<Item = (&'a Vec<u8>, &'a Vec<u8>)> {
-        self.items
-            .range(prefix.to_vec()..)
-            .take_while(move |(k, _)| k.starts_with(prefix))
+        self.items.range(prefix.to_vec()..).take_while(move |(k, _)| k.starts_with(prefix))
     }
 
     fn key_of(&self, prefix: &[u8], id: u64) -> Option<Vec<u8>> {
         if let Some(k) = self.taken.get(&id).filter(|k| k.starts_with(prefix)) {
             return Some(k.clone());
         }
-        self.scan(prefix)
-            .map(|(k, _)| k)
-            .find(|k| keys::queue_due_id(k).is_ok_and(|(_, i)| i == id))
-            .cloned()
+        self.scan(prefix).map(|(k, _)| k).find(|k| keys::queue_due_id(k).is_ok_and(|(_, i)| i == id)).cloned()
     }
 }
 
@@ -124,13 +107,7 @@ impl StateStore for MemoryStore {
         cache::get(self, &keys::cache_key(scope, key))
     }
 
-    fn cache_set(
-        &self,
-        scope: &CacheScope,
-        key: &str,
-        value: &str,
-        ttl: Option<u64>,
-    ) -> Result<()> {
+    fn cache_set(&self, scope: &CacheScope, key: &str, value: &str, ttl: Option<u64>) -> Result<()> {
         cache::set(self, &keys::cache_key(scope, key), value, ttl)
     }
 
@@ -146,13 +123,7 @@ impl StateStore for MemoryStore {
         cache::lpush(self, &keys::cache_key(scope, key), values)
     }
 
-    fn cache_lrange(
-        &self,
-        scope: &CacheScope,
-        key: &str,
-        start: i64,
-        stop: i64,
-    ) -> Result<Vec<String>> {
+    fn cache_lrange(&self, scope: &CacheScope, key: &str, start: i64, stop: i64) -> Result<Vec<String>> {
         cache::lrange(self, &keys::cache_key(scope, key), start, stop)
     }
 
@@ -169,9 +140,7 @@ impl StateStore for MemoryStore {
     }
 
     fn storage_get(&self, config: &str, key: &str) -> Result<Option<String>> {
-        Ok(lock(&self.storage)
-            .get(&keys::storage_key(config, key))
-            .cloned())
+        Ok(lock(&self.storage).get(&keys::storage_key(config, key)).cloned())
     }
 
     fn storage_set(&self, config: &str, key: &str, value: &str) -> Result<()> {
@@ -188,8 +157,7 @@ impl StateStore for MemoryStore {
         let mut q = lock(&self.queues);
         let id = q.next_id;
         q.next_id += 1;
-        q.items
-            .insert(keys::queue_key(queue, due_ms, id), payload.to_vec());
+        q.items.insert(keys::queue_key(queue, due_ms, id), payload.to_vec());
         Ok(QueueItemId(id))
     }
 
@@ -203,14 +171,7 @@ impl StateStore for MemoryStore {
                 break;
             }
             if !q.taken.contains_key(&id) {
-                out.push((
-                    k.clone(),
-                    QueueItem {
-                        id: QueueItemId(id),
-                        due_ms,
-                        payload: payload.clone(),
-                    },
-                ));
+                out.push((k.clone(), QueueItem { id: QueueItemId(id), due_ms, payload: payload.clone() }));
             }
         }
         Ok(out
@@ -243,10 +204,7 @@ mod tests {
     use crate::{ManualClock, StateError};
 
     fn scope() -> CacheScope {
-        CacheScope {
-            plugin: "p".into(),
-            team: Some(2),
-        }
+        CacheScope { plugin: "p".into(), team: Some(2) }
     }
 
     fn store() -> (Arc<ManualClock>, MemoryStore) {
@@ -269,10 +227,7 @@ mod tests {
         assert_eq!(s.cache_get(&scope(), "k").unwrap(), None);
         assert_eq!(s.sweep_expired().unwrap(), 1);
         assert_eq!(s.sweep_expired().unwrap(), 0);
-        assert_eq!(
-            s.cache_get(&scope(), "forever").unwrap().as_deref(),
-            Some("v")
-        );
+        assert_eq!(s.cache_get(&scope(), "forever").unwrap().as_deref(), Some("v"));
     }
 
     #[test]
@@ -294,21 +249,11 @@ mod tests {
         clock.advance_secs(5);
         assert_eq!(s.cache_get(&scope(), "n").unwrap(), None);
         s.cache_set(&scope(), "n", "\"41\"", None).unwrap();
-        assert!(matches!(
-            s.cache_incr(&scope(), "n"),
-            Err(StateError::NotAnInteger)
-        ));
-        s.cache_set(&scope(), "n", &i64::MAX.to_string(), None)
-            .unwrap();
-        assert!(matches!(
-            s.cache_incr(&scope(), "n"),
-            Err(StateError::NotAnInteger)
-        ));
+        assert!(matches!(s.cache_incr(&scope(), "n"), Err(StateError::NotAnInteger)));
+        s.cache_set(&scope(), "n", &i64::MAX.to_string(), None).unwrap();
+        assert!(matches!(s.cache_incr(&scope(), "n"), Err(StateError::NotAnInteger)));
         s.cache_lpush(&scope(), "l", &strings(&["1"])).unwrap();
-        assert!(matches!(
-            s.cache_incr(&scope(), "l"),
-            Err(StateError::WrongType)
-        ));
+        assert!(matches!(s.cache_incr(&scope(), "l"), Err(StateError::WrongType)));
     }
 
     #[test]
@@ -327,55 +272,28 @@ mod tests {
     #[test]
     fn list_commands_and_wrong_type() {
         let (_, s) = store();
-        assert_eq!(
-            s.cache_lpush(&scope(), "l", &strings(&["a", "b"])).unwrap(),
-            2
-        );
+        assert_eq!(s.cache_lpush(&scope(), "l", &strings(&["a", "b"])).unwrap(), 2);
         assert_eq!(s.cache_lpush(&scope(), "l", &strings(&["c"])).unwrap(), 3);
-        assert_eq!(
-            s.cache_lrange(&scope(), "l", 0, -1).unwrap(),
-            ["c", "b", "a"]
-        );
+        assert_eq!(s.cache_lrange(&scope(), "l", 0, -1).unwrap(), ["c", "b", "a"]);
         assert_eq!(s.cache_llen(&scope(), "l").unwrap(), 3);
         assert_eq!(s.cache_lpop(&scope(), "l", 2).unwrap(), ["c", "b"]);
         assert_eq!(s.cache_lrem(&scope(), "l", 0, "a").unwrap(), 1);
         assert_eq!(s.cache_llen(&scope(), "l").unwrap(), 0);
         assert_eq!(s.cache_get(&scope(), "l").unwrap(), None);
         s.cache_set(&scope(), "s", "x", None).unwrap();
-        assert!(matches!(
-            s.cache_lpush(&scope(), "s", &strings(&["a"])),
-            Err(StateError::WrongType)
-        ));
-        assert!(matches!(
-            s.cache_llen(&scope(), "s"),
-            Err(StateError::WrongType)
-        ));
-        assert!(matches!(
-            s.cache_lrange(&scope(), "s", 0, -1),
-            Err(StateError::WrongType)
-        ));
-        assert!(matches!(
-            s.cache_lpop(&scope(), "s", 1),
-            Err(StateError::WrongType)
-        ));
-        assert!(matches!(
-            s.cache_lrem(&scope(), "s", 0, "x"),
-            Err(StateError::WrongType)
-        ));
+        assert!(matches!(s.cache_lpush(&scope(), "s", &strings(&["a"])), Err(StateError::WrongType)));
+        assert!(matches!(s.cache_llen(&scope(), "s"), Err(StateError::WrongType)));
+        assert!(matches!(s.cache_lrange(&scope(), "s", 0, -1), Err(StateError::WrongType)));
+        assert!(matches!(s.cache_lpop(&scope(), "s", 1), Err(StateError::WrongType)));
+        assert!(matches!(s.cache_lrem(&scope(), "s", 0, "x"), Err(StateError::WrongType)));
         s.cache_lpush(&scope(), "l", &strings(&["a"])).unwrap();
-        assert!(matches!(
-            s.cache_get(&scope(), "l"),
-            Err(StateError::WrongType)
-        ));
+        assert!(matches!(s.cache_get(&scope(), "l"), Err(StateError::WrongType)));
     }
 
     #[test]
     fn scopes_and_configs_are_separate() {
         let (_, s) = store();
-        let all = CacheScope {
-            plugin: "p".into(),
-            team: None,
-        };
+        let all = CacheScope { plugin: "p".into(), team: None };
         s.cache_set(&scope(), "k", "team", None).unwrap();
         s.cache_set(&all, "k", "all", None).unwrap();
         assert_eq!(s.cache_get(&scope(), "k").unwrap().as_deref(), Some("team"));
@@ -395,10 +313,7 @@ mod tests {
         s.queue_put("other", 0, b"x").unwrap();
         assert_eq!(s.queue_take_due("q", 99, 10).unwrap(), []);
         let taken = s.queue_take_due("q", 1_000, 10).unwrap();
-        assert_eq!(
-            taken.iter().map(|i| i.id).collect::<Vec<_>>(),
-            [early, late]
-        );
+        assert_eq!(taken.iter().map(|i| i.id).collect::<Vec<_>>(), [early, late]);
         assert_eq!(taken[0].payload, b"early");
         assert_eq!(s.queue_take_due("q", 1_000, 10).unwrap(), []);
         assert_eq!(s.queue_len("q").unwrap(), 2);

@@ -15,10 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use rocksdb::compaction_filter::Decision;
-use rocksdb::{
-    ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType, IteratorMode, Options,
-    PrefixRange, ReadOptions, WriteBatch,
-};
+use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DB, DBCompressionType, IteratorMode, Options, PrefixRange, ReadOptions, WriteBatch};
 
 use crate::cache::{self, CacheSlots};
 use crate::clock::{Clock, SystemClock};
@@ -68,10 +65,7 @@ impl RocksStore {
     /// [`StateError::FormatVersion`] when the folder holds another on-disk format.
     pub fn open_with_clock(path: impl AsRef<Path>, clock: Arc<dyn Clock>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        std::fs::create_dir_all(&path).map_err(|source| StateError::Io {
-            path: path.clone(),
-            source,
-        })?;
+        std::fs::create_dir_all(&path).map_err(|source| StateError::Io { path: path.clone(), source })?;
         let db = DB::open_cf_descriptors(&db_options(), &path, cf_descriptors(&clock)).map_err(|e| {
             if e.kind() == rocksdb::ErrorKind::Corruption {
                 StateError::Corrupt(format!(
@@ -130,10 +124,7 @@ impl RocksStore {
     fn delete_if_expired(&self, key: &[u8], now: u64) -> Result<bool> {
         let _guard = self.stripe(key);
         let cf = self.cf(CACHE)?;
-        let expired = self
-            .db
-            .get_pinned_cf(cf, key)?
-            .is_some_and(|v| stored_expiry(&v).is_some_and(|at| is_expired(at, now)));
+        let expired = self.db.get_pinned_cf(cf, key)?.is_some_and(|v| stored_expiry(&v).is_some_and(|at| is_expired(at, now)));
         if expired {
             self.db.delete_cf(cf, key)?;
         }
@@ -153,18 +144,11 @@ impl RocksStore {
     fn queue_scan(&self, queue: &str) -> Result<rocksdb::DBIterator<'_>> {
         let mut opts = ReadOptions::default();
         opts.set_iterate_range(PrefixRange(keys::queue_prefix(queue)));
-        Ok(self
-            .db
-            .iterator_cf_opt(self.cf(QUEUE)?, opts, IteratorMode::Start))
+        Ok(self.db.iterator_cf_opt(self.cf(QUEUE)?, opts, IteratorMode::Start))
     }
 
     /// The key of item `id` in `queue`, if it is there.
-    fn queue_key_of(
-        &self,
-        queue: &str,
-        id: u64,
-        taken: &HashMap<u64, Vec<u8>>,
-    ) -> Result<Option<Vec<u8>>> {
+    fn queue_key_of(&self, queue: &str, id: u64, taken: &HashMap<u64, Vec<u8>>) -> Result<Option<Vec<u8>>> {
         let prefix = keys::queue_prefix(queue);
         if let Some(k) = taken.get(&id).filter(|k| k.starts_with(&prefix)) {
             return Ok(Some(k.clone()));
@@ -181,15 +165,12 @@ impl RocksStore {
 
 impl std::fmt::Debug for RocksStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RocksStore")
-            .field("path", &self.path)
-            .finish_non_exhaustive()
+        f.debug_struct("RocksStore").field("path", &self.path).finish_non_exhaustive()
     }
 }
 
 fn cf<'a>(db: &'a DB, name: &str) -> Result<&'a ColumnFamily> {
-    db.cf_handle(name)
-        .ok_or_else(|| StateError::Corrupt(format!("column family `{name}` is missing")))
+    db.cf_handle(name).ok_or_else(|| StateError::Corrupt(format!("column family `{name}` is missing")))
 }
 
 fn db_options() -> Options {
@@ -207,13 +188,10 @@ fn db_options() -> Options {
 fn cf_descriptors(clock: &Arc<dyn Clock>) -> Vec<ColumnFamilyDescriptor> {
     let mut cache_opts = db_options();
     let clock = Arc::clone(clock);
-    cache_opts.set_compaction_filter(
-        "pluginflow-cache-expiry",
-        move |_level: u32, _key: &[u8], value: &[u8]| match stored_expiry(value) {
-            Some(at) if is_expired(at, clock.now_ms()) => Decision::Remove,
-            _ => Decision::Keep,
-        },
-    );
+    cache_opts.set_compaction_filter("pluginflow-cache-expiry", move |_level: u32, _key: &[u8], value: &[u8]| match stored_expiry(value) {
+        Some(at) if is_expired(at, clock.now_ms()) => Decision::Remove,
+        _ => Decision::Keep,
+    });
     let mut out = vec![ColumnFamilyDescriptor::new(CACHE, cache_opts)];
     out.extend([STORAGE, QUEUE, META].map(|name| ColumnFamilyDescriptor::new(name, db_options())));
     out
@@ -224,16 +202,9 @@ fn check_format_version(db: &DB, path: &Path) -> Result<()> {
     let meta = cf(db, META)?;
     let Some(raw) = db.get_cf(meta, FORMAT_VERSION_KEY)? else {
         if !is_empty(db)? {
-            return Err(StateError::Corrupt(format!(
-                "{} holds data but no format version",
-                path.display()
-            )));
+            return Err(StateError::Corrupt(format!("{} holds data but no format version", path.display())));
         }
-        db.put_cf(
-            meta,
-            FORMAT_VERSION_KEY,
-            RocksStore::FORMAT_VERSION.to_string(),
-        )?;
+        db.put_cf(meta, FORMAT_VERSION_KEY, RocksStore::FORMAT_VERSION.to_string())?;
         return Ok(());
     };
     let found: u32 = std::str::from_utf8(&raw)
@@ -241,22 +212,14 @@ fn check_format_version(db: &DB, path: &Path) -> Result<()> {
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| StateError::Corrupt(format!("unreadable format version {raw:?}")))?;
     if found != RocksStore::FORMAT_VERSION {
-        return Err(StateError::FormatVersion {
-            found,
-            expected: RocksStore::FORMAT_VERSION,
-            path: path.to_path_buf(),
-        });
+        return Err(StateError::FormatVersion { found, expected: RocksStore::FORMAT_VERSION, path: path.to_path_buf() });
     }
     Ok(())
 }
 
 fn is_empty(db: &DB) -> Result<bool> {
     for name in [CACHE, STORAGE, QUEUE, META] {
-        if db
-            .iterator_cf(cf(db, name)?, IteratorMode::Start)
-            .next()
-            .is_some()
-        {
+        if db.iterator_cf(cf(db, name)?, IteratorMode::Start).next().is_some() {
             return Ok(false);
         }
     }
@@ -280,11 +243,7 @@ impl CacheSlots for RocksStore {
         raw.map(|v| Entry::decode(&v)).transpose()
     }
 
-    fn update<R>(
-        &self,
-        key: &[u8],
-        f: impl FnOnce(&mut Option<Entry>) -> Result<(R, bool)>,
-    ) -> Result<R> {
+    fn update<R>(&self, key: &[u8], f: impl FnOnce(&mut Option<Entry>) -> Result<(R, bool)>) -> Result<R> {
         let _guard = self.stripe(key);
         let mut slot = self.load(key)?;
         let (result, changed) = f(&mut slot)?;
@@ -304,13 +263,7 @@ impl StateStore for RocksStore {
         cache::get(self, &keys::cache_key(scope, key))
     }
 
-    fn cache_set(
-        &self,
-        scope: &CacheScope,
-        key: &str,
-        value: &str,
-        ttl: Option<u64>,
-    ) -> Result<()> {
+    fn cache_set(&self, scope: &CacheScope, key: &str, value: &str, ttl: Option<u64>) -> Result<()> {
         cache::set(self, &keys::cache_key(scope, key), value, ttl)
     }
 
@@ -326,13 +279,7 @@ impl StateStore for RocksStore {
         cache::lpush(self, &keys::cache_key(scope, key), values)
     }
 
-    fn cache_lrange(
-        &self,
-        scope: &CacheScope,
-        key: &str,
-        start: i64,
-        stop: i64,
-    ) -> Result<Vec<String>> {
+    fn cache_lrange(&self, scope: &CacheScope, key: &str, start: i64, stop: i64) -> Result<Vec<String>> {
         cache::lrange(self, &keys::cache_key(scope, key), start, stop)
     }
 
@@ -349,26 +296,16 @@ impl StateStore for RocksStore {
     }
 
     fn storage_get(&self, config: &str, key: &str) -> Result<Option<String>> {
-        let raw = self
-            .db
-            .get_cf(self.cf(STORAGE)?, keys::storage_key(config, key))?;
-        raw.map(|v| {
-            String::from_utf8(v)
-                .map_err(|_| StateError::Corrupt("storage value is not UTF-8".into()))
-        })
-        .transpose()
+        let raw = self.db.get_cf(self.cf(STORAGE)?, keys::storage_key(config, key))?;
+        raw.map(|v| String::from_utf8(v).map_err(|_| StateError::Corrupt("storage value is not UTF-8".into()))).transpose()
     }
 
     fn storage_set(&self, config: &str, key: &str, value: &str) -> Result<()> {
-        Ok(self
-            .db
-            .put_cf(self.cf(STORAGE)?, keys::storage_key(config, key), value)?)
+        Ok(self.db.put_cf(self.cf(STORAGE)?, keys::storage_key(config, key), value)?)
     }
 
     fn storage_del(&self, config: &str, key: &str) -> Result<()> {
-        Ok(self
-            .db
-            .delete_cf(self.cf(STORAGE)?, keys::storage_key(config, key))?)
+        Ok(self.db.delete_cf(self.cf(STORAGE)?, keys::storage_key(config, key))?)
     }
 
     fn queue_put(&self, queue: &str, due_ms: u64, payload: &[u8]) -> Result<QueueItemId> {
@@ -392,11 +329,7 @@ impl StateStore for RocksStore {
                 break;
             }
             if !taken.contains_key(&id) {
-                let item = QueueItem {
-                    id: QueueItemId(id),
-                    due_ms,
-                    payload: payload.into_vec(),
-                };
+                let item = QueueItem { id: QueueItemId(id), due_ms, payload: payload.into_vec() };
                 out.push((key, item));
             }
         }
@@ -435,10 +368,7 @@ mod tests {
     use crate::ManualClock;
 
     fn scope() -> CacheScope {
-        CacheScope {
-            plugin: "p".into(),
-            team: None,
-        }
+        CacheScope { plugin: "p".into(), team: None }
     }
 
     fn open(dir: &tempfile::TempDir) -> (Arc<ManualClock>, RocksStore) {
@@ -476,17 +406,8 @@ mod tests {
         clock.advance_secs(5);
         s.compact_cache().unwrap();
         let cf = s.cf(CACHE).unwrap();
-        let left: Vec<_> =
-            s.db.iterator_cf(cf, IteratorMode::Start)
-                .map(|i| i.unwrap().0.into_vec())
-                .collect();
-        assert_eq!(
-            left,
-            [
-                keys::cache_key(&scope(), "b"),
-                keys::cache_key(&scope(), "c")
-            ]
-        );
+        let left: Vec<_> = s.db.iterator_cf(cf, IteratorMode::Start).map(|i| i.unwrap().0.into_vec()).collect();
+        assert_eq!(left, [keys::cache_key(&scope(), "b"), keys::cache_key(&scope(), "c")]);
         assert_eq!(s.sweep_expired().unwrap(), 0);
         assert_eq!(s.cache_get(&scope(), "b").unwrap().as_deref(), Some("2"));
     }
@@ -497,28 +418,16 @@ mod tests {
         let (_, s) = open(&dir);
         let key = keys::cache_key(&scope(), "k");
         s.db.put_cf(s.cf(CACHE).unwrap(), &key, [1, 2, 3]).unwrap();
-        assert!(matches!(
-            s.cache_get(&scope(), "k"),
-            Err(StateError::Corrupt(_))
-        ));
-        assert!(matches!(
-            s.cache_incr(&scope(), "k"),
-            Err(StateError::Corrupt(_))
-        ));
+        assert!(matches!(s.cache_get(&scope(), "k"), Err(StateError::Corrupt(_))));
+        assert!(matches!(s.cache_incr(&scope(), "k"), Err(StateError::Corrupt(_))));
     }
 
     #[test]
     fn key_encoding_keeps_scopes_apart_on_disk() {
         let dir = tempfile::tempdir().unwrap();
         let (_, s) = open(&dir);
-        let a = CacheScope {
-            plugin: "a".into(),
-            team: None,
-        };
-        let ab = CacheScope {
-            plugin: "a/b".into(),
-            team: None,
-        };
+        let a = CacheScope { plugin: "a".into(), team: None };
+        let ab = CacheScope { plugin: "a/b".into(), team: None };
         s.cache_set(&a, "b/c", "first", None).unwrap();
         s.cache_set(&ab, "c", "second", None).unwrap();
         assert_eq!(s.cache_get(&a, "b/c").unwrap().as_deref(), Some("first"));
@@ -539,14 +448,7 @@ mod tests {
         assert_eq!(s.queue_len("q").unwrap(), 2);
         s.queue_ack("q", a).unwrap();
         let due = s.queue_take_due("q", 100, 10).unwrap();
-        assert_eq!(
-            due,
-            [QueueItem {
-                id: b,
-                due_ms: 5,
-                payload: b"b".to_vec()
-            }]
-        );
+        assert_eq!(due, [QueueItem { id: b, due_ms: 5, payload: b"b".to_vec() }]);
         assert_eq!(s.queue_take_due("q", 100, 10).unwrap(), []);
         s.queue_ack("q", b).unwrap();
         assert_eq!(s.queue_len("q").unwrap(), 0);
@@ -556,9 +458,7 @@ mod tests {
     fn queue_take_due_respects_limit_and_due_time() {
         let dir = tempfile::tempdir().unwrap();
         let (_, s) = open(&dir);
-        let ids: Vec<_> = (0..5)
-            .map(|i| s.queue_put("q", 100 * i, &[i as u8]).unwrap())
-            .collect();
+        let ids: Vec<_> = (0..5).map(|i| s.queue_put("q", 100 * i, &[i as u8]).unwrap()).collect();
         let first = s.queue_take_due("q", 250, 2).unwrap();
         assert_eq!(first.iter().map(|i| i.id).collect::<Vec<_>>(), ids[..2]);
         let next = s.queue_take_due("q", 250, 2).unwrap();

@@ -30,10 +30,7 @@ pub(crate) enum Value {
 impl Entry {
     /// A string entry.
     pub fn string(value: String, expires_at_ms: u64) -> Self {
-        Self {
-            expires_at_ms,
-            value: Value::Str(value),
-        }
+        Self { expires_at_ms, value: Value::Str(value) }
     }
 
     /// Whether the entry is expired at `now_ms`.
@@ -80,22 +77,16 @@ impl Entry {
 
     /// Decodes the stored form.
     pub fn decode(bytes: &[u8]) -> Result<Self> {
-        let expires_at_ms = stored_expiry(bytes)
-            .ok_or_else(|| StateError::Corrupt("cache value shorter than its header".into()))?;
+        let expires_at_ms = stored_expiry(bytes).ok_or_else(|| StateError::Corrupt("cache value shorter than its header".into()))?;
         let payload = &bytes[HEADER_LEN..];
         let value = match bytes[8] {
             TYPE_STRING => Value::Str(utf8(payload.to_vec())?),
             TYPE_LIST => Value::List(PackedList::from_bytes(payload.to_vec())?),
             other => {
-                return Err(StateError::Corrupt(format!(
-                    "unknown cache value type {other}"
-                )));
+                return Err(StateError::Corrupt(format!("unknown cache value type {other}")));
             }
         };
-        Ok(Self {
-            expires_at_ms,
-            value,
-        })
+        Ok(Self { expires_at_ms, value })
     }
 }
 
@@ -135,9 +126,7 @@ impl PackedList {
         let mut pos = 0;
         let mut len = 0;
         while pos < bytes.len() {
-            pos = next_element(&bytes, pos)
-                .ok_or_else(|| StateError::Corrupt("malformed list element".into()))?
-                .1;
+            pos = next_element(&bytes, pos).ok_or_else(|| StateError::Corrupt("malformed list element".into()))?.1;
             len += 1;
         }
         Ok(Self { bytes, len })
@@ -165,9 +154,7 @@ impl PackedList {
 
     /// Pushes each value at the head in turn (the last value ends up first).
     pub fn push_front(&mut self, values: &[String]) {
-        let mut bytes = Vec::with_capacity(
-            self.bytes.len() + values.iter().map(|v| v.len() + 2).sum::<usize>(),
-        );
+        let mut bytes = Vec::with_capacity(self.bytes.len() + values.iter().map(|v| v.len() + 2).sum::<usize>());
         for value in values.iter().rev() {
             put_prefixed(&mut bytes, value.as_bytes());
         }
@@ -181,11 +168,7 @@ impl PackedList {
         let Some((from, to)) = redis_range(self.len, start, stop) else {
             return Ok(Vec::new());
         };
-        self.elements()
-            .skip(from)
-            .take(to - from + 1)
-            .map(to_string)
-            .collect()
+        self.elements().skip(from).take(to - from + 1).map(to_string).collect()
     }
 
     /// Removes and returns up to `count` elements from the head.
@@ -194,8 +177,7 @@ impl PackedList {
         let mut popped = Vec::with_capacity(n);
         let mut pos = 0;
         for _ in 0..n {
-            let (element, next) = next_element(&self.bytes, pos)
-                .ok_or_else(|| StateError::Corrupt("malformed list element".into()))?;
+            let (element, next) = next_element(&self.bytes, pos).ok_or_else(|| StateError::Corrupt("malformed list element".into()))?;
             popped.push(to_string(element)?);
             pos = next;
         }
@@ -208,11 +190,7 @@ impl PackedList {
     /// last `-count` from the tail when negative, all when 0. Returns how many were removed.
     pub fn remove(&mut self, count: i64, value: &str) -> u64 {
         let target = value.as_bytes();
-        let limit = if count == 0 {
-            usize::MAX
-        } else {
-            usize::try_from(count.unsigned_abs()).unwrap_or(usize::MAX)
-        };
+        let limit = if count == 0 { usize::MAX } else { usize::try_from(count.unsigned_abs()).unwrap_or(usize::MAX) };
         let mut elements: Vec<&[u8]> = self.elements().collect();
         let before = elements.len();
         if count < 0 {
@@ -259,16 +237,8 @@ fn to_string(element: &[u8]) -> Result<String> {
 /// `stop` to the last element; `None` when the range is empty.
 pub(crate) fn redis_range(len: usize, start: i64, stop: i64) -> Option<(usize, usize)> {
     let len = i64::try_from(len).unwrap_or(i64::MAX);
-    let start = if start < 0 {
-        start.saturating_add(len).max(0)
-    } else {
-        start
-    };
-    let stop = if stop < 0 {
-        stop.saturating_add(len)
-    } else {
-        stop
-    };
+    let start = if start < 0 { start.saturating_add(len).max(0) } else { start };
+    let stop = if stop < 0 { stop.saturating_add(len) } else { stop };
     if start > stop || start >= len {
         return None;
     }
@@ -350,10 +320,7 @@ mod tests {
     fn entries_round_trip_and_reject_garbage() {
         let s = Entry::string("héllo".into(), 42);
         assert_eq!(Entry::decode(&s.encode()).unwrap(), s);
-        let l = Entry {
-            expires_at_ms: 0,
-            value: Value::List(list(&["", "a", &"z".repeat(300)])),
-        };
+        let l = Entry { expires_at_ms: 0, value: Value::List(list(&["", "a", &"z".repeat(300)])) };
         assert_eq!(Entry::decode(&l.encode()).unwrap(), l);
         assert!(Entry::decode(&[0; 8]).is_err());
         assert!(Entry::decode(&[0, 0, 0, 0, 0, 0, 0, 0, 9]).is_err());

@@ -10,17 +10,11 @@ use state::{CacheScope, RocksStore, StateStore};
 const PER_THREAD: usize = 10_000;
 
 fn scope() -> CacheScope {
-    CacheScope {
-        plugin: "p".into(),
-        team: Some(1),
-    }
+    CacheScope { plugin: "p".into(), team: Some(1) }
 }
 
 /// Runs `f(thread_index)` on `threads` threads and collects what each returns.
-fn run<T: Send + 'static>(
-    threads: usize,
-    f: impl Fn(usize) -> T + Send + Sync + 'static,
-) -> Vec<T> {
+fn run<T: Send + 'static>(threads: usize, f: impl Fn(usize) -> T + Send + Sync + 'static) -> Vec<T> {
     let f = Arc::new(f);
     let handles: Vec<_> = (0..threads)
         .map(|t| {
@@ -35,16 +29,9 @@ fn incr_from(threads: usize) {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(RocksStore::open(dir.path()).unwrap());
     let s = Arc::clone(&store);
-    let seen = run(threads, move |_| {
-        (0..PER_THREAD)
-            .map(|_| s.cache_incr(&scope(), "counter").unwrap())
-            .collect::<Vec<_>>()
-    });
+    let seen = run(threads, move |_| (0..PER_THREAD).map(|_| s.cache_incr(&scope(), "counter").unwrap()).collect::<Vec<_>>());
     let total = (threads * PER_THREAD) as i64;
-    assert_eq!(
-        store.cache_get(&scope(), "counter").unwrap(),
-        Some(total.to_string())
-    );
+    assert_eq!(store.cache_get(&scope(), "counter").unwrap(), Some(total.to_string()));
     let distinct: HashSet<i64> = seen.into_iter().flatten().collect();
     assert_eq!(distinct, (1..=total).collect());
 }
@@ -55,9 +42,7 @@ fn lpush_from(threads: usize) {
     let s = Arc::clone(&store);
     let seen = run(threads, move |t| {
         let value = vec![t.to_string()];
-        (0..PER_THREAD)
-            .map(|_| s.cache_lpush(&scope(), "list", &value).unwrap())
-            .collect::<Vec<_>>()
+        (0..PER_THREAD).map(|_| s.cache_lpush(&scope(), "list", &value).unwrap()).collect::<Vec<_>>()
     });
     let total = (threads * PER_THREAD) as u64;
     assert_eq!(store.cache_llen(&scope(), "list").unwrap(), total);
@@ -65,10 +50,7 @@ fn lpush_from(threads: usize) {
     assert_eq!(distinct, (1..=total).collect());
     let all = store.cache_lrange(&scope(), "list", 0, -1).unwrap();
     for t in 0..threads {
-        assert_eq!(
-            all.iter().filter(|v| **v == t.to_string()).count(),
-            PER_THREAD
-        );
+        assert_eq!(all.iter().filter(|v| **v == t.to_string()).count(), PER_THREAD);
     }
 }
 
@@ -97,11 +79,7 @@ fn queue_items_are_taken_once() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(RocksStore::open(dir.path()).unwrap());
     let s = Arc::clone(&store);
-    let put: Vec<_> = run(4, move |t| {
-        (0..250)
-            .map(|i| s.queue_put("q", (t * 1000 + i) as u64, b"x").unwrap())
-            .collect::<Vec<_>>()
-    });
+    let put: Vec<_> = run(4, move |t| (0..250).map(|i| s.queue_put("q", (t * 1000 + i) as u64, b"x").unwrap()).collect::<Vec<_>>());
     let s = Arc::clone(&store);
     let taken = run(4, move |_| {
         let mut mine = Vec::new();

@@ -11,36 +11,14 @@ use state::{CacheScope, ManualClock, MemoryStore, RocksStore, StateError, StateS
 const START_MS: u64 = 1_700_000_000_000;
 const KEYS: [&str; 3] = ["a", "b", "a/b"];
 const CONFIGS: [&str; 2] = ["cfg", "cfg/a"];
-const VALUES: [&str; 9] = [
-    "0",
-    "41",
-    "-3",
-    "x",
-    "",
-    "+1",
-    " 1",
-    "9223372036854775807",
-    "\"7\"",
-];
+const VALUES: [&str; 9] = ["0", "41", "-3", "x", "", "+1", " 1", "9223372036854775807", "\"7\""];
 
 fn scopes() -> [CacheScope; 4] {
     [
-        CacheScope {
-            plugin: "p".into(),
-            team: None,
-        },
-        CacheScope {
-            plugin: "p".into(),
-            team: Some(1),
-        },
-        CacheScope {
-            plugin: "p/1".into(),
-            team: None,
-        },
-        CacheScope {
-            plugin: "q".into(),
-            team: Some(1),
-        },
+        CacheScope { plugin: "p".into(), team: None },
+        CacheScope { plugin: "p".into(), team: Some(1) },
+        CacheScope { plugin: "p/1".into(), team: None },
+        CacheScope { plugin: "q".into(), team: Some(1) },
     ]
 }
 
@@ -127,10 +105,7 @@ fn list_op_strategy() -> impl Strategy<Value = Op> {
 
 /// Half the cases mix every command, half lean on lists.
 fn ops_strategy() -> impl Strategy<Value = Vec<Op>> {
-    prop_oneof![
-        prop::collection::vec(op_strategy(), 1..40),
-        prop::collection::vec(list_op_strategy(), 1..40),
-    ]
+    prop_oneof![prop::collection::vec(op_strategy(), 1..40), prop::collection::vec(list_op_strategy(), 1..40),]
 }
 
 fn out<T>(r: Result<T, StateError>, f: impl FnOnce(T) -> Out) -> Out {
@@ -150,9 +125,7 @@ fn strings(idx: &[usize]) -> Vec<String> {
 fn apply(store: &dyn StateStore, op: &Op) -> Out {
     let sc = scopes();
     match *op {
-        Op::Set(s, k, v, t) => out(store.cache_set(&sc[s], KEYS[k], VALUES[v], t), |()| {
-            Out::Unit
-        }),
+        Op::Set(s, k, v, t) => out(store.cache_set(&sc[s], KEYS[k], VALUES[v], t), |()| Out::Unit),
         Op::Get(s, k) => out(store.cache_get(&sc[s], KEYS[k]), Out::Str),
         Op::Incr(s, k) => out(store.cache_incr(&sc[s], KEYS[k]), Out::Int),
         Op::Expire(s, k, t) => out(store.cache_expire(&sc[s], KEYS[k], t), Out::Bool),
@@ -161,9 +134,7 @@ fn apply(store: &dyn StateStore, op: &Op) -> Out {
         Op::Llen(s, k) => out(store.cache_llen(&sc[s], KEYS[k]), Out::Len),
         Op::Lpop(s, k, c) => out(store.cache_lpop(&sc[s], KEYS[k], c), Out::List),
         Op::Lrem(s, k, c, v) => out(store.cache_lrem(&sc[s], KEYS[k], c, VALUES[v]), Out::Len),
-        Op::StorageSet(c, k, v) => out(store.storage_set(CONFIGS[c], KEYS[k], VALUES[v]), |()| {
-            Out::Unit
-        }),
+        Op::StorageSet(c, k, v) => out(store.storage_set(CONFIGS[c], KEYS[k], VALUES[v]), |()| Out::Unit),
         Op::StorageGet(c, k) => out(store.storage_get(CONFIGS[c], KEYS[k]), Out::Str),
         Op::StorageDel(c, k) => out(store.storage_del(CONFIGS[c], KEYS[k]), |()| Out::Unit),
         Op::Advance(_) | Op::Sweep | Op::Compact => Out::Unit,
@@ -206,11 +177,7 @@ struct Model {
 impl Model {
     /// The live entry under (s, k), dropping it if it has expired.
     fn live(&mut self, at: (usize, usize)) -> Option<&mut (Option<u64>, MValue)> {
-        if self
-            .cache
-            .get(&at)
-            .is_some_and(|(exp, _)| exp.is_some_and(|e| self.now >= e))
-        {
+        if self.cache.get(&at).is_some_and(|(exp, _)| exp.is_some_and(|e| self.now >= e)) {
             self.cache.remove(&at);
         }
         self.cache.get_mut(&at)
@@ -228,8 +195,7 @@ impl Model {
         match *op {
             Op::Set(s, k, v, t) => {
                 let exp = t.filter(|&t| t > 0).map(|t| self.now + t * 1000);
-                self.cache
-                    .insert((s, k), (exp, MValue::Str(VALUES[v].into())));
+                self.cache.insert((s, k), (exp, MValue::Str(VALUES[v].into())));
                 Out::Unit
             }
             Op::Get(s, k) => match self.live((s, k)) {
@@ -367,34 +333,15 @@ impl Model {
 
 fn lrange(l: &VecDeque<String>, start: i64, stop: i64) -> Vec<String> {
     let len = l.len() as i64;
-    let start = if start < 0 {
-        (len + start).max(0)
-    } else {
-        start
-    };
-    let stop = if stop < 0 {
-        len + stop
-    } else {
-        stop.min(len - 1)
-    };
-    (start..=stop)
-        .filter(|&i| i < len)
-        .map(|i| l[i as usize].clone())
-        .collect()
+    let start = if start < 0 { (len + start).max(0) } else { start };
+    let stop = if stop < 0 { len + stop } else { stop.min(len - 1) };
+    (start..=stop).filter(|&i| i < len).map(|i| l[i as usize].clone()).collect()
 }
 
 fn lrem(l: &mut VecDeque<String>, count: i64, value: &str) -> u64 {
     let mut removed = 0u64;
-    let limit = if count == 0 {
-        u64::MAX
-    } else {
-        count.unsigned_abs()
-    };
-    let positions: Vec<usize> = if count < 0 {
-        (0..l.len()).rev().collect()
-    } else {
-        (0..l.len()).collect()
-    };
+    let limit = if count == 0 { u64::MAX } else { count.unsigned_abs() };
+    let positions: Vec<usize> = if count < 0 { (0..l.len()).rev().collect() } else { (0..l.len()).collect() };
     let mut doomed = Vec::new();
     for i in positions {
         if removed < limit && l[i] == value {

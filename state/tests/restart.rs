@@ -8,10 +8,7 @@ use std::sync::Arc;
 use state::{CacheScope, ManualClock, QueueItemId, RocksStore, StateError, StateStore};
 
 fn scope() -> CacheScope {
-    CacheScope {
-        plugin: "plugin".into(),
-        team: Some(7),
-    }
+    CacheScope { plugin: "plugin".into(), team: Some(7) }
 }
 
 fn open(path: &Path, clock: &Arc<ManualClock>) -> RocksStore {
@@ -28,32 +25,22 @@ fn cache_and_storage_survive_reopen() {
         s.cache_set(&scope(), "ttl", "t", Some(10)).unwrap();
         s.cache_incr(&scope(), "n").unwrap();
         s.cache_incr(&scope(), "n").unwrap();
-        s.cache_lpush(&scope(), "list", &["a".into(), "b".into()])
-            .unwrap();
+        s.cache_lpush(&scope(), "list", &["a".into(), "b".into()]).unwrap();
         s.storage_set("config-1", "k", "{\"x\":1}").unwrap();
         s.storage_set("config-1", "gone", "x").unwrap();
         s.storage_del("config-1", "gone").unwrap();
     }
     let s = open(dir.path(), &clock);
-    assert_eq!(
-        s.cache_get(&scope(), "plain").unwrap().as_deref(),
-        Some("v")
-    );
+    assert_eq!(s.cache_get(&scope(), "plain").unwrap().as_deref(), Some("v"));
     assert_eq!(s.cache_get(&scope(), "ttl").unwrap().as_deref(), Some("t"));
     assert_eq!(s.cache_get(&scope(), "n").unwrap().as_deref(), Some("2"));
     assert_eq!(s.cache_lrange(&scope(), "list", 0, -1).unwrap(), ["b", "a"]);
-    assert_eq!(
-        s.storage_get("config-1", "k").unwrap().as_deref(),
-        Some("{\"x\":1}")
-    );
+    assert_eq!(s.storage_get("config-1", "k").unwrap().as_deref(), Some("{\"x\":1}"));
     assert_eq!(s.storage_get("config-1", "gone").unwrap(), None);
     // The TTL was persisted with the value, not reset by the reopen.
     clock.advance_secs(10);
     assert_eq!(s.cache_get(&scope(), "ttl").unwrap(), None);
-    assert_eq!(
-        s.cache_get(&scope(), "plain").unwrap().as_deref(),
-        Some("v")
-    );
+    assert_eq!(s.cache_get(&scope(), "plain").unwrap().as_deref(), Some("v"));
 }
 
 #[test]
@@ -89,10 +76,7 @@ fn queue_items_resume_after_reopen() {
     let s = open(dir.path(), &clock);
     assert_eq!(s.queue_len("retries").unwrap(), 3);
     let got = s.queue_take_due("retries", 5_000, 10).unwrap();
-    assert_eq!(
-        got.iter().map(|i| i.id).collect::<Vec<_>>(),
-        [taken, waiting]
-    );
+    assert_eq!(got.iter().map(|i| i.id).collect::<Vec<_>>(), [taken, waiting]);
     assert_eq!(got[0].payload, b"taken");
     assert_eq!(got[0].due_ms, 200);
     let fresh = s.queue_put("retries", 0, b"fresh").unwrap();
@@ -123,8 +107,7 @@ fn write_raw_format_version(path: &Path, version: &[u8]) {
     let mut opts = rocksdb::Options::default();
     opts.create_if_missing(false);
     let db = rocksdb::DB::open_cf(&opts, path, ["cache", "storage", "queue", "meta"]).unwrap();
-    db.put_cf(db.cf_handle("meta").unwrap(), b"format_version", version)
-        .unwrap();
+    db.put_cf(db.cf_handle("meta").unwrap(), b"format_version", version).unwrap();
 }
 
 #[test]
@@ -134,11 +117,7 @@ fn format_version_mismatch_is_refused_clearly() {
     write_raw_format_version(dir.path(), b"2");
     let err = RocksStore::open(dir.path()).unwrap_err();
     match &err {
-        StateError::FormatVersion {
-            found,
-            expected,
-            path,
-        } => {
+        StateError::FormatVersion { found, expected, path } => {
             assert_eq!((*found, *expected), (2, RocksStore::FORMAT_VERSION));
             assert_eq!(path, dir.path());
         }
@@ -146,10 +125,7 @@ fn format_version_mismatch_is_refused_clearly() {
     }
     let msg = err.to_string();
     assert!(msg.contains(&dir.path().display().to_string()), "{msg}");
-    assert!(
-        msg.contains("version 2") && msg.contains("version 1"),
-        "{msg}"
-    );
+    assert!(msg.contains("version 2") && msg.contains("version 1"), "{msg}");
 }
 
 #[test]
@@ -157,10 +133,7 @@ fn unreadable_format_version_is_corrupt() {
     let dir = tempfile::tempdir().unwrap();
     drop(RocksStore::open(dir.path()).unwrap());
     write_raw_format_version(dir.path(), b"one");
-    assert!(matches!(
-        RocksStore::open(dir.path()),
-        Err(StateError::Corrupt(_))
-    ));
+    assert!(matches!(RocksStore::open(dir.path()), Err(StateError::Corrupt(_))));
 }
 
 #[test]
@@ -174,11 +147,7 @@ fn matching_format_version_opens_and_new_folders_are_created() {
 
 /// The write-ahead log files of a RocksDB folder.
 fn wal_files(path: &Path) -> Vec<std::path::PathBuf> {
-    std::fs::read_dir(path)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "log"))
-        .collect()
+    std::fs::read_dir(path).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|x| x == "log")).collect()
 }
 
 fn counted(path: &Path, clock: &Arc<ManualClock>, n: usize) {

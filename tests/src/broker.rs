@@ -111,11 +111,8 @@ impl Broker {
     /// before the controller has registered it).
     fn wait_until_it_answers(&self, child: &mut Child) {
         let deadline = Instant::now() + Duration::from_secs(90);
-        let client: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", self.bootstrap())
-            .set("log_level", "0")
-            .create()
-            .expect("metadata client");
+        let client: BaseConsumer =
+            ClientConfig::new().set("bootstrap.servers", self.bootstrap()).set("log_level", "0").create().expect("metadata client");
         loop {
             if let Ok(Some(status)) = child.try_wait() {
                 panic!("Apache Kafka exited early ({status}); its log:\n{}", log_tail(&self.dir.path().join("broker.log"), 40));
@@ -156,8 +153,7 @@ pub fn block_on<F: Future>(future: F) -> F::Output {
 
 /// Creates `topic` with `partitions` partitions on the broker at `bootstrap`.
 pub fn create_topic(bootstrap: &str, topic: &str, partitions: i32) {
-    let admin: AdminClient<DefaultClientContext> =
-        ClientConfig::new().set("bootstrap.servers", bootstrap).create().expect("admin client");
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", bootstrap).create().expect("admin client");
     let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let results = block_on(admin.create_topics([&new], &opts)).expect("create_topics");
@@ -265,10 +261,8 @@ pub fn consume_all(bootstrap: &str, topic: &str, isolation: Isolation) -> Vec<Re
 
 fn record_of(m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
     let text = |b: Option<&[u8]>| b.map(|b| String::from_utf8_lossy(b).into_owned());
-    let headers = m
-        .headers()
-        .map(|h| h.iter().map(|x| (x.key.to_string(), text(x.value).unwrap_or_default())).collect())
-        .unwrap_or_default();
+    let headers =
+        m.headers().map(|h| h.iter().map(|x| (x.key.to_string(), text(x.value).unwrap_or_default())).collect()).unwrap_or_default();
     Record { partition: m.partition(), offset: m.offset(), key: text(m.key()), value: text(m.payload()).unwrap_or_default(), headers }
 }
 
@@ -292,8 +286,7 @@ pub fn wait_for_assignment(bootstrap: &str, group: &str, topic: &str, timeout: D
 
 /// The offsets `group` has committed on `topic`, by partition.
 pub fn committed_offsets(bootstrap: &str, group: &str, topic: &str, partitions: i32) -> BTreeMap<i32, i64> {
-    let consumer: BaseConsumer =
-        ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", group).create().expect("consumer");
+    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).set("group.id", group).create().expect("consumer");
     let mut tpl = TopicPartitionList::new();
     for p in 0..partitions {
         tpl.add_partition(topic, p);
@@ -450,4 +443,12 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
     let (head, body) = text.split_once("\r\n\r\n").expect("a response head");
     let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).expect("a status code");
     (code, body.to_string())
+}
+
+/// Messages written to `topic` so far, its partitions' high watermarks summed (committed or
+/// not, transaction markers included): how far a pipeline has got, for timing a crash.
+pub fn written(bootstrap: &str, topic: &str) -> i64 {
+    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).create().expect("watermark client");
+    let partitions = crate::txnlog::partition_count(bootstrap, topic);
+    (0..partitions).map(|p| c.fetch_watermarks(topic, p, Duration::from_secs(5)).map(|(_, hi)| hi).unwrap_or(0)).sum()
 }

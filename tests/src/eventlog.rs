@@ -104,17 +104,42 @@ impl Rng {
 const HOSTS: &[&str] = &["app.example.com", "www.example.org", "shop.example.net", "docs.example.com"];
 const INTERNAL_HOSTS: &[&str] = &["localhost", "internal.example.com"];
 const PATHS: &[&str] = &["/", "/pricing", "/docs/getting-started", "/blog/launch-week", "/cart", "/signup", "/settings/team", "/search"];
-const TITLES: &[&str] = &["Pricing – Example", "Preise – Übersicht", "価格 | Example", "Getting started", "Ürünler", "Корзина", "Launch week 🚀"];
+const TITLES: &[&str] =
+    &["Pricing – Example", "Preise – Übersicht", "価格 | Example", "Getting started", "Ürünler", "Корзина", "Launch week 🚀"];
 const BROWSERS: &[(&str, &str, &str)] = &[
-    ("Chrome", "124", "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36"),
+    (
+        "Chrome",
+        "124",
+        "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36",
+    ),
     ("Firefox", "125", "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:125.0) Gecko/20100101 Firefox/125.0"),
-    ("Safari", "17", "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 Mobile/15E148 Safari/604.1"),
-    ("Edge", "124", "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36 Edg/124.0.0.0"),
+    (
+        "Safari",
+        "17",
+        "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.4 Mobile/15E148 Safari/604.1",
+    ),
+    (
+        "Edge",
+        "124",
+        "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36 Edg/124.0.0.0",
+    ),
 ];
-const BOT_AGENTS: &[&str] = &["Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)", "Mozilla/5.0 HeadlessChrome/124.0.0.0"];
+const BOT_AGENTS: &[&str] =
+    &["Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)", "Mozilla/5.0 HeadlessChrome/124.0.0.0"];
 const OSES: &[(&str, &str)] = &[("Mac OS X", "14.4.1"), ("Windows", "10.0"), ("iOS", "17.4"), ("Android", "14"), ("Linux", "")];
 /// Public addresses (university and research networks, public resolvers) that GeoIP knows.
-const IPS: &[&str] = &["81.2.69.142", "128.101.101.101", "89.160.20.112", "175.16.199.1", "216.160.83.56", "2.125.160.216", "67.43.156.1", "202.196.224.1", "8.8.8.8", "2001:480::1"];
+const IPS: &[&str] = &[
+    "81.2.69.142",
+    "128.101.101.101",
+    "89.160.20.112",
+    "175.16.199.1",
+    "216.160.83.56",
+    "2.125.160.216",
+    "67.43.156.1",
+    "202.196.224.1",
+    "8.8.8.8",
+    "2001:480::1",
+];
 const CAMPAIGNS: &[&str] = &["june-launch", "newsletter-42", "spring-sale", "retargeting"];
 const CUSTOM_EVENTS: &[&str] = &["signed_up", "invited_teammate", "checkout_started", "report_exported", "plan_upgraded"];
 
@@ -293,7 +318,15 @@ mod tests {
         let text = generate(&opts);
         let lines: Vec<&[u8]> = text.split(|b| *b == b'\n').filter(|l| !l.is_empty()).collect();
         assert_eq!(lines.len(), 2000);
-        let bad = lines.iter().filter(|l| std::str::from_utf8(l).ok().and_then(|t| serde_json::from_str::<Value>(t).ok()).is_none_or(|v| !v.is_object() || v.get("event").is_none() || v["properties"].get("$huge").is_some())).count();
+        let bad = lines
+            .iter()
+            .filter(|l| {
+                std::str::from_utf8(l)
+                    .ok()
+                    .and_then(|t| serde_json::from_str::<Value>(t).ok())
+                    .is_none_or(|v| !v.is_object() || v.get("event").is_none() || v["properties"].get("$huge").is_some())
+            })
+            .count();
         assert!((120..=280).contains(&bad), "about 10% malformed: {bad}");
         assert!(lines.iter().any(|l| std::str::from_utf8(l).is_err()), "some invalid UTF-8");
     }

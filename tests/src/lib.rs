@@ -22,7 +22,10 @@ pub fn gen_events(out: &Path, count: usize, seed: u64, extra: &[&str]) {
         match *flag {
             "--bad-rate" => opts.bad_rate = value.parse().expect("a rate"),
             "--huge-kb" => opts.huge_kb = value.parse().expect("KiB"),
-            "--bad-kinds" => opts.bad_kinds = value.split(',').map(|k| eventlog::BadKind::parse(k).unwrap_or_else(|| panic!("unknown bad kind {k}"))).collect(),
+            "--bad-kinds" => {
+                opts.bad_kinds =
+                    value.split(',').map(|k| eventlog::BadKind::parse(k).unwrap_or_else(|| panic!("unknown bad kind {k}"))).collect()
+            }
             "--teams" => opts.teams = value.parse().expect("a count"),
             other => panic!("gen_events: unknown option {other}"),
         }

@@ -6,18 +6,14 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use pluginflow_tests::broker::{Broker, Isolation, Topics, consume_all, http_addr, http_get, kafka_config, pacing_plugin, produce_lines, spawn_pipeline, uuids, wait_exit};
+use pluginflow_tests::broker::{
+    Broker, Isolation, Topics, consume_all, http_addr, http_get, kafka_config, pacing_plugin, produce_lines, spawn_pipeline, uuids,
+    wait_exit, written,
+};
 use pluginflow_tests::gen_events;
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 
 const EVENTS: usize = 30_000;
 const OUTAGE: Duration = Duration::from_secs(6);
-
-fn written(bootstrap: &str, topic: &str) -> i64 {
-    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
-    (0..3).map(|p| c.fetch_watermarks(topic, p, Duration::from_secs(5)).map(|(_, hi)| hi).unwrap_or(0)).sum()
-}
 
 #[test]
 fn pipeline_rides_out_a_broker_outage() {
@@ -65,10 +61,7 @@ fn pipeline_rides_out_a_broker_outage() {
     };
     // Which comes first depends on where the worker is: polling (its client reports the broker
     // down) or blocked in a commit waiting for the broker (its client goes silent).
-    assert!(
-        unhealthy.contains("no Kafka broker reachable") || unhealthy.contains("no statistics from its Kafka client"),
-        "{unhealthy}"
-    );
+    assert!(unhealthy.contains("no Kafka broker reachable") || unhealthy.contains("no statistics from its Kafka client"), "{unhealthy}");
     // The rest of the outage itself (not a synchronisation): the broker stays away this long.
     std::thread::sleep(OUTAGE.saturating_sub(outage.elapsed()));
     assert!(child.try_wait().unwrap().is_none(), "pluginflow gave up during the outage: {}", std::fs::read_to_string(&log).unwrap());
@@ -77,7 +70,9 @@ fn pipeline_rides_out_a_broker_outage() {
     let healthy_again = loop {
         match http_get(&addr, "/healthz") {
             (200, _) => break outage.elapsed(),
-            (_, body) => assert!(outage.elapsed() < Duration::from_secs(60), "/healthz still unhealthy a minute after the broker came back: {body}"),
+            (_, body) => {
+                assert!(outage.elapsed() < Duration::from_secs(60), "/healthz still unhealthy a minute after the broker came back: {body}")
+            }
         }
         std::thread::sleep(Duration::from_millis(100));
     };

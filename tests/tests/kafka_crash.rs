@@ -9,22 +9,16 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use pluginflow_tests::broker::{Broker, Isolation, Topics, consume_all, kafka_config, log_tail, produce_lines, spawn_pipeline, uuids, wait_exit};
+use pluginflow_tests::broker::{
+    Broker, Isolation, Topics, consume_all, kafka_config, log_tail, produce_lines, spawn_pipeline, uuids, wait_exit, written,
+};
 use pluginflow_tests::{gen_events, txnlog};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::ClientConfig;
 
 const EVENTS: usize = 100_000;
 const PARTITIONS: i32 = 4;
 const KILLS: usize = 3;
 /// Partitions of the output topic (`Topics::create` makes 3).
 const OUTPUT_PARTITIONS: i32 = 3;
-
-/// Messages on `topic` so far, read-uncommitted high watermarks summed.
-fn written(bootstrap: &str, topic: &str) -> i64 {
-    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
-    (0..OUTPUT_PARTITIONS).map(|p| c.fetch_watermarks(topic, p, Duration::from_secs(5)).map(|(_, hi)| hi).unwrap_or(0)).sum()
-}
 
 /// Where a kill landed: outputs written when it was due (markers included) and, in exactly-once
 /// mode, whether a transaction with records in the log was open at that moment.
@@ -38,7 +32,14 @@ struct Kill {
 /// while) for a transaction in flight, so that the abort path is what gets tested: a kill
 /// between transactions would prove little.
 fn run_with_kills(dir: &Path, broker: &Broker, topics: &Topics, delivery: &str) -> Vec<Kill> {
-    let config = kafka_config(dir, &broker.bootstrap(), &format!("crash-{delivery}"), topics, &format!("stop_after_idle_ms = 4000\ndelivery = {delivery:?}"), "");
+    let config = kafka_config(
+        dir,
+        &broker.bootstrap(),
+        &format!("crash-{delivery}"),
+        topics,
+        &format!("stop_after_idle_ms = 4000\ndelivery = {delivery:?}"),
+        "",
+    );
     let log = dir.join(format!("pluginflow-{delivery}.log"));
     let mut kills = Vec::new();
     'kills: for kill in 0..KILLS {
@@ -153,7 +154,11 @@ fn crash_test(delivery: &str, readers: &[Reader]) -> Vec<Counts> {
             values.len(),
             seen.len(),
             kills.len(),
-            kills.iter().map(|k| format!("{}{}", k.outputs, if k.in_txn { " in a transaction" } else { "" })).collect::<Vec<_>>().join(", "),
+            kills
+                .iter()
+                .map(|k| format!("{}{}", k.outputs, if k.in_txn { " in a transaction" } else { "" }))
+                .collect::<Vec<_>>()
+                .join(", "),
             started.elapsed().as_secs_f64()
         );
         values.sort();

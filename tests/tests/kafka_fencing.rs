@@ -7,18 +7,13 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use pluginflow_tests::broker::{Broker, Isolation, Topics, consume_all, kafka_config, pacing_plugin, produce_lines, spawn_pipeline, uuids, wait_exit};
+use pluginflow_tests::broker::{
+    Broker, Isolation, Topics, consume_all, kafka_config, pacing_plugin, produce_lines, spawn_pipeline, uuids, wait_exit, written,
+};
 use pluginflow_tests::{gen_events, txnlog};
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 
 const EVENTS: usize = 20_000;
 const PARTITIONS: i32 = 4;
-
-fn written(bootstrap: &str, topic: &str) -> i64 {
-    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
-    (0..3).map(|p| c.fetch_watermarks(topic, p, Duration::from_secs(5)).map(|(_, hi)| hi).unwrap_or(0)).sum::<i64>()
-}
 
 #[test]
 fn a_second_process_with_the_same_transactional_id_fences_the_first() {
@@ -77,6 +72,10 @@ fn a_second_process_with_the_same_transactional_id_fences_the_first() {
     let want: Vec<String> = uuids(std::fs::read_to_string(&input).unwrap().lines());
     let missing = want.iter().filter(|u| !seen.contains_key(*u)).count();
     let repeats: usize = seen.values().map(|n| n - 1).sum();
-    println!("fencing: {EVENTS} in, {} visible, {missing} missing, {repeats} repeats; {:.1} s", verifier.len(), started.elapsed().as_secs_f64());
+    println!(
+        "fencing: {EVENTS} in, {} visible, {missing} missing, {repeats} repeats; {:.1} s",
+        verifier.len(),
+        started.elapsed().as_secs_f64()
+    );
     assert_eq!((missing, repeats), (0, 0));
 }

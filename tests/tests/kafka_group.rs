@@ -10,19 +10,14 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use pluginflow_tests::broker::{Broker, Isolation, Topics, consume_all, events_in, kafka_config, pacing_plugin, produce_lines, spawn_pipeline, uuids, wait_exit};
+use pluginflow_tests::broker::{
+    Broker, Isolation, Topics, consume_all, events_in, kafka_config, pacing_plugin, produce_lines, spawn_pipeline, uuids, wait_exit,
+    written,
+};
 use pluginflow_tests::{gen_events, txnlog};
-use rdkafka::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 
 const EVENTS: usize = 30_000;
 const PARTITIONS: i32 = 6;
-
-/// Messages on `topic` so far (committed or not, markers included).
-fn written(bootstrap: &str, topic: &str) -> i64 {
-    let c: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
-    (0..3).map(|p| c.fetch_watermarks(topic, p, Duration::from_secs(5)).map(|(_, hi)| hi).unwrap_or(0)).sum::<i64>()
-}
 
 /// Waits until `topic` holds at least `n` messages (committed or not).
 fn wait_for_output(bootstrap: &str, topic: &str, n: i64) {
@@ -47,7 +42,15 @@ fn wait_for_assignment(log: &Path) {
 }
 
 /// One pipeline process of the group.
-fn start_process(dir: &Path, p: usize, broker: &Broker, topics: &Topics, group: &str, delivery: &str, plugins: &str) -> (std::process::Child, std::path::PathBuf) {
+fn start_process(
+    dir: &Path,
+    p: usize,
+    broker: &Broker,
+    topics: &Topics,
+    group: &str,
+    delivery: &str,
+    plugins: &str,
+) -> (std::process::Child, std::path::PathBuf) {
     let sub = dir.join(format!("p{p}"));
     std::fs::create_dir_all(&sub).unwrap();
     // Independent processes need their own transactional ids.
@@ -110,7 +113,12 @@ fn group_run(delivery: &str) -> (usize, usize, [u64; 3]) {
         let mut librdkafka: Vec<String> = consume_all(&bs, &topics.output, Isolation::ReadCommitted).into_iter().map(|r| r.value).collect();
         verifier.sort();
         librdkafka.sort();
-        assert!(verifier == librdkafka, "librdkafka's read_committed ({}) and the verifier ({}) disagree", librdkafka.len(), verifier.len());
+        assert!(
+            verifier == librdkafka,
+            "librdkafka's read_committed ({}) and the verifier ({}) disagree",
+            librdkafka.len(),
+            verifier.len()
+        );
         count(&verifier)
     } else {
         count(&consume_all(&bs, &topics.output, Isolation::ReadUncommitted).into_iter().map(|r| r.value).collect::<Vec<_>>())

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use operators::plugin::MemoryLogSink;
 use pluginflow::config::PipelineConfig;
 use pluginflow_tests::broker::{Broker, Isolation, Topics, consume_all, kafka_config, produce_lines, spawn_pipeline, wait_exit};
-use pluginflow_tests::{config_text, example_plugin, gen_events, bench_plugin, plugin_entry};
+use pluginflow_tests::{bench_plugin, config_text, example_plugin, gen_events, plugin_entry};
 
 const EVENTS: usize = 3000;
 
@@ -20,7 +20,8 @@ fn plugins(dir: &Path) -> String {
     let logger = dir.join("logger");
     std::fs::create_dir_all(&logger).unwrap();
     std::fs::write(logger.join("plugin.json"), r#"{"name": "logger", "config": []}"#).unwrap();
-    std::fs::write(logger.join("index.js"), "function setupPlugin() { console.log('logger ready') }\nmodule.exports = { setupPlugin }\n").unwrap();
+    std::fs::write(logger.join("index.js"), "function setupPlugin() { console.log('logger ready') }\nmodule.exports = { setupPlugin }\n")
+        .unwrap();
     [
         plugin_entry("screen", &bench_plugin("screen"), 1, ""),
         plugin_entry("mask", &example_plugin("property-filter"), 2, "config = { mode = \"mask\", properties = \"$browser,$os\" }"),

@@ -88,7 +88,8 @@ fn verifier_applies_read_committed_from_the_log_markers() {
         log.markers,
         log.broker_aborted_txns
     );
-    let want = sorted(["plain-1", "plain-2", "plain-3", "committed-1", "committed-1", "committed-2", "committed-3"].map(String::from).to_vec());
+    let want =
+        sorted(["plain-1", "plain-2", "plain-3", "committed-1", "committed-1", "committed-2", "committed-3"].map(String::from).to_vec());
     assert_eq!(got, want, "visible records");
     assert_eq!(log.aborted, 4, "aborted-1 twice, zombie-1 twice");
     assert_eq!(log.open, 1, "open-1");

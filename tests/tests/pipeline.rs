@@ -12,7 +12,7 @@ use operators::plugin::worker::WorkerPlugins;
 use operators::plugin::{HostServices, Limits, MemoryLogSink};
 use pluginflow::config::PipelineConfig;
 use pluginflow::run::{load_specs, prepare, run};
-use pluginflow_tests::{config_text, example_plugin, gen_events, bench_plugin, plugin_entry, read_json_lines};
+use pluginflow_tests::{bench_plugin, config_text, example_plugin, gen_events, plugin_entry, read_json_lines};
 use serde_json::Value;
 use state::MemoryStore;
 
@@ -133,7 +133,10 @@ fn chain_semantics_through_the_graph() {
         std::fs::write(p.join("index.js"), body).unwrap();
         p
     };
-    let tagger = plugin("tagger", "exports.processEvent = (e, { config }) => { (e.properties.tags = e.properties.tags || []).push(config.tag); return e }");
+    let tagger = plugin(
+        "tagger",
+        "exports.processEvent = (e, { config }) => { (e.properties.tags = e.properties.tags || []).push(config.tag); return e }",
+    );
     let failer = plugin("failer", "exports.processEvent = (e) => { e.properties.touched = true; throw new Error('I always fail!') }");
     let dropper = plugin("dropper", "exports.processEvent = (e) => e.event === 'drop me' ? null : e");
     let input = dir.path().join("events.jsonl");
@@ -151,11 +154,8 @@ fn chain_semantics_through_the_graph() {
     .concat();
     let config = config_in(dir.path(), &input, &plugins);
     let (events, logs) = run_graph(&config, 1);
-    let by_uuid: BTreeMap<String, Value> = events
-        .iter()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .map(|v| (v["uuid"].as_str().unwrap().to_string(), v))
-        .collect();
+    let by_uuid: BTreeMap<String, Value> =
+        events.iter().map(|l| serde_json::from_str::<Value>(l).unwrap()).map(|v| (v["uuid"].as_str().unwrap().to_string(), v)).collect();
     assert_eq!(by_uuid.len(), 2, "event 2 was dropped");
     let one = &by_uuid["1"]["properties"];
     assert_eq!(one["tags"], serde_json::json!(["first", "second"]));

@@ -129,9 +129,19 @@ fn retries_that_cannot_be_done_after_a_restart_are_dead_letters() {
 #[test]
 fn capture_loops_stop_at_the_hop_limit() {
     let dir = tempfile::tempdir().unwrap();
-    let p = write_plugin(dir.path(), "echo", "exports.processEvent = async (e) => { await posthog.capture('echo of ' + e.event, { distinct_id: 'x', depth: (e.properties.depth || 0) + 1 }); return e }");
+    let p = write_plugin(
+        dir.path(),
+        "echo",
+        "exports.processEvent = async (e) => { await posthog.capture('echo of ' + e.event, { distinct_id: 'x', depth: (e.properties.depth || 0) + 1 }); return e }",
+    );
     let plugins = plugin_entry("echo", &p, 1, "");
-    let cfg = config(dir.path(), "{\"uuid\":\"u1\",\"event\":\"start\",\"team_id\":5,\"properties\":{}}\n", "memory = true", "max_capture_hops = 3", &plugins);
+    let cfg = config(
+        dir.path(),
+        "{\"uuid\":\"u1\",\"event\":\"start\",\"team_id\":5,\"properties\":{}}\n",
+        "memory = true",
+        "max_capture_hops = 3",
+        &plugins,
+    );
     let (summary, _) = run_until(&cfg, |_| false);
     let events = read_json_lines(&cfg.output.events);
     let names: Vec<&str> = events.iter().map(|e| e["event"].as_str().unwrap()).collect();
@@ -152,7 +162,11 @@ fn an_input_line_cannot_claim_a_capture_hop_count() {
     // it made every capture from it a "loop" (dead letters), or wrapped at u32::MAX. Now the
     // hop count travels beside captured events and the key is an ordinary key.
     let dir = tempfile::tempdir().unwrap();
-    let p = write_plugin(dir.path(), "echo", "exports.processEvent = async (e) => { if (e.event === 'start') await posthog.capture('echo', { distinct_id: 'x' }); return e }");
+    let p = write_plugin(
+        dir.path(),
+        "echo",
+        "exports.processEvent = async (e) => { if (e.event === 'start') await posthog.capture('echo', { distinct_id: 'x' }); return e }",
+    );
     let plugins = plugin_entry("echo", &p, 1, "");
     let input = "{\"uuid\":\"u1\",\"event\":\"start\",\"team_id\":5,\"$pluginflow_hops\":99,\"properties\":{}}\n\
                  {\"uuid\":\"u2\",\"event\":\"start\",\"team_id\":5,\"$pluginflow_hops\":4294967295,\"properties\":{}}\n";
@@ -169,17 +183,28 @@ fn a_failed_export_batch_is_one_dead_letter_per_event() {
     // A plain error is not retried: the batch of three fails at once. It once became one
     // record holding the array.
     let dir = tempfile::tempdir().unwrap();
-    let p = write_plugin(dir.path(), "exporter", "exports.exportEvents = (events) => { throw new Error('the warehouse said no to ' + events.length) }");
+    let p = write_plugin(
+        dir.path(),
+        "exporter",
+        "exports.exportEvents = (events) => { throw new Error('the warehouse said no to ' + events.length) }",
+    );
     let plugins = plugin_entry("w", &p, 1, "");
     let input: String = (1..=3).map(|i| format!("{{\"uuid\":\"u{i}\",\"event\":\"e\",\"team_id\":1,\"properties\":{{}}}}\n")).collect();
     let cfg = config(dir.path(), &input, "memory = true", "", &plugins);
     let (summary, _) = run_until(&cfg, |_| false);
     assert_eq!(summary.events_out, 3);
     let dead = read_json_lines(&cfg.output.dead_letters);
-    let uuids: Vec<String> = dead.iter().map(|d| serde_json::from_str::<serde_json::Value>(d["raw"].as_str().unwrap()).unwrap()["uuid"].as_str().unwrap().to_string()).collect();
+    let uuids: Vec<String> = dead
+        .iter()
+        .map(|d| serde_json::from_str::<serde_json::Value>(d["raw"].as_str().unwrap()).unwrap()["uuid"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(uuids, ["u1", "u2", "u3"], "{dead:?}");
     for d in &dead {
-        assert_eq!((d["plugin"].as_str(), d["hook"].as_str(), d["attempts"].as_u64()), (Some("exporter"), Some("exportEvents"), Some(1)), "{d}");
+        assert_eq!(
+            (d["plugin"].as_str(), d["hook"].as_str(), d["attempts"].as_u64()),
+            (Some("exporter"), Some("exportEvents"), Some(1)),
+            "{d}"
+        );
         assert_eq!(d["error"], "Error: the warehouse said no to 3");
     }
 }
@@ -187,9 +212,19 @@ fn a_failed_export_batch_is_one_dead_letter_per_event() {
 #[test]
 fn on_event_give_ups_reach_the_dead_letter_output() {
     let dir = tempfile::tempdir().unwrap();
-    let p = write_plugin(dir.path(), "doomed", "const { RetryError } = require('@posthog/plugin-scaffold')\nexports.onEvent = () => { throw new RetryError('never') }");
+    let p = write_plugin(
+        dir.path(),
+        "doomed",
+        "const { RetryError } = require('@posthog/plugin-scaffold')\nexports.onEvent = () => { throw new RetryError('never') }",
+    );
     let plugins = plugin_entry("x", &p, 1, "");
-    let cfg = config(dir.path(), "{\"uuid\":\"u1\",\"event\":\"e\",\"team_id\":1,\"properties\":{}}\n", "memory = true", "on_event_retry_base_ms = 5", &plugins);
+    let cfg = config(
+        dir.path(),
+        "{\"uuid\":\"u1\",\"event\":\"e\",\"team_id\":1,\"properties\":{}}\n",
+        "memory = true",
+        "on_event_retry_base_ms = 5",
+        &plugins,
+    );
     let (summary, _, http) = run_with_http(&cfg, |_| false);
     assert_eq!(summary.events_out, 1, "the event itself was written");
     let metrics = pluginflow::http::prometheus(&http);
@@ -202,7 +237,10 @@ fn on_event_give_ups_reach_the_dead_letter_output() {
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0]["reason"], "onEvent of plugin 'doomed' (x) failed after 6 attempts: RetryError: never");
     assert_eq!(dead[0]["source"], "plugin:x");
-    assert_eq!((dead[0]["plugin"].as_str(), dead[0]["plugin_config_id"].as_str(), dead[0]["hook"].as_str()), (Some("doomed"), Some("x"), Some("onEvent")));
+    assert_eq!(
+        (dead[0]["plugin"].as_str(), dead[0]["plugin_config_id"].as_str(), dead[0]["hook"].as_str()),
+        (Some("doomed"), Some("x"), Some("onEvent"))
+    );
     assert_eq!((dead[0]["attempts"].as_u64(), dead[0]["error"].as_str()), (Some(6), Some("RetryError: never")));
     assert!(dead[0]["raw"].as_str().unwrap().contains("\"uuid\":\"u1\""));
     assert_eq!(summary.metrics.get(&("x".to_string(), 1, "onEvent".to_string(), "failed".to_string())), Some(&1));

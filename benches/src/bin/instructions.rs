@@ -153,7 +153,9 @@ fn measured_graph_no_plugins_1000(lines: &Arc<Vec<Vec<u8>>>) -> usize {
             scope
                 .input_from(&mut input)
                 .flat_map(move |line: Vec<u8>| operators::event::parse_line(&line, "bench", 0, &limits).ok())
-                .flat_map(move |ev| chain.borrow_mut().process(ev.team_id, &ev.name, &ev.uuid, &ev.json, ev.hops).ok().and_then(|o| o.event))
+                .flat_map(move |ev| {
+                    chain.borrow_mut().process(ev.team_id, &ev.name, &ev.uuid, &ev.json, ev.hops).ok().and_then(|o| o.event)
+                })
                 .inspect(move |out: &String| {
                     seen.fetch_add(out.len(), std::sync::atomic::Ordering::Relaxed);
                 });

@@ -44,7 +44,9 @@ struct Args {
 }
 
 fn usage(msg: &str) -> ! {
-    eprintln!("kafka_bench: {msg}\nusage: kafka_bench create|load|loop|count --bootstrap HOST:PORT [--topic T] [--partitions P] [--events FILE] [--input T --output T2 --group G --count N] [--quiet-ms MS] [--json OUT]");
+    eprintln!(
+        "kafka_bench: {msg}\nusage: kafka_bench create|load|loop|count --bootstrap HOST:PORT [--topic T] [--partitions P] [--events FILE] [--input T --output T2 --group G --count N] [--quiet-ms MS] [--json OUT]"
+    );
     std::process::exit(2)
 }
 
@@ -86,7 +88,8 @@ fn main() {
 }
 
 fn create(a: &Args) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", &a.bootstrap).create().expect("admin client");
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", &a.bootstrap).create().expect("admin client");
     let topic = NewTopic::new(&a.topic, a.partitions, TopicReplication::Fixed(1));
     let results = block_on(admin.create_topics([&topic], &AdminOptions::new())).expect("create_topics");
     for r in results {

@@ -46,23 +46,12 @@ struct Args {
 fn parse_args() -> Args {
     let mut it = std::env::args().skip(1);
     let mode = it.next().unwrap_or_else(|| usage("missing mode"));
-    let mut a = Args {
-        mode,
-        events: None,
-        plugins: Vec::new(),
-        geoip: None,
-        rocks: None,
-        warmup: 5000,
-        count: 20,
-        json: None,
-    };
+    let mut a = Args { mode, events: None, plugins: Vec::new(), geoip: None, rocks: None, warmup: 5000, count: 20, json: None };
     while let Some(flag) = it.next() {
         let mut value = || it.next().unwrap_or_else(|| usage(&format!("missing value for {flag}")));
         match flag.as_str() {
             "--events" => a.events = Some(value().into()),
-            "--plugins" | "--plugin" => {
-                a.plugins = value().split(',').filter(|s| !s.is_empty()).map(PathBuf::from).collect()
-            }
+            "--plugins" | "--plugin" => a.plugins = value().split(',').filter(|s| !s.is_empty()).map(PathBuf::from).collect(),
             "--geoip" => a.geoip = Some(value().into()),
             "--rocks" => a.rocks = Some(value().into()),
             "--warmup" => a.warmup = value().parse().unwrap_or_else(|_| usage("bad --warmup")),
@@ -75,7 +64,9 @@ fn parse_args() -> Args {
 }
 
 fn usage(msg: &str) -> ! {
-    eprintln!("throughput: {msg}\nusage: throughput floor|check|chain|instances --events FILE [--plugins DIR,..] [--geoip MMDB] [--rocks DIR] [--warmup N] [--count N] [--json OUT]");
+    eprintln!(
+        "throughput: {msg}\nusage: throughput floor|check|chain|instances --events FILE [--plugins DIR,..] [--geoip MMDB] [--rocks DIR] [--warmup N] [--count N] [--json OUT]"
+    );
     std::process::exit(2)
 }
 
@@ -249,8 +240,8 @@ fn chain(a: &Args) {
         })
         .collect();
     let names: Vec<String> = specs.iter().map(|s| s.id.clone()).collect();
-    let mut plugins = WorkerPlugins::new(Limits::default(), Arc::new(specs), services(store, a.geoip.as_deref()))
-        .unwrap_or_else(|e| usage(&e));
+    let mut plugins =
+        WorkerPlugins::new(Limits::default(), Arc::new(specs), services(store, a.geoip.as_deref())).unwrap_or_else(|e| usage(&e));
     let mut failures = 0u64;
     let rss = proc_status_kib("VmRSS");
     let (elapsed, lat, t) = timed(&log, a.warmup, |bytes, pos| {

@@ -90,7 +90,8 @@ impl<'scope> RunDeferred<'scope> for Stream<'scope, u64, Vec<(i64, u32, String)>
             let mut pending: Vec<Pending> =
                 recovered.into_iter().map(|(due, task)| Pending { due, cap: Some(initial.clone()), held_until, task }).collect();
             // Unreadable ones leave as dead letters at the first activation.
-            let mut unreadable: Vec<(Option<Capability<u64>>, Exhausted)> = unreadable.into_iter().map(|e| (Some(initial.clone()), e)).collect();
+            let mut unreadable: Vec<(Option<Capability<u64>>, Exhausted)> =
+                unreadable.into_iter().map(|e| (Some(initial.clone()), e)).collect();
             if !pending.is_empty() || !unreadable.is_empty() {
                 activator.activate();
             }

@@ -184,9 +184,8 @@ impl ExportSettings {
     /// Reads `exportEventsBufferBytes` (1 MiB, 1..=100 MiB), `exportEventsBufferSeconds`
     /// (10 s, 1..=600) and `exportEventsToIgnore` (comma separated).
     pub fn from_config(get: impl Fn(&str) -> Option<String>) -> Self {
-        let int = |key: &str, default: i64, min: i64, max: i64| {
-            get(key).and_then(|v| parse_int_prefix(&v)).unwrap_or(default).clamp(min, max)
-        };
+        let int =
+            |key: &str, default: i64, min: i64, max: i64| get(key).and_then(|v| parse_int_prefix(&v)).unwrap_or(default).clamp(min, max);
         Self {
             max_bytes: int("exportEventsBufferBytes", 1_048_576, 1, 104_857_600) as usize,
             max_age: Duration::from_secs(int("exportEventsBufferSeconds", 10, 1, 600) as u64),
@@ -329,7 +328,8 @@ impl DeferredWork {
     }
 
     fn export(&mut self, key: InstanceKey, config_id: &str, events: Vec<String>, epoch: u64) -> Step {
-        let task = Task { config_id: config_id.to_string(), team: key.1, kind: TaskKind::Export(events), attempts: 0, epoch, queue_id: None };
+        let task =
+            Task { config_id: config_id.to_string(), team: key.1, kind: TaskKind::Export(events), attempts: 0, epoch, queue_id: None };
         self.run(task)
     }
 
@@ -590,6 +590,9 @@ mod tests {
         .unwrap();
         assert_eq!(name, "e");
         let v: Value = serde_json::from_str(&json).unwrap();
-        assert_eq!(v, json!({"distinct_id":"d","ip":"1.2.3.4","team_id":2,"event":"e","$set":{"a":1},"$set_once":null,"properties":{"$set":{"a":1},"x":2},"timestamp":"t","uuid":"u"}));
+        assert_eq!(
+            v,
+            json!({"distinct_id":"d","ip":"1.2.3.4","team_id":2,"event":"e","$set":{"a":1},"$set_once":null,"properties":{"$set":{"a":1},"x":2},"timestamp":"t","uuid":"u"})
+        );
     }
 }

@@ -56,11 +56,7 @@ pub struct HostServices {
 impl HostServices {
     /// Services with an HTTP client whose requests give up after `fetch_timeout`.
     pub fn new(store: Arc<dyn StateStore>, geoip: Option<Arc<GeoIp>>, logs: Arc<dyn LogSink>, fetch_timeout: Duration) -> Self {
-        let http = ureq::Agent::config_builder()
-            .timeout_global(Some(fetch_timeout))
-            .http_status_as_error(false)
-            .build()
-            .into();
+        let http = ureq::Agent::config_builder().timeout_global(Some(fetch_timeout)).http_status_as_error(false).build().into();
         Self { store, geoip, logs, http }
     }
 }
@@ -205,7 +201,10 @@ impl CallBudget {
         let refusal = if self.captures.get() >= self.limits.max_captures_per_call {
             Some(format!("this call already captured {} events (runtime.max_captures_per_call)", self.limits.max_captures_per_call))
         } else if in_epoch >= self.limits.max_captures_per_epoch {
-            Some(format!("this plugin already captured {} events in this batch (runtime.max_captures_per_epoch)", self.limits.max_captures_per_epoch))
+            Some(format!(
+                "this plugin already captured {} events in this batch (runtime.max_captures_per_epoch)",
+                self.limits.max_captures_per_epoch
+            ))
         } else {
             None
         };
@@ -235,7 +234,10 @@ impl CallBudget {
     fn take_job(&self) -> Result<(), String> {
         if self.jobs.get() >= self.limits.max_jobs_per_call {
             self.refused_jobs.set(self.refused_jobs.get() + 1);
-            return Err(format!("job refused: this call already enqueued {} jobs (runtime.max_jobs_per_call)", self.limits.max_jobs_per_call));
+            return Err(format!(
+                "job refused: this call already enqueued {} jobs (runtime.max_jobs_per_call)",
+                self.limits.max_jobs_per_call
+            ));
         }
         self.jobs.set(self.jobs.get() + 1);
         Ok(())
@@ -302,160 +304,205 @@ fn install_logging<'js>(ctx: &Ctx<'js>, obj: &Object<'js>, host: &HostBindings) 
 
 fn install_cache<'js>(ctx: &Ctx<'js>, obj: &Object<'js>, host: &HostBindings) -> rquickjs::Result<()> {
     let (s, sc) = (host.services.store.clone(), host.scope.clone());
-    obj.set("cacheGet", Function::new(ctx.clone(), move |ctx: Ctx<'js>, key: String| {
-        state_err(&ctx, s.cache_get(&sc, &key))
-    })?)?;
+    obj.set("cacheGet", Function::new(ctx.clone(), move |ctx: Ctx<'js>, key: String| state_err(&ctx, s.cache_get(&sc, &key)))?)?;
     let (s, sc, b) = (host.services.store.clone(), host.scope.clone(), host.budget.clone());
-    obj.set("cacheSet", Function::new(ctx.clone(), move |ctx: Ctx<'js>, key: String, value: String, ttl: f64| {
-        b.take_bytes("cache.set", key.len() + value.len()).map_err(|why| throw(&ctx, why))?;
-        // A truthy TTL always expires: a fraction of a second rounds up to one (Redis takes
-        // whole seconds); a negative one is an error, as Redis's `EX` answers.
-        if ttl < 0.0 {
-            return Err(throw(&ctx, format!("cache.set: invalid expire time {ttl} (ttlSeconds must be positive)")));
-        }
-        let ttl = (ttl > 0.0).then(|| ttl.ceil().min(u64::MAX as f64) as u64);
-        state_err(&ctx, s.cache_set(&sc, &key, &value, ttl))
-    })?)?;
+    obj.set(
+        "cacheSet",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, key: String, value: String, ttl: f64| {
+            b.take_bytes("cache.set", key.len() + value.len()).map_err(|why| throw(&ctx, why))?;
+            // A truthy TTL always expires: a fraction of a second rounds up to one (Redis takes
+            // whole seconds); a negative one is an error, as Redis's `EX` answers.
+            if ttl < 0.0 {
+                return Err(throw(&ctx, format!("cache.set: invalid expire time {ttl} (ttlSeconds must be positive)")));
+            }
+            let ttl = (ttl > 0.0).then(|| ttl.ceil().min(u64::MAX as f64) as u64);
+            state_err(&ctx, s.cache_set(&sc, &key, &value, ttl))
+        })?,
+    )?;
     let (s, sc) = (host.services.store.clone(), host.scope.clone());
-    obj.set("cacheIncr", Function::new(ctx.clone(), move |ctx: Ctx<'js>, key: String| {
-        state_err(&ctx, s.cache_incr(&sc, &key)).map(|v| v as f64)
-    })?)?;
+    obj.set(
+        "cacheIncr",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, key: String| state_err(&ctx, s.cache_incr(&sc, &key)).map(|v| v as f64))?,
+    )?;
     let (s, sc) = (host.services.store.clone(), host.scope.clone());
-    obj.set("cacheExpire", Function::new(ctx.clone(), move |ctx: Ctx<'js>, key: String, ttl: f64| {
-        state_err(&ctx, s.cache_expire(&sc, &key, ttl.max(0.0) as u64))
-    })?)?;
+    obj.set(
+        "cacheExpire",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, key: String, ttl: f64| {
+            state_err(&ctx, s.cache_expire(&sc, &key, ttl.max(0.0) as u64))
+        })?,
+    )?;
     let (s, sc, b) = (host.services.store.clone(), host.scope.clone(), host.budget.clone());
-    obj.set("cacheLpush", Function::new(ctx.clone(), move |ctx: Ctx<'js>, key: String, values: Vec<Value<'js>>| {
-        b.take_bytes("cache.lpush", key.len()).map_err(|why| throw(&ctx, why))?;
-        if values.len() > 1000 {
-            return Err(throw(&ctx, "Too many elements in array for cache.lpush. Maximum: 1000"));
-        }
-        // Converted one by one against the allowance: a thousand copies of a huge string stop
-        // at the first that does not fit.
-        let mut texts = Vec::with_capacity(values.len());
-        for v in values {
-            let text = v.as_string().ok_or_else(|| throw(&ctx, "cache.lpush expects strings"))?.to_string()?;
-            b.take_bytes("cache.lpush", text.len()).map_err(|why| throw(&ctx, why))?;
-            texts.push(text);
-        }
-        state_err(&ctx, s.cache_lpush(&sc, &key, &texts)).map(|v| v as f64)
-    })?)?;
+    obj.set(
+        "cacheLpush",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, key: String, values: Vec<Value<'js>>| {
+            b.take_bytes("cache.lpush", key.len()).map_err(|why| throw(&ctx, why))?;
+            if values.len() > 1000 {
+                return Err(throw(&ctx, "Too many elements in array for cache.lpush. Maximum: 1000"));
+            }
+            // Converted one by one against the allowance: a thousand copies of a huge string stop
+            // at the first that does not fit.
+            let mut texts = Vec::with_capacity(values.len());
+            for v in values {
+                let text = v.as_string().ok_or_else(|| throw(&ctx, "cache.lpush expects strings"))?.to_string()?;
+                b.take_bytes("cache.lpush", text.len()).map_err(|why| throw(&ctx, why))?;
+                texts.push(text);
+            }
+            state_err(&ctx, s.cache_lpush(&sc, &key, &texts)).map(|v| v as f64)
+        })?,
+    )?;
     let (s, sc) = (host.services.store.clone(), host.scope.clone());
-    obj.set("cacheLrange", Function::new(ctx.clone(), move |ctx: Ctx<'js>, key: String, start: f64, stop: f64| {
-        state_err(&ctx, s.cache_lrange(&sc, &key, start as i64, stop as i64))
-    })?)?;
+    obj.set(
+        "cacheLrange",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, key: String, start: f64, stop: f64| {
+            state_err(&ctx, s.cache_lrange(&sc, &key, start as i64, stop as i64))
+        })?,
+    )?;
     let (s, sc) = (host.services.store.clone(), host.scope.clone());
-    obj.set("cacheLlen", Function::new(ctx.clone(), move |ctx: Ctx<'js>, key: String| {
-        state_err(&ctx, s.cache_llen(&sc, &key)).map(|v| v as f64)
-    })?)?;
+    obj.set(
+        "cacheLlen",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, key: String| state_err(&ctx, s.cache_llen(&sc, &key)).map(|v| v as f64))?,
+    )?;
     let (s, sc) = (host.services.store.clone(), host.scope.clone());
-    obj.set("cacheLpop", Function::new(ctx.clone(), move |ctx: Ctx<'js>, key: String, count: f64| {
-        state_err(&ctx, s.cache_lpop(&sc, &key, count.max(0.0) as u64))
-    })?)?;
+    obj.set(
+        "cacheLpop",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, key: String, count: f64| {
+            state_err(&ctx, s.cache_lpop(&sc, &key, count.max(0.0) as u64))
+        })?,
+    )?;
     let (s, sc) = (host.services.store.clone(), host.scope.clone());
-    obj.set("cacheLrem", Function::new(ctx.clone(), move |ctx: Ctx<'js>, key: String, count: f64, value: String| {
-        state_err(&ctx, s.cache_lrem(&sc, &key, count as i64, &value)).map(|v| v as f64)
-    })?)
+    obj.set(
+        "cacheLrem",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, key: String, count: f64, value: String| {
+            state_err(&ctx, s.cache_lrem(&sc, &key, count as i64, &value)).map(|v| v as f64)
+        })?,
+    )
 }
 
 fn install_storage<'js>(ctx: &Ctx<'js>, obj: &Object<'js>, host: &HostBindings) -> rquickjs::Result<()> {
     let (s, ns) = (host.services.store.clone(), host.storage_ns.clone());
-    obj.set("storageGet", Function::new(ctx.clone(), move |ctx: Ctx<'js>, key: String| {
-        state_err(&ctx, s.storage_get(&ns, &key))
-    })?)?;
+    obj.set("storageGet", Function::new(ctx.clone(), move |ctx: Ctx<'js>, key: String| state_err(&ctx, s.storage_get(&ns, &key)))?)?;
     let (s, ns, b) = (host.services.store.clone(), host.storage_ns.clone(), host.budget.clone());
-    obj.set("storageSet", Function::new(ctx.clone(), move |ctx: Ctx<'js>, key: String, value: String| {
-        b.take_bytes("storage.set", key.len() + value.len()).map_err(|why| throw(&ctx, why))?;
-        state_err(&ctx, s.storage_set(&ns, &key, &value))
-    })?)?;
+    obj.set(
+        "storageSet",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, key: String, value: String| {
+            b.take_bytes("storage.set", key.len() + value.len()).map_err(|why| throw(&ctx, why))?;
+            state_err(&ctx, s.storage_set(&ns, &key, &value))
+        })?,
+    )?;
     let (s, ns) = (host.services.store.clone(), host.storage_ns.clone());
-    obj.set("storageDel", Function::new(ctx.clone(), move |ctx: Ctx<'js>, key: String| {
-        state_err(&ctx, s.storage_del(&ns, &key))
-    })?)
+    obj.set("storageDel", Function::new(ctx.clone(), move |ctx: Ctx<'js>, key: String| state_err(&ctx, s.storage_del(&ns, &key)))?)
 }
 
 fn install_outbox<'js>(ctx: &Ctx<'js>, obj: &Object<'js>, host: &HostBindings) -> rquickjs::Result<()> {
     let h = host.clone();
     // Both return `null` when done, or the reason they refused (the prelude throws it).
-    obj.set("capture", Function::new(ctx.clone(), move |ctx: Ctx<'js>, event: String, properties: String| {
-        let max = h.budget.limits.max_event_bytes;
-        if properties.len() + event.len() > max {
-            return Ok(Some(format!("posthog.capture refused: the event is larger than runtime.max_event_bytes ({max} bytes)")));
-        }
-        let props: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_str(&properties).map_err(|e| throw(&ctx, format!("posthog.capture: properties must be an object: {e}")))?;
-        if let Err(why) = h.budget.take_capture().and_then(|()| h.budget.take_bytes("posthog.capture", properties.len() + event.len())) {
-            if h.budget.first_refusal() {
-                h.log(LogLevel::Warn, LogSource::System, &why);
+    obj.set(
+        "capture",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, event: String, properties: String| {
+            let max = h.budget.limits.max_event_bytes;
+            if properties.len() + event.len() > max {
+                return Ok(Some(format!("posthog.capture refused: the event is larger than runtime.max_event_bytes ({max} bytes)")));
             }
-            return Ok::<_, rquickjs::Error>(Some(why));
-        }
-        let event = super::capture::captured_event(&h.identity, &event, props);
-        h.outbox.borrow_mut().captured.push(event);
-        Ok(None)
-    })?)?;
+            let props: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&properties)
+                .map_err(|e| throw(&ctx, format!("posthog.capture: properties must be an object: {e}")))?;
+            if let Err(why) = h.budget.take_capture().and_then(|()| h.budget.take_bytes("posthog.capture", properties.len() + event.len()))
+            {
+                if h.budget.first_refusal() {
+                    h.log(LogLevel::Warn, LogSource::System, &why);
+                }
+                return Ok::<_, rquickjs::Error>(Some(why));
+            }
+            let event = super::capture::captured_event(&h.identity, &event, props);
+            h.outbox.borrow_mut().captured.push(event);
+            Ok(None)
+        })?,
+    )?;
     let h = host.clone();
-    obj.set("enqueueJob", Function::new(ctx.clone(), move |name: String, payload: String, at: f64| {
-        let max = h.budget.limits.max_event_bytes;
-        if payload.len() + name.len() > max {
-            return Some(format!("job refused: its payload is larger than runtime.max_event_bytes ({max} bytes)"));
-        }
-        if let Err(why) = h.budget.take_job().and_then(|()| h.budget.take_bytes("job", payload.len() + name.len())) {
-            if h.budget.first_refusal() {
-                h.log(LogLevel::Warn, LogSource::System, &why);
+    obj.set(
+        "enqueueJob",
+        Function::new(ctx.clone(), move |name: String, payload: String, at: f64| {
+            let max = h.budget.limits.max_event_bytes;
+            if payload.len() + name.len() > max {
+                return Some(format!("job refused: its payload is larger than runtime.max_event_bytes ({max} bytes)"));
             }
-            return Some(why);
-        }
-        h.outbox.borrow_mut().jobs.push(EnqueuedJob { name, payload, run_at_ms: at as i64 });
-        None
-    })?)
+            if let Err(why) = h.budget.take_job().and_then(|()| h.budget.take_bytes("job", payload.len() + name.len())) {
+                if h.budget.first_refusal() {
+                    h.log(LogLevel::Warn, LogSource::System, &why);
+                }
+                return Some(why);
+            }
+            h.outbox.borrow_mut().jobs.push(EnqueuedJob { name, payload, run_at_ms: at as i64 });
+            None
+        })?,
+    )
 }
 
 fn install_bytes<'js>(ctx: &Ctx<'js>, obj: &Object<'js>, max_output: usize) -> rquickjs::Result<()> {
-    obj.set("encode", Function::new(ctx.clone(), |ctx: Ctx<'js>, text: String, encoding: String| {
-        let bytes = encode(&text, &encoding).map_err(|e| throw(&ctx, e))?;
-        new_bytes(&ctx, bytes)
-    })?)?;
-    obj.set("decode", Function::new(ctx.clone(), |ctx: Ctx<'js>, bytes: Value<'js>, encoding: String| {
-        let bytes = bytes_of(&ctx, &bytes)?;
-        decode(&bytes, &encoding).map_err(|e| throw(&ctx, e))
-    })?)?;
-    obj.set("zlib", Function::new(ctx.clone(), move |ctx: Ctx<'js>, op: String, data: Value<'js>| {
-        let data = bytes_of(&ctx, &data)?;
-        let out = zlib(&op, &data, max_output).map_err(|e| throw(&ctx, format!("zlib.{op}: {e}")))?;
-        new_bytes(&ctx, out)
-    })?)
+    obj.set(
+        "encode",
+        Function::new(ctx.clone(), |ctx: Ctx<'js>, text: String, encoding: String| {
+            let bytes = encode(&text, &encoding).map_err(|e| throw(&ctx, e))?;
+            new_bytes(&ctx, bytes)
+        })?,
+    )?;
+    obj.set(
+        "decode",
+        Function::new(ctx.clone(), |ctx: Ctx<'js>, bytes: Value<'js>, encoding: String| {
+            let bytes = bytes_of(&ctx, &bytes)?;
+            decode(&bytes, &encoding).map_err(|e| throw(&ctx, e))
+        })?,
+    )?;
+    obj.set(
+        "zlib",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, op: String, data: Value<'js>| {
+            let data = bytes_of(&ctx, &data)?;
+            let out = zlib(&op, &data, max_output).map_err(|e| throw(&ctx, format!("zlib.{op}: {e}")))?;
+            new_bytes(&ctx, out)
+        })?,
+    )
 }
 
 fn install_crypto<'js>(ctx: &Ctx<'js>, obj: &Object<'js>) -> rquickjs::Result<()> {
-    obj.set("hash", Function::new(ctx.clone(), |ctx: Ctx<'js>, alg: String, data: Value<'js>, key: Value<'js>| {
-        let data = bytes_of(&ctx, &data)?;
-        let key = if key.is_null() || key.is_undefined() { None } else { Some(bytes_of(&ctx, &key)?) };
-        let out = super::natives::digest(&alg, &data, key.as_deref()).map_err(|e| throw(&ctx, e))?;
-        new_bytes(&ctx, out)
-    })?)?;
-    obj.set("randomBytes", Function::new(ctx.clone(), |ctx: Ctx<'js>, size: f64| {
-        if !(0.0..=1_048_576.0).contains(&size) {
-            return Err(throw(&ctx, "randomBytes: size must be between 0 and 1048576"));
-        }
-        new_bytes(&ctx, super::natives::random_bytes(size as usize))
-    })?)?;
+    obj.set(
+        "hash",
+        Function::new(ctx.clone(), |ctx: Ctx<'js>, alg: String, data: Value<'js>, key: Value<'js>| {
+            let data = bytes_of(&ctx, &data)?;
+            let key = if key.is_null() || key.is_undefined() { None } else { Some(bytes_of(&ctx, &key)?) };
+            let out = super::natives::digest(&alg, &data, key.as_deref()).map_err(|e| throw(&ctx, e))?;
+            new_bytes(&ctx, out)
+        })?,
+    )?;
+    obj.set(
+        "randomBytes",
+        Function::new(ctx.clone(), |ctx: Ctx<'js>, size: f64| {
+            if !(0.0..=1_048_576.0).contains(&size) {
+                return Err(throw(&ctx, "randomBytes: size must be between 0 and 1048576"));
+            }
+            new_bytes(&ctx, super::natives::random_bytes(size as usize))
+        })?,
+    )?;
     obj.set("randomUUID", Function::new(ctx.clone(), super::natives::random_uuid)?)
 }
 
 fn install_url<'js>(ctx: &Ctx<'js>, obj: &Object<'js>) -> rquickjs::Result<()> {
-    obj.set("urlParse", Function::new(ctx.clone(), |ctx: Ctx<'js>, input: String, base: Opt<String>| {
-        let parsed = match base.0 {
-            Some(base) => url::Url::parse(&base).and_then(|b| b.join(&input)),
-            None => url::Url::parse(&input),
-        };
-        parsed.map(|u| super::natives::url_parts(&u)).map_err(|e| Exception::throw_type(&ctx, &format!("Invalid URL: {input} ({e})")))
-    })?)?;
-    obj.set("urlSet", Function::new(ctx.clone(), |ctx: Ctx<'js>, href: String, part: String, value: String| {
-        let mut u = url::Url::parse(&href).map_err(|e| Exception::throw_type(&ctx, &format!("Invalid URL: {e}")))?;
-        super::natives::url_set(&mut u, &part, &value).map_err(|e| Exception::throw_type(&ctx, &e))?;
-        Ok::<_, rquickjs::Error>(super::natives::url_parts(&u))
-    })?)
+    obj.set(
+        "urlParse",
+        Function::new(ctx.clone(), |ctx: Ctx<'js>, input: String, base: Opt<String>| {
+            let parsed = match base.0 {
+                Some(base) => url::Url::parse(&base).and_then(|b| b.join(&input)),
+                None => url::Url::parse(&input),
+            };
+            parsed.map(|u| super::natives::url_parts(&u)).map_err(|e| Exception::throw_type(&ctx, &format!("Invalid URL: {input} ({e})")))
+        })?,
+    )?;
+    obj.set(
+        "urlSet",
+        Function::new(ctx.clone(), |ctx: Ctx<'js>, href: String, part: String, value: String| {
+            let mut u = url::Url::parse(&href).map_err(|e| Exception::throw_type(&ctx, &format!("Invalid URL: {e}")))?;
+            super::natives::url_set(&mut u, &part, &value).map_err(|e| Exception::throw_type(&ctx, &e))?;
+            Ok::<_, rquickjs::Error>(super::natives::url_parts(&u))
+        })?,
+    )
 }
 
 fn install_fetch<'js>(ctx: &Ctx<'js>, obj: &Object<'js>, host: &HostBindings) -> rquickjs::Result<()> {
@@ -463,40 +510,43 @@ fn install_fetch<'js>(ctx: &Ctx<'js>, obj: &Object<'js>, host: &HostBindings) ->
     let deadline = host.deadline.clone();
     obj.set(
         "fetch",
-        Function::new(ctx.clone(), move |ctx: Ctx<'js>, url: String, method: String, headers: String, body: Value<'js>, timeout_ms: f64| {
-            // node-fetch's `timeout` option, and never past the call's own deadline (the
-            // agent's `runtime.fetch_timeout_ms` applies as well).
-            // `try_from`: a plugin's 1e300 must not panic the host.
-            let asked = (timeout_ms > 0.0).then(|| Duration::try_from_secs_f64(timeout_ms / 1000.0).ok()).flatten();
-            let timeout = match (asked, deadline.remaining()) {
-                (Some(a), Some(r)) => Some(a.min(r)),
-                (a, r) => a.or(r),
-            };
-            if timeout == Some(Duration::ZERO) {
-                return Ok(rquickjs::String::from_str(ctx.clone(), "the call's deadline has passed")?.into_value());
-            }
-            let headers: Vec<(String, String)> = serde_json::from_str(&headers).unwrap_or_default();
-            let body = if body.is_null() || body.is_undefined() {
-                None
-            } else if let Some(s) = body.as_string() {
-                Some(s.to_string()?.into_bytes())
-            } else {
-                Some(bytes_of(&ctx, &body)?)
-            };
-            match super::natives::http_request(&agent, &method, &url, &headers, body, timeout) {
-                Ok(reply) => {
-                    let out = Object::new(ctx.clone())?;
-                    out.set("status", reply.status)?;
-                    out.set("statusText", reply.status_text)?;
-                    out.set("url", reply.url)?;
-                    out.set("headers", reply.headers)?;
-                    out.set("body", new_bytes(&ctx, reply.body)?)?;
-                    Ok::<_, rquickjs::Error>(out.into_value())
+        Function::new(
+            ctx.clone(),
+            move |ctx: Ctx<'js>, url: String, method: String, headers: String, body: Value<'js>, timeout_ms: f64| {
+                // node-fetch's `timeout` option, and never past the call's own deadline (the
+                // agent's `runtime.fetch_timeout_ms` applies as well).
+                // `try_from`: a plugin's 1e300 must not panic the host.
+                let asked = (timeout_ms > 0.0).then(|| Duration::try_from_secs_f64(timeout_ms / 1000.0).ok()).flatten();
+                let timeout = match (asked, deadline.remaining()) {
+                    (Some(a), Some(r)) => Some(a.min(r)),
+                    (a, r) => a.or(r),
+                };
+                if timeout == Some(Duration::ZERO) {
+                    return Ok(rquickjs::String::from_str(ctx.clone(), "the call's deadline has passed")?.into_value());
                 }
-                // A string tells the prelude to reject with a FetchError.
-                Err(reason) => Ok(rquickjs::String::from_str(ctx.clone(), &reason)?.into_value()),
-            }
-        })?,
+                let headers: Vec<(String, String)> = serde_json::from_str(&headers).unwrap_or_default();
+                let body = if body.is_null() || body.is_undefined() {
+                    None
+                } else if let Some(s) = body.as_string() {
+                    Some(s.to_string()?.into_bytes())
+                } else {
+                    Some(bytes_of(&ctx, &body)?)
+                };
+                match super::natives::http_request(&agent, &method, &url, &headers, body, timeout) {
+                    Ok(reply) => {
+                        let out = Object::new(ctx.clone())?;
+                        out.set("status", reply.status)?;
+                        out.set("statusText", reply.status_text)?;
+                        out.set("url", reply.url)?;
+                        out.set("headers", reply.headers)?;
+                        out.set("body", new_bytes(&ctx, reply.body)?)?;
+                        Ok::<_, rquickjs::Error>(out.into_value())
+                    }
+                    // A string tells the prelude to reject with a FetchError.
+                    Err(reason) => Ok(rquickjs::String::from_str(ctx.clone(), &reason)?.into_value()),
+                }
+            },
+        )?,
     )
 }
 
@@ -530,9 +580,7 @@ fn base64_decode_lenient(text: &str) -> Vec<u8> {
     use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
     const LENIENT: GeneralPurpose = GeneralPurpose::new(
         &base64::alphabet::STANDARD,
-        GeneralPurposeConfig::new()
-            .with_decode_allow_trailing_bits(true)
-            .with_decode_padding_mode(DecodePaddingMode::RequireNone),
+        GeneralPurposeConfig::new().with_decode_allow_trailing_bits(true).with_decode_padding_mode(DecodePaddingMode::RequireNone),
     );
     let cleaned: String = text
         .chars()

@@ -22,8 +22,8 @@ use super::host::{self, HostBindings, HostServices, InstanceIdentity, Outbox};
 use super::log::{LogLevel, LogSource, Redactor};
 use super::manifest::{self, PluginManifest};
 use super::runtime::{Deadline, Heap, Limits, PluginRuntime};
-use super::tojson::{self, DateGetTime, Rules};
 use super::source::{self, CompiledPlugin};
+use super::tojson::{self, DateGetTime, Rules};
 
 const PRELUDE: &str = include_str!("js/prelude.js");
 
@@ -53,11 +53,9 @@ impl PluginDefinition {
     /// Reads `plugin.json`, finds the entry and compiles it with its relative imports.
     pub fn load(dir: &Path) -> Result<Arc<Self>, LoadError> {
         let folder = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let manifest =
-            PluginManifest::load(dir).map_err(|source| LoadError::Manifest { plugin: folder.clone(), source })?;
+        let manifest = PluginManifest::load(dir).map_err(|source| LoadError::Manifest { plugin: folder.clone(), source })?;
         let plugin = manifest.name.clone();
-        let entry = manifest::entry_file(dir, &manifest)
-            .map_err(|source| LoadError::Manifest { plugin: plugin.clone(), source })?;
+        let entry = manifest::entry_file(dir, &manifest).map_err(|source| LoadError::Manifest { plugin: plugin.clone(), source })?;
         let compiled = source::compile_plugin(dir, &entry).map_err(|source| LoadError::Source { plugin, source })?;
         let canonical = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
         let digest = super::natives::digest("sha256", canonical.to_string_lossy().as_bytes(), None).expect("sha256 is supported");
@@ -129,11 +127,7 @@ impl std::fmt::Debug for PluginInstance {
     }
 }
 
-fn attachment_info<'js>(
-    ctx: &Ctx<'js>,
-    plugin: &str,
-    attachments: &BTreeMap<String, PathBuf>,
-) -> Result<Vec<Object<'js>>, LoadError> {
+fn attachment_info<'js>(ctx: &Ctx<'js>, plugin: &str, attachments: &BTreeMap<String, PathBuf>) -> Result<Vec<Object<'js>>, LoadError> {
     let mut out = Vec::new();
     for (key, path) in attachments {
         let bytes = std::fs::read(path).map_err(|source| LoadError::Attachment {
@@ -168,12 +162,7 @@ impl PluginInstance {
     /// Creates the instance: checks the configuration against `plugin.json`, makes a runtime
     /// and context of its own, runs the prelude and the plugin's top-level code, and finds its
     /// hooks. Does not call `setupPlugin`; see [`PluginInstance::setup`].
-    pub fn new(
-        runtime: &PluginRuntime,
-        def: &PluginDefinition,
-        cfg: &InstanceConfig,
-        services: &HostServices,
-    ) -> Result<Self, LoadError> {
+    pub fn new(runtime: &PluginRuntime, def: &PluginDefinition, cfg: &InstanceConfig, services: &HostServices) -> Result<Self, LoadError> {
         let plugin = def.manifest.name.clone();
         let source_name = format!("configuration {} of plugin '{plugin}'", cfg.config_id);
         let attachment_keys: Vec<String> = cfg.attachments.keys().cloned().collect();
@@ -316,14 +305,16 @@ impl PluginInstance {
     /// out-of-memory paths are not safe, see [`Heap::unrefused`]), then runs it under the
     /// limits and the deadline. A script whose compiled form does not fit the heap fails.
     fn compile_and_run<'js, V: rquickjs::FromJs<'js>>(&self, ctx: &Ctx<'js>, source: &str, name: &str) -> rquickjs::Result<V> {
-        let text = std::ffi::CString::new(source).map_err(|_| rquickjs::Exception::throw_syntax(ctx, &format!("{name}: the source contains a NUL character")))?;
+        let text = std::ffi::CString::new(source)
+            .map_err(|_| rquickjs::Exception::throw_syntax(ctx, &format!("{name}: the source contains a NUL character")))?;
         let file = std::ffi::CString::new(name.replace('\0', "?")).expect("NULs were replaced");
         let raw = ctx.as_raw().as_ptr();
         let flags = (qjs::JS_EVAL_TYPE_GLOBAL | qjs::JS_EVAL_FLAG_COMPILE_ONLY) as i32;
         // SAFETY: `text` is NUL-terminated as JS_Eval requires; the result is a new reference
         // (a compiled script, or an exception left pending on the context).
         #[allow(unsafe_code)]
-        let compiled = self.heap.unrefused(|| unsafe { qjs::JS_Eval(raw, text.as_ptr(), text.as_bytes().len() as _, file.as_ptr(), flags) });
+        let compiled =
+            self.heap.unrefused(|| unsafe { qjs::JS_Eval(raw, text.as_ptr(), text.as_bytes().len() as _, file.as_ptr(), flags) });
         #[allow(unsafe_code)]
         if unsafe { qjs::JS_IsException(compiled) } {
             return Err(rquickjs::Error::Exception);
@@ -335,7 +326,10 @@ impl PluginInstance {
                 qjs::JS_FreeValue(raw, compiled)
             };
             let limit = self.limits.memory_limit_bytes >> 20;
-            return Err(rquickjs::Exception::throw_range(ctx, &format!("{name}: the compiled code does not fit the plugin's heap limit of {limit} MiB (runtime.memory_limit_mb)")));
+            return Err(rquickjs::Exception::throw_range(
+                ctx,
+                &format!("{name}: the compiled code does not fit the plugin's heap limit of {limit} MiB (runtime.memory_limit_mb)"),
+            ));
         }
         // SAFETY: JS_EvalFunction takes over `compiled` and returns a new reference.
         #[allow(unsafe_code)]
@@ -692,7 +686,13 @@ impl PluginInstance {
     }
 
     /// A hook call's result, its promise settled, or the failure classified.
-    fn settled<'js>(&self, ctx: &Ctx<'js>, pf: &Object<'js>, hook: Hook, called: rquickjs::Result<Value<'js>>) -> Result<Value<'js>, PluginError> {
+    fn settled<'js>(
+        &self,
+        ctx: &Ctx<'js>,
+        pf: &Object<'js>,
+        hook: Hook,
+        called: rquickjs::Result<Value<'js>>,
+    ) -> Result<Value<'js>, PluginError> {
         match called {
             Ok(v) => self.settle(ctx, pf, hook, v),
             Err(e) => Err(self.caught(ctx, pf, hook, e)),
@@ -730,7 +730,10 @@ impl PluginInstance {
                 }
                 // A thenable is adopted as `await` would (its `then` is plugin code, run under
                 // the deadline).
-                let thenable: bool = pf.get::<_, Function<'_>>("isThenable").and_then(|f| f.call((value.clone(),))).map_err(|e| self.caught(ctx, pf, hook, e))?;
+                let thenable: bool = pf
+                    .get::<_, Function<'_>>("isThenable")
+                    .and_then(|f| f.call((value.clone(),)))
+                    .map_err(|e| self.caught(ctx, pf, hook, e))?;
                 if !thenable {
                     return Ok(value);
                 }
@@ -806,7 +809,10 @@ impl PluginInstance {
     }
 
     fn out_of_memory(&self, hook: Hook) -> PluginError {
-        let message = format!("out of memory: the plugin's heap limit is {} MiB (runtime.memory_limit_mb)", self.limits.memory_limit_bytes / (1024 * 1024));
+        let message = format!(
+            "out of memory: the plugin's heap limit is {} MiB (runtime.memory_limit_mb)",
+            self.limits.memory_limit_bytes / (1024 * 1024)
+        );
         self.error(hook, ErrorKind::Failed, "OutOfMemory", &message, "")
     }
 

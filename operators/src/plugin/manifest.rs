@@ -105,9 +105,8 @@ impl PluginManifest {
 
     /// Parses `plugin.json` text; `file` is only used in errors.
     pub fn parse(file: &Path, text: &str, fallback_name: &str) -> Result<Self, ManifestError> {
-        let value: Value = serde_json::from_str(text).map_err(|e| {
-            err(file, format!("line {} column {}", e.line(), e.column()), format!("invalid JSON: {e}"))
-        })?;
+        let value: Value = serde_json::from_str(text)
+            .map_err(|e| err(file, format!("line {} column {}", e.line(), e.column()), format!("invalid JSON: {e}")))?;
         let Value::Object(obj) = value else {
             return Err(err(file, "(root)", "expected a JSON object"));
         };
@@ -204,9 +203,7 @@ fn optional_string(file: &Path, obj: &Map<String, Value>, key: &str) -> Result<O
 fn parse_config(file: &Path, value: Option<&Value>) -> Result<Vec<ConfigEntry>, ManifestError> {
     let entries: Vec<(String, &Value)> = match value {
         None | Some(Value::Null) => return Ok(vec![]),
-        Some(Value::Array(items)) => {
-            items.iter().enumerate().map(|(i, v)| (format!("config[{i}]"), v)).collect()
-        }
+        Some(Value::Array(items)) => items.iter().enumerate().map(|(i, v)| (format!("config[{i}]"), v)).collect(),
         Some(Value::Object(map)) => {
             let mut items: Vec<_> = map.iter().collect();
             items.sort_by(|a, b| {
@@ -261,11 +258,7 @@ fn parse_entry(file: &Path, path: &str, entry: &Value) -> Result<ConfigEntry, Ma
         Some("attachment") => FieldType::Attachment,
         Some("choice") => FieldType::Choice,
         Some(other) => {
-            return Err(err(
-                file,
-                format!("{path}.type"),
-                format!("unknown type '{other}' (expected string, json, attachment or choice)"),
-            ));
+            return Err(err(file, format!("{path}.type"), format!("unknown type '{other}' (expected string, json, attachment or choice)")));
         }
     };
     let default = match obj.get("default") {
@@ -321,11 +314,7 @@ pub fn entry_file(dir: &Path, manifest: &PluginManifest) -> Result<PathBuf, Mani
     let file = dir.join("plugin.json");
     if let Some(main) = &manifest.main {
         let path = dir.join(main);
-        return if path.is_file() {
-            Ok(path)
-        } else {
-            Err(err(&file, "main", format!("entry file '{main}' does not exist")))
-        };
+        return if path.is_file() { Ok(path) } else { Err(err(&file, "main", format!("entry file '{main}' does not exist"))) };
     }
     ["index.ts", "index.js"]
         .iter()
@@ -345,14 +334,16 @@ mod tests {
 
     #[test]
     fn parses_every_field_kind() {
-        let m = parse(r#"{"name":"Hello","url":"u","description":"d","main":"index.js","config":[
+        let m = parse(
+            r#"{"name":"Hello","url":"u","description":"d","main":"index.js","config":[
             {"markdown":"Intro"},
             {"key":"bar","name":"Bar","type":"string","default":"baz","hint":"h","required":false,"order":1},
             {"key":"pick","type":"choice","choices":["a","b"],"default":"a"},
             {"key":"doc","type":"json"},
             {"key":"file","type":"attachment","required":true},
             {"key":"apiKey","secret":true,"required":true}
-        ]}"#)
+        ]}"#,
+        )
         .unwrap();
         assert_eq!(m.name, "Hello");
         assert_eq!(m.main.as_deref(), Some("index.js"));
@@ -401,8 +392,10 @@ mod tests {
 
     #[test]
     fn resolve_applies_defaults_and_checks_required_and_choices() {
-        let m = parse(r#"{"config":[{"key":"a","default":"1"},{"key":"b","required":true},
-            {"key":"c","type":"choice","choices":["x","y"]},{"key":"s","secret":true,"type":"choice","choices":["k"]}]}"#)
+        let m = parse(
+            r#"{"config":[{"key":"a","default":"1"},{"key":"b","required":true},
+            {"key":"c","type":"choice","choices":["x","y"]},{"key":"s","secret":true,"type":"choice","choices":["k"]}]}"#,
+        )
         .unwrap();
         let ok = m.resolve_config("cfg", json!({"b":"2","c":"y"}).as_object().unwrap(), &[]).unwrap();
         assert_eq!(ok["a"], "1");

@@ -6,7 +6,6 @@
 //! are added at the end, and an event without properties gets an object with the three. The
 //! text is spliced, not rebuilt: everything else stays byte for byte as it was.
 
-
 /// The three lists, in the order PostHog added them.
 const KEYS: [&str; 3] = ["$plugins_succeeded", "$plugins_failed", "$plugins_deferred"];
 
@@ -108,6 +107,38 @@ fn render(labels: &[String]) -> String {
     }
     out.push(b']');
     String::from_utf8(out).expect("quoted UTF-8 stays UTF-8")
+}
+
+/// The text of the value of the first member named `key` of the JSON object `text`, without
+/// reading further than that member (an event's `distinct_id` usually comes first, its large
+/// `properties` later). `None` when there is no such member or `text` is not an object.
+pub fn top_level_value<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    let b = text.as_bytes();
+    let mut i = skip_ws(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    i = skip_ws(b, i + 1);
+    if b.get(i) == Some(&b'}') {
+        return None;
+    }
+    loop {
+        let (name, after) = read_key(b, i).ok()?;
+        i = skip_ws(b, after);
+        if b.get(i) != Some(&b':') {
+            return None;
+        }
+        let start = skip_ws(b, i + 1);
+        let end = skip_value(b, start).ok()?;
+        if name == key.as_bytes() {
+            return text.get(start..end);
+        }
+        i = skip_ws(b, end);
+        match b.get(i) {
+            Some(b',') => i = skip_ws(b, i + 1),
+            _ => return None,
+        }
+    }
 }
 
 /// Where the values of some keys of an object's text are.
@@ -264,7 +295,9 @@ fn push_code_point(out: &mut Vec<u8>, code: u32) {
     match code {
         0..=0x7f => out.push(code as u8),
         0x80..=0x7ff => out.extend_from_slice(&[0xc0 | (code >> 6) as u8, 0x80 | (code & 0x3f) as u8]),
-        0x800..=0xffff => out.extend_from_slice(&[0xe0 | (code >> 12) as u8, 0x80 | ((code >> 6) & 0x3f) as u8, 0x80 | (code & 0x3f) as u8]),
+        0x800..=0xffff => {
+            out.extend_from_slice(&[0xe0 | (code >> 12) as u8, 0x80 | ((code >> 6) & 0x3f) as u8, 0x80 | (code & 0x3f) as u8])
+        }
         _ => out.extend_from_slice(&[
             0xf0 | (code >> 18) as u8,
             0x80 | ((code >> 12) & 0x3f) as u8,
@@ -308,7 +341,12 @@ mod tests {
 
     #[test]
     fn missing_null_and_empty_properties_become_objects() {
-        for text in [r#"{"uuid":"u"}"#, r#"{"uuid":"u","properties":null}"#, r#"{"uuid":"u","properties":{}}"#, r#"{"uuid":"u","properties": { } }"#] {
+        for text in [
+            r#"{"uuid":"u"}"#,
+            r#"{"uuid":"u","properties":null}"#,
+            r#"{"uuid":"u","properties":{}}"#,
+            r#"{"uuid":"u","properties": { } }"#,
+        ] {
             let v = marked(text);
             assert_eq!(keys(&v["properties"]), ["$plugins_succeeded", "$plugins_failed", "$plugins_deferred"], "{text}");
         }

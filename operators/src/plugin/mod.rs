@@ -15,16 +15,16 @@
 pub mod chain;
 pub mod deferred;
 pub mod error;
+mod fromjson;
 pub mod geoip;
 pub mod instance;
 pub mod log;
 pub mod manifest;
+pub mod marks;
 pub mod runtime;
 pub mod schedule;
 pub mod source;
 pub mod timing;
-mod fromjson;
-pub mod marks;
 mod tojson;
 pub mod worker;
 

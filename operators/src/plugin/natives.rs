@@ -139,13 +139,7 @@ pub(crate) fn http_request(
         out_headers.push(vec![k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()]);
     }
     let mut bytes = Vec::new();
-    response
-        .body_mut()
-        .with_config()
-        .limit(MAX_BODY_BYTES)
-        .reader()
-        .read_to_end(&mut bytes)
-        .map_err(|e| e.to_string())?;
+    response.body_mut().with_config().limit(MAX_BODY_BYTES).reader().read_to_end(&mut bytes).map_err(|e| e.to_string())?;
     Ok(HttpReply {
         status: status.as_u16(),
         status_text: status.canonical_reason().unwrap_or("").to_string(),
@@ -167,10 +161,7 @@ mod tests {
     fn digests_match_known_vectors() {
         assert_eq!(hex(&digest("md5", b"abc", None).unwrap()), "900150983cd24fb0d6963f7d28e17f72");
         assert_eq!(hex(&digest("sha1", b"abc", None).unwrap()), "a9993e364706816aba3e25717850c26c9cd0d89d");
-        assert_eq!(
-            hex(&digest("sha256", b"abc", None).unwrap()),
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(hex(&digest("sha256", b"abc", None).unwrap()), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
         assert_eq!(
             hex(&digest("sha256", b"The quick brown fox jumps over the lazy dog", Some(b"key")).unwrap()),
             "f7bc83f430538424b13298e6aa6fb143ef4d59a14946175997479dbc2d1a3cd8"

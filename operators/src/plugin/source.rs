@@ -12,8 +12,8 @@ use std::path::{Component, Path, PathBuf};
 
 use oxc::allocator::Allocator;
 use oxc::ast::ast::{
-    Argument, BindingPattern, Declaration, ExportDefaultDeclarationKind, Expression,
-    ImportDeclarationSpecifier, ModuleExportName, Statement,
+    Argument, BindingPattern, Declaration, ExportDefaultDeclarationKind, Expression, ImportDeclarationSpecifier, ModuleExportName,
+    Statement,
 };
 use oxc::ast_visit::{Visit, walk};
 use oxc::codegen::Codegen;
@@ -24,14 +24,7 @@ use oxc::transformer::{TransformOptions, Transformer};
 
 /// Modules a plugin may import by bare name, as PostHog's allow-list did (we provide the subset
 /// listed in the plugin API reference that makes sense without Node).
-pub const BUILTIN_MODULES: &[&str] = &[
-    "@posthog/plugin-scaffold",
-    "@posthog/plugin-contrib",
-    "crypto",
-    "url",
-    "node-fetch",
-    "zlib",
-];
+pub const BUILTIN_MODULES: &[&str] = &["@posthog/plugin-scaffold", "@posthog/plugin-contrib", "crypto", "url", "node-fetch", "zlib"];
 
 /// Names of hooks looked up among top-level declarations when a plugin exports nothing.
 pub const TOP_LEVEL_NAMES: &[&str] = &[
@@ -116,8 +109,7 @@ pub fn compile_plugin(root: &Path, entry: &Path) -> Result<CompiledPlugin, Sourc
     seen.insert(entry.to_path_buf(), ());
     while let Some(path) = queue.pop_front() {
         let name = module_name(root, &path);
-        let text = std::fs::read_to_string(&path)
-            .map_err(|source| SourceError::Read { file: name.clone(), source })?;
+        let text = std::fs::read_to_string(&path).map_err(|source| SourceError::Read { file: name.clone(), source })?;
         let is_entry = modules.is_empty();
         let compiled = compile_module(&name, &path, &text, is_entry)?;
         let mut requires = BTreeMap::new();
@@ -152,27 +144,18 @@ enum Resolved {
 
 fn resolve(root: &Path, from: &Path, from_name: &str, spec: &str) -> Result<Resolved, SourceError> {
     if !(spec.starts_with("./") || spec.starts_with("../")) {
-        return builtin_name(spec).map(|b| Resolved::Builtin(b.to_string())).ok_or_else(|| {
-            SourceError::ForbiddenImport { file: from_name.to_string(), module: spec.to_string() }
-        });
+        return builtin_name(spec)
+            .map(|b| Resolved::Builtin(b.to_string()))
+            .ok_or_else(|| SourceError::ForbiddenImport { file: from_name.to_string(), module: spec.to_string() });
     }
     let base = normalize(&from.parent().unwrap_or(root).join(spec));
-    let candidates = [
-        base.clone(),
-        with_suffix(&base, ".ts"),
-        with_suffix(&base, ".js"),
-        base.join("index.ts"),
-        base.join("index.js"),
-    ];
+    let candidates = [base.clone(), with_suffix(&base, ".ts"), with_suffix(&base, ".js"), base.join("index.ts"), base.join("index.js")];
     let root = normalize(root);
     candidates
         .into_iter()
         .find(|c| c.starts_with(&root) && c.is_file())
         .map(Resolved::File)
-        .ok_or_else(|| SourceError::Unresolved {
-            file: from_name.to_string(),
-            module: spec.to_string(),
-        })
+        .ok_or_else(|| SourceError::Unresolved { file: from_name.to_string(), module: spec.to_string() })
 }
 
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
@@ -199,10 +182,7 @@ fn normalize(path: &Path) -> PathBuf {
 fn module_name(root: &Path, path: &Path) -> String {
     let rel = normalize(path);
     let rel = rel.strip_prefix(normalize(root)).unwrap_or(&rel);
-    rel.components()
-        .map(|c| c.as_os_str().to_string_lossy())
-        .collect::<Vec<_>>()
-        .join("/")
+    rel.components().map(|c| c.as_os_str().to_string_lossy()).collect::<Vec<_>>().join("/")
 }
 
 struct ModuleOutput {
@@ -210,30 +190,20 @@ struct ModuleOutput {
     specifiers: Vec<String>,
 }
 
-fn compile_module(
-    name: &str,
-    path: &Path,
-    text: &str,
-    is_entry: bool,
-) -> Result<ModuleOutput, SourceError> {
+fn compile_module(name: &str, path: &Path, text: &str, is_entry: bool) -> Result<ModuleOutput, SourceError> {
     let typescript = path.extension().is_some_and(|e| e == "ts" || e == "mts" || e == "cts");
     let js = if typescript { strip_types(name, text)? } else { text.to_string() };
     let (body, specifiers) = to_commonjs(name, &js)?;
     let tail = if is_entry { top_level_tail() } else { String::new() };
     // The header shares the first line with the code so JavaScript line numbers stay true.
-    let factory = format!(
-        "(function (exports, require, module, __filename, __dirname) {{{body}\n;{tail}return exports;\n}})"
-    );
+    let factory = format!("(function (exports, require, module, __filename, __dirname) {{{body}\n;{tail}return exports;\n}})");
     Ok(ModuleOutput { factory, specifiers })
 }
 
 /// Records top-level hook declarations on `module.__pfTopLevel` so export discovery can fall
 /// back to them, as PostHog did with the VM's global object.
 fn top_level_tail() -> String {
-    let entries: Vec<String> = TOP_LEVEL_NAMES
-        .iter()
-        .map(|n| format!("{n}: typeof {n} === 'undefined' ? undefined : {n}"))
-        .collect();
+    let entries: Vec<String> = TOP_LEVEL_NAMES.iter().map(|n| format!("{n}: typeof {n} === 'undefined' ? undefined : {n}")).collect();
     format!("module.__pfTopLevel = {{ {} }};\n", entries.join(", "))
 }
 
@@ -260,8 +230,7 @@ fn strip_types(name: &str, text: &str) -> Result<String, SourceError> {
     let mut program = parsed.program;
     let scoping = SemanticBuilder::new().build(&program).semantic.into_scoping();
     let options = TransformOptions::default();
-    let ret = Transformer::new(&allocator, Path::new(name), &options)
-        .build_with_scoping(scoping, &mut program);
+    let ret = Transformer::new(&allocator, Path::new(name), &options).build_with_scoping(scoping, &mut program);
     if let Some(diag) = ret.diagnostics.errors().next() {
         return Err(syntax_error(name, text, diag));
     }
@@ -366,9 +335,7 @@ fn binding_names(pattern: &BindingPattern<'_>) -> Vec<String> {
 
 fn declaration_names(decl: &Declaration<'_>) -> Vec<String> {
     match decl {
-        Declaration::VariableDeclaration(v) => {
-            v.declarations.iter().flat_map(|d| binding_names(&d.id)).collect()
-        }
+        Declaration::VariableDeclaration(v) => v.declarations.iter().flat_map(|d| binding_names(&d.id)).collect(),
         Declaration::FunctionDeclaration(f) => f.id.iter().map(|i| i.name.to_string()).collect(),
         Declaration::ClassDeclaration(c) => c.id.iter().map(|i| i.name.to_string()).collect(),
         _ => Vec::new(),
@@ -376,21 +343,11 @@ fn declaration_names(decl: &Declaration<'_>) -> Vec<String> {
 }
 
 fn exports_assignments(names: &[(String, String)]) -> String {
-    names
-        .iter()
-        .map(|(exported, local)| format!("exports[{}] = {local};", js_string(exported)))
-        .collect::<Vec<_>>()
-        .join(" ")
+    names.iter().map(|(exported, local)| format!("exports[{}] = {local};", js_string(exported))).collect::<Vec<_>>().join(" ")
 }
 
 /// Rewrites one top-level statement; returns whether it was module syntax.
-fn rewrite_statement(
-    src: &str,
-    stmt: &Statement<'_>,
-    edits: &mut Edits,
-    counter: &mut usize,
-    specs: &mut Vec<String>,
-) -> bool {
+fn rewrite_statement(src: &str, stmt: &Statement<'_>, edits: &mut Edits, counter: &mut usize, specs: &mut Vec<String>) -> bool {
     let span = stmt.span();
     match stmt {
         Statement::ImportDeclaration(import) => {
@@ -413,11 +370,7 @@ fn rewrite_statement(
             true
         }
         Statement::ExportNamedDeclaration(export) => {
-            let pairs: Vec<_> = export
-                .specifiers
-                .iter()
-                .map(|s| (export_name(&s.exported), export_name(&s.local)))
-                .collect();
+            let pairs: Vec<_> = export.specifiers.iter().map(|s| (export_name(&s.exported), export_name(&s.local))).collect();
             edits.replace(span.start, span.end, exports_assignments(&pairs));
             true
         }
@@ -431,11 +384,7 @@ fn rewrite_statement(
                 .iter()
                 .map(|s| (export_name(&s.exported), format!("{tmp}[{}]", js_string(&export_name(&s.local)))))
                 .collect();
-            let text = format!(
-                "{{ const {tmp} = require({}); {} }}",
-                js_string(&source),
-                exports_assignments(&pairs)
-            );
+            let text = format!("{{ const {tmp} = require({}); {} }}", js_string(&source), exports_assignments(&pairs));
             edits.replace(span.start, span.end, text);
             true
         }
@@ -460,29 +409,20 @@ fn rewrite_statement(
     }
 }
 
-fn import_bindings(
-    req: &str,
-    specifiers: &[ImportDeclarationSpecifier<'_>],
-    counter: &mut usize,
-) -> String {
+fn import_bindings(req: &str, specifiers: &[ImportDeclarationSpecifier<'_>], counter: &mut usize) -> String {
     *counter += 1;
     let tmp = format!("__pf_import{counter}");
     let mut parts = vec![format!("const {tmp} = {req};")];
     let mut named = Vec::new();
     for spec in specifiers {
         match spec {
-            ImportDeclarationSpecifier::ImportDefaultSpecifier(d) => parts.push(format!(
-                "const {} = {tmp} && {tmp}.__esModule ? {tmp}.default : {tmp};",
-                d.local.name
-            )),
-            ImportDeclarationSpecifier::ImportNamespaceSpecifier(n) => {
-                parts.push(format!("const {} = {tmp};", n.local.name))
+            ImportDeclarationSpecifier::ImportDefaultSpecifier(d) => {
+                parts.push(format!("const {} = {tmp} && {tmp}.__esModule ? {tmp}.default : {tmp};", d.local.name))
             }
-            ImportDeclarationSpecifier::ImportSpecifier(s) => named.push(format!(
-                "{}: {}",
-                js_string(&export_name(&s.imported)),
-                s.local.name
-            )),
+            ImportDeclarationSpecifier::ImportNamespaceSpecifier(n) => parts.push(format!("const {} = {tmp};", n.local.name)),
+            ImportDeclarationSpecifier::ImportSpecifier(s) => {
+                named.push(format!("{}: {}", js_string(&export_name(&s.imported)), s.local.name))
+            }
         }
     }
     if !named.is_empty() {
@@ -491,20 +431,10 @@ fn import_bindings(
     parts.join(" ")
 }
 
-fn rewrite_export_default(
-    src: &str,
-    start: u32,
-    end: u32,
-    decl: &ExportDefaultDeclarationKind<'_>,
-    edits: &mut Edits,
-) {
+fn rewrite_export_default(src: &str, start: u32, end: u32, decl: &ExportDefaultDeclarationKind<'_>, edits: &mut Edits) {
     let named = match decl {
-        ExportDefaultDeclarationKind::FunctionDeclaration(f) => {
-            Some((f.span.start, f.id.as_ref().map(|i| i.name.to_string())))
-        }
-        ExportDefaultDeclarationKind::ClassDeclaration(c) => {
-            Some((c.span.start, c.id.as_ref().map(|i| i.name.to_string())))
-        }
+        ExportDefaultDeclarationKind::FunctionDeclaration(f) => Some((f.span.start, f.id.as_ref().map(|i| i.name.to_string()))),
+        ExportDefaultDeclarationKind::ClassDeclaration(c) => Some((c.span.start, c.id.as_ref().map(|i| i.name.to_string()))),
         _ => None,
     };
     match named {
@@ -555,7 +485,10 @@ mod tests {
     fn exports_become_assignments() {
         let out = cjs("export function f() {}\nexport const x = 1, y = 2\nexport { x as z }\nexport default { f }\n");
         assert!(out.contains("function f() {} exports[\"f\"] = f;"), "{out}");
-        assert!(out.contains("const x = 1, y = 2 exports[\"x\"] = x; exports[\"y\"] = y;") || out.contains("const x = 1, y = 2\n exports"), "{out}");
+        assert!(
+            out.contains("const x = 1, y = 2 exports[\"x\"] = x; exports[\"y\"] = y;") || out.contains("const x = 1, y = 2\n exports"),
+            "{out}"
+        );
         assert!(out.contains("exports[\"z\"] = x;"), "{out}");
         assert!(out.contains("exports.default = ({ f });"), "{out}");
     }

@@ -35,4 +35,3 @@ impl Histogram {
         self.count += other.count;
     }
 }
-

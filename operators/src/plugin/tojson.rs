@@ -136,7 +136,8 @@ impl Drop for Walker<'_> {
 impl<'r> Walker<'r> {
     fn new(ctx: *mut qjs::JSContext, rules: &'r Rules, date: Option<DateGetTime>) -> Self {
         // SAFETY: interning on a live context; 0 (out of memory) never equals a real key.
-        let (team_atom, properties_atom) = unsafe { (qjs::JS_NewAtom(ctx, c"team_id".as_ptr()), qjs::JS_NewAtom(ctx, c"properties".as_ptr())) };
+        let (team_atom, properties_atom) =
+            unsafe { (qjs::JS_NewAtom(ctx, c"team_id".as_ptr()), qjs::JS_NewAtom(ctx, c"properties".as_ptr())) };
         Walker {
             ctx,
             rules,
@@ -542,7 +543,9 @@ fn describe(ctx: *mut qjs::JSContext, v: qjs::JSValue) -> String {
             _ if qjs::JS_IsWeakMap(v) || qjs::JS_IsWeakSet(v) || qjs::JS_IsWeakRef(v) => "a weak collection",
             _ if qjs::JS_IsRegExp(v) => "a RegExp",
             _ if qjs::JS_IsPromise(v) => "a Promise (was it awaited?)",
-            _ if qjs::JS_IsArrayBuffer(v) || qjs::JS_IsDataView(v) || qjs::JS_GetTypedArrayType(v) >= 0 => "binary data (a typed array or buffer)",
+            _ if qjs::JS_IsArrayBuffer(v) || qjs::JS_IsDataView(v) || qjs::JS_GetTypedArrayType(v) >= 0 => {
+                "binary data (a typed array or buffer)"
+            }
             _ if qjs::JS_IsDate(v) => "a Date",
             _ => "an object with internal state (not a plain object)",
         };
@@ -579,7 +582,13 @@ pub(crate) fn iso_time(ms: f64) -> Option<String> {
     let ms = ms.trunc() as i64;
     let in_day = ms.rem_euclid(86_400_000);
     let (year, month, day) = super::log::civil_from_days(ms.div_euclid(86_400_000));
-    let year_text = if (0..=9999).contains(&year) { format!("{year:04}") } else if year < 0 { format!("-{:06}", -year) } else { format!("+{year:06}") };
+    let year_text = if (0..=9999).contains(&year) {
+        format!("{year:04}")
+    } else if year < 0 {
+        format!("-{:06}", -year)
+    } else {
+        format!("+{year:06}")
+    };
     let (h, m, s, milli) = (in_day / 3_600_000, in_day / 60_000 % 60, in_day / 1000 % 60, in_day % 1000);
     Some(format!("{year_text}-{month:02}-{day:02}T{h:02}:{m:02}:{s:02}.{milli:03}Z"))
 }
@@ -714,12 +723,10 @@ pub(crate) fn differential_json() -> impl proptest::strategy::Strategy<Value = s
     leaf.prop_recursive(4, 48, 6, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::Array),
-            prop::collection::vec((any::<String>(), inner), 0..6)
-                .prop_map(|kv| serde_json::Value::Object(kv.into_iter().collect())),
+            prop::collection::vec((any::<String>(), inner), 0..6).prop_map(|kv| serde_json::Value::Object(kv.into_iter().collect())),
         ]
     })
 }
-
 
 /// The reader against QuickJS's own `JSON.stringify` (the oracle for plain data), and its
 /// refusals of everything else, with the path.
@@ -745,7 +752,11 @@ mod differential {
 
     /// Reads `source`'s value both ways: (ours, JSON.stringify's).
     fn both(ctx: &rquickjs::Ctx<'_>, source: &str) -> (Result<String, String>, Option<String>) {
-        let theirs = ctx.eval::<rquickjs::Value<'_>, _>(source).ok().and_then(|v| ctx.json_stringify(v).ok().flatten()).map(|s| s.to_string().unwrap());
+        let theirs = ctx
+            .eval::<rquickjs::Value<'_>, _>(source)
+            .ok()
+            .and_then(|v| ctx.json_stringify(v).ok().flatten())
+            .map(|s| s.to_string().unwrap());
         (ours(ctx, source), theirs)
     }
 
@@ -781,7 +792,10 @@ mod differential {
         ("({m: new Map([[1, 2]])})", "event.m is a Map"),
         ("({p: new Proxy({a: 1}, {ownKeys() { for (;;) {} }})})", "event.p is a Proxy"),
         ("({get g() { for (;;) {} }})", "event.g is an accessor"),
-        ("(() => { const a = [1]; Object.defineProperty(a, 0, {get() { for (;;) {} }, enumerable: true}); return {a} })()", "event.a[0] is an accessor"),
+        (
+            "(() => { const a = [1]; Object.defineProperty(a, 0, {get() { for (;;) {} }, enumerable: true}); return {a} })()",
+            "event.a[0] is an accessor",
+        ),
         ("(() => { const o = {}; o.self = o; return o })()", "event.self is the object that contains it (a cycle)"),
         ("({n: 10n})", "event.n is a BigInt"),
         ("({deep: {'we ird': [{f() {}}]}})", "event.deep[\"we ird\"][0].f is a function"),
@@ -808,7 +822,11 @@ mod differential {
             assert!(ours(ctx, &deep).unwrap_err().contains("nested deeper than 64 levels"));
             assert!(ours(ctx, "({s: 'x'.repeat(2 << 20)})").unwrap_err().contains("longer than 1048576 bytes"));
             // Little text, much work: one object of many undefined properties, many times over.
-            let amplified = ours(ctx, "(() => { const o = {}; for (let i = 0; i < 20000; i++) o['k' + i] = undefined; return {amp: new Array(1000).fill(o)} })()").unwrap_err();
+            let amplified = ours(
+                ctx,
+                "(() => { const o = {}; for (let i = 0; i < 20000; i++) o['k' + i] = undefined; return {amp: new Array(1000).fill(o)} })()",
+            )
+            .unwrap_err();
             assert!(amplified.contains("past the work limit"), "{amplified}");
             let sparse = ours(ctx, "(() => { const a = []; a.length = 2 ** 32 - 1; return {a} })()").unwrap_err();
             assert!(sparse.starts_with("event.a ") && sparse.contains("longer than"), "a sparse array stops at the size limit: {sparse}");

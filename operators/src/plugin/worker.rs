@@ -17,12 +17,12 @@ use state::{Clock, SystemClock};
 
 use super::chain::{ChainOutcome, run_chain};
 use super::deferred::RetryPolicy;
-use super::schedule::{Schedule, owner, period_ms};
 use super::error::{Hook, PluginError};
 use super::host::HostServices;
 use super::instance::{InstanceConfig, PluginDefinition, PluginInstance};
 use super::log::LogLevel;
 use super::runtime::{Limits, PluginRuntime};
+use super::schedule::{Schedule, owner, period_ms};
 
 /// One plugin configuration, as the pipeline hands it over.
 #[derive(Clone, Debug)]
@@ -169,7 +169,6 @@ impl Default for WorkerPlace {
 /// Durable queue of enqueued plugin jobs.
 pub const JOB_QUEUE: &str = "jobs";
 
-
 impl WorkerPlugins {
     /// A worker's plugin set; `specs` must be in chain order (order, then file order).
     pub fn new(limits: Limits, specs: Arc<Vec<PluginSpec>>, services: HostServices) -> Result<Self, String> {
@@ -213,12 +212,8 @@ impl WorkerPlugins {
     /// Creates (and sets up) the instances of every configuration that names its teams, so
     /// load problems show at start rather than at a team's first event.
     pub fn preload(&mut self) {
-        let pairs: Vec<(usize, i64)> = self
-            .specs
-            .iter()
-            .enumerate()
-            .flat_map(|(i, s)| s.teams.iter().flatten().map(move |t| (i, *t)))
-            .collect();
+        let pairs: Vec<(usize, i64)> =
+            self.specs.iter().enumerate().flat_map(|(i, s)| s.teams.iter().flatten().map(move |t| (i, *t))).collect();
         for (i, team) in pairs {
             self.ensure(i, team);
         }
@@ -592,7 +587,11 @@ impl WorkerPlugins {
             Err(e) => {
                 tracing::error!(plugin = %spec.def.manifest.name, config = %spec.id, team, error = %e, "plugin failed to load; its events skip it");
                 // In the plugin log too, where its author and the team look.
-                let identity = super::host::InstanceIdentity { plugin: spec.def.manifest.name.clone(), config_id: spec.id.clone(), team_id: Some(team) };
+                let identity = super::host::InstanceIdentity {
+                    plugin: spec.def.manifest.name.clone(),
+                    config_id: spec.id.clone(),
+                    team_id: Some(team),
+                };
                 let message = format!("Plugin failed to load for this team; its events skip it (counted as not_loaded): {e}");
                 self.services.logs.log(super::log::LogEntry::new(&identity, LogLevel::Error, super::log::LogSource::System, message));
                 self.notices.push(PluginNotice::LoadFailed { config_id: spec.id.clone(), team, message: e.to_string() });
@@ -616,7 +615,13 @@ impl WorkerPlugins {
                     let wait = policy.delay(attempt);
                     inst.log_system(
                         LogLevel::Error,
-                        &format!("setupPlugin failed with {}: {} (attempt {attempt}/{}). Retrying in {} ms...", e.name, e.message, policy.max_retries + 1, wait.as_millis()),
+                        &format!(
+                            "setupPlugin failed with {}: {} (attempt {attempt}/{}). Retrying in {} ms...",
+                            e.name,
+                            e.message,
+                            policy.max_retries + 1,
+                            wait.as_millis()
+                        ),
                     );
                     self.setup_retries.insert(key, (attempt, Instant::now() + wait));
                 } else {

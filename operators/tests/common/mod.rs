@@ -6,9 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use operators::plugin::{
-    HostServices, InstanceConfig, Limits, LoadError, MemoryLogSink, PluginDefinition, PluginInstance, PluginRuntime,
-};
+use operators::plugin::{HostServices, InstanceConfig, Limits, LoadError, MemoryLogSink, PluginDefinition, PluginInstance, PluginRuntime};
 use serde_json::{Value, json};
 use state::{MemoryStore, StateStore};
 

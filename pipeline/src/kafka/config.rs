@@ -93,14 +93,8 @@ fn default_poll_timeout_ms() -> u64 {
 }
 
 /// librdkafka settings the pipeline owns: overriding them would break the delivery guarantee.
-const RESERVED: &[&str] = &[
-    "group.id",
-    "enable.auto.commit",
-    "enable.auto.offset.store",
-    "transactional.id",
-    "isolation.level",
-    "enable.partition.eof",
-];
+const RESERVED: &[&str] =
+    &["group.id", "enable.auto.commit", "enable.auto.offset.store", "transactional.id", "isolation.level", "enable.partition.eof"];
 
 impl KafkaConfig {
     /// Cross-field checks; `Err((field, problem))` with the field relative to `[kafka]`.

@@ -106,19 +106,31 @@ impl WorkerProducer {
     /// Creates worker `worker`'s producer; in exactly-once mode, registers its transactional id,
     /// which aborts whatever transaction a previous incarnation left open.
     pub fn open(config: &KafkaConfig, worker: usize) -> anyhow::Result<Self> {
-        let producer: ThreadedProducer<DeliveryContext> = config
-            .producer_config(worker)
-            .create_with_context(DeliveryContext::default())
-            .context("cannot create the Kafka producer")?;
+        let producer: ThreadedProducer<DeliveryContext> =
+            config.producer_config(worker).create_with_context(DeliveryContext::default()).context("cannot create the Kafka producer")?;
         if config.delivery == Delivery::ExactlyOnce {
             retry_txn("init_transactions", || producer.init_transactions(TXN_TIMEOUT))?;
             tracing::info!(worker, transactional_id = %config.transactional_id(worker), "transactional producer ready");
         }
-        Ok(Self { producer, delivery: config.delivery, waiting: BTreeMap::new(), discard_below: 0, worker, transactional_id: config.transactional_id(worker) })
+        Ok(Self {
+            producer,
+            delivery: config.delivery,
+            waiting: BTreeMap::new(),
+            discard_below: 0,
+            worker,
+            transactional_id: config.transactional_id(worker),
+        })
     }
 
     /// Sends (at-least-once) or keeps for its epoch's transaction (exactly-once) one record.
-    pub fn send(&mut self, epoch: u64, topic: &str, key: Option<&str>, value: &str, headers: &[(&'static str, String)]) -> anyhow::Result<()> {
+    pub fn send(
+        &mut self,
+        epoch: u64,
+        topic: &str,
+        key: Option<&str>,
+        value: &str,
+        headers: &[(&'static str, String)],
+    ) -> anyhow::Result<()> {
         match self.delivery {
             Delivery::AtLeastOnce => {
                 self.producer.context().check()?;
@@ -126,7 +138,8 @@ impl WorkerProducer {
             }
             Delivery::ExactlyOnce if epoch < self.discard_below => Ok(()),
             Delivery::ExactlyOnce => {
-                let pending = Pending { topic: topic.to_string(), key: key.map(str::to_string), value: value.to_string(), headers: headers.to_vec() };
+                let pending =
+                    Pending { topic: topic.to_string(), key: key.map(str::to_string), value: value.to_string(), headers: headers.to_vec() };
                 self.waiting.entry(epoch).or_default().push(pending);
                 Ok(())
             }
@@ -145,7 +158,11 @@ impl WorkerProducer {
             match self.producer.flush(Duration::from_secs(10)) {
                 Ok(()) => break,
                 Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut)) => {
-                    tracing::warn!(worker = self.worker, in_flight = self.producer.in_flight_count(), "producer still waiting for acknowledgements");
+                    tracing::warn!(
+                        worker = self.worker,
+                        in_flight = self.producer.in_flight_count(),
+                        "producer still waiting for acknowledgements"
+                    );
                 }
                 Err(e) => return Err(e).context("cannot flush the Kafka producer"),
             }
@@ -173,7 +190,12 @@ impl WorkerProducer {
     /// transaction (e.g. offsets refused as ILLEGAL_GENERATION while the group rebalances).
     /// A fatal error (fenced: another instance owns the transactional id) or a failed abort is
     /// an error: the producer cannot go on.
-    pub fn commit_transaction(&mut self, frontier: u64, offsets: &TopicPartitionList, group: &ConsumerGroupMetadata) -> anyhow::Result<Transaction> {
+    pub fn commit_transaction(
+        &mut self,
+        frontier: u64,
+        offsets: &TopicPartitionList,
+        group: &ConsumerGroupMetadata,
+    ) -> anyhow::Result<Transaction> {
         let later = self.waiting.split_off(&frontier);
         let ready = std::mem::replace(&mut self.waiting, later);
         let count: usize = ready.values().map(Vec::len).sum();
@@ -213,7 +235,12 @@ impl WorkerProducer {
         }
     }
 
-    fn fill_and_commit(&self, ready: BTreeMap<u64, Vec<Pending>>, offsets: &TopicPartitionList, group: &ConsumerGroupMetadata) -> anyhow::Result<()> {
+    fn fill_and_commit(
+        &self,
+        ready: BTreeMap<u64, Vec<Pending>>,
+        offsets: &TopicPartitionList,
+        group: &ConsumerGroupMetadata,
+    ) -> anyhow::Result<()> {
         for p in ready.into_values().flatten() {
             produce(&self.producer, &p.topic, p.key.as_deref(), &p.value, &p.headers)?;
         }

@@ -7,14 +7,11 @@
 //! per call, and may repeat when epochs are replayed after a crash.
 
 use std::cell::RefCell;
-use std::fmt;
 use std::rc::Rc;
 
 use anyhow::Context as _;
 use operators::plugin::{LogEntry, LogSink};
 use rdkafka::producer::{DefaultProducerContext, Producer as _, ThreadedProducer};
-use serde::Deserializer as _;
-use serde::de::{IgnoredAny, MapAccess, Visitor};
 
 use super::config::KafkaConfig;
 use super::producer::{WorkerProducer, produce};
@@ -44,6 +41,15 @@ impl RecordSink for KafkaSink {
         Ok(())
     }
 
+    fn write_values(&mut self, epoch: u64, values: &mut dyn Iterator<Item = &str>) -> anyhow::Result<()> {
+        let mut producer = self.producer.borrow_mut();
+        for v in values {
+            let key = self.key_field.as_deref().and_then(|f| top_level_string(v, f));
+            producer.send(epoch, &self.topic, key.as_deref(), v, &[])?;
+        }
+        Ok(())
+    }
+
     fn flush(&mut self) -> anyhow::Result<()> {
         self.producer.borrow_mut().flush()
     }
@@ -51,39 +57,12 @@ impl RecordSink for KafkaSink {
 
 /// The value of top-level field `field` of a JSON object, as text (strings unquoted, numbers and
 /// booleans as written); `None` when absent, null, nested, or not an object. Reads the object
-/// without building it.
+/// only up to that field (the first one of that name), without building anything.
 pub fn top_level_string(json: &str, field: &str) -> Option<String> {
-    let mut de = serde_json::Deserializer::from_str(json);
-    de.deserialize_map(FieldVisitor(field)).ok().flatten()
-}
-
-struct FieldVisitor<'f>(&'f str);
-
-impl<'de> Visitor<'de> for FieldVisitor<'_> {
-    type Value = Option<String>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON object")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut found = None;
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            if key == self.0 && found.is_none() {
-                found = scalar_text(map.next_value::<serde_json::Value>()?);
-            } else {
-                map.next_value::<IgnoredAny>()?;
-            }
-        }
-        Ok(found)
-    }
-}
-
-fn scalar_text(v: serde_json::Value) -> Option<String> {
-    match v {
-        serde_json::Value::String(s) => Some(s),
-        serde_json::Value::Number(n) => Some(n.to_string()),
-        serde_json::Value::Bool(b) => Some(b.to_string()),
+    let raw = operators::plugin::marks::top_level_value(json, field)?;
+    match raw.as_bytes().first()? {
+        b'"' => serde_json::from_str::<String>(raw).ok(),
+        b'-' | b'0'..=b'9' | b't' | b'f' => Some(raw.to_string()),
         _ => None,
     }
 }
@@ -139,5 +118,15 @@ mod tests {
         assert_eq!(top_level_string(json, "missing"), None);
         assert_eq!(top_level_string("[1,2]", "distinct_id"), None);
         assert_eq!(top_level_string(r#"{"distinct_id":null}"#, "distinct_id"), None);
+        // Escapes are decoded; the first of two members with the name wins; booleans and
+        // numbers as written.
+        assert_eq!(
+            top_level_string(r#"{"a":{"distinct_id":"in"},"distinct_id":"tab\tq\"\u00e9"}"#, "distinct_id").as_deref(),
+            Some("tab\tq\"é")
+        );
+        assert_eq!(top_level_string(r#"{"distinct_id":"x","distinct_id":"y"}"#, "distinct_id").as_deref(), Some("x"));
+        assert_eq!(top_level_string(r#"{ "k" : true , "n": -1.5e3}"#, "k").as_deref(), Some("true"));
+        assert_eq!(top_level_string(r#"{ "k" : true , "n": -1.5e3}"#, "n").as_deref(), Some("-1.5e3"));
+        assert_eq!(top_level_string(r#"{"k":["x"]}"#, "k"), None);
     }
 }

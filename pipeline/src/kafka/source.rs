@@ -41,8 +41,8 @@ use anyhow::Context as _;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
 
-use super::health::{KafkaHealth, read_statistics};
 use super::config::{Delivery, KafkaConfig};
+use super::health::{KafkaHealth, read_statistics};
 use super::producer::{Transaction, WorkerProducer};
 use crate::io::{EventSource, Polled};
 
@@ -184,8 +184,14 @@ const REWIND_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl KafkaSource {
     /// Joins the consumer group and subscribes to the input topic.
-    pub fn open(config: &KafkaConfig, producer: Rc<RefCell<WorkerProducer>>, worker: usize, health: Arc<KafkaHealth>) -> anyhow::Result<Self> {
-        let context = RebalanceContext { events: Mutex::default(), worker, topic: config.input_topic().to_string(), health: health.clone() };
+    pub fn open(
+        config: &KafkaConfig,
+        producer: Rc<RefCell<WorkerProducer>>,
+        worker: usize,
+        health: Arc<KafkaHealth>,
+    ) -> anyhow::Result<Self> {
+        let context =
+            RebalanceContext { events: Mutex::default(), worker, topic: config.input_topic().to_string(), health: health.clone() };
         let consumer_config = config.consumer_config(worker);
         let no_commit = match consumer_config.get("auto.offset.reset") {
             Some("latest" | "largest" | "end") => Offset::End,
@@ -267,7 +273,12 @@ impl KafkaSource {
                 self.ledger.clear();
                 self.producer.borrow_mut().discard_below(epoch);
                 if !batch.records.is_empty() {
-                    tracing::info!(worker = self.worker, epoch, dropped = batch.records.len(), "rebalance: dropped the records of the current batch");
+                    tracing::info!(
+                        worker = self.worker,
+                        epoch,
+                        dropped = batch.records.len(),
+                        "rebalance: dropped the records of the current batch"
+                    );
                 }
                 batch.records.clear();
             }

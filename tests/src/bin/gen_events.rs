@@ -27,9 +27,12 @@ fn main() {
             "--seed" => opts.seed = number("a seed") as u64,
             "--teams" => opts.teams = number("a count") as u32,
             "--huge-kb" => opts.huge_kb = number("a size"),
-            "--bad-rate" => opts.bad_rate = value.parse().ok().filter(|r| (0.0..=1.0).contains(r)).unwrap_or_else(|| usage("--bad-rate takes 0 to 1")),
+            "--bad-rate" => {
+                opts.bad_rate = value.parse().ok().filter(|r| (0.0..=1.0).contains(r)).unwrap_or_else(|| usage("--bad-rate takes 0 to 1"))
+            }
             "--bad-kinds" => {
-                opts.bad_kinds = value.split(',').map(|k| BadKind::parse(k).unwrap_or_else(|| usage(&format!("unknown bad kind {k}")))).collect();
+                opts.bad_kinds =
+                    value.split(',').map(|k| BadKind::parse(k).unwrap_or_else(|| usage(&format!("unknown bad kind {k}")))).collect();
             }
             "-o" | "--output" => out = Some(value),
             other => usage(&format!("unknown option {other}")),
