@@ -15,10 +15,12 @@ if command -v systemd-analyze >/dev/null; then
     sed -e "s|/usr/local/bin/pluginflow|$PWD/dist/pluginflow|" \
         -e "s|^User=.*|User=root|" -e "s|^Group=.*|Group=root|" \
         deploy/pluginflow.service >"$work/pluginflow.service"
-    if systemd-analyze verify "$work/pluginflow.service"; then
+    # verify exits 0 on lines it could not parse (it ignores them): any output is a failure.
+    if out=$(systemd-analyze verify "$work/pluginflow.service" 2>&1) && [ -z "$out" ]; then
         echo "deploy-check: systemd unit: verified"
     else
-        echo "deploy-check: systemd unit: systemd-analyze verify failed" >&2
+        echo "deploy-check: systemd unit: systemd-analyze verify says:" >&2
+        echo "$out" >&2
         status=1
     fi
 else

@@ -33,3 +33,6 @@ awk -v total=$(( $(date +%s) - started )) '
 ' "$log"
 # The plugin host's out-of-memory tests again, under valgrind's memcheck (about 2 minutes).
 scripts/memcheck.sh
+# The deployment recipes in deploy/ (systemd unit verified; the container image built where a
+# Docker daemon answers).
+scripts/deploy-check.sh

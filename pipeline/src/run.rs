@@ -34,10 +34,12 @@ use operators::dataflow::deferred::RunDeferred;
 use operators::event::{DeadLetter, EventLimits, ValidEvent, parse_line};
 use operators::plugin::deferred::{DeferredWork, RetryPolicies, RetryPolicy};
 use operators::plugin::worker::{PluginNotice, PluginSpec, WorkerPlace, WorkerPlugins};
-use operators::plugin::{GeoIp, HostServices, Limits, LogSink, PluginDefinition, PluginRuntime};
+use operators::plugin::{GeoIp, Hook, HostServices, Limits, LogSink, PluginDefinition, PluginRuntime};
 use state::{MemoryStore, RocksStore, StateStore};
 use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::core::{Inspect, OkErr, Probe};
+use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::vec::Map;
 use timely::dataflow::{InputHandle, ProbeHandle};
 
@@ -256,21 +258,32 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
         let stats = shared.stats.clone();
         let (processed, unprocessable): (timely::dataflow::Stream<'_, u64, Vec<(i64, u32, String)>>, _) =
             events.flat_map(move |ev: ValidEvent| run_event(&chain, &stats, ev)).ok_err(|r: Result<(i64, u32, String), DeadLetter>| r);
-        let (sink, stats, fail) = (io.events.clone(), shared.stats.clone(), failed.clone());
-        processed
-            .clone()
-            .inspect_core(move |batch| {
-                if let Ok((stamp, events)) = batch {
-                    let epoch = stamp.least().copied().unwrap_or_default();
-                    keep_first_error(&fail, sink.borrow_mut().write_values(epoch, &mut events.iter().map(|(_, _, l)| l.as_str())));
-                    stats.add_out(events.len() as u64);
+        // Processed events are written here, then passed on (moved, not copied) to onEvent and
+        // exportEvents only when the team has a plugin with one of them: the test
+        // DeferredWork::event would make first.
+        let (sink, stats, fail, owing) = (io.events.clone(), shared.stats.clone(), failed.clone(), plugins.clone());
+        let owed = processed
+            .unary(Pipeline, "WriteEvents", move |_, _| {
+                move |input, output| {
+                    input.for_each(|cap, data: &mut Vec<(i64, u32, String)>| {
+                        let Some(out) = cap.retain_least(0) else { return };
+                        let epoch = *out.time();
+                        keep_first_error(&fail, sink.borrow_mut().write_values(epoch, &mut data.iter().map(|(_, _, l)| l.as_str())));
+                        stats.add_out(data.len() as u64);
+                        let mut plugins = owing.borrow_mut();
+                        let mut session = output.session(&out);
+                        for ev in data.drain(..) {
+                            if plugins.team_has_any(ev.0, &[Hook::OnEvent, Hook::ExportEvents]) {
+                                session.give(ev);
+                            }
+                        }
+                    });
                 }
             })
-            .probe_with(&intake)
-            .probe_with(&probe);
+            .probe_with(&intake);
         write_dead_letters(dead, &io.dead_letters, &shared.stats, &failed).probe_with(&intake).probe_with(&probe);
         write_dead_letters(unprocessable, &io.dead_letters, &shared.stats, &failed).probe_with(&intake).probe_with(&probe);
-        let given_up = processed.run_deferred(deferred.clone()).flat_map(exhausted_letters);
+        let given_up = owed.run_deferred(deferred.clone()).flat_map(exhausted_letters);
         write_dead_letters(given_up, &io.dead_letters, &shared.stats, &failed).probe_with(&probe);
     });
     let batch_size = shared.config.runtime.batch_size;

@@ -30,8 +30,8 @@ fn plugins(dir: &Path) -> String {
     .concat()
 }
 
-/// The same plugins over the recorded log, in-process: (sorted outputs, dead-letter count).
-fn reference(dir: &Path, input: &Path, plugins: &str) -> (Vec<String>, usize) {
+/// The same plugins over the recorded log, in-process: (sorted outputs, dead letters by reason).
+fn reference(dir: &Path, input: &Path, plugins: &str) -> (Vec<String>, BTreeMap<String, usize>) {
     let path = dir.join("ref.toml");
     std::fs::write(&path, config_text(input, &dir.join("ref-out"), plugins)).unwrap();
     let config = PipelineConfig::load(&path).unwrap();
@@ -39,7 +39,11 @@ fn reference(dir: &Path, input: &Path, plugins: &str) -> (Vec<String>, usize) {
     pluginflow::run::run(shared, timely::Config::thread()).unwrap();
     let mut out: Vec<String> = std::fs::read_to_string(&config.output.events).unwrap().lines().map(str::to_string).collect();
     out.sort();
-    let dead = std::fs::read_to_string(&config.output.dead_letters).unwrap().lines().count();
+    let mut dead = BTreeMap::new();
+    for line in std::fs::read_to_string(&config.output.dead_letters).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        *dead.entry(v["reason"].as_str().expect("a reason").to_string()).or_default() += 1;
+    }
     (out, dead)
 }
 
@@ -51,7 +55,8 @@ fn kafka_round_trip_matches_the_recorded_log_run() {
     // No huge_property lines: 1.1 MB exceeds the broker's default message size.
     gen_events(&input, EVENTS, 5, &["--bad-rate", "0.02", "--bad-kinds", "truncated,non_object,missing_event,invalid_utf8"]);
     let plugins = plugins(dir.path());
-    let (want, want_dead) = reference(dir.path(), &input, &plugins);
+    let (want, want_reasons) = reference(dir.path(), &input, &plugins);
+    let want_dead: usize = want_reasons.values().sum();
     assert!(want_dead > 0 && want.len() < EVENTS - want_dead, "some dead letters and some drops: {want_dead}, {}", want.len());
 
     let broker = Broker::start();
@@ -84,6 +89,7 @@ fn kafka_round_trip_matches_the_recorded_log_run() {
     });
     assert!(dead.iter().all(|r| r.headers.get("source").is_some_and(|s| s == "kafka:rt-in") && r.headers.contains_key("position")));
     println!("dead-letter reasons: {reasons:?}");
+    assert_eq!(reasons, want_reasons, "the Kafka run's dead letters have the recorded-log run's reasons");
 
     let logs = consume_all(&broker.bootstrap(), "rt-logs", Isolation::ReadUncommitted);
     assert!(logs.iter().any(|r| r.value.contains("logger ready")), "plugin logs on their topic: {logs:?}");

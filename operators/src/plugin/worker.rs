@@ -480,6 +480,14 @@ impl WorkerPlugins {
             .collect()
     }
 
+    /// Whether some loaded instance of `team`'s chain has one of `hooks` (what
+    /// [`Self::team_instances_with`] finds, without listing it).
+    pub fn team_has_any(&mut self, team: i64, hooks: &[Hook]) -> bool {
+        self.chain(team)
+            .into_iter()
+            .any(|i| self.instances.get(&(i, team)).and_then(Option::as_ref).is_some_and(|p| hooks.iter().any(|h| p.has(*h))))
+    }
+
     /// The instance for `key`, creating it if needed; `None` when it failed to load.
     pub fn instance_mut(&mut self, key: InstanceKey) -> Option<&mut PluginInstance> {
         if key.0 >= self.specs.len() {
