@@ -29,7 +29,8 @@ fi
 
 if docker info >/dev/null 2>&1; then
     docker build -q -f deploy/Dockerfile -t pluginflow:check dist/ >/dev/null
-    echo "deploy-check: container image: built; $(docker run --rm pluginflow:check --version)"
+    version=$(docker run --rm pluginflow:check --version)
+    echo "deploy-check: container image: built; it runs: $version"
 else
     echo "deploy-check: container image: not built (no Docker daemon reachable here)"
 fi

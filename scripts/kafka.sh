@@ -45,12 +45,20 @@ fetch() {
   </dependencies>
 </project>
 EOF
-    rm -rf "$libs.tmp"
+    # Into a folder of this call's own, then moved into place: two fetches at once (tests in
+    # parallel on a cold cache) cannot mix their files.
+    local tmp
+    tmp="$(mktemp -d "$cache/libs.XXXXXX")"
     mvn -q -B -f "$cache/pom.xml" dependency:copy-dependencies \
-        -DoutputDirectory="$libs.tmp" -DincludeScope=runtime >&2
-    rm -rf "$libs"
-    mv "$libs.tmp" "$libs"
-    touch "$libs/.complete"
+        -DoutputDirectory="$tmp" -DincludeScope=runtime >&2
+    touch "$tmp/.complete"
+    if [ -f "$libs/.complete" ]; then
+        rm -rf "$tmp"
+    else
+        rm -rf "$libs"
+        mv "$tmp" "$libs" 2>/dev/null || rm -rf "$tmp"
+    fi
+    [ -f "$libs/.complete" ] || { echo "scripts/kafka.sh: fetching Apache Kafka failed" >&2; exit 1; }
 }
 
 java_opts() {
@@ -126,6 +134,10 @@ case "${1:-}" in
         dir="${2:?usage: scripts/kafka.sh start DIR PORT}"
         port="${3:?usage: scripts/kafka.sh start DIR PORT}"
         fetch
+        if answers "$port"; then
+            echo "scripts/kafka.sh: something already listens on 127.0.0.1:$port" >&2
+            exit 1
+        fi
         dir="$(prepare "$dir" "$port")"
         # shellcheck disable=SC2046
         nohup java $(java_opts) -cp "$libs/*" kafka.Kafka "$dir/server.properties" \
@@ -150,6 +162,12 @@ case "${1:-}" in
         dir="${2:?usage: scripts/kafka.sh stop DIR}"
         pid="$(cat "$dir/broker.pid" 2>/dev/null || true)"
         [ -n "$pid" ] || { echo "scripts/kafka.sh: no broker.pid in $dir" >&2; exit 1; }
+        # Only our broker: a stale pid file may name a process that reused the number.
+        if ! tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "kafka.Kafka $(cd "$dir" && pwd)/server.properties"; then
+            echo "scripts/kafka.sh: pid $pid is not the broker of $dir (gone already?)" >&2
+            rm -f "$dir/broker.pid"
+            exit 0
+        fi
         kill "$pid" 2>/dev/null || exit 0
         for _ in $(seq 1 300); do
             kill -0 "$pid" 2>/dev/null || { rm -f "$dir/broker.pid"; exit 0; }

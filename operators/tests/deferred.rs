@@ -213,6 +213,18 @@ fn a_retry_past_its_hold_lets_its_epoch_complete_and_still_gives_up_later() {
     assert_eq!(h.store.queue_len("retries").unwrap(), 0);
 }
 
+/// At the end of the input a retry that still holds its epoch, and is released only after the
+/// input closed, is still run to its end: the run does not finish around it (it did, silently:
+/// the floor was dropped while the retry still held, and its release left nothing open).
+#[test]
+fn a_retry_released_after_the_input_closed_still_runs_to_its_end() {
+    let policies = RetryPolicies { hold: Duration::from_millis(30), ..fast(60, 10) };
+    let h = harness("rec", &[("index.js", RECORDER)], json!({}), policies);
+    let gave_up = run(&h, vec![vec![event("doomed")]], |_, _| {});
+    assert_eq!(attempts(&h.logs).len(), 6, "every attempt made before the run ended");
+    assert_eq!(gave_up.len(), 1, "and its dead letter written");
+}
+
 #[test]
 fn export_buffers_flush_by_size_by_time_and_at_the_end() {
     let src = "exports.exportEvents = (events) => { console.log('batch ' + events.map(e => e.uuid).join(',') + ' at ' + Date.now()) }";

@@ -510,8 +510,18 @@ fn retry_policies(config: &PipelineConfig) -> RetryPolicies {
     RetryPolicies {
         on_event: RetryPolicy { base: Duration::from_millis(r.on_event_retry_base_ms), ..RetryPolicy::on_event() },
         export_events: RetryPolicy { base: Duration::from_millis(r.export_retry_base_ms), ..RetryPolicy::export_events() },
-        hold: Duration::from_millis(r.retry_hold_ms),
+        hold: retry_hold(config),
     }
+}
+
+/// How long a retry holds its epoch: `runtime.retry_hold_ms`, except with exactly-once Kafka
+/// delivery, where it holds until done. (A released retry's dead letter would go out in a later
+/// epoch's transaction; if that transaction were aborted and rewound, nothing would write the
+/// dead letter again, since its own event's offsets were committed already.)
+fn retry_hold(config: &PipelineConfig) -> Duration {
+    let exactly_once = matches!(config.input.kind, crate::config::InputKind::Kafka)
+        && config.kafka.as_ref().is_some_and(|k| k.delivery == crate::kafka::Delivery::ExactlyOnce);
+    if exactly_once { Duration::MAX } else { Duration::from_millis(config.runtime.retry_hold_ms) }
 }
 
 /// Runs one event's chain: `Ok` with the final event (none when dropped), or a dead letter when

@@ -13,6 +13,8 @@
 //! it already is: a crash resumes it) and in memory, without a capability: its epoch may
 //! complete. Should it give up later, its dead letter goes out at a `floor` capability the
 //! operator keeps at its input frontier, so the dead letter is still written, in a later epoch.
+//! At the end of the input the floor stays while any retry is owed, so a run still ends only
+//! when every retry has succeeded or given up (or on a stop, which leaves them queued).
 //!
 //! [`RetryPolicies::hold`]: crate::plugin::deferred::RetryPolicies::hold
 //!
@@ -68,12 +70,18 @@ pub trait RunDeferred<'scope> {
 }
 
 /// A retry waiting for its time, holding its epoch open until `held_until` (then `cap` is
-/// `None`).
+/// `None`; `held_until` is `None` when the hold never ends).
 struct Pending {
     due: Instant,
     cap: Option<Capability<u64>>,
-    held_until: Instant,
+    held_until: Option<Instant>,
     task: Task,
+}
+
+/// When a hold that starts now ends (`None`: never, for a hold too long to represent, such as
+/// `Duration::MAX`).
+fn hold_ends(hold: std::time::Duration) -> Option<Instant> {
+    Instant::now().checked_add(hold)
 }
 
 impl<'scope> RunDeferred<'scope> for Stream<'scope, u64, Vec<(i64, u32, String)>> {
@@ -86,7 +94,7 @@ impl<'scope> RunDeferred<'scope> for Stream<'scope, u64, Vec<(i64, u32, String)>
             let hold = work.borrow().retry_hold();
             // Retries left by an earlier run resume now, under the initial capability.
             let (recovered, unreadable) = work.borrow_mut().recover(*initial.time());
-            let held_until = Instant::now() + hold;
+            let held_until = hold_ends(hold);
             let mut pending: Vec<Pending> =
                 recovered.into_iter().map(|(due, task)| Pending { due, cap: Some(initial.clone()), held_until, task }).collect();
             // Unreadable ones leave as dead letters at the first activation.
@@ -109,7 +117,7 @@ impl<'scope> RunDeferred<'scope> for Stream<'scope, u64, Vec<(i64, u32, String)>
                         let steps = work.borrow_mut().event(epoch, team, hops, &json);
                         for step in steps.into_iter().filter(|s| !matches!(s, Step::Done)) {
                             let held = buffer_cap.as_ref().expect("set above").delayed(&step_epoch(&step, epoch));
-                            place(step, Some(held), Instant::now() + hold, &mut pending, &mut gave_up);
+                            place(step, Some(held), hold_ends(hold), &mut pending, &mut gave_up);
                         }
                     }
                 });
@@ -131,14 +139,14 @@ impl<'scope> RunDeferred<'scope> for Stream<'scope, u64, Vec<(i64, u32, String)>
                 for step in steps.into_iter().filter(|s| !matches!(s, Step::Done)) {
                     let epoch = step_epoch(&step, 0);
                     let held = buffer_cap.as_ref().expect("buffered events hold a capability").delayed(&epoch);
-                    place(step, Some(held), Instant::now() + hold, &mut pending, &mut gave_up);
+                    place(step, Some(held), hold_ends(hold), &mut pending, &mut gave_up);
                 }
                 if stopping {
                     pending.clear();
                 }
                 // Retries past their hold let their epochs go (they stay in the durable queue).
                 let now = Instant::now();
-                for p in pending.iter_mut().filter(|p| p.cap.is_some() && p.held_until <= now) {
+                for p in pending.iter_mut().filter(|p| p.cap.is_some() && p.held_until.is_some_and(|t| t <= now)) {
                     tracing::debug!(config = %p.task.config_id, epoch = p.task.epoch, "a retry outlived its hold: its epoch may complete");
                     p.cap = None;
                 }
@@ -160,12 +168,12 @@ impl<'scope> RunDeferred<'scope> for Stream<'scope, u64, Vec<(i64, u32, String)>
                     let cap = cap.as_ref().or(floor.as_ref()).expect("the floor outlives every released retry");
                     output.session(cap).give(exhausted);
                 }
-                // Once no input can come, the floor stays only while a released retry may still
-                // need it.
-                if frontier.is_empty() && !pending.iter().any(|p| p.cap.is_none()) {
+                // Once no input can come, the floor stays while any retry is owed: a retry that
+                // holds its epoch now may be released later and still need it.
+                if frontier.is_empty() && pending.is_empty() {
                     floor = None;
                 }
-                let holds = pending.iter().filter(|p| p.cap.is_some()).map(|p| p.held_until);
+                let holds = pending.iter().filter(|p| p.cap.is_some()).filter_map(|p| p.held_until);
                 let next = pending.iter().map(|p| p.due).chain(holds).chain(work.borrow().next_flush()).min();
                 if let Some(next) = next {
                     activator.activate_after(next.saturating_duration_since(Instant::now()));
@@ -187,7 +195,7 @@ fn step_epoch(step: &Step, fallback: u64) -> u64 {
 fn place(
     step: Step,
     cap: Option<Capability<u64>>,
-    held_until: Instant,
+    held_until: Option<Instant>,
     pending: &mut Vec<Pending>,
     gave_up: &mut Vec<(Option<Capability<u64>>, Exhausted)>,
 ) {

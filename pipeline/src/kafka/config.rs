@@ -92,9 +92,17 @@ fn default_poll_timeout_ms() -> u64 {
     50
 }
 
-/// librdkafka settings the pipeline owns: overriding them would break the delivery guarantee.
-const RESERVED: &[&str] =
-    &["group.id", "enable.auto.commit", "enable.auto.offset.store", "transactional.id", "isolation.level", "enable.partition.eof"];
+/// librdkafka settings the pipeline owns: overriding them would break the delivery guarantee
+/// (or, for `statistics.interval.ms`, the health checks of `/healthz`).
+const RESERVED: &[&str] = &[
+    "group.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "transactional.id",
+    "isolation.level",
+    "enable.partition.eof",
+    "statistics.interval.ms",
+];
 
 impl KafkaConfig {
     /// Cross-field checks; `Err((field, problem))` with the field relative to `[kafka]`.
@@ -171,10 +179,11 @@ impl KafkaConfig {
         c.set("queued.max.messages.kbytes", "65536");
         c.set("queued.min.messages", "100000");
         c.set("client.id", format!("pluginflow-{worker}"));
-        // Consumer lag and broker states for /metrics and /healthz (kafka/health.rs).
-        c.set("statistics.interval.ms", super::health::STATS_INTERVAL_MS.to_string());
         c.extend_from(&self.base());
         c.extend_from(&self.consumer.iter().collect());
+        // Consumer lag and broker states for /metrics and /healthz (kafka/health.rs), whose
+        // "no statistics for too long" check relies on this period: not the user's to change.
+        c.set("statistics.interval.ms", super::health::STATS_INTERVAL_MS.to_string());
         c.set("group.id", &self.group_id);
         c.set("enable.auto.commit", "false");
         c.set("enable.auto.offset.store", "false");

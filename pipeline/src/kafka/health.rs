@@ -85,6 +85,11 @@ impl KafkaHealth {
         self.update(worker, |w| w.uncommitted_since = None);
     }
 
+    /// `worker` is gone (its source was dropped): its report goes too.
+    pub fn forget(&self, worker: usize) {
+        self.workers.lock().expect("kafka health lock").remove(&worker);
+    }
+
     /// Every worker's report.
     pub fn snapshot(&self) -> BTreeMap<usize, WorkerHealth> {
         self.workers.lock().expect("kafka health lock").clone()

@@ -389,11 +389,13 @@ impl KafkaSource {
         let outcome = self.producer.borrow_mut().commit_transaction(frontier, &tpl, &group)?;
         match outcome {
             Transaction::Committed(written) => {
-                if written > 0 || tpl.count() > 0 {
-                    tracing::debug!(worker = self.worker, topic = %self.topic, written, offsets = ?self.ledger.ready(), "transaction committed");
-                }
                 self.ledger.committed();
-                self.report_commit();
+                // An empty round (nothing complete) is no commit: the health report must keep
+                // seeing offsets wait when the frontier does not move.
+                if written > 0 || tpl.count() > 0 {
+                    tracing::debug!(worker = self.worker, topic = %self.topic, written, "transaction committed");
+                    self.report_commit();
+                }
                 self.aborts_in_a_row = 0;
                 Ok(())
             }
@@ -513,6 +515,9 @@ impl Drop for KafkaSource {
             }
         }
         tracing::debug!(worker = self.worker, topic = %self.topic, "left the consumer group");
+        // A worker that has finished reports nothing any more: its last report must not make
+        // `/healthz` fail while the other workers go on.
+        self.health.forget(self.worker);
     }
 }
 
