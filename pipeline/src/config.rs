@@ -468,10 +468,10 @@ impl PipelineConfig {
         let fail = |field: String, problem: String| Err(ConfigError { file: file.to_string(), field, problem });
         self.check_input(file)?;
         self.check_outputs(file)?;
-        if let Some(g) = &self.geoip {
-            if !g.path.is_file() {
-                return fail("geoip.path".into(), format!("{} is not a readable file", g.path.display()));
-            }
+        if let Some(g) = &self.geoip
+            && !g.path.is_file()
+        {
+            return fail("geoip.path".into(), format!("{} is not a readable file", g.path.display()));
         }
         if let Some(h) = &self.http {
             if !h.listen.ip().is_loopback() {

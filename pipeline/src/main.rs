@@ -217,10 +217,10 @@ fn run(args: RunArgs) -> ExitCode {
     if let Some(p) = progress {
         let _ = p.join();
     }
-    if let Some(k) = &kafka_logs {
-        if let Err(e) = k.flush(Duration::from_secs(30)) {
-            eprintln!("pluginflow: {e:#}");
-        }
+    if let Some(k) = &kafka_logs
+        && let Err(e) = k.flush(Duration::from_secs(30))
+    {
+        eprintln!("pluginflow: {e:#}");
     }
     match result {
         Ok(stats) => {

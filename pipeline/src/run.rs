@@ -47,6 +47,13 @@ use crate::config::PipelineConfig;
 use crate::io::{EventSource, OutRecord, SharedFiles, open_worker_io};
 use crate::stats::Stats;
 
+/// An input line: (position, bytes, capture hops). The hop count travels beside the line, never
+/// inside it.
+type InputLine = (u64, Vec<u8>, u32);
+
+/// A processed event: (team, capture hops, final JSON).
+type Processed = (i64, u32, String);
+
 /// What every worker of the process shares.
 #[derive(Clone)]
 pub struct Shared {
@@ -229,7 +236,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
         shared.stats.set_input_bytes(size);
     }
     // (position, line, capture hops): hops travel beside the line, never inside it.
-    let mut input = InputHandle::<u64, CapacityContainerBuilder<Vec<(u64, Vec<u8>, u32)>>>::new();
+    let mut input = InputHandle::<u64, CapacityContainerBuilder<Vec<InputLine>>>::new();
     // `probe` sees everything, deferred work and retries included: it decides which epochs are
     // complete. `intake` sees only the outputs of the chain: it bounds how far reading runs
     // ahead, so a pending retry holds commits back without stopping the flow.
@@ -256,7 +263,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
         });
         let chain = plugins.clone();
         let stats = shared.stats.clone();
-        let (processed, unprocessable): (timely::dataflow::Stream<'_, u64, Vec<(i64, u32, String)>>, _) =
+        let (processed, unprocessable): (timely::dataflow::Stream<'_, u64, Vec<Processed>>, _) =
             events.flat_map(move |ev: ValidEvent| run_event(&chain, &stats, ev)).ok_err(|r: Result<(i64, u32, String), DeadLetter>| r);
         // Processed events are written here, then passed on (moved, not copied) to onEvent and
         // exportEvents only when the team has a plugin with one of them: the test
@@ -383,7 +390,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
 
 /// Sends captured events into the input; those past the hop limit become dead letters.
 fn inject_captured(
-    input: &mut InputHandle<u64, CapacityContainerBuilder<Vec<(u64, Vec<u8>, u32)>>>,
+    input: &mut InputHandle<u64, CapacityContainerBuilder<Vec<InputLine>>>,
     captured: Vec<(String, u32)>,
     max_hops: u32,
     stats: &Stats,

@@ -93,10 +93,10 @@ fn create(a: &Args) {
     let topic = NewTopic::new(&a.topic, a.partitions, TopicReplication::Fixed(1));
     let results = block_on(admin.create_topics([&topic], &AdminOptions::new())).expect("create_topics");
     for r in results {
-        if let Err((name, code)) = r {
-            if code != RDKafkaErrorCode::TopicAlreadyExists {
-                panic!("cannot create topic {name}: {code}");
-            }
+        if let Err((name, code)) = r
+            && code != RDKafkaErrorCode::TopicAlreadyExists
+        {
+            panic!("cannot create topic {name}: {code}");
         }
     }
 }

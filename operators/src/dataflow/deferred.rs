@@ -151,10 +151,10 @@ impl<'scope> RunDeferred<'scope> for Stream<'scope, u64, Vec<(i64, u32, String)>
                     p.cap = None;
                 }
                 // The floor follows the input frontier.
-                if let (Some(t), Some(f)) = (frontier.frontier().iter().min(), floor.as_mut()) {
-                    if f.time() < t {
-                        f.downgrade(t);
-                    }
+                if let (Some(t), Some(f)) = (frontier.frontier().iter().min(), floor.as_mut())
+                    && f.time() < t
+                {
+                    f.downgrade(t);
                 }
                 match work.borrow().buffered_min_epoch() {
                     None => buffer_cap = None,

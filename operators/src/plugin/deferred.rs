@@ -338,10 +338,10 @@ impl DeferredWork {
         let mut due: Vec<(InstanceKey, Vec<String>, u64)> = Vec::new();
         for (key, buffer) in &mut self.buffers {
             let expired = buffer.started.is_some_and(|t| now.duration_since(t) >= buffer.settings.max_age);
-            if force || expired {
-                if let Some((events, epoch)) = buffer.take() {
-                    due.push((*key, events, epoch));
-                }
+            if (force || expired)
+                && let Some((events, epoch)) = buffer.take()
+            {
+                due.push((*key, events, epoch));
             }
         }
         due.sort_by_key(|(k, _, _)| *k);
@@ -460,10 +460,10 @@ impl DeferredWork {
     }
 
     fn ack(&mut self, task: &Task) {
-        if let Some(id) = task.queue_id {
-            if let Err(e) = self.store.queue_ack(RETRY_QUEUE, id) {
-                tracing::error!(error = %e, "cannot acknowledge a finished retry; it may run again after a restart");
-            }
+        if let Some(id) = task.queue_id
+            && let Err(e) = self.store.queue_ack(RETRY_QUEUE, id)
+        {
+            tracing::error!(error = %e, "cannot acknowledge a finished retry; it may run again after a restart");
         }
     }
 

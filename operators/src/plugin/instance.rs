@@ -27,6 +27,10 @@ use super::tojson::{self, DateGetTime, Rules};
 
 const PRELUDE: &str = include_str!("js/prelude.js");
 
+/// What loading gives: the prelude's `pf` object, the intrinsic `Date.prototype.getTime` captured
+/// before plugin code ran, and the names of the hooks the plugin exports.
+type Loaded = (Persistent<Object<'static>>, Persistent<Function<'static>>, Vec<String>);
+
 /// Most pending jobs drained after a call timed out (each is cut short by the interrupt).
 const MAX_STALE_JOBS: usize = 100_000;
 
@@ -229,13 +233,7 @@ impl PluginInstance {
         Ok(instance)
     }
 
-    fn boot<'js>(
-        &self,
-        ctx: &Ctx<'js>,
-        def: &PluginDefinition,
-        cfg: &InstanceConfig,
-        config_json: &str,
-    ) -> Result<(Persistent<Object<'static>>, Persistent<Function<'static>>, Vec<String>), LoadError> {
+    fn boot<'js>(&self, ctx: &Ctx<'js>, def: &PluginDefinition, cfg: &InstanceConfig, config_json: &str) -> Result<Loaded, LoadError> {
         update_stack_top(ctx);
         // One deadline bounds the whole load: top-level code, `start`, and describing a
         // thrown value (its getters are plugin code too).
@@ -251,7 +249,7 @@ impl PluginInstance {
         def: &PluginDefinition,
         cfg: &InstanceConfig,
         config_json: &str,
-    ) -> Result<(Persistent<Object<'static>>, Persistent<Function<'static>>, Vec<String>), LoadError> {
+    ) -> Result<Loaded, LoadError> {
         let plugin = def.manifest.name.clone();
         let script_err = |ctx: &Ctx<'js>, e: rquickjs::Error| LoadError::Script {
             plugin: plugin.clone(),

@@ -218,10 +218,10 @@ fn parse_config(file: &Path, value: Option<&Value>) -> Result<Vec<ConfigEntry>, 
     let mut out = Vec::with_capacity(entries.len());
     for (path, entry) in entries {
         let parsed = parse_entry(file, &path, entry)?;
-        if let ConfigEntry::Field(f) = &parsed {
-            if !seen.insert(f.key.clone()) {
-                return Err(err(file, format!("{path}.key"), format!("duplicate key '{}'", f.key)));
-            }
+        if let ConfigEntry::Field(f) = &parsed
+            && !seen.insert(f.key.clone())
+        {
+            return Err(err(file, format!("{path}.key"), format!("duplicate key '{}'", f.key)));
         }
         out.push(parsed);
     }
@@ -268,10 +268,10 @@ fn parse_entry(file: &Path, path: &str, entry: &Value) -> Result<ConfigEntry, Ma
         Some(other) => return Err(err(file, format!("{path}.default"), format!("expected a string, got {}", json_kind(other)))),
     };
     let choices = parse_choices(file, path, obj.get("choices"), field_type)?;
-    if let (Some(d), FieldType::Choice) = (&default, field_type) {
-        if !choices.contains(d) {
-            return Err(err(file, format!("{path}.default"), format!("'{d}' is not one of the choices {choices:?}")));
-        }
+    if let (Some(d), FieldType::Choice) = (&default, field_type)
+        && !choices.contains(d)
+    {
+        return Err(err(file, format!("{path}.default"), format!("'{d}' is not one of the choices {choices:?}")));
     }
     Ok(ConfigEntry::Field(ConfigField {
         key,

@@ -279,11 +279,13 @@ fn read_key(b: &[u8], i: usize) -> Result<(Vec<u8>, usize), String> {
         let high = unit(j + 2).ok_or("bad \\u escape in a key")?;
         j += 6;
         let mut code = high;
-        if (0xd800..0xdc00).contains(&high) && raw.get(j) == Some(&b'\\') && raw.get(j + 1) == Some(&b'u') {
-            if let Some(low) = unit(j + 2).filter(|l| (0xdc00..0xe000).contains(l)) {
-                code = 0x10000 + ((high - 0xd800) << 10) + (low - 0xdc00);
-                j += 6;
-            }
+        if (0xd800..0xdc00).contains(&high)
+            && raw.get(j) == Some(&b'\\')
+            && raw.get(j + 1) == Some(&b'u')
+            && let Some(low) = unit(j + 2).filter(|l| (0xdc00..0xe000).contains(l))
+        {
+            code = 0x10000 + ((high - 0xd800) << 10) + (low - 0xdc00);
+            j += 6;
         }
         push_code_point(&mut key, code);
     }

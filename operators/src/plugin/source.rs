@@ -115,10 +115,10 @@ pub fn compile_plugin(root: &Path, entry: &Path) -> Result<CompiledPlugin, Sourc
         let mut requires = BTreeMap::new();
         for spec in compiled.specifiers {
             let target = resolve(root, &path, &name, &spec)?;
-            if let Resolved::File(file) = &target {
-                if seen.insert(file.clone(), ()).is_none() {
-                    queue.push_back(file.clone());
-                }
+            if let Resolved::File(file) = &target
+                && seen.insert(file.clone(), ()).is_none()
+            {
+                queue.push_back(file.clone());
             }
             let resolved_name = match target {
                 Resolved::Builtin(b) => b,
@@ -277,12 +277,12 @@ struct RequireCollector {
 
 impl<'a> Visit<'a> for RequireCollector {
     fn visit_call_expression(&mut self, call: &oxc::ast::ast::CallExpression<'a>) {
-        if let Expression::Identifier(callee) = &call.callee {
-            if callee.name == "require" && call.arguments.len() == 1 {
-                if let Argument::StringLiteral(lit) = &call.arguments[0] {
-                    self.specs.push(lit.value.to_string());
-                }
-            }
+        if let Expression::Identifier(callee) = &call.callee
+            && callee.name == "require"
+            && call.arguments.len() == 1
+            && let Argument::StringLiteral(lit) = &call.arguments[0]
+        {
+            self.specs.push(lit.value.to_string());
         }
         walk::walk_call_expression(self, call);
     }

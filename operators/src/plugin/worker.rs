@@ -542,11 +542,11 @@ impl WorkerPlugins {
         let mut keys: Vec<_> = self.instances.keys().copied().collect();
         keys.sort();
         for key in keys {
-            if let Some(Some(inst)) = self.instances.get_mut(&key) {
-                if let Err(e) = inst.teardown() {
-                    inst.log_system(LogLevel::Error, &format!("Plugin failed to unload: {}: {}", e.name, e.message));
-                    self.notices.push(PluginNotice::CallFailed(e));
-                }
+            if let Some(Some(inst)) = self.instances.get_mut(&key)
+                && let Err(e) = inst.teardown()
+            {
+                inst.log_system(LogLevel::Error, &format!("Plugin failed to unload: {}: {}", e.name, e.message));
+                self.notices.push(PluginNotice::CallFailed(e));
             }
         }
     }
