@@ -473,37 +473,36 @@ impl PipelineConfig {
         {
             return fail("geoip.path".into(), format!("{} is not a readable file", g.path.display()));
         }
-        if let Some(h) = &self.http {
-            if !h.listen.ip().is_loopback() {
-                return fail("http.listen".into(), format!("{} is not a loopback address (use 127.0.0.1 or [::1])", h.listen));
-            }
-            for (field, value) in [("broker_unreachable_ms", h.broker_unreachable_ms), ("commit_stall_ms", h.commit_stall_ms)] {
-                if !(100..=86_400_000).contains(&value) {
-                    return fail(format!("http.{field}"), format!("{value} is out of range (100 to 86400000)"));
-                }
-            }
+        if let Some(h) = &self.http
+            && !h.listen.ip().is_loopback()
+        {
+            return fail("http.listen".into(), format!("{} is not a loopback address (use 127.0.0.1 or [::1])", h.listen));
         }
         let r = &self.runtime;
-        let ranges: [(&str, u64, u64, u64); 15] = [
-            ("call_timeout_ms", r.call_timeout_ms, 1, 3_600_000),
-            ("memory_limit_mb", r.memory_limit_mb, 8, 65_536),
-            ("batch_size", r.batch_size as u64, 1, 1_000_000),
-            ("max_epochs_ahead", r.max_epochs_ahead, 1, 1_000),
-            ("fetch_timeout_ms", r.fetch_timeout_ms, 1, 3_600_000),
-            ("max_event_bytes", r.max_event_bytes, 1024, 256 << 20),
-            ("max_event_depth", r.max_event_depth, 2, operators::event::MAX_DEPTH_LIMIT as u64),
-            ("max_timeouts", u64::from(r.max_timeouts), 1, 1_000_000),
-            ("max_captures_per_call", u64::from(r.max_captures_per_call), 0, 1_000_000),
-            ("max_captures_per_epoch", u64::from(r.max_captures_per_epoch), 0, 100_000_000),
-            ("max_jobs_per_call", u64::from(r.max_jobs_per_call), 0, 1_000_000),
-            ("max_log_bytes_per_call", r.max_log_bytes_per_call, 0, 1 << 30),
-            ("max_host_bytes_per_call", r.max_host_bytes_per_call, 0, 1 << 34),
-            ("shutdown_grace_ms", r.shutdown_grace_ms, 0, 3_600_000),
-            ("retry_hold_ms", r.retry_hold_ms, 0, 86_400_000),
+        let mut ranges: Vec<(&str, u64, u64, u64)> = vec![
+            ("runtime.call_timeout_ms", r.call_timeout_ms, 1, 3_600_000),
+            ("runtime.memory_limit_mb", r.memory_limit_mb, 8, 65_536),
+            ("runtime.batch_size", r.batch_size as u64, 1, 1_000_000),
+            ("runtime.max_epochs_ahead", r.max_epochs_ahead, 1, 1_000),
+            ("runtime.fetch_timeout_ms", r.fetch_timeout_ms, 1, 3_600_000),
+            ("runtime.max_event_bytes", r.max_event_bytes, 1024, 256 << 20),
+            ("runtime.max_event_depth", r.max_event_depth, 2, operators::event::MAX_DEPTH_LIMIT as u64),
+            ("runtime.max_timeouts", u64::from(r.max_timeouts), 1, 1_000_000),
+            ("runtime.max_captures_per_call", u64::from(r.max_captures_per_call), 0, 1_000_000),
+            ("runtime.max_captures_per_epoch", u64::from(r.max_captures_per_epoch), 0, 100_000_000),
+            ("runtime.max_jobs_per_call", u64::from(r.max_jobs_per_call), 0, 1_000_000),
+            ("runtime.max_log_bytes_per_call", r.max_log_bytes_per_call, 0, 1 << 30),
+            ("runtime.max_host_bytes_per_call", r.max_host_bytes_per_call, 0, 1 << 34),
+            ("runtime.shutdown_grace_ms", r.shutdown_grace_ms, 0, 3_600_000),
+            ("runtime.retry_hold_ms", r.retry_hold_ms, 0, 86_400_000),
         ];
+        if let Some(h) = &self.http {
+            ranges.push(("http.broker_unreachable_ms", h.broker_unreachable_ms, 100, 86_400_000));
+            ranges.push(("http.commit_stall_ms", h.commit_stall_ms, 100, 86_400_000));
+        }
         for (name, value, low, high) in ranges {
             if !(low..=high).contains(&value) {
-                return fail(format!("runtime.{name}"), format!("is {value}; it must be between {low} and {high}"));
+                return fail(name.to_string(), format!("is {value}; it must be between {low} and {high}"));
             }
         }
         let mut ids = std::collections::HashSet::new();
@@ -811,10 +810,19 @@ mod tests {
             ("max_event_bytes = 10", "runtime.max_event_bytes"),
             ("max_timeouts = 0", "runtime.max_timeouts"),
             ("fetch_timeout_ms = 0", "runtime.fetch_timeout_ms"),
+            ("retry_hold_ms = 86400001", "runtime.retry_hold_ms"),
         ] {
             let e = parse(dir.path(), &format!("[input]\npath = \"events.jsonl\"\n[runtime]\n{setting}\n")).unwrap_err();
             assert_eq!(e.field, field, "{setting}");
             assert!(e.problem.contains("must be between"), "{setting}: {}", e.problem);
+        }
+        for (setting, field) in
+            [("commit_stall_ms = 5", "http.commit_stall_ms"), ("broker_unreachable_ms = 0", "http.broker_unreachable_ms")]
+        {
+            let text = format!("[input]\npath = \"events.jsonl\"\n[http]\nlisten = \"127.0.0.1:0\"\n{setting}\n");
+            let e = parse(dir.path(), &text).unwrap_err();
+            assert_eq!(e.field, field, "{setting}");
+            assert!(e.problem.contains("must be between 100 and"), "{setting}: {}", e.problem);
         }
         let c = parse(dir.path(), "[input]\npath = \"events.jsonl\"\n[runtime]\nmax_event_depth = 120\nmemory_limit_mb = 8\n").unwrap();
         assert_eq!((c.runtime.max_event_depth, c.runtime.memory_limit_mb), (120, 8));

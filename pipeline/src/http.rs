@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::kafka::health::{HealthLimits, KafkaHealth};
+use crate::kafka::health::{HealthLimits, KafkaHealth, WorkerHealth};
 use crate::stats::Stats;
 pub use operators::plugin::timing::{Histogram, LATENCY_BUCKETS_US};
 
@@ -196,6 +196,9 @@ pub fn prometheus(state: &HttpState) -> String {
     out
 }
 
+/// A per-worker gauge of `/metrics`: name, help, and its value for a worker (none: no line).
+type Gauge<'a> = (&'a str, &'a str, &'a dyn Fn(&WorkerHealth) -> Option<f64>);
+
 /// Consumer lag per partition, seconds since the last commit and since the brokers became
 /// unreachable, per Kafka worker (nothing without Kafka workers).
 fn kafka_metrics(out: &mut String, kafka: &KafkaHealth, now: Instant) {
@@ -209,33 +212,33 @@ fn kafka_metrics(out: &mut String, kafka: &KafkaHealth, now: Instant) {
             out.push_str(&format!("pluginflow_kafka_consumer_lag{{worker=\"{worker}\",partition=\"{partition}\"}} {lag}\n"));
         }
     }
-    out.push_str("# HELP pluginflow_kafka_commit_age_seconds Seconds since the worker's last successful commit (offsets or transaction).\n# TYPE pluginflow_kafka_commit_age_seconds gauge\n");
-    for (worker, w) in &workers {
-        if let Some(at) = w.last_commit {
-            out.push_str(&format!(
-                "pluginflow_kafka_commit_age_seconds{{worker=\"{worker}\"}} {:.3}\n",
-                now.saturating_duration_since(at).as_secs_f64()
-            ));
+    let since = |t: Instant| now.saturating_duration_since(t).as_secs_f64();
+    // Per-worker gauges in seconds; a worker without a value has no line.
+    let gauges: [Gauge<'_>; 4] = [
+        ("pluginflow_kafka_commit_age_seconds", "Seconds since the worker's last successful commit (offsets or transaction).", &|w| {
+            w.last_commit.map(since)
+        }),
+        ("pluginflow_kafka_uncommitted_seconds", "Seconds the oldest offset read has waited for a commit (0: nothing waits).", &|w| {
+            Some(w.uncommitted_since.map_or(0.0, since))
+        }),
+        (
+            "pluginflow_kafka_statistics_age_seconds",
+            "Seconds since the worker's Kafka client last reported statistics (every second while the worker polls; more: blocked).",
+            &|w| w.last_report.map(since),
+        ),
+        (
+            "pluginflow_kafka_brokers_unreachable_seconds",
+            "Seconds since no broker has been up for the worker's consumer (0: one is).",
+            &|w| Some(w.unreachable_since.map_or(0.0, since)),
+        ),
+    ];
+    for (name, help, value) in gauges {
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+        for (worker, w) in &workers {
+            if let Some(v) = value(w) {
+                out.push_str(&format!("{name}{{worker=\"{worker}\"}} {v:.3}\n"));
+            }
         }
-    }
-    out.push_str("# HELP pluginflow_kafka_uncommitted_seconds Seconds the oldest offset read has waited for a commit (0: nothing waits).\n# TYPE pluginflow_kafka_uncommitted_seconds gauge\n");
-    for (worker, w) in &workers {
-        let waiting = w.uncommitted_since.map_or(0.0, |t| now.saturating_duration_since(t).as_secs_f64());
-        out.push_str(&format!("pluginflow_kafka_uncommitted_seconds{{worker=\"{worker}\"}} {waiting:.3}\n"));
-    }
-    out.push_str("# HELP pluginflow_kafka_statistics_age_seconds Seconds since the worker's Kafka client last reported statistics (every second while the worker polls; more: blocked).\n# TYPE pluginflow_kafka_statistics_age_seconds gauge\n");
-    for (worker, w) in &workers {
-        if let Some(at) = w.last_report {
-            out.push_str(&format!(
-                "pluginflow_kafka_statistics_age_seconds{{worker=\"{worker}\"}} {:.3}\n",
-                now.saturating_duration_since(at).as_secs_f64()
-            ));
-        }
-    }
-    out.push_str("# HELP pluginflow_kafka_brokers_unreachable_seconds Seconds since no broker has been up for the worker's consumer (0: one is).\n# TYPE pluginflow_kafka_brokers_unreachable_seconds gauge\n");
-    for (worker, w) in &workers {
-        let away = w.unreachable_since.map_or(0.0, |t| now.saturating_duration_since(t).as_secs_f64());
-        out.push_str(&format!("pluginflow_kafka_brokers_unreachable_seconds{{worker=\"{worker}\"}} {away:.3}\n"));
     }
 }
 

@@ -452,3 +452,12 @@ pub fn written(bootstrap: &str, topic: &str) -> i64 {
     let partitions = crate::txnlog::partition_count(bootstrap, topic);
     (0..partitions).map(|p| c.fetch_watermarks(topic, p, Duration::from_secs(5)).map(|(_, hi)| hi).unwrap_or(0)).sum()
 }
+
+/// Waits (up to a minute) until `topic` holds at least `n` messages, committed or not.
+pub fn wait_for_output(bootstrap: &str, topic: &str, n: i64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while written(bootstrap, topic) < n {
+        assert!(Instant::now() < deadline, "{topic} did not reach {n} messages within a minute");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use pluginflow_tests::broker::{
-    Broker, Isolation, Topics, consume_all, kafka_config, pacing_plugin, produce_lines, spawn_pipeline, uuids, wait_exit, written,
+    Broker, Isolation, Topics, consume_all, kafka_config, pacing_plugin, produce_lines, spawn_pipeline, uuids, wait_exit, wait_for_output,
 };
 use pluginflow_tests::{gen_events, txnlog};
 
@@ -36,11 +36,7 @@ fn a_second_process_with_the_same_transactional_id_fences_the_first() {
         let config = kafka_config(&sub, &bs, "fence", &topics, extra, &plugins);
         if p == 1 {
             // The first is mid-run when its double starts.
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while written(&bs, &topics.output) < EVENTS as i64 / 10 {
-                assert!(Instant::now() < deadline, "the first process wrote nothing");
-                std::thread::sleep(Duration::from_millis(20));
-            }
+            wait_for_output(&bs, &topics.output, EVENTS as i64 / 10);
         }
         let log = sub.join("pluginflow.log");
         runs.push((spawn_pipeline(&config, 1, &log), log));

@@ -12,21 +12,12 @@ use std::time::{Duration, Instant};
 
 use pluginflow_tests::broker::{
     Broker, Isolation, Topics, consume_all, events_in, kafka_config, pacing_plugin, produce_lines, spawn_pipeline, uuids, wait_exit,
-    written,
+    wait_for_output, written,
 };
 use pluginflow_tests::{gen_events, txnlog};
 
 const EVENTS: usize = 30_000;
 const PARTITIONS: i32 = 6;
-
-/// Waits until `topic` holds at least `n` messages (committed or not).
-fn wait_for_output(bootstrap: &str, topic: &str, n: i64) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while written(bootstrap, topic) < n {
-        assert!(Instant::now() < deadline, "the output did not reach {n} messages");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// Waits until the process logging to `log` has been assigned partitions.
 fn wait_for_assignment(log: &Path) {

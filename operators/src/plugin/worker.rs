@@ -473,19 +473,18 @@ impl WorkerPlugins {
 
     /// Instances of `team` with any of `hooks`, in chain order (creating them if needed).
     pub fn team_instances_with(&mut self, team: i64, hooks: &[Hook]) -> Vec<InstanceKey> {
-        self.chain(team)
-            .into_iter()
-            .map(|i| (i, team))
-            .filter(|k| self.instances.get(k).and_then(Option::as_ref).is_some_and(|p| hooks.iter().any(|h| p.has(*h))))
-            .collect()
+        self.chain(team).into_iter().map(|i| (i, team)).filter(|k| self.loaded_with_any(*k, hooks)).collect()
     }
 
     /// Whether some loaded instance of `team`'s chain has one of `hooks` (what
     /// [`Self::team_instances_with`] finds, without listing it).
     pub fn team_has_any(&mut self, team: i64, hooks: &[Hook]) -> bool {
-        self.chain(team)
-            .into_iter()
-            .any(|i| self.instances.get(&(i, team)).and_then(Option::as_ref).is_some_and(|p| hooks.iter().any(|h| p.has(*h))))
+        self.chain(team).into_iter().any(|i| self.loaded_with_any((i, team), hooks))
+    }
+
+    /// Whether the instance `key` is loaded and has one of `hooks`.
+    fn loaded_with_any(&self, key: InstanceKey, hooks: &[Hook]) -> bool {
+        self.instances.get(&key).and_then(Option::as_ref).is_some_and(|p| hooks.iter().any(|h| p.has(*h)))
     }
 
     /// The instance for `key`, creating it if needed; `None` when it failed to load.

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use rdkafka::Statistics;
 
-/// librdkafka's `statistics.interval.ms` for the consumers (unless the configuration sets it).
+/// librdkafka's `statistics.interval.ms` for the consumers (reserved: the configuration cannot
+/// change it).
 pub const STATS_INTERVAL_MS: u64 = 1000;
 
 /// One worker's consumer, as last reported.

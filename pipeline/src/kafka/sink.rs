@@ -31,12 +31,18 @@ impl KafkaSink {
     }
 }
 
+impl KafkaSink {
+    /// The record key of `value`: its `key_field`, when the sink has one.
+    fn key_of(&self, value: &str) -> Option<String> {
+        self.key_field.as_deref().and_then(|f| top_level_string(value, f))
+    }
+}
+
 impl RecordSink for KafkaSink {
     fn write(&mut self, epoch: u64, records: &[OutRecord]) -> anyhow::Result<()> {
         let mut producer = self.producer.borrow_mut();
         for r in records {
-            let key = self.key_field.as_deref().and_then(|f| top_level_string(&r.value, f));
-            producer.send(epoch, &self.topic, key.as_deref(), &r.value, &r.headers)?;
+            producer.send(epoch, &self.topic, self.key_of(&r.value).as_deref(), &r.value, &r.headers)?;
         }
         Ok(())
     }
@@ -44,8 +50,7 @@ impl RecordSink for KafkaSink {
     fn write_values(&mut self, epoch: u64, values: &mut dyn Iterator<Item = &str>) -> anyhow::Result<()> {
         let mut producer = self.producer.borrow_mut();
         for v in values {
-            let key = self.key_field.as_deref().and_then(|f| top_level_string(v, f));
-            producer.send(epoch, &self.topic, key.as_deref(), v, &[])?;
+            producer.send(epoch, &self.topic, self.key_of(v).as_deref(), v, &[])?;
         }
         Ok(())
     }

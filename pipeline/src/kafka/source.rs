@@ -260,11 +260,6 @@ impl KafkaSource {
     }
 
     fn revoke(&mut self, epoch: u64, revoked: &[i32], batch: &mut Polled) {
-        self.revoke_ledger(epoch, revoked, batch);
-        self.report_if_nothing_uncommitted();
-    }
-
-    fn revoke_ledger(&mut self, epoch: u64, revoked: &[i32], batch: &mut Polled) {
         match self.delivery {
             Delivery::AtLeastOnce => self.ledger.forget(revoked),
             Delivery::ExactlyOnce => {
@@ -283,6 +278,7 @@ impl KafkaSource {
                 batch.records.clear();
             }
         }
+        self.report_if_nothing_uncommitted();
     }
 
     fn log_consumer_error(&mut self, e: &rdkafka::error::KafkaError) {
@@ -389,11 +385,14 @@ impl KafkaSource {
         let outcome = self.producer.borrow_mut().commit_transaction(frontier, &tpl, &group)?;
         match outcome {
             Transaction::Committed(written) => {
-                self.ledger.committed();
                 // An empty round (nothing complete) is no commit: the health report must keep
                 // seeing offsets wait when the frontier does not move.
-                if written > 0 || tpl.count() > 0 {
-                    tracing::debug!(worker = self.worker, topic = %self.topic, written, "transaction committed");
+                let committed = written > 0 || tpl.count() > 0;
+                if committed {
+                    tracing::debug!(worker = self.worker, topic = %self.topic, written, offsets = ?self.ledger.ready(), "transaction committed");
+                }
+                self.ledger.committed();
+                if committed {
                     self.report_commit();
                 }
                 self.aborts_in_a_row = 0;
