@@ -31,6 +31,8 @@ awk -v total=$(( $(date +%s) - started )) '
     kafka && /test result:/ { for (i = 1; i <= NF; i++) if ($i == "in") { t = $(i + 1); sub(/s$/, "", t); sum += t } }
     END { printf "Kafka tests (Apache Kafka, scripts/kafka.sh): %.0f s of the %d s of cargo test\n", sum, total }
 ' "$log"
+# The conformance suite's count against Node (the test itself requires 98%).
+cargo test --release -j2 -p pluginflow-tests --test conformance -- --nocapture 2>/dev/null | grep '^conformance vs Node'
 # Lints, after the tests so that the compiled C/C++ dependencies are shared (about a minute warm).
 cargo clippy --release -j2 --workspace --all-targets -- -D warnings
 # The plugin host's out-of-memory tests again, under valgrind's memcheck (about 2 minutes).

@@ -18,7 +18,7 @@ use state::{CacheScope, StateStore};
 
 use super::geoip::GeoIp;
 use super::log::{LogEntry, LogLevel, LogSink, LogSource, Redactor};
-use super::runtime::{Deadline, Limits};
+use super::runtime::{Deadline, Heap, Limits};
 
 /// What a plugin instance asked the host to do on its behalf, drained by the caller.
 #[derive(Debug, Default)]
@@ -86,6 +86,8 @@ pub(crate) struct HostBindings {
     pub budget: Rc<CallBudget>,
     /// The worker's call deadline (`fetch` waits no longer than the call may run).
     pub deadline: Rc<Deadline>,
+    /// The instance's heap (code the host compiles later, such as `Intl`, is compiled unrefused).
+    pub heap: Rc<Heap>,
 }
 
 impl HostBindings {
@@ -278,6 +280,7 @@ pub(crate) fn install<'js>(ctx: &Ctx<'js>, host: &HostBindings) -> rquickjs::Res
     install_bytes(ctx, &obj, host.budget.limits.memory_limit_bytes)?;
     install_crypto(ctx, &obj)?;
     install_url(ctx, &obj)?;
+    install_intl(ctx, &obj, host)?;
     install_fetch(ctx, &obj, host)?;
     let geoip = host.services.geoip.clone();
     obj.set(
@@ -485,23 +488,85 @@ fn install_crypto<'js>(ctx: &Ctx<'js>, obj: &Object<'js>) -> rquickjs::Result<()
 }
 
 fn install_url<'js>(ctx: &Ctx<'js>, obj: &Object<'js>) -> rquickjs::Result<()> {
+    use super::natives::{form_parse, form_serialize, url_parse, url_parts, url_set};
+    // `null` for an input the standard refuses: the prelude throws Node's `TypeError`.
     obj.set(
         "urlParse",
-        Function::new(ctx.clone(), |ctx: Ctx<'js>, input: String, base: Opt<String>| {
-            let parsed = match base.0 {
-                Some(base) => url::Url::parse(&base).and_then(|b| b.join(&input)),
-                None => url::Url::parse(&input),
-            };
-            parsed.map(|u| super::natives::url_parts(&u)).map_err(|e| Exception::throw_type(&ctx, &format!("Invalid URL: {input} ({e})")))
-        })?,
+        Function::new(ctx.clone(), |input: String, base: Opt<String>| url_parse(&input, base.0.as_deref()).map(|u| url_parts(&u))),
     )?;
     obj.set(
         "urlSet",
-        Function::new(ctx.clone(), |ctx: Ctx<'js>, href: String, part: String, value: String| {
-            let mut u = url::Url::parse(&href).map_err(|e| Exception::throw_type(&ctx, &format!("Invalid URL: {e}")))?;
-            super::natives::url_set(&mut u, &part, &value).map_err(|e| Exception::throw_type(&ctx, &e))?;
-            Ok::<_, rquickjs::Error>(super::natives::url_parts(&u))
-        })?,
+        Function::new(ctx.clone(), |href: String, part: String, value: String| {
+            let mut u = url::Url::parse(&href).ok()?;
+            url_set(&mut u, &part, &value).ok()?;
+            Some(url_parts(&u))
+        }),
+    )?;
+    obj.set("formParse", Function::new(ctx.clone(), |query: String| form_parse(&query)))?;
+    obj.set("formSerialize", Function::new(ctx.clone(), |flat: Vec<String>| form_serialize(&flat)))
+}
+
+/// `Intl`'s JavaScript half, compiled into a context only when its plugin first uses it.
+const INTL_SOURCE: &str = include_str!("js/intl.js");
+
+fn install_intl<'js>(ctx: &Ctx<'js>, obj: &Object<'js>, host: &HostBindings) -> rquickjs::Result<()> {
+    use super::intl;
+    let heap = host.heap.clone();
+    obj.set(
+        "loadIntl",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>| -> rquickjs::Result<Function<'js>> {
+            // Compiled with no allocation refused (QuickJS's parser does not survive a refusal),
+            // then checked against the limit like the plugin's own code.
+            let module = heap.unrefused(|| ctx.eval::<Function<'js>, _>(INTL_SOURCE))?;
+            if heap.over() {
+                return Err(Exception::throw_range(&ctx, "Intl does not fit the plugin's heap limit (runtime.memory_limit_mb)"));
+            }
+            Ok(module)
+        }),
+    )?;
+    // Every failure is ECMA-402's `RangeError` with the host's message.
+    fn range<'js, T>(ctx: &Ctx<'js>, r: Result<T, String>) -> rquickjs::Result<T> {
+        r.map_err(|e| Exception::throw_range(ctx, &e))
+    }
+    obj.set("intlLocale", Function::new(ctx.clone(), |tag: String| intl::canonical_locale(&tag)))?;
+    obj.set("intlZone", Function::new(ctx.clone(), |name: String| intl::canonical_zone(&name)))?;
+    obj.set("intlDefaultZone", Function::new(ctx.clone(), intl::default_zone))?;
+    obj.set("intlZoneName", Function::new(ctx.clone(), intl::zone_long_name))?;
+    obj.set(
+        "intlDate",
+        Function::new(ctx.clone(), |ctx: Ctx<'js>, locale: String, options: String, ms: f64| {
+            range(&ctx, intl::format_date(&locale, &options, ms))
+        }),
+    )?;
+    obj.set(
+        "intlNumber",
+        Function::new(ctx.clone(), |ctx: Ctx<'js>, locale: String, options: String, x: f64| {
+            range(&ctx, intl::format_number(&locale, &options, x))
+        }),
+    )?;
+    obj.set(
+        "intlCompare",
+        Function::new(ctx.clone(), |ctx: Ctx<'js>, locale: String, options: String, a: String, b: String| {
+            range(&ctx, intl::compare(&locale, &options, &a, &b))
+        }),
+    )?;
+    obj.set(
+        "intlPlural",
+        Function::new(ctx.clone(), |ctx: Ctx<'js>, locale: String, ordinal: bool, x: f64, options: String| {
+            range(&ctx, intl::plural(&locale, ordinal, x, &options))
+        }),
+    )?;
+    obj.set(
+        "intlRelative",
+        Function::new(ctx.clone(), |ctx: Ctx<'js>, locale: String, style: String, auto: bool, unit: String, x: f64| {
+            range(&ctx, intl::relative_time(&locale, &style, auto, &unit, x))
+        }),
+    )?;
+    obj.set(
+        "intlCase",
+        Function::new(ctx.clone(), |ctx: Ctx<'js>, locale: String, text: String, upper: bool| {
+            range(&ctx, intl::change_case(&locale, &text, upper))
+        }),
     )
 }
 

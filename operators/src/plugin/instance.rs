@@ -180,7 +180,9 @@ impl PluginInstance {
             _ => None,
         });
         let identity = Rc::new(InstanceIdentity { plugin: plugin.clone(), config_id: cfg.config_id.clone(), team_id: cfg.team_id });
+        let own = runtime.instance_runtime().map_err(|message| LoadError::Script { plugin: plugin.clone(), message })?;
         let bindings = HostBindings {
+            heap: own.heap.clone(),
             services: services.clone(),
             scope: Rc::new(def.cache_scope(cfg.team_id)),
             storage_ns: Rc::from(match cfg.team_id {
@@ -194,7 +196,6 @@ impl PluginInstance {
             deadline: runtime.deadline.clone(),
         };
         let script_err = |message: String| LoadError::Script { plugin: plugin.clone(), message };
-        let own = runtime.instance_runtime().map_err(script_err)?;
         let context = rquickjs::Context::full(&own.rt)
             .map_err(|e| script_err(format!("cannot create the plugin's context: {e} (runtime.memory_limit_mb is too small?)")))?;
         let mut instance = Self {

@@ -30,6 +30,7 @@ pub mod worker;
 
 mod capture;
 mod host;
+mod intl;
 mod natives;
 
 pub use chain::{ChainOutcome, run_chain};

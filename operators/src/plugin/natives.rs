@@ -45,60 +45,60 @@ pub(crate) fn random_uuid() -> String {
 
 /// The WHATWG URL parts the prelude's `URL` exposes, in the prelude's `URL_PARTS` order:
 /// href, protocol, username, password, host, hostname, port, pathname, search, hash, origin.
+/// The `url` crate's `quirks` module is the URL Standard's API, getters and setters alike.
 pub(crate) fn url_parts(u: &url::Url) -> Vec<String> {
-    let search = match u.query() {
-        Some(q) if !q.is_empty() => format!("?{q}"),
-        _ => String::new(),
-    };
-    let hash = match u.fragment() {
-        Some(f) if !f.is_empty() => format!("#{f}"),
-        _ => String::new(),
-    };
-    let hostname = u.host_str().unwrap_or("").to_string();
-    let port = u.port().map(|p| p.to_string()).unwrap_or_default();
-    let host = if port.is_empty() { hostname.clone() } else { format!("{hostname}:{port}") };
-    vec![
-        u.as_str().to_string(),
-        format!("{}:", u.scheme()),
-        u.username().to_string(),
-        u.password().unwrap_or("").to_string(),
-        host,
-        hostname,
-        port,
-        u.path().to_string(),
-        search,
-        hash,
-        u.origin().ascii_serialization(),
-    ]
+    use url::quirks as q;
+    let mut parts: Vec<String> =
+        [q::href, q::protocol, q::username, q::password, q::host, q::hostname, q::port, q::pathname, q::search, q::hash]
+            .iter()
+            .map(|get| get(u).to_string())
+            .collect();
+    parts.push(q::origin(u));
+    parts
 }
 
-/// Sets one URL part as the WHATWG setters do (invalid values are ignored where they are).
-pub(crate) fn url_set(u: &mut url::Url, part: &str, value: &str) -> Result<(), String> {
-    let ignore = |_: ()| ();
+/// Parses `input` against `base` as `new URL(input, base)` does; `None` when either fails.
+pub(crate) fn url_parse(input: &str, base: Option<&str>) -> Option<url::Url> {
+    match base {
+        Some(base) => url::Url::parse(base).ok()?.join(input).ok(),
+        None => url::Url::parse(input).ok(),
+    }
+}
+
+/// Runs one URL setter as the standard says: values a setter cannot use are ignored, except
+/// for `href`, whose failure is the caller's `TypeError` (`Err`). `query` is what a
+/// `URLSearchParams` change writes back (an empty list removes the query).
+pub(crate) fn url_set(u: &mut url::Url, part: &str, value: &str) -> Result<(), ()> {
+    use url::quirks as q;
     match part {
-        "href" => *u = url::Url::parse(value).map_err(|e| format!("Invalid URL: {value} ({e})"))?,
-        "protocol" => u.set_scheme(value.trim_end_matches(':')).unwrap_or_else(ignore),
-        "username" => u.set_username(value).unwrap_or_else(ignore),
-        "password" => u.set_password(Some(value).filter(|v| !v.is_empty())).unwrap_or_else(ignore),
-        "host" => {
-            let (h, p) = match value.rsplit_once(':') {
-                Some((h, p)) if p.chars().all(|c| c.is_ascii_digit()) => (h, p.parse().ok()),
-                _ => (value, None),
-            };
-            if u.set_host(Some(h)).is_ok() {
-                u.set_port(p).unwrap_or_else(ignore);
-            }
-        }
-        "hostname" => {
-            let _ = u.set_host(Some(value));
-        }
-        "port" => u.set_port(value.parse().ok()).unwrap_or_else(ignore),
-        "pathname" => u.set_path(value),
-        "search" => u.set_query(Some(value.trim_start_matches('?')).filter(|q| !q.is_empty())),
-        "hash" => u.set_fragment(Some(value.trim_start_matches('#')).filter(|f| !f.is_empty())),
-        other => return Err(format!("URL has no settable part '{other}'")),
+        "href" => return q::set_href(u, value).map_err(|_| ()),
+        "protocol" => q::set_protocol(u, value).unwrap_or(()),
+        "username" => q::set_username(u, value).unwrap_or(()),
+        "password" => q::set_password(u, value).unwrap_or(()),
+        "host" => q::set_host(u, value).unwrap_or(()),
+        "hostname" => q::set_hostname(u, value).unwrap_or(()),
+        "port" => q::set_port(u, value).unwrap_or(()),
+        "pathname" => q::set_pathname(u, value),
+        "search" => q::set_search(u, value),
+        "hash" => q::set_hash(u, value),
+        "query" => u.set_query(Some(value).filter(|q| !q.is_empty())),
+        _ => return Err(()),
     }
     Ok(())
+}
+
+/// `application/x-www-form-urlencoded` parsing, as a flat `[name, value, name, value, …]` list.
+pub(crate) fn form_parse(query: &str) -> Vec<String> {
+    url::form_urlencoded::parse(query.as_bytes()).flat_map(|(k, v)| [k.into_owned(), v.into_owned()]).collect()
+}
+
+/// `application/x-www-form-urlencoded` serialising of a flat `[name, value, …]` list.
+pub(crate) fn form_serialize(flat: &[String]) -> String {
+    let mut out = url::form_urlencoded::Serializer::new(String::new());
+    for pair in flat.chunks(2) {
+        out.append_pair(&pair[0], pair.get(1).map_or("", String::as_str));
+    }
+    out.finish()
 }
 
 /// What an HTTP exchange returned.

@@ -153,6 +153,21 @@
         slice(start, end) {
             return this.subarray(start, end)
         }
+        indexOf(value, byteOffset, encoding) {
+            return bufferIndexOf(this, value, byteOffset, encoding)
+        }
+        includes(value, byteOffset, encoding) {
+            return bufferIndexOf(this, value, byteOffset, encoding) !== -1
+        }
+        compare(other) {
+            return Buffer.compare(this, other)
+        }
+        static compare(a, b) {
+            if (!(a instanceof Uint8Array) || !(b instanceof Uint8Array)) throw new TypeError('The "buf1" and "buf2" arguments must be one of type Buffer or Uint8Array')
+            const n = Math.min(a.length, b.length)
+            for (let i = 0; i < n; i++) if (a[i] !== b[i]) return a[i] < b[i] ? -1 : 1
+            return a.length < b.length ? -1 : a.length > b.length ? 1 : 0
+        }
         write(string, offset, length, encoding) {
             const bytes = host.encode(string, encoding || 'utf8')
             const at = offset || 0
@@ -161,6 +176,153 @@
             return count
         }
     }
+    function bufferIndexOf(buf, value, byteOffset, encoding) {
+        const needle = typeof value === 'number' ? [value & 255] : typeof value === 'string' ? host.encode(value, encoding || 'utf8') : value
+        let start = byteOffset === undefined ? 0 : Math.trunc(Number(byteOffset)) || 0
+        if (start < 0) start = Math.max(0, buf.length + start)
+        if (needle.length === 0) return Math.min(start, buf.length)
+        outer: for (let i = start; i + needle.length <= buf.length; i++) {
+            for (let j = 0; j < needle.length; j++) if (buf[i + j] !== needle[j]) continue outer
+            return i
+        }
+        return -1
+    }
+    // Buffer's fixed-width readers and writers, over a DataView of the same bytes.
+    const NUMERIC = [['UInt8', 1, 'Uint8'], ['Int8', 1, 'Int8'], ['UInt16', 2, 'Uint16'], ['Int16', 2, 'Int16'], ['UInt32', 4, 'Uint32'], ['Int32', 4, 'Int32'], ['Float', 4, 'Float32'], ['Double', 8, 'Float64'], ['BigUInt64', 8, 'BigUint64'], ['BigInt64', 8, 'BigInt64']]
+    const viewOf = (buf) => new DataView(buf.buffer, buf.byteOffset, buf.byteLength)
+    const checkOffset = (buf, offset, size) => {
+        const at = offset === undefined ? 0 : offset
+        if (typeof at !== 'number' || !Number.isInteger(at) || at < 0 || at + size > buf.length) {
+            const e = new RangeError(`The value of "offset" is out of range. It must be >= 0 and <= ${buf.length - size}. Received ${at}`)
+            e.code = 'ERR_OUT_OF_RANGE'
+            throw e
+        }
+        return at
+    }
+    for (const [name, size, view] of NUMERIC) {
+        const ends = size === 1 ? [['', false]] : [['LE', true], ['BE', false]]
+        for (const [suffix, little] of ends) {
+            const define = (method, fn) => Object.defineProperty(Buffer.prototype, method, { value: fn, writable: true, configurable: true, enumerable: false })
+            define('read' + name + suffix, function (offset) {
+                return viewOf(this)['get' + view](checkOffset(this, offset, size), little)
+            })
+            define('write' + name + suffix, function (value, offset) {
+                const at = checkOffset(this, offset, size)
+                viewOf(this)['set' + view](at, value, little)
+                return at + size
+            })
+            if (name.startsWith('UInt')) {
+                define('readUint' + name.slice(4) + suffix, Buffer.prototype['read' + name + suffix])
+                define('writeUint' + name.slice(4) + suffix, Buffer.prototype['write' + name + suffix])
+            }
+        }
+    }
+
+    // ---- structuredClone, AbortController, Web Crypto's getRandomValues -----------------
+    class DOMException extends Error {
+        constructor(message, name) {
+            super(message)
+            Object.defineProperty(this, 'name', { value: name === undefined ? 'Error' : String(name), writable: true, configurable: true })
+        }
+    }
+    function structuredClone(value) {
+        const seen = new Map()
+        const clone = (v) => {
+            if (typeof v === 'function' || typeof v === 'symbol') throw new DOMException(`${typeof v === 'symbol' ? 'Symbol()' : String(v)} could not be cloned.`, 'DataCloneError')
+            if (v === null || typeof v !== 'object') return v
+            if (seen.has(v)) return seen.get(v)
+            let out
+            if (Array.isArray(v)) {
+                out = new Array(v.length)
+                seen.set(v, out)
+                for (const k of Object.keys(v)) out[k] = clone(v[k])
+                return out
+            }
+            if (v instanceof Date) out = new Date(v.getTime())
+            else if (v instanceof RegExp) out = new RegExp(v.source, v.flags)
+            else if (v instanceof ArrayBuffer) out = v.slice(0)
+            else if (v instanceof DataView) out = new DataView(v.buffer.slice(v.byteOffset, v.byteOffset + v.byteLength))
+            else if (ArrayBuffer.isView(v)) out = v instanceof Buffer ? new Uint8Array(v) : new v.constructor(v)
+            else if (v instanceof Map) {
+                out = new Map()
+                seen.set(v, out)
+                for (const [k, x] of v) out.set(clone(k), clone(x))
+                return out
+            } else if (v instanceof Set) {
+                out = new Set()
+                seen.set(v, out)
+                for (const x of v) out.add(clone(x))
+                return out
+            } else if (v instanceof Error) {
+                out = new Error(v.message)
+                out.name = v.name
+                if (v.stack !== undefined) out.stack = v.stack
+            } else if (v instanceof Promise || v instanceof WeakMap || v instanceof WeakSet) {
+                throw new DOMException(`#<${Object.prototype.toString.call(v).slice(8, -1)}> could not be cloned.`, 'DataCloneError')
+            } else {
+                out = {}
+                seen.set(v, out)
+                for (const k of Object.keys(v)) out[k] = clone(v[k])
+                return out
+            }
+            seen.set(v, out)
+            return out
+        }
+        return clone(value)
+    }
+    class AbortSignal {
+        #listeners = []
+        constructor() {
+            this.aborted = false
+            this.reason = undefined
+            this.onabort = null
+        }
+        static abort(reason) {
+            const controller = new AbortController()
+            controller.abort(reason)
+            return controller.signal
+        }
+        static _fire(signal, reason) {
+            if (signal.aborted) return
+            signal.aborted = true
+            signal.reason = reason === undefined ? new DOMException('This operation was aborted', 'AbortError') : reason
+            const event = { type: 'abort', target: signal }
+            if (typeof signal.onabort === 'function') signal.onabort(event)
+            for (const fn of signal.#listeners.slice()) fn.call(signal, event)
+        }
+        addEventListener(type, fn) {
+            if (type === 'abort' && typeof fn === 'function') this.#listeners.push(fn)
+        }
+        removeEventListener(type, fn) {
+            if (type === 'abort') this.#listeners = this.#listeners.filter((x) => x !== fn)
+        }
+        throwIfAborted() {
+            if (this.aborted) throw this.reason
+        }
+    }
+    const fireAbort = AbortSignal._fire
+    delete AbortSignal._fire
+    class AbortController {
+        #signal = new AbortSignal()
+        get signal() {
+            return this.#signal
+        }
+        abort(reason) {
+            fireAbort(this.#signal, reason)
+        }
+    }
+    const webCrypto = {
+        randomUUID: () => host.randomUUID(),
+        getRandomValues(array) {
+            if (!ArrayBuffer.isView(array) || array instanceof Float32Array || array instanceof Float64Array || array instanceof DataView) {
+                throw new TypeError('The data argument must be an integer-type TypedArray')
+            }
+            if (array.byteLength > 65536) throw new DOMException(`The ArrayBufferView's byte length (${array.byteLength}) exceeds the number of bytes of entropy available via this API (65536)`, 'QuotaExceededError')
+            new Uint8Array(array.buffer, array.byteOffset, array.byteLength).set(host.randomBytes(array.byteLength))
+            return array
+        },
+    }
+
     class TextEncoder {
         get encoding() {
             return 'utf-8'
@@ -185,148 +347,229 @@
     }
 
     // ---- URL and URLSearchParams --------------------------------------------------------
-    const formEncode = (s) => encodeURIComponent(s).replace(/[!'()~]/g, (c) => '%' + c.charCodeAt(0).toString(16).toUpperCase()).replace(/%20/g, '+')
-    const formDecode = (s) => {
-        const spaced = s.replace(/\+/g, ' ')
-        try {
-            return decodeURIComponent(spaced)
-        } catch (e) {
-            return spaced
-        }
+    // The WHATWG URL Standard, as Node has it. Parsing, serialising and every setter are the
+    // `url` crate's (host.url*); the state lives in private fields, so a URL has no own
+    // properties (Object.keys is empty, JSON.stringify gives its href through toJSON).
+    const invalidUrl = (input) => {
+        const e = new TypeError('Invalid URL')
+        e.code = 'ERR_INVALID_URL'
+        e.input = input
+        return e
     }
+    const usv = (value) => String(value)
+    const pairTuple = () => new TypeError('Each query pair must be an iterable [name, value] tuple')
+    // Reach into the other class's private state; set by the static blocks, never exported.
+    let bindParams, reparseParams, searchFromParams, urlPart, setUrlPart
     class URLSearchParams {
+        #list = []
+        #url = null
         constructor(init) {
-            this._list = []
-            this._url = null
             if (init === undefined || init === null) return
-            if (typeof init === 'string') {
-                this._parse(init)
-            } else if (init instanceof URLSearchParams) {
-                this._list = init._list.map((p) => p.slice())
-            } else if (typeof init[Symbol.iterator] === 'function') {
-                for (const pair of init) this._list.push([String(pair[0]), String(pair[1])])
-            } else {
-                for (const key of Object.keys(init)) this._list.push([key, String(init[key])])
+            if (typeof init === 'object' || typeof init === 'function') {
+                if (typeof init[Symbol.iterator] === 'function') {
+                    for (const pair of init) {
+                        if (pair === null || (typeof pair !== 'object' && typeof pair !== 'function') || typeof pair[Symbol.iterator] !== 'function') throw pairTuple()
+                        const items = Array.from(pair)
+                        if (items.length !== 2) throw pairTuple()
+                        this.#list.push([usv(items[0]), usv(items[1])])
+                    }
+                } else {
+                    for (const key of Reflect.ownKeys(init)) {
+                        if (typeof key !== 'string') continue
+                        const desc = Reflect.getOwnPropertyDescriptor(init, key)
+                        if (desc && desc.enumerable) this.#list.push([key, usv(init[key])])
+                    }
+                }
+                return
             }
+            const text = usv(init)
+            this.#parse(text.startsWith('?') ? text.slice(1) : text)
         }
-        _parse(text) {
-            this._list = []
-            const query = text.startsWith('?') ? text.slice(1) : text
-            for (const part of query.split('&')) {
-                if (!part) continue
-                const eq = part.indexOf('=')
-                const key = eq < 0 ? part : part.slice(0, eq)
-                const value = eq < 0 ? '' : part.slice(eq + 1)
-                this._list.push([formDecode(key), formDecode(value)])
+        #parse(query) {
+            this.#list = []
+            const flat = host.formParse(query)
+            for (let i = 0; i < flat.length; i += 2) this.#list.push([flat[i], flat[i + 1]])
+        }
+        #changed() {
+            if (this.#url) searchFromParams(this.#url, this.toString())
+        }
+        static {
+            bindParams = (params, url, query) => {
+                params.#url = url
+                params.#parse(query)
             }
-        }
-        _changed() {
-            if (this._url) this._url._setSearchFromParams(this.toString())
+            reparseParams = (params, query) => params.#parse(query)
         }
         get size() {
-            return this._list.length
+            return this.#list.length
         }
-        append(key, value) {
-            this._list.push([String(key), String(value)])
-            this._changed()
+        append(name, value) {
+            if (arguments.length < 2) throw new TypeError('The "name" and "value" arguments must be specified')
+            this.#list.push([usv(name), usv(value)])
+            this.#changed()
         }
-        delete(key) {
-            this._list = this._list.filter((p) => p[0] !== String(key))
-            this._changed()
+        delete(name, value) {
+            if (arguments.length < 1) throw new TypeError('The "name" argument must be specified')
+            const k = usv(name)
+            const v = value === undefined ? undefined : usv(value)
+            this.#list = this.#list.filter((p) => p[0] !== k || (v !== undefined && p[1] !== v))
+            this.#changed()
         }
-        get(key) {
-            const found = this._list.find((p) => p[0] === String(key))
+        get(name) {
+            if (arguments.length < 1) throw new TypeError('The "name" argument must be specified')
+            const k = usv(name)
+            const found = this.#list.find((p) => p[0] === k)
             return found ? found[1] : null
         }
-        getAll(key) {
-            return this._list.filter((p) => p[0] === String(key)).map((p) => p[1])
+        getAll(name) {
+            if (arguments.length < 1) throw new TypeError('The "name" argument must be specified')
+            const k = usv(name)
+            return this.#list.filter((p) => p[0] === k).map((p) => p[1])
         }
-        has(key) {
-            return this._list.some((p) => p[0] === String(key))
+        has(name, value) {
+            if (arguments.length < 1) throw new TypeError('The "name" argument must be specified')
+            const k = usv(name)
+            const v = value === undefined ? undefined : usv(value)
+            return this.#list.some((p) => p[0] === k && (v === undefined || p[1] === v))
         }
-        set(key, value) {
-            const k = String(key)
-            const index = this._list.findIndex((p) => p[0] === k)
+        set(name, value) {
+            if (arguments.length < 2) throw new TypeError('The "name" and "value" arguments must be specified')
+            const k = usv(name)
+            const index = this.#list.findIndex((p) => p[0] === k)
             if (index < 0) {
-                this._list.push([k, String(value)])
+                this.#list.push([k, usv(value)])
             } else {
-                this._list[index][1] = String(value)
-                this._list = this._list.filter((p, i) => i <= index || p[0] !== k)
+                this.#list[index][1] = usv(value)
+                this.#list = this.#list.filter((p, i) => i <= index || p[0] !== k)
             }
-            this._changed()
+            this.#changed()
         }
         sort() {
-            this._list.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0))
-            this._changed()
+            // Stable, by UTF-16 code units of the names, as the standard says.
+            this.#list.sort((a, b) => (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0))
+            this.#changed()
         }
         forEach(callback, thisArg) {
-            for (const [k, v] of this._list) callback.call(thisArg, v, k, this)
+            if (typeof callback !== 'function') throw new TypeError('The "callback" argument must be of type function')
+            for (let i = 0; i < this.#list.length; i++) callback.call(thisArg, this.#list[i][1], this.#list[i][0], this)
         }
-        entries() {
-            return this._list.map((p) => [p[0], p[1]])[Symbol.iterator]()
+        *entries() {
+            for (let i = 0; i < this.#list.length; i++) yield [this.#list[i][0], this.#list[i][1]]
         }
-        keys() {
-            return this._list.map((p) => p[0])[Symbol.iterator]()
+        *keys() {
+            for (let i = 0; i < this.#list.length; i++) yield this.#list[i][0]
         }
-        values() {
-            return this._list.map((p) => p[1])[Symbol.iterator]()
+        *values() {
+            for (let i = 0; i < this.#list.length; i++) yield this.#list[i][1]
         }
         [Symbol.iterator]() {
             return this.entries()
         }
+        get [Symbol.toStringTag]() {
+            return 'URLSearchParams'
+        }
         toString() {
-            return this._list.map(([k, v]) => formEncode(k) + '=' + formEncode(v)).join('&')
+            const flat = []
+            for (const [k, v] of this.#list) flat.push(k, v)
+            return host.formSerialize(flat)
         }
     }
 
     const URL_PARTS = ['href', 'protocol', 'username', 'password', 'host', 'hostname', 'port', 'pathname', 'search', 'hash', 'origin']
     class URL {
+        #parts = null
+        #params = null
         constructor(input, base) {
-            this._apply(host.urlParse(String(input), base === undefined ? undefined : String(base)))
-            this._params = new URLSearchParams(this._parts.search)
-            this._params._url = this
+            if (arguments.length < 1) throw new TypeError('The "url" argument must be specified')
+            const text = usv(input)
+            const parts = base === undefined ? host.urlParse(text) : host.urlParse(text, usv(base))
+            if (parts == null) throw invalidUrl(text)
+            this.#parts = parts
+            this.#params = new URLSearchParams()
+            bindParams(this.#params, this, parts[8].slice(1))
         }
         static canParse(input, base) {
+            if (arguments.length < 1) throw new TypeError('The "url" argument must be specified')
+            return (base === undefined ? host.urlParse(usv(input)) : host.urlParse(usv(input), usv(base))) != null
+        }
+        static parse(input, base) {
             try {
-                new URL(input, base)
-                return true
+                return base === undefined ? new URL(input) : new URL(input, base)
             } catch (e) {
-                return false
+                return null
             }
         }
-        _apply(parts) {
-            this._parts = {}
-            URL_PARTS.forEach((name, i) => (this._parts[name] = parts[i]))
-        }
-        _set(part, value) {
-            this._apply(host.urlSet(this._parts.href, part, String(value)))
-            if (part === 'search' || part === 'href') this._params._parse(this._parts.search)
-        }
-        _setSearchFromParams(query) {
-            this._apply(host.urlSet(this._parts.href, 'search', query))
-        }
         get searchParams() {
-            return this._params
+            return this.#params
+        }
+        get [Symbol.toStringTag]() {
+            return 'URL'
         }
         toString() {
-            return this._parts.href
+            return this.#parts[0]
         }
         toJSON() {
-            return this._parts.href
+            return this.#parts[0]
+        }
+        static {
+            searchFromParams = (url, query) => (url.#parts = host.urlSet(url.#parts[0], 'query', query))
+            urlPart = (url, index) => url.#parts[index]
+            setUrlPart = (url, part, value) => {
+                const parts = host.urlSet(url.#parts[0], part, usv(value))
+                if (parts == null) throw invalidUrl(usv(value))
+                url.#parts = parts
+                if (part === 'search' || part === 'href') reparseParams(url.#params, parts[8].slice(1))
+            }
         }
     }
-    for (const name of URL_PARTS) {
-        Object.defineProperty(URL.prototype, name, {
+    URL_PARTS.forEach((name, index) => {
+        const desc = {
             get() {
-                return this._parts[name]
+                return urlPart(this, index)
             },
-            set(value) {
-                if (name === 'origin') return
-                this._set(name, value)
+            enumerable: true,
+            configurable: true,
+        }
+        if (name !== 'origin') {
+            desc.set = function (value) {
+                setUrlPart(this, name, value)
+            }
+        }
+        Object.defineProperty(URL.prototype, name, desc)
+    })
+
+    // ---- Intl ---------------------------------------------------------------------------
+    // ECMA-402 on ICU4X lives in js/intl.js, compiled into this context by the host the first
+    // time the plugin reads `Intl` or calls a locale-sensitive method (most plugins never do,
+    // and its code would otherwise sit in every instance's heap).
+    let intlModule = null
+    const intrinsics = { getTime: Date.prototype.getTime, numberValue: Number.prototype.valueOf, bigintValue: BigInt.prototype.valueOf }
+    const intl = () => intlModule || (intlModule = host.loadIntl()(host, intrinsics))
+    const replaceMethod = (proto, name, fn) => Object.defineProperty(proto, name, { value: fn, writable: true, configurable: true, enumerable: false })
+    const lazyMethod = (proto, name, key) =>
+        replaceMethod(proto, name, {
+            [name](a, b, c) {
+                return intl()[key].call(this, a, b, c)
             },
+        }[name])
+    lazyMethod(Date.prototype, 'toLocaleString', 'toLocaleString')
+    lazyMethod(Date.prototype, 'toLocaleDateString', 'toLocaleDateString')
+    lazyMethod(Date.prototype, 'toLocaleTimeString', 'toLocaleTimeString')
+    lazyMethod(Number.prototype, 'toLocaleString', 'numberToLocaleString')
+    lazyMethod(BigInt.prototype, 'toLocaleString', 'bigintToLocaleString')
+    lazyMethod(String.prototype, 'localeCompare', 'localeCompare')
+    lazyMethod(String.prototype, 'toLocaleUpperCase', 'toLocaleUpperCase')
+    lazyMethod(String.prototype, 'toLocaleLowerCase', 'toLocaleLowerCase')
+    const thisTime = Date.prototype.getTime
+    // V8 ends Date#toString and #toTimeString with the zone's long name: "(Eastern Standard Time)".
+    for (const name of ['toString', 'toTimeString']) {
+        const plain = Date.prototype[name]
+        replaceMethod(Date.prototype, name, function () {
+            const text = plain.call(this)
+            const zone = host.intlZoneName(thisTime.call(this))
+            return zone == null ? text : `${text} (${zone})`
         })
     }
-
     // ---- fetch ----------------------------------------------------------------------------
     class Headers {
         constructor(init) {
@@ -576,12 +819,14 @@
     }
     const globals = {
         console, fetch, RetryError, URL, URLSearchParams, Buffer, TextEncoder, TextDecoder, posthog,
+        structuredClone, AbortController, AbortSignal, DOMException, crypto: webCrypto,
         setTimeout: noTimers('setTimeout'), setInterval: noTimers('setInterval'), setImmediate: noTimers('setImmediate'),
         clearTimeout: noTimers('clearTimeout'), clearInterval: noTimers('clearInterval'),
     }
     for (const name of Object.keys(globals)) {
         Object.defineProperty(G, name, { value: globals[name], writable: false, configurable: false, enumerable: false })
     }
+    Object.defineProperty(G, 'Intl', { get: () => intl().Intl, configurable: false, enumerable: false })
 
     // ---- meta -----------------------------------------------------------------------------
     const TIME_UNITS = {

@@ -1,0 +1,565 @@
+//! `Intl` for plugins, on ICU4X with its compiled CLDR data: the prelude's `Intl.*` classes
+//! resolve their options in JavaScript (as ECMA-402's abstract operations do) and hand the
+//! resolved options here as JSON; these functions format with ICU4X and return the text.
+//! Time zones come from jiff's bundled IANA database, so a plugin's output does not depend on
+//! the machine's tzdata.
+//!
+//! Formatters are cached per thread, keyed by their locale and options: a plugin that formats
+//! every event's timestamp builds its formatter once. The cache is bounded (it is cleared when
+//! full), since its memory lies outside any plugin's heap limit.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use fixed_decimal::{Decimal, FloatPrecision, SignedRoundingMode, UnsignedRoundingMode};
+use icu_datetime::DateTimeFormatter;
+use icu_datetime::fieldbag::DateTimeFieldBag;
+use icu_datetime::fieldbag::field;
+use icu_datetime::fieldsets::builder::{DateFields, FieldSetBuilder};
+use icu_datetime::fieldsets::enums::CompositeDateTimeFieldSet;
+use icu_datetime::options::{Length, TimePrecision, YearStyle};
+use icu_decimal::options::{DecimalFormatterOptions, GroupingStrategy};
+use icu_decimal::{CompactDecimalFormatter, DecimalFormatter};
+use icu_locale::Locale;
+use serde::Deserialize;
+
+/// Formatters kept per thread before the cache is cleared.
+const CACHE_ENTRIES: usize = 256;
+
+// Each entry sits in an `Rc` of its own, sized to its variant's needs once: boxing the larger
+// formatters would only add a second allocation.
+#[allow(clippy::large_enum_variant)]
+enum Cached {
+    Date(DateTimeFormatter<CompositeDateTimeFieldSet>),
+    Decimal(DecimalFormatter),
+    Compact(CompactDecimalFormatter),
+    Percent(icu_experimental::dimension::percent::formatter::PercentFormatter<DecimalFormatter>),
+    Collator(icu_collator::Collator),
+    Plural(icu_plurals::PluralRules),
+    Relative(icu_experimental::relativetime::RelativeTimeFormatter),
+    ZoneName(icu_datetime::NoCalendarFormatter<icu_datetime::fieldsets::zone::SpecificLong>),
+}
+
+thread_local! {
+    static CACHE: RefCell<HashMap<String, Rc<Cached>>> = RefCell::new(HashMap::new());
+}
+
+fn cached(key: String, build: impl FnOnce() -> Result<Cached, String>) -> Result<Rc<Cached>, String> {
+    if let Some(hit) = CACHE.with(|c| c.borrow().get(&key).cloned()) {
+        return Ok(hit);
+    }
+    let made = Rc::new(build()?);
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.len() >= CACHE_ENTRIES {
+            c.clear();
+        }
+        c.insert(key, made.clone());
+    });
+    Ok(made)
+}
+
+/// The canonical form of a BCP 47 language tag (`en-us` → `en-US`), or `None` when it is not
+/// one (the prelude throws ECMA-402's `RangeError`).
+pub(crate) fn canonical_locale(tag: &str) -> Option<String> {
+    Locale::try_from_str(tag).ok().map(|l| l.to_string())
+}
+
+fn locale(tag: &str) -> Result<Locale, String> {
+    Locale::try_from_str(tag).map_err(|_| format!("Incorrect locale information provided: {tag}"))
+}
+
+/// The canonical IANA name of a time zone (`utc` → `UTC`), or `None` when the bundled database
+/// does not know it.
+pub(crate) fn canonical_zone(name: &str) -> Option<String> {
+    if name.eq_ignore_ascii_case("utc") || name.eq_ignore_ascii_case("etc/utc") || name.eq_ignore_ascii_case("gmt") {
+        return Some("UTC".into());
+    }
+    jiff::tz::db().get(name).ok().and_then(|tz| tz.iana_name().map(str::to_string))
+}
+
+/// The process's time zone (from `TZ`, else the system's), as Node reports it.
+pub(crate) fn default_zone() -> String {
+    match std::env::var("TZ") {
+        Ok(tz) if !tz.is_empty() => canonical_zone(tz.trim_start_matches(':')).unwrap_or_else(|| "UTC".into()),
+        _ => jiff::tz::TimeZone::try_system().ok().and_then(|tz| tz.iana_name().map(str::to_string)).unwrap_or_else(|| "UTC".into()),
+    }
+}
+
+// ---- dates ---------------------------------------------------------------------------------
+
+/// `Intl.DateTimeFormat`'s resolved options, as the prelude passes them.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub(crate) struct DateOptions {
+    date_style: Option<String>,
+    time_style: Option<String>,
+    era: Option<String>,
+    weekday: Option<String>,
+    year: Option<String>,
+    month: Option<String>,
+    day: Option<String>,
+    hour: Option<String>,
+    minute: Option<String>,
+    second: Option<String>,
+    fractional_second_digits: Option<u8>,
+    hour12: Option<bool>,
+    hour_cycle: Option<String>,
+    time_zone: Option<String>,
+}
+
+fn style_length(style: &str) -> Length {
+    match style {
+        "full" | "long" => Length::Long,
+        "medium" => Length::Medium,
+        _ => Length::Short,
+    }
+}
+
+fn field_set(o: &DateOptions) -> Result<CompositeDateTimeFieldSet, String> {
+    let mut builder = if o.date_style.is_some() || o.time_style.is_some() {
+        let mut b = FieldSetBuilder::new();
+        b.length = Some(style_length(o.date_style.as_deref().or(o.time_style.as_deref()).unwrap_or("medium")));
+        b.date_fields = o.date_style.as_deref().map(|s| if s == "full" { DateFields::YMDE } else { DateFields::YMD });
+        b.time_precision = o.time_style.as_deref().map(|s| if s == "short" { TimePrecision::Minute } else { TimePrecision::Second });
+        if o.date_style.is_some() {
+            b.year_style = Some(if o.date_style.as_deref() == Some("short") { YearStyle::Auto } else { YearStyle::Full });
+        }
+        b
+    } else {
+        let mut bag = DateTimeFieldBag::default();
+        let text = |v: &Option<String>| v.as_deref().map(str::to_string);
+        bag.era = text(&o.era).map(|v| match v.as_str() {
+            "long" => field::Era::Long,
+            "narrow" => field::Era::Narrow,
+            _ => field::Era::Short,
+        });
+        bag.weekday = text(&o.weekday).map(|v| match v.as_str() {
+            "long" => field::Weekday::Long,
+            "narrow" => field::Weekday::Narrow,
+            _ => field::Weekday::Short,
+        });
+        bag.year = text(&o.year).map(|v| if v == "2-digit" { field::Year::TwoDigit } else { field::Year::Numeric });
+        bag.month = text(&o.month).map(|v| match v.as_str() {
+            "2-digit" => field::Month::TwoDigit,
+            "long" => field::Month::Long,
+            "short" => field::Month::Short,
+            "narrow" => field::Month::Narrow,
+            _ => field::Month::Numeric,
+        });
+        bag.day = text(&o.day).map(|v| if v == "2-digit" { field::Day::TwoDigit } else { field::Day::Numeric });
+        bag.hour = text(&o.hour).map(|v| if v == "2-digit" { field::Hour::TwoDigit } else { field::Hour::Numeric });
+        bag.minute = text(&o.minute).map(|v| if v == "2-digit" { field::Minute::TwoDigit } else { field::Minute::Numeric });
+        bag.second = text(&o.second).map(|v| if v == "2-digit" { field::Second::TwoDigit } else { field::Second::Numeric });
+        bag.fractional_second_digits = match o.fractional_second_digits {
+            Some(1) => Some(field::FractionalSecondDigits::F1),
+            Some(2) => Some(field::FractionalSecondDigits::F2),
+            Some(3) => Some(field::FractionalSecondDigits::F3),
+            _ => None,
+        };
+        bag.hour_kind = hour_clock(o).map(|twelve| if twelve { field::HourKind::Clock12 } else { field::HourKind::Clock24 });
+        bag.to_field_set_builder()
+    };
+    if builder.date_fields.is_none() && builder.time_precision.is_none() {
+        builder.date_fields = Some(DateFields::YMD);
+    }
+    builder.build_composite_datetime().map_err(|e| format!("unsupported date/time options: {e:?}"))
+}
+
+/// `Some(true)` for a 12-hour clock, `Some(false)` for 24, `None` for the locale's.
+fn hour_clock(o: &DateOptions) -> Option<bool> {
+    o.hour12.or_else(|| o.hour_cycle.as_deref().map(|c| c == "h11" || c == "h12"))
+}
+
+/// Formats the instant `epoch_ms` (milliseconds since 1970, UTC) for `locale`.
+pub(crate) fn format_date(tag: &str, options_json: &str, epoch_ms: f64) -> Result<String, String> {
+    if !epoch_ms.is_finite() || epoch_ms.abs() > 8.64e15 {
+        return Err("Invalid time value".into());
+    }
+    let o: DateOptions = serde_json::from_str(options_json).map_err(|e| format!("bad date options: {e}"))?;
+    let zone_name = o.time_zone.clone().unwrap_or_else(default_zone);
+    let tz = if zone_name == "UTC" {
+        jiff::tz::TimeZone::UTC
+    } else {
+        jiff::tz::db().get(&zone_name).map_err(|_| format!("Invalid time zone specified: {zone_name}"))?
+    };
+    let ts = jiff::Timestamp::from_millisecond(epoch_ms.floor() as i64).map_err(|e| e.to_string())?;
+    let civil = ts.to_zoned(tz).datetime();
+    let date =
+        icu_calendar::Date::try_new_iso(i32::from(civil.year()), civil.month() as u8, civil.day() as u8).map_err(|e| format!("{e:?}"))?;
+    let time = icu_time::Time::try_new(civil.hour() as u8, civil.minute() as u8, civil.second() as u8, civil.subsec_nanosecond() as u32)
+        .map_err(|e| format!("{e:?}"))?;
+    let input = icu_time::DateTime { date, time };
+    let key = format!("date\u{0}{tag}\u{0}{options_json}");
+    let formatter = cached(key, || {
+        let loc = locale(tag)?;
+        let mut prefs = icu_datetime::DateTimeFormatterPreferences::from(&loc);
+        if let Some(twelve) = hour_clock(&o) {
+            use icu_locale::preferences::extensions::unicode::keywords::HourCycle;
+            prefs.hour_cycle = Some(if twelve { HourCycle::H12 } else { HourCycle::H23 });
+        }
+        DateTimeFormatter::try_new(prefs, field_set(&o)?).map(Cached::Date).map_err(|e| format!("{e:?}"))
+    })?;
+    let Cached::Date(f) = &*formatter else { unreachable!("date key holds a date formatter") };
+    // V8 writes a plain space where CLDR now has a narrow no-break one ("10:20 AM"), for the
+    // web's sake; plugins were written against that.
+    let text = f.format(&input).to_string().replace('\u{202f}', " ");
+    Ok(unpad_numeric_date(tag, &o, text, civil.month() as u8, civil.day() as u8))
+}
+
+/// ICU4X formats an all-numeric date with the locale's short date pattern; ECMA-402 engines
+/// use CLDR's `yMd` skeleton pattern, which in these languages does not pad the day and/or
+/// the month with a zero (de `27.1.2021`, pl `5.01.2021`, ja `2021/1/27`). The table holds
+/// (language, day unpadded, month unpadded), from CLDR's `availableFormats/yMd`.
+const UNPADDED_YMD: &[(&str, bool, bool)] = &[
+    ("de", true, true),
+    ("es", true, true),
+    ("nl", true, true),
+    ("ja", true, true),
+    ("zh", true, true),
+    ("ko", true, true),
+    ("pl", true, false),
+];
+
+fn unpad_numeric_date(tag: &str, o: &DateOptions, text: String, month: u8, day: u8) -> String {
+    let language = tag.split(['-', '_']).next().unwrap_or("");
+    let Some(&(_, unpad_day, unpad_month)) = UNPADDED_YMD.iter().find(|(l, _, _)| *l == language) else { return text };
+    let numeric = |v: &Option<String>| v.as_deref() == Some("numeric");
+    if !(numeric(&o.month) && numeric(&o.day)) || o.weekday.is_some() || o.date_style.is_some() {
+        return text;
+    }
+    // The date's digit runs come first; a run "0N" is the day or the month written padded.
+    let (mut day_done, mut month_done) = (!unpad_day, !unpad_month);
+    let mut out = String::with_capacity(text.len());
+    let mut runs = 0;
+    let mut chars = text.char_indices().peekable();
+    while let Some((start, c)) = chars.next() {
+        if !c.is_ascii_digit() {
+            out.push(c);
+            continue;
+        }
+        let mut end = start + 1;
+        while let Some(&(i, d)) = chars.peek() {
+            if !d.is_ascii_digit() {
+                break;
+            }
+            end = i + 1;
+            chars.next();
+        }
+        let run = &text[start..end];
+        runs += 1;
+        let padded = runs <= 3 && run.len() == 2 && run.starts_with('0');
+        let value = run.parse::<u8>().unwrap_or(0);
+        if padded && !day_done && value == day {
+            day_done = true;
+            out.push_str(&run[1..]);
+        } else if padded && !month_done && value == month {
+            month_done = true;
+            out.push_str(&run[1..]);
+        } else {
+            out.push_str(run);
+        }
+    }
+    out
+}
+
+/// The long name of the process's time zone at `epoch_ms` ("Eastern Standard Time"), which
+/// V8 appends to `Date#toString`.
+pub(crate) fn zone_long_name(epoch_ms: f64) -> Option<String> {
+    use icu_datetime::NoCalendarFormatter;
+    use icu_datetime::fieldsets::zone::SpecificLong;
+    use icu_time::zone::{UtcOffset, ZoneNameTimestamp};
+    if !epoch_ms.is_finite() {
+        return None;
+    }
+    let name = default_zone();
+    let tz = if name == "UTC" { jiff::tz::TimeZone::UTC } else { jiff::tz::db().get(&name).ok()? };
+    let ts = jiff::Timestamp::from_millisecond(epoch_ms.floor() as i64).ok()?;
+    let offset = tz.to_offset(ts).seconds();
+    let key = "zone-name\u{0}en".to_string();
+    let f = cached(key, || {
+        NoCalendarFormatter::try_new(icu_locale::locale!("en").into(), SpecificLong).map(Cached::ZoneName).map_err(|e| format!("{e:?}"))
+    })
+    .ok()?;
+    let Cached::ZoneName(f) = &*f else { unreachable!("zone-name key holds a zone formatter") };
+    let info = icu_time::TimeZone::from_iana_id(if name == "UTC" { "Etc/UTC" } else { &name })
+        .with_offset(UtcOffset::try_from_seconds(offset).ok())
+        .with_zone_name_timestamp(ZoneNameTimestamp::from_epoch_seconds((epoch_ms / 1000.0).floor() as i64));
+    Some(f.format(&info).to_string())
+}
+
+// ---- numbers -------------------------------------------------------------------------------
+
+/// `Intl.NumberFormat`'s resolved options, as the prelude passes them.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub(crate) struct NumberOptions {
+    style: Option<String>,
+    currency: Option<String>,
+    currency_display: Option<String>,
+    notation: Option<String>,
+    compact_display: Option<String>,
+    use_grouping: Option<String>,
+    minimum_integer_digits: Option<i16>,
+    minimum_fraction_digits: Option<i16>,
+    maximum_fraction_digits: Option<i16>,
+    minimum_significant_digits: Option<i16>,
+    maximum_significant_digits: Option<i16>,
+    /// Compact notation's own rounding (no digit options given).
+    compact_rounding: bool,
+}
+
+/// Rounds as ECMA-402 says: the number's shortest round-trip decimal, half away from zero.
+pub(crate) fn rounded(x: f64, o: &NumberOptions) -> Result<Decimal, String> {
+    let mut d = Decimal::try_from_f64(x, FloatPrecision::RoundTrip).map_err(|e| format!("{e:?}"))?;
+    let half = SignedRoundingMode::Unsigned(UnsignedRoundingMode::HalfExpand);
+    if let (Some(min), Some(max)) = (o.minimum_significant_digits, o.maximum_significant_digits) {
+        if !d.absolute.is_zero() {
+            let top = d.absolute.nonzero_magnitude_start();
+            d.round_with_mode(top - max + 1, half);
+            d.absolute.trim_end();
+            let top = d.absolute.nonzero_magnitude_start();
+            d.absolute.pad_end(top - min + 1);
+        } else {
+            d.absolute.pad_end(1 - min);
+        }
+    } else {
+        let max = o.maximum_fraction_digits.unwrap_or(3);
+        let min = o.minimum_fraction_digits.unwrap_or(0);
+        d.round_with_mode(-max, half);
+        d.absolute.trim_end();
+        d.absolute.pad_end(-min);
+    }
+    d.absolute.pad_start(o.minimum_integer_digits.unwrap_or(1));
+    Ok(d)
+}
+
+fn decimal_options(o: &NumberOptions) -> DecimalFormatterOptions {
+    let mut options = DecimalFormatterOptions::default();
+    options.grouping_strategy = Some(match o.use_grouping.as_deref() {
+        Some("false") => GroupingStrategy::Never,
+        Some("always") => GroupingStrategy::Always,
+        Some("min2") => GroupingStrategy::Min2,
+        _ => GroupingStrategy::Auto,
+    });
+    options
+}
+
+/// Formats `x` (finite) for `locale`; NaN and infinities are the prelude's.
+pub(crate) fn format_number(tag: &str, options_json: &str, x: f64) -> Result<String, String> {
+    let o: NumberOptions = serde_json::from_str(options_json).map_err(|e| format!("bad number options: {e}"))?;
+    let style = o.style.as_deref().unwrap_or("decimal");
+    let key = format!("number\u{0}{tag}\u{0}{options_json}");
+    if o.notation.as_deref() == Some("compact") && style == "decimal" {
+        let f = cached(key, || {
+            let loc = locale(tag)?;
+            let prefs = (&loc).into();
+            let made = if o.compact_display.as_deref() == Some("long") {
+                CompactDecimalFormatter::try_new_long(prefs, decimal_options(&o).into())
+            } else {
+                CompactDecimalFormatter::try_new_short(prefs, decimal_options(&o).into())
+            };
+            made.map(Cached::Compact).map_err(|e| format!("{e:?}"))
+        })?;
+        let Cached::Compact(f) = &*f else { unreachable!("compact key holds a compact formatter") };
+        // Without digit options the formatter applies compact rounding itself (two significant
+        // digits below 100 of the unit: 1.2M, 12K; whole units above: 123K), as ECMA-402 does.
+        let d = if o.compact_rounding {
+            Decimal::try_from_f64(x, FloatPrecision::RoundTrip).map_err(|e| format!("{e:?}"))?
+        } else {
+            rounded(x, &o)?
+        };
+        return Ok(f.format(&d).to_string());
+    }
+    match style {
+        "percent" => {
+            let f = cached(key, || {
+                let loc = locale(tag)?;
+                let df = DecimalFormatter::try_new((&loc).into(), decimal_options(&o)).map_err(|e| format!("{e:?}"))?;
+                icu_experimental::dimension::percent::formatter::PercentFormatter::try_new_with_decimal_formatter(
+                    (&loc).into(),
+                    df,
+                    Default::default(),
+                )
+                .map(Cached::Percent)
+                .map_err(|e| format!("{e:?}"))
+            })?;
+            let Cached::Percent(f) = &*f else { unreachable!("percent key holds a percent formatter") };
+            let d = rounded(x * 100.0, &o)?;
+            Ok(f.format(&d).to_string())
+        }
+        "currency" => {
+            use icu_experimental::dimension::currency::CurrencyType;
+            use icu_experimental::dimension::currency::formatter::CurrencyFormatter;
+            let code = o.currency.clone().unwrap_or_default().to_ascii_uppercase();
+            let loc = locale(tag)?;
+            let currency = CurrencyType::try_from_str(&code).map_err(|_| format!("Invalid currency code: {code}"))?;
+            let made = match o.currency_display.as_deref() {
+                Some("code") => CurrencyFormatter::try_new_code((&loc).into(), currency, Default::default()),
+                Some("name") => CurrencyFormatter::try_new_name((&loc).into(), currency),
+                Some("narrowSymbol") => CurrencyFormatter::try_new_symbol_narrow((&loc).into(), currency, Default::default()),
+                _ => CurrencyFormatter::try_new_symbol((&loc).into(), currency, Default::default()),
+            }
+            .map_err(|e| format!("{e:?}"))?;
+            let d = rounded(x, &o)?;
+            Ok(made.format_fixed_decimal(&d).to_string())
+        }
+        _ => {
+            let f = cached(key, || {
+                let loc = locale(tag)?;
+                DecimalFormatter::try_new((&loc).into(), decimal_options(&o)).map(Cached::Decimal).map_err(|e| format!("{e:?}"))
+            })?;
+            let Cached::Decimal(f) = &*f else { unreachable!("decimal key holds a decimal formatter") };
+            Ok(f.format(&rounded(x, &o)?).to_string())
+        }
+    }
+}
+
+// ---- collation, plurals, relative time, case -----------------------------------------------
+
+/// `Intl.Collator`'s resolved options.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub(crate) struct CollatorOptions {
+    sensitivity: Option<String>,
+    numeric: bool,
+    ignore_punctuation: bool,
+    case_first: Option<String>,
+}
+
+/// -1, 0 or 1 as `Intl.Collator#compare`.
+pub(crate) fn compare(tag: &str, options_json: &str, a: &str, b: &str) -> Result<i32, String> {
+    let key = format!("collator\u{0}{tag}\u{0}{options_json}");
+    let f = cached(key, || {
+        use icu_collator::options::{AlternateHandling, CaseLevel, CollatorOptions as Icu, Strength};
+        use icu_collator::preferences::{CollationCaseFirst, CollationNumericOrdering};
+        let o: CollatorOptions = serde_json::from_str(options_json).map_err(|e| format!("bad collator options: {e}"))?;
+        let loc = locale(tag)?;
+        let mut prefs = icu_collator::CollatorPreferences::from(&loc);
+        if o.numeric {
+            prefs.numeric_ordering = Some(CollationNumericOrdering::True);
+        }
+        prefs.case_first = match o.case_first.as_deref() {
+            Some("upper") => Some(CollationCaseFirst::Upper),
+            Some("lower") => Some(CollationCaseFirst::Lower),
+            _ => prefs.case_first,
+        };
+        let mut options = Icu::default();
+        match o.sensitivity.as_deref() {
+            Some("base") => options.strength = Some(Strength::Primary),
+            Some("accent") => options.strength = Some(Strength::Secondary),
+            Some("case") => {
+                options.strength = Some(Strength::Primary);
+                options.case_level = Some(CaseLevel::On);
+            }
+            _ => options.strength = Some(Strength::Tertiary),
+        }
+        if o.ignore_punctuation {
+            options.alternate_handling = Some(AlternateHandling::Shifted);
+        }
+        icu_collator::Collator::try_new(prefs, options).map(|c| Cached::Collator(c.static_to_owned())).map_err(|e| format!("{e:?}"))
+    })?;
+    let Cached::Collator(c) = &*f else { unreachable!("collator key holds a collator") };
+    Ok(c.as_borrowed().compare(a, b) as i32)
+}
+
+/// The plural category of `x` (`one`, `other`…) for `Intl.PluralRules#select`.
+pub(crate) fn plural(tag: &str, ordinal: bool, x: f64, options_json: &str) -> Result<&'static str, String> {
+    use icu_plurals::PluralCategory as C;
+    let key = format!("plural\u{0}{tag}\u{0}{ordinal}");
+    let f = cached(key, || {
+        let loc = locale(tag)?;
+        let made = if ordinal {
+            icu_plurals::PluralRules::try_new_ordinal((&loc).into())
+        } else {
+            icu_plurals::PluralRules::try_new_cardinal((&loc).into())
+        };
+        made.map(Cached::Plural).map_err(|e| format!("{e:?}"))
+    })?;
+    let Cached::Plural(rules) = &*f else { unreachable!("plural key holds plural rules") };
+    let o: NumberOptions = serde_json::from_str(options_json).map_err(|e| format!("bad plural options: {e}"))?;
+    let d = rounded(x.abs(), &o)?;
+    Ok(match rules.category_for(&d) {
+        C::Zero => "zero",
+        C::One => "one",
+        C::Two => "two",
+        C::Few => "few",
+        C::Many => "many",
+        C::Other => "other",
+    })
+}
+
+/// `Intl.RelativeTimeFormat#format`: `style` long/short/narrow, `unit` singular, `numeric`
+/// always/auto.
+pub(crate) fn relative_time(tag: &str, style: &str, numeric_auto: bool, unit: &str, x: f64) -> Result<String, String> {
+    use icu_experimental::relativetime::options::Numeric;
+    use icu_experimental::relativetime::{RelativeTimeFormatter as R, RelativeTimeFormatterOptions};
+    let key = format!("relative\u{0}{tag}\u{0}{style}\u{0}{numeric_auto}\u{0}{unit}");
+    let f = cached(key, || {
+        let loc = locale(tag)?;
+        let prefs = (&loc).into();
+        let mut options = RelativeTimeFormatterOptions::default();
+        options.numeric = Some(if numeric_auto { Numeric::Auto } else { Numeric::Always });
+        let made = match (style, unit) {
+            ("short", "second") => R::try_new_short_second(prefs, options),
+            ("short", "minute") => R::try_new_short_minute(prefs, options),
+            ("short", "hour") => R::try_new_short_hour(prefs, options),
+            ("short", "day") => R::try_new_short_day(prefs, options),
+            ("short", "week") => R::try_new_short_week(prefs, options),
+            ("short", "month") => R::try_new_short_month(prefs, options),
+            ("short", "quarter") => R::try_new_short_quarter(prefs, options),
+            ("short", "year") => R::try_new_short_year(prefs, options),
+            ("narrow", "second") => R::try_new_narrow_second(prefs, options),
+            ("narrow", "minute") => R::try_new_narrow_minute(prefs, options),
+            ("narrow", "hour") => R::try_new_narrow_hour(prefs, options),
+            ("narrow", "day") => R::try_new_narrow_day(prefs, options),
+            ("narrow", "week") => R::try_new_narrow_week(prefs, options),
+            ("narrow", "month") => R::try_new_narrow_month(prefs, options),
+            ("narrow", "quarter") => R::try_new_narrow_quarter(prefs, options),
+            ("narrow", "year") => R::try_new_narrow_year(prefs, options),
+            (_, "second") => R::try_new_long_second(prefs, options),
+            (_, "minute") => R::try_new_long_minute(prefs, options),
+            (_, "hour") => R::try_new_long_hour(prefs, options),
+            (_, "day") => R::try_new_long_day(prefs, options),
+            (_, "week") => R::try_new_long_week(prefs, options),
+            (_, "month") => R::try_new_long_month(prefs, options),
+            (_, "quarter") => R::try_new_long_quarter(prefs, options),
+            (_, "year") => R::try_new_long_year(prefs, options),
+            _ => return Err(format!("Invalid unit argument for format() '{unit}'")),
+        };
+        made.map(Cached::Relative).map_err(|e| format!("{e:?}"))
+    })?;
+    let Cached::Relative(f) = &*f else { unreachable!("relative key holds a relative-time formatter") };
+    let d = Decimal::try_from_f64(x, FloatPrecision::RoundTrip).map_err(|e| format!("{e:?}"))?;
+    Ok(f.format(d).to_string())
+}
+
+/// `String#toLocaleUpperCase` / `toLocaleLowerCase` with the locale's rules (Turkish dotted i…).
+pub(crate) fn change_case(tag: &str, text: &str, upper: bool) -> Result<String, String> {
+    let loc = locale(tag)?;
+    let mapper = icu_casemap::CaseMapper::new();
+    Ok(if upper { mapper.uppercase_to_string(text, &loc.id).into_owned() } else { mapper.lowercase_to_string(text, &loc.id).into_owned() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locales_and_zones_are_canonicalised() {
+        assert_eq!(canonical_locale("en-us").as_deref(), Some("en-US"));
+        assert_eq!(canonical_locale("not a tag"), None);
+        assert_eq!(canonical_zone("utc").as_deref(), Some("UTC"));
+        assert_eq!(canonical_zone("Mars/Base"), None);
+    }
+
+    #[test]
+    fn formatters_are_cached_and_bounded() {
+        for i in 0..(CACHE_ENTRIES + 10) {
+            format_number("en", &format!("{{\"minimumIntegerDigits\":{}}}", 1 + i % 20), 1.0).unwrap();
+            format_number("en", &format!("{{\"useGrouping\":\"always\",\"maximumFractionDigits\":{}}}", i), 1.0).unwrap();
+        }
+        assert!(CACHE.with(|c| c.borrow().len()) <= CACHE_ENTRIES);
+    }
+}
