@@ -1,6 +1,6 @@
 //! The `pluginflow` command line. Thin: parsing flags, wiring outputs, exit codes.
 
-use std::io::BufReader;
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -101,6 +101,23 @@ struct TryArgs {
     /// Deadline of one plugin call, in milliseconds.
     #[arg(long, default_value_t = 30_000)]
     timeout_ms: u64,
+    /// The hook to run: processEvent (each input line, the event printed), onEvent (each input
+    /// line), exportEvents (all input lines in one batch), runEveryMinute, runEveryHour,
+    /// runEveryDay or job:NAME (once, no input read). Hooks other than processEvent print one
+    /// JSON line per call ({"hook","attempts","ok","error"?}) and exit 1 if a call failed.
+    #[arg(long, default_value = "processEvent")]
+    hook: try_plugin::TryHook,
+    /// The payload of the job run by --hook job:NAME, as JSON (default {}).
+    #[arg(long)]
+    payload: Option<String>,
+    /// Wait before the first retry of onEvent, exportEvents or a job, in milliseconds, doubling
+    /// after each (default: PostHog's 5,000 for onEvent and jobs, 6,000 for exportEvents).
+    #[arg(long)]
+    retry_base_ms: Option<u64>,
+    /// Refuse a configuration that `pluginflow run` would refuse (a missing required value, a
+    /// value outside choices); without it, `try` warns and runs the plugin with what it got.
+    #[arg(long)]
+    strict: bool,
 }
 
 fn parse_attachment(s: &str) -> Result<(String, PathBuf), String> {
@@ -282,35 +299,57 @@ impl std::io::Write for SharedWrite {
 }
 
 fn try_cmd(args: TryArgs) -> ExitCode {
+    if let Some(Err(e)) = args.payload.as_deref().map(serde_json::from_str::<serde_json::Value>) {
+        eprintln!("pluginflow try: --payload is not valid JSON: {e}");
+        return ExitCode::from(2);
+    }
     let opts = TryOptions {
         dir: args.plugin_dir,
         config_json: args.config,
         attachments: args.attachments,
         geoip: args.geoip,
         call_timeout: Some(Duration::from_millis(args.timeout_ms)),
+        strict: args.strict,
     };
     let logs = Arc::new(JsonLinesLogSink::new(std::io::stderr()));
-    let (_runtime, mut instance) = match try_plugin::load(&opts, logs) {
+    let mut warn = |w: String| eprintln!("pluginflow try: warning: {w}");
+    let (_runtime, mut instance) = match try_plugin::load(&opts, &args.hook, logs, &mut warn) {
         Ok(x) => x,
         Err(e) => {
             eprintln!("pluginflow try: {}", e.0.replace('\n', " "));
             return ExitCode::from(2);
         }
     };
-    let stdout = std::io::stdout().lock();
-    let result = match &args.input {
+    let mut input: Box<dyn BufRead> = match &args.input {
         Some(path) => match std::fs::File::open(path) {
-            Ok(f) => try_plugin::run_lines(&mut instance, BufReader::new(f), stdout),
+            Ok(f) => Box::new(BufReader::new(f)),
             Err(e) => {
                 eprintln!("pluginflow try: cannot read {}: {e}", path.display());
                 return ExitCode::from(2);
             }
         },
-        None => try_plugin::run_lines(&mut instance, std::io::stdin().lock(), stdout),
+        None => Box::new(std::io::stdin().lock()),
+    };
+    let stdout = std::io::stdout().lock();
+    let result = match &args.hook {
+        try_plugin::TryHook::ProcessEvent => try_plugin::run_lines(&mut instance, input, stdout).map(|_| 0),
+        hook => {
+            let run = try_plugin::HookRun {
+                hook: hook.clone(),
+                payload: args.payload,
+                retry_base: args.retry_base_ms.map(Duration::from_millis),
+            };
+            let reads = matches!(hook, try_plugin::TryHook::OnEvent | try_plugin::TryHook::ExportEvents);
+            try_plugin::run_hook(&mut instance, &run, if reads { Some(&mut *input) } else { None }, stdout)
+        }
     };
     let teardown = instance.teardown();
     match (result, teardown) {
-        (Ok(_), Ok(())) => ExitCode::SUCCESS,
+        (Ok(0), Ok(())) => ExitCode::SUCCESS,
+        (Ok(failed), Ok(())) => {
+            eprintln!("pluginflow try: {failed} call(s) failed");
+            ExitCode::from(1)
+        }
         (Err(e), _) => {
             eprintln!("pluginflow try: {e}");
             ExitCode::from(1)

@@ -112,6 +112,7 @@ fn check_loads(config: &PipelineConfig, specs: &[PluginSpec], services: &HostSer
             team_id: spec.teams.as_ref().and_then(|t| t.first().copied()),
             config: spec.config.clone(),
             attachments: spec.attachments.clone(),
+            lenient: false,
         };
         operators::plugin::PluginInstance::new(&sandbox, &spec.def, &cfg, services)
             .map_err(|e| anyhow::anyhow!("plugin configuration '{}' cannot load: {e}", spec.id))?;

@@ -362,3 +362,183 @@ fn two_processes_form_a_cluster_and_split_the_log() {
     want.sort();
     assert_eq!(seen, want, "every event exactly once across the cluster");
 }
+
+/// A one-thread HTTP server for `requests` requests, answering each with the next status of
+/// `statuses` (200 after them) and recording its body; `Connection: close` on every answer.
+fn http_server(requests: usize, statuses: Vec<u16>) -> (String, std::thread::JoinHandle<Vec<String>>) {
+    use std::io::{BufRead, BufReader, Read};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let handle = std::thread::spawn(move || {
+        let mut bodies = Vec::new();
+        // Gives up after 60 s, so a request that never comes fails the test's count, not CI.
+        listener.set_nonblocking(true).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while bodies.len() < requests && Instant::now() < deadline {
+            let mut stream = match listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                }
+                Err(e) => panic!("accept: {e}"),
+            };
+            stream.set_nonblocking(false).unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut length = 0;
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                if line == "\r\n" || line.is_empty() {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0; length];
+            reader.read_exact(&mut body).unwrap();
+            bodies.push(String::from_utf8(body).unwrap());
+            let status = statuses.get(bodies.len() - 1).copied().unwrap_or(200);
+            write!(stream, "HTTP/1.1 {status} X\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok").unwrap();
+        }
+        bodies
+    });
+    (url, handle)
+}
+
+fn try_with(p: &Path, args: &[&str], stdin: &str) -> std::process::Output {
+    let mut child = bin().arg("try").arg(p).args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+const DESTINATION: &str = "exports.onEvent = async (event, { config }) => {\n\
+       const r = await fetch(config.url, { method: 'POST', body: JSON.stringify(event) })\n\
+       if (!r.ok) throw new RetryError('status ' + r.status)\n\
+     }\n\
+     exports.exportEvents = async (events, { config }) => {\n\
+       const r = await fetch(config.url, { method: 'POST', body: JSON.stringify(events) })\n\
+       if (!r.ok) throw new RetryError('status ' + r.status)\n\
+     }";
+
+const TWO_EVENTS: &str = "{\"uuid\":\"u1\",\"event\":\"a\",\"team_id\":1,\"distinct_id\":\"d\",\"properties\":{\"$set\":{\"x\":1}}}\n\
+                          {\"uuid\":\"u2\",\"event\":\"b\",\"team_id\":1,\"properties\":{}}\n";
+
+/// `try --hook onEvent` makes the destination's requests, retrying a `RetryError` as PostHog
+/// did (waits shortened by the flag), and prints a line per call.
+#[test]
+fn try_runs_on_event_with_retries_against_a_real_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = plugin(dir.path(), "dest", r#"{"name":"dest","config":[{"key":"url","required":true}]}"#, DESTINATION);
+    let (url, server) = http_server(3, vec![503]);
+    let out = try_with(&p, &["--hook", "onEvent", "--retry-base-ms", "1", "--config", &format!(r#"{{"url":"{url}"}}"#)], TWO_EVENTS);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(
+        lines,
+        vec![
+            serde_json::json!({"hook": "onEvent", "uuid": "u1", "attempts": 2, "ok": true}),
+            serde_json::json!({"hook": "onEvent", "uuid": "u2", "attempts": 1, "ok": true}),
+        ]
+    );
+    let bodies = server.join().unwrap();
+    assert_eq!(bodies.len(), 3, "one failed attempt, its retry, the second event");
+    let first: serde_json::Value = serde_json::from_str(&bodies[1]).unwrap();
+    // PostHog's ProcessedPluginEvent: $set lifted beside the properties.
+    assert_eq!((first["uuid"].as_str(), first["$set"]["x"].as_i64(), first["distinct_id"].as_str()), (Some("u1"), Some(1), Some("d")));
+}
+
+/// `try --hook exportEvents` hands every input event to one call; a call that keeps failing is
+/// retried 3 times, reported, and the exit code is 1.
+#[test]
+fn try_runs_export_events_in_one_batch_and_reports_a_final_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = plugin(dir.path(), "dest", r#"{"name":"dest","config":[{"key":"url"}]}"#, DESTINATION);
+    let (url, server) = http_server(1, vec![]);
+    let out = try_with(&p, &["--hook", "exportEvents", "--retry-base-ms", "1", "--config", &format!(r#"{{"url":"{url}"}}"#)], TWO_EVENTS);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "{\"hook\":\"exportEvents\",\"events\":2,\"attempts\":1,\"ok\":true}\n");
+    let bodies = server.join().unwrap();
+    let batch: serde_json::Value = serde_json::from_str(&bodies[0]).unwrap();
+    assert_eq!(batch.as_array().map(|b| b.iter().map(|e| e["uuid"].clone()).collect::<Vec<_>>()), Some(vec!["u1".into(), "u2".into()]));
+
+    let (url, server) = http_server(4, vec![500, 500, 500, 500]);
+    let out = try_with(&p, &["--hook", "exportEvents", "--retry-base-ms", "1", "--config", &format!(r#"{{"url":"{url}"}}"#)], TWO_EVENTS);
+    assert_eq!(out.status.code(), Some(1));
+    let line: serde_json::Value = serde_json::from_str(String::from_utf8(out.stdout).unwrap().trim()).unwrap();
+    assert_eq!((line["attempts"].as_u64(), line["ok"].as_bool()), (Some(4), Some(false)), "{line}");
+    assert!(line["error"].as_str().unwrap().contains("RetryError: status 500"), "{line}");
+    server.join().unwrap();
+}
+
+/// Scheduled tasks and jobs run once, without input; a job gets `--payload`.
+#[test]
+fn try_runs_a_scheduled_task_and_a_job_with_its_payload() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = plugin(
+        dir.path(),
+        "tasks",
+        r#"{"name":"tasks"}"#,
+        "exports.runEveryMinute = () => { console.log('tick') }\n\
+         exports.jobs = { ping: (payload) => { console.log('ping', payload.n + 1) } }",
+    );
+    let out = try_with(&p, &["--hook", "runEveryMinute"], "");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "{\"hook\":\"runEveryMinute\",\"attempts\":1,\"ok\":true}\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("\"message\":\"tick\""));
+    let out = try_with(&p, &["--hook", "job:ping", "--payload", r#"{"n":41}"#], "");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "{\"hook\":\"job:ping\",\"attempts\":1,\"ok\":true}\n");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("\"message\":\"ping 42\""));
+    // A hook the plugin does not have is refused, naming what it has.
+    let out = try_with(&p, &["--hook", "onEvent"], "");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("the plugin has no onEvent (it exports: runEveryMinute, job:ping)"), "{err}");
+    let out = try_with(&p, &["--hook", "job:pong"], "");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the plugin has no job:pong"), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = try_with(&p, &["--hook", "onEvnt"], "");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown hook 'onEvnt'"));
+}
+
+/// `try` warns where `run` refuses (missing required value, value outside choices) and names
+/// unknown config and attachment keys; `--strict` refuses like `run`.
+#[test]
+fn try_warns_about_the_configuration_and_strict_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = plugin(
+        dir.path(),
+        "cfg",
+        r#"{"name":"cfg","config":[{"key":"apiKey","required":true},{"key":"mode","type":"choice","choices":["a","b"],"default":"a"},{"key":"list","type":"attachment"}]}"#,
+        "exports.processEvent = (e, { config }) => { e.properties.mode = config.mode; e.properties.key = config.apiKey ?? null; return e }",
+    );
+    let list = dir.path().join("list.txt");
+    std::fs::write(&list, "x").unwrap();
+    let event = "{\"uuid\":\"1\",\"event\":\"e\",\"team_id\":1,\"properties\":{}}\n";
+    let args = ["--config", r#"{"apikey":"k","mode":"c"}"#, "--attachment", &format!("lst={}", list.display())];
+    let out = try_with(&p, &args, event);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for warning in [
+        "warning: apiKey: required value is missing",
+        "warning: mode: value 'c' is not one of the choices",
+        "warning: apikey: unknown config key (plugin.json has no such field; did you mean 'apiKey'?)",
+        "warning: lst: unknown attachment (plugin.json has no such field; did you mean 'list'?)",
+    ] {
+        assert!(err.contains(warning), "missing {warning:?} in {err}");
+    }
+    let printed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (printed["properties"]["mode"].as_str(), printed["properties"]["key"].is_null()),
+        (Some("c"), true),
+        "it ran with what it got"
+    );
+
+    let out = try_with(&p, &[&args[..], &["--strict"]].concat(), event);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refused (--strict)") && err.contains("apiKey: required value is missing"), "{err}");
+    assert!(out.stdout.is_empty());
+}

@@ -85,6 +85,9 @@ pub struct InstanceConfig {
     pub config: Map<String, Json>,
     /// Attachment files, by config key.
     pub attachments: BTreeMap<String, PathBuf>,
+    /// Run with the values as given (defaults filled in) even when a `required` one is missing
+    /// or one is outside its `choices`: `pluginflow try` without `--strict`. `run` never sets it.
+    pub lenient: bool,
 }
 
 /// What one `processEvent` call did to an event.
@@ -170,10 +173,13 @@ impl PluginInstance {
         let plugin = def.manifest.name.clone();
         let source_name = format!("configuration {} of plugin '{plugin}'", cfg.config_id);
         let attachment_keys: Vec<String> = cfg.attachments.keys().cloned().collect();
-        let config = def
-            .manifest
-            .resolve_config(&source_name, &cfg.config, &attachment_keys)
-            .map_err(|source| LoadError::Manifest { plugin: plugin.clone(), source })?;
+        let config = if cfg.lenient {
+            def.manifest.fill_defaults(&cfg.config)
+        } else {
+            def.manifest
+                .resolve_config(&source_name, &cfg.config, &attachment_keys)
+                .map_err(|source| LoadError::Manifest { plugin: plugin.clone(), source })?
+        };
         let secrets = def.manifest.secret_keys().into_iter().filter_map(|k| match config.get(&k) {
             Some(Json::String(s)) => Some(s.clone()),
             Some(other) if !other.is_null() => Some(other.to_string()),

@@ -176,6 +176,95 @@ impl PluginManifest {
     }
 }
 
+impl PluginManifest {
+    /// `values` with the schema's defaults filled in and nothing checked: `pluginflow try`
+    /// runs a plugin with what it was given, as jest would (see [`Manifest::config_problems`]).
+    pub fn fill_defaults(&self, values: &Map<String, Value>) -> Map<String, Value> {
+        let mut out = values.clone();
+        for field in self.fields().filter(|f| f.field_type != FieldType::Attachment) {
+            if let (false, Some(default)) = (out.get(&field.key).is_some_and(|v| !v.is_null()), &field.default) {
+                out.insert(field.key.clone(), Value::String(default.clone()));
+            }
+        }
+        out
+    }
+
+    /// Everything questionable about a configuration, as (key, problem): what
+    /// [`Manifest::resolve_config`] refuses (a missing `required` value or attachment, a value
+    /// outside `choices`; `refused` is true) and what it lets pass but is likely a typo (a
+    /// config key or attachment key the schema does not have; the nearest known key is named).
+    pub fn config_problems(&self, values: &Map<String, Value>, attachment_keys: &[String]) -> Vec<ConfigProblem> {
+        let file = Path::new("");
+        let mut out = Vec::new();
+        let filled = self.fill_defaults(values);
+        for field in self.fields() {
+            let problem = if field.field_type == FieldType::Attachment {
+                (field.required && !attachment_keys.contains(&field.key)).then(|| "required attachment is missing".to_string())
+            } else if filled.get(&field.key).is_none_or(|v| v.is_null()) {
+                field.required.then(|| "required value is missing (no default in plugin.json)".to_string())
+            } else {
+                check_choice(file, field, &filled[&field.key]).err().map(|e| e.problem)
+            };
+            if let Some(message) = problem {
+                out.push(ConfigProblem { key: field.key.clone(), message, refused: true });
+            }
+        }
+        let known = |attachment: bool| -> Vec<&str> {
+            self.fields().filter(|f| (f.field_type == FieldType::Attachment) == attachment).map(|f| f.key.as_str()).collect()
+        };
+        let unknown = |key: &str, attachment: bool| {
+            let keys = known(attachment);
+            if keys.contains(&key) {
+                return None;
+            }
+            let kind = if attachment { "attachment" } else { "config key" };
+            let hint = keys.iter().filter(|k| edit_distance(k, key) <= 2).min_by_key(|k| edit_distance(k, key));
+            Some(match hint {
+                Some(k) => format!("unknown {kind} (plugin.json has no such field; did you mean '{k}'?)"),
+                None => format!("unknown {kind} (plugin.json has no such field)"),
+            })
+        };
+        for key in values.keys() {
+            if let Some(message) = unknown(key, false) {
+                out.push(ConfigProblem { key: key.clone(), message, refused: false });
+            }
+        }
+        for key in attachment_keys {
+            if let Some(message) = unknown(key, true) {
+                out.push(ConfigProblem { key: key.clone(), message, refused: false });
+            }
+        }
+        out
+    }
+}
+
+/// One finding of [`Manifest::config_problems`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// The config or attachment key.
+    pub key: String,
+    /// What is wrong with it.
+    pub message: String,
+    /// Whether `pluginflow run` refuses to start for it.
+    pub refused: bool,
+}
+
+/// Levenshtein distance, for "did you mean" hints on short keys.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let next = (row[j + 1] + 1).min(row[j] + 1).min(prev + usize::from(ca != *cb));
+            prev = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
+}
+
 fn check_choice(file: &Path, field: &ConfigField, value: &Value) -> Result<(), ManifestError> {
     if field.field_type != FieldType::Choice {
         return Ok(());

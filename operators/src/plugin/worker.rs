@@ -577,6 +577,7 @@ impl WorkerPlugins {
             team_id: Some(team),
             config: spec.config.clone(),
             attachments: spec.attachments.clone(),
+            lenient: false,
         };
         let instance = match PluginInstance::new(&self.runtime, &spec.def, &cfg, &self.services) {
             Ok(mut inst) => {

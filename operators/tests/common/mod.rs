@@ -69,6 +69,7 @@ impl Host {
             team_id: team,
             config: config.as_object().cloned().unwrap_or_default(),
             attachments: Default::default(),
+            lenient: false,
         };
         PluginInstance::new(&self.runtime, &def, &cfg, &self.services)
     }
