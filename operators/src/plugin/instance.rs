@@ -282,7 +282,7 @@ impl PluginInstance {
             for (spec, target) in &module.requires {
                 requires.set(spec.as_str(), target.as_str()).map_err(|e| script_err(ctx, e))?;
             }
-            define.call::<_, ()>((module.name.as_str(), factory, requires)).map_err(|e| script_err(ctx, e))?;
+            define.call::<_, ()>((module.name.as_str(), factory, requires, module.es_module)).map_err(|e| script_err(ctx, e))?;
         }
         let info = Object::new(ctx.clone()).map_err(|e| script_err(ctx, e))?;
         info.set("config", ctx.json_parse(config_json).map_err(|e| script_err(ctx, e))?).map_err(|e| script_err(ctx, e))?;

@@ -51,6 +51,9 @@ pub struct CompiledModule {
     /// Literal specifiers this module requires, mapped to a module name (relative modules) or
     /// to the builtin's canonical name.
     pub requires: BTreeMap<String, String>,
+    /// Whether the source used ES module syntax (its `exports.__esModule` is true, as Babel's
+    /// output makes it, so importers take `default` from it).
+    pub es_module: bool,
 }
 
 /// A plugin's compiled modules; the first is the entry.
@@ -126,7 +129,7 @@ pub fn compile_plugin(root: &Path, entry: &Path) -> Result<CompiledPlugin, Sourc
             };
             requires.insert(spec, resolved_name);
         }
-        modules.push(CompiledModule { name, factory: compiled.factory, requires });
+        modules.push(CompiledModule { name, factory: compiled.factory, requires, es_module: compiled.is_esm });
     }
     Ok(CompiledPlugin { modules })
 }
@@ -188,16 +191,19 @@ fn module_name(root: &Path, path: &Path) -> String {
 struct ModuleOutput {
     factory: String,
     specifiers: Vec<String>,
+    is_esm: bool,
 }
 
 fn compile_module(name: &str, path: &Path, text: &str, is_entry: bool) -> Result<ModuleOutput, SourceError> {
     let typescript = path.extension().is_some_and(|e| e == "ts" || e == "mts" || e == "cts");
     let js = if typescript { strip_types(name, text)? } else { text.to_string() };
-    let (body, specifiers) = to_commonjs(name, &js)?;
+    let (body, specifiers, is_esm) = to_commonjs(name, &js)?;
     let tail = if is_entry { top_level_tail() } else { String::new() };
-    // The header shares the first line with the code so JavaScript line numbers stay true.
+    // The header shares the first line with the code so line numbers stay true (columns on
+    // line 1 are shifted by the header). An ES module's `exports.__esModule` is set by the
+    // loader before the factory runs (see `CompiledModule::es_module`).
     let factory = format!("(function (exports, require, module, __filename, __dirname) {{{body}\n;{tail}return exports;\n}})");
-    Ok(ModuleOutput { factory, specifiers })
+    Ok(ModuleOutput { factory, specifiers, is_esm })
 }
 
 /// Records top-level hook declarations on `module.__pfTopLevel` so export discovery can fall
@@ -237,9 +243,9 @@ fn strip_types(name: &str, text: &str) -> Result<String, SourceError> {
     Ok(Codegen::new().build(&program).code)
 }
 
-/// Text edits that turn ES module syntax into CommonJS. Returns the rewritten code and the
-/// literal module specifiers it requires.
-fn to_commonjs(name: &str, js: &str) -> Result<(String, Vec<String>), SourceError> {
+/// Text edits that turn ES module syntax into CommonJS. Returns the rewritten code, the
+/// literal module specifiers it requires, and whether it was an ES module.
+fn to_commonjs(name: &str, js: &str) -> Result<(String, Vec<String>, bool), SourceError> {
     let allocator = Allocator::default();
     let parsed = Parser::new(&allocator, js, SourceType::mjs().with_unambiguous(true)).parse();
     if let Some(diag) = parsed.diagnostics.errors().next() {
@@ -253,10 +259,7 @@ fn to_commonjs(name: &str, js: &str) -> Result<(String, Vec<String>), SourceErro
     for stmt in &parsed.program.body {
         is_esm |= rewrite_statement(js, stmt, &mut edits, &mut counter, &mut collector.specs);
     }
-    let mut out = edits.apply(js);
-    if is_esm {
-        out.insert_str(0, "Object.defineProperty(exports, '__esModule', { value: true });");
-    }
+    let out = edits.apply(js);
     let mut specs = collector.specs;
     let mut unique = Vec::new();
     specs.retain(|s| {
@@ -266,7 +269,7 @@ fn to_commonjs(name: &str, js: &str) -> Result<(String, Vec<String>), SourceErro
         }
         new
     });
-    Ok((out, specs))
+    Ok((out, specs, is_esm))
 }
 
 /// Collects `require('literal')` calls anywhere in the module.
@@ -366,7 +369,9 @@ fn rewrite_statement(src: &str, stmt: &Statement<'_>, edits: &mut Edits, counter
             edits.replace(span.start, decl_span.start, "");
             let names = declaration_names(&export.declaration);
             let pairs: Vec<_> = names.iter().map(|n| (n.clone(), n.clone())).collect();
-            edits.insert(span.end, format!(" {}", exports_assignments(&pairs)));
+            // A `;` first: without one (Prettier's style) the assignment would continue the
+            // declaration's last line.
+            edits.insert(span.end, format!("; {}", exports_assignments(&pairs)));
             true
         }
         Statement::ExportNamedDeclaration(export) => {
@@ -440,7 +445,7 @@ fn rewrite_export_default(src: &str, start: u32, end: u32, decl: &ExportDefaultD
     match named {
         Some((decl_start, Some(name))) => {
             edits.replace(start, decl_start, "");
-            edits.insert(end, format!(" exports.default = {name};"));
+            edits.insert(end, format!("; exports.default = {name};"));
         }
         Some((decl_start, None)) => {
             edits.replace(start, decl_start, "exports.default = ");
@@ -478,19 +483,40 @@ mod tests {
         assert!(out.contains("const { \"b\": c, \"d\": d } = __pf_import1;"), "{out}");
         assert!(out.contains("const ns = __pf_import2;"), "{out}");
         assert!(out.contains("require(\"zlib\");"), "{out}");
-        assert!(out.starts_with("Object.defineProperty(exports, '__esModule'"), "{out}");
+        assert!(to_commonjs("index.js", "import 'zlib'").unwrap().2, "an ES module is marked as one");
+        assert!(!to_commonjs("index.js", "require('zlib')").unwrap().2);
+    }
+
+    /// Whether a compiled module's factory is valid JavaScript (parsed as a script by oxc).
+    fn factory_parses(src: &str) -> Result<(), String> {
+        let factory = compile_module("index.js", Path::new("index.js"), src, true).map_err(|e| e.to_string())?.factory;
+        let allocator = Allocator::default();
+        let parsed = Parser::new(&allocator, &factory, SourceType::cjs()).parse();
+        match parsed.diagnostics.errors().next() {
+            Some(d) => Err(format!("{d}\n{factory}")),
+            None => Ok(()),
+        }
     }
 
     #[test]
     fn exports_become_assignments() {
         let out = cjs("export function f() {}\nexport const x = 1, y = 2\nexport { x as z }\nexport default { f }\n");
-        assert!(out.contains("function f() {} exports[\"f\"] = f;"), "{out}");
-        assert!(
-            out.contains("const x = 1, y = 2 exports[\"x\"] = x; exports[\"y\"] = y;") || out.contains("const x = 1, y = 2\n exports"),
-            "{out}"
-        );
+        assert!(out.contains("function f() {}; exports[\"f\"] = f;"), "{out}");
+        assert!(out.contains("const x = 1, y = 2; exports[\"x\"] = x; exports[\"y\"] = y;"), "{out}");
         assert!(out.contains("exports[\"z\"] = x;"), "{out}");
         assert!(out.contains("exports.default = ({ f });"), "{out}");
+    }
+
+    #[test]
+    fn modules_without_semicolons_compile_to_valid_code() {
+        for src in [
+            "export const jobs = {\n  a: () => 1,\n}\nexport function processEvent(e) {\n  return e\n}\n",
+            "export let n = 0\nexport class A {}\nexport default function named() {}\n(() => n)()\n",
+            "export const f = (x) => x * 2\nexport default (x) => x\n",
+            "import a from './a.js'\nexport { a }\nexport * from './b.js'\n[1, 2].forEach(() => a)\n",
+        ] {
+            factory_parses(src).unwrap_or_else(|e| panic!("{src}: {e}"));
+        }
     }
 
     #[test]

@@ -921,6 +921,7 @@
         if (loaded.has(name)) return loaded.get(name).exports
         const def = factories.get(name)
         const module = { exports: {} }
+        if (def.esModule) Object.defineProperty(module.exports, '__esModule', { value: true })
         loaded.set(name, module)
         // Node's rule for a required module: it is whatever ends up in module.exports (ES-module
         // code writes to `exports`, which is that same object unless it was replaced).
@@ -963,16 +964,24 @@
     const pf = {
         RetryError,
         TimeoutError,
-        define(name, factory, requires) {
-            factories.set(name, { factory, requires })
+        define(name, factory, requires, esModule) {
+            factories.set(name, { factory, requires, esModule })
         },
         // Runs the entry module with PostHog's prelude (`exports` and `module.exports` are
         // distinct objects) and builds `meta`. Returns the names of the hooks found.
         start(entryName, info) {
             const def = factories.get(entryName)
             const module = { exports: {} }
-            loaded.set(entryName, module)
-            const exportsObject = def.factory.call(undefined, {}, makeRequire(entryName, def.requires), module, entryName, '')
+            const entryExports = {}
+            if (def.esModule) Object.defineProperty(entryExports, '__esModule', { value: true })
+            // A module that imports the entry (itself included) gets what the entry exports:
+            // its ES exports when it is an ES module, else its module.exports (as in Node).
+            loaded.set(entryName, {
+                get exports() {
+                    return Object.prototype.hasOwnProperty.call(entryExports, '__esModule') ? entryExports : module.exports
+                },
+            })
+            const exportsObject = def.factory.call(undefined, entryExports, makeRequire(entryName, def.requires), module, entryName, '')
             const { found, jobs } = discover(exportsObject, module)
             hooks = found
             jobFunctions = jobs

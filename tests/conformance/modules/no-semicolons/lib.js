@@ -1,0 +1,4 @@
+export const greet = (name) => `hello ${name}`
+export default function unused() {
+  return 1
+}

@@ -1,0 +1,2 @@
+export const extraValue = 'extra'
+export default 'not re-exported by export *'

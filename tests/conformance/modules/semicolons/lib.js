@@ -1,0 +1,4 @@
+export const PREFIX = '>>';
+export default function shout(text) {
+  return PREFIX + text.toUpperCase();
+}
