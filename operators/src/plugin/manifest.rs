@@ -140,7 +140,8 @@ impl PluginManifest {
         self.fields().filter(|f| f.secret).map(|f| f.key.clone()).collect()
     }
 
-    /// Applies defaults and checks `values` (the configuration's `config`) against the schema.
+    /// Applies defaults and checks `values` (the configuration's `config`) against the schema:
+    /// the first problem [`PluginManifest::config_problems`] would refuse is the error.
     /// `attachment_keys` are the attachment fields the configuration provides files for.
     /// `source` names the configuration in errors.
     pub fn resolve_config(
@@ -149,36 +150,14 @@ impl PluginManifest {
         values: &Map<String, Value>,
         attachment_keys: &[String],
     ) -> Result<Map<String, Value>, ManifestError> {
-        let file = Path::new(source);
-        let mut out = values.clone();
-        for field in self.fields() {
-            if field.field_type == FieldType::Attachment {
-                if field.required && !attachment_keys.contains(&field.key) {
-                    return Err(err(file, &field.key, "required attachment is missing"));
-                }
-                continue;
-            }
-            let present = out.get(&field.key).is_some_and(|v| !v.is_null());
-            if !present {
-                match &field.default {
-                    Some(default) => {
-                        out.insert(field.key.clone(), Value::String(default.clone()));
-                    }
-                    None if field.required => {
-                        return Err(err(file, &field.key, "required value is missing (no default in plugin.json)"));
-                    }
-                    None => continue,
-                }
-            }
-            check_choice(file, field, &out[&field.key])?;
+        match self.config_problems(values, attachment_keys).into_iter().find(|p| p.refused) {
+            Some(p) => Err(err(Path::new(source), p.key, p.message)),
+            None => Ok(self.fill_defaults(values)),
         }
-        Ok(out)
     }
-}
 
-impl PluginManifest {
     /// `values` with the schema's defaults filled in and nothing checked: `pluginflow try`
-    /// runs a plugin with what it was given, as jest would (see [`Manifest::config_problems`]).
+    /// runs a plugin with what it was given, as jest would (see [`PluginManifest::config_problems`]).
     pub fn fill_defaults(&self, values: &Map<String, Value>) -> Map<String, Value> {
         let mut out = values.clone();
         for field in self.fields().filter(|f| f.field_type != FieldType::Attachment) {
@@ -190,7 +169,7 @@ impl PluginManifest {
     }
 
     /// Everything questionable about a configuration, as (key, problem): what
-    /// [`Manifest::resolve_config`] refuses (a missing `required` value or attachment, a value
+    /// [`PluginManifest::resolve_config`] refuses (a missing `required` value or attachment, a value
     /// outside `choices`; `refused` is true) and what it lets pass but is likely a typo (a
     /// config key or attachment key the schema does not have; the nearest known key is named).
     pub fn config_problems(&self, values: &Map<String, Value>, attachment_keys: &[String]) -> Vec<ConfigProblem> {
@@ -238,7 +217,7 @@ impl PluginManifest {
     }
 }
 
-/// One finding of [`Manifest::config_problems`].
+/// One finding of [`PluginManifest::config_problems`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConfigProblem {
     /// The config or attachment key.
