@@ -31,10 +31,10 @@ const CACHE_ENTRIES: usize = 256;
 // formatters would only add a second allocation.
 #[allow(clippy::large_enum_variant)]
 enum Cached {
-    Date(DateTimeFormatter<CompositeDateTimeFieldSet>),
-    Decimal(DecimalFormatter),
-    Compact(CompactDecimalFormatter),
-    Percent(icu_experimental::dimension::percent::formatter::PercentFormatter<DecimalFormatter>),
+    /// A date formatter with its options and zone, so a cache hit parses and looks up nothing.
+    Date(DateTimeFormatter<CompositeDateTimeFieldSet>, DateOptions, jiff::tz::TimeZone),
+    /// A number formatter with its options (rounding is applied per call).
+    Number(NumberFormatter, NumberOptions),
     Collator(icu_collator::Collator),
     Plural(icu_plurals::PluralRules),
     Relative(icu_experimental::relativetime::RelativeTimeFormatter),
@@ -177,35 +177,33 @@ pub(crate) fn format_date(tag: &str, options_json: &str, epoch_ms: f64) -> Resul
     if !epoch_ms.is_finite() || epoch_ms.abs() > 8.64e15 {
         return Err("Invalid time value".into());
     }
-    let o: DateOptions = serde_json::from_str(options_json).map_err(|e| format!("bad date options: {e}"))?;
-    let zone_name = o.time_zone.clone().unwrap_or_else(default_zone);
-    let tz = if zone_name == "UTC" {
-        jiff::tz::TimeZone::UTC
-    } else {
-        jiff::tz::db().get(&zone_name).map_err(|_| format!("Invalid time zone specified: {zone_name}"))?
-    };
-    let ts = jiff::Timestamp::from_millisecond(epoch_ms.floor() as i64).map_err(|e| e.to_string())?;
-    let civil = ts.to_zoned(tz).datetime();
-    let date =
-        icu_calendar::Date::try_new_iso(i32::from(civil.year()), civil.month() as u8, civil.day() as u8).map_err(|e| format!("{e:?}"))?;
-    let time = icu_time::Time::try_new(civil.hour() as u8, civil.minute() as u8, civil.second() as u8, civil.subsec_nanosecond() as u32)
-        .map_err(|e| format!("{e:?}"))?;
-    let input = icu_time::DateTime { date, time };
-    let key = format!("date\u{0}{tag}\u{0}{options_json}");
-    let formatter = cached(key, || {
+    let entry = cached(format!("date\u{0}{tag}\u{0}{options_json}"), || {
+        let o: DateOptions = serde_json::from_str(options_json).map_err(|e| format!("bad date options: {e}"))?;
+        let zone_name = o.time_zone.clone().unwrap_or_else(default_zone);
+        let tz = if zone_name == "UTC" {
+            jiff::tz::TimeZone::UTC
+        } else {
+            jiff::tz::db().get(&zone_name).map_err(|_| format!("Invalid time zone specified: {zone_name}"))?
+        };
         let loc = locale(tag)?;
         let mut prefs = icu_datetime::DateTimeFormatterPreferences::from(&loc);
         if let Some(twelve) = hour_clock(&o) {
             use icu_locale::preferences::extensions::unicode::keywords::HourCycle;
             prefs.hour_cycle = Some(if twelve { HourCycle::H12 } else { HourCycle::H23 });
         }
-        DateTimeFormatter::try_new(prefs, field_set(&o)?).map(Cached::Date).map_err(|e| format!("{e:?}"))
+        let formatter = DateTimeFormatter::try_new(prefs, field_set(&o)?).map_err(icu)?;
+        Ok(Cached::Date(formatter, o, tz))
     })?;
-    let Cached::Date(f) = &*formatter else { unreachable!("date key holds a date formatter") };
+    let Cached::Date(f, o, tz) = &*entry else { unreachable!("date key holds a date formatter") };
+    let ts = jiff::Timestamp::from_millisecond(epoch_ms.floor() as i64).map_err(|e| e.to_string())?;
+    let civil = ts.to_zoned(tz.clone()).datetime();
+    let date = icu_calendar::Date::try_new_iso(i32::from(civil.year()), civil.month() as u8, civil.day() as u8).map_err(icu)?;
+    let time = icu_time::Time::try_new(civil.hour() as u8, civil.minute() as u8, civil.second() as u8, civil.subsec_nanosecond() as u32)
+        .map_err(icu)?;
     // V8 writes a plain space where CLDR now has a narrow no-break one ("10:20 AM"), for the
     // web's sake; plugins were written against that.
-    let text = f.format(&input).to_string().replace('\u{202f}', " ");
-    Ok(unpad_numeric_date(tag, &o, text, civil.month() as u8, civil.day() as u8))
+    let text = f.format(&icu_time::DateTime { date, time }).to_string().replace('\u{202f}', " ");
+    Ok(unpad_numeric_date(tag, o, text, civil.month() as u8, civil.day() as u8))
 }
 
 /// ICU4X formats an all-numeric date with the locale's short date pattern; ECMA-402 engines
@@ -278,10 +276,8 @@ pub(crate) fn zone_long_name(epoch_ms: f64) -> Option<String> {
     let ts = jiff::Timestamp::from_millisecond(epoch_ms.floor() as i64).ok()?;
     let offset = tz.to_offset(ts).seconds();
     let key = "zone-name\u{0}en".to_string();
-    let f = cached(key, || {
-        NoCalendarFormatter::try_new(icu_locale::locale!("en").into(), SpecificLong).map(Cached::ZoneName).map_err(|e| format!("{e:?}"))
-    })
-    .ok()?;
+    let f = cached(key, || NoCalendarFormatter::try_new(icu_locale::locale!("en").into(), SpecificLong).map(Cached::ZoneName).map_err(icu))
+        .ok()?;
     let Cached::ZoneName(f) = &*f else { unreachable!("zone-name key holds a zone formatter") };
     let info = icu_time::TimeZone::from_iana_id(if name == "UTC" { "Etc/UTC" } else { &name })
         .with_offset(UtcOffset::try_from_seconds(offset).ok())
@@ -312,7 +308,7 @@ pub(crate) struct NumberOptions {
 
 /// Rounds as ECMA-402 says: the number's shortest round-trip decimal, half away from zero.
 pub(crate) fn rounded(x: f64, o: &NumberOptions) -> Result<Decimal, String> {
-    let mut d = Decimal::try_from_f64(x, FloatPrecision::RoundTrip).map_err(|e| format!("{e:?}"))?;
+    let mut d = Decimal::try_from_f64(x, FloatPrecision::RoundTrip).map_err(icu)?;
     let half = SignedRoundingMode::Unsigned(UnsignedRoundingMode::HalfExpand);
     if let (Some(min), Some(max)) = (o.minimum_significant_digits, o.maximum_significant_digits) {
         if !d.absolute.is_zero() {
@@ -346,74 +342,69 @@ fn decimal_options(o: &NumberOptions) -> DecimalFormatterOptions {
     options
 }
 
+/// The formatter a `NumberFormat`'s style and notation need.
+enum NumberFormatter {
+    Decimal(DecimalFormatter),
+    Compact(CompactDecimalFormatter),
+    Percent(icu_experimental::dimension::percent::formatter::PercentFormatter<DecimalFormatter>),
+    Currency(icu_experimental::dimension::currency::formatter::CurrencyFormatter<DecimalFormatter>),
+}
+
+/// ICU4X's load errors, as the `RangeError`'s text.
+fn icu(e: impl std::fmt::Debug) -> String {
+    format!("{e:?}")
+}
+
+fn number_formatter(tag: &str, o: &NumberOptions) -> Result<NumberFormatter, String> {
+    use icu_experimental::dimension::currency::CurrencyType;
+    use icu_experimental::dimension::currency::formatter::CurrencyFormatter;
+    use icu_experimental::dimension::percent::formatter::PercentFormatter;
+    let loc = locale(tag)?;
+    let style = o.style.as_deref().unwrap_or("decimal");
+    Ok(if o.notation.as_deref() == Some("compact") && style == "decimal" {
+        let made = if o.compact_display.as_deref() == Some("long") {
+            CompactDecimalFormatter::try_new_long((&loc).into(), decimal_options(o).into())
+        } else {
+            CompactDecimalFormatter::try_new_short((&loc).into(), decimal_options(o).into())
+        };
+        NumberFormatter::Compact(made.map_err(icu)?)
+    } else if style == "percent" {
+        let df = DecimalFormatter::try_new((&loc).into(), decimal_options(o)).map_err(icu)?;
+        NumberFormatter::Percent(PercentFormatter::try_new_with_decimal_formatter((&loc).into(), df, Default::default()).map_err(icu)?)
+    } else if style == "currency" {
+        let code = o.currency.clone().unwrap_or_default().to_ascii_uppercase();
+        let currency = CurrencyType::try_from_str(&code).map_err(|_| format!("Invalid currency code: {code}"))?;
+        let made = match o.currency_display.as_deref() {
+            Some("code") => CurrencyFormatter::try_new_code((&loc).into(), currency, Default::default()),
+            Some("name") => CurrencyFormatter::try_new_name((&loc).into(), currency),
+            Some("narrowSymbol") => CurrencyFormatter::try_new_symbol_narrow((&loc).into(), currency, Default::default()),
+            _ => CurrencyFormatter::try_new_symbol((&loc).into(), currency, Default::default()),
+        };
+        NumberFormatter::Currency(made.map_err(icu)?)
+    } else {
+        NumberFormatter::Decimal(DecimalFormatter::try_new((&loc).into(), decimal_options(o)).map_err(icu)?)
+    })
+}
+
 /// Formats `x` (finite) for `locale`; NaN and infinities are the prelude's.
 pub(crate) fn format_number(tag: &str, options_json: &str, x: f64) -> Result<String, String> {
-    let o: NumberOptions = serde_json::from_str(options_json).map_err(|e| format!("bad number options: {e}"))?;
-    let style = o.style.as_deref().unwrap_or("decimal");
-    let key = format!("number\u{0}{tag}\u{0}{options_json}");
-    if o.notation.as_deref() == Some("compact") && style == "decimal" {
-        let f = cached(key, || {
-            let loc = locale(tag)?;
-            let prefs = (&loc).into();
-            let made = if o.compact_display.as_deref() == Some("long") {
-                CompactDecimalFormatter::try_new_long(prefs, decimal_options(&o).into())
-            } else {
-                CompactDecimalFormatter::try_new_short(prefs, decimal_options(&o).into())
-            };
-            made.map(Cached::Compact).map_err(|e| format!("{e:?}"))
-        })?;
-        let Cached::Compact(f) = &*f else { unreachable!("compact key holds a compact formatter") };
-        // Without digit options the formatter applies compact rounding itself (two significant
-        // digits below 100 of the unit: 1.2M, 12K; whole units above: 123K), as ECMA-402 does.
-        let d = if o.compact_rounding {
-            Decimal::try_from_f64(x, FloatPrecision::RoundTrip).map_err(|e| format!("{e:?}"))?
-        } else {
-            rounded(x, &o)?
-        };
-        return Ok(f.format(&d).to_string());
-    }
-    match style {
-        "percent" => {
-            let f = cached(key, || {
-                let loc = locale(tag)?;
-                let df = DecimalFormatter::try_new((&loc).into(), decimal_options(&o)).map_err(|e| format!("{e:?}"))?;
-                icu_experimental::dimension::percent::formatter::PercentFormatter::try_new_with_decimal_formatter(
-                    (&loc).into(),
-                    df,
-                    Default::default(),
-                )
-                .map(Cached::Percent)
-                .map_err(|e| format!("{e:?}"))
-            })?;
-            let Cached::Percent(f) = &*f else { unreachable!("percent key holds a percent formatter") };
-            let d = rounded(x * 100.0, &o)?;
-            Ok(f.format(&d).to_string())
+    let entry = cached(format!("number\u{0}{tag}\u{0}{options_json}"), || {
+        let o: NumberOptions = serde_json::from_str(options_json).map_err(|e| format!("bad number options: {e}"))?;
+        Ok(Cached::Number(number_formatter(tag, &o)?, o))
+    })?;
+    let Cached::Number(f, o) = &*entry else { unreachable!("number key holds a number formatter") };
+    Ok(match f {
+        // Without digit options the compact formatter applies compact rounding itself (two
+        // significant digits below 100 of the unit: 1.2M, 12K; whole units above: 123K), as
+        // ECMA-402 does.
+        NumberFormatter::Compact(f) if o.compact_rounding => {
+            f.format(&Decimal::try_from_f64(x, FloatPrecision::RoundTrip).map_err(icu)?).to_string()
         }
-        "currency" => {
-            use icu_experimental::dimension::currency::CurrencyType;
-            use icu_experimental::dimension::currency::formatter::CurrencyFormatter;
-            let code = o.currency.clone().unwrap_or_default().to_ascii_uppercase();
-            let loc = locale(tag)?;
-            let currency = CurrencyType::try_from_str(&code).map_err(|_| format!("Invalid currency code: {code}"))?;
-            let made = match o.currency_display.as_deref() {
-                Some("code") => CurrencyFormatter::try_new_code((&loc).into(), currency, Default::default()),
-                Some("name") => CurrencyFormatter::try_new_name((&loc).into(), currency),
-                Some("narrowSymbol") => CurrencyFormatter::try_new_symbol_narrow((&loc).into(), currency, Default::default()),
-                _ => CurrencyFormatter::try_new_symbol((&loc).into(), currency, Default::default()),
-            }
-            .map_err(|e| format!("{e:?}"))?;
-            let d = rounded(x, &o)?;
-            Ok(made.format_fixed_decimal(&d).to_string())
-        }
-        _ => {
-            let f = cached(key, || {
-                let loc = locale(tag)?;
-                DecimalFormatter::try_new((&loc).into(), decimal_options(&o)).map(Cached::Decimal).map_err(|e| format!("{e:?}"))
-            })?;
-            let Cached::Decimal(f) = &*f else { unreachable!("decimal key holds a decimal formatter") };
-            Ok(f.format(&rounded(x, &o)?).to_string())
-        }
-    }
+        NumberFormatter::Compact(f) => f.format(&rounded(x, o)?).to_string(),
+        NumberFormatter::Percent(f) => f.format(&rounded(x * 100.0, o)?).to_string(),
+        NumberFormatter::Currency(f) => f.format_fixed_decimal(&rounded(x, o)?).to_string(),
+        NumberFormatter::Decimal(f) => f.format(&rounded(x, o)?).to_string(),
+    })
 }
 
 // ---- collation, plurals, relative time, case -----------------------------------------------
@@ -458,7 +449,7 @@ pub(crate) fn compare(tag: &str, options_json: &str, a: &str, b: &str) -> Result
         if o.ignore_punctuation {
             options.alternate_handling = Some(AlternateHandling::Shifted);
         }
-        icu_collator::Collator::try_new(prefs, options).map(|c| Cached::Collator(c.static_to_owned())).map_err(|e| format!("{e:?}"))
+        icu_collator::Collator::try_new(prefs, options).map(|c| Cached::Collator(c.static_to_owned())).map_err(icu)
     })?;
     let Cached::Collator(c) = &*f else { unreachable!("collator key holds a collator") };
     Ok(c.as_borrowed().compare(a, b) as i32)
@@ -475,7 +466,7 @@ pub(crate) fn plural(tag: &str, ordinal: bool, x: f64, options_json: &str) -> Re
         } else {
             icu_plurals::PluralRules::try_new_cardinal((&loc).into())
         };
-        made.map(Cached::Plural).map_err(|e| format!("{e:?}"))
+        made.map(Cached::Plural).map_err(icu)
     })?;
     let Cached::Plural(rules) = &*f else { unreachable!("plural key holds plural rules") };
     let o: NumberOptions = serde_json::from_str(options_json).map_err(|e| format!("bad plural options: {e}"))?;
@@ -528,10 +519,10 @@ pub(crate) fn relative_time(tag: &str, style: &str, numeric_auto: bool, unit: &s
             (_, "year") => R::try_new_long_year(prefs, options),
             _ => return Err(format!("Invalid unit argument for format() '{unit}'")),
         };
-        made.map(Cached::Relative).map_err(|e| format!("{e:?}"))
+        made.map(Cached::Relative).map_err(icu)
     })?;
     let Cached::Relative(f) = &*f else { unreachable!("relative key holds a relative-time formatter") };
-    let d = Decimal::try_from_f64(x, FloatPrecision::RoundTrip).map_err(|e| format!("{e:?}"))?;
+    let d = Decimal::try_from_f64(x, FloatPrecision::RoundTrip).map_err(icu)?;
     Ok(f.format(d).to_string())
 }
 

@@ -103,14 +103,14 @@
             r.timeZone = timeZone
             this.#options = r
         }
-        static supportedLocalesOf(locales) {
-            return supportedLocalesOf(locales)
-        }
         static {
-            boundGetter(DateTimeFormat.prototype, 'format', (self) => (date) => {
-                const t = date === undefined ? Date.now() : Number(date)
-                if (!Number.isFinite(t)) throw new RangeError('Invalid time value')
-                return host.intlDate(self.#locale, JSON.stringify(self.#options), t)
+            boundGetter(DateTimeFormat.prototype, 'format', (self) => {
+                const json = JSON.stringify(self.#options)
+                return (date) => {
+                    const t = date === undefined ? Date.now() : Number(date)
+                    if (!Number.isFinite(t)) throw new RangeError('Invalid time value')
+                    return host.intlDate(self.#locale, json, t)
+                }
             })
         }
         resolvedOptions() {
@@ -119,9 +119,6 @@
                 if (this.#options[key] !== undefined) r[key] = this.#options[key]
             }
             return r
-        }
-        get [Symbol.toStringTag]() {
-            return 'Intl.DateTimeFormat'
         }
     }
 
@@ -169,16 +166,16 @@
             r.useGrouping = grouping === undefined ? (notation === 'compact' ? 'min2' : 'auto') : grouping === true || grouping === 'true' ? 'always' : grouping === false || grouping === 'false' ? 'false' : option(o, 'useGrouping', 'string', ['min2', 'auto', 'always'])
             this.#options = r
         }
-        static supportedLocalesOf(locales) {
-            return supportedLocalesOf(locales)
-        }
         static {
-            boundGetter(NumberFormat.prototype, 'format', (self) => (value) => {
-                const x = typeof value === 'bigint' ? Number(value) : Number(value)
+            boundGetter(NumberFormat.prototype, 'format', (self) => {
+                const json = JSON.stringify(self.#options)
                 const suffix = self.#options.style === 'percent' ? '%' : ''
-                if (Number.isNaN(x)) return 'NaN' + suffix
-                if (!Number.isFinite(x)) return (x < 0 ? '-∞' : '∞') + suffix
-                return host.intlNumber(self.#locale, JSON.stringify(self.#options), x)
+                return (value) => {
+                    const x = Number(value)
+                    if (Number.isNaN(x)) return 'NaN' + suffix
+                    if (!Number.isFinite(x)) return (x < 0 ? '-∞' : '∞') + suffix
+                    return host.intlNumber(self.#locale, json, x)
+                }
             })
         }
         resolvedOptions() {
@@ -188,9 +185,6 @@
             r.signDisplay = 'auto'
             r.roundingMode = 'halfExpand'
             return r
-        }
-        get [Symbol.toStringTag]() {
-            return 'Intl.NumberFormat'
         }
     }
 
@@ -207,9 +201,6 @@
             const caseFirst = option(o, 'caseFirst', 'string', ['upper', 'lower', 'false'], 'false')
             this.#options = { usage, sensitivity, ignorePunctuation, collation: 'default', numeric, caseFirst }
         }
-        static supportedLocalesOf(locales) {
-            return supportedLocalesOf(locales)
-        }
         static {
             boundGetter(Collator.prototype, 'compare', (self) => {
                 const json = JSON.stringify(self.#options)
@@ -218,9 +209,6 @@
         }
         resolvedOptions() {
             return Object.assign({ locale: this.#locale }, this.#options)
-        }
-        get [Symbol.toStringTag]() {
-            return 'Intl.Collator'
         }
     }
 
@@ -232,9 +220,6 @@
             this.#locale = resolveLocale(locales)
             this.#type = option(o, 'type', 'string', ['cardinal', 'ordinal'], 'cardinal')
         }
-        static supportedLocalesOf(locales) {
-            return supportedLocalesOf(locales)
-        }
         select(n) {
             const x = Number(n)
             if (!Number.isFinite(x)) return 'other'
@@ -242,9 +227,6 @@
         }
         resolvedOptions() {
             return { locale: this.#locale, type: this.#type, minimumIntegerDigits: 1, minimumFractionDigits: 0, maximumFractionDigits: 3 }
-        }
-        get [Symbol.toStringTag]() {
-            return 'Intl.PluralRules'
         }
     }
 
@@ -259,9 +241,6 @@
             this.#style = option(o, 'style', 'string', ['long', 'short', 'narrow'], 'long')
             this.#numeric = option(o, 'numeric', 'string', ['always', 'auto'], 'always')
         }
-        static supportedLocalesOf(locales) {
-            return supportedLocalesOf(locales)
-        }
         format(value, unit) {
             const x = Number(value)
             if (!Number.isFinite(x)) throw new RangeError('Invalid number value')
@@ -273,13 +252,12 @@
         resolvedOptions() {
             return { locale: this.#locale, style: this.#style, numeric: this.#numeric, numberingSystem: 'latn' }
         }
-        get [Symbol.toStringTag]() {
-            return 'Intl.RelativeTimeFormat'
-        }
     }
 
     const Intl = {}
     for (const [name, value] of Object.entries({ DateTimeFormat, NumberFormat, Collator, PluralRules, RelativeTimeFormat })) {
+        Object.defineProperty(value, 'supportedLocalesOf', { value: supportedLocalesOf, writable: true, configurable: true, enumerable: false })
+        Object.defineProperty(value.prototype, Symbol.toStringTag, { value: `Intl.${name}`, configurable: true })
         // Callable without `new`, as ECMA-402's constructors are (Intl.DateTimeFormat().format(...)).
         const ctor = new Proxy(value, { apply: (target, _, args) => new target(...args) })
         Object.defineProperty(Intl, name, { value: ctor, writable: true, configurable: true, enumerable: false })
