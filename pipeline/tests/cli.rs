@@ -150,22 +150,11 @@ fn try_prints_one_line_per_input_line() {
          exports.processEvent = (e, { global }) => { if (e.event === 'skip') return null; console.log('saw', e.uuid); e.properties.greeting = global.g; return e }\n\
          exports.teardownPlugin = () => { console.log('bye') }",
     );
-    let mut child = bin()
-        .arg("try")
-        .arg(&p)
-        .args(["--config", r#"{"greeting":"hi"}"#])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"{\"uuid\":\"1\",\"event\":\"e\",\"team_id\":1,\"properties\":{\"z\":1,\"a\":2}}\n{\"uuid\":\"2\",\"event\":\"skip\",\"team_id\":1}\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = try_with(
+        &p,
+        &["--config", r#"{"greeting":"hi"}"#],
+        "{\"uuid\":\"1\",\"event\":\"e\",\"team_id\":1,\"properties\":{\"z\":1,\"a\":2}}\n{\"uuid\":\"2\",\"event\":\"skip\",\"team_id\":1}\n",
+    );
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert_eq!(stdout, "{\"uuid\":\"1\",\"event\":\"e\",\"team_id\":1,\"properties\":{\"z\":1,\"a\":2,\"greeting\":\"hi\"}}\nnull\n");

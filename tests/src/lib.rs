@@ -43,6 +43,27 @@ pub fn bench_plugin(name: &str) -> PathBuf {
     repo_root().join("benches/plugins").join(name)
 }
 
+/// Runs `cmd` with `stdin` as its input, requires it to succeed, and reads its standard output
+/// as JSON lines (the failure names the command and shows its standard error).
+pub fn json_lines_of(cmd: &mut std::process::Command, stdin: &str) -> Vec<serde_json::Value> {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?} (scripts/setup.sh installs Node): {e}"));
+    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write stdin");
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{cmd:?} failed: {}\n{stderr}", out.status);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{cmd:?}: not a JSON line ({e}): {l}\n{stderr}")))
+        .collect()
+}
+
 /// Reads a JSON-lines file into values.
 pub fn read_json_lines(path: &Path) -> Vec<serde_json::Value> {
     std::fs::read_to_string(path)

@@ -6,12 +6,11 @@
 //! there: a new difference and a fixed one both fail this test until the list says so.
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use pluginflow_tests::broker::pluginflow_bin;
-use pluginflow_tests::repo_root;
+use pluginflow_tests::{json_lines_of, repo_root};
 use serde_json::Value;
 
 /// The zones the corpus runs in: UTC and one with daylight saving time.
@@ -54,25 +53,15 @@ const EVENT: &str =
 /// Runs `program args…` with only PATH, HOME and TZ set (no LANG: both default to en-US), the
 /// event on stdin; returns the `results` array of the event printed on stdout.
 fn results(program: &Path, args: &[&str], tz: &str, cases: usize) -> Vec<Value> {
-    let mut child = Command::new(program)
-        .args(args)
+    let mut cmd = Command::new(program);
+    cmd.args(args)
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("HOME", std::env::var_os("HOME").unwrap_or_default())
-        .env("TZ", tz)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {} (scripts/setup.sh installs Node): {e}", program.display()));
-    child.stdin.take().expect("stdin").write_all(format!("{EVENT}\n").as_bytes()).expect("write event");
-    let out = child.wait_with_output().expect("wait");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{} failed: {}\n{}", program.display(), out.status, String::from_utf8_lossy(&out.stderr));
-    let event: Value =
-        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{}: not one JSON event ({e}): {stdout}", program.display()));
-    let list =
-        event["properties"]["results"].as_array().unwrap_or_else(|| panic!("no results from {}: {stdout}", program.display())).clone();
+        .env("TZ", tz);
+    let printed = json_lines_of(&mut cmd, &format!("{EVENT}\n"));
+    assert_eq!(printed.len(), 1, "{} printed one event: {printed:?}", program.display());
+    let list = printed[0]["properties"]["results"].as_array().unwrap_or_else(|| panic!("no results from {}", program.display())).clone();
     assert_eq!(list.len(), cases, "{} returned a result per case", program.display());
     list
 }

@@ -5,12 +5,11 @@
 //! pluginflow, and `processEvent`'s results on the same events, which list the module's own
 //! export names, must be equal. Node is the oracle.
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use pluginflow_tests::broker::pluginflow_bin;
-use pluginflow_tests::repo_root;
+use pluginflow_tests::{json_lines_of, repo_root};
 
 const EVENTS: &[&str] = &[
     r#"{"event":"first","team_id":1,"uuid":"00000000-0000-4000-8000-000000000001","properties":{"n":6}}"#,
@@ -33,17 +32,7 @@ fn pluginflow(dir: &Path) -> Vec<serde_json::Value> {
 }
 
 fn run(cmd: &mut Command) -> Vec<serde_json::Value> {
-    let mut child =
-        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start (scripts/setup.sh installs Node)");
-    child.stdin.take().unwrap().write_all(format!("{}\n", EVENTS.join("\n")).as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{cmd:?} failed: {stderr}");
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}\n{stderr}")))
-        .collect()
+    json_lines_of(cmd, &format!("{}\n", EVENTS.join("\n")))
 }
 
 fn copy(from: &Path, to: &Path) {
