@@ -552,9 +552,7 @@ fn install_intl<'js>(ctx: &Ctx<'js>, obj: &Object<'js>, host: &HostBindings) -> 
     )?;
     obj.set(
         "intlPlural",
-        Function::new(ctx.clone(), |ctx: Ctx<'js>, locale: String, ordinal: bool, x: f64, options: String| {
-            range(&ctx, intl::plural(&locale, ordinal, x, &options))
-        }),
+        Function::new(ctx.clone(), |ctx: Ctx<'js>, locale: String, ordinal: bool, x: f64| range(&ctx, intl::plural(&locale, ordinal, x))),
     )?;
     obj.set(
         "intlRelative",

@@ -455,8 +455,9 @@ pub(crate) fn compare(tag: &str, options_json: &str, a: &str, b: &str) -> Result
     Ok(c.as_borrowed().compare(a, b) as i32)
 }
 
-/// The plural category of `x` (`one`, `other`…) for `Intl.PluralRules#select`.
-pub(crate) fn plural(tag: &str, ordinal: bool, x: f64, options_json: &str) -> Result<&'static str, String> {
+/// The plural category of `x` (`one`, `other`…) for `Intl.PluralRules#select`, with the
+/// rules' default digits (0 to 3 fraction digits, as `resolvedOptions` reports).
+pub(crate) fn plural(tag: &str, ordinal: bool, x: f64) -> Result<&'static str, String> {
     use icu_plurals::PluralCategory as C;
     let key = format!("plural\u{0}{tag}\u{0}{ordinal}");
     let f = cached(key, || {
@@ -469,8 +470,7 @@ pub(crate) fn plural(tag: &str, ordinal: bool, x: f64, options_json: &str) -> Re
         made.map(Cached::Plural).map_err(icu)
     })?;
     let Cached::Plural(rules) = &*f else { unreachable!("plural key holds plural rules") };
-    let o: NumberOptions = serde_json::from_str(options_json).map_err(|e| format!("bad plural options: {e}"))?;
-    let d = rounded(x.abs(), &o)?;
+    let d = rounded(x.abs(), &NumberOptions::default())?;
     Ok(match rules.category_for(&d) {
         C::Zero => "zero",
         C::One => "one",

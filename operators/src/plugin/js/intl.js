@@ -223,7 +223,7 @@
         select(n) {
             const x = Number(n)
             if (!Number.isFinite(x)) return 'other'
-            return host.intlPlural(this.#locale, this.#type === 'ordinal', x, '{"minimumFractionDigits":0,"maximumFractionDigits":3}')
+            return host.intlPlural(this.#locale, this.#type === 'ordinal', x)
         }
         resolvedOptions() {
             return { locale: this.#locale, type: this.#type, minimumIntegerDigits: 1, minimumFractionDigits: 0, maximumFractionDigits: 3 }

@@ -227,49 +227,37 @@
     }
     function structuredClone(value) {
         const seen = new Map()
+        const uncloneable = (what) => new DOMException(`${what} could not be cloned.`, 'DataCloneError')
         const clone = (v) => {
-            if (typeof v === 'function' || typeof v === 'symbol') throw new DOMException(`${typeof v === 'symbol' ? 'Symbol()' : String(v)} could not be cloned.`, 'DataCloneError')
+            if (typeof v === 'function') throw uncloneable(String(v))
+            if (typeof v === 'symbol') throw uncloneable('Symbol()')
             if (v === null || typeof v !== 'object') return v
             if (seen.has(v)) return seen.get(v)
+            if (v instanceof Promise || v instanceof WeakMap || v instanceof WeakSet) throw uncloneable(`#<${Object.prototype.toString.call(v).slice(8, -1)}>`)
             let out
-            if (Array.isArray(v)) {
-                out = new Array(v.length)
-                seen.set(v, out)
-                for (const k of Object.keys(v)) out[k] = clone(v[k])
-                return out
-            }
-            if (v instanceof Date) out = new Date(v.getTime())
+            if (Array.isArray(v)) out = new Array(v.length)
+            else if (v instanceof Map) out = new Map()
+            else if (v instanceof Set) out = new Set()
+            else if (v instanceof Date) out = new Date(v.getTime())
             else if (v instanceof RegExp) out = new RegExp(v.source, v.flags)
             else if (v instanceof ArrayBuffer) out = v.slice(0)
             else if (v instanceof DataView) out = new DataView(v.buffer.slice(v.byteOffset, v.byteOffset + v.byteLength))
             else if (ArrayBuffer.isView(v)) out = v instanceof Buffer ? new Uint8Array(v) : new v.constructor(v)
-            else if (v instanceof Map) {
-                out = new Map()
-                seen.set(v, out)
-                for (const [k, x] of v) out.set(clone(k), clone(x))
-                return out
-            } else if (v instanceof Set) {
-                out = new Set()
-                seen.set(v, out)
-                for (const x of v) out.add(clone(x))
-                return out
-            } else if (v instanceof Error) {
+            else if (v instanceof Error) {
                 out = new Error(v.message)
                 out.name = v.name
                 if (v.stack !== undefined) out.stack = v.stack
-            } else if (v instanceof Promise || v instanceof WeakMap || v instanceof WeakSet) {
-                throw new DOMException(`#<${Object.prototype.toString.call(v).slice(8, -1)}> could not be cloned.`, 'DataCloneError')
-            } else {
-                out = {}
-                seen.set(v, out)
-                for (const k of Object.keys(v)) out[k] = clone(v[k])
-                return out
-            }
+            } else out = {}
+            // Recorded before the contents, so cycles come back as cycles.
             seen.set(v, out)
+            if (out instanceof Map) for (const [k, x] of v) out.set(clone(k), clone(x))
+            else if (out instanceof Set) for (const x of v) out.add(clone(x))
+            else if (Array.isArray(out) || Object.getPrototypeOf(out) === Object.prototype) for (const k of Object.keys(v)) out[k] = clone(v[k])
             return out
         }
         return clone(value)
     }
+    let fireAbort
     class AbortSignal {
         #listeners = []
         constructor() {
@@ -282,13 +270,15 @@
             controller.abort(reason)
             return controller.signal
         }
-        static _fire(signal, reason) {
-            if (signal.aborted) return
-            signal.aborted = true
-            signal.reason = reason === undefined ? new DOMException('This operation was aborted', 'AbortError') : reason
-            const event = { type: 'abort', target: signal }
-            if (typeof signal.onabort === 'function') signal.onabort(event)
-            for (const fn of signal.#listeners.slice()) fn.call(signal, event)
+        static {
+            fireAbort = (signal, reason) => {
+                if (signal.aborted) return
+                signal.aborted = true
+                signal.reason = reason === undefined ? new DOMException('This operation was aborted', 'AbortError') : reason
+                const event = { type: 'abort', target: signal }
+                if (typeof signal.onabort === 'function') signal.onabort(event)
+                for (const fn of signal.#listeners.slice()) fn.call(signal, event)
+            }
         }
         addEventListener(type, fn) {
             if (type === 'abort' && typeof fn === 'function') this.#listeners.push(fn)
@@ -300,8 +290,6 @@
             if (this.aborted) throw this.reason
         }
     }
-    const fireAbort = AbortSignal._fire
-    delete AbortSignal._fire
     class AbortController {
         #signal = new AbortSignal()
         get signal() {
