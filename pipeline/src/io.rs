@@ -30,6 +30,19 @@ pub struct Polled {
     pub blank: u64,
 }
 
+/// Where a source stands after its input was reported exhausted ([`EventSource::release`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Release {
+    /// It holds nothing anyone waits for: the worker may finish.
+    Done,
+    /// Not yet (epochs it read are still being processed, or a commit is to be retried): ask
+    /// again next round.
+    Waiting,
+    /// The input is not exhausted after all (a record arrived, or a rebalance gave this worker
+    /// partitions to read): poll again.
+    Resume,
+}
+
 /// A worker's input.
 pub trait EventSource {
     /// Names the source in dead letters (`source` field).
@@ -39,6 +52,15 @@ pub trait EventSource {
     fn poll(&mut self, epoch: u64, max: usize) -> anyhow::Result<Polled>;
     /// Every record of every epoch before `frontier` is fully processed.
     fn complete(&mut self, frontier: u64) -> anyhow::Result<()>;
+    /// Called once per round of the worker loop after `poll` reported the input exhausted,
+    /// until it returns [`Release::Done`] or [`Release::Resume`]; `epoch` is the loop's next
+    /// epoch and every epoch before `frontier` is complete. A source that holds something other
+    /// workers or processes wait for lets go of it here, once what it read is committed: a
+    /// Kafka worker leaves its consumer group, so that a member joining later is not held up by
+    /// a worker that no longer polls.
+    fn release(&mut self, _epoch: u64, _frontier: u64) -> anyhow::Result<Release> {
+        Ok(Release::Done)
+    }
     /// Total input size in bytes, when known (for the progress line).
     fn size_hint(&self) -> Option<u64> {
         None

@@ -44,7 +44,7 @@ use timely::dataflow::operators::vec::Map;
 use timely::dataflow::{InputHandle, ProbeHandle};
 
 use crate::config::PipelineConfig;
-use crate::io::{EventSource, OutRecord, SharedFiles, open_worker_io};
+use crate::io::{EventSource, OutRecord, Release, SharedFiles, open_worker_io};
 use crate::stats::Stats;
 
 /// An input line: (position, bytes, capture hops). The hop count travels beside the line, never
@@ -298,7 +298,11 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
     let ahead = shared.config.runtime.max_epochs_ahead;
     let max_hops = shared.config.runtime.max_capture_hops;
     let mut epoch = 0u64;
+    // The input is exhausted once the source says so, and released once the source holds
+    // nothing other workers wait for (see `EventSource::release`): until then the loop goes on
+    // serving it, or the source takes the exhaustion back.
     let mut source_done = false;
+    let mut released = false;
     loop {
         if shared.stop.load(Ordering::Relaxed) {
             tracing::info!(worker = index, "stop requested: no more input is read");
@@ -311,12 +315,15 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
             while intake.less_than(&epoch) {
                 worker.step_or_park(Some(Duration::from_millis(1)));
             }
-            if plugins.borrow().captured_pending() == 0 {
+            if released && plugins.borrow().captured_pending() == 0 {
                 break;
             }
         } else {
             let polled = source.poll(epoch, batch_size)?;
             source_done = polled.exhausted;
+            if source_done {
+                tracing::info!(worker = index, epoch, "input exhausted");
+            }
             shared.stats.add_in(polled.records.len() as u64, polled.bytes);
             shared.stats.add_blank(polled.blank);
             for (position, line) in polled.records {
@@ -344,6 +351,19 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
         check_failed(&failed)?;
         check_logs(&shared.services)?;
         complete(&mut *source, &probe)?;
+        if source_done && !released {
+            match source.release(epoch, frontier(&probe))? {
+                Release::Done => released = true,
+                // Epochs still in the graph (a retry, say): no need to spin meanwhile.
+                Release::Waiting => {
+                    worker.step_or_park(Some(Duration::from_millis(10)));
+                }
+                Release::Resume => {
+                    tracing::info!(worker = index, epoch, "input resumed: there is more to read");
+                    source_done = false;
+                }
+            }
+        }
     }
     drop(input);
     if shared.stop.load(Ordering::Relaxed) {
@@ -458,8 +478,12 @@ fn exhausted_letters(e: operators::plugin::deferred::Exhausted) -> Vec<DeadLette
 
 /// Tells the source which epochs are complete: those the probe has passed.
 fn complete(source: &mut dyn EventSource, probe: &ProbeHandle<u64>) -> anyhow::Result<()> {
-    let frontier = probe.with_frontier(|f| f.first().copied());
-    source.complete(frontier.unwrap_or(u64::MAX))
+    source.complete(frontier(probe))
+}
+
+/// Every epoch before this one is complete (`u64::MAX` once the probe is done).
+fn frontier(probe: &ProbeHandle<u64>) -> u64 {
+    probe.with_frontier(|f| f.first().copied()).unwrap_or(u64::MAX)
 }
 
 /// Stops the run when plugin log entries could not be written (a full disk, say).

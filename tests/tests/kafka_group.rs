@@ -5,9 +5,18 @@
 //! leaves again (SIGTERM) while the others go on. A pacing plugin (half a millisecond per event)
 //! keeps the processes busy long enough for that. Exactly-once output is counted by librdkafka's
 //! `read_committed` consumer and by the test's own verifier (`txnlog`), which must agree.
+//!
+//! A worker whose partitions run dry (`stop_after_idle_ms`) must not hold the group up: a
+//! member joining after it has stopped reading is assigned partitions and the run ends, without
+//! loss (and without repeats in exactly-once mode). An exhausted worker that stopped polling
+//! blocked that member's rebalance until `max.poll.interval.ms` (5 minutes) while its own
+//! process waited for the other worker to finish: seen as a `kafka_roundtrip` run that never
+//! ended when one worker joined the group late.
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use pluginflow_tests::broker::{
@@ -89,37 +98,38 @@ fn group_run(delivery: &str) -> (usize, usize, [u64; 3]) {
     }
     let read = [events_in(&runs[0].1), events_in(&runs[1].1), events_in(&third.1)];
 
-    let count = |values: &[String]| {
-        let mut seen: HashMap<String, usize> = HashMap::new();
-        for u in uuids(values.iter().map(String::as_str)) {
-            *seen.entry(u).or_default() += 1;
-        }
-        let want: Vec<String> = uuids(std::fs::read_to_string(&input).unwrap().lines());
-        let missing = want.iter().filter(|u| !seen.contains_key(*u)).count();
-        let repeated: usize = seen.values().map(|n| n - 1).sum();
-        (missing, repeated)
-    };
-    let (missing, repeated) = if delivery == "exactly-once" {
-        let mut verifier: Vec<String> = txnlog::read_committed(&bs, &topics.output).visible.iter().map(|r| r.value_text()).collect();
-        let mut librdkafka: Vec<String> = consume_all(&bs, &topics.output, Isolation::ReadCommitted).into_iter().map(|r| r.value).collect();
-        verifier.sort();
-        librdkafka.sort();
-        assert!(
-            verifier == librdkafka,
-            "librdkafka's read_committed ({}) and the verifier ({}) disagree",
-            librdkafka.len(),
-            verifier.len()
-        );
-        count(&verifier)
-    } else {
-        count(&consume_all(&bs, &topics.output, Isolation::ReadUncommitted).into_iter().map(|r| r.value).collect::<Vec<_>>())
-    };
+    let want = uuids(std::fs::read_to_string(&input).unwrap().lines());
+    let (missing, repeated) = missing_and_repeats(&outputs(&bs, &topics.output, delivery), &want);
     println!(
         "group ({delivery}): {EVENTS} in, read by process {read:?}, third joined at {joined_at} and left at {left_at} outputs; \
          {missing} missing, {repeated} repeats; {:.1} s",
         started.elapsed().as_secs_f64()
     );
     (missing, repeated, read)
+}
+
+/// What `topic` holds: exactly-once, the committed records as librdkafka's `read_committed`
+/// consumer and the test's own verifier read them (they must agree); else every record.
+fn outputs(bootstrap: &str, topic: &str, delivery: &str) -> Vec<String> {
+    if delivery != "exactly-once" {
+        return consume_all(bootstrap, topic, Isolation::ReadUncommitted).into_iter().map(|r| r.value).collect();
+    }
+    let mut verifier: Vec<String> = txnlog::read_committed(bootstrap, topic).visible.iter().map(|r| r.value_text()).collect();
+    let mut librdkafka: Vec<String> = consume_all(bootstrap, topic, Isolation::ReadCommitted).into_iter().map(|r| r.value).collect();
+    verifier.sort();
+    librdkafka.sort();
+    assert!(verifier == librdkafka, "librdkafka's read_committed ({}) and the verifier ({}) disagree", librdkafka.len(), verifier.len());
+    verifier
+}
+
+/// (events of `want` missing from `outputs`, repeated outputs), by uuid.
+fn missing_and_repeats(outputs: &[String], want: &[String]) -> (usize, usize) {
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for u in uuids(outputs.iter().map(String::as_str)) {
+        *seen.entry(u).or_default() += 1;
+    }
+    let missing = want.iter().filter(|u| !seen.contains_key(*u)).count();
+    (missing, seen.values().map(|n| n - 1).sum())
 }
 
 #[test]
@@ -134,4 +144,138 @@ fn a_group_rebalancing_under_load_is_exactly_once() {
     let (missing, repeated, read) = group_run("exactly-once");
     assert_eq!((missing, repeated), (0, 0));
     assert!(read.iter().all(|&n| n > 0), "every process read a share: {read:?}");
+}
+
+/// The latest assignment of each worker, from the `rebalance worker=W event=Assigned([..])`
+/// lines of a pipeline's log.
+fn assignments(log: &Path) -> HashMap<usize, Vec<i32>> {
+    let mut latest = HashMap::new();
+    for line in std::fs::read_to_string(log).unwrap_or_default().lines() {
+        let (Some((_, w)), Some((_, a))) = (line.split_once("worker="), line.split_once("event=Assigned([")) else { continue };
+        let worker = w.split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap();
+        let list = a.split(']').next().unwrap();
+        latest.insert(worker, list.split(", ").filter(|p| !p.is_empty()).map(|p| p.parse().unwrap()).collect());
+    }
+    latest
+}
+
+/// Waits (up to a minute) for a line containing `text` in `log`.
+fn wait_for_line(log: &Path, text: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(log).unwrap_or_default().contains(text) {
+        assert!(Instant::now() < deadline, "no {text:?} within a minute; log tail:\n{}", pluginflow_tests::broker::log_tail(log, 30));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Produces `lines` one at a time (every 20 ms) to partitions 0 and 1 of `topic`, partition 0
+/// only until `dry` is set, until `stop` is set; returns what it sent.
+fn trickle(bootstrap: String, topic: String, lines: Vec<Vec<u8>>, dry: Arc<AtomicBool>, stop: Arc<AtomicBool>) -> Vec<Vec<u8>> {
+    use rdkafka::ClientConfig;
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    let producer: ThreadedProducer<DefaultProducerContext> =
+        ClientConfig::new().set("bootstrap.servers", &bootstrap).set("enable.idempotence", "true").create().expect("producer");
+    let mut lines = lines.into_iter();
+    let mut sent = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        for partition in 0..2 {
+            if partition == 0 && dry.load(Ordering::Relaxed) {
+                continue;
+            }
+            let line = lines.next().expect("the trickle ran out of events: the run took far longer than it should");
+            producer.send(BaseRecord::<(), [u8]>::to(&topic).payload(line.as_slice()).partition(partition)).expect("queued");
+            sent.push(line);
+        }
+        producer.flush(Duration::from_secs(10)).expect("acknowledged");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    sent
+}
+
+/// A pipeline process that is killed if the test ends first (a failed assertion must not leave
+/// it running).
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// See the module doc: (missing, repeats).
+fn late_join_run(delivery: &str) -> (usize, usize) {
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("events.jsonl");
+    gen_events(&input, 6000, 31, &[]);
+    let lines: Vec<Vec<u8>> = std::fs::read(&input).unwrap().split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(<[u8]>::to_vec).collect();
+    let broker = Broker::start();
+    let bs = broker.bootstrap();
+    let topics = Topics::named(&format!("dry-{delivery}"));
+    topics.create(&bs, 2);
+    let group = format!("dry-{delivery}");
+    let (dry, stop) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+    let producer = {
+        let (bs, topic, dry, stop) = (bs.clone(), topics.input.clone(), dry.clone(), stop.clone());
+        std::thread::spawn(move || trickle(bs, topic, lines, dry, stop))
+    };
+
+    let start = |p: usize, workers: usize| {
+        let sub = dir.path().join(format!("p{p}"));
+        std::fs::create_dir_all(&sub).unwrap();
+        let extra = format!("stop_after_idle_ms = 1500\ndelivery = {delivery:?}\ntransactional_id_prefix = \"{group}-p{p}\"");
+        let config = kafka_config(&sub, &bs, &group, &topics, &extra, "");
+        let log = sub.join("pluginflow.log");
+        (Running(spawn_pipeline(&config, workers, &log)), log)
+    };
+    // Two workers, one partition each (the first assignment may give one worker both: wait for
+    // the rebalance that splits them).
+    let (mut first, first_log) = start(0, 2);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !assignments(&first_log).values().all(|a| a.len() == 1) || assignments(&first_log).len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the two workers never held a partition each:\n{}",
+            std::fs::read_to_string(&first_log).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Partition 0 runs dry: its worker's input is exhausted, the other's is not.
+    dry.store(true, Ordering::Relaxed);
+    wait_for_line(&first_log, "input exhausted");
+    // A member joins after that worker stopped reading: it must be given partitions.
+    let (mut second, second_log) = start(1, 1);
+    wait_for_assignment(&second_log);
+    stop.store(true, Ordering::Relaxed);
+    let sent = producer.join().unwrap();
+    for (child, log) in [(&mut first, &first_log), (&mut second, &second_log)] {
+        let status = wait_exit(&mut child.0, Duration::from_secs(60), log);
+        assert!(status.success(), "a process failed: {}", std::fs::read_to_string(log).unwrap());
+    }
+    assert!(
+        std::fs::read_to_string(&first_log).unwrap().contains("leaving the consumer group"),
+        "the exhausted worker committed and left the group"
+    );
+
+    let outputs = outputs(&bs, &topics.output, delivery);
+    let want = uuids(sent.iter().map(|l| std::str::from_utf8(l).unwrap()));
+    let (missing, repeated) = missing_and_repeats(&outputs, &want);
+    println!(
+        "late join ({delivery}): {} sent, {} written, {missing} missing, {repeated} repeats; {:.1} s",
+        want.len(),
+        outputs.len(),
+        started.elapsed().as_secs_f64()
+    );
+    (missing, repeated)
+}
+
+#[test]
+fn a_member_joining_after_a_worker_ran_dry_is_not_held_up_at_least_once() {
+    assert_eq!(late_join_run("at-least-once").0, 0);
+}
+
+#[test]
+fn a_member_joining_after_a_worker_ran_dry_is_not_held_up_exactly_once() {
+    assert_eq!(late_join_run("exactly-once"), (0, 0));
 }

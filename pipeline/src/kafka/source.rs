@@ -25,6 +25,16 @@
 //!   are dropped, and the records already polled into the current batch are thrown away. The
 //!   next assignment resumes from the committed offsets, so nothing is written twice.
 //!
+//! A worker whose input is exhausted (`stop_after_idle_ms`) waits for the epochs it read to
+//! complete, commits them and leaves the group ([`EventSource::release`]). It must not just stop
+//! polling: a member that joins (another worker of this process that was late for the first
+//! assignment, or another process) is assigned partitions only once every member has served the
+//! rebalance, and the exhausted worker's process waits for that member to finish — a deadlock
+//! until `max.poll.interval.ms`. While waiting it does not serve rebalances (giving partitions up
+//! with records still in the graph means their next owner reads them again), unless the wait
+//! is long ([`SERVE_AFTER`]: a plugin's retries); a record or a rebalance seen then takes the
+//! exhaustion back and the worker reads again.
+//!
 //! Exactly-once, a transaction that fails but is aborted (offsets refused while the group
 //! rebalances, a produce that failed…) rewinds the same way, in-process: every epoch read so far
 //! is dropped and each assigned partition is read again from its committed offset. Only a fatal
@@ -44,7 +54,7 @@ use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
 use super::config::{Delivery, KafkaConfig};
 use super::health::{KafkaHealth, read_statistics};
 use super::producer::{Transaction, WorkerProducer};
-use crate::io::{EventSource, Polled};
+use crate::io::{EventSource, Polled, Release};
 
 /// A partition assignment change, as seen by the rebalance callback.
 #[derive(Debug)]
@@ -143,6 +153,11 @@ impl OffsetLedger {
         self.ready.clear();
     }
 
+    /// Every epoch recorded is complete (what is ready may still wait for its commit).
+    pub fn all_complete(&self) -> bool {
+        self.by_epoch.values().all(BTreeMap::is_empty)
+    }
+
     /// Nothing read waits for a commit.
     pub fn is_empty(&self) -> bool {
         self.ready.is_empty() && self.by_epoch.values().all(BTreeMap::is_empty)
@@ -174,6 +189,14 @@ pub struct KafkaSource {
     health: Arc<KafkaHealth>,
     /// Whether `health` knows that something read waits for a commit.
     reported_uncommitted: bool,
+    /// A record polled while releasing: the next `poll` hands it on first.
+    stashed: Option<(i32, i64, Vec<u8>)>,
+    /// When releasing last tried a commit (a failed one is retried once per commit interval).
+    release_tried: Option<Instant>,
+    /// Since when the input has been exhausted and the worker releasing.
+    exhausted_since: Option<Instant>,
+    /// The consumer has left the group (released, or dropped).
+    left: bool,
 }
 
 /// Transactions aborted in a row before the worker gives up: a failure that comes back on
@@ -220,6 +243,10 @@ impl KafkaSource {
             worker,
             health,
             reported_uncommitted: false,
+            stashed: None,
+            release_tried: None,
+            exhausted_since: None,
+            left: false,
         })
     }
 
@@ -240,9 +267,10 @@ impl KafkaSource {
     }
 
     /// Applies the rebalances recorded since the last call; `batch` holds the records already
-    /// polled for `epoch`.
-    fn apply_rebalances(&mut self, epoch: u64, batch: &mut Polled) {
+    /// polled for `epoch`. False when there were none.
+    fn apply_rebalances(&mut self, epoch: u64, batch: &mut Polled) -> bool {
         let events = std::mem::take(&mut *self.consumer.context().events.lock().expect("rebalance lock"));
+        let any = !events.is_empty();
         for event in events {
             match event {
                 Rebalanced::Assigned(assigned) => {
@@ -257,6 +285,7 @@ impl KafkaSource {
                 }
             }
         }
+        any
     }
 
     fn revoke(&mut self, epoch: u64, revoked: &[i32], batch: &mut Polled) {
@@ -279,6 +308,17 @@ impl KafkaSource {
             }
         }
         self.report_if_nothing_uncommitted();
+    }
+
+    /// Hands a polled record on in `batch` and notes its offset for `epoch`.
+    fn take(&mut self, epoch: u64, batch: &mut Polled, partition: i32, offset: i64, payload: Vec<u8>) {
+        batch.bytes += payload.len() as u64;
+        batch.records.push((offset as u64, payload));
+        self.ledger.record(epoch, partition, offset);
+        if !self.reported_uncommitted {
+            self.health.read(self.worker, Instant::now());
+            self.reported_uncommitted = true;
+        }
     }
 
     fn log_consumer_error(&mut self, e: &rdkafka::error::KafkaError) {
@@ -345,7 +385,7 @@ impl KafkaSource {
     fn commit(&mut self, frontier: u64) -> anyhow::Result<bool> {
         match self.delivery {
             Delivery::AtLeastOnce => self.commit_offsets(frontier == u64::MAX),
-            Delivery::ExactlyOnce => self.commit_transaction(frontier).map(|()| true),
+            Delivery::ExactlyOnce => self.commit_transaction(frontier, frontier == u64::MAX).map(|_| true),
         }
     }
 
@@ -379,7 +419,11 @@ impl KafkaSource {
         Ok(true)
     }
 
-    fn commit_transaction(&mut self, frontier: u64) -> anyhow::Result<()> {
+    /// Commits the outputs of epochs before `frontier` with the ready offsets; false when the
+    /// transaction was aborted and every epoch read so far rewound (to be read again). Unless it
+    /// was the `last` one: then nothing would read its epochs again, and the run fails (a
+    /// restart reads them).
+    fn commit_transaction(&mut self, frontier: u64, last: bool) -> anyhow::Result<bool> {
         let tpl = self.ledger.ready_list(&self.topic);
         let group = self.consumer.group_metadata().context("the consumer has no group metadata")?;
         let outcome = self.producer.borrow_mut().commit_transaction(frontier, &tpl, &group)?;
@@ -396,16 +440,16 @@ impl KafkaSource {
                     self.report_commit();
                 }
                 self.aborts_in_a_row = 0;
-                Ok(())
+                Ok(true)
             }
-            // The last commit of a run: no poll follows that could read the epochs again.
-            Transaction::Aborted(e) if frontier == u64::MAX => Err(e.context("the last transaction of the run was aborted")),
+            // No poll follows that could read the epochs again.
+            Transaction::Aborted(e) if last => Err(e.context("the last transaction of this worker's input was aborted")),
             Transaction::Aborted(e) if self.aborts_in_a_row + 1 >= MAX_ABORTS_IN_A_ROW => {
                 Err(e.context(format!("{MAX_ABORTS_IN_A_ROW} transactions in a row were aborted")))
             }
             Transaction::Aborted(e) => {
                 self.aborts_in_a_row += 1;
-                self.rewind(&e)
+                self.rewind(&e).map(|()| false)
             }
         }
     }
@@ -448,6 +492,10 @@ impl EventSource for KafkaSource {
         self.polled_below = self.polled_below.max(epoch + 1);
         let mut batch = Polled::default();
         let mut timeout = self.poll_timeout;
+        if let Some((partition, offset, payload)) = self.stashed.take() {
+            self.take(epoch, &mut batch, partition, offset, payload);
+            timeout = Duration::ZERO;
+        }
         while batch.records.len() < max {
             let polled = self.consumer.poll(timeout).map(|r| r.map(|m| (m.partition(), m.offset(), m.payload().map(<[u8]>::to_vec))));
             // Callbacks served during that poll happened before the message it returned.
@@ -459,16 +507,7 @@ impl EventSource for KafkaSource {
                     self.idle_since = None;
                     break;
                 }
-                Some(Ok((partition, offset, payload))) => {
-                    let payload = payload.unwrap_or_default();
-                    batch.bytes += payload.len() as u64;
-                    batch.records.push((offset as u64, payload));
-                    self.ledger.record(epoch, partition, offset);
-                    if !self.reported_uncommitted {
-                        self.health.read(self.worker, Instant::now());
-                        self.reported_uncommitted = true;
-                    }
-                }
+                Some(Ok((partition, offset, payload))) => self.take(epoch, &mut batch, partition, offset, payload.unwrap_or_default()),
             }
             timeout = Duration::ZERO;
         }
@@ -490,7 +529,63 @@ impl EventSource for KafkaSource {
         }
         Ok(())
     }
+
+    fn release(&mut self, epoch: u64, frontier: u64) -> anyhow::Result<Release> {
+        if self.left {
+            return Ok(Release::Done);
+        }
+        self.ledger.complete(frontier);
+        let since = *self.exhausted_since.get_or_insert_with(Instant::now);
+        if !self.ledger.all_complete() {
+            // Not polling holds up a rebalance (a member joining waits for this worker), but
+            // serving one would give up partitions whose records are still in the graph: read
+            // again by their next owner. Only a long wait (a plugin's retries) is worth that.
+            if since.elapsed() < SERVE_AFTER {
+                return Ok(Release::Waiting);
+            }
+            match self.consumer.poll(Duration::ZERO) {
+                Some(Ok(m)) => self.stashed = Some((m.partition(), m.offset(), m.payload().map(<[u8]>::to_vec).unwrap_or_default())),
+                Some(Err(e)) => self.log_consumer_error(&e),
+                None => {}
+            }
+            // Nothing was polled for `epoch`: a revoke has no current batch to drop.
+            if self.apply_rebalances(epoch, &mut Polled::default()) || self.stashed.is_some() {
+                self.exhausted_since = None;
+                return Ok(Release::Resume);
+            }
+            return Ok(Release::Waiting);
+        }
+        if self.release_tried.is_some_and(|t| t.elapsed() < self.commit_interval) {
+            return Ok(Release::Waiting);
+        }
+        self.release_tried = Some(Instant::now());
+        match self.delivery {
+            // A failed commit keeps its offsets ready: try again rather than leave them to the
+            // next owner to read twice.
+            Delivery::AtLeastOnce => {
+                self.commit_offsets(true)?;
+                if !self.ledger.is_empty() {
+                    return Ok(Release::Waiting);
+                }
+            }
+            // Aborted: rewound to the committed offsets, to be read again.
+            Delivery::ExactlyOnce => {
+                if !self.commit_transaction(frontier, false)? {
+                    self.exhausted_since = None;
+                    return Ok(Release::Resume);
+                }
+            }
+        }
+        self.last_commit = Instant::now();
+        tracing::info!(worker = self.worker, topic = %self.topic, "input exhausted and committed: leaving the consumer group");
+        self.leave();
+        Ok(Release::Done)
+    }
 }
+
+/// How long an exhausted worker waits for its epochs to complete before it serves its consumer
+/// again (see [`EventSource::release`]).
+const SERVE_AFTER: Duration = Duration::from_secs(10);
 
 /// After this many commit intervals without a commit, an at-least-once commit waits for acks.
 const OVERDUE: u32 = 10;
@@ -498,13 +593,14 @@ const OVERDUE: u32 = 10;
 /// How long closing waits for the group to take the partitions back.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(10);
 
-impl Drop for KafkaSource {
-    /// Leaves the group before librdkafka's own close: dropping a `BaseConsumer` that still
-    /// holds an assignment runs the revoke callback inside `rd_kafka_consumer_close`, where its
-    /// `rd_kafka_assign(NULL)` was seen to block forever. Unsubscribing and serving the revoke
-    /// here, in ordinary polls, leaves nothing for the close to do. Records polled meanwhile are
-    /// not processed and not committed: the next owner reads them.
-    fn drop(&mut self) {
+impl KafkaSource {
+    /// Leaves the consumer group: unsubscribes and serves the revoke in ordinary polls. Records
+    /// polled meanwhile are not processed and not committed (the next owner reads them), and
+    /// the revoke is not applied: what it would drop is committed or belongs to later epochs.
+    fn leave(&mut self) {
+        if std::mem::replace(&mut self.left, true) {
+            return;
+        }
         self.consumer.unsubscribe();
         let deadline = Instant::now() + LEAVE_TIMEOUT;
         while Instant::now() < deadline {
@@ -513,10 +609,21 @@ impl Drop for KafkaSource {
                 break;
             }
         }
+        self.consumer.context().events.lock().expect("rebalance lock").clear();
         tracing::debug!(worker = self.worker, topic = %self.topic, "left the consumer group");
-        // A worker that has finished reports nothing any more: its last report must not make
+        // A worker that has left reports nothing any more: its last report must not make
         // `/healthz` fail while the other workers go on.
         self.health.forget(self.worker);
+    }
+}
+
+impl Drop for KafkaSource {
+    /// Leaves the group before librdkafka's own close: dropping a `BaseConsumer` that still
+    /// holds an assignment runs the revoke callback inside `rd_kafka_consumer_close`, where its
+    /// `rd_kafka_assign(NULL)` was seen to block forever. Leaving first, in ordinary polls,
+    /// leaves nothing for the close to do.
+    fn drop(&mut self) {
+        self.leave();
     }
 }
 
