@@ -767,6 +767,21 @@ fn errors_carry_plugin_hook_message_and_stack() {
     assert_eq!(err.to_string(), "plugin 'err' (1) onEvent: TypeError: nope");
 }
 
+/// The compiled code's lines are not the author's (types gone, the module printed again):
+/// stacks in errors and in `console` output are mapped back through the source map.
+#[test]
+fn stacks_in_errors_and_console_name_the_authors_lines() {
+    let src = "interface A {\n    a: number\n}\ntype B = A\n\nexport function onEvent(e: B): void {\n    console.error(new Error('logged').stack)\n    if (e) throw new TypeError('thrown')\n}\n";
+    let fx = plugin("stacks", &[("index.ts", src)]);
+    let host = Host::new();
+    let mut p = host.ready(&fx);
+    let err = p.on_event_json(&event().to_string()).unwrap_err();
+    let line_of = |needle: &str| src.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    assert!(err.stack.contains(&format!("index.ts:{}:", line_of("throw new"))), "{}", err.stack);
+    let logged: Vec<String> = host.logs.entries().into_iter().filter(|e| e.source == LogSource::Console).map(|e| e.message).collect();
+    assert!(logged.iter().any(|m| m.contains(&format!("index.ts:{}:", line_of("console.error")))), "{logged:?}");
+}
+
 #[test]
 fn team_id_change_is_reverted_and_non_objects_are_errors() {
     let fx = plugin("team", &[("index.js", "exports.processEvent = (e) => { e.team_id = 400; return e }")]);

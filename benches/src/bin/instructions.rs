@@ -15,13 +15,16 @@
 //!   `geoip_recent`: an address looked up a moment ago (the cache of recent lookups).
 //! - `graph_no_plugins_1000`: 1,000 events through a timely dataflow that checks each line and
 //!   runs a chain with no plugins (the graph's own work); the script divides by 1,000.
+//! - `load_7_plugins`: reading and compiling the seven plugins of `benches/plugins` and
+//!   `examples/plugins` (JavaScript and TypeScript: parse, strip types, module syntax, print with
+//!   a source map), what a process does once per plugin folder at start.
 
 use std::hint::black_box;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use operators::plugin::worker::WorkerPlugins;
-use operators::plugin::{GeoIp, Limits, PluginInstance, PluginRuntime, run_chain};
+use operators::plugin::{GeoIp, Limits, PluginDefinition, PluginInstance, PluginRuntime, run_chain};
 use pluginflow_benches::{EVENT_1KB, EVENT_TINY, geolite_path, instance, services, temp_plugin, workspace_root};
 use state::{CacheScope, MemoryStore, RocksStore, StateStore};
 
@@ -167,6 +170,21 @@ fn measured_graph_no_plugins_1000(lines: &Arc<Vec<Vec<u8>>>) -> usize {
     black_box(written.load(std::sync::atomic::Ordering::Relaxed))
 }
 
+fn plugin_folders() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = ["greet", "screen", "flatten"].iter().map(|p| bench_plugin(p)).collect();
+    dirs.extend(
+        ["flattener", "geoip-enricher", "hello-counter", "property-filter"]
+            .iter()
+            .map(|p| workspace_root().join("examples/plugins").join(p)),
+    );
+    dirs
+}
+
+#[inline(never)]
+fn measured_load_7_plugins(dirs: &[PathBuf]) -> usize {
+    dirs.iter().map(|d| PluginDefinition::load(d).expect("loads").compiled.modules.iter().map(|m| m.factory.len()).sum::<usize>()).sum()
+}
+
 fn main() {
     let name = std::env::args().nth(1).unwrap_or_default();
     // Each result goes through black_box so the work cannot be optimised away; results drop
@@ -189,7 +207,8 @@ fn main() {
             drop(black_box(measured_geoip_recent(&db)));
         }
         "graph_no_plugins_1000" => drop(black_box(measured_graph_no_plugins_1000(&lines_setup()))),
-        "list" => println!("crossing plugin_call chain3 cache_get cache_set geoip geoip_recent graph_no_plugins_1000"),
+        "load_7_plugins" => drop(black_box(measured_load_7_plugins(&plugin_folders()))),
+        "list" => println!("crossing plugin_call chain3 cache_get cache_set geoip geoip_recent graph_no_plugins_1000 load_7_plugins"),
         other => {
             eprintln!("usage: instructions NAME (one of: instructions list); got '{other}'");
             std::process::exit(2);

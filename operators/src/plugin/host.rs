@@ -88,6 +88,9 @@ pub(crate) struct HostBindings {
     pub deadline: Rc<Deadline>,
     /// The instance's heap (code the host compiles later, such as `Intl`, is compiled unrefused).
     pub heap: Rc<Heap>,
+    /// Maps positions in the plugin's compiled modules back to its files (stack traces in
+    /// errors and `console` output).
+    pub source_maps: Arc<super::source::SourceMaps>,
 }
 
 impl HostBindings {
@@ -106,9 +109,10 @@ impl HostBindings {
             b.log_dropped.set(b.log_dropped.get() + 1);
             return;
         }
+        // What is written names the author's lines (a logged stack).
         if message.len() <= left {
             b.log_bytes.set(b.log_bytes.get() + message.len());
-            self.log(level, LogSource::Console, message);
+            self.log(level, LogSource::Console, &self.source_maps.rewrite(message));
             return;
         }
         let mut cut = left;
@@ -122,7 +126,7 @@ impl HostBindings {
             message.len() - cut,
             b.limits.max_log_bytes_per_call
         );
-        self.log(level, LogSource::Console, &marker);
+        self.log(level, LogSource::Console, &self.source_maps.rewrite(&marker));
     }
 
     /// Reports what the call's limits held back.

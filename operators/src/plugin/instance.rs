@@ -188,6 +188,7 @@ impl PluginInstance {
         let identity = Rc::new(InstanceIdentity { plugin: plugin.clone(), config_id: cfg.config_id.clone(), team_id: cfg.team_id });
         let own = runtime.instance_runtime().map_err(|message| LoadError::Script { plugin: plugin.clone(), message })?;
         let bindings = HostBindings {
+            source_maps: def.compiled.source_maps.clone(),
             heap: own.heap.clone(),
             services: services.clone(),
             scope: Rc::new(def.cache_scope(cfg.team_id)),
@@ -260,7 +261,7 @@ impl PluginInstance {
         let plugin = def.manifest.name.clone();
         let script_err = |ctx: &Ctx<'js>, e: rquickjs::Error| LoadError::Script {
             plugin: plugin.clone(),
-            message: self.bindings.redactor.redact(&describe_caught(ctx, e)),
+            message: self.bindings.source_maps.rewrite(&cut(&self.bindings.redactor.redact(&describe_caught(ctx, e)), MAX_ERROR_TEXT)),
         };
         // Taken from the fresh realm before any other code runs: the host reads Dates with it.
         let date_get_time: Function<'js> = ctx
@@ -441,7 +442,14 @@ impl PluginInstance {
     /// Records a failed call as a PLUGIN/ERROR log entry, naming the event when there is one.
     pub fn log_error(&self, error: &PluginError, event_uuid: Option<&str>) {
         let about = event_uuid.map(|u| format!(" (event {u})")).unwrap_or_default();
-        self.bindings.log(LogLevel::Error, LogSource::Plugin, &format!("{} failed{about}: {}: {}", error.hook, error.name, error.message));
+        let mut text = format!("{} failed{about}: {}: {}", error.hook, error.name, error.message);
+        // Where it was thrown, in the author's files: the stack's frames in the plugin's own
+        // modules (the prelude's frames would only be noise).
+        for frame in error.stack.lines().filter(|l| l.trim_start().starts_with("at ") && !l.contains("pluginflow:")) {
+            text.push('\n');
+            text.push_str(frame);
+        }
+        self.bindings.log(LogLevel::Error, LogSource::Plugin, &text);
     }
 
     /// Calls `setupPlugin` (a no-op when the plugin has none).
@@ -618,7 +626,9 @@ impl PluginInstance {
             hook,
             name: cut(&self.bindings.redactor.redact(name), 256),
             message: cut(&self.bindings.redactor.redact(message), MAX_ERROR_TEXT),
-            stack: cut(&self.bindings.redactor.redact(stack), MAX_ERROR_TEXT),
+            // Masked, cut, then mapped: a thrown object's `stack` is the plugin's to make huge,
+            // and a cut through a secret must not leave its first half.
+            stack: cut(&self.bindings.source_maps.rewrite(&cut(&self.bindings.redactor.redact(stack), MAX_ERROR_TEXT)), MAX_ERROR_TEXT),
         }
     }
 

@@ -905,15 +905,52 @@
             return loadModule(target)
         }
     }
+    // What `import` sees of a module: an ES module's exports are its namespace; anything else
+    // (CommonJS, a builtin) is its default export, its own properties when first imported the
+    // named ones, in a frozen namespace (as Node imports CommonJS).
+    const esModules = new WeakSet()
+    const namespaces = new WeakMap()
+    function namespaceOf(value) {
+        const object = value !== null && (typeof value === 'object' || typeof value === 'function')
+        if (object && esModules.has(value)) return value
+        if (object && namespaces.has(value)) return namespaces.get(value)
+        const ns = Object.create(null)
+        if (object) for (const key of Object.keys(value)) if (key !== 'default') ns[key] = value[key]
+        ns.default = value
+        Object.defineProperty(ns, Symbol.toStringTag, { value: 'Module' })
+        Object.freeze(ns)
+        if (object) namespaces.set(value, ns)
+        return ns
+    }
+    // `export * from`: every name but `default` the module does not export itself.
+    function exportAll(exports) {
+        return (ns) => {
+            for (const key in ns) {
+                if (key === 'default' || key === '__esModule' || Object.prototype.hasOwnProperty.call(exports, key)) continue
+                Object.defineProperty(exports, key, { enumerable: true, configurable: true, get: () => ns[key] })
+            }
+        }
+    }
+    // A module factory's arguments, in the order of the compiler's FACTORY_PARAMS: CommonJS's
+    // five, then what compiled `import`, `import()`, `export`, `export *` and `import.meta` call.
+    function factoryArguments(name, def, exports, module) {
+        const require = makeRequire(name, def.requires)
+        const importModule = (spec) => namespaceOf(require(spec))
+        const dynamicImport = (spec) => new Promise((resolve) => resolve(importModule(spec)))
+        return [exports, require, module, name, '', importModule, dynamicImport, exports, exportAll(exports), { url: 'file:///' + name }]
+    }
     function loadModule(name) {
         if (loaded.has(name)) return loaded.get(name).exports
         const def = factories.get(name)
         const module = { exports: {} }
-        if (def.esModule) Object.defineProperty(module.exports, '__esModule', { value: true })
+        if (def.esModule) {
+            Object.defineProperty(module.exports, '__esModule', { value: true })
+            esModules.add(module.exports)
+        }
         loaded.set(name, module)
         // Node's rule for a required module: it is whatever ends up in module.exports (ES-module
-        // code writes to `exports`, which is that same object unless it was replaced).
-        def.factory.call(undefined, module.exports, makeRequire(name, def.requires), module, name, '')
+        // code exports to `exports`, which is that same object unless it was replaced).
+        def.factory.apply(undefined, factoryArguments(name, def, module.exports, module))
         return module.exports
     }
 
@@ -961,7 +998,10 @@
             const def = factories.get(entryName)
             const module = { exports: {} }
             const entryExports = {}
-            if (def.esModule) Object.defineProperty(entryExports, '__esModule', { value: true })
+            if (def.esModule) {
+                Object.defineProperty(entryExports, '__esModule', { value: true })
+                esModules.add(entryExports)
+            }
             // A module that imports the entry (itself included) gets what the entry exports:
             // its ES exports when it is an ES module, else its module.exports (as in Node).
             loaded.set(entryName, {
@@ -969,7 +1009,7 @@
                     return Object.prototype.hasOwnProperty.call(entryExports, '__esModule') ? entryExports : module.exports
                 },
             })
-            const exportsObject = def.factory.call(undefined, entryExports, makeRequire(entryName, def.requires), module, entryName, '')
+            const exportsObject = def.factory.apply(undefined, factoryArguments(entryName, def, entryExports, module))
             const { found, jobs } = discover(exportsObject, module)
             hooks = found
             jobFunctions = jobs
