@@ -4,13 +4,13 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::plugin;
 use operators::plugin::deferred::RetryPolicy;
 use operators::plugin::worker::{JOB_QUEUE, Outcome, PluginNotice, PluginSpec, WorkerPlace, WorkerPlugins};
 use operators::plugin::{Hook, HostServices, Limits, MemoryLogSink, PluginDefinition};
-use state::{ManualClock, MemoryStore, StateStore, SystemClock};
+use state::{ManualClock, MemoryStore, StateStore};
 
 fn spec(fixture: &common::Fixture, id: &str, teams: Vec<i64>) -> PluginSpec {
     PluginSpec {
@@ -31,11 +31,12 @@ fn fast(ms: u64) -> RetryPolicy {
     RetryPolicy { base: Duration::from_millis(ms), ..RetryPolicy::setup() }
 }
 
-fn run_for(w: &mut WorkerPlugins, how_long: Duration) {
-    let started = Instant::now();
-    while started.elapsed() < how_long {
+/// Moves `clock` forward a millisecond at a time for `ms`, doing the worker's background work
+/// at each step: time passes for the worker only, and exactly as far as told.
+fn advance(w: &mut WorkerPlugins, clock: &ManualClock, ms: u64) {
+    for _ in 0..ms {
+        clock.advance_ms(1);
         w.maintain();
-        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -51,15 +52,21 @@ fn setup_retry_error_is_retried_then_succeeds() {
         )],
     );
     let logs = Arc::new(MemoryLogSink::default());
-    let place = WorkerPlace { setup_policy: fast(30), ..WorkerPlace::default() };
+    let clock = Arc::new(ManualClock::new(0));
+    let place = WorkerPlace { clock: clock.clone(), setup_policy: fast(30), ..WorkerPlace::default() };
     let mut w = worker(vec![spec(&fx, "s", vec![1])], Arc::new(MemoryStore::new()), logs.clone(), place);
     w.preload();
+    let event = r#"{"uuid":"u","event":"e","team_id":1,"properties":{}}"#;
     // Methods run while setup is being retried, as in PostHog.
-    let before = w.process(1, "e", "u", r#"{"uuid":"u","event":"e","team_id":1,"properties":{}}"#, 0).unwrap();
-    assert!(before.event.unwrap().contains(r#""ready":null"#));
-    run_for(&mut w, Duration::from_millis(300));
-    let after = w.process(1, "e", "u", r#"{"uuid":"u","event":"e","team_id":1,"properties":{}}"#, 0).unwrap();
-    assert!(after.event.unwrap().contains(r#""ready":3"#));
+    let ready = |w: &mut WorkerPlugins| w.process(1, "e", "u", event, 0).unwrap().event.unwrap();
+    assert!(ready(&mut w).contains(r#""ready":null"#));
+    // The first retry is due 30 ms after the first attempt, the second 60 ms after that.
+    advance(&mut w, &clock, 29);
+    assert!(ready(&mut w).contains(r#""ready":null"#), "not retried before it is due");
+    advance(&mut w, &clock, 1 + 59);
+    assert!(ready(&mut w).contains(r#""ready":null"#), "the second retry is not due yet");
+    advance(&mut w, &clock, 1);
+    assert!(ready(&mut w).contains(r#""ready":3"#));
     let messages: Vec<String> = logs.entries().into_iter().map(|e| e.message).collect();
     assert!(messages.iter().any(|m| m.contains("(attempt 1/6). Retrying in 30 ms")), "{messages:?}");
     assert!(messages.iter().any(|m| m.contains("(attempt 2/6). Retrying in 60 ms")), "{messages:?}");
@@ -77,10 +84,14 @@ fn setup_that_keeps_failing_disables_the_plugin_after_six_attempts() {
     );
     let store = Arc::new(MemoryStore::new());
     let logs = Arc::new(MemoryLogSink::default());
-    let place = WorkerPlace { setup_policy: fast(5), ..WorkerPlace::default() };
+    let clock = Arc::new(ManualClock::new(0));
+    let place = WorkerPlace { clock: clock.clone(), setup_policy: fast(5), ..WorkerPlace::default() };
     let mut w = worker(vec![spec(&fx, "n", vec![1])], store.clone(), logs.clone(), place);
     w.preload();
-    run_for(&mut w, Duration::from_millis(400));
+    // Waits of 5, 10, 20, 40 and 80 ms: the sixth attempt is 155 ms after the first.
+    advance(&mut w, &clock, 154);
+    assert!(!logs.entries().iter().any(|e| e.message.contains("Disabled the app!")), "not before the last attempt");
+    advance(&mut w, &clock, 1);
     let scope = PluginDefinition::load(&fx.path()).unwrap().cache_scope(Some(1));
     assert_eq!(store.cache_get(&scope, "setup").unwrap().as_deref(), Some("6"), "1 attempt + 5 retries");
     assert!(logs.entries().iter().any(|e| e.message.contains("Disabled the app!")));
@@ -179,19 +190,29 @@ fn jobs_run_when_due_and_retry_like_on_event() {
         )],
     );
     let store = Arc::new(MemoryStore::new());
-    let place = WorkerPlace { clock: Arc::new(SystemClock), job_policy: fast(20), ..WorkerPlace::default() };
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let place = WorkerPlace { clock: clock.clone(), job_policy: fast(20), ..WorkerPlace::default() };
     let mut w = worker(vec![spec(&fx, "j", vec![1])], store.clone(), Arc::new(MemoryLogSink::default()), place);
     w.process(1, "e", "u", r#"{"uuid":"u","event":"e","team_id":1,"properties":{}}"#, 0).unwrap();
     assert_eq!(store.queue_len(JOB_QUEUE).unwrap(), 4, "jobs are in the durable queue");
-    w.maintain();
     let scope = PluginDefinition::load(&fx.path()).unwrap().cache_scope(Some(1));
-    let ran = |s: &MemoryStore| s.cache_lrange(&scope, "ran", 0, -1).unwrap();
-    assert!(ran(&store).contains(&"hello 1".to_string()));
-    assert!(!ran(&store).contains(&"hello 2".to_string()), "not due yet");
-    run_for(&mut w, Duration::from_millis(400));
-    let mut all = ran(&store);
-    all.sort();
-    assert_eq!(all, vec!["bare object", "flaky 3", "hello 1", "hello 2"]);
+    let ran = |s: &MemoryStore| {
+        let mut all = s.cache_lrange(&scope, "ran", 0, -1).unwrap();
+        all.sort();
+        all
+    };
+    w.maintain();
+    assert_eq!(ran(&store), ["bare object", "hello 1"], "the jobs due now; flaky failed once");
+    // flaky's retries are due 20 ms and then 40 ms later (it succeeds on its third run).
+    advance(&mut w, &clock, 59);
+    assert_eq!(ran(&store), ["bare object", "hello 1"]);
+    advance(&mut w, &clock, 1);
+    assert_eq!(ran(&store), ["bare object", "flaky 3", "hello 1"]);
+    // hello 2 was asked for 250 ms after the event.
+    advance(&mut w, &clock, 189);
+    assert_eq!(store.queue_len(JOB_QUEUE).unwrap(), 1, "hello 2 waits");
+    advance(&mut w, &clock, 1);
+    assert_eq!(ran(&store), ["bare object", "flaky 3", "hello 1", "hello 2"]);
     assert_eq!(store.queue_len(JOB_QUEUE).unwrap(), 0);
 }
 

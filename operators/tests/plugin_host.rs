@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{Host, event, plugin, process};
-use operators::plugin::{ErrorKind, Hook, Limits, LoadError, LogSource, PluginDefinition, run_chain};
+use operators::plugin::{ErrorKind, Hook, JobTime, Limits, LoadError, LogSource, PluginDefinition, run_chain};
 use serde_json::{Value, json};
 
 // ---- export styles --------------------------------------------------------------------------
@@ -657,6 +657,7 @@ fn posthog_capture_and_jobs_reach_the_outbox() {
                await posthog.capture('plain')\n\
                await jobs.later({ x: 1 }).runIn(2, 'minutes')\n\
                await jobs.later({ x: 2 }).runNow()\n\
+               await jobs.later({ x: 3 }).runAt(new Date(1700000000000))\n\
                e.properties.ran = global.ran || null\n\
                return e\n\
              }",
@@ -665,7 +666,6 @@ fn posthog_capture_and_jobs_reach_the_outbox() {
     let mut p = Host::new().ready(&fx);
     assert!(p.has(Hook::Job));
     assert_eq!(p.jobs(), ["later".to_string()]);
-    let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
     process(&mut p);
     let outbox = p.take_outbox();
     assert_eq!(outbox.captured.len(), 2);
@@ -675,11 +675,12 @@ fn posthog_capture_and_jobs_reach_the_outbox() {
     assert_eq!(outbox.captured[0]["properties"]["$lib"], "posthog-plugin-server");
     assert_eq!(outbox.captured[0]["properties"]["n"], 1);
     assert_eq!(outbox.captured[1]["distinct_id"], "cap", "defaults to the plugin name");
-    assert_eq!(outbox.jobs.len(), 2);
+    assert_eq!(outbox.jobs.len(), 3);
     assert_eq!(outbox.jobs[0].name, "later");
     assert_eq!(outbox.jobs[0].payload, r#"{"x":1}"#);
-    let delay = outbox.jobs[0].run_at_ms - before;
-    assert!((119_000..=121_000).contains(&delay), "runIn(2, 'minutes') scheduled {delay} ms ahead");
+    assert_eq!(outbox.jobs[0].when, JobTime::In(120_000), "runIn(2, 'minutes')");
+    assert_eq!(outbox.jobs[1].when, JobTime::In(0), "runNow");
+    assert_eq!(outbox.jobs[2].when, JobTime::At(1_700_000_000_000), "runAt");
     p.run_job("later", r#"{"x":9}"#).unwrap();
     assert_eq!(process(&mut p).unwrap()["properties"]["ran"], json!({"x": 9}));
     let err = p.run_job("nope", "null").unwrap_err();

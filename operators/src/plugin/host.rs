@@ -36,8 +36,17 @@ pub struct EnqueuedJob {
     pub name: String,
     /// The payload, JSON-serialised.
     pub payload: String,
-    /// When to run it, in milliseconds since the Unix epoch.
-    pub run_at_ms: i64,
+    /// When to run it.
+    pub when: JobTime,
+}
+
+/// When an enqueued job is due.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum JobTime {
+    /// This many milliseconds from now (`runNow`, `runIn`): the worker's clock says when now is.
+    In(u64),
+    /// At this time, in milliseconds since the Unix epoch (`runAt`).
+    At(i64),
 }
 
 /// Services one plugin instance may use, shared by all instances of a worker (or process).
@@ -427,7 +436,8 @@ fn install_outbox<'js>(ctx: &Ctx<'js>, obj: &Object<'js>, host: &HostBindings) -
     let h = host.clone();
     obj.set(
         "enqueueJob",
-        Function::new(ctx.clone(), move |name: String, payload: String, at: f64| {
+        // `at` is a delay in milliseconds when `relative`, else a time since the Unix epoch.
+        Function::new(ctx.clone(), move |name: String, payload: String, at: f64, relative: bool| {
             let max = h.budget.limits.max_event_bytes;
             if payload.len() + name.len() > max {
                 return Some(format!("job refused: its payload is larger than runtime.max_event_bytes ({max} bytes)"));
@@ -438,7 +448,9 @@ fn install_outbox<'js>(ctx: &Ctx<'js>, obj: &Object<'js>, host: &HostBindings) -
                 }
                 return Some(why);
             }
-            h.outbox.borrow_mut().jobs.push(EnqueuedJob { name, payload, run_at_ms: at as i64 });
+            // `as` saturates: NaN and negative delays are now, absurd ones far off.
+            let when = if relative { JobTime::In(at as u64) } else { JobTime::At(at as i64) };
+            h.outbox.borrow_mut().jobs.push(EnqueuedJob { name, payload, when });
             None
         })?,
     )

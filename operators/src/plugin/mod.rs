@@ -36,7 +36,7 @@ mod natives;
 pub use chain::{ChainOutcome, run_chain};
 pub use error::{ErrorKind, Hook, LoadError, PluginError};
 pub use geoip::GeoIp;
-pub use host::{EnqueuedJob, HostServices, InstanceIdentity, Outbox};
+pub use host::{EnqueuedJob, HostServices, InstanceIdentity, JobTime, Outbox};
 pub use instance::{InstanceConfig, PluginDefinition, PluginInstance, StepOutcome};
 pub use log::{LogEntry, LogLevel, LogSink, LogSource, MemoryLogSink};
 pub use runtime::{Limits, PluginRuntime};

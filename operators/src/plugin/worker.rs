@@ -11,8 +11,6 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use std::time::Instant;
-
 use state::{Clock, SystemClock};
 
 use super::chain::{ChainOutcome, run_chain};
@@ -134,8 +132,9 @@ pub struct WorkerPlugins {
     chains: HashMap<i64, Vec<usize>>,
     notices: Vec<PluginNotice>,
     place: WorkerPlace,
-    /// Instances whose `setupPlugin` threw `RetryError`: attempts so far and when to retry.
-    setup_retries: HashMap<InstanceKey, (u32, Instant)>,
+    /// Instances whose `setupPlugin` threw `RetryError`: attempts so far and when the next is
+    /// due (`place.clock`, ms).
+    setup_retries: HashMap<InstanceKey, (u32, u64)>,
     schedules: HashMap<(InstanceKey, Hook), Schedule>,
     /// Events plugins captured, ready to go back into the graph, with their hop counts.
     captured: Vec<(String, u32)>,
@@ -281,7 +280,10 @@ impl WorkerPlugins {
             let item = serde_json::json!({
                 "config_id": inst.config_id(), "team": inst.team_id(), "name": job.name, "payload": job.payload, "attempts": 0, "hops": hops,
             });
-            let due = u64::try_from(job.run_at_ms).unwrap_or(0);
+            let due = match job.when {
+                super::host::JobTime::In(ms) => self.place.clock.now_ms().saturating_add(ms),
+                super::host::JobTime::At(ms) => u64::try_from(ms).unwrap_or(0),
+            };
             if let Err(e) = self.services.store.queue_put(JOB_QUEUE, due, item.to_string().as_bytes()) {
                 tracing::error!(error = %e, config = %inst.config_id(), job = %job.name, "cannot enqueue a job");
                 inst.log_system(LogLevel::Error, &format!("Job '{}' could not be enqueued: {e}", job.name));
@@ -316,7 +318,7 @@ impl WorkerPlugins {
     }
 
     fn retry_setups(&mut self) {
-        let now = Instant::now();
+        let now = self.place.clock.now_ms();
         let due: Vec<InstanceKey> = self.setup_retries.iter().filter(|(_, (_, at))| *at <= now).map(|(k, _)| *k).collect();
         for key in due {
             let (attempts, _) = self.setup_retries.remove(&key).expect("listed above");
@@ -631,7 +633,8 @@ impl WorkerPlugins {
                             wait.as_millis()
                         ),
                     );
-                    self.setup_retries.insert(key, (attempt, Instant::now() + wait));
+                    let due = self.place.clock.now_ms().saturating_add(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
+                    self.setup_retries.insert(key, (attempt, due));
                 } else {
                     inst.disable(format!("setupPlugin failed with {}: {} (attempt {attempt}). Disabled the app!", e.name, e.message));
                 }

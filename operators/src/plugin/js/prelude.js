@@ -828,17 +828,19 @@
         return ms
     }
     function jobsProxy() {
-        const enqueue = (name, payload, at) => {
-            const refused = host.enqueueJob(name, JSON.stringify(payload === undefined ? null : payload), at)
+        // `runNow` and `runIn` are relative to the worker's clock (it decides when a job is
+        // due), `runAt` is a point in time.
+        const enqueue = (name, payload, at, relative) => {
+            const refused = host.enqueueJob(name, JSON.stringify(payload === undefined ? null : payload), at, relative)
             if (refused) throw new Error(refused)
         }
         return new Proxy({}, {
             get(_, name) {
                 if (typeof name !== 'string') return undefined
                 return (payload) => ({
-                    runNow: promised(() => enqueue(name, payload, Date.now())),
-                    runIn: promised((amount, unit) => enqueue(name, payload, Date.now() + Number(amount) * unitMs(unit))),
-                    runAt: promised((date) => enqueue(name, payload, new Date(date).getTime())),
+                    runNow: promised(() => enqueue(name, payload, 0, true)),
+                    runIn: promised((amount, unit) => enqueue(name, payload, Number(amount) * unitMs(unit), true)),
+                    runAt: promised((date) => enqueue(name, payload, new Date(date).getTime(), false)),
                 })
             },
         })
