@@ -100,7 +100,14 @@ pub fn process(p: &mut PluginInstance) -> Option<Value> {
 pub fn geoip_db() -> PathBuf {
     let path = std::env::var_os("PLUGINFLOW_GEOIP_DB")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/GeoLite2-City.mmdb"));
+        // Cargo's package folder at run time first (a binary built by another checkout sharing
+        // the target folder), else where it was compiled.
+        .unwrap_or_else(|| {
+            std::env::var_os("CARGO_MANIFEST_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf())
+                .join("../.cache/GeoLite2-City.mmdb")
+        });
     assert!(
         path.is_file(),
         "the GeoLite2 City database is missing at {}: run scripts/fetch-test-data.sh (the test command does)",
