@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The Kafka rows of BENCHMARKS.md, against Apache Kafka (scripts/kafka.sh) on loopback: the raw
 # librdkafka consume→produce loop (the floor), pluginflow passing events through, and pluginflow
-# with the 3-plugin chain (benches/plugins greet, screen, flatten), each reading the same input
+# with the 3-plugin chain (benches/plugins greet, screen, flatten), and pluginflow passing events
+# through unkeyed (`key_field = ""`: the raw loop sends no key either), each reading the same input
 # topic (4 partitions) from the start into a fresh output topic, one worker or thread, in
 # alternating rounds. Each run is timed by its output messages' create timestamps, first to last
 # (`kafka_bench count`), so process start-up and the group's first assignment are left out alike.
@@ -29,14 +30,14 @@ scripts/kafka.sh start "$WORK/broker" "$PORT" >&2
 "$BIN/kafka_bench" create --bootstrap "$KB" --topic bench-in --partitions 4
 "$BIN/kafka_bench" load --bootstrap "$KB" --topic bench-in --events "$WORK/events.jsonl"
 
-config() { # group out-topic plugin-dirs...
-    local group=$1 out=$2 order=0
-    shift 2
+config() { # group out-topic key-field plugin-dirs...
+    local group=$1 out=$2 key=$3 order=0
+    shift 3
     {
         printf '[input]\nkind = "kafka"\n[output]\nevents = "%s/out/e.jsonl"\ndead_letters = "%s/out/d.jsonl"\nlogs = "%s/out/l.jsonl"\n' "$WORK" "$WORK" "$WORK"
         printf '[state]\nmemory = true\n'
         printf '[kafka]\nbrokers = "%s"\ngroup_id = "%s"\ninput_topic = "bench-in"\noutput_topic = "%s"\n' "$KB" "$group" "$out"
-        printf 'dead_letter_topic = "%s-dead"\nstop_after_idle_ms = 3000\n' "$out"
+        printf 'dead_letter_topic = "%s-dead"\nstop_after_idle_ms = 3000\nkey_field = "%s"\n' "$out" "$key"
         for dir in "$@"; do
             order=$((order + 1))
             printf '[[plugins]]\nid = "%s"\npath = "%s"\norder = %d\n' "$(basename "$dir")" "$dir" "$order"
@@ -51,15 +52,16 @@ row() { # tag round
     "$BIN/kafka_bench" create --bootstrap "$KB" --topic "$out-dead" --partitions 1
     case $tag in
         raw) "$BIN/kafka_bench" loop --bootstrap "$KB" --input bench-in --group "raw-$r" --count "$N" --output "$out" 2>>"$WORK/log" ;;
-        passthrough) "$BIN/pluginflow" run --no-progress -w 1 "$(config "pf-$r" "$out")" 2>>"$WORK/log" ;;
-        chain3) "$BIN/pluginflow" run --no-progress -w 1 "$(config "chain-$r" "$out" "$ROOT/benches/plugins/greet" "$ROOT/benches/plugins/screen" "$ROOT/benches/plugins/flatten")" 2>>"$WORK/log" ;;
+        passthrough) "$BIN/pluginflow" run --no-progress -w 1 "$(config "pf-$r" "$out" distinct_id)" 2>>"$WORK/log" ;;
+        unkeyed) "$BIN/pluginflow" run --no-progress -w 1 "$(config "pfu-$r" "$out" "")" 2>>"$WORK/log" ;;
+        chain3) "$BIN/pluginflow" run --no-progress -w 1 "$(config "chain-$r" "$out" distinct_id "$ROOT/benches/plugins/greet" "$ROOT/benches/plugins/screen" "$ROOT/benches/plugins/flatten")" 2>>"$WORK/log" ;;
     esac
     "$BIN/kafka_bench" count --bootstrap "$KB" --topic "$out" --quiet-ms 3000 --json "$WORK/$tag.$r.json" >/dev/null
     echo "bench-kafka: $tag round $r: $(cat "$WORK/$tag.$r.json")" >&2
 }
 
 for r in $(seq 1 "$ROUNDS"); do
-    for tag in raw passthrough chain3; do
+    for tag in raw passthrough unkeyed chain3; do
         row "$tag" "$r"
     done
 done
@@ -68,11 +70,11 @@ python3 - "$WORK" "$ROUNDS" "$N" "$(git rev-parse --short HEAD)$(git diff --quie
 import json, statistics, sys, glob, os
 work, rounds, n, rev = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 rows = {}
-for tag in ("raw", "passthrough", "chain3"):
+for tag in ("raw", "passthrough", "unkeyed", "chain3"):
     runs = [json.load(open(os.path.join(work, f"{tag}.{r}.json"))) for r in range(1, rounds + 1)]
     rows[tag] = (statistics.median(x["messages_per_s"] for x in runs), [x["messages_per_s"] for x in runs], [x["messages"] for x in runs])
 floor = rows["raw"][0]
-names = {"raw": "raw librdkafka loop (floor)", "passthrough": "pluginflow, no plugins", "chain3": "pluginflow, greet+screen+flatten"}
+names = {"raw": "raw librdkafka loop (floor)", "passthrough": "pluginflow, no plugins", "unkeyed": "pluginflow, no plugins, unkeyed", "chain3": "pluginflow, greet+screen+flatten"}
 print(f"Apache Kafka {os.environ.get('KAFKA_VERSION', '4.4.0')} on loopback, {n} events, {rounds} rounds, git `{rev}`, command `scripts/bench-kafka.sh`.\n")
 print("| row | median messages/s | vs floor | runs (messages/s) | messages out |")
 print("|---|---:|---:|---|---|")
