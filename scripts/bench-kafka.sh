@@ -30,21 +30,7 @@ scripts/kafka.sh start "$WORK/broker" "$PORT" >&2
 "$BIN/kafka_bench" create --bootstrap "$KB" --topic bench-in --partitions 4
 "$BIN/kafka_bench" load --bootstrap "$KB" --topic bench-in --events "$WORK/events.jsonl"
 
-config() { # group out-topic key-field plugin-dirs...
-    local group=$1 out=$2 key=$3 order=0
-    shift 3
-    {
-        printf '[input]\nkind = "kafka"\n[output]\nevents = "%s/out/e.jsonl"\ndead_letters = "%s/out/d.jsonl"\nlogs = "%s/out/l.jsonl"\n' "$WORK" "$WORK" "$WORK"
-        printf '[state]\nmemory = true\n'
-        printf '[kafka]\nbrokers = "%s"\ngroup_id = "%s"\ninput_topic = "bench-in"\noutput_topic = "%s"\n' "$KB" "$group" "$out"
-        printf 'dead_letter_topic = "%s-dead"\nstop_after_idle_ms = 3000\nkey_field = "%s"\n' "$out" "$key"
-        for dir in "$@"; do
-            order=$((order + 1))
-            printf '[[plugins]]\nid = "%s"\npath = "%s"\norder = %d\n' "$(basename "$dir")" "$dir" "$order"
-        done
-    } >"$WORK/$group.toml"
-    echo "$WORK/$group.toml"
-}
+source scripts/kafka-bench-config.sh
 
 row() { # tag round
     local tag=$1 r=$2 out="out-$1-$2"
@@ -52,9 +38,9 @@ row() { # tag round
     "$BIN/kafka_bench" create --bootstrap "$KB" --topic "$out-dead" --partitions 1
     case $tag in
         raw) "$BIN/kafka_bench" loop --bootstrap "$KB" --input bench-in --group "raw-$r" --count "$N" --output "$out" 2>>"$WORK/log" ;;
-        passthrough) "$BIN/pluginflow" run --no-progress -w 1 "$(config "pf-$r" "$out" distinct_id)" 2>>"$WORK/log" ;;
-        unkeyed) "$BIN/pluginflow" run --no-progress -w 1 "$(config "pfu-$r" "$out" "")" 2>>"$WORK/log" ;;
-        chain3) "$BIN/pluginflow" run --no-progress -w 1 "$(config "chain-$r" "$out" distinct_id "$ROOT/benches/plugins/greet" "$ROOT/benches/plugins/screen" "$ROOT/benches/plugins/flatten")" 2>>"$WORK/log" ;;
+        passthrough) "$BIN/pluginflow" run --no-progress -w 1 "$(pipeline_config "pf-$r" bench-in "$out" distinct_id)" 2>>"$WORK/log" ;;
+        unkeyed) "$BIN/pluginflow" run --no-progress -w 1 "$(pipeline_config "pfu-$r" bench-in "$out" "")" 2>>"$WORK/log" ;;
+        chain3) "$BIN/pluginflow" run --no-progress -w 1 "$(pipeline_config "chain-$r" bench-in "$out" distinct_id "$ROOT/benches/plugins/greet" "$ROOT/benches/plugins/screen" "$ROOT/benches/plugins/flatten")" 2>>"$WORK/log" ;;
     esac
     "$BIN/kafka_bench" count --bootstrap "$KB" --topic "$out" --quiet-ms 3000 --json "$WORK/$tag.$r.json" >/dev/null
     echo "bench-kafka: $tag round $r: $(cat "$WORK/$tag.$r.json")" >&2

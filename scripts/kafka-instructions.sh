@@ -30,22 +30,18 @@ for n in "$SMALL" "$LARGE"; do
     "$BIN/kafka_bench" load --bootstrap "$KB" --topic "in-$n" --events "$WORK/events-$n.jsonl"
 done
 
-config() { # name input key-field
-    printf '[input]\nkind = "kafka"\n[output]\nevents = "%s/out/e.jsonl"\ndead_letters = "%s/out/d.jsonl"\nlogs = "%s/out/l.jsonl"\n' "$WORK" "$WORK" "$WORK"
-    printf '[state]\nmemory = true\n[kafka]\nbrokers = "%s"\ngroup_id = "%s"\ninput_topic = "%s"\noutput_topic = "%s-out"\n' "$KB" "$1" "$2" "$1"
-    printf 'dead_letter_topic = "%s-dead"\nstop_after_idle_ms = 3000\nkey_field = "%s"\n' "$1" "$3"
-}
+source scripts/kafka-bench-config.sh
 
 # count TAG N: callgrind's total for one run of row TAG over N events.
 count() {
     local tag=$1 n=$2 name="$1-$2"
     "$BIN/kafka_bench" create --bootstrap "$KB" --topic "$name-out" --partitions 4
-    "$BIN/kafka_bench" create --bootstrap "$KB" --topic "$name-dead" --partitions 1
+    "$BIN/kafka_bench" create --bootstrap "$KB" --topic "$name-out-dead" --partitions 1
     local cmd
     case $tag in
         raw) cmd=("$BIN/kafka_bench" loop --bootstrap "$KB" --input "in-$n" --group "$name" --count "$n" --output "$name-out") ;;
-        unkeyed) config "$name" "in-$n" "" >"$WORK/$name.toml"; cmd=("$BIN/pluginflow" run --no-progress -w 1 "$WORK/$name.toml") ;;
-        keyed) config "$name" "in-$n" distinct_id >"$WORK/$name.toml"; cmd=("$BIN/pluginflow" run --no-progress -w 1 "$WORK/$name.toml") ;;
+        unkeyed) cmd=("$BIN/pluginflow" run --no-progress -w 1 "$(pipeline_config "$name" "in-$n" "$name-out" "")") ;;
+        keyed) cmd=("$BIN/pluginflow" run --no-progress -w 1 "$(pipeline_config "$name" "in-$n" "$name-out" distinct_id)") ;;
     esac
     valgrind --tool=callgrind --callgrind-out-file="$WORK/$name.out" "${cmd[@]}" >"$WORK/$name.log" 2>&1 \
         || { echo "kafka-instructions.sh: $name failed:" >&2; tail -20 "$WORK/$name.log" >&2; exit 1; }

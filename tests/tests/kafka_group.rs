@@ -41,23 +41,31 @@ fn wait_for_assignment(log: &Path) {
     }
 }
 
-/// One pipeline process of the group.
-fn start_process(
-    dir: &Path,
-    p: usize,
-    broker: &Broker,
-    topics: &Topics,
-    group: &str,
-    delivery: &str,
-    plugins: &str,
-) -> (std::process::Child, std::path::PathBuf) {
-    let sub = dir.join(format!("p{p}"));
-    std::fs::create_dir_all(&sub).unwrap();
-    // Independent processes need their own transactional ids.
-    let extra = format!("stop_after_idle_ms = 5000\ndelivery = {delivery:?}\ntransactional_id_prefix = \"{group}-p{p}\"");
-    let config = kafka_config(&sub, &broker.bootstrap(), group, topics, &extra, plugins);
-    let log = sub.join("pluginflow.log");
-    (spawn_pipeline(&config, 1, &log), log)
+/// What the pipeline processes of one test's consumer group share.
+struct Group<'a> {
+    dir: &'a Path,
+    bootstrap: String,
+    topics: &'a Topics,
+    group: String,
+    delivery: &'a str,
+    plugins: String,
+    stop_after_idle_ms: u64,
+}
+
+impl Group<'_> {
+    /// Starts process `p` of the group, with `workers` workers; returns it and its log.
+    fn start(&self, p: usize, workers: usize) -> (std::process::Child, std::path::PathBuf) {
+        let sub = self.dir.join(format!("p{p}"));
+        std::fs::create_dir_all(&sub).unwrap();
+        // Independent processes need their own transactional ids.
+        let extra = format!(
+            "stop_after_idle_ms = {}\ndelivery = {:?}\ntransactional_id_prefix = \"{}-p{p}\"",
+            self.stop_after_idle_ms, self.delivery, self.group
+        );
+        let config = kafka_config(&sub, &self.bootstrap, &self.group, self.topics, &extra, &self.plugins);
+        let log = sub.join("pluginflow.log");
+        (spawn_pipeline(&config, workers, &log), log)
+    }
 }
 
 /// Runs the group (see the module doc); returns (missing, repeats, events read by each process).
@@ -74,13 +82,14 @@ fn group_run(delivery: &str) -> (usize, usize, [u64; 3]) {
     let group = format!("group-{delivery}");
     let plugins = pacing_plugin(dir.path());
 
-    let first = start_process(dir.path(), 0, &broker, &topics, &group, delivery, &plugins);
+    let g = Group { dir: dir.path(), bootstrap: bs.clone(), topics: &topics, group, delivery, plugins, stop_after_idle_ms: 5000 };
+    let first = g.start(0, 1);
     // The second joins while the first is mid-run: a rebalance under load.
     wait_for_output(&bs, &topics.output, EVENTS as i64 / 10);
-    let second = start_process(dir.path(), 1, &broker, &topics, &group, delivery, &plugins);
+    let second = g.start(1, 1);
     wait_for_assignment(&second.1);
     // The third joins the two, works a while, and leaves.
-    let mut third = start_process(dir.path(), 2, &broker, &topics, &group, delivery, &plugins);
+    let mut third = g.start(2, 1);
     wait_for_assignment(&third.1);
     let joined_at = written(&bs, &topics.output);
     wait_for_output(&bs, &topics.output, joined_at + EVENTS as i64 / 10);
@@ -221,13 +230,18 @@ fn late_join_run(delivery: &str) -> (usize, usize) {
         std::thread::spawn(move || trickle(bs, topic, lines, dry, stop))
     };
 
+    let g = Group {
+        dir: dir.path(),
+        bootstrap: bs.clone(),
+        topics: &topics,
+        group,
+        delivery,
+        plugins: String::new(),
+        stop_after_idle_ms: 1500,
+    };
     let start = |p: usize, workers: usize| {
-        let sub = dir.path().join(format!("p{p}"));
-        std::fs::create_dir_all(&sub).unwrap();
-        let extra = format!("stop_after_idle_ms = 1500\ndelivery = {delivery:?}\ntransactional_id_prefix = \"{group}-p{p}\"");
-        let config = kafka_config(&sub, &bs, &group, &topics, &extra, "");
-        let log = sub.join("pluginflow.log");
-        (Running(spawn_pipeline(&config, workers, &log)), log)
+        let (child, log) = g.start(p, workers);
+        (Running(child), log)
     };
     // Two workers, one partition each (the first assignment may give one worker both: wait for
     // the rebalance that splits them).

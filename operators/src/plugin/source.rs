@@ -355,14 +355,16 @@ fn transform(name: &str, text: &str, typescript: bool) -> Result<Transformed, So
     }
     let mut program = parsed.program;
     let is_esm = program.body.iter().any(Statement::is_module_declaration);
-    let mut features = SpecifierCollector::default();
-    features.visit_program(&program);
-    if !typescript && !is_esm && !features.module_features {
-        // Plain CommonJS: nothing to compile, so the author's text runs as written (comments,
-        // `Function.prototype.toString`, positions read by the plugin itself).
-        let lines = u32::try_from(text.lines().count()).unwrap_or(u32::MAX);
-        let positions = PositionMap { tokens: Vec::new(), identity_lines: Some(lines) };
-        return Ok(Transformed { code: text.to_string(), positions, specifiers: unique(features.specs), is_esm });
+    if !typescript && !is_esm {
+        let mut features = SpecifierCollector::default();
+        features.visit_program(&program);
+        if !features.module_features {
+            // Plain CommonJS: nothing to compile, so the author's text runs as written
+            // (comments, `Function.prototype.toString`, positions read by the plugin itself).
+            let lines = u32::try_from(text.lines().count()).unwrap_or(u32::MAX);
+            let positions = PositionMap { tokens: Vec::new(), identity_lines: Some(lines) };
+            return Ok(Transformed { code: text.to_string(), positions, specifiers: unique(features.specs), is_esm });
+        }
     }
     let mut scoping = SemanticBuilder::new().build(&program).semantic.into_scoping();
     if typescript {

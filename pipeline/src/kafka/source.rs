@@ -310,6 +310,12 @@ impl KafkaSource {
         self.report_if_nothing_uncommitted();
     }
 
+    /// One poll of the consumer (serving its callbacks): a record as (partition, offset,
+    /// payload), an error, or nothing within `timeout`.
+    fn poll_one(&self, timeout: Duration) -> Option<rdkafka::error::KafkaResult<(i32, i64, Vec<u8>)>> {
+        self.consumer.poll(timeout).map(|r| r.map(|m| (m.partition(), m.offset(), m.payload().map(<[u8]>::to_vec).unwrap_or_default())))
+    }
+
     /// Hands a polled record on in `batch` and notes its offset for `epoch`.
     fn take(&mut self, epoch: u64, batch: &mut Polled, partition: i32, offset: i64, payload: Vec<u8>) {
         batch.bytes += payload.len() as u64;
@@ -497,7 +503,7 @@ impl EventSource for KafkaSource {
             timeout = Duration::ZERO;
         }
         while batch.records.len() < max {
-            let polled = self.consumer.poll(timeout).map(|r| r.map(|m| (m.partition(), m.offset(), m.payload().map(<[u8]>::to_vec))));
+            let polled = self.poll_one(timeout);
             // Callbacks served during that poll happened before the message it returned.
             self.apply_rebalances(epoch, &mut batch);
             match polled {
@@ -507,7 +513,7 @@ impl EventSource for KafkaSource {
                     self.idle_since = None;
                     break;
                 }
-                Some(Ok((partition, offset, payload))) => self.take(epoch, &mut batch, partition, offset, payload.unwrap_or_default()),
+                Some(Ok((partition, offset, payload))) => self.take(epoch, &mut batch, partition, offset, payload),
             }
             timeout = Duration::ZERO;
         }
@@ -543,8 +549,8 @@ impl EventSource for KafkaSource {
             if since.elapsed() < SERVE_AFTER {
                 return Ok(Release::Waiting);
             }
-            match self.consumer.poll(Duration::ZERO) {
-                Some(Ok(m)) => self.stashed = Some((m.partition(), m.offset(), m.payload().map(<[u8]>::to_vec).unwrap_or_default())),
+            match self.poll_one(Duration::ZERO) {
+                Some(Ok(record)) => self.stashed = Some(record),
                 Some(Err(e)) => self.log_consumer_error(&e),
                 None => {}
             }
