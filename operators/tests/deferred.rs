@@ -12,27 +12,31 @@ use std::time::{Duration, Instant};
 use common::plugin;
 use operators::dataflow::deferred::RunDeferred;
 use operators::plugin::deferred::{DeferredWork, Exhausted, RetryPolicies, RetryPolicy};
-use operators::plugin::worker::{Outcome, PluginNotice, PluginSpec, WorkerPlugins};
+use operators::plugin::worker::{Outcome, PluginNotice, PluginSpec, WorkerPlace, WorkerPlugins};
 use operators::plugin::{HostServices, Limits, LogSource, MemoryLogSink, PluginDefinition};
 use serde_json::json;
-use state::{MemoryStore, StateStore};
+use state::{Clock, ManualClock, MemoryStore, StateStore};
 use timely::dataflow::operators::{Input, Inspect, Probe};
 
 const RECORDER: &str = "const { RetryError } = require('@posthog/plugin-scaffold')\n\
     exports.onEvent = (e, { global }) => {\n\
       global.n = global.n || {}\n\
       const n = global.n[e.uuid] = (global.n[e.uuid] || 0) + 1\n\
-      console.log(JSON.stringify({ uuid: e.uuid, attempt: n, at: Date.now() }))\n\
+      console.log(JSON.stringify({ uuid: e.uuid, attempt: n }))\n\
       if (e.uuid.startsWith('flaky') && n <= 2) throw new RetryError('not yet')\n\
       if (e.uuid === 'doomed') throw new RetryError('never')\n\
       if (e.uuid === 'broken') throw new Error('plain failure')\n\
     }";
+
+/// Where the worker's clock starts (ms since the Unix epoch).
+const START_MS: u64 = 1_700_000_000_000;
 
 struct Harness {
     logs: Arc<MemoryLogSink>,
     store: Arc<MemoryStore>,
     plugins: Rc<RefCell<WorkerPlugins>>,
     work: Rc<RefCell<DeferredWork>>,
+    clock: Arc<ManualClock>,
     _fixture: common::Fixture,
 }
 
@@ -48,9 +52,12 @@ fn harness(name: &str, files: &[(&str, &str)], config: serde_json::Value, polici
         config: config.as_object().cloned().unwrap_or_default(),
         attachments: Default::default(),
     };
-    let plugins = Rc::new(RefCell::new(WorkerPlugins::new(Limits::default(), Arc::new(vec![spec]), services).unwrap()));
+    let clock = Arc::new(ManualClock::new(START_MS));
+    let place = WorkerPlace { clock: clock.clone(), ..WorkerPlace::default() };
+    let plugins = WorkerPlugins::new(Limits::default(), Arc::new(vec![spec]), services).unwrap().with_place(place);
+    let plugins = Rc::new(RefCell::new(plugins));
     let work = Rc::new(RefCell::new(DeferredWork::new(plugins.clone(), policies, store.clone())));
-    Harness { logs, store, plugins, work, _fixture: fixture }
+    Harness { logs, store, plugins, work, clock, _fixture: fixture }
 }
 
 fn fast(on_event_ms: u64, export_ms: u64) -> RetryPolicies {
@@ -65,28 +72,54 @@ fn event(uuid: &str) -> String {
     json!({"uuid": uuid, "event": "e", "team_id": 1, "distinct_id": "d", "properties": {"p": uuid}}).to_string()
 }
 
-/// (uuid, attempt, at ms) of every onEvent call, from the plugin's console.
-fn attempts(logs: &MemoryLogSink) -> Vec<(String, u64, u64)> {
-    logs.entries()
-        .into_iter()
-        .filter(|e| e.source == LogSource::Console)
-        .filter_map(|e| serde_json::from_str::<serde_json::Value>(&e.message).ok())
-        .filter(|v| v.get("attempt").is_some())
-        .map(|v| (v["uuid"].as_str().unwrap().to_string(), v["attempt"].as_u64().unwrap(), v["at"].as_u64().unwrap()))
-        .collect()
+/// What a run saw: the give-ups, when (on the worker's clock) each batch was sent, and every
+/// console line of the plugin with the clock time of the step that wrote it.
+struct Ran {
+    gave_up: Vec<Exhausted>,
+    sent_at: Vec<u64>,
+    console: Vec<(u64, String)>,
+}
+
+impl Ran {
+    /// (uuid, attempt, at ms) of every onEvent call.
+    fn attempts(&self) -> Vec<(String, u64, u64)> {
+        self.console
+            .iter()
+            .filter_map(|(at, line)| serde_json::from_str::<serde_json::Value>(line).ok().map(|v| (*at, v)))
+            .filter(|(_, v)| v.get("attempt").is_some())
+            .map(|(at, v)| (v["uuid"].as_str().unwrap().to_string(), v["attempt"].as_u64().unwrap(), at))
+            .collect()
+    }
+
+    /// The clock times of one event's attempts.
+    fn times_of(&self, uuid: &str) -> Vec<u64> {
+        self.attempts().into_iter().filter(|a| a.0 == uuid).map(|a| a.2).collect()
+    }
+}
+
+/// Differences between consecutive times.
+fn gaps(times: &[u64]) -> Vec<u64> {
+    times.windows(2).map(|w| w[1] - w[0]).collect()
 }
 
 /// Runs the sink over `batches` (one epoch each), then closes the input and runs to the end.
 /// `during` is called after every step while the input is open, with the probe's frontier.
-fn run(h: &Harness, batches: Vec<Vec<String>>, during: impl FnMut(u64, Option<u64>)) -> Vec<Exhausted> {
-    run_holding(h, batches, Duration::ZERO, during)
+fn run(h: &Harness, batches: Vec<Vec<String>>, during: impl FnMut(u64, Option<u64>)) -> Ran {
+    run_holding(h, batches, 0, during)
 }
 
-/// [`run`], keeping the input open for `hold` after the last batch.
-fn run_holding(h: &Harness, batches: Vec<Vec<String>>, hold: Duration, mut during: impl FnMut(u64, Option<u64>)) -> Vec<Exhausted> {
+/// [`run`], keeping the input open for `hold_ms` after the last batch.
+///
+/// Time is the worker's manual clock and passes only here: one millisecond per step, after
+/// the step (so work sent at time T is handled at T), with the sink woken at every step as a
+/// real clock's timer would wake it when something falls due. No sleeps, no wall-clock windows:
+/// every time a test asserts is exact.
+fn run_holding(h: &Harness, batches: Vec<Vec<String>>, hold_ms: u64, mut during: impl FnMut(u64, Option<u64>)) -> Ran {
     let work = h.work.clone();
     let gave_up = Rc::new(RefCell::new(Vec::new()));
     let sink = gave_up.clone();
+    let mut sent_at = Vec::new();
+    let mut console: Vec<(u64, String)> = Vec::new();
     {
         // `execute_directly` wants a `Send` closure; this test's state is `Rc`, so build the
         // single-threaded worker by hand, as `execute_directly` does.
@@ -98,29 +131,39 @@ fn run_holding(h: &Harness, batches: Vec<Vec<String>>, hold: Duration, mut durin
             let probe = stream.run_deferred(work.clone()).inspect(move |e: &Exhausted| sink.borrow_mut().push(e.clone())).probe().0;
             (input, probe)
         });
+        let mut tick = |worker: &mut timely::worker::Worker| {
+            h.work.borrow().wake();
+            worker.step();
+            let now = h.clock.now_ms();
+            let entries = h.logs.entries();
+            let fresh = entries.into_iter().filter(|e| e.source == LogSource::Console).skip(console.len());
+            console.extend(fresh.map(|e| (now, e.message)));
+            h.clock.advance_ms(1);
+        };
         for (epoch, batch) in batches.into_iter().enumerate() {
+            sent_at.push(h.clock.now_ms());
             for ev in batch {
                 input.send((1, 0, ev));
             }
             input.advance_to(epoch as u64 + 1);
             for _ in 0..20 {
-                worker.step();
+                tick(worker);
                 let frontier = probe.with_frontier(|f| f.first().copied());
                 during(epoch as u64 + 1, frontier);
             }
         }
-        let open = Instant::now();
-        while open.elapsed() < hold {
-            worker.step_or_park(Some(Duration::from_millis(10)));
+        for _ in 0..hold_ms {
+            tick(worker);
         }
         drop(input);
-        let started = Instant::now();
+        let closed = h.clock.now_ms();
         while !probe.done() {
-            assert!(started.elapsed() < Duration::from_secs(20), "the sink never finished");
-            worker.step_or_park(Some(Duration::from_millis(10)));
+            // Ten minutes of the manual clock: past every retry window these tests configure.
+            assert!(h.clock.now_ms() - closed < 600_000, "the sink never finished");
+            tick(worker);
         }
     }
-    Rc::try_unwrap(gave_up).unwrap().into_inner()
+    Ran { gave_up: Rc::try_unwrap(gave_up).unwrap().into_inner(), sent_at, console }
 }
 
 fn metrics(h: &Harness) -> Vec<(String, Outcome, u64)> {
@@ -138,14 +181,12 @@ fn metrics(h: &Harness) -> Vec<(String, Outcome, u64)> {
 #[test]
 fn retry_error_twice_then_success_at_the_expected_delays() {
     let h = harness("rec", &[("index.js", RECORDER)], json!({}), fast(200, 200));
-    let gave_up = run(&h, vec![vec![event("flaky-1")]], |_, _| {});
-    assert!(gave_up.is_empty());
-    let calls = attempts(&h.logs);
+    let ran = run(&h, vec![vec![event("flaky-1")]], |_, _| {});
+    assert!(ran.gave_up.is_empty());
+    let calls = ran.attempts();
     assert_eq!(calls.iter().map(|c| c.1).collect::<Vec<_>>(), vec![1, 2, 3]);
-    let gap1 = calls[1].2 - calls[0].2;
-    let gap2 = calls[2].2 - calls[1].2;
-    assert!((200..600).contains(&gap1), "first retry after {gap1} ms, wanted 200");
-    assert!((400..900).contains(&gap2), "second retry after {gap2} ms, wanted 400");
+    assert_eq!(calls[0].2, ran.sent_at[0], "the first attempt as the event arrives");
+    assert_eq!(gaps(&ran.times_of("flaky-1")), vec![200, 400], "retries after base, then twice base");
     assert_eq!(metrics(&h), vec![("onEvent".to_string(), Outcome::SucceededOnRetry, 1)]);
     assert_eq!(h.store.queue_len("retries").unwrap(), 0, "a finished retry leaves nothing behind");
 }
@@ -153,24 +194,45 @@ fn retry_error_twice_then_success_at_the_expected_delays() {
 #[test]
 fn never_succeeding_ends_in_a_dead_letter_after_exactly_six_attempts() {
     let h = harness("rec", &[("index.js", RECORDER)], json!({}), fast(10, 10));
-    let gave_up = run(&h, vec![vec![event("doomed")]], |_, _| {});
-    assert_eq!(attempts(&h.logs).len(), 6, "1 attempt + 5 retries");
-    assert_eq!(gave_up.len(), 1);
-    let e = &gave_up[0];
+    let ran = run(&h, vec![vec![event("doomed")]], |_, _| {});
+    assert_eq!(gaps(&ran.times_of("doomed")), vec![10, 20, 40, 80, 160], "1 attempt + 5 retries, each wait doubling");
+    assert_eq!(ran.gave_up.len(), 1);
+    let e = &ran.gave_up[0];
     assert_eq!(e.attempts, 6);
     assert_eq!(e.reason(), "onEvent of plugin 'rec' (7) failed after 6 attempts: RetryError: never");
     assert!(e.payload.contains("\"uuid\":\"doomed\""), "{}", e.payload);
     assert_eq!(metrics(&h), vec![("onEvent".to_string(), Outcome::Failed, 1)]);
 }
 
+/// The durable queue entry of a pending retry is due when the retry is, on the worker's clock
+/// (a restart resumes it then, not earlier or later).
+#[test]
+fn a_pending_retry_is_queued_durably_at_its_due_time() {
+    let h = harness("rec", &[("index.js", RECORDER)], json!({}), fast(5_000, 10));
+    let queued = Rc::new(RefCell::new(Vec::new()));
+    let seen = queued.clone();
+    let store = h.store.clone();
+    let ran = run(&h, vec![vec![event("flaky-q")]], move |_, _| {
+        if seen.borrow().is_empty() {
+            // Taking an item only marks it taken for this store instance; the retry still
+            // acknowledges it by id when it is done.
+            let items = store.queue_take_due("retries", u64::MAX, 10).unwrap();
+            seen.borrow_mut().extend(items.into_iter().map(|i| i.due_ms));
+        }
+    });
+    let times = ran.times_of("flaky-q");
+    assert_eq!(gaps(&times), vec![5_000, 10_000]);
+    assert_eq!(*queued.borrow(), vec![times[0] + 5_000], "queued once, due at the first retry's time");
+    assert_eq!(h.store.queue_len("retries").unwrap(), 0, "acknowledged once it succeeded");
+}
+
 #[test]
 fn a_plain_error_is_not_retried_and_is_not_lost() {
     let h = harness("rec", &[("index.js", RECORDER)], json!({}), fast(10, 10));
-    let gave_up = run(&h, vec![vec![event("broken"), event("fine")]], |_, _| {});
-    let calls = attempts(&h.logs);
-    assert_eq!(calls.iter().filter(|c| c.0 == "broken").count(), 1);
-    assert_eq!(gave_up.len(), 1);
-    assert_eq!(gave_up[0].reason(), "onEvent of plugin 'rec' (7) failed after 1 attempt: Error: plain failure");
+    let ran = run(&h, vec![vec![event("broken"), event("fine")]], |_, _| {});
+    assert_eq!(ran.times_of("broken").len(), 1);
+    assert_eq!(ran.gave_up.len(), 1);
+    assert_eq!(ran.gave_up[0].reason(), "onEvent of plugin 'rec' (7) failed after 1 attempt: Error: plain failure");
     let mut m = metrics(&h);
     m.sort_by_key(|x| x.1);
     assert_eq!(m, vec![("onEvent".to_string(), Outcome::Succeeded, 1), ("onEvent".to_string(), Outcome::Failed, 1)]);
@@ -183,13 +245,12 @@ fn the_frontier_does_not_pass_an_epoch_while_its_retry_is_pending() {
     let seen = held.clone();
     // Epoch 0 holds a flaky event; epochs 1 and 2 hold events that succeed at once.
     let batches = vec![vec![event("flaky-a")], vec![event("ok-b")], vec![event("ok-c")]];
-    let started = Instant::now();
-    run(&h, batches, move |input_time, frontier| seen.borrow_mut().push((input_time, frontier, started.elapsed())));
-    let calls = attempts(&h.logs);
-    let first_ok = calls.iter().find(|c| c.0 == "ok-c").expect("later events ran").2;
-    let flaky_done = calls.iter().filter(|c| c.0 == "flaky-a").map(|c| c.2).max().unwrap();
-    assert!(first_ok < flaky_done, "later events flowed while the retry waited");
-    for (input_time, frontier, _) in held.borrow().iter() {
+    let ran = run(&h, batches, move |input_time, frontier| seen.borrow_mut().push((input_time, frontier)));
+    let ok_c = ran.times_of("ok-c");
+    let flaky = ran.times_of("flaky-a");
+    assert!(ok_c[0] < *flaky.last().unwrap(), "later events flowed while the retry waited");
+    assert_eq!(held.borrow().len(), 60);
+    for (input_time, frontier) in held.borrow().iter() {
         assert_eq!(*frontier, Some(0), "input at {input_time}: the frontier passed epoch 0 with its retry pending");
     }
 }
@@ -203,14 +264,39 @@ fn a_retry_past_its_hold_lets_its_epoch_complete_and_still_gives_up_later() {
     let h = harness("rec", &[("index.js", RECORDER)], json!({}), policies);
     let frontiers = Rc::new(RefCell::new(Vec::new()));
     let seen = frontiers.clone();
-    let gave_up = run(&h, vec![vec![event("doomed")], vec![event("ok-b")]], move |_, frontier| seen.borrow_mut().push(frontier));
+    let ran = run(&h, vec![vec![event("doomed")], vec![event("ok-b")]], move |_, frontier| seen.borrow_mut().push(frontier));
     let passed = frontiers.borrow().iter().any(|f| f.is_some_and(|t| t >= 1));
     assert!(passed, "epoch 0 never completed while its retry waited: {:?}", frontiers.borrow());
-    let calls = attempts(&h.logs);
-    assert_eq!(calls.iter().filter(|c| c.0 == "doomed").count(), 6, "every attempt still made");
-    assert_eq!(gave_up.len(), 1, "the dead letter still comes out");
-    assert_eq!(gave_up[0].attempts, 6);
+    assert_eq!(gaps(&ran.times_of("doomed")), vec![20, 40, 80, 160, 320], "every attempt still made, on time");
+    assert_eq!(ran.gave_up.len(), 1, "the dead letter still comes out");
+    assert_eq!(ran.gave_up[0].attempts, 6);
     assert_eq!(h.store.queue_len("retries").unwrap(), 0);
+}
+
+/// A hold ends when it says: with a 100 ms hold and retries 60 and 180 ms after the first
+/// attempt, the frontier stays at epoch 0 for the hold's 100 ms and passes it right after (one
+/// step of slack for the progress to reach the probe).
+#[test]
+fn a_retry_holds_its_epoch_for_exactly_the_hold() {
+    let policies = RetryPolicies { hold: Duration::from_millis(100), ..fast(60, 10) };
+    let h = harness("rec", &[("index.js", RECORDER)], json!({}), policies);
+    let frontiers = Rc::new(RefCell::new(Vec::new()));
+    let seen = frontiers.clone();
+    let clock = h.clock.clone();
+    // Epoch 0: the doomed event; then five more epochs of 20 ms each keep the input open.
+    let batches = vec![vec![event("doomed")], vec![], vec![], vec![], vec![], vec![], vec![]];
+    let ran = run(&h, batches, move |_, frontier| seen.borrow_mut().push((clock.now_ms(), frontier)));
+    let first = ran.sent_at[0];
+    // `during` runs after the step at time T, with the clock already at T + 1.
+    for (now, frontier) in frontiers.borrow().iter() {
+        let step = now - 1 - first;
+        if step < 100 {
+            assert_eq!(*frontier, Some(0), "{step} ms after the first attempt, within the hold");
+        } else if step > 101 {
+            assert!(frontier.is_some_and(|t| t > 0), "{step} ms after the first attempt, past the hold: {frontier:?}");
+        }
+    }
+    assert_eq!(ran.gave_up.len(), 1);
 }
 
 /// At the end of the input a retry that still holds its epoch, and is released only after the
@@ -220,14 +306,19 @@ fn a_retry_past_its_hold_lets_its_epoch_complete_and_still_gives_up_later() {
 fn a_retry_released_after_the_input_closed_still_runs_to_its_end() {
     let policies = RetryPolicies { hold: Duration::from_millis(30), ..fast(60, 10) };
     let h = harness("rec", &[("index.js", RECORDER)], json!({}), policies);
-    let gave_up = run(&h, vec![vec![event("doomed")]], |_, _| {});
-    assert_eq!(attempts(&h.logs).len(), 6, "every attempt made before the run ended");
-    assert_eq!(gave_up.len(), 1, "and its dead letter written");
+    let ran = run(&h, vec![vec![event("doomed")]], |_, _| {});
+    assert_eq!(ran.attempts().len(), 6, "every attempt made before the run ended");
+    assert_eq!(ran.gave_up.len(), 1, "and its dead letter written");
+}
+
+/// `(flush time, uuids)` of each exported batch, from the plugin's `batch a,b` lines.
+fn batches_of(ran: &Ran) -> Vec<(u64, String)> {
+    ran.console.iter().filter_map(|(at, l)| l.strip_prefix("batch ").map(|names| (*at, names.to_string()))).collect()
 }
 
 #[test]
 fn export_buffers_flush_by_size_by_time_and_at_the_end() {
-    let src = "exports.exportEvents = (events) => { console.log('batch ' + events.map(e => e.uuid).join(',') + ' at ' + Date.now()) }";
+    let src = "exports.exportEvents = (events) => { console.log('batch ' + events.map(e => e.uuid).join(',')) }";
     // Each ProcessedPluginEvent here is 133 characters: 300 holds two of them.
     let h = harness(
         "exp",
@@ -236,38 +327,36 @@ fn export_buffers_flush_by_size_by_time_and_at_the_end() {
         fast(10, 10),
     );
     let ignored = json!({"uuid": "x", "event": "ignored", "team_id": 1, "properties": {}}).to_string();
-    let started = Instant::now();
     assert_eq!(operators::plugin::deferred::processed_event(&event("a")).unwrap().1.len(), 133);
     let batches = vec![vec![event("a"), event("b"), event("c"), ignored], vec![event("d")]];
-    run(&h, batches, |_, _| {});
-    let lines: Vec<String> = h.logs.entries().into_iter().filter(|e| e.message.starts_with("batch ")).map(|e| e.message).collect();
-    let names: Vec<&str> = lines.iter().map(|l| l.split(' ').nth(1).unwrap()).collect();
-    assert_eq!(names, vec!["a,b", "c,d"], "{lines:?}");
-    // The second batch was flushed at the end (input closed), not after the 1 s timer.
-    assert!(started.elapsed() < Duration::from_millis(900), "took {:?}", started.elapsed());
+    let ran = run(&h, batches, |_, _| {});
+    let flushed = batches_of(&ran);
+    let names: Vec<&str> = flushed.iter().map(|(_, n)| n.as_str()).collect();
+    assert_eq!(names, vec!["a,b", "c,d"], "{flushed:?}");
+    assert_eq!(flushed[0].0, ran.sent_at[0], "a full buffer is exported as the event that fills it arrives");
+    // The second batch went out when the input closed (20 ms after `d` was sent), not on the
+    // 1 s timer.
+    let closed = ran.sent_at[1] + 20;
+    assert!((closed..closed + 10).contains(&flushed[1].0), "flushed at {} ms, the input closed at {closed}", flushed[1].0);
+    // With room to spare, the timer: exactly 1 s after the first buffered event, while the
+    // input is still open.
     let h =
         harness("exp", &[("index.js", src)], json!({"exportEventsBufferBytes": "100000", "exportEventsBufferSeconds": "1"}), fast(10, 10));
-    let sent_ms = now_ms();
-    run_holding(&h, vec![vec![event("t")]], Duration::from_millis(1600), |_, _| {});
-    let line = h.logs.entries().into_iter().find(|e| e.message.starts_with("batch t")).expect("flushed");
-    let at: u64 = line.message.rsplit(' ').next().unwrap().parse().unwrap();
-    let waited = at - sent_ms;
-    assert!((1000..1500).contains(&waited), "flushed {waited} ms after the event: wanted the 1 s timer, before the input closed");
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+    let ran = run_holding(&h, vec![vec![event("t")]], 1600, |_, _| {});
+    assert_eq!(batches_of(&ran), vec![(ran.sent_at[0] + 1000, "t".to_string())]);
 }
 
 #[test]
 fn export_retries_then_gives_up_after_four_attempts() {
     let src = "const { RetryError } = require('@posthog/plugin-scaffold')\nexports.exportEvents = (events) => { console.log('try ' + events.length); throw new RetryError('down') }";
     let h = harness("exp", &[("index.js", src)], json!({}), fast(10, 10));
-    let gave_up = run(&h, vec![vec![event("a"), event("b")]], |_, _| {});
-    let tries = h.logs.entries().iter().filter(|e| e.message == "try 2").count();
-    assert_eq!(tries, 4, "1 attempt + 3 retries");
-    assert_eq!(gave_up.len(), 1);
-    assert_eq!(gave_up[0].attempts, 4);
+    let ran = run(&h, vec![vec![event("a"), event("b")]], |_, _| {});
+    let tries: Vec<u64> = ran.console.iter().filter(|(_, l)| l == "try 2").map(|(at, _)| *at).collect();
+    // Flushed when the input closed (20 ms after the batch), then retried after 10, 20, 40 ms.
+    assert!(tries.first().is_some_and(|t| *t >= ran.sent_at[0] + 20), "{tries:?}");
+    assert_eq!(gaps(&tries), vec![10, 20, 40], "1 attempt + 3 retries");
+    assert_eq!(ran.gave_up.len(), 1);
+    assert_eq!(ran.gave_up[0].attempts, 4);
     assert_eq!(
         metrics(&h).into_iter().filter(|m| m.0 == "exportEvents").collect::<Vec<_>>(),
         vec![("exportEvents".to_string(), Outcome::Failed, 2)]

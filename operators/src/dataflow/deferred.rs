@@ -54,14 +54,14 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::Instant;
+use std::time::Duration;
 
 use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::operator::Operator;
 
-use crate::plugin::deferred::{DeferredWork, Exhausted, Step, Task};
+use crate::plugin::deferred::{DeferredWork, Exhausted, Step, Task, millis};
 
 /// Runs `onEvent` and `exportEvents` for final events, retrying on delayed capabilities.
 pub trait RunDeferred<'scope> {
@@ -70,18 +70,19 @@ pub trait RunDeferred<'scope> {
 }
 
 /// A retry waiting for its time, holding its epoch open until `held_until` (then `cap` is
-/// `None`; `held_until` is `None` when the hold never ends).
+/// `None`; `held_until` is `None` when the hold never ends). Times are milliseconds on the
+/// worker's clock ([`DeferredWork::now_ms`]).
 struct Pending {
-    due: Instant,
+    due: u64,
     cap: Option<Capability<u64>>,
-    held_until: Option<Instant>,
+    held_until: Option<u64>,
     task: Task,
 }
 
-/// When a hold that starts now ends (`None`: never, for a hold too long to represent, such as
-/// `Duration::MAX`).
-fn hold_ends(hold: std::time::Duration) -> Option<Instant> {
-    Instant::now().checked_add(hold)
+/// When a hold that starts at `now` ends (`None`: never, for a hold too long to represent,
+/// such as `Duration::MAX`).
+fn hold_ends(now: u64, hold: Duration) -> Option<u64> {
+    now.checked_add(millis(hold))
 }
 
 impl<'scope> RunDeferred<'scope> for Stream<'scope, u64, Vec<(i64, u32, String)>> {
@@ -94,7 +95,7 @@ impl<'scope> RunDeferred<'scope> for Stream<'scope, u64, Vec<(i64, u32, String)>
             let hold = work.borrow().retry_hold();
             // Retries left by an earlier run resume now, under the initial capability.
             let (recovered, unreadable) = work.borrow_mut().recover(*initial.time());
-            let held_until = hold_ends(hold);
+            let held_until = hold_ends(work.borrow().now_ms(), hold);
             let mut pending: Vec<Pending> =
                 recovered.into_iter().map(|(due, task)| Pending { due, cap: Some(initial.clone()), held_until, task }).collect();
             // Unreadable ones leave as dead letters at the first activation.
@@ -108,6 +109,7 @@ impl<'scope> RunDeferred<'scope> for Stream<'scope, u64, Vec<(i64, u32, String)>
             let mut buffer_cap: Option<Capability<u64>> = None;
             move |(input, frontier), output| {
                 let mut gave_up: Vec<(Option<Capability<u64>>, Exhausted)> = std::mem::take(&mut unreadable);
+                let arrived = work.borrow().now_ms();
                 input.for_each(|cap, data| {
                     let epoch = *cap.least().expect("a batch has a time");
                     if buffer_cap.as_ref().is_none_or(|b| *b.time() > epoch) {
@@ -117,7 +119,7 @@ impl<'scope> RunDeferred<'scope> for Stream<'scope, u64, Vec<(i64, u32, String)>
                         let steps = work.borrow_mut().event(epoch, team, hops, &json);
                         for step in steps.into_iter().filter(|s| !matches!(s, Step::Done)) {
                             let held = buffer_cap.as_ref().expect("set above").delayed(&step_epoch(&step, epoch));
-                            place(step, Some(held), hold_ends(hold), &mut pending, &mut gave_up);
+                            place(step, Some(held), hold_ends(arrived, hold), &mut pending, &mut gave_up);
                         }
                     }
                 });
@@ -125,7 +127,7 @@ impl<'scope> RunDeferred<'scope> for Stream<'scope, u64, Vec<(i64, u32, String)>
                     // Pending retries stay in the durable queue; their capabilities go.
                     pending.clear();
                 }
-                let now = Instant::now();
+                let now = work.borrow().now_ms();
                 // Due retries: run them now; a further failure keeps the same capability.
                 let (due, waiting): (Vec<Pending>, Vec<Pending>) = std::mem::take(&mut pending).into_iter().partition(|p| p.due <= now);
                 pending = waiting;
@@ -139,13 +141,13 @@ impl<'scope> RunDeferred<'scope> for Stream<'scope, u64, Vec<(i64, u32, String)>
                 for step in steps.into_iter().filter(|s| !matches!(s, Step::Done)) {
                     let epoch = step_epoch(&step, 0);
                     let held = buffer_cap.as_ref().expect("buffered events hold a capability").delayed(&epoch);
-                    place(step, Some(held), hold_ends(hold), &mut pending, &mut gave_up);
+                    place(step, Some(held), hold_ends(now, hold), &mut pending, &mut gave_up);
                 }
                 if stopping {
                     pending.clear();
                 }
                 // Retries past their hold let their epochs go (they stay in the durable queue).
-                let now = Instant::now();
+                let now = work.borrow().now_ms();
                 for p in pending.iter_mut().filter(|p| p.cap.is_some() && p.held_until.is_some_and(|t| t <= now)) {
                     tracing::debug!(config = %p.task.config_id, epoch = p.task.epoch, "a retry outlived its hold: its epoch may complete");
                     p.cap = None;
@@ -176,7 +178,7 @@ impl<'scope> RunDeferred<'scope> for Stream<'scope, u64, Vec<(i64, u32, String)>
                 let holds = pending.iter().filter(|p| p.cap.is_some()).filter_map(|p| p.held_until);
                 let next = pending.iter().map(|p| p.due).chain(holds).chain(work.borrow().next_flush()).min();
                 if let Some(next) = next {
-                    activator.activate_after(next.saturating_duration_since(Instant::now()));
+                    activator.activate_after(Duration::from_millis(next.saturating_sub(work.borrow().now_ms())));
                 }
             }
         })
@@ -195,7 +197,7 @@ fn step_epoch(step: &Step, fallback: u64) -> u64 {
 fn place(
     step: Step,
     cap: Option<Capability<u64>>,
-    held_until: Option<Instant>,
+    held_until: Option<u64>,
     pending: &mut Vec<Pending>,
     gave_up: &mut Vec<(Option<Capability<u64>>, Exhausted)>,
 ) {

@@ -1,7 +1,9 @@
 //! Work that follows the `processEvent` chain: `onEvent` for every plugin of the event's team,
 //! and batched `exportEvents` (a buffer per instance flushed by size, by time, and at the end),
 //! with PostHog's retry policies. Failed attempts become [`Task`]s the caller schedules for
-//! later; this module knows nothing of timely and never sleeps.
+//! later; this module knows nothing of timely and never sleeps. Every time here is in
+//! milliseconds on the worker's clock ([`WorkerPlugins::now_ms`]), so a test can drive retries
+//! and export timers with a manual clock.
 //!
 //! Retried tasks are written to the durable queue [`RETRY_QUEUE`] so that they resume after a
 //! restart; they are acknowledged once they succeed or give up.
@@ -10,7 +12,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 use state::{QueueItemId, StateStore};
@@ -133,8 +135,8 @@ impl Task {
 pub enum Step {
     /// Done (succeeded, or failed without a retry: recorded, nothing owed).
     Done,
-    /// Call again at `due`.
-    Retry(Instant, Task),
+    /// Call again at this time (ms on the worker's clock).
+    Retry(u64, Task),
     /// Failed after the last retry, or with an error that is not retried: the caller sends it
     /// to the dead-letter output.
     GaveUp(Exhausted),
@@ -212,7 +214,8 @@ struct ExportBuffer {
     settings: ExportSettings,
     events: Vec<String>,
     chars: usize,
-    started: Option<Instant>,
+    /// When the first buffered event came (ms on the worker's clock).
+    started: Option<u64>,
     min_epoch: Option<u64>,
 }
 
@@ -256,6 +259,19 @@ impl DeferredWork {
         if let Some(wake) = &self.waker {
             wake();
         }
+    }
+
+    /// Asks whoever drives this work to look at it again now: for a test that moved a manual
+    /// clock (a real clock's operator wakes itself when the next retry or flush is due).
+    pub fn wake(&self) {
+        if let Some(wake) = &self.waker {
+            wake();
+        }
+    }
+
+    /// The current time on the worker's clock, in milliseconds.
+    pub fn now_ms(&self) -> u64 {
+        self.plugins.borrow().now_ms()
     }
 
     /// Whether [`DeferredWork::stop`] was called.
@@ -307,6 +323,7 @@ impl DeferredWork {
             };
             self.buffers.insert(key, ExportBuffer { settings, events: Vec::new(), chars: 0, started: None, min_epoch: None });
         }
+        let now = self.plugins.borrow().now_ms();
         let buffer = self.buffers.get_mut(&key).expect("inserted above");
         if buffer.settings.ignore.iter().any(|n| n == name) {
             return Vec::new();
@@ -320,7 +337,7 @@ impl DeferredWork {
         buffer.events.push(processed.to_string());
         buffer.chars += size;
         buffer.min_epoch = Some(buffer.min_epoch.map_or(epoch, |m| m.min(epoch)));
-        buffer.started.get_or_insert_with(Instant::now);
+        buffer.started.get_or_insert(now);
         if buffer.chars > buffer.settings.max_bytes {
             batches.extend(buffer.take());
         }
@@ -333,11 +350,11 @@ impl DeferredWork {
         self.run(task)
     }
 
-    /// Export buffers due by time (or all of them with `force`, at shutdown), exported now.
-    pub fn flush(&mut self, now: Instant, force: bool) -> Vec<Step> {
+    /// Export buffers due by `now_ms` (or all of them with `force`, at shutdown), exported now.
+    pub fn flush(&mut self, now_ms: u64, force: bool) -> Vec<Step> {
         let mut due: Vec<(InstanceKey, Vec<String>, u64)> = Vec::new();
         for (key, buffer) in &mut self.buffers {
-            let expired = buffer.started.is_some_and(|t| now.duration_since(t) >= buffer.settings.max_age);
+            let expired = buffer.started.is_some_and(|t| now_ms >= t.saturating_add(millis(buffer.settings.max_age)));
             if (force || expired)
                 && let Some((events, epoch)) = buffer.take()
             {
@@ -353,9 +370,9 @@ impl DeferredWork {
             .collect()
     }
 
-    /// When the next export buffer falls due.
-    pub fn next_flush(&self) -> Option<Instant> {
-        self.buffers.values().filter_map(|b| b.started.map(|t| t + b.settings.max_age)).min()
+    /// When the next export buffer falls due (ms on the worker's clock).
+    pub fn next_flush(&self) -> Option<u64> {
+        self.buffers.values().filter_map(|b| b.started.map(|t| t.saturating_add(millis(b.settings.max_age)))).min()
     }
 
     /// The earliest epoch of any buffered, unexported event.
@@ -388,8 +405,9 @@ impl DeferredWork {
             Err(error) if error.kind.is_retriable() && task.attempts <= policy.max_retries => {
                 let delay = policy.delay(task.attempts);
                 self.log_retry(&task, &error, delay, policy);
-                self.persist(&mut task, delay);
-                Step::Retry(Instant::now() + delay, task)
+                let due = self.now_ms().saturating_add(millis(delay));
+                self.persist(&mut task, due);
+                Step::Retry(due, task)
             }
             Err(error) => {
                 record(&mut self.plugins.borrow_mut(), Outcome::Failed);
@@ -442,10 +460,9 @@ impl DeferredWork {
         tracing::warn!(config = %task.config_id, team = task.team, hook = %task.hook(), attempts = task.attempts, error = %error, "giving up");
     }
 
-    /// Writes the task to the durable queue (replacing its previous entry).
-    fn persist(&mut self, task: &mut Task, delay: Duration) {
+    /// Writes the task to the durable queue (replacing its previous entry), due at `due` (ms).
+    fn persist(&mut self, task: &mut Task, due: u64) {
         self.ack(task);
-        let due = super::log::now_ms() + delay.as_millis() as u64;
         let payload = json!({
             "config_id": task.config_id,
             "team": task.team,
@@ -467,8 +484,9 @@ impl DeferredWork {
         }
     }
 
-    /// Takes every retry left in the durable queue by an earlier run, with its due time.
-    pub fn recover(&mut self, epoch: u64) -> (Vec<(Instant, Task)>, Vec<Exhausted>) {
+    /// Takes every retry left in the durable queue by an earlier run, with its due time (ms on
+    /// the worker's clock, as it was written).
+    pub fn recover(&mut self, epoch: u64) -> (Vec<(u64, Task)>, Vec<Exhausted>) {
         let items = match self.store.queue_take_due(RETRY_QUEUE, u64::MAX, usize::MAX) {
             Ok(items) => items,
             Err(e) => {
@@ -476,8 +494,6 @@ impl DeferredWork {
                 return (Vec::new(), Vec::new());
             }
         };
-        let now_ms = super::log::now_ms();
-        let now = Instant::now();
         let mut unreadable = Vec::new();
         let tasks = items
             .into_iter()
@@ -506,10 +522,7 @@ impl DeferredWork {
                     }
                     return None;
                 }
-                task.map(|task| {
-                    let due = now + Duration::from_millis(item.due_ms.saturating_sub(now_ms));
-                    (due, task)
-                })
+                task.map(|task| (item.due_ms, task))
             })
             .collect();
         (tasks, unreadable)
@@ -531,6 +544,11 @@ impl DeferredWork {
             queue_id: Some(item.id),
         })
     }
+}
+
+/// A duration in whole milliseconds (saturating: `Duration::MAX` is "never").
+pub fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The `ProcessedPluginEvent` PostHog handed to `onEvent` and `exportEvents` (spec §1.2), and

@@ -208,6 +208,12 @@ impl WorkerPlugins {
         self
     }
 
+    /// The current time on this worker's clock (`WorkerPlace::clock`), in milliseconds since
+    /// the Unix epoch: what scheduled tasks, jobs, retries and export buffers are timed by.
+    pub fn now_ms(&self) -> u64 {
+        self.place.clock.now_ms()
+    }
+
     /// Creates (and sets up) the instances of every configuration that names its teams, so
     /// load problems show at start rather than at a team's first event.
     pub fn preload(&mut self) {
