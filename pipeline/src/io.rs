@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context as _;
 
 use crate::config::{InputKind, PipelineConfig};
+use crate::resume::Checkpointer;
 use crate::run::SliceReader;
 
 /// What one poll returned.
@@ -96,36 +97,118 @@ pub type SharedSink = Rc<RefCell<Box<dyn RecordSink>>>;
 /// A JSON-lines output shared by the workers of this process.
 pub type SharedWriter = Arc<Mutex<Box<dyn Write + Send>>>;
 
-/// Opens `path` for writing (`-` is standard output), creating its folder.
-pub fn open_output(path: &Path) -> anyhow::Result<SharedWriter> {
+/// Opens `path` for writing (`-` is standard output), creating its folder; an existing file is
+/// truncated, or kept and appended to with `append`.
+pub fn open_output_with(path: &Path, append: bool) -> anyhow::Result<SharedWriter> {
     if path.as_os_str() == "-" {
         return Ok(Arc::new(Mutex::new(Box::new(std::io::stdout()))));
     }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create folder {}", dir.display()))?;
-    }
-    let file = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let file = create_file(path, append)?;
     Ok(Arc::new(Mutex::new(Box::new(std::io::BufWriter::with_capacity(1 << 20, file)))))
 }
 
-/// A JSON-lines file written by all workers of the process.
-pub struct FileSink(pub SharedWriter);
+/// Opens `path` for writing, truncating it (`-` is standard output).
+pub fn open_output(path: &Path) -> anyhow::Result<SharedWriter> {
+    open_output_with(path, false)
+}
+
+fn create_file(path: &Path, append: bool) -> anyhow::Result<std::fs::File> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create folder {}", dir.display()))?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true);
+    if append {
+        options.append(true);
+    } else {
+        options.write(true).truncate(true);
+    }
+    options.open(path).with_context(|| format!("cannot {} {}", if append { "open" } else { "create" }, path.display()))
+}
+
+/// One of the data outputs (processed events, dead letters), shared by the workers of this
+/// process. It counts the bytes in the file and, when the run keeps checkpoints
+/// (crate::resume), remembers which epoch wrote each byte range until that epoch is complete:
+/// what a resumed run must cut out again.
+pub struct OutputFile {
+    writer: Box<dyn Write + Send>,
+    /// Bytes in the file: what it held when opened plus what was written since (flushed or not).
+    len: u64,
+    /// `(epoch, start, end)` of the writes since the last checkpoint, in write order; `None` when
+    /// not tracked.
+    spans: Option<Vec<(u64, u64, u64)>>,
+}
+
+/// An [`OutputFile`] shared by the workers of this process.
+pub type SharedOutput = Arc<Mutex<OutputFile>>;
+
+impl OutputFile {
+    /// Opens `path` (`-` is standard output, never tracked): truncated, or appended to with
+    /// `append`; with `track`, the epochs of byte ranges are kept until [`OutputFile::mark`].
+    pub fn open(path: &Path, append: bool, track: bool) -> anyhow::Result<SharedOutput> {
+        if path.as_os_str() == "-" {
+            return Ok(Arc::new(Mutex::new(OutputFile { writer: Box::new(std::io::stdout()), len: 0, spans: None })));
+        }
+        let file = create_file(path, append)?;
+        let len = file.metadata().with_context(|| format!("cannot read the size of {}", path.display()))?.len();
+        let writer = Box::new(std::io::BufWriter::with_capacity(1 << 20, file));
+        Ok(Arc::new(Mutex::new(OutputFile { writer, len, spans: track.then(Vec::new) })))
+    }
+
+    /// Writes one line per value, as written by `epoch`.
+    pub fn write_lines(&mut self, epoch: u64, values: &mut dyn Iterator<Item = &str>) -> anyhow::Result<()> {
+        let start = self.len;
+        for v in values {
+            self.writer.write_all(v.as_bytes()).context("cannot write output")?;
+            self.writer.write_all(b"\n").context("cannot write output")?;
+            self.len += v.len() as u64 + 1;
+        }
+        if let Some(spans) = self.spans.as_mut().filter(|_| self.len > start) {
+            match spans.last_mut() {
+                Some(last) if last.0 == epoch && last.2 == start => last.2 = self.len,
+                _ => spans.push((epoch, start, self.len)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands everything written to the operating system.
+    pub fn flush(&mut self) -> anyhow::Result<()> {
+        self.writer.flush().context("cannot flush output")
+    }
+
+    /// For a checkpoint at `frontier` (every epoch before it is complete): flushes, forgets the
+    /// ranges of complete epochs, and returns the length and the ranges (merged where adjacent)
+    /// still owed to incomplete epochs: a resumed run cuts those and everything past the length.
+    pub fn mark(&mut self, frontier: u64) -> anyhow::Result<(u64, Vec<(u64, u64)>)> {
+        self.flush()?;
+        let Some(spans) = self.spans.as_mut() else { return Ok((self.len, Vec::new())) };
+        spans.retain(|s| s.0 >= frontier);
+        let mut cut: Vec<(u64, u64)> = Vec::new();
+        for &(_, start, end) in spans.iter() {
+            match cut.last_mut() {
+                Some(last) if last.1 == start => last.1 = end,
+                _ => cut.push((start, end)),
+            }
+        }
+        Ok((self.len, cut))
+    }
+}
+
+/// A data output written by all workers of the process.
+pub struct FileSink(pub SharedOutput);
 
 impl RecordSink for FileSink {
     fn write(&mut self, epoch: u64, records: &[OutRecord]) -> anyhow::Result<()> {
         self.write_values(epoch, &mut records.iter().map(|r| r.value.as_str()))
     }
 
-    fn write_values(&mut self, _epoch: u64, values: &mut dyn Iterator<Item = &str>) -> anyhow::Result<()> {
-        let mut w = self.0.lock().expect("output lock");
-        for v in values {
-            writeln!(w, "{v}").context("cannot write output")?;
-        }
-        Ok(())
+    fn write_values(&mut self, epoch: u64, values: &mut dyn Iterator<Item = &str>) -> anyhow::Result<()> {
+        self.0.lock().expect("output lock").write_lines(epoch, values)
     }
 
     fn flush(&mut self) -> anyhow::Result<()> {
-        self.0.lock().expect("output lock").flush().context("cannot flush output")
+        self.0.lock().expect("output lock").flush()
     }
 }
 
@@ -134,14 +217,29 @@ pub struct LogSource {
     reader: SliceReader,
     name: String,
     size: u64,
+    /// Where reads are reported for checkpoints, and this worker's index.
+    checkpoints: Option<(Arc<Checkpointer>, usize)>,
 }
 
 impl LogSource {
-    /// The share of worker `index` of `peers`.
-    pub fn open(path: &Path, index: usize, peers: usize) -> anyhow::Result<Self> {
-        let reader = SliceReader::open(path, index, peers).with_context(|| format!("cannot read {}", path.display()))?;
+    /// The share of worker `index` of `peers`, from `resume_at` when given (a resumed run) or
+    /// from its start, reporting its reads to `checkpoints`.
+    pub fn open(
+        path: &Path,
+        index: usize,
+        peers: usize,
+        resume_at: Option<u64>,
+        checkpoints: Option<Arc<Checkpointer>>,
+    ) -> anyhow::Result<Self> {
+        let mut reader = SliceReader::open(path, index, peers).with_context(|| format!("cannot read {}", path.display()))?;
+        if let Some(at) = resume_at {
+            reader.resume_at(at).with_context(|| format!("cannot resume reading {}", path.display()))?;
+        }
+        if let Some(cp) = &checkpoints {
+            cp.started(index, peers, reader.position());
+        }
         let size = std::fs::metadata(path)?.len();
-        Ok(Self { reader, name: path.display().to_string(), size })
+        Ok(Self { reader, name: path.display().to_string(), size, checkpoints: checkpoints.map(|cp| (cp, index)) })
     }
 }
 
@@ -150,12 +248,16 @@ impl EventSource for LogSource {
         self.name.clone()
     }
 
-    fn poll(&mut self, _epoch: u64, max: usize) -> anyhow::Result<Polled> {
+    fn poll(&mut self, epoch: u64, max: usize) -> anyhow::Result<Polled> {
         let batch = self.reader.next_batch(max)?;
+        if let Some((cp, index)) = &self.checkpoints {
+            cp.read(*index, epoch, self.reader.position());
+        }
         Ok(Polled { records: batch.records, bytes: batch.bytes, exhausted: batch.done, blank: batch.blank })
     }
 
     fn complete(&mut self, _frontier: u64) -> anyhow::Result<()> {
+        // Checkpoints are renewed by the worker loop, which knows the captures in flight.
         Ok(())
     }
 
@@ -168,15 +270,19 @@ impl EventSource for LogSource {
 #[derive(Clone)]
 pub struct SharedFiles {
     /// Processed events.
-    pub events: SharedWriter,
+    pub events: SharedOutput,
     /// Dead letters.
-    pub dead_letters: SharedWriter,
+    pub dead_letters: SharedOutput,
 }
 
 impl SharedFiles {
-    /// Opens the configured output files.
-    pub fn open(config: &PipelineConfig) -> anyhow::Result<Self> {
-        Ok(Self { events: open_output(&config.output.events)?, dead_letters: open_output(&config.output.dead_letters)? })
+    /// Opens the configured data outputs: truncated, or appended to with `append` (a resumed
+    /// run, after crate::resume cut them back); with `track`, for checkpoints.
+    pub fn open(config: &PipelineConfig, append: bool, track: bool) -> anyhow::Result<Self> {
+        Ok(Self {
+            events: OutputFile::open(&config.output.events, append, track)?,
+            dead_letters: OutputFile::open(&config.output.dead_letters, append, track)?,
+        })
     }
 }
 
@@ -191,20 +297,27 @@ pub struct WorkerIo {
 }
 
 /// Opens worker `index`'s input and outputs as the configuration says; a Kafka worker reports
-/// its consumer's state to `health`.
+/// its consumer's state to `health`; a recorded log is read from `resume`'s position for this
+/// worker when given, and its reads reported to `checkpoints`.
 pub fn open_worker_io(
     config: &PipelineConfig,
     files: &SharedFiles,
     index: usize,
     peers: usize,
     health: &std::sync::Arc<crate::kafka::health::KafkaHealth>,
+    resume: Option<&crate::resume::Checkpoint>,
+    checkpoints: Option<Arc<Checkpointer>>,
 ) -> anyhow::Result<WorkerIo> {
     if let (InputKind::Kafka, Some(kafka)) = (config.input.kind, &config.kafka) {
         return crate::kafka::open_worker_io(kafka, index, health.clone());
     }
-    let sink = |w: &SharedWriter| -> SharedSink { Rc::new(RefCell::new(Box::new(FileSink(w.clone())))) };
+    let sink = |w: &SharedOutput| -> SharedSink { Rc::new(RefCell::new(Box::new(FileSink(w.clone())))) };
+    // A worker missing from the checkpoint had not started when it was written: it had read
+    // nothing, and what it wrote since lies past the recorded lengths. It starts at its share's
+    // beginning.
+    let resume_at = resume.and_then(|cp| cp.positions.get(&index).copied());
     Ok(WorkerIo {
-        source: Box::new(LogSource::open(&config.input.path, index, peers)?),
+        source: Box::new(LogSource::open(&config.input.path, index, peers, resume_at, checkpoints)?),
         events: sink(&files.events),
         dead_letters: sink(&files.dead_letters),
     })

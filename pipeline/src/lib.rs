@@ -7,6 +7,7 @@ pub mod config;
 pub mod http;
 pub mod io;
 pub mod kafka;
+pub mod resume;
 pub mod run;
 pub mod stats;
 pub mod try_plugin;

@@ -77,6 +77,12 @@ struct RunArgs {
     /// Do not print the progress line on stderr.
     #[arg(long)]
     no_progress: bool,
+    /// Continue a recorded-log run that stopped (a crash, kill -9, a stop) where its last
+    /// checkpoint says: the outputs are cut back to what was complete and each worker reads on
+    /// from its position. Needs the same input, outputs, state folder and -w/-n. Plugin state
+    /// is not rolled back (see docs/config.md, "Restarting a recorded-log run").
+    #[arg(long)]
+    resume: bool,
     /// Print help.
     #[arg(long, action = clap::ArgAction::Help)]
     help: Option<bool>,
@@ -185,14 +191,23 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let (logs, kafka_logs) = match open_logs(&config) {
+    let peers = usize::from(args.workers) * usize::from(args.processes);
+    let resume = match resume_plan(&config, &*store, peers, args.resume) {
+        Ok(Some(plan)) => plan,
+        Ok(None) => return ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pluginflow: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let (logs, kafka_logs) = match open_logs(&config, resume.is_some()) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("pluginflow: {e:#}");
             return ExitCode::from(2);
         }
     };
-    let shared = match pluginflow::run::prepare_with_store(config, logs, stop, store) {
+    let shared = match pluginflow::run::prepare_with_store(config, logs, stop, store, resume) {
         Ok(s) => pluginflow::run::Shared { cancel, ..s },
         Err(e) => {
             eprintln!("pluginflow: {e:#}");
@@ -272,17 +287,58 @@ fn spawn_progress(stats: Arc<pluginflow::stats::Stats>, finished: Arc<AtomicBool
     })
 }
 
+/// What `--resume` does: `Ok(Some(Some(checkpoint)))` continue from it (the outputs are cut back
+/// here), `Ok(Some(None))` start at the beginning, `Ok(None)` nothing to do (the recorded run
+/// finished). Without `--resume`, a run that stopped before its end is pointed out.
+fn resume_plan(
+    config: &PipelineConfig,
+    store: &dyn state::StateStore,
+    peers: usize,
+    resume: bool,
+) -> anyhow::Result<Option<Option<pluginflow::resume::Checkpoint>>> {
+    use pluginflow::resume::{self, Plan};
+    if !resume {
+        if resume::enabled(config)
+            && let Ok(Some(cp)) = resume::recorded(store)
+            && !cp.complete
+        {
+            eprintln!(
+                "pluginflow: the last run over this state stopped before the end of {}; this run starts at the beginning \
+                 and rewrites the outputs (plugin state is kept); `--resume` would continue it instead",
+                cp.input.display()
+            );
+        }
+        return Ok(Some(None));
+    }
+    match resume::plan(config, store, peers)? {
+        Plan::Fresh => {
+            eprintln!("pluginflow: --resume: no checkpoint in this state folder; starting at the beginning");
+            Ok(Some(None))
+        }
+        Plan::Finished => {
+            eprintln!("pluginflow: --resume: the recorded run read its whole input and finished; nothing to resume");
+            Ok(None)
+        }
+        Plan::From(cp) => {
+            resume::restore_outputs(&cp)?;
+            let at: Vec<String> = cp.positions.iter().map(|(w, p)| format!("worker {w} at byte {p}")).collect();
+            eprintln!("pluginflow: --resume: continuing {} ({})", cp.input.display(), at.join(", "));
+            Ok(Some(Some(cp)))
+        }
+    }
+}
+
 /// The plugin-log sink, and the same sink as Kafka's when it is one (to flush before exiting).
 type OpenedLogs = (Arc<dyn LogSink>, Option<Arc<KafkaLogSink>>);
 
 /// Plugin logs go to `kafka.logs_topic` when set, else to the `output.logs` file. The Kafka sink
-/// is also returned so `run` can flush it before exiting.
-fn open_logs(config: &PipelineConfig) -> anyhow::Result<OpenedLogs> {
+/// is also returned so `run` can flush it before exiting. A resumed run appends to the file.
+fn open_logs(config: &PipelineConfig, append: bool) -> anyhow::Result<OpenedLogs> {
     if let Some((kafka, topic)) = config.kafka.as_ref().and_then(|k| k.logs_topic.as_deref().map(|t| (k, t))) {
         let sink = Arc::new(KafkaLogSink::open(kafka, topic)?);
         return Ok((sink.clone(), Some(sink)));
     }
-    let file = pluginflow::io::open_output(&config.output.logs)?;
+    let file = pluginflow::io::open_output_with(&config.output.logs, append)?;
     Ok((Arc::new(JsonLinesLogSink::new(SharedWrite(file))), None))
 }
 

@@ -77,6 +77,10 @@ pub struct Shared {
     pub clock: Arc<dyn state::Clock>,
     /// What the HTTP endpoint shows.
     pub http: Arc<crate::http::HttpState>,
+    /// Keeps a recorded-log run's checkpoint (crate::resume), when it can be resumed.
+    pub checkpoints: Option<Arc<crate::resume::Checkpointer>>,
+    /// The checkpoint this run resumes from (`--resume`).
+    pub resume: Option<Arc<crate::resume::Checkpoint>>,
 }
 
 /// Loads and compiles every enabled plugin; a plugin that cannot load stops the start.
@@ -133,17 +137,20 @@ pub fn open_store(config: &PipelineConfig) -> anyhow::Result<Arc<dyn StateStore>
 /// Builds what the workers share: state, geoip, outputs and compiled plugins.
 pub fn prepare(config: PipelineConfig, logs: Arc<dyn LogSink>, stop: Arc<AtomicBool>) -> anyhow::Result<Shared> {
     let store = open_store(&config)?;
-    prepare_with_store(config, logs, stop, store)
+    prepare_with_store(config, logs, stop, store, None)
 }
 
 /// [`prepare`] with the state store already open. `pluginflow run` opens the store first: its
 /// lock is what keeps a second pipeline off the same state, and it must be held before any
-/// output (the plugin log included) is opened and truncated.
+/// output (the plugin log included) is opened and truncated. With `resume` (`--resume`, its
+/// outputs already cut back by [`crate::resume::restore_outputs`]) the outputs are appended to
+/// and each worker reads on from the checkpoint's position.
 pub fn prepare_with_store(
     config: PipelineConfig,
     logs: Arc<dyn LogSink>,
     stop: Arc<AtomicBool>,
     store: Arc<dyn StateStore>,
+    resume: Option<crate::resume::Checkpoint>,
 ) -> anyhow::Result<Shared> {
     let specs = load_specs(&config)?;
     let geoip = match &config.geoip {
@@ -158,10 +165,18 @@ pub fn prepare_with_store(
     let queue_store = services.store.clone();
     *http.pending_retries.lock().expect("http state lock") =
         Some(Box::new(move || queue_store.queue_len(operators::plugin::deferred::RETRY_QUEUE).unwrap_or(0)));
+    let append = resume.is_some();
+    let files = SharedFiles::open(&config, append, crate::resume::enabled(&config))?;
+    let checkpoints = match crate::resume::enabled(&config) {
+        true => Some(Arc::new(crate::resume::Checkpointer::new(&config, services.store.clone(), files.clone())?)),
+        false => None,
+    };
     Ok(Shared {
         http,
-        files: SharedFiles::open(&config)?,
-        app_metrics: crate::io::open_output(&config.output.app_metrics)?,
+        files,
+        checkpoints,
+        resume: resume.map(Arc::new),
+        app_metrics: crate::io::open_output_with(&config.output.app_metrics, append)?,
         specs: Arc::new(specs),
         services,
         stats,
@@ -198,6 +213,7 @@ pub fn event_limits(config: &PipelineConfig) -> EventLimits {
 /// Runs the job with timely configuration `timely_config` and returns the counters.
 pub fn run(shared: Shared, timely_config: timely::Config) -> anyhow::Result<Arc<Stats>> {
     let stats = shared.stats.clone();
+    let (checkpoints, stop) = (shared.checkpoints.clone(), shared.stop.clone());
     let guards = timely::execute(timely_config, move |worker| {
         let index = worker.index();
         let peers = worker.peers();
@@ -210,6 +226,10 @@ pub fn run(shared: Shared, timely_config: timely::Config) -> anyhow::Result<Arc<
             Ok(Err(e)) => bail!("{e}"),
             Err(e) => bail!("worker panicked: {e}"),
         }
+    }
+    if let Some(cp) = checkpoints {
+        // Every worker is done: all it read is complete. A stop leaves the rest of the log owed.
+        cp.finish(!stop.load(Ordering::Relaxed))?;
     }
     Ok(stats)
 }
@@ -231,7 +251,15 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
         ),
     ));
     plugins.borrow_mut().preload();
-    let io = open_worker_io(&shared.config, &shared.files, index, peers, &shared.http.kafka)?;
+    let io = open_worker_io(
+        &shared.config,
+        &shared.files,
+        index,
+        peers,
+        &shared.http.kafka,
+        shared.resume.as_deref(),
+        shared.checkpoints.clone(),
+    )?;
     let mut source = io.source;
     if let Some(size) = source.size_hint() {
         shared.stats.set_input_bytes(size);
@@ -303,6 +331,9 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
     // serving it, or the source takes the exhaustion back.
     let mut source_done = false;
     let mut released = false;
+    // The probe's frontier as seen before the last take of the plugins' captures: every capture
+    // made since came from an event of this epoch or a later one (crate::resume).
+    let mut seen = 0u64;
     loop {
         if shared.stop.load(Ordering::Relaxed) {
             tracing::info!(worker = index, "stop requested: no more input is read");
@@ -333,7 +364,11 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
         // Background plugin work, then events plugins captured: back into the graph.
         let gave_up = plugins.borrow_mut().maintain();
         write_now(&io.dead_letters, epoch, gave_up.into_iter().flat_map(exhausted_letters).collect(), &shared.stats)?;
+        let seen_before = std::mem::replace(&mut seen, frontier(&probe));
         let captured = plugins.borrow_mut().take_captured();
+        if let Some(cp) = shared.checkpoints.as_ref().filter(|_| !captured.is_empty()) {
+            cp.injected(epoch, seen_before);
+        }
         let looping = inject_captured(&mut input, captured, max_hops, &shared.stats);
         write_now(&io.dead_letters, epoch, looping, &shared.stats)?;
         epoch += 1;
@@ -351,6 +386,9 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
         check_failed(&failed)?;
         check_logs(&shared.services)?;
         complete(&mut *source, &probe)?;
+        if let Some(cp) = &shared.checkpoints {
+            cp.complete(index, frontier(&probe), seen)?;
+        }
         if source_done && !released {
             match source.release(epoch, frontier(&probe))? {
                 Release::Done => released = true,
@@ -366,6 +404,9 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
         }
     }
     drop(input);
+    if let Some(cp) = &shared.checkpoints {
+        cp.left(index);
+    }
     if shared.stop.load(Ordering::Relaxed) {
         deferred.borrow_mut().stop();
     }
@@ -633,6 +674,8 @@ fn flush_shared(out: &crate::io::SharedWriter) -> anyhow::Result<()> {
 /// Positions reported for dead letters are byte offsets of the line.
 pub struct SliceReader {
     reader: BufReader<File>,
+    /// Where the share's first line starts.
+    start: u64,
     pos: u64,
     end: u64,
 }
@@ -651,7 +694,26 @@ impl SliceReader {
             let mut skipped = Vec::new();
             pos = start - 1 + reader.read_until(b'\n', &mut skipped)? as u64;
         }
-        Ok(Self { reader, pos, end })
+        Ok(Self { reader, start: pos, pos, end })
+    }
+
+    /// Continues from `position` (a line start recorded by a checkpoint), which must lie in
+    /// this share.
+    pub fn resume_at(&mut self, position: u64) -> std::io::Result<()> {
+        if position < self.start {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("position {position} is before this worker's share, which starts at {}", self.start),
+            ));
+        }
+        self.reader.seek(SeekFrom::Start(position))?;
+        self.pos = position;
+        Ok(())
+    }
+
+    /// The byte offset of the next line to read.
+    pub fn position(&self) -> u64 {
+        self.pos
     }
 
     /// Up to `max` lines (blank lines skipped and counted), the bytes they took, and whether

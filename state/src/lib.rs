@@ -96,4 +96,9 @@ pub trait StateStore: Send + Sync {
     fn queue_ack(&self, queue: &str, id: QueueItemId) -> Result<()>;
     /// How many items `queue` holds (taken or not).
     fn queue_len(&self, queue: &str) -> Result<u64>;
+
+    /// A record of the pipeline's own (no plugin's): where a recorded-log run stands, say.
+    fn pipeline_get(&self, key: &str) -> Result<Option<Vec<u8>>>;
+    /// Stores a record of the pipeline's own, replacing the previous value.
+    fn pipeline_put(&self, key: &str, value: &[u8]) -> Result<()>;
 }

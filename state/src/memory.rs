@@ -17,6 +17,7 @@ pub struct MemoryStore {
     cache: Mutex<HashMap<Vec<u8>, Entry>>,
     storage: Mutex<HashMap<Vec<u8>, String>>,
     queues: Mutex<Queues>,
+    pipeline: Mutex<HashMap<String, Vec<u8>>>,
 }
 
 /// Queue items by [`keys::queue_key`], plus what this instance has handed out.
@@ -40,7 +41,13 @@ impl MemoryStore {
 
     /// An empty store whose TTLs follow `clock`.
     pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
-        Self { clock, cache: Mutex::default(), storage: Mutex::default(), queues: Mutex::new(Queues { next_id: 1, ..Queues::default() }) }
+        Self {
+            clock,
+            cache: Mutex::default(),
+            storage: Mutex::default(),
+            queues: Mutex::new(Queues { next_id: 1, ..Queues::default() }),
+            pipeline: Mutex::default(),
+        }
     }
 
     /// Deletes expired cache entries and returns how many there were.
@@ -195,6 +202,15 @@ impl StateStore for MemoryStore {
     fn queue_len(&self, queue: &str) -> Result<u64> {
         let q = lock(&self.queues);
         Ok(q.scan(&keys::queue_prefix(queue)).count() as u64)
+    }
+
+    fn pipeline_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(lock(&self.pipeline).get(key).cloned())
+    }
+
+    fn pipeline_put(&self, key: &str, value: &[u8]) -> Result<()> {
+        lock(&self.pipeline).insert(key.to_string(), value.to_vec());
+        Ok(())
     }
 }
 

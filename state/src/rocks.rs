@@ -360,6 +360,20 @@ impl StateStore for RocksStore {
         }
         Ok(len)
     }
+
+    fn pipeline_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.db.get_cf(self.cf(META)?, pipeline_key(key))?)
+    }
+
+    fn pipeline_put(&self, key: &str, value: &[u8]) -> Result<()> {
+        Ok(self.db.put_cf(self.cf(META)?, pipeline_key(key), value)?)
+    }
+}
+
+/// The pipeline's own records live in the `meta` column family beside the store's bookkeeping
+/// (`format_version`, `next_queue_id`), under a prefix of their own.
+fn pipeline_key(key: &str) -> Vec<u8> {
+    [b"pipeline/".as_slice(), key.as_bytes()].concat()
 }
 
 #[cfg(test)]

@@ -1,0 +1,400 @@
+//! Resuming a recorded-log run where it stopped: `pluginflow run --resume`.
+//!
+//! While a run reads a recorded log into file outputs with its state on disk, it keeps a
+//! [`Checkpoint`] in the state store, renewed as the probe passes further (at most every
+//! [`CHECKPOINT_EVERY`], and once at the end): for each worker, the byte offset from which its
+//! share of the log is still owed; for each data output, its length and the byte ranges in it
+//! that epochs not yet complete wrote (workers share one file, so a late epoch's lines can sit
+//! between complete ones). A resumed run cuts those ranges and everything past the length out
+//! of the outputs, and each worker reads its share again from its offset. The outputs then end
+//! as an uninterrupted run's would: no line twice, none missing.
+//!
+//! What it does not undo: plugin state. `cache` and `storage` writes of the events read again
+//! happened once already (at least once, as Kafka's at-least-once mode replays them too), and
+//! the plugin log and app metrics are appended to, not cut (they record what happened).
+//!
+//! Events that plugins capture (`posthog.capture`) go back into the input in a later epoch than
+//! the event that captured them, and that event's epoch may complete first. So each worker tells
+//! the checkpointer a *floor* with every report: the probe's frontier as it last looked, before
+//! taking the plugins' captures. A capture it has not sent yet, or sent into an epoch not yet
+//! complete, was made by an event of an epoch at or after that floor (the event's operator held
+//! its epoch open while it ran). Checkpoints never pass a floor still owed, so the events that
+//! captured are read again on resume instead of their captures being lost.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fs::OpenOptions;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use serde::{Deserialize, Serialize};
+use state::StateStore;
+
+use crate::config::{InputKind, PipelineConfig};
+use crate::io::SharedFiles;
+
+/// The state store key of a recorded-log run's checkpoint.
+const KEY: &str = "recorded-log-checkpoint";
+
+/// How often a checkpoint is renewed at most while the run goes on.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
+
+/// Where a data output stood at a checkpoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputMark {
+    /// The output file, as configured.
+    pub path: PathBuf,
+    /// Its length in bytes.
+    pub len: u64,
+    /// Byte ranges `[start, end)` below `len` written by epochs that were not complete.
+    pub cut: Vec<(u64, u64)>,
+}
+
+/// Where a recorded-log run stood, kept in the state store.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The input log's canonical path.
+    pub input: PathBuf,
+    /// Its length when the run started (the workers' shares depend on it).
+    pub input_len: u64,
+    /// Workers in the whole computation (`-w` × `-n`).
+    pub peers: usize,
+    /// Per worker (by its index in the computation): the byte offset its share is owed from.
+    pub positions: BTreeMap<usize, u64>,
+    /// The processed-events output.
+    pub events: OutputMark,
+    /// The dead-letter output.
+    pub dead_letters: OutputMark,
+    /// The run read its whole input and finished.
+    pub complete: bool,
+}
+
+/// What `--resume` found in the state store.
+#[derive(Debug)]
+pub enum Plan {
+    /// No checkpoint: the run starts at the beginning.
+    Fresh,
+    /// The recorded run finished: nothing to do.
+    Finished,
+    /// Continue from this checkpoint.
+    From(Checkpoint),
+}
+
+/// Whether this run keeps checkpoints: a recorded log into files (not standard output), with
+/// its state on disk (a checkpoint in memory would not outlive the process).
+pub fn enabled(config: &PipelineConfig) -> bool {
+    matches!(config.input.kind, InputKind::File)
+        && !config.state.memory
+        && config.output.events.as_os_str() != "-"
+        && config.output.dead_letters.as_os_str() != "-"
+}
+
+/// The checkpoint of an earlier run over this state, if any (unreadable is an error).
+pub fn recorded(store: &dyn StateStore) -> anyhow::Result<Option<Checkpoint>> {
+    match store.pipeline_get(KEY).context("cannot read the checkpoint from the state store")? {
+        None => Ok(None),
+        Some(bytes) => serde_json::from_slice(&bytes).map(Some).context("the checkpoint in the state store cannot be read"),
+    }
+}
+
+/// Decides what `--resume` does, refusing (with the reason) when it cannot continue exactly.
+pub fn plan(config: &PipelineConfig, store: &dyn StateStore, peers: usize) -> anyhow::Result<Plan> {
+    if !matches!(config.input.kind, InputKind::File) {
+        bail!("--resume is for a recorded log: a Kafka input resumes from its committed offsets by itself");
+    }
+    if config.state.memory {
+        bail!("--resume needs the state on disk ([state] memory = true keeps no checkpoint)");
+    }
+    if !enabled(config) {
+        bail!("--resume needs file outputs: standard output (\"-\") cannot be cut back");
+    }
+    let Some(cp) = recorded(store)? else { return Ok(Plan::Fresh) };
+    if cp.complete {
+        return Ok(Plan::Finished);
+    }
+    let (input, input_len) = identify(&config.input.path)?;
+    if cp.input != input {
+        bail!("the checkpoint is of another input ({}), not {}", cp.input.display(), input.display());
+    }
+    if cp.input_len != input_len {
+        bail!(
+            "{} is {input_len} bytes now and was {} when the run started: the log changed, its workers' shares with it",
+            input.display(),
+            cp.input_len
+        );
+    }
+    if cp.peers != peers {
+        bail!(
+            "the run had {} worker(s) in all and this one would have {peers}: each worker's share of the log depends on it; resume with the same -w and -n",
+            cp.peers
+        );
+    }
+    for (mark, path) in [(&cp.events, &config.output.events), (&cp.dead_letters, &config.output.dead_letters)] {
+        if &mark.path != path {
+            bail!("the run wrote {}, this configuration names {}", mark.path.display(), path.display());
+        }
+    }
+    Ok(Plan::From(cp))
+}
+
+/// Cuts both data outputs back to what the checkpoint says is complete.
+pub fn restore_outputs(cp: &Checkpoint) -> anyhow::Result<()> {
+    cut_back(&cp.events)?;
+    cut_back(&cp.dead_letters)
+}
+
+/// Removes `mark.cut` and everything from `mark.len` on from the file, moving what lies between
+/// the cut ranges down in place.
+pub fn cut_back(mark: &OutputMark) -> anyhow::Result<()> {
+    let path = &mark.path;
+    let mut file = match OpenOptions::new().read(true).write(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && mark.len == 0 => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("cannot open {} to resume", path.display())),
+    };
+    let len = file.metadata()?.len();
+    if len < mark.len {
+        bail!(
+            "{} is {len} bytes, shorter than the {} the checkpoint recorded: it was changed since; cannot resume",
+            path.display(),
+            mark.len
+        );
+    }
+    let mut write_at = mark.cut.first().map_or(mark.len, |c| c.0);
+    let mut buf = vec![0u8; 1 << 20];
+    for (i, &(_, end)) in mark.cut.iter().enumerate() {
+        let next = mark.cut.get(i + 1).map_or(mark.len, |c| c.0);
+        if end > next || next > mark.len {
+            bail!("the checkpoint's cut ranges of {} are out of order", path.display());
+        }
+        // Move [end, next) down to write_at.
+        let mut read_at = end;
+        while read_at < next {
+            let n = buf.len().min((next - read_at) as usize);
+            file.seek(SeekFrom::Start(read_at))?;
+            file.read_exact(&mut buf[..n])?;
+            file.seek(SeekFrom::Start(write_at))?;
+            file.write_all(&buf[..n])?;
+            read_at += n as u64;
+            write_at += n as u64;
+        }
+    }
+    file.set_len(write_at)?;
+    file.sync_all().with_context(|| format!("cannot sync {}", path.display()))?;
+    Ok(())
+}
+
+/// The input's canonical path and length.
+fn identify(path: &Path) -> anyhow::Result<(PathBuf, u64)> {
+    let canonical = path.canonicalize().with_context(|| format!("cannot read {}", path.display()))?;
+    let len = std::fs::metadata(&canonical)?.len();
+    Ok((canonical, len))
+}
+
+/// Keeps the checkpoint of this process's run up to date.
+pub struct Checkpointer {
+    store: Arc<dyn StateStore>,
+    files: SharedFiles,
+    template: Checkpoint,
+    inner: Mutex<Progress>,
+}
+
+/// What the workers reported since the last checkpoint.
+#[derive(Default)]
+struct Progress {
+    /// Per worker: where its share stood before the reads listed, and `(epoch, position after
+    /// the read)` of each read since.
+    reads: BTreeMap<usize, (u64, VecDeque<(u64, u64)>)>,
+    /// `(epoch, floor)`: captured events went into `epoch`; the events that captured them were of
+    /// epochs at or after `floor`. Kept until `epoch` is complete.
+    injected: BTreeSet<(u64, u64)>,
+    /// Per worker: the floor it reported last (captures it holds came from epochs at or after).
+    floors: BTreeMap<usize, u64>,
+    /// The frontier of the last checkpoint written, and when.
+    written: Option<(u64, Instant)>,
+    /// Workers in the computation.
+    peers: usize,
+}
+
+impl Checkpointer {
+    /// A checkpointer for this process's run, over its data outputs `files`.
+    pub fn new(config: &PipelineConfig, store: Arc<dyn StateStore>, files: SharedFiles) -> anyhow::Result<Self> {
+        let (input, input_len) = identify(&config.input.path)?;
+        let mark = |path: &Path| OutputMark { path: path.to_path_buf(), ..OutputMark::default() };
+        let template = Checkpoint {
+            input,
+            input_len,
+            peers: 0,
+            positions: BTreeMap::new(),
+            events: mark(&config.output.events),
+            dead_letters: mark(&config.output.dead_letters),
+            complete: false,
+        };
+        Ok(Self { store, files, template, inner: Mutex::new(Progress::default()) })
+    }
+
+    /// Worker `worker` of `peers` owes its share from `position` (its start, or where a resume
+    /// begins).
+    pub fn started(&self, worker: usize, peers: usize, position: u64) {
+        let mut inner = self.inner.lock().expect("checkpoint lock");
+        inner.peers = peers;
+        inner.reads.insert(worker, (position, VecDeque::new()));
+    }
+
+    /// Worker `worker` read up to `position` for `epoch`.
+    pub fn read(&self, worker: usize, epoch: u64, position: u64) {
+        let mut inner = self.inner.lock().expect("checkpoint lock");
+        let (_, reads) = inner.reads.entry(worker).or_default();
+        match reads.back_mut() {
+            Some(last) if last.0 == epoch => last.1 = position,
+            _ => reads.push_back((epoch, position)),
+        }
+    }
+
+    /// Captured events went into the input at `epoch`; they came from events of epochs at or
+    /// after `floor`.
+    pub fn injected(&self, epoch: u64, floor: u64) {
+        self.inner.lock().expect("checkpoint lock").injected.insert((epoch, floor));
+    }
+
+    /// Worker `worker` left its loop: it sends no more captures into the input.
+    pub fn left(&self, worker: usize) {
+        self.inner.lock().expect("checkpoint lock").floors.remove(&worker);
+    }
+
+    /// Worker `worker` saw every epoch before `frontier` complete; the captures it holds came
+    /// from epochs at or after `floor`. Renews the checkpoint if it can move and the last one is
+    /// older than [`CHECKPOINT_EVERY`].
+    pub fn complete(&self, worker: usize, frontier: u64, floor: u64) -> anyhow::Result<()> {
+        let mut inner = self.inner.lock().expect("checkpoint lock");
+        inner.floors.insert(worker, floor);
+        let progress = &mut *inner;
+        let safe = safe_frontier(frontier, &progress.floors, &mut progress.injected);
+        if let Some((at, when)) = inner.written
+            && (safe <= at || when.elapsed() < CHECKPOINT_EVERY)
+        {
+            return Ok(());
+        }
+        self.write(&mut inner, safe, false)
+    }
+
+    /// The run ended: every epoch read is complete. `finished` when the whole input was read
+    /// (a stop leaves the rest owed).
+    pub fn finish(&self, finished: bool) -> anyhow::Result<()> {
+        let mut inner = self.inner.lock().expect("checkpoint lock");
+        self.write(&mut inner, u64::MAX, finished)
+    }
+
+    fn write(&self, inner: &mut Progress, frontier: u64, complete: bool) -> anyhow::Result<()> {
+        let mut cp = self.template.clone();
+        cp.peers = inner.peers;
+        for (worker, (base, reads)) in inner.reads.iter_mut() {
+            // The last read of a complete epoch becomes the new base; later reads are kept.
+            while reads.front().is_some_and(|r| r.0 < frontier) {
+                *base = reads.pop_front().expect("checked").1;
+            }
+            cp.positions.insert(*worker, *base);
+        }
+        let (len, cut) = self.files.events.lock().expect("output lock").mark(frontier)?;
+        cp.events.len = len;
+        cp.events.cut = cut;
+        let (len, cut) = self.files.dead_letters.lock().expect("output lock").mark(frontier)?;
+        cp.dead_letters.len = len;
+        cp.dead_letters.cut = cut;
+        cp.complete = complete;
+        let bytes = serde_json::to_vec(&cp).expect("a checkpoint serialises");
+        self.store.pipeline_put(KEY, &bytes).context("cannot write the checkpoint to the state store")?;
+        inner.written = Some((frontier, Instant::now()));
+        Ok(())
+    }
+}
+
+/// The frontier a checkpoint may claim: at most `frontier` and every worker's floor, and for each
+/// injection of captured events either past its epoch (the captures and the events that made
+/// them are both kept) or at most its floor (both are done again). Never both sides of it: the
+/// captures cut while the events that made them are not read again would be lost. Drops the
+/// injections it leaves behind for good (the claimable frontier only grows).
+fn safe_frontier(frontier: u64, floors: &BTreeMap<usize, u64>, injected: &mut BTreeSet<(u64, u64)>) -> u64 {
+    let mut safe = floors.values().copied().fold(frontier, u64::min);
+    loop {
+        let lowered = injected.iter().filter(|(epoch, _)| *epoch >= safe).map(|(_, floor)| *floor).fold(safe, u64::min);
+        if lowered == safe {
+            break;
+        }
+        safe = lowered;
+    }
+    injected.retain(|(epoch, _)| *epoch >= safe);
+    safe
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file_with(content: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        std::fs::write(&path, content).unwrap();
+        (dir, path)
+    }
+
+    #[test]
+    fn cutting_back_removes_the_ranges_and_the_tail_and_keeps_the_rest_in_order() {
+        let (_dir, path) = file_with("a0\nb5\na1\nb6\na2\nlate\n");
+        // Checkpoint length 15 (through "a2\n"), lines of incomplete epochs at [3,6) and [9,12).
+        cut_back(&OutputMark { path: path.clone(), len: 15, cut: vec![(3, 6), (9, 12)] }).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "a0\na1\na2\n");
+    }
+
+    #[test]
+    fn cutting_back_moves_more_than_a_buffer() {
+        let keep: String = (0..300_000).map(|i| format!("{i}\n")).collect();
+        let (_dir, path) = file_with(&format!("drop\n{keep}tail\n"));
+        cut_back(&OutputMark { path: path.clone(), len: 5 + keep.len() as u64, cut: vec![(0, 5)] }).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), keep);
+    }
+
+    #[test]
+    fn an_output_shorter_than_its_checkpoint_is_refused() {
+        let (_dir, path) = file_with("a\n");
+        let e = cut_back(&OutputMark { path: path.clone(), len: 10, cut: vec![] }).unwrap_err();
+        assert!(e.to_string().contains("shorter than the 10 the checkpoint recorded"), "{e}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "a\n", "left as it was");
+    }
+
+    #[test]
+    fn a_checkpoint_never_splits_captures_from_the_events_that_made_them() {
+        // Captures sent into epoch 7 by events of epoch 3 or later; epoch 7 is complete (the
+        // frontier is 10) but worker 0 still owes epoch 5: claiming 5 would cut the captures
+        // (epoch 7) and keep the events of epochs 3 and 4 that made them. (It did: the first
+        // version forgot an injection once the frontier passed its epoch, and the kill test
+        // lost 47 captured events.)
+        let mut injected = BTreeSet::from([(7, 3)]);
+        assert_eq!(safe_frontier(10, &BTreeMap::from([(0, 5), (1, 12)]), &mut injected), 3);
+        assert_eq!(injected.len(), 1, "still owed");
+        // Once epoch 7 can be claimed, the captures and their events are both kept.
+        assert_eq!(safe_frontier(10, &BTreeMap::from([(0, 9), (1, 12)]), &mut injected), 9);
+        assert!(injected.is_empty());
+        // Chains: lowering below one injection's epoch brings in its floor too.
+        let mut injected = BTreeSet::from([(12, 6), (6, 2)]);
+        assert_eq!(safe_frontier(8, &BTreeMap::new(), &mut injected), 2);
+    }
+
+    #[test]
+    fn marks_keep_only_the_ranges_of_incomplete_epochs() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = crate::io::OutputFile::open(&dir.path().join("o"), false, true).unwrap();
+        let mut o = out.lock().unwrap();
+        o.write_lines(0, &mut ["a"].into_iter()).unwrap();
+        o.write_lines(2, &mut ["bb"].into_iter()).unwrap();
+        o.write_lines(2, &mut ["c"].into_iter()).unwrap();
+        o.write_lines(1, &mut ["d"].into_iter()).unwrap();
+        o.write_lines(3, &mut ["e"].into_iter()).unwrap();
+        // Frontier 2: epochs 0 and 1 are complete; 2 and 3 are cut (adjacent ranges merged).
+        assert_eq!(o.mark(2).unwrap(), (11, vec![(2, 7), (9, 11)]));
+        assert_eq!(o.mark(3).unwrap(), (11, vec![(9, 11)]));
+        assert_eq!(o.mark(4).unwrap(), (11, vec![]));
+    }
+}
