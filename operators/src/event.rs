@@ -21,6 +21,9 @@ pub struct ValidEvent {
     /// How many `posthog.capture` calls in a row led to it (0 for input events; the graph sets
     /// it for captured events, out of band: no input line can claim it).
     pub hops: u32,
+    /// Where in the source its line was (as [`DeadLetter::position`]; 0 for captured events):
+    /// dead letters of work done for it later name it.
+    pub position: u64,
 }
 
 /// A line that is not a valid event, kept whole with the reason.
@@ -29,8 +32,9 @@ pub struct DeadLetter {
     /// Where the line came from (file path or topic).
     pub source: String,
     /// Where in the source: the byte offset of the line in a recorded log, the offset in its
-    /// partition for Kafka (the partition is not named), 0 for work done after the chain
-    /// (retries, jobs, captures after the input closed).
+    /// partition for Kafka (the partition is not named). Work a plugin could not do for an event
+    /// (`onEvent`, `exportEvents`, a failed chain) names its event's position; 0 where there is
+    /// no input line (jobs, captured events).
     pub position: u64,
     /// Why the line was rejected.
     pub reason: String,
@@ -243,7 +247,7 @@ fn depth(v: &Value) -> usize {
     }
 }
 
-/// Checks one line. `source` and `position` only label a dead letter.
+/// Checks one line. `source` and `position` label its dead letter; the event keeps `position`.
 pub fn parse_line(bytes: &[u8], source: &str, position: u64, limits: &EventLimits) -> Result<ValidEvent, DeadLetter> {
     let dead = |reason: String, raw: String, raw_base64: Option<String>| DeadLetter {
         source: source.to_string(),
@@ -271,7 +275,7 @@ pub fn parse_line(bytes: &[u8], source: &str, position: u64, limits: &EventLimit
             None,
         ));
     }
-    check(text, limits).map_err(|reason| dead(reason, text.to_string(), None))
+    check(text, limits).map(|ev| ValidEvent { position, ..ev }).map_err(|reason| dead(reason, text.to_string(), None))
 }
 
 fn check(text: &str, limits: &EventLimits) -> Result<ValidEvent, String> {
@@ -297,7 +301,7 @@ fn check(text: &str, limits: &EventLimits) -> Result<ValidEvent, String> {
         properties_kind(kind)?;
     }
     let (name, team_id, uuid) = required(&head.event, &head.team_id, &head.uuid)?;
-    Ok(ValidEvent { json: text.to_string(), team_id, uuid, name, hops: 0 })
+    Ok(ValidEvent { json: text.to_string(), team_id, uuid, name, hops: 0, position: 0 })
 }
 
 /// Merges an ingestion envelope: `data` is parsed and its keys win over the envelope's (the
@@ -333,7 +337,7 @@ fn from_envelope(text: &str, data: &str, limits: &EventLimits) -> Result<ValidEv
     if json.len() > limits.max_bytes {
         return Err(format!("the event is {} bytes once merged, more than runtime.max_event_bytes ({})", json.len(), limits.max_bytes));
     }
-    Ok(ValidEvent { json, team_id, uuid, name, hops: 0 })
+    Ok(ValidEvent { json, team_id, uuid, name, hops: 0, position: 0 })
 }
 
 fn properties_kind(kind: Kind) -> Result<(), String> {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::plugin;
 use operators::dataflow::deferred::RunDeferred;
-use operators::plugin::deferred::{DeferredWork, Exhausted, RetryPolicies, RetryPolicy};
+use operators::plugin::deferred::{DeferredWork, Exhausted, FinalEvent, RetryPolicies, RetryPolicy};
 use operators::plugin::worker::{Outcome, PluginNotice, PluginSpec, WorkerPlace, WorkerPlugins};
 use operators::plugin::{HostServices, Limits, LogSource, MemoryLogSink, PluginDefinition};
 use serde_json::json;
@@ -127,7 +127,7 @@ fn run_holding(h: &Harness, batches: Vec<Vec<String>>, hold_ms: u64, mut during:
         let mut worker = timely::worker::Worker::new(timely::WorkerConfig::default(), alloc, Some(Instant::now()));
         let worker = &mut worker;
         let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
-            let (input, stream) = scope.new_input::<Vec<(i64, u32, String)>>();
+            let (input, stream) = scope.new_input::<Vec<FinalEvent>>();
             let probe = stream.run_deferred(work.clone()).inspect(move |e: &Exhausted| sink.borrow_mut().push(e.clone())).probe().0;
             (input, probe)
         });
@@ -142,8 +142,9 @@ fn run_holding(h: &Harness, batches: Vec<Vec<String>>, hold_ms: u64, mut during:
         };
         for (epoch, batch) in batches.into_iter().enumerate() {
             sent_at.push(h.clock.now_ms());
-            for ev in batch {
-                input.send((1, 0, ev));
+            for (i, json) in batch.into_iter().enumerate() {
+                // Positions as a log's byte offsets would be: distinct per event.
+                input.send(FinalEvent { team: 1, hops: 0, position: 1000 * (epoch as u64 + 1) + i as u64, json });
             }
             input.advance_to(epoch as u64 + 1);
             for _ in 0..20 {
@@ -200,6 +201,7 @@ fn never_succeeding_ends_in_a_dead_letter_after_exactly_six_attempts() {
     let e = &ran.gave_up[0];
     assert_eq!(e.attempts, 6);
     assert_eq!(e.reason(), "onEvent of plugin 'rec' (7) failed after 6 attempts: RetryError: never");
+    assert_eq!(e.positions, vec![1000], "the event's input position, through every retry");
     assert!(e.payload.contains("\"uuid\":\"doomed\""), "{}", e.payload);
     assert_eq!(metrics(&h), vec![("onEvent".to_string(), Outcome::Failed, 1)]);
 }
@@ -233,6 +235,7 @@ fn a_plain_error_is_not_retried_and_is_not_lost() {
     assert_eq!(ran.times_of("broken").len(), 1);
     assert_eq!(ran.gave_up.len(), 1);
     assert_eq!(ran.gave_up[0].reason(), "onEvent of plugin 'rec' (7) failed after 1 attempt: Error: plain failure");
+    assert_eq!(ran.gave_up[0].positions, vec![1000]);
     let mut m = metrics(&h);
     m.sort_by_key(|x| x.1);
     assert_eq!(m, vec![("onEvent".to_string(), Outcome::Succeeded, 1), ("onEvent".to_string(), Outcome::Failed, 1)]);
@@ -357,6 +360,7 @@ fn export_retries_then_gives_up_after_four_attempts() {
     assert_eq!(gaps(&tries), vec![10, 20, 40], "1 attempt + 3 retries");
     assert_eq!(ran.gave_up.len(), 1);
     assert_eq!(ran.gave_up[0].attempts, 4);
+    assert_eq!(ran.gave_up[0].positions, vec![1000, 1001], "each event of the batch keeps its position");
     assert_eq!(
         metrics(&h).into_iter().filter(|m| m.0 == "exportEvents").collect::<Vec<_>>(),
         vec![("exportEvents".to_string(), Outcome::Failed, 2)]

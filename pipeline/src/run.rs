@@ -32,7 +32,7 @@ use anyhow::{Context as _, bail};
 use differential_dataflow::input::InputSession;
 use operators::dataflow::deferred::RunDeferred;
 use operators::event::{DeadLetter, EventLimits, ValidEvent, parse_line};
-use operators::plugin::deferred::{DeferredWork, RetryPolicies, RetryPolicy};
+use operators::plugin::deferred::{DeferredWork, FinalEvent, RetryPolicies, RetryPolicy};
 use operators::plugin::worker::{PluginNotice, PluginSpec, WorkerPlace, WorkerPlugins};
 use operators::plugin::{GeoIp, Hook, HostServices, Limits, LogSink, PluginDefinition, PluginRuntime};
 use state::{MemoryStore, RocksStore, StateStore};
@@ -50,9 +50,6 @@ use crate::stats::Stats;
 /// An input line: (position, bytes, capture hops). The hop count travels beside the line, never
 /// inside it.
 type InputLine = (u64, Vec<u8>, u32);
-
-/// A processed event: (team, capture hops, final JSON).
-type Processed = (i64, u32, String);
 
 /// What every worker of the process shares.
 #[derive(Clone)]
@@ -292,8 +289,8 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
         });
         let chain = plugins.clone();
         let stats = shared.stats.clone();
-        let (processed, unprocessable): (timely::dataflow::Stream<'_, u64, Vec<Processed>>, _) =
-            events.flat_map(move |ev: ValidEvent| run_event(&chain, &stats, ev)).ok_err(|r: Result<(i64, u32, String), DeadLetter>| r);
+        let (processed, unprocessable): (timely::dataflow::Stream<'_, u64, Vec<FinalEvent>>, _) =
+            events.flat_map(move |ev: ValidEvent| run_event(&chain, &stats, ev)).ok_err(|r: Result<FinalEvent, DeadLetter>| r);
         // Processed events are written here, then passed on (moved, not copied) to onEvent and
         // exportEvents only when the team has a plugin with one of them: the test
         // DeferredWork::event would make first.
@@ -301,15 +298,15 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
         let owed = processed
             .unary(Pipeline, "WriteEvents", move |_, _| {
                 move |input, output| {
-                    input.for_each(|cap, data: &mut Vec<(i64, u32, String)>| {
+                    input.for_each(|cap, data: &mut Vec<FinalEvent>| {
                         let Some(out) = cap.retain_least(0) else { return };
                         let epoch = *out.time();
-                        keep_first_error(&fail, sink.borrow_mut().write_values(epoch, &mut data.iter().map(|(_, _, l)| l.as_str())));
+                        keep_first_error(&fail, sink.borrow_mut().write_values(epoch, &mut data.iter().map(|e| e.json.as_str())));
                         stats.add_out(data.len() as u64);
                         let mut plugins = owing.borrow_mut();
                         let mut session = output.session(&out);
                         for ev in data.drain(..) {
-                            if plugins.team_has_any(ev.0, &[Hook::OnEvent, Hook::ExportEvents]) {
+                            if plugins.team_has_any(ev.team, &[Hook::OnEvent, Hook::ExportEvents]) {
                                 session.give(ev);
                             }
                         }
@@ -501,19 +498,20 @@ fn exhausted_letters(e: operators::plugin::deferred::Exhausted) -> Vec<DeadLette
         error: format!("{}: {}", e.error.name, e.error.message),
     };
     let reason = e.reason();
-    let letter = |raw: String| DeadLetter {
+    let letter = |raw: String, position: u64| DeadLetter {
         source: format!("plugin:{}", failure.config_id),
-        position: 0,
+        position,
         reason: reason.clone(),
         raw,
         raw_base64: None,
         failure: Some(failure.clone()),
     };
+    let position = |i: usize| e.positions.get(i).copied().unwrap_or(0);
     match (e.error.hook, serde_json::from_str::<serde_json::Value>(&e.payload)) {
         (operators::plugin::Hook::ExportEvents, Ok(serde_json::Value::Array(events))) => {
-            events.iter().map(|ev| letter(ev.to_string())).collect()
+            events.iter().enumerate().map(|(i, ev)| letter(ev.to_string(), position(i))).collect()
         }
-        _ => vec![letter(e.payload)],
+        _ => vec![letter(e.payload.clone(), position(0))],
     }
 }
 
@@ -599,18 +597,18 @@ fn retry_hold(config: &PipelineConfig) -> Duration {
 
 /// Runs one event's chain: `Ok` with the final event (none when dropped), or a dead letter when
 /// the chain could not be completed. An event is never written out without its chain.
-fn run_event(chain: &Rc<RefCell<WorkerPlugins>>, stats: &Stats, ev: ValidEvent) -> Option<Result<(i64, u32, String), DeadLetter>> {
+fn run_event(chain: &Rc<RefCell<WorkerPlugins>>, stats: &Stats, ev: ValidEvent) -> Option<Result<FinalEvent, DeadLetter>> {
     let mut plugins = chain.borrow_mut();
     match plugins.process(ev.team_id, &ev.name, &ev.uuid, &ev.json, ev.hops) {
         Ok(outcome) => {
             if outcome.event.is_none() {
                 stats.add_dropped(1);
             }
-            outcome.event.map(|e| Ok((ev.team_id, ev.hops, e)))
+            outcome.event.map(|json| Ok(FinalEvent { team: ev.team_id, hops: ev.hops, position: ev.position, json }))
         }
         Err(reason) => {
             tracing::error!(uuid = %ev.uuid, error = %reason, "event could not complete its chain: dead-lettered");
-            Some(Err(DeadLetter { source: "chain".into(), position: 0, reason, raw: ev.json, raw_base64: None, failure: None }))
+            Some(Err(DeadLetter { source: "chain".into(), position: ev.position, reason, raw: ev.json, raw_base64: None, failure: None }))
         }
     }
 }

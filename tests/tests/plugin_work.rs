@@ -102,7 +102,9 @@ fn retries_that_cannot_be_done_after_a_restart_are_dead_letters() {
     // was skipped, never acknowledged, and counted as pending for ever.
     let dir = tempfile::tempdir().unwrap();
     let p = write_plugin(dir.path(), "deliver", DELIVER);
-    let event = "{\"uuid\":\"u1\",\"event\":\"e\",\"team_id\":1,\"properties\":{}}\n";
+    // A blank first line puts the event at byte 1: its dead letter must still say so after the
+    // restart (the durable retry keeps the position).
+    let event = "\n{\"uuid\":\"u1\",\"event\":\"e\",\"team_id\":1,\"properties\":{}}\n";
     // The retry is due 2 s after the first attempt: the first run stops before that.
     let runtime = "on_event_retry_base_ms = 2000";
     let first = config(dir.path(), event, "path = \"state\"", runtime, &plugin_entry("d", &p, 1, "teams = [1]"));
@@ -122,6 +124,8 @@ fn retries_that_cannot_be_done_after_a_restart_are_dead_letters() {
     assert_eq!(dead.len(), 2, "{reasons:?}");
     assert!(reasons.iter().any(|r| r.contains("Unavailable: the plugin configuration is no longer configured")), "{reasons:?}");
     assert!(reasons.iter().any(|r| r.contains("UnreadableRetry")), "{reasons:?}");
+    let unavailable = dead.iter().find(|d| d["reason"].as_str().unwrap().contains("Unavailable")).unwrap();
+    assert_eq!(unavailable["position"], 1, "the event's byte offset in the first run's input");
     assert_eq!(summary.dead_lettered, 2);
     assert!(pluginflow::http::prometheus(&http).contains("pluginflow_pending_retries 0\n"), "nothing is left pending");
 }
@@ -199,6 +203,10 @@ fn a_failed_export_batch_is_one_dead_letter_per_event() {
         .map(|d| serde_json::from_str::<serde_json::Value>(d["raw"].as_str().unwrap()).unwrap()["uuid"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(uuids, ["u1", "u2", "u3"], "{dead:?}");
+    // Each names its own event's line: the byte offsets of the input's lines.
+    let starts: Vec<u64> = std::iter::once(0).chain(input.match_indices('\n').map(|(i, _)| i as u64 + 1)).take(3).collect();
+    let positions: Vec<u64> = dead.iter().map(|d| d["position"].as_u64().unwrap()).collect();
+    assert_eq!(positions, starts);
     for d in &dead {
         assert_eq!(
             (d["plugin"].as_str(), d["hook"].as_str(), d["attempts"].as_u64()),

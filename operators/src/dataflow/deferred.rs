@@ -27,6 +27,7 @@
 //! use operators::plugin::deferred::{DeferredWork, RetryPolicies};
 //! use operators::plugin::worker::WorkerPlugins;
 //! use operators::plugin::{HostServices, Limits, MemoryLogSink};
+//! use operators::plugin::deferred::FinalEvent;
 //! use timely::dataflow::operators::{Input, Inspect, Probe};
 //!
 //! timely::execute(timely::Config::thread(), |worker| {
@@ -37,11 +38,11 @@
 //!     let letters = Rc::new(RefCell::new(Vec::new()));
 //!     let sink = letters.clone();
 //!     let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
-//!         let (input, events) = scope.new_input::<Vec<(i64, u32, String)>>();
+//!         let (input, events) = scope.new_input::<Vec<FinalEvent>>();
 //!         let probe = events.run_deferred(work).inspect(move |e| sink.borrow_mut().push(e.clone())).probe().0;
 //!         (input, probe)
 //!     });
-//!     input.send((1, 0, r#"{"uuid":"u","event":"e","team_id":1}"#.to_string()));
+//!     input.send(FinalEvent { team: 1, hops: 0, position: 0, json: r#"{"uuid":"u","event":"e","team_id":1}"#.to_string() });
 //!     input.advance_to(1);
 //!     while probe.less_than(&1) {
 //!         worker.step();
@@ -61,11 +62,11 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::operator::Operator;
 
-use crate::plugin::deferred::{DeferredWork, Exhausted, Step, Task, millis};
+use crate::plugin::deferred::{DeferredWork, Exhausted, FinalEvent, Step, Task, millis};
 
 /// Runs `onEvent` and `exportEvents` for final events, retrying on delayed capabilities.
 pub trait RunDeferred<'scope> {
-    /// Takes `(team, hops, final event JSON)` and returns the calls that failed for good.
+    /// Takes the events that left the chain and returns the calls that failed for good.
     fn run_deferred(self, work: Rc<RefCell<DeferredWork>>) -> Stream<'scope, u64, Vec<Exhausted>>;
 }
 
@@ -85,7 +86,7 @@ fn hold_ends(now: u64, hold: Duration) -> Option<u64> {
     now.checked_add(millis(hold))
 }
 
-impl<'scope> RunDeferred<'scope> for Stream<'scope, u64, Vec<(i64, u32, String)>> {
+impl<'scope> RunDeferred<'scope> for Stream<'scope, u64, Vec<FinalEvent>> {
     fn run_deferred(self, work: Rc<RefCell<DeferredWork>>) -> Stream<'scope, u64, Vec<Exhausted>> {
         let scope = self.scope();
         self.unary_frontier(Pipeline, "RunDeferred", move |initial, info| {
@@ -115,8 +116,8 @@ impl<'scope> RunDeferred<'scope> for Stream<'scope, u64, Vec<(i64, u32, String)>
                     if buffer_cap.as_ref().is_none_or(|b| *b.time() > epoch) {
                         buffer_cap = Some(cap.delayed(&epoch, 0));
                     }
-                    for (team, hops, json) in data.drain(..) {
-                        let steps = work.borrow_mut().event(epoch, team, hops, &json);
+                    for event in data.drain(..) {
+                        let steps = work.borrow_mut().event(epoch, &event);
                         for step in steps.into_iter().filter(|s| !matches!(s, Step::Done)) {
                             let held = buffer_cap.as_ref().expect("set above").delayed(&step_epoch(&step, epoch));
                             place(step, Some(held), hold_ends(arrived, hold), &mut pending, &mut gave_up);

@@ -105,6 +105,21 @@ pub struct Task {
     pub epoch: u64,
     /// The task's entry in the durable queue, once it was retried.
     pub queue_id: Option<QueueItemId>,
+    /// Where each of its events was in the input, in order.
+    pub positions: Vec<u64>,
+}
+
+/// An event that left the `processEvent` chain: what `onEvent` and `exportEvents` are owed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FinalEvent {
+    /// Its team.
+    pub team: i64,
+    /// Its capture hops (what `onEvent` captures is one hop deeper).
+    pub hops: u32,
+    /// Where its line was in the input (0 for a captured event).
+    pub position: u64,
+    /// The event as JSON, as the chain left it.
+    pub json: String,
 }
 
 impl Task {
@@ -116,10 +131,7 @@ impl Task {
     }
 
     fn events(&self) -> u64 {
-        match &self.kind {
-            TaskKind::OnEvent(_) => 1,
-            TaskKind::Export(b) => b.len() as u64,
-        }
+        kind_len(&self.kind) as u64
     }
 
     fn payload(&self) -> String {
@@ -153,6 +165,9 @@ pub struct Exhausted {
     pub payload: String,
     /// Earliest epoch of the task.
     pub epoch: u64,
+    /// Where each event of the payload was in the input, in order (empty when it came from no
+    /// input line: a job).
+    pub positions: Vec<u64>,
 }
 
 impl Exhausted {
@@ -213,6 +228,8 @@ fn parse_int_prefix(text: &str) -> Option<i64> {
 struct ExportBuffer {
     settings: ExportSettings,
     events: Vec<String>,
+    /// Input positions of `events`, in order.
+    positions: Vec<u64>,
     chars: usize,
     /// When the first buffered event came (ms on the worker's clock).
     started: Option<u64>,
@@ -220,15 +237,22 @@ struct ExportBuffer {
 }
 
 impl ExportBuffer {
-    fn take(&mut self) -> Option<(Vec<String>, u64)> {
+    fn take(&mut self) -> Option<Batch> {
         if self.events.is_empty() {
             return None;
         }
         let epoch = self.min_epoch.take().unwrap_or_default();
         self.chars = 0;
         self.started = None;
-        Some((std::mem::take(&mut self.events), epoch))
+        Some(Batch { events: std::mem::take(&mut self.events), positions: std::mem::take(&mut self.positions), epoch })
     }
+}
+
+/// A flushed export buffer: its events, their input positions, and its earliest epoch.
+struct Batch {
+    events: Vec<String>,
+    positions: Vec<u64>,
+    epoch: u64,
 }
 
 /// The deferred work of one worker.
@@ -287,12 +311,13 @@ impl DeferredWork {
     /// Handles one event that left the chain at `epoch`: `onEvent` for each plugin of the team
     /// that has it, and the event added to export buffers. Returns retries, give-ups and
     /// size-triggered export steps.
-    pub fn event(&mut self, epoch: u64, team: i64, hops: u32, final_json: &str) -> Vec<Step> {
+    pub fn event(&mut self, epoch: u64, event: &FinalEvent) -> Vec<Step> {
+        let FinalEvent { team, hops, position, .. } = *event;
         let keys = self.plugins.borrow_mut().team_instances_with(team, &[Hook::OnEvent, Hook::ExportEvents]);
         if keys.is_empty() {
             return Vec::new();
         }
-        let Some((name, processed)) = processed_event(final_json) else {
+        let Some((name, processed)) = processed_event(&event.json) else {
             return Vec::new();
         };
         let mut steps = Vec::new();
@@ -303,10 +328,11 @@ impl DeferredWork {
                 (inst.has(Hook::OnEvent), inst.has(Hook::ExportEvents), inst.config_id().to_string())
             };
             if has_export {
-                steps.extend(self.buffer(key, &config_id, epoch, &name, &processed));
+                steps.extend(self.buffer(key, &config_id, epoch, position, &name, &processed));
             }
             if has_on_event {
-                let task = Task { config_id, team, kind: TaskKind::OnEvent(processed.clone()), attempts: 0, epoch, queue_id: None };
+                let kind = TaskKind::OnEvent(processed.clone());
+                let task = Task { config_id, team, kind, attempts: 0, epoch, queue_id: None, positions: vec![position] };
                 steps.push(self.run(task));
             }
             self.plugins.borrow_mut().collect_outbox_of(key, hops);
@@ -314,14 +340,15 @@ impl DeferredWork {
         steps
     }
 
-    fn buffer(&mut self, key: InstanceKey, config_id: &str, epoch: u64, name: &str, processed: &str) -> Vec<Step> {
+    fn buffer(&mut self, key: InstanceKey, config_id: &str, epoch: u64, position: u64, name: &str, processed: &str) -> Vec<Step> {
         if !self.buffers.contains_key(&key) {
             let settings = {
                 let mut plugins = self.plugins.borrow_mut();
                 let inst = plugins.instance_mut(key).expect("checked by the caller");
                 ExportSettings::from_config(|k| inst.config_text(k))
             };
-            self.buffers.insert(key, ExportBuffer { settings, events: Vec::new(), chars: 0, started: None, min_epoch: None });
+            let buffer = ExportBuffer { settings, events: Vec::new(), positions: Vec::new(), chars: 0, started: None, min_epoch: None };
+            self.buffers.insert(key, buffer);
         }
         let now = self.plugins.borrow().now_ms();
         let buffer = self.buffers.get_mut(&key).expect("inserted above");
@@ -335,37 +362,38 @@ impl DeferredWork {
             batches.extend(buffer.take());
         }
         buffer.events.push(processed.to_string());
+        buffer.positions.push(position);
         buffer.chars += size;
         buffer.min_epoch = Some(buffer.min_epoch.map_or(epoch, |m| m.min(epoch)));
         buffer.started.get_or_insert(now);
         if buffer.chars > buffer.settings.max_bytes {
             batches.extend(buffer.take());
         }
-        batches.into_iter().map(|(events, epoch)| self.export(key, config_id, events, epoch)).collect()
+        batches.into_iter().map(|batch| self.export(key, config_id, batch)).collect()
     }
 
-    fn export(&mut self, key: InstanceKey, config_id: &str, events: Vec<String>, epoch: u64) -> Step {
-        let task =
-            Task { config_id: config_id.to_string(), team: key.1, kind: TaskKind::Export(events), attempts: 0, epoch, queue_id: None };
-        self.run(task)
+    fn export(&mut self, key: InstanceKey, config_id: &str, batch: Batch) -> Step {
+        let Batch { events, positions, epoch } = batch;
+        let kind = TaskKind::Export(events);
+        self.run(Task { config_id: config_id.to_string(), team: key.1, kind, attempts: 0, epoch, queue_id: None, positions })
     }
 
     /// Export buffers due by `now_ms` (or all of them with `force`, at shutdown), exported now.
     pub fn flush(&mut self, now_ms: u64, force: bool) -> Vec<Step> {
-        let mut due: Vec<(InstanceKey, Vec<String>, u64)> = Vec::new();
+        let mut due: Vec<(InstanceKey, Batch)> = Vec::new();
         for (key, buffer) in &mut self.buffers {
             let expired = buffer.started.is_some_and(|t| now_ms >= t.saturating_add(millis(buffer.settings.max_age)));
             if (force || expired)
-                && let Some((events, epoch)) = buffer.take()
+                && let Some(batch) = buffer.take()
             {
-                due.push((*key, events, epoch));
+                due.push((*key, batch));
             }
         }
-        due.sort_by_key(|(k, _, _)| *k);
+        due.sort_by_key(|(k, _)| *k);
         due.into_iter()
-            .map(|(key, events, epoch)| {
+            .map(|(key, batch)| {
                 let config_id = self.plugins.borrow().config_id(key.0).to_string();
-                self.export(key, &config_id, events, epoch)
+                self.export(key, &config_id, batch)
             })
             .collect()
     }
@@ -415,7 +443,8 @@ impl DeferredWork {
                 self.ack(&task);
                 // Failed for good, or a plain error (never retried): either way the work was
                 // not done, so it goes to the dead-letter output rather than vanishing.
-                Step::GaveUp(Exhausted { attempts: task.attempts, payload: task.payload(), epoch: task.epoch, error })
+                let payload = task.payload();
+                Step::GaveUp(Exhausted { attempts: task.attempts, payload, epoch: task.epoch, error, positions: task.positions })
             }
         }
     }
@@ -469,6 +498,7 @@ impl DeferredWork {
             "hook": task.hook().as_str(),
             "attempts": task.attempts,
             "events": match &task.kind { TaskKind::OnEvent(e) => vec![e.clone()], TaskKind::Export(b) => b.clone() },
+            "positions": task.positions,
         });
         match self.store.queue_put(RETRY_QUEUE, due, payload.to_string().as_bytes()) {
             Ok(id) => task.queue_id = Some(id),
@@ -516,6 +546,7 @@ impl DeferredWork {
                         attempts: 0,
                         payload: String::from_utf8_lossy(&item.payload).into_owned(),
                         epoch,
+                        positions: Vec::new(),
                     });
                     if let Err(e) = self.store.queue_ack(RETRY_QUEUE, item.id) {
                         tracing::error!(error = %e, "cannot acknowledge an unreadable retry");
@@ -535,6 +566,11 @@ impl DeferredWork {
             "onEvent" => TaskKind::OnEvent(events.into_iter().next()?),
             _ => TaskKind::Export(events),
         };
+        // Retries queued before positions were recorded have none: 0, as for a captured event.
+        let positions = match v["positions"].as_array() {
+            Some(p) => p.iter().map(|x| x.as_u64().unwrap_or(0)).collect(),
+            None => vec![0; kind_len(&kind)],
+        };
         Some(Task {
             config_id: v["config_id"].as_str()?.to_string(),
             team: v["team"].as_i64()?,
@@ -542,7 +578,15 @@ impl DeferredWork {
             attempts: v["attempts"].as_u64()? as u32,
             epoch,
             queue_id: Some(item.id),
+            positions,
         })
+    }
+}
+
+fn kind_len(kind: &TaskKind) -> usize {
+    match kind {
+        TaskKind::OnEvent(_) => 1,
+        TaskKind::Export(b) => b.len(),
     }
 }
 

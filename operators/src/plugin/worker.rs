@@ -411,6 +411,7 @@ impl WorkerPlugins {
                 attempts: 0,
                 payload,
                 epoch: 0,
+                positions: Vec::new(),
             })
         };
         let raw = String::from_utf8_lossy(&item.payload).into_owned();
@@ -463,7 +464,7 @@ impl WorkerPlugins {
             Err(e) => {
                 self.metric(key, Hook::Job, Outcome::Failed, 1);
                 self.notices.push(PluginNotice::CallFailed(e.clone()));
-                Some(super::deferred::Exhausted { error: e, attempts, payload: job.to_string(), epoch: 0 })
+                Some(super::deferred::Exhausted { error: e, attempts, payload: job.to_string(), epoch: 0, positions: Vec::new() })
             }
         }
     }
