@@ -36,8 +36,27 @@ fn run_until(config: &PipelineConfig, stop_when: impl Fn(&MemoryLogSink) -> bool
     (summary, logs)
 }
 
+/// [`run_until`] on a worker clock that stands still at `clock_ms`: retries and jobs fall due by
+/// that clock only (no test waits for, or races, a real delay).
+fn run_until_at(
+    config: &PipelineConfig,
+    clock_ms: u64,
+    stop_when: impl Fn(&MemoryLogSink) -> bool + Send + 'static,
+) -> (Summary, Arc<MemoryLogSink>) {
+    let (summary, logs, _) = run_on(config, Some(clock_ms), stop_when);
+    (summary, logs)
+}
+
 fn run_with_http(
     config: &PipelineConfig,
+    stop_when: impl Fn(&MemoryLogSink) -> bool + Send + 'static,
+) -> (Summary, Arc<MemoryLogSink>, Arc<pluginflow::http::HttpState>) {
+    run_on(config, None, stop_when)
+}
+
+fn run_on(
+    config: &PipelineConfig,
+    clock_ms: Option<u64>,
     stop_when: impl Fn(&MemoryLogSink) -> bool + Send + 'static,
 ) -> (Summary, Arc<MemoryLogSink>, Arc<pluginflow::http::HttpState>) {
     let logs = Arc::new(MemoryLogSink::default());
@@ -52,7 +71,10 @@ fn run_with_http(
             std::thread::sleep(Duration::from_millis(10));
         }
     });
-    let shared = prepare(config.clone(), logs.clone(), stop.clone()).unwrap();
+    let mut shared = prepare(config.clone(), logs.clone(), stop.clone()).unwrap();
+    if let Some(ms) = clock_ms {
+        shared.clock = Arc::new(state::ManualClock::new(ms));
+    }
     let http = shared.http.clone();
     let stats = run(shared, timely::Config::thread()).unwrap();
     stop.store(true, Ordering::SeqCst);
@@ -79,17 +101,17 @@ fn a_pending_retry_resumes_after_a_restart() {
     let plugins = plugin_entry("d", &p, 1, "teams = [1]");
     let event = "{\"uuid\":\"u1\",\"event\":\"e\",\"team_id\":1,\"properties\":{}}\n";
     let runtime = "on_event_retry_base_ms = 1500";
-    // First run: the first attempt fails, the retry is due in 1.5 s, and we stop before that.
+    // First run, its clock standing at 0: the first attempt fails, the retry is due at 1,500 ms,
+    // which never comes; we stop once the first attempt is logged.
     let first = config(dir.path(), event, "path = \"state\"", runtime, &plugins);
-    let (summary, logs) = run_until(&first, |l| l.entries().iter().any(|e| e.message == "deliver u1 attempt 1"));
+    let (summary, logs) = run_until_at(&first, 0, |l| l.entries().iter().any(|e| e.message == "deliver u1 attempt 1"));
     assert_eq!(summary.events_out, 1);
     assert!(!messages(&logs).iter().any(|m| m.contains("attempt 2")), "the retry did not run in the first process");
-    // Second run, same state folder, no new input: the retry comes back from RocksDB and runs.
+    // Second run, same state folder, no new input, its clock at 1,500 ms: the retry comes back
+    // from RocksDB, due now, and runs (the run ends only once it did).
     let second = config(dir.path(), "", "path = \"state\"", runtime, &plugins);
-    let started = Instant::now();
-    let (summary, logs) = run_until(&second, |_| false);
+    let (summary, logs) = run_until_at(&second, 1_500, |_| false);
     assert!(messages(&logs).contains(&"deliver u1 attempt 2".to_string()), "{:?}", messages(&logs));
-    assert!(started.elapsed() < Duration::from_secs(10));
     assert_eq!(summary.metrics.get(&("d".to_string(), 1, "onEvent".to_string(), "succeeded_on_retry".to_string())), Some(&1));
     // A third run finds nothing left to do.
     let (_, logs) = run_until(&second, |_| false);
@@ -105,10 +127,11 @@ fn retries_that_cannot_be_done_after_a_restart_are_dead_letters() {
     // A blank first line puts the event at byte 1: its dead letter must still say so after the
     // restart (the durable retry keeps the position).
     let event = "\n{\"uuid\":\"u1\",\"event\":\"e\",\"team_id\":1,\"properties\":{}}\n";
-    // The retry is due 2 s after the first attempt: the first run stops before that.
+    // The retry is due 2 s after the first attempt, on a clock that stands still: the first run
+    // stops with it pending.
     let runtime = "on_event_retry_base_ms = 2000";
     let first = config(dir.path(), event, "path = \"state\"", runtime, &plugin_entry("d", &p, 1, "teams = [1]"));
-    let (summary, _) = run_until(&first, |l| l.entries().iter().any(|e| e.message == "deliver u1 attempt 1"));
+    let (summary, _) = run_until_at(&first, 0, |l| l.entries().iter().any(|e| e.message == "deliver u1 attempt 1"));
     assert_eq!(summary.events_out, 1);
     {
         // Garbage beside the real pending retry.
