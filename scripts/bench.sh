@@ -18,6 +18,13 @@
 #
 # Every ratio in the report is computed from rows of the same run. Work files live in
 # .cache/bench (gitignored): logs, configs, outputs, results/*.
+#
+# The Node peer (PostHog's 2022 Babel + vm2 path, its plugins and bench.js) is read from PEER_SRC
+# (default ../shared/peer, beside the repository) when it is there, and its npm dependencies are
+# installed from the npm registry. Without it the Node rows are skipped and pluginflow's own
+# benchmark plugins (benches/plugins: greet, screen, flatten) stand in for the peer's hello,
+# filter and flatten; the geoip-like chain (the peer's in-memory table) is left out. Event logs
+# come from the repository's own generator (`gen_events`, tests crate) either way.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -44,14 +51,24 @@ JOBS=${JOBS:-2}
 REPEAT=${REPEAT:-3}
 PEER_REPEAT=${PEER_REPEAT:-1}
 export BENCH_SECONDS=${BENCH_SECONDS:-2}
-SHARED=$(cd "$ROOT/../shared" && pwd)
+PEER_SRC=${PEER_SRC:-$ROOT/../shared/peer}
 WORK=$ROOT/.cache/bench
 RES=$WORK/results
 PEER=$ROOT/.cache/peer
-PEER_PLUGINS=$SHARED/peer/plugins
+if [ -d "$PEER_SRC/plugins" ] && [ -f "$PEER_SRC/bench.js" ]; then
+    HAVE_PEER=1
+    PEER_SRC=$(cd "$PEER_SRC" && pwd)
+    P_HELLO=$PEER_SRC/plugins/hello P_FILTER=$PEER_SRC/plugins/filter P_FLATTEN=$PEER_SRC/plugins/flatten
+    P_GEOLIKE=$PEER_SRC/plugins/geoip-like
+else
+    HAVE_PEER=0
+    P_HELLO=$ROOT/benches/plugins/greet P_FILTER=$ROOT/benches/plugins/screen P_FLATTEN=$ROOT/benches/plugins/flatten
+    P_GEOLIKE=
+fi
 GEOIP=$ROOT/.cache/GeoLite2-City.mmdb
 BIN=${PLUGINFLOW_BIN:-$CARGO_TARGET_DIR/release/pluginflow}
 HARNESS=$CARGO_TARGET_DIR/release/throughput
+GEN=$CARGO_TARGET_DIR/release/gen_events
 KBENCH=$CARGO_TARGET_DIR/release/kafka_bench
 SIZES=(${N:-100000})
 [ "$WITH_1M" = 1 ] && SIZES+=(1000000)
@@ -74,23 +91,31 @@ if [ "$REPORT_ONLY" = 0 ]; then
     LOAD_PID=$!
     trap 'kill $LOAD_PID 2>/dev/null || true' EXIT
 
-    # ------------------------------------------------------------------ inputs and builds
-    for n in "${SIZES[@]}"; do
-        if [ ! -s "$WORK/events-$n.jsonl" ]; then
-            log "generating $n events"
-            python3 "$SHARED/tools/gen-events.py" --count "$n" --seed 42 --teams 3 -o "$WORK/events-$n.jsonl"
-        fi
-    done
-    [ -s "$GEOIP" ] || scripts/fetch-test-data.sh
-    if [ ! -d "$PEER/node_modules" ]; then
-        log "copying the Node peer to $PEER and installing it"
-        rm -rf "$PEER" && mkdir -p "$(dirname "$PEER")" && cp -r "$SHARED/peer" "$PEER"
-        (cd "$PEER" && npm ci --no-audit --no-fund >/dev/null)
-    fi
-    # The same plugin code runs in both systems: the peer's copy must equal the shared one.
-    diff -r "$SHARED/peer/plugins" "$PEER/plugins" >/dev/null || { echo "bench: $PEER/plugins differs from $SHARED/peer/plugins" >&2; exit 1; }
+    # ------------------------------------------------------------------ builds and inputs
     log "building (release, -j$JOBS)"
     cargo build --release -j"$JOBS" -p pluginflow -p pluginflow-benches --bins 2>&1 | tail -n 2 >&2
+    cargo build --release -j"$JOBS" -p pluginflow-tests --bin gen_events 2>&1 | tail -n 1 >&2
+    # (The log name says which generator wrote it: logs of an older generator are not reused.)
+    gen_log() { # n -> generates events-N.jsonl once
+        if [ ! -s "$WORK/events-$1.jsonl" ] || [ ! -f "$WORK/events-$1.gen_events" ]; then
+            log "generating $1 events (gen_events)"
+            "$GEN" --count "$1" --seed 42 --teams 3 -o "$WORK/events-$1.jsonl"
+            touch "$WORK/events-$1.gen_events"
+        fi
+    }
+    for n in "${SIZES[@]}"; do gen_log "$n"; done
+    [ -s "$GEOIP" ] || scripts/fetch-test-data.sh
+    if [ "$HAVE_PEER" = 1 ]; then
+        if [ ! -d "$PEER/node_modules" ]; then
+            log "copying the Node peer to $PEER and installing its dependencies from npm"
+            rm -rf "$PEER" && mkdir -p "$(dirname "$PEER")" && cp -r "$PEER_SRC" "$PEER"
+            (cd "$PEER" && npm ci --no-audit --no-fund >/dev/null)
+        fi
+        # The same plugin code runs in both systems: the peer's copy must equal the source's.
+        diff -r "$PEER_SRC/plugins" "$PEER/plugins" >/dev/null || { echo "bench: $PEER/plugins differs from $PEER_SRC/plugins" >&2; exit 1; }
+    else
+        log "no Node peer at $PEER_SRC: its rows are skipped; benches/plugins stand in for its plugins"
+    fi
 
     if [ "$KAFKA_ONLY" = 0 ]; then
     # ------------------------------------------------------------------ machine notes
@@ -102,8 +127,9 @@ if [ "$REPORT_ONLY" = 0 ]; then
         echo "mem=$(free -g | awk '/^Mem:/ {print $2 " GiB"}')"
         echo "kernel=$(uname -r)"
         echo "rustc=$(rustc --version)"
-        echo "node=$(node --version)"
-        echo "vm2=$(node -p "require('$PEER/node_modules/vm2/package.json').version")"
+        echo "node=$(node --version 2>/dev/null || echo none)"
+        [ "$HAVE_PEER" = 1 ] && echo "vm2=$(node -p "require('$PEER/node_modules/vm2/package.json').version")"
+        echo "peer=$HAVE_PEER"
         echo "pluginflow_bin=$BIN"
         echo "bin_note=${BIN_NOTE:-}"
         echo "load_at_start=$(cut -d' ' -f1-3 /proc/loadavg)"
@@ -117,12 +143,13 @@ if [ "$REPORT_ONLY" = 0 ]; then
     # as the Node peer); geoip is examples/plugins/geoip-enricher reading the real MaxMind DB.
     declare -A CHAINS=(
         [none]=""
-        [hello]="$PEER_PLUGINS/hello"
-        [hello+filter+flatten]="$PEER_PLUGINS/hello $PEER_PLUGINS/filter $PEER_PLUGINS/flatten"
-        [hello+filter+flatten+geoip-like]="$PEER_PLUGINS/hello $PEER_PLUGINS/filter $PEER_PLUGINS/flatten $PEER_PLUGINS/geoip-like"
-        [hello+filter+flatten+geoip]="$PEER_PLUGINS/hello $PEER_PLUGINS/filter $PEER_PLUGINS/flatten $ROOT/examples/plugins/geoip-enricher"
+        [hello]="$P_HELLO"
+        [hello+filter+flatten]="$P_HELLO $P_FILTER $P_FLATTEN"
+        [hello+filter+flatten+geoip-like]="$P_HELLO $P_FILTER $P_FLATTEN $P_GEOLIKE"
+        [hello+filter+flatten+geoip]="$P_HELLO $P_FILTER $P_FLATTEN $ROOT/examples/plugins/geoip-enricher"
     )
     CHAIN_ORDER=(none hello hello+filter+flatten hello+filter+flatten+geoip-like hello+filter+flatten+geoip)
+    [ "$HAVE_PEER" = 1 ] || CHAIN_ORDER=(none hello hello+filter+flatten hello+filter+flatten+geoip)
 
     write_config() { # name n state(rocks|memory) -> path
         local name=$1 n=$2 state=$3 cfg="$WORK/configs/$1.$2.$3.toml" order=0
@@ -188,7 +215,7 @@ if [ "$REPORT_ONLY" = 0 ]; then
                 [[ "$name" == *+geoip ]] && extra=(--geoip "$GEOIP")
                 run_harness chain "$n" "$name" "$r" --plugins "$dirs" --rocks "$WORK/state/harness" "${extra[@]}"
             done
-            if [ "$r" -le "$PEER_REPEAT" ]; then
+            if [ "$HAVE_PEER" = 1 ] && [ "$r" -le "$PEER_REPEAT" ]; then
                 run_peer "$n" floor "$r" --mode floor
                 # vm2 at 1M would take about 20 minutes per chain: Node chains run at 100k only.
                 if [ "$n" -le 100000 ]; then
@@ -203,8 +230,8 @@ if [ "$REPORT_ONLY" = 0 ]; then
     done
 
     # ------------------------------------------------------------------ RSS per plugin instance
-    for p in hello filter flatten geoip-like; do
-        "$HARNESS" instances --plugin "$PEER_PLUGINS/$p" --count 50 --json "$RES/inst.$p.json" 2>> "$RES/harness.log"
+    for dir in $P_HELLO $P_FILTER $P_FLATTEN $P_GEOLIKE; do
+        "$HARNESS" instances --plugin "$dir" --count 50 --json "$RES/inst.$(basename "$dir").json" 2>> "$RES/harness.log"
     done
     "$HARNESS" instances --plugin "$ROOT/examples/plugins/geoip-enricher" --geoip "$GEOIP" --count 50 \
         --json "$RES/inst.geoip-enricher.json" 2>> "$RES/harness.log"
@@ -232,7 +259,7 @@ if [ "$REPORT_ONLY" = 0 ]; then
     # `kafka_bench count` times each by its output messages' create timestamps (first to last).
     if [ "$KAFKA" = 1 ]; then
         KN=${KAFKA_N:-${SIZES[0]}}
-        [ -s "$WORK/events-$KN.jsonl" ] || python3 "$SHARED/tools/gen-events.py" --count "$KN" --seed 42 --teams 3 -o "$WORK/events-$KN.jsonl"
+        gen_log "$KN"
         KPORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
         KB=127.0.0.1:$KPORT
         rm -rf "$WORK/kafka-broker"
@@ -279,7 +306,7 @@ if [ "$REPORT_ONLY" = 0 ]; then
             /usr/bin/time -v "$BIN" run "$cfg" -w 1 --no-progress
         }
         pf_none() { pf_kafka "" "$1"; }
-        pf_chain3() { pf_kafka "$PEER_PLUGINS/hello $PEER_PLUGINS/filter $PEER_PLUGINS/flatten" "$1"; }
+        pf_chain3() { pf_kafka "$P_HELLO $P_FILTER $P_FLATTEN" "$1"; }
         for r in $(seq 1 "$REPEAT"); do
             kafka_row raw "$r" raw_loop
             kafka_row passthrough "$r" pf_none
@@ -447,9 +474,15 @@ if machine.get("bin_note"):
     w(f"**pluginflow binary:** {machine['bin_note']}")
 w("")
 n0 = 100000 if 100000 in sizes else (sizes[0] if sizes else 100000)
-w(f"Input: `gen-events.py --count N --seed 42 --teams 3` ({machine.get('log_' + str(n0), '?')} for N = {n0:,}; ~3 KB per event, "
-  "3 teams at about 61/25/15%). Plugins: the four peer plugins in `../shared/peer/plugins/`, unchanged, in both systems "
-  "(the script checks the peer's copy against them with `diff -r`), plus `examples/plugins/geoip-enricher` for the chain "
+HAVE_PEER = machine.get("peer", "1") == "1"
+w(f"Input: `gen_events --count N --seed 42 --teams 3` ({machine.get('log_' + str(n0), '?')} for N = {n0:,}; ~3 KB per event, "
+  "3 teams at about 61/25/15%). "
+  + ("Plugins: the four peer plugins in `../shared/peer/plugins/`, unchanged, in both systems "
+     "(the script checks the peer's copy against them with `diff -r`)" if HAVE_PEER else
+     "No Node peer was present (`../shared/peer`), so there are no Node rows; pluginflow's own `benches/plugins` "
+     "(`greet`, `screen`, `flatten`) stand in for the peer's `hello`, `filter` and `flatten` under those chain names, "
+     "and the `geoip-like` chain is left out")
+  + ", plus `examples/plugins/geoip-enricher` for the chain "
   "with a real MaxMind database. pluginflow keeps plugin state in RocksDB (a fresh folder per run) unless a row says otherwise.")
 w("")
 
@@ -615,7 +648,7 @@ if inst:
     w("")
     w("| plugin | RSS per instance KiB | QuickJS heap per instance KiB |")
     w("|---|---|---|")
-    for name in ["hello", "filter", "flatten", "geoip-like", "geoip-enricher"]:
+    for name in ["hello", "filter", "flatten", "geoip-like", "greet", "screen", "geoip-enricher"]:
         if name in inst:
             i = inst[name]
             w(f"| {name} | {i['rss_per_instance_kib']:,.0f} | {i['js_heap_per_instance_kib']:,.0f} |")
@@ -695,17 +728,20 @@ w("")
 w("which runs, for each N (100,000; 1,000,000 with `--1m`) and each of `REPEAT` rounds (default 3; the Node rows in "
   "the first `PEER_REPEAT` rounds, default 1):")
 w("")
-w("    python3 ../shared/tools/gen-events.py --count N --seed 42 --teams 3 -o .cache/bench/events-N.jsonl")
+w("    gen_events --count N --seed 42 --teams 3 -o .cache/bench/events-N.jsonl   # tests crate")
 w("    cargo build --release -j2 -p pluginflow -p pluginflow-benches --bins")
 w("    throughput floor --events events-N.jsonl                 # serde_json parse + to_string per line")
 w("    throughput check --events events-N.jsonl                 # operators::event::parse_line per line")
 w("    /usr/bin/time -v pluginflow run .cache/bench/configs/CHAIN.N.rocks.toml -w 1 --no-progress   # and -w 2")
-w("    throughput chain --events events-N.jsonl --plugins ../shared/peer/plugins/hello,... --rocks .cache/bench/state/harness")
+w("    throughput chain --events events-N.jsonl --plugins PLUGIN_DIR,... --rocks .cache/bench/state/harness")
 w("    (cd .cache/peer && node bench.js --events events-N.jsonl --quiet --mode floor)")
 w("    (cd .cache/peer && node bench.js --events events-N.jsonl --quiet --plugins hello,filter,flatten)            # vm2")
 w("    (cd .cache/peer && node bench.js --events events-N.jsonl --quiet --mode nodevm --plugins hello,filter,flatten)")
-w("    throughput instances --plugin ../shared/peer/plugins/hello --count 50")
+w("    throughput instances --plugin PLUGIN_DIR --count 50")
 w("    cargo bench -j2 -p pluginflow-benches --benches")
+w("")
+w("PLUGIN_DIR: the peer's `hello`, `filter`, `flatten`, `geoip-like` from `../shared/peer/plugins` when the peer is present, "
+  "else `benches/plugins/greet`, `screen`, `flatten`.")
 w("")
 w("CHAIN is one of `none`, `hello`, `hello+filter+flatten`, `hello+filter+flatten+geoip-like` (the peer's in-memory "
   "table, same code as in Node) and `hello+filter+flatten+geoip` (`examples/plugins/geoip-enricher` with "
