@@ -463,7 +463,8 @@ w("# Benchmarks")
 w("")
 w(f"Written by `scripts/bench.sh` on {machine.get('date_utc', '?')} (git `{machine.get('git_rev', '?')}`), from the results in")
 w("`.cache/bench/results/`. Machine: " + f"{machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, {machine.get('mem', '?')}, Linux {machine.get('kernel', '?')}; "
-  + f"{machine.get('rustc', '?')}; Node {machine.get('node', '?')}, vm2 {machine.get('vm2', '?')}.")
+  + f"{machine.get('rustc', '?')}; Node {machine.get('node', '?')}"
+  + (f", vm2 {machine.get('vm2', '?')}." if machine.get("peer", "1") == "1" else " (no Node peer in this run)."))
 if loads:
     w(f"Load average (1 min) while the suite ran: median {med(loads):.2f}, max {max(loads):.2f} "
       f"(start {machine.get('load_at_start', '?')}, end {machine.get('load_at_end', '?')}); other agents compile on this "
