@@ -319,11 +319,11 @@ fn resume_plan(
             eprintln!("pluginflow: --resume: the recorded run read its whole input and finished; nothing to resume");
             Ok(None)
         }
-        Plan::From(cp) => {
-            resume::restore_outputs(&cp)?;
+        Plan::From(mut cp) => {
+            resume::restore_outputs(store, &mut cp)?;
             let at: Vec<String> = cp.positions.iter().map(|(w, p)| format!("worker {w} at byte {p}")).collect();
             eprintln!("pluginflow: --resume: continuing {} ({})", cp.input.display(), at.join(", "));
-            Ok(Some(Some(cp)))
+            Ok(Some(Some(*cp)))
         }
     }
 }

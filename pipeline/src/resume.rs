@@ -23,7 +23,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs::OpenOptions;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -50,6 +50,9 @@ pub struct OutputMark {
     pub len: u64,
     /// Byte ranges `[start, end)` below `len` written by epochs that were not complete.
     pub cut: Vec<(u64, u64)>,
+    /// During a resume: the output is owed its first `len` bytes followed by this file's.
+    #[serde(default)]
+    pub tail: Option<PathBuf>,
 }
 
 /// Where a recorded-log run stood, kept in the state store.
@@ -79,7 +82,7 @@ pub enum Plan {
     /// The recorded run finished: nothing to do.
     Finished,
     /// Continue from this checkpoint.
-    From(Checkpoint),
+    From(Box<Checkpoint>),
 }
 
 /// Whether this run keeps checkpoints: a recorded log into files (not standard output), with
@@ -136,54 +139,125 @@ pub fn plan(config: &PipelineConfig, store: &dyn StateStore, peers: usize) -> an
             bail!("the run wrote {}, this configuration names {}", mark.path.display(), path.display());
         }
     }
-    Ok(Plan::From(cp))
+    Ok(Plan::From(Box::new(cp)))
 }
 
-/// Cuts both data outputs back to what the checkpoint says is complete.
-pub fn restore_outputs(cp: &Checkpoint) -> anyhow::Result<()> {
-    cut_back(&cp.events)?;
-    cut_back(&cp.dead_letters)
+/// Cuts both data outputs back to what the checkpoint says is complete, in steps that survive
+/// a crash (kill -9 during the resume itself): what stays after the first cut range is first
+/// copied aside (`OUTPUT.resume-tail`, synced) and the checkpoint updated to say so; only then
+/// is the output truncated and the copy appended. A resume that finds a copy pending finishes
+/// that instead of cutting again (cutting twice would cut the wrong bytes). `cp` is updated to
+/// what the outputs hold afterwards.
+pub fn restore_outputs(store: &dyn StateStore, cp: &mut Checkpoint) -> anyhow::Result<()> {
+    for which in [Output::Events, Output::DeadLetters] {
+        if which.of(cp).cut.is_empty() && which.of(cp).tail.is_none() {
+            truncate_to(which.of(cp))?;
+            continue;
+        }
+        if which.of(cp).tail.is_none() {
+            *which.of_mut(cp) = stage_tail(which.of(cp))?;
+            save(store, cp)?;
+        }
+        *which.of_mut(cp) = append_tail(which.of(cp))?;
+        save(store, cp)?;
+        let _ = std::fs::remove_file(tail_path(&which.of(cp).path));
+    }
+    Ok(())
 }
 
-/// Removes `mark.cut` and everything from `mark.len` on from the file, moving what lies between
-/// the cut ranges down in place.
-pub fn cut_back(mark: &OutputMark) -> anyhow::Result<()> {
+#[derive(Clone, Copy)]
+enum Output {
+    Events,
+    DeadLetters,
+}
+
+impl Output {
+    fn of(self, cp: &Checkpoint) -> &OutputMark {
+        match self {
+            Output::Events => &cp.events,
+            Output::DeadLetters => &cp.dead_letters,
+        }
+    }
+
+    fn of_mut(self, cp: &mut Checkpoint) -> &mut OutputMark {
+        match self {
+            Output::Events => &mut cp.events,
+            Output::DeadLetters => &mut cp.dead_letters,
+        }
+    }
+}
+
+fn save(store: &dyn StateStore, cp: &Checkpoint) -> anyhow::Result<()> {
+    let bytes = serde_json::to_vec(cp).expect("a checkpoint serialises");
+    store.pipeline_put(KEY, &bytes).context("cannot write the checkpoint to the state store")
+}
+
+/// Where [`stage_tail`] keeps what stays after the first cut range.
+fn tail_path(output: &Path) -> PathBuf {
+    let mut name = output.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    name.push(".resume-tail");
+    output.with_file_name(name)
+}
+
+/// Opens an output to cut it, checking it still holds what the checkpoint recorded.
+fn open_recorded(mark: &OutputMark, at_least: u64) -> anyhow::Result<Option<std::fs::File>> {
     let path = &mark.path;
-    let mut file = match OpenOptions::new().read(true).write(true).open(path) {
+    let file = match OpenOptions::new().read(true).write(true).open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && mark.len == 0 => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && at_least == 0 => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("cannot open {} to resume", path.display())),
     };
     let len = file.metadata()?.len();
-    if len < mark.len {
+    if len < at_least {
         bail!(
-            "{} is {len} bytes, shorter than the {} the checkpoint recorded: it was changed since; cannot resume",
-            path.display(),
-            mark.len
+            "{} is {len} bytes, shorter than the {at_least} the checkpoint recorded: it was changed since; cannot resume",
+            path.display()
         );
     }
-    let mut write_at = mark.cut.first().map_or(mark.len, |c| c.0);
-    let mut buf = vec![0u8; 1 << 20];
-    for (i, &(_, end)) in mark.cut.iter().enumerate() {
-        let next = mark.cut.get(i + 1).map_or(mark.len, |c| c.0);
-        if end > next || next > mark.len {
-            bail!("the checkpoint's cut ranges of {} are out of order", path.display());
-        }
-        // Move [end, next) down to write_at.
-        let mut read_at = end;
-        while read_at < next {
-            let n = buf.len().min((next - read_at) as usize);
-            file.seek(SeekFrom::Start(read_at))?;
-            file.read_exact(&mut buf[..n])?;
-            file.seek(SeekFrom::Start(write_at))?;
-            file.write_all(&buf[..n])?;
-            read_at += n as u64;
-            write_at += n as u64;
-        }
+    Ok(Some(file))
+}
+
+/// An output without cut ranges: everything from `mark.len` on goes (idempotent).
+fn truncate_to(mark: &OutputMark) -> anyhow::Result<()> {
+    if let Some(file) = open_recorded(mark, mark.len)? {
+        file.set_len(mark.len)?;
+        file.sync_all().with_context(|| format!("cannot sync {}", mark.path.display()))?;
     }
-    file.set_len(write_at)?;
-    file.sync_all().with_context(|| format!("cannot sync {}", path.display()))?;
     Ok(())
+}
+
+/// Copies what stays of `[first cut, len)` (the bytes between the cut ranges) into the tail
+/// file, synced, and returns the mark that says so: the output is owed its first `len` bytes
+/// (up to the first cut) followed by the tail file. The output itself is not touched.
+fn stage_tail(mark: &OutputMark) -> anyhow::Result<OutputMark> {
+    let Some(mut file) = open_recorded(mark, mark.len)? else { bail!("{} is missing; cannot resume", mark.path.display()) };
+    let first = mark.cut.first().map_or(mark.len, |c| c.0);
+    let tail = tail_path(&mark.path);
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&tail).with_context(|| format!("cannot create {}", tail.display()))?);
+    for (i, &(start, end)) in mark.cut.iter().enumerate() {
+        let next = mark.cut.get(i + 1).map_or(mark.len, |c| c.0);
+        if start > end || end > next || next > mark.len {
+            bail!("the checkpoint's cut ranges of {} are out of order", mark.path.display());
+        }
+        file.seek(SeekFrom::Start(end))?;
+        std::io::copy(&mut (&mut file).take(next - end), &mut out)?;
+    }
+    let out = out.into_inner().map_err(|e| e.into_error())?;
+    out.sync_all().with_context(|| format!("cannot sync {}", tail.display()))?;
+    Ok(OutputMark { path: mark.path.clone(), len: first, cut: Vec::new(), tail: Some(tail) })
+}
+
+/// Truncates the output to `mark.len` and appends the tail file (idempotent: a crash before the
+/// checkpoint says it is done just does it again). Returns the mark of the result.
+fn append_tail(mark: &OutputMark) -> anyhow::Result<OutputMark> {
+    let tail = mark.tail.as_ref().expect("a staged mark");
+    let Some(mut file) = open_recorded(mark, mark.len)? else { bail!("{} is missing; cannot resume", mark.path.display()) };
+    let mut staged = std::fs::File::open(tail).with_context(|| format!("cannot read {} to resume", tail.display()))?;
+    file.set_len(mark.len)?;
+    file.seek(SeekFrom::Start(mark.len))?;
+    let copied = std::io::copy(&mut staged, &mut file)?;
+    file.sync_all().with_context(|| format!("cannot sync {}", mark.path.display()))?;
+    Ok(OutputMark { path: mark.path.clone(), len: mark.len + copied, cut: Vec::new(), tail: None })
 }
 
 /// The input's canonical path and length.
@@ -340,11 +414,19 @@ mod tests {
         (dir, path)
     }
 
+    /// Cuts as a resume does, without a crash.
+    fn cut_back(mark: &OutputMark) -> anyhow::Result<()> {
+        if mark.cut.is_empty() {
+            return truncate_to(mark);
+        }
+        append_tail(&stage_tail(mark)?).map(|_| ())
+    }
+
     #[test]
     fn cutting_back_removes_the_ranges_and_the_tail_and_keeps_the_rest_in_order() {
         let (_dir, path) = file_with("a0\nb5\na1\nb6\na2\nlate\n");
         // Checkpoint length 15 (through "a2\n"), lines of incomplete epochs at [3,6) and [9,12).
-        cut_back(&OutputMark { path: path.clone(), len: 15, cut: vec![(3, 6), (9, 12)] }).unwrap();
+        cut_back(&OutputMark { path: path.clone(), len: 15, cut: vec![(3, 6), (9, 12)], tail: None }).unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "a0\na1\na2\n");
     }
 
@@ -352,16 +434,59 @@ mod tests {
     fn cutting_back_moves_more_than_a_buffer() {
         let keep: String = (0..300_000).map(|i| format!("{i}\n")).collect();
         let (_dir, path) = file_with(&format!("drop\n{keep}tail\n"));
-        cut_back(&OutputMark { path: path.clone(), len: 5 + keep.len() as u64, cut: vec![(0, 5)] }).unwrap();
+        cut_back(&OutputMark { path: path.clone(), len: 5 + keep.len() as u64, cut: vec![(0, 5)], tail: None }).unwrap();
         assert_eq!(std::fs::read_to_string(&path).unwrap(), keep);
     }
 
     #[test]
     fn an_output_shorter_than_its_checkpoint_is_refused() {
         let (_dir, path) = file_with("a\n");
-        let e = cut_back(&OutputMark { path: path.clone(), len: 10, cut: vec![] }).unwrap_err();
+        let e = cut_back(&OutputMark { path: path.clone(), len: 10, cut: vec![], tail: None }).unwrap_err();
         assert!(e.to_string().contains("shorter than the 10 the checkpoint recorded"), "{e}");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "a\n", "left as it was");
+    }
+
+    /// A resume killed at any step of its own cutting, and resumed again, ends with the same
+    /// outputs as one that was not killed (cutting the same ranges twice would not).
+    #[test]
+    fn a_resume_killed_while_cutting_finishes_the_cut_next_time() {
+        let content = "a0\nb5\na1\nb6\na2\nlate\n";
+        let want = "a0\na1\na2\n";
+        let checkpoint = |path: &Path| Checkpoint {
+            input: PathBuf::from("in"),
+            input_len: 0,
+            peers: 1,
+            positions: BTreeMap::new(),
+            events: OutputMark { path: path.to_path_buf(), len: 15, cut: vec![(3, 6), (9, 12)], tail: None },
+            dead_letters: OutputMark { path: path.with_file_name("dead"), len: 0, cut: vec![], tail: None },
+            complete: false,
+        };
+        // Killed after the tail was staged and recorded, before the output was touched.
+        let (dir, path) = file_with(content);
+        let store = state::MemoryStore::new();
+        let mut cp = checkpoint(&path);
+        cp.events = stage_tail(&cp.events).unwrap();
+        save(&store, &cp).unwrap();
+        let mut again = recorded(&store).unwrap().unwrap();
+        restore_outputs(&store, &mut again).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), want);
+        assert!(!tail_path(&path).exists(), "the staged tail is removed once used");
+        drop(dir);
+        // Killed after the tail was appended, before the checkpoint said so: done again.
+        let (_dir, path) = file_with(content);
+        let store = state::MemoryStore::new();
+        let mut cp = checkpoint(&path);
+        cp.events = stage_tail(&cp.events).unwrap();
+        save(&store, &cp).unwrap();
+        append_tail(&cp.events).unwrap();
+        let mut again = recorded(&store).unwrap().unwrap();
+        restore_outputs(&store, &mut again).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), want);
+        assert_eq!(recorded(&store).unwrap().unwrap().events, OutputMark { path: path.clone(), len: 9, cut: vec![], tail: None });
+        // And resumed once more from that checkpoint: nothing changes.
+        let mut once_more = recorded(&store).unwrap().unwrap();
+        restore_outputs(&store, &mut once_more).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), want);
     }
 
     #[test]
