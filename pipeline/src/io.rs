@@ -137,6 +137,9 @@ pub struct OutputFile {
     /// `(epoch, start, end)` of the writes since the last checkpoint, in write order; `None` when
     /// not tracked.
     spans: Option<Vec<(u64, u64, u64)>>,
+    /// A write failed: `len` and `spans` may no longer match the file, so no checkpoint may be
+    /// taken from them (the run stops with the error anyway).
+    failed: bool,
 }
 
 /// An [`OutputFile`] shared by the workers of this process.
@@ -147,20 +150,23 @@ impl OutputFile {
     /// `append`; with `track`, the epochs of byte ranges are kept until [`OutputFile::mark`].
     pub fn open(path: &Path, append: bool, track: bool) -> anyhow::Result<SharedOutput> {
         if path.as_os_str() == "-" {
-            return Ok(Arc::new(Mutex::new(OutputFile { writer: Box::new(std::io::stdout()), len: 0, spans: None })));
+            return Ok(Arc::new(Mutex::new(OutputFile { writer: Box::new(std::io::stdout()), len: 0, spans: None, failed: false })));
         }
         let file = create_file(path, append)?;
         let len = file.metadata().with_context(|| format!("cannot read the size of {}", path.display()))?.len();
         let writer = Box::new(std::io::BufWriter::with_capacity(1 << 20, file));
-        Ok(Arc::new(Mutex::new(OutputFile { writer, len, spans: track.then(Vec::new) })))
+        Ok(Arc::new(Mutex::new(OutputFile { writer, len, spans: track.then(Vec::new), failed: false })))
     }
 
     /// Writes one line per value, as written by `epoch`.
     pub fn write_lines(&mut self, epoch: u64, values: &mut dyn Iterator<Item = &str>) -> anyhow::Result<()> {
         let start = self.len;
         for v in values {
-            self.writer.write_all(v.as_bytes()).context("cannot write output")?;
-            self.writer.write_all(b"\n").context("cannot write output")?;
+            let written = self.writer.write_all(v.as_bytes()).and_then(|()| self.writer.write_all(b"\n"));
+            if let Err(e) = written {
+                self.failed = true;
+                return Err(e).context("cannot write output");
+            }
             self.len += v.len() as u64 + 1;
         }
         if let Some(spans) = self.spans.as_mut().filter(|_| self.len > start) {
@@ -174,13 +180,18 @@ impl OutputFile {
 
     /// Hands everything written to the operating system.
     pub fn flush(&mut self) -> anyhow::Result<()> {
-        self.writer.flush().context("cannot flush output")
+        let flushed = self.writer.flush();
+        self.failed |= flushed.is_err();
+        flushed.context("cannot flush output")
     }
 
     /// For a checkpoint at `frontier` (every epoch before it is complete): flushes, forgets the
     /// ranges of complete epochs, and returns the length and the ranges (merged where adjacent)
     /// still owed to incomplete epochs: a resumed run cuts those and everything past the length.
     pub fn mark(&mut self, frontier: u64) -> anyhow::Result<(u64, Vec<(u64, u64)>)> {
+        if self.failed {
+            anyhow::bail!("an earlier write to this output failed: no checkpoint is taken from it");
+        }
         self.flush()?;
         let Some(spans) = self.spans.as_mut() else { return Ok((self.len, Vec::new())) };
         spans.retain(|s| s.0 >= frontier);

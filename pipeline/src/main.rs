@@ -321,8 +321,12 @@ fn resume_plan(
         }
         Plan::From(mut cp) => {
             resume::restore_outputs(store, &mut cp)?;
+            let dropped = resume::drop_queued_retries(store)?;
             let at: Vec<String> = cp.positions.iter().map(|(w, p)| format!("worker {w} at byte {p}")).collect();
             eprintln!("pluginflow: --resume: continuing {} ({})", cp.input.display(), at.join(", "));
+            if dropped > 0 {
+                eprintln!("pluginflow: --resume: {dropped} queued retries dropped: their events are read again");
+            }
             Ok(Some(Some(*cp)))
         }
     }

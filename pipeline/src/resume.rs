@@ -98,8 +98,26 @@ pub fn enabled(config: &PipelineConfig) -> bool {
 pub fn recorded(store: &dyn StateStore) -> anyhow::Result<Option<Checkpoint>> {
     match store.pipeline_get(KEY).context("cannot read the checkpoint from the state store")? {
         None => Ok(None),
+        Some(bytes) if bytes.is_empty() => Ok(None),
         Some(bytes) => serde_json::from_slice(&bytes).map(Some).context("the checkpoint in the state store cannot be read"),
     }
+}
+
+/// Forgets the checkpoint: a run that starts over is about to truncate the outputs it described.
+pub fn forget(store: &dyn StateStore) -> anyhow::Result<()> {
+    store.pipeline_put(KEY, b"").context("cannot clear the checkpoint in the state store")
+}
+
+/// Drops the retries still queued in the state: with checkpoints a retry holds its epoch until
+/// done, so each queued one belongs to an epoch the resume reads again, and would otherwise run
+/// twice (once from the queue, once for its event read again). Returns how many.
+pub fn drop_queued_retries(store: &dyn StateStore) -> anyhow::Result<usize> {
+    let queue = operators::plugin::deferred::RETRY_QUEUE;
+    let items = store.queue_take_due(queue, u64::MAX, usize::MAX).context("cannot read the queued retries")?;
+    for item in &items {
+        store.queue_ack(queue, item.id).context("cannot drop a queued retry")?;
+    }
+    Ok(items.len())
 }
 
 /// Decides what `--resume` does, refusing (with the reason) when it cannot continue exactly.
@@ -310,11 +328,12 @@ impl Checkpointer {
     }
 
     /// Worker `worker` of `peers` owes its share from `position` (its start, or where a resume
-    /// begins).
+    /// begins). Until its first report its floor is 0: it may hold captures of any epoch.
     pub fn started(&self, worker: usize, peers: usize, position: u64) {
         let mut inner = self.inner.lock().expect("checkpoint lock");
         inner.peers = peers;
         inner.reads.insert(worker, (position, VecDeque::new()));
+        inner.floors.insert(worker, 0);
     }
 
     /// Worker `worker` read up to `position` for `epoch`.
@@ -354,11 +373,10 @@ impl Checkpointer {
         self.write(&mut inner, safe, false)
     }
 
-    /// The run ended: every epoch read is complete. `finished` when the whole input was read
-    /// (a stop leaves the rest owed).
-    pub fn finish(&self, finished: bool) -> anyhow::Result<()> {
+    /// The run read its whole input and every epoch is complete.
+    pub fn finish(&self) -> anyhow::Result<()> {
         let mut inner = self.inner.lock().expect("checkpoint lock");
-        self.write(&mut inner, u64::MAX, finished)
+        self.write(&mut inner, u64::MAX, true)
     }
 
     fn write(&self, inner: &mut Progress, frontier: u64, complete: bool) -> anyhow::Result<()> {
@@ -505,6 +523,18 @@ mod tests {
         // Chains: lowering below one injection's epoch brings in its floor too.
         let mut injected = BTreeSet::from([(12, 6), (6, 2)]);
         assert_eq!(safe_frontier(8, &BTreeMap::new(), &mut injected), 2);
+    }
+
+    /// A failed write (a full disk) leaves the counted length unreliable: no checkpoint is taken
+    /// from that output again, even once writing works again.
+    #[test]
+    fn no_checkpoint_after_a_failed_write() {
+        let out = crate::io::OutputFile::open(Path::new("/dev/full"), true, true).unwrap();
+        let mut o = out.lock().unwrap();
+        o.write_lines(0, &mut ["a"].into_iter()).unwrap();
+        assert!(o.mark(1).is_err(), "the flush fails on a full device");
+        let e = o.mark(1).unwrap_err();
+        assert!(e.to_string().contains("an earlier write to this output failed"), "{e}");
     }
 
     #[test]

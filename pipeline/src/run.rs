@@ -163,6 +163,11 @@ pub fn prepare_with_store(
     *http.pending_retries.lock().expect("http state lock") =
         Some(Box::new(move || queue_store.queue_len(operators::plugin::deferred::RETRY_QUEUE).unwrap_or(0)));
     let append = resume.is_some();
+    if crate::resume::enabled(&config) && !append {
+        // The outputs are about to be truncated: an earlier run's checkpoint no longer describes
+        // them (a `--resume` after this run dies early must start over, not trust it).
+        crate::resume::forget(&*services.store)?;
+    }
     let files = SharedFiles::open(&config, append, crate::resume::enabled(&config))?;
     let checkpoints = match crate::resume::enabled(&config) {
         true => Some(Arc::new(crate::resume::Checkpointer::new(&config, services.store.clone(), files.clone())?)),
@@ -225,8 +230,14 @@ pub fn run(shared: Shared, timely_config: timely::Config) -> anyhow::Result<Arc<
         }
     }
     if let Some(cp) = checkpoints {
-        // Every worker is done: all it read is complete. A stop leaves the rest of the log owed.
-        cp.finish(!stop.load(Ordering::Relaxed))?;
+        if stop.load(Ordering::Relaxed) {
+            // What a stop finished after the last checkpoint (and the captures it could no longer
+            // send in) is cut and done again by `--resume`: the last checkpoint stands.
+            tracing::info!("stopped before the end of the log: `--resume` continues from the last checkpoint");
+        } else {
+            // Every worker is done: all it read is complete.
+            cp.finish()?;
+        }
     }
     Ok(stats)
 }
@@ -401,7 +412,9 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
         }
     }
     drop(input);
-    if let Some(cp) = &shared.checkpoints {
+    if let Some(cp) = shared.checkpoints.as_ref().filter(|_| !shared.stop.load(Ordering::Relaxed)) {
+        // The input is read and nothing captured waits: no capture of this worker goes in again.
+        // (A stopped worker keeps its floor: what it still held is cut and done again.)
         cp.left(index);
     }
     if shared.stop.load(Ordering::Relaxed) {
@@ -589,10 +602,15 @@ fn retry_policies(config: &PipelineConfig) -> RetryPolicies {
 /// delivery, where it holds until done. (A released retry's dead letter would go out in a later
 /// epoch's transaction; if that transaction were aborted and rewound, nothing would write the
 /// dead letter again, since its own event's offsets were committed already.)
+///
+/// Nor with a recorded log's checkpoints (crate::resume): a retry released from its epoch could
+/// give up (or capture) after the checkpoint passed that epoch, and a resume would cut its dead
+/// letter (or capture) without reading its event again. Holding, every retry still queued at a
+/// checkpoint belongs to an epoch the resume reads again.
 fn retry_hold(config: &PipelineConfig) -> Duration {
     let exactly_once = matches!(config.input.kind, crate::config::InputKind::Kafka)
         && config.kafka.as_ref().is_some_and(|k| k.delivery == crate::kafka::Delivery::ExactlyOnce);
-    if exactly_once { Duration::MAX } else { Duration::from_millis(config.runtime.retry_hold_ms) }
+    if exactly_once || crate::resume::enabled(config) { Duration::MAX } else { Duration::from_millis(config.runtime.retry_hold_ms) }
 }
 
 /// Runs one event's chain: `Ok` with the final event (none when dropped), or a dead letter when

@@ -12,8 +12,13 @@ use pluginflow_tests::{gen_events, plugin_entry};
 const EVENTS: usize = 12_000;
 
 /// Slow enough (a busy loop per event) that a kill lands mid-run; drops some events, captures a
-/// follow-up for others (with a fixed timestamp: only its uuid is new each time).
-const PLUGIN: &str = "exports.processEvent = (e) => {\n\
+/// follow-up for others (with a fixed timestamp: only its uuid is new each time); `onEvent`
+/// fails for good for some (six attempts, then a dead letter).
+const PLUGIN: &str = "const { RetryError } = require('@posthog/plugin-scaffold')\n\
+    exports.onEvent = (e) => {\n\
+      if (e.event !== 'follow-up' && e.uuid.charCodeAt(e.uuid.length - 2) % 13 === 0) throw new RetryError('down')\n\
+    }\n\
+    exports.processEvent = (e) => {\n\
       if (e.event === 'follow-up') return e\n\
       let x = 0\n\
       for (let i = 0; i < 15000; i++) x = (x + i * 7) % 1000003\n\
@@ -40,7 +45,8 @@ impl Setup {
         std::fs::copy(input, root.join("in.jsonl")).unwrap();
         let config = format!(
             "[input]\npath = \"in.jsonl\"\n[output]\nevents = \"out/events.jsonl\"\ndead_letters = \"out/dead.jsonl\"\n\
-             logs = \"out/logs.jsonl\"\napp_metrics = \"out/metrics.jsonl\"\n[state]\npath = \"state\"\n[runtime]\nbatch_size = 64\n{}",
+             logs = \"out/logs.jsonl\"\napp_metrics = \"out/metrics.jsonl\"\n[state]\npath = \"state\"\n[runtime]\nbatch_size = 64\n\
+             on_event_retry_base_ms = 5\n{}",
             plugin_entry("slow", &plugin, 0, "")
         );
         std::fs::write(root.join("pf.toml"), config).unwrap();
@@ -64,15 +70,37 @@ impl Setup {
     /// Starts a run and kills it (SIGKILL) once the events output holds `at` lines; asserts the
     /// process was still running when killed.
     fn kill_at(&self, extra: &[&str], at: usize) {
-        let mut child = self.command(extra).spawn().unwrap();
-        let started = Instant::now();
-        while self.lines("events.jsonl") < at {
-            assert!(child.try_wait().unwrap().is_none(), "the run ended before {at} output lines: nothing to kill");
-            assert!(started.elapsed() < Duration::from_secs(120), "no progress");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        let mut child = self.spawn(extra);
+        self.wait_for_lines(&mut child, at);
         child.kill().unwrap();
         child.wait().unwrap();
+    }
+
+    /// Starts a run and stops it (SIGTERM) once the events output holds `at` lines; it must
+    /// finish what it holds and exit 0.
+    fn stop_at(&self, extra: &[&str], at: usize) {
+        let mut child = self.spawn(extra);
+        self.wait_for_lines(&mut child, at);
+        let term = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        assert!(term.success());
+        let status = child.wait().unwrap();
+        assert!(status.success(), "a stopped run exits 0: {status}");
+    }
+
+    /// Starts a run in the background, its stderr appended to `stderr.log` (a pipe nobody reads
+    /// would fill up and block the run).
+    fn spawn(&self, extra: &[&str]) -> std::process::Child {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.root.join("stderr.log")).unwrap();
+        self.command(extra).stderr(log).spawn().unwrap()
+    }
+
+    fn wait_for_lines(&self, child: &mut std::process::Child, at: usize) {
+        let started = Instant::now();
+        while self.lines("events.jsonl") < at {
+            assert!(child.try_wait().unwrap().is_none(), "the run ended before {at} output lines: nothing to interrupt");
+            assert!(started.elapsed() < Duration::from_secs(300), "no progress");
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// The events output, each line normalised (a captured event's uuid is new on every run),
@@ -143,7 +171,7 @@ fn repeats(sorted: &[String]) -> usize {
 }
 
 #[test]
-fn a_run_killed_twice_and_resumed_writes_what_an_uninterrupted_run_writes() {
+fn a_run_killed_twice_stopped_and_resumed_writes_what_an_uninterrupted_run_writes() {
     let (_in_dir, input) = input();
     let oracle = Setup::new(&input);
     let out = oracle.run(&["-w", "2"]);
@@ -151,11 +179,14 @@ fn a_run_killed_twice_and_resumed_writes_what_an_uninterrupted_run_writes() {
     let (want_events, want_dead) = (oracle.events(), oracle.dead_letters());
     assert!(want_events.len() > EVENTS / 2 && !want_dead.is_empty(), "{} events, {} dead letters", want_events.len(), want_dead.len());
     assert!(want_events.iter().any(|l| l.contains("follow-up")), "the plugin captured");
+    assert!(want_dead.iter().any(|l| l.contains("onEvent of plugin")), "onEvent gave up for some");
 
     let crashed = Setup::new(&input);
-    crashed.kill_at(&["-w", "2"], want_events.len() / 3);
+    crashed.kill_at(&["-w", "2"], want_events.len() / 4);
     let killed_at = crashed.lines("events.jsonl");
-    crashed.kill_at(&["-w", "2", "--resume"], want_events.len() * 2 / 3);
+    crashed.kill_at(&["-w", "2", "--resume"], want_events.len() / 2);
+    // A stop (SIGTERM) finishes what it holds and exits 0; the resume still continues exactly.
+    crashed.stop_at(&["-w", "2", "--resume"], want_events.len() * 3 / 4);
     let out = crashed.run(&["-w", "2", "--resume"]);
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
@@ -164,7 +195,7 @@ fn a_run_killed_twice_and_resumed_writes_what_an_uninterrupted_run_writes() {
     assert!(line.contains("worker 0 at byte ") && line.contains("worker 1 at byte "), "{line}");
     let (got_events, got_dead) = (crashed.events(), crashed.dead_letters());
     println!(
-        "resume: {} events and {} dead letters expected; killed at {killed_at} and again, resumed: {} and {} ({} and {} repeated)",
+        "resume: {} events and {} dead letters expected; killed at {killed_at}, again, stopped, resumed: {} and {} ({} and {} repeated)",
         want_events.len(),
         want_dead.len(),
         got_events.len(),
@@ -225,4 +256,25 @@ fn a_resume_that_cannot_continue_exactly_is_refused() {
     let out = s.run(&[]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("stopped before the end"), "{}", stderr(&out));
+
+    // That run finished. A plain run after it truncates the outputs; killed early, its
+    // `--resume` must not trust the finished run's checkpoint ("nothing to resume" over
+    // truncated outputs) but continue or start over, and end with the same outputs.
+    let finished = s.events();
+    let full = std::fs::metadata(s.root.join("out/events.jsonl")).unwrap().len();
+    let mut child = s.spawn(&[]);
+    // Killed as soon as it has truncated the outputs: before (or about when) it records its
+    // own first checkpoint.
+    let started = Instant::now();
+    while std::fs::metadata(s.root.join("out/events.jsonl")).map(|m| m.len()).unwrap_or(0) >= full {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended without truncating its outputs");
+        assert!(started.elapsed() < Duration::from_secs(60), "the outputs were never truncated");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let out = s.run(&["--resume"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("nothing to resume"), "{}", stderr(&out));
+    assert_same("events after an early kill and --resume", &s.events(), &finished);
 }
