@@ -389,15 +389,11 @@ impl Checkpointer {
             }
             cp.positions.insert(*worker, *base);
         }
-        let (len, cut) = self.files.events.lock().expect("output lock").mark(frontier)?;
-        cp.events.len = len;
-        cp.events.cut = cut;
-        let (len, cut) = self.files.dead_letters.lock().expect("output lock").mark(frontier)?;
-        cp.dead_letters.len = len;
-        cp.dead_letters.cut = cut;
+        for (file, mark) in [(&self.files.events, &mut cp.events), (&self.files.dead_letters, &mut cp.dead_letters)] {
+            (mark.len, mark.cut) = file.lock().expect("output lock").mark(frontier)?;
+        }
         cp.complete = complete;
-        let bytes = serde_json::to_vec(&cp).expect("a checkpoint serialises");
-        self.store.pipeline_put(KEY, &bytes).context("cannot write the checkpoint to the state store")?;
+        save(&*self.store, &cp)?;
         inner.written = Some((frontier, Instant::now()));
         Ok(())
     }

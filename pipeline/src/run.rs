@@ -163,13 +163,14 @@ pub fn prepare_with_store(
     *http.pending_retries.lock().expect("http state lock") =
         Some(Box::new(move || queue_store.queue_len(operators::plugin::deferred::RETRY_QUEUE).unwrap_or(0)));
     let append = resume.is_some();
-    if crate::resume::enabled(&config) && !append {
+    let resumable = crate::resume::enabled(&config);
+    if resumable && !append {
         // The outputs are about to be truncated: an earlier run's checkpoint no longer describes
         // them (a `--resume` after this run dies early must start over, not trust it).
         crate::resume::forget(&*services.store)?;
     }
-    let files = SharedFiles::open(&config, append, crate::resume::enabled(&config))?;
-    let checkpoints = match crate::resume::enabled(&config) {
+    let files = SharedFiles::open(&config, append, resumable)?;
+    let checkpoints = match resumable {
         true => Some(Arc::new(crate::resume::Checkpointer::new(&config, services.store.clone(), files.clone())?)),
         false => None,
     };
@@ -524,7 +525,7 @@ fn exhausted_letters(e: operators::plugin::deferred::Exhausted) -> Vec<DeadLette
         (operators::plugin::Hook::ExportEvents, Ok(serde_json::Value::Array(events))) => {
             events.iter().enumerate().map(|(i, ev)| letter(ev.to_string(), position(i))).collect()
         }
-        _ => vec![letter(e.payload.clone(), position(0))],
+        _ => vec![letter(e.payload, position(0))],
     }
 }
 
