@@ -9,6 +9,7 @@
 #
 #   scripts/kafka-instructions.sh              # 2,000 and 20,000 events
 #   SMALL=1000 LARGE=10000 scripts/kafka-instructions.sh
+#   KEEP=/tmp/prof scripts/kafka-instructions.sh   # also keep callgrind's files for callgrind_annotate
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/pluginflow/target}"
@@ -45,6 +46,7 @@ count() {
     esac
     valgrind --tool=callgrind --callgrind-out-file="$WORK/$name.out" "${cmd[@]}" >"$WORK/$name.log" 2>&1 \
         || { echo "kafka-instructions.sh: $name failed:" >&2; tail -20 "$WORK/$name.log" >&2; exit 1; }
+    [ -n "${KEEP:-}" ] && mkdir -p "$KEEP" && cp "$WORK/$name.out" "$KEEP/"
     awk '/^totals:/ {print $2}' "$WORK/$name.out"
 }
 

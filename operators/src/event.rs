@@ -7,6 +7,8 @@
 
 use serde_json::{Map, Value};
 
+mod scan;
+
 /// A line that is a valid event.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ValidEvent {
@@ -249,6 +251,12 @@ fn depth(v: &Value) -> usize {
 
 /// Checks one line. `source` and `position` label its dead letter; the event keeps `position`.
 pub fn parse_line(bytes: &[u8], source: &str, position: u64, limits: &EventLimits) -> Result<ValidEvent, DeadLetter> {
+    parse_owned_line(bytes.to_vec(), source, position, limits)
+}
+
+/// [`parse_line`] for a line the caller owns: a plain event keeps the line's own buffer as its
+/// text, so the event is not copied.
+pub fn parse_owned_line(bytes: Vec<u8>, source: &str, position: u64, limits: &EventLimits) -> Result<ValidEvent, DeadLetter> {
     let dead = |reason: String, raw: String, raw_base64: Option<String>| DeadLetter {
         source: source.to_string(),
         position,
@@ -257,28 +265,36 @@ pub fn parse_line(bytes: &[u8], source: &str, position: u64, limits: &EventLimit
         raw_base64,
         failure: None,
     };
-    let text = match std::str::from_utf8(bytes) {
-        Ok(t) => t.trim_end_matches(['\r', '\n']),
+    let mut text = match String::from_utf8(bytes) {
+        Ok(t) => t,
         Err(e) => {
             use base64::Engine as _;
+            let reason = format!("invalid UTF-8 at byte {}", e.utf8_error().valid_up_to());
+            let bytes = e.into_bytes();
             return Err(dead(
-                format!("invalid UTF-8 at byte {}", e.valid_up_to()),
-                String::from_utf8_lossy(bytes).into_owned(),
-                Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
+                reason,
+                String::from_utf8_lossy(&bytes).into_owned(),
+                Some(base64::engine::general_purpose::STANDARD.encode(&bytes)),
             ));
         }
     };
+    text.truncate(text.trim_end_matches(['\r', '\n']).len());
     if text.len() > limits.max_bytes {
         return Err(dead(
             format!("the event is {} bytes, more than runtime.max_event_bytes ({})", text.len(), limits.max_bytes),
-            text.to_string(),
+            text,
             None,
         ));
     }
-    check(text, limits).map(|ev| ValidEvent { position, ..ev }).map_err(|reason| dead(reason, text.to_string(), None))
+    let head = scan::plain_head(&text, limits.max_depth).map(|h| (h.name.to_string(), h.team_id, h.uuid.to_string()));
+    match head {
+        Some((name, team_id, uuid)) => Ok(ValidEvent { json: text, team_id, uuid, name, hops: 0, position }),
+        None => check_fully(&text, limits).map(|ev| ValidEvent { position, ..ev }).map_err(|reason| dead(reason, text, None)),
+    }
 }
 
-fn check(text: &str, limits: &EventLimits) -> Result<ValidEvent, String> {
+/// Every line the one-pass scan does not take: checked with serde_json, which words the errors.
+fn check_fully(text: &str, limits: &EventLimits) -> Result<ValidEvent, String> {
     let first = text.trim_start().chars().next();
     if first != Some('{') {
         let what = match serde_json::from_str::<Value>(text) {
@@ -432,6 +448,185 @@ mod tests {
             br#"{"uuid":"u","event":"e","team_id":1,"properties":{"a\udc00":1}}"#,
         ] {
             assert!(parse_line(line, "t", 1, &EventLimits::default()).is_ok(), "{}", String::from_utf8_lossy(line));
+        }
+    }
+
+    /// A small deterministic generator (xorshift), so a failure names a seed that reproduces it.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+        fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+            items[self.below(items.len())]
+        }
+    }
+
+    fn ws(r: &mut Rng) -> &'static str {
+        if r.below(6) == 0 { r.pick(&[" ", "\n", "\t\r ", "  "]) } else { "" }
+    }
+
+    /// A string token: valid but for one in 64, which has an escape serde refuses or a raw
+    /// control byte.
+    fn string(r: &mut Rng) -> String {
+        let good =
+            ["a", "$pageview", "x y", "é", "–", "😀", r#"\""#, r"\\", r"\/", r"\n", r"\u00e9", r"\ud800", r"\uDC00", "{[:,]}", "\u{7f}"];
+        let bad = [r"\u12", r"\x", "\u{1}", "\t", r"\"];
+        let body: String = (0..r.below(4))
+            .map(|_| match r.below(64) {
+                0 => r.pick(&bad),
+                1..=16 => r.pick(&good),
+                _ => "ab",
+            })
+            .collect();
+        format!("\"{body}\"")
+    }
+
+    /// A number token, malformed one time in 64.
+    fn number(r: &mut Rng) -> String {
+        let good =
+            ["0", "7", "-3", "-0", "12.5", "1e3", "1E-2", "-0.0e+1", "123456789012345678", "1234567890123456789", "99999999999999999999"];
+        let bad = ["01", "1.", "1e", "-", ".5", "+1"];
+        if r.below(64) == 0 { r.pick(&bad) } else { r.pick(&good) }.to_string()
+    }
+
+    fn value(r: &mut Rng, depth: usize) -> String {
+        match r.below(if depth == 0 { 4 } else { 6 }) {
+            0 | 3 => string(r),
+            1 => number(r),
+            2 if r.below(64) == 0 => r.pick(&["tru", "nul", "True"]).to_string(),
+            2 => r.pick(&["true", "false", "null"]).to_string(),
+            4 => {
+                let items: Vec<String> = (0..r.below(4)).map(|_| format!("{}{}{}", ws(r), value(r, depth - 1), ws(r))).collect();
+                format!("[{}]", items.join(","))
+            }
+            _ => {
+                let members: Vec<String> =
+                    (0..r.below(4)).map(|_| format!("{}{}{}:{}{}", ws(r), string(r), ws(r), ws(r), value(r, depth - 1))).collect();
+                format!("{{{}}}", members.join(","))
+            }
+        }
+    }
+
+    /// An event-like line: most head fields, mostly of the right kinds; other keys; properties
+    /// nested a few levels; sometimes a repeated field, an envelope's `data`, an escaped key.
+    fn event_line(r: &mut Rng) -> String {
+        let mut members: Vec<String> = (0..r.below(3)).map(|_| format!("{}:{}", string(r), value(r, 3))).collect();
+        for (i, key) in ["event", "uuid", "team_id", "properties", "data", "distinct_id", "event"].into_iter().enumerate() {
+            let present = match (i, key) {
+                (_, "data") => r.below(12) == 0,
+                (6, _) => r.below(4) == 0, // a repeated `event`
+                _ => r.below(16) != 0,
+            };
+            if !present {
+                continue;
+            }
+            let v = match (key, r.below(8)) {
+                ("team_id", 0) => value(r, 1),
+                ("team_id", 1) => number(r),
+                ("team_id", _) => r.below(1000).to_string(),
+                ("properties", 0) => value(r, 2),
+                ("properties", _) => format!("{{\"p\":{},\"q\":{}}}", value(r, 4), value(r, 2)),
+                ("data", 0) => r#""{\"event\":\"e\"}""#.to_string(),
+                (_, 0) => value(r, 1),
+                _ => format!("\"{}{}\"", r.pick(&["$pageview", "u-1", "", "é"]), r.below(100)),
+            };
+            let k = if r.below(20) == 0 { format!(r#""{key}\u0000""#) } else { format!("\"{key}\"") };
+            members.push(format!("{}{}{}:{}{}{}", ws(r), k, ws(r), ws(r), v, ws(r)));
+        }
+        format!("{}{{{}}}{}", ws(r), members.join(","), ws(r))
+    }
+
+    /// Up to three byte edits; `None` when they break UTF-8.
+    fn mangle(r: &mut Rng, line: String) -> Option<String> {
+        let mut b = line.into_bytes();
+        for _ in 0..1 + r.below(3) {
+            let at = r.below(b.len() + 1);
+            let bytes = b"\"{}[],: \\0123456789-+.eEtrfnul\x01\t";
+            let byte = bytes[r.below(bytes.len())];
+            match r.below(4) {
+                0 if at < b.len() => drop(b.remove(at)),
+                1 => b.insert(at, byte),
+                2 if at < b.len() => b[at] = byte,
+                _ => b.truncate(at),
+            }
+        }
+        String::from_utf8(b).ok()
+    }
+
+    /// The one-pass scan may only take lines the full (serde_json) check accepts, and must read
+    /// the same head from them.
+    fn agree(line: &str, max_depth: usize) -> Option<bool> {
+        let full = check_fully(line, &EventLimits { max_depth, ..EventLimits::default() });
+        let head = scan::plain_head(line, max_depth)?;
+        let ev = full.unwrap_or_else(|e| panic!("the scan took a line the full check refuses ({e}): {line}"));
+        assert_eq!((head.name, head.team_id, head.uuid), (ev.name.as_str(), ev.team_id, ev.uuid.as_str()), "{line}");
+        assert_eq!(ev.json, line);
+        Some(true)
+    }
+
+    #[test]
+    fn the_scan_agrees_with_the_full_check() {
+        let (mut cases, mut valid, mut taken) = (0, 0, 0);
+        for seed in 1..=60_000u64 {
+            let mut r = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+            let clean = event_line(&mut r);
+            let Some(line) = (if r.below(3) == 0 { mangle(&mut r, clean) } else { Some(clean) }) else { continue };
+            let max_depth = 2 + r.below(6);
+            cases += 1;
+            valid += usize::from(check_fully(&line, &EventLimits { max_depth, ..EventLimits::default() }).is_ok());
+            taken += usize::from(agree(&line, max_depth).is_some());
+        }
+        // The scan must also do its work: most valid lines are plain events it takes.
+        eprintln!("{cases} lines, {valid} valid, {taken} taken by the scan");
+        assert!(valid * 5 > cases && taken * 10 > valid * 6, "{cases} lines, {valid} valid, {taken} taken by the scan");
+    }
+
+    #[test]
+    fn the_scan_takes_plain_events_and_leaves_the_rest_to_the_full_check() {
+        let h = r#""uuid":"u","event":"e""#;
+        let cases = [
+            (format!(r#"{{{h},"team_id":0}}"#), true),
+            (format!(r#"{{{h},"team_id":999999999999999999}}"#), true),
+            (format!(" \t{{ {h} ,\n\"team_id\" : 7 }}\r "), true),
+            (format!(r#"{{{h},"team_id":1,"properties":null}}"#), true),
+            (format!(r#"{{{h},"team_id":1,"p":"\ud800","q":{{"\udc00":[]}}}}"#), true),
+            (format!(r#"{{{h},"team_id":1,"team_id":"1"}}"#), false),
+            (format!(r#"{{{h},"team_id":"1","team_id":1}}"#), false),
+            (format!(r#"{{{h},"team_id":1,"properties":[],"properties":{{}}}}"#), true),
+            (format!(r#"{{{h},"team_id":1,"properties":[]}}"#), false),
+            (format!(r#"{{{h},"team_id":-0}}"#), false),
+            (format!(r#"{{{h},"team_id":-5}}"#), false),
+            (format!(r#"{{{h},"team_id":05}}"#), false),
+            (format!(r#"{{{h},"team_id":5.0}}"#), false),
+            (format!(r#"{{{h},"team_id":5e0}}"#), false),
+            (format!(r#"{{{h},"team_id":9223372036854775807}}"#), false),
+            (format!(r#"{{{h},"team_id":1,}}"#), false),
+            (format!(r#"{{{h},"team_id":1}} x"#), false),
+            (format!(r#"{{{h},"team_id":1,"p":[1,]}}"#), false),
+            (format!(r#"{{{h},"team_id":1,"p":{{"a":1,}}}}"#), false),
+            (format!("{{{h},\"team_id\":1,\"p\":\"\u{1}\"}}"), false),
+            (format!(r#"{{{h},"team_id":1,"p":"\x"}}"#), false),
+            (format!(r#"{{{h},"team_id":1,"p":"\u12"}}"#), false),
+            (format!(r#"{{{h},"team_id":1,"data":"{{}}"}}"#), false),
+            (format!(r#"{{{h},"team_id":1,"p":-}}"#), false),
+            (format!(r#"{{{h},"team_id":1,"p":1.e3}}"#), false),
+            (format!(r#"{{{h},"team_id":1,"p":01}}"#), false),
+            (format!(r#"{{{h},"team_id":1,"\u0065vent":"x"}}"#), false),
+            (format!(r#"{{"uuid":"u","event":"e\u0301",{t}}}"#, t = r#""team_id":1"#), false),
+            (format!(r#"{{"uuid":"u","event":"",{t}}}"#, t = r#""team_id":1"#), false),
+            (format!("\u{feff}{{{h},\"team_id\":1}}"), false),
+            (format!("\u{a0}{{{h},\"team_id\":1}}"), false),
+        ];
+        for (line, taken) in &cases {
+            assert_eq!(agree(line, 64).is_some(), *taken, "{line}");
         }
     }
 

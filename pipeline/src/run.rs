@@ -31,7 +31,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use differential_dataflow::input::InputSession;
 use operators::dataflow::deferred::RunDeferred;
-use operators::event::{DeadLetter, EventLimits, ValidEvent, parse_line};
+use operators::event::{DeadLetter, EventLimits, ValidEvent, parse_owned_line};
 use operators::plugin::deferred::{DeferredWork, FinalEvent, RetryPolicies, RetryPolicy};
 use operators::plugin::worker::{PluginNotice, PluginSpec, WorkerPlace, WorkerPlugins};
 use operators::plugin::{GeoIp, Hook, HostServices, Limits, LogSink, PluginDefinition, PluginRuntime};
@@ -297,7 +297,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
             .probe_with(&metrics_probe);
         let checks = event_limits(&shared.config);
         let (events, dead) = input.to_stream(scope).ok_err(move |(pos, line, hops): (u64, Vec<u8>, u32)| {
-            parse_line(&line, &source_name, pos, &checks).map(|ev| ValidEvent { hops, ..ev })
+            parse_owned_line(line, &source_name, pos, &checks).map(|ev| ValidEvent { hops, ..ev })
         });
         let chain = plugins.clone();
         let stats = shared.stats.clone();
@@ -618,6 +618,11 @@ fn retry_hold(config: &PipelineConfig) -> Duration {
 /// the chain could not be completed. An event is never written out without its chain.
 fn run_event(chain: &Rc<RefCell<WorkerPlugins>>, stats: &Stats, ev: ValidEvent) -> Option<Result<FinalEvent, DeadLetter>> {
     let mut plugins = chain.borrow_mut();
+    // A team without plugins gets its event as it came, moved rather than copied (a `$snapshot`
+    // goes through `process`, which counts it as skipped).
+    if ev.name != "$snapshot" && !plugins.has_chain(ev.team_id) {
+        return Some(Ok(FinalEvent { team: ev.team_id, hops: ev.hops, position: ev.position, json: ev.json }));
+    }
     match plugins.process(ev.team_id, &ev.name, &ev.uuid, &ev.json, ev.hops) {
         Ok(outcome) => {
             if outcome.event.is_none() {

@@ -224,6 +224,15 @@ impl WorkerPlugins {
         }
     }
 
+    /// Whether any plugin configuration applies to `team`: without one, [`Self::process`] would
+    /// return the event as it came (so a caller holding the text can pass it on uncopied).
+    pub fn has_chain(&mut self, team: i64) -> bool {
+        match self.chains.get(&team) {
+            Some(chain) => !chain.is_empty(),
+            None => !self.chain(team).is_empty(),
+        }
+    }
+
     /// Runs the team's `processEvent` chain over one event. `$snapshot` events skip the chain,
     /// as in PostHog.
     pub fn process(&mut self, team: i64, event_name: &str, uuid: &str, json: &str, hops: u32) -> Result<ChainOutcome, String> {

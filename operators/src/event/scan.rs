@@ -1,0 +1,320 @@
+//! The common case of the line check in one pass: a plain event object whose head fields are
+//! plain strings and a small integer. The pass accepts exactly the JSON serde_json accepts and
+//! counts nesting as it goes; it answers `None` for anything else (malformed text, nesting past
+//! the limit, an envelope, a head field with an escape or of another type, a top-level key with
+//! an escape), and the full check in `event.rs` then decides and words the reason. So it can make
+//! a valid line cheaper, never change a verdict: `the_scan_agrees_with_the_full_check` holds it to
+//! that over generated and mangled lines.
+
+/// The head fields of a plain event, borrowed from its text.
+#[derive(Debug, PartialEq)]
+pub(super) struct PlainHead<'a> {
+    pub name: &'a str,
+    pub team_id: i64,
+    pub uuid: &'a str,
+}
+
+/// Reads a plain event's head in one pass, or `None` when the full check must decide.
+pub(super) fn plain_head(text: &str, max_depth: usize) -> Option<PlainHead<'_>> {
+    let mut s = Scan { b: text.as_bytes(), i: 0 };
+    let inner = max_depth.checked_sub(1)?;
+    let (mut name, mut team_id, mut uuid, mut properties_ok) = (None, None, None, true);
+    s.ws();
+    s.eat(b'{')?;
+    s.ws();
+    if !s.eat_if(b'}') {
+        loop {
+            s.eat(b'"')?;
+            let start = s.i;
+            if s.string()? {
+                return None; // an escaped key may spell a head field
+            }
+            let key = &s.b[start..s.i - 1];
+            s.ws();
+            s.eat(b':')?;
+            s.ws();
+            // A repeated key counts as serde reads it: the last value wins.
+            match key {
+                b"event" => name = Some(s.plain_string(text)?),
+                b"uuid" => uuid = Some(s.plain_string(text)?),
+                b"team_id" => team_id = Some(s.small_integer()?),
+                b"data" => return None, // an envelope, perhaps
+                b"properties" => {
+                    properties_ok = matches!(s.peek(), Some(b'{' | b'n'));
+                    s.value(inner)?;
+                }
+                _ => s.value(inner)?,
+            }
+            s.ws();
+            match s.next()? {
+                b',' => s.ws(),
+                b'}' => break,
+                _ => return None,
+            }
+        }
+    }
+    s.ws();
+    if s.i != s.b.len() || !properties_ok {
+        return None;
+    }
+    Some(PlainHead { name: name?, team_id: team_id?, uuid: uuid? })
+}
+
+struct Scan<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+impl Scan<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
+    }
+
+    fn next(&mut self) -> Option<u8> {
+        let c = self.peek()?;
+        self.i += 1;
+        Some(c)
+    }
+
+    fn eat(&mut self, c: u8) -> Option<()> {
+        (self.next()? == c).then_some(())
+    }
+
+    fn eat_if(&mut self, c: u8) -> bool {
+        let hit = self.peek() == Some(c);
+        self.i += usize::from(hit);
+        hit
+    }
+
+    /// JSON's whitespace, as serde_json skips it.
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\n' | b'\t' | b'\r') = self.peek() {
+            self.i += 1;
+        }
+    }
+
+    /// One value of any kind, nested at most `left` levels deep.
+    fn value(&mut self, left: usize) -> Option<()> {
+        match self.next()? {
+            b'"' => self.string().map(drop),
+            b'{' => self.members(left.checked_sub(1)?),
+            b'[' => self.items(left.checked_sub(1)?),
+            b't' => self.word(b"rue"),
+            b'f' => self.word(b"alse"),
+            b'n' => self.word(b"ull"),
+            b'-' => self.number(),
+            b'0'..=b'9' => {
+                self.i -= 1;
+                self.number()
+            }
+            _ => None,
+        }
+    }
+
+    /// The rest of an object after its `{`; its values get `left` levels.
+    fn members(&mut self, left: usize) -> Option<()> {
+        self.ws();
+        if self.eat_if(b'}') {
+            return Some(());
+        }
+        loop {
+            self.eat(b'"')?;
+            self.string()?;
+            self.ws();
+            self.eat(b':')?;
+            self.ws();
+            self.value(left)?;
+            self.ws();
+            match self.next()? {
+                b',' => self.ws(),
+                b'}' => return Some(()),
+                _ => return None,
+            }
+        }
+    }
+
+    /// The rest of an array after its `[`; its items get `left` levels.
+    fn items(&mut self, left: usize) -> Option<()> {
+        self.ws();
+        if self.eat_if(b']') {
+            return Some(());
+        }
+        loop {
+            self.value(left)?;
+            self.ws();
+            match self.next()? {
+                b',' => self.ws(),
+                b']' => return Some(()),
+                _ => return None,
+            }
+        }
+    }
+
+    fn word(&mut self, rest: &[u8]) -> Option<()> {
+        let end = self.i + rest.len();
+        (self.b.get(self.i..end)? == rest).then(|| self.i = end)
+    }
+
+    fn digits(&mut self) -> usize {
+        let start = self.i;
+        while let Some(b'0'..=b'9') = self.peek() {
+            self.i += 1;
+        }
+        self.i - start
+    }
+
+    /// A number after its optional `-`: `0` or digits without a leading zero, then an optional
+    /// fraction and exponent, each with at least one digit.
+    fn number(&mut self) -> Option<()> {
+        match self.next()? {
+            b'0' => {}
+            b'1'..=b'9' => drop(self.digits()),
+            _ => return None,
+        }
+        if self.eat_if(b'.') && self.digits() == 0 {
+            return None;
+        }
+        if self.eat_if(b'e') || self.eat_if(b'E') {
+            if !self.eat_if(b'+') {
+                self.eat_if(b'-');
+            }
+            if self.digits() == 0 {
+                return None;
+            }
+        }
+        Some(())
+    }
+
+    /// A `team_id`: a non-negative integer of at most 18 digits (no sign, fraction or exponent;
+    /// those go to the full check, which knows what serde makes of `-0` or `1e3`).
+    fn small_integer(&mut self) -> Option<i64> {
+        let start = self.i;
+        let n = self.digits();
+        let digits = &self.b[start..self.i];
+        if n == 0 || n > 18 || (n > 1 && digits[0] == b'0') || matches!(self.peek(), Some(b'.' | b'e' | b'E')) {
+            return None;
+        }
+        Some(digits.iter().fold(0i64, |acc, d| acc * 10 + i64::from(d - b'0')))
+    }
+
+    /// A non-empty string without escapes, borrowed from `text` (which `self.b` is).
+    fn plain_string<'t>(&mut self, text: &'t str) -> Option<&'t str> {
+        self.eat(b'"')?;
+        let start = self.i;
+        let escaped = self.string()?;
+        let end = self.i - 1;
+        // Both ends are ASCII quotes, so the slice falls on character boundaries.
+        (!escaped && end > start).then(|| &text[start..end])
+    }
+
+    /// The rest of a string after its opening quote: whether it held an escape. `None` for a
+    /// control character, an escape serde_json refuses or no closing quote.
+    #[inline(always)]
+    fn string(&mut self) -> Option<bool> {
+        let mut escaped = false;
+        loop {
+            self.i = special(self.b, self.i)?;
+            match self.next()? {
+                b'"' => return Some(escaped),
+                b'\\' => {
+                    escaped = true;
+                    match self.next()? {
+                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => {}
+                        // Any four hex digits: a lone surrogate passes, as serde_json skips it.
+                        b'u' => {
+                            let hex = self.b.get(self.i..self.i + 4)?;
+                            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                                return None;
+                            }
+                            self.i += 4;
+                        }
+                        _ => return None,
+                    }
+                }
+                _ => return None, // a control character
+            }
+        }
+    }
+}
+
+/// Where the first `"`, `\` or control character (below 0x20) at or after `from` is: most of an
+/// event's bytes are inside strings, so eight bytes are tested at a time.
+#[inline(always)]
+fn special(b: &[u8], mut from: usize) -> Option<usize> {
+    while let Some(chunk) = b.get(from..from + 8) {
+        let hits = special_bytes(u64::from_le_bytes(chunk.try_into().expect("eight bytes")));
+        if hits != 0 {
+            return Some(from + (hits.trailing_zeros() / 8) as usize);
+        }
+        from += 8;
+    }
+    b.get(from..)?.iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20).map(|j| from + j)
+}
+
+/// Non-zero when `word` holds a `"`, `\` or a byte below 0x20, and then its lowest set bit is the
+/// high bit of the first such byte of a little-endian word. (x - 0x01) & !x has a byte's high bit
+/// set when that byte is zero, or when a borrow from a zero byte below it reaches it: bytes above
+/// the first hit may be marked too, never bytes below it.
+fn special_bytes(word: u64) -> u64 {
+    const fn each(b: u8) -> u64 {
+        u64::from_le_bytes([b; 8])
+    }
+    let quote = word ^ each(b'"');
+    let backslash = word ^ each(b'\\');
+    (quote.wrapping_sub(each(1)) & !quote | backslash.wrapping_sub(each(1)) & !backslash | word.wrapping_sub(each(0x20)) & !word)
+        & each(0x80)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn special_finds_the_first_quote_backslash_or_control_byte() {
+        for (text, want) in [
+            (&b"abcdefgh\"ij"[..], Some(8)),
+            (b"abc\\defghij", Some(3)),
+            (b"abcdefghijklmnop\x1f", Some(16)),
+            (b"\x7f\x80\xff\x20!#[]\"", Some(8)),
+            (b"\x00", Some(0)),
+            (b"no special bytes at all here", None),
+            (b"", None),
+        ] {
+            assert_eq!(special(text, 0), want, "{}", String::from_utf8_lossy(text));
+        }
+        // Every byte value at every place of a few words and a tail, against the definition.
+        for place in 0..20 {
+            for b in 0..=255u8 {
+                let mut text = [b'a'; 20];
+                text[place] = b;
+                let special_byte = b == b'"' || b == b'\\' || b < 0x20;
+                assert_eq!(special(&text, 0), special_byte.then_some(place), "byte {b:#x} at {place}");
+                assert_eq!(special(&text, 3), (special_byte && place >= 3).then_some(place), "byte {b:#x} at {place}, from 3");
+            }
+        }
+    }
+
+    #[test]
+    fn special_finds_the_first_of_several() {
+        // Random words with several special bytes: the first one is found.
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        for _ in 0..100_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let mut text = x.to_le_bytes().map(|b| [b'"', b'\\', 0x1f, 0x00, 0x20, 0x21, 0x5b, 0x80, 0xa0, 0xff, b'a'][(b % 11) as usize]);
+            text[7] = text[7].max(b'a');
+            let first = text.iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20);
+            assert_eq!(special(&text, 0), first, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn a_plain_event_is_read_in_one_pass() {
+        let line = r#" {"uuid":"u1","event":"$pageview","team_id":2,"properties":{"a":[1,-2.5e+3,true,null,{}],"b":"x\"y"}} "#;
+        assert_eq!(plain_head(line, 64), Some(PlainHead { name: "$pageview", team_id: 2, uuid: "u1" }));
+        // The event object is level 1: properties' inner object is level 4.
+        assert!(plain_head(line, 4).is_some());
+        assert!(plain_head(line, 3).is_none());
+    }
+}
