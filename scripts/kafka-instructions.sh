@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Instruction counts of the Kafka path: the raw librdkafka consume→produce loop against
-# pluginflow passing events through (unkeyed, and keyed by distinct_id), every thread of each
+# Instruction counts of the Kafka path: the raw librdkafka consume→produce loop (without keys, and
+# forwarding the input's keys: the input is loaded keyed by distinct_id) against pluginflow passing
+# events through (unkeyed, and keyed by distinct_id), every thread of each
 # process under valgrind's callgrind, against one Apache Kafka broker (scripts/kafka.sh) on
 # loopback. Each runs over SMALL and then LARGE events already in a 4-partition topic; the
 # difference over the LARGE - SMALL extra events is the per-message cost (start-up, the group's
@@ -28,7 +29,7 @@ scripts/kafka.sh start "$WORK/broker" "$PORT" >&2
 for n in "$SMALL" "$LARGE"; do
     "$BIN/gen_events" --count "$n" --seed 42 --teams 3 -o "$WORK/events-$n.jsonl"
     "$BIN/kafka_bench" create --bootstrap "$KB" --topic "in-$n" --partitions 4
-    "$BIN/kafka_bench" load --bootstrap "$KB" --topic "in-$n" --events "$WORK/events-$n.jsonl"
+    "$BIN/kafka_bench" load --bootstrap "$KB" --topic "in-$n" --events "$WORK/events-$n.jsonl" --key-field distinct_id
 done
 
 source scripts/kafka-bench-config.sh
@@ -41,6 +42,7 @@ count() {
     local cmd
     case $tag in
         raw) cmd=("$BIN/kafka_bench" loop --bootstrap "$KB" --input "in-$n" --group "$name" --count "$n" --output "$name-out") ;;
+        rawkeyed) cmd=("$BIN/kafka_bench" loop --bootstrap "$KB" --input "in-$n" --group "$name" --count "$n" --output "$name-out" --keyed) ;;
         unkeyed) cmd=("$BIN/pluginflow" run --no-progress -w 1 "$(pipeline_config "$name" "in-$n" "$name-out" "")") ;;
         keyed) cmd=("$BIN/pluginflow" run --no-progress -w 1 "$(pipeline_config "$name" "in-$n" "$name-out" distinct_id)") ;;
     esac
@@ -50,13 +52,13 @@ count() {
     awk '/^totals:/ {print $2}' "$WORK/$name.out"
 }
 
-echo "Apache Kafka on loopback, callgrind over every thread, $SMALL and $LARGE events (~3 KB), git \`$(git rev-parse --short HEAD)$(git diff --quiet || echo +dirty)\`, command \`scripts/kafka-instructions.sh\`."
+echo "Apache Kafka on loopback, callgrind over every thread, $SMALL and $LARGE events (~1.3 KB each), git \`$(git rev-parse --short HEAD)$(git diff --quiet || echo +dirty)\`, command \`scripts/kafka-instructions.sh\`."
 echo
 echo "| process | $SMALL events | $LARGE events | per message | vs raw loop |"
 echo "|---|---:|---:|---:|---:|"
-declare -A NAMES=([raw]="raw librdkafka loop (kafka_bench loop)" [unkeyed]="pluginflow passthrough, unkeyed" [keyed]="pluginflow passthrough, keyed by distinct_id")
+declare -A NAMES=([raw]="raw librdkafka loop (kafka_bench loop)" [rawkeyed]="raw loop, input keys forwarded (kafka_bench loop --keyed)" [unkeyed]="pluginflow passthrough, unkeyed" [keyed]="pluginflow passthrough, keyed by distinct_id")
 raw_per=""
-for tag in raw unkeyed keyed; do
+for tag in raw rawkeyed unkeyed keyed; do
     small=$(count "$tag" "$SMALL")
     large=$(count "$tag" "$LARGE")
     per=$(( (large - small) / (LARGE - SMALL) ))

@@ -4,11 +4,14 @@
 //!
 //! ```text
 //! kafka_bench create --bootstrap B --topic T --partitions P
-//! kafka_bench load   --bootstrap B --topic T --events FILE
-//!     produces every line (no key, partitions spread by librdkafka), then flushes.
-//! kafka_bench loop   --bootstrap B --input T --output T2 --group G --count N
+//! kafka_bench load   --bootstrap B --topic T --events FILE [--key-field F]
+//!     produces every line, then flushes: with no key (partitions spread by librdkafka), or
+//!     keyed by the line's top-level string field F (parsed here, before anything is timed).
+//! kafka_bench loop   --bootstrap B --input T --output T2 --group G --count N [--keyed]
 //!     the floor: one BaseConsumer in group G, each message's payload produced unchanged to
-//!     T2 (offsets auto-committed), until N messages were consumed and delivered.
+//!     T2 (offsets auto-committed), until N messages were consumed and delivered; with
+//!     --keyed each message keeps its input key (the floor for a run that keys its output by
+//!     the same field, without reading the event to find it).
 //! kafka_bench count  --bootstrap B --topic T [--quiet-ms 3000] [--json OUT]
 //!     reads all of T (until nothing came for --quiet-ms): messages, and the span of their
 //!     create timestamps (set by the producer when the system under test sent each one):
@@ -41,11 +44,13 @@ struct Args {
     count: u64,
     quiet_ms: u64,
     json: Option<PathBuf>,
+    key_field: Option<String>,
+    keyed: bool,
 }
 
 fn usage(msg: &str) -> ! {
     eprintln!(
-        "kafka_bench: {msg}\nusage: kafka_bench create|load|loop|count --bootstrap HOST:PORT [--topic T] [--partitions P] [--events FILE] [--input T --output T2 --group G --count N] [--quiet-ms MS] [--json OUT]"
+        "kafka_bench: {msg}\nusage: kafka_bench create|load|loop|count --bootstrap HOST:PORT [--topic T] [--partitions P] [--events FILE] [--key-field F] [--input T --output T2 --group G --count N] [--keyed] [--quiet-ms MS] [--json OUT]"
     );
     std::process::exit(2)
 }
@@ -67,6 +72,8 @@ fn parse_args() -> (String, Args) {
             "--count" => a.count = value().parse().unwrap_or_else(|_| usage("bad --count")),
             "--quiet-ms" => a.quiet_ms = value().parse().unwrap_or_else(|_| usage("bad --quiet-ms")),
             "--json" => a.json = Some(value().into()),
+            "--key-field" => a.key_field = Some(value()),
+            "--keyed" => a.keyed = true,
             _ => usage(&format!("unknown flag {flag}")),
         }
     }
@@ -110,9 +117,12 @@ fn producer(bootstrap: &str) -> ThreadedProducer<DefaultProducerContext> {
         .expect("producer")
 }
 
-/// Sends one payload, waiting while librdkafka's queue is full.
-fn send(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, payload: &[u8]) {
-    let mut record = BaseRecord::<(), [u8]>::to(topic).payload(payload);
+/// Sends one payload with an optional key, waiting while librdkafka's queue is full.
+fn send(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, key: Option<&[u8]>, payload: &[u8]) {
+    let mut record = BaseRecord::<[u8], [u8]>::to(topic).payload(payload);
+    if let Some(key) = key {
+        record = record.key(key);
+    }
     loop {
         match p.send(record) {
             Ok(()) => return,
@@ -131,7 +141,11 @@ fn load(a: &Args) {
     let p = producer(&a.bootstrap);
     let mut n = 0u64;
     for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-        send(&p, &a.topic, line);
+        let key = a.key_field.as_ref().and_then(|field| {
+            let event: serde_json::Value = serde_json::from_slice(line).ok()?;
+            event.get(field)?.as_str().map(|k| k.as_bytes().to_vec())
+        });
+        send(&p, &a.topic, key.as_deref(), line);
         n += 1;
     }
     p.flush(Duration::from_secs(300)).expect("flush");
@@ -151,7 +165,8 @@ fn raw_loop(a: &Args) {
     while n < a.count {
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
-                send(&p, &a.output, m.payload().unwrap_or_default());
+                let key = if a.keyed { m.key() } else { None };
+                send(&p, &a.output, key, m.payload().unwrap_or_default());
                 n += 1;
             }
             Some(Err(e)) => eprintln!("kafka_bench: consumer error: {e}"),

@@ -16,6 +16,11 @@ pub(super) struct PlainHead<'a> {
 
 /// Reads a plain event's head in one pass, or `None` when the full check must decide.
 pub(super) fn plain_head(text: &str, max_depth: usize) -> Option<PlainHead<'_>> {
+    // The scan recurses once per level: limits past the configurable ones (a library caller's
+    // own) go to the full check, which does not.
+    if max_depth > super::MAX_DEPTH_LIMIT {
+        return None;
+    }
     let mut s = Scan { b: text.as_bytes(), i: 0 };
     let inner = max_depth.checked_sub(1)?;
     let (mut name, mut team_id, mut uuid, mut properties_ok) = (None, None, None, true);
@@ -316,5 +321,10 @@ mod tests {
         // The event object is level 1: properties' inner object is level 4.
         assert!(plain_head(line, 4).is_some());
         assert!(plain_head(line, 3).is_none());
+        // A limit past the configurable ones is left to the full check, whatever the depth.
+        assert!(plain_head(line, super::super::MAX_DEPTH_LIMIT).is_some());
+        assert!(plain_head(line, usize::MAX).is_none());
+        let deep = format!(r#"{{"uuid":"u","event":"e","team_id":1,"p":{}"#, "[".repeat(1 << 20));
+        assert!(plain_head(&deep, usize::MAX).is_none());
     }
 }

@@ -6,6 +6,7 @@
 //! process-wide and sits outside any transaction: logs are diagnostics, written at most once
 //! per call, and may repeat when epochs are replayed after a crash.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::rc::Rc;
 
@@ -33,7 +34,7 @@ impl KafkaSink {
 
 impl KafkaSink {
     /// The record key of `value`: its `key_field`, when the sink has one.
-    fn key_of(&self, value: &str) -> Option<String> {
+    fn key_of<'v>(&self, value: &'v str) -> Option<Cow<'v, str>> {
         self.key_field.as_deref().and_then(|f| top_level_string(value, f))
     }
 }
@@ -62,12 +63,14 @@ impl RecordSink for KafkaSink {
 
 /// The value of top-level field `field` of a JSON object, as text (strings unquoted, numbers and
 /// booleans as written); `None` when absent, null, nested, or not an object. Reads the object
-/// only up to that field (the first one of that name), without building anything.
-pub fn top_level_string(json: &str, field: &str) -> Option<String> {
+/// only up to that field (the first one of that name), without building anything: a string
+/// without escapes is borrowed from `json`.
+pub fn top_level_string<'a>(json: &'a str, field: &str) -> Option<Cow<'a, str>> {
     let raw = operators::plugin::marks::top_level_value(json, field)?;
     match raw.as_bytes().first()? {
-        b'"' => serde_json::from_str::<String>(raw).ok(),
-        b'-' | b'0'..=b'9' | b't' | b'f' => Some(raw.to_string()),
+        b'"' if !raw.contains('\\') => raw.get(1..raw.len() - 1).map(Cow::Borrowed),
+        b'"' => serde_json::from_str::<String>(raw).ok().map(Cow::Owned),
+        b'-' | b'0'..=b'9' | b't' | b'f' => Some(Cow::Borrowed(raw)),
         _ => None,
     }
 }
