@@ -1,27 +1,28 @@
 #!/usr/bin/env bash
 # The Kafka rows of BENCHMARKS.md, against Apache Kafka (scripts/kafka.sh) on loopback: the raw
-# librdkafka consume→produce loop (the floor: no key, like pluginflow with `key_field = ""`), the
-# raw loop forwarding each message's key (the floor of keyed rows: the input is loaded keyed by
-# `distinct_id`, so it partitions its output as pluginflow keyed by `distinct_id` does, without
-# reading the event), pluginflow passing events through keyed and unkeyed, and pluginflow with the
-# 3-plugin chain (benches/plugins greet, screen, flatten; keyed), each reading the same input topic
-# (4 partitions) from the start into a fresh output topic, one worker or thread, in alternating
-# rounds. Each run is timed by its output messages' create timestamps, first to last
+# librdkafka consume→produce loop as the issue names it (librdkafka's defaults, no key); the
+# floors, the same loop with pluginflow's producer setting (idempotent) — without keys, like
+# pluginflow with `key_field = ""`, and forwarding each message's key, like pluginflow keyed by
+# `distinct_id` (the input is loaded keyed by `distinct_id`, so the loop partitions its output
+# the same way without reading the event); pluginflow passing events through unkeyed and keyed,
+# and pluginflow with the 3-plugin chain (benches/plugins greet, screen, flatten; keyed). Each
+# reads the same input topic (4 partitions) from the start into a fresh output topic, one worker
+# or thread, in alternating rounds. Each run is timed by its output messages' create timestamps, first to last
 # (`kafka_bench count`), so process start-up and the group's first assignment are left out alike.
 #
 #   scripts/bench-kafka.sh                 # 100,000 events, 3 rounds
 #   KAFKA_N=200000 ROUNDS=5 scripts/bench-kafka.sh
-#   ROWS="raw rawkeyed unkeyed passthrough" scripts/bench-kafka.sh   # leave the chain out
+#   ROWS="raw idem idemkeyed unkeyed passthrough" scripts/bench-kafka.sh   # leave the chain out
 #
-# Prints a Markdown table with each row's median and its ratio to its floor's median (the raw loop
-# without keys for unkeyed rows, with keys forwarded for keyed rows).
+# Prints a Markdown table with each row's median and its ratio to its floor's median (the
+# idempotent raw loop without keys for unkeyed rows, with keys forwarded for keyed rows).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/pluginflow/target}"
 N=${KAFKA_N:-100000}
 ROUNDS=${ROUNDS:-3}
-ROWS=${ROWS:-raw rawkeyed unkeyed passthrough chain3}
+ROWS=${ROWS:-raw idem idemkeyed unkeyed passthrough chain3}
 WORK=$(mktemp -d)
 trap 'scripts/kafka.sh stop "$WORK/broker" >/dev/null 2>&1 || true; rm -rf "$WORK"' EXIT
 
@@ -43,7 +44,8 @@ row() { # tag round
     "$BIN/kafka_bench" create --bootstrap "$KB" --topic "$out-dead" --partitions 1
     case $tag in
         raw) "$BIN/kafka_bench" loop --bootstrap "$KB" --input bench-in --group "raw-$r" --count "$N" --output "$out" 2>>"$WORK/log" ;;
-        rawkeyed) "$BIN/kafka_bench" loop --bootstrap "$KB" --input bench-in --group "rawk-$r" --count "$N" --output "$out" --keyed 2>>"$WORK/log" ;;
+        idem) "$BIN/kafka_bench" loop --bootstrap "$KB" --input bench-in --group "idem-$r" --count "$N" --output "$out" --idempotent 2>>"$WORK/log" ;;
+        idemkeyed) "$BIN/kafka_bench" loop --bootstrap "$KB" --input bench-in --group "idemk-$r" --count "$N" --output "$out" --idempotent --keyed 2>>"$WORK/log" ;;
         passthrough) "$BIN/pluginflow" run --no-progress -w 1 "$(pipeline_config "pf-$r" bench-in "$out" distinct_id)" 2>>"$WORK/log" ;;
         unkeyed) "$BIN/pluginflow" run --no-progress -w 1 "$(pipeline_config "pfu-$r" bench-in "$out" "")" 2>>"$WORK/log" ;;
         chain3) "$BIN/pluginflow" run --no-progress -w 1 "$(pipeline_config "chain-$r" bench-in "$out" distinct_id "$ROOT/benches/plugins/greet" "$ROOT/benches/plugins/screen" "$ROOT/benches/plugins/flatten")" 2>>"$WORK/log" ;;
@@ -65,8 +67,8 @@ rows = {}
 for tag in tags:
     runs = [json.load(open(os.path.join(work, f"{tag}.{r}.json"))) for r in range(1, rounds + 1)]
     rows[tag] = (statistics.median(x["messages_per_s"] for x in runs), [x["messages_per_s"] for x in runs], [x["messages"] for x in runs])
-names = {"raw": "raw librdkafka loop, no key (floor)", "rawkeyed": "raw librdkafka loop, keys forwarded (keyed floor)", "unkeyed": "pluginflow, no plugins, unkeyed", "passthrough": "pluginflow, no plugins, keyed by distinct_id", "chain3": "pluginflow, greet+screen+flatten, keyed"}
-floors = {"raw": "raw", "rawkeyed": "rawkeyed", "unkeyed": "raw", "passthrough": "rawkeyed", "chain3": "rawkeyed"}
+names = {"raw": "raw librdkafka loop, librdkafka's defaults, no key", "idem": "raw loop, idempotent producer, no key (floor)", "idemkeyed": "raw loop, idempotent producer, keys forwarded (keyed floor)", "unkeyed": "pluginflow, no plugins, unkeyed", "passthrough": "pluginflow, no plugins, keyed by distinct_id", "chain3": "pluginflow, greet+screen+flatten, keyed"}
+floors = {"raw": "idem", "idem": "idem", "idemkeyed": "idemkeyed", "unkeyed": "idem", "passthrough": "idemkeyed", "chain3": "idemkeyed"}
 print(f"Apache Kafka {os.environ.get('KAFKA_VERSION', '4.4.0')} on loopback, {n} events, {rounds} rounds, git `{rev}`, command `scripts/bench-kafka.sh`.\n")
 print("| row | median messages/s | vs its floor | runs (messages/s) | messages out |")
 print("|---|---:|---:|---|---|")

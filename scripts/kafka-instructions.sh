@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Instruction counts of the Kafka path: the raw librdkafka consume→produce loop (without keys, and
-# forwarding the input's keys: the input is loaded keyed by distinct_id) against pluginflow passing
-# events through (unkeyed, and keyed by distinct_id), every thread of each
+# Instruction counts of the Kafka path: the raw librdkafka consume→produce loop (librdkafka's
+# defaults; then with an idempotent producer, as pluginflow's, without keys and forwarding the
+# input's keys: the input is loaded keyed by distinct_id) against pluginflow passing events
+# through (unkeyed, and keyed by distinct_id), every thread of each
 # process under valgrind's callgrind, against one Apache Kafka broker (scripts/kafka.sh) on
 # loopback. Each runs over SMALL and then LARGE events already in a 4-partition topic; the
 # difference over the LARGE - SMALL extra events is the per-message cost (start-up, the group's
@@ -42,7 +43,8 @@ count() {
     local cmd
     case $tag in
         raw) cmd=("$BIN/kafka_bench" loop --bootstrap "$KB" --input "in-$n" --group "$name" --count "$n" --output "$name-out") ;;
-        rawkeyed) cmd=("$BIN/kafka_bench" loop --bootstrap "$KB" --input "in-$n" --group "$name" --count "$n" --output "$name-out" --keyed) ;;
+        idem) cmd=("$BIN/kafka_bench" loop --bootstrap "$KB" --input "in-$n" --group "$name" --count "$n" --output "$name-out" --idempotent) ;;
+        idemkeyed) cmd=("$BIN/kafka_bench" loop --bootstrap "$KB" --input "in-$n" --group "$name" --count "$n" --output "$name-out" --idempotent --keyed) ;;
         unkeyed) cmd=("$BIN/pluginflow" run --no-progress -w 1 "$(pipeline_config "$name" "in-$n" "$name-out" "")") ;;
         keyed) cmd=("$BIN/pluginflow" run --no-progress -w 1 "$(pipeline_config "$name" "in-$n" "$name-out" distinct_id)") ;;
     esac
@@ -56,9 +58,9 @@ echo "Apache Kafka on loopback, callgrind over every thread, $SMALL and $LARGE e
 echo
 echo "| process | $SMALL events | $LARGE events | per message | vs raw loop |"
 echo "|---|---:|---:|---:|---:|"
-declare -A NAMES=([raw]="raw librdkafka loop (kafka_bench loop)" [rawkeyed]="raw loop, input keys forwarded (kafka_bench loop --keyed)" [unkeyed]="pluginflow passthrough, unkeyed" [keyed]="pluginflow passthrough, keyed by distinct_id")
+declare -A NAMES=([raw]="raw librdkafka loop (kafka_bench loop)" [idem]="raw loop, idempotent producer (loop --idempotent)" [idemkeyed]="raw loop, idempotent, input keys forwarded (loop --idempotent --keyed)" [unkeyed]="pluginflow passthrough, unkeyed" [keyed]="pluginflow passthrough, keyed by distinct_id")
 raw_per=""
-for tag in raw rawkeyed unkeyed keyed; do
+for tag in raw idem idemkeyed unkeyed keyed; do
     small=$(count "$tag" "$SMALL")
     large=$(count "$tag" "$LARGE")
     per=$(( (large - small) / (LARGE - SMALL) ))

@@ -4,6 +4,10 @@
 //! `events_plugin_ingestion` envelope whose `data` field is a JSON string (spec §1.1). A plain
 //! event that passes the checks is forwarded as the very text it came in (no re-serialisation);
 //! an envelope is merged and serialised once, keys in order.
+//!
+//! Most lines are plain events, checked in one pass over their bytes (`scan`); every other line
+//! (malformed, an envelope, a head field with an escape...) is checked with serde_json, which
+//! also words the reasons of dead letters.
 
 use serde_json::{Map, Value};
 

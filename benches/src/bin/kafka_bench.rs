@@ -7,11 +7,12 @@
 //! kafka_bench load   --bootstrap B --topic T --events FILE [--key-field F]
 //!     produces every line, then flushes: with no key (partitions spread by librdkafka), or
 //!     keyed by the line's top-level string field F (parsed here, before anything is timed).
-//! kafka_bench loop   --bootstrap B --input T --output T2 --group G --count N [--keyed]
+//! kafka_bench loop   --bootstrap B --input T --output T2 --group G --count N [--keyed] [--idempotent]
 //!     the floor: one BaseConsumer in group G, each message's payload produced unchanged to
 //!     T2 (offsets auto-committed), until N messages were consumed and delivered; with
 //!     --keyed each message keeps its input key (the floor for a run that keys its output by
-//!     the same field, without reading the event to find it).
+//!     the same field, without reading the event to find it); with --idempotent its producer is
+//!     idempotent, as pluginflow's is (sequence numbers, at most 5 requests in flight).
 //! kafka_bench count  --bootstrap B --topic T [--quiet-ms 3000] [--json OUT]
 //!     reads all of T (until nothing came for --quiet-ms): messages, and the span of their
 //!     create timestamps (set by the producer when the system under test sent each one):
@@ -46,11 +47,12 @@ struct Args {
     json: Option<PathBuf>,
     key_field: Option<String>,
     keyed: bool,
+    idempotent: bool,
 }
 
 fn usage(msg: &str) -> ! {
     eprintln!(
-        "kafka_bench: {msg}\nusage: kafka_bench create|load|loop|count --bootstrap HOST:PORT [--topic T] [--partitions P] [--events FILE] [--key-field F] [--input T --output T2 --group G --count N] [--keyed] [--quiet-ms MS] [--json OUT]"
+        "kafka_bench: {msg}\nusage: kafka_bench create|load|loop|count --bootstrap HOST:PORT [--topic T] [--partitions P] [--events FILE] [--key-field F] [--input T --output T2 --group G --count N] [--keyed] [--idempotent] [--quiet-ms MS] [--json OUT]"
     );
     std::process::exit(2)
 }
@@ -74,6 +76,7 @@ fn parse_args() -> (String, Args) {
             "--json" => a.json = Some(value().into()),
             "--key-field" => a.key_field = Some(value()),
             "--keyed" => a.keyed = true,
+            "--idempotent" => a.idempotent = true,
             _ => usage(&format!("unknown flag {flag}")),
         }
     }
@@ -108,10 +111,11 @@ fn create(a: &Args) {
     }
 }
 
-fn producer(bootstrap: &str) -> ThreadedProducer<DefaultProducerContext> {
+fn producer(bootstrap: &str, idempotent: bool) -> ThreadedProducer<DefaultProducerContext> {
     ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("linger.ms", "5")
+        .set("enable.idempotence", idempotent.to_string())
         .set("queue.buffering.max.messages", "200000")
         .create()
         .expect("producer")
@@ -138,7 +142,7 @@ fn send(p: &ThreadedProducer<DefaultProducerContext>, topic: &str, key: Option<&
 fn load(a: &Args) {
     let path = a.events.as_ref().unwrap_or_else(|| usage("load needs --events"));
     let text = std::fs::read(path).expect("read --events");
-    let p = producer(&a.bootstrap);
+    let p = producer(&a.bootstrap, false);
     let mut n = 0u64;
     for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
         let key = a.key_field.as_ref().and_then(|field| {
@@ -160,7 +164,7 @@ fn raw_loop(a: &Args) {
         .create()
         .expect("consumer");
     consumer.subscribe(&[&a.input]).expect("subscribe");
-    let p = producer(&a.bootstrap);
+    let p = producer(&a.bootstrap, a.idempotent);
     let mut n = 0u64;
     while n < a.count {
         match consumer.poll(Duration::from_millis(100)) {
