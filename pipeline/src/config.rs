@@ -61,6 +61,11 @@ pub struct InputConfig {
     /// PostHog's ingestion envelope. Empty when the input is Kafka.
     #[serde(default)]
     pub path: PathBuf,
+    /// Keep reading lines appended to the log, as `tail -f` does, until stopped (`kind =
+    /// "file"` only). The last worker reads what is appended; a line is read once its newline
+    /// is written.
+    #[serde(default)]
+    pub follow: bool,
 }
 
 /// What `[input]` reads.
@@ -572,6 +577,9 @@ impl PipelineConfig {
                 fail("input.path", "must be omitted when input.kind = \"kafka\" (the topic is kafka.input_topic)".into())
             }
             InputKind::Kafka if self.kafka.is_none() => fail("kafka", "is required when input.kind = \"kafka\"".into()),
+            InputKind::Kafka if self.input.follow => {
+                fail("input.follow", "is for a recorded log (kind = \"file\"): a Kafka input keeps reading by itself".into())
+            }
             _ => match &self.kafka {
                 Some(k) => k.check(self.input.kind == InputKind::Kafka).map_err(|(field, problem)| ConfigError {
                     file: file.to_string(),
@@ -878,6 +886,7 @@ mod tests {
             "kafka.dead_letter_topic"
         );
         assert_eq!(field(&KAFKA.replace("127.0.0.1:9092", " ")), "kafka.brokers");
+        assert_eq!(field(&KAFKA.replace("kind = \"kafka\"\n", "kind = \"kafka\"\nfollow = true\n")), "input.follow");
         assert_eq!(field(&format!("{KAFKA}stop_after_idle_ms = 0\n")), "kafka.stop_after_idle_ms");
         assert_eq!(
             field(&format!("{KAFKA}[kafka.librdkafka]\n\"enable.auto.commit\" = \"true\"\n")),

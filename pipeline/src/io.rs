@@ -230,7 +230,15 @@ pub struct LogSource {
     size: u64,
     /// Where reads are reported for checkpoints, and this worker's index.
     checkpoints: Option<(Arc<Checkpointer>, usize)>,
+    /// This share follows the log (`[input] follow`).
+    following: bool,
+    /// Why a followed log cannot be read on (truncated, replaced): reported once what was read
+    /// is written, and whether `release` was asked once already.
+    failure: Option<(String, bool)>,
 }
+
+/// How long a followed log that has nothing new is left before the next look.
+const FOLLOW_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
 
 impl LogSource {
     /// The share of worker `index` of `peers`, from `resume_at` when given (a resumed run) or
@@ -250,7 +258,30 @@ impl LogSource {
             cp.started(index, peers, reader.position());
         }
         let size = std::fs::metadata(path)?.len();
-        Ok(Self { reader, name: path.display().to_string(), size, checkpoints: checkpoints.map(|cp| (cp, index)) })
+        Ok(Self {
+            reader,
+            name: path.display().to_string(),
+            size,
+            checkpoints: checkpoints.map(|cp| (cp, index)),
+            following: false,
+            failure: None,
+        })
+    }
+
+    /// Follows the log past this share's end (the last share of a followed log).
+    pub fn follow(mut self, path: &Path) -> anyhow::Result<Self> {
+        self.reader.follow(path).with_context(|| format!("cannot follow {}", path.display()))?;
+        self.following = true;
+        Ok(self)
+    }
+}
+
+impl Drop for LogSource {
+    fn drop(&mut self) {
+        let unfinished = self.reader.unfinished();
+        if unfinished > 0 {
+            tracing::warn!(input = %self.name, bytes = unfinished, "stopped with the log's last line unfinished (no newline yet): it was not read");
+        }
     }
 }
 
@@ -260,7 +291,23 @@ impl EventSource for LogSource {
     }
 
     fn poll(&mut self, epoch: u64, max: usize) -> anyhow::Result<Polled> {
-        let batch = self.reader.next_batch(max)?;
+        if self.failure.is_some() {
+            return Ok(Polled { exhausted: true, ..Polled::default() });
+        }
+        let batch = match self.reader.next_batch(max) {
+            Ok(batch) => batch,
+            // What was read goes on through the graph; the run fails once it is done (release).
+            Err(e) if self.following => {
+                tracing::error!(input = %self.name, error = %e, "the followed log cannot be read on");
+                self.failure = Some((e.to_string(), false));
+                return Ok(Polled { exhausted: true, ..Polled::default() });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if batch.caught_up && batch.records.is_empty() && batch.bytes == 0 {
+            // Nothing new: look again in a moment, as `tail -f` does.
+            std::thread::sleep(FOLLOW_WAIT);
+        }
         if let Some((cp, index)) = &self.checkpoints {
             cp.read(*index, epoch, self.reader.position());
         }
@@ -270,6 +317,19 @@ impl EventSource for LogSource {
     fn complete(&mut self, _frontier: u64) -> anyhow::Result<()> {
         // Checkpoints are renewed by the worker loop, which knows the captures in flight.
         Ok(())
+    }
+
+    fn release(&mut self, _epoch: u64, _frontier: u64) -> anyhow::Result<Release> {
+        match &mut self.failure {
+            // Asked first in the round that found the failure; before asking again the worker
+            // waits until every line read has gone through the chain and been written.
+            Some((_, asked @ false)) => {
+                *asked = true;
+                Ok(Release::Waiting)
+            }
+            Some((e, true)) => Err(anyhow::anyhow!("{e}")),
+            None => Ok(Release::Done),
+        }
     }
 
     fn size_hint(&self) -> Option<u64> {
@@ -328,7 +388,10 @@ pub fn open_worker_io(
     // beginning.
     let resume_at = resume.and_then(|cp| cp.positions.get(&index).copied());
     Ok(WorkerIo {
-        source: Box::new(LogSource::open(&config.input.path, index, peers, resume_at, checkpoints)?),
+        source: Box::new(match config.input.follow && index + 1 == peers {
+            true => LogSource::open(&config.input.path, index, peers, resume_at, checkpoints)?.follow(&config.input.path)?,
+            false => LogSource::open(&config.input.path, index, peers, resume_at, checkpoints)?,
+        }),
         events: sink(&files.events),
         dead_letters: sink(&files.dead_letters),
     })

@@ -89,6 +89,7 @@ pub enum Plan {
 /// its state on disk (a checkpoint in memory would not outlive the process).
 pub fn enabled(config: &PipelineConfig) -> bool {
     matches!(config.input.kind, InputKind::File)
+        && !config.input.follow
         && !config.state.memory
         && config.output.events.as_os_str() != "-"
         && config.output.dead_letters.as_os_str() != "-"
@@ -124,6 +125,9 @@ pub fn drop_queued_retries(store: &dyn StateStore) -> anyhow::Result<usize> {
 pub fn plan(config: &PipelineConfig, store: &dyn StateStore, peers: usize) -> anyhow::Result<Plan> {
     if !matches!(config.input.kind, InputKind::File) {
         bail!("--resume is for a recorded log: a Kafka input resumes from its committed offsets by itself");
+    }
+    if config.input.follow {
+        bail!("--resume cannot continue a followed log ([input] follow = true): its length is not fixed, so no checkpoint is kept");
     }
     if config.state.memory {
         bail!("--resume needs the state on disk ([state] memory = true keeps no checkpoint)");

@@ -164,9 +164,10 @@ pub fn prepare_with_store(
         Some(Box::new(move || queue_store.queue_len(operators::plugin::deferred::RETRY_QUEUE).unwrap_or(0)));
     let append = resume.is_some();
     let resumable = crate::resume::enabled(&config);
-    if resumable && !append {
+    if !append {
         // The outputs are about to be truncated: an earlier run's checkpoint no longer describes
-        // them (a `--resume` after this run dies early must start over, not trust it).
+        // them (a `--resume` after this run dies early must start over, not trust it), whether
+        // or not this run keeps checkpoints of its own (a followed log does not).
         crate::resume::forget(&*services.store)?;
     }
     let files = SharedFiles::open(&config, append, resumable)?;
@@ -343,6 +344,10 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
     // The probe's frontier as seen before the last take of the plugins' captures: every capture
     // made since came from an event of this epoch or a later one (crate::resume).
     let mut seen = 0u64;
+    // A followed log with nothing new: what its lines made is flushed to the output files then,
+    // so they can be read while the run goes on (other runs flush at the end, or at checkpoints).
+    let follow = shared.config.input.follow;
+    let mut caught_up = false;
     loop {
         if shared.stop.load(Ordering::Relaxed) {
             tracing::info!(worker = index, "stop requested: no more input is read");
@@ -360,6 +365,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
             }
         } else {
             let polled = source.poll(epoch, batch_size)?;
+            caught_up = follow && polled.records.is_empty() && !polled.exhausted;
             source_done = polled.exhausted;
             if source_done {
                 tracing::info!(worker = index, epoch, "input exhausted");
@@ -395,11 +401,20 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
         check_failed(&failed)?;
         check_logs(&shared.services)?;
         complete(&mut *source, &probe)?;
+        if std::mem::take(&mut caught_up) {
+            io.events.borrow_mut().flush()?;
+            io.dead_letters.borrow_mut().flush()?;
+        }
         if let Some(cp) = &shared.checkpoints {
             cp.complete(index, frontier(&probe), seen)?;
         }
         if source_done && !released {
-            match source.release(epoch, frontier(&probe))? {
+            let release = source.release(epoch, frontier(&probe)).inspect_err(|_| {
+                // Failing: keep what was written.
+                let _ = io.events.borrow_mut().flush();
+                let _ = io.dead_letters.borrow_mut().flush();
+            })?;
+            match release {
                 Release::Done => released = true,
                 // Epochs still in the graph (a retry, say): no need to spin meanwhile.
                 Release::Waiting => {
@@ -693,13 +708,24 @@ fn flush_shared(out: &crate::io::SharedWriter) -> anyhow::Result<()> {
 }
 
 /// Reads one worker's share of a log: lines starting in `[start, end)` of the file's bytes.
-/// Positions reported for dead letters are byte offsets of the line.
+/// Positions reported for dead letters are byte offsets of the line. A share that follows the
+/// log (`[input] follow`, the last worker's) has no end: at the end of the file it waits for
+/// more, and reads a line only once its newline is there.
 pub struct SliceReader {
     reader: BufReader<File>,
     /// Where the share's first line starts.
     start: u64,
     pos: u64,
     end: u64,
+    /// Following: the file as opened (to tell it was truncated or replaced) and the bytes of a
+    /// line whose newline has not been written yet.
+    follow: Option<Followed>,
+}
+
+struct Followed {
+    path: std::path::PathBuf,
+    file: (u64, u64),
+    unfinished: Vec<u8>,
 }
 
 impl SliceReader {
@@ -716,7 +742,16 @@ impl SliceReader {
             let mut skipped = Vec::new();
             pos = start - 1 + reader.read_until(b'\n', &mut skipped)? as u64;
         }
-        Ok(Self { reader, start: pos, pos, end })
+        Ok(Self { reader, start: pos, pos, end, follow: None })
+    }
+
+    /// Reads on past the share's end as the log grows (the last share of a followed log).
+    pub fn follow(&mut self, path: &Path) -> std::io::Result<()> {
+        use std::os::unix::fs::MetadataExt as _;
+        let opened = self.reader.get_ref().metadata()?;
+        self.end = u64::MAX;
+        self.follow = Some(Followed { path: path.to_path_buf(), file: (opened.dev(), opened.ino()), unfinished: Vec::new() });
+        Ok(())
     }
 
     /// Continues from `position` (a line start recorded by a checkpoint), which must lie in
@@ -738,8 +773,15 @@ impl SliceReader {
         self.pos
     }
 
+    /// Bytes of a followed log's last line read so far, its newline not written yet.
+    pub fn unfinished(&self) -> usize {
+        self.follow.as_ref().map_or(0, |f| f.unfinished.len())
+    }
+
     /// Up to `max` lines (blank lines skipped and counted), the bytes they took, and whether
-    /// this share of the log is read to its end.
+    /// this share of the log is read to its end. A followed share is never read to its end: at
+    /// the end of the file the batch is `caught_up`; a file that shrank or was replaced is an
+    /// error (what was read stays read; nothing after it is).
     pub fn next_batch(&mut self, max: usize) -> std::io::Result<SliceBatch> {
         let mut batch = SliceBatch { records: Vec::with_capacity(max.min(4096)), ..SliceBatch::default() };
         while batch.records.len() < max {
@@ -747,15 +789,23 @@ impl SliceReader {
                 batch.done = true;
                 break;
             }
-            let mut line = Vec::new();
-            let n = self.reader.read_until(b'\n', &mut line)? as u64;
+            let mut line = self.follow.as_mut().map(|f| std::mem::take(&mut f.unfinished)).unwrap_or_default();
+            let n = read_line(&mut self.reader, &mut line)?;
+            if let Some(f) = self.follow.as_mut().filter(|_| !line.ends_with(b"\n")) {
+                f.unfinished = line;
+                if n == 0 {
+                    f.check(self.pos)?;
+                }
+                batch.caught_up = true;
+                break;
+            }
             if n == 0 {
                 batch.done = true;
                 break;
             }
             let at = self.pos;
-            self.pos += n;
-            batch.bytes += n;
+            self.pos += line.len() as u64;
+            batch.bytes += line.len() as u64;
             if line.iter().all(|b| b.is_ascii_whitespace()) {
                 batch.blank += 1;
                 continue;
@@ -764,6 +814,42 @@ impl SliceReader {
         }
         Ok(batch)
     }
+}
+
+impl Followed {
+    /// At the end of the file: it must still be the file opened, at least as long as what was
+    /// read of it.
+    fn check(&self, pos: u64) -> std::io::Result<()> {
+        use std::os::unix::fs::MetadataExt as _;
+        let now = std::fs::metadata(&self.path)?;
+        let read = pos + self.unfinished.len() as u64;
+        if (now.dev(), now.ino()) != self.file {
+            return Err(std::io::Error::other(format!(
+                "{} was replaced while followed (rotated?): {read} bytes of the file opened were read; lines written to it after that, and the new file, are not",
+                self.path.display()
+            )));
+        }
+        if now.len() < read {
+            return Err(std::io::Error::other(format!(
+                "{} shrank to {} bytes while followed (truncated?): {read} bytes had been read; nothing written after the truncation is",
+                self.path.display(),
+                now.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Appends one line, newline included when there is one, to `line`: as `read_until`, but a line
+/// that lies in the reader's buffer is copied in one allocation of its size.
+fn read_line(reader: &mut BufReader<File>, line: &mut Vec<u8>) -> std::io::Result<usize> {
+    let buf = reader.fill_buf()?;
+    if let Some(i) = memchr::memchr(b'\n', buf) {
+        line.extend_from_slice(&buf[..=i]);
+        reader.consume(i + 1);
+        return Ok(i + 1);
+    }
+    reader.read_until(b'\n', line)
 }
 
 /// What [`SliceReader::next_batch`] read.
@@ -777,6 +863,8 @@ pub struct SliceBatch {
     pub blank: u64,
     /// The share is read to its end.
     pub done: bool,
+    /// A followed share is at the end of the file for now.
+    pub caught_up: bool,
 }
 
 #[cfg(test)]

@@ -531,3 +531,112 @@ fn try_warns_about_the_configuration_and_strict_refuses() {
     assert!(err.contains("refused (--strict)") && err.contains("apiKey: required value is missing"), "{err}");
     assert!(out.stdout.is_empty());
 }
+
+/// The number of lines of `path` (0 while it does not exist).
+fn lines_in(path: &Path) -> usize {
+    std::fs::read_to_string(path).map(|t| t.lines().count()).unwrap_or(0)
+}
+
+/// Waits (checking every 20 ms, for at most 60 s) until `path` has `n` lines.
+fn wait_for_lines(path: &Path, n: usize) {
+    let started = Instant::now();
+    while lines_in(path) < n {
+        assert!(started.elapsed() < Duration::from_secs(60), "{} has {} lines, not {n}", path.display(), lines_in(path));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn follow_setup(dir: &Path) -> PathBuf {
+    plugin(dir, "mark", r#"{"name":"mark"}"#, "exports.processEvent = (e) => { e.properties.seen = true; return e }");
+    let cfg = dir.join("pf.toml");
+    std::fs::write(
+        &cfg,
+        "[input]\npath = \"e.jsonl\"\nfollow = true\n[output]\nevents = \"out/e.jsonl\"\ndead_letters = \"out/d.jsonl\"\nlogs = \"out/l.jsonl\"\n[state]\npath = \"state\"\n[[plugins]]\nid = \"m\"\npath = \"mark\"\n",
+    )
+    .unwrap();
+    cfg
+}
+
+fn event(i: usize) -> String {
+    format!("{{\"uuid\":\"u{i}\",\"event\":\"e\",\"team_id\":1,\"properties\":{{\"i\":{i}}}}}\n")
+}
+
+fn append(path: &Path, text: &str) {
+    std::fs::OpenOptions::new().append(true).open(path).unwrap().write_all(text.as_bytes()).unwrap();
+}
+
+#[test]
+fn a_followed_log_is_read_as_it_grows_a_line_once_its_newline_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("e.jsonl");
+    std::fs::write(&log, (0..3).map(event).collect::<String>()).unwrap();
+    let cfg = follow_setup(dir.path());
+    // An earlier plain run over the same state leaves its (finished) checkpoint.
+    let plain = dir.path().join("plain.toml");
+    std::fs::write(&plain, std::fs::read_to_string(&cfg).unwrap().replace("follow = true\n", "")).unwrap();
+    assert_eq!(bin().args(["run", "--no-progress"]).arg(&plain).output().unwrap().status.code(), Some(0));
+    let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
+    // Two workers: the log is split between them, the last one follows what is appended.
+    let child = bin().args(["run", "-w", "2", "--no-progress"]).arg(&cfg).stderr(stderr).spawn().unwrap();
+    let (events, dead) = (dir.path().join("out/e.jsonl"), dir.path().join("out/d.jsonl"));
+    wait_for_lines(&events, 3);
+    // Two more lines, then half of a sixth: written, but not yet a line.
+    let sixth = event(5);
+    append(&log, &format!("{}{}{}", event(3), event(4), &sixth[..20]));
+    wait_for_lines(&events, 5);
+    append(&log, &format!("{}{}", &sixth[20..], event(6)));
+    wait_for_lines(&events, 7);
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    // Each line once, processed, and the half line never read as a (broken) line of its own.
+    let mut uuids: Vec<String> = std::fs::read_to_string(&events)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            assert_eq!(v["properties"]["seen"], true, "{l}");
+            v["uuid"].as_str().unwrap().to_string()
+        })
+        .collect();
+    uuids.sort();
+    assert_eq!(uuids, (0..7).map(|i| format!("u{i}")).collect::<Vec<_>>());
+    assert_eq!(lines_in(&dead), 0, "{}", std::fs::read_to_string(&dead).unwrap_or_default());
+    assert!(stderr.contains("events in:           7"), "{stderr}");
+    // A followed log has no fixed length: --resume refuses it.
+    let out = bin().args(["run", "--resume", "--no-progress"]).arg(&cfg).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("followed log"), "{}", String::from_utf8_lossy(&out.stderr));
+    // The followed run rewrote the outputs: the plain run's checkpoint was forgotten, so a
+    // resume of the plain configuration starts over instead of trusting it.
+    let out = bin().args(["run", "--resume", "--no-progress"]).arg(&plain).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.contains("no checkpoint in this state folder"), "{stderr}");
+}
+
+#[test]
+fn a_followed_log_that_is_truncated_or_replaced_ends_the_run_with_the_reason_after_what_was_read() {
+    for (how, expected) in [("truncate", "shrank to 0 bytes"), ("replace", "was replaced")] {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("e.jsonl");
+        std::fs::write(&log, (0..3).map(event).collect::<String>()).unwrap();
+        let cfg = follow_setup(dir.path());
+        let child = bin().args(["run", "--no-progress"]).arg(&cfg).stderr(Stdio::piped()).spawn().unwrap();
+        let events = dir.path().join("out/e.jsonl");
+        wait_for_lines(&events, 3);
+        match how {
+            "truncate" => drop(std::fs::File::create(&log).unwrap()),
+            _ => {
+                std::fs::rename(&log, dir.path().join("e.jsonl.1")).unwrap();
+                std::fs::write(&log, event(9)).unwrap();
+            }
+        }
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{how}: {stderr}");
+        assert!(stderr.contains(expected), "{how}: {stderr}");
+        assert_eq!(lines_in(&events), 3, "{how}: what was read is written");
+    }
+}
