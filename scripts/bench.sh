@@ -476,7 +476,9 @@ if machine.get("bin_note"):
 w("")
 n0 = 100000 if 100000 in sizes else (sizes[0] if sizes else 100000)
 HAVE_PEER = machine.get("peer", "1") == "1"
-w(f"Input: `gen_events --count N --seed 42 --teams 3` ({machine.get('log_' + str(n0), '?')} for N = {n0:,}; ~3 KB per event, "
+log_size = re.match(r"(\d+) bytes, (\d+) lines", machine.get("log_" + str(n0), ""))
+per_event = f"~{int(log_size[1]) / int(log_size[2]) / 1000:.1f} KB per event" if log_size else "size per event unknown"
+w(f"Input: `gen_events --count N --seed 42 --teams 3` ({machine.get('log_' + str(n0), '?')} for N = {n0:,}; {per_event}, "
   "3 teams at about 61/25/15%). "
   + ("Plugins: the four peer plugins in `../shared/peer/plugins/`, unchanged, in both systems "
      "(the script checks the peer's copy against them with `diff -r`)" if HAVE_PEER else
@@ -506,6 +508,8 @@ target_row("stretch: same, vs vm2", "≥ 50", ratio(pf_rate(c3, n0, 1), p_rate("
 target_row("stretch: 3-plugin chain vs Node's unsandboxed `vm` (peer `--mode nodevm`)", "≥ 4", ratio(pf_rate(c3, n0, 1), p_rate("nodevm." + c3, n0)))
 gn = ratio(pf_rate("none", n0, 1), h_rate("floor", "serde", n0))
 target_row("graph with no plugins (`-w 1`) vs the serde parse+serialise floor", "≥ 50%", None if gn is None else gn * 100, "{:.0f}%")
+gp = ratio(pf_rate("none", n0, 1), h_rate("check", "parse_line", n0))
+target_row("graph with no plugins (`-w 1`) vs `parse_line` alone (issue 15; 100k-event runs last a quarter second: see the 1M rows by hand below the marker)", "≥ 60%", None if gp is None else gp * 100, "{:.0f}%")
 for chain in CHAINS:
     target_row(f"2 workers vs 1 worker, {LABEL[chain]}", "≥ 1.8", ratio(pf_rate(chain, n0, 2), pf_rate(chain, n0, 1)), "{:.2f}×")
 kp = ratio(kafka.get("passthrough"), kafka.get("raw"))
