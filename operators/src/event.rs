@@ -14,22 +14,53 @@ use serde_json::{Map, Value};
 mod scan;
 
 /// A line that is a valid event.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct ValidEvent {
     /// The event as JSON text.
     pub json: String,
     /// Its `team_id`.
     pub team_id: i64,
-    /// Its `uuid`.
-    pub uuid: String,
-    /// Its name (`event`).
-    pub name: String,
+    /// Its name (`event`) and `uuid`: see [`ValidEvent::name`], [`ValidEvent::uuid`].
+    names: Names,
     /// How many `posthog.capture` calls in a row led to it (0 for input events; the graph sets
     /// it for captured events, out of band: no input line can claim it).
     pub hops: u32,
     /// Where in the source its line was (as [`DeadLetter::position`]; 0 for captured events):
     /// dead letters of work done for it later name it.
     pub position: u64,
+}
+
+/// Where a valid event's name and `uuid` are: in its text when written there as they read (no
+/// escapes: the common case, no copy), else decoded.
+#[derive(Clone, Debug)]
+enum Names {
+    InText { name: std::ops::Range<usize>, uuid: std::ops::Range<usize> },
+    Decoded { name: String, uuid: String },
+}
+
+impl ValidEvent {
+    /// Its name (`event`).
+    pub fn name(&self) -> &str {
+        match &self.names {
+            Names::InText { name, .. } => &self.json[name.clone()],
+            Names::Decoded { name, .. } => name,
+        }
+    }
+
+    /// Its `uuid`.
+    pub fn uuid(&self) -> &str {
+        match &self.names {
+            Names::InText { uuid, .. } => &self.json[uuid.clone()],
+            Names::Decoded { uuid, .. } => uuid,
+        }
+    }
+}
+
+impl PartialEq for ValidEvent {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.json, self.team_id, self.name(), self.uuid(), self.hops, self.position)
+            == (&other.json, other.team_id, other.name(), other.uuid(), other.hops, other.position)
+    }
 }
 
 /// A line that is not a valid event, kept whole with the reason.
@@ -290,9 +321,10 @@ pub fn parse_owned_line(bytes: Vec<u8>, source: &str, position: u64, limits: &Ev
             None,
         ));
     }
-    let head = scan::plain_head(&text, limits.max_depth).map(|h| (h.name.to_string(), h.team_id, h.uuid.to_string()));
-    match head {
-        Some((name, team_id, uuid)) => Ok(ValidEvent { json: text, team_id, uuid, name, hops: 0, position }),
+    match scan::plain_head(&text, limits.max_depth) {
+        Some(h) => {
+            Ok(ValidEvent { json: text, team_id: h.team_id, names: Names::InText { name: h.name, uuid: h.uuid }, hops: 0, position })
+        }
         None => check_fully(&text, limits).map(|ev| ValidEvent { position, ..ev }).map_err(|reason| dead(reason, text, None)),
     }
 }
@@ -321,7 +353,7 @@ fn check_fully(text: &str, limits: &EventLimits) -> Result<ValidEvent, String> {
         properties_kind(kind)?;
     }
     let (name, team_id, uuid) = required(&head.event, &head.team_id, &head.uuid)?;
-    Ok(ValidEvent { json: text.to_string(), team_id, uuid, name, hops: 0, position: 0 })
+    Ok(ValidEvent { json: text.to_string(), team_id, names: Names::Decoded { name, uuid }, hops: 0, position: 0 })
 }
 
 /// Merges an ingestion envelope: `data` is parsed and its keys win over the envelope's (the
@@ -357,7 +389,7 @@ fn from_envelope(text: &str, data: &str, limits: &EventLimits) -> Result<ValidEv
     if json.len() > limits.max_bytes {
         return Err(format!("the event is {} bytes once merged, more than runtime.max_event_bytes ({})", json.len(), limits.max_bytes));
     }
-    Ok(ValidEvent { json, team_id, uuid, name, hops: 0, position: 0 })
+    Ok(ValidEvent { json, team_id, names: Names::Decoded { name, uuid }, hops: 0, position: 0 })
 }
 
 fn properties_kind(kind: Kind) -> Result<(), String> {
@@ -420,7 +452,7 @@ mod tests {
         let line = br#"{"uuid":"u1","event":"$pageview","team_id":2,"properties":{"b":1,"a":2}}"#;
         let ev = parse_line(line, "t", 1, &EventLimits::default()).unwrap();
         assert_eq!(ev.json.as_bytes(), line);
-        assert_eq!((ev.team_id, ev.uuid.as_str(), ev.name.as_str()), (2, "u1", "$pageview"));
+        assert_eq!((ev.team_id, ev.uuid(), ev.name()), (2, "u1", "$pageview"));
     }
 
     #[test]
@@ -571,7 +603,7 @@ mod tests {
         let full = check_fully(line, &EventLimits { max_depth, ..EventLimits::default() });
         let head = scan::plain_head(line, max_depth)?;
         let ev = full.unwrap_or_else(|e| panic!("the scan took a line the full check refuses ({e}): {line}"));
-        assert_eq!((head.name, head.team_id, head.uuid), (ev.name.as_str(), ev.team_id, ev.uuid.as_str()), "{line}");
+        assert_eq!((&line[head.name], head.team_id, &line[head.uuid]), (ev.name(), ev.team_id, ev.uuid()), "{line}");
         assert_eq!(ev.json, line);
         Some(true)
     }

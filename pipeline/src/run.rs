@@ -298,7 +298,10 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
             .probe_with(&metrics_probe);
         let checks = event_limits(&shared.config);
         let (events, dead) = input.to_stream(scope).ok_err(move |(pos, line, hops): (u64, Vec<u8>, u32)| {
-            parse_owned_line(line, &source_name, pos, &checks).map(|ev| ValidEvent { hops, ..ev })
+            parse_owned_line(line, &source_name, pos, &checks).map(|mut ev| {
+                ev.hops = hops;
+                ev
+            })
         });
         let chain = plugins.clone();
         let stats = shared.stats.clone();
@@ -635,10 +638,10 @@ fn run_event(chain: &Rc<RefCell<WorkerPlugins>>, stats: &Stats, ev: ValidEvent) 
     let mut plugins = chain.borrow_mut();
     // A team without plugins gets its event as it came, moved rather than copied (a `$snapshot`
     // goes through `process`, which counts it as skipped).
-    if ev.name != "$snapshot" && !plugins.has_chain(ev.team_id) {
+    if ev.name() != "$snapshot" && !plugins.has_chain(ev.team_id) {
         return Some(Ok(FinalEvent { team: ev.team_id, hops: ev.hops, position: ev.position, json: ev.json }));
     }
-    match plugins.process(ev.team_id, &ev.name, &ev.uuid, &ev.json, ev.hops) {
+    match plugins.process(ev.team_id, ev.name(), ev.uuid(), &ev.json, ev.hops) {
         Ok(outcome) => {
             if outcome.event.is_none() {
                 stats.add_dropped(1);
@@ -646,7 +649,7 @@ fn run_event(chain: &Rc<RefCell<WorkerPlugins>>, stats: &Stats, ev: ValidEvent) 
             outcome.event.map(|json| Ok(FinalEvent { team: ev.team_id, hops: ev.hops, position: ev.position, json }))
         }
         Err(reason) => {
-            tracing::error!(uuid = %ev.uuid, error = %reason, "event could not complete its chain: dead-lettered");
+            tracing::error!(uuid = %ev.uuid(), error = %reason, "event could not complete its chain: dead-lettered");
             Some(Err(DeadLetter { source: "chain".into(), position: ev.position, reason, raw: ev.json, raw_base64: None, failure: None }))
         }
     }

@@ -36,7 +36,7 @@ fn run_plain_loop(config: &PipelineConfig) -> Vec<String> {
             continue;
         }
         if let Ok(ev) = parse_line(line, "ref", i as u64, &operators::event::EventLimits::default())
-            && let Some(json) = plugins.process(ev.team_id, &ev.name, &ev.uuid, &ev.json, 0).unwrap().event
+            && let Some(json) = plugins.process(ev.team_id, ev.name(), ev.uuid(), &ev.json, 0).unwrap().event
         {
             out.push(json);
         }

@@ -164,7 +164,7 @@ fn measured_graph_no_plugins_1000(lines: &Arc<Vec<Vec<u8>>>) -> usize {
                     if !plugins.has_chain(ev.team_id) {
                         return Some(ev.json);
                     }
-                    plugins.process(ev.team_id, &ev.name, &ev.uuid, &ev.json, ev.hops).ok().and_then(|o| o.event)
+                    plugins.process(ev.team_id, ev.name(), ev.uuid(), &ev.json, ev.hops).ok().and_then(|o| o.event)
                 })
                 .inspect(move |out: &String| {
                     seen.fetch_add(out.len(), std::sync::atomic::Ordering::Relaxed);

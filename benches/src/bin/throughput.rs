@@ -246,7 +246,7 @@ fn chain(a: &Args) {
     let rss = proc_status_kib("VmRSS");
     let (elapsed, lat, t) = timed(&log, a.warmup, |bytes, pos| {
         let ev = parse_line(bytes, "bench", pos, &EventLimits::default()).ok()?;
-        match plugins.process(ev.team_id, &ev.name, &ev.uuid, &ev.json, ev.hops) {
+        match plugins.process(ev.team_id, ev.name(), ev.uuid(), &ev.json, ev.hops) {
             Ok(out) => {
                 failures += out.failed.len() as u64;
                 Some(out.event.map(|e| e.len()))

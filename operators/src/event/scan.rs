@@ -6,16 +6,18 @@
 //! a valid line cheaper, never change a verdict: `the_scan_agrees_with_the_full_check` holds it to
 //! that over generated and mangled lines.
 
-/// The head fields of a plain event, borrowed from its text.
+use std::ops::Range;
+
+/// The head fields of a plain event: where its name and `uuid` are in its text.
 #[derive(Debug, PartialEq)]
-pub(super) struct PlainHead<'a> {
-    pub name: &'a str,
+pub(super) struct PlainHead {
+    pub name: Range<usize>,
     pub team_id: i64,
-    pub uuid: &'a str,
+    pub uuid: Range<usize>,
 }
 
 /// Reads a plain event's head in one pass, or `None` when the full check must decide.
-pub(super) fn plain_head(text: &str, max_depth: usize) -> Option<PlainHead<'_>> {
+pub(super) fn plain_head(text: &str, max_depth: usize) -> Option<PlainHead> {
     // The scan recurses once per level: limits past the configurable ones (a library caller's
     // own) go to the full check, which does not.
     if max_depth > super::MAX_DEPTH_LIMIT {
@@ -40,8 +42,8 @@ pub(super) fn plain_head(text: &str, max_depth: usize) -> Option<PlainHead<'_>> 
             s.ws();
             // A repeated key counts as serde reads it: the last value wins.
             match key {
-                b"event" => name = Some(s.plain_string(text)?),
-                b"uuid" => uuid = Some(s.plain_string(text)?),
+                b"event" => name = Some(s.plain_string()?),
+                b"uuid" => uuid = Some(s.plain_string()?),
                 b"team_id" => team_id = Some(s.small_integer()?),
                 b"data" => return None, // an envelope, perhaps
                 b"properties" => {
@@ -202,14 +204,14 @@ impl Scan<'_> {
         Some(digits.iter().fold(0i64, |acc, d| acc * 10 + i64::from(d - b'0')))
     }
 
-    /// A non-empty string without escapes, borrowed from `text` (which `self.b` is).
-    fn plain_string<'t>(&mut self, text: &'t str) -> Option<&'t str> {
+    /// A non-empty string without escapes: where its contents are. Both ends are next to ASCII
+    /// quotes, so the range falls on character boundaries.
+    fn plain_string(&mut self) -> Option<Range<usize>> {
         self.eat(b'"')?;
         let start = self.i;
         let escaped = self.string()?;
         let end = self.i - 1;
-        // Both ends are ASCII quotes, so the slice falls on character boundaries.
-        (!escaped && end > start).then(|| &text[start..end])
+        (!escaped && end > start).then_some(start..end)
     }
 
     /// The rest of a string after its opening quote: whether it held an escape. `None` for a
@@ -317,7 +319,8 @@ mod tests {
     #[test]
     fn a_plain_event_is_read_in_one_pass() {
         let line = r#" {"uuid":"u1","event":"$pageview","team_id":2,"properties":{"a":[1,-2.5e+3,true,null,{}],"b":"x\"y"}} "#;
-        assert_eq!(plain_head(line, 64), Some(PlainHead { name: "$pageview", team_id: 2, uuid: "u1" }));
+        let head = plain_head(line, 64).unwrap();
+        assert_eq!((&line[head.name], head.team_id, &line[head.uuid]), ("$pageview", 2, "u1"));
         // The event object is level 1: properties' inner object is level 4.
         assert!(plain_head(line, 4).is_some());
         assert!(plain_head(line, 3).is_none());

@@ -122,7 +122,17 @@ impl WorkerProducer {
         })
     }
 
+    /// Fails when a record sent earlier could not be delivered (at-least-once): sinks ask once
+    /// per batch of records, before sending it.
+    pub fn check(&self) -> anyhow::Result<()> {
+        match self.delivery {
+            Delivery::AtLeastOnce => self.producer.context().check(),
+            Delivery::ExactlyOnce => Ok(()),
+        }
+    }
+
     /// Sends (at-least-once) or keeps for its epoch's transaction (exactly-once) one record.
+    /// A failed delivery of an earlier record shows in [`Self::check`].
     pub fn send(
         &mut self,
         epoch: u64,
@@ -132,10 +142,7 @@ impl WorkerProducer {
         headers: &[(&'static str, String)],
     ) -> anyhow::Result<()> {
         match self.delivery {
-            Delivery::AtLeastOnce => {
-                self.producer.context().check()?;
-                produce(&self.producer, topic, key, value, headers)
-            }
+            Delivery::AtLeastOnce => produce(&self.producer, topic, key, value, headers),
             Delivery::ExactlyOnce if epoch < self.discard_below => Ok(()),
             Delivery::ExactlyOnce => {
                 let pending =

@@ -42,6 +42,7 @@ impl KafkaSink {
 impl RecordSink for KafkaSink {
     fn write(&mut self, epoch: u64, records: &[OutRecord]) -> anyhow::Result<()> {
         let mut producer = self.producer.borrow_mut();
+        producer.check()?;
         for r in records {
             producer.send(epoch, &self.topic, self.key_of(&r.value).as_deref(), &r.value, &r.headers)?;
         }
@@ -50,6 +51,7 @@ impl RecordSink for KafkaSink {
 
     fn write_values(&mut self, epoch: u64, values: &mut dyn Iterator<Item = &str>) -> anyhow::Result<()> {
         let mut producer = self.producer.borrow_mut();
+        producer.check()?;
         for v in values {
             producer.send(epoch, &self.topic, self.key_of(v).as_deref(), v, &[])?;
         }
