@@ -268,9 +268,10 @@ impl LogSource {
         })
     }
 
-    /// Follows the log past this share's end (the last share of a followed log).
-    pub fn follow(mut self, path: &Path) -> anyhow::Result<Self> {
-        self.reader.follow(path).with_context(|| format!("cannot follow {}", path.display()))?;
+    /// Follows the log past this share's end (a followed log has one worker); a line longer
+    /// than `max_line` bytes is passed on in pieces of that size.
+    pub fn follow(mut self, path: &Path, max_line: usize) -> anyhow::Result<Self> {
+        self.reader.follow(path, max_line).with_context(|| format!("cannot follow {}", path.display()))?;
         self.following = true;
         Ok(self)
     }
@@ -333,7 +334,8 @@ impl EventSource for LogSource {
     }
 
     fn size_hint(&self) -> Option<u64> {
-        Some(self.size)
+        // A followed log has no size to measure progress against.
+        (!self.following).then_some(self.size)
     }
 }
 
@@ -389,7 +391,9 @@ pub fn open_worker_io(
     let resume_at = resume.and_then(|cp| cp.positions.get(&index).copied());
     Ok(WorkerIo {
         source: Box::new(match config.input.follow && index + 1 == peers {
-            true => LogSource::open(&config.input.path, index, peers, resume_at, checkpoints)?.follow(&config.input.path)?,
+            // Room for the longest event and a CRLF: a longer line is dead-lettered in pieces.
+            true => LogSource::open(&config.input.path, index, peers, resume_at, checkpoints)?
+                .follow(&config.input.path, usize::try_from(config.runtime.max_event_bytes).unwrap_or(usize::MAX).saturating_add(2))?,
             false => LogSource::open(&config.input.path, index, peers, resume_at, checkpoints)?,
         }),
         events: sink(&files.events),

@@ -155,6 +155,13 @@ fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if config.input.follow && (args.workers > 1 || args.processes > 1) {
+        // Each worker would measure the growing log for its share at its own moment (lines
+        // lost or read twice between shares), and those done with their share would stop
+        // serving their part of a run that never ends (scheduled tasks, metrics, flushes).
+        eprintln!("pluginflow: [input] follow reads the log with one worker: run it with -w 1 and without -n");
+        return ExitCode::from(2);
+    }
     if args.processes > 1 {
         // Each process of a cluster writes its own files (they may share a folder).
         config.per_process_outputs(args.process);
@@ -298,8 +305,9 @@ fn resume_plan(
 ) -> anyhow::Result<Option<Option<pluginflow::resume::Checkpoint>>> {
     use pluginflow::resume::{self, Plan};
     if !resume {
-        if resume::enabled(config)
-            && let Ok(Some(cp)) = resume::recorded(store)
+        // Every plain run forgets the checkpoint (its outputs are rewritten): say so when it was
+        // of a run that could have been continued, whether or not this run keeps checkpoints.
+        if let Ok(Some(cp)) = resume::recorded(store)
             && !cp.complete
         {
             eprintln!(

@@ -729,6 +729,13 @@ struct Followed {
     path: std::path::PathBuf,
     file: (u64, u64),
     unfinished: Vec<u8>,
+    /// The longest the file was seen: shorter later means truncated (even if regrown since).
+    longest: u64,
+    /// The most a line may hold before it is passed on in pieces (`runtime.max_event_bytes`
+    /// and a line break): each piece is dead-lettered, memory stays bounded.
+    max_line: usize,
+    /// A failure found after lines of the same batch were read: reported on the next call.
+    failed: Option<std::io::Error>,
 }
 
 impl SliceReader {
@@ -748,12 +755,20 @@ impl SliceReader {
         Ok(Self { reader, start: pos, pos, end, follow: None })
     }
 
-    /// Reads on past the share's end as the log grows (the last share of a followed log).
-    pub fn follow(&mut self, path: &Path) -> std::io::Result<()> {
+    /// Reads on past the share's end as the log grows (a followed log, read by one worker);
+    /// lines longer than `max_line` are passed on in pieces of that size.
+    pub fn follow(&mut self, path: &Path, max_line: usize) -> std::io::Result<()> {
         use std::os::unix::fs::MetadataExt as _;
         let opened = self.reader.get_ref().metadata()?;
         self.end = u64::MAX;
-        self.follow = Some(Followed { path: path.to_path_buf(), file: (opened.dev(), opened.ino()), unfinished: Vec::new() });
+        self.follow = Some(Followed {
+            path: path.to_path_buf(),
+            file: (opened.dev(), opened.ino()),
+            unfinished: Vec::new(),
+            longest: opened.len(),
+            max_line,
+            failed: None,
+        });
         Ok(())
     }
 
@@ -786,18 +801,28 @@ impl SliceReader {
     /// the end of the file the batch is `caught_up`; a file that shrank or was replaced is an
     /// error (what was read stays read; nothing after it is).
     pub fn next_batch(&mut self, max: usize) -> std::io::Result<SliceBatch> {
+        if let Some(e) = self.follow.as_mut().and_then(|f| f.failed.take()) {
+            return Err(e);
+        }
         let mut batch = SliceBatch { records: Vec::with_capacity(max.min(4096)), ..SliceBatch::default() };
+        let max_line = self.follow.as_ref().map_or(usize::MAX, |f| f.max_line);
         while batch.records.len() < max {
             if self.pos >= self.end {
                 batch.done = true;
                 break;
             }
             let mut line = self.follow.as_mut().map(|f| std::mem::take(&mut f.unfinished)).unwrap_or_default();
-            let n = read_line(&mut self.reader, &mut line)?;
-            if let Some(f) = self.follow.as_mut().filter(|_| !line.ends_with(b"\n")) {
+            let n = read_line(&mut self.reader, &mut line, max_line)?;
+            if let Some(f) = self.follow.as_mut().filter(|_| !line.ends_with(b"\n") && line.len() < max_line) {
                 f.unfinished = line;
-                if n == 0 {
-                    f.check(self.pos)?;
+                if n == 0
+                    && let Err(e) = f.check(self.pos)
+                {
+                    // What this batch read goes on; the failure is the next call's answer.
+                    if batch.records.is_empty() && batch.bytes == 0 {
+                        return Err(e);
+                    }
+                    f.failed = Some(e);
                 }
                 batch.caught_up = true;
                 break;
@@ -820,11 +845,12 @@ impl SliceReader {
 }
 
 impl Followed {
-    /// At the end of the file: it must still be the file opened, at least as long as what was
-    /// read of it.
-    fn check(&self, pos: u64) -> std::io::Result<()> {
+    /// At the end of the file: it must still be the file opened, never shorter than it was seen
+    /// (a truncation regrown since is one too), at least as long as what was read of it.
+    fn check(&mut self, pos: u64) -> std::io::Result<()> {
         use std::os::unix::fs::MetadataExt as _;
-        let now = std::fs::metadata(&self.path)?;
+        let now = std::fs::metadata(&self.path)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{} cannot be followed: {e}", self.path.display())))?;
         let read = pos + self.unfinished.len() as u64;
         if (now.dev(), now.ino()) != self.file {
             return Err(std::io::Error::other(format!(
@@ -832,27 +858,41 @@ impl Followed {
                 self.path.display()
             )));
         }
-        if now.len() < read {
+        let longest = self.longest.max(read);
+        if now.len() < longest {
             return Err(std::io::Error::other(format!(
-                "{} shrank to {} bytes while followed (truncated?): {read} bytes had been read; nothing written after the truncation is",
+                "{} shrank to {} bytes while followed (it had {longest}; truncated?): {read} bytes had been read; nothing written after the truncation is",
                 self.path.display(),
                 now.len()
             )));
         }
+        self.longest = now.len();
         Ok(())
     }
 }
 
-/// Appends one line, newline included when there is one, to `line`: as `read_until`, but a line
-/// that lies in the reader's buffer is copied in one allocation of its size.
-fn read_line(reader: &mut BufReader<File>, line: &mut Vec<u8>) -> std::io::Result<usize> {
-    let buf = reader.fill_buf()?;
-    if let Some(i) = memchr::memchr(b'\n', buf) {
-        line.extend_from_slice(&buf[..=i]);
-        reader.consume(i + 1);
-        return Ok(i + 1);
+/// Appends one line, newline included when there is one, to `line`, but no more than until
+/// `line` holds `max_line` bytes; returns the bytes read. A line that lies in the reader's buffer
+/// is copied in one allocation of its size.
+fn read_line(reader: &mut BufReader<File>, line: &mut Vec<u8>, max_line: usize) -> std::io::Result<usize> {
+    let mut read = 0;
+    loop {
+        let room = max_line.saturating_sub(line.len());
+        let buf = reader.fill_buf()?;
+        if buf.is_empty() || room == 0 {
+            return Ok(read);
+        }
+        let (take, ends) = match memchr::memchr(b'\n', buf) {
+            Some(i) if i < room => (i + 1, true),
+            _ => (buf.len().min(room), false),
+        };
+        line.extend_from_slice(&buf[..take]);
+        reader.consume(take);
+        read += take;
+        if ends {
+            return Ok(read);
+        }
     }
-    reader.read_until(b'\n', line)
 }
 
 /// What [`SliceReader::next_batch`] read.

@@ -575,9 +575,15 @@ fn a_followed_log_is_read_as_it_grows_a_line_once_its_newline_is_written() {
     let plain = dir.path().join("plain.toml");
     std::fs::write(&plain, std::fs::read_to_string(&cfg).unwrap().replace("follow = true\n", "")).unwrap();
     assert_eq!(bin().args(["run", "--no-progress"]).arg(&plain).output().unwrap().status.code(), Some(0));
+    // One worker reads a followed log: with more, each would measure the growing file at its
+    // own moment for its share.
+    for extra in [&["-w", "2"][..], &["-n", "2", "-p", "0"]] {
+        let out = bin().args(["run", "--no-progress"]).args(extra).arg(&cfg).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{extra:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("follow reads the log with one worker"), "{extra:?}");
+    }
     let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
-    // Two workers: the log is split between them, the last one follows what is appended.
-    let child = bin().args(["run", "-w", "2", "--no-progress"]).arg(&cfg).stderr(stderr).spawn().unwrap();
+    let child = bin().args(["run", "--no-progress"]).arg(&cfg).stderr(stderr).spawn().unwrap();
     let (events, dead) = (dir.path().join("out/e.jsonl"), dir.path().join("out/d.jsonl"));
     wait_for_lines(&events, 3);
     // Two more lines, then half of a sixth: written, but not yet a line.
@@ -618,7 +624,7 @@ fn a_followed_log_is_read_as_it_grows_a_line_once_its_newline_is_written() {
 
 #[test]
 fn a_followed_log_that_is_truncated_or_replaced_ends_the_run_with_the_reason_after_what_was_read() {
-    for (how, expected) in [("truncate", "shrank to 0 bytes"), ("replace", "was replaced")] {
+    for (how, expected) in [("truncate", "shrank to 0 bytes"), ("replace", "was replaced"), ("remove", "cannot be followed")] {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("e.jsonl");
         std::fs::write(&log, (0..3).map(event).collect::<String>()).unwrap();
@@ -626,17 +632,55 @@ fn a_followed_log_that_is_truncated_or_replaced_ends_the_run_with_the_reason_aft
         let child = bin().args(["run", "--no-progress"]).arg(&cfg).stderr(Stdio::piped()).spawn().unwrap();
         let events = dir.path().join("out/e.jsonl");
         wait_for_lines(&events, 3);
+        // Two last lines, and at once the change: those two are read from the file still open
+        // (with the end of the file that shows the change) and must still be written. A
+        // truncation destroys what it cuts, read or not: nothing is appended before it.
+        if how != "truncate" {
+            append(&log, &format!("{}{}", event(3), event(4)));
+        }
         match how {
             "truncate" => drop(std::fs::File::create(&log).unwrap()),
-            _ => {
+            "replace" => {
                 std::fs::rename(&log, dir.path().join("e.jsonl.1")).unwrap();
                 std::fs::write(&log, event(9)).unwrap();
             }
+            _ => std::fs::remove_file(&log).unwrap(),
         }
         let out = child.wait_with_output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{how}: {stderr}");
-        assert!(stderr.contains(expected), "{how}: {stderr}");
-        assert_eq!(lines_in(&events), 3, "{how}: what was read is written");
+        assert!(stderr.contains(expected) && stderr.contains("e.jsonl"), "{how}: {stderr}");
+        let want = if how == "truncate" { 3 } else { 5 };
+        assert_eq!(lines_in(&events), want, "{how}: what was read is written");
     }
+}
+
+#[test]
+fn a_followed_line_that_never_ends_is_dead_lettered_in_pieces_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("e.jsonl");
+    std::fs::write(&log, event(0)).unwrap();
+    let cfg = follow_setup(dir.path());
+    std::fs::write(&cfg, std::fs::read_to_string(&cfg).unwrap() + "[runtime]\nmax_event_bytes = 1024\n").unwrap();
+    let child = bin().args(["run", "--no-progress"]).arg(&cfg).stderr(Stdio::piped()).spawn().unwrap();
+    let (events, dead) = (dir.path().join("out/e.jsonl"), dir.path().join("out/d.jsonl"));
+    wait_for_lines(&events, 1);
+    // 5,000 bytes and no newline: held whole, they would grow without bound.
+    let long: String = (0..5000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    append(&log, &long);
+    wait_for_lines(&dead, 4);
+    append(&log, &format!("\n{}", event(1)));
+    wait_for_lines(&events, 2);
+    wait_for_lines(&dead, 5);
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    // Pieces of at most 1,026 bytes (the limit and a line break), in order, together the line.
+    let pieces: Vec<serde_json::Value> =
+        std::fs::read_to_string(&dead).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let raw: String = pieces.iter().map(|d| d["raw"].as_str().unwrap()).collect();
+    assert_eq!(raw, long);
+    assert!(pieces.iter().all(|d| d["raw"].as_str().unwrap().len() <= 1026), "{pieces:?}");
+    assert!(pieces[0]["reason"].as_str().unwrap().contains("more than runtime.max_event_bytes"), "{pieces:?}");
+    assert_eq!(lines_in(&events), 2);
 }
