@@ -62,8 +62,7 @@ pub struct InputConfig {
     #[serde(default)]
     pub path: PathBuf,
     /// Keep reading lines appended to the log, as `tail -f` does, until stopped (`kind =
-    /// "file"` only). The last worker reads what is appended; a line is read once its newline
-    /// is written.
+    /// "file"` only), with one worker; a line is read once its newline is written.
     #[serde(default)]
     pub follow: bool,
 }

@@ -389,13 +389,12 @@ pub fn open_worker_io(
     // nothing, and what it wrote since lies past the recorded lengths. It starts at its share's
     // beginning.
     let resume_at = resume.and_then(|cp| cp.positions.get(&index).copied());
+    let log = LogSource::open(&config.input.path, index, peers, resume_at, checkpoints)?;
+    // A followed log has one worker (checked at start). Room for the longest event and a CRLF:
+    // a longer line is dead-lettered in pieces.
+    let max_line = usize::try_from(config.runtime.max_event_bytes).unwrap_or(usize::MAX).saturating_add(2);
     Ok(WorkerIo {
-        source: Box::new(match config.input.follow && index + 1 == peers {
-            // Room for the longest event and a CRLF: a longer line is dead-lettered in pieces.
-            true => LogSource::open(&config.input.path, index, peers, resume_at, checkpoints)?
-                .follow(&config.input.path, usize::try_from(config.runtime.max_event_bytes).unwrap_or(usize::MAX).saturating_add(2))?,
-            false => LogSource::open(&config.input.path, index, peers, resume_at, checkpoints)?,
-        }),
+        source: Box::new(if config.input.follow { log.follow(&config.input.path, max_line)? } else { log }),
         events: sink(&files.events),
         dead_letters: sink(&files.dead_letters),
     })

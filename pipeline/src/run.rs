@@ -405,18 +405,14 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
         check_logs(&shared.services)?;
         complete(&mut *source, &probe)?;
         if std::mem::take(&mut caught_up) {
-            io.events.borrow_mut().flush()?;
-            io.dead_letters.borrow_mut().flush()?;
+            flush_data(&io.events, &io.dead_letters)?;
         }
         if let Some(cp) = &shared.checkpoints {
             cp.complete(index, frontier(&probe), seen)?;
         }
         if source_done && !released {
-            let release = source.release(epoch, frontier(&probe)).inspect_err(|_| {
-                // Failing: keep what was written.
-                let _ = io.events.borrow_mut().flush();
-                let _ = io.dead_letters.borrow_mut().flush();
-            })?;
+            // Failing: keep what was written (the release's error is the one reported).
+            let release = source.release(epoch, frontier(&probe)).inspect_err(|_| drop(flush_data(&io.events, &io.dead_letters)))?;
             match release {
                 Release::Done => released = true,
                 // Epochs still in the graph (a retry, say): no need to spin meanwhile.
@@ -472,9 +468,8 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
     while !metrics_probe.done() {
         worker.step();
     }
-    io.events.borrow_mut().flush()?;
+    flush_data(&io.events, &io.dead_letters)?;
     flush_shared(&shared.app_metrics)?;
-    io.dead_letters.borrow_mut().flush()?;
     source.complete(u64::MAX)?;
     Ok(())
 }
@@ -706,14 +701,20 @@ fn write_metric(out: &crate::io::SharedWriter, key: &MetricKey, delta: isize) {
     }
 }
 
+/// Flushes a worker's event and dead-letter outputs.
+fn flush_data(events: &crate::io::SharedSink, dead_letters: &crate::io::SharedSink) -> anyhow::Result<()> {
+    events.borrow_mut().flush()?;
+    dead_letters.borrow_mut().flush()
+}
+
 fn flush_shared(out: &crate::io::SharedWriter) -> anyhow::Result<()> {
     out.lock().expect("output lock").flush().context("cannot flush output")
 }
 
 /// Reads one worker's share of a log: lines starting in `[start, end)` of the file's bytes.
-/// Positions reported for dead letters are byte offsets of the line. A share that follows the
-/// log (`[input] follow`, the last worker's) has no end: at the end of the file it waits for
-/// more, and reads a line only once its newline is there.
+/// Positions reported for dead letters are byte offsets of the line. A followed log (`[input]
+/// follow`, one worker) has no end: at the end of the file it waits for more, and reads a line
+/// only once its newline is there.
 pub struct SliceReader {
     reader: BufReader<File>,
     /// Where the share's first line starts.
