@@ -131,15 +131,37 @@ pub struct StateConfig {
     /// Keep state in memory only (lost at exit).
     #[serde(default)]
     pub memory: bool,
+    /// Keep plugin `cache` and `storage` in this Redis server (`redis://[user:password@]host:port[/db]`),
+    /// shared by every process; queues and checkpoints stay in `path` (or memory).
+    #[serde(default)]
+    pub redis: Option<String>,
+    /// Prefix of every key this pipeline writes in Redis.
+    #[serde(default = "default_redis_prefix")]
+    pub redis_prefix: String,
+    /// How long a Redis connection or command may take before it fails (ms).
+    #[serde(default = "default_redis_timeout_ms")]
+    pub redis_timeout_ms: u64,
 }
 
 fn default_state_path() -> PathBuf {
     PathBuf::from(".state")
 }
+fn default_redis_prefix() -> String {
+    "pluginflow".into()
+}
+fn default_redis_timeout_ms() -> u64 {
+    2_000
+}
 
 impl Default for StateConfig {
     fn default() -> Self {
-        Self { path: default_state_path(), memory: false }
+        Self {
+            path: default_state_path(),
+            memory: false,
+            redis: None,
+            redis_prefix: default_redis_prefix(),
+            redis_timeout_ms: default_redis_timeout_ms(),
+        }
     }
 }
 
@@ -499,7 +521,18 @@ impl PipelineConfig {
             ("runtime.max_host_bytes_per_call", r.max_host_bytes_per_call, 0, 1 << 34),
             ("runtime.shutdown_grace_ms", r.shutdown_grace_ms, 0, 3_600_000),
             ("runtime.retry_hold_ms", r.retry_hold_ms, 0, 86_400_000),
+            ("state.redis_timeout_ms", self.state.redis_timeout_ms, 10, 600_000),
         ];
+        if let Some(url) = &self.state.redis {
+            // The scheme only: the rest (and whether the server answers) is Redis's to say at
+            // start; the URL itself is never repeated, it may hold a password.
+            if !(url.starts_with("redis://") || url.starts_with("unix://") || url.starts_with("redis+unix://")) {
+                return fail("state.redis".into(), "must be a redis:// (or unix://) URL".into());
+            }
+            if self.state.redis_prefix.is_empty() || self.state.redis_prefix.contains(char::is_whitespace) {
+                return fail("state.redis_prefix".into(), "must be a non-empty word without spaces".into());
+            }
+        }
         if let Some(h) = &self.http {
             ranges.push(("http.broker_unreachable_ms", h.broker_unreachable_ms, 100, 86_400_000));
             ranges.push(("http.commit_stall_ms", h.commit_stall_ms, 100, 86_400_000));

@@ -122,13 +122,32 @@ fn check_loads(config: &PipelineConfig, specs: &[PluginSpec], services: &HostSer
 }
 
 /// Opens the state store named by the configuration.
+/// With `[state] redis`, plugin `cache` and `storage` go to Redis and the local store (memory or
+/// the state folder) keeps queues and checkpoints.
 pub fn open_store(config: &PipelineConfig) -> anyhow::Result<Arc<dyn StateStore>> {
-    if config.state.memory {
-        return Ok(Arc::new(MemoryStore::new()));
-    }
-    std::fs::create_dir_all(&config.state.path).with_context(|| format!("cannot create state folder {}", config.state.path.display()))?;
-    let store = RocksStore::open(&config.state.path).with_context(|| format!("cannot open state in {}", config.state.path.display()))?;
+    let local: Box<dyn StateStore> = if config.state.memory {
+        Box::new(MemoryStore::new())
+    } else {
+        let path = &config.state.path;
+        std::fs::create_dir_all(path).with_context(|| format!("cannot create state folder {}", path.display()))?;
+        Box::new(RocksStore::open(path).with_context(|| format!("cannot open state in {}", path.display()))?)
+    };
+    let Some(url) = &config.state.redis else {
+        return Ok(Arc::from(local));
+    };
+    let timeout = std::time::Duration::from_millis(config.state.redis_timeout_ms);
+    let store = state::RedisStore::open(url, &config.state.redis_prefix, timeout, local)
+        .with_context(|| format!("cannot use the Redis server of [state] redis ({})", redis_address(url)))?;
     Ok(Arc::new(store))
+}
+
+/// The host and port of a Redis URL, for messages: the URL may hold a password.
+fn redis_address(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) if u.scheme().ends_with("unix") => u.path().to_owned(),
+        Ok(u) => format!("{}:{}", u.host_str().unwrap_or(""), u.port().unwrap_or(6379)),
+        Err(_) => "not a readable URL".into(),
+    }
 }
 
 /// Builds what the workers share: state, geoip, outputs and compiled plugins.

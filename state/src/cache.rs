@@ -59,9 +59,12 @@ pub(crate) fn incr<S: CacheSlots>(s: &S, key: &[u8]) -> Result<i64> {
     })
 }
 
-/// Redis integer rules, narrowed to what `str::parse` accepts minus a leading `+`.
+/// Redis's integer rules (`string2ll`): `0`, or an optional `-` and digits without a leading zero,
+/// within 64 bits. `str::parse` alone would also take `+1`, `01` and `-0`, which Redis refuses.
 fn parse_integer(s: &str) -> Result<i64> {
-    if s.starts_with('+') {
+    let digits = s.strip_prefix('-').unwrap_or(s);
+    let canonical = s == "0" || digits.bytes().next().is_some_and(|b| (b'1'..=b'9').contains(&b));
+    if !canonical || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return Err(StateError::NotAnInteger);
     }
     s.parse().map_err(|_| StateError::NotAnInteger)
@@ -184,6 +187,11 @@ mod tests {
         assert!(parse_integer("1.0").is_err());
         assert!(parse_integer("").is_err());
         assert!(parse_integer("9223372036854775808").is_err());
+        assert_eq!(parse_integer("0").unwrap(), 0);
+        assert_eq!(parse_integer("-9223372036854775808").unwrap(), i64::MIN);
+        for refused in ["01", "-0", "00", "-01", "-", "--1", "1-"] {
+            assert!(parse_integer(refused).is_err(), "{refused}");
+        }
     }
 
     #[test]

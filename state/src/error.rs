@@ -12,6 +12,9 @@ pub enum StateError {
     /// A list operation on a string key, or a string operation on a list key.
     #[error("WRONGTYPE Operation against a key holding the wrong kind of value")]
     WrongType,
+    /// A Redis command failed: the server could not be reached or answered with an error.
+    #[error("Redis command failed")]
+    Redis(#[source] redis::RedisError),
     /// RocksDB reported an error.
     #[error("RocksDB operation failed")]
     Rocks(#[from] rocksdb::Error),

@@ -5,8 +5,9 @@
 //! timely or Kafka: keys and values are plain strings and bytes, and the caller decides what
 //! they mean.
 //!
-//! Two implementations share the [`StateStore`] trait: [`MemoryStore`] (tests, `pluginflow try`)
-//! and [`RocksStore`] (one RocksDB per process, shared by all workers).
+//! Three implementations share the [`StateStore`] trait: [`MemoryStore`] (tests, `pluginflow
+//! try`), [`RocksStore`] (one RocksDB per process, shared by all workers) and [`RedisStore`]
+//! (`cache` and `storage` in a Redis server shared by every process, queues in a local store).
 #![warn(missing_docs)]
 
 mod cache;
@@ -14,12 +15,14 @@ mod clock;
 mod error;
 mod keys;
 mod memory;
+mod redis_store;
 mod rocks;
 mod value;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::StateError;
 pub use memory::MemoryStore;
+pub use redis_store::RedisStore;
 pub use rocks::RocksStore;
 
 /// Result type of this crate.

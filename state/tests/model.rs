@@ -1,17 +1,29 @@
 //! Model-based test: random sequences of cache and storage commands and clock moves, applied to
 //! `MemoryStore`, `RocksStore` and a plain `BTreeMap` model of Redis semantics written here. All
 //! three must return the same thing for every command, and hold the same visible state after it.
+//!
+//! The same sequences run against `RedisStore` on a real Redis server (Debian's `redis-server`,
+//! started here), which is also an oracle for the model: Redis's own answers. Redis keeps time by
+//! its own clock, so there the clock moves are left out and every time to live is an hour or
+//! more (nothing expires within a case); `redis_expires_keys_by_its_clock` checks expiry itself.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use proptest::prelude::*;
-use state::{CacheScope, ManualClock, MemoryStore, RocksStore, StateError, StateStore};
+use state::{CacheScope, ManualClock, MemoryStore, RedisStore, RocksStore, StateError, StateStore};
+
+#[path = "../../tests/src/redis_server.rs"]
+#[allow(dead_code)] // restarts are tested in redis.rs
+mod redis_server;
+use redis_server::RedisServer;
 
 const START_MS: u64 = 1_700_000_000_000;
 const KEYS: [&str; 3] = ["a", "b", "a/b"];
 const CONFIGS: [&str; 2] = ["cfg", "cfg/a"];
-const VALUES: [&str; 9] = ["0", "41", "-3", "x", "", "+1", " 1", "9223372036854775807", "\"7\""];
+const VALUES: [&str; 12] = ["0", "41", "-3", "x", "", "+1", " 1", "9223372036854775807", "\"7\"", "01", "-0", "-9223372036854775808"];
 
 fn scopes() -> [CacheScope; 4] {
     [
@@ -271,7 +283,9 @@ impl Model {
             None => (None, 0),
             Some((_, MValue::List(_))) => return Out::WrongType,
             Some((exp, MValue::Str(v))) => {
-                if v.starts_with('+') {
+                // Redis: "0", or digits without a leading zero after an optional minus.
+                let unsigned = v.strip_prefix('-').unwrap_or(v);
+                if v != "0" && (unsigned.starts_with('0') || unsigned.starts_with('+')) {
                     return Out::NotAnInteger;
                 }
                 match v.parse::<i64>() {
@@ -384,6 +398,42 @@ proptest! {
             let model_seen = model.snapshot();
             prop_assert_eq!(&seen, &model_seen, "model snapshot differs after step {}", step);
         }
+    }
+}
+
+/// A sequence as it runs against Redis: no clock moves or store-specific sweeps, and every time to
+/// live an hour or more, so nothing expires while a case runs on Redis's own clock.
+fn for_redis(ops: &[Op]) -> Vec<Op> {
+    ops.iter()
+        .filter_map(|op| match *op {
+            Op::Advance(_) | Op::Sweep | Op::Compact => None,
+            Op::Set(s, k, v, Some(t)) if t > 0 => Some(Op::Set(s, k, v, Some(t * 3_600))),
+            Op::Expire(s, k, t) if t > 0 => Some(Op::Expire(s, k, t * 3_600)),
+            ref op => Some(op.clone()),
+        })
+        .collect()
+}
+
+#[test]
+fn redis_agrees_with_the_model() {
+    let server = RedisServer::start();
+    let case = AtomicUsize::new(0);
+    let config = ProptestConfig { cases: 128, failure_persistence: None, ..ProptestConfig::default() };
+    let mut runner = proptest::test_runner::TestRunner::new(config);
+    let result = runner.run(&ops_strategy(), |ops| {
+        // Each case its own key prefix: an empty store on the same server.
+        let prefix = format!("model{}", case.fetch_add(1, Ordering::Relaxed));
+        let store = RedisStore::open(&server.url(), &prefix, Duration::from_secs(10), Box::new(MemoryStore::new())).unwrap();
+        let mut model = Model { now: START_MS, ..Model::default() };
+        for (step, op) in for_redis(&ops).iter().enumerate() {
+            let expected = model.apply(op);
+            prop_assert_eq!(&apply(&store, op), &expected, "redis, step {} {:?}", step, op);
+            prop_assert_eq!(&snapshot(&store), &model.snapshot(), "redis snapshot after step {}", step);
+        }
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
     }
 }
 

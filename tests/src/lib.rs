@@ -3,6 +3,7 @@
 
 pub mod broker;
 pub mod eventlog;
+pub mod redis_server;
 pub mod txnlog;
 
 use std::path::{Path, PathBuf};
