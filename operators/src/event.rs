@@ -13,8 +13,9 @@ use serde_json::{Map, Value};
 
 mod scan;
 
-/// A line that is a valid event.
-#[derive(Clone, Debug)]
+/// A line that is a valid event. (Serializable: it crosses workers and processes on its way to
+/// the worker that runs its team's plugins.)
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct ValidEvent {
     /// The event as JSON text.
     pub json: String,
@@ -28,11 +29,14 @@ pub struct ValidEvent {
     /// Where in the source its line was (as [`DeadLetter::position`]; 0 for captured events):
     /// dead letters of work done for it later name it.
     pub position: u64,
+    /// The worker that read its line (0 until the graph sets it): what is written for the event
+    /// goes back there (`crate::plugin::placement`).
+    pub reader: u32,
 }
 
 /// Where a valid event's name and `uuid` are: in its text when written there as they read (no
 /// escapes: the common case, no copy), else decoded.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 enum Names {
     InText { name: std::ops::Range<usize>, uuid: std::ops::Range<usize> },
     Decoded { name: String, uuid: String },
@@ -58,13 +62,13 @@ impl ValidEvent {
 
 impl PartialEq for ValidEvent {
     fn eq(&self, other: &Self) -> bool {
-        (&self.json, self.team_id, self.name(), self.uuid(), self.hops, self.position)
-            == (&other.json, other.team_id, other.name(), other.uuid(), other.hops, other.position)
+        (&self.json, self.team_id, self.name(), self.uuid(), self.hops, self.position, self.reader)
+            == (&other.json, other.team_id, other.name(), other.uuid(), other.hops, other.position, other.reader)
     }
 }
 
 /// A line that is not a valid event, kept whole with the reason.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DeadLetter {
     /// Where the line came from (file path or topic).
     pub source: String,
@@ -84,7 +88,7 @@ pub struct DeadLetter {
 }
 
 /// The plugin call a dead letter stands for.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PluginFailure {
     /// Plugin name.
     pub plugin: String,
@@ -322,9 +326,14 @@ pub fn parse_owned_line(bytes: Vec<u8>, source: &str, position: u64, limits: &Ev
         ));
     }
     match scan::plain_head(&text, limits.max_depth) {
-        Some(h) => {
-            Ok(ValidEvent { json: text, team_id: h.team_id, names: Names::InText { name: h.name, uuid: h.uuid }, hops: 0, position })
-        }
+        Some(h) => Ok(ValidEvent {
+            json: text,
+            team_id: h.team_id,
+            names: Names::InText { name: h.name, uuid: h.uuid },
+            hops: 0,
+            position,
+            reader: 0,
+        }),
         None => check_fully(&text, limits).map(|ev| ValidEvent { position, ..ev }).map_err(|reason| dead(reason, text, None)),
     }
 }
@@ -353,7 +362,7 @@ fn check_fully(text: &str, limits: &EventLimits) -> Result<ValidEvent, String> {
         properties_kind(kind)?;
     }
     let (name, team_id, uuid) = required(&head.event, &head.team_id, &head.uuid)?;
-    Ok(ValidEvent { json: text.to_string(), team_id, names: Names::Decoded { name, uuid }, hops: 0, position: 0 })
+    Ok(ValidEvent { json: text.to_string(), team_id, names: Names::Decoded { name, uuid }, hops: 0, position: 0, reader: 0 })
 }
 
 /// Merges an ingestion envelope: `data` is parsed and its keys win over the envelope's (the
@@ -389,7 +398,7 @@ fn from_envelope(text: &str, data: &str, limits: &EventLimits) -> Result<ValidEv
     if json.len() > limits.max_bytes {
         return Err(format!("the event is {} bytes once merged, more than runtime.max_event_bytes ({})", json.len(), limits.max_bytes));
     }
-    Ok(ValidEvent { json, team_id, names: Names::Decoded { name, uuid }, hops: 0, position: 0 })
+    Ok(ValidEvent { json, team_id, names: Names::Decoded { name, uuid }, hops: 0, position: 0, reader: 0 })
 }
 
 fn properties_kind(kind: Kind) -> Result<(), String> {

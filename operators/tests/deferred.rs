@@ -144,7 +144,7 @@ fn run_holding(h: &Harness, batches: Vec<Vec<String>>, hold_ms: u64, mut during:
             sent_at.push(h.clock.now_ms());
             for (i, json) in batch.into_iter().enumerate() {
                 // Positions as a log's byte offsets would be: distinct per event.
-                input.send(FinalEvent { team: 1, hops: 0, position: 1000 * (epoch as u64 + 1) + i as u64, json });
+                input.send(FinalEvent { team: 1, hops: 0, position: 1000 * (epoch as u64 + 1) + i as u64, reader: 0, json });
             }
             input.advance_to(epoch as u64 + 1);
             for _ in 0..20 {

@@ -274,6 +274,11 @@ pub struct RuntimeConfig {
     /// while handling a captured event is one more); deeper ones go to the dead-letter output.
     #[serde(default = "default_max_capture_hops")]
     pub max_capture_hops: u32,
+    /// Teams whose plugins run on every worker that reads their events, one instance per worker,
+    /// instead of on the team's one owner worker of the cluster: the escape for a team too busy
+    /// for one worker, right only for plugins that keep no state per instance (`global`).
+    #[serde(default)]
+    pub spread_teams: Vec<i64>,
 }
 
 fn default_max_capture_hops() -> u32 {
@@ -349,6 +354,7 @@ impl Default for RuntimeConfig {
             setup_retry_base_ms: default_setup_retry_base_ms(),
             retry_hold_ms: default_retry_hold_ms(),
             max_capture_hops: default_max_capture_hops(),
+            spread_teams: Vec::new(),
             max_event_bytes: default_max_event_bytes(),
             max_event_depth: default_max_event_depth(),
             max_timeouts: default_max_timeouts(),

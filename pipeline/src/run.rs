@@ -6,12 +6,14 @@
 //!      ▼
 //!  parse + validate ──────────────────────────► dead letters (raw line + reason)
 //!      │ ValidEvent (events captured by plugins come back here, hop count beside them)
-//!      ▼
-//!  processEvent chain of the event's team (plugin host, per worker)
-//!      │ final events (dropped ones counted)
+//!      ▼ to the team's owner worker (operators::plugin::placement)
+//!  processEvent chain of the event's team
+//!      │ ChainResult: kept, dropped or failed
+//!      ▼ back to the worker that read the line
 //!      ├──► events output (JSON lines or Kafka) ──► probe ◄── dead letters output
-//!      ▼
+//!      ▼ to the owner again
 //!  onEvent / exportEvents (dataflow::deferred: retries hold their epoch, for a while)
+//!      │ given-up work, one dead letter per event, back to the reader
 //! ```
 //!
 //! The source reads `batch_size` lines per epoch and never runs more than `max_epochs_ahead`
@@ -33,12 +35,13 @@ use differential_dataflow::input::InputSession;
 use operators::dataflow::deferred::RunDeferred;
 use operators::event::{DeadLetter, EventLimits, ValidEvent, parse_owned_line};
 use operators::plugin::deferred::{DeferredWork, FinalEvent, RetryPolicies, RetryPolicy};
+use operators::plugin::placement::Placement;
 use operators::plugin::worker::{PluginNotice, PluginSpec, WorkerPlace, WorkerPlugins};
 use operators::plugin::{GeoIp, Hook, HostServices, Limits, LogSink, PluginDefinition, PluginRuntime};
 use state::{MemoryStore, RocksStore, StateStore};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::core::{Inspect, OkErr, Probe};
+use timely::dataflow::operators::core::{Exchange, Inspect, OkErr, Probe};
 use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::vec::Map;
 use timely::dataflow::{InputHandle, ProbeHandle};
@@ -307,6 +310,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
     // open until every other piece of work (which still produces metrics) has finished.
     let mut metrics = InputSession::<u64, MetricKey, isize>::new();
     let metrics_probe = ProbeHandle::new();
+    let placement = Rc::new(Placement::of_specs(&shared.specs, peers, shared.config.runtime.spread_teams.iter().copied()));
     worker.dataflow::<u64, _, _>(|scope| {
         let out = shared.app_metrics.clone();
         metrics
@@ -316,20 +320,29 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
             .inner
             .probe_with(&metrics_probe);
         let checks = event_limits(&shared.config);
+        let reader = index as u32;
         let (events, dead) = input.to_stream(scope).ok_err(move |(pos, line, hops): (u64, Vec<u8>, u32)| {
             parse_owned_line(line, &source_name, pos, &checks).map(|mut ev| {
                 ev.hops = hops;
+                ev.reader = reader;
                 ev
             })
         });
+        // To the worker that runs the team's plugins (placement.rs), and what the chain made of
+        // each event back to the worker that read it, to be written there.
+        let events = to_owners(events, &placement, |ev: &ValidEvent| (ev.team_id, ev.reader));
         let chain = plugins.clone();
+        let outcomes = events.map(move |ev: ValidEvent| run_event(&chain, ev));
+        let outcomes = to_readers(outcomes, &placement, ChainResult::reader);
         let stats = shared.stats.clone();
         let (processed, unprocessable): (timely::dataflow::Stream<'_, u64, Vec<FinalEvent>>, _) =
-            events.flat_map(move |ev: ValidEvent| run_event(&chain, &stats, ev)).ok_err(|r: Result<FinalEvent, DeadLetter>| r);
+            outcomes.flat_map(move |r: ChainResult| r.into_result(&stats)).ok_err(|r: Result<FinalEvent, DeadLetter>| r);
         // Processed events are written here, then passed on (moved, not copied) to onEvent and
         // exportEvents only when the team has a plugin with one of them: the test
-        // DeferredWork::event would make first.
-        let (sink, stats, fail, owing) = (io.events.clone(), shared.stats.clone(), failed.clone(), plugins.clone());
+        // DeferredWork::event would make first. A team whose plugins run on another worker is
+        // passed on to that worker, which decides (asking here would load its plugins here).
+        let (sink, stats, fail, owing, place) =
+            (io.events.clone(), shared.stats.clone(), failed.clone(), plugins.clone(), placement.clone());
         let owed = processed
             .unary(Pipeline, "WriteEvents", move |_, _| {
                 move |input, output| {
@@ -341,7 +354,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
                         let mut plugins = owing.borrow_mut();
                         let mut session = output.session(&out);
                         for ev in data.drain(..) {
-                            if plugins.team_has_any(ev.team, &[Hook::OnEvent, Hook::ExportEvents]) {
+                            if place.moves(ev.team) || plugins.team_has_any(ev.team, &[Hook::OnEvent, Hook::ExportEvents]) {
                                 session.give(ev);
                             }
                         }
@@ -351,7 +364,9 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
             .probe_with(&intake);
         write_dead_letters(dead, &io.dead_letters, &shared.stats, &failed).probe_with(&intake).probe_with(&probe);
         write_dead_letters(unprocessable, &io.dead_letters, &shared.stats, &failed).probe_with(&intake).probe_with(&probe);
-        let given_up = owed.run_deferred(deferred.clone()).flat_map(exhausted_letters);
+        let owed = to_owners(owed, &placement, |ev: &FinalEvent| (ev.team, ev.reader));
+        let given_up = owed.run_deferred(deferred.clone()).flat_map(move |e| exhausted_letters(e, reader));
+        let given_up = to_readers(given_up, &placement, |l: &ReturnedLetter| l.reader).map(|l: ReturnedLetter| l.letter);
         write_dead_letters(given_up, &io.dead_letters, &shared.stats, &failed).probe_with(&probe);
     });
     let batch_size = shared.config.runtime.batch_size;
@@ -400,7 +415,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
         }
         // Background plugin work, then events plugins captured: back into the graph.
         let gave_up = plugins.borrow_mut().maintain();
-        write_now(&io.dead_letters, epoch, gave_up.into_iter().flat_map(exhausted_letters).collect(), &shared.stats)?;
+        write_now(&io.dead_letters, epoch, gave_up.into_iter().flat_map(letters_of).collect(), &shared.stats)?;
         let seen_before = std::mem::replace(&mut seen, frontier(&probe));
         let captured = plugins.borrow_mut().take_captured();
         if let Some(cp) = shared.checkpoints.as_ref().filter(|_| !captured.is_empty()) {
@@ -535,7 +550,16 @@ fn write_now(sink: &crate::io::SharedSink, epoch: u64, letters: Vec<DeadLetter>,
 
 /// The dead letters of work a plugin could not do: one per event (an export batch is split),
 /// with the plugin, configuration, hook, attempts and error as fields (and Kafka headers).
-fn exhausted_letters(e: operators::plugin::deferred::Exhausted) -> Vec<DeadLetter> {
+/// The dead letters of work that failed for good, one per event of an `exportEvents` batch, each
+/// addressed to the worker that read its event (`here` when that is not known: a job, a retry
+/// recovered from an earlier run).
+fn exhausted_letters(e: operators::plugin::deferred::Exhausted, here: u32) -> Vec<ReturnedLetter> {
+    let readers = e.readers.clone();
+    let reader = |i: usize| readers.get(i).copied().unwrap_or(here);
+    letters_of(e).into_iter().enumerate().map(|(i, letter)| ReturnedLetter { reader: reader(i), letter }).collect()
+}
+
+fn letters_of(e: operators::plugin::deferred::Exhausted) -> Vec<DeadLetter> {
     let failure = operators::event::PluginFailure {
         plugin: e.error.plugin.clone(),
         config_id: e.error.config_id.clone(),
@@ -646,25 +670,103 @@ fn retry_hold(config: &PipelineConfig) -> Duration {
     if exactly_once || crate::resume::enabled(config) { Duration::MAX } else { Duration::from_millis(config.runtime.retry_hold_ms) }
 }
 
-/// Runs one event's chain: `Ok` with the final event (none when dropped), or a dead letter when
-/// the chain could not be completed. An event is never written out without its chain.
-fn run_event(chain: &Rc<RefCell<WorkerPlugins>>, stats: &Stats, ev: ValidEvent) -> Option<Result<FinalEvent, DeadLetter>> {
+/// What the chain made of one event, on its way back to the worker that read it.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+enum ChainResult {
+    /// The event as the chain left it.
+    Kept(FinalEvent),
+    /// A plugin dropped it (counted where it was read, with the input it was counted in).
+    Dropped { reader: u32 },
+    /// The chain could not be completed: a dead letter.
+    Failed { reader: u32, letter: DeadLetter },
+}
+
+impl ChainResult {
+    fn reader(&self) -> u32 {
+        match self {
+            Self::Kept(ev) => ev.reader,
+            Self::Dropped { reader } | Self::Failed { reader, .. } => *reader,
+        }
+    }
+
+    /// The event to write, or its dead letter; `None` (counted) when it was dropped.
+    fn into_result(self, stats: &Stats) -> Option<Result<FinalEvent, DeadLetter>> {
+        match self {
+            Self::Kept(ev) => Some(Ok(ev)),
+            Self::Dropped { .. } => {
+                stats.add_dropped(1);
+                None
+            }
+            Self::Failed { letter, .. } => Some(Err(letter)),
+        }
+    }
+}
+
+/// A dead letter of `onEvent`/`exportEvents` work, on its way back to the worker that read its
+/// event.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct ReturnedLetter {
+    reader: u32,
+    letter: DeadLetter,
+}
+
+/// Sends each record to the worker that runs its team's plugins; `team_and_reader` names the
+/// record's team and the worker that read it. No exchange at all where nothing moves (one worker,
+/// or no plugin).
+fn to_owners<'s, D>(
+    stream: timely::dataflow::Stream<'s, u64, Vec<D>>,
+    placement: &Rc<Placement>,
+    team_and_reader: impl Fn(&D) -> (i64, u32) + 'static,
+) -> timely::dataflow::Stream<'s, u64, Vec<D>>
+where
+    D: timely::ExchangeData,
+{
+    if !placement.exchanges() {
+        return stream;
+    }
+    let place = placement.clone();
+    stream.exchange(move |d: &D| {
+        let (team, reader) = team_and_reader(d);
+        place.worker_for(team, reader as usize) as u64
+    })
+}
+
+/// Sends each record back to the worker that read its event (`reader`).
+fn to_readers<'s, D>(
+    stream: timely::dataflow::Stream<'s, u64, Vec<D>>,
+    placement: &Rc<Placement>,
+    reader: impl Fn(&D) -> u32 + 'static,
+) -> timely::dataflow::Stream<'s, u64, Vec<D>>
+where
+    D: timely::ExchangeData,
+{
+    if !placement.exchanges() {
+        return stream;
+    }
+    stream.exchange(move |d: &D| u64::from(reader(d)))
+}
+
+/// Runs one event's chain: the final event (or none, when dropped), or a dead letter when the
+/// chain could not be completed. An event is never written out without its chain.
+fn run_event(chain: &Rc<RefCell<WorkerPlugins>>, ev: ValidEvent) -> ChainResult {
     let mut plugins = chain.borrow_mut();
+    let (team, hops, position, reader) = (ev.team_id, ev.hops, ev.position, ev.reader);
     // A team without plugins gets its event as it came, moved rather than copied (a `$snapshot`
     // goes through `process`, which counts it as skipped).
-    if ev.name() != "$snapshot" && !plugins.has_chain(ev.team_id) {
-        return Some(Ok(FinalEvent { team: ev.team_id, hops: ev.hops, position: ev.position, json: ev.json }));
+    if ev.name() != "$snapshot" && !plugins.has_chain(team) {
+        return ChainResult::Kept(FinalEvent { team, hops, position, reader, json: ev.json });
     }
-    match plugins.process(ev.team_id, ev.name(), ev.uuid(), &ev.json, ev.hops) {
-        Ok(outcome) => {
-            if outcome.event.is_none() {
-                stats.add_dropped(1);
-            }
-            outcome.event.map(|json| Ok(FinalEvent { team: ev.team_id, hops: ev.hops, position: ev.position, json }))
-        }
+    match plugins.process(team, ev.name(), ev.uuid(), &ev.json, hops) {
+        Ok(outcome) => match outcome.event {
+            Some(json) => ChainResult::Kept(FinalEvent { team, hops, position, reader, json }),
+            None => ChainResult::Dropped { reader },
+        },
         Err(reason) => {
             tracing::error!(uuid = %ev.uuid(), error = %reason, "event could not complete its chain: dead-lettered");
-            Some(Err(DeadLetter { source: "chain".into(), position: ev.position, reason, raw: ev.json, raw_base64: None, failure: None }))
+            ChainResult::Failed {
+                reader,
+                letter: DeadLetter { source: "chain".into(), position, reason, raw: ev.json, raw_base64: None, failure: None },
+            }
         }
     }
 }

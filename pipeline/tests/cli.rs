@@ -215,7 +215,9 @@ fn sigterm_stops_reading_finishes_and_tears_down() {
     assert!(written > 0 && written < 400_000, "stopped early with {written} events written");
     assert!(stderr.contains(&format!("events out:          {written}")), "the summary counts what was written: {stderr}");
     let logs = std::fs::read_to_string(dir.path().join("out/l.jsonl")).unwrap();
-    assert_eq!(logs.matches("teardown ran").count(), 2, "teardownPlugin ran on both workers: {logs}");
+    // Team 1's instance lives on one worker of the two (events are exchanged by team): one
+    // teardown.
+    assert_eq!(logs.matches("teardown ran").count(), 1, "teardownPlugin ran for the team's one instance: {logs}");
 }
 
 #[test]

@@ -1,5 +1,6 @@
-//! Plugin state shared by the processes of a timely cluster (`-n 2`): `cache` in Redis
-//! (`[state] redis`), against a real `redis-server` started here.
+//! Plugin state in a timely cluster (`-n 2`): `cache` in Redis (`[state] redis`, a real
+//! `redis-server` started here) shared by both processes, and, with each process's own RocksDB,
+//! events exchanged by team so each configuration × team instance lives on one worker.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -9,16 +10,21 @@ use pluginflow_tests::broker::pluginflow_bin;
 use pluginflow_tests::read_json_lines;
 use pluginflow_tests::redis_server::RedisServer;
 
-/// A plugin that numbers the events of each team with `cache.incr`, and keeps the last number
-/// it handed out in `storage`.
+/// A plugin that numbers the events of each team with `cache.incr`, keeps the last number it
+/// handed out in `storage`, and counts in `global` too: `global_n` is the instance's own count, so
+/// it equals `n` only when one instance saw all of the team's events (and `setupPlugin` ran once
+/// for it: `instance` is a random id drawn there).
 fn counting_plugin(dir: &Path) {
     let p = dir.join("count");
     std::fs::create_dir_all(&p).unwrap();
     std::fs::write(p.join("plugin.json"), r#"{"name":"count","main":"index.js"}"#).unwrap();
     std::fs::write(
         p.join("index.js"),
-        "exports.processEvent = async (event, { cache, storage }) => {\n\
+        "exports.setupPlugin = ({ global }) => { global.n = 0; global.id = Math.random().toString(36).slice(2) }\n\
+         exports.processEvent = async (event, { cache, storage, global }) => {\n\
          \x20   event.properties.n = await cache.incr('n')\n\
+         \x20   event.properties.global_n = ++global.n\n\
+         \x20   event.properties.instance = global.id\n\
          \x20   await storage.set('last', event.properties.n)\n\
          \x20   return event\n\
          }\n",
@@ -26,9 +32,19 @@ fn counting_plugin(dir: &Path) {
     .unwrap();
 }
 
+/// What a run's outputs say of one team: the `cache.incr` numbers, the `global` counts and the
+/// instances that handed them out.
+#[derive(Default)]
+struct Team {
+    uuids: Vec<String>,
+    n: Vec<i64>,
+    global_n: Vec<i64>,
+    instances: std::collections::BTreeSet<String>,
+}
+
 /// Runs `pluginflow run` as processes `0..processes` of one cluster (two workers each) and
-/// returns each team's numbers, from every process's output.
-fn run_cluster(dir: &Path, config: &Path, processes: usize) -> BTreeMap<i64, Vec<i64>> {
+/// returns what each team's events say, from every process's output.
+fn run_cluster(dir: &Path, config: &Path, processes: usize) -> BTreeMap<i64, Team> {
     let mut cluster = vec![];
     if processes > 1 {
         let hosts = dir.join("hosts.txt");
@@ -46,19 +62,40 @@ fn run_cluster(dir: &Path, config: &Path, processes: usize) -> BTreeMap<i64, Vec
             cmd.arg(config).stderr(Stdio::piped()).spawn().unwrap()
         })
         .collect();
-    let mut numbers: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+    let mut teams: BTreeMap<i64, Team> = BTreeMap::new();
     for (p, child) in children.into_iter().enumerate() {
         let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "process {p}: {}", String::from_utf8_lossy(&out.stderr));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "process {p}: {stderr}");
+        // Each process accounts for what it read: what the chain made of an event is written
+        // (or counted) by the worker that read it, wherever the plugins ran.
+        let count = |what: &str| -> u64 {
+            let line = stderr.lines().find(|l| l.trim_start().starts_with(what)).unwrap_or_else(|| panic!("no '{what}' in {stderr}"));
+            line.rsplit(' ').next().unwrap().parse().unwrap()
+        };
+        let (read, out_, dropped, dead) =
+            (count("events in:"), count("events out:"), count("dropped by plugins:"), count("dead-lettered:"));
+        assert_eq!(read, out_ + dropped + dead, "process {p}: in = out + dropped + dead-lettered\n{stderr}");
         let file = if processes > 1 { format!("out/e.p{p}.jsonl") } else { "out/e.jsonl".to_owned() };
         let events = read_json_lines(&dir.join(file));
         assert!(!events.is_empty(), "process {p} did some of the work");
+        assert_eq!(events.len() as u64, out_, "process {p} wrote what it counted");
         for e in events {
-            numbers.entry(e["team_id"].as_i64().unwrap()).or_default().push(e["properties"]["n"].as_i64().unwrap());
+            let team = teams.entry(e["team_id"].as_i64().unwrap()).or_default();
+            team.uuids.push(e["uuid"].as_str().unwrap().to_owned());
+            let props = &e["properties"];
+            if let Some(n) = props["n"].as_i64() {
+                team.n.push(n);
+                team.global_n.push(props["global_n"].as_i64().unwrap());
+                team.instances.insert(props["instance"].as_str().unwrap().to_owned());
+            }
         }
     }
-    numbers.values_mut().for_each(|v| v.sort_unstable());
-    numbers
+    for team in teams.values_mut() {
+        team.n.sort_unstable();
+        team.global_n.sort_unstable();
+    }
+    teams
 }
 
 /// Checks that `seen` (sorted) is exactly `want`, saying what differs rather than printing both.
@@ -95,14 +132,14 @@ fn two_processes_count_one_teams_events_exactly_with_redis_state() {
     .unwrap();
 
     // Four workers in two processes increment one counter per team: 1..=count, each once.
-    let numbers = run_cluster(dir.path(), &config, 2);
-    assert_exactly(&numbers[&1], 1..=2000, "team 1, every event counted once across the cluster");
-    assert_exactly(&numbers[&2], 1..=1000, "team 2, its own counter");
+    let teams = run_cluster(dir.path(), &config, 2);
+    assert_exactly(&teams[&1].n, 1..=2000, "team 1, every event counted once across the cluster");
+    assert_exactly(&teams[&2].n, 1..=1000, "team 2, its own counter");
 
     // Another cluster shape later (one process): the same counters carry on.
-    let numbers = run_cluster(dir.path(), &config, 1);
-    assert_exactly(&numbers[&1], 2001..=4000, "team 1, second run");
-    assert_exactly(&numbers[&2], 1001..=2000, "team 2, second run");
+    let teams = run_cluster(dir.path(), &config, 1);
+    assert_exactly(&teams[&1].n, 2001..=4000, "team 1, second run");
+    assert_exactly(&teams[&2].n, 1001..=2000, "team 2, second run");
 
     // `storage` is in Redis too: the last number any process stored is a number it handed out.
     let store =
@@ -113,6 +150,85 @@ fn two_processes_count_one_teams_events_exactly_with_redis_state() {
         let last = state::StateStore::storage_get(&store, &format!("c/{team}"), "last").unwrap().expect("stored");
         assert!((1..=handed_out).contains(&last.parse::<i64>().unwrap()), "team {team}: {last}");
     }
+}
+
+/// Events of ~100 teams over two processes of two workers, each process with its own RocksDB:
+/// every team's events go to one worker of the cluster, so its counter (in that process's
+/// RocksDB) counts every event once, one instance (one `setupPlugin`, one `global`) serves the
+/// team, and nothing is lost or doubled. `spread_teams` keeps one team where it is read.
+#[test]
+fn two_processes_exchange_events_by_team_so_rocksdb_counts_are_exact_and_each_team_has_one_instance() {
+    let dir = tempfile::tempdir().unwrap();
+    let team_of = |i: usize| (i * 7919 % 97) as i64 + 1; // 97 teams, interleaved through the log
+    let lines: String =
+        (0..4000).map(|i| format!("{{\"uuid\":\"u{i}\",\"event\":\"e\",\"team_id\":{},\"properties\":{{}}}}\n", team_of(i))).collect();
+    std::fs::write(dir.path().join("e.jsonl"), lines).unwrap();
+    let mut want: BTreeMap<i64, i64> = BTreeMap::new();
+    (0..4000).for_each(|i| *want.entry(team_of(i)).or_default() += 1);
+    counting_plugin(dir.path());
+    let config = dir.path().join("pf.toml");
+    let write_config = |spread: &str| {
+        std::fs::write(
+            &config,
+            format!(
+                "[input]\npath = \"e.jsonl\"\n[output]\nevents = \"out/e.jsonl\"\n[state]\npath = \"state\"\n\
+                 [runtime]\nspread_teams = [{spread}]\n[[plugins]]\nid = \"c\"\npath = \"count\"\n"
+            ),
+        )
+        .unwrap()
+    };
+    write_config("");
+    let teams = run_cluster(dir.path(), &config, 2);
+    assert_eq!(teams.keys().copied().collect::<Vec<_>>(), want.keys().copied().collect::<Vec<_>>());
+    for (team, seen) in &teams {
+        let count = want[team];
+        assert_exactly(&seen.n, 1..=count, &format!("team {team}, cache.incr in one process's RocksDB"));
+        assert_exactly(&seen.global_n, 1..=count, &format!("team {team}, global of its one instance"));
+        assert_eq!(seen.instances.len(), 1, "team {team}: one instance in the cluster, {:?}", seen.instances);
+    }
+
+    // A spread team is run where it is read: more than one instance, each counting its share
+    // (this is why spreading is only for plugins without per-instance state).
+    let hot = *want.iter().max_by_key(|(_, c)| **c).unwrap().0;
+    std::fs::remove_dir_all(dir.path().join("out")).unwrap();
+    for p in 0..2 {
+        std::fs::remove_dir_all(dir.path().join(format!("state.p{p}"))).unwrap();
+    }
+    write_config(&hot.to_string());
+    let teams = run_cluster(dir.path(), &config, 2);
+    let spread = &teams[&hot];
+    assert!(spread.instances.len() > 1, "team {hot} spread over the workers that read it: {:?}", spread.instances);
+    assert_eq!(spread.n.len() as i64, want[&hot], "every event of the spread team written once");
+    for (team, seen) in teams.iter().filter(|(t, _)| **t != hot) {
+        assert_exactly(&seen.global_n, 1..=want[team], &format!("team {team}, not spread"));
+    }
+}
+
+/// A plugin that drops every event whose uuid ends in 7, run on the team's owner: the drop is
+/// counted by the process that read the event, and every other event is written there once.
+#[test]
+fn what_the_owner_made_of_an_event_is_written_and_counted_where_it_was_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines: String =
+        (0..3000).map(|i| format!("{{\"uuid\":\"u{i}\",\"event\":\"e\",\"team_id\":{},\"properties\":{{}}}}\n", i % 5 + 1)).collect();
+    std::fs::write(dir.path().join("e.jsonl"), lines).unwrap();
+    let p = dir.path().join("drop");
+    std::fs::create_dir_all(&p).unwrap();
+    std::fs::write(p.join("plugin.json"), r#"{"name":"drop","main":"index.js"}"#).unwrap();
+    std::fs::write(p.join("index.js"), "exports.processEvent = (event) => event.uuid.endsWith('7') ? null : event\n").unwrap();
+    let config = dir.path().join("pf.toml");
+    std::fs::write(
+        &config,
+        "[input]\npath = \"e.jsonl\"\n[output]\nevents = \"out/e.jsonl\"\n[state]\nmemory = true\n[[plugins]]\nid = \"d\"\npath = \"drop\"\n",
+    )
+    .unwrap();
+    let teams = run_cluster(dir.path(), &config, 2);
+    let mut seen: Vec<String> = teams.into_values().flat_map(|t| t.uuids).collect();
+    seen.sort();
+    let mut want: Vec<String> = (0..3000).map(|i| format!("u{i}")).filter(|u| !u.ends_with('7')).collect();
+    want.sort();
+    assert_eq!(seen.len(), want.len());
+    assert!(seen == want, "every kept event written once");
 }
 
 #[test]

@@ -42,7 +42,7 @@
 //!         let probe = events.run_deferred(work).inspect(move |e| sink.borrow_mut().push(e.clone())).probe().0;
 //!         (input, probe)
 //!     });
-//!     input.send(FinalEvent { team: 1, hops: 0, position: 0, json: r#"{"uuid":"u","event":"e","team_id":1}"#.to_string() });
+//!     input.send(FinalEvent { team: 1, hops: 0, position: 0, reader: 0, json: r#"{"uuid":"u","event":"e","team_id":1}"#.to_string() });
 //!     input.advance_to(1);
 //!     while probe.less_than(&1) {
 //!         worker.step();

@@ -107,10 +107,13 @@ pub struct Task {
     pub queue_id: Option<QueueItemId>,
     /// Where each of its events was in the input, in order.
     pub positions: Vec<u64>,
+    /// The worker that read each of its events, in order (empty for a retry recovered from the
+    /// durable queue: its dead letters are written where it runs).
+    pub readers: Vec<u32>,
 }
 
 /// An event that left the `processEvent` chain: what `onEvent` and `exportEvents` are owed.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct FinalEvent {
     /// Its team.
     pub team: i64,
@@ -118,6 +121,10 @@ pub struct FinalEvent {
     pub hops: u32,
     /// Where its line was in the input (0 for a captured event).
     pub position: u64,
+    /// The worker that read its line (or captured it): what is written for it, dead letters
+    /// of its `onEvent`/`exportEvents` included, goes back there, so it is written with that
+    /// worker's input offsets (see `operators::plugin::placement`).
+    pub reader: u32,
     /// The event as JSON, as the chain left it.
     pub json: String,
 }
@@ -168,6 +175,9 @@ pub struct Exhausted {
     /// Where each event of the payload was in the input, in order (empty when it came from no
     /// input line: a job).
     pub positions: Vec<u64>,
+    /// The worker that read each event of the payload, in order (empty when it came from no
+    /// input line, or from a recovered retry: written where it ran).
+    pub readers: Vec<u32>,
 }
 
 impl Exhausted {
@@ -230,6 +240,8 @@ struct ExportBuffer {
     events: Vec<String>,
     /// Input positions of `events`, in order.
     positions: Vec<u64>,
+    /// The workers that read `events`, in order.
+    readers: Vec<u32>,
     chars: usize,
     /// When the first buffered event came (ms on the worker's clock).
     started: Option<u64>,
@@ -244,14 +256,20 @@ impl ExportBuffer {
         let epoch = self.min_epoch.take().unwrap_or_default();
         self.chars = 0;
         self.started = None;
-        Some(Batch { events: std::mem::take(&mut self.events), positions: std::mem::take(&mut self.positions), epoch })
+        Some(Batch {
+            events: std::mem::take(&mut self.events),
+            positions: std::mem::take(&mut self.positions),
+            readers: std::mem::take(&mut self.readers),
+            epoch,
+        })
     }
 }
 
-/// A flushed export buffer: its events, their input positions, and its earliest epoch.
+/// A flushed export buffer: its events, their input positions and readers, and its earliest epoch.
 struct Batch {
     events: Vec<String>,
     positions: Vec<u64>,
+    readers: Vec<u32>,
     epoch: u64,
 }
 
@@ -312,7 +330,7 @@ impl DeferredWork {
     /// that has it, and the event added to export buffers. Returns retries, give-ups and
     /// size-triggered export steps.
     pub fn event(&mut self, epoch: u64, event: &FinalEvent) -> Vec<Step> {
-        let FinalEvent { team, hops, position, .. } = *event;
+        let FinalEvent { team, hops, position, reader, .. } = *event;
         let keys = self.plugins.borrow_mut().team_instances_with(team, &[Hook::OnEvent, Hook::ExportEvents]);
         if keys.is_empty() {
             return Vec::new();
@@ -328,11 +346,12 @@ impl DeferredWork {
                 (inst.has(Hook::OnEvent), inst.has(Hook::ExportEvents), inst.config_id().to_string())
             };
             if has_export {
-                steps.extend(self.buffer(key, &config_id, epoch, position, &name, &processed));
+                steps.extend(self.buffer(key, &config_id, epoch, (position, reader), &name, &processed));
             }
             if has_on_event {
                 let kind = TaskKind::OnEvent(processed.clone());
-                let task = Task { config_id, team, kind, attempts: 0, epoch, queue_id: None, positions: vec![position] };
+                let task =
+                    Task { config_id, team, kind, attempts: 0, epoch, queue_id: None, positions: vec![position], readers: vec![reader] };
                 steps.push(self.run(task));
             }
             self.plugins.borrow_mut().collect_outbox_of(key, hops);
@@ -340,14 +359,22 @@ impl DeferredWork {
         steps
     }
 
-    fn buffer(&mut self, key: InstanceKey, config_id: &str, epoch: u64, position: u64, name: &str, processed: &str) -> Vec<Step> {
+    fn buffer(&mut self, key: InstanceKey, config_id: &str, epoch: u64, from: (u64, u32), name: &str, processed: &str) -> Vec<Step> {
         if !self.buffers.contains_key(&key) {
             let settings = {
                 let mut plugins = self.plugins.borrow_mut();
                 let inst = plugins.instance_mut(key).expect("checked by the caller");
                 ExportSettings::from_config(|k| inst.config_text(k))
             };
-            let buffer = ExportBuffer { settings, events: Vec::new(), positions: Vec::new(), chars: 0, started: None, min_epoch: None };
+            let buffer = ExportBuffer {
+                settings,
+                events: Vec::new(),
+                positions: Vec::new(),
+                readers: Vec::new(),
+                chars: 0,
+                started: None,
+                min_epoch: None,
+            };
             self.buffers.insert(key, buffer);
         }
         let now = self.plugins.borrow().now_ms();
@@ -362,7 +389,8 @@ impl DeferredWork {
             batches.extend(buffer.take());
         }
         buffer.events.push(processed.to_string());
-        buffer.positions.push(position);
+        buffer.positions.push(from.0);
+        buffer.readers.push(from.1);
         buffer.chars += size;
         buffer.min_epoch = Some(buffer.min_epoch.map_or(epoch, |m| m.min(epoch)));
         buffer.started.get_or_insert(now);
@@ -373,9 +401,9 @@ impl DeferredWork {
     }
 
     fn export(&mut self, key: InstanceKey, config_id: &str, batch: Batch) -> Step {
-        let Batch { events, positions, epoch } = batch;
+        let Batch { events, positions, readers, epoch } = batch;
         let kind = TaskKind::Export(events);
-        self.run(Task { config_id: config_id.to_string(), team: key.1, kind, attempts: 0, epoch, queue_id: None, positions })
+        self.run(Task { config_id: config_id.to_string(), team: key.1, kind, attempts: 0, epoch, queue_id: None, positions, readers })
     }
 
     /// Export buffers due by `now_ms` (or all of them with `force`, at shutdown), exported now.
@@ -444,7 +472,14 @@ impl DeferredWork {
                 // Failed for good, or a plain error (never retried): either way the work was
                 // not done, so it goes to the dead-letter output rather than vanishing.
                 let payload = task.payload();
-                Step::GaveUp(Exhausted { attempts: task.attempts, payload, epoch: task.epoch, error, positions: task.positions })
+                Step::GaveUp(Exhausted {
+                    attempts: task.attempts,
+                    payload,
+                    epoch: task.epoch,
+                    error,
+                    positions: task.positions,
+                    readers: task.readers,
+                })
             }
         }
     }
@@ -547,6 +582,7 @@ impl DeferredWork {
                         payload: String::from_utf8_lossy(&item.payload).into_owned(),
                         epoch,
                         positions: Vec::new(),
+                        readers: Vec::new(),
                     });
                     if let Err(e) = self.store.queue_ack(RETRY_QUEUE, item.id) {
                         tracing::error!(error = %e, "cannot acknowledge an unreadable retry");
@@ -579,6 +615,8 @@ impl DeferredWork {
             epoch,
             queue_id: Some(item.id),
             positions,
+            // A worker index of the run that queued it would mean nothing in this one.
+            readers: Vec::new(),
         })
     }
 }

@@ -21,6 +21,7 @@ pub mod instance;
 pub mod log;
 pub mod manifest;
 pub mod marks;
+pub mod placement;
 pub mod runtime;
 pub mod schedule;
 pub mod source;

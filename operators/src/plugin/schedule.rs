@@ -43,17 +43,6 @@ impl Schedule {
     }
 }
 
-/// The worker (of `peers` in the cluster) that owns configuration `config_id` for `team`.
-pub fn owner(config_id: &str, team: i64, peers: usize) -> usize {
-    // FNV-1a: stable across processes and builds, unlike the standard library's hasher.
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in config_id.bytes().chain(team.to_le_bytes()) {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    (hash % peers.max(1) as u64) as usize
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,27 +69,5 @@ mod tests {
         assert!(s.due(9 * MIN + 30_000));
         s.ran(9 * MIN + 30_001);
         assert!(!s.due(9 * MIN + 59_000));
-    }
-
-    #[test]
-    fn owners_spread_and_are_stable() {
-        let owners: Vec<usize> = (0..64).map(|t| owner("cfg", t, 4)).collect();
-        for w in 0..4 {
-            assert!(owners.contains(&w), "worker {w} owns nothing: {owners:?}");
-        }
-        assert_eq!(owner("cfg", 7, 1), 0);
-    }
-
-    /// Ownership must not change between builds or processes (a cluster's processes must agree,
-    /// and a restart must find its schedules where it left them). Golden values computed with
-    /// an independent FNV-1a (Python, checked against the published vector for "a":
-    /// 0xaf63dc4c8601ec8c) over the id's bytes and the team as 8 little-endian bytes.
-    #[test]
-    fn owners_match_golden_fnv1a_values() {
-        let got: Vec<usize> = (0..8).map(|t| owner("cfg", t, 4)).collect();
-        assert_eq!(got, [1, 0, 3, 2, 1, 0, 3, 2]);
-        assert_eq!(owner("hello (12)", 2, 3), 0);
-        assert_eq!(owner("x", -1, 7), 6);
-        assert_eq!(owner("x", -1, 0), 0, "no peers counts as one");
     }
 }

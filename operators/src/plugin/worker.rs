@@ -19,8 +19,9 @@ use super::error::{Hook, PluginError};
 use super::host::HostServices;
 use super::instance::{InstanceConfig, PluginDefinition, PluginInstance};
 use super::log::LogLevel;
+use super::placement::team_owner;
 use super::runtime::{Limits, PluginRuntime};
-use super::schedule::{Schedule, owner, period_ms};
+use super::schedule::{Schedule, period_ms};
 
 /// One plugin configuration, as the pipeline hands it over.
 #[derive(Clone, Debug)]
@@ -217,8 +218,16 @@ impl WorkerPlugins {
     /// Creates (and sets up) the instances of every configuration that names its teams, so
     /// load problems show at start rather than at a team's first event.
     pub fn preload(&mut self) {
-        let pairs: Vec<(usize, i64)> =
-            self.specs.iter().enumerate().flat_map(|(i, s)| s.teams.iter().flatten().map(move |t| (i, *t))).collect();
+        // Only the teams this worker owns: the others' events never come here (or, for a spread
+        // team, bring their instances with them).
+        let (index, peers) = (self.place.index, self.place.peers);
+        let pairs: Vec<(usize, i64)> = self
+            .specs
+            .iter()
+            .enumerate()
+            .flat_map(|(i, s)| s.teams.iter().flatten().map(move |t| (i, *t)))
+            .filter(|&(_, team)| team_owner(team, peers) == index)
+            .collect();
         for (i, team) in pairs {
             self.ensure(i, team);
         }
@@ -349,7 +358,7 @@ impl WorkerPlugins {
         let mut keys: Vec<InstanceKey> = self.instances.keys().copied().collect();
         keys.sort();
         for key in keys {
-            if owner(&self.specs[key.0].id, key.1, self.place.peers) != self.place.index {
+            if team_owner(key.1, self.place.peers) != self.place.index {
                 continue;
             }
             for hook in [Hook::RunEveryMinute, Hook::RunEveryHour, Hook::RunEveryDay] {
@@ -421,6 +430,7 @@ impl WorkerPlugins {
                 payload,
                 epoch: 0,
                 positions: Vec::new(),
+                readers: Vec::new(),
             })
         };
         let raw = String::from_utf8_lossy(&item.payload).into_owned();
@@ -473,7 +483,14 @@ impl WorkerPlugins {
             Err(e) => {
                 self.metric(key, Hook::Job, Outcome::Failed, 1);
                 self.notices.push(PluginNotice::CallFailed(e.clone()));
-                Some(super::deferred::Exhausted { error: e, attempts, payload: job.to_string(), epoch: 0, positions: Vec::new() })
+                Some(super::deferred::Exhausted {
+                    error: e,
+                    attempts,
+                    payload: job.to_string(),
+                    epoch: 0,
+                    positions: Vec::new(),
+                    readers: Vec::new(),
+                })
             }
         }
     }
