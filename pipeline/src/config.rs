@@ -279,6 +279,14 @@ pub struct RuntimeConfig {
     /// for one worker, right only for plugins that keep no state per instance (`global`).
     #[serde(default)]
     pub spread_teams: Vec<i64>,
+    /// QuickJS heap all instances of one worker may hold, in MiB, before the instances of the
+    /// least recently used teams are torn down (0: no budget).
+    #[serde(default = "default_instance_memory_budget_mb")]
+    pub instance_memory_budget_mb: u64,
+}
+
+fn default_instance_memory_budget_mb() -> u64 {
+    2048
 }
 
 fn default_max_capture_hops() -> u32 {
@@ -355,6 +363,7 @@ impl Default for RuntimeConfig {
             retry_hold_ms: default_retry_hold_ms(),
             max_capture_hops: default_max_capture_hops(),
             spread_teams: Vec::new(),
+            instance_memory_budget_mb: default_instance_memory_budget_mb(),
             max_event_bytes: default_max_event_bytes(),
             max_event_depth: default_max_event_depth(),
             max_timeouts: default_max_timeouts(),
@@ -528,6 +537,7 @@ impl PipelineConfig {
             ("runtime.shutdown_grace_ms", r.shutdown_grace_ms, 0, 3_600_000),
             ("runtime.retry_hold_ms", r.retry_hold_ms, 0, 86_400_000),
             ("state.redis_timeout_ms", self.state.redis_timeout_ms, 10, 600_000),
+            ("runtime.instance_memory_budget_mb", r.instance_memory_budget_mb, 0, 1 << 20),
         ];
         if let Some(url) = &self.state.redis {
             // The scheme only: the rest (and whether the server answers) is Redis's to say at

@@ -157,6 +157,12 @@ pub fn prometheus(state: &HttpState) -> String {
         "Events plugins captured (sent back into the graph, or dead-lettered as capture loops).",
         s.captured,
     );
+    counter("pluginflow_instances_created_total", "Plugin instances (configuration x team) created.", s.instances_created);
+    counter(
+        "pluginflow_instances_evicted_total",
+        "Plugin instances torn down to keep a worker within runtime.instance_memory_budget_mb.",
+        s.instances_evicted,
+    );
     out.push_str(
         "# HELP pluginflow_plugin_calls_total Plugin hook calls by outcome (app metrics).\n# TYPE pluginflow_plugin_calls_total counter\n",
     );

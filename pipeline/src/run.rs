@@ -279,6 +279,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
                     ..RetryPolicy::setup()
                 },
                 job_policy: RetryPolicy { base: Duration::from_millis(shared.config.runtime.on_event_retry_base_ms), ..RetryPolicy::job() },
+                instance_budget: usize::try_from(shared.config.runtime.instance_memory_budget_mb << 20).unwrap_or(usize::MAX),
             },
         ),
     ));
@@ -779,6 +780,7 @@ fn record_notices(stats: &Stats, plugins: &mut WorkerPlugins, metrics: &mut Inpu
             PluginNotice::LoadFailed { config_id, .. } => stats.add_failure(&config_id, "load"),
             PluginNotice::Skipped { config_id, reason, count } => stats.add_skip(config_id.as_deref().unwrap_or("*"), reason, count),
             PluginNotice::Refused { config_id, what, count } => stats.add_refused(&config_id, what, count),
+            PluginNotice::Instances { created, evicted } => stats.add_instances(created, evicted),
             PluginNotice::Metric(m) => {
                 let minute = clock.now_ms() / 60_000 * 60_000;
                 let key = (m.config_id.clone(), m.team, m.hook.as_str().to_string(), m.outcome.as_str().to_string(), minute);

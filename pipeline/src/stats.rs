@@ -16,6 +16,8 @@ pub struct Stats {
     dropped: AtomicU64,
     dead_lettered: AtomicU64,
     captured: AtomicU64,
+    instances_created: AtomicU64,
+    instances_evicted: AtomicU64,
     failures: Mutex<BTreeMap<(String, String), u64>>,
     metrics: Mutex<BTreeMap<(String, i64, String, String), u64>>,
     skips: Mutex<BTreeMap<(String, String), u64>>,
@@ -42,6 +44,11 @@ pub struct Summary {
     /// Events plugins captured (`posthog.capture`): sent back into the graph, or dead-lettered
     /// (capture loops, captures after the input closed).
     pub captured: u64,
+    /// Plugin instances (configuration × team) created, and evicted to keep within
+    /// `runtime.instance_memory_budget_mb`.
+    pub instances_created: u64,
+    /// See `instances_created`.
+    pub instances_evicted: u64,
     /// Failures per (plugin configuration, hook).
     pub failures: BTreeMap<(String, String), u64>,
     /// App metrics: counts per (configuration, team, hook, outcome).
@@ -79,6 +86,11 @@ impl Stats {
     pub fn add_dead(&self, n: u64) {
         self.dead_lettered.fetch_add(n, Ordering::Relaxed);
     }
+    /// Records plugin instances created and evicted.
+    pub fn add_instances(&self, created: u64, evicted: u64) {
+        self.instances_created.fetch_add(created, Ordering::Relaxed);
+        self.instances_evicted.fetch_add(evicted, Ordering::Relaxed);
+    }
     /// Records events captured by plugins.
     pub fn add_captured(&self, n: u64) {
         self.captured.fetch_add(n, Ordering::Relaxed);
@@ -111,6 +123,8 @@ impl Stats {
             dropped: self.dropped.load(Ordering::Relaxed),
             dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
             captured: self.captured.load(Ordering::Relaxed),
+            instances_created: self.instances_created.load(Ordering::Relaxed),
+            instances_evicted: self.instances_evicted.load(Ordering::Relaxed),
             failures: self.failures.lock().expect("stats lock").clone(),
             metrics: self.metrics.lock().expect("stats lock").clone(),
             skips: self.skips.lock().expect("stats lock").clone(),
@@ -137,6 +151,7 @@ impl Summary {
         let _ = writeln!(s, "  dropped by plugins:  {}", self.dropped);
         let _ = writeln!(s, "  dead-lettered:       {}", self.dead_lettered);
         let _ = writeln!(s, "  captured by plugins: {}", self.captured);
+        let _ = writeln!(s, "  plugin instances:    {} created, {} evicted", self.instances_created, self.instances_evicted);
         if self.failures.is_empty() {
             let _ = writeln!(s, "  plugin failures:     none");
         } else {

@@ -231,6 +231,50 @@ fn what_the_owner_made_of_an_event_is_written_and_counted_where_it_was_read() {
     assert!(seen == want, "every kept event written once");
 }
 
+/// 300 teams through two workers whose instance budget holds a few instances: idle teams are
+/// evicted (teardownPlugin runs), come back when their events do, and nothing is lost: every
+/// event is written once, and every instance created is torn down exactly once.
+#[test]
+fn many_teams_under_a_small_instance_budget_are_evicted_and_recreated_without_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let team_of = |i: usize| ((i * i) % 300) as i64 + 1;
+    let lines: String =
+        (0..3000).map(|i| format!("{{\"uuid\":\"u{i}\",\"event\":\"e\",\"team_id\":{},\"properties\":{{}}}}\n", team_of(i))).collect();
+    std::fs::write(dir.path().join("e.jsonl"), lines).unwrap();
+    let p = dir.path().join("ballast");
+    std::fs::create_dir_all(&p).unwrap();
+    std::fs::write(p.join("plugin.json"), r#"{"name":"ballast","main":"index.js"}"#).unwrap();
+    std::fs::write(
+        p.join("index.js"),
+        "exports.setupPlugin = ({ global }) => { global.ballast = new Array(32768).fill(0).map((_, i) => i) }\n\
+         exports.processEvent = (event) => { event.properties.seen = true; return event }\n\
+         exports.teardownPlugin = () => { console.log('teardown') }\n",
+    )
+    .unwrap();
+    let config = dir.path().join("pf.toml");
+    std::fs::write(
+        &config,
+        "[input]\npath = \"e.jsonl\"\n[output]\nevents = \"out/e.jsonl\"\nlogs = \"out/logs.jsonl\"\n[state]\nmemory = true\n\
+         [runtime]\nbatch_size = 50\ninstance_memory_budget_mb = 1\n[[plugins]]\nid = \"b\"\npath = \"ballast\"\n",
+    )
+    .unwrap();
+    let out = Command::new(pluginflow_bin()).args(["run", "-w", "2", "--no-progress"]).arg(&config).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let line = stderr.lines().find(|l| l.contains("plugin instances:")).unwrap_or_else(|| panic!("{stderr}"));
+    let numbers: Vec<u64> = line.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    let (created, evicted) = (numbers[0], numbers[1]);
+    assert!(evicted > 100 && created > 300, "{line}");
+    let events = read_json_lines(&dir.path().join("out/e.jsonl"));
+    let mut uuids: Vec<&str> = events.iter().map(|e| e["uuid"].as_str().unwrap()).collect();
+    uuids.sort_unstable();
+    uuids.dedup();
+    assert_eq!(uuids.len(), 3000, "every event written once");
+    assert!(events.iter().all(|e| e["properties"]["seen"] == true), "every event went through its plugin");
+    let teardowns = std::fs::read_to_string(dir.path().join("out/logs.jsonl")).unwrap().matches("\"teardown\"").count() as u64;
+    assert_eq!(teardowns, created, "every instance torn down once: {line}");
+}
+
 #[test]
 fn an_unreachable_redis_stops_the_start_with_exit_2_and_no_password() {
     let dir = tempfile::tempdir().unwrap();

@@ -82,6 +82,13 @@ pub enum PluginNotice {
         /// How many.
         count: u64,
     },
+    /// Instances created (loaded, or failed to load) and evicted since the last notices.
+    Instances {
+        /// Created.
+        created: u64,
+        /// Evicted (torn down to keep the worker's instance memory within its budget).
+        evicted: u64,
+    },
 }
 
 /// How a hook call ended, for app metrics.
@@ -143,6 +150,12 @@ pub struct WorkerPlugins {
     metric_counts: HashMap<(InstanceKey, Hook, Outcome), u64>,
     /// Skips since the last `take_notices`, by (configuration index, reason).
     skip_counts: HashMap<(Option<usize>, &'static str), u64>,
+    /// When each team's chain was last asked for (a tick per ask): the eviction order.
+    last_use: HashMap<i64, u64>,
+    use_tick: u64,
+    /// Instances created and evicted since the last `take_notices`.
+    created: u64,
+    evicted: u64,
 }
 
 /// Where a worker sits and how its background work is paced.
@@ -158,11 +171,21 @@ pub struct WorkerPlace {
     pub setup_policy: RetryPolicy,
     /// Job retries.
     pub job_policy: RetryPolicy,
+    /// QuickJS heap this worker's instances may hold, in bytes, before the least recently used
+    /// teams' instances are evicted (0: no budget).
+    pub instance_budget: usize,
 }
 
 impl Default for WorkerPlace {
     fn default() -> Self {
-        Self { index: 0, peers: 1, clock: Arc::new(SystemClock), setup_policy: RetryPolicy::setup(), job_policy: RetryPolicy::job() }
+        Self {
+            index: 0,
+            peers: 1,
+            clock: Arc::new(SystemClock),
+            setup_policy: RetryPolicy::setup(),
+            job_policy: RetryPolicy::job(),
+            instance_budget: 0,
+        }
     }
 }
 
@@ -190,6 +213,10 @@ impl WorkerPlugins {
             captured: Vec::new(),
             metric_counts: HashMap::new(),
             skip_counts: HashMap::new(),
+            last_use: HashMap::new(),
+            use_tick: 0,
+            created: 0,
+            evicted: 0,
         })
     }
 
@@ -338,7 +365,61 @@ impl WorkerPlugins {
     pub fn maintain(&mut self) -> Vec<super::deferred::Exhausted> {
         self.retry_setups();
         self.run_schedules();
-        self.run_jobs()
+        let exhausted = self.run_jobs();
+        self.evict_over_budget();
+        exhausted
+    }
+
+    /// Over the instance budget, tears down the instances of the least recently used teams until
+    /// the heap is back under 90% of it (so one more team does not evict one at every epoch).
+    /// A team whose instances have scheduled tasks or a pending `setupPlugin` retry is kept:
+    /// evicting it would stop them. An evicted team's next event creates its instances again
+    /// (`setupPlugin` runs, `global` starts empty; `cache` and `storage` are in the state store);
+    /// its export buffers and pending retries live outside the instance and carry on.
+    fn evict_over_budget(&mut self) {
+        let budget = self.place.instance_budget;
+        if budget == 0 || self.runtime.memory_used() <= budget {
+            return;
+        }
+        let target = budget / 10 * 9;
+        let mut by_age: Vec<(u64, i64)> = self.last_use.iter().map(|(team, tick)| (*tick, *team)).collect();
+        by_age.sort_unstable();
+        for (_, team) in by_age {
+            if self.runtime.memory_used() <= target {
+                break;
+            }
+            if self.evictable(team) {
+                self.evict_team(team);
+            }
+        }
+    }
+
+    fn evictable(&self, team: i64) -> bool {
+        self.chains.get(&team).into_iter().flatten().all(|&i| {
+            let key = (i, team);
+            !self.setup_retries.contains_key(&key)
+                && [Hook::RunEveryMinute, Hook::RunEveryHour, Hook::RunEveryDay].iter().all(|h| !self.schedules.contains_key(&(key, *h)))
+        })
+    }
+
+    fn evict_team(&mut self, team: i64) {
+        self.last_use.remove(&team);
+        let chain = self.chains.remove(&team).unwrap_or_default();
+        for i in chain {
+            let Some(Some(mut inst)) = self.instances.remove(&(i, team)) else { continue };
+            if let Err(e) = inst.teardown() {
+                inst.log_system(LogLevel::Error, &format!("Plugin failed to unload: {}: {}", e.name, e.message));
+                self.notices.push(PluginNotice::CallFailed(e));
+            }
+            // What teardown captured or enqueued goes on (hops as for a call outside any event).
+            self.collect_outbox(&inst, 0);
+            self.evicted += 1;
+        }
+    }
+
+    /// Instances alive on this worker (loaded or not).
+    pub fn instance_count(&self) -> usize {
+        self.instances.len()
     }
 
     fn retry_setups(&mut self) {
@@ -568,6 +649,10 @@ impl WorkerPlugins {
                 self.notices.push(PluginNotice::Refused { config_id: self.specs[i].id.clone(), what, count });
             }
         }
+        let (created, evicted) = (std::mem::take(&mut self.created), std::mem::take(&mut self.evicted));
+        if created + evicted > 0 {
+            self.notices.push(PluginNotice::Instances { created, evicted });
+        }
         std::mem::take(&mut self.notices)
     }
 
@@ -591,6 +676,8 @@ impl WorkerPlugins {
     }
 
     fn chain(&mut self, team: i64) -> Vec<usize> {
+        self.use_tick += 1;
+        self.last_use.insert(team, self.use_tick);
         if let Some(c) = self.chains.get(&team) {
             return c.clone();
         }
@@ -614,6 +701,7 @@ impl WorkerPlugins {
             attachments: spec.attachments.clone(),
             lenient: false,
         };
+        self.created += 1;
         let instance = match PluginInstance::new(&self.runtime, &spec.def, &cfg, &self.services) {
             Ok(mut inst) => {
                 self.setup((i, team), &mut inst, 0);
