@@ -49,6 +49,9 @@ pub struct GenOptions {
     pub seed: u64,
     /// Teams 1..=teams.
     pub teams: u32,
+    /// Distinct visitors (`distinct_id`s), each of one team drawn by the teams' shares; every
+    /// event is of a visitor picked uniformly. At most this many teams appear in a log.
+    pub visitors: usize,
     /// Share of lines replaced by malformed ones.
     pub bad_rate: f64,
     /// Which malformed kinds to use.
@@ -63,6 +66,7 @@ impl Default for GenOptions {
             count: 1000,
             seed: 1,
             teams: 3,
+            visitors: 200,
             bad_rate: 0.0,
             bad_kinds: vec![BadKind::Truncated, BadKind::NonObject, BadKind::MissingEvent, BadKind::HugeProperty, BadKind::InvalidUtf8],
             huge_kb: 1100,
@@ -147,19 +151,17 @@ const CUSTOM_EVENTS: &[&str] = &["signed_up", "invited_teammate", "checkout_star
 pub fn generate(opts: &GenOptions) -> Vec<u8> {
     let mut rng = Rng(opts.seed ^ 0x5eed_5eed_5eed_5eed);
     // Team shares fall off as 1 / rank^1.3: three teams get about 61/25/15%.
-    let weights: Vec<f64> = (1..=opts.teams.max(1)).map(|r| 1.0 / f64::from(r).powf(1.3)).collect();
-    let total: f64 = weights.iter().sum();
-    let visitors: Vec<(String, u32)> = (0..200)
+    let cumulative: Vec<f64> = (1..=opts.teams.max(1))
+        .scan(0.0, |sum, r| {
+            *sum += 1.0 / f64::from(r).powf(1.3);
+            Some(*sum)
+        })
+        .collect();
+    let total = cumulative.last().copied().unwrap_or(1.0);
+    let visitors: Vec<(String, u32)> = (0..opts.visitors.max(1))
         .map(|_| {
-            let mut x = rng.unit() * total;
-            let mut team = 1;
-            for (i, w) in weights.iter().enumerate() {
-                if x < *w {
-                    team = i as u32 + 1;
-                    break;
-                }
-                x -= w;
-            }
+            let x = rng.unit() * total;
+            let team = cumulative.partition_point(|c| *c <= x).min(cumulative.len() - 1) as u32 + 1;
             (format!("0191{}-{}-7{}-{}-{}", rng.hex(4), rng.hex(4), rng.hex(3), rng.hex(4), rng.hex(12)), team)
         })
         .collect();

@@ -20,6 +20,9 @@
 //! - `load_7_plugins`: reading and compiling the seven plugins of `benches/plugins` and
 //!   `examples/plugins` (JavaScript and TypeScript: parse, strip types, module syntax, print with
 //!   a source map), what a process does once per plugin folder at start.
+//! - `instance_create`: one more instance of the `greet` plugin (its own QuickJS runtime and
+//!   context, the prelude, the plugin's module, `setupPlugin`), after a first one made the
+//!   process's prelude bytecode: what a team's first event (or an evicted team's return) costs.
 
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -72,6 +75,29 @@ fn chain3_setup() -> Loaded {
         ["greet", "screen", "flatten"].iter().map(|p| instance(&runtime, &bench_plugin(p), &services)).collect();
     warm(&mut instances);
     Loaded { _dirs: Vec::new(), _runtime: runtime, instances }
+}
+
+/// A runtime, the `greet` definition and services, with one instance made and dropped.
+struct Creating {
+    runtime: PluginRuntime,
+    def: Arc<PluginDefinition>,
+    services: operators::plugin::HostServices,
+}
+
+fn creating_setup() -> Creating {
+    let runtime = PluginRuntime::new(Limits::default()).expect("runtime");
+    let services = services(Arc::new(MemoryStore::new()), None);
+    drop(instance(&runtime, &bench_plugin("greet"), &services));
+    let def = PluginDefinition::load(&bench_plugin("greet")).expect("plugin loads");
+    Creating { runtime, def, services }
+}
+
+#[inline(never)]
+fn measured_instance_create(c: &Creating) -> PluginInstance {
+    let cfg = operators::plugin::InstanceConfig { config_id: "greet".into(), team_id: Some(3), ..Default::default() };
+    let mut inst = PluginInstance::new(&c.runtime, &c.def, &cfg, &c.services).expect("instance");
+    inst.setup().expect("setupPlugin");
+    black_box(inst)
 }
 
 #[inline(never)]
@@ -222,8 +248,12 @@ fn main() {
         "graph_no_plugins_1000" => drop(black_box(measured_graph_no_plugins_1000(&lines_setup()))),
         "parse_line_1000" => drop(black_box(measured_parse_line_1000(&lines_setup()))),
         "load_7_plugins" => drop(black_box(measured_load_7_plugins(&plugin_folders()))),
+        "instance_create" => {
+            let c = creating_setup();
+            drop(black_box(measured_instance_create(&c)));
+        }
         "list" => println!(
-            "crossing plugin_call chain3 cache_get cache_set geoip geoip_recent graph_no_plugins_1000 parse_line_1000 load_7_plugins"
+            "crossing plugin_call chain3 cache_get cache_set geoip geoip_recent graph_no_plugins_1000 parse_line_1000 load_7_plugins instance_create"
         ),
         other => {
             eprintln!("usage: instructions NAME (one of: instructions list); got '{other}'");

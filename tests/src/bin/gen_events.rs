@@ -1,7 +1,7 @@
 //! Writes a seeded PostHog-like event log (JSON lines) for benchmarks and trials:
 //!
 //! ```text
-//! gen_events --count N [--seed S] [--teams T] [--bad-rate R] [--bad-kinds a,b] [--huge-kb K] -o FILE
+//! gen_events --count N [--seed S] [--teams T] [--visitors V] [--bad-rate R] [--bad-kinds a,b] [--huge-kb K] -o FILE
 //! ```
 //!
 //! The same options give the same bytes (see `pluginflow_tests::eventlog`).
@@ -10,7 +10,7 @@ use pluginflow_tests::eventlog::{BadKind, GenOptions, generate};
 
 fn usage(problem: &str) -> ! {
     eprintln!(
-        "gen_events: {problem}\nusage: gen_events --count N [--seed S] [--teams T] [--bad-rate R] [--bad-kinds truncated,non_object,missing_event,huge_property,invalid_utf8] [--huge-kb K] -o FILE"
+        "gen_events: {problem}\nusage: gen_events --count N [--seed S] [--teams T] [--visitors V] [--bad-rate R] [--bad-kinds truncated,non_object,missing_event,huge_property,invalid_utf8] [--huge-kb K] -o FILE"
     );
     std::process::exit(2)
 }
@@ -26,6 +26,7 @@ fn main() {
             "--count" => opts.count = number("a count"),
             "--seed" => opts.seed = number("a seed") as u64,
             "--teams" => opts.teams = number("a count") as u32,
+            "--visitors" => opts.visitors = number("a count"),
             "--huge-kb" => opts.huge_kb = number("a size"),
             "--bad-rate" => {
                 opts.bad_rate = value.parse().ok().filter(|r| (0.0..=1.0).contains(r)).unwrap_or_else(|| usage("--bad-rate takes 0 to 1"))
