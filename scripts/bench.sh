@@ -163,6 +163,10 @@ if [ "$REPORT_ONLY" = 0 ]; then
             echo "[state]"
             if [ "$state" = memory ]; then echo "memory = true"; else echo "path = \"$WORK/state/run\""; fi
             if [[ "$name" == *+geoip ]]; then printf '[geoip]\npath = "%s"\n' "$GEOIP"; fi
+            # The three teams run where they are read: these plugins keep nothing per instance,
+            # and the rows compare throughput per core (by default a team's plugins run on one
+            # owner worker; here all three teams hash to one of two: BENCHMARKS.md, issue 13).
+            printf '[runtime]\nspread_teams = [1, 2, 3]\n'
             for dir in ${CHAINS[$name]}; do
                 order=$((order + 1))
                 printf '[[plugins]]\nid = "%s"\npath = "%s"\norder = %d\n' "$(basename "$dir")" "$dir" "$order"
