@@ -19,6 +19,7 @@ fn spec(fixture: &common::Fixture, id: &str, teams: Vec<i64>) -> PluginSpec {
         teams: Some(teams),
         config: Default::default(),
         attachments: Default::default(),
+        order: 0,
     }
 }
 

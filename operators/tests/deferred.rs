@@ -51,6 +51,7 @@ fn harness(name: &str, files: &[(&str, &str)], config: serde_json::Value, polici
         teams: Some(vec![1]),
         config: config.as_object().cloned().unwrap_or_default(),
         attachments: Default::default(),
+        order: 0,
     };
     let clock = Arc::new(ManualClock::new(START_MS));
     let place = WorkerPlace { clock: clock.clone(), ..WorkerPlace::default() };

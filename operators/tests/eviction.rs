@@ -32,6 +32,7 @@ fn spec(fixture: &common::Fixture, id: &str, teams: Option<Vec<i64>>) -> PluginS
         teams,
         config: Default::default(),
         attachments: Default::default(),
+        order: 0,
     }
 }
 

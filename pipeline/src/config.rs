@@ -48,6 +48,18 @@ pub struct PipelineConfig {
     /// Kafka brokers, topics and delivery mode; required when `input.kind = "kafka"`.
     #[serde(default)]
     pub kafka: Option<crate::kafka::KafkaConfig>,
+    /// A folder of plugin configurations, one TOML file each, watched while running.
+    #[serde(default)]
+    pub plugin_configs: Option<PluginConfigsConfig>,
+}
+
+/// `[plugin_configs]`: plugin configurations that come and go while the pipeline runs.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfigsConfig {
+    /// The folder: each `*.toml` file in it is one configuration, with the fields of a
+    /// `[[plugins]]` entry (relative paths are relative to the folder).
+    pub dir: PathBuf,
 }
 
 /// `[input]`: a recorded JSON-lines event log, or Kafka (`kind = "kafka"`, topics in `[kafka]`).
@@ -496,6 +508,9 @@ impl PipelineConfig {
         fix(&mut self.output.logs);
         fix(&mut self.output.app_metrics);
         fix(&mut self.state.path);
+        if let Some(c) = &mut self.plugin_configs {
+            fix(&mut c.dir);
+        }
         if let Some(g) = &mut self.geoip {
             fix(&mut g.path);
         }
@@ -513,6 +528,11 @@ impl PipelineConfig {
             && !g.path.is_file()
         {
             return fail("geoip.path".into(), format!("{} is not a readable file", g.path.display()));
+        }
+        if let Some(c) = &self.plugin_configs
+            && !c.dir.is_dir()
+        {
+            return fail("plugin_configs.dir".into(), format!("{} is not a folder", c.dir.display()));
         }
         if let Some(h) = &self.http
             && !h.listen.ip().is_loopback()

@@ -41,6 +41,11 @@ pub struct HttpState {
     pub kafka: Arc<KafkaHealth>,
     /// When `/healthz` fails.
     pub limits: HealthLimits,
+    /// Files of `[plugin_configs] dir` that did not load, and why (crate::live).
+    pub config_problems: Arc<Mutex<BTreeMap<std::path::PathBuf, String>>>,
+    /// Each configuration changed while running: its version and when it took effect (ms since
+    /// the Unix epoch).
+    pub config_versions: Mutex<BTreeMap<String, (u64, u64)>>,
 }
 
 /// Why the process is unhealthy at `now`, one line each (empty: healthy): a Kafka broker
@@ -48,6 +53,9 @@ pub struct HttpState {
 /// load for some team.
 pub fn health_problems(state: &HttpState, now: Instant) -> Vec<String> {
     let mut problems = state.kafka.problems(&state.limits, now);
+    for (file, why) in state.config_problems.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter() {
+        problems.push(format!("plugin configuration {} not loaded: {why}", file.display()));
+    }
     let mut failed: Vec<String> = state
         .plugins
         .lock()
@@ -263,6 +271,13 @@ pub fn plugins_json(state: &HttpState) -> String {
         }
         if let Some(reason) = &status.disabled {
             entry["disabled"] = json!(format!("worker {worker}: {reason}"));
+        }
+    }
+    let versions = state.config_versions.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    for ((config, _), entry) in configs.iter_mut() {
+        if let Some((version, since_ms)) = versions.get(config) {
+            entry["version"] = json!(version);
+            entry["since_ms"] = json!(since_ms);
         }
     }
     for ((config, team, hook, outcome), n) in &summary.metrics {

@@ -7,6 +7,7 @@ pub mod config;
 pub mod http;
 pub mod io;
 pub mod kafka;
+pub mod live;
 pub mod resume;
 pub mod run;
 pub mod stats;

@@ -37,13 +37,13 @@ use operators::event::{DeadLetter, EventLimits, ValidEvent, parse_owned_line};
 use operators::plugin::deferred::{DeferredWork, FinalEvent, RetryPolicies, RetryPolicy};
 use operators::plugin::placement::Placement;
 use operators::plugin::worker::{PluginNotice, PluginSpec, WorkerPlace, WorkerPlugins};
-use operators::plugin::{GeoIp, Hook, HostServices, Limits, LogSink, PluginDefinition, PluginRuntime};
+use operators::plugin::{GeoIp, Hook, HostServices, Limits, LogSink, PluginRuntime};
 use state::{MemoryStore, RocksStore, StateStore};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::core::{Exchange, Inspect, OkErr, Probe};
 use timely::dataflow::operators::generic::operator::Operator;
-use timely::dataflow::operators::vec::Map;
+use timely::dataflow::operators::vec::{Broadcast, Map};
 use timely::dataflow::{InputHandle, ProbeHandle};
 
 use crate::config::PipelineConfig;
@@ -81,23 +81,21 @@ pub struct Shared {
     pub checkpoints: Option<Arc<crate::resume::Checkpointer>>,
     /// The checkpoint this run resumes from (`--resume`).
     pub resume: Option<Arc<crate::resume::Checkpoint>>,
+    /// Configurations loaded from `[plugin_configs] dir`, handed from the watcher to the other
+    /// workers of the process.
+    pub registry: Arc<crate::live::Registry>,
 }
 
 /// Loads and compiles every enabled plugin; a plugin that cannot load stops the start.
 pub fn load_specs(config: &PipelineConfig) -> anyhow::Result<Vec<PluginSpec>> {
-    let mut specs = Vec::new();
-    for i in config.chain_order() {
-        let entry = &config.plugins[i];
-        let def = PluginDefinition::load(&entry.path).map_err(|e| anyhow::anyhow!("plugins[{i}] ({}): {e}", entry.id))?;
-        specs.push(PluginSpec {
-            id: entry.id.clone(),
-            def,
-            teams: entry.teams.clone(),
-            config: entry.config_json(),
-            attachments: entry.attachments.clone(),
-        });
-    }
-    Ok(specs)
+    config
+        .chain_order()
+        .into_iter()
+        .map(|i| {
+            let entry = &config.plugins[i];
+            crate::live::spec_of(entry).map_err(|e| anyhow::anyhow!("plugins[{i}] ({}): {e}", entry.id))
+        })
+        .collect()
 }
 
 /// Loads one instance of every configuration in a runtime of its own before the run starts:
@@ -107,24 +105,18 @@ pub fn load_specs(config: &PipelineConfig) -> anyhow::Result<Vec<PluginSpec>> {
 /// run time, as in PostHog).
 fn check_loads(config: &PipelineConfig, specs: &[PluginSpec], services: &HostServices) -> anyhow::Result<()> {
     let sandbox = PluginRuntime::new(limits(config)).map_err(anyhow::Error::msg)?;
-    // The trial instances' own log entries ("Plugin loaded.") are not the run's.
-    let services = HostServices { logs: Arc::new(operators::plugin::MemoryLogSink::default()), ..services.clone() };
-    let services = &services;
+    let services = trial_services(services);
     for spec in specs {
-        let cfg = operators::plugin::InstanceConfig {
-            config_id: spec.id.clone(),
-            team_id: spec.teams.as_ref().and_then(|t| t.first().copied()),
-            config: spec.config.clone(),
-            attachments: spec.attachments.clone(),
-            lenient: false,
-        };
-        operators::plugin::PluginInstance::new(&sandbox, &spec.def, &cfg, services)
-            .map_err(|e| anyhow::anyhow!("plugin configuration '{}' cannot load: {e}", spec.id))?;
+        crate::live::check_load(&sandbox, spec, &services).map_err(|e| anyhow::anyhow!("plugin configuration '{}' {e}", spec.id))?;
     }
     Ok(())
 }
 
-/// Opens the state store named by the configuration.
+/// Services for trial instances: their own log entries ("Plugin loaded.") are not the run's.
+fn trial_services(services: &HostServices) -> HostServices {
+    HostServices { logs: Arc::new(operators::plugin::MemoryLogSink::default()), ..services.clone() }
+}
+
 /// With `[state] redis`, plugin `cache` and `storage` go to Redis and the local store (memory or
 /// the state folder) keeps queues and checkpoints.
 pub fn open_store(config: &PipelineConfig) -> anyhow::Result<Arc<dyn StateStore>> {
@@ -210,6 +202,7 @@ pub fn prepare_with_store(
         cancel: Arc::new(AtomicBool::new(false)),
         clock: Arc::new(state::SystemClock),
         config: Arc::new(config),
+        registry: Arc::default(),
     })
 }
 
@@ -311,7 +304,23 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
     // open until every other piece of work (which still produces metrics) has finished.
     let mut metrics = InputSession::<u64, MetricKey, isize>::new();
     let metrics_probe = ProbeHandle::new();
-    let placement = Rc::new(Placement::of_specs(&shared.specs, peers, shared.config.runtime.spread_teams.iter().copied()));
+    // With a configuration folder any team may get plugins at any epoch: every team goes to its
+    // owner (a routing that changed with the configurations could split a team between workers
+    // while the change spreads).
+    let live = shared.config.plugin_configs.clone();
+    let configured = shared.specs.iter().map(|s| s.teams.as_deref()).chain(live.iter().map(|_| None));
+    let placement = Rc::new(Placement::new(configured, peers, shared.config.runtime.spread_teams.iter().copied()));
+    // Configuration changes (crate::live): sent by the first worker's watcher, at its epoch.
+    let mut config_input = InputHandle::<u64, CapacityContainerBuilder<Vec<crate::live::ConfigUpdate>>>::new();
+    let mut watcher = live.as_ref().filter(|_| index == 0).map(|c| {
+        let fixed = shared.specs.iter().map(|s| s.id.clone()).collect();
+        crate::live::Watcher::new(c.dir.clone(), fixed, shared.registry.clone(), shared.http.config_problems.clone())
+    });
+    let trial = match watcher {
+        Some(_) => Some(PluginRuntime::new(limits(&shared.config)).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    let trial_services = trial_services(&shared.services);
     worker.dataflow::<u64, _, _>(|scope| {
         let out = shared.app_metrics.clone();
         metrics
@@ -333,7 +342,13 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
         // each event back to the worker that read it, to be written there.
         let events = to_owners(events, &placement, |ev: &ValidEvent| (ev.team_id, ev.reader));
         let chain = plugins.clone();
-        let outcomes = events.map(move |ev: ValidEvent| run_event(&chain, ev));
+        let outcomes = match live {
+            None => events.map(move |ev: ValidEvent| run_event(&chain, ev)),
+            Some(_) => {
+                let updates = config_input.to_stream(scope).broadcast();
+                chain_stage(events, updates, chain, shared.registry.clone(), shared.http.clone())
+            }
+        };
         let outcomes = to_readers(outcomes, &placement, ChainResult::reader);
         let stats = shared.stats.clone();
         let (processed, unprocessable): (timely::dataflow::Stream<'_, u64, Vec<FinalEvent>>, _) =
@@ -425,7 +440,14 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
         let looping = inject_captured(&mut input, captured, max_hops, &shared.stats);
         write_now(&io.dead_letters, epoch, looping, &shared.stats)?;
         epoch += 1;
+        if let (Some(w), Some(sandbox)) = (&mut watcher, &trial) {
+            for update in w.poll(|spec| crate::live::check_load(sandbox, spec, &trial_services)) {
+                tracing::info!(config = %update.id, version = update.version, epoch = epoch - 1, removed = update.entry.is_none(), "plugin configuration changed");
+                config_input.send(update);
+            }
+        }
         input.advance_to(epoch);
+        config_input.advance_to(epoch);
         worker.step();
         while intake.less_than(&epoch.saturating_sub(ahead)) {
             worker.step();
@@ -462,6 +484,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
         }
     }
     drop(input);
+    drop(config_input);
     if let Some(cp) = shared.checkpoints.as_ref().filter(|_| !shared.stop.load(Ordering::Relaxed)) {
         // The input is read and nothing captured waits: no capture of this worker goes in again.
         // (A stopped worker keeps its floor: what it still held is cut and done again.)
@@ -745,6 +768,85 @@ where
         return stream;
     }
     stream.exchange(move |d: &D| u64::from(reader(d)))
+}
+
+/// The chain stage with configurations that change while running: events wait until every
+/// configuration change up to their epoch is known; a change at epoch `t` is applied after every
+/// event of the epochs before `t` and before any event of `t` or later, so each event's chain is
+/// all of one version.
+fn chain_stage<'s>(
+    events: timely::dataflow::Stream<'s, u64, Vec<ValidEvent>>,
+    updates: timely::dataflow::Stream<'s, u64, Vec<crate::live::ConfigUpdate>>,
+    plugins: Rc<RefCell<WorkerPlugins>>,
+    registry: Arc<crate::live::Registry>,
+    http: Arc<crate::http::HttpState>,
+) -> timely::dataflow::Stream<'s, u64, Vec<ChainResult>> {
+    events.binary_frontier(updates, Pipeline, Pipeline, "ChainWithConfigs", move |_, _| {
+        let mut waiting: BTreeMap<u64, (timely::dataflow::operators::Capability<u64>, Vec<ValidEvent>)> = BTreeMap::new();
+        let mut changes: BTreeMap<u64, Vec<crate::live::ConfigUpdate>> = BTreeMap::new();
+        move |(events, events_frontier), (updates, updates_frontier), output| {
+            events.for_each(|cap, data: &mut Vec<ValidEvent>| {
+                let Some(cap) = cap.retain_least(0) else { return };
+                waiting.entry(*cap.time()).or_insert_with(|| (cap, Vec::new())).1.append(data);
+            });
+            updates.for_each(|cap, data: &mut Vec<crate::live::ConfigUpdate>| {
+                if let Some(&time) = cap.least() {
+                    changes.entry(time).or_default().append(data);
+                }
+            });
+            loop {
+                let next_change = changes.keys().next().copied();
+                let next_events = waiting.keys().next().copied();
+                match (next_change, next_events) {
+                    // Changes at `t` go before the events of `t`, once no event before `t` can
+                    // come and every change at `t` is known.
+                    (Some(t), e) if e.is_none_or(|e| t <= e) => {
+                        if events_frontier.less_than(&t) || updates_frontier.less_equal(&t) {
+                            break;
+                        }
+                        for update in changes.remove(&t).unwrap_or_default() {
+                            apply_update(&plugins, &registry, &http, &update, t);
+                        }
+                    }
+                    (_, Some(t)) => {
+                        if updates_frontier.less_equal(&t) {
+                            break;
+                        }
+                        let (cap, batch) = waiting.remove(&t).expect("listed above");
+                        let mut session = output.session(&cap);
+                        for ev in batch {
+                            session.give(run_event(&plugins, ev));
+                        }
+                    }
+                    _ => break,
+                }
+            }
+        }
+    })
+}
+
+/// Applies one configuration change to this worker's plugins; one that cannot load here (another
+/// process read a plugin folder that changed since) leaves the version before it running.
+fn apply_update(
+    plugins: &Rc<RefCell<WorkerPlugins>>,
+    registry: &crate::live::Registry,
+    http: &crate::http::HttpState,
+    update: &crate::live::ConfigUpdate,
+    epoch: u64,
+) {
+    match registry.change(update) {
+        Ok(change) => {
+            let mut plugins = plugins.borrow_mut();
+            plugins.apply_config(change, update.version);
+            if let Some(v) = plugins.config_version(&update.id) {
+                http.config_versions.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(update.id.clone(), v);
+            }
+            tracing::debug!(config = %update.id, version = update.version, epoch, "configuration applied");
+        }
+        Err(why) => {
+            tracing::error!(config = %update.id, version = update.version, error = %why, "configuration cannot load on this worker; the version before it keeps running here")
+        }
+    }
 }
 
 /// Runs one event's chain: the final event (or none, when dropped), or a dead letter when the

@@ -686,3 +686,127 @@ fn a_followed_line_that_never_ends_is_dead_lettered_in_pieces_and_nothing_is_los
     assert!(pieces[0]["reason"].as_str().unwrap().contains("more than runtime.max_event_bytes"), "{pieces:?}");
     assert_eq!(lines_in(&events), 2);
 }
+
+/// The first output line (at or after line `from`) whose chain stamps satisfy `pred`; appends a
+/// probe event every 100 ms until one does (at most 60 s). A configuration change shows in the
+/// output only with events after it: the probes are those events.
+fn probe_until(log: &Path, events: &Path, next: &mut usize, pred: impl Fn(&[String]) -> bool) {
+    let started = Instant::now();
+    loop {
+        let found = std::fs::read_to_string(events).unwrap_or_default().lines().any(|l| pred(&chain_of(l)));
+        if found {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no event shows the change:\n{}",
+            std::fs::read_to_string(events).unwrap_or_default()
+        );
+        append(log, &event(*next));
+        *next += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The `stamps` an output event collected: one `name@version` per plugin of its chain, in order.
+fn chain_of(line: &str) -> Vec<String> {
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    v["properties"]["stamps"].as_array().map(|a| a.iter().map(|s| s.as_str().unwrap().to_string()).collect()).unwrap_or_default()
+}
+
+#[test]
+fn configurations_added_changed_and_removed_while_running_apply_whole_at_an_epoch_boundary() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("e.jsonl");
+    std::fs::write(&log, "").unwrap();
+    plugin(
+        dir.path(),
+        "stamp",
+        r#"{"name":"stamp","config":[{"key":"name","type":"string"},{"key":"v","type":"string"}]}"#,
+        "exports.processEvent = (e, { config }) => { e.properties.stamps = (e.properties.stamps || []).concat([config.name + '@' + config.v]); return e }\n\
+         exports.teardownPlugin = ({ config }) => { console.log('teardown ' + config.name + '@' + config.v) }",
+    );
+    let configs = dir.path().join("configs");
+    std::fs::create_dir(&configs).unwrap();
+    let conf = |id: &str, order: i64, v: &str, path: &str| {
+        format!("id = \"{id}\"\npath = \"{path}\"\norder = {order}\nconfig = {{ name = \"{id}\", v = \"{v}\" }}\n")
+    };
+    std::fs::write(configs.join("a.toml"), conf("a", 1, "1", "../stamp")).unwrap();
+    let cfg = dir.path().join("pf.toml");
+    std::fs::write(
+        &cfg,
+        "[input]\npath = \"e.jsonl\"\nfollow = true\n[output]\nevents = \"out/e.jsonl\"\ndead_letters = \"out/d.jsonl\"\nlogs = \"out/l.jsonl\"\n\
+         [state]\npath = \"state\"\n[plugin_configs]\ndir = \"configs\"\n\
+         [[plugins]]\nid = \"base\"\npath = \"stamp\"\norder = 0\nconfig = { name = \"base\", v = \"0\" }\n",
+    )
+    .unwrap();
+    let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
+    let child = bin().args(["run", "--no-progress"]).arg(&cfg).stderr(stderr).spawn().unwrap();
+    let events = dir.path().join("out/e.jsonl");
+    let mut next = 0;
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    // Each phase: the change, probes until an event shows it, then three events that must all
+    // see exactly the new chain.
+    let mut phases: Vec<(usize, Vec<String>)> = Vec::new();
+    let mut three = |next: &mut usize, want: Vec<String>| {
+        let first = *next;
+        append(&log, &(first..first + 3).map(event).collect::<String>());
+        *next += 3;
+        phases.push((first, want));
+    };
+    probe_until(&log, &events, &mut next, |c| c == s(&["base@0", "a@1"]));
+    three(&mut next, s(&["base@0", "a@1"]));
+    // A new version of a.
+    std::fs::write(configs.join("a.toml"), conf("a", 1, "2", "../stamp")).unwrap();
+    probe_until(&log, &events, &mut next, |c| c.contains(&"a@2".to_string()));
+    three(&mut next, s(&["base@0", "a@2"]));
+    // b added, and c, which cannot load (its plugin folder does not exist): b runs, c does not.
+    std::fs::write(configs.join("b.toml"), conf("b", 2, "1", "../stamp")).unwrap();
+    std::fs::write(configs.join("c.toml"), conf("c", 3, "1", "../missing")).unwrap();
+    probe_until(&log, &events, &mut next, |c| c.contains(&"b@1".to_string()));
+    three(&mut next, s(&["base@0", "a@2", "b@1"]));
+    // a broken by an edit (a TOML error): a@2 keeps running; then a's file removed.
+    std::fs::write(configs.join("a.toml"), "id = \"a\"\npath = \n").unwrap();
+    let stderr_path = dir.path().join("stderr.log");
+    let started = Instant::now();
+    while !std::fs::read_to_string(&stderr_path).unwrap().contains("a.toml") {
+        assert!(started.elapsed() < Duration::from_secs(60), "the broken edit of a.toml was never reported");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    three(&mut next, s(&["base@0", "a@2", "b@1"]));
+    wait_for_lines(&events, next);
+    std::fs::remove_file(configs.join("a.toml")).unwrap();
+    probe_until(&log, &events, &mut next, |c| c == s(&["base@0", "b@1"]));
+    three(&mut next, s(&["base@0", "b@1"]));
+    wait_for_lines(&events, next);
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+
+    // Every event once, in order (one worker), each with a whole chain of one configuration
+    // state, the states in the order they were made.
+    let lines: Vec<String> = std::fs::read_to_string(&events).unwrap().lines().map(str::to_string).collect();
+    assert_eq!(lines.len(), next, "every event written once");
+    let states = [s(&["base@0", "a@1"]), s(&["base@0", "a@2"]), s(&["base@0", "a@2", "b@1"]), s(&["base@0", "b@1"])];
+    let mut state = 0;
+    for (i, line) in lines.iter().enumerate() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["uuid"], format!("u{i}"), "output in input order");
+        let chain = chain_of(line);
+        let at =
+            states.iter().position(|c| *c == chain).unwrap_or_else(|| panic!("event {i} saw a chain of no configuration state: {chain:?}"));
+        assert!(at >= state, "event {i} saw {chain:?} after an event saw {:?}", states[state]);
+        state = at;
+    }
+    for (first, want) in &phases {
+        for (i, line) in lines.iter().enumerate().skip(*first).take(3) {
+            assert_eq!(&chain_of(line), want, "event {i}, written after its phase's change showed");
+        }
+    }
+    // The old versions were torn down when replaced or removed; c never loaded and said why.
+    let logs = std::fs::read_to_string(dir.path().join("out/l.jsonl")).unwrap();
+    assert!(logs.contains("teardown a@1") && logs.contains("teardown a@2"), "{logs}");
+    assert!(stderr.contains("c.toml") && stderr.contains("not loaded"), "{stderr}");
+}

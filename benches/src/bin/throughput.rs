@@ -236,7 +236,7 @@ fn chain(a: &Args) {
         .map(|dir| {
             let def = PluginDefinition::load(dir).unwrap_or_else(|e| usage(&format!("{}: {e}", dir.display())));
             let id = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            PluginSpec { id, def, teams: None, config: Default::default(), attachments: Default::default() }
+            PluginSpec { id, def, teams: None, config: Default::default(), attachments: Default::default(), order: 0 }
         })
         .collect();
     let names: Vec<String> = specs.iter().map(|s| s.id.clone()).collect();

@@ -36,6 +36,19 @@ pub struct PluginSpec {
     pub config: Map<String, Value>,
     /// Attachment files by key.
     pub attachments: BTreeMap<String, PathBuf>,
+    /// Position in a team's chain: lower runs first; ties run in the order the configurations
+    /// were handed over.
+    pub order: i64,
+}
+
+/// A configuration arriving, changing or leaving while the worker runs
+/// ([`WorkerPlugins::apply_config`]).
+#[derive(Clone, Debug)]
+pub enum ConfigChange {
+    /// A new configuration, or a new version of one with the same id.
+    Upsert(PluginSpec),
+    /// The configuration with this id is gone.
+    Remove(String),
 }
 
 impl PluginSpec {
@@ -156,6 +169,9 @@ pub struct WorkerPlugins {
     /// Instances created and evicted since the last `take_notices`.
     created: u64,
     evicted: u64,
+    /// Each configuration's version and when it took effect (ms on the worker's clock), for
+    /// configurations changed while running ([`WorkerPlugins::apply_config`]).
+    versions: HashMap<String, (u64, u64)>,
 }
 
 /// Where a worker sits and how its background work is paced.
@@ -217,6 +233,7 @@ impl WorkerPlugins {
             use_tick: 0,
             created: 0,
             evicted: 0,
+            versions: HashMap::new(),
         })
     }
 
@@ -258,6 +275,56 @@ impl WorkerPlugins {
         for (i, team) in pairs {
             self.ensure(i, team);
         }
+    }
+
+    /// Applies a configuration change between events: the configuration's instances (if any)
+    /// are torn down (`teardownPlugin` runs; what they capture or enqueue goes on) and the next
+    /// event of each team creates its instance from the new version (`setupPlugin` runs).
+    /// `cache` and `storage` stay: they belong to the configuration × team, not the instance.
+    /// A removed configuration keeps its place (no team) so other instances' keys stay valid.
+    pub fn apply_config(&mut self, change: ConfigChange, version: u64) {
+        let id = match &change {
+            ConfigChange::Upsert(spec) => spec.id.clone(),
+            ConfigChange::Remove(id) => id.clone(),
+        };
+        let index = self.specs.iter().position(|s| s.id == id);
+        if let Some(i) = index {
+            self.retire_instances(i);
+        }
+        let specs = Arc::make_mut(&mut self.specs);
+        match (change, index) {
+            (ConfigChange::Upsert(spec), Some(i)) => specs[i] = spec,
+            (ConfigChange::Upsert(spec), None) => specs.push(spec),
+            (ConfigChange::Remove(_), Some(i)) => specs[i].teams = Some(Vec::new()),
+            (ConfigChange::Remove(_), None) => {}
+        }
+        self.chains.clear();
+        self.versions.insert(id, (version, self.place.clock.now_ms()));
+        // Explicit teams this worker owns get their instances (and scheduled tasks) now.
+        self.preload();
+    }
+
+    fn retire_instances(&mut self, index: usize) {
+        let mut keys: Vec<InstanceKey> = self.instances.keys().filter(|k| k.0 == index).copied().collect();
+        keys.sort();
+        for key in keys {
+            self.setup_retries.remove(&key);
+            for hook in [Hook::RunEveryMinute, Hook::RunEveryHour, Hook::RunEveryDay] {
+                self.schedules.remove(&(key, hook));
+            }
+            let Some(Some(mut inst)) = self.instances.remove(&key) else { continue };
+            if let Err(e) = inst.teardown() {
+                inst.log_system(LogLevel::Error, &format!("Plugin failed to unload: {}: {}", e.name, e.message));
+                self.notices.push(PluginNotice::CallFailed(e));
+            }
+            self.collect_outbox(&inst, 0);
+        }
+    }
+
+    /// The version of configuration `id` and when it took effect (ms), if it changed while
+    /// running.
+    pub fn config_version(&self, id: &str) -> Option<(u64, u64)> {
+        self.versions.get(id).copied()
     }
 
     /// Whether any plugin configuration applies to `team`: without one, [`Self::process`] would
@@ -681,7 +748,8 @@ impl WorkerPlugins {
         if let Some(c) = self.chains.get(&team) {
             return c.clone();
         }
-        let chain: Vec<usize> = (0..self.specs.len()).filter(|&i| self.specs[i].applies_to(team)).collect();
+        let mut chain: Vec<usize> = (0..self.specs.len()).filter(|&i| self.specs[i].applies_to(team)).collect();
+        chain.sort_by_key(|&i| (self.specs[i].order, i));
         for &i in &chain {
             self.ensure(i, team);
         }
