@@ -132,3 +132,87 @@ fn teams_with_scheduled_tasks_are_never_evicted() {
     assert_eq!(gone, [8, 9, 10], "team 7 runs a scheduled task: kept");
     assert_eq!(send(&mut w, 7), 3, "team 7's instance was never replaced");
 }
+
+/// What `teardownPlugin` captures when its instance is evicted is one hop deeper than the
+/// deepest event the instance handled, so evictions cannot feed a capture loop forever; at the
+/// end of a run it is handed over too (not left in the instance).
+#[test]
+fn teardown_captures_at_an_eviction_count_hops_and_none_are_left_behind_at_the_end() {
+    let fx = plugin(
+        "loopy",
+        &[(
+            "index.js",
+            "exports.setupPlugin = ({ global }) => { global.ballast = new Array(32768).fill(0).map((_, i) => i) }\n\
+             exports.processEvent = (e) => e\n\
+             exports.teardownPlugin = () => { posthog.capture('from_teardown', {}) }",
+        )],
+    );
+    let mut w = worker(vec![spec(&fx, "l", None)], Arc::new(MemoryLogSink::default()), 1);
+    let hops_of_captures = |w: &mut WorkerPlugins| w.take_captured().into_iter().map(|(_, hops)| hops).collect::<Vec<_>>();
+    let input = |w: &mut WorkerPlugins, team: i64| {
+        let json = format!(r#"{{"uuid":"u","event":"e","team_id":{team},"properties":{{}}}}"#);
+        w.process(team, "e", "u", &json, 0).unwrap();
+    };
+    // An input event (0 hops): the eviction's capture is at 1.
+    input(&mut w, 1);
+    w.maintain();
+    assert_eq!(hops_of_captures(&mut w), [1]);
+    // The team's next instance handles that capture (1 hop): its eviction's capture is at 2.
+    let json = r#"{"uuid":"c","event":"from_teardown","team_id":1,"properties":{}}"#;
+    w.process(1, "from_teardown", "c", json, 1).unwrap();
+    w.maintain();
+    assert_eq!(hops_of_captures(&mut w), [2]);
+    // At the end of a run.
+    input(&mut w, 2);
+    w.teardown_all();
+    assert_eq!(hops_of_captures(&mut w), [1], "teardown_all hands over what teardown captured");
+}
+
+/// Instances made outside an event (a job, a retry, a preload) can be evicted too, and the team
+/// an event is using is not the one that pays for them.
+#[test]
+fn instances_made_outside_events_are_evicted_too() {
+    let fx = counting();
+    let logs = Arc::new(MemoryLogSink::default());
+    let per_instance = {
+        let mut w = worker(vec![spec(&fx, "c", None)], Arc::new(MemoryLogSink::default()), 0);
+        send(&mut w, 1);
+        w.memory_used()
+    };
+    let mut w = worker(vec![spec(&fx, "c", None)], logs.clone(), per_instance * 5 / 2);
+    // Three instances made as a job or a retry would (no event), then events of team 100.
+    for team in [7, 8, 9] {
+        assert!(w.instance_mut((0, team)).is_some());
+    }
+    for _ in 0..5 {
+        send(&mut w, 100);
+        w.maintain();
+    }
+    let gone = torn_down(&logs);
+    assert!(gone.contains(&7) && !gone.contains(&100), "the idle instances go, not the busy team's: {gone:?}");
+    assert_eq!(send(&mut w, 100), 6, "team 100 kept its one instance");
+}
+
+/// A plugin disabled for a team stays disabled when its instance is evicted and made again.
+#[test]
+fn an_eviction_does_not_undo_a_disabling() {
+    let fx = plugin(
+        "failing",
+        &[(
+            "index.js",
+            "exports.setupPlugin = () => { console.log('setup ran'); throw new Error('no') }\n\
+             exports.processEvent = (e) => { e.properties.n = 1; return e }",
+        )],
+    );
+    let logs = Arc::new(MemoryLogSink::default());
+    let mut w = worker(vec![spec(&fx, "f", None)], logs.clone(), 1);
+    let json = r#"{"uuid":"u","event":"e","team_id":1,"properties":{}}"#;
+    for _ in 0..3 {
+        let out = w.process(1, "e", "u", json, 0).unwrap().event.unwrap();
+        assert!(!out.contains("\"n\""), "a disabled plugin does not run: {out}");
+        w.maintain();
+    }
+    let setups = logs.entries().iter().filter(|e| e.message == "setup ran").count();
+    assert_eq!(setups, 1, "setupPlugin ran once; the re-created instances were disabled at once");
+    assert!(counts(&mut w).1 >= 2, "it was evicted in between");
+}

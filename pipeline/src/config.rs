@@ -565,8 +565,9 @@ impl PipelineConfig {
             if !(url.starts_with("redis://") || url.starts_with("unix://") || url.starts_with("redis+unix://")) {
                 return fail("state.redis".into(), "must be a redis:// (or unix://) URL".into());
             }
-            if self.state.redis_prefix.is_empty() || self.state.redis_prefix.contains(char::is_whitespace) {
-                return fail("state.redis_prefix".into(), "must be a non-empty word without spaces".into());
+            // No `:`: a prefix such as `a:cache:1:p` could otherwise reach into another one's keys.
+            if self.state.redis_prefix.is_empty() || self.state.redis_prefix.contains(|c: char| c.is_whitespace() || c == ':') {
+                return fail("state.redis_prefix".into(), "must be a non-empty word without spaces or ':'".into());
             }
         }
         if let Some(h) = &self.http {

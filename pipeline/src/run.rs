@@ -136,12 +136,45 @@ pub fn open_store(config: &PipelineConfig) -> anyhow::Result<Arc<dyn StateStore>
     Ok(Arc::new(store))
 }
 
-/// The host and port of a Redis URL, for messages: the URL may hold a password.
+/// The host and port of a Redis URL (or a socket's path), for messages: never what comes before
+/// the last `@`, which may be a password, even one that does not parse as a URL.
 fn redis_address(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(u) if u.scheme().ends_with("unix") => u.path().to_owned(),
-        Ok(u) => format!("{}:{}", u.host_str().unwrap_or(""), u.port().unwrap_or(6379)),
-        Err(_) => "not a readable URL".into(),
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let after_credentials = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    if scheme.ends_with("unix") {
+        return after_credentials.split(['?', '#']).next().unwrap_or("").to_owned();
+    }
+    let host = after_credentials.split(['/', '?', '#']).next().unwrap_or("");
+    if host.is_empty() {
+        return "no host".into();
+    }
+    if host.rsplit_once(':').is_some_and(|(_, port)| port.chars().all(|c| c.is_ascii_digit()) && !port.is_empty()) || host.ends_with(']') {
+        host.to_owned()
+    } else {
+        format!("{host}:6379")
+    }
+}
+
+#[cfg(test)]
+mod redis_address_tests {
+    use super::redis_address;
+
+    #[test]
+    fn never_shows_credentials() {
+        assert_eq!(redis_address("redis://127.0.0.1:6380/0"), "127.0.0.1:6380");
+        assert_eq!(redis_address("redis://cache.internal"), "cache.internal:6379");
+        assert_eq!(redis_address("redis://:hunter2@10.0.0.1:7000"), "10.0.0.1:7000");
+        // Unencoded ?, / and # in a password: still nothing of it.
+        for url in ["redis://admin:31337?x@127.0.0.1:16399/0", "redis://admin:a/b#c@h:1", "redis://u:p@ss@h:2"] {
+            let shown = redis_address(url);
+            assert!(
+                !shown.contains("admin") && !shown.contains("31337") && !shown.contains("ss@") && !shown.contains('u'),
+                "{url}: {shown}"
+            );
+        }
+        assert_eq!(redis_address("redis://admin:31337?x@127.0.0.1:16399/0"), "127.0.0.1:16399");
+        assert_eq!(redis_address("unix:///run/redis.sock?pass=secret"), "/run/redis.sock");
+        assert_eq!(redis_address("redis+unix://:pw@/run/redis.sock"), "/run/redis.sock");
     }
 }
 

@@ -263,8 +263,15 @@ fn throw(ctx: &Ctx<'_>, message: impl AsRef<str>) -> rquickjs::Error {
     Exception::throw_message(ctx, message.as_ref())
 }
 
-fn state_err<T>(ctx: &Ctx<'_>, r: state::Result<T>) -> rquickjs::Result<T> {
-    r.map_err(|e| throw(ctx, e.to_string()))
+/// A `cache` or `storage` command, refused once the plugin call's time is up: a slow store (a
+/// stalled Redis) must not stretch a call past its deadline one command at a time, and the
+/// interrupt that ends a call only runs between enough bytecodes, which a loop of awaited
+/// commands may never reach. So a call overruns its deadline by one command at most.
+fn state_call<T>(ctx: &Ctx<'_>, deadline: &Deadline, command: impl FnOnce() -> state::Result<T>) -> rquickjs::Result<T> {
+    if deadline.passed() {
+        return Err(throw(ctx, "the plugin call's time is up: no more cache or storage commands in it"));
+    }
+    command().map_err(|e| throw(ctx, e.to_string()))
 }
 
 /// Copies the bytes of a typed array or array buffer.
@@ -319,9 +326,9 @@ fn install_logging<'js>(ctx: &Ctx<'js>, obj: &Object<'js>, host: &HostBindings) 
 }
 
 fn install_cache<'js>(ctx: &Ctx<'js>, obj: &Object<'js>, host: &HostBindings) -> rquickjs::Result<()> {
-    let (s, sc) = (host.services.store.clone(), host.scope.clone());
-    obj.set("cacheGet", Function::new(ctx.clone(), move |ctx: Ctx<'js>, key: String| state_err(&ctx, s.cache_get(&sc, &key)))?)?;
-    let (s, sc, b) = (host.services.store.clone(), host.scope.clone(), host.budget.clone());
+    let (s, sc, d) = (host.services.store.clone(), host.scope.clone(), host.deadline.clone());
+    obj.set("cacheGet", Function::new(ctx.clone(), move |ctx: Ctx<'js>, key: String| state_call(&ctx, &d, || s.cache_get(&sc, &key)))?)?;
+    let (s, sc, b, d) = (host.services.store.clone(), host.scope.clone(), host.budget.clone(), host.deadline.clone());
     obj.set(
         "cacheSet",
         Function::new(ctx.clone(), move |ctx: Ctx<'js>, key: String, value: String, ttl: f64| {
@@ -332,22 +339,22 @@ fn install_cache<'js>(ctx: &Ctx<'js>, obj: &Object<'js>, host: &HostBindings) ->
                 return Err(throw(&ctx, format!("cache.set: invalid expire time {ttl} (ttlSeconds must be positive)")));
             }
             let ttl = (ttl > 0.0).then(|| ttl.ceil().min(u64::MAX as f64) as u64);
-            state_err(&ctx, s.cache_set(&sc, &key, &value, ttl))
+            state_call(&ctx, &d, || s.cache_set(&sc, &key, &value, ttl))
         })?,
     )?;
-    let (s, sc) = (host.services.store.clone(), host.scope.clone());
+    let (s, sc, d) = (host.services.store.clone(), host.scope.clone(), host.deadline.clone());
     obj.set(
         "cacheIncr",
-        Function::new(ctx.clone(), move |ctx: Ctx<'js>, key: String| state_err(&ctx, s.cache_incr(&sc, &key)).map(|v| v as f64))?,
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, key: String| state_call(&ctx, &d, || s.cache_incr(&sc, &key)).map(|v| v as f64))?,
     )?;
-    let (s, sc) = (host.services.store.clone(), host.scope.clone());
+    let (s, sc, d) = (host.services.store.clone(), host.scope.clone(), host.deadline.clone());
     obj.set(
         "cacheExpire",
         Function::new(ctx.clone(), move |ctx: Ctx<'js>, key: String, ttl: f64| {
-            state_err(&ctx, s.cache_expire(&sc, &key, ttl.max(0.0) as u64))
+            state_call(&ctx, &d, || s.cache_expire(&sc, &key, ttl.max(0.0) as u64))
         })?,
     )?;
-    let (s, sc, b) = (host.services.store.clone(), host.scope.clone(), host.budget.clone());
+    let (s, sc, b, d) = (host.services.store.clone(), host.scope.clone(), host.budget.clone(), host.deadline.clone());
     obj.set(
         "cacheLpush",
         Function::new(ctx.clone(), move |ctx: Ctx<'js>, key: String, values: Vec<Value<'js>>| {
@@ -363,50 +370,53 @@ fn install_cache<'js>(ctx: &Ctx<'js>, obj: &Object<'js>, host: &HostBindings) ->
                 b.take_bytes("cache.lpush", text.len()).map_err(|why| throw(&ctx, why))?;
                 texts.push(text);
             }
-            state_err(&ctx, s.cache_lpush(&sc, &key, &texts)).map(|v| v as f64)
+            state_call(&ctx, &d, || s.cache_lpush(&sc, &key, &texts)).map(|v| v as f64)
         })?,
     )?;
-    let (s, sc) = (host.services.store.clone(), host.scope.clone());
+    let (s, sc, d) = (host.services.store.clone(), host.scope.clone(), host.deadline.clone());
     obj.set(
         "cacheLrange",
         Function::new(ctx.clone(), move |ctx: Ctx<'js>, key: String, start: f64, stop: f64| {
-            state_err(&ctx, s.cache_lrange(&sc, &key, start as i64, stop as i64))
+            state_call(&ctx, &d, || s.cache_lrange(&sc, &key, start as i64, stop as i64))
         })?,
     )?;
-    let (s, sc) = (host.services.store.clone(), host.scope.clone());
+    let (s, sc, d) = (host.services.store.clone(), host.scope.clone(), host.deadline.clone());
     obj.set(
         "cacheLlen",
-        Function::new(ctx.clone(), move |ctx: Ctx<'js>, key: String| state_err(&ctx, s.cache_llen(&sc, &key)).map(|v| v as f64))?,
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, key: String| state_call(&ctx, &d, || s.cache_llen(&sc, &key)).map(|v| v as f64))?,
     )?;
-    let (s, sc) = (host.services.store.clone(), host.scope.clone());
+    let (s, sc, d) = (host.services.store.clone(), host.scope.clone(), host.deadline.clone());
     obj.set(
         "cacheLpop",
         Function::new(ctx.clone(), move |ctx: Ctx<'js>, key: String, count: f64| {
-            state_err(&ctx, s.cache_lpop(&sc, &key, count.max(0.0) as u64))
+            state_call(&ctx, &d, || s.cache_lpop(&sc, &key, count.max(0.0) as u64))
         })?,
     )?;
-    let (s, sc) = (host.services.store.clone(), host.scope.clone());
+    let (s, sc, d) = (host.services.store.clone(), host.scope.clone(), host.deadline.clone());
     obj.set(
         "cacheLrem",
         Function::new(ctx.clone(), move |ctx: Ctx<'js>, key: String, count: f64, value: String| {
-            state_err(&ctx, s.cache_lrem(&sc, &key, count as i64, &value)).map(|v| v as f64)
+            state_call(&ctx, &d, || s.cache_lrem(&sc, &key, count as i64, &value)).map(|v| v as f64)
         })?,
     )
 }
 
 fn install_storage<'js>(ctx: &Ctx<'js>, obj: &Object<'js>, host: &HostBindings) -> rquickjs::Result<()> {
-    let (s, ns) = (host.services.store.clone(), host.storage_ns.clone());
-    obj.set("storageGet", Function::new(ctx.clone(), move |ctx: Ctx<'js>, key: String| state_err(&ctx, s.storage_get(&ns, &key)))?)?;
-    let (s, ns, b) = (host.services.store.clone(), host.storage_ns.clone(), host.budget.clone());
+    let (s, ns, d) = (host.services.store.clone(), host.storage_ns.clone(), host.deadline.clone());
+    obj.set(
+        "storageGet",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, key: String| state_call(&ctx, &d, || s.storage_get(&ns, &key)))?,
+    )?;
+    let (s, ns, b, d) = (host.services.store.clone(), host.storage_ns.clone(), host.budget.clone(), host.deadline.clone());
     obj.set(
         "storageSet",
         Function::new(ctx.clone(), move |ctx: Ctx<'js>, key: String, value: String| {
             b.take_bytes("storage.set", key.len() + value.len()).map_err(|why| throw(&ctx, why))?;
-            state_err(&ctx, s.storage_set(&ns, &key, &value))
+            state_call(&ctx, &d, || s.storage_set(&ns, &key, &value))
         })?,
     )?;
-    let (s, ns) = (host.services.store.clone(), host.storage_ns.clone());
-    obj.set("storageDel", Function::new(ctx.clone(), move |ctx: Ctx<'js>, key: String| state_err(&ctx, s.storage_del(&ns, &key)))?)
+    let (s, ns, d) = (host.services.store.clone(), host.storage_ns.clone(), host.deadline.clone());
+    obj.set("storageDel", Function::new(ctx.clone(), move |ctx: Ctx<'js>, key: String| state_call(&ctx, &d, || s.storage_del(&ns, &key)))?)
 }
 
 fn install_outbox<'js>(ctx: &Ctx<'js>, obj: &Object<'js>, host: &HostBindings) -> rquickjs::Result<()> {

@@ -172,6 +172,14 @@ pub struct WorkerPlugins {
     /// Each configuration's version and when it took effect (ms on the worker's clock), for
     /// configurations changed while running ([`WorkerPlugins::apply_config`]).
     versions: HashMap<String, (u64, u64)>,
+    /// The most capture hops of the events each team's instances handled since they were
+    /// created: what their `teardownPlugin` captures at an eviction is one deeper, so evicting
+    /// cannot restart a capture loop at zero.
+    team_hops: HashMap<i64, u32>,
+    /// Why instances were disabled, kept when they are evicted: a re-created instance is
+    /// disabled again at once (an eviction must not give a plugin that timed out its chances
+    /// back).
+    disabled: HashMap<InstanceKey, String>,
 }
 
 /// Where a worker sits and how its background work is paced.
@@ -234,6 +242,8 @@ impl WorkerPlugins {
             created: 0,
             evicted: 0,
             versions: HashMap::new(),
+            team_hops: HashMap::new(),
+            disabled: HashMap::new(),
         })
     }
 
@@ -312,13 +322,12 @@ impl WorkerPlugins {
             for hook in [Hook::RunEveryMinute, Hook::RunEveryHour, Hook::RunEveryDay] {
                 self.schedules.remove(&(key, hook));
             }
-            let Some(Some(mut inst)) = self.instances.remove(&key) else { continue };
-            if let Err(e) = inst.teardown() {
-                inst.log_system(LogLevel::Error, &format!("Plugin failed to unload: {}: {}", e.name, e.message));
-                self.notices.push(PluginNotice::CallFailed(e));
-            }
-            self.collect_outbox(&inst, 0);
+            let Some(Some(inst)) = self.instances.remove(&key) else { continue };
+            let hops = self.team_hops.get(&key.1).copied().unwrap_or(0);
+            self.tear_down(key, inst, hops);
         }
+        // A new version starts with its chances: it was not the one disabled.
+        self.disabled.retain(|key, _| key.0 != index);
     }
 
     /// The version of configuration `id` and when it took effect (ms), if it changed while
@@ -344,6 +353,8 @@ impl WorkerPlugins {
             return Ok(ChainOutcome { event: Some(json.to_string()), ..ChainOutcome::default() });
         }
         let chain = self.chain(team);
+        let deepest = self.team_hops.entry(team).or_default();
+        *deepest = (*deepest).max(hops);
         let mut taken: Vec<(usize, PluginInstance)> = Vec::with_capacity(chain.len());
         for i in chain {
             match self.instances.remove(&(i, team)) {
@@ -461,9 +472,13 @@ impl WorkerPlugins {
         }
     }
 
+    /// The configuration indexes with an instance (loaded or not) for `team`.
+    fn team_keys(&self, team: i64) -> Vec<InstanceKey> {
+        (0..self.specs.len()).map(|i| (i, team)).filter(|k| self.instances.contains_key(k)).collect()
+    }
+
     fn evictable(&self, team: i64) -> bool {
-        self.chains.get(&team).into_iter().flatten().all(|&i| {
-            let key = (i, team);
+        self.team_keys(team).into_iter().all(|key| {
             !self.setup_retries.contains_key(&key)
                 && [Hook::RunEveryMinute, Hook::RunEveryHour, Hook::RunEveryDay].iter().all(|h| !self.schedules.contains_key(&(key, *h)))
         })
@@ -471,17 +486,32 @@ impl WorkerPlugins {
 
     fn evict_team(&mut self, team: i64) {
         self.last_use.remove(&team);
-        let chain = self.chains.remove(&team).unwrap_or_default();
-        for i in chain {
-            let Some(Some(mut inst)) = self.instances.remove(&(i, team)) else { continue };
-            if let Err(e) = inst.teardown() {
-                inst.log_system(LogLevel::Error, &format!("Plugin failed to unload: {}: {}", e.name, e.message));
-                self.notices.push(PluginNotice::CallFailed(e));
-            }
-            // What teardown captured or enqueued goes on (hops as for a call outside any event).
-            self.collect_outbox(&inst, 0);
+        self.chains.remove(&team);
+        let hops = self.team_hops.remove(&team).unwrap_or(0);
+        for key in self.team_keys(team) {
+            let Some(Some(inst)) = self.instances.remove(&key) else { continue };
+            self.tear_down(key, inst, hops);
             self.evicted += 1;
         }
+    }
+
+    /// Runs `teardownPlugin` of an instance leaving the worker and passes on what it captured or
+    /// enqueued (one hop deeper than `hops`); a disabled instance's reason is kept for the next.
+    fn tear_down(&mut self, key: InstanceKey, mut inst: PluginInstance, hops: u32) {
+        if let Some(reason) = inst.disabled() {
+            self.disabled.insert(key, reason.to_owned());
+        }
+        if let Err(e) = inst.teardown() {
+            inst.log_system(LogLevel::Error, &format!("Plugin failed to unload: {}: {}", e.name, e.message));
+            self.notices.push(PluginNotice::CallFailed(e));
+        }
+        self.collect_outbox(&inst, hops);
+    }
+
+    /// Records that `team`'s instances were used now (the eviction order).
+    fn touch(&mut self, team: i64) {
+        self.use_tick += 1;
+        self.last_use.insert(team, self.use_tick);
     }
 
     /// Instances alive on this worker (loaded or not).
@@ -676,7 +706,21 @@ impl WorkerPlugins {
             return None;
         }
         self.ensure(key.0, key.1);
+        self.touch(key.1);
         self.instances.get_mut(&key).and_then(Option::as_mut)
+    }
+
+    /// An evicted instance that had been disabled, made again and disabled at once: no
+    /// `setupPlugin`, no scheduled tasks, events skip it as before.
+    fn recreate_disabled(&mut self, i: usize, team: i64, reason: String) {
+        let spec = &self.specs[i];
+        let cfg = instance_config(spec, team);
+        self.created += 1;
+        let instance = PluginInstance::new(&self.runtime, &spec.def, &cfg, &self.services).ok().map(|mut inst| {
+            inst.disable(reason);
+            inst
+        });
+        self.instances.insert((i, team), instance);
     }
 
     /// Configuration id of the configuration at `index` (chain order).
@@ -734,6 +778,10 @@ impl WorkerPlugins {
                 inst.log_system(LogLevel::Error, &format!("Plugin failed to unload: {}: {}", e.name, e.message));
                 self.notices.push(PluginNotice::CallFailed(e));
             }
+            // What teardown captured is taken by the caller (`take_captured`), which dead-letters
+            // it when the input is closed; it must not stay in the instance's outbox.
+            let hops = self.team_hops.get(&key.1).copied().unwrap_or(0);
+            self.collect_outbox_of(key, hops);
         }
     }
 
@@ -743,8 +791,7 @@ impl WorkerPlugins {
     }
 
     fn chain(&mut self, team: i64) -> Vec<usize> {
-        self.use_tick += 1;
-        self.last_use.insert(team, self.use_tick);
+        self.touch(team);
         if let Some(c) = self.chains.get(&team) {
             return c.clone();
         }
@@ -761,14 +808,15 @@ impl WorkerPlugins {
         if self.instances.contains_key(&(i, team)) {
             return;
         }
+        // Whatever made the instance (an event, a job, a retry, a preload), its team can now be
+        // evicted.
+        self.touch(team);
+        if let Some(reason) = self.disabled.get(&(i, team)).cloned() {
+            self.recreate_disabled(i, team, reason);
+            return;
+        }
         let spec = &self.specs[i];
-        let cfg = InstanceConfig {
-            config_id: spec.id.clone(),
-            team_id: Some(team),
-            config: spec.config.clone(),
-            attachments: spec.attachments.clone(),
-            lenient: false,
-        };
+        let cfg = instance_config(spec, team);
         self.created += 1;
         let instance = match PluginInstance::new(&self.runtime, &spec.def, &cfg, &self.services) {
             Ok(mut inst) => {
@@ -850,5 +898,16 @@ impl WorkerPlugins {
     /// Whether any instance of team `team` has `hook`.
     pub fn team_has(&self, team: i64, hook: Hook) -> bool {
         self.instances.iter().any(|((_, t), inst)| *t == team && inst.as_ref().is_some_and(|i| i.has(hook)))
+    }
+}
+
+/// What an instance of `spec` for `team` is made with.
+fn instance_config(spec: &PluginSpec, team: i64) -> InstanceConfig {
+    InstanceConfig {
+        config_id: spec.id.clone(),
+        team_id: Some(team),
+        config: spec.config.clone(),
+        attachments: spec.attachments.clone(),
+        lenient: false,
     }
 }
