@@ -236,3 +236,41 @@ fn jobs_that_cannot_run_are_given_up_not_dropped() {
     assert_eq!(gave_up[2].error.config_id, "gone");
     assert_eq!(store.queue_len(JOB_QUEUE).unwrap(), 0, "nothing is left taken or pending");
 }
+
+/// Two workers of one process share the job queue: a job runs on its team's owner, where the
+/// team's instance is, whichever worker looks at the queue first.
+#[test]
+fn a_job_runs_on_its_teams_owner_worker() {
+    use operators::plugin::placement::{Placement, team_owner};
+    let fx = plugin(
+        "jobs",
+        &[(
+            "index.js",
+            "exports.setupPlugin = ({ global }) => { global.id = String(Math.random()) }\n\
+             exports.jobs = { note: async (payload, { cache, global }) => { await cache.lpush('ran', [global.id]) } }\n\
+             exports.processEvent = async (e, { jobs, global }) => { await jobs.note({}).runNow(); e.properties.id = global.id; return e }",
+        )],
+    );
+    let store = Arc::new(MemoryStore::new());
+    let placement = Arc::new(Placement::new([None], 2, []));
+    // A team owned by worker 1.
+    let team = (1..100).find(|t| team_owner(*t, 2) == 1).unwrap();
+    let mut workers: Vec<WorkerPlugins> = (0..2)
+        .map(|index| {
+            let place = WorkerPlace { index, peers: 2, placement: Some(placement.clone()), local: 0..2, ..WorkerPlace::default() };
+            worker(vec![spec(&fx, "j", vec![team])], store.clone(), Arc::new(MemoryLogSink::default()), place)
+        })
+        .collect();
+    // The owner handles the event (as the exchange would have it) and queues the job.
+    let json = format!(r#"{{"uuid":"u","event":"e","team_id":{team},"properties":{{}}}}"#);
+    let out = workers[1].process(team, "e", "u", &json, 0).unwrap().event.unwrap();
+    let id = serde_json::from_str::<serde_json::Value>(&out).unwrap()["properties"]["id"].as_str().unwrap().to_owned();
+    // Worker 0 looks first: it hands the job back; the owner runs it with its instance.
+    workers[0].maintain();
+    assert_eq!(store.queue_len(JOB_QUEUE).unwrap(), 1, "worker 0 did not run the job");
+    workers[1].maintain();
+    assert_eq!(store.queue_len(JOB_QUEUE).unwrap(), 0);
+    let scope = PluginDefinition::load(&fx.path()).unwrap().cache_scope(Some(team));
+    assert_eq!(store.cache_lrange(&scope, "ran", 0, -1).unwrap(), [id], "run by the instance that queued it");
+    assert_eq!(workers[0].instance_count(), 0, "worker 0 made no instance of the team");
+}

@@ -65,6 +65,9 @@ impl StateStore for Slow {
     fn queue_ack(&self, queue: &str, id: QueueItemId) -> state::Result<()> {
         self.inner.queue_ack(queue, id)
     }
+    fn queue_release(&self, queue: &str, id: QueueItemId) -> state::Result<()> {
+        self.inner.queue_release(queue, id)
+    }
     fn queue_len(&self, queue: &str) -> state::Result<u64> {
         self.inner.queue_len(queue)
     }

@@ -84,6 +84,8 @@ pub struct Shared {
     /// Configurations loaded from `[plugin_configs] dir`, handed from the watcher to the other
     /// workers of the process.
     pub registry: Arc<crate::live::Registry>,
+    /// Workers per process (`-w`); set by [`run`] from its timely configuration.
+    pub local_workers: usize,
 }
 
 /// Loads and compiles every enabled plugin; a plugin that cannot load stops the start.
@@ -236,6 +238,7 @@ pub fn prepare_with_store(
         clock: Arc::new(state::SystemClock),
         config: Arc::new(config),
         registry: Arc::default(),
+        local_workers: 1,
     })
 }
 
@@ -263,7 +266,14 @@ pub fn event_limits(config: &PipelineConfig) -> EventLimits {
 }
 
 /// Runs the job with timely configuration `timely_config` and returns the counters.
-pub fn run(shared: Shared, timely_config: timely::Config) -> anyhow::Result<Arc<Stats>> {
+pub fn run(mut shared: Shared, timely_config: timely::Config) -> anyhow::Result<Arc<Stats>> {
+    use timely::CommunicationConfig as Comm;
+    shared.local_workers = match &timely_config.communication {
+        Comm::Thread => 1,
+        Comm::Process(n) | Comm::ProcessBinary(n) => *n,
+        Comm::Cluster { threads, .. } => *threads,
+    }
+    .max(1);
     let stats = shared.stats.clone();
     let (checkpoints, stop) = (shared.checkpoints.clone(), shared.stop.clone());
     let guards = timely::execute(timely_config, move |worker| {
@@ -293,6 +303,15 @@ pub fn run(shared: Shared, timely_config: timely::Config) -> anyhow::Result<Arc<
 }
 
 fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize, peers: usize) -> anyhow::Result<()> {
+    // With a configuration folder any team may get plugins at any epoch: every team goes to its
+    // owner (a routing that changed with the configurations could split a team between workers
+    // while the change spreads).
+    let live = shared.config.plugin_configs.clone();
+    let configured = shared.specs.iter().map(|s| s.teams.as_deref()).chain(live.iter().map(|_| None));
+    let placement = Arc::new(Placement::new(configured, peers, shared.config.runtime.spread_teams.iter().copied()));
+    // This process's workers: global indexes are numbered process by process.
+    let local =
+        (index / shared.local_workers * shared.local_workers)..(index / shared.local_workers * shared.local_workers + shared.local_workers);
     let sandbox = PluginRuntime::with_cancel(limits(&shared.config), shared.cancel.clone()).map_err(anyhow::Error::msg)?;
     let plugins = Rc::new(RefCell::new(
         WorkerPlugins::with_runtime(sandbox, shared.specs.clone(), shared.services.clone()).map_err(anyhow::Error::msg)?.with_place(
@@ -306,6 +325,8 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
                 },
                 job_policy: RetryPolicy { base: Duration::from_millis(shared.config.runtime.on_event_retry_base_ms), ..RetryPolicy::job() },
                 instance_budget: usize::try_from(shared.config.runtime.instance_memory_budget_mb << 20).unwrap_or(usize::MAX),
+                placement: Some(placement.clone()),
+                local,
             },
         ),
     ));
@@ -337,12 +358,6 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
     // open until every other piece of work (which still produces metrics) has finished.
     let mut metrics = InputSession::<u64, MetricKey, isize>::new();
     let metrics_probe = ProbeHandle::new();
-    // With a configuration folder any team may get plugins at any epoch: every team goes to its
-    // owner (a routing that changed with the configurations could split a team between workers
-    // while the change spreads).
-    let live = shared.config.plugin_configs.clone();
-    let configured = shared.specs.iter().map(|s| s.teams.as_deref()).chain(live.iter().map(|_| None));
-    let placement = Rc::new(Placement::new(configured, peers, shared.config.runtime.spread_teams.iter().copied()));
     // Configuration changes (crate::live): sent by the first worker's watcher, at its epoch.
     let mut config_input = InputHandle::<u64, CapacityContainerBuilder<Vec<crate::live::ConfigUpdate>>>::new();
     let mut watcher = live.as_ref().filter(|_| index == 0).map(|c| {
@@ -772,7 +787,7 @@ struct ReturnedLetter {
 /// or no plugin).
 fn to_owners<'s, D>(
     stream: timely::dataflow::Stream<'s, u64, Vec<D>>,
-    placement: &Rc<Placement>,
+    placement: &Arc<Placement>,
     team_and_reader: impl Fn(&D) -> (i64, u32) + 'static,
 ) -> timely::dataflow::Stream<'s, u64, Vec<D>>
 where
@@ -791,7 +806,7 @@ where
 /// Sends each record back to the worker that read its event (`reader`).
 fn to_readers<'s, D>(
     stream: timely::dataflow::Stream<'s, u64, Vec<D>>,
-    placement: &Rc<Placement>,
+    placement: &Arc<Placement>,
     reader: impl Fn(&D) -> u32 + 'static,
 ) -> timely::dataflow::Stream<'s, u64, Vec<D>>
 where

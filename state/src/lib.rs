@@ -97,6 +97,9 @@ pub trait StateStore: Send + Sync {
     fn queue_take_due(&self, queue: &str, now_ms: u64, limit: usize) -> Result<Vec<QueueItem>>;
     /// Removes an item for good.
     fn queue_ack(&self, queue: &str, id: QueueItemId) -> Result<()>;
+    /// Hands a taken item back: the next `queue_take_due` (of any caller of this store) may take
+    /// it again. An item not taken, or not in `queue`, is left alone.
+    fn queue_release(&self, queue: &str, id: QueueItemId) -> Result<()>;
     /// How many items `queue` holds (taken or not).
     fn queue_len(&self, queue: &str) -> Result<u64>;
 

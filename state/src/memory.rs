@@ -199,6 +199,14 @@ impl StateStore for MemoryStore {
         Ok(())
     }
 
+    fn queue_release(&self, queue: &str, id: QueueItemId) -> Result<()> {
+        let mut q = lock(&self.queues);
+        if q.taken.get(&id.0).is_some_and(|key| key.starts_with(&keys::queue_prefix(queue))) {
+            q.taken.remove(&id.0);
+        }
+        Ok(())
+    }
+
     fn queue_len(&self, queue: &str) -> Result<u64> {
         let q = lock(&self.queues);
         Ok(q.scan(&keys::queue_prefix(queue)).count() as u64)

@@ -217,6 +217,10 @@ impl StateStore for RedisStore {
         self.local.queue_ack(queue, id)
     }
 
+    fn queue_release(&self, queue: &str, id: QueueItemId) -> Result<()> {
+        self.local.queue_release(queue, id)
+    }
+
     fn queue_len(&self, queue: &str) -> Result<u64> {
         self.local.queue_len(queue)
     }

@@ -352,6 +352,14 @@ impl StateStore for RocksStore {
         Ok(())
     }
 
+    fn queue_release(&self, queue: &str, id: QueueItemId) -> Result<()> {
+        let mut taken = lock(&self.taken);
+        if taken.get(&id.0).is_some_and(|key| key.starts_with(&keys::queue_prefix(queue))) {
+            taken.remove(&id.0);
+        }
+        Ok(())
+    }
+
     fn queue_len(&self, queue: &str) -> Result<u64> {
         let mut len = 0;
         for item in self.queue_scan(queue)? {

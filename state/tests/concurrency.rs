@@ -97,3 +97,28 @@ fn queue_items_are_taken_once() {
     assert_eq!(taken.len(), 1_000, "an item was handed out twice or never");
     assert_eq!(taken.into_iter().collect::<HashSet<_>>(), put);
 }
+
+/// A released item can be taken again (by anyone), once; releasing under another queue's name,
+/// or an item not taken, changes nothing.
+#[test]
+fn a_released_item_is_taken_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let rocks = RocksStore::open(dir.path()).unwrap();
+    let memory = state::MemoryStore::new();
+    for store in [&rocks as &dyn StateStore, &memory] {
+        let a = store.queue_put("q", 1, b"a").unwrap();
+        let b = store.queue_put("q", 2, b"b").unwrap();
+        assert_eq!(store.queue_take_due("q", 10, 10).unwrap().len(), 2);
+        assert!(store.queue_take_due("q", 10, 10).unwrap().is_empty(), "taken items are not handed out twice");
+        store.queue_release("other", a).unwrap();
+        assert!(store.queue_take_due("q", 10, 10).unwrap().is_empty(), "another queue's name releases nothing");
+        store.queue_release("q", a).unwrap();
+        let again = store.queue_take_due("q", 10, 10).unwrap();
+        assert_eq!(again.iter().map(|i| (i.id, i.payload.clone())).collect::<Vec<_>>(), [(a, b"a".to_vec())]);
+        assert!(store.queue_take_due("q", 10, 10).unwrap().is_empty());
+        store.queue_ack("q", a).unwrap();
+        store.queue_ack("q", b).unwrap();
+        store.queue_release("q", b).unwrap(); // acknowledged: nothing to release
+        assert_eq!(store.queue_len("q").unwrap(), 0);
+    }
+}

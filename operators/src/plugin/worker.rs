@@ -19,7 +19,7 @@ use super::error::{Hook, PluginError};
 use super::host::HostServices;
 use super::instance::{InstanceConfig, PluginDefinition, PluginInstance};
 use super::log::LogLevel;
-use super::placement::team_owner;
+use super::placement::{Placement, team_owner};
 use super::runtime::{Limits, PluginRuntime};
 use super::schedule::{Schedule, period_ms};
 
@@ -198,6 +198,10 @@ pub struct WorkerPlace {
     /// QuickJS heap this worker's instances may hold, in bytes, before the least recently used
     /// teams' instances are evicted (0: no budget).
     pub instance_budget: usize,
+    /// Where each team's plugins run (`None`: here, as with one worker).
+    pub placement: Option<Arc<Placement>>,
+    /// The workers of this process (global indexes): the ones that share its durable queues.
+    pub local: std::ops::Range<usize>,
 }
 
 impl Default for WorkerPlace {
@@ -209,6 +213,8 @@ impl Default for WorkerPlace {
             setup_policy: RetryPolicy::setup(),
             job_policy: RetryPolicy::job(),
             instance_budget: 0,
+            placement: None,
+            local: 0..1,
         }
     }
 }
@@ -581,7 +587,29 @@ impl WorkerPlugins {
                 return Vec::new();
             }
         };
-        items.into_iter().filter_map(|item| self.run_job(item)).collect()
+        let mut exhausted = Vec::new();
+        for item in items {
+            // A job runs on its team's owner, where the instance is: another worker of this
+            // process hands it back to the queue for the owner to take.
+            if self.owner_elsewhere_here(job_team(&item.payload)) {
+                if let Err(e) = self.services.store.queue_release(JOB_QUEUE, item.id) {
+                    tracing::error!(error = %e, "cannot hand a job back to the queue; it runs here");
+                } else {
+                    continue;
+                }
+            }
+            exhausted.extend(self.run_job(item));
+        }
+        exhausted
+    }
+
+    /// Whether `team`'s plugins run on another worker of this process. A team whose owner is in
+    /// another process (the cluster changed shape since the job was queued) runs here: nothing
+    /// there reads this process's queue.
+    fn owner_elsewhere_here(&self, team: Option<i64>) -> bool {
+        let (Some(team), Some(placement)) = (team, &self.place.placement) else { return false };
+        let worker = placement.worker_for(team, self.place.index);
+        worker != self.place.index && self.place.local.contains(&worker)
     }
 
     fn run_job(&mut self, item: state::QueueItem) -> Option<super::deferred::Exhausted> {
@@ -910,4 +938,10 @@ fn instance_config(spec: &PluginSpec, team: i64) -> InstanceConfig {
         attachments: spec.attachments.clone(),
         lenient: false,
     }
+}
+
+/// The team of a queued job (`None` when its payload cannot be read: it runs where taken, and
+/// is dead-lettered there).
+fn job_team(payload: &[u8]) -> Option<i64> {
+    serde_json::from_slice::<Value>(payload).ok()?.get("team")?.as_i64()
 }
