@@ -13,6 +13,19 @@ use serde_json::{Map, Value};
 
 mod scan;
 
+/// A line as the graph's input carries it: where it was, its bytes, and how many
+/// `posthog.capture` calls in a row led to it (0 for a line of the input; the graph sets it for
+/// captured events, out of band: no line can claim it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InputLine {
+    /// Where in the source (as [`DeadLetter::position`]; 0 for a captured event).
+    pub position: u64,
+    /// The line, without its newline.
+    pub bytes: Vec<u8>,
+    /// Capture hops.
+    pub hops: u32,
+}
+
 /// A line that is a valid event. (Serializable: it crosses workers and processes on its way to
 /// the worker that runs its team's plugins.)
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]

@@ -32,8 +32,10 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use differential_dataflow::input::InputSession;
+use operators::dataflow::chain::{ChainResult, RunChain};
 use operators::dataflow::deferred::RunDeferred;
-use operators::event::{DeadLetter, EventLimits, ValidEvent, parse_owned_line};
+use operators::dataflow::placement::ToOwners;
+use operators::event::{DeadLetter, EventLimits, InputLine, ValidEvent, parse_owned_line};
 use operators::plugin::deferred::{DeferredWork, FinalEvent, RetryPolicies, RetryPolicy};
 use operators::plugin::placement::Placement;
 use operators::plugin::worker::{PluginNotice, PluginSpec, WorkerPlace, WorkerPlugins};
@@ -41,7 +43,7 @@ use operators::plugin::{GeoIp, Hook, HostServices, Limits, LogSink, PluginRuntim
 use state::{MemoryStore, RocksStore, StateStore};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::core::{Exchange, Inspect, OkErr, Probe};
+use timely::dataflow::operators::core::{Inspect, OkErr, Probe};
 use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::vec::{Broadcast, Map};
 use timely::dataflow::{InputHandle, ProbeHandle};
@@ -49,10 +51,6 @@ use timely::dataflow::{InputHandle, ProbeHandle};
 use crate::config::PipelineConfig;
 use crate::io::{EventSource, OutRecord, Release, SharedFiles, open_worker_io};
 use crate::stats::Stats;
-
-/// An input line: (position, bytes, capture hops). The hop count travels beside the line, never
-/// inside it.
-type InputLine = (u64, Vec<u8>, u32);
 
 /// What every worker of the process shares.
 #[derive(Clone)]
@@ -344,7 +342,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
     if let Some(size) = source.size_hint() {
         shared.stats.set_input_bytes(size);
     }
-    // (position, line, capture hops): hops travel beside the line, never inside it.
+    // Input lines (operators::event::InputLine): capture hops travel beside the line, never inside it.
     let mut input = InputHandle::<u64, CapacityContainerBuilder<Vec<InputLine>>>::new();
     // `probe` sees everything, deferred work and retries included: it decides which epochs are
     // complete. `intake` sees only the outputs of the chain: it bounds how far reading runs
@@ -379,8 +377,9 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
             .probe_with(&metrics_probe);
         let checks = event_limits(&shared.config);
         let reader = index as u32;
-        let (events, dead) = input.to_stream(scope).ok_err(move |(pos, line, hops): (u64, Vec<u8>, u32)| {
-            parse_owned_line(line, &source_name, pos, &checks).map(|mut ev| {
+        let (events, dead) = input.to_stream(scope).ok_err(move |line: InputLine| {
+            let hops = line.hops;
+            parse_owned_line(line.bytes, &source_name, line.position, &checks).map(|mut ev| {
                 ev.hops = hops;
                 ev.reader = reader;
                 ev
@@ -388,19 +387,22 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
         });
         // To the worker that runs the team's plugins (placement.rs), and what the chain made of
         // each event back to the worker that read it, to be written there.
-        let events = to_owners(events, &placement, |ev: &ValidEvent| (ev.team_id, ev.reader));
-        let chain = plugins.clone();
+        let events = events.to_owners(&placement, |ev: &ValidEvent| (ev.team_id, ev.reader));
         let outcomes = match live {
-            None => events.map(move |ev: ValidEvent| run_event(&chain, ev)),
+            None => events.run_chain(plugins.clone()),
             Some(_) => {
                 let updates = config_input.to_stream(scope).broadcast();
-                chain_stage(events, updates, chain, shared.registry.clone(), shared.http.clone())
+                let (registry, http) = (shared.registry.clone(), shared.http.clone());
+                let apply = move |plugins: &mut WorkerPlugins, update: crate::live::ConfigUpdate, epoch: u64| {
+                    apply_update(plugins, &registry, &http, &update, epoch);
+                };
+                events.run_chain_with(updates, plugins.clone(), apply)
             }
         };
-        let outcomes = to_readers(outcomes, &placement, ChainResult::reader);
+        let outcomes = outcomes.to_readers(&placement, ChainResult::reader);
         let stats = shared.stats.clone();
         let (processed, unprocessable): (timely::dataflow::Stream<'_, u64, Vec<FinalEvent>>, _) =
-            outcomes.flat_map(move |r: ChainResult| r.into_result(&stats)).ok_err(|r: Result<FinalEvent, DeadLetter>| r);
+            outcomes.flat_map(move |r: ChainResult| r.into_result(|| stats.add_dropped(1))).ok_err(|r: Result<FinalEvent, DeadLetter>| r);
         // Processed events are written here, then passed on (moved, not copied) to onEvent and
         // exportEvents only when the team has a plugin with one of them: the test
         // DeferredWork::event would make first. A team whose plugins run on another worker is
@@ -428,9 +430,9 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
             .probe_with(&intake);
         write_dead_letters(dead, &io.dead_letters, &shared.stats, &failed).probe_with(&intake).probe_with(&probe);
         write_dead_letters(unprocessable, &io.dead_letters, &shared.stats, &failed).probe_with(&intake).probe_with(&probe);
-        let owed = to_owners(owed, &placement, |ev: &FinalEvent| (ev.team, ev.reader));
+        let owed = owed.to_owners(&placement, |ev: &FinalEvent| (ev.team, ev.reader));
         let given_up = owed.run_deferred(deferred.clone()).flat_map(move |e| exhausted_letters(e, reader));
-        let given_up = to_readers(given_up, &placement, |l: &ReturnedLetter| l.reader).map(|l: ReturnedLetter| l.letter);
+        let given_up = given_up.to_readers(&placement, |l: &ReturnedLetter| l.reader).map(|l: ReturnedLetter| l.letter);
         write_dead_letters(given_up, &io.dead_letters, &shared.stats, &failed).probe_with(&probe);
     });
     let batch_size = shared.config.runtime.batch_size;
@@ -474,7 +476,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
             shared.stats.add_in(polled.records.len() as u64, polled.bytes);
             shared.stats.add_blank(polled.blank);
             for (position, line) in polled.records {
-                input.send((position, line, 0));
+                input.send(InputLine { position, bytes: line, hops: 0 });
             }
         }
         // Background plugin work, then events plugins captured: back into the graph.
@@ -604,7 +606,7 @@ fn inject_captured(
             });
             continue;
         }
-        input.send((0, json.into_bytes(), hops));
+        input.send(InputLine { position: 0, bytes: json.into_bytes(), hops });
     }
     looping
 }
@@ -742,38 +744,6 @@ fn retry_hold(config: &PipelineConfig) -> Duration {
     if exactly_once || crate::resume::enabled(config) { Duration::MAX } else { Duration::from_millis(config.runtime.retry_hold_ms) }
 }
 
-/// What the chain made of one event, on its way back to the worker that read it.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-enum ChainResult {
-    /// The event as the chain left it.
-    Kept(FinalEvent),
-    /// A plugin dropped it (counted where it was read, with the input it was counted in).
-    Dropped { reader: u32 },
-    /// The chain could not be completed: a dead letter.
-    Failed { reader: u32, letter: DeadLetter },
-}
-
-impl ChainResult {
-    fn reader(&self) -> u32 {
-        match self {
-            Self::Kept(ev) => ev.reader,
-            Self::Dropped { reader } | Self::Failed { reader, .. } => *reader,
-        }
-    }
-
-    /// The event to write, or its dead letter; `None` (counted) when it was dropped.
-    fn into_result(self, stats: &Stats) -> Option<Result<FinalEvent, DeadLetter>> {
-        match self {
-            Self::Kept(ev) => Some(Ok(ev)),
-            Self::Dropped { .. } => {
-                stats.add_dropped(1);
-                None
-            }
-            Self::Failed { letter, .. } => Some(Err(letter)),
-        }
-    }
-}
-
 /// A dead letter of `onEvent`/`exportEvents` work, on its way back to the worker that read its
 /// event.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -782,101 +752,10 @@ struct ReturnedLetter {
     letter: DeadLetter,
 }
 
-/// Sends each record to the worker that runs its team's plugins; `team_and_reader` names the
-/// record's team and the worker that read it. No exchange at all where nothing moves (one worker,
-/// or no plugin).
-fn to_owners<'s, D>(
-    stream: timely::dataflow::Stream<'s, u64, Vec<D>>,
-    placement: &Arc<Placement>,
-    team_and_reader: impl Fn(&D) -> (i64, u32) + 'static,
-) -> timely::dataflow::Stream<'s, u64, Vec<D>>
-where
-    D: timely::ExchangeData,
-{
-    if !placement.exchanges() {
-        return stream;
-    }
-    let place = placement.clone();
-    stream.exchange(move |d: &D| {
-        let (team, reader) = team_and_reader(d);
-        place.worker_for(team, reader as usize) as u64
-    })
-}
-
-/// Sends each record back to the worker that read its event (`reader`).
-fn to_readers<'s, D>(
-    stream: timely::dataflow::Stream<'s, u64, Vec<D>>,
-    placement: &Arc<Placement>,
-    reader: impl Fn(&D) -> u32 + 'static,
-) -> timely::dataflow::Stream<'s, u64, Vec<D>>
-where
-    D: timely::ExchangeData,
-{
-    if !placement.exchanges() {
-        return stream;
-    }
-    stream.exchange(move |d: &D| u64::from(reader(d)))
-}
-
-/// The chain stage with configurations that change while running: events wait until every
-/// configuration change up to their epoch is known; a change at epoch `t` is applied after every
-/// event of the epochs before `t` and before any event of `t` or later, so each event's chain is
-/// all of one version.
-fn chain_stage<'s>(
-    events: timely::dataflow::Stream<'s, u64, Vec<ValidEvent>>,
-    updates: timely::dataflow::Stream<'s, u64, Vec<crate::live::ConfigUpdate>>,
-    plugins: Rc<RefCell<WorkerPlugins>>,
-    registry: Arc<crate::live::Registry>,
-    http: Arc<crate::http::HttpState>,
-) -> timely::dataflow::Stream<'s, u64, Vec<ChainResult>> {
-    events.binary_frontier(updates, Pipeline, Pipeline, "ChainWithConfigs", move |_, _| {
-        let mut waiting: BTreeMap<u64, (timely::dataflow::operators::Capability<u64>, Vec<ValidEvent>)> = BTreeMap::new();
-        let mut changes: BTreeMap<u64, Vec<crate::live::ConfigUpdate>> = BTreeMap::new();
-        move |(events, events_frontier), (updates, updates_frontier), output| {
-            events.for_each(|cap, data: &mut Vec<ValidEvent>| {
-                let Some(cap) = cap.retain_least(0) else { return };
-                waiting.entry(*cap.time()).or_insert_with(|| (cap, Vec::new())).1.append(data);
-            });
-            updates.for_each(|cap, data: &mut Vec<crate::live::ConfigUpdate>| {
-                if let Some(&time) = cap.least() {
-                    changes.entry(time).or_default().append(data);
-                }
-            });
-            loop {
-                let next_change = changes.keys().next().copied();
-                let next_events = waiting.keys().next().copied();
-                match (next_change, next_events) {
-                    // Changes at `t` go before the events of `t`, once no event before `t` can
-                    // come and every change at `t` is known.
-                    (Some(t), e) if e.is_none_or(|e| t <= e) => {
-                        if events_frontier.less_than(&t) || updates_frontier.less_equal(&t) {
-                            break;
-                        }
-                        for update in changes.remove(&t).unwrap_or_default() {
-                            apply_update(&plugins, &registry, &http, &update, t);
-                        }
-                    }
-                    (_, Some(t)) => {
-                        if updates_frontier.less_equal(&t) {
-                            break;
-                        }
-                        let (cap, batch) = waiting.remove(&t).expect("listed above");
-                        let mut session = output.session(&cap);
-                        for ev in batch {
-                            session.give(run_event(&plugins, ev));
-                        }
-                    }
-                    _ => break,
-                }
-            }
-        }
-    })
-}
-
 /// Applies one configuration change to this worker's plugins; one that cannot load here (another
 /// process read a plugin folder that changed since) leaves the version before it running.
 fn apply_update(
-    plugins: &Rc<RefCell<WorkerPlugins>>,
+    plugins: &mut WorkerPlugins,
     registry: &crate::live::Registry,
     http: &crate::http::HttpState,
     update: &crate::live::ConfigUpdate,
@@ -884,7 +763,6 @@ fn apply_update(
 ) {
     match registry.change(update) {
         Ok(change) => {
-            let mut plugins = plugins.borrow_mut();
             plugins.apply_config(change, update.version);
             if let Some(v) = plugins.config_version(&update.id) {
                 http.config_versions.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(update.id.clone(), v);
@@ -893,31 +771,6 @@ fn apply_update(
         }
         Err(why) => {
             tracing::error!(config = %update.id, version = update.version, error = %why, "configuration cannot load on this worker; the version before it keeps running here")
-        }
-    }
-}
-
-/// Runs one event's chain: the final event (or none, when dropped), or a dead letter when the
-/// chain could not be completed. An event is never written out without its chain.
-fn run_event(chain: &Rc<RefCell<WorkerPlugins>>, ev: ValidEvent) -> ChainResult {
-    let mut plugins = chain.borrow_mut();
-    let (team, hops, position, reader) = (ev.team_id, ev.hops, ev.position, ev.reader);
-    // A team without plugins gets its event as it came, moved rather than copied (a `$snapshot`
-    // goes through `process`, which counts it as skipped).
-    if ev.name() != "$snapshot" && !plugins.has_chain(team) {
-        return ChainResult::Kept(FinalEvent { team, hops, position, reader, json: ev.json });
-    }
-    match plugins.process(team, ev.name(), ev.uuid(), &ev.json, hops) {
-        Ok(outcome) => match outcome.event {
-            Some(json) => ChainResult::Kept(FinalEvent { team, hops, position, reader, json }),
-            None => ChainResult::Dropped { reader },
-        },
-        Err(reason) => {
-            tracing::error!(uuid = %ev.uuid(), error = %reason, "event could not complete its chain: dead-lettered");
-            ChainResult::Failed {
-                reader,
-                letter: DeadLetter { source: "chain".into(), position, reason, raw: ev.json, raw_base64: None, failure: None },
-            }
         }
     }
 }
