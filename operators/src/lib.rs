@@ -3,8 +3,10 @@
 //! - [`plugin`]: the QuickJS plugin host (no timely, no Kafka).
 //! - [`dataflow`]: thin timely operators around it.
 //! - [`event`]: from an input line to an event or a dead letter.
+//! - [`sync`]: the policy for poisoned locks.
 #![warn(missing_docs)]
 
 pub mod dataflow;
 pub mod event;
 pub mod plugin;
+pub mod sync;

@@ -2,6 +2,7 @@
 //! `/plugins` (JSON). One thread, blocking I/O, one request per connection: it serves
 //! operators and scrapers, not traffic.
 
+use operators::sync::lock;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -53,7 +54,7 @@ pub struct HttpState {
 /// load for some team.
 pub fn health_problems(state: &HttpState, now: Instant) -> Vec<String> {
     let mut problems = state.kafka.problems(&state.limits, now);
-    for (file, why) in state.config_problems.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter() {
+    for (file, why) in lock(&state.config_problems).iter() {
         problems.push(format!("plugin configuration {} not loaded: {why}", file.display()));
     }
     let mut failed: Vec<String> = state
@@ -188,11 +189,11 @@ pub fn prometheus(state: &HttpState) -> String {
     for ((config, what), n) in &s.refused {
         out.push_str(&format!("pluginflow_refused_total{{config=\"{}\",what=\"{what}\"}} {n}\n", label(config)));
     }
-    let pending = state.pending_retries.lock().expect("http state lock").as_ref().map_or(0, |f| f());
+    let pending = lock(&state.pending_retries).as_ref().map_or(0, |f| f());
     out.push_str(&format!("# HELP pluginflow_pending_retries Retries waiting in the durable queue.\n# TYPE pluginflow_pending_retries gauge\npluginflow_pending_retries {pending}\n"));
     kafka_metrics(&mut out, &state.kafka, Instant::now());
     let mut merged: BTreeMap<(String, String), Histogram> = BTreeMap::new();
-    for ((config, hook, _), h) in state.latency.lock().expect("http state lock").iter() {
+    for ((config, hook, _), h) in lock(&state.latency).iter() {
         merged.entry((config.clone(), hook.clone())).or_default().merge(h);
     }
     out.push_str("# HELP pluginflow_plugin_call_seconds Plugin hook call latency.\n# TYPE pluginflow_plugin_call_seconds histogram\n");
@@ -261,7 +262,7 @@ fn kafka_metrics(out: &mut String, kafka: &KafkaHealth, now: Instant) {
 pub fn plugins_json(state: &HttpState) -> String {
     let summary = state.stats.summary();
     let mut configs: BTreeMap<(String, i64), serde_json::Value> = BTreeMap::new();
-    for ((config, team, worker), status) in state.plugins.lock().expect("http state lock").iter() {
+    for ((config, team, worker), status) in lock(&state.plugins).iter() {
         let entry = configs.entry((config.clone(), *team)).or_insert_with(|| {
             json!({"plugin_config_id": config, "team_id": team, "plugin": status.plugin, "loaded": true, "disabled": null, "workers": 0, "app_metrics": {}})
         });
@@ -273,7 +274,7 @@ pub fn plugins_json(state: &HttpState) -> String {
             entry["disabled"] = json!(format!("worker {worker}: {reason}"));
         }
     }
-    let versions = state.config_versions.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+    let versions = lock(&state.config_versions).clone();
     for ((config, _), entry) in configs.iter_mut() {
         if let Some((version, since_ms)) = versions.get(config) {
             entry["version"] = json!(version);

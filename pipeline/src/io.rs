@@ -6,6 +6,7 @@
 //! outputs written, `onEvent`/`exportEvents` work and retries done. A Kafka source commits its
 //! offsets (or a transaction) there; a recorded log has nothing to do.
 
+use operators::sync::lock;
 use std::cell::RefCell;
 use std::io::Write;
 use std::path::Path;
@@ -215,11 +216,11 @@ impl RecordSink for FileSink {
     }
 
     fn write_values(&mut self, epoch: u64, values: &mut dyn Iterator<Item = &str>) -> anyhow::Result<()> {
-        self.0.lock().expect("output lock").write_lines(epoch, values)
+        lock(&self.0).write_lines(epoch, values)
     }
 
     fn flush(&mut self) -> anyhow::Result<()> {
-        self.0.lock().expect("output lock").flush()
+        lock(&self.0).flush()
     }
 }
 

@@ -13,6 +13,7 @@
 //! through a [`Registry`] (what the dataflow carries is the id, the version and the file's text);
 //! a worker of another process of a cluster loads the text itself.
 
+use operators::sync::lock;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -52,7 +53,7 @@ impl Registry {
         let Some((text, dir)) = &update.entry else {
             return Ok(ConfigChange::Remove(update.id.clone()));
         };
-        if let Some(spec) = self.specs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(&(update.id.clone(), update.version)) {
+        if let Some(spec) = lock(&self.specs).get(&(update.id.clone(), update.version)) {
             return Ok(ConfigChange::Upsert(spec.clone()));
         }
         let entry = parse_entry(text, dir)?;
@@ -60,7 +61,7 @@ impl Registry {
     }
 
     fn put(&self, update: &ConfigUpdate, spec: PluginSpec) {
-        self.specs.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert((update.id.clone(), update.version), spec);
+        lock(&self.specs).insert((update.id.clone(), update.version), spec);
     }
 }
 
@@ -228,7 +229,7 @@ impl Watcher {
     }
 
     fn problem(&self, path: &Path, why: Option<String>) {
-        let mut problems = self.problems.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut problems = lock(&self.problems);
         match why {
             Some(why) => problems.insert(path.to_path_buf(), why),
             None => problems.remove(path),

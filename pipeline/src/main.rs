@@ -1,5 +1,6 @@
 //! The `pluginflow` command line. Thin: parsing flags, wiring outputs, exit codes.
 
+use operators::sync::lock;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -264,7 +265,7 @@ fn run(args: RunArgs) -> ExitCode {
     match result {
         Ok(stats) => {
             eprint!("{}", stats.summary().render(started.elapsed().as_secs_f64()));
-            for ((config, team, worker), status) in http_state.plugins.lock().expect("http state lock").iter() {
+            for ((config, team, worker), status) in lock(&http_state.plugins).iter() {
                 if let Some(reason) = &status.disabled {
                     eprintln!("  disabled: {} ({config}) team {team} on worker {worker}: {reason}", status.plugin);
                 }
@@ -359,10 +360,10 @@ struct SharedWrite(pluginflow::io::SharedWriter);
 
 impl std::io::Write for SharedWrite {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("log output lock").write(buf)
+        lock(&self.0).write(buf)
     }
     fn flush(&mut self) -> std::io::Result<()> {
-        self.0.lock().expect("log output lock").flush()
+        lock(&self.0).flush()
     }
 }
 

@@ -21,6 +21,7 @@
 //! its epoch open while it ran). Checkpoints never pass a floor still owed, so the events that
 //! captured are read again on resume instead of their captures being lost.
 
+use operators::sync::lock;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs::OpenOptions;
 use std::io::{Read, Seek, SeekFrom};
@@ -334,7 +335,7 @@ impl Checkpointer {
     /// Worker `worker` of `peers` owes its share from `position` (its start, or where a resume
     /// begins). Until its first report its floor is 0: it may hold captures of any epoch.
     pub fn started(&self, worker: usize, peers: usize, position: u64) {
-        let mut inner = self.inner.lock().expect("checkpoint lock");
+        let mut inner = lock(&self.inner);
         inner.peers = peers;
         inner.reads.insert(worker, (position, VecDeque::new()));
         inner.floors.insert(worker, 0);
@@ -342,7 +343,7 @@ impl Checkpointer {
 
     /// Worker `worker` read up to `position` for `epoch`.
     pub fn read(&self, worker: usize, epoch: u64, position: u64) {
-        let mut inner = self.inner.lock().expect("checkpoint lock");
+        let mut inner = lock(&self.inner);
         let (_, reads) = inner.reads.entry(worker).or_default();
         match reads.back_mut() {
             Some(last) if last.0 == epoch => last.1 = position,
@@ -353,19 +354,19 @@ impl Checkpointer {
     /// Captured events went into the input at `epoch`; they came from events of epochs at or
     /// after `floor`.
     pub fn injected(&self, epoch: u64, floor: u64) {
-        self.inner.lock().expect("checkpoint lock").injected.insert((epoch, floor));
+        lock(&self.inner).injected.insert((epoch, floor));
     }
 
     /// Worker `worker` left its loop: it sends no more captures into the input.
     pub fn left(&self, worker: usize) {
-        self.inner.lock().expect("checkpoint lock").floors.remove(&worker);
+        lock(&self.inner).floors.remove(&worker);
     }
 
     /// Worker `worker` saw every epoch before `frontier` complete; the captures it holds came
     /// from epochs at or after `floor`. Renews the checkpoint if it can move and the last one is
     /// older than [`CHECKPOINT_EVERY`].
     pub fn complete(&self, worker: usize, frontier: u64, floor: u64) -> anyhow::Result<()> {
-        let mut inner = self.inner.lock().expect("checkpoint lock");
+        let mut inner = lock(&self.inner);
         inner.floors.insert(worker, floor);
         let progress = &mut *inner;
         let safe = safe_frontier(frontier, &progress.floors, &mut progress.injected);
@@ -379,7 +380,7 @@ impl Checkpointer {
 
     /// The run read its whole input and every epoch is complete.
     pub fn finish(&self) -> anyhow::Result<()> {
-        let mut inner = self.inner.lock().expect("checkpoint lock");
+        let mut inner = lock(&self.inner);
         self.write(&mut inner, u64::MAX, true)
     }
 
@@ -394,7 +395,7 @@ impl Checkpointer {
             cp.positions.insert(*worker, *base);
         }
         for (file, mark) in [(&self.files.events, &mut cp.events), (&self.files.dead_letters, &mut cp.dead_letters)] {
-            (mark.len, mark.cut) = file.lock().expect("output lock").mark(frontier)?;
+            (mark.len, mark.cut) = lock(file).mark(frontier)?;
         }
         cp.complete = complete;
         save(&*self.store, &cp)?;

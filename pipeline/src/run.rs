@@ -20,6 +20,7 @@
 //! epochs ahead of the probe; a Kafka source commits an epoch's offsets once the probe has
 //! passed it (kafka/source.rs).
 
+use operators::sync::lock;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -207,8 +208,7 @@ pub fn prepare_with_store(
     let limits = config.http.as_ref().map(crate::config::HttpConfig::limits).unwrap_or_default();
     let http = Arc::new(crate::http::HttpState { stats: stats.clone(), limits, ..Default::default() });
     let queue_store = services.store.clone();
-    *http.pending_retries.lock().expect("http state lock") =
-        Some(Box::new(move || queue_store.queue_len(operators::plugin::deferred::RETRY_QUEUE).unwrap_or(0)));
+    *lock(&http.pending_retries) = Some(Box::new(move || queue_store.queue_len(operators::plugin::deferred::RETRY_QUEUE).unwrap_or(0)));
     let append = resume.is_some();
     let resumable = crate::resume::enabled(&config);
     if !append {
@@ -765,7 +765,7 @@ fn apply_update(
         Ok(change) => {
             plugins.apply_config(change, update.version);
             if let Some(v) = plugins.config_version(&update.id) {
-                http.config_versions.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(update.id.clone(), v);
+                lock(&http.config_versions).insert(update.id.clone(), v);
             }
             tracing::debug!(config = %update.id, version = update.version, epoch, "configuration applied");
         }
@@ -797,7 +797,7 @@ fn record_notices(stats: &Stats, plugins: &mut WorkerPlugins, metrics: &mut Inpu
 /// Publishes this worker's plugin statuses and call latency for the HTTP endpoint.
 fn publish(http: &crate::http::HttpState, plugins: &WorkerPlugins, worker: usize) {
     {
-        let mut statuses = http.plugins.lock().expect("http state lock");
+        let mut statuses = lock(&http.plugins);
         for (config, team, plugin, loaded, disabled) in plugins.statuses() {
             statuses.insert((config, team, worker), crate::http::PluginStatus { plugin, loaded, disabled });
         }
@@ -809,7 +809,7 @@ fn publish(http: &crate::http::HttpState, plugins: &WorkerPlugins, worker: usize
             mine.entry((inst.config_id().to_string(), hook.as_str().to_string(), worker)).or_default().merge(h);
         }
     }
-    http.latency.lock().expect("http state lock").extend(mine);
+    lock(&http.latency).extend(mine);
 }
 
 /// (configuration, team, hook, outcome, minute start in ms).
@@ -821,7 +821,7 @@ fn write_metric(out: &crate::io::SharedWriter, key: &MetricKey, delta: isize) {
         "plugin_config_id": config, "team_id": team, "hook": hook, "outcome": outcome,
         "minute": operators::plugin::log::format_iso(*minute), "delta": delta,
     });
-    let mut w = out.lock().expect("metrics output lock");
+    let mut w = lock(out);
     if let Err(e) = writeln!(w, "{line}") {
         tracing::error!(error = %e, "cannot write app metrics");
     }
@@ -834,7 +834,7 @@ fn flush_data(events: &crate::io::SharedSink, dead_letters: &crate::io::SharedSi
 }
 
 fn flush_shared(out: &crate::io::SharedWriter) -> anyhow::Result<()> {
-    out.lock().expect("output lock").flush().context("cannot flush output")
+    lock(out).flush().context("cannot flush output")
 }
 
 /// Reads one worker's share of a log: lines starting in `[start, end)` of the file's bytes.

@@ -1,5 +1,6 @@
 //! Counters of a run, shared by the workers of a process: the progress line and the summary.
 
+use operators::sync::lock;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Mutex;
@@ -97,20 +98,20 @@ impl Stats {
     }
     /// Records one failure of `hook` in plugin configuration `plugin`.
     pub fn add_failure(&self, plugin: &str, hook: &str) {
-        *self.failures.lock().expect("stats lock").entry((plugin.to_string(), hook.to_string())).or_default() += 1;
+        *lock(&self.failures).entry((plugin.to_string(), hook.to_string())).or_default() += 1;
     }
     /// Records an app metric.
     pub fn add_metric(&self, m: operators::plugin::worker::AppMetric) {
         let key = (m.config_id, m.team, m.hook.as_str().to_string(), m.outcome.as_str().to_string());
-        *self.metrics.lock().expect("stats lock").entry(key).or_default() += m.count;
+        *lock(&self.metrics).entry(key).or_default() += m.count;
     }
     /// Records events that skipped a plugin of their chain (`config` `*`: the whole chain).
     pub fn add_skip(&self, config: &str, reason: &str, n: u64) {
-        *self.skips.lock().expect("stats lock").entry((config.to_string(), reason.to_string())).or_default() += n;
+        *lock(&self.skips).entry((config.to_string(), reason.to_string())).or_default() += n;
     }
     /// Records captures or jobs the limits refused.
     pub fn add_refused(&self, config: &str, what: &str, n: u64) {
-        *self.refused.lock().expect("stats lock").entry((config.to_string(), what.to_string())).or_default() += n;
+        *lock(&self.refused).entry((config.to_string(), what.to_string())).or_default() += n;
     }
     /// A snapshot.
     pub fn summary(&self) -> Summary {
@@ -125,10 +126,10 @@ impl Stats {
             captured: self.captured.load(Ordering::Relaxed),
             instances_created: self.instances_created.load(Ordering::Relaxed),
             instances_evicted: self.instances_evicted.load(Ordering::Relaxed),
-            failures: self.failures.lock().expect("stats lock").clone(),
-            metrics: self.metrics.lock().expect("stats lock").clone(),
-            skips: self.skips.lock().expect("stats lock").clone(),
-            refused: self.refused.lock().expect("stats lock").clone(),
+            failures: lock(&self.failures).clone(),
+            metrics: lock(&self.metrics).clone(),
+            skips: lock(&self.skips).clone(),
+            refused: lock(&self.refused).clone(),
         }
     }
 }

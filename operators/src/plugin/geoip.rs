@@ -5,6 +5,7 @@
 //! We decode the database record generically and rename keys, so every field the database
 //! holds reaches the plugin.
 
+use crate::sync::lock;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
@@ -89,11 +90,11 @@ impl GeoIp {
         let Ok(addr) = ip.trim().parse::<IpAddr>() else {
             return self.locate(ip).map(|v| v.to_string());
         };
-        if let Some(answer) = self.recent.lock().expect("geoip cache lock").get(&addr) {
+        if let Some(answer) = lock(&self.recent).get(&addr) {
             return answer;
         }
         let answer = self.locate(ip).map(|v| v.to_string());
-        self.recent.lock().expect("geoip cache lock").put(addr, answer.clone());
+        lock(&self.recent).put(addr, answer.clone());
         answer
     }
 }

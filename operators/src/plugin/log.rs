@@ -4,6 +4,7 @@
 //! `plugin_log_entries` did. Sinks decide where entries go (stderr as JSON lines, a file, a
 //! Kafka topic); secret config values are masked before an entry is made.
 
+use crate::sync::lock;
 use std::io::Write;
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -141,13 +142,13 @@ pub struct MemoryLogSink {
 impl MemoryLogSink {
     /// A copy of the entries so far.
     pub fn entries(&self) -> Vec<LogEntry> {
-        self.entries.lock().expect("log sink lock").clone()
+        lock(&self.entries).clone()
     }
 }
 
 impl LogSink for MemoryLogSink {
     fn log(&self, entry: LogEntry) {
-        self.entries.lock().expect("log sink lock").push(entry);
+        lock(&self.entries).push(entry);
     }
 }
 
@@ -166,16 +167,16 @@ impl<W: Write + Send> JsonLinesLogSink<W> {
 
 impl<W: Write + Send> LogSink for JsonLinesLogSink<W> {
     fn log(&self, entry: LogEntry) {
-        let mut out = self.out.lock().expect("log sink lock");
+        let mut out = lock(&self.out);
         let written = writeln!(out, "{}", entry.to_json()).and_then(|()| out.flush());
         if let Err(e) = written {
             // Kept for the run to stop on (the worker loop checks `failure`).
-            self.failed.lock().expect("log sink lock").get_or_insert_with(|| e.to_string());
+            lock(&self.failed).get_or_insert_with(|| e.to_string());
         }
     }
 
     fn failure(&self) -> Option<String> {
-        self.failed.lock().expect("log sink lock").clone()
+        lock(&self.failed).clone()
     }
 }
 

@@ -3,6 +3,7 @@
 //! [`STATS_INTERVAL_MS`]) give the lag and the brokers' states; the source records commits and
 //! the oldest offset it read but has not committed yet.
 
+use operators::sync::lock;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -54,7 +55,7 @@ impl Default for HealthLimits {
 
 impl KafkaHealth {
     fn update(&self, worker: usize, f: impl FnOnce(&mut WorkerHealth)) {
-        f(self.workers.lock().expect("kafka health lock").entry(worker).or_default());
+        f(lock(&self.workers).entry(worker).or_default());
     }
 
     /// Takes what librdkafka's statistics of `worker`'s consumer say (see [`read_statistics`]).
@@ -88,12 +89,12 @@ impl KafkaHealth {
 
     /// `worker` is gone (its source was dropped): its report goes too.
     pub fn forget(&self, worker: usize) {
-        self.workers.lock().expect("kafka health lock").remove(&worker);
+        lock(&self.workers).remove(&worker);
     }
 
     /// Every worker's report.
     pub fn snapshot(&self) -> BTreeMap<usize, WorkerHealth> {
-        self.workers.lock().expect("kafka health lock").clone()
+        lock(&self.workers).clone()
     }
 
     /// The problems `/healthz` reports at `now`, one sentence each.

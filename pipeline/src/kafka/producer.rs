@@ -12,6 +12,7 @@
 //! commits that epoch's offsets. Records of an epoch that is complete are final: a transaction
 //! never holds part of an epoch. Memory is bounded by the epochs the source may run ahead.
 
+use operators::sync::lock;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -61,7 +62,7 @@ impl ProducerContext for DeliveryContext {
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight), _)) => {}
             Err((e, msg)) => {
                 tracing::error!(topic = msg.topic(), partition = msg.partition(), error = %e, "delivery failed after librdkafka's retries");
-                self.failed.lock().expect("delivery lock").get_or_insert_with(|| format!("delivery to {} failed: {e}", msg.topic()));
+                lock(&self.failed).get_or_insert_with(|| format!("delivery to {} failed: {e}", msg.topic()));
             }
         }
     }
@@ -69,7 +70,7 @@ impl ProducerContext for DeliveryContext {
 
 impl DeliveryContext {
     fn check(&self) -> anyhow::Result<()> {
-        match self.failed.lock().expect("delivery lock").clone() {
+        match lock(&self.failed).clone() {
             Some(e) => Err(anyhow!(e)),
             None => Ok(()),
         }
@@ -77,7 +78,7 @@ impl DeliveryContext {
 
     /// Forgets a failure: it belonged to a transaction that was aborted.
     fn clear(&self) {
-        *self.failed.lock().expect("delivery lock") = None;
+        *lock(&self.failed) = None;
     }
 }
 

@@ -41,6 +41,7 @@
 //! producer error (fenced: another instance owns the transactional id), a failed abort, or
 //! transactions that keep failing stop the worker.
 
+use operators::sync::lock;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -90,7 +91,7 @@ impl ConsumerContext for RebalanceContext {
             }
         };
         tracing::info!(worker = self.worker, ?event, "rebalance");
-        self.events.lock().expect("rebalance lock").push(event);
+        lock(&self.events).push(event);
     }
 }
 
@@ -269,7 +270,7 @@ impl KafkaSource {
     /// Applies the rebalances recorded since the last call; `batch` holds the records already
     /// polled for `epoch`. False when there were none.
     fn apply_rebalances(&mut self, epoch: u64, batch: &mut Polled) -> bool {
-        let events = std::mem::take(&mut *self.consumer.context().events.lock().expect("rebalance lock"));
+        let events = std::mem::take(&mut *lock(&self.consumer.context().events));
         let any = !events.is_empty();
         for event in events {
             match event {
@@ -615,7 +616,7 @@ impl KafkaSource {
                 break;
             }
         }
-        self.consumer.context().events.lock().expect("rebalance lock").clear();
+        lock(&self.consumer.context().events).clear();
         tracing::debug!(worker = self.worker, topic = %self.topic, "left the consumer group");
         // A worker that has left reports nothing any more: its last report must not make
         // `/healthz` fail while the other workers go on.
