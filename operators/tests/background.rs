@@ -274,3 +274,38 @@ fn a_job_runs_on_its_teams_owner_worker() {
     assert_eq!(store.cache_lrange(&scope, "ran", 0, -1).unwrap(), [id], "run by the instance that queued it");
     assert_eq!(workers[0].instance_count(), 0, "worker 0 made no instance of the team");
 }
+
+/// Retries an earlier run left are taken out once for the process; each worker picks those of the
+/// teams it owns (and the first worker the unreadable ones), so a retry runs on its team's one
+/// instance.
+#[test]
+fn recovered_retries_go_to_their_teams_owner() {
+    use operators::plugin::deferred::{DeferredWork, RETRY_QUEUE, RetryPolicies, recovery_pool};
+    use operators::plugin::placement::{Placement, team_owner};
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    let fx = plugin("on", &[("index.js", "exports.onEvent = () => {}")]);
+    let store = Arc::new(MemoryStore::new());
+    let owned_by = |w: usize| (1..200).find(|t| team_owner(*t, 2) == w).unwrap();
+    let (team0, team1) = (owned_by(0), owned_by(1));
+    for team in [team0, team1, team1] {
+        let retry = format!(r#"{{"config_id":"o","team":{team},"hook":"onEvent","attempts":1,"events":["{{}}"],"positions":[7]}}"#);
+        store.queue_put(RETRY_QUEUE, 0, retry.as_bytes()).unwrap();
+    }
+    store.queue_put(RETRY_QUEUE, 0, b"{not json").unwrap();
+    let pool = recovery_pool(&*store).unwrap();
+    let placement = Arc::new(Placement::new([None], 2, []));
+    let picked: Vec<(Vec<i64>, usize)> = (0..2)
+        .rev() // the second worker looks first
+        .map(|index| {
+            let place = WorkerPlace { index, peers: 2, placement: Some(placement.clone()), local: 0..2, ..WorkerPlace::default() };
+            let w = worker(vec![spec(&fx, "o", vec![team0, team1])], store.clone(), Arc::new(MemoryLogSink::default()), place);
+            let mut work = DeferredWork::new(Rc::new(RefCell::new(w)), RetryPolicies::default(), store.clone()).with_recovery(pool.clone());
+            let (tasks, unreadable) = work.recover(0);
+            (tasks.iter().map(|(_, t)| t.team).collect(), unreadable.len())
+        })
+        .collect();
+    assert_eq!(picked[0], (vec![team1, team1], 0), "worker 1 picks its team's two");
+    assert_eq!(picked[1], (vec![team0], 1), "worker 0 picks its team's and the unreadable one");
+    assert!(pool.lock().unwrap().is_empty());
+}

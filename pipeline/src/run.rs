@@ -85,6 +85,8 @@ pub struct Shared {
     pub registry: Arc<crate::live::Registry>,
     /// Workers per process (`-w`); set by [`run`] from its timely configuration.
     pub local_workers: usize,
+    /// Retries an earlier run left in the durable queue, for each worker to pick its teams' from.
+    pub recovery: operators::plugin::deferred::RecoveryPool,
 }
 
 /// Loads and compiles every enabled plugin; a plugin that cannot load stops the start.
@@ -222,6 +224,7 @@ pub fn prepare_with_store(
         true => Some(Arc::new(crate::resume::Checkpointer::new(&config, services.store.clone(), files.clone())?)),
         false => None,
     };
+    let recovery = operators::plugin::deferred::recovery_pool(&*services.store).context("cannot read the pending retries")?;
     Ok(Shared {
         http,
         files,
@@ -237,6 +240,7 @@ pub fn prepare_with_store(
         config: Arc::new(config),
         registry: Arc::default(),
         local_workers: 1,
+        recovery,
     })
 }
 
@@ -350,7 +354,10 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
     let probe = ProbeHandle::new();
     let intake = ProbeHandle::new();
     let source_name = source.name();
-    let deferred = Rc::new(RefCell::new(DeferredWork::new(plugins.clone(), retry_policies(&shared.config), shared.services.store.clone())));
+    let deferred = Rc::new(RefCell::new(
+        DeferredWork::new(plugins.clone(), retry_policies(&shared.config), shared.services.store.clone())
+            .with_recovery(shared.recovery.clone()),
+    ));
     let failed: Rc<RefCell<Option<anyhow::Error>>> = Rc::new(RefCell::new(None));
     // App metrics are a differential collection with their own probe, so their input can stay
     // open until every other piece of work (which still produces metrics) has finished.

@@ -281,12 +281,30 @@ pub struct DeferredWork {
     buffers: HashMap<InstanceKey, ExportBuffer>,
     stopping: bool,
     waker: Option<Box<dyn Fn()>>,
+    recovery: Option<RecoveryPool>,
+}
+
+/// Retries an earlier run left in a process's durable queue, taken out once before the workers
+/// start, so that each worker picks those of the teams it owns (with the queue itself, the first
+/// worker to look would take them all and run them on instances of its own).
+pub type RecoveryPool = Arc<std::sync::Mutex<Vec<state::QueueItem>>>;
+
+/// Takes every retry an earlier run left in `store`'s queue, for the workers to pick from.
+pub fn recovery_pool(store: &dyn StateStore) -> state::Result<RecoveryPool> {
+    Ok(Arc::new(std::sync::Mutex::new(store.queue_take_due(RETRY_QUEUE, u64::MAX, usize::MAX)?)))
 }
 
 impl DeferredWork {
     /// Deferred work over a worker's plugins.
     pub fn new(plugins: Rc<RefCell<WorkerPlugins>>, policies: RetryPolicies, store: Arc<dyn StateStore>) -> Self {
-        Self { plugins, policies, store, buffers: HashMap::new(), stopping: false, waker: None }
+        Self { plugins, policies, store, buffers: HashMap::new(), stopping: false, waker: None, recovery: None }
+    }
+
+    /// Recovers from `pool` (the process's retries, taken out before the workers started)
+    /// instead of the queue: this worker picks the retries of the teams it owns.
+    pub fn with_recovery(mut self, pool: RecoveryPool) -> Self {
+        self.recovery = Some(pool);
+        self
     }
 
     /// Sets what wakes whoever drives this work (its operator), so that a stop is seen at once.
@@ -552,12 +570,22 @@ impl DeferredWork {
     /// Takes every retry left in the durable queue by an earlier run, with its due time (ms on
     /// the worker's clock, as it was written).
     pub fn recover(&mut self, epoch: u64) -> (Vec<(u64, Task)>, Vec<Exhausted>) {
-        let items = match self.store.queue_take_due(RETRY_QUEUE, u64::MAX, usize::MAX) {
-            Ok(items) => items,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read pending retries");
-                return (Vec::new(), Vec::new());
+        let items = match &self.recovery {
+            Some(pool) => {
+                let plugins = self.plugins.borrow();
+                let mut pool = crate::sync::lock(pool);
+                let (mine, others): (Vec<_>, Vec<_>) =
+                    std::mem::take(&mut *pool).into_iter().partition(|item| plugins.picks_recovered(recovered_team(&item.payload)));
+                *pool = others;
+                mine
             }
+            None => match self.store.queue_take_due(RETRY_QUEUE, u64::MAX, usize::MAX) {
+                Ok(items) => items,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read pending retries");
+                    return (Vec::new(), Vec::new());
+                }
+            },
         };
         let mut unreadable = Vec::new();
         let tasks = items
@@ -651,6 +679,11 @@ pub fn processed_event(final_json: &str) -> Option<(String, String)> {
     out.insert("timestamp".into(), timestamp);
     out.insert("uuid".into(), ev.remove("uuid").unwrap_or(Value::Null));
     Some((name, Value::Object(out).to_string()))
+}
+
+/// The team of a queued retry (`None` when it cannot be read).
+fn recovered_team(payload: &[u8]) -> Option<i64> {
+    serde_json::from_slice::<Value>(payload).ok()?.get("team")?.as_i64()
 }
 
 #[cfg(test)]

@@ -603,6 +603,20 @@ impl WorkerPlugins {
         exhausted
     }
 
+    /// Whether this worker picks a recovered item (a retry an earlier run left) of `team`: the
+    /// team's owner when it is a worker of this process, else (an unreadable item, an owner in
+    /// another process) the first worker of the process.
+    pub fn picks_recovered(&self, team: Option<i64>) -> bool {
+        let first = self.place.local.start;
+        let target = match (team, &self.place.placement) {
+            (Some(team), Some(placement)) => {
+                Some(placement.worker_for(team, first)).filter(|w| self.place.local.contains(w)).unwrap_or(first)
+            }
+            _ => first,
+        };
+        target == self.place.index
+    }
+
     /// Whether `team`'s plugins run on another worker of this process. A team whose owner is in
     /// another process (the cluster changed shape since the job was queued) runs here: nothing
     /// there reads this process's queue.
