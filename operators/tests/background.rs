@@ -309,3 +309,61 @@ fn recovered_retries_go_to_their_teams_owner() {
     assert_eq!(picked[1], (vec![team0], 1), "worker 0 picks its team's and the unreadable one");
     assert!(pool.lock().unwrap().is_empty());
 }
+
+/// A configuration removed while running is not made again by what still names it (a job, a
+/// retry): the job is dead-lettered, and no scheduled task of it runs.
+#[test]
+fn a_removed_configuration_is_not_made_again() {
+    use operators::plugin::worker::ConfigChange;
+    let fx = plugin(
+        "gone",
+        &[(
+            "index.js",
+            "exports.setupPlugin = () => { console.log('setup') }\n\
+             exports.runEveryMinute = () => { console.log('minute') }\n\
+             exports.jobs = { later: () => { console.log('job') } }\n\
+             exports.processEvent = async (e, { jobs }) => { await jobs.later({}).runNow(); return e }",
+        )],
+    );
+    let store = Arc::new(MemoryStore::new());
+    let clock = Arc::new(ManualClock::new(30_000));
+    let logs = Arc::new(MemoryLogSink::default());
+    let place = WorkerPlace { clock: clock.clone(), ..WorkerPlace::default() };
+    let mut w = worker(vec![spec(&fx, "g", vec![1])], store.clone(), logs.clone(), place);
+    w.process(1, "e", "u", r#"{"uuid":"u","event":"e","team_id":1,"properties":{}}"#, 0).unwrap();
+    w.apply_config(ConfigChange::Remove("g".into()), 2);
+    clock.advance_ms(120_000);
+    let gave_up = w.maintain();
+    assert_eq!(gave_up.iter().map(|e| e.error.name.as_str()).collect::<Vec<_>>(), ["Unavailable"], "the job is a dead letter");
+    let said: Vec<String> =
+        logs.entries().into_iter().map(|e| e.message).filter(|m| ["setup", "minute", "job"].contains(&m.as_str())).collect();
+    assert_eq!(said, ["setup"], "set up once, before the removal; no job, no minute after it");
+    assert_eq!(w.instance_count(), 0);
+}
+
+/// A job handed back to an owner that no longer runs its loop (its share of the input ended)
+/// runs where it is instead of waiting for ever.
+#[test]
+fn a_job_whose_owner_has_stopped_runs_here() {
+    use operators::plugin::placement::{Placement, team_owner};
+    use std::sync::atomic::AtomicBool;
+    let fx = plugin("jobs", &[("index.js", "exports.jobs = { note: async (p, { cache }) => { await cache.incr('ran') } }")]);
+    let store = Arc::new(MemoryStore::new());
+    let team = (1..100).find(|t| team_owner(*t, 2) == 1).unwrap();
+    let running = Arc::new(vec![AtomicBool::new(true), AtomicBool::new(false)]);
+    let place = WorkerPlace {
+        index: 0,
+        peers: 2,
+        placement: Some(Arc::new(Placement::new([None], 2, []))),
+        local: 0..2,
+        running: Some(running),
+        ..WorkerPlace::default()
+    };
+    let mut w = worker(vec![spec(&fx, "j", vec![team])], store.clone(), Arc::new(MemoryLogSink::default()), place);
+    let job = format!(r#"{{"config_id":"j","team":{team},"name":"note","payload":"{{}}","attempts":0,"hops":0}}"#);
+    store.queue_put(JOB_QUEUE, 0, job.as_bytes()).unwrap();
+    w.maintain();
+    assert_eq!(store.queue_len(JOB_QUEUE).unwrap(), 0, "run by worker 0: its owner, worker 1, has stopped");
+    let scope = PluginDefinition::load(&fx.path()).unwrap().cache_scope(Some(team));
+    assert_eq!(store.cache_get(&scope, "ran").unwrap().as_deref(), Some("1"));
+}

@@ -216,3 +216,23 @@ fn an_eviction_does_not_undo_a_disabling() {
     assert_eq!(setups, 1, "setupPlugin ran once; the re-created instances were disabled at once");
     assert!(counts(&mut w).1 >= 2, "it was evicted in between");
 }
+
+/// A configuration change tears down every team's instance; a teardown that hangs costs one call
+/// deadline, not one per team.
+#[test]
+fn a_hanging_teardown_stalls_a_change_once_not_once_per_team() {
+    use operators::plugin::worker::ConfigChange;
+    let fx = plugin("hang", &[("index.js", "exports.processEvent = (e) => e\nexports.teardownPlugin = () => { for (;;) {} }")]);
+    let services = HostServices::new(Arc::new(MemoryStore::new()), None, Arc::new(MemoryLogSink::default()), Duration::from_secs(5));
+    let limits = Limits { call_timeout: Duration::from_millis(200), ..Limits::default() };
+    let mut w = WorkerPlugins::new(limits, Arc::new(vec![spec(&fx, "h", None)]), services).unwrap();
+    for team in 1..=8 {
+        let json = format!(r#"{{"uuid":"u","event":"e","team_id":{team},"properties":{{}}}}"#);
+        w.process(team, "e", "u", &json, 0).unwrap();
+    }
+    let started = std::time::Instant::now();
+    w.apply_config(ConfigChange::Upsert(spec(&fx, "h", None)), 2);
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(1200), "8 hanging teardowns took {took:?}");
+    assert_eq!(w.instance_count(), 0, "every old instance is gone");
+}

@@ -27,6 +27,13 @@ use crate::config::PluginEntry;
 /// How often the folder is looked at.
 pub const POLL: Duration = Duration::from_millis(500);
 
+/// The longest a changed file's trial instance may take (its plugin's top-level code).
+pub const TRIAL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The largest configuration file read; a larger one (or a special file that never ends) is a
+/// problem, not a configuration.
+const MAX_FILE_BYTES: u64 = 1 << 20;
+
 /// One change of the configuration collection: `entry` is the new version's file (text and the
 /// folder its relative paths are under), `None` when the configuration is gone.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -60,8 +67,12 @@ impl Registry {
         spec_of(&entry).map(ConfigChange::Upsert)
     }
 
+    /// Keeps `spec` for the other workers, and forgets the versions of `update.id` before the
+    /// previous one (a worker that still needs one loads it from the update's text).
     fn put(&self, update: &ConfigUpdate, spec: PluginSpec) {
-        lock(&self.specs).insert((update.id.clone(), update.version), spec);
+        let mut specs = operators::sync::lock(&self.specs);
+        specs.retain(|(id, version), _| *id != update.id || version + 1 >= update.version);
+        specs.insert((update.id.clone(), update.version), spec);
     }
 }
 
@@ -104,8 +115,8 @@ struct Seen {
     text: String,
     /// The configuration id it runs as (its last version that loaded), if any.
     running: Option<String>,
-    /// Its text did not load: read again when another file changes (it may have wanted an id
-    /// that was taken, say).
+    /// Its id was taken by another file: tried again when another file changes (it may free
+    /// the id). Other failures wait for the file itself to change.
     failed: bool,
 }
 
@@ -183,8 +194,9 @@ impl Watcher {
                 }
                 Err(why) => {
                     tracing::error!(file = %path.display(), error = %why, "plugin configuration not loaded; the version before it (if any) keeps running");
+                    let taken = why.contains("is taken by");
                     self.problem(&path, Some(why));
-                    self.files.insert(path, Seen { text, running, failed: true });
+                    self.files.insert(path, Seen { text, running, failed: taken });
                 }
             }
         }
@@ -246,14 +258,23 @@ impl Watcher {
             if hidden || path.extension().and_then(|e| e.to_str()) != Some("toml") || !path.is_file() {
                 continue;
             }
-            match std::fs::read_to_string(&path) {
+            match read_bounded(&path) {
                 Ok(text) => {
+                    if operators::sync::lock(&self.problems).get(&path).is_some_and(|p| p.starts_with("cannot read")) {
+                        self.problem(&path, None);
+                    }
                     out.insert(path, text);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => {
-                    // Unreadable: keep what it was (if anything) rather than remove it.
-                    tracing::error!(file = %path.display(), error = %e, "cannot read a plugin configuration file");
+                    // Unreadable: keep what it was (if anything) rather than remove it; said once
+                    // (and listed by /healthz) rather than at every look.
+                    let why = format!("cannot read: {e}");
+                    let known = operators::sync::lock(&self.problems).get(&path) == Some(&why);
+                    if !known {
+                        tracing::error!(file = %path.display(), error = %e, "cannot read a plugin configuration file");
+                    }
+                    self.problem(&path, Some(why));
                     if let Some(seen) = self.files.get(&path) {
                         out.insert(path, seen.text.clone());
                     }
@@ -262,6 +283,18 @@ impl Watcher {
         }
         Ok(out)
     }
+}
+
+/// A configuration file's text, refused past [`MAX_FILE_BYTES`] (a special file that never ends
+/// included: at most that much is read).
+fn read_bounded(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)?.take(MAX_FILE_BYTES + 1).read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(std::io::Error::other(format!("larger than {MAX_FILE_BYTES} bytes: not a configuration")));
+    }
+    Ok(text)
 }
 
 /// A trial instance of `spec` in a runtime of its own (what the start does for `[[plugins]]`).
@@ -326,6 +359,31 @@ mod tests {
         // b.toml renames its configuration: the old id goes, the new one comes.
         write(&configs, "b.toml", "y");
         assert_eq!(look(&mut w), [("x".into(), 4, false), ("y".into(), 1, true)]);
+    }
+
+    #[test]
+    fn a_huge_file_is_a_problem_not_a_read_without_end_and_broken_files_are_not_tried_again_for_nothing() {
+        let (_d, configs) = folder();
+        let (mut w, problems) = watcher(&configs, &[]);
+        std::fs::write(configs.join("huge.toml"), vec![b'#'; (MAX_FILE_BYTES + 10) as usize]).unwrap();
+        std::fs::write(configs.join("bad.toml"), "id = ").unwrap();
+        assert_eq!(look(&mut w), []);
+        let seen = problems.lock().unwrap().clone();
+        assert!(seen[&configs.join("huge.toml")].contains("larger than"), "{seen:?}");
+        // Another file changes: the broken one (not an id clash) is not checked again.
+        let checks = std::cell::Cell::new(0);
+        write(&configs, "a.toml", "a");
+        w.next_look = Instant::now();
+        let sent = w.poll(|_| {
+            checks.set(checks.get() + 1);
+            Ok(())
+        });
+        assert_eq!(sent.len(), 1);
+        assert_eq!(checks.get(), 1, "only a.toml was loaded");
+        // The huge file shrinks to a configuration: its problem goes.
+        write(&configs, "huge.toml", "h");
+        assert_eq!(look(&mut w), [("h".into(), 1, true)]);
+        assert!(!problems.lock().unwrap().contains_key(&configs.join("huge.toml")));
     }
 
     #[test]

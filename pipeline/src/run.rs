@@ -87,6 +87,8 @@ pub struct Shared {
     pub local_workers: usize,
     /// Retries an earlier run left in the durable queue, for each worker to pick its teams' from.
     pub recovery: operators::plugin::deferred::RecoveryPool,
+    /// Whether each worker of this process still runs its loop (set by [`run`]).
+    pub running: Arc<Vec<AtomicBool>>,
 }
 
 /// Loads and compiles every enabled plugin; a plugin that cannot load stops the start.
@@ -241,6 +243,7 @@ pub fn prepare_with_store(
         registry: Arc::default(),
         local_workers: 1,
         recovery,
+        running: Arc::default(),
     })
 }
 
@@ -276,6 +279,7 @@ pub fn run(mut shared: Shared, timely_config: timely::Config) -> anyhow::Result<
         Comm::Cluster { threads, .. } => *threads,
     }
     .max(1);
+    shared.running = Arc::new((0..shared.local_workers).map(|_| AtomicBool::new(true)).collect());
     let stats = shared.stats.clone();
     let (checkpoints, stop) = (shared.checkpoints.clone(), shared.stop.clone());
     let guards = timely::execute(timely_config, move |worker| {
@@ -328,7 +332,8 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
                 job_policy: RetryPolicy { base: Duration::from_millis(shared.config.runtime.on_event_retry_base_ms), ..RetryPolicy::job() },
                 instance_budget: usize::try_from(shared.config.runtime.instance_memory_budget_mb << 20).unwrap_or(usize::MAX),
                 placement: Some(placement.clone()),
-                local,
+                local: local.clone(),
+                running: Some(shared.running.clone()),
             },
         ),
     ));
@@ -369,8 +374,14 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
         let fixed = shared.specs.iter().map(|s| s.id.clone()).collect();
         crate::live::Watcher::new(c.dir.clone(), fixed, shared.registry.clone(), shared.http.config_problems.clone())
     });
+    // The trial of a changed file runs in worker 0's loop: at most 5 s (a top-level loop must not
+    // hold the pipeline for a whole call timeout), ended at once by a second signal.
     let trial = match watcher {
-        Some(_) => Some(PluginRuntime::new(limits(&shared.config)).map_err(anyhow::Error::msg)?),
+        Some(_) => {
+            let mut trial_limits = limits(&shared.config);
+            trial_limits.call_timeout = trial_limits.call_timeout.min(crate::live::TRIAL_TIMEOUT);
+            Some(PluginRuntime::with_cancel(trial_limits, shared.cancel.clone()).map_err(anyhow::Error::msg)?)
+        }
         None => None,
     };
     let trial_services = trial_services(&shared.services);
@@ -542,6 +553,10 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
     }
     drop(input);
     drop(config_input);
+    // This worker runs no more jobs: the others stop handing its teams' back to it.
+    if let Some(flag) = shared.running.get(index - local.start) {
+        flag.store(false, Ordering::SeqCst);
+    }
     if let Some(cp) = shared.checkpoints.as_ref().filter(|_| !shared.stop.load(Ordering::Relaxed)) {
         // The input is read and nothing captured waits: no capture of this worker goes in again.
         // (A stopped worker keeps its floor: what it still held is cut and done again.)
@@ -805,6 +820,9 @@ fn record_notices(stats: &Stats, plugins: &mut WorkerPlugins, metrics: &mut Inpu
 fn publish(http: &crate::http::HttpState, plugins: &WorkerPlugins, worker: usize) {
     {
         let mut statuses = lock(&http.plugins);
+        // What this worker holds now, not what it ever held (evicted instances, removed
+        // configurations).
+        statuses.retain(|(_, _, w), _| *w != worker);
         for (config, team, plugin, loaded, disabled) in plugins.statuses() {
             statuses.insert((config, team, worker), crate::http::PluginStatus { plugin, loaded, disabled });
         }

@@ -202,6 +202,9 @@ pub struct WorkerPlace {
     pub placement: Option<Arc<Placement>>,
     /// The workers of this process (global indexes): the ones that share its durable queues.
     pub local: std::ops::Range<usize>,
+    /// Whether each worker of this process (by its offset in `local`) still runs its loop (and
+    /// so its jobs); a worker whose loop has ended takes no job handed back to it.
+    pub running: Option<Arc<Vec<std::sync::atomic::AtomicBool>>>,
 }
 
 impl Default for WorkerPlace {
@@ -215,6 +218,7 @@ impl Default for WorkerPlace {
             instance_budget: 0,
             placement: None,
             local: 0..1,
+            running: None,
         }
     }
 }
@@ -323,14 +327,25 @@ impl WorkerPlugins {
     fn retire_instances(&mut self, index: usize) {
         let mut keys: Vec<InstanceKey> = self.instances.keys().filter(|k| k.0 == index).copied().collect();
         keys.sort();
+        // One teardown that runs out of time is enough: the others of this configuration are
+        // dropped without theirs, so a plugin whose teardown hangs stalls a change (and every
+        // team behind it) by one call deadline, not one per team.
+        let mut timed_out = false;
         for key in keys {
             self.setup_retries.remove(&key);
             for hook in [Hook::RunEveryMinute, Hook::RunEveryHour, Hook::RunEveryDay] {
                 self.schedules.remove(&(key, hook));
             }
             let Some(Some(inst)) = self.instances.remove(&key) else { continue };
+            if timed_out {
+                inst.log_system(
+                    LogLevel::Warn,
+                    "teardownPlugin skipped: another instance's teardown of this configuration ran out of time",
+                );
+                continue;
+            }
             let hops = self.team_hops.get(&key.1).copied().unwrap_or(0);
-            self.tear_down(key, inst, hops);
+            timed_out = self.tear_down(key, inst, hops);
         }
         // A new version starts with its chances: it was not the one disabled.
         self.disabled.retain(|key, _| key.0 != index);
@@ -503,15 +518,19 @@ impl WorkerPlugins {
 
     /// Runs `teardownPlugin` of an instance leaving the worker and passes on what it captured or
     /// enqueued (one hop deeper than `hops`); a disabled instance's reason is kept for the next.
-    fn tear_down(&mut self, key: InstanceKey, mut inst: PluginInstance, hops: u32) {
+    /// Returns whether the teardown ran out of time.
+    fn tear_down(&mut self, key: InstanceKey, mut inst: PluginInstance, hops: u32) -> bool {
         if let Some(reason) = inst.disabled() {
             self.disabled.insert(key, reason.to_owned());
         }
+        let mut timed_out = false;
         if let Err(e) = inst.teardown() {
+            timed_out = e.kind == super::error::ErrorKind::Timeout;
             inst.log_system(LogLevel::Error, &format!("Plugin failed to unload: {}: {}", e.name, e.message));
             self.notices.push(PluginNotice::CallFailed(e));
         }
         self.collect_outbox(&inst, hops);
+        timed_out
     }
 
     /// Records that `team`'s instances were used now (the eviction order).
@@ -580,7 +599,9 @@ impl WorkerPlugins {
 
     fn run_jobs(&mut self) -> Vec<super::deferred::Exhausted> {
         let now = self.place.clock.now_ms();
-        let items = match self.services.store.queue_take_due(JOB_QUEUE, now, 64) {
+        // Every due job: taking only the earliest few could leave this worker's own behind
+        // other workers' ones, taken and handed back at every look.
+        let items = match self.services.store.queue_take_due(JOB_QUEUE, now, usize::MAX) {
             Ok(items) => items,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the job queue");
@@ -623,7 +644,13 @@ impl WorkerPlugins {
     fn owner_elsewhere_here(&self, team: Option<i64>) -> bool {
         let (Some(team), Some(placement)) = (team, &self.place.placement) else { return false };
         let worker = placement.worker_for(team, self.place.index);
-        worker != self.place.index && self.place.local.contains(&worker)
+        let still_running = |w: usize| {
+            self.place
+                .running
+                .as_ref()
+                .is_none_or(|r| r.get(w - self.place.local.start).is_some_and(|a| a.load(std::sync::atomic::Ordering::SeqCst)))
+        };
+        worker != self.place.index && self.place.local.contains(&worker) && still_running(worker)
     }
 
     fn run_job(&mut self, item: state::QueueItem) -> Option<super::deferred::Exhausted> {
@@ -847,7 +874,9 @@ impl WorkerPlugins {
     }
 
     fn ensure(&mut self, i: usize, team: i64) {
-        if self.instances.contains_key(&(i, team)) {
+        // A configuration removed while running (or one for other teams) gets no instance, what
+        // ever asks (a job, a retry, an export flush): they become dead letters.
+        if self.instances.contains_key(&(i, team)) || !self.specs[i].applies_to(team) {
             return;
         }
         // Whatever made the instance (an event, a job, a retry, a preload), its team can now be
