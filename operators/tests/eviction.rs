@@ -236,3 +236,23 @@ fn a_hanging_teardown_stalls_a_change_once_not_once_per_team() {
     assert!(took < Duration::from_millis(1200), "8 hanging teardowns took {took:?}");
     assert_eq!(w.instance_count(), 0, "every old instance is gone");
 }
+
+/// The same at evictions: once a configuration's teardown ran out of time, its instances are
+/// evicted without it.
+#[test]
+fn a_hanging_teardown_stalls_evictions_once() {
+    let fx = plugin("hang", &[("index.js", "exports.processEvent = (e) => e\nexports.teardownPlugin = () => { for (;;) {} }")]);
+    let services = HostServices::new(Arc::new(MemoryStore::new()), None, Arc::new(MemoryLogSink::default()), Duration::from_secs(5));
+    let limits = Limits { call_timeout: Duration::from_millis(200), ..Limits::default() };
+    let place = WorkerPlace { instance_budget: 1, ..WorkerPlace::default() };
+    let mut w = WorkerPlugins::new(limits, Arc::new(vec![spec(&fx, "h", None)]), services).unwrap().with_place(place);
+    let started = std::time::Instant::now();
+    for team in 1..=8 {
+        let json = format!(r#"{{"uuid":"u","event":"e","team_id":{team},"properties":{{}}}}"#);
+        w.process(team, "e", "u", &json, 0).unwrap();
+        w.maintain();
+    }
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(1200), "8 evictions with a hanging teardown took {took:?}");
+    assert_eq!(counts(&mut w).1, 8, "all evicted");
+}

@@ -180,6 +180,10 @@ pub struct WorkerPlugins {
     /// disabled again at once (an eviction must not give a plugin that timed out its chances
     /// back).
     disabled: HashMap<InstanceKey, String>,
+    /// Configurations (by index) whose `teardownPlugin` once ran out of time: their instances
+    /// leave without it from then on (until a new version), so a teardown that hangs costs one
+    /// call deadline, not one per team at every eviction or change.
+    slow_teardown: std::collections::HashSet<usize>,
 }
 
 /// Where a worker sits and how its background work is paced.
@@ -254,6 +258,7 @@ impl WorkerPlugins {
             versions: HashMap::new(),
             team_hops: HashMap::new(),
             disabled: HashMap::new(),
+            slow_teardown: std::collections::HashSet::new(),
         })
     }
 
@@ -327,28 +332,18 @@ impl WorkerPlugins {
     fn retire_instances(&mut self, index: usize) {
         let mut keys: Vec<InstanceKey> = self.instances.keys().filter(|k| k.0 == index).copied().collect();
         keys.sort();
-        // One teardown that runs out of time is enough: the others of this configuration are
-        // dropped without theirs, so a plugin whose teardown hangs stalls a change (and every
-        // team behind it) by one call deadline, not one per team.
-        let mut timed_out = false;
         for key in keys {
             self.setup_retries.remove(&key);
             for hook in [Hook::RunEveryMinute, Hook::RunEveryHour, Hook::RunEveryDay] {
                 self.schedules.remove(&(key, hook));
             }
             let Some(Some(inst)) = self.instances.remove(&key) else { continue };
-            if timed_out {
-                inst.log_system(
-                    LogLevel::Warn,
-                    "teardownPlugin skipped: another instance's teardown of this configuration ran out of time",
-                );
-                continue;
-            }
             let hops = self.team_hops.get(&key.1).copied().unwrap_or(0);
-            timed_out = self.tear_down(key, inst, hops);
+            self.tear_down(key, inst, hops);
         }
-        // A new version starts with its chances: it was not the one disabled.
+        // A new version starts with its chances: it was not the one disabled, nor the slow one.
         self.disabled.retain(|key, _| key.0 != index);
+        self.slow_teardown.remove(&index);
     }
 
     /// The version of configuration `id` and when it took effect (ms), if it changed while
@@ -518,19 +513,23 @@ impl WorkerPlugins {
 
     /// Runs `teardownPlugin` of an instance leaving the worker and passes on what it captured or
     /// enqueued (one hop deeper than `hops`); a disabled instance's reason is kept for the next.
-    /// Returns whether the teardown ran out of time.
-    fn tear_down(&mut self, key: InstanceKey, mut inst: PluginInstance, hops: u32) -> bool {
+    /// Its teardown is skipped when the configuration's ran out of time once before.
+    fn tear_down(&mut self, key: InstanceKey, mut inst: PluginInstance, hops: u32) {
         if let Some(reason) = inst.disabled() {
             self.disabled.insert(key, reason.to_owned());
         }
-        let mut timed_out = false;
+        if self.slow_teardown.contains(&key.0) {
+            inst.log_system(LogLevel::Warn, "teardownPlugin skipped: this configuration's teardown ran out of time before");
+            return;
+        }
         if let Err(e) = inst.teardown() {
-            timed_out = e.kind == super::error::ErrorKind::Timeout;
+            if e.kind == super::error::ErrorKind::Timeout {
+                self.slow_teardown.insert(key.0);
+            }
             inst.log_system(LogLevel::Error, &format!("Plugin failed to unload: {}: {}", e.name, e.message));
             self.notices.push(PluginNotice::CallFailed(e));
         }
         self.collect_outbox(&inst, hops);
-        timed_out
     }
 
     /// Records that `team`'s instances were used now (the eviction order).
