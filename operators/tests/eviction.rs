@@ -54,6 +54,24 @@ fn torn_down(logs: &MemoryLogSink) -> Vec<i64> {
     logs.entries().into_iter().filter(|e| e.message.starts_with("teardown after")).map(|e| e.team_id.unwrap()).collect()
 }
 
+/// The QuickJS heap of one instance of the `counting` plugin, measured.
+fn one_instance_heap(fx: &common::Fixture) -> usize {
+    let mut w = worker(vec![spec(fx, "c", None)], Arc::new(MemoryLogSink::default()), 0);
+    send(&mut w, 1);
+    w.memory_used()
+}
+
+/// A worker with one configuration, for every team, whose `teardownPlugin` never returns, and
+/// calls limited to 200 ms; with the instance `budget` (0: none).
+fn hanging_teardown(fx: &common::Fixture, budget: usize) -> WorkerPlugins {
+    let services = HostServices::new(Arc::new(MemoryStore::new()), None, Arc::new(MemoryLogSink::default()), Duration::from_secs(5));
+    let limits = Limits { call_timeout: Duration::from_millis(200), ..Limits::default() };
+    let place = WorkerPlace { instance_budget: budget, ..WorkerPlace::default() };
+    WorkerPlugins::new(limits, Arc::new(vec![spec(fx, "h", None)]), services).unwrap().with_place(place)
+}
+
+const HANGING: &str = "exports.processEvent = (e) => e\nexports.teardownPlugin = () => { for (;;) {} }";
+
 fn counts(w: &mut WorkerPlugins) -> (u64, u64) {
     w.take_notices().into_iter().fold((0, 0), |(c, e), n| match n {
         PluginNotice::Instances { created, evicted } => (c + created, e + evicted),
@@ -65,11 +83,7 @@ fn counts(w: &mut WorkerPlugins) -> (u64, u64) {
 fn least_recently_used_teams_are_evicted_over_the_budget_and_come_back_fresh() {
     let fx = counting();
     // One instance's heap, measured: the budget is five and a half of them.
-    let per_instance = {
-        let mut w = worker(vec![spec(&fx, "c", None)], Arc::new(MemoryLogSink::default()), 0);
-        send(&mut w, 1);
-        w.memory_used()
-    };
+    let per_instance = one_instance_heap(&fx);
     assert!(per_instance > 200_000, "the ballast counts: {per_instance} bytes");
     let budget = per_instance * 11 / 2;
     let logs = Arc::new(MemoryLogSink::default());
@@ -174,11 +188,7 @@ fn teardown_captures_at_an_eviction_count_hops_and_none_are_left_behind_at_the_e
 fn instances_made_outside_events_are_evicted_too() {
     let fx = counting();
     let logs = Arc::new(MemoryLogSink::default());
-    let per_instance = {
-        let mut w = worker(vec![spec(&fx, "c", None)], Arc::new(MemoryLogSink::default()), 0);
-        send(&mut w, 1);
-        w.memory_used()
-    };
+    let per_instance = one_instance_heap(&fx);
     let mut w = worker(vec![spec(&fx, "c", None)], logs.clone(), per_instance * 5 / 2);
     // Three instances made as a job or a retry would (no event), then events of team 100.
     for team in [7, 8, 9] {
@@ -222,10 +232,8 @@ fn an_eviction_does_not_undo_a_disabling() {
 #[test]
 fn a_hanging_teardown_stalls_a_change_once_not_once_per_team() {
     use operators::plugin::worker::ConfigChange;
-    let fx = plugin("hang", &[("index.js", "exports.processEvent = (e) => e\nexports.teardownPlugin = () => { for (;;) {} }")]);
-    let services = HostServices::new(Arc::new(MemoryStore::new()), None, Arc::new(MemoryLogSink::default()), Duration::from_secs(5));
-    let limits = Limits { call_timeout: Duration::from_millis(200), ..Limits::default() };
-    let mut w = WorkerPlugins::new(limits, Arc::new(vec![spec(&fx, "h", None)]), services).unwrap();
+    let fx = plugin("hang", &[("index.js", HANGING)]);
+    let mut w = hanging_teardown(&fx, 0);
     for team in 1..=8 {
         let json = format!(r#"{{"uuid":"u","event":"e","team_id":{team},"properties":{{}}}}"#);
         w.process(team, "e", "u", &json, 0).unwrap();
@@ -241,11 +249,8 @@ fn a_hanging_teardown_stalls_a_change_once_not_once_per_team() {
 /// evicted without it.
 #[test]
 fn a_hanging_teardown_stalls_evictions_once() {
-    let fx = plugin("hang", &[("index.js", "exports.processEvent = (e) => e\nexports.teardownPlugin = () => { for (;;) {} }")]);
-    let services = HostServices::new(Arc::new(MemoryStore::new()), None, Arc::new(MemoryLogSink::default()), Duration::from_secs(5));
-    let limits = Limits { call_timeout: Duration::from_millis(200), ..Limits::default() };
-    let place = WorkerPlace { instance_budget: 1, ..WorkerPlace::default() };
-    let mut w = WorkerPlugins::new(limits, Arc::new(vec![spec(&fx, "h", None)]), services).unwrap().with_place(place);
+    let fx = plugin("hang", &[("index.js", HANGING)]);
+    let mut w = hanging_teardown(&fx, 1);
     let started = std::time::Instant::now();
     for team in 1..=8 {
         let json = format!(r#"{{"uuid":"u","event":"e","team_id":{team},"properties":{{}}}}"#);

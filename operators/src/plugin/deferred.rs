@@ -574,8 +574,9 @@ impl DeferredWork {
             Some(pool) => {
                 let plugins = self.plugins.borrow();
                 let mut pool = crate::sync::lock(pool);
-                let (mine, others): (Vec<_>, Vec<_>) =
-                    std::mem::take(&mut *pool).into_iter().partition(|item| plugins.picks_recovered(recovered_team(&item.payload)));
+                let (mine, others): (Vec<_>, Vec<_>) = std::mem::take(&mut *pool)
+                    .into_iter()
+                    .partition(|item| plugins.picks_recovered(super::worker::queued_team(&item.payload)));
                 *pool = others;
                 mine
             }
@@ -679,11 +680,6 @@ pub fn processed_event(final_json: &str) -> Option<(String, String)> {
     out.insert("timestamp".into(), timestamp);
     out.insert("uuid".into(), ev.remove("uuid").unwrap_or(Value::Null));
     Some((name, Value::Object(out).to_string()))
-}
-
-/// The team of a queued retry (`None` when it cannot be read).
-fn recovered_team(payload: &[u8]) -> Option<i64> {
-    serde_json::from_slice::<Value>(payload).ok()?.get("team")?.as_i64()
 }
 
 #[cfg(test)]

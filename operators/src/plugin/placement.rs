@@ -20,8 +20,6 @@
 
 use std::collections::HashSet;
 
-use super::worker::PluginSpec;
-
 /// The worker that owns `team` among `peers` workers: FNV-1a over the team's 8 little-endian
 /// bytes, then MurmurHash3's 64-bit finalizer, modulo `peers`. Stable across processes, builds and
 /// runs (the standard library's hasher is not), so every process of a cluster agrees, and a
@@ -68,11 +66,6 @@ impl Placement {
         Self { peers: peers.max(1), all_teams, teams, spread: spread.into_iter().collect() }
     }
 
-    /// [`Placement::new`] for the teams of these configurations.
-    pub fn of_specs(specs: &[PluginSpec], peers: usize, spread: impl IntoIterator<Item = i64>) -> Self {
-        Self::new(specs.iter().map(|s| s.teams.as_deref()), peers, spread)
-    }
-
     /// Whether any event may move between workers (more than one worker, some plugin).
     pub fn exchanges(&self) -> bool {
         self.peers > 1 && (self.all_teams || !self.teams.is_empty())
@@ -86,11 +79,6 @@ impl Placement {
     /// The worker that runs `team`'s plugins for an event read by worker `reader`.
     pub fn worker_for(&self, team: i64, reader: usize) -> usize {
         if self.moves(team) { team_owner(team, self.peers) } else { reader }
-    }
-
-    /// Whether `worker` owns `team` (runs its scheduled tasks, holds its preloaded instances).
-    pub fn owns(&self, worker: usize, team: i64) -> bool {
-        team_owner(team, self.peers) == worker
     }
 }
 

@@ -611,7 +611,7 @@ impl WorkerPlugins {
         for item in items {
             // A job runs on its team's owner, where the instance is: another worker of this
             // process hands it back to the queue for the owner to take.
-            if self.owner_elsewhere_here(job_team(&item.payload)) {
+            if self.owner_elsewhere_here(queued_team(&item.payload)) {
                 if let Err(e) = self.services.store.queue_release(JOB_QUEUE, item.id) {
                     tracing::error!(error = %e, "cannot hand a job back to the queue; it runs here");
                 } else {
@@ -982,8 +982,8 @@ fn instance_config(spec: &PluginSpec, team: i64) -> InstanceConfig {
     }
 }
 
-/// The team of a queued job (`None` when its payload cannot be read: it runs where taken, and
-/// is dead-lettered there).
-fn job_team(payload: &[u8]) -> Option<i64> {
+/// The team of a queued job or retry (`None` when its payload cannot be read: it is handled
+/// where taken, and dead-lettered there).
+pub(crate) fn queued_team(payload: &[u8]) -> Option<i64> {
     serde_json::from_slice::<Value>(payload).ok()?.get("team")?.as_i64()
 }
