@@ -7,17 +7,11 @@
 //! offsets (or a transaction) there; a recorded log has nothing to do.
 
 use operators::sync::lock;
-use std::cell::RefCell;
 use std::io::Write;
 use std::path::Path;
-use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
-
-use crate::config::{InputKind, PipelineConfig};
-use crate::resume::Checkpointer;
-use crate::run::SliceReader;
 
 /// What one poll returned.
 #[derive(Debug, Default)]
@@ -69,31 +63,7 @@ pub trait EventSource {
     }
 }
 
-/// One output record.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct OutRecord {
-    /// The JSON text.
-    pub value: String,
-    /// Headers (a Kafka sink sends them; a file sink ignores them).
-    pub headers: Vec<(&'static str, String)>,
-}
-
-/// A worker's view of one output.
-pub trait RecordSink {
-    /// Writes records of `epoch`.
-    fn write(&mut self, epoch: u64, records: &[OutRecord]) -> anyhow::Result<()>;
-    /// Writes values without headers (processed events) of `epoch`, borrowed: the default
-    /// builds records; sinks that can, write them as they are.
-    fn write_values(&mut self, epoch: u64, values: &mut dyn Iterator<Item = &str>) -> anyhow::Result<()> {
-        let records: Vec<OutRecord> = values.map(|v| OutRecord { value: v.to_string(), headers: Vec::new() }).collect();
-        self.write(epoch, &records)
-    }
-    /// Makes everything written so far durable (or at least handed over).
-    fn flush(&mut self) -> anyhow::Result<()>;
-}
-
-/// A worker's sinks, shared between the dataflow's operators and the worker loop.
-pub type SharedSink = Rc<RefCell<Box<dyn RecordSink>>>;
+pub use operators::output::{OutRecord, RecordSink, SharedSink};
 
 /// A JSON-lines output shared by the workers of this process.
 pub type SharedWriter = Arc<Mutex<Box<dyn Write + Send>>>;
@@ -224,122 +194,6 @@ impl RecordSink for FileSink {
     }
 }
 
-/// A worker's share of a recorded JSON-lines log.
-pub struct LogSource {
-    reader: SliceReader,
-    name: String,
-    size: u64,
-    /// Where reads are reported for checkpoints, and this worker's index.
-    checkpoints: Option<(Arc<Checkpointer>, usize)>,
-    /// This share follows the log (`[input] follow`).
-    following: bool,
-    /// Why a followed log cannot be read on (truncated, replaced): reported once what was read
-    /// is written, and whether `release` was asked once already.
-    failure: Option<(String, bool)>,
-}
-
-/// How long a followed log that has nothing new is left before the next look.
-const FOLLOW_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
-
-impl LogSource {
-    /// The share of worker `index` of `peers`, from `resume_at` when given (a resumed run) or
-    /// from its start, reporting its reads to `checkpoints`.
-    pub fn open(
-        path: &Path,
-        index: usize,
-        peers: usize,
-        resume_at: Option<u64>,
-        checkpoints: Option<Arc<Checkpointer>>,
-    ) -> anyhow::Result<Self> {
-        let mut reader = SliceReader::open(path, index, peers).with_context(|| format!("cannot read {}", path.display()))?;
-        if let Some(at) = resume_at {
-            reader.resume_at(at).with_context(|| format!("cannot resume reading {}", path.display()))?;
-        }
-        if let Some(cp) = &checkpoints {
-            cp.started(index, peers, reader.position());
-        }
-        let size = std::fs::metadata(path)?.len();
-        Ok(Self {
-            reader,
-            name: path.display().to_string(),
-            size,
-            checkpoints: checkpoints.map(|cp| (cp, index)),
-            following: false,
-            failure: None,
-        })
-    }
-
-    /// Follows the log past this share's end (a followed log has one worker); a line longer
-    /// than `max_line` bytes is passed on in pieces of that size.
-    pub fn follow(mut self, path: &Path, max_line: usize) -> anyhow::Result<Self> {
-        self.reader.follow(path, max_line).with_context(|| format!("cannot follow {}", path.display()))?;
-        self.following = true;
-        Ok(self)
-    }
-}
-
-impl Drop for LogSource {
-    fn drop(&mut self) {
-        let unfinished = self.reader.unfinished();
-        if unfinished > 0 {
-            tracing::warn!(input = %self.name, bytes = unfinished, "stopped with the log's last line unfinished (no newline yet): it was not read");
-        }
-    }
-}
-
-impl EventSource for LogSource {
-    fn name(&self) -> String {
-        self.name.clone()
-    }
-
-    fn poll(&mut self, epoch: u64, max: usize) -> anyhow::Result<Polled> {
-        if self.failure.is_some() {
-            return Ok(Polled { exhausted: true, ..Polled::default() });
-        }
-        let batch = match self.reader.next_batch(max) {
-            Ok(batch) => batch,
-            // What was read goes on through the graph; the run fails once it is done (release).
-            Err(e) if self.following => {
-                tracing::error!(input = %self.name, error = %e, "the followed log cannot be read on");
-                self.failure = Some((e.to_string(), false));
-                return Ok(Polled { exhausted: true, ..Polled::default() });
-            }
-            Err(e) => return Err(e.into()),
-        };
-        if batch.caught_up && batch.records.is_empty() && batch.bytes == 0 {
-            // Nothing new: look again in a moment, as `tail -f` does.
-            std::thread::sleep(FOLLOW_WAIT);
-        }
-        if let Some((cp, index)) = &self.checkpoints {
-            cp.read(*index, epoch, self.reader.position());
-        }
-        Ok(Polled { records: batch.records, bytes: batch.bytes, exhausted: batch.done, blank: batch.blank })
-    }
-
-    fn complete(&mut self, _frontier: u64) -> anyhow::Result<()> {
-        // Checkpoints are renewed by the worker loop, which knows the captures in flight.
-        Ok(())
-    }
-
-    fn release(&mut self, _epoch: u64, _frontier: u64) -> anyhow::Result<Release> {
-        match &mut self.failure {
-            // Asked first in the round that found the failure; before asking again the worker
-            // waits until every line read has gone through the chain and been written.
-            Some((_, asked @ false)) => {
-                *asked = true;
-                Ok(Release::Waiting)
-            }
-            Some((e, true)) => Err(anyhow::anyhow!("{e}")),
-            None => Ok(Release::Done),
-        }
-    }
-
-    fn size_hint(&self) -> Option<u64> {
-        // A followed log has no size to measure progress against.
-        (!self.following).then_some(self.size)
-    }
-}
-
 /// Files every worker of the process shares, opened once.
 #[derive(Clone)]
 pub struct SharedFiles {
@@ -350,13 +204,11 @@ pub struct SharedFiles {
 }
 
 impl SharedFiles {
-    /// Opens the configured data outputs: truncated, or appended to with `append` (a resumed
-    /// run, after crate::resume cut them back); with `track`, for checkpoints.
-    pub fn open(config: &PipelineConfig, append: bool, track: bool) -> anyhow::Result<Self> {
-        Ok(Self {
-            events: OutputFile::open(&config.output.events, append, track)?,
-            dead_letters: OutputFile::open(&config.output.dead_letters, append, track)?,
-        })
+    /// Opens the data outputs at `events` and `dead_letters`: truncated, or appended to with
+    /// `append` (a resumed run, after crate::resume cut them back); with `track`, for
+    /// checkpoints.
+    pub fn open(events: &Path, dead_letters: &Path, append: bool, track: bool) -> anyhow::Result<Self> {
+        Ok(Self { events: OutputFile::open(events, append, track)?, dead_letters: OutputFile::open(dead_letters, append, track)? })
     }
 }
 
@@ -370,33 +222,3 @@ pub struct WorkerIo {
     pub dead_letters: SharedSink,
 }
 
-/// Opens worker `index`'s input and outputs as the configuration says; a Kafka worker reports
-/// its consumer's state to `health`; a recorded log is read from `resume`'s position for this
-/// worker when given, and its reads reported to `checkpoints`.
-pub fn open_worker_io(
-    config: &PipelineConfig,
-    files: &SharedFiles,
-    index: usize,
-    peers: usize,
-    health: &std::sync::Arc<crate::kafka::health::KafkaHealth>,
-    resume: Option<&crate::resume::Checkpoint>,
-    checkpoints: Option<Arc<Checkpointer>>,
-) -> anyhow::Result<WorkerIo> {
-    if let (InputKind::Kafka, Some(kafka)) = (config.input.kind, &config.kafka) {
-        return crate::kafka::open_worker_io(kafka, index, health.clone());
-    }
-    let sink = |w: &SharedOutput| -> SharedSink { Rc::new(RefCell::new(Box::new(FileSink(w.clone())))) };
-    // A worker missing from the checkpoint had not started when it was written: it had read
-    // nothing, and what it wrote since lies past the recorded lengths. It starts at its share's
-    // beginning.
-    let resume_at = resume.and_then(|cp| cp.positions.get(&index).copied());
-    let log = LogSource::open(&config.input.path, index, peers, resume_at, checkpoints)?;
-    // A followed log has one worker (checked at start). Room for the longest event and a CRLF:
-    // a longer line is dead-lettered in pieces.
-    let max_line = usize::try_from(config.runtime.max_event_bytes).unwrap_or(usize::MAX).saturating_add(2);
-    Ok(WorkerIo {
-        source: Box::new(if config.input.follow { log.follow(&config.input.path, max_line)? } else { log }),
-        events: sink(&files.events),
-        dead_letters: sink(&files.dead_letters),
-    })
-}

@@ -8,6 +8,7 @@ pub mod http;
 pub mod io;
 pub mod kafka;
 pub mod live;
+pub mod log_input;
 pub mod resume;
 pub mod run;
 pub mod stats;

@@ -23,9 +23,7 @@
 use operators::sync::lock;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
-use std::path::Path;
+use std::io::Write;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -36,21 +34,25 @@ use differential_dataflow::input::InputSession;
 use operators::dataflow::chain::{ChainResult, RunChain};
 use operators::dataflow::deferred::RunDeferred;
 use operators::dataflow::placement::ToOwners;
+use operators::dataflow::write_events::WriteEvents;
+use operators::dataflow::write_letters::WriteDeadLetters;
 use operators::event::{DeadLetter, EventLimits, InputLine, ValidEvent, parse_owned_line};
-use operators::plugin::deferred::{DeferredWork, FinalEvent, RetryPolicies, RetryPolicy};
+use operators::output::{FirstError, OutRecord, SharedSink, dead_letter_record};
+use operators::plugin::deferred::{DeferredWork, Exhausted, FinalEvent, RetryPolicies, RetryPolicy, ReturnedLetter};
 use operators::plugin::placement::Placement;
 use operators::plugin::worker::{PluginNotice, PluginSpec, WorkerPlace, WorkerPlugins};
 use operators::plugin::{GeoIp, Hook, HostServices, Limits, LogSink, PluginRuntime};
 use state::{MemoryStore, RocksStore, StateStore};
 use timely::container::CapacityContainerBuilder;
-use timely::dataflow::channels::pact::Pipeline;
-use timely::dataflow::operators::core::{Inspect, OkErr, Probe};
-use timely::dataflow::operators::generic::operator::Operator;
+use timely::dataflow::operators::core::{OkErr, Probe};
 use timely::dataflow::operators::vec::{Broadcast, Map};
 use timely::dataflow::{InputHandle, ProbeHandle};
 
 use crate::config::PipelineConfig;
-use crate::io::{EventSource, OutRecord, Release, SharedFiles, open_worker_io};
+use crate::config::InputKind;
+use crate::io::{EventSource, FileSink, Release, SharedFiles, SharedOutput, WorkerIo};
+use crate::log_input::LogSource;
+use crate::resume::Checkpointer;
 use crate::stats::Stats;
 
 /// What every worker of the process shares.
@@ -221,7 +223,7 @@ pub fn prepare_with_store(
         // or not this run keeps checkpoints of its own (a followed log does not).
         crate::resume::forget(&*services.store)?;
     }
-    let files = SharedFiles::open(&config, append, resumable)?;
+    let files = SharedFiles::open(&config.output.events, &config.output.dead_letters, append, resumable)?;
     let checkpoints = match resumable {
         true => Some(Arc::new(crate::resume::Checkpointer::new(&config, services.store.clone(), files.clone())?)),
         false => None,
@@ -363,7 +365,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
         DeferredWork::new(plugins.clone(), retry_policies(&shared.config), shared.services.store.clone())
             .with_recovery(shared.recovery.clone()),
     ));
-    let failed: Rc<RefCell<Option<anyhow::Error>>> = Rc::new(RefCell::new(None));
+    let failed = FirstError::default();
     // App metrics are a differential collection with their own probe, so their input can stay
     // open until every other piece of work (which still produces metrics) has finished.
     let mut metrics = InputSession::<u64, MetricKey, isize>::new();
@@ -421,37 +423,22 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
         let stats = shared.stats.clone();
         let (processed, unprocessable): (timely::dataflow::Stream<'_, u64, Vec<FinalEvent>>, _) =
             outcomes.flat_map(move |r: ChainResult| r.into_result(|| stats.add_dropped(1))).ok_err(|r: Result<FinalEvent, DeadLetter>| r);
-        // Processed events are written here, then passed on (moved, not copied) to onEvent and
-        // exportEvents only when the team has a plugin with one of them: the test
-        // DeferredWork::event would make first. A team whose plugins run on another worker is
-        // passed on to that worker, which decides (asking here would load its plugins here).
-        let (sink, stats, fail, owing, place) =
-            (io.events.clone(), shared.stats.clone(), failed.clone(), plugins.clone(), placement.clone());
-        let owed = processed
-            .unary(Pipeline, "WriteEvents", move |_, _| {
-                move |input, output| {
-                    input.for_each(|cap, data: &mut Vec<FinalEvent>| {
-                        let Some(out) = cap.retain_least(0) else { return };
-                        let epoch = *out.time();
-                        keep_first_error(&fail, sink.borrow_mut().write_values(epoch, &mut data.iter().map(|e| e.json.as_str())));
-                        stats.add_out(data.len() as u64);
-                        let mut plugins = owing.borrow_mut();
-                        let mut session = output.session(&out);
-                        for ev in data.drain(..) {
-                            if place.moves(ev.team) || plugins.team_has_any(ev.team, &[Hook::OnEvent, Hook::ExportEvents]) {
-                                session.give(ev);
-                            }
-                        }
-                    });
-                }
-            })
-            .probe_with(&intake);
-        write_dead_letters(dead, &io.dead_letters, &shared.stats, &failed).probe_with(&intake).probe_with(&probe);
-        write_dead_letters(unprocessable, &io.dead_letters, &shared.stats, &failed).probe_with(&intake).probe_with(&probe);
+        // Processed events are written here, then passed on to onEvent and exportEvents only
+        // when the team has a plugin with one of them: the test DeferredWork::event would make
+        // first. A team whose plugins run on another worker is passed on to that worker, which
+        // decides (asking here would load its plugins here).
+        let (owing, place) = (plugins.clone(), placement.clone());
+        let pass_on = move |ev: &FinalEvent| {
+            place.moves(ev.team) || owing.borrow_mut().team_has_any(ev.team, &[Hook::OnEvent, Hook::ExportEvents])
+        };
+        let owed = processed.write_events(&io.events, &failed, counter(&shared.stats, Stats::add_out), pass_on).probe_with(&intake);
+        let dead_count = || counter(&shared.stats, Stats::add_dead);
+        dead.write_dead_letters(&io.dead_letters, &failed, dead_count()).probe_with(&intake).probe_with(&probe);
+        unprocessable.write_dead_letters(&io.dead_letters, &failed, dead_count()).probe_with(&intake).probe_with(&probe);
         let owed = owed.to_owners(&placement, |ev: &FinalEvent| (ev.team, ev.reader));
-        let given_up = owed.run_deferred(deferred.clone()).flat_map(move |e| exhausted_letters(e, reader));
+        let given_up = owed.run_deferred(deferred.clone()).flat_map(move |e| e.returned_letters(reader));
         let given_up = given_up.to_readers(&placement, |l: &ReturnedLetter| l.reader).map(|l: ReturnedLetter| l.letter);
-        write_dead_letters(given_up, &io.dead_letters, &shared.stats, &failed).probe_with(&probe);
+        given_up.write_dead_letters(&io.dead_letters, &failed, dead_count()).probe_with(&probe);
     });
     let batch_size = shared.config.runtime.batch_size;
     let ahead = shared.config.runtime.max_epochs_ahead;
@@ -499,7 +486,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
         }
         // Background plugin work, then events plugins captured: back into the graph.
         let gave_up = plugins.borrow_mut().maintain();
-        write_now(&io.dead_letters, epoch, gave_up.into_iter().flat_map(letters_of).collect(), &shared.stats)?;
+        write_now(&io.dead_letters, epoch, gave_up.into_iter().flat_map(Exhausted::dead_letters).collect(), &shared.stats)?;
         let seen_before = std::mem::replace(&mut seen, frontier(&probe));
         let captured = plugins.borrow_mut().take_captured();
         if let Some(cp) = shared.checkpoints.as_ref().filter(|_| !captured.is_empty()) {
@@ -526,7 +513,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
         }
         metrics.advance_to(epoch);
         metrics.flush();
-        check_failed(&failed)?;
+        failed.check()?;
         check_logs(&shared.services)?;
         complete(&mut *source, &probe)?;
         if std::mem::take(&mut caught_up) {
@@ -573,7 +560,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
             deferred.borrow_mut().stop();
         }
     }
-    check_failed(&failed)?;
+    failed.check()?;
     plugins.borrow_mut().teardown_all();
     check_logs(&shared.services)?;
     // What plugins captured after the input closed (in onEvent retries, at teardown) cannot
@@ -634,7 +621,7 @@ fn inject_captured(
 }
 
 /// Writes dead letters from the worker loop (outside the dataflow).
-fn write_now(sink: &crate::io::SharedSink, epoch: u64, letters: Vec<DeadLetter>, stats: &Stats) -> anyhow::Result<()> {
+fn write_now(sink: &SharedSink, epoch: u64, letters: Vec<DeadLetter>, stats: &Stats) -> anyhow::Result<()> {
     if letters.is_empty() {
         return Ok(());
     }
@@ -644,41 +631,10 @@ fn write_now(sink: &crate::io::SharedSink, epoch: u64, letters: Vec<DeadLetter>,
     Ok(())
 }
 
-/// The dead letters of work a plugin could not do: one per event (an export batch is split),
-/// with the plugin, configuration, hook, attempts and error as fields (and Kafka headers).
-/// The dead letters of work that failed for good, one per event of an `exportEvents` batch, each
-/// addressed to the worker that read its event (`here` when that is not known: a job, a retry
-/// recovered from an earlier run).
-fn exhausted_letters(e: operators::plugin::deferred::Exhausted, here: u32) -> Vec<ReturnedLetter> {
-    let readers = e.readers.clone();
-    let reader = |i: usize| readers.get(i).copied().unwrap_or(here);
-    letters_of(e).into_iter().enumerate().map(|(i, letter)| ReturnedLetter { reader: reader(i), letter }).collect()
-}
-
-fn letters_of(e: operators::plugin::deferred::Exhausted) -> Vec<DeadLetter> {
-    let failure = operators::event::PluginFailure {
-        plugin: e.error.plugin.clone(),
-        config_id: e.error.config_id.clone(),
-        hook: e.error.hook.as_str().to_string(),
-        attempts: e.attempts,
-        error: format!("{}: {}", e.error.name, e.error.message),
-    };
-    let reason = e.reason();
-    let letter = |raw: String, position: u64| DeadLetter {
-        source: format!("plugin:{}", failure.config_id),
-        position,
-        reason: reason.clone(),
-        raw,
-        raw_base64: None,
-        failure: Some(failure.clone()),
-    };
-    let position = |i: usize| e.positions.get(i).copied().unwrap_or(0);
-    match (e.error.hook, serde_json::from_str::<serde_json::Value>(&e.payload)) {
-        (operators::plugin::Hook::ExportEvents, Ok(serde_json::Value::Array(events))) => {
-            events.iter().enumerate().map(|(i, ev)| letter(ev.to_string(), position(i))).collect()
-        }
-        _ => vec![letter(e.payload, position(0))],
-    }
+/// Adds what a sink wrote to `stats`.
+fn counter(stats: &Arc<Stats>, add: fn(&Stats, u64)) -> impl Fn(u64) + 'static {
+    let stats = stats.clone();
+    move |n| add(&stats, n)
 }
 
 /// Tells the source which epochs are complete: those the probe has passed.
@@ -697,49 +653,6 @@ fn check_logs(services: &HostServices) -> anyhow::Result<()> {
         Some(e) => bail!("cannot write plugin logs: {e}"),
         None => Ok(()),
     }
-}
-
-fn keep_first_error(slot: &Rc<RefCell<Option<anyhow::Error>>>, result: anyhow::Result<()>) {
-    if let Err(e) = result {
-        slot.borrow_mut().get_or_insert(e);
-    }
-}
-
-fn check_failed(slot: &Rc<RefCell<Option<anyhow::Error>>>) -> anyhow::Result<()> {
-    match slot.borrow_mut().take() {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
-}
-
-fn dead_letter_record(d: &DeadLetter) -> OutRecord {
-    let mut headers = vec![("reason", d.reason.clone()), ("source", d.source.clone()), ("position", d.position.to_string())];
-    if let Some(f) = &d.failure {
-        headers.extend([
-            ("plugin", f.plugin.clone()),
-            ("plugin_config_id", f.config_id.clone()),
-            ("hook", f.hook.clone()),
-            ("attempts", f.attempts.to_string()),
-            ("error", f.error.clone()),
-        ]);
-    }
-    OutRecord { value: d.to_json().to_string(), headers }
-}
-
-fn write_dead_letters<'s>(
-    letters: timely::dataflow::Stream<'s, u64, Vec<DeadLetter>>,
-    sink: &crate::io::SharedSink,
-    stats: &Arc<Stats>,
-    failed: &Rc<RefCell<Option<anyhow::Error>>>,
-) -> timely::dataflow::Stream<'s, u64, Vec<DeadLetter>> {
-    let (sink, stats, fail) = (sink.clone(), stats.clone(), failed.clone());
-    letters.inspect_core(move |batch: Result<(_, &Vec<DeadLetter>), _>| {
-        if let Ok((stamp, letters)) = batch {
-            let records: Vec<OutRecord> = letters.iter().map(dead_letter_record).collect();
-            keep_first_error(&fail, sink.borrow_mut().write(stamp.least().copied().unwrap_or_default(), &records));
-            stats.add_dead(letters.len() as u64);
-        }
-    })
 }
 
 fn retry_policies(config: &PipelineConfig) -> RetryPolicies {
@@ -764,14 +677,6 @@ fn retry_hold(config: &PipelineConfig) -> Duration {
     let exactly_once = matches!(config.input.kind, crate::config::InputKind::Kafka)
         && config.kafka.as_ref().is_some_and(|k| k.delivery == crate::kafka::Delivery::ExactlyOnce);
     if exactly_once || crate::resume::enabled(config) { Duration::MAX } else { Duration::from_millis(config.runtime.retry_hold_ms) }
-}
-
-/// A dead letter of `onEvent`/`exportEvents` work, on its way back to the worker that read its
-/// event.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-struct ReturnedLetter {
-    reader: u32,
-    letter: DeadLetter,
 }
 
 /// Applies one configuration change to this worker's plugins; one that cannot load here (another
@@ -853,7 +758,7 @@ fn write_metric(out: &crate::io::SharedWriter, key: &MetricKey, delta: isize) {
 }
 
 /// Flushes a worker's event and dead-letter outputs.
-fn flush_data(events: &crate::io::SharedSink, dead_letters: &crate::io::SharedSink) -> anyhow::Result<()> {
+fn flush_data(events: &SharedSink, dead_letters: &SharedSink) -> anyhow::Result<()> {
     events.borrow_mut().flush()?;
     dead_letters.borrow_mut().flush()
 }
@@ -862,252 +767,33 @@ fn flush_shared(out: &crate::io::SharedWriter) -> anyhow::Result<()> {
     lock(out).flush().context("cannot flush output")
 }
 
-/// Reads one worker's share of a log: lines starting in `[start, end)` of the file's bytes.
-/// Positions reported for dead letters are byte offsets of the line. A followed log (`[input]
-/// follow`, one worker) has no end: at the end of the file it waits for more, and reads a line
-/// only once its newline is there.
-pub struct SliceReader {
-    reader: BufReader<File>,
-    /// Where the share's first line starts.
-    start: u64,
-    pos: u64,
-    end: u64,
-    /// Following: the file as opened (to tell it was truncated or replaced) and the bytes of a
-    /// line whose newline has not been written yet.
-    follow: Option<Followed>,
-}
-
-struct Followed {
-    path: std::path::PathBuf,
-    file: (u64, u64),
-    unfinished: Vec<u8>,
-    /// The longest the file was seen: shorter later means truncated (even if regrown since).
-    longest: u64,
-    /// The most a line may hold before it is passed on in pieces (`runtime.max_event_bytes`
-    /// and a line break): each piece is dead-lettered, memory stays bounded.
-    max_line: usize,
-    /// A failure found after lines of the same batch were read: reported on the next call.
-    failed: Option<std::io::Error>,
-}
-
-impl SliceReader {
-    /// The share of worker `index` of `peers`.
-    pub fn open(path: &Path, index: usize, peers: usize) -> std::io::Result<Self> {
-        let len = std::fs::metadata(path)?.len();
-        let start = len * index as u64 / peers as u64;
-        let end = len * (index as u64 + 1) / peers as u64;
-        let mut reader = BufReader::with_capacity(1 << 20, File::open(path)?);
-        let mut pos = start;
-        if start > 0 {
-            // The line holding byte start-1 belongs to the previous worker.
-            reader.seek(SeekFrom::Start(start - 1))?;
-            let mut skipped = Vec::new();
-            pos = start - 1 + reader.read_until(b'\n', &mut skipped)? as u64;
-        }
-        Ok(Self { reader, start: pos, pos, end, follow: None })
+/// Opens worker `index`'s input and outputs as the configuration says; a Kafka worker reports
+/// its consumer's state to `health`; a recorded log is read from `resume`'s position for this
+/// worker when given, and its reads reported to `checkpoints`.
+pub fn open_worker_io(
+    config: &PipelineConfig,
+    files: &SharedFiles,
+    index: usize,
+    peers: usize,
+    health: &std::sync::Arc<crate::kafka::health::KafkaHealth>,
+    resume: Option<&crate::resume::Checkpoint>,
+    checkpoints: Option<Arc<Checkpointer>>,
+) -> anyhow::Result<WorkerIo> {
+    if let (InputKind::Kafka, Some(kafka)) = (config.input.kind, &config.kafka) {
+        return crate::kafka::open_worker_io(kafka, index, health.clone());
     }
-
-    /// Reads on past the share's end as the log grows (a followed log, read by one worker);
-    /// lines longer than `max_line` are passed on in pieces of that size.
-    pub fn follow(&mut self, path: &Path, max_line: usize) -> std::io::Result<()> {
-        use std::os::unix::fs::MetadataExt as _;
-        let opened = self.reader.get_ref().metadata()?;
-        self.end = u64::MAX;
-        self.follow = Some(Followed {
-            path: path.to_path_buf(),
-            file: (opened.dev(), opened.ino()),
-            unfinished: Vec::new(),
-            longest: opened.len(),
-            max_line,
-            failed: None,
-        });
-        Ok(())
-    }
-
-    /// Continues from `position` (a line start recorded by a checkpoint), which must lie in
-    /// this share.
-    pub fn resume_at(&mut self, position: u64) -> std::io::Result<()> {
-        if position < self.start {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!("position {position} is before this worker's share, which starts at {}", self.start),
-            ));
-        }
-        self.reader.seek(SeekFrom::Start(position))?;
-        self.pos = position;
-        Ok(())
-    }
-
-    /// The byte offset of the next line to read.
-    pub fn position(&self) -> u64 {
-        self.pos
-    }
-
-    /// Bytes of a followed log's last line read so far, its newline not written yet.
-    pub fn unfinished(&self) -> usize {
-        self.follow.as_ref().map_or(0, |f| f.unfinished.len())
-    }
-
-    /// Up to `max` lines (blank lines skipped and counted), the bytes they took, and whether
-    /// this share of the log is read to its end. A followed share is never read to its end: at
-    /// the end of the file the batch is `caught_up`; a file that shrank or was replaced is an
-    /// error (what was read stays read; nothing after it is).
-    pub fn next_batch(&mut self, max: usize) -> std::io::Result<SliceBatch> {
-        if let Some(e) = self.follow.as_mut().and_then(|f| f.failed.take()) {
-            return Err(e);
-        }
-        let mut batch = SliceBatch { records: Vec::with_capacity(max.min(4096)), ..SliceBatch::default() };
-        let max_line = self.follow.as_ref().map_or(usize::MAX, |f| f.max_line);
-        while batch.records.len() < max {
-            if self.pos >= self.end {
-                batch.done = true;
-                break;
-            }
-            let mut line = self.follow.as_mut().map(|f| std::mem::take(&mut f.unfinished)).unwrap_or_default();
-            let n = read_line(&mut self.reader, &mut line, max_line)?;
-            if let Some(f) = self.follow.as_mut().filter(|_| !line.ends_with(b"\n") && line.len() < max_line) {
-                f.unfinished = line;
-                if n == 0
-                    && let Err(e) = f.check(self.pos)
-                {
-                    // What this batch read goes on; the failure is the next call's answer.
-                    if batch.records.is_empty() && batch.bytes == 0 {
-                        return Err(e);
-                    }
-                    f.failed = Some(e);
-                }
-                batch.caught_up = true;
-                break;
-            }
-            if n == 0 {
-                batch.done = true;
-                break;
-            }
-            let at = self.pos;
-            self.pos += line.len() as u64;
-            batch.bytes += line.len() as u64;
-            if line.iter().all(|b| b.is_ascii_whitespace()) {
-                batch.blank += 1;
-                continue;
-            }
-            batch.records.push((at, line));
-        }
-        Ok(batch)
-    }
-}
-
-impl Followed {
-    /// At the end of the file: it must still be the file opened, never shorter than it was seen
-    /// (a truncation regrown since is one too), at least as long as what was read of it.
-    fn check(&mut self, pos: u64) -> std::io::Result<()> {
-        use std::os::unix::fs::MetadataExt as _;
-        let now = std::fs::metadata(&self.path)
-            .map_err(|e| std::io::Error::new(e.kind(), format!("{} cannot be followed: {e}", self.path.display())))?;
-        let read = pos + self.unfinished.len() as u64;
-        if (now.dev(), now.ino()) != self.file {
-            return Err(std::io::Error::other(format!(
-                "{} was replaced while followed (rotated?): {read} bytes of the file opened were read; lines written to it after that, and the new file, are not",
-                self.path.display()
-            )));
-        }
-        let longest = self.longest.max(read);
-        if now.len() < longest {
-            return Err(std::io::Error::other(format!(
-                "{} shrank to {} bytes while followed (it had {longest}; truncated?): {read} bytes had been read; nothing written after the truncation is",
-                self.path.display(),
-                now.len()
-            )));
-        }
-        self.longest = now.len();
-        Ok(())
-    }
-}
-
-/// Appends one line, newline included when there is one, to `line`, but no more than until
-/// `line` holds `max_line` bytes; returns the bytes read. A line that lies in the reader's buffer
-/// is copied in one allocation of its size.
-fn read_line(reader: &mut BufReader<File>, line: &mut Vec<u8>, max_line: usize) -> std::io::Result<usize> {
-    let mut read = 0;
-    loop {
-        let room = max_line.saturating_sub(line.len());
-        let buf = reader.fill_buf()?;
-        if buf.is_empty() || room == 0 {
-            return Ok(read);
-        }
-        let (take, ends) = match memchr::memchr(b'\n', buf) {
-            Some(i) if i < room => (i + 1, true),
-            _ => (buf.len().min(room), false),
-        };
-        line.extend_from_slice(&buf[..take]);
-        reader.consume(take);
-        read += take;
-        if ends {
-            return Ok(read);
-        }
-    }
-}
-
-/// What [`SliceReader::next_batch`] read.
-#[derive(Debug, Default)]
-pub struct SliceBatch {
-    /// Lines as (byte offset, bytes).
-    pub records: Vec<(u64, Vec<u8>)>,
-    /// Bytes read, blank lines included.
-    pub bytes: u64,
-    /// Lines holding only whitespace, skipped.
-    pub blank: u64,
-    /// The share is read to its end.
-    pub done: bool,
-    /// A followed share is at the end of the file for now.
-    pub caught_up: bool,
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_run_of_blank_lines_longer_than_a_batch_does_not_end_the_log() {
-        // A batch of nothing but blank lines once read as the end of the input: the events
-        // after it were never read, and nothing said so.
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("log.jsonl");
-        std::fs::write(&path, format!("{{\"n\":1}}\n{}{{\"n\":2}}\n  \n", "\n".repeat(25))).unwrap();
-        let mut r = SliceReader::open(&path, 0, 1).unwrap();
-        let (mut lines, mut blank) = (0, 0);
-        loop {
-            let batch = r.next_batch(10).unwrap();
-            lines += batch.records.len();
-            blank += batch.blank;
-            if batch.done {
-                break;
-            }
-        }
-        assert_eq!((lines, blank), (2, 26));
-    }
-
-    #[test]
-    fn slices_cover_every_line_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("log.jsonl");
-        let lines: Vec<String> = (0..97).map(|i| format!("{{\"n\":{i}{}}}", " ".repeat(i % 7))).collect();
-        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
-        for peers in 1..6 {
-            let mut seen = Vec::new();
-            for index in 0..peers {
-                let mut r = SliceReader::open(&path, index, peers).unwrap();
-                loop {
-                    let batch = r.next_batch(10).unwrap();
-                    seen.extend(batch.records.into_iter().map(|(_, l)| String::from_utf8(l).unwrap().trim_end().to_string()));
-                    if batch.done {
-                        break;
-                    }
-                }
-            }
-            seen.sort();
-            let mut want = lines.clone();
-            want.sort();
-            assert_eq!(seen, want, "peers = {peers}");
-        }
-    }
+    let sink = |w: &SharedOutput| -> SharedSink { Rc::new(RefCell::new(Box::new(FileSink(w.clone())))) };
+    // A worker missing from the checkpoint had not started when it was written: it had read
+    // nothing, and what it wrote since lies past the recorded lengths. It starts at its share's
+    // beginning.
+    let resume_at = resume.and_then(|cp| cp.positions.get(&index).copied());
+    let log = LogSource::open(&config.input.path, index, peers, resume_at, checkpoints)?;
+    // A followed log has one worker (checked at start). Room for the longest event and a CRLF:
+    // a longer line is dead-lettered in pieces.
+    let max_line = usize::try_from(config.runtime.max_event_bytes).unwrap_or(usize::MAX).saturating_add(2);
+    Ok(WorkerIo {
+        source: Box::new(if config.input.follow { log.follow(&config.input.path, max_line)? } else { log }),
+        events: sink(&files.events),
+        dead_letters: sink(&files.dead_letters),
+    })
 }

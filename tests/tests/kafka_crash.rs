@@ -147,6 +147,11 @@ fn crash_test(delivery: &str, readers: &[Reader]) -> Vec<Counts> {
             *seen.entry(u).or_default() += 1;
         }
         let missing = want.iter().filter(|u| !seen.contains_key(*u)).count();
+        if missing > 0 {
+            // Input line i is record i / PARTITIONS of partition i % PARTITIONS: say which offsets
+            // are missing, to compare with the commits in the log.
+            println!("missing ({reader:?}), by partition: {}", missing_ranges(&want, &seen));
+        }
         let repeats: usize = seen.values().map(|n| n - 1).sum();
         println!(
             "crash test ({delivery}, {reader:?}): {EVENTS} in, {} visible{detail}, {} distinct, {missing} missing, {repeats} repeats; \
@@ -164,7 +169,36 @@ fn crash_test(delivery: &str, readers: &[Reader]) -> Vec<Counts> {
         values.sort();
         all.push(Counts { missing, repeats, distinct: seen.len(), aborted, open, values, kills: kills.len() });
     }
+    keep_if_asked(dir);
     all
+}
+
+/// The input offsets whose uuid is not in `seen`, as ranges per partition.
+fn missing_ranges(want: &[String], seen: &HashMap<String, usize>) -> String {
+    let mut ranges: Vec<Vec<(usize, usize)>> = vec![Vec::new(); PARTITIONS as usize];
+    for (i, u) in want.iter().enumerate() {
+        if seen.contains_key(u) {
+            continue;
+        }
+        let (partition, offset) = (i % PARTITIONS as usize, i / PARTITIONS as usize);
+        match ranges[partition].last_mut() {
+            Some((_, end)) if *end == offset => *end = offset + 1,
+            _ => ranges[partition].push((offset, offset + 1)),
+        }
+    }
+    let mut out = String::new();
+    for (p, r) in ranges.iter().enumerate() {
+        let shown: Vec<String> = r.iter().take(8).map(|(a, b)| format!("{a}..{b}")).collect();
+        out += &format!("[{p}] {}{}; ", shown.join(" "), if r.len() > 8 { " …" } else { "" });
+    }
+    out
+}
+
+/// Keeps the test's folder (config, logs) when `PF_TEST_KEEP` is set, and says where.
+fn keep_if_asked(dir: tempfile::TempDir) {
+    if std::env::var_os("PF_TEST_KEEP").is_some() {
+        println!("kept {}", dir.keep().display());
+    }
 }
 
 #[test]

@@ -3,3 +3,5 @@
 pub mod chain;
 pub mod deferred;
 pub mod placement;
+pub mod write_events;
+pub mod write_letters;

@@ -2,7 +2,7 @@
 
 use serde_json::{Map, Value, json};
 
-use super::host::InstanceIdentity;
+use super::log::InstanceIdentity;
 
 /// `$lib` of captured events.
 pub const CAPTURE_LIB: &str = "posthog-plugin-server";

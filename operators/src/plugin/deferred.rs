@@ -14,51 +14,16 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 use state::{QueueItemId, StateStore};
 
 use super::error::{Hook, PluginError};
-use super::worker::{InstanceKey, Outcome, WorkerPlugins};
+pub use super::retry::{Exhausted, RetryPolicy, ReturnedLetter, millis};
+use super::retry::{Next, QueuedCall};
+use super::worker::{InstanceKey, WorkerPlugins};
 
 /// Durable queue holding pending retries.
 pub const RETRY_QUEUE: &str = "retries";
-
-/// How often and how long to retry a hook: `max_retries` retries after the first attempt,
-/// waiting `base`, `2 × base`, `4 × base`, ...
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// Retries after the first attempt.
-    pub max_retries: u32,
-    /// Wait before the first retry.
-    pub base: Duration,
-}
-
-impl RetryPolicy {
-    /// Wait before retry number `retry` (1-based).
-    pub fn delay(&self, retry: u32) -> Duration {
-        self.base * 2u32.saturating_pow(retry.saturating_sub(1))
-    }
-
-    /// PostHog's documented `onEvent` policy: 5 retries after 5, 10, 20, 40 and 80 s.
-    pub fn on_event() -> Self {
-        Self { max_retries: 5, base: Duration::from_secs(5) }
-    }
-
-    /// PostHog's `exportEvents` policy: 3 retries after 6, 12 and 24 s.
-    pub fn export_events() -> Self {
-        Self { max_retries: 3, base: Duration::from_secs(6) }
-    }
-
-    /// PostHog's documented `setupPlugin` policy: 5 retries after 5, 10, 20, 40 and 80 s.
-    pub fn setup() -> Self {
-        Self { max_retries: 5, base: Duration::from_secs(5) }
-    }
-
-    /// Jobs retry like `onEvent`.
-    pub fn job() -> Self {
-        Self::on_event()
-    }
-}
 
 /// Retry policies of the deferred hooks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -159,41 +124,6 @@ pub enum Step {
     /// Failed after the last retry, or with an error that is not retried: the caller sends it
     /// to the dead-letter output.
     GaveUp(Exhausted),
-}
-
-/// A task that failed for good.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Exhausted {
-    /// The last error.
-    pub error: PluginError,
-    /// Attempts made.
-    pub attempts: u32,
-    /// The event (or batch, as a JSON array) that could not be handled.
-    pub payload: String,
-    /// Earliest epoch of the task.
-    pub epoch: u64,
-    /// Where each event of the payload was in the input, in order (empty when it came from no
-    /// input line: a job).
-    pub positions: Vec<u64>,
-    /// The worker that read each event of the payload, in order (empty when it came from no
-    /// input line, or from a recovered retry: written where it ran).
-    pub readers: Vec<u32>,
-}
-
-impl Exhausted {
-    /// One-line reason for the dead-letter output.
-    pub fn reason(&self) -> String {
-        format!(
-            "{} of plugin '{}' ({}) failed after {} attempt{}: {}: {}",
-            self.error.hook,
-            self.error.plugin,
-            self.error.config_id,
-            self.attempts,
-            if self.attempts == 1 { "" } else { "s" },
-            self.error.name,
-            self.error.message
-        )
-    }
 }
 
 /// Export settings of one instance, from its config (PostHog's names and clamps).
@@ -469,22 +399,22 @@ impl DeferredWork {
                 plugins.metric(k, hook, outcome, task.events());
             }
         };
-        match result {
-            Ok(()) => {
-                let outcome = if task.attempts == 1 { Outcome::Succeeded } else { Outcome::SucceededOnRetry };
+        let now = self.now_ms();
+        match policy.next(task.attempts, result.as_ref().map(|_| ()), now) {
+            Next::Done(outcome) => {
                 record(&mut self.plugins.borrow_mut(), outcome);
                 self.ack(&task);
                 Step::Done
             }
-            Err(error) if error.kind.is_retriable() && task.attempts <= policy.max_retries => {
-                let delay = policy.delay(task.attempts);
-                self.log_retry(&task, &error, delay, policy);
-                let due = self.now_ms().saturating_add(millis(delay));
-                self.persist(&mut task, due);
-                Step::Retry(due, task)
+            Next::Retry { due_ms, wait } => {
+                let error = result.expect_err("only a failure is retried");
+                self.log_retry(&task, &error, wait, policy);
+                self.persist(&mut task, due_ms);
+                Step::Retry(due_ms, task)
             }
-            Err(error) => {
-                record(&mut self.plugins.borrow_mut(), Outcome::Failed);
+            Next::GiveUp => {
+                let error = result.expect_err("only a failure gives up");
+                record(&mut self.plugins.borrow_mut(), super::retry::Outcome::Failed);
                 self.log_failure(&task, &error);
                 self.ack(&task);
                 // Failed for good, or a plain error (never retried): either way the work was
@@ -545,15 +475,21 @@ impl DeferredWork {
     /// Writes the task to the durable queue (replacing its previous entry), due at `due` (ms).
     fn persist(&mut self, task: &mut Task, due: u64) {
         self.ack(task);
-        let payload = json!({
-            "config_id": task.config_id,
-            "team": task.team,
-            "hook": task.hook().as_str(),
-            "attempts": task.attempts,
-            "events": match &task.kind { TaskKind::OnEvent(e) => vec![e.clone()], TaskKind::Export(b) => b.clone() },
-            "positions": task.positions,
-        });
-        match self.store.queue_put(RETRY_QUEUE, due, payload.to_string().as_bytes()) {
+        let call = QueuedCall {
+            config_id: task.config_id.clone(),
+            team: task.team,
+            hook: task.hook().as_str().to_string(),
+            attempts: task.attempts,
+            hops: 0,
+            events: match &task.kind {
+                TaskKind::OnEvent(e) => vec![e.clone()],
+                TaskKind::Export(b) => b.clone(),
+            },
+            positions: Some(task.positions.clone()),
+            name: None,
+            payload: None,
+        };
+        match self.store.queue_put(RETRY_QUEUE, due, &call.to_bytes()) {
             Ok(id) => task.queue_id = Some(id),
             Err(e) => tracing::error!(error = %e, config = %task.config_id, "cannot persist a pending retry; it is kept in memory only"),
         }
@@ -576,7 +512,7 @@ impl DeferredWork {
                 let mut pool = crate::sync::lock(pool);
                 let (mine, others): (Vec<_>, Vec<_>) = std::mem::take(&mut *pool)
                     .into_iter()
-                    .partition(|item| plugins.picks_recovered(super::worker::queued_team(&item.payload)));
+                    .partition(|item| plugins.picks_recovered(super::retry::queued_team(&item.payload)));
                 *pool = others;
                 mine
             }
@@ -625,22 +561,19 @@ impl DeferredWork {
     }
 
     fn recovered(&self, item: &state::QueueItem, epoch: u64) -> Option<Task> {
-        let v: Value = serde_json::from_slice(&item.payload).ok()?;
-        let events: Vec<String> = v["events"].as_array()?.iter().filter_map(|e| e.as_str().map(str::to_string)).collect();
-        let kind = match v["hook"].as_str()? {
-            "onEvent" => TaskKind::OnEvent(events.into_iter().next()?),
-            _ => TaskKind::Export(events),
+        let call = QueuedCall::read(&item.payload)?;
+        let kind = match call.hook.as_str() {
+            "onEvent" => TaskKind::OnEvent(call.events.into_iter().next()?),
+            "exportEvents" => TaskKind::Export(call.events),
+            _ => return None,
         };
         // Retries queued before positions were recorded have none: 0, as for a captured event.
-        let positions = match v["positions"].as_array() {
-            Some(p) => p.iter().map(|x| x.as_u64().unwrap_or(0)).collect(),
-            None => vec![0; kind_len(&kind)],
-        };
+        let positions = call.positions.unwrap_or_else(|| vec![0; kind_len(&kind)]);
         Some(Task {
-            config_id: v["config_id"].as_str()?.to_string(),
-            team: v["team"].as_i64()?,
+            config_id: call.config_id,
+            team: call.team,
             kind,
-            attempts: v["attempts"].as_u64()? as u32,
+            attempts: call.attempts,
             epoch,
             queue_id: Some(item.id),
             positions,
@@ -655,11 +588,6 @@ fn kind_len(kind: &TaskKind) -> usize {
         TaskKind::OnEvent(_) => 1,
         TaskKind::Export(b) => b.len(),
     }
-}
-
-/// A duration in whole milliseconds (saturating: `Duration::MAX` is "never").
-pub fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The `ProcessedPluginEvent` PostHog handed to `onEvent` and `exportEvents` (spec §1.2), and
@@ -685,6 +613,7 @@ pub fn processed_event(final_json: &str) -> Option<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn policies_double_their_wait() {

@@ -17,7 +17,7 @@ use rquickjs::{Ctx, Exception, Function, Object, TypedArray, Value};
 use state::{CacheScope, StateStore};
 
 use super::geoip::GeoIp;
-use super::log::{LogEntry, LogLevel, LogSink, LogSource, Redactor};
+use super::log::{InstanceIdentity, LogEntry, LogLevel, LogSink, LogSource, Redactor};
 use super::runtime::{Deadline, Heap, Limits};
 
 /// What a plugin instance asked the host to do on its behalf, drained by the caller.
@@ -68,17 +68,6 @@ impl HostServices {
         let http = ureq::Agent::config_builder().timeout_global(Some(fetch_timeout)).http_status_as_error(false).build().into();
         Self { store, geoip, logs, http }
     }
-}
-
-/// Identity of the plugin instance a context belongs to.
-#[derive(Clone, Debug)]
-pub struct InstanceIdentity {
-    /// Plugin display name.
-    pub plugin: String,
-    /// Plugin configuration id.
-    pub config_id: String,
-    /// Team the configuration belongs to; `None` for all teams.
-    pub team_id: Option<i64>,
 }
 
 /// Everything a context's native functions close over.

@@ -18,7 +18,8 @@ use serde_json::{Map, Value as Json};
 use state::CacheScope;
 
 use super::error::{ErrorKind, Hook, LoadError, PluginError};
-use super::host::{self, HostBindings, HostServices, InstanceIdentity, Outbox};
+use super::host::{self, HostBindings, HostServices, Outbox};
+use super::log::InstanceIdentity;
 use super::log::{LogLevel, LogSource, Redactor};
 use super::manifest::{self, PluginManifest};
 use super::runtime::{Deadline, Heap, Limits, PluginRuntime};

@@ -11,7 +11,16 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::json;
 
-use super::host::InstanceIdentity;
+/// Identity of the plugin instance a context belongs to.
+#[derive(Clone, Debug)]
+pub struct InstanceIdentity {
+    /// Plugin display name.
+    pub plugin: String,
+    /// Plugin configuration id.
+    pub config_id: String,
+    /// Team the configuration belongs to; `None` for all teams.
+    pub team_id: Option<i64>,
+}
 
 /// Log level, as PostHog's log entry `type`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

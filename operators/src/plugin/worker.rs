@@ -14,7 +14,8 @@ use serde_json::{Map, Value};
 use state::{Clock, SystemClock};
 
 use super::chain::{ChainOutcome, run_chain};
-use super::deferred::RetryPolicy;
+pub use super::retry::Outcome;
+use super::retry::{Exhausted, Next, QueuedCall, RetryPolicy, queued_team};
 use super::error::{Hook, PluginError};
 use super::host::HostServices;
 use super::instance::{InstanceConfig, PluginDefinition, PluginInstance};
@@ -102,28 +103,6 @@ pub enum PluginNotice {
         /// Evicted (torn down to keep the worker's instance memory within its budget).
         evicted: u64,
     },
-}
-
-/// How a hook call ended, for app metrics.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Outcome {
-    /// On the first attempt.
-    Succeeded,
-    /// After one or more retries.
-    SucceededOnRetry,
-    /// For good (after the last retry, or at once for a non-retriable error).
-    Failed,
-}
-
-impl Outcome {
-    /// The metric's name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Succeeded => "succeeded",
-            Outcome::SucceededOnRetry => "succeeded_on_retry",
-            Outcome::Failed => "failed",
-        }
-    }
 }
 
 /// One app-metric observation: `count` calls (or exported events) of `hook` in a
@@ -422,14 +401,27 @@ impl WorkerPlugins {
         for job in outbox.jobs {
             // The job keeps the hop count of the call that enqueued it: what it captures is one
             // hop deeper, so jobs cannot restart a capture loop at zero.
-            let item = serde_json::json!({
-                "config_id": inst.config_id(), "team": inst.team_id(), "name": job.name, "payload": job.payload, "attempts": 0, "hops": hops,
-            });
+            // (Every instance of a worker belongs to a team; only `pluginflow try` makes others.)
+            let Some(team) = inst.team_id() else {
+                tracing::error!(config = %inst.config_id(), job = %job.name, "a job of an instance without a team cannot be queued");
+                continue;
+            };
+            let item = QueuedCall {
+                config_id: inst.config_id().to_string(),
+                team,
+                hook: Hook::Job.as_str().to_string(),
+                attempts: 0,
+                hops,
+                events: Vec::new(),
+                positions: None,
+                name: Some(job.name.clone()),
+                payload: Some(job.payload.clone()),
+            };
             let due = match job.when {
                 super::host::JobTime::In(ms) => self.place.clock.now_ms().saturating_add(ms),
                 super::host::JobTime::At(ms) => u64::try_from(ms).unwrap_or(0),
             };
-            if let Err(e) = self.services.store.queue_put(JOB_QUEUE, due, item.to_string().as_bytes()) {
+            if let Err(e) = self.services.store.queue_put(JOB_QUEUE, due, &item.to_bytes()) {
                 tracing::error!(error = %e, config = %inst.config_id(), job = %job.name, "cannot enqueue a job");
                 inst.log_system(LogLevel::Error, &format!("Job '{}' could not be enqueued: {e}", job.name));
             }
@@ -456,7 +448,7 @@ impl WorkerPlugins {
 
     /// Background work due now: `setupPlugin` retries, scheduled tasks this worker owns, and due
     /// jobs. Returns jobs that failed for good.
-    pub fn maintain(&mut self) -> Vec<super::deferred::Exhausted> {
+    pub fn maintain(&mut self) -> Vec<Exhausted> {
         self.retry_setups();
         self.run_schedules();
         let exhausted = self.run_jobs();
@@ -596,7 +588,7 @@ impl WorkerPlugins {
         self.metric(key, hook, outcome, 1);
     }
 
-    fn run_jobs(&mut self) -> Vec<super::deferred::Exhausted> {
+    fn run_jobs(&mut self) -> Vec<Exhausted> {
         let now = self.place.clock.now_ms();
         // Every due job: taking only the earliest few could leave this worker's own behind
         // other workers' ones, taken and handed back at every look.
@@ -652,7 +644,7 @@ impl WorkerPlugins {
         worker != self.place.index && self.place.local.contains(&worker) && still_running(worker)
     }
 
-    fn run_job(&mut self, item: state::QueueItem) -> Option<super::deferred::Exhausted> {
+    fn run_job(&mut self, item: state::QueueItem) -> Option<Exhausted> {
         let store = self.services.store.clone();
         let ack = |store: &Arc<dyn state::StateStore>| {
             if let Err(e) = store.queue_ack(JOB_QUEUE, item.id) {
@@ -662,7 +654,7 @@ impl WorkerPlugins {
         // A job that cannot run is a dead letter (acknowledged, with its bytes), never dropped.
         let undone = |config_id: &str, name: &str, why: &str, payload: String| {
             tracing::error!(config = %config_id, error = %why, "a job cannot run: dead-lettered");
-            Some(super::deferred::Exhausted {
+            Some(Exhausted {
                 error: PluginError {
                     kind: super::error::ErrorKind::Failed,
                     plugin: config_id.to_string(),
@@ -680,59 +672,52 @@ impl WorkerPlugins {
             })
         };
         let raw = String::from_utf8_lossy(&item.payload).into_owned();
-        let Ok(job) = serde_json::from_slice::<serde_json::Value>(&item.payload) else {
+        let Some(mut job) = QueuedCall::read(&item.payload) else {
             ack(&store);
             return undone("?", "UnreadableJob", "a job in the state store cannot be read", raw);
         };
-        let (Some(config_id), Some(team), Some(name)) = (job["config_id"].as_str(), job["team"].as_i64(), job["name"].as_str()) else {
+        let Some(name) = job.name.clone() else {
             ack(&store);
-            return undone("?", "UnreadableJob", "a job in the state store lacks its configuration, team or name", raw);
+            return undone(&job.config_id, "UnreadableJob", "a job in the state store has no name", raw);
         };
-        let Some(key) = self.key_of(config_id, team) else {
+        let config_id = job.config_id.clone();
+        let Some(key) = self.key_of(&config_id, job.team) else {
             ack(&store);
-            return undone(config_id, "Unavailable", "the plugin configuration is no longer configured", raw);
+            return undone(&config_id, "Unavailable", "the plugin configuration is no longer configured", raw);
         };
-        let payload = job["payload"].as_str().unwrap_or("null").to_string();
-        let attempts = job["attempts"].as_u64().unwrap_or(0) as u32 + 1;
+        let payload = job.payload.clone().unwrap_or_else(|| "null".into());
+        job.attempts += 1;
         if self.instance_mut(key).is_none() {
             ack(&store);
-            return undone(config_id, "Unavailable", "the plugin configuration no longer loads for this team", raw);
+            return undone(&config_id, "Unavailable", "the plugin configuration no longer loads for this team", raw);
         }
         let inst = self.instance_mut(key).expect("checked just above");
-        let result = inst.run_job(name, &payload);
-        let result = match result {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                inst.log_error(&e, None);
-                Err(e)
-            }
-        };
-        let hops = job["hops"].as_u64().map_or(0, |h| u32::try_from(h).unwrap_or(u32::MAX));
-        self.collect_outbox_of(key, hops);
+        let result = inst.run_job(&name, &payload);
+        if let Err(e) = &result {
+            inst.log_error(e, None);
+        }
+        self.collect_outbox_of(key, job.hops);
         ack(&store);
-        match result {
-            Ok(()) => {
-                let outcome = if attempts == 1 { Outcome::Succeeded } else { Outcome::SucceededOnRetry };
+        match self.place.job_policy.next(job.attempts, result.as_ref().map(|_| ()), self.place.clock.now_ms()) {
+            Next::Done(outcome) => {
                 self.metric(key, Hook::Job, outcome, 1);
                 None
             }
-            Err(e) if e.kind.is_retriable() && attempts <= self.place.job_policy.max_retries => {
-                let mut retry = job.clone();
-                retry["attempts"] = serde_json::json!(attempts);
-                let due = self.place.clock.now_ms() + self.place.job_policy.delay(attempts).as_millis() as u64;
-                if let Err(err) = store.queue_put(JOB_QUEUE, due, retry.to_string().as_bytes()) {
+            Next::Retry { due_ms, .. } => {
+                if let Err(err) = store.queue_put(JOB_QUEUE, due_ms, &job.to_bytes()) {
                     tracing::error!(error = %err, "cannot re-enqueue a job for its retry");
                 }
-                self.notices.push(PluginNotice::CallFailed(e));
+                self.notices.push(PluginNotice::CallFailed(result.expect_err("only a failure is retried")));
                 None
             }
-            Err(e) => {
+            Next::GiveUp => {
+                let e = result.expect_err("only a failure gives up");
                 self.metric(key, Hook::Job, Outcome::Failed, 1);
                 self.notices.push(PluginNotice::CallFailed(e.clone()));
-                Some(super::deferred::Exhausted {
+                Some(Exhausted {
                     error: e,
-                    attempts,
-                    payload: job.to_string(),
+                    attempts: job.attempts,
+                    payload: String::from_utf8_lossy(&job.to_bytes()).into_owned(),
                     epoch: 0,
                     positions: Vec::new(),
                     readers: Vec::new(),
@@ -904,7 +889,7 @@ impl WorkerPlugins {
             Err(e) => {
                 tracing::error!(plugin = %spec.def.manifest.name, config = %spec.id, team, error = %e, "plugin failed to load; its events skip it");
                 // In the plugin log too, where its author and the team look.
-                let identity = super::host::InstanceIdentity {
+                let identity = super::log::InstanceIdentity {
                     plugin: spec.def.manifest.name.clone(),
                     config_id: spec.id.clone(),
                     team_id: Some(team),
@@ -924,12 +909,12 @@ impl WorkerPlugins {
     fn setup(&mut self, key: InstanceKey, inst: &mut PluginInstance, done: u32) {
         let attempt = done + 1;
         let policy = self.place.setup_policy;
-        match inst.setup() {
-            Ok(()) => inst.log_system(LogLevel::Info, "setupPlugin succeeded."),
-            Err(e) => {
+        let result = inst.setup();
+        match (policy.next(attempt, result.as_ref().map(|_| ()), self.place.clock.now_ms()), result) {
+            (_, Ok(())) => inst.log_system(LogLevel::Info, "setupPlugin succeeded."),
+            (next, Err(e)) => {
                 inst.log_error(&e, None);
-                if e.kind.is_retriable() && attempt <= policy.max_retries {
-                    let wait = policy.delay(attempt);
+                if let Next::Retry { due_ms, wait } = next {
                     inst.log_system(
                         LogLevel::Error,
                         &format!(
@@ -940,8 +925,7 @@ impl WorkerPlugins {
                             wait.as_millis()
                         ),
                     );
-                    let due = self.place.clock.now_ms().saturating_add(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
-                    self.setup_retries.insert(key, (attempt, due));
+                    self.setup_retries.insert(key, (attempt, due_ms));
                 } else {
                     inst.disable(format!("setupPlugin failed with {}: {} (attempt {attempt}). Disabled the app!", e.name, e.message));
                 }
@@ -982,8 +966,3 @@ fn instance_config(spec: &PluginSpec, team: i64) -> InstanceConfig {
     }
 }
 
-/// The team of a queued job or retry (`None` when its payload cannot be read: it is handled
-/// where taken, and dead-lettered there).
-pub(crate) fn queued_team(payload: &[u8]) -> Option<i64> {
-    serde_json::from_slice::<Value>(payload).ok()?.get("team")?.as_i64()
-}
