@@ -151,6 +151,7 @@ fn crash_test(delivery: &str, readers: &[Reader]) -> Vec<Counts> {
             // Input line i is record i / PARTITIONS of partition i % PARTITIONS: say which offsets
             // are missing, to compare with the commits in the log.
             println!("missing ({reader:?}), by partition: {}", missing_ranges(&want, &seen));
+            println!("the runs' rebalances and commits:\n{}", log_digest(&dir.path().join(format!("pluginflow-{delivery}.log"))));
         }
         let repeats: usize = seen.values().map(|n| n - 1).sum();
         println!(
@@ -192,6 +193,28 @@ fn missing_ranges(want: &[String], seen: &HashMap<String, usize>) -> String {
         out += &format!("[{p}] {}{}; ", shown.join(" "), if r.len() > 8 { " …" } else { "" });
     }
     out
+}
+
+/// The pipeline log's rebalances, exhaustions and summaries, with the last offset commit of each
+/// worker before each of them (commits come every 100 ms: all of them would bury the rest).
+fn log_digest(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let mut out = Vec::new();
+    let mut last_commit: std::collections::BTreeMap<String, String> = Default::default();
+    for line in text.lines() {
+        if line.contains("offsets committed") {
+            let worker = line.split("worker=").nth(1).and_then(|w| w.split(' ').next()).unwrap_or("?").to_string();
+            last_commit.insert(worker, line.to_string());
+            continue;
+        }
+        let marks = ["subscribed", "rebalance", "exhausted", "left the consumer group", "summary", "events in", "events out", "error"];
+        if marks.iter().any(|m| line.contains(m)) {
+            out.extend(std::mem::take(&mut last_commit).into_values());
+            out.push(line.to_string());
+        }
+    }
+    out.extend(last_commit.into_values());
+    out.join("\n")
 }
 
 /// Keeps the test's folder (config, logs) when `PF_TEST_KEEP` is set, and says where.
