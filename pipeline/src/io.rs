@@ -221,4 +221,3 @@ pub struct WorkerIo {
     /// Dead letters.
     pub dead_letters: SharedSink,
 }
-

@@ -48,8 +48,8 @@ use timely::dataflow::operators::core::{OkErr, Probe};
 use timely::dataflow::operators::vec::{Broadcast, Map};
 use timely::dataflow::{InputHandle, ProbeHandle};
 
-use crate::config::PipelineConfig;
 use crate::config::InputKind;
+use crate::config::PipelineConfig;
 use crate::io::{EventSource, FileSink, Release, SharedFiles, SharedOutput, WorkerIo};
 use crate::log_input::LogSource;
 use crate::resume::Checkpointer;
@@ -159,29 +159,6 @@ fn redis_address(url: &str) -> String {
         host.to_owned()
     } else {
         format!("{host}:6379")
-    }
-}
-
-#[cfg(test)]
-mod redis_address_tests {
-    use super::redis_address;
-
-    #[test]
-    fn never_shows_credentials() {
-        assert_eq!(redis_address("redis://127.0.0.1:6380/0"), "127.0.0.1:6380");
-        assert_eq!(redis_address("redis://cache.internal"), "cache.internal:6379");
-        assert_eq!(redis_address("redis://:hunter2@10.0.0.1:7000"), "10.0.0.1:7000");
-        // Unencoded ?, / and # in a password: still nothing of it.
-        for url in ["redis://admin:31337?x@127.0.0.1:16399/0", "redis://admin:a/b#c@h:1", "redis://u:p@ss@h:2"] {
-            let shown = redis_address(url);
-            assert!(
-                !shown.contains("admin") && !shown.contains("31337") && !shown.contains("ss@") && !shown.contains('u'),
-                "{url}: {shown}"
-            );
-        }
-        assert_eq!(redis_address("redis://admin:31337?x@127.0.0.1:16399/0"), "127.0.0.1:16399");
-        assert_eq!(redis_address("unix:///run/redis.sock?pass=secret"), "/run/redis.sock");
-        assert_eq!(redis_address("redis+unix://:pw@/run/redis.sock"), "/run/redis.sock");
     }
 }
 
@@ -428,9 +405,8 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
         // first. A team whose plugins run on another worker is passed on to that worker, which
         // decides (asking here would load its plugins here).
         let (owing, place) = (plugins.clone(), placement.clone());
-        let pass_on = move |ev: &FinalEvent| {
-            place.moves(ev.team) || owing.borrow_mut().team_has_any(ev.team, &[Hook::OnEvent, Hook::ExportEvents])
-        };
+        let pass_on =
+            move |ev: &FinalEvent| place.moves(ev.team) || owing.borrow_mut().team_has_any(ev.team, &[Hook::OnEvent, Hook::ExportEvents]);
         let owed = processed.write_events(&io.events, &failed, counter(&shared.stats, Stats::add_out), pass_on).probe_with(&intake);
         let dead_count = || counter(&shared.stats, Stats::add_dead);
         dead.write_dead_letters(&io.dead_letters, &failed, dead_count()).probe_with(&intake).probe_with(&probe);
@@ -796,4 +772,27 @@ pub fn open_worker_io(
         events: sink(&files.events),
         dead_letters: sink(&files.dead_letters),
     })
+}
+
+#[cfg(test)]
+mod redis_address_tests {
+    use super::redis_address;
+
+    #[test]
+    fn never_shows_credentials() {
+        assert_eq!(redis_address("redis://127.0.0.1:6380/0"), "127.0.0.1:6380");
+        assert_eq!(redis_address("redis://cache.internal"), "cache.internal:6379");
+        assert_eq!(redis_address("redis://:hunter2@10.0.0.1:7000"), "10.0.0.1:7000");
+        // Unencoded ?, / and # in a password: still nothing of it.
+        for url in ["redis://admin:31337?x@127.0.0.1:16399/0", "redis://admin:a/b#c@h:1", "redis://u:p@ss@h:2"] {
+            let shown = redis_address(url);
+            assert!(
+                !shown.contains("admin") && !shown.contains("31337") && !shown.contains("ss@") && !shown.contains('u'),
+                "{url}: {shown}"
+            );
+        }
+        assert_eq!(redis_address("redis://admin:31337?x@127.0.0.1:16399/0"), "127.0.0.1:16399");
+        assert_eq!(redis_address("unix:///run/redis.sock?pass=secret"), "/run/redis.sock");
+        assert_eq!(redis_address("redis+unix://:pw@/run/redis.sock"), "/run/redis.sock");
+    }
 }

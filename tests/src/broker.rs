@@ -359,7 +359,10 @@ pub fn spawn_pipeline(config: &std::path::Path, workers: usize, log: &std::path:
     Command::new(pluginflow_bin())
         .args(["run", "--no-progress", "-w", &std::env::var("PF_TEST_WORKERS").unwrap_or_else(|_| workers.to_string())])
         .arg(config)
-        .env("RUST_LOG", std::env::var("PF_TEST_LOG").unwrap_or_else(|_| "info,pluginflow::kafka::source=debug,librdkafka=warn,rdkafka=warn".into()))
+        .env(
+            "RUST_LOG",
+            std::env::var("PF_TEST_LOG").unwrap_or_else(|_| "info,pluginflow::kafka::source=debug,librdkafka=warn,rdkafka=warn".into()),
+        )
         .stdout(Stdio::null())
         .stderr(stderr)
         .spawn()

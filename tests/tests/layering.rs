@@ -29,12 +29,27 @@ fn modules(src: &Path) -> BTreeMap<String, String> {
                 parts.pop();
             }
             let text = std::fs::read_to_string(&path).unwrap();
-            let code = text.split("#[cfg(test)]").next().unwrap_or_default();
-            let code: String = code.lines().filter(|l| !l.trim_start().starts_with("//")).collect::<Vec<_>>().join("\n");
-            out.insert(parts.join("::"), code);
+            out.insert(parts.join("::"), code_outside_tests(&text));
         }
     }
     out
+}
+
+/// `text` without comment lines and `#[cfg(test)]` modules (rustfmt's layout: a top-level test
+/// module ends at the first line that is exactly `}`).
+fn code_outside_tests(text: &str) -> String {
+    let mut out = Vec::new();
+    let mut in_tests = false;
+    for line in text.lines() {
+        if line.trim() == "#[cfg(test)]" && !line.starts_with(' ') {
+            in_tests = true;
+        } else if in_tests && line == "}" {
+            in_tests = false;
+        } else if !in_tests && !line.trim_start().starts_with("//") {
+            out.push(line);
+        }
+    }
+    out.join("\n")
 }
 
 /// The identifiers of the path that follows each occurrence of `prefix` in `code`.
@@ -135,10 +150,8 @@ fn no_module_reaches_back_to_a_module_that_uses_it() {
         let g = graph(&root.join(krate).join("src"));
         assert!(g.len() > 3, "{krate}: the sources were not found");
         for cycle in cycles(&g) {
-            let edges: Vec<String> = cycle
-                .iter()
-                .flat_map(|m| g[m].iter().filter(|t| cycle.contains(t)).map(move |t| format!("{m} → {t}")))
-                .collect();
+            let edges: Vec<String> =
+                cycle.iter().flat_map(|m| g[m].iter().filter(|t| cycle.contains(t)).map(move |t| format!("{m} → {t}"))).collect();
             problems.push(format!("{krate}: {}", edges.join(", ")));
         }
     }
@@ -157,12 +170,12 @@ fn the_reader_finds_cycles_through_crate_and_super_paths() {
     write("plugin/mod.rs", "pub mod host;\npub mod log;\n");
     write("plugin/host.rs", "use super::log::Entry;\n");
     write("plugin/log.rs", "use super::host::Identity;\n// use crate::run::X; (a comment)\n");
-    write("io.rs", "use crate::run::Reader;\n#[cfg(test)]\nmod tests { use crate::run::X; }\n");
+    write("io.rs", "#[cfg(test)]\nmod tests {\n    use crate::run::X;\n}\n\nuse crate::run::Reader;\n");
     write("run.rs", "fn f() { crate::io::open(); }\n");
     let mut found = cycles(&graph(src));
     found.sort();
     assert_eq!(found, [vec!["io".to_string(), "run".to_string()], vec!["plugin::host".to_string(), "plugin::log".to_string()]]);
     write("plugin/log.rs", "pub struct Identity;\n");
-    write("io.rs", "pub fn open() {}\n#[cfg(test)]\nmod tests { use crate::run::X; }\n");
+    write("io.rs", "#[cfg(test)]\nmod tests {\n    use crate::run::X;\n}\n\npub fn open() {}\n");
     assert!(cycles(&graph(src)).is_empty());
 }

@@ -14,13 +14,13 @@ use serde_json::{Map, Value};
 use state::{Clock, SystemClock};
 
 use super::chain::{ChainOutcome, run_chain};
-pub use super::retry::Outcome;
-use super::retry::{Exhausted, Next, QueuedCall, RetryPolicy, queued_team};
 use super::error::{Hook, PluginError};
 use super::host::HostServices;
 use super::instance::{InstanceConfig, PluginDefinition, PluginInstance};
 use super::log::LogLevel;
 use super::placement::{Placement, team_owner};
+pub use super::retry::Outcome;
+use super::retry::{Exhausted, Next, QueuedCall, RetryPolicy, queued_team};
 use super::runtime::{Limits, PluginRuntime};
 use super::schedule::{Schedule, period_ms};
 
@@ -965,4 +965,3 @@ fn instance_config(spec: &PluginSpec, team: i64) -> InstanceConfig {
         lenient: false,
     }
 }
-
