@@ -20,8 +20,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use pluginflow_tests::broker::{
-    Broker, Isolation, Topics, consume_all, events_in, kafka_config, pacing_plugin, produce_lines, spawn_pipeline, uuids, wait_exit,
-    wait_for_output, written,
+    Broker, Isolation, Topics, consume_all, events_in, kafka_config, log_tail, pacing_plugin, produce_lines, spawn_pipeline, uuids,
+    wait_exit, wait_for_output, written,
 };
 use pluginflow_tests::{gen_events, txnlog};
 
@@ -292,4 +292,86 @@ fn a_member_joining_after_a_worker_ran_dry_is_not_held_up_at_least_once() {
 #[test]
 fn a_member_joining_after_a_worker_ran_dry_is_not_held_up_exactly_once() {
     assert_eq!(late_join_run("exactly-once"), (0, 0));
+}
+
+/// A member of the group that holds partitions and has not finished them (a slow process, or one
+/// that died and whose session has not expired) keeps an idle run going: `stop_after_idle_ms`
+/// ends a run only once the whole topic is read, not just the partitions its workers were given.
+/// Here the other member is a bare consumer in the test that reads without committing; the
+/// run must wait for it, say so, and read its partitions once it leaves. (Seen without this:
+/// `kafka_crash`'s last run ended with the partitions of a killed run's members unread.)
+#[test]
+fn an_idle_run_waits_for_partitions_another_member_holds() {
+    use rdkafka::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("events.jsonl");
+    gen_events(&input, 4000, 37, &[]);
+    let broker = Broker::start();
+    let bs = broker.bootstrap();
+    let topics = Topics::named("held");
+    topics.create(&bs, 4);
+    produce_lines(&bs, &topics.input, 4, &input);
+    let group = "held".to_string();
+
+    // The other member: joins first (all four partitions), then polls — serving rebalances,
+    // reading, committing nothing — until told to leave.
+    let (held, leave) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+    let other = {
+        let (bs, topic, group, held, leave) = (bs.clone(), topics.input.clone(), group.clone(), held.clone(), leave.clone());
+        std::thread::spawn(move || {
+            let consumer: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", &bs)
+                .set("group.id", &group)
+                .set("enable.auto.commit", "false")
+                .set("auto.offset.reset", "earliest")
+                .set("session.timeout.ms", "6000")
+                .create()
+                .expect("consumer");
+            consumer.subscribe(&[&topic]).unwrap();
+            while !leave.load(Ordering::Relaxed) {
+                let _ = consumer.poll(Duration::from_millis(50));
+                held.store(consumer.assignment().map(|a| a.count() > 0).unwrap_or(false), Ordering::Relaxed);
+            }
+            consumer.unsubscribe();
+            for _ in 0..40 {
+                let _ = consumer.poll(Duration::from_millis(50));
+            }
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !held.load(Ordering::Relaxed) {
+        assert!(Instant::now() < deadline, "the test's consumer was never given partitions");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let g = Group {
+        dir: dir.path(),
+        bootstrap: bs.clone(),
+        topics: &topics,
+        group,
+        delivery: "at-least-once",
+        plugins: String::new(),
+        stop_after_idle_ms: 1000,
+    };
+    let (child, log) = g.start(0, 1);
+    let mut run = Running(child);
+    // Its own partitions are read and it is idle: it must wait, not end.
+    let waiting = "not read to its end: waiting for the group to finish it";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains(waiting) {
+        if let Some(status) = run.0.try_wait().unwrap() {
+            panic!("the run ended ({status}) while another member held partitions it had not finished:\n{}", log_tail(&log, 30));
+        }
+        assert!(Instant::now() < deadline, "the run never said it waits for the other member:\n{}", log_tail(&log, 30));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    leave.store(true, Ordering::Relaxed);
+    other.join().unwrap();
+    let status = wait_exit(&mut run.0, Duration::from_secs(60), &log);
+    assert!(status.success(), "the run failed:\n{}", log_tail(&log, 30));
+    let want = uuids(std::fs::read_to_string(&input).unwrap().lines());
+    let (missing, repeated) = missing_and_repeats(&outputs(&bs, &topics.output, "at-least-once"), &want);
+    println!("held partitions: {} events, {missing} missing, {repeated} repeats", want.len());
+    assert_eq!(missing, 0, "events of the other member's partitions were never read");
 }

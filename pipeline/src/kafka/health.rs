@@ -4,7 +4,7 @@
 //! the oldest offset it read but has not committed yet.
 
 use operators::sync::lock;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -36,6 +36,9 @@ pub struct WorkerHealth {
 #[derive(Debug, Default)]
 pub struct KafkaHealth {
     workers: Mutex<BTreeMap<usize, WorkerHealth>>,
+    /// The partitions each worker of this process holds now (a worker that is idle asks which
+    /// partitions someone else must finish: see `KafkaSource`'s idle check).
+    held: Mutex<BTreeMap<usize, BTreeSet<i32>>>,
 }
 
 /// Why `/healthz` fails (defaults: `[http]`'s).
@@ -90,6 +93,25 @@ impl KafkaHealth {
     /// `worker` is gone (its source was dropped): its report goes too.
     pub fn forget(&self, worker: usize) {
         lock(&self.workers).remove(&worker);
+        lock(&self.held).remove(&worker);
+    }
+
+    /// `worker` was given `partitions` (`holds`) or gave them up.
+    pub fn hold(&self, worker: usize, partitions: &[i32], holds: bool) {
+        let mut held = lock(&self.held);
+        let mine = held.entry(worker).or_default();
+        for p in partitions {
+            if holds {
+                mine.insert(*p);
+            } else {
+                mine.remove(p);
+            }
+        }
+    }
+
+    /// The partitions some worker of this process holds.
+    pub fn held_here(&self) -> BTreeSet<i32> {
+        lock(&self.held).values().flatten().copied().collect()
     }
 
     /// Every worker's report.
