@@ -178,6 +178,12 @@ pub struct KafkaSource {
     last_commit: Instant,
     /// Since when polls found nothing while partitions were assigned (for `stop_after_idle`).
     idle_since: Option<Instant>,
+    /// Since when this worker, idle at the end of its own partitions, has waited for partitions
+    /// another member holds (reset by a rebalance); see [`Self::rest_of_topic_read`].
+    waiting_for_others_since: Option<Instant>,
+    /// The longest that wait lasts: the group's session timeout (a member that died is out of
+    /// the group by then, and its partitions given to a live one) and the idle time again.
+    others_wait: Duration,
     assigned: bool,
     last_error_log: Option<Instant>,
     /// Every epoch below this one has been polled (exactly-once: what a rewind drops).
@@ -236,6 +242,8 @@ impl KafkaSource {
             stop_after_idle: config.stop_after_idle_ms.map(Duration::from_millis),
             last_commit: Instant::now(),
             idle_since: None,
+            waiting_for_others_since: None,
+            others_wait: session_timeout(&consumer_config) + config.stop_after_idle_ms.map_or(Duration::ZERO, Duration::from_millis),
             assigned: false,
             last_error_log: None,
             polled_below: 0,
@@ -279,6 +287,7 @@ impl KafkaSource {
                     self.health.hold(self.worker, &assigned, true);
                     self.assigned = true;
                     self.idle_since = None;
+                    self.waiting_for_others_since = None;
                 }
                 Rebalanced::Revoked(revoked) => {
                     self.health.hold(self.worker, &revoked, false);
@@ -366,32 +375,53 @@ impl KafkaSource {
     /// the members of a killed run were given partitions in the same rebalance as the restarted
     /// run's workers, which read their own, went idle and ended before those sessions expired,
     /// leaving two partitions unread.
-    fn rest_of_topic_read(&self) -> bool {
+    ///
+    /// A member that holds a partition and is alive but does not finish it (or a partition whose
+    /// last record is a transaction marker: committed offsets stop one short of its end) would
+    /// keep the run going for ever: the wait lasts at most the session timeout and the idle time
+    /// again, then the run ends with a warning naming the partitions (they stay uncommitted for
+    /// whoever reads them next).
+    fn rest_of_topic_read(&mut self) -> bool {
+        let unread = self.unread_elsewhere();
+        if unread.as_ref().is_ok_and(Vec::is_empty) {
+            self.waiting_for_others_since = None;
+            return true;
+        }
+        let since = *self.waiting_for_others_since.get_or_insert_with(Instant::now);
+        if since.elapsed() < self.others_wait {
+            return false;
+        }
+        tracing::warn!(worker = self.worker, topic = %self.topic, partitions = ?unread, waited_ms = since.elapsed().as_millis() as u64,
+            "idle: partitions another member holds are still not read to their end; ending without them (they stay uncommitted for whoever reads them next)");
+        true
+    }
+
+    /// The partitions of the input topic that no worker of this process holds and whose
+    /// committed offset is short of their end; an error when that cannot be told.
+    fn unread_elsewhere(&self) -> Result<Vec<i32>, String> {
         let here = self.health.held_here();
         let metadata = match self.consumer.fetch_metadata(Some(&self.topic), Duration::from_secs(5)) {
             Ok(m) => m,
-            Err(e) => {
-                tracing::debug!(worker = self.worker, error = %e, "idle: no metadata");
-                return false;
-            }
+            Err(e) => return Err(format!("no metadata: {e}")),
         };
-        let Some(topic) = metadata.topics().iter().find(|t| t.name() == self.topic) else { return false };
+        let Some(topic) = metadata.topics().iter().find(|t| t.name() == self.topic) else { return Err("no such topic".into()) };
         let mut others = TopicPartitionList::new();
         for p in topic.partitions().iter().map(|p| p.id()).filter(|p| !here.contains(p)) {
             others.add_partition(&self.topic, p);
         }
         if others.count() == 0 {
-            return true;
+            return Ok(Vec::new());
         }
         let committed = match self.consumer.committed_offsets(others, Duration::from_secs(5)) {
             Ok(c) => c,
-            Err(e) => {
-                tracing::debug!(worker = self.worker, error = %e, "idle: no committed offsets");
-                return false;
-            }
+            Err(e) => return Err(format!("no committed offsets: {e}")),
         };
-        committed.elements().iter().all(|e| {
-            let Ok((lo, hi)) = self.consumer.fetch_watermarks(&self.topic, e.partition(), Duration::from_secs(5)) else { return false };
+        let mut unread = Vec::new();
+        for e in committed.elements() {
+            let Ok((lo, hi)) = self.consumer.fetch_watermarks(&self.topic, e.partition(), Duration::from_secs(5)) else {
+                unread.push(e.partition());
+                continue;
+            };
             let at = match e.offset() {
                 Offset::Offset(o) => o,
                 _ if matches!(self.no_commit, Offset::End) => hi,
@@ -405,9 +435,10 @@ impl KafkaSource {
                     high = hi,
                     "idle, but a partition no worker here holds is not read to its end: waiting for the group to finish it"
                 );
+                unread.push(e.partition());
             }
-            at >= hi
-        })
+        }
+        Ok(unread)
     }
 
     fn at_end_of_assignment(&self) -> bool {
@@ -642,6 +673,11 @@ impl EventSource for KafkaSource {
         self.leave();
         Ok(Release::Done)
     }
+}
+
+/// The consumer's `session.timeout.ms` (librdkafka's default, 45 s, when not set).
+fn session_timeout(config: &rdkafka::ClientConfig) -> Duration {
+    Duration::from_millis(config.get("session.timeout.ms").and_then(|v| v.trim().parse().ok()).unwrap_or(45_000))
 }
 
 /// How long an exhausted worker waits for its epochs to complete before it serves its consumer
