@@ -222,18 +222,24 @@ fn jobs_that_cannot_run_are_given_up_not_dropped() {
     // An unreadable job, one without its configuration, and one for a configuration that is not
     // configured any more: each comes back as a failure (for the dead-letter output), and the
     // queue is left empty.
-    let fx = plugin("jobs", &[("index.js", "exports.jobs = { x: () => {} }")]);
+    // And one whose attempt count is at the end of its range (a damaged entry): given up, not
+    // wrapped round to a first attempt and retried for ever.
+    let fx = plugin("jobs", &[("index.js", "exports.jobs = { x: () => {}, r: () => { throw new RetryError('later') } }")]);
     let store = Arc::new(MemoryStore::new());
-    for payload in
-        [&b"{not json"[..], br#"{"team":1,"name":"x"}"#, br#"{"config_id":"gone","team":1,"name":"x","payload":"null","attempts":0}"#]
-    {
+    for payload in [
+        &b"{not json"[..],
+        br#"{"team":1,"name":"x"}"#,
+        br#"{"config_id":"gone","team":1,"name":"x","payload":"null","attempts":0}"#,
+        br#"{"config_id":"j","team":1,"name":"r","payload":"null","attempts":4294967295}"#,
+    ] {
         store.queue_put(JOB_QUEUE, 0, payload).unwrap();
     }
     let mut w = worker(vec![spec(&fx, "j", vec![1])], store.clone(), Arc::new(MemoryLogSink::default()), WorkerPlace::default());
     let gave_up = w.maintain();
     let names: Vec<&str> = gave_up.iter().map(|e| e.error.name.as_str()).collect();
-    assert_eq!(names, ["UnreadableJob", "UnreadableJob", "Unavailable"], "{gave_up:?}");
+    assert_eq!(names, ["UnreadableJob", "UnreadableJob", "Unavailable", "RetryError"], "{gave_up:?}");
     assert_eq!(gave_up[2].error.config_id, "gone");
+    assert_eq!(gave_up[3].attempts, u32::MAX);
     assert_eq!(store.queue_len(JOB_QUEUE).unwrap(), 0, "nothing is left taken or pending");
 }
 

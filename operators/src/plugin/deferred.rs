@@ -391,7 +391,7 @@ impl DeferredWork {
             Hook::OnEvent => self.policies.on_event,
             _ => self.policies.export_events,
         };
-        task.attempts += 1;
+        task.attempts = task.attempts.saturating_add(1);
         let result = self.call(&task);
         let key = self.plugins.borrow().key_of(&task.config_id, task.team);
         let record = |plugins: &mut WorkerPlugins, outcome| {

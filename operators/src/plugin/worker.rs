@@ -686,7 +686,7 @@ impl WorkerPlugins {
             return undone(&config_id, "Unavailable", "the plugin configuration is no longer configured", raw);
         };
         let payload = job.payload.clone().unwrap_or_else(|| "null".into());
-        job.attempts += 1;
+        job.attempts = job.attempts.saturating_add(1);
         if self.instance_mut(key).is_none() {
             ack(&store);
             return undone(&config_id, "Unavailable", "the plugin configuration no longer loads for this team", raw);
