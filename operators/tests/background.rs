@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::plugin;
 use operators::plugin::deferred::RetryPolicy;
-use operators::plugin::worker::{JOB_QUEUE, Outcome, PluginNotice, PluginSpec, WorkerPlace, WorkerPlugins};
+use operators::plugin::worker::{JOB_QUEUE, MAX_PENDING_JOBS, Outcome, PluginNotice, PluginSpec, WorkerPlace, WorkerPlugins};
 use operators::plugin::{Hook, HostServices, Limits, MemoryLogSink, PluginDefinition};
 use state::{ManualClock, MemoryStore, StateStore};
 
@@ -372,4 +372,40 @@ fn a_job_whose_owner_has_stopped_runs_here() {
     assert_eq!(store.queue_len(JOB_QUEUE).unwrap(), 0, "run by worker 0: its owner, worker 1, has stopped");
     let scope = PluginDefinition::load(&fx.path()).unwrap().cache_scope(Some(team));
     assert_eq!(store.cache_get(&scope, "ran").unwrap().as_deref(), Some("1"));
+}
+
+/// A job that enqueues a hundred more of itself grows the queue geometrically. A round runs a
+/// bounded page of due jobs (so the worker loop, and a shutdown, get their turn between pages),
+/// and past `MAX_PENDING_JOBS` pending ones the new ones are refused and said in the plugin's
+/// log; once the pending ones run down, jobs are taken again.
+#[test]
+fn jobs_that_enqueue_jobs_stay_bounded() {
+    let fx = plugin(
+        "boom",
+        &[(
+            "index.js",
+            "exports.jobs = { boom: async (p, { jobs, cache }) => { await cache.incr('ran'); \
+               for (let i = 0; i < 100; i++) await jobs.boom({}).runNow() } }\n\
+             exports.processEvent = async (e, { jobs }) => { await jobs.boom({}).runNow(); return e }",
+        )],
+    );
+    let store = Arc::new(MemoryStore::new());
+    let logs = Arc::new(MemoryLogSink::default());
+    let mut w = worker(vec![spec(&fx, "b", vec![1])], store.clone(), logs.clone(), WorkerPlace::default());
+    w.process(1, "e", "u", r#"{"uuid":"u","event":"e","team_id":1,"properties":{}}"#, 0).unwrap();
+    let scope = PluginDefinition::load(&fx.path()).unwrap().cache_scope(Some(1));
+    let ran = |s: &MemoryStore| s.cache_get(&scope, "ran").unwrap().map_or(0, |v| v.parse::<usize>().unwrap());
+    let mut most = 0;
+    for round in 1..=40 {
+        w.maintain();
+        let queued = store.queue_len(JOB_QUEUE).unwrap() as usize;
+        most = most.max(queued);
+        assert!(ran(&store) <= round * 256, "round {round} ran more than a page of jobs: {}", ran(&store));
+        assert!(queued <= MAX_PENDING_JOBS, "round {round}: {queued} jobs queued");
+    }
+    assert!(most > MAX_PENDING_JOBS - 100, "the cap was never reached ({most}): the test shows nothing");
+    let refused = logs.entries().iter().filter(|e| e.message.contains("not enqueued")).count();
+    assert_eq!(refused, 1, "refusals are said in the plugin's log, once while the queue stays full");
+    // The first two rounds find 1 and 100 jobs due; every later one a full page.
+    assert_eq!(ran(&store), 1 + 100 + 38 * 256, "jobs kept running a page per round");
 }

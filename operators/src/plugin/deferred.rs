@@ -474,7 +474,6 @@ impl DeferredWork {
 
     /// Writes the task to the durable queue (replacing its previous entry), due at `due` (ms).
     fn persist(&mut self, task: &mut Task, due: u64) {
-        self.ack(task);
         let call = QueuedCall {
             config_id: task.config_id.clone(),
             team: task.team,
@@ -489,8 +488,14 @@ impl DeferredWork {
             name: None,
             payload: None,
         };
+        // The new entry first, then the old one acknowledged: a crash in between runs the retry
+        // twice after a restart rather than never.
         match self.store.queue_put(RETRY_QUEUE, due, &call.to_bytes()) {
-            Ok(id) => task.queue_id = Some(id),
+            Ok(id) => {
+                self.ack(task);
+                task.queue_id = Some(id);
+            }
+            // The entry of the attempt before (if any) stays: a restart still finds the work.
             Err(e) => tracing::error!(error = %e, config = %task.config_id, "cannot persist a pending retry; it is kept in memory only"),
         }
     }
@@ -563,7 +568,8 @@ impl DeferredWork {
     fn recovered(&self, item: &state::QueueItem, epoch: u64) -> Option<Task> {
         let call = QueuedCall::read(&item.payload)?;
         let kind = match call.hook.as_str() {
-            "onEvent" => TaskKind::OnEvent(call.events.into_iter().next()?),
+            // One event, or the entry is damaged (dead-lettered whole, not half run).
+            "onEvent" if call.events.len() == 1 => TaskKind::OnEvent(call.events.into_iter().next()?),
             "exportEvents" => TaskKind::Export(call.events),
             _ => return None,
         };

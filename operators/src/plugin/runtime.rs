@@ -306,6 +306,11 @@ impl PluginRuntime {
         self.limits
     }
 
+    /// Whether every call is being ended (the shutdown's grace is over): no new work starts.
+    pub fn cancelled(&self) -> bool {
+        self.deadline.cancelled()
+    }
+
     /// Bytes QuickJS holds for all instances made through this sandbox.
     pub fn memory_used(&self) -> usize {
         self.heap_total.get()

@@ -138,6 +138,12 @@ pub struct WorkerPlugins {
     schedules: HashMap<(InstanceKey, Hook), Schedule>,
     /// Events plugins captured, ready to go back into the graph, with their hop counts.
     captured: Vec<(String, u32)>,
+    /// Jobs each configuration × team enqueued on this worker in this run and not yet done or
+    /// given up (at most [`MAX_PENDING_JOBS`]).
+    pending_jobs: HashMap<(String, i64), usize>,
+    /// Configurations × teams whose new jobs are being refused (said once, until half of their
+    /// pending jobs have run).
+    refusing_jobs: std::collections::HashSet<(String, i64)>,
     /// App-metric counts since the last `take_notices`.
     metric_counts: HashMap<(InstanceKey, Hook, Outcome), u64>,
     /// Skips since the last `take_notices`, by (configuration index, reason).
@@ -228,6 +234,8 @@ impl WorkerPlugins {
             setup_retries: HashMap::new(),
             schedules: HashMap::new(),
             captured: Vec::new(),
+            pending_jobs: HashMap::new(),
+            refusing_jobs: Default::default(),
             metric_counts: HashMap::new(),
             skip_counts: HashMap::new(),
             last_use: HashMap::new(),
@@ -406,6 +414,23 @@ impl WorkerPlugins {
                 tracing::error!(config = %inst.config_id(), job = %job.name, "a job of an instance without a team cannot be queued");
                 continue;
             };
+            let pending = self.pending_jobs.entry((inst.config_id().to_string(), team)).or_default();
+            if *pending >= MAX_PENDING_JOBS {
+                // Jobs that enqueue jobs grow the queue geometrically: past this many, the new
+                // ones are refused, not written — said in the plugin's log once, until half of
+                // the pending ones have run.
+                if self.refusing_jobs.insert((inst.config_id().to_string(), team)) {
+                    inst.log_system(
+                        LogLevel::Error,
+                        &format!(
+                            "Job '{}' not enqueued: {MAX_PENDING_JOBS} jobs of this plugin for this team are pending already; \
+                             further jobs are refused (and not logged) until half of them have run",
+                            job.name
+                        ),
+                    );
+                }
+                continue;
+            }
             let item = QueuedCall {
                 config_id: inst.config_id().to_string(),
                 team,
@@ -421,9 +446,12 @@ impl WorkerPlugins {
                 super::host::JobTime::In(ms) => self.place.clock.now_ms().saturating_add(ms),
                 super::host::JobTime::At(ms) => u64::try_from(ms).unwrap_or(0),
             };
-            if let Err(e) = self.services.store.queue_put(JOB_QUEUE, due, &item.to_bytes()) {
-                tracing::error!(error = %e, config = %inst.config_id(), job = %job.name, "cannot enqueue a job");
-                inst.log_system(LogLevel::Error, &format!("Job '{}' could not be enqueued: {e}", job.name));
+            match self.services.store.queue_put(JOB_QUEUE, due, &item.to_bytes()) {
+                Ok(_) => *pending += 1,
+                Err(e) => {
+                    tracing::error!(error = %e, config = %inst.config_id(), job = %job.name, "cannot enqueue a job");
+                    inst.log_system(LogLevel::Error, &format!("Job '{}' could not be enqueued: {e}", job.name));
+                }
             }
         }
     }
@@ -590,9 +618,11 @@ impl WorkerPlugins {
 
     fn run_jobs(&mut self) -> Vec<Exhausted> {
         let now = self.place.clock.now_ms();
-        // Every due job: taking only the earliest few could leave this worker's own behind
-        // other workers' ones, taken and handed back at every look.
-        let items = match self.services.store.queue_take_due(JOB_QUEUE, now, usize::MAX) {
+        // A bounded page per round: a plugin whose jobs enqueue more jobs grows the queue
+        // without end, and taking all of it at once held the worker (and a shutdown) for as
+        // long as running it all took. Another local worker's jobs in the page are handed back
+        // and taken by their owner in its round, so none wait for ever behind them.
+        let items = match self.services.store.queue_take_due(JOB_QUEUE, now, JOBS_PER_ROUND) {
             Ok(items) => items,
             Err(e) => {
                 tracing::error!(error = %e, "cannot read the job queue");
@@ -602,8 +632,9 @@ impl WorkerPlugins {
         let mut exhausted = Vec::new();
         for item in items {
             // A job runs on its team's owner, where the instance is: another worker of this
-            // process hands it back to the queue for the owner to take.
-            if self.owner_elsewhere_here(queued_team(&item.payload)) {
+            // process hands it back to the queue for the owner to take. So does a worker whose
+            // calls are being ended (shutdown): the job stays queued for the next run.
+            if self.runtime.cancelled() || self.owner_elsewhere_here(queued_team(&item.payload)) {
                 if let Err(e) = self.services.store.queue_release(JOB_QUEUE, item.id) {
                     tracing::error!(error = %e, "cannot hand a job back to the queue; it runs here");
                 } else {
@@ -683,12 +714,14 @@ impl WorkerPlugins {
         let config_id = job.config_id.clone();
         let Some(key) = self.key_of(&config_id, job.team) else {
             ack(&store);
+            self.job_finished(&config_id, job.team);
             return undone(&config_id, "Unavailable", "the plugin configuration is no longer configured", raw);
         };
         let payload = job.payload.clone().unwrap_or_else(|| "null".into());
         job.attempts = job.attempts.saturating_add(1);
         if self.instance_mut(key).is_none() {
             ack(&store);
+            self.job_finished(&config_id, job.team);
             return undone(&config_id, "Unavailable", "the plugin configuration no longer loads for this team", raw);
         }
         let inst = self.instance_mut(key).expect("checked just above");
@@ -697,16 +730,32 @@ impl WorkerPlugins {
             inst.log_error(e, None);
         }
         self.collect_outbox_of(key, job.hops);
+        if result.is_err() && self.runtime.cancelled() {
+            // Ended by the shutdown, not by the plugin: no attempt counted, the job stays
+            // queued as it was for the next run.
+            if let Err(e) = store.queue_release(JOB_QUEUE, item.id) {
+                tracing::error!(error = %e, "cannot hand a job cut short by the shutdown back to the queue");
+            }
+            return None;
+        }
+        let next = self.place.job_policy.next(job.attempts, result.as_ref().map(|_| ()), self.place.clock.now_ms());
+        if let Next::Retry { due_ms, .. } = next {
+            // The retry is written before the attempt is acknowledged: a crash in between runs
+            // the job twice rather than never.
+            if let Err(err) = store.queue_put(JOB_QUEUE, due_ms, &job.to_bytes()) {
+                tracing::error!(error = %err, "cannot re-enqueue a job for its retry");
+            }
+        }
         ack(&store);
-        match self.place.job_policy.next(job.attempts, result.as_ref().map(|_| ()), self.place.clock.now_ms()) {
+        if !matches!(next, Next::Retry { .. }) {
+            self.job_finished(&config_id, job.team);
+        }
+        match next {
             Next::Done(outcome) => {
                 self.metric(key, Hook::Job, outcome, 1);
                 None
             }
-            Next::Retry { due_ms, .. } => {
-                if let Err(err) = store.queue_put(JOB_QUEUE, due_ms, &job.to_bytes()) {
-                    tracing::error!(error = %err, "cannot re-enqueue a job for its retry");
-                }
+            Next::Retry { .. } => {
                 self.notices.push(PluginNotice::CallFailed(result.expect_err("only a failure is retried")));
                 None
             }
@@ -722,6 +771,17 @@ impl WorkerPlugins {
                     positions: Vec::new(),
                     readers: Vec::new(),
                 })
+            }
+        }
+    }
+
+    /// A job of `config_id` × `team` is done or given up: one fewer pending.
+    fn job_finished(&mut self, config_id: &str, team: i64) {
+        let key = (config_id.to_string(), team);
+        if let Some(n) = self.pending_jobs.get_mut(&key) {
+            *n = n.saturating_sub(1);
+            if *n < MAX_PENDING_JOBS / 2 {
+                self.refusing_jobs.remove(&key);
             }
         }
     }
@@ -954,6 +1014,13 @@ impl WorkerPlugins {
         self.instances.iter().any(|((_, t), inst)| *t == team && inst.as_ref().is_some_and(|i| i.has(hook)))
     }
 }
+
+/// Due jobs a worker takes from the queue per round (`maintain`).
+const JOBS_PER_ROUND: usize = 256;
+
+/// Jobs one configuration × team may have pending on a worker (enqueued in this run, not yet
+/// done or given up); more are refused.
+pub const MAX_PENDING_JOBS: usize = 10_000;
 
 /// What an instance of `spec` for `team` is made with.
 fn instance_config(spec: &PluginSpec, team: i64) -> InstanceConfig {
