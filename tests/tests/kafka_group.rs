@@ -406,3 +406,68 @@ fn held_run(leave: bool) -> (usize, usize, String) {
     );
     (missing, own_events, text)
 }
+
+/// Input written in transactions ends each partition with a commit marker, which no record
+/// carries the offset of. Two processes in one group read it; each must commit its partitions at
+/// their very end (past the marker), so that the other, idle and waiting for the group to finish
+/// the whole topic, sees them finished — not wait out its bound and warn that they were left
+/// unread (seen: both processes waited the whole session timeout, then warned falsely).
+#[test]
+fn transactional_input_is_committed_to_its_end_and_a_group_ends_without_waiting() {
+    use rdkafka::ClientConfig;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("events.jsonl");
+    gen_events(&input, 2000, 41, &[]);
+    let broker = Broker::start();
+    let bs = broker.bootstrap();
+    let topics = Topics::named("txin");
+    topics.create(&bs, 4);
+    // Four transactions of 500 events, each over all four partitions.
+    let producer: ThreadedProducer<DefaultProducerContext> =
+        ClientConfig::new().set("bootstrap.servers", &bs).set("transactional.id", "txin-loader").create().expect("producer");
+    producer.init_transactions(Duration::from_secs(30)).unwrap();
+    let text = std::fs::read_to_string(&input).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    for chunk in lines.chunks(500) {
+        producer.begin_transaction().unwrap();
+        for (i, line) in chunk.iter().enumerate() {
+            producer.send(BaseRecord::<(), str>::to(&topics.input).payload(*line).partition(i as i32 % 4)).map_err(|(e, _)| e).unwrap();
+        }
+        producer.commit_transaction(Duration::from_secs(30)).unwrap();
+    }
+
+    let g = Group {
+        dir: dir.path(),
+        bootstrap: bs.clone(),
+        topics: &topics,
+        group: "txin".into(),
+        delivery: "at-least-once",
+        plugins: String::new(),
+        stop_after_idle_ms: 1000,
+    };
+    let (a, log_a) = g.start(0, 1);
+    let (b, log_b) = g.start(1, 1);
+    let (mut a, mut b) = (Running(a), Running(b));
+    for (run, log) in [(&mut a, &log_a), (&mut b, &log_b)] {
+        let status = wait_exit(&mut run.0, Duration::from_secs(90), log);
+        assert!(status.success(), "a process failed:\n{}", log_tail(log, 30));
+        let text = std::fs::read_to_string(log).unwrap();
+        assert!(!text.contains("ending without them"), "a process waited out its bound for partitions the other had read:\n{text}");
+    }
+    // Every partition committed at its end: the end offset, past the last transaction's marker.
+    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", &bs).set("group.id", "txin").create().unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    for p in 0..4 {
+        tpl.add_partition(&topics.input, p);
+    }
+    for e in consumer.committed_offsets(tpl, Duration::from_secs(10)).unwrap().elements() {
+        let (_, high) = consumer.fetch_watermarks(&topics.input, e.partition(), Duration::from_secs(10)).unwrap();
+        assert_eq!(e.offset(), rdkafka::Offset::Offset(high), "partition {} not committed at its end ({high})", e.partition());
+    }
+    let want = uuids(lines.iter().copied());
+    let (missing, repeated) = missing_and_repeats(&outputs(&bs, &topics.output, "at-least-once"), &want);
+    println!("transactional input: {} events, {missing} missing, {repeated} repeats", want.len());
+    assert_eq!(missing, 0);
+}

@@ -122,6 +122,12 @@ impl OffsetLedger {
         }
     }
 
+    /// Marks `partition` read up to `next` (its end, found when every epoch is complete).
+    pub fn reach(&mut self, partition: i32, next: i64) {
+        let ready = self.ready.entry(partition).or_insert(next);
+        *ready = (*ready).max(next);
+    }
+
     /// Forgets `revoked` partitions everywhere: their offsets are someone else's to commit now.
     pub fn forget(&mut self, revoked: &[i32]) {
         for offsets in self.by_epoch.values_mut().chain(std::iter::once(&mut self.ready)) {
@@ -181,6 +187,11 @@ pub struct KafkaSource {
     /// Since when this worker, idle at the end of its own partitions, has waited for partitions
     /// another member holds (reset by a rebalance); see [`Self::rest_of_topic_read`].
     waiting_for_others_since: Option<Instant>,
+    /// Where each assigned partition ended when the input was last found exhausted: committed
+    /// as its offset when the worker releases its input, so that a partition whose last records
+    /// are transaction markers (which no record carries the offset of) is committed at its end,
+    /// and another member waiting for the group to finish it sees it finished.
+    ends_reached: BTreeMap<i32, i64>,
     /// The longest that wait lasts: the group's session timeout (a member that died is out of
     /// the group by then, and its partitions given to a live one) and the idle time again.
     others_wait: Duration,
@@ -209,6 +220,8 @@ pub struct KafkaSource {
 /// Transactions aborted in a row before the worker gives up: a failure that comes back on
 /// every attempt (a record the broker refuses…) must stop the worker, not loop forever.
 const MAX_ABORTS_IN_A_ROW: usize = 10;
+/// How long an idle check waits for each answer of the broker.
+const TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a rewind waits for the committed offsets.
 const REWIND_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -243,6 +256,7 @@ impl KafkaSource {
             last_commit: Instant::now(),
             idle_since: None,
             waiting_for_others_since: None,
+            ends_reached: BTreeMap::new(),
             others_wait: session_timeout(&consumer_config) + config.stop_after_idle_ms.map_or(Duration::ZERO, Duration::from_millis),
             assigned: false,
             last_error_log: None,
@@ -280,6 +294,9 @@ impl KafkaSource {
     fn apply_rebalances(&mut self, epoch: u64, batch: &mut Polled) -> bool {
         let events = std::mem::take(&mut *lock(&self.consumer.context().events));
         let any = !events.is_empty();
+        if any {
+            self.ends_reached.clear();
+        }
         for event in events {
             match event {
                 Rebalanced::Assigned(assigned) => {
@@ -368,30 +385,34 @@ impl KafkaSource {
     }
 
     /// Whether every partition of the input topic that no worker of this process holds is read
-    /// to its end by the group (committed at its high watermark). One that another member holds
-    /// and has not finished is not this process's to skip: that member may be a process still
-    /// reading, or one that died and whose session has not expired yet (then the group gives the
-    /// partition to a live member once it does). Seen without this check in the kill -9 test:
-    /// the members of a killed run were given partitions in the same rebalance as the restarted
-    /// run's workers, which read their own, went idle and ended before those sessions expired,
+    /// to its end by the group (committed at its end). One that another member holds and has not
+    /// finished is not this process's to skip: that member may be a process still reading, or
+    /// one that died and whose session has not expired yet (then the group gives the partition
+    /// to a live member once it does). Seen without this check in the kill -9 test: the members
+    /// of a killed run were given partitions in the same rebalance as the restarted run's
+    /// workers, which read their own, went idle and ended before those sessions expired,
     /// leaving two partitions unread.
     ///
-    /// A member that holds a partition and is alive but does not finish it (or a partition whose
-    /// last record is a transaction marker: committed offsets stop one short of its end) would
-    /// keep the run going for ever: the wait lasts at most the session timeout and the idle time
-    /// again, then the run ends with a warning naming the partitions (they stay uncommitted for
-    /// whoever reads them next).
+    /// A member that holds a partition and is alive but never finishes it (or one that commits
+    /// the offset after its last record where a transaction marker follows — pluginflow itself
+    /// commits the end, see [`Self::ends_reached`]) would keep the run going for ever: the wait
+    /// lasts at most the session timeout and the idle time again (from the first look, until a
+    /// rebalance or a record), then the run ends with a warning naming the partitions (they
+    /// stay uncommitted for whoever reads them next).
     fn rest_of_topic_read(&mut self) -> bool {
-        let unread = self.unread_elsewhere();
-        if unread.as_ref().is_ok_and(Vec::is_empty) {
-            self.waiting_for_others_since = None;
-            return true;
-        }
+        let unread = match self.unread_elsewhere() {
+            Ok(unread) if unread.is_empty() => {
+                self.waiting_for_others_since = None;
+                return true;
+            }
+            Ok(unread) => format!("{unread:?}"),
+            Err(why) => format!("unknown ({why})"),
+        };
         let since = *self.waiting_for_others_since.get_or_insert_with(Instant::now);
         if since.elapsed() < self.others_wait {
             return false;
         }
-        tracing::warn!(worker = self.worker, topic = %self.topic, partitions = ?unread, waited_ms = since.elapsed().as_millis() as u64,
+        tracing::warn!(worker = self.worker, topic = %self.topic, partitions = %unread, waited_ms = since.elapsed().as_millis() as u64,
             "idle: partitions another member holds are still not read to their end; ending without them (they stay uncommitted for whoever reads them next)");
         true
     }
@@ -400,48 +421,43 @@ impl KafkaSource {
     /// committed offset is short of their end; an error when that cannot be told.
     fn unread_elsewhere(&self) -> Result<Vec<i32>, String> {
         let here = self.health.held_here();
-        let metadata = match self.consumer.fetch_metadata(Some(&self.topic), Duration::from_secs(5)) {
-            Ok(m) => m,
-            Err(e) => return Err(format!("no metadata: {e}")),
-        };
-        let Some(topic) = metadata.topics().iter().find(|t| t.name() == self.topic) else { return Err("no such topic".into()) };
-        let mut others = TopicPartitionList::new();
-        for p in topic.partitions().iter().map(|p| p.id()).filter(|p| !here.contains(p)) {
-            others.add_partition(&self.topic, p);
-        }
-        if others.count() == 0 {
+        let metadata = self.consumer.fetch_metadata(Some(&self.topic), TIMEOUT).map_err(|e| format!("no metadata: {e}"))?;
+        let topic = metadata.topics().iter().find(|t| t.name() == self.topic).ok_or("no such topic")?;
+        let others: Vec<i32> = topic.partitions().iter().map(|p| p.id()).filter(|p| !here.contains(p)).collect();
+        if others.is_empty() {
             return Ok(Vec::new());
         }
-        let committed = match self.consumer.committed_offsets(others, Duration::from_secs(5)) {
-            Ok(c) => c,
-            Err(e) => return Err(format!("no committed offsets: {e}")),
-        };
+        let committed = self.committed_offsets(&others)?;
+        let ends = self.list_offsets(&others, Offset::End)?;
+        let starts = if committed.len() < others.len() { self.list_offsets(&others, Offset::Beginning)? } else { BTreeMap::new() };
         let mut unread = Vec::new();
-        for e in committed.elements() {
-            let Ok((lo, hi)) = self.consumer.fetch_watermarks(&self.topic, e.partition(), Duration::from_secs(5)) else {
-                unread.push(e.partition());
-                continue;
+        for p in others {
+            let end = *ends.get(&p).ok_or_else(|| format!("no end offset for partition {p}"))?;
+            // Without a commit, a reader starts at the beginning (or at the end, with
+            // `auto.offset.reset = latest`).
+            let at = match committed.get(&p) {
+                Some(at) => *at,
+                None if matches!(self.no_commit, Offset::End) => end,
+                None => starts.get(&p).copied().unwrap_or(0),
             };
-            let at = match e.offset() {
-                Offset::Offset(o) => o,
-                _ if matches!(self.no_commit, Offset::End) => hi,
-                _ => lo,
-            };
-            if at < hi {
+            if at < end {
                 tracing::info!(
                     worker = self.worker,
-                    partition = e.partition(),
+                    partition = p,
                     committed = at,
-                    high = hi,
+                    end,
                     "idle, but a partition no worker here holds is not read to its end: waiting for the group to finish it"
                 );
-                unread.push(e.partition());
+                unread.push(p);
             }
         }
         Ok(unread)
     }
 
-    fn at_end_of_assignment(&self) -> bool {
+    /// Whether every assigned partition is read to its end (its last stable offset: the end,
+    /// for input not written in transactions). When it is, notes each end in
+    /// [`Self::ends_reached`]. One request for the ends, whatever the number of partitions.
+    fn at_end_of_assignment(&mut self) -> bool {
         let positions = match self.consumer.position() {
             Ok(p) => p,
             Err(e) => {
@@ -449,27 +465,81 @@ impl KafkaSource {
                 return false;
             }
         };
-        positions.elements().iter().all(|e| {
-            let Ok((lo, hi)) = self.consumer.fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(5)) else { return false };
-            // A partition that returned nothing since its assignment has no position yet: it
-            // starts at its committed offset, or at the beginning without one.
+        let parts: Vec<i32> = positions.elements().iter().map(|e| e.partition()).collect();
+        let ends = match self.list_offsets(&parts, Offset::End) {
+            Ok(ends) => ends,
+            Err(why) => {
+                tracing::debug!(worker = self.worker, error = %why, "idle: no end offsets");
+                return false;
+            }
+        };
+        // A partition that returned nothing since its assignment has no position yet: it
+        // starts at its committed offset, or at the beginning without one.
+        let unplaced: Vec<i32> =
+            positions.elements().iter().filter(|e| !matches!(e.offset(), Offset::Offset(_))).map(|e| e.partition()).collect();
+        let (committed, starts) = if unplaced.is_empty() {
+            (BTreeMap::new(), BTreeMap::new())
+        } else {
+            match (self.committed_offsets(&unplaced), self.list_offsets(&unplaced, Offset::Beginning)) {
+                (Ok(c), Ok(s)) => (c, s),
+                _ => return false,
+            }
+        };
+        let mut reached = BTreeMap::new();
+        for e in positions.elements() {
+            let p = e.partition();
+            let Some(&end) = ends.get(&p) else { return false };
             let position = match e.offset() {
-                Offset::Offset(pos) => Some(pos),
-                _ => self.committed_offset(e.partition()).or(Some(lo)),
+                Offset::Offset(pos) => pos,
+                _ => committed.get(&p).or(starts.get(&p)).copied().unwrap_or(0),
             };
-            tracing::debug!(worker = self.worker, partition = e.partition(), ?position, high = hi, "idle: at the end?");
-            position.is_some_and(|pos| pos >= hi)
-        })
+            tracing::debug!(worker = self.worker, partition = p, position, end, "idle: at the end?");
+            if position < end {
+                return false;
+            }
+            reached.insert(p, end);
+        }
+        self.ends_reached = reached;
+        true
     }
 
-    fn committed_offset(&self, partition: i32) -> Option<i64> {
+    /// The group's committed offsets of `partitions` (those without one left out), in one
+    /// request.
+    fn committed_offsets(&self, partitions: &[i32]) -> Result<BTreeMap<i32, i64>, String> {
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(&self.topic, partition);
-        let committed = self.consumer.committed_offsets(tpl, Duration::from_secs(5)).ok()?;
-        match committed.elements().first()?.offset() {
-            Offset::Offset(o) => Some(o),
-            _ => None,
+        for p in partitions {
+            tpl.add_partition(&self.topic, *p);
         }
+        let committed = self.consumer.committed_offsets(tpl, TIMEOUT).map_err(|e| format!("no committed offsets: {e}"))?;
+        Ok(committed
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) => Some((e.partition(), o)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// The first (`Offset::Beginning`) or end (`Offset::End`: the last stable offset, as this
+    /// `read_committed` consumer sees it) offset of each of `partitions`, in one request per
+    /// broker — not one round trip per partition, which waited behind the consumer's own fetch
+    /// (about half a second each: half a minute for 64 partitions).
+    fn list_offsets(&self, partitions: &[i32], which: Offset) -> Result<BTreeMap<i32, i64>, String> {
+        let mut tpl = TopicPartitionList::new();
+        for p in partitions {
+            tpl.add_partition_offset(&self.topic, *p, which).map_err(|e| e.to_string())?;
+        }
+        let listed = self.consumer.offsets_for_times(tpl, TIMEOUT).map_err(|e| format!("cannot list offsets: {e}"))?;
+        listed
+            .elements()
+            .iter()
+            .map(|e| match (e.error(), e.offset()) {
+                (Ok(()), Offset::Offset(o)) => Ok((e.partition(), o)),
+                (Err(err), _) => Err(format!("partition {}: {err}", e.partition())),
+                (Ok(()), other) => Err(format!("partition {}: no offset ({other:?})", e.partition())),
+            })
+            .collect()
     }
 
     /// Commits what is complete; false when an at-least-once commit was put off (see
@@ -607,6 +677,8 @@ impl EventSource for KafkaSource {
             batch.exhausted = self.idle_long_enough();
         } else {
             self.idle_since = None;
+            self.waiting_for_others_since = None;
+            self.ends_reached.clear();
         }
         Ok(batch)
     }
@@ -651,6 +723,11 @@ impl EventSource for KafkaSource {
             return Ok(Release::Waiting);
         }
         self.release_tried = Some(Instant::now());
+        // Every epoch read is complete and each partition was read to its end: commit the end
+        // (past any transaction markers after the last record).
+        for (&partition, &end) in &self.ends_reached {
+            self.ledger.reach(partition, end);
+        }
         match self.delivery {
             // A failed commit keeps its offsets ready: try again rather than leave them to the
             // next owner to read twice.
