@@ -231,13 +231,17 @@ fn jobs_that_cannot_run_are_given_up_not_dropped() {
         br#"{"team":1,"name":"x"}"#,
         br#"{"config_id":"gone","team":1,"name":"x","payload":"null","attempts":0}"#,
         br#"{"config_id":"j","team":1,"name":"r","payload":"null","attempts":4294967295}"#,
+        // Names of the jobs object's prototype are no jobs of the plugin.
+        br#"{"config_id":"j","team":1,"name":"constructor","payload":"null","attempts":0}"#,
+        br#"{"config_id":"j","team":1,"name":"hasOwnProperty","payload":"null","attempts":0}"#,
     ] {
         store.queue_put(JOB_QUEUE, 0, payload).unwrap();
     }
     let mut w = worker(vec![spec(&fx, "j", vec![1])], store.clone(), Arc::new(MemoryLogSink::default()), WorkerPlace::default());
     let gave_up = w.maintain();
     let names: Vec<&str> = gave_up.iter().map(|e| e.error.name.as_str()).collect();
-    assert_eq!(names, ["UnreadableJob", "UnreadableJob", "Unavailable", "RetryError"], "{gave_up:?}");
+    assert_eq!(names, ["UnreadableJob", "UnreadableJob", "Unavailable", "RetryError", "Error", "Error"], "{gave_up:?}");
+    assert!(gave_up[4].error.message.contains("Task \"constructor\" not found"), "{:?}", gave_up[4].error);
     assert_eq!(gave_up[2].error.config_id, "gone");
     assert_eq!(gave_up[3].attempts, u32::MAX);
     assert_eq!(store.queue_len(JOB_QUEUE).unwrap(), 0, "nothing is left taken or pending");

@@ -1028,8 +1028,9 @@
             return fn(meta)
         },
         callJob(name, payloadJson) {
-            const fn = jobFunctions[name]
-            if (!fn) throw new Error(`Task "${name}" not found for plugin`)
+            // Own jobs only: `constructor` or `toString` of the object's prototype are no jobs.
+            const fn = Object.prototype.hasOwnProperty.call(jobFunctions, name) ? jobFunctions[name] : undefined
+            if (typeof fn !== 'function') throw new Error(`Task "${name}" not found for plugin`)
             const payload = JSON.parse(payloadJson)
             return payload ? fn(payload, meta) : fn(meta)
         },
