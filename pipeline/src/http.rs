@@ -160,7 +160,12 @@ pub fn prometheus(state: &HttpState) -> String {
     counter("pluginflow_blank_lines_total", "Input lines holding only whitespace, skipped.", s.blank_lines);
     counter("pluginflow_events_out_total", "Events written to the output.", s.events_out);
     counter("pluginflow_events_dropped_total", "Events dropped by a processEvent plugin.", s.dropped);
-    counter("pluginflow_dead_letters_total", "Records sent to the dead-letter output.", s.dead_lettered);
+    counter("pluginflow_dead_letters_total", "Records sent to the dead-letter output.", s.dead_lettered + s.work_given_up);
+    counter(
+        "pluginflow_plugin_work_given_up_total",
+        "Dead letters of onEvent, exportEvents and job work that gave up (included in pluginflow_dead_letters_total).",
+        s.work_given_up,
+    );
     counter(
         "pluginflow_events_captured_total",
         "Events plugins captured (sent back into the graph, or dead-lettered as capture loops).",

@@ -414,7 +414,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
         let owed = owed.to_owners(&placement, |ev: &FinalEvent| (ev.team, ev.reader));
         let given_up = owed.run_deferred(deferred.clone()).flat_map(move |e| e.returned_letters(reader));
         let given_up = given_up.to_readers(&placement, |l: &ReturnedLetter| l.reader).map(|l: ReturnedLetter| l.letter);
-        given_up.write_dead_letters(&io.dead_letters, &failed, dead_count()).probe_with(&probe);
+        given_up.write_dead_letters(&io.dead_letters, &failed, counter(&shared.stats, Stats::add_given_up)).probe_with(&probe);
     });
     let batch_size = shared.config.runtime.batch_size;
     let ahead = shared.config.runtime.max_epochs_ahead;
@@ -462,14 +462,20 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
         }
         // Background plugin work, then events plugins captured: back into the graph.
         let gave_up = plugins.borrow_mut().maintain();
-        write_now(&io.dead_letters, epoch, gave_up.into_iter().flat_map(Exhausted::dead_letters).collect(), &shared.stats)?;
+        write_now(
+            &io.dead_letters,
+            epoch,
+            gave_up.into_iter().flat_map(Exhausted::dead_letters).collect(),
+            &shared.stats,
+            Stats::add_given_up,
+        )?;
         let seen_before = std::mem::replace(&mut seen, frontier(&probe));
         let captured = plugins.borrow_mut().take_captured();
         if let Some(cp) = shared.checkpoints.as_ref().filter(|_| !captured.is_empty()) {
             cp.injected(epoch, seen_before);
         }
         let looping = inject_captured(&mut input, captured, max_hops, &shared.stats);
-        write_now(&io.dead_letters, epoch, looping, &shared.stats)?;
+        write_now(&io.dead_letters, epoch, looping, &shared.stats, Stats::add_dead)?;
         epoch += 1;
         if let (Some(w), Some(sandbox)) = (&mut watcher, &trial) {
             for update in w.poll(|spec| crate::live::check_load(sandbox, spec, &trial_services)) {
@@ -554,7 +560,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
             failure: None,
         })
         .collect();
-    write_now(&io.dead_letters, epoch, late, &shared.stats)?;
+    write_now(&io.dead_letters, epoch, late, &shared.stats, Stats::add_dead)?;
     record_notices(&shared.stats, &mut plugins.borrow_mut(), &mut metrics, &*shared.clock);
     publish(&shared.http, &plugins.borrow(), index);
     metrics.close();
@@ -597,13 +603,13 @@ fn inject_captured(
 }
 
 /// Writes dead letters from the worker loop (outside the dataflow).
-fn write_now(sink: &SharedSink, epoch: u64, letters: Vec<DeadLetter>, stats: &Stats) -> anyhow::Result<()> {
+fn write_now(sink: &SharedSink, epoch: u64, letters: Vec<DeadLetter>, stats: &Stats, count: fn(&Stats, u64)) -> anyhow::Result<()> {
     if letters.is_empty() {
         return Ok(());
     }
     let records: Vec<OutRecord> = letters.iter().map(dead_letter_record).collect();
     sink.borrow_mut().write(epoch, &records)?;
-    stats.add_dead(letters.len() as u64);
+    count(stats, letters.len() as u64);
     Ok(())
 }
 

@@ -16,6 +16,7 @@ pub struct Stats {
     events_out: AtomicU64,
     dropped: AtomicU64,
     dead_lettered: AtomicU64,
+    work_given_up: AtomicU64,
     captured: AtomicU64,
     instances_created: AtomicU64,
     instances_evicted: AtomicU64,
@@ -40,8 +41,14 @@ pub struct Summary {
     pub events_out: u64,
     /// Events dropped by a plugin.
     pub dropped: u64,
-    /// Lines sent to the dead-letter output.
+    /// Lines sent to the dead-letter output instead of the events output: not events, a failed
+    /// chain, captures too deep or too late. With `events_out` and `dropped` they account for
+    /// every line read and event captured.
     pub dead_lettered: u64,
+    /// Dead letters of plugin work that gave up after its event was written (`onEvent`, one per
+    /// event of an `exportEvents` batch) and of jobs: also in the dead-letter output, but not
+    /// part of that account (the event itself is in `events_out`).
+    pub work_given_up: u64,
     /// Events plugins captured (`posthog.capture`): sent back into the graph, or dead-lettered
     /// (capture loops, captures after the input closed).
     pub captured: u64,
@@ -87,6 +94,11 @@ impl Stats {
     pub fn add_dead(&self, n: u64) {
         self.dead_lettered.fetch_add(n, Ordering::Relaxed);
     }
+
+    /// Records dead letters of plugin work that gave up (see [`Summary::work_given_up`]).
+    pub fn add_given_up(&self, n: u64) {
+        self.work_given_up.fetch_add(n, Ordering::Relaxed);
+    }
     /// Records plugin instances created and evicted.
     pub fn add_instances(&self, created: u64, evicted: u64) {
         self.instances_created.fetch_add(created, Ordering::Relaxed);
@@ -123,6 +135,7 @@ impl Stats {
             events_out: self.events_out.load(Ordering::Relaxed),
             dropped: self.dropped.load(Ordering::Relaxed),
             dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
+            work_given_up: self.work_given_up.load(Ordering::Relaxed),
             captured: self.captured.load(Ordering::Relaxed),
             instances_created: self.instances_created.load(Ordering::Relaxed),
             instances_evicted: self.instances_evicted.load(Ordering::Relaxed),
@@ -151,6 +164,7 @@ impl Summary {
         let _ = writeln!(s, "  events out:          {}", self.events_out);
         let _ = writeln!(s, "  dropped by plugins:  {}", self.dropped);
         let _ = writeln!(s, "  dead-lettered:       {}", self.dead_lettered);
+        let _ = writeln!(s, "  plugin work given up: {} (dead letters of onEvent, exportEvents and jobs)", self.work_given_up);
         let _ = writeln!(s, "  captured by plugins: {}", self.captured);
         let _ = writeln!(s, "  plugin instances:    {} created, {} evicted", self.instances_created, self.instances_evicted);
         if self.failures.is_empty() {

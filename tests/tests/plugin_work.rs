@@ -149,8 +149,10 @@ fn retries_that_cannot_be_done_after_a_restart_are_dead_letters() {
     assert!(reasons.iter().any(|r| r.contains("UnreadableRetry")), "{reasons:?}");
     let unavailable = dead.iter().find(|d| d["reason"].as_str().unwrap().contains("Unavailable")).unwrap();
     assert_eq!(unavailable["position"], 1, "the event's byte offset in the first run's input");
-    assert_eq!(summary.dead_lettered, 2);
+    // Work that gave up, not lines of the input: counted apart from the input's account.
+    assert_eq!((summary.dead_lettered, summary.work_given_up), (0, 2));
     assert!(pluginflow::http::prometheus(&http).contains("pluginflow_pending_retries 0\n"), "nothing is left pending");
+    assert!(pluginflow::http::prometheus(&http).contains("pluginflow_dead_letters_total 2\n"), "every record of the dead-letter output");
 }
 
 #[test]
@@ -220,6 +222,10 @@ fn a_failed_export_batch_is_one_dead_letter_per_event() {
     let cfg = config(dir.path(), &input, "memory = true", "", &plugins);
     let (summary, _) = run_until(&cfg, |_| false);
     assert_eq!(summary.events_out, 3);
+    // The events were written; their export gave up: three dead letters of plugin work, and
+    // the input's account still adds up.
+    assert_eq!((summary.work_given_up, summary.dead_lettered), (3, 0));
+    assert_eq!(summary.events_in + summary.captured, summary.events_out + summary.dropped + summary.dead_lettered);
     let dead = read_json_lines(&cfg.output.dead_letters);
     let uuids: Vec<String> = dead
         .iter()
