@@ -102,6 +102,8 @@ fn create_file(path: &Path, append: bool) -> anyhow::Result<std::fs::File> {
 /// (crate::resume), remembers which epoch wrote each byte range until that epoch is complete:
 /// what a resumed run must cut out again.
 pub struct OutputFile {
+    /// Its path, for errors (`-` for standard output).
+    name: String,
     writer: Box<dyn Write + Send>,
     /// Bytes in the file: what it held when opened plus what was written since (flushed or not).
     len: u64,
@@ -121,12 +123,14 @@ impl OutputFile {
     /// `append`; with `track`, the epochs of byte ranges are kept until [`OutputFile::mark`].
     pub fn open(path: &Path, append: bool, track: bool) -> anyhow::Result<SharedOutput> {
         if path.as_os_str() == "-" {
-            return Ok(Arc::new(Mutex::new(OutputFile { writer: Box::new(std::io::stdout()), len: 0, spans: None, failed: false })));
+            let writer = Box::new(std::io::stdout());
+            return Ok(Arc::new(Mutex::new(OutputFile { name: "-".into(), writer, len: 0, spans: None, failed: false })));
         }
         let file = create_file(path, append)?;
         let len = file.metadata().with_context(|| format!("cannot read the size of {}", path.display()))?.len();
         let writer = Box::new(std::io::BufWriter::with_capacity(1 << 20, file));
-        Ok(Arc::new(Mutex::new(OutputFile { writer, len, spans: track.then(Vec::new), failed: false })))
+        let name = path.display().to_string();
+        Ok(Arc::new(Mutex::new(OutputFile { name, writer, len, spans: track.then(Vec::new), failed: false })))
     }
 
     /// Writes one line per value, as written by `epoch`.
@@ -136,7 +140,7 @@ impl OutputFile {
             let written = self.writer.write_all(v.as_bytes()).and_then(|()| self.writer.write_all(b"\n"));
             if let Err(e) = written {
                 self.failed = true;
-                return Err(e).context("cannot write output");
+                return Err(e).with_context(|| format!("cannot write output {}", self.name));
             }
             self.len += v.len() as u64 + 1;
         }
@@ -153,7 +157,7 @@ impl OutputFile {
     pub fn flush(&mut self) -> anyhow::Result<()> {
         let flushed = self.writer.flush();
         self.failed |= flushed.is_err();
-        flushed.context("cannot flush output")
+        flushed.with_context(|| format!("cannot flush output {}", self.name))
     }
 
     /// For a checkpoint at `frontier` (every epoch before it is complete): flushes, forgets the

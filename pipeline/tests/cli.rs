@@ -314,6 +314,19 @@ fn an_operators_mistakes_destroy_nothing() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("cannot write plugin logs"), "{err}");
+
+    // Events on a full disk: the run fails, and says which output.
+    std::fs::write(
+        dir.path().join("full2.toml"),
+        format!("{base}[output]\nevents = \"/dev/full\"\n")
+            .replace("state\"", "state3\"")
+            .replace("call_timeout_ms = 3600000", "call_timeout_ms = 100"),
+    )
+    .unwrap();
+    let out = bin().args(["run", "--no-progress", "full2.toml"]).current_dir(dir.path()).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("output /dev/full: No space left on device"), "{err}");
 }
 
 #[test]
