@@ -122,12 +122,6 @@ impl OffsetLedger {
         }
     }
 
-    /// Marks `partition` read up to `next` (its end, found when every epoch is complete).
-    pub fn reach(&mut self, partition: i32, next: i64) {
-        let ready = self.ready.entry(partition).or_insert(next);
-        *ready = (*ready).max(next);
-    }
-
     /// Forgets `revoked` partitions everywhere: their offsets are someone else's to commit now.
     pub fn forget(&mut self, revoked: &[i32]) {
         for offsets in self.by_epoch.values_mut().chain(std::iter::once(&mut self.ready)) {
@@ -187,11 +181,6 @@ pub struct KafkaSource {
     /// Since when this worker, idle at the end of its own partitions, has waited for partitions
     /// another member holds (reset by a rebalance); see [`Self::rest_of_topic_read`].
     waiting_for_others_since: Option<Instant>,
-    /// Where each assigned partition ended when the input was last found exhausted: committed
-    /// as its offset when the worker releases its input, so that a partition whose last records
-    /// are transaction markers (which no record carries the offset of) is committed at its end,
-    /// and another member waiting for the group to finish it sees it finished.
-    ends_reached: BTreeMap<i32, i64>,
     /// The longest that wait lasts: the group's session timeout (a member that died is out of
     /// the group by then, and its partitions given to a live one) and the idle time again.
     others_wait: Duration,
@@ -256,7 +245,6 @@ impl KafkaSource {
             last_commit: Instant::now(),
             idle_since: None,
             waiting_for_others_since: None,
-            ends_reached: BTreeMap::new(),
             others_wait: session_timeout(&consumer_config) + config.stop_after_idle_ms.map_or(Duration::ZERO, Duration::from_millis),
             assigned: false,
             last_error_log: None,
@@ -294,9 +282,6 @@ impl KafkaSource {
     fn apply_rebalances(&mut self, epoch: u64, batch: &mut Polled) -> bool {
         let events = std::mem::take(&mut *lock(&self.consumer.context().events));
         let any = !events.is_empty();
-        if any {
-            self.ends_reached.clear();
-        }
         for event in events {
             match event {
                 Rebalanced::Assigned(assigned) => {
@@ -367,7 +352,7 @@ impl KafkaSource {
     /// `stop_after_idle`: true once polls have found nothing for the idle time while this worker
     /// held its partitions, and every assigned partition is read to its end. A broker that is
     /// away is not idleness: consumer errors and rebalances restart the clock.
-    fn idle_long_enough(&mut self) -> bool {
+    fn idle_long_enough(&mut self, epoch: u64) -> bool {
         let Some(idle) = self.stop_after_idle else { return false };
         if !self.assigned {
             return false;
@@ -377,7 +362,7 @@ impl KafkaSource {
         if since.elapsed() < idle {
             return false;
         }
-        if self.at_end_of_assignment() && self.rest_of_topic_read() {
+        if self.at_end_of_assignment(epoch) && self.rest_of_topic_read() {
             return true;
         }
         self.idle_since = None;
@@ -395,7 +380,7 @@ impl KafkaSource {
     ///
     /// A member that holds a partition and is alive but never finishes it (or one that commits
     /// the offset after its last record where a transaction marker follows — pluginflow itself
-    /// commits the end, see [`Self::ends_reached`]) would keep the run going for ever: the wait
+    /// commits the end, see [`Self::at_end_of_assignment`]) would keep the run going for ever: the wait
     /// lasts at most the session timeout and the idle time again (from the first look, until a
     /// rebalance or a record), then the run ends with a warning naming the partitions (they
     /// stay uncommitted for whoever reads them next).
@@ -455,9 +440,14 @@ impl KafkaSource {
     }
 
     /// Whether every assigned partition is read to its end (its last stable offset: the end,
-    /// for input not written in transactions). When it is, notes each end in
-    /// [`Self::ends_reached`]. One request for the ends, whatever the number of partitions.
-    fn at_end_of_assignment(&mut self) -> bool {
+    /// for input not written in transactions). When it is, each end is noted as read in
+    /// `epoch` (which has no records): once that epoch is complete, so is everything polled
+    /// before it, and the partition is committed at its very end, past any transaction markers
+    /// after its last record (which no record carries the offset of). Another member waiting
+    /// for the group to finish the topic then sees it finished: were the end committed only
+    /// when this worker leaves, two idle processes would each wait for the other. One request
+    /// for the ends, whatever the number of partitions.
+    fn at_end_of_assignment(&mut self, epoch: u64) -> bool {
         let positions = match self.consumer.position() {
             Ok(p) => p,
             Err(e) => {
@@ -485,7 +475,7 @@ impl KafkaSource {
                 _ => return false,
             }
         };
-        let mut reached = BTreeMap::new();
+        let mut reached = Vec::new();
         for e in positions.elements() {
             let p = e.partition();
             let Some(&end) = ends.get(&p) else { return false };
@@ -497,9 +487,13 @@ impl KafkaSource {
             if position < end {
                 return false;
             }
-            reached.insert(p, end);
+            reached.push((p, end));
         }
-        self.ends_reached = reached;
+        for (p, end) in reached {
+            if end > 0 {
+                self.ledger.record(epoch, p, end - 1);
+            }
+        }
         true
     }
 
@@ -674,11 +668,10 @@ impl EventSource for KafkaSource {
             timeout = Duration::ZERO;
         }
         if batch.records.is_empty() {
-            batch.exhausted = self.idle_long_enough();
+            batch.exhausted = self.idle_long_enough(epoch);
         } else {
             self.idle_since = None;
             self.waiting_for_others_since = None;
-            self.ends_reached.clear();
         }
         Ok(batch)
     }
@@ -723,11 +716,6 @@ impl EventSource for KafkaSource {
             return Ok(Release::Waiting);
         }
         self.release_tried = Some(Instant::now());
-        // Every epoch read is complete and each partition was read to its end: commit the end
-        // (past any transaction markers after the last record).
-        for (&partition, &end) in &self.ends_reached {
-            self.ledger.reach(partition, end);
-        }
         match self.delivery {
             // A failed commit keeps its offsets ready: try again rather than leave them to the
             // next owner to read twice.
