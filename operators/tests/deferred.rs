@@ -367,3 +367,31 @@ fn export_retries_then_gives_up_after_four_attempts() {
         vec![("exportEvents".to_string(), Outcome::Failed, 2)]
     );
 }
+
+/// What a retried call enqueues is in the durable job queue as soon as that attempt returns — not
+/// left in the instance until its next event, which a retry (or a timed export flush) may never
+/// be followed by: a crash then lost the jobs while the retry itself was acknowledged.
+#[test]
+fn jobs_enqueued_by_a_retry_are_queued_when_it_returns() {
+    let code = "const { RetryError } = require('@posthog/plugin-scaffold')\n\
+        exports.jobs = { later: () => {} }\n\
+        exports.onEvent = async (e, { jobs, cache }) => {\n\
+          const n = await cache.incr('attempt')\n\
+          await jobs.later({ n }).runIn(1, 'hours')\n\
+          if (n < 2) throw new RetryError('again')\n\
+        }";
+    let h = harness("retryjobs", &[("index.js", code)], json!({}), fast(10, 10));
+    let ev = FinalEvent { team: 1, hops: 0, position: 0, reader: 0, json: event("u1") };
+    let steps = h.work.borrow_mut().event(0, &ev);
+    assert_eq!(h.store.queue_len("jobs").unwrap(), 1, "the first attempt's job");
+    let task = steps
+        .into_iter()
+        .find_map(|s| match s {
+            operators::plugin::deferred::Step::Retry(_, task) => Some(task),
+            _ => None,
+        })
+        .expect("the first attempt is retried");
+    let step = h.work.borrow_mut().run(task);
+    assert!(matches!(step, operators::plugin::deferred::Step::Done), "{step:?}");
+    assert_eq!(h.store.queue_len("jobs").unwrap(), 2, "the retry's job is queued, with no event after it");
+}

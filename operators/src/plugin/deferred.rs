@@ -75,6 +75,8 @@ pub struct Task {
     /// The worker that read each of its events, in order (empty for a retry recovered from the
     /// durable queue: its dead letters are written where it runs).
     pub readers: Vec<u32>,
+    /// Capture hops of its events (the most of a batch's): what the call captures is one deeper.
+    pub hops: u32,
 }
 
 /// An event that left the `processEvent` chain: what `onEvent` and `exportEvents` are owed.
@@ -172,6 +174,8 @@ struct ExportBuffer {
     positions: Vec<u64>,
     /// The workers that read `events`, in order.
     readers: Vec<u32>,
+    /// The most capture hops among `events`.
+    hops: u32,
     chars: usize,
     /// When the first buffered event came (ms on the worker's clock).
     started: Option<u64>,
@@ -190,6 +194,7 @@ impl ExportBuffer {
             events: std::mem::take(&mut self.events),
             positions: std::mem::take(&mut self.positions),
             readers: std::mem::take(&mut self.readers),
+            hops: std::mem::take(&mut self.hops),
             epoch,
         })
     }
@@ -200,6 +205,7 @@ struct Batch {
     events: Vec<String>,
     positions: Vec<u64>,
     readers: Vec<u32>,
+    hops: u32,
     epoch: u64,
 }
 
@@ -294,12 +300,12 @@ impl DeferredWork {
                 (inst.has(Hook::OnEvent), inst.has(Hook::ExportEvents), inst.config_id().to_string())
             };
             if has_export {
-                steps.extend(self.buffer(key, &config_id, epoch, (position, reader), &name, &processed));
+                steps.extend(self.buffer(key, &config_id, epoch, (position, reader, hops), &name, &processed));
             }
             if has_on_event {
                 let kind = TaskKind::OnEvent(processed.clone());
-                let task =
-                    Task { config_id, team, kind, attempts: 0, epoch, queue_id: None, positions: vec![position], readers: vec![reader] };
+                let (positions, readers) = (vec![position], vec![reader]);
+                let task = Task { config_id, team, kind, attempts: 0, epoch, queue_id: None, positions, readers, hops };
                 steps.push(self.run(task));
             }
             self.plugins.borrow_mut().collect_outbox_of(key, hops);
@@ -307,7 +313,7 @@ impl DeferredWork {
         steps
     }
 
-    fn buffer(&mut self, key: InstanceKey, config_id: &str, epoch: u64, from: (u64, u32), name: &str, processed: &str) -> Vec<Step> {
+    fn buffer(&mut self, key: InstanceKey, config_id: &str, epoch: u64, from: (u64, u32, u32), name: &str, processed: &str) -> Vec<Step> {
         if !self.buffers.contains_key(&key) {
             let settings = {
                 let mut plugins = self.plugins.borrow_mut();
@@ -319,6 +325,7 @@ impl DeferredWork {
                 events: Vec::new(),
                 positions: Vec::new(),
                 readers: Vec::new(),
+                hops: 0,
                 chars: 0,
                 started: None,
                 min_epoch: None,
@@ -339,6 +346,7 @@ impl DeferredWork {
         buffer.events.push(processed.to_string());
         buffer.positions.push(from.0);
         buffer.readers.push(from.1);
+        buffer.hops = buffer.hops.max(from.2);
         buffer.chars += size;
         buffer.min_epoch = Some(buffer.min_epoch.map_or(epoch, |m| m.min(epoch)));
         buffer.started.get_or_insert(now);
@@ -349,9 +357,9 @@ impl DeferredWork {
     }
 
     fn export(&mut self, key: InstanceKey, config_id: &str, batch: Batch) -> Step {
-        let Batch { events, positions, readers, epoch } = batch;
+        let Batch { events, positions, readers, hops, epoch } = batch;
         let kind = TaskKind::Export(events);
-        self.run(Task { config_id: config_id.to_string(), team: key.1, kind, attempts: 0, epoch, queue_id: None, positions, readers })
+        self.run(Task { config_id: config_id.to_string(), team: key.1, kind, attempts: 0, epoch, queue_id: None, positions, readers, hops })
     }
 
     /// Export buffers due by `now_ms` (or all of them with `force`, at shutdown), exported now.
@@ -394,6 +402,12 @@ impl DeferredWork {
         task.attempts = task.attempts.saturating_add(1);
         let result = self.call(&task);
         let key = self.plugins.borrow().key_of(&task.config_id, task.team);
+        // What the call captured and enqueued goes to the loopback and the job queue now,
+        // before the work is acknowledged: left in the instance until its next call, a crash
+        // lost it (a retry or a timed export flush has no event after it).
+        if let Some(k) = key {
+            self.plugins.borrow_mut().collect_outbox_of(k, task.hops);
+        }
         let record = |plugins: &mut WorkerPlugins, outcome| {
             if let Some(k) = key {
                 plugins.metric(k, hook, outcome, task.events());
@@ -479,7 +493,7 @@ impl DeferredWork {
             team: task.team,
             hook: task.hook().as_str().to_string(),
             attempts: task.attempts,
-            hops: 0,
+            hops: task.hops,
             events: match &task.kind {
                 TaskKind::OnEvent(e) => vec![e.clone()],
                 TaskKind::Export(b) => b.clone(),
@@ -585,6 +599,7 @@ impl DeferredWork {
             positions,
             // A worker index of the run that queued it would mean nothing in this one.
             readers: Vec::new(),
+            hops: call.hops,
         })
     }
 }

@@ -60,13 +60,56 @@ pub struct HostServices {
     pub logs: Arc<dyn LogSink>,
     /// HTTP client for `fetch`.
     pub http: ureq::Agent,
+    /// Jobs pending per configuration × team in this process (shared by its workers).
+    pub pending_jobs: Arc<PendingJobs>,
+}
+
+/// Jobs each configuration × team enqueued in this process and this run that have not yet run
+/// to the end (done or given up), shared by the process's workers: a job may run on another
+/// worker than the one that enqueued it (a spread team, a team whose owner changed). A plugin
+/// whose jobs enqueue jobs grows the queue geometrically; past [`MAX_PENDING_JOBS`], `runNow`,
+/// `runIn` and `runAt` reject, and the refusal is counted with the other limits' refusals.
+#[derive(Debug, Default)]
+pub struct PendingJobs(std::sync::Mutex<std::collections::HashMap<(String, i64), usize>>);
+
+/// Jobs one configuration × team may have pending in a process.
+pub const MAX_PENDING_JOBS: usize = 10_000;
+
+impl PendingJobs {
+    /// Counts one more pending job of `config_id` × `team`; false (nothing counted) at the cap.
+    pub fn reserve(&self, config_id: &str, team: i64) -> bool {
+        let mut pending = crate::sync::lock(&self.0);
+        let n = pending.entry((config_id.to_string(), team)).or_default();
+        if *n >= MAX_PENDING_JOBS {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    /// One job of `config_id` × `team` is done, given up, or was never queued.
+    pub fn finished(&self, config_id: &str, team: i64) {
+        let mut pending = crate::sync::lock(&self.0);
+        let key = (config_id.to_string(), team);
+        if let Some(n) = pending.get_mut(&key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                pending.remove(&key);
+            }
+        }
+    }
+
+    /// Jobs of `config_id` × `team` pending now.
+    pub fn pending(&self, config_id: &str, team: i64) -> usize {
+        crate::sync::lock(&self.0).get(&(config_id.to_string(), team)).copied().unwrap_or(0)
+    }
 }
 
 impl HostServices {
     /// Services with an HTTP client whose requests give up after `fetch_timeout`.
     pub fn new(store: Arc<dyn StateStore>, geoip: Option<Arc<GeoIp>>, logs: Arc<dyn LogSink>, fetch_timeout: Duration) -> Self {
         let http = ureq::Agent::config_builder().timeout_global(Some(fetch_timeout)).http_status_as_error(false).build().into();
-        Self { store, geoip, logs, http }
+        Self { store, geoip, logs, http, pending_jobs: Arc::default() }
     }
 }
 
@@ -233,6 +276,12 @@ impl CallBudget {
         }
         self.host_bytes.set(total);
         Ok(())
+    }
+
+    /// Counts a job refused for `why` (returned).
+    fn refuse_job(&self, why: String) -> String {
+        self.refused_jobs.set(self.refused_jobs.get() + 1);
+        why
     }
 
     fn take_job(&self) -> Result<(), String> {
@@ -441,7 +490,15 @@ fn install_outbox<'js>(ctx: &Ctx<'js>, obj: &Object<'js>, host: &HostBindings) -
             if payload.len() + name.len() > max {
                 return Some(format!("job refused: its payload is larger than runtime.max_event_bytes ({max} bytes)"));
             }
-            if let Err(why) = h.budget.take_job().and_then(|()| h.budget.take_bytes("job", payload.len() + name.len())) {
+            let pending = |h: &HostBindings| match h.identity.team_id {
+                Some(team) if !h.services.pending_jobs.reserve(&h.identity.config_id, team) => Err(h.budget.refuse_job(format!(
+                    "job refused: {MAX_PENDING_JOBS} jobs of this plugin for this team are pending already (enqueued and not yet run)"
+                ))),
+                _ => Ok(()),
+            };
+            if let Err(why) =
+                h.budget.take_job().and_then(|()| h.budget.take_bytes("job", payload.len() + name.len())).and_then(|()| pending(&h))
+            {
                 if h.budget.first_refusal() {
                     h.log(LogLevel::Warn, LogSource::System, &why);
                 }

@@ -138,12 +138,6 @@ pub struct WorkerPlugins {
     schedules: HashMap<(InstanceKey, Hook), Schedule>,
     /// Events plugins captured, ready to go back into the graph, with their hop counts.
     captured: Vec<(String, u32)>,
-    /// Jobs each configuration × team enqueued on this worker in this run and not yet done or
-    /// given up (at most [`MAX_PENDING_JOBS`]).
-    pending_jobs: HashMap<(String, i64), usize>,
-    /// Configurations × teams whose new jobs are being refused (said once, until half of their
-    /// pending jobs have run).
-    refusing_jobs: std::collections::HashSet<(String, i64)>,
     /// App-metric counts since the last `take_notices`.
     metric_counts: HashMap<(InstanceKey, Hook, Outcome), u64>,
     /// Skips since the last `take_notices`, by (configuration index, reason).
@@ -234,8 +228,6 @@ impl WorkerPlugins {
             setup_retries: HashMap::new(),
             schedules: HashMap::new(),
             captured: Vec::new(),
-            pending_jobs: HashMap::new(),
-            refusing_jobs: Default::default(),
             metric_counts: HashMap::new(),
             skip_counts: HashMap::new(),
             last_use: HashMap::new(),
@@ -414,23 +406,6 @@ impl WorkerPlugins {
                 tracing::error!(config = %inst.config_id(), job = %job.name, "a job of an instance without a team cannot be queued");
                 continue;
             };
-            let pending = self.pending_jobs.entry((inst.config_id().to_string(), team)).or_default();
-            if *pending >= MAX_PENDING_JOBS {
-                // Jobs that enqueue jobs grow the queue geometrically: past this many, the new
-                // ones are refused, not written — said in the plugin's log once, until half of
-                // the pending ones have run.
-                if self.refusing_jobs.insert((inst.config_id().to_string(), team)) {
-                    inst.log_system(
-                        LogLevel::Error,
-                        &format!(
-                            "Job '{}' not enqueued: {MAX_PENDING_JOBS} jobs of this plugin for this team are pending already; \
-                             further jobs are refused (and not logged) until half of them have run",
-                            job.name
-                        ),
-                    );
-                }
-                continue;
-            }
             let item = QueuedCall {
                 config_id: inst.config_id().to_string(),
                 team,
@@ -447,8 +422,9 @@ impl WorkerPlugins {
                 super::host::JobTime::At(ms) => u64::try_from(ms).unwrap_or(0),
             };
             match self.services.store.queue_put(JOB_QUEUE, due, &item.to_bytes()) {
-                Ok(_) => *pending += 1,
+                Ok(_) => {}
                 Err(e) => {
+                    self.services.pending_jobs.finished(inst.config_id(), team);
                     tracing::error!(error = %e, config = %inst.config_id(), job = %job.name, "cannot enqueue a job");
                     inst.log_system(LogLevel::Error, &format!("Job '{}' could not be enqueued: {e}", job.name));
                 }
@@ -775,15 +751,9 @@ impl WorkerPlugins {
         }
     }
 
-    /// A job of `config_id` × `team` is done or given up: one fewer pending.
-    fn job_finished(&mut self, config_id: &str, team: i64) {
-        let key = (config_id.to_string(), team);
-        if let Some(n) = self.pending_jobs.get_mut(&key) {
-            *n = n.saturating_sub(1);
-            if *n < MAX_PENDING_JOBS / 2 {
-                self.refusing_jobs.remove(&key);
-            }
-        }
+    /// A job of `config_id` × `team` is done or given up: one fewer pending in the process.
+    fn job_finished(&self, config_id: &str, team: i64) {
+        self.services.pending_jobs.finished(config_id, team);
     }
 
     /// Records an app metric. Counts add up in place (this runs per event and plugin); they
@@ -1018,9 +988,7 @@ impl WorkerPlugins {
 /// Due jobs a worker takes from the queue per round (`maintain`).
 const JOBS_PER_ROUND: usize = 256;
 
-/// Jobs one configuration × team may have pending on a worker (enqueued in this run, not yet
-/// done or given up); more are refused.
-pub const MAX_PENDING_JOBS: usize = 10_000;
+pub use super::host::MAX_PENDING_JOBS;
 
 /// What an instance of `spec` for `team` is made with.
 fn instance_config(spec: &PluginSpec, team: i64) -> InstanceConfig {
