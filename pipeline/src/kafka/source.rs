@@ -481,7 +481,12 @@ impl KafkaSource {
             let Some(&end) = ends.get(&p) else { return false };
             let position = match e.offset() {
                 Offset::Offset(pos) => pos,
-                _ => committed.get(&p).or(starts.get(&p)).copied().unwrap_or(0),
+                // Without a commit it starts where `auto.offset.reset` says.
+                _ => match committed.get(&p) {
+                    Some(at) => *at,
+                    None if matches!(self.no_commit, Offset::End) => end,
+                    None => starts.get(&p).copied().unwrap_or(0),
+                },
             };
             tracing::debug!(worker = self.worker, partition = p, position, end, "idle: at the end?");
             if position < end {
