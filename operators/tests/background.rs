@@ -303,20 +303,44 @@ fn recovered_retries_go_to_their_teams_owner() {
         store.queue_put(RETRY_QUEUE, 0, retry.as_bytes()).unwrap();
     }
     store.queue_put(RETRY_QUEUE, 0, b"{not json").unwrap();
+    // Readable, but no onEvent/exportEvents call: a job's entry, an onEvent entry with two events.
+    let job = format!(r#"{{"config_id":"o","team":{team0},"hook":"job","name":"x","payload":"null"}}"#);
+    let two = format!(r#"{{"config_id":"o","team":{team0},"hook":"onEvent","attempts":1,"events":["{{}}","{{}}"]}}"#);
+    for entry in [job, two] {
+        store.queue_put(RETRY_QUEUE, 0, entry.as_bytes()).unwrap();
+    }
     let pool = recovery_pool(&*store).unwrap();
     let placement = Arc::new(Placement::new([None], 2, []));
-    let picked: Vec<(Vec<i64>, usize)> = (0..2)
+    let picked: Vec<(Vec<i64>, Vec<(String, String)>)> = (0..2)
         .rev() // the second worker looks first
         .map(|index| {
             let place = WorkerPlace { index, peers: 2, placement: Some(placement.clone()), local: 0..2, ..WorkerPlace::default() };
             let w = worker(vec![spec(&fx, "o", vec![team0, team1])], store.clone(), Arc::new(MemoryLogSink::default()), place);
             let mut work = DeferredWork::new(Rc::new(RefCell::new(w)), RetryPolicies::default(), store.clone()).with_recovery(pool.clone());
             let (tasks, unreadable) = work.recover(0);
-            (tasks.iter().map(|(_, t)| t.team).collect(), unreadable.len())
+            (tasks.iter().map(|(_, t)| t.team).collect(), unreadable.into_iter().map(|e| (e.error.config_id, e.error.message)).collect())
         })
         .collect();
-    assert_eq!(picked[0], (vec![team1, team1], 0), "worker 1 picks its team's two");
-    assert_eq!(picked[1], (vec![team0], 1), "worker 0 picks its team's and the unreadable one");
+    assert_eq!(picked[0], (vec![team1, team1], vec![]), "worker 1 picks its team's two");
+    let (teams, unreadable) = &picked[1];
+    assert_eq!(teams, &vec![team0], "worker 0 picks its team's");
+    // …and the three that are no retry it can run, dead-lettered, named as far as they read.
+    let mut unreadable = unreadable.clone();
+    unreadable.sort();
+    assert_eq!(
+        unreadable,
+        [
+            ("?".to_string(), "a pending retry in the state store cannot be read".to_string()),
+            (
+                "o".to_string(),
+                "a pending retry in the state store is not a whole onEvent or exportEvents call (hook \"job\", 0 events)".to_string()
+            ),
+            (
+                "o".to_string(),
+                "a pending retry in the state store is not a whole onEvent or exportEvents call (hook \"onEvent\", 2 events)".to_string()
+            ),
+        ]
+    );
     assert!(pool.lock().unwrap().is_empty());
 }
 

@@ -164,7 +164,7 @@ impl Summary {
         let _ = writeln!(s, "  events out:          {}", self.events_out);
         let _ = writeln!(s, "  dropped by plugins:  {}", self.dropped);
         let _ = writeln!(s, "  dead-lettered:       {}", self.dead_lettered);
-        let _ = writeln!(s, "  plugin work given up: {} (dead letters of onEvent, exportEvents and jobs)", self.work_given_up);
+        let _ = writeln!(s, "  work given up:       {} (dead letters of onEvent, exportEvents and jobs)", self.work_given_up);
         let _ = writeln!(s, "  captured by plugins: {}", self.captured);
         let _ = writeln!(s, "  plugin instances:    {} created, {} evicted", self.instances_created, self.instances_evicted);
         if self.failures.is_empty() {

@@ -552,14 +552,27 @@ impl DeferredWork {
                     // Unreadable: dead-lettered with its bytes and acknowledged, not left to
                     // count as pending for ever.
                     tracing::error!(id = ?item.id, "a pending retry cannot be read: dead-lettered");
+                    // Named as far as the entry can be read: a damaged entry of a known
+                    // configuration, or one that is no onEvent/exportEvents call at all.
+                    let (config_id, message) = match QueuedCall::read(&item.payload) {
+                        Some(call) => (
+                            call.config_id,
+                            format!(
+                                "a pending retry in the state store is not a whole onEvent or exportEvents call (hook {:?}, {} events)",
+                                call.hook,
+                                call.events.len()
+                            ),
+                        ),
+                        None => ("?".to_string(), "a pending retry in the state store cannot be read".to_string()),
+                    };
                     unreadable.push(Exhausted {
                         error: PluginError {
                             kind: super::error::ErrorKind::Failed,
-                            plugin: "?".into(),
-                            config_id: "?".into(),
+                            plugin: config_id.clone(),
+                            config_id,
                             hook: Hook::OnEvent,
                             name: "UnreadableRetry".into(),
-                            message: "a pending retry in the state store cannot be read".into(),
+                            message,
                             stack: String::new(),
                         },
                         attempts: 0,
