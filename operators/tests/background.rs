@@ -311,7 +311,10 @@ fn recovered_retries_go_to_their_teams_owner() {
     }
     let pool = recovery_pool(&*store).unwrap();
     let placement = Arc::new(Placement::new([None], 2, []));
-    let picked: Vec<(Vec<i64>, Vec<(String, String)>)> = (0..2)
+    // Per worker: the teams of the retries it took, and (configuration, message) of the entries
+    // it dead-lettered.
+    type Picked = (Vec<i64>, Vec<(String, String)>);
+    let picked: Vec<Picked> = (0..2)
         .rev() // the second worker looks first
         .map(|index| {
             let place = WorkerPlace { index, peers: 2, placement: Some(placement.clone()), local: 0..2, ..WorkerPlace::default() };
