@@ -76,6 +76,13 @@ pub fn dead_letter_record(d: &DeadLetter) -> OutRecord {
     OutRecord { value: d.to_json().to_string(), headers }
 }
 
+/// Writes `letters` to `sink` as dead-letter records of `epoch`: what the dead-letter operator
+/// and the worker loop (letters made outside the dataflow) both do.
+pub fn write_letters(sink: &SharedSink, epoch: u64, letters: &[DeadLetter]) -> anyhow::Result<()> {
+    let records: Vec<OutRecord> = letters.iter().map(dead_letter_record).collect();
+    sink.borrow_mut().write(epoch, &records)
+}
+
 /// Records in memory, by epoch: for tests and doc examples.
 #[derive(Clone, Default)]
 pub struct MemorySink {

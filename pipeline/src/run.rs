@@ -37,7 +37,7 @@ use operators::dataflow::placement::ToOwners;
 use operators::dataflow::write_events::WriteEvents;
 use operators::dataflow::write_letters::WriteDeadLetters;
 use operators::event::{DeadLetter, EventLimits, InputLine, ValidEvent, parse_owned_line};
-use operators::output::{FirstError, OutRecord, SharedSink, dead_letter_record};
+use operators::output::{FirstError, SharedSink, write_letters};
 use operators::plugin::deferred::{DeferredWork, Exhausted, FinalEvent, RetryPolicies, RetryPolicy, ReturnedLetter};
 use operators::plugin::placement::Placement;
 use operators::plugin::worker::{PluginNotice, PluginSpec, WorkerPlace, WorkerPlugins};
@@ -607,8 +607,7 @@ fn write_now(sink: &SharedSink, epoch: u64, letters: Vec<DeadLetter>, stats: &St
     if letters.is_empty() {
         return Ok(());
     }
-    let records: Vec<OutRecord> = letters.iter().map(dead_letter_record).collect();
-    sink.borrow_mut().write(epoch, &records)?;
+    write_letters(sink, epoch, &letters)?;
     count(stats, letters.len() as u64);
     Ok(())
 }

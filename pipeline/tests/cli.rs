@@ -302,30 +302,25 @@ fn an_operators_mistakes_destroy_nothing() {
     assert!(Command::new("kill").args(["-TERM", &first.id().to_string()]).status().unwrap().success());
     assert_eq!(first.wait().unwrap().code(), Some(0));
 
-    // Plugin logs on a full disk: the run fails loudly instead of losing entries.
-    std::fs::write(
-        dir.path().join("full.toml"),
-        format!("{base}[output]\nevents = \"out/e2.jsonl\"\nlogs = \"/dev/full\"\n")
-            .replace("state\"", "state2\"")
-            .replace("call_timeout_ms = 3600000", "call_timeout_ms = 100"),
-    )
-    .unwrap();
-    let out = bin().args(["run", "--no-progress", "full.toml"]).current_dir(dir.path()).output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    // An output on a full disk: the run fails (exit 1), and says so. Returns its stderr.
+    let on_full_disk = |name: &str, state: &str, outputs: &str| {
+        std::fs::write(
+            dir.path().join(name),
+            format!("{base}[output]\n{outputs}")
+                .replace("state\"", &format!("{state}\""))
+                .replace("call_timeout_ms = 3600000", "call_timeout_ms = 100"),
+        )
+        .unwrap();
+        let out = bin().args(["run", "--no-progress", name]).current_dir(dir.path()).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        err
+    };
+    // Plugin logs: the run fails loudly instead of losing entries.
+    let err = on_full_disk("full.toml", "state2", "events = \"out/e2.jsonl\"\nlogs = \"/dev/full\"\n");
     assert!(err.contains("cannot write plugin logs"), "{err}");
-
-    // Events on a full disk: the run fails, and says which output.
-    std::fs::write(
-        dir.path().join("full2.toml"),
-        format!("{base}[output]\nevents = \"/dev/full\"\n")
-            .replace("state\"", "state3\"")
-            .replace("call_timeout_ms = 3600000", "call_timeout_ms = 100"),
-    )
-    .unwrap();
-    let out = bin().args(["run", "--no-progress", "full2.toml"]).current_dir(dir.path()).output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    // Events: the error says which output.
+    let err = on_full_disk("full2.toml", "state3", "events = \"/dev/full\"\n");
     assert!(err.contains("output /dev/full: No space left on device"), "{err}");
 }
 

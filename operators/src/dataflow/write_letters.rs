@@ -53,7 +53,7 @@ use timely::dataflow::Stream;
 use timely::dataflow::operators::core::Inspect;
 
 use crate::event::DeadLetter;
-use crate::output::{FirstError, OutRecord, SharedSink, dead_letter_record};
+use crate::output::{FirstError, SharedSink, write_letters};
 
 /// The dead-letter sink.
 pub trait WriteDeadLetters<'scope> {
@@ -67,8 +67,7 @@ impl<'scope> WriteDeadLetters<'scope> for Stream<'scope, u64, Vec<DeadLetter>> {
         let (sink, errors) = (sink.clone(), errors.clone());
         self.inspect_core(move |batch: Result<(_, &Vec<DeadLetter>), _>| {
             if let Ok((stamp, letters)) = batch {
-                let records: Vec<OutRecord> = letters.iter().map(dead_letter_record).collect();
-                errors.keep(sink.borrow_mut().write(stamp.least().copied().unwrap_or_default(), &records));
+                errors.keep(write_letters(&sink, stamp.least().copied().unwrap_or_default(), letters));
                 written(letters.len() as u64);
             }
         })

@@ -546,25 +546,12 @@ impl DeferredWork {
         let mut unreadable = Vec::new();
         let tasks = items
             .into_iter()
-            .filter_map(|item| {
-                let task = self.recovered(&item, epoch);
-                if task.is_none() {
-                    // Unreadable: dead-lettered with its bytes and acknowledged, not left to
-                    // count as pending for ever.
+            .filter_map(|item| match self.recovered(&item, epoch) {
+                Ok(task) => Some((item.due_ms, task)),
+                // Unreadable: dead-lettered with its bytes and acknowledged, not left to count as
+                // pending for ever; named as far as the entry reads.
+                Err((config_id, message)) => {
                     tracing::error!(id = ?item.id, "a pending retry cannot be read: dead-lettered");
-                    // Named as far as the entry can be read: a damaged entry of a known
-                    // configuration, or one that is no onEvent/exportEvents call at all.
-                    let (config_id, message) = match QueuedCall::read(&item.payload) {
-                        Some(call) => (
-                            call.config_id,
-                            format!(
-                                "a pending retry in the state store is not a whole onEvent or exportEvents call (hook {:?}, {} events)",
-                                call.hook,
-                                call.events.len()
-                            ),
-                        ),
-                        None => ("?".to_string(), "a pending retry in the state store cannot be read".to_string()),
-                    };
                     unreadable.push(Exhausted {
                         error: PluginError {
                             kind: super::error::ErrorKind::Failed,
@@ -584,25 +571,35 @@ impl DeferredWork {
                     if let Err(e) = self.store.queue_ack(RETRY_QUEUE, item.id) {
                         tracing::error!(error = %e, "cannot acknowledge an unreadable retry");
                     }
-                    return None;
+                    None
                 }
-                task.map(|task| (item.due_ms, task))
             })
             .collect();
         (tasks, unreadable)
     }
 
-    fn recovered(&self, item: &state::QueueItem, epoch: u64) -> Option<Task> {
-        let call = QueuedCall::read(&item.payload)?;
+    /// The task a queued retry stands for; else (configuration id, what is wrong with it): an
+    /// entry that does not read, or one that is no whole onEvent/exportEvents call (a job's
+    /// entry, an onEvent entry with several events: dead-lettered whole, not half run).
+    fn recovered(&self, item: &state::QueueItem, epoch: u64) -> Result<Task, (String, String)> {
+        let Some(call) = QueuedCall::read(&item.payload) else {
+            return Err(("?".into(), "a pending retry in the state store cannot be read".into()));
+        };
         let kind = match call.hook.as_str() {
-            // One event, or the entry is damaged (dead-lettered whole, not half run).
-            "onEvent" if call.events.len() == 1 => TaskKind::OnEvent(call.events.into_iter().next()?),
+            "onEvent" if call.events.len() == 1 => TaskKind::OnEvent(call.events[0].clone()),
             "exportEvents" => TaskKind::Export(call.events),
-            _ => return None,
+            _ => {
+                let why = format!(
+                    "a pending retry in the state store is not a whole onEvent or exportEvents call (hook {:?}, {} events)",
+                    call.hook,
+                    call.events.len()
+                );
+                return Err((call.config_id, why));
+            }
         };
         // Retries queued before positions were recorded have none: 0, as for a captured event.
         let positions = call.positions.unwrap_or_else(|| vec![0; kind_len(&kind)]);
-        Some(Task {
+        Ok(Task {
             config_id: call.config_id,
             team: call.team,
             kind,

@@ -421,13 +421,10 @@ impl WorkerPlugins {
                 super::host::JobTime::In(ms) => self.place.clock.now_ms().saturating_add(ms),
                 super::host::JobTime::At(ms) => u64::try_from(ms).unwrap_or(0),
             };
-            match self.services.store.queue_put(JOB_QUEUE, due, &item.to_bytes()) {
-                Ok(_) => {}
-                Err(e) => {
-                    self.services.pending_jobs.finished(inst.config_id(), team);
-                    tracing::error!(error = %e, config = %inst.config_id(), job = %job.name, "cannot enqueue a job");
-                    inst.log_system(LogLevel::Error, &format!("Job '{}' could not be enqueued: {e}", job.name));
-                }
+            if let Err(e) = self.services.store.queue_put(JOB_QUEUE, due, &item.to_bytes()) {
+                self.services.pending_jobs.finished(inst.config_id(), team);
+                tracing::error!(error = %e, config = %inst.config_id(), job = %job.name, "cannot enqueue a job");
+                inst.log_system(LogLevel::Error, &format!("Job '{}' could not be enqueued: {e}", job.name));
             }
         }
     }

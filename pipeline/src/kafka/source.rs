@@ -412,19 +412,11 @@ impl KafkaSource {
         if others.is_empty() {
             return Ok(Vec::new());
         }
-        let committed = self.committed_offsets(&others)?;
         let ends = self.list_offsets(&others, Offset::End)?;
-        let starts = if committed.len() < others.len() { self.list_offsets(&others, Offset::Beginning)? } else { BTreeMap::new() };
+        let group = self.group_positions(&others, &ends)?;
         let mut unread = Vec::new();
-        for p in others {
+        for (p, at) in group {
             let end = *ends.get(&p).ok_or_else(|| format!("no end offset for partition {p}"))?;
-            // Without a commit, a reader starts at the beginning (or at the end, with
-            // `auto.offset.reset = latest`).
-            let at = match committed.get(&p) {
-                Some(at) => *at,
-                None if matches!(self.no_commit, Offset::End) => end,
-                None => starts.get(&p).copied().unwrap_or(0),
-            };
             if at < end {
                 tracing::info!(
                     worker = self.worker,
@@ -463,16 +455,19 @@ impl KafkaSource {
                 return false;
             }
         };
-        // A partition that returned nothing since its assignment has no position yet: it
-        // starts at its committed offset, or at the beginning without one.
+        // A partition that returned nothing since its assignment has no position yet: it starts
+        // where the group stands on it.
         let unplaced: Vec<i32> =
             positions.elements().iter().filter(|e| !matches!(e.offset(), Offset::Offset(_))).map(|e| e.partition()).collect();
-        let (committed, starts) = if unplaced.is_empty() {
-            (BTreeMap::new(), BTreeMap::new())
+        let group = if unplaced.is_empty() {
+            BTreeMap::new()
         } else {
-            match (self.committed_offsets(&unplaced), self.list_offsets(&unplaced, Offset::Beginning)) {
-                (Ok(c), Ok(s)) => (c, s),
-                _ => return false,
+            match self.group_positions(&unplaced, &ends) {
+                Ok(group) => group,
+                Err(why) => {
+                    tracing::debug!(worker = self.worker, error = %why, "idle: no committed offsets");
+                    return false;
+                }
             }
         };
         let mut reached = Vec::new();
@@ -481,12 +476,7 @@ impl KafkaSource {
             let Some(&end) = ends.get(&p) else { return false };
             let position = match e.offset() {
                 Offset::Offset(pos) => pos,
-                // Without a commit it starts where `auto.offset.reset` says.
-                _ => match committed.get(&p) {
-                    Some(at) => *at,
-                    None if matches!(self.no_commit, Offset::End) => end,
-                    None => starts.get(&p).copied().unwrap_or(0),
-                },
+                _ => group[&p],
             };
             tracing::debug!(worker = self.worker, partition = p, position, end, "idle: at the end?");
             if position < end {
@@ -500,6 +490,23 @@ impl KafkaSource {
             }
         }
         true
+    }
+
+    /// Where the group stands on each of `partitions`, whose `ends` are known: its committed
+    /// offset, or without one where a reader starts (`auto.offset.reset`: the beginning, or the
+    /// end with `latest`). One request for the commits, and one for the beginnings when some
+    /// partition has no commit.
+    fn group_positions(&self, partitions: &[i32], ends: &BTreeMap<i32, i64>) -> Result<BTreeMap<i32, i64>, String> {
+        let mut group = self.committed_offsets(partitions)?;
+        let uncommitted: Vec<i32> = partitions.iter().copied().filter(|p| !group.contains_key(p)).collect();
+        if uncommitted.is_empty() {
+            return Ok(group);
+        }
+        let starts = if matches!(self.no_commit, Offset::End) { ends.clone() } else { self.list_offsets(&uncommitted, Offset::Beginning)? };
+        for p in uncommitted {
+            group.insert(p, starts.get(&p).copied().unwrap_or(0));
+        }
+        Ok(group)
     }
 
     /// The group's committed offsets of `partitions` (those without one left out), in one
