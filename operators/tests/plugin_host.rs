@@ -1033,6 +1033,55 @@ fn results_read_back_match_json_stringify_in_the_plugins_realm() {
 }
 
 #[test]
+fn events_of_one_layout_enter_whole_whatever_the_plugin_did_to_the_last() {
+    // Events of one layout are built from an object shape the host remembers after the first
+    // (fastpath::Shapes). Whatever a plugin does to the objects it was given (delete, add,
+    // freeze, change the prototype, hide or move a key), the next event must enter exactly as
+    // its text says: the plugin's own JSON.stringify at entry is the oracle, and what it
+    // returns must read back as the model of each change says.
+    let fx = plugin(
+        "layouts",
+        &[(
+            "index.js",
+            "exports.processEvent = (e) => {\n\
+               const seen = JSON.stringify(e)\n\
+               const p = e.properties\n\
+               switch (p.step % 6) {\n\
+                 case 0: delete p.b; break\n\
+                 case 1: p.z = 1; p.a = 'changed'; break\n\
+                 case 2: Object.freeze(p); Object.freeze(p.b); break\n\
+                 case 3: Object.setPrototypeOf(p, null); break\n\
+                 case 4: delete p.a; p.a = 'readded'; break\n\
+                 case 5: Object.defineProperty(p, 'a', { enumerable: false }); p.b.c.push(3); break\n\
+               }\n\
+               e.seen = seen\n\
+               return e\n\
+             }",
+        )],
+    );
+    let host = Host::new();
+    let mut p = host.ready(&fx);
+    for step in 0..60 {
+        let input = json!({"uuid": "u", "event": "e", "distinct_id": "d", "team_id": 2, "properties": {"step": step, "a": "x", "b": {"c": [1, 2]}, "d": null}});
+        let text = input.to_string();
+        let out: Value = serde_json::from_str(&p.process_event_json(&text).unwrap().unwrap()).unwrap();
+        let seen: Value = serde_json::from_str(out["seen"].as_str().unwrap()).unwrap();
+        assert_eq!(seen.to_string(), text, "event {step} entered as something else");
+        let (keys, a, c): (&[&str], Value, Value) = match step % 6 {
+            0 => (&["step", "a", "d"], json!("x"), Value::Null),
+            1 => (&["step", "a", "b", "d", "z"], json!("changed"), json!([1, 2])),
+            2 | 3 => (&["step", "a", "b", "d"], json!("x"), json!([1, 2])),
+            4 => (&["step", "b", "d", "a"], json!("readded"), json!([1, 2])),
+            _ => (&["step", "b", "d"], Value::Null, json!([1, 2, 3])),
+        };
+        let props = out["properties"].as_object().unwrap();
+        assert_eq!(props.keys().map(String::as_str).collect::<Vec<_>>(), keys, "event {step}");
+        assert_eq!(props.get("a").cloned().unwrap_or(Value::Null), a, "event {step}");
+        assert_eq!(out["properties"]["b"]["c"], c, "event {step}");
+    }
+}
+
+#[test]
 fn plugins_cannot_compile_code_from_strings() {
     // QuickJS's compiler is not safe when it runs out of memory halfway; plugins never get to
     // run it. Every door to it throws, and the ordinary uses of functions keep working.

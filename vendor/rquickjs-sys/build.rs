@@ -219,6 +219,12 @@ fn main() {
         bindgen_cflags.push(flag);
     }
 
+    // pluginflow: our copy of QuickJS is patched (PLUGINFLOW.md): rebuild when it changes.
+    for file in source_files.iter().chain(header_files.iter()) {
+        println!("cargo:rerun-if-changed={}", src_dir.join(file).display());
+    }
+    println!("cargo:rerun-if-changed=quickjs.bind.h");
+
     for file in source_files.iter().chain(header_files.iter()) {
         fs::copy(src_dir.join(file), out_dir.join(file))
             .expect("Unable to copy source; try 'git submodule update --init'");

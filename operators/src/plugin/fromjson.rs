@@ -11,16 +11,29 @@
 
 #![allow(unsafe_code)] // QuickJS's C API; each value is owned by an `Owned` until handed over.
 
+use std::cell::RefCell;
 use std::fmt;
 
 use rquickjs::{Ctx, Value, qjs};
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
+use super::fastpath::Shapes;
+
 /// `JSON.parse(text)` built from serde_json's parse; `None` to fall back (see module docs).
-pub fn parse<'js>(ctx: &Ctx<'js>, text: &str) -> Option<Value<'js>> {
+/// With `shapes`, objects whose keys it has seen before are made from their known shape.
+pub fn parse<'js>(ctx: &Ctx<'js>, text: &str, shapes: Option<&mut Shapes>) -> Option<Value<'js>> {
     let raw = ctx.as_raw().as_ptr();
+    let mut shapes = shapes;
+    let (atoms, values) = shapes.as_deref_mut().map(|s| std::mem::take(&mut s.scratch)).unwrap_or_default();
+    let state = State { shapes: RefCell::new(shapes), atoms: RefCell::new(atoms), values: RefCell::new(values) };
     let mut de = serde_json::Deserializer::from_str(text);
-    let owned = Build { ctx: raw }.deserialize(&mut de).ok()?;
+    let owned = Build { ctx: raw, state: &state }.deserialize(&mut de);
+    let State { shapes, atoms, values } = state;
+    if let Some(shapes) = shapes.into_inner() {
+        // Every level gave its part of the stacks back (freed or handed over).
+        shapes.scratch = (atoms.into_inner(), values.into_inner());
+    }
+    let owned = owned.ok()?;
     de.end().ok()?;
     // SAFETY: `owned` holds one reference to a value of this context; from_raw takes it over.
     Some(unsafe { Value::from_raw(ctx.clone(), owned.into_raw()) })
@@ -67,12 +80,50 @@ fn failed<E: serde::de::Error>(ctx: *mut qjs::JSContext) -> E {
     out_of_memory()
 }
 
-#[derive(Clone, Copy)]
-struct Build {
-    ctx: *mut qjs::JSContext,
+/// What one parse shares between its levels: the runtime's known shapes, and one stack of
+/// the keys and values of the objects and arrays being read (each level uses the top of it
+/// and gives it back), so no level allocates lists of its own.
+struct State<'s> {
+    shapes: RefCell<Option<&'s mut Shapes>>,
+    atoms: RefCell<Vec<qjs::JSAtom>>,
+    values: RefCell<Vec<qjs::JSValue>>,
 }
 
-impl Build {
+/// The top of the stacks one object or array owns, from `atoms`/`values` on: every atom and
+/// value still there is released on drop (an error part-way), undefined slots being values
+/// already handed over.
+struct Level<'a, 's> {
+    ctx: *mut qjs::JSContext,
+    state: &'a State<'s>,
+    atoms: usize,
+    values: usize,
+}
+
+impl Drop for Level<'_, '_> {
+    fn drop(&mut self) {
+        let mut atoms = self.state.atoms.borrow_mut();
+        let mut values = self.state.values.borrow_mut();
+        // SAFETY: each atom and value above the marks holds one reference of this level.
+        for &atom in &atoms[self.atoms..] {
+            unsafe { qjs::JS_FreeAtom(self.ctx, atom) };
+        }
+        for &v in &values[self.values..] {
+            unsafe { qjs::JS_FreeValue(self.ctx, v) };
+        }
+        atoms.truncate(self.atoms);
+        values.truncate(self.values);
+    }
+}
+
+const UNDEFINED: qjs::JSValue = qjs::JS_MKVAL(qjs::JS_TAG_UNDEFINED, 0);
+
+#[derive(Clone, Copy)]
+struct Build<'a, 's> {
+    ctx: *mut qjs::JSContext,
+    state: &'a State<'s>,
+}
+
+impl<'a, 's> Build<'a, 's> {
     fn plain<E: serde::de::Error>(self, v: qjs::JSValue) -> Result<Owned, E> {
         Ok(Owned { ctx: self.ctx, v })
     }
@@ -87,9 +138,40 @@ impl Build {
         // JS_NewFloat64 stores int32-valued doubles as ints, as JSON.parse does.
         self.plain(qjs::JS_NewFloat64(n))
     }
+
+    fn level(self) -> Level<'a, 's> {
+        Level { ctx: self.ctx, state: self.state, atoms: self.state.atoms.borrow().len(), values: self.state.values.borrow().len() }
+    }
+
+    /// The object of the keys and values on top of the stacks (from `level`'s marks).
+    fn object<E: serde::de::Error>(self, level: &Level<'_, '_>) -> Result<Owned, E> {
+        let ctx = self.ctx;
+        let atoms = self.state.atoms.borrow();
+        let mut values = self.state.values.borrow_mut();
+        let (atoms, values) = (&atoms[level.atoms..], &mut values[level.values..]);
+        let mut shapes = self.state.shapes.borrow_mut();
+        if let Some(made) = shapes.as_deref().and_then(|shapes| shapes.make(ctx, atoms, values)) {
+            values.fill(UNDEFINED);
+            return Owned::new(ctx, made);
+        }
+        // SAFETY: a new object, owned by `object` from here on.
+        let object = Owned::new(ctx, unsafe { qjs::JS_NewObject(ctx) })?;
+        for (&atom, value) in atoms.iter().zip(values.iter_mut()) {
+            let value = std::mem::replace(value, UNDEFINED);
+            // SAFETY: DefineProperty takes over the value's reference, even when it fails; a
+            // repeated key keeps its place and takes the new value, as in JSON.parse.
+            if unsafe { qjs::JS_DefinePropertyValue(ctx, object.v, atom, value, qjs::JS_PROP_C_W_E as i32) } < 0 {
+                return Err(failed(ctx));
+            }
+        }
+        if let Some(shapes) = shapes.as_deref_mut() {
+            shapes.learn(ctx, object.v, atoms);
+        }
+        Ok(object)
+    }
 }
 
-impl<'de> DeserializeSeed<'de> for Build {
+impl<'de> DeserializeSeed<'de> for Build<'_, '_> {
     type Value = Owned;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Owned, D::Error> {
@@ -97,7 +179,7 @@ impl<'de> DeserializeSeed<'de> for Build {
     }
 }
 
-impl<'de> Visitor<'de> for Build {
+impl<'de> Visitor<'de> for Build<'_, '_> {
     type Value = Owned;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -129,39 +211,35 @@ impl<'de> Visitor<'de> for Build {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Owned, A::Error> {
-        // The items first (dropping the Vec on an error frees them), then one fast array made
+        // The items first (on the shared stack; an error frees them), then one fast array made
         // from them at once.
-        let mut items: Vec<Owned> = Vec::new();
+        let level = self.level();
         while let Some(item) = seq.next_element_seed(self)? {
-            items.push(item);
+            self.state.values.borrow_mut().push(item.into_raw());
         }
-        let count = i32::try_from(items.len()).map_err(|_| out_of_memory::<A::Error>())?;
-        let raw: Vec<qjs::JSValue> = items.into_iter().map(Owned::into_raw).collect();
-        // SAFETY: JS_NewArrayFrom takes over every value's reference, also when it fails.
-        let array = unsafe { qjs::JS_NewArrayFrom(self.ctx, count, raw.as_ptr()) };
+        let array = {
+            let mut values = self.state.values.borrow_mut();
+            let items = &mut values[level.values..];
+            let count = i32::try_from(items.len()).map_err(|_| out_of_memory::<A::Error>())?;
+            // SAFETY: JS_NewArrayFrom takes over every value's reference, also when it fails.
+            let array = unsafe { qjs::JS_NewArrayFrom(self.ctx, count, items.as_ptr()) };
+            items.fill(UNDEFINED);
+            array
+        };
         Owned::new(self.ctx, array)
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Owned, A::Error> {
-        // SAFETY: a new object, owned by `object` from here on.
-        let object = Owned::new(self.ctx, unsafe { qjs::JS_NewObject(self.ctx) })?;
+        // Keys and values first (on the shared stacks; an error frees them), then the object.
+        let level = self.level();
         while let Some(key) = map.next_key_seed(Key { ctx: self.ctx })? {
-            let value = map.next_value_seed(self);
-            let ok = value.map(|value| {
-                // SAFETY: DefineProperty takes over the value's reference, even when it fails;
-                // a repeated key keeps its place and takes the new value, as in JSON.parse.
-                unsafe { qjs::JS_DefinePropertyValue(self.ctx, object.v, key.0, value.into_raw(), qjs::JS_PROP_C_W_E as i32) }
-            });
-            // SAFETY: the atom made by Key is ours to release.
-            unsafe { qjs::JS_FreeAtom(self.ctx, key.0) };
-            if ok? < 0 {
-                return Err(failed(self.ctx));
-            }
+            self.state.atoms.borrow_mut().push(key.0);
+            let value = map.next_value_seed(self)?;
+            self.state.values.borrow_mut().push(value.into_raw());
         }
-        Ok(object)
+        self.object(&level)
     }
 }
-
 /// An interned property key.
 struct Atom(qjs::JSAtom);
 
@@ -213,7 +291,13 @@ mod differential {
         let rt = Runtime::new().unwrap();
         let context = Context::full(&rt).unwrap();
         context.with(|ctx| {
-            let ours = super::parse(&ctx, text).map(|v| show(&ctx, v));
+            let ours = super::parse(&ctx, text, None).map(|v| show(&ctx, v));
+            // Again with known shapes: the first parse teaches them, the second uses them.
+            let mut shapes = super::Shapes::new(ctx.as_raw().as_ptr());
+            for _ in 0..2 {
+                let shaped = super::parse(&ctx, text, Some(&mut shapes)).map(|v| show(&ctx, v));
+                assert_eq!(shaped, ours, "{text} with known shapes");
+            }
             let theirs = ctx.json_parse(text.to_string()).ok().map(|v| show(&ctx, v));
             (ours, theirs)
         })
@@ -241,7 +325,7 @@ mod differential {
             let rt = Runtime::new().unwrap();
             let context = Context::full(&rt).unwrap();
             context.with(|ctx| {
-                assert!(super::parse(&ctx, text).is_none(), "{text}");
+                assert!(super::parse(&ctx, text, None).is_none(), "{text}");
                 assert!(!ctx.has_exception(), "an exception was left pending: {:?}", ctx.catch());
             });
         }

@@ -119,6 +119,8 @@ pub struct PluginInstance {
     /// The last event built in this runtime, kept so the object shapes of the next event (same
     /// keys, same order) are found instead of built again. Nothing reads it.
     shape_anchor: RefCell<Option<Persistent<Value<'static>>>>,
+    /// Object shapes of events built here, by their keys (made on the first event).
+    shapes: RefCell<Option<super::fastpath::Shapes>>,
     context: Option<rquickjs::Context>,
     deadline: Rc<Deadline>,
     /// This instance's heap account: a refusal during a call means it ran out of memory.
@@ -216,6 +218,7 @@ impl PluginInstance {
             pf: None,
             date_get_time: None,
             shape_anchor: RefCell::new(None),
+            shapes: RefCell::new(None),
             context: None,
             deadline: runtime.deadline.clone(),
             heap: own.heap,
@@ -661,7 +664,9 @@ impl PluginInstance {
 
     /// Builds `json` (an event or a batch the host wrote) in this instance's context.
     fn enter<'js>(&self, ctx: &Ctx<'js>, hook: Hook, json: &str) -> Result<Value<'js>, PluginError> {
-        if let Some(v) = super::fromjson::parse(ctx, json) {
+        let mut shapes = self.shapes.borrow_mut();
+        let shapes = shapes.get_or_insert_with(|| super::fastpath::Shapes::new(ctx.as_raw().as_ptr()));
+        if let Some(v) = super::fromjson::parse(ctx, json, Some(shapes)) {
             return Ok(v);
         }
         ctx.json_parse(json).map_err(|e| {
@@ -906,6 +911,7 @@ impl PluginInstance {
     /// Frees the instance's runtime; later calls fail as disabled.
     fn release(&mut self) {
         self.shape_anchor.replace(None);
+        self.shapes.replace(None);
         self.pf = None;
         self.date_get_time = None;
         self.context = None;

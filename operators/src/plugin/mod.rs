@@ -15,6 +15,7 @@
 pub mod chain;
 pub mod deferred;
 pub mod error;
+mod fastpath;
 mod fromjson;
 pub mod geoip;
 pub mod instance;

@@ -24,6 +24,8 @@ use std::fmt;
 
 use rquickjs::{Ctx, Value, qjs};
 
+use super::fastpath;
+
 /// Integral doubles below this print as integers (2^53: every such double is exact in i64).
 const EXACT_INTEGER: f64 = 9_007_199_254_740_992.0;
 const CLASS_OBJECT: qjs::JSClassID = 1;
@@ -120,6 +122,10 @@ struct Walker<'r> {
     /// Interned `team_id` and `properties` (atoms are unique per runtime: compared by value).
     team_atom: qjs::JSAtom,
     properties_atom: qjs::JSAtom,
+    /// Keys and (borrowed) values of the plain objects being written, read from their shapes
+    /// (`fastpath`); each object uses the top and gives it back.
+    atoms: Vec<qjs::JSAtom>,
+    values: Vec<qjs::JSValue>,
 }
 
 impl Drop for Walker<'_> {
@@ -150,6 +156,8 @@ impl<'r> Walker<'r> {
             work: 0,
             team_atom,
             properties_atom,
+            atoms: Vec::new(),
+            values: Vec::new(),
         }
     }
 
@@ -316,8 +324,32 @@ impl<'r> Walker<'r> {
         if unsafe { qjs::JS_GetLength(self.ctx, v, &mut len) } < 0 {
             return Err(self.out_of_memory());
         }
+        let len = len.clamp(0, u32::MAX as i64) as u32;
+        let mut elements: *mut qjs::JSValue = std::ptr::null_mut();
+        // SAFETY: reads where a dense array keeps its elements; nothing below changes the array
+        // (no JavaScript runs), so the pointer stays valid for the loop.
+        let dense = unsafe { fastpath::JS_PF_ArrayElements(v, &mut elements) };
+        if dense >= 0 {
+            self.out.push(b'[');
+            for i in 0..len {
+                if i > 0 {
+                    self.out.push(b',');
+                }
+                self.path.push(Step::Index(i));
+                // Past the stored elements are holes (undefined): null, as in JSON.stringify.
+                let wrote =
+                    if i64::from(i) < dense { self.value(unsafe { *elements.add(i as usize) }, depth + 1)? } else { Wrote::Nothing };
+                if let Wrote::Nothing = wrote {
+                    self.out.extend_from_slice(b"null");
+                }
+                self.path.pop();
+                self.check_size()?;
+            }
+            self.out.push(b']');
+            return Ok(());
+        }
         self.out.push(b'[');
-        for i in 0..len.clamp(0, u32::MAX as i64) as u32 {
+        for i in 0..len {
             if i > 0 {
                 self.out.push(b',');
             }
@@ -341,6 +373,13 @@ impl<'r> Walker<'r> {
     }
 
     fn fields(&mut self, v: qjs::JSValue, depth: usize) -> Result<(), Stop> {
+        let start = self.atoms.len();
+        if let Some(len) = self.plain_fields(v) {
+            let result = self.charge(len).and_then(|()| self.write_fields(v, Keys::Plain { start, len }, depth));
+            self.atoms.truncate(start);
+            self.values.truncate(start);
+            return result;
+        }
         let mut tab: *mut qjs::JSPropertyEnum = std::ptr::null_mut();
         let mut len: u32 = 0;
         let flags = (qjs::JS_GPN_STRING_MASK | qjs::JS_GPN_ENUM_ONLY) as i32;
@@ -350,33 +389,68 @@ impl<'r> Walker<'r> {
             return Err(self.out_of_memory());
         }
         let keys = unsafe { std::slice::from_raw_parts(tab, len as usize) };
-        let result = self.charge(len as usize).and_then(|()| self.write_fields(v, keys, depth));
+        let result = self.charge(len as usize).and_then(|()| self.write_fields(v, Keys::Listed(keys), depth));
         unsafe { qjs::JS_FreePropertyEnum(self.ctx, tab, len) };
         result
     }
 
-    fn write_fields(&mut self, v: qjs::JSValue, keys: &[qjs::JSPropertyEnum], depth: usize) -> Result<(), Stop> {
+    /// The own enumerable string-keyed data properties of plain object `v` on top of the
+    /// stacks (their number), straight from its shape; `None` when it needs the generic path.
+    fn plain_fields(&mut self, v: qjs::JSValue) -> Option<usize> {
+        let start = self.atoms.len();
+        let mut room = 32;
+        loop {
+            self.atoms.reserve(room);
+            self.values.reserve(room);
+            let cap = (self.atoms.capacity() - start).min(self.values.capacity() - start).min(i32::MAX as usize);
+            // SAFETY: the C side writes at most `cap` entries into the spare capacity, and only
+            // when all of them fit; the values are borrowed from `v`, which nothing changes
+            // while they are read (no JavaScript runs during the walk).
+            let n = unsafe {
+                fastpath::JS_PF_DataFields(self.ctx, v, self.atoms.as_mut_ptr().add(start), self.values.as_mut_ptr().add(start), cap as i32)
+            };
+            let n = usize::try_from(n).ok()?;
+            if n <= cap {
+                // SAFETY: the first `n` spare entries were just written.
+                unsafe {
+                    self.atoms.set_len(start + n);
+                    self.values.set_len(start + n);
+                }
+                return Some(n);
+            }
+            room = n;
+        }
+    }
+
+    fn write_fields(&mut self, v: qjs::JSValue, keys: Keys<'_>, depth: usize) -> Result<(), Stop> {
         let top = depth == 1 && self.event;
         let team_rule = top && self.rules.team.is_some();
         let mut saw_team = false;
         self.out.push(b'{');
         let mut first = true;
-        for key in keys {
+        for i in 0..keys.len() {
+            let (atom, value) = match keys {
+                Keys::Listed(keys) => (keys[i].atom, None),
+                Keys::Plain { start, .. } => (self.atoms[start + i], Some(self.values[start + i])),
+            };
             let rollback = self.out.len();
             if !first {
                 self.out.push(b',');
             }
-            self.key(key.atom)?;
+            self.key(atom)?;
             self.out.push(b':');
-            self.path.push(Step::Key(key.atom));
-            let wrote = if team_rule && key.atom == self.team_atom {
+            self.path.push(Step::Key(atom));
+            let wrote = if team_rule && atom == self.team_atom {
                 saw_team = true;
-                self.team_field(v, key.atom)?
+                self.team_field(v, atom)?
             } else {
-                if top && key.atom == self.properties_atom {
-                    self.check_properties(v, key.atom)?;
+                if top && atom == self.properties_atom {
+                    self.check_properties(v, atom)?;
                 }
-                self.own_data(v, key.atom, depth)?.unwrap_or(Wrote::Nothing)
+                match value {
+                    Some(value) => self.value(value, depth + 1)?,
+                    None => self.own_data(v, atom, depth)?.unwrap_or(Wrote::Nothing),
+                }
             };
             self.path.pop();
             match wrote {
@@ -480,6 +554,17 @@ impl<'r> Walker<'r> {
     }
 
     fn key(&mut self, atom: qjs::JSAtom) -> Result<(), Stop> {
+        let mut len = 0usize;
+        // SAFETY: a pointer to the key's own characters (no copy), valid while the atom lives
+        // (the object being read holds it).
+        let latin1 = unsafe { fastpath::JS_PF_AtomLatin1(self.ctx, atom, &mut len) };
+        if !latin1.is_null() {
+            let bytes = unsafe { std::slice::from_raw_parts(latin1, len) };
+            if bytes.is_ascii() {
+                quote_into(&mut self.out, bytes);
+                return Ok(());
+            }
+        }
         let mut len: qjs::size_t = 0;
         // SAFETY: like JS_ToCStringLen2: valid until JS_FreeCString.
         let ptr = unsafe { qjs::JS_AtomToCStringLen(self.ctx, &mut len, atom) };
@@ -495,6 +580,24 @@ impl<'r> Walker<'r> {
     fn out_of_memory(&self) -> Stop {
         drop_pending_exception(self.ctx);
         Stop("unreadable: the plugin's heap is out of memory".into())
+    }
+}
+
+/// The keys of an object being written: listed by `JS_GetOwnPropertyNames` (each looked up
+/// again for its descriptor), or read from its shape with their values (`Walker::plain_fields`,
+/// on the walker's stacks from `start`).
+#[derive(Clone, Copy)]
+enum Keys<'k> {
+    Listed(&'k [qjs::JSPropertyEnum]),
+    Plain { start: usize, len: usize },
+}
+
+impl Keys<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Keys::Listed(keys) => keys.len(),
+            Keys::Plain { len, .. } => *len,
+        }
     }
 }
 
@@ -773,6 +876,18 @@ mod differential {
         "(() => { const shared = {k: 1}; return {a: shared, b: [shared, shared]} })()",
         "(() => { const a = [1, 2, 3]; a.length = 5; return {a} })()",
         "({['__proto__']: {x: 1}, 'a b': {'c.d': [[]]}})",
+        // Read from the shape (fastpath): what the generic listing would give.
+        "(() => { const o = {a: 1, b: 2, c: 3}; delete o.b; o.d = 4; o.b = 5; return o })()",
+        "({'4294967294': 'largest index', '4294967295': 'not an index', x: 1, '01': 'not one'})",
+        "(() => { class P { #s = 1; t = 2; static u = 3 }; return {p: new P()} })()",
+        "Object.defineProperty({a: 1}, 'g', {get() { for (;;) {} }, enumerable: false})",
+        "({[Symbol('k')]: 1, v: 2, [Symbol.iterator]: 3})",
+        "({'\\u00e9': 1, '\\ud83d\\ude00': 2, '\\u00ff\\u00fe': 3, 'ascii': {'\\u0100': 4}})",
+        "(() => { const a = []; a[3] = 1; const b = [1, 2]; b.x = 3; const c = [1, 2, 3]; delete c[1]; const d = [1, 2, 3]; d.length = 1; return {a, b, c, d} })()",
+        "Object.freeze({a: 1, b: Object.freeze([1, {c: 2}])})",
+        "Object.fromEntries(Array.from({length: 100}, (_, i) => ['k' + i, i]))",
+        "({a: Object.fromEntries(Array.from({length: 40}, (_, i) => ['k' + i, {x: i, y: [i, {z: i}]}])), z: [Array.from({length: 70}, (_, i) => i)]})",
+        "({m: Math, j: JSON, e: [Object.prototype]})",
     ];
 
     #[test]

@@ -64906,6 +64906,155 @@ uintptr_t js_std_cmd(int cmd, ...) {
     return rv;
 }
 
+/* pluginflow: plain data into and out of a runtime by the host, without the generic property
+   paths (operators/src/plugin/fastpath.rs; see vendor/rquickjs-sys/PLUGINFLOW.md). None of
+   these runs JavaScript or allocates, except JS_PF_NewObjectFromShape. */
+
+/* The own enumerable string-keyed data properties of an ordinary object (class Object), in
+   JavaScript's order: their keys into `atoms` and their values, not duplicated (valid while the
+   object is unchanged), into `values`. Returns how many there are (written only when they fit
+   in `cap`), or -1 when the object needs the generic path: another class, an enumerable
+   accessor or internal kind of property, or a key that is an array index (such keys come first
+   in JavaScript's order, not in the order they were added). Symbols, private names and
+   non-enumerable properties are left out, as JS_GetOwnPropertyNames with
+   JS_GPN_STRING_MASK | JS_GPN_ENUM_ONLY leaves them out. */
+int JS_PF_DataFields(JSContext *ctx, JSValueConst obj, JSAtom *atoms, JSValue *values, int cap)
+{
+    JSObject *p;
+    JSShape *sh;
+    JSShapeProperty *prs;
+    JSAtomStruct *ap;
+    JSAtom atom;
+    uint32_t val;
+    int i, n;
+
+    if (JS_VALUE_GET_TAG(obj) != JS_TAG_OBJECT)
+        return -1;
+    p = JS_VALUE_GET_OBJ(obj);
+    if (p->class_id != JS_CLASS_OBJECT || p->is_exotic)
+        return -1;
+    sh = p->shape;
+    prs = get_shape_prop(sh);
+    n = 0;
+    for (i = 0; i < sh->prop_count; i++, prs++) {
+        atom = prs->atom;
+        if (atom == JS_ATOM_NULL || !(prs->flags & JS_PROP_ENUMERABLE))
+            continue;
+        if (__JS_AtomIsTaggedInt(atom))
+            return -1;
+        ap = ctx->rt->atom_array[atom];
+        if (ap->atom_type != JS_ATOM_TYPE_STRING)
+            continue;
+        if ((prs->flags & JS_PROP_TMASK) != JS_PROP_NORMAL)
+            return -1;
+        if (is_num_string(&val, ap) && val != -1)
+            return -1;
+        if (n < cap) {
+            atoms[n] = atom;
+            values[n] = p->prop[i].u.value;
+        }
+        n++;
+    }
+    return n;
+}
+
+/* The elements of an Array stored densely: a pointer to them (not duplicated; valid while the
+   array is unchanged) and their number, which may be less than the length (the rest are
+   holes). -1 when `obj` is not such an array. */
+int64_t JS_PF_ArrayElements(JSValueConst obj, JSValue **values)
+{
+    JSObject *p;
+
+    if (JS_VALUE_GET_TAG(obj) != JS_TAG_OBJECT)
+        return -1;
+    p = JS_VALUE_GET_OBJ(obj);
+    if (p->class_id != JS_CLASS_ARRAY || !p->fast_array)
+        return -1;
+    *values = p->u.array.u.values;
+    return p->u.array.count;
+}
+
+/* The characters of a key when they are one byte each (Latin-1; ASCII is the caller's test),
+   not copied; NULL for an integer key or a key with wider characters. */
+const uint8_t *JS_PF_AtomLatin1(JSContext *ctx, JSAtom atom, size_t *len)
+{
+    JSAtomStruct *ap;
+
+    if (__JS_AtomIsTaggedInt(atom) || atom == JS_ATOM_NULL)
+        return NULL;
+    ap = ctx->rt->atom_array[atom];
+    if (ap->is_wide_char)
+        return NULL;
+    *len = ap->len;
+    return str8(ap);
+}
+
+/* One more reference to the shape of `obj`, when an object made with it holds exactly `count`
+   plain properties (configurable, writable, enumerable data properties), has this realm's
+   Object.prototype as its prototype, and the shape is shared through the runtime's shape
+   table (so QuickJS never changes it in place while the host holds it); NULL otherwise. */
+void *JS_PF_TakeShape(JSContext *ctx, JSValueConst obj, int count)
+{
+    JSObject *p;
+    JSShape *sh;
+    JSShapeProperty *prs;
+    int i;
+
+    if (JS_VALUE_GET_TAG(obj) != JS_TAG_OBJECT)
+        return NULL;
+    p = JS_VALUE_GET_OBJ(obj);
+    if (p->class_id != JS_CLASS_OBJECT || p->is_exotic)
+        return NULL;
+    sh = p->shape;
+    if (!sh->is_hashed || sh->prop_count != count || sh->deleted_prop_count != 0 ||
+        sh->proto != JS_VALUE_GET_OBJ(ctx->class_proto[JS_CLASS_OBJECT]))
+        return NULL;
+    prs = get_shape_prop(sh);
+    for (i = 0; i < count; i++) {
+        if (prs[i].atom == JS_ATOM_NULL || prs[i].flags != JS_PROP_C_W_E)
+            return NULL;
+    }
+    return js_dup_shape(sh);
+}
+
+/* Gives back a reference taken by JS_PF_TakeShape. */
+void JS_PF_FreeShape(JSRuntime *rt, void *shape)
+{
+    js_free_shape(rt, shape);
+}
+
+/* A new object with shape `shape` (from JS_PF_TakeShape on this context) and `values` as its
+   properties' values, when the shape's keys are exactly `atoms` (count of them): the values
+   are taken over, also when memory runs out (JS_EXCEPTION). When the shape does not match,
+   JS_UNDEFINED, and the values are left to the caller. */
+JSValue JS_PF_NewObjectFromShape(JSContext *ctx, void *shape, const JSAtom *atoms, JSValue *values, int count)
+{
+    JSShape *sh = shape;
+    JSShapeProperty *prs;
+    JSValue obj;
+    JSObject *p;
+    int i;
+
+    if (!sh->is_hashed || sh->prop_count != count || sh->deleted_prop_count != 0 ||
+        sh->proto != JS_VALUE_GET_OBJ(ctx->class_proto[JS_CLASS_OBJECT]))
+        return JS_UNDEFINED;
+    prs = get_shape_prop(sh);
+    for (i = 0; i < count; i++) {
+        if (prs[i].atom != atoms[i] || prs[i].flags != JS_PROP_C_W_E)
+            return JS_UNDEFINED;
+    }
+    obj = JS_NewObjectFromShape(ctx, js_dup_shape(sh), JS_CLASS_OBJECT, NULL);
+    if (JS_IsException(obj)) {
+        for (i = 0; i < count; i++)
+            JS_FreeValue(ctx, values[i]);
+        return obj;
+    }
+    p = JS_VALUE_GET_OBJ(obj);
+    for (i = 0; i < count; i++)
+        p->prop[i].u.value = values[i];
+    return obj;
+}
+
 #undef malloc
 #undef free
 #undef realloc

@@ -955,6 +955,15 @@ JS_EXTERN JSValue JS_NewArray(JSContext *ctx);
 // takes ownership of the values
 JS_EXTERN JSValue JS_NewArrayFrom(JSContext *ctx, int count,
                                   const JSValue *values);
+/* pluginflow: the host's fast paths for plain data (defined at the end of quickjs.c). */
+JS_EXTERN int JS_PF_DataFields(JSContext *ctx, JSValueConst obj, JSAtom *atoms,
+                               JSValue *values, int cap);
+JS_EXTERN int64_t JS_PF_ArrayElements(JSValueConst obj, JSValue **values);
+JS_EXTERN const uint8_t *JS_PF_AtomLatin1(JSContext *ctx, JSAtom atom, size_t *len);
+JS_EXTERN void *JS_PF_TakeShape(JSContext *ctx, JSValueConst obj, int count);
+JS_EXTERN void JS_PF_FreeShape(JSRuntime *rt, void *shape);
+JS_EXTERN JSValue JS_PF_NewObjectFromShape(JSContext *ctx, void *shape, const JSAtom *atoms,
+                                           JSValue *values, int count);
 // reader beware: JS_IsArray used to "punch" through proxies and check
 // if the target object is an array but it no longer does; use JS_IsProxy
 // and JS_GetProxyTarget instead, and remember that the target itself can

@@ -1,0 +1,137 @@
+//! The host's fast paths for plain data, added to our copy of QuickJS
+//! (`vendor/rquickjs-sys/quickjs/quickjs.c`, the `JS_PF_*` functions at its end).
+//!
+//! Reading an event back went through QuickJS's generic calls for every property (list the
+//! keys into a new array, look each one up again for its descriptor, make a C string of each
+//! key); building one defined each property through `JS_DefineProperty`. These functions read
+//! an ordinary object's properties straight from its shape, a dense array's elements straight
+//! from its storage, a key's one-byte characters without a copy, and make an object from a
+//! shape the host keeps ([`Shapes`]), all its values at once. Each answers "not here" for
+//! anything unusual, and the callers then take the generic path they always had.
+
+#![allow(unsafe_code)] // QuickJS's C API; see each function's contract in quickjs.c.
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use rquickjs::qjs;
+
+unsafe extern "C" {
+    /// Own enumerable string-keyed data properties of a plain object, in JavaScript's order:
+    /// their count (written when it fits `cap`), or -1 for the generic path.
+    pub(super) fn JS_PF_DataFields(
+        ctx: *mut qjs::JSContext,
+        obj: qjs::JSValue,
+        atoms: *mut qjs::JSAtom,
+        values: *mut qjs::JSValue,
+        cap: i32,
+    ) -> i32;
+    /// A dense array's elements (borrowed) and their number, or -1.
+    pub(super) fn JS_PF_ArrayElements(obj: qjs::JSValue, values: *mut *mut qjs::JSValue) -> i64;
+    /// A key's characters when each is one byte (Latin-1), or null.
+    pub(super) fn JS_PF_AtomLatin1(ctx: *mut qjs::JSContext, atom: qjs::JSAtom, len: *mut usize) -> *const u8;
+    fn JS_PF_TakeShape(ctx: *mut qjs::JSContext, obj: qjs::JSValue, count: i32) -> *mut c_void;
+    fn JS_PF_FreeShape(rt: *mut qjs::JSRuntime, shape: *mut c_void);
+    fn JS_PF_NewObjectFromShape(
+        ctx: *mut qjs::JSContext,
+        shape: *mut c_void,
+        atoms: *const qjs::JSAtom,
+        values: *mut qjs::JSValue,
+        count: i32,
+    ) -> qjs::JSValue;
+}
+
+/// How many key lists a runtime keeps a shape for; past it the table starts again empty (an
+/// event stream has a handful of layouts; a hostile one cannot grow this).
+const MAX_SHAPES: usize = 512;
+
+/// Object shapes of one runtime by their list of keys: an object with keys already seen, in
+/// the same order, is made in one step with its values instead of a property at a time. Each
+/// shape is held by a reference of ours (so QuickJS never changes it in place, and its keys
+/// stay interned); the references go back when the table is dropped, which must happen before
+/// the runtime is freed.
+pub(crate) struct Shapes {
+    rt: *mut qjs::JSRuntime,
+    by_keys: HashMap<Box<[qjs::JSAtom]>, *mut c_void, BuildHasherDefault<AtomHasher>>,
+    /// Room the builder lends itself between events (empty between parses).
+    pub(crate) scratch: (Vec<qjs::JSAtom>, Vec<qjs::JSValue>),
+}
+
+impl Shapes {
+    pub(crate) fn new(ctx: *mut qjs::JSContext) -> Shapes {
+        // SAFETY: reading the runtime of a live context.
+        let rt = unsafe { qjs::JS_GetRuntime(ctx) };
+        Shapes { rt, by_keys: HashMap::default(), scratch: (Vec::new(), Vec::new()) }
+    }
+
+    /// A new object of `atoms` (keys, borrowed) and `values` (taken over on `Some`) made from a
+    /// known shape; `None` (values untouched) when these keys have no shape here yet.
+    pub(crate) fn make(&self, ctx: *mut qjs::JSContext, atoms: &[qjs::JSAtom], values: &mut [qjs::JSValue]) -> Option<qjs::JSValue> {
+        let shape = *self.by_keys.get(atoms)?;
+        // SAFETY: `shape` is held by this table; the C side checks it still has exactly these
+        // keys and takes the values over unless it answers undefined.
+        let v = unsafe { JS_PF_NewObjectFromShape(ctx, shape, atoms.as_ptr(), values.as_mut_ptr(), atoms.len() as i32) };
+        (unsafe { qjs::JS_VALUE_GET_TAG(v) } != qjs::JS_TAG_UNDEFINED).then_some(v)
+    }
+
+    /// Remembers the shape of `obj`, just made with keys `atoms`, when QuickJS shares it.
+    pub(crate) fn learn(&mut self, ctx: *mut qjs::JSContext, obj: qjs::JSValue, atoms: &[qjs::JSAtom]) {
+        // SAFETY: `obj` is a live value of this context; a non-null answer is a reference ours.
+        let shape = unsafe { JS_PF_TakeShape(ctx, obj, atoms.len() as i32) };
+        if shape.is_null() {
+            return;
+        }
+        if self.by_keys.len() >= MAX_SHAPES {
+            self.clear();
+        }
+        if let Some(old) = self.by_keys.insert(atoms.into(), shape) {
+            // SAFETY: the replaced reference was ours.
+            unsafe { JS_PF_FreeShape(self.rt, old) };
+        }
+    }
+
+    fn clear(&mut self) {
+        for (_, shape) in self.by_keys.drain() {
+            // SAFETY: every shape in the table holds one reference of ours.
+            unsafe { JS_PF_FreeShape(self.rt, shape) };
+        }
+    }
+}
+
+impl Drop for Shapes {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
+
+/// A multiplicative hash for short lists of atom numbers (no need for SipHash's keyed
+/// strength: the table is bounded, and a collision costs a comparison).
+#[derive(Default)]
+pub(crate) struct AtomHasher(u64);
+
+impl Hasher for AtomHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // A slice of atoms arrives as its bytes in one call.
+        let mut words = bytes.chunks_exact(4);
+        for word in &mut words {
+            self.write_u32(u32::from_le_bytes([word[0], word[1], word[2], word[3]]));
+        }
+        for &b in words.remainder() {
+            self.write_u32(u32::from(b));
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.0 = (self.0.rotate_left(5) ^ u64::from(n)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u32(n as u32);
+        self.write_u32((n >> 32) as u32);
+    }
+}
