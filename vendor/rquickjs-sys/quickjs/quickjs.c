@@ -41532,6 +41532,78 @@ exception:
     return JS_EXCEPTION;
 }
 
+/* pluginflow: Object.keys, values and entries of an ordinary object whose enumerable string
+   keys are all plain data properties and none is an array index (events are made of such
+   objects): one pass over the shape, the result array made at once. JS_UNDEFINED when the
+   object needs the generic path (whose order and getter calls this must not change). No
+   JavaScript runs here, so nothing can change the object between the passes. */
+static JSValue js_pf_own_enumerable(JSContext *ctx, JSObject *p, int kind)
+{
+    JSShape *sh = p->shape;
+    JSShapeProperty *prs;
+    JSAtomStruct *ap;
+    JSValue stack_vals[32], *vals = stack_vals, pair[2], r;
+    uint32_t i, j, n, val;
+
+    n = 0;
+    for (i = 0, prs = get_shape_prop(sh); i < sh->prop_count; i++, prs++) {
+        if (prs->atom == JS_ATOM_NULL || !(prs->flags & JS_PROP_ENUMERABLE))
+            continue;
+        if (__JS_AtomIsTaggedInt(prs->atom))
+            return JS_UNDEFINED;
+        ap = ctx->rt->atom_array[prs->atom];
+        if (ap->atom_type != JS_ATOM_TYPE_STRING)
+            continue;
+        if ((prs->flags & JS_PROP_TMASK) != JS_PROP_NORMAL)
+            return JS_UNDEFINED;
+        if (is_num_string(&val, ap) && val != -1)
+            return JS_UNDEFINED;
+        n++;
+    }
+    if (n > countof(stack_vals)) {
+        vals = js_malloc(ctx, sizeof(vals[0]) * n);
+        if (!vals)
+            return JS_EXCEPTION;
+    }
+    j = 0;
+    for (i = 0, prs = get_shape_prop(sh); i < sh->prop_count && j < n; i++, prs++) {
+        if (prs->atom == JS_ATOM_NULL || !(prs->flags & JS_PROP_ENUMERABLE) ||
+            ctx->rt->atom_array[prs->atom]->atom_type != JS_ATOM_TYPE_STRING)
+            continue;
+        switch (kind) {
+        default:
+        case JS_ITERATOR_KIND_KEY:
+            vals[j] = JS_AtomToString(ctx, prs->atom);
+            break;
+        case JS_ITERATOR_KIND_VALUE:
+            vals[j] = js_dup(p->prop[i].u.value);
+            break;
+        case JS_ITERATOR_KIND_KEY_AND_VALUE:
+            pair[0] = JS_AtomToString(ctx, prs->atom);
+            if (JS_IsException(pair[0])) {
+                vals[j] = JS_EXCEPTION;
+                break;
+            }
+            pair[1] = js_dup(p->prop[i].u.value);
+            vals[j] = JS_NewArrayFrom(ctx, 2, pair);
+            break;
+        }
+        if (JS_IsException(vals[j])) {
+            while (j-- > 0)
+                JS_FreeValue(ctx, vals[j]);
+            r = JS_EXCEPTION;
+            goto done;
+        }
+        j++;
+    }
+    /* takes the values over, also when it fails */
+    r = JS_NewArrayFrom(ctx, j, vals);
+done:
+    if (vals != stack_vals)
+        js_free(ctx, vals);
+    return r;
+}
+
 static JSValue JS_GetOwnPropertyNames2(JSContext *ctx, JSValueConst obj1,
                                        int flags, int kind)
 {
@@ -41546,6 +41618,15 @@ static JSValue JS_GetOwnPropertyNames2(JSContext *ctx, JSValueConst obj1,
     if (JS_IsException(obj))
         return JS_EXCEPTION;
     p = JS_VALUE_GET_OBJ(obj);
+    /* pluginflow: the common case in one pass (js_pf_own_enumerable) */
+    if (flags == (JS_GPN_ENUM_ONLY | JS_GPN_STRING_MASK) &&
+        p->class_id == JS_CLASS_OBJECT && !p->is_exotic) {
+        r = js_pf_own_enumerable(ctx, p, kind);
+        if (!JS_IsUndefined(r)) {
+            JS_FreeValue(ctx, obj);
+            return r;
+        }
+    }
     if (JS_GetOwnPropertyNamesInternal(ctx, &atoms, &len, p, flags & ~JS_GPN_ENUM_ONLY))
         goto exception;
     r = JS_NewArray(ctx);
