@@ -11,7 +11,7 @@
 
 use serde_json::{Map, Value};
 
-mod scan;
+pub(crate) mod scan;
 
 /// A line as the graph's input carries it: where it was, its bytes, and how many
 /// `posthog.capture` calls in a row led to it (0 for a line of the input; the graph sets it for

@@ -1082,6 +1082,94 @@ fn events_of_one_layout_enter_whole_whatever_the_plugin_did_to_the_last() {
 }
 
 #[test]
+fn reading_back_after_a_timeout_runs_no_plugin_code() {
+    // After a timeout the host reads back the event the plugin was given (PostHog went on with
+    // its mutations). Reading a Date used to call Date.prototype.getTime: the passed deadline
+    // interrupted that call, and the interrupt's error ran the plugin's Error.prepareStackTrace
+    // in the middle of the walk, which deleted what was being read (a crash of the process).
+    let fx = plugin(
+        "prepare",
+        &[(
+            "index.js",
+            "exports.processEvent = (event) => {\n\
+               const dates = []\n\
+               for (let i = 0; i < 30000; i++) dates.push(new Date(i))\n\
+               event.properties.when = { dates }\n\
+               let calls = 0\n\
+               Error.prepareStackTrace = () => {\n\
+                 calls++\n\
+                 delete event.properties.when\n\
+                 for (let i = 0; i < 50; i++) globalThis['junk' + i] = { i }\n\
+                 return 'x'\n\
+               }\n\
+               for (;;) {}\n\
+             }",
+        )],
+    );
+    let host = Host::with_limits(Limits { call_timeout: Duration::from_millis(200), ..Limits::default() });
+    let mut p = host.ready(&fx);
+    let err = p.process_event_json(&event().to_string()).unwrap_err();
+    assert_eq!(err.kind, ErrorKind::Timeout, "{err:?}");
+}
+
+#[test]
+fn events_with_ever_new_keys_cannot_fill_a_plugin_heap_through_the_hosts_tables() {
+    // The builder remembers object shapes and keys per runtime (fastpath::Shapes); both pin
+    // strings in the plugin's heap. Events whose keys are all new each time (2,500 keys of 80
+    // bytes) must not make that grow: before the bounds, 170 such events ran a 64 MiB plugin
+    // out of memory and disabled it.
+    let fx = plugin("noop", &[("index.js", "exports.processEvent = (e) => e")]);
+    let host = Host::new();
+    let mut p = host.ready(&fx);
+    let start = p.memory_used();
+    for n in 0..120 {
+        let props: serde_json::Map<String, Value> = (0..2500).map(|k| (format!("{n:06}-{k:06}-{}", "k".repeat(66)), json!(k))).collect();
+        let ev = json!({"uuid": "u", "event": "e", "team_id": 2, "properties": props});
+        p.process_event_json(&ev.to_string()).unwrap().unwrap();
+        let grown = p.memory_used().saturating_sub(start);
+        assert!(grown < 8 << 20, "after {} events the plugin's heap grew by {grown} bytes", n + 1);
+    }
+    // Short keys of a few layouts are what the tables are for; they still fit.
+    for n in 0..2000 {
+        let ev = json!({"uuid": "u", "event": "e", "team_id": 2, "properties": {format!("k{}", n % 7): n, "a": {"b": n}}});
+        p.process_event_json(&ev.to_string()).unwrap().unwrap();
+    }
+    assert!(p.memory_used().saturating_sub(start) < 8 << 20);
+}
+
+#[test]
+fn hidden_properties_count_towards_the_work_of_reading_an_event_back() {
+    // An object with many non-enumerable properties writes as `{}`, but listing its keys walks
+    // every one: referenced from many places it took over a minute past the call's timeout.
+    // Every entry of a shape is charged to the read's work budget (max_event_bytes units), on
+    // the shape path and on the generic one (an index key sends an object there).
+    let fx = plugin(
+        "hidden",
+        &[(
+            "index.js",
+            "exports.processEvent = (e) => {\n\
+               const o = e.properties.generic ? { 1: 'an index key: the generic listing' } : {}\n\
+               for (let i = 0; i < 50000; i++) Object.defineProperty(o, 'h' + i, { value: i, enumerable: false })\n\
+               e.properties.many = new Array(1000).fill(o)\n\
+               return e\n\
+             }",
+        )],
+    );
+    let host = Host::new();
+    let mut p = host.ready(&fx);
+    for generic in [false, true] {
+        let ev = json!({"uuid": "u", "event": "e", "team_id": 2, "properties": {"generic": generic}});
+        match p.process_event_json(&ev.to_string()) {
+            Ok(out) => panic!("read back in full ({} bytes) with generic = {generic}", out.map_or(0, |s| s.len())),
+            Err(err) => {
+                assert!(err.message.contains("past the work limit"), "{err:?}");
+                assert!(err.message.contains("event.properties.many["), "{err:?}");
+            }
+        }
+    }
+}
+
+#[test]
 fn plugins_cannot_compile_code_from_strings() {
     // QuickJS's compiler is not safe when it runs out of memory halfway; plugins never get to
     // run it. Every door to it throws, and the ordinary uses of functions keep working.

@@ -247,7 +247,7 @@ impl Scan<'_> {
 /// Where the first `"`, `\` or control character (below 0x20) at or after `from` is: most of an
 /// event's bytes are inside strings, so eight bytes are tested at a time.
 #[inline(always)]
-fn special(b: &[u8], mut from: usize) -> Option<usize> {
+pub(crate) fn special(b: &[u8], mut from: usize) -> Option<usize> {
     while let Some(chunk) = b.get(from..from + 8) {
         let hits = special_bytes(u64::from_le_bytes(chunk.try_into().expect("eight bytes")));
         if hits != 0 {

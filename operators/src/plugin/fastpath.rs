@@ -26,7 +26,12 @@ unsafe extern "C" {
         atoms: *mut qjs::JSAtom,
         values: *mut qjs::JSValue,
         cap: i32,
+        scanned: *mut i32,
     ) -> i32;
+    /// How many entries an object's shape has, hidden ones included (0 for a primitive).
+    pub(super) fn JS_PF_ShapeEntries(obj: qjs::JSValue) -> i32;
+    /// A Date's time value, read without a call: 1, or 0 when it is not a Date.
+    pub(super) fn JS_PF_DateValue(obj: qjs::JSValue, ms: *mut f64) -> i32;
     /// A dense array's elements (borrowed) and their number, or -1.
     pub(super) fn JS_PF_ArrayElements(obj: qjs::JSValue, values: *mut *mut qjs::JSValue) -> i64;
     /// A key's characters when each is one byte (Latin-1), or null.
@@ -42,11 +47,20 @@ unsafe extern "C" {
     ) -> qjs::JSValue;
 }
 
-/// How many key lists a runtime keeps a shape for; past it the table starts again empty (an
-/// event stream has a handful of layouts; a hostile one cannot grow this).
+// What the tables may hold, so that events cannot fill a plugin's heap through them (each
+// entry pins its keys' strings in the plugin's runtime): an event stream has a handful of
+// layouts of short keys; past a bound a table starts again empty.
+/// Key lists a runtime keeps a shape for.
 const MAX_SHAPES: usize = 512;
+/// Keys of all remembered shapes together.
+const MAX_SHAPE_KEYS: usize = 4096;
+/// Keys of one remembered shape (a larger object is built a property at a time).
+const MAX_KEYS_PER_SHAPE: usize = 256;
+/// Keys kept interned, and the longest kept (in bytes).
+const MAX_KEYS: usize = 1024;
+const MAX_KEY_BYTES: usize = 64;
 
-/// Object shapes of one runtime by their list of keys: an object with keys already seen, in
+/// Object shapes of one runtime by their list of keys, and the keys themselves interned: an object with keys already seen, in
 /// the same order, is made in one step with its values instead of a property at a time. Each
 /// shape is held by a reference of ours (so QuickJS never changes it in place, and its keys
 /// stay interned); the references go back when the table is dropped, which must happen before
@@ -54,6 +68,12 @@ const MAX_SHAPES: usize = 512;
 pub(crate) struct Shapes {
     rt: *mut qjs::JSRuntime,
     by_keys: HashMap<Box<[qjs::JSAtom]>, *mut c_void, BuildHasherDefault<AtomHasher>>,
+    /// Keys of the shapes in `by_keys`, all together.
+    shape_keys: usize,
+    /// Keys longer than `MAX_KEY_BYTES` seen so far: an object holding one is not remembered.
+    pub(crate) long_keys: u64,
+    /// Keys seen, interned: each holds a reference of ours.
+    keys: HashMap<Box<str>, qjs::JSAtom, BuildHasherDefault<AtomHasher>>,
     /// Room the builder lends itself between events (empty between parses).
     pub(crate) scratch: (Vec<qjs::JSAtom>, Vec<qjs::JSValue>),
 }
@@ -62,7 +82,7 @@ impl Shapes {
     pub(crate) fn new(ctx: *mut qjs::JSContext) -> Shapes {
         // SAFETY: reading the runtime of a live context.
         let rt = unsafe { qjs::JS_GetRuntime(ctx) };
-        Shapes { rt, by_keys: HashMap::default(), scratch: (Vec::new(), Vec::new()) }
+        Shapes { rt, by_keys: HashMap::default(), shape_keys: 0, long_keys: 0, keys: HashMap::default(), scratch: (Vec::new(), Vec::new()) }
     }
 
     /// A new object of `atoms` (keys, borrowed) and `values` (taken over on `Some`) made from a
@@ -75,23 +95,60 @@ impl Shapes {
         (unsafe { qjs::JS_VALUE_GET_TAG(v) } != qjs::JS_TAG_UNDEFINED).then_some(v)
     }
 
-    /// Remembers the shape of `obj`, just made with keys `atoms`, when QuickJS shares it.
+    /// Remembers the shape of `obj`, just made with keys `atoms` (none longer than
+    /// `MAX_KEY_BYTES`), when QuickJS shares it and it is small enough.
     pub(crate) fn learn(&mut self, ctx: *mut qjs::JSContext, obj: qjs::JSValue, atoms: &[qjs::JSAtom]) {
+        if atoms.len() > MAX_KEYS_PER_SHAPE {
+            return;
+        }
         // SAFETY: `obj` is a live value of this context; a non-null answer is a reference ours.
         let shape = unsafe { JS_PF_TakeShape(ctx, obj, atoms.len() as i32) };
         if shape.is_null() {
             return;
         }
-        if self.by_keys.len() >= MAX_SHAPES {
+        if self.by_keys.len() >= MAX_SHAPES || self.shape_keys + atoms.len() > MAX_SHAPE_KEYS {
             self.clear();
         }
+        self.shape_keys += atoms.len();
         if let Some(old) = self.by_keys.insert(atoms.into(), shape) {
             // SAFETY: the replaced reference was ours.
             unsafe { JS_PF_FreeShape(self.rt, old) };
+            self.shape_keys -= atoms.len();
+        }
+    }
+
+    /// `key` interned (one reference, the caller's); `None` when QuickJS is out of memory.
+    pub(crate) fn atom(&mut self, ctx: *mut qjs::JSContext, key: &str) -> Option<qjs::JSAtom> {
+        if let Some(&atom) = self.keys.get(key) {
+            // SAFETY: the table's reference keeps the atom alive; the caller gets one more.
+            return Some(unsafe { qjs::JS_DupAtom(ctx, atom) });
+        }
+        // SAFETY: QuickJS interns a copy of the bytes; 0 means out of memory.
+        let atom = unsafe { qjs::JS_NewAtomLen(ctx, key.as_ptr().cast(), key.len() as _) };
+        if atom == 0 {
+            return None;
+        }
+        if key.len() > MAX_KEY_BYTES {
+            self.long_keys += 1;
+            return Some(atom);
+        }
+        if self.keys.len() >= MAX_KEYS {
+            self.clear_keys();
+        }
+        // SAFETY: one more reference, held by the table.
+        self.keys.insert(key.into(), unsafe { qjs::JS_DupAtom(ctx, atom) });
+        Some(atom)
+    }
+
+    fn clear_keys(&mut self) {
+        for (_, atom) in self.keys.drain() {
+            // SAFETY: every atom in the table holds one reference of ours.
+            unsafe { qjs::JS_FreeAtomRT(self.rt, atom) };
         }
     }
 
     fn clear(&mut self) {
+        self.shape_keys = 0;
         for (_, shape) in self.by_keys.drain() {
             // SAFETY: every shape in the table holds one reference of ours.
             unsafe { JS_PF_FreeShape(self.rt, shape) };
@@ -102,6 +159,7 @@ impl Shapes {
 impl Drop for Shapes {
     fn drop(&mut self) {
         self.clear();
+        self.clear_keys();
     }
 }
 

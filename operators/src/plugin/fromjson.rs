@@ -1,275 +1,376 @@
-//! An event's JSON text made into a QuickJS value by serde_json's parser, building the objects
+//! An event's JSON text made into a QuickJS value by a parser of ours, building the objects
 //! through QuickJS's C API as it goes.
 //!
-//! `JSON.parse` in QuickJS tokenises into JS strings and then interns keys; serde_json scans
-//! faster and hands keys over as borrowed slices, which become atoms directly. The result is
-//! the same value `JSON.parse` makes: keys in document order (a repeated key keeps its first
-//! place and its last value), integers in int32 as ints, other numbers as doubles, strings
-//! UTF-8 decoded. Where serde_json refuses text that `JSON.parse` takes (nesting deeper than
-//! 128, a lone surrogate escape) or the text is not JSON at all, [`parse`] returns `None` and
-//! the caller uses `JSON.parse`, which also gives the error message plugins would see.
+//! `JSON.parse` in QuickJS tokenises into JS strings and then interns keys and defines each
+//! property through the generic path. This parser searches strings eight bytes at a time
+//! (`event::scan::special`), interns a key through the runtime's table of keys already seen
+//! ([`Shapes`]), and makes an object whose keys it has seen before from its known shape, all its
+//! values at once. The result is the value `JSON.parse` makes: keys in document order (a
+//! repeated key keeps its first place and its last value), integers in int32 as ints, other
+//! numbers as doubles (correctly rounded, as JavaScript reads them), strings UTF-8 decoded. What
+//! it does not take — text that is not JSON, nesting deeper than 128, a lone surrogate escape —
+//! makes [`parse`] return `None`, and the caller uses `JSON.parse`, which also gives the error
+//! message plugins would see. It may decline what `JSON.parse` accepts, never the reverse.
 
-#![allow(unsafe_code)] // QuickJS's C API; each value is owned by an `Owned` until handed over.
-
-use std::cell::RefCell;
-use std::fmt;
+#![allow(unsafe_code)] // QuickJS's C API; each value is on the parser's stacks until handed over.
 
 use rquickjs::{Ctx, Value, qjs};
-use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
 use super::fastpath::Shapes;
+use crate::event::scan::special;
 
-/// `JSON.parse(text)` built from serde_json's parse; `None` to fall back (see module docs).
-/// With `shapes`, objects whose keys it has seen before are made from their known shape.
-pub fn parse<'js>(ctx: &Ctx<'js>, text: &str, shapes: Option<&mut Shapes>) -> Option<Value<'js>> {
-    let raw = ctx.as_raw().as_ptr();
-    let mut shapes = shapes;
-    let (atoms, values) = shapes.as_deref_mut().map(|s| std::mem::take(&mut s.scratch)).unwrap_or_default();
-    let state = State { shapes: RefCell::new(shapes), atoms: RefCell::new(atoms), values: RefCell::new(values) };
-    let mut de = serde_json::Deserializer::from_str(text);
-    let owned = Build { ctx: raw, state: &state }.deserialize(&mut de);
-    let State { shapes, atoms, values } = state;
-    if let Some(shapes) = shapes.into_inner() {
-        // Every level gave its part of the stacks back (freed or handed over).
-        shapes.scratch = (atoms.into_inner(), values.into_inner());
-    }
-    let owned = owned.ok()?;
-    de.end().ok()?;
-    // SAFETY: `owned` holds one reference to a value of this context; from_raw takes it over.
-    Some(unsafe { Value::from_raw(ctx.clone(), owned.into_raw()) })
-}
-
-/// One reference to a QuickJS value, released on drop (so a parse error frees what was built).
-struct Owned {
-    ctx: *mut qjs::JSContext,
-    v: qjs::JSValue,
-}
-
-impl Owned {
-    /// Takes over `v`; an error if it is an exception (QuickJS ran out of memory).
-    fn new<E: serde::de::Error>(ctx: *mut qjs::JSContext, v: qjs::JSValue) -> Result<Owned, E> {
-        // SAFETY: `v` was just returned by QuickJS; an exception value owns nothing, but the
-        // pending exception must be cleared so the fallback starts clean.
-        if unsafe { qjs::JS_IsException(v) } {
-            return Err(failed(ctx));
-        }
-        Ok(Owned { ctx, v })
-    }
-
-    fn into_raw(self) -> qjs::JSValue {
-        let v = self.v;
-        std::mem::forget(self);
-        v
-    }
-}
-
-impl Drop for Owned {
-    fn drop(&mut self) {
-        // SAFETY: we hold one reference to `v`.
-        unsafe { qjs::JS_FreeValue(self.ctx, self.v) };
-    }
-}
-
-fn out_of_memory<E: serde::de::Error>() -> E {
-    E::custom("QuickJS could not allocate")
-}
-
-/// A QuickJS call failed (out of memory): clear its pending exception and stop the parse.
-fn failed<E: serde::de::Error>(ctx: *mut qjs::JSContext) -> E {
-    super::tojson::drop_pending_exception(ctx);
-    out_of_memory()
-}
-
-/// What one parse shares between its levels: the runtime's known shapes, and one stack of
-/// the keys and values of the objects and arrays being read (each level uses the top of it
-/// and gives it back), so no level allocates lists of its own.
-struct State<'s> {
-    shapes: RefCell<Option<&'s mut Shapes>>,
-    atoms: RefCell<Vec<qjs::JSAtom>>,
-    values: RefCell<Vec<qjs::JSValue>>,
-}
-
-/// The top of the stacks one object or array owns, from `atoms`/`values` on: every atom and
-/// value still there is released on drop (an error part-way), undefined slots being values
-/// already handed over.
-struct Level<'a, 's> {
-    ctx: *mut qjs::JSContext,
-    state: &'a State<'s>,
-    atoms: usize,
-    values: usize,
-}
-
-impl Drop for Level<'_, '_> {
-    fn drop(&mut self) {
-        let mut atoms = self.state.atoms.borrow_mut();
-        let mut values = self.state.values.borrow_mut();
-        // SAFETY: each atom and value above the marks holds one reference of this level.
-        for &atom in &atoms[self.atoms..] {
-            unsafe { qjs::JS_FreeAtom(self.ctx, atom) };
-        }
-        for &v in &values[self.values..] {
-            unsafe { qjs::JS_FreeValue(self.ctx, v) };
-        }
-        atoms.truncate(self.atoms);
-        values.truncate(self.values);
-    }
-}
+/// Deeper documents are left to `JSON.parse` (the limit serde_json had here before).
+const MAX_DEPTH: usize = 128;
 
 const UNDEFINED: qjs::JSValue = qjs::JS_MKVAL(qjs::JS_TAG_UNDEFINED, 0);
 
-#[derive(Clone, Copy)]
-struct Build<'a, 's> {
-    ctx: *mut qjs::JSContext,
-    state: &'a State<'s>,
+/// `JSON.parse(text)` built by our parser; `None` to fall back (see module docs). With
+/// `shapes`, keys and object shapes seen before are reused.
+pub fn parse<'js>(ctx: &Ctx<'js>, text: &str, shapes: Option<&mut Shapes>) -> Option<Value<'js>> {
+    let mut shapes = shapes;
+    let (atoms, values) = shapes.as_deref_mut().map(|s| std::mem::take(&mut s.scratch)).unwrap_or_default();
+    let mut p = Parser { text, b: text.as_bytes(), i: 0, ctx: ctx.as_raw().as_ptr(), shapes, atoms, values, unescaped: String::new() };
+    p.ws();
+    let mut v = p.value(MAX_DEPTH);
+    if v.is_some() {
+        p.ws();
+        if p.i != p.b.len() {
+            // SAFETY: the value is ours and nothing else holds it.
+            unsafe { qjs::JS_FreeValue(p.ctx, v.take().expect("checked")) };
+        }
+    }
+    if v.is_none() {
+        // Whatever failed left a pending exception only when QuickJS could not allocate.
+        super::tojson::drop_pending_exception(p.ctx);
+    }
+    debug_assert!(p.atoms.is_empty() && p.values.is_empty(), "every level gives its part of the stacks back");
+    if let Some(shapes) = p.shapes {
+        shapes.scratch = (p.atoms, p.values);
+    }
+    // SAFETY: `v` holds one reference to a value of this context; from_raw takes it over.
+    v.map(|v| unsafe { Value::from_raw(ctx.clone(), v) })
 }
 
-impl<'a, 's> Build<'a, 's> {
-    fn plain<E: serde::de::Error>(self, v: qjs::JSValue) -> Result<Owned, E> {
-        Ok(Owned { ctx: self.ctx, v })
+struct Parser<'t, 's> {
+    text: &'t str,
+    b: &'t [u8],
+    i: usize,
+    ctx: *mut qjs::JSContext,
+    shapes: Option<&'s mut Shapes>,
+    /// Keys and values of the objects and arrays being read: each level uses the top of the
+    /// stacks and gives it back (handed over, or freed when the parse fails).
+    atoms: Vec<qjs::JSAtom>,
+    values: Vec<qjs::JSValue>,
+    /// A string with escapes, decoded.
+    unescaped: String,
+}
+
+impl Parser<'_, '_> {
+    fn peek(&self) -> Option<u8> {
+        self.b.get(self.i).copied()
     }
 
-    fn string<E: serde::de::Error>(self, s: &str) -> Result<Owned, E> {
-        // SAFETY: QuickJS copies the bytes (valid UTF-8) into a new string.
-        let v = unsafe { qjs::JS_NewStringLen(self.ctx, s.as_ptr().cast(), s.len() as _) };
-        Owned::new(self.ctx, v)
+    fn next(&mut self) -> Option<u8> {
+        let c = self.peek()?;
+        self.i += 1;
+        Some(c)
     }
 
-    fn number<E: serde::de::Error>(self, n: f64) -> Result<Owned, E> {
-        // JS_NewFloat64 stores int32-valued doubles as ints, as JSON.parse does.
-        self.plain(qjs::JS_NewFloat64(n))
-    }
-
-    fn level(self) -> Level<'a, 's> {
-        Level { ctx: self.ctx, state: self.state, atoms: self.state.atoms.borrow().len(), values: self.state.values.borrow().len() }
-    }
-
-    /// The object of the keys and values on top of the stacks (from `level`'s marks).
-    fn object<E: serde::de::Error>(self, level: &Level<'_, '_>) -> Result<Owned, E> {
-        let ctx = self.ctx;
-        let atoms = self.state.atoms.borrow();
-        let mut values = self.state.values.borrow_mut();
-        let (atoms, values) = (&atoms[level.atoms..], &mut values[level.values..]);
-        let mut shapes = self.state.shapes.borrow_mut();
-        if let Some(made) = shapes.as_deref().and_then(|shapes| shapes.make(ctx, atoms, values)) {
-            values.fill(UNDEFINED);
-            return Owned::new(ctx, made);
+    /// JSON's whitespace.
+    fn ws(&mut self) {
+        while let Some(b' ' | b'\n' | b'\t' | b'\r') = self.peek() {
+            self.i += 1;
         }
-        // SAFETY: a new object, owned by `object` from here on.
-        let object = Owned::new(ctx, unsafe { qjs::JS_NewObject(ctx) })?;
+    }
+
+    /// A value of any kind, nested at most `left` levels deep: one reference, or `None` (the
+    /// parse fails; nothing of this value is left).
+    fn value(&mut self, left: usize) -> Option<qjs::JSValue> {
+        match self.next()? {
+            b'"' => {
+                let ctx = self.ctx;
+                let s = self.string()?;
+                // SAFETY: QuickJS copies the bytes (valid UTF-8) into a new string.
+                checked(unsafe { qjs::JS_NewStringLen(ctx, s.as_ptr().cast(), s.len() as _) })
+            }
+            b'{' => self.object(left.checked_sub(1)?),
+            b'[' => self.array(left.checked_sub(1)?),
+            b't' => self.word(b"rue", qjs::JS_MKVAL(qjs::JS_TAG_BOOL, 1)),
+            b'f' => self.word(b"alse", qjs::JS_MKVAL(qjs::JS_TAG_BOOL, 0)),
+            b'n' => self.word(b"ull", qjs::JS_MKVAL(qjs::JS_TAG_NULL, 0)),
+            b'-' | b'0'..=b'9' => {
+                self.i -= 1;
+                self.number()
+            }
+            _ => None,
+        }
+    }
+
+    fn word(&mut self, rest: &[u8], v: qjs::JSValue) -> Option<qjs::JSValue> {
+        let end = self.i + rest.len();
+        (self.b.get(self.i..end)? == rest).then(|| {
+            self.i = end;
+            v
+        })
+    }
+
+    fn digits(&mut self) -> usize {
+        let start = self.i;
+        while let Some(b'0'..=b'9') = self.peek() {
+            self.i += 1;
+        }
+        self.i - start
+    }
+
+    /// `-?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?`, read as JavaScript reads it.
+    fn number(&mut self) -> Option<qjs::JSValue> {
+        let start = self.i;
+        let negative = self.peek() == Some(b'-');
+        self.i += usize::from(negative);
+        let int_start = self.i;
+        let int_digits = match self.next()? {
+            b'0' => 1,
+            b'1'..=b'9' => 1 + self.digits(),
+            _ => return None,
+        };
+        let mut plain = true;
+        if self.peek() == Some(b'.') {
+            self.i += 1;
+            plain = false;
+            if self.digits() == 0 {
+                return None;
+            }
+        }
+        if let Some(b'e' | b'E') = self.peek() {
+            self.i += 1;
+            plain = false;
+            if let Some(b'+' | b'-') = self.peek() {
+                self.i += 1;
+            }
+            if self.digits() == 0 {
+                return None;
+            }
+        }
+        let n = if plain && int_digits <= 15 {
+            // Exact in an f64 (below 2^53); `-0` stays a negative zero.
+            let magnitude = self.b[int_start..self.i].iter().fold(0i64, |acc, d| acc * 10 + i64::from(d - b'0')) as f64;
+            if negative { -magnitude } else { magnitude }
+        } else {
+            // Correctly rounded, as JavaScript's own number reading.
+            self.text[start..self.i].parse::<f64>().ok()?
+        };
+        // JS_NewFloat64 stores int32-valued doubles (not -0) as ints, as JSON.parse does.
+        Some(qjs::JS_NewFloat64(n))
+    }
+
+    /// The rest of a string after its opening quote, decoded: borrowed from the text when it
+    /// has no escapes. `None` for a control character, a malformed or lone-surrogate escape, or
+    /// no closing quote.
+    fn string(&mut self) -> Option<&str> {
+        let start = self.i;
+        let end = special(self.b, self.i)?;
+        if self.b[end] == b'"' {
+            self.i = end + 1;
+            // Both ends are next to ASCII bytes: character boundaries.
+            return Some(&self.text[start..end]);
+        }
+        self.unescaped.clear();
+        self.unescaped.push_str(&self.text[start..end]);
+        self.i = end;
+        loop {
+            match self.next()? {
+                b'"' => return Some(&self.unescaped),
+                b'\\' => {
+                    let c = match self.next()? {
+                        b'"' => '"',
+                        b'\\' => '\\',
+                        b'/' => '/',
+                        b'b' => '\u{8}',
+                        b'f' => '\u{c}',
+                        b'n' => '\n',
+                        b'r' => '\r',
+                        b't' => '\t',
+                        b'u' => {
+                            let unit = self.hex4()?;
+                            match unit {
+                                0xD800..=0xDBFF => {
+                                    if self.next()? != b'\\' || self.next()? != b'u' {
+                                        return None;
+                                    }
+                                    let low = self.hex4()?;
+                                    if !(0xDC00..=0xDFFF).contains(&low) {
+                                        return None;
+                                    }
+                                    char::from_u32(0x10000 + ((u32::from(unit) - 0xD800) << 10) + (u32::from(low) - 0xDC00))?
+                                }
+                                // A lone low surrogate: JSON.parse keeps it, a Rust string cannot.
+                                0xDC00..=0xDFFF => return None,
+                                _ => char::from_u32(u32::from(unit))?,
+                            }
+                        }
+                        _ => return None,
+                    };
+                    self.unescaped.push(c);
+                }
+                _ => return None, // a control character
+            }
+            let next = special(self.b, self.i)?;
+            self.unescaped.push_str(&self.text[self.i..next]);
+            self.i = next;
+        }
+    }
+
+    fn hex4(&mut self) -> Option<u16> {
+        let hex = self.b.get(self.i..self.i + 4)?;
+        let mut unit = 0u16;
+        for &h in hex {
+            unit = unit << 4 | (h as char).to_digit(16)? as u16;
+        }
+        self.i += 4;
+        Some(unit)
+    }
+
+    /// Frees what a level put on the stacks from `atoms`/`values` on (a failed parse).
+    fn unwind(&mut self, atoms: usize, values: usize) {
+        // SAFETY: each atom and value above the marks holds one reference of this level
+        // (undefined for a value already handed over).
+        for &atom in &self.atoms[atoms..] {
+            unsafe { qjs::JS_FreeAtom(self.ctx, atom) };
+        }
+        for &v in &self.values[values..] {
+            unsafe { qjs::JS_FreeValue(self.ctx, v) };
+        }
+        self.atoms.truncate(atoms);
+        self.values.truncate(values);
+    }
+
+    /// The rest of an array after its `[`; its items get `left` levels.
+    fn array(&mut self, left: usize) -> Option<qjs::JSValue> {
+        let mark = self.values.len();
+        let done = self.items(left);
+        if done.is_none() {
+            self.unwind(self.atoms.len(), mark);
+            return None;
+        }
+        let items = &mut self.values[mark..];
+        let count = i32::try_from(items.len()).ok();
+        // SAFETY: JS_NewArrayFrom takes over every value's reference, also when it fails.
+        let array = count.map(|count| unsafe { qjs::JS_NewArrayFrom(self.ctx, count, items.as_ptr()) });
+        if array.is_some() {
+            items.fill(UNDEFINED);
+        }
+        self.unwind(self.atoms.len(), mark);
+        checked(array?)
+    }
+
+    fn items(&mut self, left: usize) -> Option<()> {
+        self.ws();
+        if self.peek() == Some(b']') {
+            self.i += 1;
+            return Some(());
+        }
+        loop {
+            self.ws();
+            let item = self.value(left)?;
+            self.values.push(item);
+            self.ws();
+            match self.next()? {
+                b',' => {}
+                b']' => return Some(()),
+                _ => return None,
+            }
+        }
+    }
+
+    /// The rest of an object after its `{`; its values get `left` levels.
+    fn object(&mut self, left: usize) -> Option<qjs::JSValue> {
+        let (atoms, values) = (self.atoms.len(), self.values.len());
+        let long_keys = self.shapes.as_deref().map(|s| s.long_keys);
+        let object = self.members(left).and_then(|()| {
+            // An object with a long key (here or nested) is not remembered (fastpath bounds).
+            let learn = self.shapes.as_deref().map(|s| s.long_keys) == long_keys;
+            self.make_object(atoms, values, learn)
+        });
+        // Keys are freed here (the object holds its own); values were handed over, or are
+        // freed when the parse failed.
+        self.unwind(atoms, values);
+        object
+    }
+
+    fn members(&mut self, left: usize) -> Option<()> {
+        self.ws();
+        if self.peek() == Some(b'}') {
+            self.i += 1;
+            return Some(());
+        }
+        loop {
+            self.ws();
+            if self.next()? != b'"' {
+                return None;
+            }
+            let atom = self.key()?;
+            self.atoms.push(atom);
+            self.ws();
+            if self.next()? != b':' {
+                return None;
+            }
+            self.ws();
+            let value = self.value(left)?;
+            self.values.push(value);
+            self.ws();
+            match self.next()? {
+                b',' => {}
+                b'}' => return Some(()),
+                _ => return None,
+            }
+        }
+    }
+
+    /// A key after its opening quote, interned (one reference).
+    fn key(&mut self) -> Option<qjs::JSAtom> {
+        let ctx = self.ctx;
+        // `string` borrows the parser: the key table is taken out meanwhile.
+        let mut shapes = self.shapes.take();
+        let atom = self.string().and_then(|key| match shapes.as_deref_mut() {
+            Some(shapes) => shapes.atom(ctx, key),
+            // SAFETY: QuickJS interns a copy of the bytes; 0 means out of memory.
+            None => Some(unsafe { qjs::JS_NewAtomLen(ctx, key.as_ptr().cast(), key.len() as _) }).filter(|&a| a != 0),
+        });
+        self.shapes = shapes;
+        atom
+    }
+
+    /// The object of the keys and values on top of the stacks (from the marks on): its values
+    /// are handed over (undefined left in their place).
+    fn make_object(&mut self, atoms: usize, values: usize, learn: bool) -> Option<qjs::JSValue> {
+        let ctx = self.ctx;
+        let (atoms, values) = (&self.atoms[atoms..], &mut self.values[values..]);
+        if let Some(made) = self.shapes.as_deref().and_then(|shapes| shapes.make(ctx, atoms, values)) {
+            values.fill(UNDEFINED);
+            return checked(made);
+        }
+        // SAFETY: a new object, owned here until returned.
+        let object = checked(unsafe { qjs::JS_NewObject(ctx) })?;
         for (&atom, value) in atoms.iter().zip(values.iter_mut()) {
             let value = std::mem::replace(value, UNDEFINED);
             // SAFETY: DefineProperty takes over the value's reference, even when it fails; a
             // repeated key keeps its place and takes the new value, as in JSON.parse.
-            if unsafe { qjs::JS_DefinePropertyValue(ctx, object.v, atom, value, qjs::JS_PROP_C_W_E as i32) } < 0 {
-                return Err(failed(ctx));
+            if unsafe { qjs::JS_DefinePropertyValue(ctx, object, atom, value, qjs::JS_PROP_C_W_E as i32) } < 0 {
+                unsafe { qjs::JS_FreeValue(ctx, object) };
+                return None;
             }
         }
-        if let Some(shapes) = shapes.as_deref_mut() {
-            shapes.learn(ctx, object.v, atoms);
+        if let Some(shapes) = self.shapes.as_deref_mut().filter(|_| learn) {
+            shapes.learn(ctx, object, atoms);
         }
-        Ok(object)
+        Some(object)
     }
 }
 
-impl<'de> DeserializeSeed<'de> for Build<'_, '_> {
-    type Value = Owned;
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Owned, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Build<'_, '_> {
-    type Value = Owned;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-
-    fn visit_unit<E: serde::de::Error>(self) -> Result<Owned, E> {
-        self.plain(qjs::JS_MKVAL(qjs::JS_TAG_NULL, 0))
-    }
-
-    fn visit_bool<E: serde::de::Error>(self, b: bool) -> Result<Owned, E> {
-        self.plain(qjs::JS_MKVAL(qjs::JS_TAG_BOOL, b as i32))
-    }
-
-    fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Owned, E> {
-        self.number(n as f64)
-    }
-
-    fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Owned, E> {
-        self.number(n as f64)
-    }
-
-    fn visit_f64<E: serde::de::Error>(self, n: f64) -> Result<Owned, E> {
-        self.number(n)
-    }
-
-    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Owned, E> {
-        self.string(s)
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Owned, A::Error> {
-        // The items first (on the shared stack; an error frees them), then one fast array made
-        // from them at once.
-        let level = self.level();
-        while let Some(item) = seq.next_element_seed(self)? {
-            self.state.values.borrow_mut().push(item.into_raw());
-        }
-        let array = {
-            let mut values = self.state.values.borrow_mut();
-            let items = &mut values[level.values..];
-            let count = i32::try_from(items.len()).map_err(|_| out_of_memory::<A::Error>())?;
-            // SAFETY: JS_NewArrayFrom takes over every value's reference, also when it fails.
-            let array = unsafe { qjs::JS_NewArrayFrom(self.ctx, count, items.as_ptr()) };
-            items.fill(UNDEFINED);
-            array
-        };
-        Owned::new(self.ctx, array)
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Owned, A::Error> {
-        // Keys and values first (on the shared stacks; an error frees them), then the object.
-        let level = self.level();
-        while let Some(key) = map.next_key_seed(Key { ctx: self.ctx })? {
-            self.state.atoms.borrow_mut().push(key.0);
-            let value = map.next_value_seed(self)?;
-            self.state.values.borrow_mut().push(value.into_raw());
-        }
-        self.object(&level)
-    }
-}
-/// An interned property key.
-struct Atom(qjs::JSAtom);
-
-struct Key {
-    ctx: *mut qjs::JSContext,
-}
-
-impl<'de> DeserializeSeed<'de> for Key {
-    type Value = Atom;
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Atom, D::Error> {
-        d.deserialize_str(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Key {
-    type Value = Atom;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an object key")
-    }
-
-    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Atom, E> {
-        // SAFETY: QuickJS interns a copy of the bytes; JS_ATOM_NULL (0) means out of memory.
-        let atom = unsafe { qjs::JS_NewAtomLen(self.ctx, s.as_ptr().cast(), s.len() as _) };
-        if atom == 0 {
-            return Err(failed(self.ctx));
-        }
-        Ok(Atom(atom))
-    }
+/// `v` unless it is an exception (QuickJS ran out of memory; the caller drops it).
+fn checked(v: qjs::JSValue) -> Option<qjs::JSValue> {
+    // SAFETY: a tag test.
+    (!unsafe { qjs::JS_IsException(v) }).then_some(v)
 }
 
 #[cfg(test)]
@@ -311,6 +412,15 @@ mod differential {
             r#"{"s": "\u00e9\ud83d\ude00\u0000\n\"", "u": "plain", "e": "", "nested": [[[]], {}]}"#,
             r#"[true, false, null, {"k": [1.5e-7, 1e21]}]"#,
             r#"{"neg_zero": -0, "neg_zero_float": -0.0}"#,
+            " \t\n{ \"a\" : [ 1 , 2 ] ,\r\n \"b\" : { } , \"c\":[ ]}\r\n ",
+            r#""\/\b\f\n\r\t\"\\ \uD83D\uDE00 \u00e9\u00E9 \u0000 \u2028 plain""#,
+            r#"[-0, 0, -0.0, 1E2, 1e-2, 1e+2, 1e400, -1e400, 9007199254740993, 123456789012345678, 999999999999999, 0.1, 5e-324, 2.2250738585072014e-308, 1.7976931348623157e308, 2147483647, 2147483648, -2147483648, -2147483649]"#,
+            r#"{"__proto__": 1, "a": 1, "a": 2, "": "", "1": 1, "0": 0, "-1": 2, "4294967295": 3}"#,
+            r#"[[[[]]], {}, "", [{}], {"x": {"y": {"z": []}}}]"#,
+            r#""é ü 😀 \u00fc mixed""#,
+            "true",
+            "null",
+            "-12.5e-3",
         ] {
             let (ours, theirs) = both(text);
             assert!(ours.is_some(), "{text}");
@@ -319,9 +429,33 @@ mod differential {
     }
 
     #[test]
-    fn what_serde_refuses_is_left_to_json_parse() {
+    fn what_the_parser_declines_is_left_to_json_parse() {
         let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
-        for text in [r#"{"lone": "\ud800"}"#, "{\"a\": 1,}", "nope", "{} extra", deep.as_str()] {
+        for text in [
+            r#"{"lone": "\ud800"}"#,
+            r#"{"lone": "\udc00"}"#,
+            r#"{"lone": "\ud800\u0041"}"#,
+            "{\"a\": 1,}",
+            "nope",
+            "{} extra",
+            deep.as_str(),
+            "[1,]",
+            "01",
+            "1.",
+            ".5",
+            "+1",
+            "1e",
+            "[",
+            "{\"a\" 1}",
+            r#""\x""#,
+            "\"tab\there\"",
+            "nul",
+            "truex",
+            r#""\u00""#,
+            "",
+            " ",
+            "\"unterminated",
+        ] {
             let rt = Runtime::new().unwrap();
             let context = Context::full(&rt).unwrap();
             context.with(|ctx| {

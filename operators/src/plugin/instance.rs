@@ -24,7 +24,7 @@ use super::log::{LogLevel, LogSource, Redactor};
 use super::manifest::{self, PluginManifest};
 use super::runtime::{Deadline, Heap, Limits, PluginRuntime};
 use super::source::{self, CompiledPlugin};
-use super::tojson::{self, DateGetTime, Rules};
+use super::tojson::{self, Rules};
 
 const PRELUDE: &str = include_str!("js/prelude.js");
 
@@ -36,7 +36,7 @@ static PRELUDE_BYTECODE: OnceLock<Vec<u8>> = OnceLock::new();
 
 /// What loading gives: the prelude's `pf` object, the intrinsic `Date.prototype.getTime` captured
 /// before plugin code ran, and the names of the hooks the plugin exports.
-type Loaded = (Persistent<Object<'static>>, Persistent<Function<'static>>, Vec<String>);
+type Loaded = (Persistent<Object<'static>>, Vec<String>);
 
 /// Most pending jobs drained after a call timed out (each is cut short by the interrupt).
 const MAX_STALE_JOBS: usize = 100_000;
@@ -115,7 +115,6 @@ pub struct PluginInstance {
     // Field order matters: values saved from the context go before the context (which owns
     // the runtime) is dropped.
     pf: Option<Persistent<Object<'static>>>,
-    date_get_time: Option<Persistent<Function<'static>>>,
     /// The last event built in this runtime, kept so the object shapes of the next event (same
     /// keys, same order) are found instead of built again. Nothing reads it.
     shape_anchor: RefCell<Option<Persistent<Value<'static>>>>,
@@ -216,7 +215,6 @@ impl PluginInstance {
             .map_err(|e| script_err(format!("cannot create the plugin's context: {e} (runtime.memory_limit_mb is too small?)")))?;
         let mut instance = Self {
             pf: None,
-            date_get_time: None,
             shape_anchor: RefCell::new(None),
             shapes: RefCell::new(None),
             context: None,
@@ -234,9 +232,8 @@ impl PluginInstance {
         };
         let config_json = Json::Object(config.clone()).to_string();
         instance.config = config;
-        let (pf, date_get_time, names) = context.with(|ctx| instance.boot(&ctx, def, cfg, &config_json))?;
+        let (pf, names) = context.with(|ctx| instance.boot(&ctx, def, cfg, &config_json))?;
         instance.pf = Some(pf);
-        instance.date_get_time = Some(date_get_time);
         for name in names {
             match name.strip_prefix("job:") {
                 Some(job) => instance.jobs.push(job.to_string()),
@@ -273,13 +270,6 @@ impl PluginInstance {
             plugin: plugin.clone(),
             message: self.bindings.source_maps.rewrite(&cut(&self.bindings.redactor.redact(&describe_caught(ctx, e)), MAX_ERROR_TEXT)),
         };
-        // Taken from the fresh realm before any other code runs: the host reads Dates with it.
-        let date_get_time: Function<'js> = ctx
-            .globals()
-            .get::<_, Object<'js>>("Date")
-            .and_then(|d| d.get::<_, Object<'js>>("prototype"))
-            .and_then(|p| p.get("getTime"))
-            .map_err(|e| script_err(ctx, e))?;
         let host_object = host::install(ctx, &self.bindings).map_err(|e| script_err(ctx, e))?;
         // The prelude evaluates to a function of the host object that returns the host's
         // handle on the context (`pf`): neither is ever reachable from plugin code.
@@ -314,7 +304,7 @@ impl PluginInstance {
                 script_err(ctx, e)
             }
         })?;
-        Ok((Persistent::save(ctx, pf), Persistent::save(ctx, date_get_time), names))
+        Ok((Persistent::save(ctx, pf), names))
     }
 
     /// Runs the prelude: its bytecode when the process has it, else compiled from source (and
@@ -605,7 +595,7 @@ impl PluginInstance {
             let outcome = this.settled(ctx, pf, hook, call).and_then(|v| this.read_returned(ctx, &v, &rules));
             if outcome.is_err() {
                 // PostHog went on with the object it had passed in, mutations included.
-                mutated = tojson::read_event(ctx, &event, &rules, this.date_get_time(ctx)).ok().map(|r| r.json);
+                mutated = tojson::read_event(ctx, &event, &rules).ok().map(|r| r.json);
             }
             outcome
         });
@@ -626,7 +616,7 @@ impl PluginInstance {
         let rules = self.rules(Some(team));
         self.call(Hook::ProcessEvent, |this, ctx, _pf| {
             let event = this.enter(ctx, Hook::ProcessEvent, input)?;
-            tojson::read_event(ctx, &event, &rules, this.date_get_time(ctx))
+            tojson::read_event(ctx, &event, &rules)
                 .map(|r| r.json)
                 .map_err(|r| this.error(Hook::ProcessEvent, ErrorKind::Failed, "TypeError", &r.to_string(), ""))
         })
@@ -645,7 +635,7 @@ impl PluginInstance {
         if !truthy {
             return Ok(None);
         }
-        let read = tojson::read_event(ctx, value, rules, self.date_get_time(ctx));
+        let read = tojson::read_event(ctx, value, rules);
         read.map(Some).map_err(|refusal| {
             let message = if refusal.path == "event" {
                 format!("processEvent returned {}, expected an object or a falsy value", refusal.what)
@@ -654,12 +644,6 @@ impl PluginInstance {
             };
             self.error(hook, ErrorKind::Failed, "TypeError", &message, "")
         })
-    }
-
-    fn date_get_time(&self, ctx: &Ctx<'_>) -> Option<DateGetTime> {
-        let f = self.date_get_time.clone()?.restore(ctx).ok()?;
-        // The function stays alive: the instance holds it for as long as the context lives.
-        Some(DateGetTime(f.as_raw()))
     }
 
     /// Builds `json` (an event or a batch the host wrote) in this instance's context.
@@ -896,6 +880,9 @@ impl PluginInstance {
     /// half full, disable the instance and release its runtime (the plugin keeps what it
     /// allocated in `global` or module scope: it would fail again at once).
     fn after_out_of_memory(&mut self) {
+        // What the host keeps for speed goes first: the heap measured is the plugin's own.
+        self.shape_anchor.replace(None);
+        self.shapes.replace(None);
         self.collect_garbage();
         let used = self.heap.used() as f64;
         if used > MEMORY_HIGH_WATER * self.limits.memory_limit_bytes as f64 {
@@ -913,7 +900,6 @@ impl PluginInstance {
         self.shape_anchor.replace(None);
         self.shapes.replace(None);
         self.pf = None;
-        self.date_get_time = None;
         self.context = None;
     }
 }

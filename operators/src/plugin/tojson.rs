@@ -9,14 +9,18 @@
 //! deeper than the limit, or text longer than the limit. Two exceptions follow `JSON.stringify`
 //! where it needs no plugin code: `undefined` and symbols are left out of objects and written
 //! as `null` in arrays, and a `Date` is written as its ISO time, read from its internal time
-//! value by the intrinsic `Date.prototype.getTime` captured before any plugin code ran.
+//! value (`fastpath`: no call, so no interrupt can throw and run the plugin's
+//! `Error.prepareStackTrace` in the middle of the walk). A hole in an array is written as
+//! `null` without looking at `Array.prototype` (where `JSON.stringify` would find an inherited
+//! element a plugin put there).
 //!
 //! For plain data the text is exactly `JSON.stringify`'s (a differential test checks it): keys
 //! in JavaScript's property order, numbers as JavaScript prints them, strings escaped the same
 //! way (lone surrogates as `\uXXXX`). The work is bounded by a budget, not by the plugin: every
 //! value visited and every own key listed counts, and past `max_bytes` units the read is
 //! refused (a small object with 200,000 `undefined` properties, referenced 300,000 times, writes
-//! almost nothing but would take minutes to walk).
+//! almost nothing but would take minutes to walk; every entry of an object's shape counts,
+//! hidden ones too, since listing the keys walks them all).
 
 #![allow(unsafe_code)] // QuickJS's C API: every call below is commented where it owns a value.
 
@@ -47,10 +51,6 @@ pub(crate) struct Rules {
     pub team: Option<i64>,
 }
 
-/// An intrinsic `Date.prototype.getTime`, saved from a fresh realm (see the module docs).
-#[derive(Clone, Copy)]
-pub(crate) struct DateGetTime(pub qjs::JSValue);
-
 /// A value read as JSON text.
 #[derive(Debug)]
 pub(crate) struct Read {
@@ -78,8 +78,8 @@ impl fmt::Display for Refusal {
 /// Reads an event: `value` must be a plain object; the top-level `team_id` is checked (and
 /// restored) when `rules.team` is set, and `properties`, when present, must be an object or
 /// null.
-pub(crate) fn read_event(ctx: &Ctx<'_>, value: &Value<'_>, rules: &Rules, date: Option<DateGetTime>) -> Result<Read, Refusal> {
-    let mut w = Walker::new(ctx.as_raw().as_ptr(), rules, date);
+pub(crate) fn read_event(ctx: &Ctx<'_>, value: &Value<'_>, rules: &Rules) -> Result<Read, Refusal> {
+    let mut w = Walker::new(ctx.as_raw().as_ptr(), rules);
     w.event = true;
     let v = value.as_raw();
     let class = object_class(v);
@@ -109,7 +109,6 @@ enum Step {
 struct Walker<'r> {
     ctx: *mut qjs::JSContext,
     rules: &'r Rules,
-    date: Option<DateGetTime>,
     out: Vec<u8>,
     /// Objects being written (for cycles) and the path to the current value.
     open: Vec<*mut std::ffi::c_void>,
@@ -140,14 +139,13 @@ impl Drop for Walker<'_> {
 }
 
 impl<'r> Walker<'r> {
-    fn new(ctx: *mut qjs::JSContext, rules: &'r Rules, date: Option<DateGetTime>) -> Self {
+    fn new(ctx: *mut qjs::JSContext, rules: &'r Rules) -> Self {
         // SAFETY: interning on a live context; 0 (out of memory) never equals a real key.
         let (team_atom, properties_atom) =
             unsafe { (qjs::JS_NewAtom(ctx, c"team_id".as_ptr()), qjs::JS_NewAtom(ctx, c"properties".as_ptr())) };
         Walker {
             ctx,
             rules,
-            date,
             out: Vec::with_capacity(4096),
             open: Vec::new(),
             path: Vec::new(),
@@ -296,21 +294,11 @@ impl<'r> Walker<'r> {
     }
 
     fn date(&mut self, v: qjs::JSValue) -> Result<(), Stop> {
-        let Some(DateGetTime(get_time)) = self.date else {
+        let mut ms = f64::NAN;
+        // SAFETY: reads the time value stored in a Date object; no call, nothing allocated.
+        if unsafe { fastpath::JS_PF_DateValue(v, &mut ms) } == 0 {
             return Err(Stop("a Date".into()));
-        };
-        // SAFETY: `get_time` is the intrinsic native getTime of this runtime (no plugin code);
-        // on a Date it reads the internal time value. The result is a number (no reference).
-        let t = unsafe { qjs::JS_Call(self.ctx, get_time, v, 0, std::ptr::null_mut()) };
-        if unsafe { qjs::JS_IsException(t) } {
-            return Err(self.out_of_memory());
         }
-        let ms = match unsafe { qjs::JS_VALUE_GET_TAG(t) } {
-            qjs::JS_TAG_INT => f64::from(unsafe { qjs::JS_VALUE_GET_INT(t) }),
-            qjs::JS_TAG_FLOAT64 => unsafe { qjs::JS_VALUE_GET_FLOAT64(t) },
-            _ => f64::NAN,
-        };
-        unsafe { qjs::JS_FreeValue(self.ctx, t) };
         match iso_time(ms) {
             Some(text) => quote_into(&mut self.out, text.as_bytes()),
             None => self.out.extend_from_slice(b"null"),
@@ -374,8 +362,8 @@ impl<'r> Walker<'r> {
 
     fn fields(&mut self, v: qjs::JSValue, depth: usize) -> Result<(), Stop> {
         let start = self.atoms.len();
-        if let Some(len) = self.plain_fields(v) {
-            let result = self.charge(len).and_then(|()| self.write_fields(v, Keys::Plain { start, len }, depth));
+        if let Some((len, entries)) = self.plain_fields(v) {
+            let result = self.charge(entries).and_then(|()| self.write_fields(v, Keys::Plain { start, len }, depth));
             self.atoms.truncate(start);
             self.values.truncate(start);
             return result;
@@ -389,14 +377,17 @@ impl<'r> Walker<'r> {
             return Err(self.out_of_memory());
         }
         let keys = unsafe { std::slice::from_raw_parts(tab, len as usize) };
-        let result = self.charge(len as usize).and_then(|()| self.write_fields(v, Keys::Listed(keys), depth));
+        // Listing walked every entry of the shape, hidden ones included.
+        let entries = usize::try_from(unsafe { fastpath::JS_PF_ShapeEntries(v) }).unwrap_or(0).max(len as usize);
+        let result = self.charge(entries).and_then(|()| self.write_fields(v, Keys::Listed(keys), depth));
         unsafe { qjs::JS_FreePropertyEnum(self.ctx, tab, len) };
         result
     }
 
     /// The own enumerable string-keyed data properties of plain object `v` on top of the
-    /// stacks (their number), straight from its shape; `None` when it needs the generic path.
-    fn plain_fields(&mut self, v: qjs::JSValue) -> Option<usize> {
+    /// stacks, straight from its shape: their number, and how many entries its shape has (the
+    /// work of listing them); `None` when it needs the generic path.
+    fn plain_fields(&mut self, v: qjs::JSValue) -> Option<(usize, usize)> {
         let start = self.atoms.len();
         let mut room = 32;
         loop {
@@ -406,8 +397,16 @@ impl<'r> Walker<'r> {
             // SAFETY: the C side writes at most `cap` entries into the spare capacity, and only
             // when all of them fit; the values are borrowed from `v`, which nothing changes
             // while they are read (no JavaScript runs during the walk).
+            let mut scanned = 0;
             let n = unsafe {
-                fastpath::JS_PF_DataFields(self.ctx, v, self.atoms.as_mut_ptr().add(start), self.values.as_mut_ptr().add(start), cap as i32)
+                fastpath::JS_PF_DataFields(
+                    self.ctx,
+                    v,
+                    self.atoms.as_mut_ptr().add(start),
+                    self.values.as_mut_ptr().add(start),
+                    cap as i32,
+                    &mut scanned,
+                )
             };
             let n = usize::try_from(n).ok()?;
             if n <= cap {
@@ -416,7 +415,7 @@ impl<'r> Walker<'r> {
                     self.atoms.set_len(start + n);
                     self.values.set_len(start + n);
                 }
-                return Some(n);
+                return Some((n, usize::try_from(scanned).unwrap_or(0).max(n)));
             }
             room = n;
         }
@@ -849,8 +848,7 @@ mod differential {
     /// Reads `source`'s value with the reader (no JavaScript runs).
     fn ours(ctx: &rquickjs::Ctx<'_>, source: &str) -> Result<String, String> {
         let v: rquickjs::Value<'_> = ctx.eval(source).unwrap();
-        let get_time: rquickjs::Function<'_> = ctx.eval("Date.prototype.getTime").unwrap();
-        super::read_event(ctx, &v, &RULES, Some(super::DateGetTime(get_time.as_raw()))).map(|r| r.json).map_err(|r| r.to_string())
+        super::read_event(ctx, &v, &RULES).map(|r| r.json).map_err(|r| r.to_string())
     }
 
     /// Reads `source`'s value both ways: (ours, JSON.stringify's).
@@ -960,11 +958,11 @@ mod differential {
                 ("({})", true, r#"{"team_id":2}"#),
             ] {
                 let v: rquickjs::Value<'_> = ctx.eval(source).unwrap();
-                let r = super::read_event(ctx, &v, &rules, None).unwrap();
+                let r = super::read_event(ctx, &v, &rules).unwrap();
                 assert_eq!((r.team_changed, r.json.as_str()), (changed, json), "{source}");
             }
             let v: rquickjs::Value<'_> = ctx.eval("({properties: 'x'})").unwrap();
-            let err = super::read_event(ctx, &v, &rules, None).unwrap_err();
+            let err = super::read_event(ctx, &v, &rules).unwrap_err();
             assert_eq!(err.to_string(), "event.properties is a string; an event's properties must be an object");
         });
     }
@@ -988,7 +986,7 @@ mod differential {
             with_ctx(|ctx| {
                 let text = serde_json::to_string(&event).unwrap();
                 let v = ctx.json_parse(text.clone()).unwrap();
-                let ours = super::read_event(ctx, &v, &RULES, None).map(|r| r.json).ok();
+                let ours = super::read_event(ctx, &v, &RULES).map(|r| r.json).ok();
                 let theirs = ctx.json_stringify(v).ok().flatten().map(|s| s.to_string().unwrap());
                 prop_assert!(ours.is_some(), "refused {}", text);
                 prop_assert_eq!(ours, theirs);

@@ -64989,7 +64989,8 @@ uintptr_t js_std_cmd(int cmd, ...) {
 
 /* pluginflow: plain data into and out of a runtime by the host, without the generic property
    paths (operators/src/plugin/fastpath.rs; see vendor/rquickjs-sys/PLUGINFLOW.md). None of
-   these runs JavaScript or allocates, except JS_PF_NewObjectFromShape. */
+   these calls anything that could run JavaScript, and none allocates, except
+   JS_PF_NewObjectFromShape. */
 
 /* The own enumerable string-keyed data properties of an ordinary object (class Object), in
    JavaScript's order: their keys into `atoms` and their values, not duplicated (valid while the
@@ -64998,8 +64999,10 @@ uintptr_t js_std_cmd(int cmd, ...) {
    accessor or internal kind of property, or a key that is an array index (such keys come first
    in JavaScript's order, not in the order they were added). Symbols, private names and
    non-enumerable properties are left out, as JS_GetOwnPropertyNames with
-   JS_GPN_STRING_MASK | JS_GPN_ENUM_ONLY leaves them out. */
-int JS_PF_DataFields(JSContext *ctx, JSValueConst obj, JSAtom *atoms, JSValue *values, int cap)
+   JS_GPN_STRING_MASK | JS_GPN_ENUM_ONLY leaves them out. `scanned` is how many entries the
+   shape has, hidden ones included (the host's work budget counts them). */
+int JS_PF_DataFields(JSContext *ctx, JSValueConst obj, JSAtom *atoms, JSValue *values, int cap,
+                     int *scanned)
 {
     JSObject *p;
     JSShape *sh;
@@ -65015,6 +65018,7 @@ int JS_PF_DataFields(JSContext *ctx, JSValueConst obj, JSAtom *atoms, JSValue *v
     if (p->class_id != JS_CLASS_OBJECT || p->is_exotic)
         return -1;
     sh = p->shape;
+    *scanned = sh->prop_count;
     prs = get_shape_prop(sh);
     n = 0;
     for (i = 0; i < sh->prop_count; i++, prs++) {
@@ -65068,6 +65072,43 @@ const uint8_t *JS_PF_AtomLatin1(JSContext *ctx, JSAtom atom, size_t *len)
         return NULL;
     *len = ap->len;
     return str8(ap);
+}
+
+/* How many property entries the shape of object `obj` has (hidden and deleted ones
+   included): what listing its keys walks through. 0 for a primitive. */
+int JS_PF_ShapeEntries(JSValueConst obj)
+{
+    if (JS_VALUE_GET_TAG(obj) != JS_TAG_OBJECT)
+        return 0;
+    return JS_VALUE_GET_OBJ(obj)->shape->prop_count;
+}
+
+/* The time value of a Date (ms since the epoch, NaN for an invalid date), read from the
+   object, with no call (a call could be interrupted, and an interrupt's error runs the
+   plugin's Error.prepareStackTrace). 0 when `obj` is not a Date. */
+int JS_PF_DateValue(JSValueConst obj, double *ms)
+{
+    JSObject *p;
+    JSValue v;
+
+    if (JS_VALUE_GET_TAG(obj) != JS_TAG_OBJECT)
+        return 0;
+    p = JS_VALUE_GET_OBJ(obj);
+    if (p->class_id != JS_CLASS_DATE)
+        return 0;
+    v = p->u.object_data;
+    switch (JS_VALUE_GET_TAG(v)) {
+    case JS_TAG_INT:
+        *ms = JS_VALUE_GET_INT(v);
+        break;
+    case JS_TAG_FLOAT64:
+        *ms = JS_VALUE_GET_FLOAT64(v);
+        break;
+    default:
+        *ms = NAN;
+        break;
+    }
+    return 1;
 }
 
 /* One more reference to the shape of `obj`, when an object made with it holds exactly `count`

@@ -957,7 +957,9 @@ JS_EXTERN JSValue JS_NewArrayFrom(JSContext *ctx, int count,
                                   const JSValue *values);
 /* pluginflow: the host's fast paths for plain data (defined at the end of quickjs.c). */
 JS_EXTERN int JS_PF_DataFields(JSContext *ctx, JSValueConst obj, JSAtom *atoms,
-                               JSValue *values, int cap);
+                               JSValue *values, int cap, int *scanned);
+JS_EXTERN int JS_PF_ShapeEntries(JSValueConst obj);
+JS_EXTERN int JS_PF_DateValue(JSValueConst obj, double *ms);
 JS_EXTERN int64_t JS_PF_ArrayElements(JSValueConst obj, JSValue **values);
 JS_EXTERN const uint8_t *JS_PF_AtomLatin1(JSContext *ctx, JSAtom atom, size_t *len);
 JS_EXTERN void *JS_PF_TakeShape(JSContext *ctx, JSValueConst obj, int count);
