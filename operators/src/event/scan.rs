@@ -262,7 +262,7 @@ pub(crate) fn special(b: &[u8], mut from: usize) -> Option<usize> {
 /// high bit of the first such byte of a little-endian word. (x - 0x01) & !x has a byte's high bit
 /// set when that byte is zero, or when a borrow from a zero byte below it reaches it: bytes above
 /// the first hit may be marked too, never bytes below it.
-fn special_bytes(word: u64) -> u64 {
+pub(crate) fn special_bytes(word: u64) -> u64 {
     const fn each(b: u8) -> u64 {
         u64::from_le_bytes([b; 8])
     }

@@ -115,9 +115,6 @@ pub struct PluginInstance {
     // Field order matters: values saved from the context go before the context (which owns
     // the runtime) is dropped.
     pf: Option<Persistent<Object<'static>>>,
-    /// The last event built in this runtime, kept so the object shapes of the next event (same
-    /// keys, same order) are found instead of built again. Nothing reads it.
-    shape_anchor: RefCell<Option<Persistent<Value<'static>>>>,
     /// Object shapes of events built here, by their keys (made on the first event).
     shapes: RefCell<Option<super::fastpath::Shapes>>,
     context: Option<rquickjs::Context>,
@@ -215,7 +212,6 @@ impl PluginInstance {
             .map_err(|e| script_err(format!("cannot create the plugin's context: {e} (runtime.memory_limit_mb is too small?)")))?;
         let mut instance = Self {
             pf: None,
-            shape_anchor: RefCell::new(None),
             shapes: RefCell::new(None),
             context: None,
             deadline: runtime.deadline.clone(),
@@ -590,7 +586,6 @@ impl PluginInstance {
         let rules = self.rules(team);
         let result = self.call(hook, |this, ctx, pf| {
             let event = this.enter(ctx, hook, input)?;
-            this.shape_anchor.replace(Some(Persistent::save(ctx, event.clone())));
             let call = pf.get::<_, Function<'_>>("call").and_then(|f| f.call(("processEvent", event.clone())));
             let outcome = this.settled(ctx, pf, hook, call).and_then(|v| this.read_returned(ctx, &v, &rules));
             if outcome.is_err() {
@@ -881,7 +876,6 @@ impl PluginInstance {
     /// allocated in `global` or module scope: it would fail again at once).
     fn after_out_of_memory(&mut self) {
         // What the host keeps for speed goes first: the heap measured is the plugin's own.
-        self.shape_anchor.replace(None);
         self.shapes.replace(None);
         self.collect_garbage();
         let used = self.heap.used() as f64;
@@ -897,7 +891,6 @@ impl PluginInstance {
 
     /// Frees the instance's runtime; later calls fail as disabled.
     fn release(&mut self) {
-        self.shape_anchor.replace(None);
         self.shapes.replace(None);
         self.pf = None;
         self.context = None;

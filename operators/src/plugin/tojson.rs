@@ -738,7 +738,15 @@ pub(crate) fn quote_into(out: &mut Vec<u8>, s: &[u8]) {
     let mut start = 0;
     let mut i = 0;
     while i < s.len() {
-        let b = s[i];
+        // Plain ASCII (no quote, backslash or control byte) eight bytes at a time.
+        while let Some(chunk) = s.get(i..i + 8) {
+            let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+            if crate::event::scan::special_bytes(word) | word & 0x8080_8080_8080_8080 != 0 {
+                break;
+            }
+            i += 8;
+        }
+        let Some(&b) = s.get(i) else { break };
         if !STOP[b as usize] {
             i += 1;
             continue;
@@ -807,6 +815,29 @@ mod tests {
         let mut out = Vec::new();
         quote_into(&mut out, &[b'x', 0xed, 0xa0, 0x80, b'y']);
         assert_eq!(out, b"\"x\\ud800y\"");
+    }
+
+    #[test]
+    fn quoting_finds_every_special_byte_wherever_it_falls_in_a_word() {
+        // Plain ASCII is skipped eight bytes at a time: each kind of byte that needs care, at
+        // every offset around word boundaries, quoted as serde_json quotes valid UTF-8.
+        for special in ["\"", "\\", "\n", "\u{1}", "\u{1f}", "\u{7f}", "é", "\u{d7ff}", "\u{e000}", "😀", "\u{2028}"] {
+            for before in 0..20 {
+                for after in [0, 1, 7, 8, 9] {
+                    let text = format!("{}{special}{}", "a".repeat(before), "b".repeat(after));
+                    let mut out = Vec::new();
+                    quote_into(&mut out, text.as_bytes());
+                    assert_eq!(String::from_utf8(out).unwrap(), serde_json::to_string(&text).unwrap(), "{text:?}");
+                }
+            }
+        }
+        for before in 0..20 {
+            let mut bytes = vec![b'a'; before];
+            bytes.extend_from_slice(&[0xed, 0xbf, 0xbf, b'z']);
+            let mut out = Vec::new();
+            quote_into(&mut out, &bytes);
+            assert_eq!(out, format!("\"{}\\udfffz\"", "a".repeat(before)).into_bytes());
+        }
     }
 }
 
