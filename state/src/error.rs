@@ -44,6 +44,10 @@ pub enum StateError {
     /// Stored bytes could not be decoded.
     #[error("corrupt stored data: {0}")]
     Corrupt(String),
+    /// An earlier write's log record could not be written (a full disk, say): the write may be
+    /// in memory without being on disk, so the store reads and writes nothing more.
+    #[error("the state store stopped after its write-ahead log could not be written ({0}); restart once the cause is fixed")]
+    Stopped(String),
 }
 
 #[cfg(test)]

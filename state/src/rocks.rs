@@ -13,13 +13,18 @@
 //! a `write` system call per cache write (7% of a 3-plugin chain with a cache write per event,
 //! BENCHMARKS.md). A crash of the machine (power loss, kernel panic) can lose the writes of the
 //! last moments, and RocksDB then recovers to a consistent point in time before them.
+//!
+//! A write is in RocksDB's memory (readable by other threads) a moment before its record is
+//! handed over. When handing it over fails (a full disk), the write is readable but not on
+//! disk: the store stops ([`StateError::Stopped`]) and no operation runs after that, rather
+//! than act on a write that was reported failed.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
 use rocksdb::compaction_filter::Decision;
@@ -63,10 +68,16 @@ pub struct RocksStore {
 /// docs).
 pub const CACHE_WAL_INTERVAL: Duration = Duration::from_millis(50);
 
+/// Why the store stopped: set once, when a WAL record could not be written. A write whose
+/// record is not on disk is in RocksDB's memory already (readable until the process ends, gone
+/// after a restart), so from then on every operation fails rather than act on it.
+type Stopped = Arc<OnceLock<String>>;
+
 /// The background writer of cache writes' WAL records: every [`CACHE_WAL_INTERVAL`], when a
 /// cache write is waiting, it hands RocksDB's WAL buffer to the OS.
 struct WalWriter {
     pending: Arc<AtomicBool>,
+    stopped: Stopped,
     stop: Option<mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -74,18 +85,21 @@ struct WalWriter {
 impl WalWriter {
     fn start(db: &Arc<DB>) -> Result<WalWriter> {
         let pending = Arc::new(AtomicBool::new(false));
-        let (stop, stopped) = mpsc::channel::<()>();
-        let (db, waiting) = (Arc::clone(db), Arc::clone(&pending));
+        let stopped: Stopped = Arc::default();
+        let (stop, told) = mpsc::channel::<()>();
+        let (db, waiting, failed) = (Arc::clone(db), Arc::clone(&pending), Arc::clone(&stopped));
         let thread = std::thread::Builder::new()
             .name("state-wal".into())
             .spawn(move || {
                 loop {
-                    let last = !matches!(stopped.recv_timeout(CACHE_WAL_INTERVAL), Err(RecvTimeoutError::Timeout));
+                    let last = !matches!(told.recv_timeout(CACHE_WAL_INTERVAL), Err(RecvTimeoutError::Timeout));
                     if waiting.swap(false, Ordering::AcqRel)
                         && let Err(e) = db.flush_wal(false)
                     {
-                        tracing::warn!(error = %e, "could not write the cache's WAL records; retrying");
-                        waiting.store(true, Ordering::Release);
+                        // RocksDB will not write this log again: said once, and the store stops.
+                        tracing::error!(error = %e, "the state store could not write its write-ahead log; it stops");
+                        let _ = failed.set(e.to_string());
+                        break;
                     }
                     if last {
                         break;
@@ -93,7 +107,7 @@ impl WalWriter {
                 }
             })
             .map_err(|source| StateError::Io { path: PathBuf::from("state-wal thread"), source })?;
-        Ok(WalWriter { pending, stop: Some(stop), thread: Some(thread) })
+        Ok(WalWriter { pending, stopped, stop: Some(stop), thread: Some(thread) })
     }
 }
 
@@ -158,8 +172,10 @@ impl RocksStore {
     /// Hands the WAL records written so far (this write's, and any cache writes before it) to
     /// the OS: what a storage, queue or pipeline write has done before it returns.
     fn written(&self) -> Result<()> {
-        self.db.flush_wal(false)?;
-        Ok(())
+        self.db.flush_wal(false).map_err(|e| {
+            let _ = self.wal_writer.stopped.set(e.to_string());
+            StateError::Rocks(e)
+        })
     }
 
     /// Whether a cache write's WAL record still waits for the background writer (a crash of the
@@ -211,7 +227,11 @@ impl RocksStore {
         Ok(expired)
     }
 
+    /// A column family, for any operation: none runs once the store has stopped.
     fn cf(&self, name: &str) -> Result<&ColumnFamily> {
+        if let Some(why) = self.wal_writer.stopped.get() {
+            return Err(StateError::Stopped(why.clone()));
+        }
         cf(&self.db, name)
     }
 
@@ -402,8 +422,9 @@ impl StateStore for RocksStore {
         batch.put_cf(self.cf(QUEUE)?, keys::queue_key(queue, due_ms, id), payload);
         batch.put_cf(self.cf(META)?, NEXT_QUEUE_ID_KEY, (id + 1).to_be_bytes());
         self.db.write(batch)?;
-        self.written()?;
+        // The id is taken once the batch is in, whatever becomes of its log record.
         *next_id = id + 1;
+        self.written()?;
         Ok(QueueItemId(id))
     }
 

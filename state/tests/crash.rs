@@ -73,3 +73,46 @@ fn cache_writes_survive_a_crash_once_written_in_the_background_or_with_a_storage
     assert_eq!(s.cache_get(&scope(), "late").unwrap().as_deref(), Some("2"));
     assert_eq!(s.storage_get("config-1", "k").unwrap().as_deref(), Some("v"));
 }
+
+#[test]
+fn a_write_whose_log_record_cannot_be_written_stops_the_store() {
+    // The child may write files of 2 MB at most (`prlimit --fsize`, SIGXFSZ ignored, so a
+    // write past it fails with EFBIG as on a full disk). Storage writes of 64 KB go on until
+    // one fails; from then on nothing is read or written: a write whose WAL record is not on
+    // disk is in RocksDB's memory, and reading it back would act on a write reported failed.
+    if let Some(dir) = child_dir() {
+        let s = RocksStore::open(&dir).unwrap();
+        let value = "v".repeat(64 << 10);
+        let mut failed = None;
+        for n in 0..1000 {
+            if let Err(e) = s.storage_set("config-1", &format!("k{n}"), &value) {
+                failed = Some((n, e));
+                break;
+            }
+        }
+        let (n, e) = failed.expect("a write past the file size limit failed");
+        eprintln!("write {n} failed: {e}");
+        let after = [
+            s.storage_get("config-1", &format!("k{n}")).map(drop),
+            s.storage_get("config-1", "k0").map(drop),
+            s.cache_set(&scope(), "c", "1", None),
+            s.cache_get(&scope(), "c").map(drop),
+            s.queue_put("retries", 5, b"p").map(drop),
+        ];
+        for r in after {
+            let e = r.expect_err("the store goes on after a failed log write");
+            assert!(e.to_string().contains("stopped after its write-ahead log could not be written"), "{e}");
+        }
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let status = Command::new("sh")
+        .args(["-c", "trap '' XFSZ; exec prlimit --fsize=2000000 \"$@\"", "sh"])
+        .arg(exe)
+        .args(["--exact", "a_write_whose_log_record_cannot_be_written_stops_the_store", "--nocapture", "--test-threads", "1"])
+        .env("PF_CRASH_CHILD", dir.path())
+        .status()
+        .unwrap();
+    assert!(status.success(), "the child's checks failed: {status}");
+}

@@ -429,6 +429,22 @@ mod differential {
     }
 
     #[test]
+    fn non_ascii_keys_keep_their_characters_whatever_came_before() {
+        // "é" in UTF-8 is the bytes of "Ã©" read as Latin-1: QuickJS's atom lookup by bytes took
+        // one for the other once the other was interned in the runtime.
+        let rt = Runtime::new().unwrap();
+        let context = Context::full(&rt).unwrap();
+        context.with(|ctx| {
+            let mut shapes = super::Shapes::new(ctx.as_raw().as_ptr());
+            for text in [r#"{"Ã©": 1}"#, r#"{"é": 2}"#, r#"{"Ã¼x": 1}"#, r#"{"üx": 2}"#, r#"{"æ¥": 3}"#, r#"{"日": 4}"#] {
+                let theirs = ctx.json_parse(text.to_string()).ok().map(|v| show(&ctx, v));
+                assert_eq!(super::parse(&ctx, text, None).map(|v| show(&ctx, v)), theirs, "{text}");
+                assert_eq!(super::parse(&ctx, text, Some(&mut shapes)).map(|v| show(&ctx, v)), theirs, "{text} with the key table");
+            }
+        });
+    }
+
+    #[test]
     fn what_the_parser_declines_is_left_to_json_parse() {
         let deep = format!("{}1{}", "[".repeat(200), "]".repeat(200));
         for text in [

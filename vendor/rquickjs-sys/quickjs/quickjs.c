@@ -3722,7 +3722,13 @@ JSAtom JS_NewAtomLen(JSContext *ctx, const char *str, size_t len)
 {
     JSValue val;
 
-    if (len == 0 || !is_digit(*str)) {
+    /* pluginflow: the lookup compares bytes with one-byte atoms, so it is right for ASCII
+       only: UTF-8 "\u00e9" (C3 A9) found the atom of "\u00c3\u00a9" (upstream's TODO below).
+       Other text goes through a string, which finds or makes the right atom. */
+    size_t i;
+    for (i = 0; i < len && (uint8_t)str[i] < 0x80; i++)
+        continue;
+    if (i == len && (len == 0 || !is_digit(*str))) {
         // TODO(chqrlie): this does not work if `str` has UTF-8 encoded contents
         // bug example: `({ "\u00c3\u00a9": 1 }).\u00e9` evaluates to `1`.
         JSAtom atom = __JS_FindAtom(ctx->rt, str, len, JS_ATOM_TYPE_STRING);
