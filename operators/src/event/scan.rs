@@ -67,17 +67,19 @@ pub(super) fn plain_head(text: &str, max_depth: usize) -> Option<PlainHead> {
     Some(PlainHead { name: name?, team_id: team_id?, uuid: uuid? })
 }
 
-struct Scan<'a> {
-    b: &'a [u8],
-    i: usize,
+/// A cursor over JSON text, with the grammar's small pieces; the event check here and the
+/// parser into QuickJS (`plugin::fromjson`) both read through it.
+pub(crate) struct Scan<'a> {
+    pub(crate) b: &'a [u8],
+    pub(crate) i: usize,
 }
 
 impl Scan<'_> {
-    fn peek(&self) -> Option<u8> {
+    pub(crate) fn peek(&self) -> Option<u8> {
         self.b.get(self.i).copied()
     }
 
-    fn next(&mut self) -> Option<u8> {
+    pub(crate) fn next(&mut self) -> Option<u8> {
         let c = self.peek()?;
         self.i += 1;
         Some(c)
@@ -87,14 +89,14 @@ impl Scan<'_> {
         (self.next()? == c).then_some(())
     }
 
-    fn eat_if(&mut self, c: u8) -> bool {
+    pub(crate) fn eat_if(&mut self, c: u8) -> bool {
         let hit = self.peek() == Some(c);
         self.i += usize::from(hit);
         hit
     }
 
     /// JSON's whitespace, as serde_json skips it.
-    fn ws(&mut self) {
+    pub(crate) fn ws(&mut self) {
         while let Some(b' ' | b'\n' | b'\t' | b'\r') = self.peek() {
             self.i += 1;
         }
@@ -157,7 +159,7 @@ impl Scan<'_> {
         }
     }
 
-    fn word(&mut self, rest: &[u8]) -> Option<()> {
+    pub(crate) fn word(&mut self, rest: &[u8]) -> Option<()> {
         let end = self.i + rest.len();
         (self.b.get(self.i..end)? == rest).then(|| self.i = end)
     }
@@ -172,7 +174,7 @@ impl Scan<'_> {
 
     /// A number after its optional `-`: `0` or digits without a leading zero, then an optional
     /// fraction and exponent, each with at least one digit.
-    fn number(&mut self) -> Option<()> {
+    pub(crate) fn number(&mut self) -> Option<()> {
         match self.next()? {
             b'0' => {}
             b'1'..=b'9' => drop(self.digits()),

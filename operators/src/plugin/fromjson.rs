@@ -17,7 +17,7 @@
 use rquickjs::{Ctx, Value, qjs};
 
 use super::fastpath::Shapes;
-use crate::event::scan::special;
+use crate::event::scan::{Scan, special};
 
 /// Deeper documents are left to `JSON.parse` (the limit serde_json had here before).
 const MAX_DEPTH: usize = 128;
@@ -29,12 +29,13 @@ const UNDEFINED: qjs::JSValue = qjs::JS_MKVAL(qjs::JS_TAG_UNDEFINED, 0);
 pub fn parse<'js>(ctx: &Ctx<'js>, text: &str, shapes: Option<&mut Shapes>) -> Option<Value<'js>> {
     let mut shapes = shapes;
     let (atoms, values) = shapes.as_deref_mut().map(|s| std::mem::take(&mut s.scratch)).unwrap_or_default();
-    let mut p = Parser { text, b: text.as_bytes(), i: 0, ctx: ctx.as_raw().as_ptr(), shapes, atoms, values, unescaped: String::new() };
-    p.ws();
+    let mut p =
+        Parser { text, s: Scan { b: text.as_bytes(), i: 0 }, ctx: ctx.as_raw().as_ptr(), shapes, atoms, values, unescaped: String::new() };
+    p.s.ws();
     let mut v = p.value(MAX_DEPTH);
     if v.is_some() {
-        p.ws();
-        if p.i != p.b.len() {
+        p.s.ws();
+        if p.s.i != p.s.b.len() {
             // SAFETY: the value is ours and nothing else holds it.
             unsafe { qjs::JS_FreeValue(p.ctx, v.take().expect("checked")) };
         }
@@ -53,8 +54,8 @@ pub fn parse<'js>(ctx: &Ctx<'js>, text: &str, shapes: Option<&mut Shapes>) -> Op
 
 struct Parser<'t, 's> {
     text: &'t str,
-    b: &'t [u8],
-    i: usize,
+    /// Where the parse is in `text`.
+    s: Scan<'t>,
     ctx: *mut qjs::JSContext,
     shapes: Option<&'s mut Shapes>,
     /// Keys and values of the objects and arrays being read: each level uses the top of the
@@ -66,27 +67,10 @@ struct Parser<'t, 's> {
 }
 
 impl Parser<'_, '_> {
-    fn peek(&self) -> Option<u8> {
-        self.b.get(self.i).copied()
-    }
-
-    fn next(&mut self) -> Option<u8> {
-        let c = self.peek()?;
-        self.i += 1;
-        Some(c)
-    }
-
-    /// JSON's whitespace.
-    fn ws(&mut self) {
-        while let Some(b' ' | b'\n' | b'\t' | b'\r') = self.peek() {
-            self.i += 1;
-        }
-    }
-
     /// A value of any kind, nested at most `left` levels deep: one reference, or `None` (the
     /// parse fails; nothing of this value is left).
     fn value(&mut self, left: usize) -> Option<qjs::JSValue> {
-        match self.next()? {
+        match self.s.next()? {
             b'"' => {
                 let ctx = self.ctx;
                 let s = self.string()?;
@@ -99,7 +83,7 @@ impl Parser<'_, '_> {
             b'f' => self.word(b"alse", qjs::JS_MKVAL(qjs::JS_TAG_BOOL, 0)),
             b'n' => self.word(b"ull", qjs::JS_MKVAL(qjs::JS_TAG_NULL, 0)),
             b'-' | b'0'..=b'9' => {
-                self.i -= 1;
+                self.s.i -= 1;
                 self.number()
             }
             _ => None,
@@ -107,57 +91,24 @@ impl Parser<'_, '_> {
     }
 
     fn word(&mut self, rest: &[u8], v: qjs::JSValue) -> Option<qjs::JSValue> {
-        let end = self.i + rest.len();
-        (self.b.get(self.i..end)? == rest).then(|| {
-            self.i = end;
-            v
-        })
+        self.s.word(rest).map(|()| v)
     }
 
-    fn digits(&mut self) -> usize {
-        let start = self.i;
-        while let Some(b'0'..=b'9') = self.peek() {
-            self.i += 1;
-        }
-        self.i - start
-    }
-
-    /// `-?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?`, read as JavaScript reads it.
+    /// `-?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?` (the check's grammar), read as
+    /// JavaScript reads it.
     fn number(&mut self) -> Option<qjs::JSValue> {
-        let start = self.i;
-        let negative = self.peek() == Some(b'-');
-        self.i += usize::from(negative);
-        let int_start = self.i;
-        let int_digits = match self.next()? {
-            b'0' => 1,
-            b'1'..=b'9' => 1 + self.digits(),
-            _ => return None,
-        };
-        let mut plain = true;
-        if self.peek() == Some(b'.') {
-            self.i += 1;
-            plain = false;
-            if self.digits() == 0 {
-                return None;
-            }
-        }
-        if let Some(b'e' | b'E') = self.peek() {
-            self.i += 1;
-            plain = false;
-            if let Some(b'+' | b'-') = self.peek() {
-                self.i += 1;
-            }
-            if self.digits() == 0 {
-                return None;
-            }
-        }
-        let n = if plain && int_digits <= 15 {
-            // Exact in an f64 (below 2^53); `-0` stays a negative zero.
-            let magnitude = self.b[int_start..self.i].iter().fold(0i64, |acc, d| acc * 10 + i64::from(d - b'0')) as f64;
+        let start = self.s.i;
+        let negative = self.s.eat_if(b'-');
+        let int_start = self.s.i;
+        self.s.number()?;
+        let digits = &self.s.b[int_start..self.s.i];
+        let n = if digits.len() <= 15 && digits.iter().all(u8::is_ascii_digit) {
+            // An integer exact in an f64 (below 2^53); `-0` stays a negative zero.
+            let magnitude = digits.iter().fold(0i64, |acc, d| acc * 10 + i64::from(d - b'0')) as f64;
             if negative { -magnitude } else { magnitude }
         } else {
             // Correctly rounded, as JavaScript's own number reading.
-            self.text[start..self.i].parse::<f64>().ok()?
+            self.text[start..self.s.i].parse::<f64>().ok()?
         };
         // JS_NewFloat64 stores int32-valued doubles (not -0) as ints, as JSON.parse does.
         Some(qjs::JS_NewFloat64(n))
@@ -167,21 +118,21 @@ impl Parser<'_, '_> {
     /// has no escapes. `None` for a control character, a malformed or lone-surrogate escape, or
     /// no closing quote.
     fn string(&mut self) -> Option<&str> {
-        let start = self.i;
-        let end = special(self.b, self.i)?;
-        if self.b[end] == b'"' {
-            self.i = end + 1;
+        let start = self.s.i;
+        let end = special(self.s.b, self.s.i)?;
+        if self.s.b[end] == b'"' {
+            self.s.i = end + 1;
             // Both ends are next to ASCII bytes: character boundaries.
             return Some(&self.text[start..end]);
         }
         self.unescaped.clear();
         self.unescaped.push_str(&self.text[start..end]);
-        self.i = end;
+        self.s.i = end;
         loop {
-            match self.next()? {
+            match self.s.next()? {
                 b'"' => return Some(&self.unescaped),
                 b'\\' => {
-                    let c = match self.next()? {
+                    let c = match self.s.next()? {
                         b'"' => '"',
                         b'\\' => '\\',
                         b'/' => '/',
@@ -194,7 +145,7 @@ impl Parser<'_, '_> {
                             let unit = self.hex4()?;
                             match unit {
                                 0xD800..=0xDBFF => {
-                                    if self.next()? != b'\\' || self.next()? != b'u' {
+                                    if self.s.next()? != b'\\' || self.s.next()? != b'u' {
                                         return None;
                                     }
                                     let low = self.hex4()?;
@@ -214,19 +165,19 @@ impl Parser<'_, '_> {
                 }
                 _ => return None, // a control character
             }
-            let next = special(self.b, self.i)?;
-            self.unescaped.push_str(&self.text[self.i..next]);
-            self.i = next;
+            let next = special(self.s.b, self.s.i)?;
+            self.unescaped.push_str(&self.text[self.s.i..next]);
+            self.s.i = next;
         }
     }
 
     fn hex4(&mut self) -> Option<u16> {
-        let hex = self.b.get(self.i..self.i + 4)?;
+        let hex = self.s.b.get(self.s.i..self.s.i + 4)?;
         let mut unit = 0u16;
         for &h in hex {
             unit = unit << 4 | (h as char).to_digit(16)? as u16;
         }
-        self.i += 4;
+        self.s.i += 4;
         Some(unit)
     }
 
@@ -264,17 +215,17 @@ impl Parser<'_, '_> {
     }
 
     fn items(&mut self, left: usize) -> Option<()> {
-        self.ws();
-        if self.peek() == Some(b']') {
-            self.i += 1;
+        self.s.ws();
+        if self.s.peek() == Some(b']') {
+            self.s.i += 1;
             return Some(());
         }
         loop {
-            self.ws();
+            self.s.ws();
             let item = self.value(left)?;
             self.values.push(item);
-            self.ws();
-            match self.next()? {
+            self.s.ws();
+            match self.s.next()? {
                 b',' => {}
                 b']' => return Some(()),
                 _ => return None,
@@ -298,27 +249,27 @@ impl Parser<'_, '_> {
     }
 
     fn members(&mut self, left: usize) -> Option<()> {
-        self.ws();
-        if self.peek() == Some(b'}') {
-            self.i += 1;
+        self.s.ws();
+        if self.s.peek() == Some(b'}') {
+            self.s.i += 1;
             return Some(());
         }
         loop {
-            self.ws();
-            if self.next()? != b'"' {
+            self.s.ws();
+            if self.s.next()? != b'"' {
                 return None;
             }
             let atom = self.key()?;
             self.atoms.push(atom);
-            self.ws();
-            if self.next()? != b':' {
+            self.s.ws();
+            if self.s.next()? != b':' {
                 return None;
             }
-            self.ws();
+            self.s.ws();
             let value = self.value(left)?;
             self.values.push(value);
-            self.ws();
-            match self.next()? {
+            self.s.ws();
+            match self.s.next()? {
                 b',' => {}
                 b'}' => return Some(()),
                 _ => return None,
