@@ -154,8 +154,9 @@ impl<'r> Walker<'r> {
             work: 0,
             team_atom,
             properties_atom,
-            atoms: Vec::new(),
-            values: Vec::new(),
+            // Room for an event's usual objects at once (each level takes the top).
+            atoms: Vec::with_capacity(256),
+            values: Vec::with_capacity(256),
         }
     }
 
