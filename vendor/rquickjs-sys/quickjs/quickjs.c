@@ -41538,6 +41538,43 @@ exception:
     return JS_EXCEPTION;
 }
 
+/* pluginflow: `obj` when it is an ordinary object (class Object, nothing exotic), else NULL:
+   the objects the host's fast paths and js_pf_own_enumerable take. */
+static JSObject *js_pf_ordinary(JSValueConst obj)
+{
+    JSObject *p;
+
+    if (JS_VALUE_GET_TAG(obj) != JS_TAG_OBJECT)
+        return NULL;
+    p = JS_VALUE_GET_OBJ(obj);
+    return p->class_id == JS_CLASS_OBJECT && !p->is_exotic ? p : NULL;
+}
+
+/* pluginflow: how those fast paths take one entry of an ordinary object's shape: 1 for an own
+   enumerable string-keyed data property, 0 for one they leave out as JSON.stringify and
+   Object.keys do (deleted, not enumerable, a symbol or a private name), -1 for one that sends
+   the object to the generic path (an accessor or internal kind of property, or a key that is
+   an array index: such keys come first in JavaScript's order, not in the order they were
+   added). */
+static int js_pf_plain_entry(JSContext *ctx, const JSShapeProperty *prs)
+{
+    JSAtomStruct *ap;
+    uint32_t val;
+
+    if (prs->atom == JS_ATOM_NULL || !(prs->flags & JS_PROP_ENUMERABLE))
+        return 0;
+    if (__JS_AtomIsTaggedInt(prs->atom))
+        return -1;
+    ap = ctx->rt->atom_array[prs->atom];
+    if (ap->atom_type != JS_ATOM_TYPE_STRING)
+        return 0;
+    if ((prs->flags & JS_PROP_TMASK) != JS_PROP_NORMAL)
+        return -1;
+    if (is_num_string(&val, ap) && val != -1)
+        return -1;
+    return 1;
+}
+
 /* pluginflow: Object.keys, values and entries of an ordinary object whose enumerable string
    keys are all plain data properties and none is an array index (events are made of such
    objects): one pass over the shape, the result array made at once. JS_UNDEFINED when the
@@ -41547,24 +41584,16 @@ static JSValue js_pf_own_enumerable(JSContext *ctx, JSObject *p, int kind)
 {
     JSShape *sh = p->shape;
     JSShapeProperty *prs;
-    JSAtomStruct *ap;
     JSValue stack_vals[32], *vals = stack_vals, pair[2], r;
-    uint32_t i, j, n, val;
+    uint32_t i, j, n;
+    int take;
 
     n = 0;
     for (i = 0, prs = get_shape_prop(sh); i < sh->prop_count; i++, prs++) {
-        if (prs->atom == JS_ATOM_NULL || !(prs->flags & JS_PROP_ENUMERABLE))
-            continue;
-        if (__JS_AtomIsTaggedInt(prs->atom))
+        take = js_pf_plain_entry(ctx, prs);
+        if (take < 0)
             return JS_UNDEFINED;
-        ap = ctx->rt->atom_array[prs->atom];
-        if (ap->atom_type != JS_ATOM_TYPE_STRING)
-            continue;
-        if ((prs->flags & JS_PROP_TMASK) != JS_PROP_NORMAL)
-            return JS_UNDEFINED;
-        if (is_num_string(&val, ap) && val != -1)
-            return JS_UNDEFINED;
-        n++;
+        n += take;
     }
     if (n > countof(stack_vals)) {
         vals = js_malloc(ctx, sizeof(vals[0]) * n);
@@ -41573,8 +41602,7 @@ static JSValue js_pf_own_enumerable(JSContext *ctx, JSObject *p, int kind)
     }
     j = 0;
     for (i = 0, prs = get_shape_prop(sh); i < sh->prop_count && j < n; i++, prs++) {
-        if (prs->atom == JS_ATOM_NULL || !(prs->flags & JS_PROP_ENUMERABLE) ||
-            ctx->rt->atom_array[prs->atom]->atom_type != JS_ATOM_TYPE_STRING)
+        if (js_pf_plain_entry(ctx, prs) <= 0)
             continue;
         switch (kind) {
         default:
@@ -41625,8 +41653,7 @@ static JSValue JS_GetOwnPropertyNames2(JSContext *ctx, JSValueConst obj1,
         return JS_EXCEPTION;
     p = JS_VALUE_GET_OBJ(obj);
     /* pluginflow: the common case in one pass (js_pf_own_enumerable) */
-    if (flags == (JS_GPN_ENUM_ONLY | JS_GPN_STRING_MASK) &&
-        p->class_id == JS_CLASS_OBJECT && !p->is_exotic) {
+    if (flags == (JS_GPN_ENUM_ONLY | JS_GPN_STRING_MASK) && js_pf_ordinary(obj)) {
         r = js_pf_own_enumerable(ctx, p, kind);
         if (!JS_IsUndefined(r)) {
             JS_FreeValue(ctx, obj);
@@ -65013,35 +65040,24 @@ int JS_PF_DataFields(JSContext *ctx, JSValueConst obj, JSAtom *atoms, JSValue *v
     JSObject *p;
     JSShape *sh;
     JSShapeProperty *prs;
-    JSAtomStruct *ap;
-    JSAtom atom;
-    uint32_t val;
     int i, n;
 
-    if (JS_VALUE_GET_TAG(obj) != JS_TAG_OBJECT)
-        return -1;
-    p = JS_VALUE_GET_OBJ(obj);
-    if (p->class_id != JS_CLASS_OBJECT || p->is_exotic)
+    p = js_pf_ordinary(obj);
+    if (!p)
         return -1;
     sh = p->shape;
     *scanned = sh->prop_count;
     prs = get_shape_prop(sh);
     n = 0;
     for (i = 0; i < sh->prop_count; i++, prs++) {
-        atom = prs->atom;
-        if (atom == JS_ATOM_NULL || !(prs->flags & JS_PROP_ENUMERABLE))
+        switch (js_pf_plain_entry(ctx, prs)) {
+        case -1:
+            return -1;
+        case 0:
             continue;
-        if (__JS_AtomIsTaggedInt(atom))
-            return -1;
-        ap = ctx->rt->atom_array[atom];
-        if (ap->atom_type != JS_ATOM_TYPE_STRING)
-            continue;
-        if ((prs->flags & JS_PROP_TMASK) != JS_PROP_NORMAL)
-            return -1;
-        if (is_num_string(&val, ap) && val != -1)
-            return -1;
+        }
         if (n < cap) {
-            atoms[n] = atom;
+            atoms[n] = prs->atom;
             values[n] = p->prop[i].u.value;
         }
         n++;
@@ -65117,32 +65133,37 @@ int JS_PF_DateValue(JSValueConst obj, double *ms)
     return 1;
 }
 
+/* Whether an object of shape `sh` holds exactly `count` plain properties (configurable,
+   writable, enumerable data properties; keyed `atoms` when given), has this realm's
+   Object.prototype as its prototype, and `sh` is shared through the runtime's shape table. */
+static bool js_pf_plain_shape(JSContext *ctx, JSShape *sh, const JSAtom *atoms, int count)
+{
+    JSShapeProperty *prs;
+    int i;
+
+    if (!sh->is_hashed || sh->prop_count != count || sh->deleted_prop_count != 0 ||
+        sh->proto != JS_VALUE_GET_OBJ(ctx->class_proto[JS_CLASS_OBJECT]))
+        return false;
+    prs = get_shape_prop(sh);
+    for (i = 0; i < count; i++) {
+        if (prs[i].flags != JS_PROP_C_W_E ||
+            (atoms ? prs[i].atom != atoms[i] : prs[i].atom == JS_ATOM_NULL))
+            return false;
+    }
+    return true;
+}
+
 /* One more reference to the shape of `obj`, when an object made with it holds exactly `count`
    plain properties (configurable, writable, enumerable data properties), has this realm's
    Object.prototype as its prototype, and the shape is shared through the runtime's shape
    table (so QuickJS never changes it in place while the host holds it); NULL otherwise. */
 void *JS_PF_TakeShape(JSContext *ctx, JSValueConst obj, int count)
 {
-    JSObject *p;
-    JSShape *sh;
-    JSShapeProperty *prs;
-    int i;
+    JSObject *p = js_pf_ordinary(obj);
 
-    if (JS_VALUE_GET_TAG(obj) != JS_TAG_OBJECT)
+    if (!p || !js_pf_plain_shape(ctx, p->shape, NULL, count))
         return NULL;
-    p = JS_VALUE_GET_OBJ(obj);
-    if (p->class_id != JS_CLASS_OBJECT || p->is_exotic)
-        return NULL;
-    sh = p->shape;
-    if (!sh->is_hashed || sh->prop_count != count || sh->deleted_prop_count != 0 ||
-        sh->proto != JS_VALUE_GET_OBJ(ctx->class_proto[JS_CLASS_OBJECT]))
-        return NULL;
-    prs = get_shape_prop(sh);
-    for (i = 0; i < count; i++) {
-        if (prs[i].atom == JS_ATOM_NULL || prs[i].flags != JS_PROP_C_W_E)
-            return NULL;
-    }
-    return js_dup_shape(sh);
+    return js_dup_shape(p->shape);
 }
 
 /* Gives back a reference taken by JS_PF_TakeShape. */
@@ -65158,19 +65179,12 @@ void JS_PF_FreeShape(JSRuntime *rt, void *shape)
 JSValue JS_PF_NewObjectFromShape(JSContext *ctx, void *shape, const JSAtom *atoms, JSValue *values, int count)
 {
     JSShape *sh = shape;
-    JSShapeProperty *prs;
     JSValue obj;
     JSObject *p;
     int i;
 
-    if (!sh->is_hashed || sh->prop_count != count || sh->deleted_prop_count != 0 ||
-        sh->proto != JS_VALUE_GET_OBJ(ctx->class_proto[JS_CLASS_OBJECT]))
+    if (!js_pf_plain_shape(ctx, sh, atoms, count))
         return JS_UNDEFINED;
-    prs = get_shape_prop(sh);
-    for (i = 0; i < count; i++) {
-        if (prs[i].atom != atoms[i] || prs[i].flags != JS_PROP_C_W_E)
-            return JS_UNDEFINED;
-    }
     obj = JS_NewObjectFromShape(ctx, js_dup_shape(sh), JS_CLASS_OBJECT, NULL);
     if (JS_IsException(obj)) {
         for (i = 0; i < count; i++)
