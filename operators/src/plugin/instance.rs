@@ -34,8 +34,7 @@ const PRELUDE: &str = include_str!("js/prelude.js");
 /// never read from outside.
 static PRELUDE_BYTECODE: OnceLock<Vec<u8>> = OnceLock::new();
 
-/// What loading gives: the prelude's `pf` object, the intrinsic `Date.prototype.getTime` captured
-/// before plugin code ran, and the names of the hooks the plugin exports.
+/// What loading gives: the prelude's `pf` object and the names of the hooks the plugin exports.
 type Loaded = (Persistent<Object<'static>>, Vec<String>);
 
 /// Most pending jobs drained after a call timed out (each is cut short by the interrupt).

@@ -315,41 +315,29 @@ impl<'r> Walker<'r> {
         }
         let len = len.clamp(0, u32::MAX as i64) as u32;
         let mut elements: *mut qjs::JSValue = std::ptr::null_mut();
-        // SAFETY: reads where a dense array keeps its elements; nothing below changes the array
-        // (no JavaScript runs), so the pointer stays valid for the loop.
+        // SAFETY: reads where a dense array keeps its elements (-1 when it keeps them as
+        // properties); nothing below changes the array (no JavaScript runs), so the pointer
+        // stays valid for the loop.
         let dense = unsafe { fastpath::JS_PF_ArrayElements(v, &mut elements) };
-        if dense >= 0 {
-            self.out.push(b'[');
-            for i in 0..len {
-                if i > 0 {
-                    self.out.push(b',');
-                }
-                self.path.push(Step::Index(i));
-                // Past the stored elements are holes (undefined): null, as in JSON.stringify.
-                let wrote =
-                    if i64::from(i) < dense { self.value(unsafe { *elements.add(i as usize) }, depth + 1)? } else { Wrote::Nothing };
-                if let Wrote::Nothing = wrote {
-                    self.out.extend_from_slice(b"null");
-                }
-                self.path.pop();
-                self.check_size()?;
-            }
-            self.out.push(b']');
-            return Ok(());
-        }
         self.out.push(b'[');
         for i in 0..len {
             if i > 0 {
                 self.out.push(b',');
             }
             self.path.push(Step::Index(i));
-            let atom = unsafe { qjs::JS_NewAtomUInt32(self.ctx, i) };
-            if atom == 0 {
-                return Err(self.out_of_memory());
-            }
-            let item = self.own_data(v, atom, depth);
-            unsafe { qjs::JS_FreeAtom(self.ctx, atom) };
-            match item? {
+            let item = if dense >= 0 {
+                // Past the stored elements are holes.
+                (i64::from(i) < dense).then(|| self.value(unsafe { *elements.add(i as usize) }, depth + 1)).transpose()?
+            } else {
+                let atom = unsafe { qjs::JS_NewAtomUInt32(self.ctx, i) };
+                if atom == 0 {
+                    return Err(self.out_of_memory());
+                }
+                let item = self.own_data(v, atom, depth);
+                unsafe { qjs::JS_FreeAtom(self.ctx, atom) };
+                item?
+            };
+            match item {
                 // A hole (no own property) reads as undefined, as in JSON.stringify.
                 None | Some(Wrote::Nothing) => self.out.extend_from_slice(b"null"),
                 Some(Wrote::Text) => {}
