@@ -13,7 +13,6 @@
 
 use std::collections::HashMap;
 use std::ffi::c_void;
-use std::hash::{BuildHasherDefault, Hasher};
 
 use rquickjs::qjs;
 
@@ -47,33 +46,29 @@ unsafe extern "C" {
     ) -> qjs::JSValue;
 }
 
-// What the tables may hold, so that events cannot fill a plugin's heap through them (each
-// entry pins its keys' strings in the plugin's runtime): an event stream has a handful of
-// layouts of short keys; past a bound a table starts again empty.
+// What the table may hold, so that events cannot fill a plugin's heap through it (each entry
+// pins its keys' strings in the plugin's runtime): an event stream has a handful of layouts of
+// short keys; past a bound the table starts again empty.
 /// Key lists a runtime keeps a shape for.
 const MAX_SHAPES: usize = 512;
 /// Keys of all remembered shapes together.
 const MAX_SHAPE_KEYS: usize = 4096;
 /// Keys of one remembered shape (a larger object is built a property at a time).
 const MAX_KEYS_PER_SHAPE: usize = 256;
-/// Keys kept interned, and the longest kept (in bytes).
-const MAX_KEYS: usize = 1024;
-const MAX_KEY_BYTES: usize = 64;
+/// The longest key (in bytes) an object may have to be remembered (the builder checks).
+pub(crate) const MAX_KEY_BYTES: usize = 64;
 
-/// Object shapes of one runtime by their list of keys, and the keys themselves interned: an object with keys already seen, in
-/// the same order, is made in one step with its values instead of a property at a time. Each
-/// shape is held by a reference of ours (so QuickJS never changes it in place, and its keys
-/// stay interned); the references go back when the table is dropped, which must happen before
-/// the runtime is freed.
+/// Object shapes of one runtime by their list of keys: an object with keys already seen, in the
+/// same order, is made in one step with its values instead of a property at a time. Each shape
+/// is held by a reference of ours (so QuickJS never changes it in place, and its keys stay
+/// interned); the references go back when the table is dropped, which must happen before the
+/// runtime is freed. The table's hash is std's keyed one: key lists follow from what events
+/// send, and a hash they could aim at would make every lookup walk the whole table.
 pub(crate) struct Shapes {
     rt: *mut qjs::JSRuntime,
-    by_keys: HashMap<Box<[qjs::JSAtom]>, *mut c_void, BuildHasherDefault<AtomHasher>>,
+    by_keys: HashMap<Box<[qjs::JSAtom]>, *mut c_void>,
     /// Keys of the shapes in `by_keys`, all together.
     shape_keys: usize,
-    /// Keys longer than `MAX_KEY_BYTES` seen so far: an object holding one is not remembered.
-    pub(crate) long_keys: u64,
-    /// Keys seen, interned: each holds a reference of ours.
-    keys: HashMap<Box<str>, qjs::JSAtom, BuildHasherDefault<AtomHasher>>,
     /// Room the builder lends itself between events (empty between parses).
     pub(crate) scratch: (Vec<qjs::JSAtom>, Vec<qjs::JSValue>),
 }
@@ -82,7 +77,7 @@ impl Shapes {
     pub(crate) fn new(ctx: *mut qjs::JSContext) -> Shapes {
         // SAFETY: reading the runtime of a live context.
         let rt = unsafe { qjs::JS_GetRuntime(ctx) };
-        Shapes { rt, by_keys: HashMap::default(), shape_keys: 0, long_keys: 0, keys: HashMap::default(), scratch: (Vec::new(), Vec::new()) }
+        Shapes { rt, by_keys: HashMap::default(), shape_keys: 0, scratch: (Vec::new(), Vec::new()) }
     }
 
     /// A new object of `atoms` (keys, borrowed) and `values` (taken over on `Some`) made from a
@@ -117,36 +112,6 @@ impl Shapes {
         }
     }
 
-    /// `key` interned (one reference, the caller's); `None` when QuickJS is out of memory.
-    pub(crate) fn atom(&mut self, ctx: *mut qjs::JSContext, key: &str) -> Option<qjs::JSAtom> {
-        if let Some(&atom) = self.keys.get(key) {
-            // SAFETY: the table's reference keeps the atom alive; the caller gets one more.
-            return Some(unsafe { qjs::JS_DupAtom(ctx, atom) });
-        }
-        // SAFETY: QuickJS interns a copy of the bytes; 0 means out of memory.
-        let atom = unsafe { qjs::JS_NewAtomLen(ctx, key.as_ptr().cast(), key.len() as _) };
-        if atom == 0 {
-            return None;
-        }
-        if key.len() > MAX_KEY_BYTES {
-            self.long_keys += 1;
-            return Some(atom);
-        }
-        if self.keys.len() >= MAX_KEYS {
-            self.clear_keys();
-        }
-        // SAFETY: one more reference, held by the table.
-        self.keys.insert(key.into(), unsafe { qjs::JS_DupAtom(ctx, atom) });
-        Some(atom)
-    }
-
-    fn clear_keys(&mut self) {
-        for (_, atom) in self.keys.drain() {
-            // SAFETY: every atom in the table holds one reference of ours.
-            unsafe { qjs::JS_FreeAtomRT(self.rt, atom) };
-        }
-    }
-
     fn clear(&mut self) {
         self.shape_keys = 0;
         for (_, shape) in self.by_keys.drain() {
@@ -159,37 +124,5 @@ impl Shapes {
 impl Drop for Shapes {
     fn drop(&mut self) {
         self.clear();
-        self.clear_keys();
-    }
-}
-
-/// A multiplicative hash for short lists of atom numbers (no need for SipHash's keyed
-/// strength: the table is bounded, and a collision costs a comparison).
-#[derive(Default)]
-pub(crate) struct AtomHasher(u64);
-
-impl Hasher for AtomHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // A slice of atoms arrives as its bytes in one call.
-        let mut words = bytes.chunks_exact(4);
-        for word in &mut words {
-            self.write_u32(u32::from_le_bytes([word[0], word[1], word[2], word[3]]));
-        }
-        for &b in words.remainder() {
-            self.write_u32(u32::from(b));
-        }
-    }
-
-    fn write_u32(&mut self, n: u32) {
-        self.0 = (self.0.rotate_left(5) ^ u64::from(n)).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-
-    fn write_usize(&mut self, n: usize) {
-        self.write_u32(n as u32);
-        self.write_u32((n >> 32) as u32);
     }
 }

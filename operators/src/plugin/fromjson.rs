@@ -3,9 +3,8 @@
 //!
 //! `JSON.parse` in QuickJS tokenises into JS strings and then interns keys and defines each
 //! property through the generic path. This parser searches strings eight bytes at a time
-//! (`event::scan::special`), interns a key through the runtime's table of keys already seen
-//! ([`Shapes`]), and makes an object whose keys it has seen before from its known shape, all its
-//! values at once. The result is the value `JSON.parse` makes: keys in document order (a
+//! (`event::scan::special`) and makes an object whose keys it has seen before from its known
+//! shape ([`Shapes`]), all its values at once. The result is the value `JSON.parse` makes: keys in document order (a
 //! repeated key keeps its first place and its last value), integers in int32 as ints, other
 //! numbers as doubles (correctly rounded, as JavaScript reads them), strings UTF-8 decoded. What
 //! it does not take — text that is not JSON, nesting deeper than 128, a lone surrogate escape —
@@ -16,7 +15,7 @@
 
 use rquickjs::{Ctx, Value, qjs};
 
-use super::fastpath::Shapes;
+use super::fastpath::{MAX_KEY_BYTES, Shapes};
 use crate::event::scan::{Scan, special};
 
 /// Deeper documents are left to `JSON.parse` (the limit serde_json had here before).
@@ -25,12 +24,20 @@ const MAX_DEPTH: usize = 128;
 const UNDEFINED: qjs::JSValue = qjs::JS_MKVAL(qjs::JS_TAG_UNDEFINED, 0);
 
 /// `JSON.parse(text)` built by our parser; `None` to fall back (see module docs). With
-/// `shapes`, keys and object shapes seen before are reused.
+/// `shapes`, object shapes seen before are reused.
 pub fn parse<'js>(ctx: &Ctx<'js>, text: &str, shapes: Option<&mut Shapes>) -> Option<Value<'js>> {
     let mut shapes = shapes;
     let (atoms, values) = shapes.as_deref_mut().map(|s| std::mem::take(&mut s.scratch)).unwrap_or_default();
-    let mut p =
-        Parser { text, s: Scan { b: text.as_bytes(), i: 0 }, ctx: ctx.as_raw().as_ptr(), shapes, atoms, values, unescaped: String::new() };
+    let mut p = Parser {
+        text,
+        s: Scan { b: text.as_bytes(), i: 0 },
+        ctx: ctx.as_raw().as_ptr(),
+        shapes,
+        atoms,
+        values,
+        unescaped: String::new(),
+        long_keys: 0,
+    };
     p.s.ws();
     let mut v = p.value(MAX_DEPTH);
     if v.is_some() {
@@ -64,6 +71,9 @@ struct Parser<'t, 's> {
     values: Vec<qjs::JSValue>,
     /// A string with escapes, decoded.
     unescaped: String,
+    /// Keys longer than `fastpath::MAX_KEY_BYTES` read so far: an object holding one (here or
+    /// nested) is not remembered.
+    long_keys: u64,
 }
 
 impl Parser<'_, '_> {
@@ -198,20 +208,17 @@ impl Parser<'_, '_> {
     /// The rest of an array after its `[`; its items get `left` levels.
     fn array(&mut self, left: usize) -> Option<qjs::JSValue> {
         let mark = self.values.len();
-        let done = self.items(left);
-        if done.is_none() {
-            self.unwind(self.atoms.len(), mark);
-            return None;
-        }
-        let items = &mut self.values[mark..];
-        let count = i32::try_from(items.len()).ok();
-        // SAFETY: JS_NewArrayFrom takes over every value's reference, also when it fails.
-        let array = count.map(|count| unsafe { qjs::JS_NewArrayFrom(self.ctx, count, items.as_ptr()) });
-        if array.is_some() {
+        let array = self.items(left).and_then(|()| {
+            let items = &mut self.values[mark..];
+            let count = i32::try_from(items.len()).ok()?;
+            // SAFETY: JS_NewArrayFrom takes over every value's reference, also when it fails.
+            let array = unsafe { qjs::JS_NewArrayFrom(self.ctx, count, items.as_ptr()) };
             items.fill(UNDEFINED);
-        }
+            checked(array)
+        });
+        // Items were handed over, or are freed when the parse failed.
         self.unwind(self.atoms.len(), mark);
-        checked(array?)
+        array
     }
 
     fn items(&mut self, left: usize) -> Option<()> {
@@ -236,10 +243,9 @@ impl Parser<'_, '_> {
     /// The rest of an object after its `{`; its values get `left` levels.
     fn object(&mut self, left: usize) -> Option<qjs::JSValue> {
         let (atoms, values) = (self.atoms.len(), self.values.len());
-        let long_keys = self.shapes.as_deref().map(|s| s.long_keys);
+        let long_keys = self.long_keys;
         let object = self.members(left).and_then(|()| {
-            // An object with a long key (here or nested) is not remembered (fastpath bounds).
-            let learn = self.shapes.as_deref().map(|s| s.long_keys) == long_keys;
+            let learn = self.long_keys == long_keys;
             self.make_object(atoms, values, learn)
         });
         // Keys are freed here (the object holds its own); values were handed over, or are
@@ -280,15 +286,12 @@ impl Parser<'_, '_> {
     /// A key after its opening quote, interned (one reference).
     fn key(&mut self) -> Option<qjs::JSAtom> {
         let ctx = self.ctx;
-        // `string` borrows the parser: the key table is taken out meanwhile.
-        let mut shapes = self.shapes.take();
-        let atom = self.string().and_then(|key| match shapes.as_deref_mut() {
-            Some(shapes) => shapes.atom(ctx, key),
-            // SAFETY: QuickJS interns a copy of the bytes; 0 means out of memory.
-            None => Some(unsafe { qjs::JS_NewAtomLen(ctx, key.as_ptr().cast(), key.len() as _) }).filter(|&a| a != 0),
-        });
-        self.shapes = shapes;
-        atom
+        let key = self.string()?;
+        let long = key.len() > MAX_KEY_BYTES;
+        // SAFETY: QuickJS interns a copy of the bytes; 0 means out of memory.
+        let atom = unsafe { qjs::JS_NewAtomLen(ctx, key.as_ptr().cast(), key.len() as _) };
+        self.long_keys += u64::from(long);
+        (atom != 0).then_some(atom)
     }
 
     /// The object of the keys and values on top of the stacks (from the marks on): its values
@@ -390,7 +393,7 @@ mod differential {
             for text in [r#"{"Ã©": 1}"#, r#"{"é": 2}"#, r#"{"Ã¼x": 1}"#, r#"{"üx": 2}"#, r#"{"æ¥": 3}"#, r#"{"日": 4}"#] {
                 let theirs = ctx.json_parse(text.to_string()).ok().map(|v| show(&ctx, v));
                 assert_eq!(super::parse(&ctx, text, None).map(|v| show(&ctx, v)), theirs, "{text}");
-                assert_eq!(super::parse(&ctx, text, Some(&mut shapes)).map(|v| show(&ctx, v)), theirs, "{text} with the key table");
+                assert_eq!(super::parse(&ctx, text, Some(&mut shapes)).map(|v| show(&ctx, v)), theirs, "{text} with known shapes");
             }
         });
     }
