@@ -286,11 +286,10 @@ impl CallBudget {
 
     fn take_job(&self) -> Result<(), String> {
         if self.jobs.get() >= self.limits.max_jobs_per_call {
-            self.refused_jobs.set(self.refused_jobs.get() + 1);
-            return Err(format!(
+            return Err(self.refuse_job(format!(
                 "job refused: this call already enqueued {} jobs (runtime.max_jobs_per_call)",
                 self.limits.max_jobs_per_call
-            ));
+            )));
         }
         self.jobs.set(self.jobs.get() + 1);
         Ok(())
