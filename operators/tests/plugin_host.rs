@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{Host, event, plugin, process};
-use operators::plugin::{ErrorKind, Hook, JobTime, Limits, LoadError, LogSource, PluginDefinition, run_chain};
+use operators::plugin::{ErrorKind, Hook, JobTime, Limits, LoadError, LogSource, PluginDefinition, StepOutcome, run_chain};
 use serde_json::{Value, json};
 
 // ---- export styles --------------------------------------------------------------------------
@@ -992,6 +992,199 @@ fn chain_without_plugins_returns_the_input_untouched() {
     let input = r#"{"uuid":"u",  "team_id":2,"event":"e"}"#;
     let outcome = run_chain(&mut [&mut p], input, 2).unwrap();
     assert_eq!(outcome.event.as_deref(), Some(input));
+}
+
+/// A consumer plugin's description of the event it was given, in more detail than
+/// `JSON.stringify`: `-0`, prototypes, property attributes, extensibility, non-enumerable and
+/// symbol keys, strings escaped (lone surrogates included).
+const FINGERPRINT: &str = r#"
+function fp(v) {
+    if (v === null) return 'null'
+    const t = typeof v
+    if (t === 'number') return Object.is(v, -0) ? 'n:-0' : 'n:' + String(v)
+    if (t === 'string') return 's:' + JSON.stringify(v)
+    if (t !== 'object') return t + ':' + String(v)
+    const proto = Object.getPrototypeOf(v)
+    const p = proto === Object.prototype ? 'op' : proto === Array.prototype ? 'ap' : proto === null ? 'np' : 'other'
+    const parts = Reflect.ownKeys(v).map((k) => {
+        const d = Object.getOwnPropertyDescriptor(v, k)
+        return String(k) + (d.enumerable ? 'e' : '') + (d.writable ? 'w' : '') + (d.configurable ? 'c' : '') + ('value' in d ? '=' + fp(d.value) : '=accessor')
+    })
+    return (Array.isArray(v) ? 'A' : 'O') + p + (Object.isExtensible(v) ? '' : '!x') + '{' + parts.join(';') + '}'
+}
+exports.processEvent = (e) => { const seen = fp(e); e.properties = { seen }; return e }
+"#;
+
+/// What the producer does to event `properties.step` (the step's number modulo the count).
+const PRODUCER: &str = r#"
+const CASES = [
+    (e) => { const p = e.properties; p.n = 1.5; p.big = 2 ** 60; p.tiny = 1e-7; p.neg = -0; p.i = 2 ** 31; p.nan = NaN; p.inf = -Infinity; p.u = undefined; p.sym = Symbol('x'); p.s = 'é\u2028\ud800'; p.wide = '漢字😀\udc00'; p.ctrl = '\u0000\u001f"\\/'; p.empty = ''; p.arr = [undefined, Symbol('s'), 'x', -0, [], {}, null, true]; p['clé'] = 'latin1 key'; return e },
+    (e) => ({ ...e, extra: { deep: { deeper: [1, { x: 'y' }] } }, properties: { ...e.properties, copied: true } }),
+    (e) => { Object.freeze(e.properties); Object.freeze(e); return e },
+    (e) => { Object.setPrototypeOf(e.properties, null); Object.setPrototypeOf(e, Array.prototype); return e },
+    (e) => { e.properties.when = new Date(0); return e },
+    (e) => { e.properties['漢'] = 'a wide key'; return e },
+    (e) => { e.properties['0'] = 'an index key'; e.properties[7] = 'another'; return e },
+    (e) => { e.team_id = 99; return e },
+    (e) => { e.properties = 'not an object'; return e },
+    (e) => { e.properties.sparse = [1, , 3]; const a = [1]; a.length = 4; e.properties.longer = a; return e },
+    (e) => { e.properties.long = 'x'.repeat(100000); return e },
+    (e) => { e.properties.longer = 'é'.repeat(200000); return e },
+    (e) => { Object.defineProperty(e.properties, 'g', { get() { return 1 }, enumerable: true }); return e },
+    (e) => { e.properties.self = e; return e },
+    (e) => { e.properties.rope = 'a'.repeat(5000) + 'b'.repeat(5000) + String(e.properties.step); return e },
+    (e) => { let o = e.properties; for (let i = 0; i < 62; i++) { o.d = {}; o = o.d } return e },
+    (e) => { let o = e.properties; for (let i = 0; i < 63; i++) { o.d = {}; o = o.d } return e },
+    (e) => { Object.defineProperty(e.properties, '__proto__', { value: { own: true }, enumerable: true, writable: true, configurable: true }); return e },
+    (e) => { for (let i = 0; i < 300; i++) e.properties['k' + i] = i; return e },
+    (e) => { Object.defineProperty(e.properties, 'hidden', { value: 1, enumerable: false }); e.properties[Symbol('s')] = 2; return e },
+    (e) => ({ uuid: e.uuid, event: e.event, team_id: e.team_id }),
+    (e) => ({ ...e, team_id: 2.0, properties: null }),
+    (e) => ({ ...e, properties: undefined }),
+    (e) => { e.properties.map = new Map(); return e },
+    (e) => { e.properties.big = 10n; return e },
+    (e) => { e.properties.k = 'x'.repeat(70); e.properties['y'.repeat(70)] = 1; return e },
+]
+exports.processEvent = (e) => CASES[e.properties.step % CASES.length](e)
+"#;
+
+#[test]
+fn events_handed_between_plugins_as_values_arrive_as_their_text_would() {
+    // Between two plugins of a chain an event is copied from one runtime into the next
+    // (`copy`) instead of read back to text and parsed again. The oracle is the text path: the
+    // producer alone, its result read back as text, that text given to the consumer alone. The
+    // consumer describes what it received in more detail than JSON text shows; the outputs,
+    // the verdicts and the errors must agree for every case, and the cases the copy takes must
+    // be most of them (it declines Dates, wide or index keys, holes, ropes, getters, cycles, a
+    // changed team and what could be longer than the limit, and the text path decides).
+    let host = Host::new();
+    let producer = plugin("producer", &[("index.js", PRODUCER)]);
+    let consumer = plugin("consumer", &[("index.js", FINGERPRINT)]);
+    let (mut a, mut b) =
+        (host.load_as(&producer, json!({}), "1", Some(2)).unwrap(), host.load_as(&consumer, json!({}), "2", Some(2)).unwrap());
+    let (mut a_alone, mut b_alone) =
+        (host.load_as(&producer, json!({}), "1", Some(2)).unwrap(), host.load_as(&consumer, json!({}), "2", Some(2)).unwrap());
+    let cases = 26;
+    for step in 0..cases * 3 {
+        let mut ev = event();
+        ev["properties"] = json!({"step": step, "nested": {"a": [1, 2.5, "three", null, {"b": false}]}, "name": "Zoë", "$set": {"x": 1}});
+        let text = ev.to_string();
+        let before = a.passed_on();
+        let chained = run_chain(&mut [&mut a, &mut b], &text, 2).unwrap();
+        let passed = a.passed_on() > before;
+        // The text path, by hand.
+        let first = a_alone.process(&text, 2);
+        let (mut succeeded, mut failed) = (Vec::new(), Vec::new());
+        let after_first = match first {
+            StepOutcome::Kept(t) => {
+                succeeded.push("producer (1)".to_string());
+                t
+            }
+            StepOutcome::Failed(e, kept) => {
+                failed.push(e.message.clone());
+                kept.unwrap_or(text.clone())
+            }
+            StepOutcome::Dropped => unreachable!("the producer never drops"),
+        };
+        let expected = match b_alone.process(&after_first, 2) {
+            StepOutcome::Kept(t) => {
+                succeeded.push("consumer (2)".to_string());
+                t
+            }
+            other => panic!("step {step}: the consumer failed alone: {other:?}"),
+        };
+        assert_eq!(chained.succeeded, succeeded, "step {step} (case {}): who succeeded", step % cases);
+        assert_eq!(chained.failed.iter().map(|e| e.message.clone()).collect::<Vec<_>>(), failed, "step {step} (case {})", step % cases);
+        let mut got: Value = serde_json::from_str(chained.event.as_deref().unwrap()).unwrap();
+        for mark in ["$plugins_succeeded", "$plugins_failed", "$plugins_deferred"] {
+            got["properties"].as_object_mut().unwrap().remove(mark);
+        }
+        let expected: Value = serde_json::from_str(&expected).unwrap();
+        assert_eq!(got, expected, "step {step} (case {}): the consumer saw something else", step % cases);
+        // Plain data of every kind goes as values (nesting at the depth limit, 300 keys, a
+        // `__proto__` key, long keys, hidden and symbol keys left out, `team_id` as 2.0,
+        // `properties` null or undefined); the rest is declined and read back as text.
+        let as_values = [0, 1, 2, 3, 10, 15, 17, 18, 19, 20, 21, 22, 25];
+        assert_eq!(passed, as_values.contains(&(step % cases)), "step {step} (case {}): went as values: {passed}", step % cases);
+    }
+}
+
+#[test]
+fn a_plugin_failing_after_a_hand_over_leaves_the_chain_the_event_it_was_handed() {
+    // `b` gets the event as values from `a`, makes it unreadable (a cycle) and throws: the
+    // chain goes on with the event as it stood before `b` — what `a` returned, which `a` kept.
+    let host = Host::new();
+    let a = plugin("a", &[("index.js", "exports.processEvent = (e) => { e.properties.by_a = 'é' + e.properties.n; return e }")]);
+    let b = plugin(
+        "b",
+        &[("index.js", "exports.processEvent = (e) => { e.properties.by_b = true; e.properties.self = e; throw new Error('b fails') }")],
+    );
+    let c =
+        plugin("c", &[("index.js", "exports.processEvent = (e) => { e.properties.seen_by_c = JSON.stringify(e.properties); return e }")]);
+    let (mut a, mut b, mut c) = (
+        host.load_as(&a, json!({}), "1", Some(2)).unwrap(),
+        host.load_as(&b, json!({}), "2", Some(2)).unwrap(),
+        host.load_as(&c, json!({}), "3", Some(2)).unwrap(),
+    );
+    for n in 0..3 {
+        let mut ev = event();
+        ev["properties"]["n"] = json!(n);
+        let outcome = run_chain(&mut [&mut a, &mut b, &mut c], &ev.to_string(), 2).unwrap();
+        assert_eq!((a.passed_on(), b.passed_on()), (n + 1, 0), "a hands over as values; b fails");
+        assert_eq!(outcome.succeeded, ["a (1)", "c (3)"]);
+        assert_eq!(outcome.failed.iter().map(|e| e.message.as_str()).collect::<Vec<_>>(), ["b fails"]);
+        let out: Value = serde_json::from_str(outcome.event.as_deref().unwrap()).unwrap();
+        let mut props = ev["properties"].clone();
+        props["by_a"] = json!(format!("é{n}"));
+        assert_eq!(out["properties"]["seen_by_c"], json!(props.to_string()), "c saw what a returned");
+        assert_eq!(out["properties"]["by_b"], Value::Null);
+    }
+}
+
+#[test]
+fn a_next_plugin_with_a_full_heap_cannot_take_the_event_and_fails_alone() {
+    // `full` keeps its heap nearly full: the event `big` hands over does not fit. The copy
+    // gives up (nothing is left half-built in `full`, nothing is blamed on `big`), the event
+    // goes as text, and `full` fails for lack of memory as it would have anyway; the chain
+    // goes on with what `big` returned.
+    let host = Host::with_limits(Limits {
+        call_timeout: Duration::from_secs(10),
+        memory_limit_bytes: 32 << 20,
+        max_event_bytes: 40 << 20,
+        ..Limits::default()
+    });
+    let big = plugin(
+        "big",
+        &[(
+            "index.js",
+            "exports.processEvent = (e) => { e.properties.blob = [1, 2, 3, 4].map((i) => String(i).repeat(1 << 20)); return e }",
+        )],
+    );
+    let full = plugin(
+        "full",
+        &[(
+            "index.js",
+            "exports.setupPlugin = ({ global }) => { global.keep = []; for (let i = 0; i < 29; i++) global.keep.push(String(i % 10).repeat(1 << 20)) }\nexports.processEvent = (e) => { e.properties.full = true; return e }",
+        )],
+    );
+    let (mut big, mut full) = (host.load_as(&big, json!({}), "1", Some(2)).unwrap(), host.load_as(&full, json!({}), "2", Some(2)).unwrap());
+    full.setup().unwrap();
+    let outcome = run_chain(&mut [&mut big, &mut full], &event().to_string(), 2).unwrap();
+    assert_eq!(big.passed_on(), 0, "the copy could not be made");
+    assert_eq!(outcome.succeeded, ["big (1)"]);
+    assert_eq!(outcome.failed.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), ["OutOfMemory"]);
+    let out: Value = serde_json::from_str(outcome.event.as_deref().unwrap()).unwrap();
+    assert_eq!(out["properties"]["blob"][3].as_str().map(str::len), Some(1 << 20));
+    assert_eq!(out["properties"]["full"], Value::Null);
+    assert!(big.disabled().is_none(), "the producer is not blamed");
+    // The producer goes on handing events to a plugin with room.
+    let roomy =
+        plugin("roomy", &[("index.js", "exports.processEvent = (e) => { e.properties.roomy = e.properties.blob.length; return e }")]);
+    let mut roomy = host.load_as(&roomy, json!({}), "3", Some(2)).unwrap();
+    let outcome = run_chain(&mut [&mut big, &mut roomy], &event().to_string(), 2).unwrap();
+    assert_eq!(big.passed_on(), 1);
+    let out: Value = serde_json::from_str(outcome.event.as_deref().unwrap()).unwrap();
+    assert_eq!(out["properties"]["roomy"], 4);
 }
 
 /// What an idle plugin instance may hold of its heap (docs/config.md).

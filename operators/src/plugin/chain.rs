@@ -4,12 +4,12 @@
 //! as a failure; `$plugins_succeeded`, `$plugins_failed` and `$plugins_deferred` list
 //! `Name (configId)` of each plugin.
 //!
-//! Between plugins the event is JSON text: each plugin gets its own copy built in its own
-//! runtime, and what it returns is read back by the host as data. No object of one plugin is
-//! ever seen by another.
+//! Each plugin gets its own copy of the event built in its own runtime, and what it returns is
+//! read back by the host as data: as JSON text, or copied as values straight into the next
+//! plugin's runtime (`copy`). No object of one plugin is ever seen by another.
 
 use super::error::{Hook, PluginError};
-use super::instance::{PluginInstance, StepOutcome};
+use super::instance::{PluginInstance, Step, StepInput};
 
 /// What a chain did to one event.
 #[derive(Debug, Default)]
@@ -32,33 +32,66 @@ pub struct ChainOutcome {
 /// Returns `Err` only when the event's text cannot be marked (its `properties` is not an
 /// object): the caller dead-letters it. With no plugin to run or mark, the input is returned
 /// untouched.
+///
+/// From one plugin with `processEvent` to the next, the event goes as values copied from one
+/// runtime into the other (`copy`) when the copy takes it, else as JSON text; either way the
+/// next plugin gets the same event. The plugin that handed it over keeps what it returned
+/// until the next one's step is over: when that one fails and leaves nothing readable, the
+/// chain goes on with it, as it would with the text.
 pub fn run_chain(chain: &mut [&mut PluginInstance], event_json: &str, team: i64) -> Result<ChainOutcome, String> {
     let mut out = ChainOutcome::default();
     let mut event: Option<String> = None;
-    for plugin in chain.iter_mut() {
-        if plugin.has(Hook::ProcessEvent) {
-            match plugin.process(event.as_deref().unwrap_or(event_json), team) {
-                StepOutcome::Kept(next) => {
-                    out.succeeded.push(plugin.label().to_string());
+    // The plugin whose result is in the next step's runtime (its step was `Passed`).
+    let mut handed: Option<usize> = None;
+    for i in 0..chain.len() {
+        if chain[i].has(Hook::ProcessEvent) {
+            let from = handed.take();
+            let next = (i + 1..chain.len()).find(|&j| chain[j].has(Hook::ProcessEvent));
+            let (done, rest) = chain.split_at_mut(i + 1);
+            let next = next.map(|j| &*rest[j - i - 1]).filter(|n| n.can_receive());
+            let plugin = &mut *done[i];
+            let input = match from {
+                Some(_) => StepInput::Entered,
+                None => StepInput::Text(event.as_deref().unwrap_or(event_json)),
+            };
+            let step = plugin.step(input, Some(team), next);
+            let label = plugin.label().to_string();
+            match step {
+                Step::Kept(next) => {
+                    out.succeeded.push(label);
                     event = Some(next);
                 }
-                StepOutcome::Dropped => {
-                    out.succeeded.push(plugin.label().to_string());
-                    out.dropped_by = Some(plugin.label().to_string());
-                    return Ok(out);
+                Step::Passed => {
+                    out.succeeded.push(label);
+                    handed = Some(i);
                 }
-                StepOutcome::Failed(error, kept) => {
+                Step::Dropped => {
+                    out.succeeded.push(label.clone());
+                    out.dropped_by = Some(label);
+                }
+                Step::Failed(error, kept) => {
                     out.failed.push(error);
-                    if kept.is_some() {
-                        event = kept;
+                    match (kept, from) {
+                        (Some(kept), _) => event = Some(kept),
+                        // The event as it stood before the call: what the previous plugin
+                        // returned (if even that cannot be read now, the last text).
+                        (None, Some(f)) => event = done[f].returned_text(team).or(event),
+                        (None, None) => {}
                     }
                 }
             }
+            if let Some(f) = from {
+                done[f].forget_returned();
+            }
+            if out.dropped_by.is_some() {
+                return Ok(out);
+            }
         }
-        if plugin.has(Hook::OnEvent) {
-            out.deferred.push(plugin.label().to_string());
+        if chain[i].has(Hook::OnEvent) {
+            out.deferred.push(chain[i].label().to_string());
         }
     }
+    debug_assert!(handed.is_none(), "the last plugin with processEvent has no next to hand to");
     let text = event.as_deref().unwrap_or(event_json);
     if out.succeeded.is_empty() && out.failed.is_empty() && out.deferred.is_empty() {
         out.event = Some(text.to_string());

@@ -44,6 +44,45 @@ unsafe extern "C" {
         values: *mut qjs::JSValue,
         count: i32,
     ) -> qjs::JSValue;
+    /// A string's characters when it is not a rope (borrowed): their number, `wide` 0 for one
+    /// byte each (Latin-1) or 1 for UTF-16 units; -1 otherwise.
+    pub(super) fn JS_PF_StringChars(v: qjs::JSValue, chars: *mut *const c_void, wide: *mut i32) -> i32;
+    /// A new string of `len` characters copied from `chars` (Latin-1, or UTF-16 when `wide`).
+    pub(super) fn JS_PF_NewString(ctx: *mut qjs::JSContext, chars: *const c_void, len: i32, wide: i32) -> qjs::JSValue;
+}
+
+/// Pushes the own enumerable string-keyed data properties of plain object `v` onto `atoms` and
+/// `values` (keys and values borrowed from `v`, valid while it is unchanged), straight from its
+/// shape: their number, and how many entries its shape has (the work of listing them); `None`
+/// (nothing pushed) when it needs the generic path.
+pub(super) fn data_fields(
+    ctx: *mut qjs::JSContext,
+    v: qjs::JSValue,
+    atoms: &mut Vec<qjs::JSAtom>,
+    values: &mut Vec<qjs::JSValue>,
+) -> Option<(usize, usize)> {
+    let (start, vstart) = (atoms.len(), values.len());
+    let mut room = 32;
+    loop {
+        atoms.reserve(room);
+        values.reserve(room);
+        let cap = (atoms.capacity() - start).min(values.capacity() - vstart).min(i32::MAX as usize);
+        // SAFETY: the C side writes at most `cap` entries into the spare capacity, and only
+        // when all of them fit.
+        let mut scanned = 0;
+        let n =
+            unsafe { JS_PF_DataFields(ctx, v, atoms.as_mut_ptr().add(start), values.as_mut_ptr().add(vstart), cap as i32, &mut scanned) };
+        let n = usize::try_from(n).ok()?;
+        if n <= cap {
+            // SAFETY: the first `n` spare entries were just written.
+            unsafe {
+                atoms.set_len(start + n);
+                values.set_len(vstart + n);
+            }
+            return Some((n, usize::try_from(scanned).unwrap_or(0).max(n)));
+        }
+        room = n;
+    }
 }
 
 // What the table may hold, so that events cannot fill a plugin's heap through it (each entry

@@ -297,28 +297,56 @@ impl Parser<'_, '_> {
     /// The object of the keys and values on top of the stacks (from the marks on): its values
     /// are handed over (undefined left in their place).
     fn make_object(&mut self, atoms: usize, values: usize, learn: bool) -> Option<qjs::JSValue> {
-        let ctx = self.ctx;
-        let (atoms, values) = (&self.atoms[atoms..], &mut self.values[values..]);
-        if let Some(made) = self.shapes.as_deref().and_then(|shapes| shapes.make(ctx, atoms, values)) {
-            values.fill(UNDEFINED);
-            return checked(made);
-        }
-        // SAFETY: a new object, owned here until returned.
-        let object = checked(unsafe { qjs::JS_NewObject(ctx) })?;
-        for (&atom, value) in atoms.iter().zip(values.iter_mut()) {
-            let value = std::mem::replace(value, UNDEFINED);
-            // SAFETY: DefineProperty takes over the value's reference, even when it fails; a
-            // repeated key keeps its place and takes the new value, as in JSON.parse.
-            if unsafe { qjs::JS_DefinePropertyValue(ctx, object, atom, value, qjs::JS_PROP_C_W_E as i32) } < 0 {
-                unsafe { qjs::JS_FreeValue(ctx, object) };
-                return None;
-            }
-        }
-        if let Some(shapes) = self.shapes.as_deref_mut().filter(|_| learn) {
-            shapes.learn(ctx, object, atoms);
-        }
-        Some(object)
+        build_object(self.ctx, self.shapes.as_deref_mut(), &self.atoms[atoms..], &mut self.values[values..], learn)
     }
+}
+
+/// A new plain object of `atoms` (keys, borrowed; none repeated but in a parse, where a repeated
+/// key keeps its first place and takes the last value) and `values` (handed over: undefined is
+/// left in their place, also when it fails). Made from a known shape when `shapes` has one;
+/// else a property at a time, and its shape is learnt when `learn` (no key longer than
+/// `MAX_KEY_BYTES`).
+pub(super) fn build_object(
+    ctx: *mut qjs::JSContext,
+    shapes: Option<&mut Shapes>,
+    atoms: &[qjs::JSAtom],
+    values: &mut [qjs::JSValue],
+    learn: bool,
+) -> Option<qjs::JSValue> {
+    if let Some(made) = shapes.as_deref().and_then(|shapes| shapes.make(ctx, atoms, values)) {
+        values.fill(UNDEFINED);
+        return checked(made);
+    }
+    // SAFETY: a new object, owned here until returned.
+    let object = unsafe { qjs::JS_NewObject(ctx) };
+    if checked(object).is_none() {
+        for value in values.iter_mut() {
+            // SAFETY: each value holds one reference, handed over here.
+            unsafe { qjs::JS_FreeValue(ctx, std::mem::replace(value, UNDEFINED)) };
+        }
+        return None;
+    }
+    let mut failed = false;
+    for (&atom, value) in atoms.iter().zip(values.iter_mut()) {
+        let value = std::mem::replace(value, UNDEFINED);
+        if failed {
+            // SAFETY: as above.
+            unsafe { qjs::JS_FreeValue(ctx, value) };
+            continue;
+        }
+        // SAFETY: DefineProperty takes over the value's reference, even when it fails; a
+        // repeated key keeps its place and takes the new value, as in JSON.parse.
+        failed = unsafe { qjs::JS_DefinePropertyValue(ctx, object, atom, value, qjs::JS_PROP_C_W_E as i32) } < 0;
+    }
+    if failed {
+        // SAFETY: the object is ours.
+        unsafe { qjs::JS_FreeValue(ctx, object) };
+        return None;
+    }
+    if let Some(shapes) = shapes.filter(|_| learn) {
+        shapes.learn(ctx, object, atoms);
+    }
+    Some(object)
 }
 
 /// `v` unless it is an exception (QuickJS ran out of memory; the caller drops it).

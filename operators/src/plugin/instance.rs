@@ -109,6 +109,33 @@ pub enum StepOutcome {
     Failed(PluginError, Option<String>),
 }
 
+/// One step of a chain (`chain::run_chain`): a [`StepOutcome`], or the event handed to the
+/// next plugin as values built in its runtime.
+pub(crate) enum Step {
+    Kept(String),
+    /// The plugin returned an event, copied into the next plugin's runtime (see
+    /// [`PluginInstance::step`]); this plugin keeps what it returned until
+    /// [`PluginInstance::forget_returned`].
+    Passed,
+    Dropped,
+    Failed(PluginError, Option<String>),
+}
+
+/// What a `processEvent` call gave, inside the call.
+enum Returned {
+    /// Read back (`None`: a falsy value, the event is dropped).
+    Read(Option<tojson::Read>),
+    Passed,
+}
+
+/// Where a chain step's event comes from.
+pub(crate) enum StepInput<'a> {
+    /// JSON text, built in this runtime for the call.
+    Text(&'a str),
+    /// Already built here by the previous plugin's step (`Step::Passed`).
+    Entered,
+}
+
 /// A plugin configuration instantiated in a runtime of its own.
 pub struct PluginInstance {
     // Field order matters: values saved from the context go before the context (which owns
@@ -116,6 +143,14 @@ pub struct PluginInstance {
     pf: Option<Persistent<Object<'static>>>,
     /// Object shapes of events built here, by their keys (made on the first event).
     shapes: RefCell<Option<super::fastpath::Shapes>>,
+    /// In a chain: the event the previous plugin handed over, built here by it (`copy`), until
+    /// this plugin's step takes it.
+    entered: RefCell<Option<Persistent<Value<'static>>>>,
+    /// In a chain: what this plugin returned and handed over, kept while the next plugin runs
+    /// (read back only when that one fails and leaves nothing readable).
+    returned: RefCell<Option<Persistent<Value<'static>>>>,
+    /// Events this plugin handed to the next one as values (the rest went as text).
+    passed: std::cell::Cell<u64>,
     context: Option<rquickjs::Context>,
     deadline: Rc<Deadline>,
     /// This instance's heap account: a refusal during a call means it ran out of memory.
@@ -212,6 +247,9 @@ impl PluginInstance {
         let mut instance = Self {
             pf: None,
             shapes: RefCell::new(None),
+            entered: RefCell::new(None),
+            returned: RefCell::new(None),
+            passed: std::cell::Cell::new(0),
             context: None,
             deadline: runtime.deadline.clone(),
             heap: own.heap,
@@ -580,13 +618,48 @@ impl PluginInstance {
     /// [`PluginInstance::process`] for an event that may have no team (`pluginflow try`): with
     /// `None`, `team_id` is not checked.
     pub fn process_team(&mut self, input: &str, team: Option<i64>) -> StepOutcome {
+        match self.step(StepInput::Text(input), team, None) {
+            Step::Kept(e) => StepOutcome::Kept(e),
+            Step::Dropped => StepOutcome::Dropped,
+            Step::Failed(e, kept) => StepOutcome::Failed(e, kept),
+            Step::Passed => unreachable!("nothing is passed on without a next plugin"),
+        }
+    }
+
+    /// Whether a previous plugin of a chain may build an event in this runtime for this
+    /// plugin's next step.
+    pub(crate) fn can_receive(&self) -> bool {
+        self.disabled.is_none() && self.context.is_some() && self.hooks.contains(&Hook::ProcessEvent)
+    }
+
+    /// Runs `processEvent` on `input`. With `next` (the chain's next plugin with
+    /// `processEvent`, which [`Self::can_receive`]), an event returned is copied into `next`'s
+    /// runtime as values (`copy`) instead of being read back as text, when the copy takes it:
+    /// [`Step::Passed`], and `next`'s step takes [`StepInput::Entered`]. When the copy declines,
+    /// the result is read back as text as without `next`.
+    pub(crate) fn step(&mut self, input: StepInput<'_>, team: Option<i64>, next: Option<&PluginInstance>) -> Step {
         let hook = Hook::ProcessEvent;
         let mut mutated: Option<String> = None;
         let rules = self.rules(team);
+        // Whatever was handed in is taken now, also when the call does not happen.
+        let entered = self.entered.borrow_mut().take();
         let result = self.call(hook, |this, ctx, pf| {
-            let event = this.enter(ctx, hook, input)?;
+            let event = match input {
+                StepInput::Text(text) => this.enter(ctx, hook, text)?,
+                StepInput::Entered => entered.and_then(|e| e.restore(ctx).ok()).ok_or_else(|| {
+                    this.error(hook, ErrorKind::Failed, "HostError", "the event handed over by the previous plugin is gone", "")
+                })?,
+            };
             let call = pf.get::<_, Function<'_>>("call").and_then(|f| f.call(("processEvent", event.clone())));
-            let outcome = this.settled(ctx, pf, hook, call).and_then(|v| this.read_returned(ctx, &v, &rules));
+            let outcome = this.settled(ctx, pf, hook, call).and_then(|v| {
+                if let Some(next) = next
+                    && this.pass_on(ctx, &v, next, &rules)
+                {
+                    *this.returned.borrow_mut() = Some(Persistent::save(ctx, v));
+                    return Ok(Returned::Passed);
+                }
+                this.read_returned(ctx, &v, &rules).map(Returned::Read)
+            });
             if outcome.is_err() {
                 // PostHog went on with the object it had passed in, mutations included.
                 mutated = tojson::read_event(ctx, &event, &rules).ok().map(|r| r.json);
@@ -594,14 +667,59 @@ impl PluginInstance {
             outcome
         });
         match result {
-            Ok(None) => StepOutcome::Dropped,
-            Ok(Some(read)) if read.team_changed => StepOutcome::Failed(
+            Ok(Returned::Passed) => Step::Passed,
+            Ok(Returned::Read(None)) => Step::Dropped,
+            Ok(Returned::Read(Some(read))) if read.team_changed => Step::Failed(
                 self.error(hook, ErrorKind::Failed, "IllegalOperationError", "Plugin tried to change event.team_id", ""),
                 Some(read.json),
             ),
-            Ok(Some(read)) => StepOutcome::Kept(read.json),
-            Err(e) => StepOutcome::Failed(e, mutated),
+            Ok(Returned::Read(Some(read))) => Step::Kept(read.json),
+            Err(e) => Step::Failed(e, mutated),
         }
+    }
+
+    /// Copies `value` (what this plugin returned) into `next`'s runtime for its next step;
+    /// false when the copy declines (nothing is left in `next`).
+    fn pass_on<'js>(&self, ctx: &Ctx<'js>, value: &Value<'js>, next: &PluginInstance, rules: &Rules) -> bool {
+        let Some(context) = next.context.as_ref().filter(|_| next.disabled.is_none()) else {
+            return false;
+        };
+        context.with(|to| {
+            update_stack_top(&to);
+            let mut shapes = next.shapes.borrow_mut();
+            let shapes = shapes.get_or_insert_with(|| super::fastpath::Shapes::new(to.as_raw().as_ptr()));
+            match super::copy::copy_event(ctx, value, &to, Some(shapes), rules) {
+                Some(made) => {
+                    *next.entered.borrow_mut() = Some(Persistent::save(&to, made));
+                    self.passed.set(self.passed.get() + 1);
+                    true
+                }
+                None => false,
+            }
+        })
+    }
+
+    /// What this plugin returned at its last [`Step::Passed`], read back as text: the event as
+    /// it stood before the next plugin, when that one failed and left nothing readable.
+    pub(crate) fn returned_text(&mut self, team: i64) -> Option<String> {
+        let returned = self.returned.borrow_mut().take()?;
+        let rules = self.rules(Some(team));
+        let context = self.context.clone()?;
+        context.with(|ctx| {
+            let value = returned.restore(&ctx).ok()?;
+            tojson::read_event(&ctx, &value, &rules).ok().map(|r| r.json)
+        })
+    }
+
+    /// How many events this plugin's `processEvent` handed to the next plugin of a chain as
+    /// values (`copy`); the others went on as JSON text.
+    pub fn passed_on(&self) -> u64 {
+        self.passed.get()
+    }
+
+    /// Lets go of what this plugin returned at its last [`Step::Passed`].
+    pub(crate) fn forget_returned(&mut self) {
+        self.returned.replace(None);
     }
 
     /// Builds `input` (an event of `team`) in this instance's runtime and reads it back, with
@@ -891,6 +1009,8 @@ impl PluginInstance {
     /// Frees the instance's runtime; later calls fail as disabled.
     fn release(&mut self) {
         self.shapes.replace(None);
+        self.entered.replace(None);
+        self.returned.replace(None);
         self.pf = None;
         self.context = None;
     }

@@ -13,6 +13,7 @@
 //! - `host` and `js/prelude.js`: `meta`, globals and modules plugins see.
 
 pub mod chain;
+mod copy;
 pub mod deferred;
 pub mod error;
 mod fastpath;

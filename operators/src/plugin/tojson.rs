@@ -374,40 +374,11 @@ impl<'r> Walker<'r> {
     }
 
     /// The own enumerable string-keyed data properties of plain object `v` on top of the
-    /// stacks, straight from its shape: their number, and how many entries its shape has (the
-    /// work of listing them); `None` when it needs the generic path.
+    /// stacks (`fastpath::data_fields`); `None` when it needs the generic path. The values are
+    /// borrowed from `v`, which nothing changes while they are read (no JavaScript runs during
+    /// the walk).
     fn plain_fields(&mut self, v: qjs::JSValue) -> Option<(usize, usize)> {
-        let start = self.atoms.len();
-        let mut room = 32;
-        loop {
-            self.atoms.reserve(room);
-            self.values.reserve(room);
-            let cap = (self.atoms.capacity() - start).min(self.values.capacity() - start).min(i32::MAX as usize);
-            // SAFETY: the C side writes at most `cap` entries into the spare capacity, and only
-            // when all of them fit; the values are borrowed from `v`, which nothing changes
-            // while they are read (no JavaScript runs during the walk).
-            let mut scanned = 0;
-            let n = unsafe {
-                fastpath::JS_PF_DataFields(
-                    self.ctx,
-                    v,
-                    self.atoms.as_mut_ptr().add(start),
-                    self.values.as_mut_ptr().add(start),
-                    cap as i32,
-                    &mut scanned,
-                )
-            };
-            let n = usize::try_from(n).ok()?;
-            if n <= cap {
-                // SAFETY: the first `n` spare entries were just written.
-                unsafe {
-                    self.atoms.set_len(start + n);
-                    self.values.set_len(start + n);
-                }
-                return Some((n, usize::try_from(scanned).unwrap_or(0).max(n)));
-            }
-            room = n;
-        }
+        fastpath::data_fields(self.ctx, v, &mut self.atoms, &mut self.values)
     }
 
     fn write_fields(&mut self, v: qjs::JSValue, keys: Keys<'_>, depth: usize) -> Result<(), Stop> {

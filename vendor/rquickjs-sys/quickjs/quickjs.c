@@ -65197,6 +65197,32 @@ JSValue JS_PF_NewObjectFromShape(JSContext *ctx, void *shape, const JSAtom *atom
     return obj;
 }
 
+/* The characters of string `v` when it is not a rope, not copied (valid while `v` lives):
+   one byte each (Latin-1) when `*wide` is 0, else two (UTF-16 code units). Returns their
+   number, or -1 for a rope or a value that is not a string. */
+int JS_PF_StringChars(JSValueConst v, const void **chars, int *wide)
+{
+    JSString *p;
+
+    if (JS_VALUE_GET_TAG(v) != JS_TAG_STRING)
+        return -1;
+    p = JS_VALUE_GET_STRING(v);
+    *wide = p->is_wide_char;
+    *chars = strv(p);
+    return p->len;
+}
+
+/* A new string of `len` characters copied from `chars`: one byte each (Latin-1) when `wide` is
+   0, else two (UTF-16 code units, lone surrogates kept). JS_EXCEPTION when memory runs out. */
+JSValue JS_PF_NewString(JSContext *ctx, const void *chars, int len, int wide)
+{
+    if (len < 0)
+        return JS_ThrowRangeError(ctx, "invalid string length");
+    if (wide)
+        return js_new_string16_len(ctx, chars, len);
+    return js_new_string8_len(ctx, chars, len);
+}
+
 #undef malloc
 #undef free
 #undef realloc
