@@ -6,7 +6,10 @@
 //! `benches/instructions-baseline.json` (fails on a rise of more than 5%).
 //!
 //! - `crossing`: an event (~1 KB) built in a plugin's runtime and read back as JSON by the host,
-//!   no plugin code. Between two plugins of a chain this is the realm-to-realm copy.
+//!   no plugin code: what the first and the last plugin of a chain pay.
+//! - `hand_over`: the same event built in one runtime, copied into a second one as values (as
+//!   a chain hands an event from one plugin to the next) and read back there: the
+//!   realm-to-realm copy is `hand_over` − `crossing`.
 //! - `plugin_call`: one `processEvent` of a plugin that returns its input, on a tiny event.
 //! - `chain3`: one ~1 KB event through the three benchmark plugins of `benches/plugins`
 //!   (greet, screen, flatten), `$plugins_*` marks included.
@@ -60,6 +63,18 @@ fn crossing_setup() -> Loaded {
     one("keep", "function processEvent(event) { return event }\n")
 }
 
+fn hand_over_setup() -> Loaded {
+    let runtime = PluginRuntime::new(Limits::default()).expect("runtime");
+    let services = services(Arc::new(MemoryStore::new()), None);
+    let dirs = vec![
+        temp_plugin("keep", "function processEvent(event) { return event }\n"),
+        temp_plugin("keep2", "function processEvent(event) { return event }\n"),
+    ];
+    let mut instances: Vec<PluginInstance> = dirs.iter().map(|d| instance(&runtime, d.path(), &services)).collect();
+    warm(&mut instances);
+    Loaded { _dirs: dirs, _runtime: runtime, instances }
+}
+
 fn noop_setup() -> Loaded {
     one("noop", "function processEvent(event) { return event }\n")
 }
@@ -103,6 +118,12 @@ fn measured_instance_create(c: &Creating) -> PluginInstance {
 #[inline(never)]
 fn measured_crossing(l: &mut Loaded) -> String {
     black_box(l.instances[0].cross(black_box(EVENT_1KB), 2).expect("crossed"))
+}
+
+#[inline(never)]
+fn measured_hand_over(l: &mut Loaded) -> String {
+    let (first, rest) = l.instances.split_at_mut(1);
+    black_box(first[0].cross_via(&mut rest[0], black_box(EVENT_1KB), 2).expect("handed over"))
 }
 
 #[inline(never)]
@@ -230,6 +251,7 @@ fn main() {
     // after the measured call (their freeing is not counted either).
     match name.as_str() {
         "crossing" => drop(black_box(measured_crossing(&mut crossing_setup()))),
+        "hand_over" => drop(black_box(measured_hand_over(&mut hand_over_setup()))),
         "plugin_call" => drop(black_box(measured_plugin_call(&mut noop_setup()))),
         "chain3" => drop(black_box(measured_chain3(&mut chain3_setup()))),
         "cache_get" => {
@@ -253,7 +275,7 @@ fn main() {
             drop(black_box(measured_instance_create(&c)));
         }
         "list" => println!(
-            "crossing plugin_call chain3 cache_get cache_set geoip geoip_recent graph_no_plugins_1000 parse_line_1000 load_7_plugins instance_create"
+            "crossing hand_over plugin_call chain3 cache_get cache_set geoip geoip_recent graph_no_plugins_1000 parse_line_1000 load_7_plugins instance_create"
         ),
         other => {
             eprintln!("usage: instructions NAME (one of: instructions list); got '{other}'");
