@@ -674,7 +674,7 @@ if os.path.exists(ins):
     w("`scripts/instructions.sh`: one operation after an uncounted setup, counted by callgrind "
       "(`--toggle-collect='*measured_*'`), so the figures do not move with the machine's load; the baseline is "
       "`benches/instructions-baseline.json` and a rise of more than 5% fails the script (and this one). "
-      "`crossing` is one event built in a plugin's runtime and read back (the realm-to-realm copy between two plugins); "
+      "`crossing` is one event built in a plugin's runtime and read back (what the first and last plugin of a chain pay); `hand_over` is the same event built in one runtime, copied into a second as a chain hands it from plugin to plugin, and read back there (the realm-to-realm copy is `hand_over` minus `crossing`); "
       "`chain3` is one ~1 KB event through the benchmark plugins `benches/plugins/{greet,screen,flatten}`.")
     w("")
     for line in open(ins):

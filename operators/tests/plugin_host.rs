@@ -1044,6 +1044,7 @@ const CASES = [
     (e) => { e.properties.map = new Map(); return e },
     (e) => { e.properties.big = 10n; return e },
     (e) => { e.properties.k = 'x'.repeat(70); e.properties['y'.repeat(70)] = 1; return e },
+    (e) => { e.properties.empties = Array(2000).fill(''); e.properties.narrow = ('\u0101' + 'z'.repeat(3000)).slice(1); e.properties.one = 'é'; return e },
 ]
 exports.processEvent = (e) => CASES[e.properties.step % CASES.length](e)
 "#;
@@ -1064,7 +1065,7 @@ fn events_handed_between_plugins_as_values_arrive_as_their_text_would() {
         (host.load_as(&producer, json!({}), "1", Some(2)).unwrap(), host.load_as(&consumer, json!({}), "2", Some(2)).unwrap());
     let (mut a_alone, mut b_alone) =
         (host.load_as(&producer, json!({}), "1", Some(2)).unwrap(), host.load_as(&consumer, json!({}), "2", Some(2)).unwrap());
-    let cases = 26;
+    let cases = 27;
     for step in 0..cases * 3 {
         let mut ev = event();
         ev["properties"] = json!({"step": step, "nested": {"a": [1, 2.5, "three", null, {"b": false}]}, "name": "Zoë", "$set": {"x": 1}});
@@ -1104,8 +1105,12 @@ fn events_handed_between_plugins_as_values_arrive_as_their_text_would() {
         // Plain data of every kind goes as values (nesting at the depth limit, 300 keys, a
         // `__proto__` key, long keys, hidden and symbol keys left out, `team_id` as 2.0,
         // `properties` null or undefined); the rest is declined and read back as text.
-        let as_values = [0, 1, 2, 3, 10, 15, 17, 18, 19, 20, 21, 22, 25];
+        let as_values = [0, 1, 2, 3, 10, 15, 17, 18, 19, 20, 21, 22, 25, 26];
         assert_eq!(passed, as_values.contains(&(step % cases)), "step {step} (case {}): went as values: {passed}", step % cases);
+        // The same values take the same memory (empty strings, characters stored one byte
+        // each when they fit): the consumer starts its calls with the room the text path
+        // leaves it.
+        assert_eq!(b.memory_used(), b_alone.memory_used(), "step {step} (case {}): the consumer's heap", step % cases);
     }
 }
 
@@ -1139,6 +1144,85 @@ fn a_plugin_failing_after_a_hand_over_leaves_the_chain_the_event_it_was_handed()
         assert_eq!(out["properties"]["seen_by_c"], json!(props.to_string()), "c saw what a returned");
         assert_eq!(out["properties"]["by_b"], Value::Null);
     }
+}
+
+#[test]
+fn reading_a_result_back_is_not_charged_to_a_plugin_near_its_heap_limit() {
+    // Reading a result back as text makes the UTF-8 of its strings in the plugin's runtime for
+    // a moment (two bytes for each 'é'); handing it to the next plugin as values makes none.
+    // Either way that is the host's work: a plugin with room for its string but not for the
+    // string's UTF-8 succeeds alone, and in a chain whose next plugin fails unreadably the
+    // chain goes on with its result.
+    let limit = 16 << 20;
+    let host = Host::with_limits(Limits {
+        call_timeout: Duration::from_secs(10),
+        memory_limit_bytes: limit,
+        max_event_bytes: 8 << 20,
+        ..Limits::default()
+    });
+    let near = plugin(
+        "near",
+        &[(
+            "index.js",
+            "let hold\nexports.setupPlugin = ({ config }) => { hold = new ArrayBuffer(Number(config.hold)) }\n\
+             exports.processEvent = (e) => { e.properties.big = 'é'.repeat(1 << 20); return e }",
+        )],
+    );
+    let unreadable =
+        plugin("unreadable", &[("index.js", "exports.processEvent = (e) => { e.properties.f = () => 1; throw new Error('fails') }")]);
+    let load_near = |hold: usize| {
+        let mut p = host.load_as(&near, json!({ "hold": hold.to_string() }), "1", Some(2)).unwrap();
+        p.setup().unwrap();
+        p
+    };
+    // Room for the string (1 MiB) and not for its UTF-8 as well (2 MiB more).
+    let hold = limit - load_near(0).memory_used() - (3 << 19);
+    let mut alone = load_near(hold);
+    match alone.process(&event().to_string(), 2) {
+        StepOutcome::Kept(text) => assert!(text.contains(&"é".repeat(1000))),
+        other => panic!("the plugin alone failed: {other:?}"),
+    }
+    let mut near = load_near(hold);
+    let mut next = host.load_as(&unreadable, json!({}), "2", Some(2)).unwrap();
+    let outcome = run_chain(&mut [&mut near, &mut next], &event().to_string(), 2).unwrap();
+    assert_eq!(near.passed_on(), 1);
+    assert_eq!(outcome.succeeded, ["near (1)"]);
+    assert_eq!(outcome.failed.iter().map(|e| e.message.as_str()).collect::<Vec<_>>(), ["fails"]);
+    let out: Value = serde_json::from_str(outcome.event.as_deref().unwrap()).unwrap();
+    assert_eq!(out["properties"]["big"].as_str().map(|s| s.chars().count()), Some(1 << 20), "the chain went on with what `near` returned");
+    assert!(alone.disabled().is_none() && near.disabled().is_none());
+}
+
+#[test]
+fn a_result_handed_over_by_a_call_that_ran_out_of_memory_is_let_go_at_once() {
+    // The plugin catches running out of memory and returns an event that holds 5 MB where the
+    // read-back does not look (a hidden property). The call fails for lack of memory either
+    // way; what it returned must be freed before the heap is measured (or the plugin would be
+    // disabled for holding it), also when it had been copied into the next plugin already.
+    let host = Host::with_limits(Limits { call_timeout: Duration::from_secs(10), memory_limit_bytes: 8 << 20, ..Limits::default() });
+    let pin = plugin(
+        "pin",
+        &[(
+            "index.js",
+            "exports.processEvent = (e) => { Object.defineProperty(e, 'pin', { value: new ArrayBuffer(5000000), enumerable: false })\n\
+             try { new ArrayBuffer(20000000) } catch (_) {}\n e.properties.touched = true; return e }",
+        )],
+    );
+    let keep = plugin("keep", &[("index.js", "exports.processEvent = (e) => e")]);
+    let mut alone = host.load_as(&pin, json!({}), "1", Some(2)).unwrap();
+    let mut first = host.load_as(&pin, json!({}), "1", Some(2)).unwrap();
+    let mut next = host.load_as(&keep, json!({}), "2", Some(2)).unwrap();
+    for _ in 0..2 {
+        match alone.process(&event().to_string(), 2) {
+            StepOutcome::Failed(e, _) => assert_eq!(e.name, "OutOfMemory"),
+            other => panic!("{other:?}"),
+        }
+        let outcome = run_chain(&mut [&mut first, &mut next], &event().to_string(), 2).unwrap();
+        assert_eq!(outcome.failed.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), ["OutOfMemory"]);
+        assert_eq!(outcome.succeeded, ["keep (2)"]);
+    }
+    assert!(alone.disabled().is_none(), "{:?}", alone.disabled());
+    assert!(first.disabled().is_none(), "{:?}", first.disabled());
 }
 
 #[test]

@@ -74,8 +74,16 @@ pub fn run_chain(chain: &mut [&mut PluginInstance], event_json: &str, team: i64)
                     match (kept, from) {
                         (Some(kept), _) => event = Some(kept),
                         // The event as it stood before the call: what the previous plugin
-                        // returned (if even that cannot be read now, the last text).
-                        (None, Some(f)) => event = done[f].returned_text(team).or(event),
+                        // returned. Should even that not be read now, that plugin did not
+                        // succeed after all and the event goes on as it was before it.
+                        (None, Some(f)) => match done[f].returned_text(team) {
+                            Some(text) => event = Some(text),
+                            None => {
+                                let label = done[f].label();
+                                out.succeeded.retain(|l| l != label);
+                                out.failed.push(done[f].unreadable_returned());
+                            }
+                        },
                         (None, None) => {}
                     }
                 }

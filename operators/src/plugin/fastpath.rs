@@ -49,6 +49,8 @@ unsafe extern "C" {
     pub(super) fn JS_PF_StringChars(v: qjs::JSValue, chars: *mut *const c_void, wide: *mut i32) -> i32;
     /// A new string of `len` characters copied from `chars` (Latin-1, or UTF-16 when `wide`).
     pub(super) fn JS_PF_NewString(ctx: *mut qjs::JSContext, chars: *const c_void, len: i32, wide: i32) -> qjs::JSValue;
+    /// The number of characters of a string or rope; -1 for any other value.
+    pub(super) fn JS_PF_StringLength(v: qjs::JSValue) -> i32;
 }
 
 /// Pushes the own enumerable string-keyed data properties of plain object `v` onto `atoms` and

@@ -125,7 +125,8 @@ pub(crate) enum Step {
 enum Returned {
     /// Read back (`None`: a falsy value, the event is dropped).
     Read(Option<tojson::Read>),
-    Passed,
+    /// Copied into the next plugin's runtime; what was returned, to keep once the call is over.
+    Passed(Persistent<Value<'static>>),
 }
 
 /// Where a chain step's event comes from.
@@ -655,19 +656,27 @@ impl PluginInstance {
                 if let Some(next) = next
                     && this.pass_on(ctx, &v, next, &rules)
                 {
-                    *this.returned.borrow_mut() = Some(Persistent::save(ctx, v));
-                    return Ok(Returned::Passed);
+                    return Ok(Returned::Passed(Persistent::save(ctx, v)));
                 }
                 this.read_returned(ctx, &v, &rules).map(Returned::Read)
             });
             if outcome.is_err() {
                 // PostHog went on with the object it had passed in, mutations included.
-                mutated = tojson::read_event(ctx, &event, &rules).ok().map(|r| r.json);
+                mutated = this.read_back(ctx, &event, &rules).ok().map(|r| r.json);
             }
             outcome
         });
+        if let Some(next) = next
+            && !matches!(result, Ok(Returned::Passed(_)))
+        {
+            // A copy made before the call failed after all (out of memory) is not for `next`.
+            next.entered.replace(None);
+        }
         match result {
-            Ok(Returned::Passed) => Step::Passed,
+            Ok(Returned::Passed(returned)) => {
+                *self.returned.borrow_mut() = Some(returned);
+                Step::Passed
+            }
             Ok(Returned::Read(None)) => Step::Dropped,
             Ok(Returned::Read(Some(read))) if read.team_changed => Step::Failed(
                 self.error(hook, ErrorKind::Failed, "IllegalOperationError", "Plugin tried to change event.team_id", ""),
@@ -707,7 +716,7 @@ impl PluginInstance {
         let context = self.context.clone()?;
         context.with(|ctx| {
             let value = returned.restore(&ctx).ok()?;
-            tojson::read_event(&ctx, &value, &rules).ok().map(|r| r.json)
+            self.read_back(&ctx, &value, &rules).ok().map(|r| r.json)
         })
     }
 
@@ -715,6 +724,13 @@ impl PluginInstance {
     /// values (`copy`); the others went on as JSON text.
     pub fn passed_on(&self) -> u64 {
         self.passed.get()
+    }
+
+    /// The failure recorded for this plugin when what it handed over could not be read back
+    /// after the next plugin failed (see `chain::run_chain`; not expected to happen).
+    pub(crate) fn unreadable_returned(&self) -> PluginError {
+        let message = "what processEvent returned could not be read back after the next plugin failed; the event goes on as it was before";
+        self.error(Hook::ProcessEvent, ErrorKind::Failed, "HostError", message, "")
     }
 
     /// Lets go of what this plugin returned at its last [`Step::Passed`].
@@ -728,7 +744,7 @@ impl PluginInstance {
         let rules = self.rules(Some(team));
         self.call(Hook::ProcessEvent, |this, ctx, _pf| {
             let event = this.enter(ctx, Hook::ProcessEvent, input)?;
-            tojson::read_event(ctx, &event, &rules)
+            this.read_back(ctx, &event, &rules)
                 .map(|r| r.json)
                 .map_err(|r| this.error(Hook::ProcessEvent, ErrorKind::Failed, "TypeError", &r.to_string(), ""))
         })
@@ -750,7 +766,7 @@ impl PluginInstance {
             let entered = this.entered.borrow_mut().take().and_then(|e| e.restore(ctx).ok());
             let event =
                 entered.ok_or_else(|| this.error(Hook::ProcessEvent, ErrorKind::Failed, "HostError", "nothing was handed over", ""))?;
-            tojson::read_event(ctx, &event, &rules)
+            this.read_back(ctx, &event, &rules)
                 .map(|r| r.json)
                 .map_err(|r| this.error(Hook::ProcessEvent, ErrorKind::Failed, "TypeError", &r.to_string(), ""))
         })
@@ -758,6 +774,16 @@ impl PluginInstance {
 
     fn rules(&self, team: Option<i64>) -> Rules {
         Rules { max_bytes: self.limits.max_event_bytes, max_depth: self.limits.max_event_depth, team }
+    }
+
+    /// Reads event `value` back as JSON text ([`tojson::read_event`]). What the read allocates
+    /// in this runtime (a string's UTF-8, a number's digits, a key list, each freed at once) is
+    /// the host's work, not the plugin's: it is never refused, so a plugin near its heap limit
+    /// is not failed for it, whether its result is read here or handed to the next plugin as
+    /// values (`copy`, which allocates nothing here). It is bounded by the event's size limit:
+    /// a string longer than the limit is refused before its UTF-8 is made.
+    fn read_back<'js>(&self, ctx: &Ctx<'js>, value: &Value<'js>, rules: &Rules) -> Result<tojson::Read, tojson::Refusal> {
+        self.heap.unrefused(|| tojson::read_event(ctx, value, rules))
     }
 
     /// What `processEvent` returned, read as data: `None` for a falsy value (drop).
@@ -769,7 +795,7 @@ impl PluginInstance {
         if !truthy {
             return Ok(None);
         }
-        let read = tojson::read_event(ctx, value, rules);
+        let read = self.read_back(ctx, value, rules);
         read.map(Some).map_err(|refusal| {
             let message = if refusal.path == "event" {
                 format!("processEvent returned {}, expected an object or a falsy value", refusal.what)
@@ -853,8 +879,10 @@ impl PluginInstance {
                 self.after_out_of_memory();
                 Err(e)
             }
-            Ok(_) if ran_out => {
+            Ok(value) if ran_out => {
                 // The plugin caught the out-of-memory error and carried on: still a failure.
+                // What it returned goes before the heap is measured.
+                drop(value);
                 let e = self.out_of_memory(hook);
                 self.after_out_of_memory();
                 Err(e)

@@ -154,7 +154,8 @@ impl Heap {
     /// allocation (it patches bytecode at offsets it recorded before an emit that failed, and
     /// writes out of bounds), so code is compiled only here, from sources the host bounds, and
     /// plugins cannot compile code at run time (see the prelude). The caller checks
-    /// [`Heap::over`] afterwards.
+    /// [`Heap::over`] afterwards. The host's read-back of a result runs here too: what it
+    /// allocates is its own work, freed before it returns.
     pub fn unrefused<R>(&self, f: impl FnOnce() -> R) -> R {
         self.unlimited.set(true);
         let r = f();

@@ -193,7 +193,12 @@ impl<'r> Walker<'r> {
     }
 
     fn check_size(&self) -> Result<(), Stop> {
-        if self.out.len() > self.rules.max_bytes {
+        self.fits(0)
+    }
+
+    /// Whether the text still fits once `more` bytes are added.
+    fn fits(&self, more: usize) -> Result<(), Stop> {
+        if self.out.len().saturating_add(more) > self.rules.max_bytes {
             return Err(Stop(format!("past the size limit: the text would be longer than {} bytes", self.rules.max_bytes)));
         }
         Ok(())
@@ -256,6 +261,10 @@ impl<'r> Walker<'r> {
 
     /// Appends the UTF-8 of string value `s`, JSON-quoted when `quote`.
     fn string_bytes(&mut self, s: qjs::JSValue, quote: bool) -> Result<(), Stop> {
+        // Each character takes a byte at least: a string that cannot fit is refused before its
+        // UTF-8 is made (a copy of up to three bytes a character).
+        // SAFETY: reads the length of a live string or rope.
+        self.fits(usize::try_from(unsafe { fastpath::JS_PF_StringLength(s) }).unwrap_or(0))?;
         let mut len: qjs::size_t = 0;
         // SAFETY: returns a pointer into QuickJS memory (or a copy) valid until JS_FreeCString.
         // With cesu8 = false, pairs become 4-byte UTF-8 and lone surrogates 3-byte sequences.

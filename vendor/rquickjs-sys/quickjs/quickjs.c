@@ -65213,14 +65213,46 @@ int JS_PF_StringChars(JSValueConst v, const void **chars, int *wide)
 }
 
 /* A new string of `len` characters copied from `chars`: one byte each (Latin-1) when `wide` is
-   0, else two (UTF-16 code units, lone surrogates kept). JS_EXCEPTION when memory runs out. */
+   0, else two (UTF-16 code units, lone surrogates kept). Made as JS_NewStringLen makes the same
+   characters from UTF-8, so that it takes the same memory: the empty string is the runtime's
+   own, and characters that all fit in one byte are stored one byte each. JS_EXCEPTION when
+   memory runs out. */
 JSValue JS_PF_NewString(JSContext *ctx, const void *chars, int len, int wide)
 {
+    const uint16_t *units = chars;
+    JSString *str;
+    int i;
+
     if (len < 0)
         return JS_ThrowRangeError(ctx, "invalid string length");
-    if (wide)
-        return js_new_string16_len(ctx, chars, len);
-    return js_new_string8_len(ctx, chars, len);
+    if (len == 0)
+        return js_empty_string(ctx->rt);
+    if (!wide)
+        return js_new_string8_len(ctx, chars, len);
+    for (i = 0; i < len; i++) {
+        if (units[i] >= 0x100)
+            return js_new_string16_len(ctx, units, len);
+    }
+    str = js_alloc_string(ctx, len, 0);
+    if (!str)
+        return JS_EXCEPTION;
+    for (i = 0; i < len; i++)
+        str8(str)[i] = units[i];
+    str8(str)[len] = '\0';
+    return JS_MKPTR(JS_TAG_STRING, str);
+}
+
+/* The number of characters of string or rope `v`; -1 for any other value. */
+int JS_PF_StringLength(JSValueConst v)
+{
+    switch (JS_VALUE_GET_TAG(v)) {
+    case JS_TAG_STRING:
+        return JS_VALUE_GET_STRING(v)->len;
+    case JS_TAG_STRING_ROPE:
+        return ((JSStringRope *)JS_VALUE_GET_PTR(v))->len;
+    default:
+        return -1;
+    }
 }
 
 #undef malloc
