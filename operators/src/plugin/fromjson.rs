@@ -84,6 +84,13 @@ impl Parser<'_, '_> {
             b'"' => {
                 let ctx = self.ctx;
                 let s = self.string()?;
+                if s.is_ascii() {
+                    // ASCII is its own Latin-1: the string JS_NewStringLen would make, without
+                    // its pass to tell what kind of string the bytes make.
+                    // SAFETY: QuickJS copies `s.len()` one-byte characters (an event is far
+                    // shorter than i32::MAX bytes).
+                    return checked(unsafe { super::fastpath::JS_PF_NewString(ctx, s.as_ptr().cast(), s.len() as i32, 0) });
+                }
                 // SAFETY: QuickJS copies the bytes (valid UTF-8) into a new string.
                 checked(unsafe { qjs::JS_NewStringLen(ctx, s.as_ptr().cast(), s.len() as _) })
             }

@@ -265,6 +265,24 @@ impl<'r> Walker<'r> {
         // UTF-8 is made (a copy of up to three bytes a character).
         // SAFETY: reads the length of a live string or rope.
         self.fits(usize::try_from(unsafe { fastpath::JS_PF_StringLength(s) }).unwrap_or(0))?;
+        let mut chars: *const std::ffi::c_void = std::ptr::null();
+        let mut wide = 0;
+        // SAFETY: borrows the characters of a live string that is not a rope (-1 otherwise).
+        let n = unsafe { fastpath::JS_PF_StringChars(s, &mut chars, &mut wide) };
+        if let Ok(n) = usize::try_from(n)
+            && wide == 0
+        {
+            // One byte a character: when all are ASCII they are their own UTF-8.
+            let bytes = unsafe { std::slice::from_raw_parts(chars.cast::<u8>(), n) };
+            if bytes.is_ascii() {
+                if quote {
+                    quote_into(&mut self.out, bytes);
+                } else {
+                    self.out.extend_from_slice(bytes);
+                }
+                return Ok(());
+            }
+        }
         let mut len: qjs::size_t = 0;
         // SAFETY: returns a pointer into QuickJS memory (or a copy) valid until JS_FreeCString.
         // With cesu8 = false, pairs become 4-byte UTF-8 and lone surrogates 3-byte sequences.
