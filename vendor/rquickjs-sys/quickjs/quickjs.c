@@ -7208,6 +7208,20 @@ void JS_FreeValue(JSContext *ctx, JSValue v)
     JS_FreeValueRT(ctx->rt, v);
 }
 
+/* pluginflow: the engine frees values everywhere, and the two functions above were not inlined
+   (a call for each reference dropped). From here on its own calls test the reference count in
+   place; the functions stay for the API. */
+static inline __attribute__((always_inline)) void js_pf_free_value_rt(JSRuntime *rt, JSValue v)
+{
+    if (JS_VALUE_HAS_REF_COUNT(v)) {
+        void *p = JS_VALUE_GET_PTR(v);
+        if (--JS_REF_COUNT(p) <= 0)
+            js_free_value_rt(rt, v);
+    }
+}
+#define JS_FreeValueRT(rt, v) js_pf_free_value_rt(rt, v)
+#define JS_FreeValue(ctx, v) js_pf_free_value_rt((ctx)->rt, v)
+
 /* garbage collection */
 
 static void add_gc_object(JSRuntime *rt, JSGCObjectHeader *h,
