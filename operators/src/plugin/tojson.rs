@@ -551,15 +551,16 @@ impl<'r> Walker<'r> {
                 return Ok(());
             }
         }
-        let mut len: qjs::size_t = 0;
-        // SAFETY: like JS_ToCStringLen2: valid until JS_FreeCString.
-        let ptr = unsafe { qjs::JS_AtomToCStringLen(self.ctx, &mut len, atom) };
-        if ptr.is_null() {
+        // Other keys as the string they are (a string key is its own string: nothing is made),
+        // written as strings are, the size limit checked before their UTF-8 is made.
+        // SAFETY: a new reference to the key's string, freed below.
+        let key = unsafe { qjs::JS_AtomToString(self.ctx, atom) };
+        if unsafe { qjs::JS_IsException(key) } {
             return Err(self.out_of_memory());
         }
-        quote_into(&mut self.out, unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), len as usize) });
-        unsafe { qjs::JS_FreeCString(self.ctx, ptr) };
-        Ok(())
+        let wrote = self.string_bytes(key, true);
+        unsafe { qjs::JS_FreeValue(self.ctx, key) };
+        wrote
     }
 
     /// QuickJS could not allocate (a heap at its limit): drop its pending exception and stop.
