@@ -1194,6 +1194,72 @@ fn reading_a_result_back_is_not_charged_to_a_plugin_near_its_heap_limit() {
 }
 
 #[test]
+fn reading_ropes_back_leaves_nothing_in_the_plugins_heap() {
+    // Long concatenations are ropes; flattening one to read it made a copy that QuickJS keeps
+    // inside a rope with other references, and the read-back is never refused: a plugin that
+    // kept its ropes and returned them grew its heap by ~4 MiB a call past any limit. Ropes are
+    // now read piece by piece, and a heap over its limit fails the call.
+    let host = Host::with_limits(Limits { call_timeout: Duration::from_secs(10), memory_limit_bytes: 32 << 20, ..Limits::default() });
+    let ropes = plugin(
+        "ropes",
+        &[(
+            "index.js",
+            "const kept = []\nconst leaf = '\\u0100'.repeat(1024)\n\
+             exports.processEvent = (e) => {\n\
+               let a = '', b = '', p = leaf\n\
+               for (let bit = 0; bit < 10; bit++) { a = a + p; b = b + p; p = p + p }\n\
+               kept.push(a, b)\n\
+               e.properties.x = b\n\
+               return { properties: { x: a } }\n\
+             }",
+        )],
+    );
+    let mut p = host.load_as(&ropes, json!({}), "1", Some(2)).unwrap();
+    for call in 0..40 {
+        match p.process(&event().to_string(), 2) {
+            StepOutcome::Failed(e, _) => assert!(e.message.contains("past the size limit"), "call {call}: {e:?}"),
+            other => panic!("call {call}: {other:?}"),
+        }
+    }
+    assert!(p.disabled().is_none(), "{:?}", p.disabled());
+    assert!(p.memory_used() < 8 << 20, "the plugin's heap grew to {} bytes", p.memory_used());
+}
+
+#[test]
+fn a_giant_key_is_refused_before_it_is_written_and_named_in_short() {
+    let host = Host::with_limits(Limits { call_timeout: Duration::from_secs(10), memory_limit_bytes: 64 << 20, ..Limits::default() });
+    let fx = plugin(
+        "giant",
+        &[(
+            "index.js",
+            "exports.processEvent = (e) => { e.properties['\\x01'.repeat(4 << 20)] = 1; e.properties['\\u0100'.repeat(3 << 20)] = 2; return e }",
+        )],
+    );
+    let mut p = host.load_as(&fx, json!({}), "1", Some(2)).unwrap();
+    match p.process(&event().to_string(), 2) {
+        StepOutcome::Failed(e, _) => {
+            assert!(e.message.contains("past the size limit") && e.message.len() < 2048, "{e:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Under a long key (which fits), something that is not data: the path names the key by
+    // its first characters.
+    let fx = plugin("long", &[("index.js", "exports.processEvent = (e) => { e.properties['k'.repeat(100000)] = () => 1; return e }")]);
+    let mut p = host.load_as(&fx, json!({}), "2", Some(2)).unwrap();
+    match p.process(&event().to_string(), 2) {
+        StepOutcome::Failed(e, _) => {
+            assert!(
+                e.message.contains(&format!("event.properties[\"{}…\"] is a function", "k".repeat(256))),
+                "{}",
+                &e.message[..200.min(e.message.len())]
+            );
+            assert!(e.message.len() < 2048, "{} bytes", e.message.len());
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
 fn a_result_handed_over_by_a_call_that_ran_out_of_memory_is_let_go_at_once() {
     // The plugin catches running out of memory and returns an event that holds 5 MB where the
     // read-back does not look (a hidden property). The call fails for lack of memory either

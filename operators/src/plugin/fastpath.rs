@@ -51,6 +51,8 @@ unsafe extern "C" {
     pub(super) fn JS_PF_NewString(ctx: *mut qjs::JSContext, chars: *const c_void, len: i32, wide: i32) -> qjs::JSValue;
     /// The number of characters of a string or rope; -1 for any other value.
     pub(super) fn JS_PF_StringLength(v: qjs::JSValue) -> i32;
+    /// A rope's two halves (borrowed), each a string or a rope: 1, or 0 for anything else.
+    pub(super) fn JS_PF_RopeParts(v: qjs::JSValue, left: *mut qjs::JSValue, right: *mut qjs::JSValue) -> i32;
 }
 
 /// Pushes the own enumerable string-keyed data properties of plain object `v` onto `atoms` and

@@ -850,6 +850,17 @@ impl PluginInstance {
         let Some(context) = self.context.clone() else {
             return Err(self.error(hook, ErrorKind::Disabled, "Disabled", "plugin context was released", ""));
         };
+        if self.heap.over() {
+            // Over the limit before the call (what QuickJS serves from blocks it already holds
+            // is never asked of the allocator, so nothing would be refused): collect, and if
+            // that is not enough the call fails as out of memory.
+            self.collect_garbage();
+            if self.heap.over() {
+                let e = self.out_of_memory(hook);
+                self.after_out_of_memory();
+                return Err(e);
+            }
+        }
         let started = std::time::Instant::now();
         self.bindings.budget.begin_call();
         self.deadline.arm(self.limits.call_timeout);
@@ -870,7 +881,8 @@ impl PluginInstance {
         self.deadline.disarm();
         self.bindings.end_call();
         self.latency.entry(hook).or_default().observe(started.elapsed());
-        let ran_out = self.heap.refusals() > refusals;
+        // Refused during the call, or over the limit at its end (by whatever was not refused).
+        let ran_out = self.heap.refusals() > refusals || self.heap.over();
         let outcome = match outcome {
             Err(e) if e.kind != ErrorKind::Timeout && (ran_out || e.name == "OutOfMemory") => {
                 // Whatever was thrown (QuickJS's error, `null` when it could not build one, or

@@ -157,10 +157,15 @@ impl Heap {
     /// [`Heap::over`] afterwards. The host's read-back of a result runs here too: what it
     /// allocates is its own work, freed before it returns.
     pub fn unrefused<R>(&self, f: impl FnOnce() -> R) -> R {
-        self.unlimited.set(true);
-        let r = f();
-        self.unlimited.set(false);
-        r
+        /// Puts the flag back as it was, also when `f` unwinds (and for a nested use).
+        struct Restore<'h>(&'h Cell<bool>, bool);
+        impl Drop for Restore<'_> {
+            fn drop(&mut self) {
+                self.0.set(self.1);
+            }
+        }
+        let _restore = Restore(&self.unlimited, self.unlimited.replace(true));
+        f()
     }
 
     /// Whether `extra` more bytes may be taken.

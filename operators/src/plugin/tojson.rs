@@ -125,6 +125,10 @@ struct Walker<'r> {
     /// (`fastpath`); each object uses the top and gives it back.
     atoms: Vec<qjs::JSAtom>,
     values: Vec<qjs::JSValue>,
+    /// A string's UTF-8 when it is not ASCII, and a rope's characters, made here (the host's
+    /// memory, bounded by the size limit) rather than in the plugin's runtime.
+    utf8: Vec<u8>,
+    units: Vec<u16>,
 }
 
 impl Drop for Walker<'_> {
@@ -157,6 +161,8 @@ impl<'r> Walker<'r> {
             // Room for an event's usual objects at once (each level takes the top).
             atoms: Vec::with_capacity(256),
             values: Vec::with_capacity(256),
+            utf8: Vec::new(),
+            units: Vec::new(),
         }
     }
 
@@ -259,22 +265,19 @@ impl<'r> Walker<'r> {
         Ok(())
     }
 
-    /// Appends the UTF-8 of string value `s`, JSON-quoted when `quote`.
+    /// Appends the UTF-8 of string value `s`, JSON-quoted when `quote`. Nothing is allocated in
+    /// the plugin's runtime: the characters are read where they lie (a rope's from its pieces:
+    /// flattening one would make a copy that QuickJS keeps inside a rope with other references)
+    /// and encoded here, lone surrogates as 3-byte sequences that `quote_into` escapes.
     fn string_bytes(&mut self, s: qjs::JSValue, quote: bool) -> Result<(), Stop> {
-        // Each character takes a byte at least: a string that cannot fit is refused before its
-        // UTF-8 is made (a copy of up to three bytes a character).
+        // Each character takes a byte at least: a string that cannot fit is refused before it
+        // is encoded (up to three bytes a character).
         // SAFETY: reads the length of a live string or rope.
         self.fits(usize::try_from(unsafe { fastpath::JS_PF_StringLength(s) }).unwrap_or(0))?;
-        let mut chars: *const std::ffi::c_void = std::ptr::null();
-        let mut wide = 0;
-        // SAFETY: borrows the characters of a live string that is not a rope (-1 otherwise).
-        let n = unsafe { fastpath::JS_PF_StringChars(s, &mut chars, &mut wide) };
-        if let Ok(n) = usize::try_from(n)
-            && wide == 0
-        {
-            // One byte a character: when all are ASCII they are their own UTF-8.
-            let bytes = unsafe { std::slice::from_raw_parts(chars.cast::<u8>(), n) };
-            if bytes.is_ascii() {
+        self.utf8.clear();
+        match string_chars(s) {
+            Some(Chars::Latin1(bytes)) if bytes.is_ascii() => {
+                // ASCII is its own UTF-8.
                 if quote {
                     quote_into(&mut self.out, bytes);
                 } else {
@@ -282,21 +285,21 @@ impl<'r> Walker<'r> {
                 }
                 return Ok(());
             }
+            Some(Chars::Latin1(bytes)) => latin1_to_utf8(bytes, &mut self.utf8),
+            Some(Chars::Utf16(units)) => utf16_to_wtf8(units, &mut self.utf8),
+            None => {
+                self.units.clear();
+                if !rope_units(s, &mut self.units, 0) {
+                    return Err(Stop("a value of an internal type".into()));
+                }
+                utf16_to_wtf8(&self.units, &mut self.utf8);
+            }
         }
-        let mut len: qjs::size_t = 0;
-        // SAFETY: returns a pointer into QuickJS memory (or a copy) valid until JS_FreeCString.
-        // With cesu8 = false, pairs become 4-byte UTF-8 and lone surrogates 3-byte sequences.
-        let ptr = unsafe { qjs::JS_ToCStringLen2(self.ctx, &mut len, s, false) };
-        if ptr.is_null() {
-            return Err(self.out_of_memory());
-        }
-        let bytes = unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), len as usize) };
         if quote {
-            quote_into(&mut self.out, bytes);
+            quote_into(&mut self.out, &self.utf8);
         } else {
-            self.out.extend_from_slice(bytes);
+            self.out.extend_from_slice(&self.utf8);
         }
-        unsafe { qjs::JS_FreeCString(self.ctx, ptr) };
         Ok(())
     }
 
@@ -547,6 +550,7 @@ impl<'r> Walker<'r> {
         if !latin1.is_null() {
             let bytes = unsafe { std::slice::from_raw_parts(latin1, len) };
             if bytes.is_ascii() {
+                self.fits(len)?;
                 quote_into(&mut self.out, bytes);
                 return Ok(());
             }
@@ -645,17 +649,31 @@ fn describe(ctx: *mut qjs::JSContext, v: qjs::JSValue) -> String {
 
 /// The text of an atom (a property key).
 fn atom_text(ctx: *mut qjs::JSContext, atom: qjs::JSAtom) -> Option<String> {
-    let mut len: qjs::size_t = 0;
-    // SAFETY: valid until JS_FreeCString; copied at once.
-    let ptr = unsafe { qjs::JS_AtomToCStringLen(ctx, &mut len, atom) };
-    if ptr.is_null() {
+    // SAFETY: a new reference to the key's string (made only for an integer key), freed below.
+    let key = unsafe { qjs::JS_AtomToString(ctx, atom) };
+    if unsafe { qjs::JS_IsException(key) } {
         drop_pending_exception(ctx);
         return None;
     }
-    let text = String::from_utf8_lossy(unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), len as usize) }).into_owned();
-    unsafe { qjs::JS_FreeCString(ctx, ptr) };
+    // A path names its keys by their first characters: a key may be as long as the plugin's
+    // heap allows.
+    let text = match string_chars(key) {
+        Some(Chars::Latin1(bytes)) => bytes.iter().take(MAX_PATH_KEY + 1).map(|&b| char::from(b)).collect(),
+        Some(Chars::Utf16(units)) => {
+            char::decode_utf16(units.iter().copied().take(MAX_PATH_KEY + 1)).map(|c| c.unwrap_or(char::REPLACEMENT_CHARACTER)).collect()
+        }
+        None => String::new(),
+    };
+    unsafe { qjs::JS_FreeValue(ctx, key) };
+    let mut text: String = text;
+    if text.chars().count() > MAX_PATH_KEY {
+        text = text.chars().take(MAX_PATH_KEY).collect::<String>() + "…";
+    }
     Some(text)
 }
+
+/// Characters of a key a refusal's path shows.
+const MAX_PATH_KEY: usize = 256;
 
 /// Drops the exception a failed QuickJS call left pending on `ctx`, if any.
 pub(super) fn drop_pending_exception(ctx: *mut qjs::JSContext) {
@@ -716,6 +734,76 @@ const STOP: [bool; 256] = {
     t[0xed] = true;
     t
 };
+
+/// The characters of a string that is not a rope, where they lie.
+enum Chars<'a> {
+    Latin1(&'a [u8]),
+    Utf16(&'a [u16]),
+}
+
+/// The characters of string `s`, borrowed (valid while `s` lives and nothing runs in its
+/// runtime); `None` for a rope or a value that is not a string.
+fn string_chars<'a>(s: qjs::JSValue) -> Option<Chars<'a>> {
+    let mut chars: *const std::ffi::c_void = std::ptr::null();
+    let mut wide = 0;
+    // SAFETY: borrows the characters of a live string that is not a rope (-1 otherwise); the
+    // walk runs no JavaScript, so they stay where they are while they are read.
+    let n = usize::try_from(unsafe { fastpath::JS_PF_StringChars(s, &mut chars, &mut wide) }).ok()?;
+    Some(if wide == 0 {
+        Chars::Latin1(unsafe { std::slice::from_raw_parts(chars.cast::<u8>(), n) })
+    } else {
+        Chars::Utf16(unsafe { std::slice::from_raw_parts(chars.cast::<u16>(), n) })
+    })
+}
+
+/// Appends the characters of rope (or string) `s` to `units`, piece by piece; false for a value
+/// that is neither (or a rope deeper than QuickJS makes them).
+fn rope_units(s: qjs::JSValue, units: &mut Vec<u16>, depth: usize) -> bool {
+    match string_chars(s) {
+        Some(Chars::Latin1(bytes)) => units.extend(bytes.iter().map(|&b| u16::from(b))),
+        Some(Chars::Utf16(wide)) => units.extend_from_slice(wide),
+        None => {
+            let (mut left, mut right) = (qjs::JS_MKVAL(qjs::JS_TAG_UNDEFINED, 0), qjs::JS_MKVAL(qjs::JS_TAG_UNDEFINED, 0));
+            // SAFETY: the halves of a live rope, borrowed while it lives (QuickJS keeps ropes
+            // at most 60 deep).
+            if depth > 64 || unsafe { fastpath::JS_PF_RopeParts(s, &mut left, &mut right) } == 0 {
+                return false;
+            }
+            return rope_units(left, units, depth + 1) && rope_units(right, units, depth + 1);
+        }
+    }
+    true
+}
+
+/// Latin-1 characters as UTF-8.
+fn latin1_to_utf8(bytes: &[u8], out: &mut Vec<u8>) {
+    out.reserve(bytes.len() * 2);
+    for &b in bytes {
+        if b < 0x80 {
+            out.push(b);
+        } else {
+            out.extend_from_slice(&[0xc0 | (b >> 6), 0x80 | (b & 0x3f)]);
+        }
+    }
+}
+
+/// UTF-16 code units as UTF-8, a lone surrogate as the 3-byte sequence of its unit (what
+/// QuickJS's `JS_ToCStringLen2` writes without CESU-8, and `quote_into` escapes).
+fn utf16_to_wtf8(units: &[u16], out: &mut Vec<u8>) {
+    out.reserve(units.len() * 3);
+    for c in char::decode_utf16(units.iter().copied()) {
+        match c {
+            Ok(c) => {
+                let mut buf = [0; 4];
+                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            }
+            Err(lone) => {
+                let u = lone.unpaired_surrogate();
+                out.extend_from_slice(&[0xe0 | (u >> 12) as u8, 0x80 | ((u >> 6) & 0x3f) as u8, 0x80 | (u & 0x3f) as u8]);
+            }
+        }
+    }
+}
 
 /// Writes `s` (UTF-8, possibly with lone surrogates as 3-byte sequences) as a JSON string the
 /// way `JSON.stringify` does: `\"`, `\\`, `\b\f\n\r\t`, other controls and lone surrogates as
@@ -905,6 +993,9 @@ mod differential {
         "Object.fromEntries(Array.from({length: 100}, (_, i) => ['k' + i, i]))",
         "({a: Object.fromEntries(Array.from({length: 40}, (_, i) => ['k' + i, {x: i, y: [i, {z: i}]}])), z: [Array.from({length: 70}, (_, i) => i)]})",
         "({m: Math, j: JSON, e: [Object.prototype]})",
+        // Ropes (long concatenations), read from their pieces: a surrogate pair split between
+        // two pieces is one character, a lone one at a piece's end stays lone.
+        "(() => { const l = 'x'.repeat(3000) + '\\ud83d'; const r = '\\ude00' + 'y'.repeat(3000); const w = '\\u0100'.repeat(600); return {pair: l + r, lone: l + 'z'.repeat(3000), mixed: w + 'é'.repeat(700) + w, deep: Array.from({length: 50}, (_, i) => String(i).repeat(600)).reduce((a, b) => a + b)} })()",
     ];
 
     #[test]

@@ -65256,6 +65256,22 @@ JSValue JS_PF_NewString(JSContext *ctx, const void *chars, int len, int wide)
     return JS_MKPTR(JS_TAG_STRING, str);
 }
 
+/* The two halves of rope `v`, each a string or a rope, not duplicated (valid while `v` lives
+   and is not linearized, which nothing but the engine itself does): 1, or 0 when `v` is not a
+   rope. Reading a rope's characters this way makes no flat copy (JS_ToCStringLen2 makes one,
+   and keeps it inside a rope that has other references). */
+int JS_PF_RopeParts(JSValueConst v, JSValue *left, JSValue *right)
+{
+    JSStringRope *r;
+
+    if (JS_VALUE_GET_TAG(v) != JS_TAG_STRING_ROPE)
+        return 0;
+    r = JS_VALUE_GET_STRING_ROPE(v);
+    *left = r->left;
+    *right = r->right;
+    return 1;
+}
+
 /* The number of characters of string or rope `v`; -1 for any other value. */
 int JS_PF_StringLength(JSValueConst v)
 {

@@ -969,6 +969,7 @@ JS_EXTERN JSValue JS_PF_NewObjectFromShape(JSContext *ctx, void *shape, const JS
 JS_EXTERN int JS_PF_StringChars(JSValueConst v, const void **chars, int *wide);
 JS_EXTERN JSValue JS_PF_NewString(JSContext *ctx, const void *chars, int len, int wide);
 JS_EXTERN int JS_PF_StringLength(JSValueConst v);
+JS_EXTERN int JS_PF_RopeParts(JSValueConst v, JSValue *left, JSValue *right);
 // reader beware: JS_IsArray used to "punch" through proxies and check
 // if the target object is an array but it no longer does; use JS_IsProxy
 // and JS_GetProxyTarget instead, and remember that the target itself can
