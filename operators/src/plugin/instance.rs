@@ -776,12 +776,12 @@ impl PluginInstance {
         Rules { max_bytes: self.limits.max_event_bytes, max_depth: self.limits.max_event_depth, team }
     }
 
-    /// Reads event `value` back as JSON text ([`tojson::read_event`]). What the read allocates
-    /// in this runtime (a string's UTF-8, a number's digits, a key list, each freed at once) is
-    /// the host's work, not the plugin's: it is never refused, so a plugin near its heap limit
-    /// is not failed for it, whether its result is read here or handed to the next plugin as
-    /// values (`copy`, which allocates nothing here). It is bounded by the event's size limit:
-    /// a string longer than the limit is refused before its UTF-8 is made.
+    /// Reads event `value` back as JSON text ([`tojson::read_event`]). Strings are encoded in the
+    /// host's memory; what little the read allocates in this runtime (a fraction's digits, an
+    /// integer key's string, a key list; each freed at once) is the host's work, not the
+    /// plugin's: it is never refused, so a plugin near its heap limit is not failed for it,
+    /// whether its result is read here or handed to the next plugin as values (`copy`, which
+    /// allocates nothing here). Should anything stay, `call` finds the heap over its limit.
     fn read_back<'js>(&self, ctx: &Ctx<'js>, value: &Value<'js>, rules: &Rules) -> Result<tojson::Read, tojson::Refusal> {
         self.heap.unrefused(|| tojson::read_event(ctx, value, rules))
     }
