@@ -1257,6 +1257,54 @@ fn a_giant_key_is_refused_before_it_is_written_and_named_in_short() {
         }
         other => panic!("{other:?}"),
     }
+    // Cut by characters, not UTF-16 units: no half of a pair.
+    let fx =
+        plugin("emoji", &[("index.js", "exports.processEvent = (e) => { e.properties['\u{1F600}'.repeat(1000)] = () => 1; return e }")]);
+    let mut p = host.load_as(&fx, json!({}), "3", Some(2)).unwrap();
+    match p.process(&event().to_string(), 2) {
+        StepOutcome::Failed(e, _) => {
+            assert!(e.message.contains(&format!("event.properties[\"{}…\"] is a function", "😀".repeat(256))), "{}", e.message)
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_key_whose_value_is_left_out_is_never_written() {
+    // `undefined` values are left out, keys and all, as JSON.stringify leaves them out. The
+    // key used to be written and then cut back: a key longer than the size limit was refused,
+    // and a long key met many times (one object referenced from everywhere) was written each
+    // time, unbounded by the work budget. Now neither the text nor the hand-over looks at it.
+    let host = Host::new();
+    let fx = plugin(
+        "undefined",
+        &[(
+            "index.js",
+            "exports.processEvent = (e) => {\n\
+               const o = { ['k'.repeat(2 << 20)]: undefined, ['\\u0100'.repeat(1 << 20)]: Symbol('s'), kept: 1 }\n\
+               e.properties.many = new Array(2000).fill(o)\n\
+               e.properties['x'.repeat(2 << 20)] = undefined\n\
+               return e\n\
+             }",
+        )],
+    );
+    let keep = plugin("keep", &[("index.js", "exports.processEvent = (e) => { e.properties.n = e.properties.many.length; return e }")]);
+    let mut alone = host.load_as(&fx, json!({}), "1", Some(2)).unwrap();
+    let out: Value = serde_json::from_str(&alone.process_event_json(&event().to_string()).unwrap().unwrap()).unwrap();
+    assert_eq!(out["properties"]["many"][1999], json!({"kept": 1}));
+    assert_eq!(
+        out["properties"].as_object().unwrap().len(),
+        2,
+        "{:?}",
+        out["properties"].as_object().unwrap().keys().map(|k| k.len()).collect::<Vec<_>>()
+    );
+    let (mut first, mut next) =
+        (host.load_as(&fx, json!({}), "1", Some(2)).unwrap(), host.load_as(&keep, json!({}), "2", Some(2)).unwrap());
+    let outcome = run_chain(&mut [&mut first, &mut next], &event().to_string(), 2).unwrap();
+    assert_eq!(first.passed_on(), 1);
+    let chained: Value = serde_json::from_str(outcome.event.as_deref().unwrap()).unwrap();
+    assert_eq!(chained["properties"]["n"], 2000);
+    assert_eq!(chained["properties"]["many"], out["properties"]["many"]);
 }
 
 #[test]

@@ -125,10 +125,9 @@ struct Walker<'r> {
     /// (`fastpath`); each object uses the top and gives it back.
     atoms: Vec<qjs::JSAtom>,
     values: Vec<qjs::JSValue>,
-    /// A string's UTF-8 when it is not ASCII, and a rope's characters, made here (the host's
-    /// memory, bounded by the size limit) rather than in the plugin's runtime.
+    /// A string's (or a rope piece's) UTF-8 when it is not ASCII, made here (the host's memory,
+    /// bounded by the size limit) rather than in the plugin's runtime.
     utf8: Vec<u8>,
-    units: Vec<u16>,
 }
 
 impl Drop for Walker<'_> {
@@ -162,7 +161,6 @@ impl<'r> Walker<'r> {
             atoms: Vec::with_capacity(256),
             values: Vec::with_capacity(256),
             utf8: Vec::new(),
-            units: Vec::new(),
         }
     }
 
@@ -286,13 +284,28 @@ impl<'r> Walker<'r> {
                 return Ok(());
             }
             Some(Chars::Latin1(bytes)) => latin1_to_utf8(bytes, &mut self.utf8),
-            Some(Chars::Utf16(units)) => utf16_to_wtf8(units, &mut self.utf8),
+            Some(Chars::Utf16(units)) => {
+                let mut pending = None;
+                utf16_to_wtf8(units, &mut pending, &mut self.utf8);
+                utf16_to_wtf8(&[], &mut pending, &mut self.utf8);
+            }
             None => {
-                self.units.clear();
-                if !rope_units(s, &mut self.units, 0) {
+                // A rope, piece by piece, each written (and the size checked) before the next
+                // is encoded; a surrogate pair split between two pieces is one character.
+                if quote {
+                    self.out.push(b'"');
+                }
+                let mut pending = None;
+                if !self.rope_pieces(s, quote, &mut pending, 0)? {
                     return Err(Stop("a value of an internal type".into()));
                 }
-                utf16_to_wtf8(&self.units, &mut self.utf8);
+                self.utf8.clear();
+                utf16_to_wtf8(&[], &mut pending, &mut self.utf8);
+                self.write_utf8(quote);
+                if quote {
+                    self.out.push(b'"');
+                }
+                return self.check_size();
             }
         }
         if quote {
@@ -301,6 +314,44 @@ impl<'r> Walker<'r> {
             self.out.extend_from_slice(&self.utf8);
         }
         Ok(())
+    }
+
+    /// Appends `self.utf8`, escaped (without quotes) when `quote`.
+    fn write_utf8(&mut self, quote: bool) {
+        if quote {
+            escape_into(&mut self.out, &self.utf8);
+        } else {
+            self.out.extend_from_slice(&self.utf8);
+        }
+    }
+
+    /// Writes the pieces of rope (or string) `s` in order; `pending` carries a high surrogate
+    /// that ended the previous piece. False for a value that is neither (or a rope deeper
+    /// than QuickJS makes them).
+    fn rope_pieces(&mut self, s: qjs::JSValue, quote: bool, pending: &mut Option<u16>, depth: usize) -> Result<bool, Stop> {
+        self.utf8.clear();
+        match string_chars(s) {
+            // An empty piece (the right half of a rope QuickJS flattened) may sit between the
+            // two halves of a pair: it changes nothing.
+            Some(Chars::Latin1([])) | Some(Chars::Utf16([])) => return Ok(true),
+            Some(Chars::Latin1(bytes)) => {
+                utf16_to_wtf8(&[], pending, &mut self.utf8);
+                latin1_to_utf8(bytes, &mut self.utf8);
+            }
+            Some(Chars::Utf16(units)) => utf16_to_wtf8(units, pending, &mut self.utf8),
+            None => {
+                let (mut left, mut right) = (qjs::JS_MKVAL(qjs::JS_TAG_UNDEFINED, 0), qjs::JS_MKVAL(qjs::JS_TAG_UNDEFINED, 0));
+                // SAFETY: the halves of a live rope, borrowed while it lives (QuickJS keeps
+                // ropes at most 60 deep).
+                if depth > 64 || unsafe { fastpath::JS_PF_RopeParts(s, &mut left, &mut right) } == 0 {
+                    return Ok(false);
+                }
+                return Ok(self.rope_pieces(left, quote, pending, depth + 1)? && self.rope_pieces(right, quote, pending, depth + 1)?);
+            }
+        }
+        self.write_utf8(quote);
+        self.check_size()?;
+        Ok(true)
     }
 
     fn object(&mut self, v: qjs::JSValue, depth: usize) -> Result<(), Stop> {
@@ -418,31 +469,71 @@ impl<'r> Walker<'r> {
         self.out.push(b'{');
         let mut first = true;
         for i in 0..keys.len() {
-            let (atom, value) = match keys {
+            let (atom, plain) = match keys {
                 Keys::Listed(keys) => (keys[i].atom, None),
                 Keys::Plain { start, .. } => (self.atoms[start + i], Some(self.values[start + i])),
             };
+            let team = team_rule && atom == self.team_atom;
+            if top && atom == self.properties_atom {
+                self.path.push(Step::Key(atom));
+                self.check_properties(v, atom)?;
+                self.path.pop();
+            }
+            // The value is known before its key is written: a key whose value is left out
+            // (undefined, a symbol, a property no longer there) is never written, so however
+            // long it is and however often it is met, it costs one unit of work, as in `copy`.
+            let mut owned = None;
+            let value = match plain {
+                _ if team => None,
+                Some(value) => Some(value),
+                None => match self.descriptor(v, atom)? {
+                    None => continue,
+                    Some(Desc::Accessor) => {
+                        self.path.push(Step::Key(atom));
+                        return Err(Stop("an accessor (getter or setter): events are plain data".into()));
+                    }
+                    Some(Desc::Data(value)) => {
+                        owned = Some(value);
+                        owned
+                    }
+                },
+            };
+            if let Some(value) = value
+                && matches!(unsafe { qjs::JS_VALUE_GET_TAG(value) }, qjs::JS_TAG_UNDEFINED | qjs::JS_TAG_SYMBOL)
+            {
+                // What `value` charges for a value it leaves out.
+                let charged = self.charge(1);
+                if let Some(owned) = owned {
+                    // SAFETY: the descriptor's reference, ours to free.
+                    unsafe { qjs::JS_FreeValue(self.ctx, owned) };
+                }
+                charged?;
+                continue;
+            }
             let rollback = self.out.len();
             if !first {
                 self.out.push(b',');
             }
-            self.key(atom)?;
-            self.out.push(b':');
-            self.path.push(Step::Key(atom));
-            let wrote = if team_rule && atom == self.team_atom {
-                saw_team = true;
-                self.team_field(v, atom)?
-            } else {
-                if top && atom == self.properties_atom {
-                    self.check_properties(v, atom)?;
+            let wrote = self.key(atom).and_then(|()| {
+                self.out.push(b':');
+                self.path.push(Step::Key(atom));
+                let wrote = match value {
+                    None => {
+                        saw_team = true;
+                        self.team_field(v, atom)
+                    }
+                    Some(value) => self.value(value, depth + 1),
+                };
+                if wrote.is_ok() {
+                    self.path.pop();
                 }
-                match value {
-                    Some(value) => self.value(value, depth + 1)?,
-                    None => self.own_data(v, atom, depth)?.unwrap_or(Wrote::Nothing),
-                }
-            };
-            self.path.pop();
-            match wrote {
+                wrote
+            });
+            if let Some(owned) = owned {
+                // SAFETY: the descriptor's reference, ours to free.
+                unsafe { qjs::JS_FreeValue(self.ctx, owned) };
+            }
+            match wrote? {
                 Wrote::Text => first = false,
                 Wrote::Nothing => self.out.truncate(rollback),
             }
@@ -660,7 +751,7 @@ fn atom_text(ctx: *mut qjs::JSContext, atom: qjs::JSAtom) -> Option<String> {
     let text = match string_chars(key) {
         Some(Chars::Latin1(bytes)) => bytes.iter().take(MAX_PATH_KEY + 1).map(|&b| char::from(b)).collect(),
         Some(Chars::Utf16(units)) => {
-            char::decode_utf16(units.iter().copied().take(MAX_PATH_KEY + 1)).map(|c| c.unwrap_or(char::REPLACEMENT_CHARACTER)).collect()
+            char::decode_utf16(units.iter().copied()).take(MAX_PATH_KEY + 1).map(|c| c.unwrap_or(char::REPLACEMENT_CHARACTER)).collect()
         }
         None => String::new(),
     };
@@ -756,25 +847,6 @@ fn string_chars<'a>(s: qjs::JSValue) -> Option<Chars<'a>> {
     })
 }
 
-/// Appends the characters of rope (or string) `s` to `units`, piece by piece; false for a value
-/// that is neither (or a rope deeper than QuickJS makes them).
-fn rope_units(s: qjs::JSValue, units: &mut Vec<u16>, depth: usize) -> bool {
-    match string_chars(s) {
-        Some(Chars::Latin1(bytes)) => units.extend(bytes.iter().map(|&b| u16::from(b))),
-        Some(Chars::Utf16(wide)) => units.extend_from_slice(wide),
-        None => {
-            let (mut left, mut right) = (qjs::JS_MKVAL(qjs::JS_TAG_UNDEFINED, 0), qjs::JS_MKVAL(qjs::JS_TAG_UNDEFINED, 0));
-            // SAFETY: the halves of a live rope, borrowed while it lives (QuickJS keeps ropes
-            // at most 60 deep).
-            if depth > 64 || unsafe { fastpath::JS_PF_RopeParts(s, &mut left, &mut right) } == 0 {
-                return false;
-            }
-            return rope_units(left, units, depth + 1) && rope_units(right, units, depth + 1);
-        }
-    }
-    true
-}
-
 /// Latin-1 characters as UTF-8.
 fn latin1_to_utf8(bytes: &[u8], out: &mut Vec<u8>) {
     out.reserve(bytes.len() * 2);
@@ -788,8 +860,39 @@ fn latin1_to_utf8(bytes: &[u8], out: &mut Vec<u8>) {
 }
 
 /// UTF-16 code units as UTF-8, a lone surrogate as the 3-byte sequence of its unit (what
-/// QuickJS's `JS_ToCStringLen2` writes without CESU-8, and `quote_into` escapes).
-fn utf16_to_wtf8(units: &[u16], out: &mut Vec<u8>) {
+/// QuickJS's `JS_ToCStringLen2` writes without CESU-8, and `quote_into` escapes). `pending` is
+/// a high surrogate that ended the previous piece of the same string: it pairs with a low one
+/// starting `units`, else it is written lone. A high surrogate ending `units` is held back in
+/// `pending` for the next piece, unless there is none (`units` empty: everything is written).
+fn utf16_to_wtf8(units: &[u16], pending: &mut Option<u16>, out: &mut Vec<u8>) {
+    let mut units = units;
+    let mut lead: &[u16] = &[];
+    let mut joined = [0u16; 2];
+    if let Some(high) = pending.take() {
+        match units.first() {
+            Some(&low) if (0xdc00..0xe000).contains(&low) => {
+                joined = [high, low];
+                lead = &joined[..];
+                units = &units[1..];
+            }
+            _ => {
+                joined[0] = high;
+                lead = &joined[..1];
+            }
+        }
+    }
+    let mut end = units.len();
+    if let Some(&last) = units.last()
+        && (0xd800..0xdc00).contains(&last)
+    {
+        *pending = Some(last);
+        end -= 1;
+    }
+    wtf8(lead, out);
+    wtf8(&units[..end], out);
+}
+
+fn wtf8(units: &[u16], out: &mut Vec<u8>) {
     out.reserve(units.len() * 3);
     for c in char::decode_utf16(units.iter().copied()) {
         match c {
@@ -811,6 +914,12 @@ fn utf16_to_wtf8(units: &[u16], out: &mut Vec<u8>) {
 pub(crate) fn quote_into(out: &mut Vec<u8>, s: &[u8]) {
     out.reserve(s.len() + 2);
     out.push(b'"');
+    escape_into(out, s);
+    out.push(b'"');
+}
+
+/// [`quote_into`] without the quotes: `s` escaped.
+fn escape_into(out: &mut Vec<u8>, s: &[u8]) {
     let mut start = 0;
     let mut i = 0;
     while i < s.len() {
@@ -854,7 +963,6 @@ pub(crate) fn quote_into(out: &mut Vec<u8>, s: &[u8]) {
         start = i.min(s.len());
     }
     out.extend_from_slice(&s[start.min(s.len())..]);
-    out.push(b'"');
 }
 
 /// Appends an escape; returns how many input bytes it stands for (one).
@@ -996,6 +1104,9 @@ mod differential {
         // Ropes (long concatenations), read from their pieces: a surrogate pair split between
         // two pieces is one character, a lone one at a piece's end stays lone.
         "(() => { const l = 'x'.repeat(3000) + '\\ud83d'; const r = '\\ude00' + 'y'.repeat(3000); const w = '\\u0100'.repeat(600); return {pair: l + r, lone: l + 'z'.repeat(3000), mixed: w + 'é'.repeat(700) + w, deep: Array.from({length: 50}, (_, i) => String(i).repeat(600)).reduce((a, b) => a + b)} })()",
+        // A rope flattened by the engine (its right half left empty), then joined again, with
+        // a pair split around the empty half; lone surrogates at every end.
+        "(() => { const l = 'x'.repeat(3000) + '\\ud83d'; const r = '\\ude00' + 'y'.repeat(3000); const f = l + 'q'.repeat(3000) + '\\ud83d'; const keep = [f, f]; f.indexOf('\\u0000'); JSON.stringify(f); const g = f + r; const h = '\\udc00' + 'a'.repeat(3000) + '\\ud800'; return {g, h, hh: h + h, k: keep.length, flat: '\\ud83d', pairflat: '\\ud83d\\ude00x\\ud800'} })()",
     ];
 
     #[test]
