@@ -27,11 +27,10 @@ use std::ffi::c_void;
 
 use rquickjs::{Ctx, Value, qjs};
 
-use super::fastpath::{self, MAX_KEY_BYTES, Shapes};
-use super::fromjson::build_object;
-use super::tojson::Rules;
+use super::fastpath::{self, Atom, MAX_KEY_BYTES, Shapes};
+use super::fromjson::{Stacks, checked};
+use super::tojson::{self, Rules};
 
-const UNDEFINED: qjs::JSValue = qjs::JS_MKVAL(qjs::JS_TAG_UNDEFINED, 0);
 const NULL: qjs::JSValue = qjs::JS_MKVAL(qjs::JS_TAG_NULL, 0);
 const CLASS_OBJECT: qjs::JSClassID = 1;
 const CLASS_ARRAY: qjs::JSClassID = 2;
@@ -56,57 +55,34 @@ pub(crate) fn copy_event<'b>(
     if unsafe { qjs::JS_VALUE_GET_TAG(v) } != qjs::JS_TAG_OBJECT || unsafe { qjs::JS_GetClassID(v) } != CLASS_OBJECT {
         return None;
     }
+    let mut shapes = shapes;
     let mut c = Copier {
         from,
         to: to.as_raw().as_ptr(),
         rules,
+        stacks: Stacks::lend(shapes.as_deref_mut()),
         shapes,
         src_atoms: Vec::with_capacity(256),
         src_values: Vec::with_capacity(256),
-        atoms: Vec::with_capacity(256),
-        values: Vec::with_capacity(256),
         open: Vec::new(),
         work: 0,
         bound: 0,
         long_keys: 0,
-        utf8: String::new(),
+        utf8: Vec::new(),
         team_atom: Atom::new(from, c"team_id"),
         properties_atom: Atom::new(from, c"properties"),
     };
     let copied = c.value(v, 1);
-    debug_assert!(c.atoms.is_empty() && c.values.is_empty(), "every level gives its part of the stacks back");
     if copied.is_none() {
         // Whatever failed left a pending exception only when the target could not allocate.
-        super::tojson::drop_pending_exception(c.to);
-        super::tojson::drop_pending_exception(from);
+        tojson::drop_pending_exception(c.to);
+        tojson::drop_pending_exception(from);
     }
+    c.stacks.give_back(c.shapes);
     match copied? {
         // SAFETY: one reference to a value of `to`; from_raw takes it over.
         Copied::Value(made) => Some(unsafe { Value::from_raw(to.clone(), made) }),
         Copied::Nothing => None,
-    }
-}
-
-/// A key interned in the source runtime for the walk, given back when it ends.
-struct Atom {
-    ctx: *mut qjs::JSContext,
-    atom: qjs::JSAtom,
-}
-
-impl Atom {
-    fn new(ctx: *mut qjs::JSContext, name: &std::ffi::CStr) -> Atom {
-        // SAFETY: interning an existing name (`team_id`, `properties`: the runtime's own event
-        // keys) on a live context; 0 (out of memory) never equals a real key.
-        Atom { ctx, atom: unsafe { qjs::JS_NewAtom(ctx, name.as_ptr()) } }
-    }
-}
-
-impl Drop for Atom {
-    fn drop(&mut self) {
-        if self.atom != 0 {
-            // SAFETY: made in `new` on this context.
-            unsafe { qjs::JS_FreeAtom(self.ctx, self.atom) };
-        }
     }
 }
 
@@ -126,10 +102,8 @@ struct Copier<'r, 's> {
     /// Keys and values of the source objects being read (borrowed; each object uses the top).
     src_atoms: Vec<qjs::JSAtom>,
     src_values: Vec<qjs::JSValue>,
-    /// Keys and values made in the target for the objects and arrays being built (one
-    /// reference each; each level uses the top and gives it back).
-    atoms: Vec<qjs::JSAtom>,
-    values: Vec<qjs::JSValue>,
+    /// Keys and values made in the target for the objects and arrays being built.
+    stacks: Stacks,
     /// Source objects being copied (for cycles).
     open: Vec<*mut c_void>,
     /// Work done so far, counted as the read-back counts it.
@@ -139,7 +113,7 @@ struct Copier<'r, 's> {
     /// Keys longer than `MAX_KEY_BYTES` made so far (an object holding one is not learnt).
     long_keys: u64,
     /// A key's UTF-8 when its characters are not all ASCII.
-    utf8: String,
+    utf8: Vec<u8>,
     team_atom: Atom,
     properties_atom: Atom,
 }
@@ -224,48 +198,37 @@ impl Copier<'_, '_> {
             return None;
         }
         self.grow(stored.saturating_add(2))?;
-        let mark = self.values.len();
+        let mark = self.stacks.values.len();
         let mut items = || -> Option<()> {
             for i in 0..stored {
                 // SAFETY: `i` is below the stored count.
                 let item = unsafe { *elements.add(i) };
                 match self.value(item, depth + 1)? {
-                    Copied::Value(made) => self.values.push(made),
+                    Copied::Value(made) => self.stacks.values.push(made),
                     Copied::Nothing => {
                         self.grow(4)?;
-                        self.values.push(NULL);
+                        self.stacks.values.push(NULL);
                     }
                 }
             }
             Some(())
         };
-        let made = items().and_then(|()| {
-            let items = &mut self.values[mark..];
-            let count = i32::try_from(items.len()).ok()?;
-            // SAFETY: JS_NewArrayFrom takes over every value's reference, also when it fails.
-            let array = unsafe { qjs::JS_NewArrayFrom(self.to, count, items.as_ptr()) };
-            items.fill(UNDEFINED);
-            checked(array)
-        });
-        self.unwind(self.atoms.len(), mark);
-        made
+        let filled = items();
+        self.stacks.array(self.to, mark, filled)
     }
 
     fn fields(&mut self, v: qjs::JSValue, depth: usize) -> Option<qjs::JSValue> {
         let start = self.src_atoms.len();
         let (len, entries) = fastpath::data_fields(self.from, v, &mut self.src_atoms, &mut self.src_values)?;
-        let (atoms, values, long_keys) = (self.atoms.len(), self.values.len(), self.long_keys);
-        let made =
-            self.charge(entries).and_then(|()| self.grow(len.saturating_add(2))).and_then(|()| self.members(start, len, depth)).and_then(
-                |()| {
-                    let learn = self.long_keys == long_keys;
-                    build_object(self.to, self.shapes.as_deref_mut(), &self.atoms[atoms..], &mut self.values[values..], learn)
-                },
-            );
+        let (marks, long_keys) = (self.stacks.marks(), self.long_keys);
+        let filled = self
+            .charge(entries)
+            .and_then(|()| self.grow(len.saturating_add(2)))
+            .and_then(|()| self.members(start, len, depth))
+            .map(|()| self.long_keys == long_keys);
         self.src_atoms.truncate(start);
         self.src_values.truncate(start);
-        self.unwind(atoms, values);
-        made
+        self.stacks.object(self.to, self.shapes.as_deref_mut(), marks, filled)
     }
 
     /// Copies the `len` source members from `start` of the source stacks onto the target's.
@@ -277,26 +240,15 @@ impl Copier<'_, '_> {
             let team = self.rules.team.filter(|_| top && atom == self.team_atom.atom);
             let made = if let Some(team) = team {
                 saw_team = true;
-                // SAFETY: tag tests and reads of a live value.
-                let same = match unsafe { qjs::JS_VALUE_GET_TAG(value) } {
-                    qjs::JS_TAG_INT => i64::from(unsafe { qjs::JS_VALUE_GET_INT(value) }) == team,
-                    qjs::JS_TAG_FLOAT64 => (unsafe { qjs::JS_VALUE_GET_FLOAT64(value) }) == team as f64,
-                    _ => false,
-                };
-                if !same {
+                if !tojson::is_team(value, team) {
                     return None;
                 }
                 // Written as the team's number, as the read-back writes it (uncharged there too).
                 self.grow(MAX_NUMBER_BYTES)?;
                 Copied::Value(qjs::JS_NewFloat64(team as f64))
             } else {
-                if top && atom == self.properties_atom.atom {
-                    // SAFETY: type checks on a live value.
-                    let tag = unsafe { qjs::JS_VALUE_GET_TAG(value) };
-                    let object = tag == qjs::JS_TAG_OBJECT && unsafe { qjs::JS_GetClassID(value) } == CLASS_OBJECT;
-                    if !(object || tag == qjs::JS_TAG_NULL || tag == qjs::JS_TAG_UNDEFINED) {
-                        return None;
-                    }
+                if top && atom == self.properties_atom.atom && !tojson::may_be_properties(value) {
+                    return None;
                 }
                 self.value(value, depth + 1)?
             };
@@ -306,8 +258,8 @@ impl Copier<'_, '_> {
                 unsafe { qjs::JS_FreeValue(self.to, made) };
                 return None;
             };
-            self.atoms.push(key);
-            self.values.push(made);
+            self.stacks.atoms.push(key);
+            self.stacks.values.push(made);
         }
         if top && self.rules.team.is_some() && !saw_team {
             return None;
@@ -331,32 +283,12 @@ impl Copier<'_, '_> {
             bytes
         } else {
             self.utf8.clear();
-            self.utf8.extend(bytes.iter().map(|&b| char::from(b)));
-            self.utf8.as_bytes()
+            tojson::latin1_to_utf8(bytes, &mut self.utf8);
+            &self.utf8
         };
         self.long_keys += u64::from(utf8.len() > MAX_KEY_BYTES);
         // SAFETY: QuickJS interns a copy of the (valid UTF-8) bytes; 0 means out of memory.
         let made = unsafe { qjs::JS_NewAtomLen(self.to, utf8.as_ptr().cast(), utf8.len() as _) };
         (made != 0).then_some(made)
     }
-
-    /// Frees what a level put on the target's stacks from the marks on.
-    fn unwind(&mut self, atoms: usize, values: usize) {
-        // SAFETY: each atom and value above the marks holds one reference of this level
-        // (undefined for a value already handed over).
-        for &atom in &self.atoms[atoms..] {
-            unsafe { qjs::JS_FreeAtom(self.to, atom) };
-        }
-        for &v in &self.values[values..] {
-            unsafe { qjs::JS_FreeValue(self.to, v) };
-        }
-        self.atoms.truncate(atoms);
-        self.values.truncate(values);
-    }
-}
-
-/// `v` unless it is an exception (the target ran out of memory).
-fn checked(v: qjs::JSValue) -> Option<qjs::JSValue> {
-    // SAFETY: a tag test.
-    (!unsafe { qjs::JS_IsException(v) }).then_some(v)
 }

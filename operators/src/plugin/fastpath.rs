@@ -55,6 +55,29 @@ unsafe extern "C" {
     pub(super) fn JS_PF_RopeParts(v: qjs::JSValue, left: *mut qjs::JSValue, right: *mut qjs::JSValue) -> i32;
 }
 
+/// A key interned for the length of a walk (`team_id`, `properties`: compared with the keys a
+/// walk meets, atoms being unique per runtime), given back when it ends.
+pub(super) struct Atom {
+    ctx: *mut qjs::JSContext,
+    pub(super) atom: qjs::JSAtom,
+}
+
+impl Atom {
+    pub(super) fn new(ctx: *mut qjs::JSContext, name: &std::ffi::CStr) -> Atom {
+        // SAFETY: interning on a live context; 0 (out of memory) never equals a real key.
+        Atom { ctx, atom: unsafe { qjs::JS_NewAtom(ctx, name.as_ptr()) } }
+    }
+}
+
+impl Drop for Atom {
+    fn drop(&mut self) {
+        if self.atom != 0 {
+            // SAFETY: made in `new` on this context, which outlives the walk.
+            unsafe { qjs::JS_FreeAtom(self.ctx, self.atom) };
+        }
+    }
+}
+
 /// Pushes the own enumerable string-keyed data properties of plain object `v` onto `atoms` and
 /// `values` (keys and values borrowed from `v`, valid while it is unchanged), straight from its
 /// shape: their number, and how many entries its shape has (the work of listing them); `None`
@@ -113,14 +136,14 @@ pub(crate) struct Shapes {
     /// Keys of the shapes in `by_keys`, all together.
     shape_keys: usize,
     /// Room the builder lends itself between events (empty between parses).
-    pub(crate) scratch: (Vec<qjs::JSAtom>, Vec<qjs::JSValue>),
+    pub(crate) scratch: super::fromjson::Stacks,
 }
 
 impl Shapes {
     pub(crate) fn new(ctx: *mut qjs::JSContext) -> Shapes {
         // SAFETY: reading the runtime of a live context.
         let rt = unsafe { qjs::JS_GetRuntime(ctx) };
-        Shapes { rt, by_keys: HashMap::default(), shape_keys: 0, scratch: (Vec::new(), Vec::new()) }
+        Shapes { rt, by_keys: HashMap::default(), shape_keys: 0, scratch: Default::default() }
     }
 
     /// A new object of `atoms` (keys, borrowed) and `values` (taken over on `Some`) made from a

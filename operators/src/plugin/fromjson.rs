@@ -21,20 +21,93 @@ use crate::event::scan::{Scan, special};
 /// Deeper documents are left to `JSON.parse` (the limit serde_json had here before).
 const MAX_DEPTH: usize = 128;
 
-const UNDEFINED: qjs::JSValue = qjs::JS_MKVAL(qjs::JS_TAG_UNDEFINED, 0);
+pub(super) const UNDEFINED: qjs::JSValue = qjs::JS_MKVAL(qjs::JS_TAG_UNDEFINED, 0);
+
+/// Keys and values made in one runtime for the objects and arrays being built (by the parser
+/// or by `copy`): each level uses the top of the stacks and gives it back, handed over to what
+/// it made or freed when the build fails. A runtime's `Shapes` lends them between builds.
+#[derive(Default)]
+pub(crate) struct Stacks {
+    pub(super) atoms: Vec<qjs::JSAtom>,
+    pub(super) values: Vec<qjs::JSValue>,
+}
+
+impl Stacks {
+    /// Borrows `shapes`' stacks (empty between builds), or new ones.
+    pub(super) fn lend(shapes: Option<&mut Shapes>) -> Stacks {
+        shapes.map(|s| std::mem::take(&mut s.scratch)).unwrap_or_default()
+    }
+
+    /// Gives the stacks back to `shapes` once a build is over.
+    pub(super) fn give_back(self, shapes: Option<&mut Shapes>) {
+        debug_assert!(self.atoms.is_empty() && self.values.is_empty(), "every level gives its part of the stacks back");
+        if let Some(shapes) = shapes {
+            shapes.scratch = self;
+        }
+    }
+
+    /// Frees what a level put on the stacks from the marks on (runtime `ctx`).
+    pub(super) fn unwind(&mut self, ctx: *mut qjs::JSContext, atoms: usize, values: usize) {
+        // SAFETY: each atom and value above the marks holds one reference of this level
+        // (undefined for a value already handed over).
+        for &atom in &self.atoms[atoms..] {
+            unsafe { qjs::JS_FreeAtom(ctx, atom) };
+        }
+        for &v in &self.values[values..] {
+            unsafe { qjs::JS_FreeValue(ctx, v) };
+        }
+        self.atoms.truncate(atoms);
+        self.values.truncate(values);
+    }
+
+    /// Ends an array level begun at values mark `mark`: when its items are all there
+    /// (`filled`), the array of them (they are handed over); either way the level's part of
+    /// the stacks goes back.
+    pub(super) fn array(&mut self, ctx: *mut qjs::JSContext, mark: usize, filled: Option<()>) -> Option<qjs::JSValue> {
+        let array = filled.and_then(|()| {
+            let items = &mut self.values[mark..];
+            let count = i32::try_from(items.len()).ok()?;
+            // SAFETY: JS_NewArrayFrom takes over every value's reference, also when it fails.
+            let array = unsafe { qjs::JS_NewArrayFrom(ctx, count, items.as_ptr()) };
+            items.fill(UNDEFINED);
+            checked(array)
+        });
+        self.unwind(ctx, self.atoms.len(), mark);
+        array
+    }
+
+    /// Ends an object level begun at marks `atoms`/`values`: when its members are all there
+    /// (`filled`, with whether its shape may be learnt), the object of them ([`build_object`]);
+    /// either way the level's part of the stacks goes back (keys freed: the object holds its
+    /// own).
+    pub(super) fn object(
+        &mut self,
+        ctx: *mut qjs::JSContext,
+        shapes: Option<&mut Shapes>,
+        (atoms, values): (usize, usize),
+        filled: Option<bool>,
+    ) -> Option<qjs::JSValue> {
+        let object = filled.and_then(|learn| build_object(ctx, shapes, &self.atoms[atoms..], &mut self.values[values..], learn));
+        self.unwind(ctx, atoms, values);
+        object
+    }
+
+    /// Where the next level's part begins.
+    pub(super) fn marks(&self) -> (usize, usize) {
+        (self.atoms.len(), self.values.len())
+    }
+}
 
 /// `JSON.parse(text)` built by our parser; `None` to fall back (see module docs). With
 /// `shapes`, object shapes seen before are reused.
 pub fn parse<'js>(ctx: &Ctx<'js>, text: &str, shapes: Option<&mut Shapes>) -> Option<Value<'js>> {
     let mut shapes = shapes;
-    let (atoms, values) = shapes.as_deref_mut().map(|s| std::mem::take(&mut s.scratch)).unwrap_or_default();
     let mut p = Parser {
         text,
         s: Scan { b: text.as_bytes(), i: 0 },
         ctx: ctx.as_raw().as_ptr(),
+        stacks: Stacks::lend(shapes.as_deref_mut()),
         shapes,
-        atoms,
-        values,
         unescaped: String::new(),
         long_keys: 0,
     };
@@ -51,10 +124,7 @@ pub fn parse<'js>(ctx: &Ctx<'js>, text: &str, shapes: Option<&mut Shapes>) -> Op
         // Whatever failed left a pending exception only when QuickJS could not allocate.
         super::tojson::drop_pending_exception(p.ctx);
     }
-    debug_assert!(p.atoms.is_empty() && p.values.is_empty(), "every level gives its part of the stacks back");
-    if let Some(shapes) = p.shapes {
-        shapes.scratch = (p.atoms, p.values);
-    }
+    p.stacks.give_back(p.shapes);
     // SAFETY: `v` holds one reference to a value of this context; from_raw takes it over.
     v.map(|v| unsafe { Value::from_raw(ctx.clone(), v) })
 }
@@ -65,10 +135,8 @@ struct Parser<'t, 's> {
     s: Scan<'t>,
     ctx: *mut qjs::JSContext,
     shapes: Option<&'s mut Shapes>,
-    /// Keys and values of the objects and arrays being read: each level uses the top of the
-    /// stacks and gives it back (handed over, or freed when the parse fails).
-    atoms: Vec<qjs::JSAtom>,
-    values: Vec<qjs::JSValue>,
+    /// Keys and values of the objects and arrays being read.
+    stacks: Stacks,
     /// A string with escapes, decoded.
     unescaped: String,
     /// Keys longer than `fastpath::MAX_KEY_BYTES` read so far: an object holding one (here or
@@ -198,34 +266,11 @@ impl Parser<'_, '_> {
         Some(unit)
     }
 
-    /// Frees what a level put on the stacks from `atoms`/`values` on (a failed parse).
-    fn unwind(&mut self, atoms: usize, values: usize) {
-        // SAFETY: each atom and value above the marks holds one reference of this level
-        // (undefined for a value already handed over).
-        for &atom in &self.atoms[atoms..] {
-            unsafe { qjs::JS_FreeAtom(self.ctx, atom) };
-        }
-        for &v in &self.values[values..] {
-            unsafe { qjs::JS_FreeValue(self.ctx, v) };
-        }
-        self.atoms.truncate(atoms);
-        self.values.truncate(values);
-    }
-
     /// The rest of an array after its `[`; its items get `left` levels.
     fn array(&mut self, left: usize) -> Option<qjs::JSValue> {
-        let mark = self.values.len();
-        let array = self.items(left).and_then(|()| {
-            let items = &mut self.values[mark..];
-            let count = i32::try_from(items.len()).ok()?;
-            // SAFETY: JS_NewArrayFrom takes over every value's reference, also when it fails.
-            let array = unsafe { qjs::JS_NewArrayFrom(self.ctx, count, items.as_ptr()) };
-            items.fill(UNDEFINED);
-            checked(array)
-        });
-        // Items were handed over, or are freed when the parse failed.
-        self.unwind(self.atoms.len(), mark);
-        array
+        let mark = self.stacks.values.len();
+        let filled = self.items(left);
+        self.stacks.array(self.ctx, mark, filled)
     }
 
     fn items(&mut self, left: usize) -> Option<()> {
@@ -237,7 +282,7 @@ impl Parser<'_, '_> {
         loop {
             self.s.ws();
             let item = self.value(left)?;
-            self.values.push(item);
+            self.stacks.values.push(item);
             self.s.ws();
             match self.s.next()? {
                 b',' => {}
@@ -249,16 +294,9 @@ impl Parser<'_, '_> {
 
     /// The rest of an object after its `{`; its values get `left` levels.
     fn object(&mut self, left: usize) -> Option<qjs::JSValue> {
-        let (atoms, values) = (self.atoms.len(), self.values.len());
-        let long_keys = self.long_keys;
-        let object = self.members(left).and_then(|()| {
-            let learn = self.long_keys == long_keys;
-            self.make_object(atoms, values, learn)
-        });
-        // Keys are freed here (the object holds its own); values were handed over, or are
-        // freed when the parse failed.
-        self.unwind(atoms, values);
-        object
+        let (marks, long_keys) = (self.stacks.marks(), self.long_keys);
+        let filled = self.members(left).map(|()| self.long_keys == long_keys);
+        self.stacks.object(self.ctx, self.shapes.as_deref_mut(), marks, filled)
     }
 
     fn members(&mut self, left: usize) -> Option<()> {
@@ -273,14 +311,14 @@ impl Parser<'_, '_> {
                 return None;
             }
             let atom = self.key()?;
-            self.atoms.push(atom);
+            self.stacks.atoms.push(atom);
             self.s.ws();
             if self.s.next()? != b':' {
                 return None;
             }
             self.s.ws();
             let value = self.value(left)?;
-            self.values.push(value);
+            self.stacks.values.push(value);
             self.s.ws();
             match self.s.next()? {
                 b',' => {}
@@ -300,12 +338,6 @@ impl Parser<'_, '_> {
         self.long_keys += u64::from(long);
         (atom != 0).then_some(atom)
     }
-
-    /// The object of the keys and values on top of the stacks (from the marks on): its values
-    /// are handed over (undefined left in their place).
-    fn make_object(&mut self, atoms: usize, values: usize, learn: bool) -> Option<qjs::JSValue> {
-        build_object(self.ctx, self.shapes.as_deref_mut(), &self.atoms[atoms..], &mut self.values[values..], learn)
-    }
 }
 
 /// A new plain object of `atoms` (keys, borrowed; none repeated but in a parse, where a repeated
@@ -313,7 +345,7 @@ impl Parser<'_, '_> {
 /// left in their place, also when it fails). Made from a known shape when `shapes` has one;
 /// else a property at a time, and its shape is learnt when `learn` (no key longer than
 /// `MAX_KEY_BYTES`).
-pub(super) fn build_object(
+fn build_object(
     ctx: *mut qjs::JSContext,
     shapes: Option<&mut Shapes>,
     atoms: &[qjs::JSAtom],
@@ -357,7 +389,7 @@ pub(super) fn build_object(
 }
 
 /// `v` unless it is an exception (QuickJS ran out of memory; the caller drops it).
-fn checked(v: qjs::JSValue) -> Option<qjs::JSValue> {
+pub(super) fn checked(v: qjs::JSValue) -> Option<qjs::JSValue> {
     // SAFETY: a tag test.
     (!unsafe { qjs::JS_IsException(v) }).then_some(v)
 }

@@ -118,9 +118,9 @@ struct Walker<'r> {
     event: bool,
     /// Work done so far (values visited, keys listed); bounded by `rules.max_bytes`.
     work: usize,
-    /// Interned `team_id` and `properties` (atoms are unique per runtime: compared by value).
-    team_atom: qjs::JSAtom,
-    properties_atom: qjs::JSAtom,
+    /// Interned `team_id` and `properties`.
+    team_atom: fastpath::Atom,
+    properties_atom: fastpath::Atom,
     /// Keys and (borrowed) values of the plain objects being written, read from their shapes
     /// (`fastpath`); each object uses the top and gives it back.
     atoms: Vec<qjs::JSAtom>,
@@ -130,22 +130,9 @@ struct Walker<'r> {
     utf8: Vec<u8>,
 }
 
-impl Drop for Walker<'_> {
-    fn drop(&mut self) {
-        // SAFETY: both atoms were made in `new` on this context (0 is never freed).
-        for atom in [self.team_atom, self.properties_atom] {
-            if atom != 0 {
-                unsafe { qjs::JS_FreeAtom(self.ctx, atom) };
-            }
-        }
-    }
-}
-
 impl<'r> Walker<'r> {
     fn new(ctx: *mut qjs::JSContext, rules: &'r Rules) -> Self {
-        // SAFETY: interning on a live context; 0 (out of memory) never equals a real key.
-        let (team_atom, properties_atom) =
-            unsafe { (qjs::JS_NewAtom(ctx, c"team_id".as_ptr()), qjs::JS_NewAtom(ctx, c"properties".as_ptr())) };
+        let (team_atom, properties_atom) = (fastpath::Atom::new(ctx, c"team_id"), fastpath::Atom::new(ctx, c"properties"));
         Walker {
             ctx,
             rules,
@@ -473,8 +460,8 @@ impl<'r> Walker<'r> {
                 Keys::Listed(keys) => (keys[i].atom, None),
                 Keys::Plain { start, .. } => (self.atoms[start + i], Some(self.values[start + i])),
             };
-            let team = team_rule && atom == self.team_atom;
-            if top && atom == self.properties_atom {
+            let team = team_rule && atom == self.team_atom.atom;
+            if top && atom == self.properties_atom.atom {
                 self.path.push(Step::Key(atom));
                 self.check_properties(v, atom)?;
                 self.path.pop();
@@ -559,11 +546,7 @@ impl<'r> Walker<'r> {
         let desc = self.descriptor(v, atom)?;
         let same = match desc {
             Some(Desc::Data(value)) => {
-                let same = match unsafe { qjs::JS_VALUE_GET_TAG(value) } {
-                    qjs::JS_TAG_INT => i64::from(unsafe { qjs::JS_VALUE_GET_INT(value) }) == team,
-                    qjs::JS_TAG_FLOAT64 => (unsafe { qjs::JS_VALUE_GET_FLOAT64(value) }) == team as f64,
-                    _ => false,
-                };
+                let same = is_team(value, team);
                 unsafe { qjs::JS_FreeValue(self.ctx, value) };
                 same
             }
@@ -580,8 +563,7 @@ impl<'r> Walker<'r> {
     /// The top-level `properties` of an event must be an object (or null, or absent).
     fn check_properties(&mut self, v: qjs::JSValue, atom: qjs::JSAtom) -> Result<(), Stop> {
         if let Some(Desc::Data(value)) = self.descriptor(v, atom)? {
-            let tag = unsafe { qjs::JS_VALUE_GET_TAG(value) };
-            let ok = matches!(tag, qjs::JS_TAG_NULL | qjs::JS_TAG_UNDEFINED) || object_class(value) == Some(CLASS_OBJECT);
+            let ok = may_be_properties(value);
             let what = if ok { String::new() } else { describe(self.ctx, value) };
             unsafe { qjs::JS_FreeValue(self.ctx, value) };
             if !ok {
@@ -688,6 +670,23 @@ impl Keys<'_> {
 enum Desc {
     Data(qjs::JSValue),
     Accessor,
+}
+
+/// Whether `value` is the number `team` (a top-level `team_id` left as it was).
+pub(super) fn is_team(value: qjs::JSValue, team: i64) -> bool {
+    // SAFETY: tag tests and reads of a live value.
+    match unsafe { qjs::JS_VALUE_GET_TAG(value) } {
+        qjs::JS_TAG_INT => i64::from(unsafe { qjs::JS_VALUE_GET_INT(value) }) == team,
+        qjs::JS_TAG_FLOAT64 => (unsafe { qjs::JS_VALUE_GET_FLOAT64(value) }) == team as f64,
+        _ => false,
+    }
+}
+
+/// Whether `value` may be an event's top-level `properties`: a plain object, null or undefined.
+pub(super) fn may_be_properties(value: qjs::JSValue) -> bool {
+    // SAFETY: a tag test on a live value.
+    let tag = unsafe { qjs::JS_VALUE_GET_TAG(value) };
+    matches!(tag, qjs::JS_TAG_NULL | qjs::JS_TAG_UNDEFINED) || object_class(value) == Some(CLASS_OBJECT)
 }
 
 /// The class of an object value; `None` for primitives.
@@ -848,7 +847,7 @@ fn string_chars<'a>(s: qjs::JSValue) -> Option<Chars<'a>> {
 }
 
 /// Latin-1 characters as UTF-8.
-fn latin1_to_utf8(bytes: &[u8], out: &mut Vec<u8>) {
+pub(super) fn latin1_to_utf8(bytes: &[u8], out: &mut Vec<u8>) {
     out.reserve(bytes.len() * 2);
     for &b in bytes {
         if b < 0x80 {
