@@ -27,8 +27,7 @@ use std::ffi::c_void;
 
 use rquickjs::{Ctx, Value, qjs};
 
-use super::fastpath::{self, Atom, MAX_KEY_BYTES, Shapes};
-use super::fromjson::{Stacks, checked};
+use super::fastpath::{self, Atom, MAX_KEY_BYTES, Shapes, Stacks, checked};
 use super::tojson::{self, Rules};
 
 const NULL: qjs::JSValue = qjs::JS_MKVAL(qjs::JS_TAG_NULL, 0);

@@ -15,88 +15,11 @@
 
 use rquickjs::{Ctx, Value, qjs};
 
-use super::fastpath::{MAX_KEY_BYTES, Shapes};
+use super::fastpath::{MAX_KEY_BYTES, Shapes, Stacks, checked};
 use crate::event::scan::{Scan, special};
 
 /// Deeper documents are left to `JSON.parse` (the limit serde_json had here before).
 const MAX_DEPTH: usize = 128;
-
-pub(super) const UNDEFINED: qjs::JSValue = qjs::JS_MKVAL(qjs::JS_TAG_UNDEFINED, 0);
-
-/// Keys and values made in one runtime for the objects and arrays being built (by the parser
-/// or by `copy`): each level uses the top of the stacks and gives it back, handed over to what
-/// it made or freed when the build fails. A runtime's `Shapes` lends them between builds.
-#[derive(Default)]
-pub(crate) struct Stacks {
-    pub(super) atoms: Vec<qjs::JSAtom>,
-    pub(super) values: Vec<qjs::JSValue>,
-}
-
-impl Stacks {
-    /// Borrows `shapes`' stacks (empty between builds), or new ones.
-    pub(super) fn lend(shapes: Option<&mut Shapes>) -> Stacks {
-        shapes.map(|s| std::mem::take(&mut s.scratch)).unwrap_or_default()
-    }
-
-    /// Gives the stacks back to `shapes` once a build is over.
-    pub(super) fn give_back(self, shapes: Option<&mut Shapes>) {
-        debug_assert!(self.atoms.is_empty() && self.values.is_empty(), "every level gives its part of the stacks back");
-        if let Some(shapes) = shapes {
-            shapes.scratch = self;
-        }
-    }
-
-    /// Frees what a level put on the stacks from the marks on (runtime `ctx`).
-    pub(super) fn unwind(&mut self, ctx: *mut qjs::JSContext, atoms: usize, values: usize) {
-        // SAFETY: each atom and value above the marks holds one reference of this level
-        // (undefined for a value already handed over).
-        for &atom in &self.atoms[atoms..] {
-            unsafe { qjs::JS_FreeAtom(ctx, atom) };
-        }
-        for &v in &self.values[values..] {
-            unsafe { qjs::JS_FreeValue(ctx, v) };
-        }
-        self.atoms.truncate(atoms);
-        self.values.truncate(values);
-    }
-
-    /// Ends an array level begun at values mark `mark`: when its items are all there
-    /// (`filled`), the array of them (they are handed over); either way the level's part of
-    /// the stacks goes back.
-    pub(super) fn array(&mut self, ctx: *mut qjs::JSContext, mark: usize, filled: Option<()>) -> Option<qjs::JSValue> {
-        let array = filled.and_then(|()| {
-            let items = &mut self.values[mark..];
-            let count = i32::try_from(items.len()).ok()?;
-            // SAFETY: JS_NewArrayFrom takes over every value's reference, also when it fails.
-            let array = unsafe { qjs::JS_NewArrayFrom(ctx, count, items.as_ptr()) };
-            items.fill(UNDEFINED);
-            checked(array)
-        });
-        self.unwind(ctx, self.atoms.len(), mark);
-        array
-    }
-
-    /// Ends an object level begun at marks `atoms`/`values`: when its members are all there
-    /// (`filled`, with whether its shape may be learnt), the object of them ([`build_object`]);
-    /// either way the level's part of the stacks goes back (keys freed: the object holds its
-    /// own).
-    pub(super) fn object(
-        &mut self,
-        ctx: *mut qjs::JSContext,
-        shapes: Option<&mut Shapes>,
-        (atoms, values): (usize, usize),
-        filled: Option<bool>,
-    ) -> Option<qjs::JSValue> {
-        let object = filled.and_then(|learn| build_object(ctx, shapes, &self.atoms[atoms..], &mut self.values[values..], learn));
-        self.unwind(ctx, atoms, values);
-        object
-    }
-
-    /// Where the next level's part begins.
-    pub(super) fn marks(&self) -> (usize, usize) {
-        (self.atoms.len(), self.values.len())
-    }
-}
 
 /// `JSON.parse(text)` built by our parser; `None` to fall back (see module docs). With
 /// `shapes`, object shapes seen before are reused.
@@ -338,60 +261,6 @@ impl Parser<'_, '_> {
         self.long_keys += u64::from(long);
         (atom != 0).then_some(atom)
     }
-}
-
-/// A new plain object of `atoms` (keys, borrowed; none repeated but in a parse, where a repeated
-/// key keeps its first place and takes the last value) and `values` (handed over: undefined is
-/// left in their place, also when it fails). Made from a known shape when `shapes` has one;
-/// else a property at a time, and its shape is learnt when `learn` (no key longer than
-/// `MAX_KEY_BYTES`).
-fn build_object(
-    ctx: *mut qjs::JSContext,
-    shapes: Option<&mut Shapes>,
-    atoms: &[qjs::JSAtom],
-    values: &mut [qjs::JSValue],
-    learn: bool,
-) -> Option<qjs::JSValue> {
-    if let Some(made) = shapes.as_deref().and_then(|shapes| shapes.make(ctx, atoms, values)) {
-        values.fill(UNDEFINED);
-        return checked(made);
-    }
-    // SAFETY: a new object, owned here until returned.
-    let object = unsafe { qjs::JS_NewObject(ctx) };
-    if checked(object).is_none() {
-        for value in values.iter_mut() {
-            // SAFETY: each value holds one reference, handed over here.
-            unsafe { qjs::JS_FreeValue(ctx, std::mem::replace(value, UNDEFINED)) };
-        }
-        return None;
-    }
-    let mut failed = false;
-    for (&atom, value) in atoms.iter().zip(values.iter_mut()) {
-        let value = std::mem::replace(value, UNDEFINED);
-        if failed {
-            // SAFETY: as above.
-            unsafe { qjs::JS_FreeValue(ctx, value) };
-            continue;
-        }
-        // SAFETY: DefineProperty takes over the value's reference, even when it fails; a
-        // repeated key keeps its place and takes the new value, as in JSON.parse.
-        failed = unsafe { qjs::JS_DefinePropertyValue(ctx, object, atom, value, qjs::JS_PROP_C_W_E as i32) } < 0;
-    }
-    if failed {
-        // SAFETY: the object is ours.
-        unsafe { qjs::JS_FreeValue(ctx, object) };
-        return None;
-    }
-    if let Some(shapes) = shapes.filter(|_| learn) {
-        shapes.learn(ctx, object, atoms);
-    }
-    Some(object)
-}
-
-/// `v` unless it is an exception (QuickJS ran out of memory; the caller drops it).
-pub(super) fn checked(v: qjs::JSValue) -> Option<qjs::JSValue> {
-    // SAFETY: a tag test.
-    (!unsafe { qjs::JS_IsException(v) }).then_some(v)
 }
 
 #[cfg(test)]
