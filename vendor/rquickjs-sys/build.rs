@@ -261,8 +261,51 @@ fn main() {
         builder.define(name, *value);
     }
 
-    for src in &source_files {
-        builder.file(out_dir.join(src));
+    // pluginflow: profile-guided optimisation of the engine (PLUGINFLOW.md, scripts/pgo.sh).
+    // Each source is compiled on its own so that its profile has a fixed name
+    // (`-dumpbase`), then all objects go into the one archive as before.
+    let stamp = pgo_stamp(&builder, src_dir, &source_files, &header_files, &defines);
+    match pgo_mode(&stamp, is_wasm_unknown) {
+        Pgo::Off(why) => {
+            if let Some(why) = why {
+                println!("cargo:warning=QuickJS is built without profile-guided optimisation: {why}");
+            }
+            for src in &source_files {
+                builder.file(out_dir.join(src));
+            }
+        }
+        Pgo::Generate | Pgo::Use => {
+            // GCC knows a static function's profile by the source's path and the profile's
+            // name as given, so both are relative to this folder (where cc runs the
+            // compiler), the same in every checkout and target folder.
+            let generate = env::var_os(PGO_GENERATE).is_some();
+            if generate {
+                fs::create_dir_all("pgo").expect("pgo/");
+                fs::write("pgo/stamp", &stamp).expect("pgo/stamp");
+            }
+            let each = builder.clone();
+            for src in &source_files {
+                let stem = Path::new(src).file_stem().unwrap().to_str().unwrap();
+                let mut one = each.clone();
+                one.file(src_dir.join(src)).flag("-dumpdir").flag("pgo/").flag("-dumpbase").flag(stem);
+                if generate {
+                    one.flag("-fprofile-generate");
+                } else {
+                    // Code the training run never reached is optimised as without a profile,
+                    // not for size.
+                    one.flag("-fprofile-use").flag("-fprofile-partial-training");
+                    one.flag("-Wno-error=coverage-mismatch");
+                }
+                builder.objects(one.compile_intermediates());
+            }
+            if generate {
+                let libgcc = each.get_compiler().to_command().arg("-print-libgcc-file-name").output();
+                let libgcc = libgcc.expect("the compiler prints where libgcc is").stdout;
+                let libgcc = PathBuf::from(String::from_utf8_lossy(&libgcc).trim().to_string());
+                println!("cargo:rustc-link-search=native={}", libgcc.parent().unwrap().display());
+                println!("cargo:rustc-link-lib=static=gcov");
+            }
+        }
     }
 
     if is_wasm_unknown {
@@ -286,6 +329,66 @@ fn main() {
         println!("cargo:rustc-link-search=native={}", vendor_lib.display());
         println!("cargo:rustc-link-lib=static=c");
     }
+}
+
+// pluginflow: profile-guided optimisation.
+//
+// `scripts/pgo.sh` builds with `PLUGINFLOW_PGO_GENERATE=1`: an instrumented engine, whose
+// training run writes one `.gcda` file a source into `pgo/` (and this script writes
+// `pgo/stamp`). A normal build uses `pgo/` when its stamp is this build's: the
+// same compiler, optimisation level, target, defines and source files byte for byte. Anything
+// else builds without a profile and says so (a stale profile would only mislead the compiler).
+const PGO_GENERATE: &str = "PLUGINFLOW_PGO_GENERATE";
+
+enum Pgo {
+    Off(Option<String>),
+    Generate,
+    Use,
+}
+
+fn pgo_mode(stamp: &str, is_wasm_unknown: bool) -> Pgo {
+    println!("cargo:rerun-if-env-changed={PGO_GENERATE}");
+    println!("cargo:rerun-if-changed=pgo");
+    if env::var_os(PGO_GENERATE).is_some() {
+        return Pgo::Generate;
+    }
+    if is_wasm_unknown || env::var("CARGO_CFG_SANITIZE").is_ok() {
+        return Pgo::Off(None);
+    }
+    match fs::read_to_string("pgo/stamp") {
+        Ok(recorded) if recorded == stamp => Pgo::Use,
+        Ok(_) if env::var("OPT_LEVEL").as_deref() == Ok("0") => Pgo::Off(None),
+        Ok(_) => Pgo::Off(Some(
+            "pgo/stamp was made for another compiler, flags or QuickJS source (scripts/pgo.sh makes a new profile)".into(),
+        )),
+        Err(e) => Pgo::Off(Some(format!("pgo/stamp: {e}"))),
+    }
+}
+
+/// What a profile is valid for: the compiler's version, the optimisation level, the target,
+/// the defines, and an FNV-1a hash of every source and header.
+fn pgo_stamp(
+    builder: &cc::Build,
+    src_dir: &Path,
+    sources: &[&str],
+    headers: &[&str],
+    defines: &[(String, Option<&str>)],
+) -> String {
+    let version = builder.get_compiler().to_command().arg("--version").output();
+    let version = version.map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").to_string());
+    let mut stamp = format!(
+        "compiler {}\nopt-level {}\ntarget {}\ndefines {:?}\n",
+        version.unwrap_or_else(|e| format!("unknown ({e})")),
+        env::var("OPT_LEVEL").unwrap_or_default(),
+        env::var("TARGET").unwrap_or_default(),
+        defines,
+    );
+    for file in sources.iter().chain(headers.iter()) {
+        let bytes = fs::read(src_dir.join(file)).expect("QuickJS source");
+        let hash = bytes.iter().fold(0xcbf29ce484222325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x100000001b3));
+        stamp.push_str(&format!("{file} {hash:016x}\n"));
+    }
+    stamp
 }
 
 fn feature_to_cargo(name: impl AsRef<str>) -> String {
