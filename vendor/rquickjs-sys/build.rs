@@ -348,7 +348,11 @@ enum Pgo {
 
 fn pgo_mode(stamp: &str, is_wasm_unknown: bool) -> Pgo {
     println!("cargo:rerun-if-env-changed={PGO_GENERATE}");
-    println!("cargo:rerun-if-changed=pgo");
+    // (A path that does not exist would make cargo rerun this script, and recompile QuickJS,
+    // on every build.)
+    if Path::new("pgo").exists() {
+        println!("cargo:rerun-if-changed=pgo");
+    }
     if env::var_os(PGO_GENERATE).is_some() {
         return Pgo::Generate;
     }
