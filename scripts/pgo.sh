@@ -20,7 +20,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/pluginflow/target}"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 pgo=vendor/rquickjs-sys/pgo
-rm -rf "$pgo"
+rm -f "$pgo"/*.gcda "$pgo"/stamp
 PLUGINFLOW_PGO_GENERATE=1 cargo build --release -j2 -p pluginflow -p pluginflow-tests --bin pluginflow --bin gen_events
 BIN="$CARGO_TARGET_DIR/release"
 "$BIN/gen_events" --count 20000 --seed 11 --teams 3 -o "$work/events.jsonl"

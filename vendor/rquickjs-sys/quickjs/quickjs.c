@@ -3548,7 +3548,10 @@ static JSAtom __JS_NewAtom(JSRuntime *rt, JSString *str, int atom_type)
     }
 
     if (str) {
-        if (str->atom_type == 0) {
+        /* pluginflow: only a plain string becomes the atom in place. A slice kept its parent
+           alive for good (freeing an atom frees the struct, never a slice's parent), so every
+           long substring used once as a key pinned the whole string it was cut from. */
+        if (str->atom_type == 0 && str->kind == JS_STRING_KIND_NORMAL) {
             p = str;
             p->atom_type = atom_type;
         } else {
@@ -3564,8 +3567,13 @@ static JSAtom __JS_NewAtom(JSRuntime *rt, JSString *str, int atom_type)
 #ifdef ENABLE_DUMPS // JS_DUMP_LEAKS
             list_add_tail(&p->link, &rt->string_list);
 #endif
-            memcpy(str8(p), str8(str), (str->len << str->is_wide_char) +
-                   1 - str->is_wide_char);
+            /* pluginflow: the characters, then the terminating zero of a one-byte string. The
+               byte after a slice's characters is its parent's next character, and copying it
+               as the terminator gave the key one character more for whoever reads it as a C
+               string (parseFloat, Number, JSON.parse, RegExp, BigInt, Date.parse). */
+            memcpy(str8(p), str8(str), str->len << str->is_wide_char);
+            if (!str->is_wide_char)
+                str8(p)[str->len] = '\0';
             js_free_string(rt, str);
         }
     } else {
@@ -5465,7 +5473,11 @@ static JSValue JS_ConcatString2(JSContext *ctx, JSValue op1, JSValue op2)
     if (p2->len == 0) {
         goto ret_op1;
     }
-    if (JS_REF_COUNT(p1) == 1 && p1->is_wide_char == p2->is_wide_char
+    /* pluginflow: never in place in an atom's string. A string that became an atom (a
+       property key) stays one while any value holds it; growing it in place left an atom whose
+       text no longer matched its hash, so the same text got a second atom: `p[r]` and
+       `p["..."]` were different properties, and an object could have two keys of one name. */
+    if (JS_REF_COUNT(p1) == 1 && p1->is_wide_char == p2->is_wide_char && p1->atom_type == 0
     &&  js_malloc_usable_size(ctx, p1) >= sizeof(*p1) + ((p1->len + p2->len) << p2->is_wide_char) + 1 - p1->is_wide_char) {
         /* Concatenate in place in available space at the end of p1 */
         if (p1->is_wide_char) {
