@@ -151,6 +151,9 @@ fn main() {
     let target_env = env::var("CARGO_CFG_TARGET_ENV").unwrap();
 
     let mut builder = cc::Build::new();
+    for flag in ENGINE_FLAGS {
+        builder.flag_if_supported(flag);
+    }
     builder
         .extra_warnings(false)
         .flag_if_supported("-Wno-implicit-const-int-float-conversion")
@@ -340,6 +343,12 @@ fn main() {
 // else builds without a profile and says so (a stale profile would only mislead the compiler).
 const PGO_GENERATE: &str = "PLUGINFLOW_PGO_GENERATE";
 
+/// pluginflow: code-generation flags of ours for the engine (part of the profile's stamp).
+/// QuickJS is linked into our executable, so none of its functions can be replaced at load
+/// time: `-fno-semantic-interposition` lets the compiler inline and specialise its exported
+/// functions (`js_malloc_rt`, `JS_FreeValueRT`, ...) inside the engine, which `-fPIC` forbids.
+const ENGINE_FLAGS: &[&str] = &["-fno-semantic-interposition"];
+
 enum Pgo {
     Off(Option<String>),
     Generate,
@@ -381,11 +390,12 @@ fn pgo_stamp(
     let version = builder.get_compiler().to_command().arg("--version").output();
     let version = version.map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").to_string());
     let mut stamp = format!(
-        "compiler {}\nopt-level {}\ntarget {}\ndefines {:?}\n",
+        "compiler {}\nopt-level {}\ntarget {}\ndefines {:?}\nflags {:?}\n",
         version.unwrap_or_else(|e| format!("unknown ({e})")),
         env::var("OPT_LEVEL").unwrap_or_default(),
         env::var("TARGET").unwrap_or_default(),
         defines,
+        ENGINE_FLAGS,
     );
     for file in sources.iter().chain(headers.iter()) {
         let bytes = fs::read(src_dir.join(file)).expect("QuickJS source");
