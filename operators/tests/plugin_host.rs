@@ -1044,7 +1044,7 @@ const CASES = [
     (e) => { e.properties.map = new Map(); return e },
     (e) => { e.properties.big = 10n; return e },
     (e) => { e.properties.k = 'x'.repeat(70); e.properties['y'.repeat(70)] = 1; return e },
-    (e) => { e.properties.empties = Array(2000).fill(''); e.properties.narrow = ('\u0101' + 'z'.repeat(3000)).slice(1); e.properties.one = 'é'; return e },
+    (e) => { e.properties.empties = Array(2000).fill(''); e.properties.narrow = ('\u0101' + 'z'.repeat(3000)).slice(1); e.properties.one = 'é'; e.properties[('k'.repeat(1100) + '1.5').slice(0, -1)] = 'a key cut from a longer string'; return e },
 ]
 exports.processEvent = (e) => CASES[e.properties.step % CASES.length](e)
 "#;
