@@ -17436,6 +17436,17 @@ static __exception int JS_CopyDataProperties(JSContext *ctx,
     int desc_flags;
     bool is_enumerable;
 
+    /* pluginflow: a string's characters are its own enumerable properties, so
+       `{ ..."ab" }` is `{ 0: "a", 1: "b" }` (CopyDataProperties takes ToObject of the source);
+       every other primitive has none. */
+    if (tag_is_string(JS_VALUE_GET_TAG(source))) {
+        JSValue obj = JS_ToObject(ctx, source);
+        if (JS_IsException(obj))
+            return -1;
+        ret = JS_CopyDataProperties(ctx, target, obj, excluded, setprop);
+        JS_FreeValue(ctx, obj);
+        return ret;
+    }
     if (JS_VALUE_GET_TAG(source) != JS_TAG_OBJECT)
         return 0;
 
@@ -58172,15 +58183,28 @@ static bool js_date_parse_otherstring(const uint8_t *sp,
                         return false;
                     string_get_milliseconds(sp, &p, &fields[6]);
                 } else
-                if (sp[p] != '\0' && sp[p] != ' ')
+                if (sp[p] != '\0' && sp[p] != ' ' && sp[p] != '+' && sp[p] != '-')
                     return false;
                 has_time = true;
+                /* pluginflow: an offset right after the time ("07:08:09-08:00", Postgres's
+                   "10:15:59-05", "10:15:59-0500") is the time's zone. Left to the loop, the
+                   separators skipped below took its '-', and the rest was read as a second
+                   time ("-08:00") or as the year ("-0800": year 800). */
+                if ((sp[p] == '+' || sp[p] == '-') && string_get_tzoffset(sp, &p, &fields[8], false))
+                    *is_local = false;
             } else {
+                /* pluginflow: a second number that can only be a year makes the date invalid
+                   (as in V8): "2024-00-01" and "Jan 32, 2024" read a month 0 or a day 32 as
+                   the year and then dropped one of the two years. */
                 if (p - p_start > 2) {
+                    if (has_year)
+                        return false;
                     fields[0] = val;
                     has_year = true;
                 } else
                 if (val < 1 || val > 31) {
+                    if (has_year)
+                        return false;
                     fields[0] = val + (val < 100) * 1900 + (val < 50) * 100;
                     has_year = true;
                 } else {

@@ -87,10 +87,13 @@
         }
         return text
     }
+    // Text handed to the host as UTF-8 has its lone surrogates replaced by U+FFFD, as Node does
+    // when it writes or encodes a string (a string cut in the middle of an emoji is common).
+    const wellFormed = (text) => String.prototype.toWellFormed.call(text)
     const console = {}
     for (const level of ['log', 'info', 'warn', 'error', 'debug']) {
         console[level] = function () {
-            host.log(level.toUpperCase(), Array.prototype.map.call(arguments, formatArg).join(' '))
+            host.log(level.toUpperCase(), wellFormed(Array.prototype.map.call(arguments, formatArg).join(' ')))
             return Promise.resolve()
         }
     }
@@ -316,20 +319,27 @@
             return 'utf-8'
         }
         encode(text) {
-            return host.encode(text === undefined ? '' : String(text), 'utf8')
+            return host.encode(text === undefined ? '' : wellFormed(String(text)), 'utf8')
         }
     }
     class TextDecoder {
-        constructor(label) {
+        #ignoreBOM
+        constructor(label, options) {
             const name = (label || 'utf-8').toLowerCase()
             if (name !== 'utf-8' && name !== 'utf8') throw new RangeError(`TextDecoder: unsupported encoding '${label}'`)
+            this.#ignoreBOM = Boolean(options && options.ignoreBOM)
         }
         get encoding() {
             return 'utf-8'
         }
+        get ignoreBOM() {
+            return this.#ignoreBOM
+        }
         decode(bytes) {
             if (bytes === undefined) return ''
-            const view = bytes instanceof ArrayBuffer ? new Uint8Array(bytes) : new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength)
+            let view = bytes instanceof ArrayBuffer ? new Uint8Array(bytes) : new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength)
+            // A leading byte order mark is not text (the Encoding Standard, and Node).
+            if (!this.#ignoreBOM && view.length >= 3 && view[0] === 0xef && view[1] === 0xbb && view[2] === 0xbf) view = view.subarray(3)
             return host.decode(view, 'utf8')
         }
     }
