@@ -354,7 +354,8 @@
         e.input = input
         return e
     }
-    const usv = (value) => String(value)
+    // A USVString, as the URL Standard takes its arguments: lone surrogates become U+FFFD.
+    const usv = (value) => wellFormed(String(value))
     const pairTuple = () => new TypeError('Each query pair must be an iterable [name, value] tuple')
     // Reach into the other class's private state; set by the static blocks, never exported.
     let bindParams, reparseParams, searchFromParams, urlPart, setUrlPart
