@@ -277,11 +277,11 @@ fn main() {
                 builder.file(out_dir.join(src));
             }
         }
-        Pgo::Generate | Pgo::Use => {
+        mode @ (Pgo::Generate | Pgo::Use) => {
             // GCC knows a static function's profile by the source's path and the profile's
             // name as given, so both are relative to this folder (where cc runs the
             // compiler), the same in every checkout and target folder.
-            let generate = env::var_os(PGO_GENERATE).is_some();
+            let generate = matches!(mode, Pgo::Generate);
             if generate {
                 fs::create_dir_all("pgo").expect("pgo/");
                 fs::write("pgo/stamp", &stamp).expect("pgo/stamp");

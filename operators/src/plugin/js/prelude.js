@@ -90,6 +90,8 @@
     // Text handed to the host as UTF-8 has its lone surrogates replaced by U+FFFD, as Node does
     // when it writes or encodes a string (a string cut in the middle of an emoji is common).
     const wellFormed = (text) => String.prototype.toWellFormed.call(text)
+    // A USVString, as the URL and Encoding Standards take their arguments.
+    const usv = (value) => wellFormed(String(value))
     const console = {}
     for (const level of ['log', 'info', 'warn', 'error', 'debug']) {
         console[level] = function () {
@@ -319,7 +321,7 @@
             return 'utf-8'
         }
         encode(text) {
-            return host.encode(text === undefined ? '' : wellFormed(String(text)), 'utf8')
+            return host.encode(text === undefined ? '' : usv(text), 'utf8')
         }
     }
     class TextDecoder {
@@ -354,8 +356,6 @@
         e.input = input
         return e
     }
-    // A USVString, as the URL Standard takes its arguments: lone surrogates become U+FFFD.
-    const usv = (value) => wellFormed(String(value))
     const pairTuple = () => new TypeError('Each query pair must be an iterable [name, value] tuple')
     // Reach into the other class's private state; set by the static blocks, never exported.
     let bindParams, reparseParams, searchFromParams, urlPart, setUrlPart
