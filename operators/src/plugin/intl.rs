@@ -195,15 +195,97 @@ pub(crate) fn format_date(tag: &str, options_json: &str, epoch_ms: f64) -> Resul
         Ok(Cached::Date(formatter, o, tz))
     })?;
     let Cached::Date(f, o, tz) = &*entry else { unreachable!("date key holds a date formatter") };
-    let ts = jiff::Timestamp::from_millisecond(epoch_ms.floor() as i64).map_err(|e| e.to_string())?;
-    let civil = ts.to_zoned(tz.clone()).datetime();
-    let date = icu_calendar::Date::try_new_iso(i32::from(civil.year()), civil.month() as u8, civil.day() as u8).map_err(icu)?;
-    let time = icu_time::Time::try_new(civil.hour() as u8, civil.minute() as u8, civil.second() as u8, civil.subsec_nanosecond() as u32)
-        .map_err(icu)?;
+    let wall = WallClock::of(tz, epoch_ms.floor() as i64)?;
+    let formatted = f.format(&icu_time::DateTime { date: wall.date, time: wall.time });
+    // V8 names the era only when asked; ICU4X adds it to the years before 1 ("6/15/2 BC").
+    let text = if o.era.is_none() && wall.year < 1 { without_era(&formatted) } else { formatted.to_string() };
     // V8 writes a plain space where CLDR now has a narrow no-break one ("10:20 AM"), for the
     // web's sake; plugins were written against that.
-    let text = f.format(&icu_time::DateTime { date, time }).to_string().replace('\u{202f}', " ");
-    Ok(unpad_numeric_date(tag, o, text, civil.month() as u8, civil.day() as u8))
+    Ok(unpad_numeric_date(tag, o, text.replace('\u{202f}', " "), wall.month, wall.day))
+}
+
+/// Milliseconds in 400 Gregorian years (146,097 days, a whole number of weeks).
+const CYCLE_MS: i64 = 146_097 * 86_400_000;
+
+/// An instant's date and time on the clocks of a zone.
+struct WallClock {
+    date: icu_calendar::Date<icu_calendar::Iso>,
+    time: icu_time::Time,
+    year: i32,
+    month: u8,
+    day: u8,
+    /// The zone's offset from UTC then, in seconds.
+    offset: i32,
+}
+
+impl WallClock {
+    /// jiff's instants end at 9999-12-30T22:00Z and begin at -9999-01-02, ECMAScript's reach
+    /// ±8.64e15 ms (±275,760 years), and "9999-12-31" is a common "never" in data. An instant
+    /// outside jiff's range is moved into it by whole 400-year cycles, which keep weekdays, leap
+    /// years and (past a zone's last transition, before its first) the zone's rules, and the
+    /// date is moved back by as many days.
+    fn of(tz: &jiff::tz::TimeZone, ms: i64) -> Result<WallClock, String> {
+        const DAY_MS: i64 = 86_400_000;
+        let low = jiff::Timestamp::MIN.as_millisecond() + DAY_MS;
+        let high = jiff::Timestamp::MAX.as_millisecond() - DAY_MS;
+        let cycles = if ms > high {
+            (ms - high + CYCLE_MS - 1) / CYCLE_MS
+        } else if ms < low {
+            -((low - ms + CYCLE_MS - 1) / CYCLE_MS)
+        } else {
+            0
+        };
+        let ts = jiff::Timestamp::from_millisecond(ms - cycles * CYCLE_MS).map_err(|e| e.to_string())?;
+        let zoned = ts.to_zoned(tz.clone());
+        let civil = zoned.datetime();
+        let moved = icu_calendar::Date::try_new_iso(i32::from(civil.year()), civil.month() as u8, civil.day() as u8).map_err(icu)?;
+        let date = icu_calendar::Date::from_rata_die(moved.to_rata_die() + cycles * 146_097, icu_calendar::Iso);
+        let time =
+            icu_time::Time::try_new(civil.hour() as u8, civil.minute() as u8, civil.second() as u8, civil.subsec_nanosecond() as u32)
+                .map_err(icu)?;
+        let year = i32::from(civil.year()) + i32::try_from(cycles * 400).map_err(|e| e.to_string())?;
+        Ok(WallClock { date, time, year, month: civil.month() as u8, day: civil.day() as u8, offset: zoned.offset().seconds() })
+    }
+}
+
+/// The text of `formatted` without its era and the space that joined it to the date.
+fn without_era(formatted: &impl writeable::Writeable) -> String {
+    /// Writes the text and notes where the era was.
+    struct Sink {
+        text: String,
+        era: Option<std::ops::Range<usize>>,
+    }
+    impl std::fmt::Write for Sink {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            self.text.push_str(s);
+            Ok(())
+        }
+    }
+    impl writeable::PartsWrite for Sink {
+        type SubPartsWrite = Sink;
+        fn with_part(&mut self, part: writeable::Part, mut f: impl FnMut(&mut Sink) -> std::fmt::Result) -> std::fmt::Result {
+            let start = self.text.len();
+            f(self)?;
+            if part == icu_datetime::parts::ERA {
+                self.era = Some(start..self.text.len());
+            }
+            Ok(())
+        }
+    }
+    let mut sink = Sink { text: String::new(), era: None };
+    if formatted.write_to_parts(&mut sink).is_err() {
+        return formatted.write_to_string().into_owned();
+    }
+    let Sink { mut text, era: Some(era) } = sink else { return sink.text };
+    let before = text[..era.start].trim_end_matches(char::is_whitespace).len();
+    let after = era.end + (text[era.end..].len() - text[era.end..].trim_start_matches(char::is_whitespace).len());
+    // "6/15/2 BC": the space before goes; "紀元前2/6/15", an era in front: the space after.
+    if before > 0 {
+        text.replace_range(before..era.end, "")
+    } else {
+        text.replace_range(era.start..after, "")
+    }
+    text
 }
 
 /// ICU4X formats an all-numeric date with the locale's short date pattern; ECMA-402 engines
@@ -273,8 +355,7 @@ pub(crate) fn zone_long_name(epoch_ms: f64) -> Option<String> {
     }
     let name = default_zone();
     let tz = if name == "UTC" { jiff::tz::TimeZone::UTC } else { jiff::tz::db().get(&name).ok()? };
-    let ts = jiff::Timestamp::from_millisecond(epoch_ms.floor() as i64).ok()?;
-    let offset = tz.to_offset(ts).seconds();
+    let offset = WallClock::of(&tz, epoch_ms.floor() as i64).ok()?.offset;
     let key = "zone-name\u{0}en".to_string();
     let f = cached(key, || NoCalendarFormatter::try_new(icu_locale::locale!("en").into(), SpecificLong).map(Cached::ZoneName).map_err(icu))
         .ok()?;
@@ -552,5 +633,66 @@ mod tests {
             format_number("en", &format!("{{\"useGrouping\":\"always\",\"maximumFractionDigits\":{}}}", i), 1.0).unwrap();
         }
         assert!(CACHE.with(|c| c.borrow().len()) <= CACHE_ENTRIES);
+    }
+
+    /// The proleptic Gregorian date of a day counted from 1970-01-01, by the era arithmetic of
+    /// Hinnant's `civil_from_days`: an oracle that shares nothing with jiff or ICU4X.
+    fn civil_from_days(days: i64) -> (i64, u8, u8) {
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z.rem_euclid(146_097);
+        let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = (doy - (153 * mp + 2) / 5 + 1) as u8;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
+        (yoe + era * 400 + i64::from(month <= 2), month, day)
+    }
+
+    #[test]
+    fn the_wall_clock_covers_ecmascripts_whole_range() {
+        const LIMIT: i64 = 8_640_000_000_000_000;
+        let edge = |t: jiff::Timestamp| t.as_millisecond();
+        // Across jiff's two ends, at ECMAScript's, and spread over the whole range.
+        let mut instants = vec![-LIMIT, LIMIT, 0, -1];
+        for end in [edge(jiff::Timestamp::MIN), edge(jiff::Timestamp::MAX)] {
+            instants.extend((-72..=72).map(|hours: i64| end + hours * 3_600_000));
+            instants.extend((-2..=2).map(|ms: i64| end + ms));
+        }
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            instants.push((x % (2 * LIMIT as u64 + 1)) as i64 - LIMIT);
+        }
+        for ms in instants {
+            let w = WallClock::of(&jiff::tz::TimeZone::UTC, ms).unwrap_or_else(|e| panic!("{ms}: {e}"));
+            let (year, month, day) = civil_from_days(ms.div_euclid(86_400_000));
+            let of_day = ms.rem_euclid(86_400_000);
+            assert_eq!((i64::from(w.year), w.month, w.day), (year, month, day), "{ms}");
+            let date = (i64::from(w.date.era_year().extended_year), w.date.month().ordinal, w.date.day_of_month().0);
+            assert_eq!(date, (year, month, day), "{ms}: the date handed to ICU4X");
+            let time = (w.time.hour.number(), w.time.minute.number(), w.time.second.number());
+            assert_eq!(
+                u32::from(time.0) * 3_600_000 + u32::from(time.1) * 60_000 + u32::from(time.2) * 1000,
+                of_day as u32 / 1000 * 1000,
+                "{ms}"
+            );
+            assert_eq!(w.offset, 0);
+        }
+    }
+
+    #[test]
+    fn a_zone_keeps_its_yearly_rule_past_jiffs_range() {
+        let berlin = jiff::tz::db().get("Europe/Berlin").expect("Berlin");
+        // 20000-07-01T12:00Z and 20000-01-01T12:00Z: summer and winter time.
+        let july = jiff::civil::date(2000, 7, 1).at(12, 0, 0, 0).to_zoned(jiff::tz::TimeZone::UTC).unwrap().timestamp().as_millisecond();
+        let january = jiff::civil::date(2000, 1, 1).at(12, 0, 0, 0).to_zoned(jiff::tz::TimeZone::UTC).unwrap().timestamp().as_millisecond();
+        let moved = 45 * CYCLE_MS; // 18,000 years on
+        let summer = WallClock::of(&berlin, july + moved).unwrap();
+        let winter = WallClock::of(&berlin, january + moved).unwrap();
+        assert_eq!((summer.year, summer.month, summer.day, summer.offset), (20000, 7, 1, 7200));
+        assert_eq!((winter.year, winter.month, winter.day, winter.offset), (20000, 1, 1, 3600));
     }
 }

@@ -204,7 +204,7 @@
         static {
             boundGetter(Collator.prototype, 'compare', (self) => {
                 const json = JSON.stringify(self.#options)
-                return (a, b) => host.intlCompare(self.#locale, json, String(a), String(b))
+                return (a, b) => host.intlCompare(self.#locale, json, collationText(String(a)), collationText(String(b)))
             })
         }
         resolvedOptions() {
@@ -277,6 +277,21 @@
         if (value === undefined || value === null) throw new TypeError(`String.prototype.${method} called on null or undefined`)
         return String(value)
     }
+    // Lone surrogates (text cut inside an emoji) cannot cross to the host as they are. ICU,
+    // under Node, weighs one as the code point it is: an implicit weight, as for a code point
+    // with no character, in code point order. The private-use characters 0x800 above them
+    // (U+E000–U+E7FF) are weighed the same way and in the same order, so a lone surrogate is
+    // compared as one of those: the order agrees with Node's except against private-use text.
+    const LONE_SURROGATE = /[\ud800-\udfff]/gu
+    const collationText = (text) =>
+        text.isWellFormed() ? text : text.replace(LONE_SURROGATE, (c) => String.fromCharCode(c.charCodeAt(0) + 0x800))
+    // ICU keeps lone surrogates through a case change: the text between them is changed.
+    const changeCase = (locale, text, upper) => {
+        if (text.isWellFormed()) return host.intlCase(locale, text, upper)
+        const pieces = text.split(/([\ud800-\udfff])/u)
+        for (let i = 0; i < pieces.length; i += 2) pieces[i] = host.intlCase(locale, pieces[i], upper)
+        return pieces.join('')
+    }
     const thisNumber = intrinsics.numberValue
     const thisBigInt = intrinsics.bigintValue
     return {
@@ -294,10 +309,10 @@
             return new Collator(locales, options).compare(stringOf(this, 'localeCompare'), that)
         },
         toLocaleUpperCase(locales) {
-            return host.intlCase(resolveLocale(locales), stringOf(this, 'toLocaleUpperCase'), true)
+            return changeCase(resolveLocale(locales), stringOf(this, 'toLocaleUpperCase'), true)
         },
         toLocaleLowerCase(locales) {
-            return host.intlCase(resolveLocale(locales), stringOf(this, 'toLocaleLowerCase'), false)
+            return changeCase(resolveLocale(locales), stringOf(this, 'toLocaleLowerCase'), false)
         },
     }
 })
