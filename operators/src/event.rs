@@ -9,8 +9,12 @@
 //! (malformed, an envelope, a head field with an escape...) is checked with serde_json, which
 //! also words the reasons of dead letters.
 
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use self::members::Members;
+
+pub mod members;
 pub(crate) mod scan;
 
 /// A line as the graph's input carries it: where it was, its bytes, and how many
@@ -292,15 +296,6 @@ fn nesting_within(text: &[u8], max: usize) -> bool {
     true
 }
 
-/// Nesting depth of a parsed value (a scalar is 0, `{}` is 1).
-fn depth(v: &Value) -> usize {
-    match v {
-        Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
-        Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
-        _ => 0,
-    }
-}
-
 /// Checks one line. `source` and `position` label its dead letter; the event keeps `position`.
 pub fn parse_line(bytes: &[u8], source: &str, position: u64, limits: &EventLimits) -> Result<ValidEvent, DeadLetter> {
     parse_owned_line(bytes.to_vec(), source, position, limits)
@@ -367,7 +362,7 @@ fn check_fully(text: &str, limits: &EventLimits) -> Result<ValidEvent, String> {
     let mut de = serde_json::Deserializer::from_str(text);
     let head = serde::de::DeserializeSeed::deserialize(HeadSeed, &mut de)
         .and_then(|h| de.end().map(|()| h))
-        .map_err(|e| format!("invalid JSON: {e}"))?;
+        .map_err(|e| head_unreadable(text).unwrap_or_else(|| format!("invalid JSON: {e}")))?;
     if let Some(Value::String(data)) = &head.data {
         return from_envelope(text, data, limits);
     }
@@ -378,36 +373,51 @@ fn check_fully(text: &str, limits: &EventLimits) -> Result<ValidEvent, String> {
     Ok(ValidEvent { json: text.to_string(), team_id, names: Names::Decoded { name, uuid }, hops: 0, position: 0, reader: 0 })
 }
 
+/// Why a line that `JSON.parse` reads could not be checked: a head field holds a lone surrogate
+/// escape (text cut inside an emoji), which the event's name, uuid and envelope, read as Unicode
+/// text, cannot carry. `None` when the line is not JSON.
+fn head_unreadable(text: &str) -> Option<String> {
+    let members = Members::parse(text).ok()?;
+    ["event", "uuid", "team_id", "data"].into_iter().find_map(|key| {
+        let value = members.get(key)?;
+        serde_json::from_str::<Value>(value.get()).is_err().then(|| lone_surrogate_in(key))
+    })
+}
+
+/// The reason for a head field that JavaScript reads and a `Value` cannot hold.
+fn lone_surrogate_in(key: &str) -> String {
+    format!("field '{key}' holds a lone surrogate escape (text cut inside an emoji): {key} must be Unicode text")
+}
+
 /// Merges an ingestion envelope: `data` is parsed and its keys win over the envelope's (the
-/// 2022 server's order), `data` itself is removed, and empty `ip`/`site_url` become null.
+/// 2022 server's order), `data` itself is removed, and empty `ip`/`site_url` become null. Values
+/// are kept as written (`members`), so a lone surrogate escape passes as `JSON.parse` passes it.
 fn from_envelope(text: &str, data: &str, limits: &EventLimits) -> Result<ValidEvent, String> {
-    let Value::Object(mut envelope) = serde_json::from_str::<Value>(text).map_err(|e| format!("invalid JSON: {e}"))? else {
-        unreachable!("checked to start with an object");
-    };
-    let inner = match serde_json::from_str::<Value>(data) {
-        Ok(Value::Object(m)) => m,
-        Ok(other) => return Err(format!("envelope field 'data' must hold a JSON object, got {}", json_kind(&other))),
-        Err(e) => return Err(format!("envelope field 'data' is not valid JSON: {e}")),
-    };
+    let mut envelope = Members::parse(text).map_err(|e| format!("invalid JSON: {e}"))?;
+    let inner = Members::parse(data).map_err(|e| match serde_json::from_str::<&RawValue>(data) {
+        Ok(other) => format!("envelope field 'data' must hold a JSON object, got {}", members::kind(other)),
+        Err(_) => format!("envelope field 'data' is not valid JSON: {e}"),
+    })?;
     envelope.remove("data");
     envelope.extend(inner);
     for key in ["ip", "site_url"] {
-        if envelope.get(key).is_some_and(|v| v.as_str() == Some("")) {
-            envelope.insert(key.into(), Value::Null);
+        if envelope.get(key).is_some_and(|v| v.get() == "\"\"") {
+            envelope.replace(key, members::null());
         }
     }
-    let (name, team_id, uuid) =
-        required(&envelope.get("event").cloned(), &envelope.get("team_id").cloned(), &envelope.get("uuid").cloned())?;
+    let head = |key: &str| -> Result<Option<Value>, String> {
+        envelope.get(key).map(|v| serde_json::from_str(v.get()).map_err(|_| lone_surrogate_in(key))).transpose()
+    };
+    let (name, team_id, uuid) = required(&head("event")?, &head("team_id")?, &head("uuid")?)?;
     match envelope.get("properties") {
-        None | Some(Value::Null) => {}
-        Some(Value::Object(_)) => {}
-        Some(other) => return Err(format!("field 'properties' must be an object, got {}", json_kind(other))),
+        None => {}
+        Some(p) if matches!(p.get().as_bytes()[0], b'{' | b'n') => {}
+        Some(other) => return Err(format!("field 'properties' must be an object, got {}", members::kind(other))),
     }
-    let merged = Value::Object(envelope);
-    if depth(&merged) > limits.max_depth {
+    let json = envelope.text();
+    if !nesting_within(json.as_bytes(), limits.max_depth) {
         return Err(format!("the event is nested deeper than runtime.max_event_depth ({} levels)", limits.max_depth));
     }
-    let json = merged.to_string();
     if json.len() > limits.max_bytes {
         return Err(format!("the event is {} bytes once merged, more than runtime.max_event_bytes ({})", json.len(), limits.max_bytes));
     }
@@ -504,8 +514,22 @@ mod tests {
         for line in [
             &br#"{"uuid":"u","event":"e","team_id":1,"properties":{"s":"a\ud800b"}}"#[..],
             br#"{"uuid":"u","event":"e","team_id":1,"properties":{"a\udc00":1}}"#,
+            br#"{"uuid":"u","team_id":1,"ip":"","data":"{\"event\":\"e\",\"properties\":{\"s\":\"\\ud83d\"}}"}"#,
         ] {
             assert!(parse_line(line, "t", 1, &EventLimits::default()).is_ok(), "{}", String::from_utf8_lossy(line));
+        }
+        // The envelope's values are kept as written, the escape included.
+        let line = br#"{"uuid":"u","team_id":1,"ip":"","data":"{\"event\":\"e\",\"properties\":{\"s\":\"x\\ud83d\"}}"}"#;
+        let merged = parse_line(line, "t", 1, &EventLimits::default()).unwrap().json;
+        assert_eq!(merged, r#"{"uuid":"u","team_id":1,"ip":null,"event":"e","properties":{"s":"x\ud83d"}}"#);
+        // Head fields are read as Unicode text: one with a lone surrogate is named.
+        for (line, field) in [
+            (&br#"{"uuid":"u","event":"e\ud83d","team_id":1}"#[..], "event"),
+            (br#"{"uuid":"\udc00","event":"e","team_id":1}"#, "uuid"),
+            (br#"{"uuid":"u","team_id":1,"data":"{\"event\":\"\\ud83d\"}"}"#, "event"),
+        ] {
+            let why = reason(line);
+            assert!(why.starts_with(&format!("field '{field}' holds a lone surrogate escape")), "{why}");
         }
     }
 

@@ -655,6 +655,7 @@ fn posthog_capture_and_jobs_reach_the_outbox() {
              exports.processEvent = async (e, { jobs, global }) => {\n\
                await posthog.capture('derived', { distinct_id: 'someone', n: 1 })\n\
                await posthog.capture('plain')\n\
+               await posthog.capture('cut', { s: 'a\\ud83d', $lib: 'mine', timestamp: '2021-01-01T00:00:00Z' })\n\
                await jobs.later({ x: 1 }).runIn(2, 'minutes')\n\
                await jobs.later({ x: 2 }).runNow()\n\
                await jobs.later({ x: 3 }).runAt(new Date(1700000000000))\n\
@@ -668,13 +669,22 @@ fn posthog_capture_and_jobs_reach_the_outbox() {
     assert_eq!(p.jobs(), ["later".to_string()]);
     process(&mut p);
     let outbox = p.take_outbox();
-    assert_eq!(outbox.captured.len(), 2);
-    assert_eq!(outbox.captured[0]["event"], "derived");
-    assert_eq!(outbox.captured[0]["distinct_id"], "someone");
-    assert_eq!(outbox.captured[0]["team_id"], 2);
-    assert_eq!(outbox.captured[0]["properties"]["$lib"], "posthog-plugin-server");
-    assert_eq!(outbox.captured[0]["properties"]["n"], 1);
-    assert_eq!(outbox.captured[1]["distinct_id"], "cap", "defaults to the plugin name");
+    assert_eq!(outbox.captured.len(), 3);
+    let captured: Vec<serde_json::Value> = outbox.captured[..2].iter().map(|c| serde_json::from_str(c).unwrap()).collect();
+    assert_eq!(captured[0]["event"], "derived");
+    assert_eq!(captured[0]["distinct_id"], "someone");
+    assert_eq!(captured[0]["properties"]["distinct_id"], "someone");
+    assert_eq!(captured[0]["team_id"], 2);
+    assert_eq!(captured[0]["properties"]["$lib"], "posthog-plugin-server");
+    assert_eq!(captured[0]["properties"]["n"], 1);
+    assert_eq!(captured[0]["timestamp"], captured[0]["now"]);
+    assert_eq!(captured[1]["distinct_id"], "cap", "defaults to the plugin name");
+    // A lone surrogate (text cut inside an emoji) is kept as JSON.stringify wrote it; a plugin's
+    // `$lib` replaces ours in its place; `timestamp` leaves the properties for the event.
+    let cut = &outbox.captured[2];
+    assert!(cut.contains(r#""properties":{"$lib":"mine","$lib_version":"#), "{cut}");
+    assert!(cut.contains(r#""distinct_id":"cap","s":"a\ud83d"}"#), "{cut}");
+    assert!(cut.contains(r#""timestamp":"2021-01-01T00:00:00Z""#) && cut.contains(r#""now":"2021-01-01T00:00:00Z""#), "{cut}");
     assert_eq!(outbox.jobs.len(), 3);
     assert_eq!(outbox.jobs[0].name, "later");
     assert_eq!(outbox.jobs[0].payload, r#"{"x":1}"#);

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use operators::event::members::Members;
 use operators::plugin::deferred::{RetryPolicy, processed_event};
 use operators::plugin::{
     GeoIp, Hook, HostServices, InstanceConfig, Limits, LogLevel, LogSink, PluginDefinition, PluginError, PluginInstance, PluginRuntime,
@@ -193,8 +194,10 @@ pub fn run_lines(instance: &mut PluginInstance, input: impl BufRead, mut out: im
             writeln!(out, "null")?;
             continue;
         }
-        let team = match serde_json::from_str::<serde_json::Value>(&line) {
-            Ok(v) => v.get("team_id").and_then(serde_json::Value::as_i64),
+        // Read as written (`Members`): a lone surrogate escape is JSON that `JSON.parse` reads.
+        let team = match Members::parse(&line) {
+            Ok(m) => m.get("team_id").and_then(|v| v.get().parse::<i64>().ok()),
+            Err(_) if serde_json::from_str::<serde::de::IgnoredAny>(&line).is_ok() => None,
             Err(e) => {
                 report.failed += 1;
                 instance.log_system(LogLevel::Error, &format!("input line {} is not valid JSON: {e}", report.lines));
@@ -276,8 +279,11 @@ pub fn run_hook(
                     bad_lines += 1;
                     continue;
                 };
-                let uuid =
-                    serde_json::from_str::<serde_json::Value>(&processed).ok().and_then(|v| v.get("uuid").cloned()).unwrap_or_default();
+                let uuid = Members::parse(&processed)
+                    .ok()
+                    .and_then(|m| m.get("uuid"))
+                    .and_then(|v| serde_json::from_str::<serde_json::Value>(v.get()).ok())
+                    .unwrap_or_default();
                 let result = with_retries(instance, policy, run.retry_base, |i| i.on_event_json(&processed));
                 report(&mut out, [("uuid".to_string(), uuid)].into_iter().collect(), result)?;
             }

@@ -291,3 +291,62 @@ fn on_event_give_ups_reach_the_dead_letter_output() {
     assert_eq!(failed, 1, "{metrics:?}");
     assert!(metrics.iter().all(|m| m["minute"].as_str().unwrap().ends_with(":00.000Z")));
 }
+
+/// Three events holding lone surrogate escapes (text cut inside an emoji: `JSON.parse` reads
+/// them, and a plugin's output can hold them): in a property's value, in a property's key, and
+/// inside an ingestion envelope's `data`.
+const LONE_SURROGATES: &str = concat!(
+    r#"{"uuid":"u1","event":"e","team_id":1,"properties":{"s":"a\ud83d"}}"#,
+    "\n",
+    r#"{"uuid":"u2","event":"e","team_id":1,"properties":{"s":"ok","\udc00k":1}}"#,
+    "\n",
+    r#"{"ip":"","data":"{\"uuid\":\"u3\",\"event\":\"e\",\"team_id\":1,\"properties\":{\"s\":\"\\ud83d!\"}}"}"#,
+    "\n",
+);
+
+#[test]
+fn events_with_lone_surrogates_reach_on_event_and_export() {
+    // A `Value` cannot hold them: such an event once lost its onEvent and its export without a
+    // word, and such an envelope was dead-lettered.
+    let dir = tempfile::tempdir().unwrap();
+    let p = write_plugin(
+        dir.path(),
+        "hooks",
+        "const units = (s) => Array.from({ length: s.length }, (_, i) => s.charCodeAt(i)).join(' ')\n\
+         exports.onEvent = (e) => { console.log('on ' + e.uuid + ': ' + units(e.properties.s) + ' / ' + Object.keys(e.properties).filter((k) => !k.startsWith('$')).map(units).join(' | ')) }\n\
+         exports.exportEvents = (events) => { console.log('export ' + events.map((e) => e.uuid + '=' + units(e.properties.s)).join(' ')) }",
+    );
+    let plugins = plugin_entry("h", &p, 1, "");
+    let cfg = config(dir.path(), LONE_SURROGATES, "memory = true", "", &plugins);
+    let (summary, logs) = run_until(&cfg, |_| false);
+    assert_eq!((summary.events_in, summary.events_out, summary.dead_lettered, summary.work_given_up), (3, 3, 0, 0));
+    let mut seen: Vec<String> = messages(&logs).into_iter().filter(|m| m.starts_with("on ") || m.starts_with("export ")).collect();
+    seen.sort();
+    // The code units, from the escapes as written (0xd83d = 55357, 0xdc00 = 56320).
+    assert_eq!(
+        seen,
+        ["export u1=97 55357 u2=111 107 u3=55357 33", "on u1: 97 55357 / 115", "on u2: 111 107 / 115 | 56320 107", "on u3: 55357 33 / 115",],
+        "{seen:?}"
+    );
+    // The events go out with the escapes as they came (what Node's JSON.stringify writes too).
+    let out = std::fs::read_to_string(&cfg.output.events).unwrap();
+    for escaped in [r#""s":"a\ud83d""#, r#""\udc00k":1"#, r#""s":"\ud83d!""#] {
+        assert!(out.contains(escaped), "{escaped} in {out}");
+    }
+}
+
+#[test]
+fn a_failed_export_of_events_with_lone_surrogates_is_one_dead_letter_per_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = write_plugin(dir.path(), "exporter", "exports.exportEvents = (events) => { throw new Error('no to ' + events.length) }");
+    let plugins = plugin_entry("w", &p, 1, "");
+    let cfg = config(dir.path(), LONE_SURROGATES, "memory = true", "", &plugins);
+    let (summary, _) = run_until(&cfg, |_| false);
+    assert_eq!((summary.events_out, summary.work_given_up, summary.dead_lettered), (3, 3, 0));
+    let dead = read_json_lines(&cfg.output.dead_letters);
+    let raws: Vec<&str> = dead.iter().map(|d| d["raw"].as_str().unwrap()).collect();
+    assert_eq!(raws.len(), 3, "{raws:?}");
+    for (raw, (uuid, escaped)) in raws.iter().zip([("u1", r#""a\ud83d""#), ("u2", r#""\udc00k""#), ("u3", r#""\ud83d!""#)]) {
+        assert!(raw.contains(&format!("\"uuid\":\"{uuid}\"")) && raw.contains(escaped), "{raw}");
+    }
+}

@@ -14,13 +14,14 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::{Map, Value};
+use serde_json::value::RawValue;
 use state::{QueueItemId, StateStore};
 
 use super::error::{Hook, PluginError};
 pub use super::retry::{Exhausted, RetryPolicy, ReturnedLetter, millis};
 use super::retry::{Next, QueuedCall};
 use super::worker::{InstanceKey, WorkerPlugins};
+use crate::event::members::{self, Members};
 
 /// Durable queue holding pending retries.
 pub const RETRY_QUEUE: &str = "retries";
@@ -625,25 +626,41 @@ fn kind_len(kind: &TaskKind) -> usize {
 /// the event's name: `{distinct_id, ip, team_id, event, properties, timestamp, $set, $set_once,
 /// uuid}`.
 pub fn processed_event(final_json: &str) -> Option<(String, String)> {
-    let Value::Object(mut ev) = serde_json::from_str::<Value>(final_json).ok()? else { return None };
-    let properties = ev.remove("properties").unwrap_or_else(|| Value::Object(Map::new()));
-    let name = ev.get("event").and_then(Value::as_str).unwrap_or_default().to_string();
-    let timestamp = ev.remove("timestamp").or_else(|| ev.remove("now")).unwrap_or(Value::Null);
-    let mut out = Map::new();
-    for key in ["distinct_id", "ip", "team_id", "event"] {
-        out.insert(key.into(), ev.remove(key).unwrap_or(Value::Null));
+    // Read member by member, values kept as written: a lone surrogate escape (which `JSON.parse`
+    // reads and plugins write) reaches the hooks as it is, instead of failing a `Value`.
+    let ev = Members::parse(final_json).ok()?;
+    let properties = ev.get("properties");
+    let inside = properties.and_then(|p| Members::parse(p.get()).ok());
+    let name = ev.get("event").and_then(|v| serde_json::from_str::<String>(v.get()).ok()).unwrap_or_default();
+    let null = members::null();
+    let of_properties = |key: &str| inside.as_ref().and_then(|p| p.get(key)).unwrap_or(null);
+    let fields: [(&str, &RawValue); 9] = [
+        ("distinct_id", ev.get("distinct_id").unwrap_or(null)),
+        ("ip", ev.get("ip").unwrap_or(null)),
+        ("team_id", ev.get("team_id").unwrap_or(null)),
+        ("event", ev.get("event").unwrap_or(null)),
+        ("$set", of_properties("$set")),
+        ("$set_once", of_properties("$set_once")),
+        ("properties", properties.unwrap_or(members::empty_object())),
+        ("timestamp", ev.get("timestamp").or_else(|| ev.get("now")).unwrap_or(null)),
+        ("uuid", ev.get("uuid").unwrap_or(null)),
+    ];
+    let mut out = String::with_capacity(final_json.len() + 128);
+    for (key, value) in fields {
+        out.push(if out.is_empty() { '{' } else { ',' });
+        out.push('"');
+        out.push_str(key);
+        out.push_str("\":");
+        out.push_str(value.get());
     }
-    out.insert("$set".into(), properties.get("$set").cloned().unwrap_or(Value::Null));
-    out.insert("$set_once".into(), properties.get("$set_once").cloned().unwrap_or(Value::Null));
-    out.insert("properties".into(), properties);
-    out.insert("timestamp".into(), timestamp);
-    out.insert("uuid".into(), ev.remove("uuid").unwrap_or(Value::Null));
-    Some((name, Value::Object(out).to_string()))
+    out.push('}');
+    Some((name, out))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
     use serde_json::json;
 
     #[test]

@@ -24,7 +24,7 @@ use super::runtime::{Deadline, Heap, Limits};
 #[derive(Debug, Default)]
 pub struct Outbox {
     /// Events from `posthog.capture`, as complete JSON events.
-    pub captured: Vec<serde_json::Value>,
+    pub captured: Vec<String>,
     /// Jobs from `meta.jobs.NAME(payload).runX()`.
     pub jobs: Vec<EnqueuedJob>,
 }
@@ -466,8 +466,8 @@ fn install_outbox<'js>(ctx: &Ctx<'js>, obj: &Object<'js>, host: &HostBindings) -
             if properties.len() + event.len() > max {
                 return Ok(Some(format!("posthog.capture refused: the event is larger than runtime.max_event_bytes ({max} bytes)")));
             }
-            let props: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&properties)
-                .map_err(|e| throw(&ctx, format!("posthog.capture: properties must be an object: {e}")))?;
+            let captured = super::capture::captured_event(&h.identity, &event, &properties)
+                .map_err(|e| throw(&ctx, format!("posthog.capture: {e}")))?;
             if let Err(why) = h.budget.take_capture().and_then(|()| h.budget.take_bytes("posthog.capture", properties.len() + event.len()))
             {
                 if h.budget.first_refusal() {
@@ -475,8 +475,7 @@ fn install_outbox<'js>(ctx: &Ctx<'js>, obj: &Object<'js>, host: &HostBindings) -
                 }
                 return Ok::<_, rquickjs::Error>(Some(why));
             }
-            let event = super::capture::captured_event(&h.identity, &event, props);
-            h.outbox.borrow_mut().captured.push(event);
+            h.outbox.borrow_mut().captured.push(captured);
             Ok(None)
         })?,
     )?;

@@ -219,9 +219,11 @@ impl Exhausted {
             failure: Some(failure.clone()),
         };
         let position = |i: usize| self.positions.get(i).copied().unwrap_or(0);
-        match (self.error.hook, serde_json::from_str::<Value>(&self.payload)) {
-            (Hook::ExportEvents, Ok(Value::Array(events))) => {
-                events.iter().enumerate().map(|(i, ev)| letter(ev.to_string(), position(i))).collect()
+        // The batch's events as written (a `Value` would refuse a lone surrogate escape and make
+        // the whole batch one letter).
+        match (self.error.hook, serde_json::from_str::<Vec<&serde_json::value::RawValue>>(&self.payload)) {
+            (Hook::ExportEvents, Ok(events)) => {
+                events.iter().enumerate().map(|(i, ev)| letter(ev.get().to_string(), position(i))).collect()
             }
             _ => vec![letter(self.payload.clone(), position(0))],
         }

@@ -396,7 +396,7 @@ impl WorkerPlugins {
     pub fn collect_outbox(&mut self, inst: &PluginInstance, hops: u32) {
         let outbox = inst.take_outbox();
         for event in outbox.captured {
-            self.captured.push((event.to_string(), hops.saturating_add(1)));
+            self.captured.push((event, hops.saturating_add(1)));
         }
         for job in outbox.jobs {
             // The job keeps the hop count of the call that enqueued it: what it captures is one
