@@ -208,7 +208,15 @@ impl<'de> serde::de::Visitor<'de> for HeadSeed {
                 Field::Event => head.event = Some(map.next_value()?),
                 Field::TeamId => head.team_id = Some(map.next_value()?),
                 Field::Uuid => head.uuid = Some(map.next_value()?),
-                Field::Data => head.data = Some(map.next_value()?),
+                Field::Data => {
+                    // Only a string makes an envelope; any other `data` is an ordinary field,
+                    // skipped undecoded like the rest.
+                    let raw: &serde_json::value::RawValue = map.next_value()?;
+                    head.data = match raw.get().starts_with('"') {
+                        true => Some(serde_json::from_str(raw.get()).map_err(serde::de::Error::custom)?),
+                        false => None,
+                    };
+                }
                 Field::Properties => {
                     let raw: &serde_json::value::RawValue = map.next_value()?;
                     head.properties = Some(match raw.get().as_bytes().first() {
@@ -379,8 +387,9 @@ fn check_fully(text: &str, limits: &EventLimits) -> Result<ValidEvent, String> {
 fn head_unreadable(text: &str) -> Option<String> {
     let members = Members::parse(text).ok()?;
     ["event", "uuid", "team_id", "data"].into_iter().find_map(|key| {
-        let value = members.get(key)?;
-        serde_json::from_str::<Value>(value.get()).is_err().then(|| lone_surrogate_in(key))
+        let value = members.get(key)?.get();
+        // A string that `JSON.parse` reads and a `Value` cannot hold has a lone surrogate.
+        (value.starts_with('"') && serde_json::from_str::<Value>(value).is_err()).then(|| lone_surrogate_in(key))
     })
 }
 
@@ -527,10 +536,17 @@ mod tests {
             (&br#"{"uuid":"u","event":"e\ud83d","team_id":1}"#[..], "event"),
             (br#"{"uuid":"\udc00","event":"e","team_id":1}"#, "uuid"),
             (br#"{"uuid":"u","team_id":1,"data":"{\"event\":\"\\ud83d\"}"}"#, "event"),
+            // The `data` text itself holds the lone surrogate (escaped once): it cannot be read.
+            (br#"{"uuid":"u","team_id":1,"data":"{\"s\":\"\ud83d\"}"}"#, "data"),
         ] {
             let why = reason(line);
             assert!(why.starts_with(&format!("field '{field}' holds a lone surrogate escape")), "{why}");
         }
+        // A `data` that is not a string is an ordinary field, lone surrogates and all.
+        let line = br#"{"event":"e","team_id":1,"uuid":"u","data":{"s":"\ud800"},"properties":{}}"#;
+        assert_eq!(parse_line(line, "t", 1, &EventLimits::default()).unwrap().json.as_bytes(), line);
+        // A number past f64 is not a lone surrogate.
+        assert!(reason(br#"{"event":"e","team_id":1e400,"uuid":"u"}"#).starts_with("invalid JSON: number out of range"));
     }
 
     /// A small deterministic generator (xorshift), so a failure names a seed that reproduces it.

@@ -196,9 +196,14 @@ pub(crate) fn format_date(tag: &str, options_json: &str, epoch_ms: f64) -> Resul
     })?;
     let Cached::Date(f, o, tz) = &*entry else { unreachable!("date key holds a date formatter") };
     let wall = WallClock::of(tz, epoch_ms.floor() as i64)?;
-    let formatted = f.format(&icu_time::DateTime { date: wall.date, time: wall.time });
-    // V8 names the era only when asked; ICU4X adds it to the years before 1 ("6/15/2 BC").
-    let text = if o.era.is_none() && wall.year < 1 { without_era(&formatted) } else { formatted.to_string() };
+    let gregorian = f.calendar().kind() == icu_calendar::AnyCalendarKind::Gregorian;
+    // ICU4X writes a year asked for alone as `2-digit` with all its digits.
+    let two_digit = o.year.as_deref() == Some("2-digit");
+    let text = match o.era.is_none() && gregorian && (two_digit || !PLAIN_YEARS.contains(&wall.year)) {
+        true => through_proxy_year(f, &wall, two_digit)
+            .unwrap_or_else(|| f.format(&icu_time::DateTime { date: wall.date, time: wall.time }).to_string()),
+        false => f.format(&icu_time::DateTime { date: wall.date, time: wall.time }).to_string(),
+    };
     // V8 writes a plain space where CLDR now has a narrow no-break one ("10:20 AM"), for the
     // web's sake; plugins were written against that.
     Ok(unpad_numeric_date(tag, o, text.replace('\u{202f}', " "), wall.month, wall.day))
@@ -248,44 +253,77 @@ impl WallClock {
     }
 }
 
-/// The text of `formatted` without its era and the space that joined it to the date.
-fn without_era(formatted: &impl writeable::Writeable) -> String {
-    /// Writes the text and notes where the era was.
-    struct Sink {
-        text: String,
-        era: Option<std::ops::Range<usize>>,
-    }
-    impl std::fmt::Write for Sink {
-        fn write_str(&mut self, s: &str) -> std::fmt::Result {
-            self.text.push_str(s);
-            Ok(())
+/// The years ICU4X writes as ECMA-402 engines do. Outside them it writes the era ("1/1/77 AD",
+/// "6/15/2 BC": below the year 1000, in another pattern that some locales reorder) and the whole
+/// year where the pattern asks for two digits ("12/31/9999" for `dateStyle: 'short'`); V8 writes
+/// the era only when asked for and two digits as asked ("1/1/77", "6/15/2", "12/31/99").
+const PLAIN_YEARS: std::ops::RangeInclusive<i32> = 1950..=2049;
+
+/// Formats a Gregorian date outside [`PLAIN_YEARS`] as V8 does: the same day in a year of
+/// [`PLAIN_YEARS`] that has the same calendar (leap or not, 1 January on the same weekday, so
+/// every date falls on the same weekday), with that year's digits replaced by the real year's
+/// (the era year, 1 − year, before the year 1; its last two digits where the pattern has two).
+/// Two digits are written for `two_digit` in any case. `None` when the year is not written in
+/// plain decimal digits.
+fn through_proxy_year(f: &DateTimeFormatter<CompositeDateTimeFieldSet>, wall: &WallClock, two_digit: bool) -> Option<String> {
+    let leap = |y: i32| y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
+    let new_year = |d: &icu_calendar::Date<icu_calendar::Iso>| d.to_rata_die() - i64::from(d.day_of_year().0 - 1);
+    let weekday = |rd: icu_calendar::types::RataDie| rd.to_i64_date().rem_euclid(7);
+    let year = wall.year;
+    let target = weekday(new_year(&wall.date));
+    let proxy_year = PLAIN_YEARS
+        .clone()
+        .find(|&p| leap(p) == leap(year) && icu_calendar::Date::try_new_iso(p, 1, 1).is_ok_and(|d| weekday(d.to_rata_die()) == target))?;
+    let proxy = icu_calendar::Date::try_new_iso(proxy_year, wall.month, wall.day).ok()?;
+    let formatted = f.format(&icu_time::DateTime { date: proxy, time: wall.time });
+    let mut sink = PartsSink { text: String::new(), years: Vec::new() };
+    writeable::Writeable::write_to_parts(&formatted, &mut sink).ok()?;
+    let shown = if year < 1 { 1 - i64::from(year) } else { i64::from(year) };
+    let full = proxy_year.to_string();
+    let mut text = sink.text;
+    for range in sink.years.into_iter().rev() {
+        // The proxy year as the locale wrote it, all four digits or the last two, in a decimal
+        // digit set (Unicode's run from its zero: ASCII, Arabic-Indic, Devanagari...).
+        let written: Vec<char> = text[range.clone()].chars().collect();
+        let (proxy_digits, real) = match written.len() {
+            4 if two_digit => (full.as_str(), format!("{:02}", shown % 100)),
+            4 => (full.as_str(), shown.to_string()),
+            2 => (&full[2..], format!("{:02}", shown % 100)),
+            _ => return None,
+        };
+        let zero = u32::from(written[0]).checked_sub(u32::from(proxy_digits.as_bytes()[0] - b'0'))?;
+        let digits_of = |n: &str| n.bytes().map(|b| char::from_u32(zero + u32::from(b - b'0'))).collect::<Option<String>>();
+        if digits_of(proxy_digits)? != text[range.clone()] {
+            return None;
         }
+        text.replace_range(range, &digits_of(&real)?);
     }
-    impl writeable::PartsWrite for Sink {
-        type SubPartsWrite = Sink;
-        fn with_part(&mut self, part: writeable::Part, mut f: impl FnMut(&mut Sink) -> std::fmt::Result) -> std::fmt::Result {
-            let start = self.text.len();
-            f(self)?;
-            if part == icu_datetime::parts::ERA {
-                self.era = Some(start..self.text.len());
-            }
-            Ok(())
+    Some(text)
+}
+
+/// Writes the formatted text and notes where the year was written.
+struct PartsSink {
+    text: String,
+    years: Vec<std::ops::Range<usize>>,
+}
+
+impl std::fmt::Write for PartsSink {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.text.push_str(s);
+        Ok(())
+    }
+}
+
+impl writeable::PartsWrite for PartsSink {
+    type SubPartsWrite = PartsSink;
+    fn with_part(&mut self, part: writeable::Part, mut f: impl FnMut(&mut PartsSink) -> std::fmt::Result) -> std::fmt::Result {
+        let start = self.text.len();
+        f(self)?;
+        if part == icu_datetime::parts::YEAR {
+            self.years.push(start..self.text.len());
         }
+        Ok(())
     }
-    let mut sink = Sink { text: String::new(), era: None };
-    if formatted.write_to_parts(&mut sink).is_err() {
-        return formatted.write_to_string().into_owned();
-    }
-    let Sink { mut text, era: Some(era) } = sink else { return sink.text };
-    let before = text[..era.start].trim_end_matches(char::is_whitespace).len();
-    let after = era.end + (text[era.end..].len() - text[era.end..].trim_start_matches(char::is_whitespace).len());
-    // "6/15/2 BC": the space before goes; "紀元前2/6/15", an era in front: the space after.
-    if before > 0 {
-        text.replace_range(before..era.end, "")
-    } else {
-        text.replace_range(era.start..after, "")
-    }
-    text
 }
 
 /// ICU4X formats an all-numeric date with the locale's short date pattern; ECMA-402 engines
