@@ -526,6 +526,14 @@ fn install_bytes<'js>(ctx: &Ctx<'js>, obj: &Object<'js>, max_output: usize) -> r
         })?,
     )?;
     obj.set(
+        "decodeFatal",
+        // TextDecoder's `fatal`: the text, or undefined when the bytes are not UTF-8.
+        Function::new(ctx.clone(), |ctx: Ctx<'js>, bytes: Value<'js>| {
+            let bytes = bytes_of(&ctx, &bytes)?;
+            Ok::<_, rquickjs::Error>(String::from_utf8(bytes).ok())
+        })?,
+    )?;
+    obj.set(
         "zlib",
         Function::new(ctx.clone(), move |ctx: Ctx<'js>, op: String, data: Value<'js>| {
             let data = bytes_of(&ctx, &data)?;

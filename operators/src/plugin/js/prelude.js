@@ -324,25 +324,74 @@
             return host.encode(text === undefined ? '' : usv(text), 'utf8')
         }
     }
+    // How many bytes at the end of `view` begin a UTF-8 sequence that more bytes could still
+    // complete (held back by a streaming decode); 0 when the end is complete or already invalid.
+    // Second-byte ranges as the Encoding Standard's decoder has them.
+    const incompleteTail = (view) => {
+        for (let k = 1; k <= Math.min(3, view.length); k++) {
+            const lead = view[view.length - k]
+            if ((lead & 0xc0) === 0x80) continue
+            const need = lead >= 0xc2 && lead <= 0xdf ? 2 : lead >= 0xe0 && lead <= 0xef ? 3 : lead >= 0xf0 && lead <= 0xf4 ? 4 : 0
+            if (need <= k) return 0
+            if (k >= 2) {
+                const second = view[view.length - k + 1]
+                const [low, high] = lead === 0xe0 ? [0xa0, 0xbf] : lead === 0xed ? [0x80, 0x9f] : lead === 0xf0 ? [0x90, 0xbf] : lead === 0xf4 ? [0x80, 0x8f] : [0x80, 0xbf]
+                if (second < low || second > high) return 0
+            }
+            return k
+        }
+        return 0
+    }
+    const EMPTY_BYTES = new Uint8Array(0)
     class TextDecoder {
         #ignoreBOM
+        #fatal
+        // A streaming decode's incomplete last sequence, and whether its stream began already
+        // (a byte order mark is dropped only at the start of one).
+        #pending = EMPTY_BYTES
+        #begun = false
         constructor(label, options) {
             const name = (label || 'utf-8').toLowerCase()
             if (name !== 'utf-8' && name !== 'utf8') throw new RangeError(`TextDecoder: unsupported encoding '${label}'`)
             this.#ignoreBOM = Boolean(options && options.ignoreBOM)
+            this.#fatal = Boolean(options && options.fatal)
         }
         get encoding() {
             return 'utf-8'
         }
+        get fatal() {
+            return this.#fatal
+        }
         get ignoreBOM() {
             return this.#ignoreBOM
         }
-        decode(bytes) {
-            if (bytes === undefined) return ''
-            let view = bytes instanceof ArrayBuffer ? new Uint8Array(bytes) : new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength)
+        decode(bytes, options) {
+            const stream = Boolean(options && options.stream)
+            let view =
+                bytes === undefined ? EMPTY_BYTES : bytes instanceof ArrayBuffer ? new Uint8Array(bytes) : new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength)
+            if (this.#pending.length) {
+                const joined = new Uint8Array(this.#pending.length + view.length)
+                joined.set(this.#pending)
+                joined.set(view, this.#pending.length)
+                view = joined
+            }
+            const end = stream ? view.length - incompleteTail(view) : view.length
+            this.#pending = stream ? view.slice(end) : EMPTY_BYTES
+            view = view.subarray(0, end)
             // A leading byte order mark is not text (the Encoding Standard, and Node).
-            if (!this.#ignoreBOM && view.length >= 3 && view[0] === 0xef && view[1] === 0xbb && view[2] === 0xbf) view = view.subarray(3)
-            return host.decode(view, 'utf8')
+            if (!this.#begun && view.length) {
+                if (!this.#ignoreBOM && view.length >= 3 && view[0] === 0xef && view[1] === 0xbb && view[2] === 0xbf) view = view.subarray(3)
+                this.#begun = true
+            }
+            if (!stream) this.#begun = false
+            if (!this.#fatal) return host.decode(view, 'utf8')
+            const text = host.decodeFatal(view)
+            if (typeof text === 'string') return text
+            this.#pending = EMPTY_BYTES
+            this.#begun = false
+            const e = new TypeError('The encoded data was not valid for encoding utf-8')
+            e.code = 'ERR_ENCODING_INVALID_ENCODED_DATA'
+            throw e
         }
     }
 
