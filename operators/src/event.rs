@@ -451,7 +451,8 @@ fn required(event: &Option<Value>, team: &Option<Value>, uuid: &Option<Value>) -
         None => return Err("missing required field 'event': the event name is required (plugins and ingestion select on it)".into()),
     };
     let team_id = match team {
-        Some(Value::Number(n)) if n.as_i64().is_some() => n.as_i64().expect("checked"),
+        Some(Value::Number(n)) if integer(n).is_some() => integer(n).expect("checked"),
+        Some(Value::Number(n)) => return Err(format!("field 'team_id' must be an integer, got {n}")),
         Some(other) => return Err(format!("field 'team_id' must be an integer, got {}", json_kind(other))),
         None => {
             return Err(
@@ -466,6 +467,14 @@ fn required(event: &Option<Value>, team: &Option<Value>, uuid: &Option<Value>) -
         None => return Err("missing required field 'uuid': it identifies the event in logs, dead letters and exports".into()),
     };
     Ok((name, team_id, uuid))
+}
+
+/// The integer a JSON number stands for, as JavaScript reads it: `2`, and also `2.0` or `2e0`
+/// (a float writer's team id; PostHog's server read them as 2), up to 2^53 where doubles stop
+/// being exact.
+fn integer(n: &serde_json::Number) -> Option<i64> {
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    n.as_i64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() <= EXACT).map(|f| f as i64))
 }
 
 /// How a JSON value reads in an error message ("an array", "a number", ...).
@@ -729,6 +738,17 @@ mod tests {
     }
 
     #[test]
+    fn a_team_id_written_as_a_float_is_its_integer_as_in_javascript() {
+        // JSON.parse gives the same number for each: PostHog's server took them all.
+        for (text, team) in [("2.0", 2), ("2e0", 2), ("-0.0", 0), ("20E-1", 2), ("9007199254740992.0", 9_007_199_254_740_992)] {
+            let line = format!(r#"{{"uuid":"u","event":"e","team_id":{text},"properties":{{}}}}"#);
+            let ev = parse_line(line.as_bytes(), "t", 1, &EventLimits::default()).unwrap_or_else(|d| panic!("{text}: {}", d.reason));
+            assert_eq!(ev.team_id, team, "{text}");
+            assert_eq!(ev.json, line, "the text goes on as it came");
+        }
+    }
+
+    #[test]
     fn each_bad_line_gets_its_reason() {
         assert!(reason(b"{\"event\": ").starts_with("invalid JSON"));
         assert_eq!(reason(b"[1,2]"), "expected a JSON object (an event), got an array");
@@ -736,6 +756,8 @@ mod tests {
         assert!(reason(br#"{"uuid":"u","event":"e"}"#).starts_with("missing required field 'team_id'"));
         assert!(reason(br#"{"team_id":1,"event":"e"}"#).starts_with("missing required field 'uuid'"));
         assert!(reason(br#"{"uuid":"u","event":"e","team_id":"1"}"#).starts_with("field 'team_id' must be an integer"));
+        assert_eq!(reason(br#"{"uuid":"u","event":"e","team_id":1.5}"#), "field 'team_id' must be an integer, got 1.5");
+        assert!(reason(br#"{"uuid":"u","event":"e","team_id":1e300}"#).starts_with("field 'team_id' must be an integer"));
         assert!(reason(br#"{"uuid":"u","team_id":1,"data":"{nope"}"#).starts_with("envelope field 'data' is not valid JSON"));
         let bad = parse_line(b"{\"event\":\"\xff\"}", "t", 9, &EventLimits::default()).unwrap_err();
         assert_eq!(bad.reason, "invalid UTF-8 at byte 10");
