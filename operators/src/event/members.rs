@@ -63,18 +63,15 @@ impl<'a> Members<'a> {
         }
         let mut out = String::with_capacity(self.list.iter().map(|(k, v)| k.get().len() + v.get().len() + 2).sum::<usize>() + 2);
         out.push('{');
-        let mut written = std::collections::HashSet::with_capacity(self.list.len());
         for (k, _) in &self.list {
-            let name = key_bytes(k);
-            if !written.insert(name.clone()) {
-                continue;
-            }
+            // A key's first place takes it out of `last`: its later places write nothing.
+            let Some(i) = last.remove(&key_bytes(k)) else { continue };
             if out.len() > 1 {
                 out.push(',');
             }
             out.push_str(k.get());
             out.push(':');
-            out.push_str(self.list[last[&name]].1.get());
+            out.push_str(self.list[i].1.get());
         }
         out.push('}');
         out

@@ -266,14 +266,12 @@ const PLAIN_YEARS: std::ops::RangeInclusive<i32> = 1950..=2049;
 /// Two digits are written for `two_digit` in any case. `None` when the year is not written in
 /// plain decimal digits.
 fn through_proxy_year(f: &DateTimeFormatter<CompositeDateTimeFieldSet>, wall: &WallClock, two_digit: bool) -> Option<String> {
-    let leap = |y: i32| y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
-    let new_year = |d: &icu_calendar::Date<icu_calendar::Iso>| d.to_rata_die() - i64::from(d.day_of_year().0 - 1);
-    let weekday = |rd: icu_calendar::types::RataDie| rd.to_i64_date().rem_euclid(7);
     let year = wall.year;
-    let target = weekday(new_year(&wall.date));
-    let proxy_year = PLAIN_YEARS
-        .clone()
-        .find(|&p| leap(p) == leap(year) && icu_calendar::Date::try_new_iso(p, 1, 1).is_ok_and(|d| weekday(d.to_rata_die()) == target))?;
+    let first = icu_calendar::Date::from_rata_die(wall.date.to_rata_die() - i64::from(wall.date.day_of_year().0 - 1), icu_calendar::Iso);
+    let proxy_year = PLAIN_YEARS.clone().find(|&p| {
+        icu_calendar::Date::try_new_iso(p, 1, 1)
+            .is_ok_and(|d| d.is_in_leap_year() == first.is_in_leap_year() && d.weekday() == first.weekday())
+    })?;
     let proxy = icu_calendar::Date::try_new_iso(proxy_year, wall.month, wall.day).ok()?;
     let formatted = f.format(&icu_time::DateTime { date: proxy, time: wall.time });
     let mut sink = PartsSink { text: String::new(), years: Vec::new() };
@@ -673,20 +671,6 @@ mod tests {
         assert!(CACHE.with(|c| c.borrow().len()) <= CACHE_ENTRIES);
     }
 
-    /// The proleptic Gregorian date of a day counted from 1970-01-01, by the era arithmetic of
-    /// Hinnant's `civil_from_days`: an oracle that shares nothing with jiff or ICU4X.
-    fn civil_from_days(days: i64) -> (i64, u8, u8) {
-        let z = days + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z.rem_euclid(146_097);
-        let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let day = (doy - (153 * mp + 2) / 5 + 1) as u8;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
-        (yoe + era * 400 + i64::from(month <= 2), month, day)
-    }
-
     #[test]
     fn the_wall_clock_covers_ecmascripts_whole_range() {
         const LIMIT: i64 = 8_640_000_000_000_000;
@@ -706,7 +690,9 @@ mod tests {
         }
         for ms in instants {
             let w = WallClock::of(&jiff::tz::TimeZone::UTC, ms).unwrap_or_else(|e| panic!("{ms}: {e}"));
-            let (year, month, day) = civil_from_days(ms.div_euclid(86_400_000));
+            // Hinnant's days-to-civil (the log's timestamps use it): shares nothing with jiff or ICU4X.
+            let (year, month, day) = crate::plugin::log::civil_from_days(ms.div_euclid(86_400_000));
+            let (month, day) = (month as u8, day as u8);
             let of_day = ms.rem_euclid(86_400_000);
             assert_eq!((i64::from(w.year), w.month, w.day), (year, month, day), "{ms}");
             let date = (i64::from(w.date.era_year().extended_year), w.date.month().ordinal, w.date.day_of_month().0);
