@@ -386,16 +386,14 @@ fn check_fully(text: &str, limits: &EventLimits) -> Result<ValidEvent, String> {
 /// text, cannot carry. `None` when the line is not JSON.
 fn head_unreadable(text: &str) -> Option<String> {
     let members = Members::parse(text).ok()?;
-    ["event", "uuid", "team_id", "data"].into_iter().find_map(|key| {
-        let value = members.get(key)?.get();
-        // A string that `JSON.parse` reads and a `Value` cannot hold has a lone surrogate.
-        (value.starts_with('"') && serde_json::from_str::<Value>(value).is_err()).then(|| lone_surrogate_in(key))
-    })
+    ["event", "uuid", "team_id", "data"].into_iter().find_map(|key| lone_surrogate_in(key, members.get(key)?))
 }
 
-/// The reason for a head field that JavaScript reads and a `Value` cannot hold.
-fn lone_surrogate_in(key: &str) -> String {
-    format!("field '{key}' holds a lone surrogate escape (text cut inside an emoji): {key} must be Unicode text")
+/// The reason a head field, read as JSON already, cannot be a `Value`: a string that fails
+/// holds a lone surrogate. `None` for anything else (a number past f64 fails too).
+fn lone_surrogate_in(key: &str, raw: &RawValue) -> Option<String> {
+    (raw.get().starts_with('"') && serde_json::from_str::<Value>(raw.get()).is_err())
+        .then(|| format!("field '{key}' holds a lone surrogate escape (text cut inside an emoji): {key} must be Unicode text"))
 }
 
 /// Merges an ingestion envelope: `data` is parsed and its keys win over the envelope's (the
@@ -415,7 +413,9 @@ fn from_envelope(text: &str, data: &str, limits: &EventLimits) -> Result<ValidEv
         }
     }
     let head = |key: &str| -> Result<Option<Value>, String> {
-        envelope.get(key).map(|v| serde_json::from_str(v.get()).map_err(|_| lone_surrogate_in(key))).transpose()
+        let reason =
+            |e: serde_json::Error, v| lone_surrogate_in(key, v).unwrap_or_else(|| format!("envelope field 'data' is not valid JSON: {e}"));
+        envelope.get(key).map(|v| serde_json::from_str(v.get()).map_err(|e| reason(e, v))).transpose()
     };
     let (name, team_id, uuid) = required(&head("event")?, &head("team_id")?, &head("uuid")?)?;
     match envelope.get("properties") {
@@ -554,8 +554,10 @@ mod tests {
         // A `data` that is not a string is an ordinary field, lone surrogates and all.
         let line = br#"{"event":"e","team_id":1,"uuid":"u","data":{"s":"\ud800"},"properties":{}}"#;
         assert_eq!(parse_line(line, "t", 1, &EventLimits::default()).unwrap().json.as_bytes(), line);
-        // A number past f64 is not a lone surrogate.
+        // A number past f64 is not a lone surrogate, in a plain event or in an envelope.
         assert!(reason(br#"{"event":"e","team_id":1e400,"uuid":"u"}"#).starts_with("invalid JSON: number out of range"));
+        let why = reason(br#"{"uuid":"u","data":"{\"event\":\"e\",\"team_id\":1e400}"}"#);
+        assert!(why.starts_with("envelope field 'data' is not valid JSON: number out of range"), "{why}");
     }
 
     /// A small deterministic generator (xorshift), so a failure names a seed that reproduces it.
