@@ -472,7 +472,7 @@ fn required(event: &Option<Value>, team: &Option<Value>, uuid: &Option<Value>) -
 /// The integer a JSON number stands for, as JavaScript reads it: `2`, and also `2.0` or `2e0`
 /// (a float writer's team id; PostHog's server read them as 2), up to 2^53 where doubles stop
 /// being exact.
-fn integer(n: &serde_json::Number) -> Option<i64> {
+pub fn integer(n: &serde_json::Number) -> Option<i64> {
     const EXACT: f64 = 9_007_199_254_740_992.0;
     n.as_i64().or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() <= EXACT).map(|f| f as i64))
 }

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use operators::event;
 use operators::event::members::Members;
 use operators::plugin::deferred::{RetryPolicy, processed_event};
 use operators::plugin::{
@@ -196,7 +197,10 @@ pub fn run_lines(instance: &mut PluginInstance, input: impl BufRead, mut out: im
         }
         // Read as written (`Members`): a lone surrogate escape is JSON that `JSON.parse` reads.
         let team = match Members::parse(&line) {
-            Ok(m) => m.get("team_id").and_then(|v| v.get().parse::<i64>().ok()),
+            // The team as the pipeline reads it: `2.0` is team 2 (`event::integer`).
+            Ok(m) => {
+                m.get("team_id").and_then(|v| serde_json::from_str::<serde_json::Number>(v.get()).ok()).as_ref().and_then(event::integer)
+            }
             Err(_) if serde_json::from_str::<serde::de::IgnoredAny>(&line).is_ok() => None,
             Err(e) => {
                 report.failed += 1;

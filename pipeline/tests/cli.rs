@@ -164,6 +164,25 @@ fn try_prints_one_line_per_input_line() {
     assert!(logs.iter().any(|l| l["message"] == "bye"), "teardownPlugin ran: {stderr}");
 }
 
+/// `try` reads the team as the pipeline does: `team_id: 2.0` (a float writer's id) is team 2, so
+/// a plugin that changes it gets the team written back, as in `pluginflow run`.
+#[test]
+fn try_reads_a_team_id_written_as_a_float_as_the_pipeline_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = plugin(dir.path(), "mover", r#"{"name":"mover","config":[]}"#, "exports.processEvent = (e) => { e.team_id = 99; return e }");
+    let input = "{\"uuid\":\"1\",\"event\":\"e\",\"team_id\":2.0}\n{\"uuid\":\"2\",\"event\":\"e\",\"team_id\":2e0}\n\
+                 {\"uuid\":\"3\",\"event\":\"e\",\"team_id\":1.5}\n";
+    let out = try_with(&p, &[], input);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let teams: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["team_id"].clone())
+        .collect();
+    // 1.5 is no team (the pipeline dead-letters it): nothing to write back.
+    assert_eq!(teams, [serde_json::json!(2), serde_json::json!(2), serde_json::json!(99)]);
+}
+
 #[test]
 fn try_exits_2_when_setup_fails() {
     let dir = tempfile::tempdir().unwrap();
