@@ -69,5 +69,6 @@ DEF(negative_lookahead, 5) /* must come after */
 DEF(set_char_pos, 2) /* store the character position to a register */
 DEF(check_advance, 2) /* check that the register is different from the character position */
 DEF(prev, 1) /* go to the previous char */
+DEF(skip_to_start, 34) /* pluginflow: unanchored search, skip characters that cannot start a match (flags, 256-bit set) */
 
 #endif /* DEF */

@@ -128,6 +128,9 @@ static const REOpCode reopcode_info[REOP_COUNT] = {
 
 #define RE_HEADER_LEN 8
 
+/* pluginflow: size of REOP_skip_to_start (opcode, flags, 256-bit set) */
+#define RE_SKIP_LEN 34
+
 static inline int lre_is_digit(int c) {
     return c >= '0' && c <= '9';
 }
@@ -2494,6 +2497,198 @@ static int re_parse_disjunction(REParseState *s, bool is_backward_dir)
     return 0;
 }
 
+/* pluginflow: the first-character filter of an unanchored search.
+
+   REOP_skip_to_start (flags, then a 256-bit set of the characters below 256)
+   advances over characters that cannot be the first one a match consumes,
+   where the search loop would try the whole pattern at each of them and fail.
+   The set is found by following every path from the pattern's start through
+   operations that consume nothing (captures, registers, assertions, jumps,
+   both ways of every split and loop) to the first character test; any path
+   that could match without consuming a character first (match, lookaround,
+   back references, '.'-like tests, going back a character) leaves the filter
+   off. Taking every branch only makes the set larger, so no position where a
+   match could start is ever skipped. */
+
+#define RE_SKIP_ENABLED 1
+#define RE_SKIP_HIGH    2 /* a character >= 256 may start a match */
+#define RE_SKIP_MAX_PCS 64
+#define RE_SKIP_MAX_FOLDED 16 /* case-folded ranges looked at in one test */
+
+typedef struct {
+    uint8_t flags;
+    uint8_t set[32];
+    bool is_unicode;
+    bool have_canon;
+    uint32_t canon[256]; /* lre_canonicalize of each character below 256 */
+} RESkipState;
+
+static void re_skip_add(uint8_t *set, uint32_t c)
+{
+    set[c >> 3] |= 1 << (c & 7);
+}
+
+static void re_skip_canon(RESkipState *k)
+{
+    if (!k->have_canon) {
+        for (int x = 0; x < 256; x++)
+            k->canon[x] = lre_canonicalize(x, k->is_unicode);
+        k->have_canon = true;
+    }
+}
+
+/* Characters c <= x <= high may come first; with ignore_case, low..high
+   are canonical values and every character is compared by its own. */
+static void re_skip_range(RESkipState *k, uint32_t low, uint32_t high,
+                          bool ignore_case)
+{
+    if (ignore_case) {
+        /* a character >= 256 may fold onto anything (U+212A onto 'k') */
+        k->flags |= RE_SKIP_HIGH;
+        re_skip_canon(k);
+        for (int x = 0; x < 256; x++) {
+            if (k->canon[x] >= low && k->canon[x] <= high)
+                re_skip_add(k->set, x);
+        }
+        return;
+    }
+    if (high >= 256)
+        k->flags |= RE_SKIP_HIGH;
+    for (uint32_t x = low; x <= high && x < 256; x++)
+        re_skip_add(k->set, x);
+}
+
+static void re_compute_skip(uint8_t *op_args, const uint8_t *bc, int bc_len,
+                            int start, bool is_unicode)
+{
+    RESkipState k_s, *k = &k_s;
+    int todo[RE_SKIP_MAX_PCS], seen[RE_SKIP_MAX_PCS];
+    int n_todo = 0, n_seen = 0;
+
+    memset(k, 0, sizeof(*k));
+    k->is_unicode = is_unicode;
+    todo[n_todo++] = start;
+    while (n_todo > 0) {
+        int pos = todo[--n_todo];
+        int i, opcode, n;
+        uint32_t val;
+
+        for (i = 0; i < n_seen; i++) {
+            if (seen[i] == pos)
+                break;
+        }
+        if (i < n_seen)
+            continue;
+        if (n_seen == RE_SKIP_MAX_PCS || pos < 0 || pos >= bc_len)
+            return;
+        seen[n_seen++] = pos;
+        opcode = bc[pos];
+        if (opcode >= REOP_COUNT || pos + reopcode_info[opcode].size > bc_len)
+            return;
+        switch (opcode) {
+        case REOP_save_start:
+        case REOP_save_end:
+        case REOP_save_reset:
+        case REOP_set_i32:
+        case REOP_set_char_pos:
+        case REOP_check_advance:
+        case REOP_line_start:
+        case REOP_line_start_m:
+        case REOP_line_end:
+        case REOP_line_end_m:
+        case REOP_word_boundary:
+        case REOP_word_boundary_i:
+        case REOP_not_word_boundary:
+        case REOP_not_word_boundary_i:
+            todo[n_todo++] = pos + reopcode_info[opcode].size;
+            break;
+        case REOP_goto:
+            todo[n_todo++] = pos + 5 + (int)get_u32(bc + pos + 1);
+            break;
+        case REOP_split_goto_first:
+        case REOP_split_next_first:
+            if (n_todo + 2 > RE_SKIP_MAX_PCS)
+                return;
+            todo[n_todo++] = pos + 5;
+            todo[n_todo++] = pos + 5 + (int)get_u32(bc + pos + 1);
+            break;
+        case REOP_loop:
+            if (n_todo + 2 > RE_SKIP_MAX_PCS)
+                return;
+            todo[n_todo++] = pos + 6;
+            todo[n_todo++] = pos + 6 + (int)get_u32(bc + pos + 2);
+            break;
+        case REOP_loop_split_goto_first:
+        case REOP_loop_split_next_first:
+        case REOP_loop_check_adv_split_goto_first:
+        case REOP_loop_check_adv_split_next_first:
+            if (n_todo + 2 > RE_SKIP_MAX_PCS)
+                return;
+            todo[n_todo++] = pos + 10;
+            todo[n_todo++] = pos + 10 + (int)get_u32(bc + pos + 6);
+            break;
+        case REOP_char:
+        case REOP_char_i:
+            val = get_u16(bc + pos + 1);
+            re_skip_range(k, val, val, opcode == REOP_char_i);
+            break;
+        case REOP_char32:
+        case REOP_char32_i:
+            val = get_u32(bc + pos + 1);
+            re_skip_range(k, val, val, opcode == REOP_char32_i);
+            break;
+        case REOP_range:
+        case REOP_range_i:
+            n = get_u16(bc + pos + 1);
+            if (pos + 3 + n * 4 > bc_len)
+                return;
+            if (opcode == REOP_range_i && n > RE_SKIP_MAX_FOLDED) {
+                /* folding each of many ranges costs more than it saves */
+                re_skip_range(k, 0, 0x10ffff, false);
+                break;
+            }
+            for (i = 0; i < n; i++) {
+                uint32_t low = get_u16(bc + pos + 3 + i * 4);
+                uint32_t high = get_u16(bc + pos + 3 + i * 4 + 2);
+                /* 0xffff as the last high end stands for every character above */
+                if (i == n - 1 && high == 0xffff)
+                    high = 0x10ffff;
+                re_skip_range(k, low, high, opcode == REOP_range_i);
+            }
+            break;
+        case REOP_range32:
+        case REOP_range32_i:
+            n = get_u16(bc + pos + 1);
+            if (pos + 3 + n * 8 > bc_len)
+                return;
+            if (opcode == REOP_range32_i && n > RE_SKIP_MAX_FOLDED) {
+                re_skip_range(k, 0, 0x10ffff, false);
+                break;
+            }
+            for (i = 0; i < n; i++) {
+                re_skip_range(k, get_u32(bc + pos + 3 + i * 8),
+                              get_u32(bc + pos + 3 + i * 8 + 4),
+                              opcode == REOP_range32_i);
+            }
+            break;
+        default:
+            /* match, '.', any, \s, lookaround, back references, prev:
+               a match may start anywhere */
+            return;
+        }
+        if (n_todo + 1 > RE_SKIP_MAX_PCS)
+            return;
+    }
+    /* worth it only when some character below 256 cannot start a match */
+    for (int i = 0; i < 32; i++) {
+        if (k->set[i] != 0xff) {
+            op_args[0] = k->flags | RE_SKIP_ENABLED;
+            memcpy(op_args + 1, k->set, 32);
+            return;
+        }
+    }
+}
+
 /* Allocate the registers as a stack. The control flow is recursive so
    the analysis can be linear. */
 static int compute_register_count(uint8_t *bc_buf, int bc_buf_len)
@@ -2579,7 +2774,7 @@ uint8_t *lre_compile(int *plen, char *error_msg, int error_msg_size,
                      void *opaque)
 {
     REParseState s_s, *s = &s_s;
-    int register_count;
+    int register_count, skip_pos = -1, body_pos;
     bool is_sticky;
 
     memset(s, 0, sizeof(*s));
@@ -2611,10 +2806,18 @@ uint8_t *lre_compile(int *plen, char *error_msg, int error_msg_size,
            .  We do it without an explicit loop so that lock step
            thread execution will be possible in an optimized
            implementation */
+        /* pluginflow: the loop starts with a skip over characters that
+           cannot start a match, filled in below once the pattern is known
+           (a no-op when nothing can be said). */
+        skip_pos = s->byte_code.size;
+        re_emit_op(s, REOP_skip_to_start);
+        for (int i = 0; i < RE_SKIP_LEN - 1; i++)
+            dbuf_putc(&s->byte_code, 0);
         re_emit_op_u32(s, REOP_split_goto_first, 1 + 5);
         re_emit_op(s, REOP_any);
-        re_emit_op_u32(s, REOP_goto, -(5 + 1 + 5));
+        re_emit_op_u32(s, REOP_goto, -(5 + 1 + 5 + RE_SKIP_LEN));
     }
+    body_pos = s->byte_code.size;
     re_emit_op_u8(s, REOP_save_start, 0);
 
     if (re_parse_disjunction(s, false)) {
@@ -2645,6 +2848,12 @@ uint8_t *lre_compile(int *plen, char *error_msg, int error_msg_size,
         re_parse_error(s, "too many imbricated quantifiers");
         goto error;
     }
+
+    if (skip_pos >= 0)
+        re_compute_skip(s->byte_code.buf + skip_pos + 1,
+                        s->byte_code.buf + RE_HEADER_LEN,
+                        s->byte_code.size - RE_HEADER_LEN,
+                        body_pos - RE_HEADER_LEN, s->is_unicode);
 
     s->byte_code.buf[RE_HEADER_CAPTURE_COUNT] = s->capture_count;
     s->byte_code.buf[RE_HEADER_REGISTER_COUNT] = register_count;
@@ -3363,6 +3572,29 @@ static intptr_t lre_exec_backtrack(REExecContext *s, uint8_t **capture,
                 goto no_match;
             range32_match:
                 pc += 8 * n;
+            }
+            break;
+        case REOP_skip_to_start:
+            /* pluginflow: see re_compute_skip */
+            {
+                uint32_t flags = pc[0];
+                const uint8_t *set = pc + 1;
+                pc += RE_SKIP_LEN - 1;
+                if (!(flags & RE_SKIP_ENABLED))
+                    break;
+                if (cbuf_type == 0) {
+                    while (cptr < cbuf_end && !((set[*cptr >> 3] >> (*cptr & 7)) & 1))
+                        cptr++;
+                } else {
+                    const uint8_t *next;
+                    while (cptr < cbuf_end) {
+                        next = cptr;
+                        GET_CHAR(c, next, cbuf_end, cbuf_type);
+                        if (c < 256 ? (set[c >> 3] >> (c & 7)) & 1 : (flags & RE_SKIP_HIGH) != 0)
+                            break;
+                        cptr = next;
+                    }
+                }
             }
             break;
         case REOP_prev:
