@@ -41,6 +41,8 @@ pub struct ChainOutcome {
 pub fn run_chain(chain: &mut [&mut PluginInstance], event_json: &str, team: i64) -> Result<ChainOutcome, String> {
     let mut out = ChainOutcome::default();
     let mut event: Option<String> = None;
+    // Where `properties` is in `event`, when the last plugin's read-back said so.
+    let mut properties: Option<std::ops::Range<usize>> = None;
     // The plugin whose result is in the next step's runtime (its step was `Passed`).
     let mut handed: Option<usize> = None;
     for i in 0..chain.len() {
@@ -57,9 +59,10 @@ pub fn run_chain(chain: &mut [&mut PluginInstance], event_json: &str, team: i64)
             let step = plugin.step(input, Some(team), next);
             let label = plugin.label().to_string();
             match step {
-                Step::Kept(next) => {
+                Step::Kept(next, at) => {
                     out.succeeded.push(label);
                     event = Some(next);
+                    properties = at;
                 }
                 Step::Passed => {
                     out.succeeded.push(label);
@@ -71,6 +74,7 @@ pub fn run_chain(chain: &mut [&mut PluginInstance], event_json: &str, team: i64)
                 }
                 Step::Failed(error, kept) => {
                     out.failed.push(error);
+                    properties = None;
                     match (kept, from) {
                         (Some(kept), _) => event = Some(kept),
                         // The event as it stood before the call: what the previous plugin
@@ -106,6 +110,7 @@ pub fn run_chain(chain: &mut [&mut PluginInstance], event_json: &str, team: i64)
         return Ok(out);
     }
     let failed: Vec<String> = out.failed.iter().map(|e| format!("{} ({})", e.plugin, e.config_id)).collect();
-    out.event = Some(super::marks::mark_event(text, &out.succeeded, &failed, &out.deferred)?);
+    let properties = properties.filter(|_| event.is_some());
+    out.event = Some(super::marks::mark_event_at(text, properties, &out.succeeded, &failed, &out.deferred)?);
     Ok(out)
 }

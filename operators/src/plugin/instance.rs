@@ -112,7 +112,8 @@ pub enum StepOutcome {
 /// One step of a chain (`chain::run_chain`): a [`StepOutcome`], or the event handed to the
 /// next plugin as values built in its runtime.
 pub(crate) enum Step {
-    Kept(String),
+    /// The event read back as text, with where its `properties` value is in it.
+    Kept(String, Option<std::ops::Range<usize>>),
     /// The plugin returned an event, copied into the next plugin's runtime (see
     /// [`PluginInstance::step`]); this plugin keeps what it returned until
     /// [`PluginInstance::forget_returned`].
@@ -620,7 +621,7 @@ impl PluginInstance {
     /// `None`, `team_id` is not checked.
     pub fn process_team(&mut self, input: &str, team: Option<i64>) -> StepOutcome {
         match self.step(StepInput::Text(input), team, None) {
-            Step::Kept(e) => StepOutcome::Kept(e),
+            Step::Kept(e, _) => StepOutcome::Kept(e),
             Step::Dropped => StepOutcome::Dropped,
             Step::Failed(e, kept) => StepOutcome::Failed(e, kept),
             Step::Passed => unreachable!("nothing is passed on without a next plugin"),
@@ -682,7 +683,7 @@ impl PluginInstance {
                 self.error(hook, ErrorKind::Failed, "IllegalOperationError", "Plugin tried to change event.team_id", ""),
                 Some(read.json),
             ),
-            Ok(Returned::Read(Some(read))) => Step::Kept(read.json),
+            Ok(Returned::Read(Some(read))) => Step::Kept(read.json, read.properties),
             Err(e) => Step::Failed(e, mutated),
         }
     }

@@ -12,50 +12,69 @@ const KEYS: [&str; 3] = ["$plugins_succeeded", "$plugins_failed", "$plugins_defe
 /// Writes the three lists into the event `text` (a JSON object whose `properties`, when
 /// present, is an object or null).
 pub fn mark_event(text: &str, succeeded: &[String], failed: &[String], deferred: &[String]) -> Result<String, String> {
+    mark_event_at(text, None, succeeded, failed, deferred)
+}
+
+/// [`mark_event`], told where the `properties` value is in `text` when it is known (the
+/// read-back of a plugin's result records it: `tojson::Read::properties`), so the top-level
+/// members are not read again to find it. `None`: found by reading the text.
+pub(crate) fn mark_event_at(
+    text: &str,
+    properties: Option<std::ops::Range<usize>>,
+    succeeded: &[String],
+    failed: &[String],
+    deferred: &[String],
+) -> Result<String, String> {
     let lists = [render(succeeded), render(failed), render(deferred)];
-    let top = spans(text, &["properties"]).map_err(|e| format!("cannot mark the event: {e}"))?;
-    let (start, end) = match top.found.last() {
-        Some(&(_, start, end)) => (start, end),
+    let (start, end) = match properties {
+        Some(at) => (at.start, at.end),
         None => {
-            // No properties: add them as the last key.
-            let close = text.rfind('}').ok_or("cannot mark the event: it is not an object")?;
-            let mut out = String::with_capacity(text.len() + 128);
-            out.push_str(&text[..close]);
-            if top.keys > 0 {
-                out.push(',');
+            let top = spans(text, &["properties"]).map_err(|e| format!("cannot mark the event: {e}"))?;
+            match top.found.last() {
+                Some(&(_, start, end)) => (start, end),
+                None => {
+                    // No properties: add them as the last key.
+                    let close = text.rfind('}').ok_or("cannot mark the event: it is not an object")?;
+                    let mut out = String::with_capacity(text.len() + 128);
+                    out.push_str(&text[..close]);
+                    if top.keys > 0 {
+                        out.push(',');
+                    }
+                    out.push_str("\"properties\":");
+                    out.push_str(&whole_object(&lists));
+                    out.push_str(&text[close..]);
+                    return Ok(out);
+                }
             }
-            out.push_str("\"properties\":");
-            out.push_str(&whole_object(&lists));
-            out.push_str(&text[close..]);
-            return Ok(out);
         }
     };
     let raw = &text[start..end];
-    let marked = if raw == "null" {
-        whole_object(&lists)
+    let mut out = String::with_capacity(text.len() + 128);
+    out.push_str(&text[..start]);
+    if raw == "null" {
+        out.push_str(&whole_object(&lists));
     } else if raw.starts_with('{') {
-        mark_properties(raw, &lists)?
+        mark_properties(raw, &lists, &mut out)?;
     } else {
         return Err(format!("cannot mark the event: its properties are not an object ({raw:.40})"));
-    };
-    Ok(format!("{}{}{}", &text[..start], marked, &text[end..]))
+    }
+    out.push_str(&text[end..]);
+    Ok(out)
 }
 
-/// `properties` (an object's text) with the lists set.
-fn mark_properties(raw: &str, lists: &[String; 3]) -> Result<String, String> {
+/// Writes `properties` (an object's text) with the lists set onto `out`.
+fn mark_properties(raw: &str, lists: &[String; 3], out: &mut String) -> Result<(), String> {
     let close = raw.rfind('}').expect("an object's text ends with '}'");
     if !raw.contains("plugins") && !raw.contains("\\u") {
         // No `$plugins_*` key can be there (not even spelled with escapes): append the lists
         // without scanning the members.
-        let mut out = String::with_capacity(raw.len() + 128);
         out.push_str(&raw[..close]);
         let empty = raw[1..close].trim().is_empty();
-        append_members(&mut out, lists, &[false; 3], !empty);
+        append_members(out, lists, &[false; 3], !empty);
         out.push('}');
-        return Ok(out);
+        return Ok(());
     }
     let inner = spans(raw, &KEYS).map_err(|e| format!("cannot mark the event's properties: {e}"))?;
-    let mut out = String::with_capacity(raw.len() + 128);
     let mut at = 0;
     let mut present = [false; 3];
     for &(which, start, end) in &inner.found {
@@ -65,9 +84,9 @@ fn mark_properties(raw: &str, lists: &[String; 3]) -> Result<String, String> {
         at = end;
     }
     out.push_str(&raw[at..close]);
-    append_members(&mut out, lists, &present, inner.keys > 0);
+    append_members(out, lists, &present, inner.keys > 0);
     out.push('}');
-    Ok(out)
+    Ok(())
 }
 
 /// The three lists as an object of their own.

@@ -25,6 +25,7 @@
 #![allow(unsafe_code)] // QuickJS's C API: every call below is commented where it owns a value.
 
 use std::fmt;
+use std::ops::Range;
 
 use rquickjs::{Ctx, Value, qjs};
 
@@ -58,6 +59,9 @@ pub(crate) struct Read {
     pub json: String,
     /// The top-level `team_id` was not the event's team (see [`Rules::team`]).
     pub team_changed: bool,
+    /// For an event: where its top-level `properties` value is in `json`, when it has one (so
+    /// that `marks` can write the `$plugins_*` lists without reading the text again).
+    pub properties: Option<Range<usize>>,
 }
 
 /// Why a value cannot be read as data: where, and what was found there.
@@ -114,6 +118,8 @@ struct Walker<'r> {
     open: Vec<*mut std::ffi::c_void>,
     path: Vec<Step>,
     team_changed: bool,
+    /// Where the top-level `properties` value was written in `out` (see [`Read::properties`]).
+    properties: Option<Range<usize>>,
     /// Reading an event (the top-level rules apply).
     event: bool,
     /// Work done so far (values visited, keys listed); bounded by `rules.max_bytes`.
@@ -140,6 +146,7 @@ impl<'r> Walker<'r> {
             open: Vec::new(),
             path: Vec::new(),
             team_changed: false,
+            properties: None,
             event: false,
             work: 0,
             team_atom,
@@ -155,7 +162,8 @@ impl<'r> Walker<'r> {
         match result {
             Ok(_) => {
                 let out = std::mem::take(&mut self.out);
-                Ok(Read { json: String::from_utf8(out).expect("the walker emits UTF-8 only"), team_changed: self.team_changed })
+                let json = String::from_utf8(out).expect("the walker emits UTF-8 only");
+                Ok(Read { json, team_changed: self.team_changed, properties: self.properties.take() })
             }
             Err(Stop(what)) => Err(Refusal { path: self.render_path(), what }),
         }
@@ -501,8 +509,10 @@ impl<'r> Walker<'r> {
             if !first {
                 self.out.push(b',');
             }
+            let mut value_start = 0;
             let wrote = self.key(atom).and_then(|()| {
                 self.out.push(b':');
+                value_start = self.out.len();
                 self.path.push(Step::Key(atom));
                 let wrote = match value {
                     None => {
@@ -521,7 +531,12 @@ impl<'r> Walker<'r> {
                 unsafe { qjs::JS_FreeValue(self.ctx, owned) };
             }
             match wrote? {
-                Wrote::Text => first = false,
+                Wrote::Text => {
+                    first = false;
+                    if top && atom == self.properties_atom.atom {
+                        self.properties = Some(value_start..self.out.len());
+                    }
+                }
                 Wrote::Nothing => self.out.truncate(rollback),
             }
             self.check_size()?;
@@ -1184,6 +1199,35 @@ mod differential {
             let v: rquickjs::Value<'_> = ctx.eval("({properties: 'x'})").unwrap();
             let err = super::read_event(ctx, &v, &rules).unwrap_err();
             assert_eq!(err.to_string(), "event.properties is a string; an event's properties must be an object");
+        });
+    }
+
+    /// The read-back says where `properties` is in its text: exactly what `JSON.stringify` writes
+    /// for it, and marking the text there gives what marking it after reading the text gives.
+    #[test]
+    fn the_properties_span_is_what_stringify_writes_for_them() {
+        with_ctx(|ctx| {
+            let rules = super::Rules { team: Some(2), ..RULES };
+            let lists = (["a (1)".to_string()], ["b (2)".to_string()], ["c (3)".to_string()]);
+            for source in [
+                "({team_id: 2, properties: {a: 1, s: 'x}\"y'}, z: [1]})",
+                "({properties: {}, team_id: 2})",
+                "({event: '{\"properties\":1}', properties: null, team_id: 2})",
+                "({properties: {$plugins_failed: ['old'], n: {properties: 2}}, team_id: '3'})",
+                "({a: 1, properties: {k: undefined, 'p\u{e9}': '\u{1F600}'}, b: {properties: {}}})",
+                "({properties: {\"plugins\\u0041\": 1, deep: {x: [{}]}}, team_id: 2})",
+                "({a: 1, properties: undefined, team_id: 2})",
+                "({a: 1, team_id: 2})",
+            ] {
+                let v: rquickjs::Value<'_> = ctx.eval(source).unwrap();
+                let r = super::read_event(ctx, &v, &rules).unwrap();
+                let props: rquickjs::Value<'_> = ctx.eval(format!("({source}).properties")).unwrap();
+                let theirs = ctx.json_stringify(props).unwrap().map(|s| s.to_string().unwrap());
+                assert_eq!(r.properties.clone().map(|at| r.json[at].to_string()), theirs, "{source}");
+                let (s, f, d) = &lists;
+                let told = crate::plugin::marks::mark_event_at(&r.json, r.properties.clone(), s, f, d);
+                assert_eq!(told, crate::plugin::marks::mark_event(&r.json, s, f, d), "{source}");
+            }
         });
     }
 
