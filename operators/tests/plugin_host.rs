@@ -1539,6 +1539,14 @@ fn events_with_ever_new_keys_cannot_fill_a_plugin_heap_through_the_hosts_tables(
         let grown = p.memory_used().saturating_sub(start);
         assert!(grown < 8 << 20, "after {} events the plugin's heap grew by {grown} bytes", n + 1);
     }
+    // Keys short enough for the table of keys (at most 64 bytes), all new each time.
+    for n in 0..120 {
+        let props: serde_json::Map<String, Value> = (0..2500).map(|k| (format!("{n:06}-{k:06}-{}", "s".repeat(40)), json!(k))).collect();
+        let ev = json!({"uuid": "u", "event": "e", "team_id": 2, "properties": props});
+        p.process_event_json(&ev.to_string()).unwrap().unwrap();
+        let grown = p.memory_used().saturating_sub(start);
+        assert!(grown < 8 << 20, "after {} events of short keys the plugin's heap grew by {grown} bytes", n + 1);
+    }
     // Short keys of a few layouts are what the tables are for; they still fit.
     for n in 0..2000 {
         let ev = json!({"uuid": "u", "event": "e", "team_id": 2, "properties": {format!("k{}", n % 7): n, "a": {"b": n}}});

@@ -124,8 +124,11 @@ const MAX_SHAPES: usize = 512;
 const MAX_SHAPE_KEYS: usize = 4096;
 /// Keys of one remembered shape (a larger object is built a property at a time).
 const MAX_KEYS_PER_SHAPE: usize = 256;
-/// The longest key (in bytes) an object may have to be remembered (the builder checks).
+/// The longest key (in bytes) an object may have to be remembered (the builder checks); also
+/// the longest key the table of keys keeps.
 pub(crate) const MAX_KEY_BYTES: usize = 64;
+/// Keys a runtime keeps the atom of (see [`Shapes::key`]).
+const MAX_KEYS: usize = 512;
 
 /// Object shapes of one runtime by their list of keys: an object with keys already seen, in the
 /// same order, is made in one step with its values instead of a property at a time. Each shape
@@ -139,6 +142,8 @@ pub(crate) struct Shapes {
     by_keys: HashMap<Box<[qjs::JSAtom]>, *mut c_void, foldhash::fast::RandomState>,
     /// Keys of the shapes in `by_keys`, all together.
     shape_keys: usize,
+    /// Atoms of keys made here before, by their UTF-8 text (one reference each, ours).
+    keys: HashMap<Box<[u8]>, qjs::JSAtom, foldhash::fast::RandomState>,
     /// Room the builder lends itself between events (empty between parses).
     pub(crate) scratch: Stacks,
 }
@@ -147,7 +152,36 @@ impl Shapes {
     pub(crate) fn new(ctx: *mut qjs::JSContext) -> Shapes {
         // SAFETY: reading the runtime of a live context.
         let rt = unsafe { qjs::JS_GetRuntime(ctx) };
-        Shapes { rt, by_keys: HashMap::default(), shape_keys: 0, scratch: Default::default() }
+        Shapes { rt, by_keys: HashMap::default(), shape_keys: 0, keys: HashMap::default(), scratch: Default::default() }
+    }
+
+    /// The atom of the key `utf8` in this runtime (`ctx`), with one reference for the caller; 0
+    /// when out of memory. A key met before is found here, not hashed into QuickJS's atom table
+    /// again (the parser and the copy make every key of every event: 5% of the 3-plugin
+    /// chain's instructions were `JS_NewAtomLen`). Short keys only, at most [`MAX_KEYS`] of
+    /// them; past that the table starts again empty.
+    pub(crate) fn key(&mut self, ctx: *mut qjs::JSContext, utf8: &[u8]) -> qjs::JSAtom {
+        if let Some(&atom) = self.keys.get(utf8) {
+            // SAFETY: the table holds a reference to `atom`, an atom of this runtime.
+            return unsafe { qjs::JS_DupAtom(ctx, atom) };
+        }
+        // SAFETY: QuickJS interns a copy of the (valid UTF-8) bytes; 0 means out of memory.
+        let atom = unsafe { qjs::JS_NewAtomLen(ctx, utf8.as_ptr().cast(), utf8.len() as _) };
+        if atom != 0 && utf8.len() <= MAX_KEY_BYTES {
+            if self.keys.len() >= MAX_KEYS {
+                self.clear_keys();
+            }
+            // SAFETY: a second reference to the atom just made, kept by the table.
+            self.keys.insert(utf8.into(), unsafe { qjs::JS_DupAtom(ctx, atom) });
+        }
+        atom
+    }
+
+    fn clear_keys(&mut self) {
+        for (_, atom) in self.keys.drain() {
+            // SAFETY: every atom in the table holds one reference of ours.
+            unsafe { qjs::JS_FreeAtomRT(self.rt, atom) };
+        }
     }
 
     /// A new object of `atoms` (keys, borrowed) and `values` (taken over on `Some`) made from a
@@ -194,6 +228,7 @@ impl Shapes {
 impl Drop for Shapes {
     fn drop(&mut self) {
         self.clear();
+        self.clear_keys();
     }
 }
 
