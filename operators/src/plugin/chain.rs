@@ -110,7 +110,6 @@ pub fn run_chain(chain: &mut [&mut PluginInstance], event_json: &str, team: i64)
         return Ok(out);
     }
     let failed: Vec<String> = out.failed.iter().map(|e| format!("{} ({})", e.plugin, e.config_id)).collect();
-    let properties = properties.filter(|_| event.is_some());
     out.event = Some(super::marks::mark_event_at(text, properties, &out.succeeded, &failed, &out.deferred)?);
     Ok(out)
 }

@@ -286,11 +286,7 @@ impl Copier<'_, '_> {
             &self.utf8
         };
         self.long_keys += u64::from(utf8.len() > MAX_KEY_BYTES);
-        let made = match self.shapes.as_deref_mut() {
-            Some(shapes) => shapes.key(self.to, utf8),
-            // SAFETY: QuickJS interns a copy of the (valid UTF-8) bytes; 0 means out of memory.
-            None => unsafe { qjs::JS_NewAtomLen(self.to, utf8.as_ptr().cast(), utf8.len() as _) },
-        };
+        let made = Shapes::intern(self.shapes.as_deref_mut(), self.to, utf8);
         (made != 0).then_some(made)
     }
 }

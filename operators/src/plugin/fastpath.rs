@@ -177,6 +177,15 @@ impl Shapes {
         atom
     }
 
+    /// [`Self::key`] when there is a table, else QuickJS's own interning of `utf8`.
+    pub(crate) fn intern(shapes: Option<&mut Shapes>, ctx: *mut qjs::JSContext, utf8: &[u8]) -> qjs::JSAtom {
+        match shapes {
+            Some(shapes) => shapes.key(ctx, utf8),
+            // SAFETY: QuickJS interns a copy of the (valid UTF-8) bytes; 0 means out of memory.
+            None => unsafe { qjs::JS_NewAtomLen(ctx, utf8.as_ptr().cast(), utf8.len() as _) },
+        }
+    }
+
     fn clear_keys(&mut self) {
         for (_, atom) in self.keys.drain() {
             // SAFETY: every atom in the table holds one reference of ours.

@@ -256,14 +256,7 @@ impl Parser<'_, '_> {
         let ctx = self.ctx;
         // Out of `self` while the key (which may borrow `self`) is made.
         let mut shapes = self.shapes.take();
-        let made = self.string().map(|key| {
-            let atom = match shapes.as_deref_mut() {
-                Some(shapes) => shapes.key(ctx, key.as_bytes()),
-                // SAFETY: QuickJS interns a copy of the bytes; 0 means out of memory.
-                None => unsafe { qjs::JS_NewAtomLen(ctx, key.as_ptr().cast(), key.len() as _) },
-            };
-            (atom, key.len() > MAX_KEY_BYTES)
-        });
+        let made = self.string().map(|key| (Shapes::intern(shapes.as_deref_mut(), ctx, key.as_bytes()), key.len() > MAX_KEY_BYTES));
         self.shapes = shapes;
         let (atom, long) = made?;
         self.long_keys += u64::from(long);
