@@ -11,6 +11,9 @@
 //!   a chain hands an event from one plugin to the next) and read back there: the
 //!   realm-to-realm copy is `hand_over` − `crossing`.
 //! - `plugin_call`: one `processEvent` of a plugin that returns its input, on a tiny event.
+//! - `regexp_compile_i`: one `processEvent` that builds eight case-insensitive regular
+//!   expressions from strings (`new RegExp(word, 'i')`) and tests the event's name with each: what
+//!   a plugin that makes its patterns per event pays for compiling them.
 //! - `chain3`: one ~1 KB event through the three benchmark plugins of `benches/plugins`
 //!   (greet, screen, flatten), `$plugins_*` marks included.
 //! - `cache_get` / `cache_set`: one call on RocksDB state.
@@ -79,6 +82,19 @@ fn noop_setup() -> Loaded {
     one("noop", "function processEvent(event) { return event }\n")
 }
 
+fn regexp_setup() -> Loaded {
+    one(
+        "regexp",
+        "const words = ['bot', 'crawler', 'spider', 'headless', 'slurp', 'preview', 'monitor', 'fetch']\n\
+         function processEvent(event) {\n\
+           let n = 0\n\
+           for (const w of words) if (new RegExp(w, 'i').test(event.event)) n++\n\
+           event.properties.matched = n\n\
+           return event\n\
+         }\n",
+    )
+}
+
 fn bench_plugin(name: &str) -> PathBuf {
     workspace_root().join("benches/plugins").join(name)
 }
@@ -128,6 +144,11 @@ fn measured_hand_over(l: &mut Loaded) -> String {
 
 #[inline(never)]
 fn measured_plugin_call(l: &mut Loaded) -> Option<String> {
+    black_box(l.instances[0].process_event_json(black_box(EVENT_TINY)).expect("processed"))
+}
+
+#[inline(never)]
+fn measured_regexp_compile_i(l: &mut Loaded) -> Option<String> {
     black_box(l.instances[0].process_event_json(black_box(EVENT_TINY)).expect("processed"))
 }
 
@@ -253,6 +274,7 @@ fn main() {
         "crossing" => drop(black_box(measured_crossing(&mut crossing_setup()))),
         "hand_over" => drop(black_box(measured_hand_over(&mut hand_over_setup()))),
         "plugin_call" => drop(black_box(measured_plugin_call(&mut noop_setup()))),
+        "regexp_compile_i" => drop(black_box(measured_regexp_compile_i(&mut regexp_setup()))),
         "chain3" => drop(black_box(measured_chain3(&mut chain3_setup()))),
         "cache_get" => {
             let c = cache_setup();
@@ -275,7 +297,7 @@ fn main() {
             drop(black_box(measured_instance_create(&c)));
         }
         "list" => println!(
-            "crossing hand_over plugin_call chain3 cache_get cache_set geoip geoip_recent graph_no_plugins_1000 parse_line_1000 load_7_plugins instance_create"
+            "crossing hand_over plugin_call regexp_compile_i chain3 cache_get cache_set geoip geoip_recent graph_no_plugins_1000 parse_line_1000 load_7_plugins instance_create"
         ),
         other => {
             eprintln!("usage: instructions NAME (one of: instructions list); got '{other}'");

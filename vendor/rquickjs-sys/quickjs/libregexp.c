@@ -2519,8 +2519,6 @@ typedef struct {
     uint8_t flags;
     uint8_t set[32];
     bool is_unicode;
-    bool have_canon;
-    uint32_t canon[256]; /* lre_canonicalize of each character below 256 */
 } RESkipState;
 
 static void re_skip_add(uint8_t *set, uint32_t c)
@@ -2528,13 +2526,35 @@ static void re_skip_add(uint8_t *set, uint32_t c)
     set[c >> 3] |= 1 << (c & 7);
 }
 
-static void re_skip_canon(RESkipState *k)
+/* lre_canonicalize of each character below 256, without and with the 'u'
+   flag: computed once per process, not at every compile that folds case */
+static uint32_t re_skip_canon_table[2][256];
+
+static void re_skip_canon_init(void)
 {
-    if (!k->have_canon) {
+    for (int u = 0; u < 2; u++) {
         for (int x = 0; x < 256; x++)
-            k->canon[x] = lre_canonicalize(x, k->is_unicode);
-        k->have_canon = true;
+            re_skip_canon_table[u][x] = lre_canonicalize(x, u);
     }
+}
+
+#if JS_HAVE_THREADS
+static js_once_t re_skip_canon_once = JS_ONCE_INIT;
+#else
+static bool re_skip_canon_done;
+#endif
+
+static const uint32_t *re_skip_canon(bool is_unicode)
+{
+#if JS_HAVE_THREADS
+    js_once(&re_skip_canon_once, re_skip_canon_init);
+#else
+    if (!re_skip_canon_done) {
+        re_skip_canon_init();
+        re_skip_canon_done = true;
+    }
+#endif
+    return re_skip_canon_table[is_unicode];
 }
 
 /* Characters c <= x <= high may come first; with ignore_case, low..high
@@ -2544,10 +2564,10 @@ static void re_skip_range(RESkipState *k, uint32_t low, uint32_t high,
 {
     if (ignore_case) {
         /* a character >= 256 may fold onto anything (U+212A onto 'k') */
+        const uint32_t *canon = re_skip_canon(k->is_unicode);
         k->flags |= RE_SKIP_HIGH;
-        re_skip_canon(k);
         for (int x = 0; x < 256; x++) {
-            if (k->canon[x] >= low && k->canon[x] <= high)
+            if (canon[x] >= low && canon[x] <= high)
                 re_skip_add(k->set, x);
         }
         return;
