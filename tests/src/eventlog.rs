@@ -182,20 +182,9 @@ pub fn generate(opts: &GenOptions) -> Vec<u8> {
     out
 }
 
+/// `ms` (after 1970) as the ISO 8601 text PostHog's events carry.
 fn iso(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Days to a civil date (2024 is all we need, but the general rule is as short).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z", rem / 3600, rem % 3600 / 60, rem % 60, ms.rem_euclid(1000))
+    operators::plugin::log::format_iso(u64::try_from(ms).expect("generated instants are after 1970"))
 }
 
 fn event(rng: &mut Rng, index: usize, distinct_id: &str, team: u32, at: i64) -> Value {

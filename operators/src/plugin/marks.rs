@@ -32,19 +32,7 @@ pub(crate) fn mark_event_at(
             let top = spans(text, &["properties"]).map_err(|e| format!("cannot mark the event: {e}"))?;
             match top.found.last() {
                 Some(&(_, start, end)) => (start, end),
-                None => {
-                    // No properties: add them as the last key.
-                    let close = text.rfind('}').ok_or("cannot mark the event: it is not an object")?;
-                    let mut out = String::with_capacity(text.len() + 128);
-                    out.push_str(&text[..close]);
-                    if top.keys > 0 {
-                        out.push(',');
-                    }
-                    out.push_str("\"properties\":");
-                    out.push_str(&whole_object(&lists));
-                    out.push_str(&text[close..]);
-                    return Ok(out);
-                }
+                None => return add_properties(text, &lists, top.keys > 0),
             }
         }
     };
@@ -59,6 +47,21 @@ pub(crate) fn mark_event_at(
         return Err(format!("cannot mark the event: its properties are not an object ({raw:.40})"));
     }
     out.push_str(&text[end..]);
+    Ok(out)
+}
+
+/// The event `text` (an object with no `properties`; `more`: it has members) with a
+/// `properties` object holding the lists added as its last member.
+fn add_properties(text: &str, lists: &[String; 3], more: bool) -> Result<String, String> {
+    let close = text.rfind('}').ok_or("cannot mark the event: it is not an object")?;
+    let mut out = String::with_capacity(text.len() + 128);
+    out.push_str(&text[..close]);
+    if more {
+        out.push(',');
+    }
+    out.push_str("\"properties\":");
+    out.push_str(&whole_object(lists));
+    out.push_str(&text[close..]);
     Ok(out)
 }
 

@@ -5074,6 +5074,14 @@ static int js_string_memcmp(JSString *p1, JSString *p2, int len)
 }
 
 static bool js_string_eq(JSString *p1, JSString *p2) {
+    /* pluginflow: a runtime holds one string atom per content, so two
+       string atoms are equal exactly when they are the same atom: the
+       strings of Object.keys, typeof and literals compare without memcmp */
+    if (p1 == p2)
+        return true;
+    if (p1->atom_type == JS_ATOM_TYPE_STRING &&
+        p2->atom_type == JS_ATOM_TYPE_STRING)
+        return false;
     if (p1->len != p2->len)
         return false;
     return js_string_memcmp(p1, p2, p1->len) == 0;
