@@ -15,6 +15,14 @@ pub(crate) trait CacheSlots {
     /// between. `f` returns its result and whether the slot changed; a changed slot is stored
     /// (`None` deletes the key). When `f` fails, nothing is stored.
     fn update<R>(&self, key: &[u8], f: impl FnOnce(&mut Option<Entry>) -> Result<(R, bool)>) -> Result<R>;
+    /// Stores `entry` under `key` whatever was there (`SET`), with no other update of that key
+    /// in between. A store that can write without reading first says so here.
+    fn replace(&self, key: &[u8], entry: Entry) -> Result<()> {
+        self.update(key, |slot| {
+            *slot = Some(entry);
+            Ok(((), true))
+        })
+    }
 }
 
 /// Loads `key`, treating an expired entry as missing.
@@ -40,11 +48,9 @@ pub(crate) fn get<S: CacheSlots>(s: &S, key: &[u8]) -> Result<Option<String>> {
     live(s, key)?.map(|e| e.as_str().map(str::to_owned)).transpose()
 }
 
+/// `SET` replaces whatever was under `key`, expired or not, so the old entry is not read.
 pub(crate) fn set<S: CacheSlots>(s: &S, key: &[u8], value: &str, ttl: Option<u64>) -> Result<()> {
-    update_live(s, key, |slot, now| {
-        *slot = Some(Entry::string(value.to_owned(), expiry_for(now, ttl)));
-        Ok(((), true))
-    })
+    s.replace(key, Entry::string(value.to_owned(), expiry_for(s.now_ms(), ttl)))
 }
 
 pub(crate) fn incr<S: CacheSlots>(s: &S, key: &[u8]) -> Result<i64> {

@@ -93,6 +93,11 @@ impl CacheSlots for MemoryStore {
         }
         Ok(result)
     }
+
+    fn replace(&self, key: &[u8], entry: Entry) -> Result<()> {
+        lock(&self.cache).insert(key.to_vec(), entry);
+        Ok(())
+    }
 }
 
 impl Queues {

@@ -361,6 +361,13 @@ impl CacheSlots for RocksStore {
         }
         Ok(result)
     }
+
+    fn replace(&self, key: &[u8], entry: Entry) -> Result<()> {
+        let _guard = self.stripe(key);
+        self.db.put_cf(self.cf(CACHE)?, key, entry.encode())?;
+        self.cache_written();
+        Ok(())
+    }
 }
 
 impl StateStore for RocksStore {
