@@ -20691,8 +20691,54 @@ static JSValue JS_CallInternal(JSContext *caller_ctx, JSValueConst func_obj,
             OP_CMP(OP_gte, >=, js_relational_slow(ctx, sp, opcode));
             OP_CMP(OP_eq, ==, js_eq_slow(ctx, sp, 0));
             OP_CMP(OP_neq, !=, js_eq_slow(ctx, sp, 1));
-            OP_CMP(OP_strict_eq, ==, js_strict_eq_slow(ctx, sp, 0));
-            OP_CMP(OP_strict_neq, !=, js_strict_eq_slow(ctx, sp, 1));
+            /* pluginflow: === and !== decided in place for strings (two
+               atoms by their pointers, see js_string_eq), null, undefined,
+               booleans, objects and symbols; numbers, big integers and ropes
+               take js_strict_eq_slow as before */
+#define PF_EQ_TAG_BIT(tag) (1u << ((tag) - JS_TAG_FIRST))
+#define PF_EQ_SIMPLE (PF_EQ_TAG_BIT(JS_TAG_SYMBOL) | PF_EQ_TAG_BIT(JS_TAG_STRING) | \
+                      PF_EQ_TAG_BIT(JS_TAG_OBJECT) | PF_EQ_TAG_BIT(JS_TAG_BOOL) | \
+                      PF_EQ_TAG_BIT(JS_TAG_NULL) | PF_EQ_TAG_BIT(JS_TAG_UNDEFINED))
+#define PF_EQ_IS_SIMPLE(tag) ((unsigned)((tag) - JS_TAG_FIRST) < 32 && \
+                              (PF_EQ_SIMPLE >> ((tag) - JS_TAG_FIRST) & 1))
+#define OP_STRICT_EQ(opcode, is_neq)                                    \
+            CASE(opcode):                                               \
+                {                                                       \
+                JSValue op1 = sp[-2], op2 = sp[-1];                     \
+                int tag1, tag2;                                         \
+                bool res;                                               \
+                if (likely(JS_VALUE_IS_BOTH_INT(op1, op2))) {           \
+                    sp[-2] = js_bool((JS_VALUE_GET_INT(op1) == JS_VALUE_GET_INT(op2)) ^ is_neq); \
+                    sp--;                                               \
+                    BREAK;                                              \
+                }                                                       \
+                tag1 = JS_VALUE_GET_NORM_TAG(op1);                      \
+                tag2 = JS_VALUE_GET_NORM_TAG(op2);                      \
+                if (!PF_EQ_IS_SIMPLE(tag1) || !PF_EQ_IS_SIMPLE(tag2)) { \
+                    sf->cur_pc = pc;                                    \
+                    if (js_strict_eq_slow(ctx, sp, is_neq))             \
+                        goto exception;                                 \
+                    sp--;                                               \
+                    BREAK;                                              \
+                }                                                       \
+                if (tag1 != tag2)                                       \
+                    res = false;                                        \
+                else if (tag1 == JS_TAG_STRING)                         \
+                    res = js_string_eq(JS_VALUE_GET_STRING(op1), JS_VALUE_GET_STRING(op2)); \
+                else if (tag1 == JS_TAG_BOOL)                           \
+                    res = JS_VALUE_GET_INT(op1) == JS_VALUE_GET_INT(op2); \
+                else if (tag1 == JS_TAG_OBJECT || tag1 == JS_TAG_SYMBOL) \
+                    res = JS_VALUE_GET_PTR(op1) == JS_VALUE_GET_PTR(op2); \
+                else                                                    \
+                    res = true; /* null, undefined */                   \
+                JS_FreeValue(ctx, op1);                                 \
+                JS_FreeValue(ctx, op2);                                 \
+                sp[-2] = js_bool(res ^ is_neq);                         \
+                sp--;                                                   \
+                }                                                       \
+            BREAK
+            OP_STRICT_EQ(OP_strict_eq, 0);
+            OP_STRICT_EQ(OP_strict_neq, 1);
 
         CASE(OP_in):
             sf->cur_pc = pc;
