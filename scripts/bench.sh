@@ -652,7 +652,7 @@ if kafka:
 if inst:
     w("## Memory per plugin instance")
     w("")
-    w("One QuickJS runtime per worker; each (plugin configuration, team) pair is one context in it. Measured by "
+    w("Each (plugin configuration, team) pair is one instance with a QuickJS runtime of its own. Measured by "
       "`throughput instances`: 50 idle instances of one plugin (after `setupPlugin`), the growth of process RSS and of "
       "the QuickJS heap divided by 50.")
     w("")
