@@ -13,6 +13,12 @@
 #   scripts/bench-kafka.sh                 # 100,000 events, 3 rounds
 #   KAFKA_N=200000 ROUNDS=5 scripts/bench-kafka.sh
 #   ROWS="raw idem idemkeyed unkeyed passthrough" scripts/bench-kafka.sh   # leave the chain out
+#   TIMES=append scripts/bench-kafka.sh    # time by the broker's append timestamps (see below)
+#
+# TIMES=create (the default) times each run by its messages' create timestamps: when the
+# system handed each message to librdkafka, so what waits in a producer's queue at the end
+# counts as sent. TIMES=append makes the output topics with `message.timestamp.type =
+# LogAppendTime`: the span is then first to last message written by the broker, delivery included.
 #
 # Prints a Markdown table with each row's median and its ratio to its floor's median (the
 # idempotent raw loop without keys for unkeyed rows, with keys forwarded for keyed rows).
@@ -23,6 +29,12 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/pluginflow/target}"
 N=${KAFKA_N:-100000}
 ROUNDS=${ROUNDS:-3}
 ROWS=${ROWS:-raw idem idemkeyed unkeyed passthrough chain3}
+TIMES=${TIMES:-create}
+case $TIMES in
+    create) APPEND=() ;;
+    append) APPEND=(--append-time) ;;
+    *) echo "bench-kafka.sh: TIMES must be create or append, not '$TIMES'" >&2; exit 2 ;;
+esac
 WORK=$(mktemp -d)
 trap 'scripts/kafka.sh stop "$WORK/broker" >/dev/null 2>&1 || true; rm -rf "$WORK"' EXIT
 
@@ -40,8 +52,8 @@ source scripts/kafka-bench-config.sh
 
 row() { # tag round
     local tag=$1 r=$2 out="out-$1-$2"
-    "$BIN/kafka_bench" create --bootstrap "$KB" --topic "$out" --partitions 4
-    "$BIN/kafka_bench" create --bootstrap "$KB" --topic "$out-dead" --partitions 1
+    "$BIN/kafka_bench" create --bootstrap "$KB" --topic "$out" --partitions 4 "${APPEND[@]}"
+    "$BIN/kafka_bench" create --bootstrap "$KB" --topic "$out-dead" --partitions 1 "${APPEND[@]}"
     case $tag in
         raw) "$BIN/kafka_bench" loop --bootstrap "$KB" --input bench-in --group "raw-$r" --count "$N" --output "$out" 2>>"$WORK/log" ;;
         idem) "$BIN/kafka_bench" loop --bootstrap "$KB" --input bench-in --group "idem-$r" --count "$N" --output "$out" --idempotent 2>>"$WORK/log" ;;
@@ -60,16 +72,17 @@ for r in $(seq 1 "$ROUNDS"); do
     done
 done
 
-python3 - "$WORK" "$ROUNDS" "$N" "$(git rev-parse --short HEAD)$(git diff --quiet || echo +dirty)" "$ROWS" <<'PY'
+python3 - "$WORK" "$ROUNDS" "$N" "$(git rev-parse --short HEAD)$(git diff --quiet || echo +dirty)" "$ROWS" "$TIMES" <<'PY'
 import json, statistics, sys, glob, os
-work, rounds, n, rev, tags = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5].split()
+work, rounds, n, rev, tags, times = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5].split(), sys.argv[6]
 rows = {}
 for tag in tags:
     runs = [json.load(open(os.path.join(work, f"{tag}.{r}.json"))) for r in range(1, rounds + 1)]
     rows[tag] = (statistics.median(x["messages_per_s"] for x in runs), [x["messages_per_s"] for x in runs], [x["messages"] for x in runs])
 names = {"raw": "raw librdkafka loop, librdkafka's defaults, no key", "idem": "raw loop, idempotent producer, no key (floor)", "idemkeyed": "raw loop, idempotent producer, keys forwarded (keyed floor)", "unkeyed": "pluginflow, no plugins, unkeyed", "passthrough": "pluginflow, no plugins, keyed by distinct_id", "chain3": "pluginflow, greet+screen+flatten, keyed"}
 floors = {"raw": "idem", "idem": "idem", "idemkeyed": "idemkeyed", "unkeyed": "idem", "passthrough": "idemkeyed", "chain3": "idemkeyed"}
-print(f"Apache Kafka {os.environ.get('KAFKA_VERSION', '4.4.0')} on loopback, {n} events, {rounds} rounds, git `{rev}`, command `scripts/bench-kafka.sh`.\n")
+clock = "the broker's append timestamps" if times == "append" else "the producers' create timestamps"
+print(f"Apache Kafka {os.environ.get('KAFKA_VERSION', '4.4.0')} on loopback, {n} events, {rounds} rounds, timed by {clock}, git `{rev}`, command `scripts/bench-kafka.sh`.\n")
 print("| row | median messages/s | vs its floor | runs (messages/s) | messages out |")
 print("|---|---:|---:|---|---|")
 for tag, (median, runs, counts) in rows.items():

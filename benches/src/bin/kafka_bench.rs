@@ -3,7 +3,9 @@
 //! that times any such run by the create timestamps of its output messages.
 //!
 //! ```text
-//! kafka_bench create --bootstrap B --topic T --partitions P
+//! kafka_bench create --bootstrap B --topic T --partitions P [--append-time]
+//!     with --append-time the topic's messages carry the time the broker appended them
+//!     (`message.timestamp.type = LogAppendTime`) instead of the producer's create time.
 //! kafka_bench load   --bootstrap B --topic T --events FILE [--key-field F]
 //!     produces every line, then flushes: with no key (partitions spread by librdkafka), or
 //!     keyed by the line's top-level string field F (parsed here, before anything is timed).
@@ -15,8 +17,10 @@
 //!     idempotent, as pluginflow's is (sequence numbers, at most 5 requests in flight).
 //! kafka_bench count  --bootstrap B --topic T [--quiet-ms 3000] [--json OUT]
 //!     reads all of T (until nothing came for --quiet-ms): messages, and the span of their
-//!     create timestamps (set by the producer when the system under test sent each one):
-//!     seconds from the first message out to the last, and messages/s.
+//!     timestamps: seconds from the first message out to the last, and messages/s. Create
+//!     timestamps are set by the producer when the system under test handed each message to
+//!     librdkafka (what sits in its queue counts as sent); append timestamps (a topic made with
+//!     --append-time) when the broker wrote it, so the span covers delivery too.
 //! ```
 //!
 //! Timing by the producers' own timestamps treats every system alike and leaves out process
@@ -48,11 +52,12 @@ struct Args {
     key_field: Option<String>,
     keyed: bool,
     idempotent: bool,
+    append_time: bool,
 }
 
 fn usage(msg: &str) -> ! {
     eprintln!(
-        "kafka_bench: {msg}\nusage: kafka_bench create|load|loop|count --bootstrap HOST:PORT [--topic T] [--partitions P] [--events FILE] [--key-field F] [--input T --output T2 --group G --count N] [--keyed] [--idempotent] [--quiet-ms MS] [--json OUT]"
+        "kafka_bench: {msg}\nusage: kafka_bench create|load|loop|count --bootstrap HOST:PORT [--topic T] [--partitions P] [--append-time] [--events FILE] [--key-field F] [--input T --output T2 --group G --count N] [--keyed] [--idempotent] [--quiet-ms MS] [--json OUT]"
     );
     std::process::exit(2)
 }
@@ -77,6 +82,7 @@ fn parse_args() -> (String, Args) {
             "--key-field" => a.key_field = Some(value()),
             "--keyed" => a.keyed = true,
             "--idempotent" => a.idempotent = true,
+            "--append-time" => a.append_time = true,
             _ => usage(&format!("unknown flag {flag}")),
         }
     }
@@ -100,7 +106,10 @@ fn main() {
 fn create(a: &Args) {
     let admin: AdminClient<DefaultClientContext> =
         ClientConfig::new().set("bootstrap.servers", &a.bootstrap).create().expect("admin client");
-    let topic = NewTopic::new(&a.topic, a.partitions, TopicReplication::Fixed(1));
+    let mut topic = NewTopic::new(&a.topic, a.partitions, TopicReplication::Fixed(1));
+    if a.append_time {
+        topic = topic.set("message.timestamp.type", "LogAppendTime");
+    }
     let results = block_on(admin.create_topics([&topic], &AdminOptions::new())).expect("create_topics");
     for r in results {
         if let Err((name, code)) = r
@@ -201,7 +210,7 @@ fn count(a: &Args) {
     while quiet_since.elapsed() < Duration::from_millis(a.quiet_ms) {
         match c.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
-                let ts = m.timestamp().to_millis().expect("messages carry their create time");
+                let ts = m.timestamp().to_millis().expect("messages carry a timestamp");
                 first = first.min(ts);
                 last = last.max(ts);
                 n += 1;
