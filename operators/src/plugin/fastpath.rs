@@ -14,7 +14,7 @@
 
 #![allow(unsafe_code)] // QuickJS's C API; see each function's contract in quickjs.c.
 
-use std::collections::HashMap;
+use super::FastMap;
 use std::ffi::c_void;
 
 use rquickjs::qjs;
@@ -139,11 +139,11 @@ const MAX_KEYS: usize = 512;
 /// walk the whole table. std's SipHash was 1.8% of the 3-plugin chain's instructions.
 pub(crate) struct Shapes {
     rt: *mut qjs::JSRuntime,
-    by_keys: HashMap<Box<[qjs::JSAtom]>, *mut c_void, foldhash::fast::RandomState>,
+    by_keys: FastMap<Box<[qjs::JSAtom]>, *mut c_void>,
     /// Keys of the shapes in `by_keys`, all together.
     shape_keys: usize,
     /// Atoms of keys made here before, by their UTF-8 text (one reference each, ours).
-    keys: HashMap<Box<[u8]>, qjs::JSAtom, foldhash::fast::RandomState>,
+    keys: FastMap<Box<[u8]>, qjs::JSAtom>,
     /// Room the builder lends itself between events (empty between parses).
     pub(crate) scratch: Stacks,
 }
@@ -152,7 +152,7 @@ impl Shapes {
     pub(crate) fn new(ctx: *mut qjs::JSContext) -> Shapes {
         // SAFETY: reading the runtime of a live context.
         let rt = unsafe { qjs::JS_GetRuntime(ctx) };
-        Shapes { rt, by_keys: HashMap::default(), shape_keys: 0, keys: HashMap::default(), scratch: Default::default() }
+        Shapes { rt, by_keys: FastMap::default(), shape_keys: 0, keys: FastMap::default(), scratch: Default::default() }
     }
 
     /// The atom of the key `utf8` in this runtime (`ctx`), with one reference for the caller; 0

@@ -164,7 +164,7 @@ pub struct PluginInstance {
     label: String,
     disabled: Option<String>,
     config: Map<String, Json>,
-    latency: std::collections::HashMap<Hook, super::timing::Histogram, foldhash::fast::RandomState>,
+    latency: super::FastMap<Hook, super::timing::Histogram>,
     /// Calls that timed out or ran out of memory so far (disabled at `limits.max_timeouts`).
     timeouts: u32,
 }
@@ -262,7 +262,7 @@ impl PluginInstance {
             label: format!("{plugin} ({})", cfg.config_id),
             disabled: None,
             config: Map::new(),
-            latency: std::collections::HashMap::default(),
+            latency: super::FastMap::default(),
             timeouts: 0,
         };
         let config_json = Json::Object(config.clone()).to_string();
@@ -474,7 +474,7 @@ impl PluginInstance {
     }
 
     /// Latency of this instance's calls, per hook.
-    pub fn latency(&self) -> &std::collections::HashMap<Hook, super::timing::Histogram, foldhash::fast::RandomState> {
+    pub fn latency(&self) -> &super::FastMap<Hook, super::timing::Histogram> {
         &self.latency
     }
 

@@ -7,10 +7,8 @@
 
 use std::collections::BTreeMap;
 
-/// The worker's tables, consulted for every event (instances, chains, counts): foldhash, seeded
-/// at random per table, as the key table of `fastpath` (std's SipHash was ~1% of a chain's
-/// instructions here).
-type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+/// The worker's tables are consulted for every event (instances, chains, counts).
+use super::FastMap as HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
