@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The Kafka rows of BENCHMARKS.md, against Apache Kafka (scripts/kafka.sh) on loopback: the raw
 # librdkafka consume→produce loop as the issue names it (librdkafka's defaults, no key); the
-# floors, the same loop with pluginflow's producer setting (idempotent) — without keys, like
+# floors, the same loop with pluginflow's producer setting (idempotent) and consumer prefetch
+# (`fetch.queue.backoff.ms`) — without keys, like
 # pluginflow with `key_field = ""`, and forwarding each message's key, like pluginflow keyed by
 # `distinct_id` (the input is loaded keyed by `distinct_id`, so the loop partitions its output
 # the same way without reading the event); pluginflow passing events through unkeyed and keyed,
@@ -14,6 +15,9 @@
 #   KAFKA_N=200000 ROUNDS=5 scripts/bench-kafka.sh
 #   ROWS="raw idem idemkeyed unkeyed passthrough" scripts/bench-kafka.sh   # leave the chain out
 #   TIMES=append scripts/bench-kafka.sh    # time by the broker's append timestamps (see below)
+#   BASE_BIN=/tmp/pluginflow-before ROWS="idem unkeyed baseunkeyed" scripts/bench-kafka.sh
+#                                          # a change's before and after in one run: the rows
+#                                          # baseunkeyed and basepassthrough run BASE_BIN
 #
 # TIMES=create (the default) times each run by its messages' create timestamps: when the
 # system handed each message to librdkafka, so what waits in a producer's queue at the end
@@ -56,11 +60,14 @@ row() { # tag round
     "$BIN/kafka_bench" create --bootstrap "$KB" --topic "$out-dead" --partitions 1 "${APPEND[@]}"
     case $tag in
         raw) "$BIN/kafka_bench" loop --bootstrap "$KB" --input bench-in --group "raw-$r" --count "$N" --output "$out" 2>>"$WORK/log" ;;
-        idem) "$BIN/kafka_bench" loop --bootstrap "$KB" --input bench-in --group "idem-$r" --count "$N" --output "$out" --idempotent 2>>"$WORK/log" ;;
-        idemkeyed) "$BIN/kafka_bench" loop --bootstrap "$KB" --input bench-in --group "idemk-$r" --count "$N" --output "$out" --idempotent --keyed 2>>"$WORK/log" ;;
+        idem) "$BIN/kafka_bench" loop --bootstrap "$KB" --input bench-in --group "idem-$r" --count "$N" --output "$out" --idempotent --prefetch 2>>"$WORK/log" ;;
+        idemkeyed) "$BIN/kafka_bench" loop --bootstrap "$KB" --input bench-in --group "idemk-$r" --count "$N" --output "$out" --idempotent --keyed --prefetch 2>>"$WORK/log" ;;
         passthrough) "$BIN/pluginflow" run --no-progress -w 1 "$(pipeline_config "pf-$r" bench-in "$out" distinct_id)" 2>>"$WORK/log" ;;
         unkeyed) "$BIN/pluginflow" run --no-progress -w 1 "$(pipeline_config "pfu-$r" bench-in "$out" "")" 2>>"$WORK/log" ;;
+        baseunkeyed) "${BASE_BIN:?baseunkeyed needs BASE_BIN}" run --no-progress -w 1 "$(pipeline_config "bpfu-$r" bench-in "$out" "")" 2>>"$WORK/log" ;;
+        basepassthrough) "${BASE_BIN:?basepassthrough needs BASE_BIN}" run --no-progress -w 1 "$(pipeline_config "bpf-$r" bench-in "$out" distinct_id)" 2>>"$WORK/log" ;;
         chain3) "$BIN/pluginflow" run --no-progress -w 1 "$(pipeline_config "chain-$r" bench-in "$out" distinct_id "$ROOT/benches/plugins/greet" "$ROOT/benches/plugins/screen" "$ROOT/benches/plugins/flatten")" 2>>"$WORK/log" ;;
+        *) echo "bench-kafka.sh: unknown row '$tag'" >&2; exit 2 ;;
     esac
     "$BIN/kafka_bench" count --bootstrap "$KB" --topic "$out" --quiet-ms 3000 --json "$WORK/$tag.$r.json" >/dev/null
     echo "bench-kafka: $tag round $r: $(cat "$WORK/$tag.$r.json")" >&2
@@ -79,8 +86,8 @@ rows = {}
 for tag in tags:
     runs = [json.load(open(os.path.join(work, f"{tag}.{r}.json"))) for r in range(1, rounds + 1)]
     rows[tag] = (statistics.median(x["messages_per_s"] for x in runs), [x["messages_per_s"] for x in runs], [x["messages"] for x in runs])
-names = {"raw": "raw librdkafka loop, librdkafka's defaults, no key", "idem": "raw loop, idempotent producer, no key (floor)", "idemkeyed": "raw loop, idempotent producer, keys forwarded (keyed floor)", "unkeyed": "pluginflow, no plugins, unkeyed", "passthrough": "pluginflow, no plugins, keyed by distinct_id", "chain3": "pluginflow, greet+screen+flatten, keyed"}
-floors = {"raw": "idem", "idem": "idem", "idemkeyed": "idemkeyed", "unkeyed": "idem", "passthrough": "idemkeyed", "chain3": "idemkeyed"}
+names = {"baseunkeyed": "BASE_BIN, no plugins, unkeyed", "basepassthrough": "BASE_BIN, no plugins, keyed by distinct_id", "raw": "raw librdkafka loop, librdkafka's defaults, no key", "idem": "raw loop, idempotent producer, pluginflow's prefetch, no key (floor)", "idemkeyed": "raw loop, idempotent producer, pluginflow's prefetch, keys forwarded (keyed floor)", "unkeyed": "pluginflow, no plugins, unkeyed", "passthrough": "pluginflow, no plugins, keyed by distinct_id", "chain3": "pluginflow, greet+screen+flatten, keyed"}
+floors = {"baseunkeyed": "idem", "basepassthrough": "idemkeyed", "raw": "idem", "idem": "idem", "idemkeyed": "idemkeyed", "unkeyed": "idem", "passthrough": "idemkeyed", "chain3": "idemkeyed"}
 clock = "the broker's append timestamps" if times == "append" else "the producers' create timestamps"
 print(f"Apache Kafka {os.environ.get('KAFKA_VERSION', '4.4.0')} on loopback, {n} events, {rounds} rounds, timed by {clock}, git `{rev}`, command `scripts/bench-kafka.sh`.\n")
 print("| row | median messages/s | vs its floor | runs (messages/s) | messages out |")

@@ -9,12 +9,14 @@
 //! kafka_bench load   --bootstrap B --topic T --events FILE [--key-field F]
 //!     produces every line, then flushes: with no key (partitions spread by librdkafka), or
 //!     keyed by the line's top-level string field F (parsed here, before anything is timed).
-//! kafka_bench loop   --bootstrap B --input T --output T2 --group G --count N [--keyed] [--idempotent]
+//! kafka_bench loop   --bootstrap B --input T --output T2 --group G --count N [--keyed] [--idempotent] [--prefetch]
 //!     the floor: one BaseConsumer in group G, each message's payload produced unchanged to
 //!     T2 (offsets auto-committed), until N messages were consumed and delivered; with
 //!     --keyed each message keeps its input key (the floor for a run that keys its output by
 //!     the same field, without reading the event to find it); with --idempotent its producer is
-//!     idempotent, as pluginflow's is (sequence numbers, at most 5 requests in flight).
+//!     idempotent, as pluginflow's is (sequence numbers, at most 5 requests in flight); with
+//!     --prefetch its consumer prefetches as pluginflow's does (`fetch.queue.backoff.ms` = 20,
+//!     pipeline/src/kafka/config.rs; librdkafka's default is a second).
 //! kafka_bench count  --bootstrap B --topic T [--quiet-ms 3000] [--json OUT]
 //!     reads all of T (until nothing came for --quiet-ms): messages, and the span of their
 //!     timestamps: seconds from the first message out to the last, and messages/s. Create
@@ -52,12 +54,13 @@ struct Args {
     key_field: Option<String>,
     keyed: bool,
     idempotent: bool,
+    prefetch: bool,
     append_time: bool,
 }
 
 fn usage(msg: &str) -> ! {
     eprintln!(
-        "kafka_bench: {msg}\nusage: kafka_bench create|load|loop|count --bootstrap HOST:PORT [--topic T] [--partitions P] [--append-time] [--events FILE] [--key-field F] [--input T --output T2 --group G --count N] [--keyed] [--idempotent] [--quiet-ms MS] [--json OUT]"
+        "kafka_bench: {msg}\nusage: kafka_bench create|load|loop|count --bootstrap HOST:PORT [--topic T] [--partitions P] [--append-time] [--events FILE] [--key-field F] [--input T --output T2 --group G --count N] [--keyed] [--idempotent] [--prefetch] [--quiet-ms MS] [--json OUT]"
     );
     std::process::exit(2)
 }
@@ -82,6 +85,7 @@ fn parse_args() -> (String, Args) {
             "--key-field" => a.key_field = Some(value()),
             "--keyed" => a.keyed = true,
             "--idempotent" => a.idempotent = true,
+            "--prefetch" => a.prefetch = true,
             "--append-time" => a.append_time = true,
             _ => usage(&format!("unknown flag {flag}")),
         }
@@ -166,12 +170,12 @@ fn load(a: &Args) {
 }
 
 fn raw_loop(a: &Args) {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &a.bootstrap)
-        .set("group.id", &a.group)
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .expect("consumer");
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &a.bootstrap).set("group.id", &a.group).set("auto.offset.reset", "earliest");
+    if a.prefetch {
+        config.set("fetch.queue.backoff.ms", "20");
+    }
+    let consumer: BaseConsumer = config.create().expect("consumer");
     consumer.subscribe(&[&a.input]).expect("subscribe");
     let p = producer(&a.bootstrap, a.idempotent);
     let mut n = 0u64;

@@ -1,6 +1,12 @@
 //! One worker's producer, shared (`Rc`) by the worker's Kafka sinks and its source, because the
-//! source decides when outputs count as done: it flushes the producer before committing offsets
-//! (at-least-once) or puts outputs and offsets in one transaction (exactly-once).
+//! source decides when outputs count as done: it commits an epoch's offsets once every record
+//! sent for it and for the epochs before it is acknowledged (at-least-once), or puts outputs and
+//! offsets in one transaction (exactly-once).
+//!
+//! At-least-once, each record carries its epoch as its delivery opaque; the producer's thread
+//! counts acknowledgements per epoch ([`DeliveryContext`]), so the source learns which epochs are
+//! fully delivered without waiting for the records still in flight (a flush stops the worker
+//! for broker round trips while the next epochs could be read and sent).
 //!
 //! Retries are librdkafka's: a produce request that fails with a retriable error is retried
 //! inside librdkafka (idempotently, so without duplicates or reordering) until
@@ -41,22 +47,28 @@ struct Pending {
     headers: Vec<(&'static str, String)>,
 }
 
-/// Counts deliveries and keeps the first permanent failure.
+/// Counts deliveries, per epoch those still unacknowledged (at-least-once), and keeps the first
+/// permanent failure.
 #[derive(Default)]
 pub struct DeliveryContext {
     failed: Mutex<Option<String>>,
     delivered: AtomicU64,
+    /// At-least-once: records sent and not yet acknowledged, by epoch (no entry: none). A
+    /// record whose delivery failed is never taken off: its epoch is never acknowledged.
+    unacked: Mutex<BTreeMap<u64, u64>>,
 }
 
 impl ClientContext for DeliveryContext {}
 
 impl ProducerContext for DeliveryContext {
-    type DeliveryOpaque = ();
+    /// The record's epoch (at-least-once; 0 and not counted in exactly-once mode).
+    type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+    fn delivery(&self, result: &DeliveryResult<'_>, epoch: usize) {
         match result {
             Ok(_) => {
                 self.delivered.fetch_add(1, Ordering::Relaxed);
+                self.acknowledged(epoch as u64);
             }
             // Records purged by our own abort of a transaction: their epochs are read again.
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::PurgeQueue | RDKafkaErrorCode::PurgeInflight), _)) => {}
@@ -69,6 +81,30 @@ impl ProducerContext for DeliveryContext {
 }
 
 impl DeliveryContext {
+    /// Notes `n` records of `epoch` about to be sent (before they are: an acknowledgement may
+    /// come at once).
+    fn sending(&self, epoch: u64, n: u64) {
+        if n > 0 {
+            *lock(&self.unacked).entry(epoch).or_default() += n;
+        }
+    }
+
+    /// One record of `epoch` is acknowledged.
+    fn acknowledged(&self, epoch: u64) {
+        let mut unacked = lock(&self.unacked);
+        if let Some(n) = unacked.get_mut(&epoch) {
+            *n -= 1;
+            if *n == 0 {
+                unacked.remove(&epoch);
+            }
+        }
+    }
+
+    /// Every record sent for an epoch below this one is acknowledged.
+    fn acknowledged_below(&self) -> u64 {
+        lock(&self.unacked).keys().next().copied().unwrap_or(u64::MAX)
+    }
+
     fn check(&self) -> anyhow::Result<()> {
         match lock(&self.failed).clone() {
             Some(e) => Err(anyhow!(e)),
@@ -143,7 +179,10 @@ impl WorkerProducer {
         headers: &[(&'static str, String)],
     ) -> anyhow::Result<()> {
         match self.delivery {
-            Delivery::AtLeastOnce => produce(&self.producer, topic, key, value, headers),
+            Delivery::AtLeastOnce => {
+                self.producer.context().sending(epoch, 1);
+                produce(&self.producer, topic, key, value, headers, epoch as usize)
+            }
             Delivery::ExactlyOnce if epoch < self.discard_below => Ok(()),
             Delivery::ExactlyOnce => {
                 let pending =
@@ -152,6 +191,12 @@ impl WorkerProducer {
                 Ok(())
             }
         }
+    }
+
+    /// At-least-once: every record sent for an epoch below this one is acknowledged (`u64::MAX`
+    /// when none waits). Exactly-once: `u64::MAX` (records leave with their transaction).
+    pub fn acknowledged_below(&self) -> u64 {
+        self.producer.context().acknowledged_below()
     }
 
     /// Waits until every record sent so far is acknowledged (at-least-once); fails on a
@@ -250,7 +295,7 @@ impl WorkerProducer {
         group: &ConsumerGroupMetadata,
     ) -> anyhow::Result<()> {
         for p in ready.into_values().flatten() {
-            produce(&self.producer, &p.topic, p.key.as_deref(), &p.value, &p.headers)?;
+            produce(&self.producer, &p.topic, p.key.as_deref(), &p.value, &p.headers, 0)?;
         }
         if offsets.count() > 0 {
             retry_txn("send_offsets_to_transaction", || self.producer.send_offsets_to_transaction(offsets, group, TXN_TIMEOUT))?;
@@ -259,26 +304,23 @@ impl WorkerProducer {
         self.producer.context().check()
     }
 
-    /// Messages sent and not yet acknowledged (or failed).
-    pub fn in_flight(&self) -> i32 {
-        self.producer.in_flight_count()
-    }
-
     /// Messages acknowledged so far.
     pub fn delivered(&self) -> u64 {
         self.producer.context().delivered.load(Ordering::Relaxed)
     }
 }
 
-/// Produces one record, waiting while librdkafka's queue is full (backpressure, not failure).
-pub fn produce<C: ProducerContext<DeliveryOpaque = ()> + 'static>(
+/// Produces one record, waiting while librdkafka's queue is full (backpressure, not failure);
+/// `opaque` comes back with its delivery report.
+pub fn produce<C: ProducerContext + 'static>(
     producer: &ThreadedProducer<C>,
     topic: &str,
     key: Option<&str>,
     value: &str,
     headers: &[(&'static str, String)],
+    opaque: C::DeliveryOpaque,
 ) -> anyhow::Result<()> {
-    let mut record = BaseRecord::<str, str>::to(topic).payload(value);
+    let mut record = BaseRecord::<str, str, C::DeliveryOpaque>::with_opaque_to(topic, opaque).payload(value);
     if let Some(k) = key {
         record = record.key(k);
     }
@@ -312,4 +354,30 @@ fn retry_txn(what: &str, mut call: impl FnMut() -> Result<(), KafkaError>) -> an
         }
     }
     unreachable!("the last attempt returns")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_epoch_counts_as_acknowledged_once_it_and_every_earlier_one_are() {
+        let d = DeliveryContext::default();
+        assert_eq!(d.acknowledged_below(), u64::MAX, "nothing sent, nothing waits");
+        d.sending(3, 2);
+        d.sending(5, 1);
+        d.sending(7, 0);
+        assert_eq!(d.acknowledged_below(), 3);
+        // Acknowledgements come in any order across partitions: a later epoch done first
+        // does not count while an earlier one waits.
+        d.acknowledged(5);
+        assert_eq!(d.acknowledged_below(), 3);
+        d.acknowledged(3);
+        assert_eq!(d.acknowledged_below(), 3, "one record of epoch 3 still waits");
+        d.acknowledged(3);
+        assert_eq!(d.acknowledged_below(), u64::MAX);
+        // A record of an epoch that is not counted (exactly-once) changes nothing.
+        d.acknowledged(0);
+        assert_eq!(d.acknowledged_below(), u64::MAX);
+    }
 }

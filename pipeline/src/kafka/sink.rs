@@ -100,7 +100,7 @@ impl KafkaLogSink {
 impl LogSink for KafkaLogSink {
     fn log(&self, entry: LogEntry) {
         let value = entry.to_json().to_string();
-        if let Err(e) = produce(&self.producer, &self.topic, Some(&entry.config_id), &value, &[]) {
+        if let Err(e) = produce(&self.producer, &self.topic, Some(&entry.config_id), &value, &[], ()) {
             // Logging must not stop the pipeline: the entry goes to our own log instead.
             tracing::warn!(topic = %self.topic, error = %format!("{e:#}"), entry = %value, "plugin log entry not sent to Kafka");
         }

@@ -4,16 +4,18 @@
 //!
 //! ```text
 //!  poll(epoch)  ──► ledger[epoch] = {partition: highest offset + 1}
-//!  complete(F)  ──► ready ∪= ledger[e] for e < F
+//!  complete(F)  ──► at-least-once: ready ∪= ledger[e] for e < min(F, A), A = first epoch with
+//!                                  an output not yet acknowledged (producer.rs)
+//!                   exactly-once:  ready ∪= ledger[e] for e < F
 //!                   every commit_interval_ms (and at the end):
-//!                     at-least-once: once no output is in flight (or, when put off for
-//!                                    10 intervals, after a flush) → commit ready offsets
+//!                     at-least-once: commit ready offsets (the last commit flushes first)
 //!                     exactly-once:  one transaction: outputs of epochs < F + ready offsets
 //! ```
 //!
 //! IMPORTANT: offsets of an epoch are committed only after the worker loop reports the epoch
 //! complete, i.e. the output probe has passed it, and (at-least-once) after the producer has
-//! every output acknowledged. A crash before that replays the epoch.
+//! every output of it and of the epochs before it acknowledged. A crash before that replays the
+//! epoch.
 //!
 //! Rebalances (eager protocol) revoke every partition at once. The revoke callback runs inside
 //! `consumer.poll`, on this thread, so it only records the event; `poll` then applies it before
@@ -548,31 +550,38 @@ impl KafkaSource {
             .collect()
     }
 
-    /// Commits what is complete; false when an at-least-once commit was put off (see
-    /// [`Self::commit_offsets`]).
-    fn commit(&mut self, frontier: u64) -> anyhow::Result<bool> {
+    /// Moves the epochs before `frontier` whose outputs are all acknowledged (at-least-once;
+    /// exactly-once: all of them) into the ledger's ready set.
+    fn advance(&mut self, frontier: u64) {
+        let acknowledged = self.producer.borrow().acknowledged_below();
+        self.ledger.complete(frontier.min(acknowledged));
+    }
+
+    /// Commits what is complete (everything below `frontier` for the last commit).
+    fn commit(&mut self, frontier: u64) -> anyhow::Result<()> {
         match self.delivery {
-            Delivery::AtLeastOnce => self.commit_offsets(frontier == u64::MAX),
-            Delivery::ExactlyOnce => self.commit_transaction(frontier, frontier == u64::MAX).map(|_| true),
+            Delivery::AtLeastOnce => self.commit_offsets(frontier, frontier == u64::MAX),
+            Delivery::ExactlyOnce => self.commit_transaction(frontier, frontier == u64::MAX).map(|_| ()),
         }
     }
 
-    /// Outputs first: an offset may only be committed once its epoch's records are acked.
-    /// Waiting for acks (a flush) stalls the worker for broker round trips — measured at up to
-    /// 100 ms a time on tansu, which every 200 ms cut passthrough throughput by two thirds — so
-    /// a periodic commit goes ahead only when no output is in flight, and is put off otherwise;
-    /// once commits have been put off for [`OVERDUE`] × the interval, and at the end, it
-    /// flushes and commits regardless.
-    fn commit_offsets(&mut self, last: bool) -> anyhow::Result<bool> {
+    /// Outputs first: an offset may only be committed once the records of its epoch and of
+    /// every epoch before it are acknowledged ([`Self::advance`]). A periodic commit takes what
+    /// is acknowledged by then and does not wait for the rest: waiting (a flush) stopped the
+    /// worker for broker round trips while it could have read and sent the next epochs —
+    /// measured as the passthrough's largest wait. The `last` one (the end of the run, or of a
+    /// released input) flushes first, so that everything below `frontier` is committed.
+    fn commit_offsets(&mut self, frontier: u64, last: bool) -> anyhow::Result<()> {
+        if last {
+            self.producer.borrow_mut().flush()?;
+        }
+        self.advance(frontier);
+        // A failed delivery stops the run here, before any offset is committed (its epoch
+        // never counts as acknowledged either).
+        self.producer.borrow().check()?;
         if self.ledger.ready().is_empty() {
-            return Ok(true);
+            return Ok(());
         }
-        let overdue = self.last_commit.elapsed() >= self.commit_interval * OVERDUE;
-        if !last && !overdue && self.producer.borrow().in_flight() > 0 {
-            return Ok(false);
-        }
-        // Nothing in flight: returns at once, after checking for failed deliveries.
-        self.producer.borrow_mut().flush()?;
         let tpl = self.ledger.ready_list(&self.topic);
         match self.consumer.commit(&tpl, CommitMode::Sync) {
             Ok(()) => {
@@ -584,7 +593,7 @@ impl KafkaSource {
             // replays them (at-least-once).
             Err(e) => tracing::warn!(worker = self.worker, topic = %self.topic, error = %e, "offset commit failed; will retry"),
         }
-        Ok(true)
+        Ok(())
     }
 
     /// Commits the outputs of epochs before `frontier` with the ready offsets; false when the
@@ -689,13 +698,12 @@ impl EventSource for KafkaSource {
     }
 
     fn complete(&mut self, frontier: u64) -> anyhow::Result<()> {
-        self.ledger.complete(frontier);
+        self.advance(frontier);
         if frontier != u64::MAX && self.last_commit.elapsed() < self.commit_interval {
             return Ok(());
         }
-        if self.commit(frontier)? {
-            self.last_commit = Instant::now();
-        }
+        self.commit(frontier)?;
+        self.last_commit = Instant::now();
         Ok(())
     }
 
@@ -703,7 +711,7 @@ impl EventSource for KafkaSource {
         if self.left {
             return Ok(Release::Done);
         }
-        self.ledger.complete(frontier);
+        self.advance(frontier);
         let since = *self.exhausted_since.get_or_insert_with(Instant::now);
         if !self.ledger.all_complete() {
             // Not polling holds up a rebalance (a member joining waits for this worker), but
@@ -732,7 +740,7 @@ impl EventSource for KafkaSource {
             // A failed commit keeps its offsets ready: try again rather than leave them to the
             // next owner to read twice.
             Delivery::AtLeastOnce => {
-                self.commit_offsets(true)?;
+                self.commit_offsets(frontier, true)?;
                 if !self.ledger.is_empty() {
                     return Ok(Release::Waiting);
                 }
@@ -760,9 +768,6 @@ fn session_timeout(config: &rdkafka::ClientConfig) -> Duration {
 /// How long an exhausted worker waits for its epochs to complete before it serves its consumer
 /// again (see [`EventSource::release`]).
 const SERVE_AFTER: Duration = Duration::from_secs(10);
-
-/// After this many commit intervals without a commit, an at-least-once commit waits for acks.
-const OVERDUE: u32 = 10;
 
 /// How long closing waits for the group to take the partitions back.
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -1,0 +1,150 @@
+//! At-least-once, a committed input offset promises that the outputs of every record before it
+//! are in the output topic: the pipeline commits without waiting for the records still in
+//! flight, so it must know which epochs are fully acknowledged. Here the producer lingers a
+//! second before sending (`linger.ms`), far longer than the commit interval, so a pipeline that
+//! committed an epoch once the graph was done with it (not once its outputs were acknowledged)
+//! would commit offsets whose outputs are not written yet. While the pipeline runs, the test
+//! reads the group's committed offsets, then the output topic, and checks that every input
+//! record below a committed offset has its output there.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+
+use pluginflow_tests::broker::{
+    Broker, Isolation, Topics, committed_offsets, consume_all, kafka_config, log_tail, pacing_plugin, produce_lines, spawn_pipeline, uuids,
+};
+use pluginflow_tests::gen_events;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+const EVENTS: usize = 8_000;
+const PARTITIONS: i32 = 4;
+
+#[test]
+fn committed_offsets_never_run_ahead_of_acknowledged_outputs() {
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("events.jsonl");
+    gen_events(&input, EVENTS, 31, &[]);
+    let broker = Broker::start();
+    let topics = Topics::named("order");
+    topics.create(&broker.bootstrap(), PARTITIONS);
+    assert_eq!(produce_lines(&broker.bootstrap(), &topics.input, PARTITIONS, &input), EVENTS);
+    // The uuid of every input record, by (partition, offset).
+    let inputs: BTreeMap<(i32, i64), String> = consume_all(&broker.bootstrap(), &topics.input, Isolation::ReadUncommitted)
+        .into_iter()
+        .map(|r| ((r.partition, r.offset), uuids([r.value.as_str()]).pop().expect("every input has a uuid")))
+        .collect();
+    assert_eq!(inputs.len(), EVENTS);
+
+    // Paced (half a millisecond per event) so that the run lasts a few seconds of commits.
+    let kafka = "stop_after_idle_ms = 3000\n[kafka.producer]\n\"linger.ms\" = \"1000\"\n";
+    let config = kafka_config(dir.path(), &broker.bootstrap(), "order", &topics, kafka, &pacing_plugin(dir.path()));
+    let log = dir.path().join("pluginflow.log");
+    let mut child = spawn_pipeline(&config, 2, &log);
+    let mut output = Output::open(&broker.bootstrap(), &topics.output);
+
+    // Samples while the run goes on: committed offsets first, then the outputs up to the end
+    // of each partition as it is right after (they only grow), read by one consumer that goes
+    // on where it stopped, so that a sample takes milliseconds, not the second of linger it
+    // must catch.
+    let (mut samples, mut checked) = (0, 0usize);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the run did not end; log tail:\n{}", log_tail(&log, 30));
+        let committed = committed_offsets(&broker.bootstrap(), "order", &topics.input, PARTITIONS);
+        if committed.is_empty() {
+            continue;
+        }
+        output.read_to_end();
+        let written = &output.uuids;
+        let below: Vec<&String> =
+            inputs.iter().filter(|((p, o), _)| committed.get(p).is_some_and(|c| o < c)).map(|(_, uuid)| uuid).collect();
+        let missing = below.iter().filter(|u| !written.contains(**u)).count();
+        assert_eq!(
+            missing,
+            0,
+            "committed offsets {committed:?} cover {} input records, {missing} of them without their output ({} outputs written)",
+            below.len(),
+            written.len()
+        );
+        if !below.is_empty() && below.len() < EVENTS {
+            samples += 1;
+            checked += below.len();
+        }
+    };
+    assert!(status.success(), "pluginflow failed; log tail:\n{}", log_tail(&log, 40));
+    // The check must have seen the run in the middle, several times, or it proved nothing.
+    println!("{samples} samples taken mid-run, {checked} committed records checked in all");
+    assert!(samples >= 3, "only {samples} samples with commits mid-run");
+
+    let end = committed_offsets(&broker.bootstrap(), "order", &topics.input, PARTITIONS);
+    let ends: BTreeMap<i32, i64> = inputs.keys().fold(BTreeMap::new(), |mut m, &(p, o)| {
+        m.insert(p, m.get(&p).copied().unwrap_or(0).max(o + 1));
+        m
+    });
+    assert_eq!(end, ends, "at the end every partition is committed at its end");
+    let out: HashSet<String> =
+        uuids(consume_all(&broker.bootstrap(), &topics.output, Isolation::ReadUncommitted).iter().map(|r| r.value.as_str()))
+            .into_iter()
+            .collect();
+    assert!(inputs.values().all(|u| out.contains(u)), "every input has its output");
+    println!("commit order test took {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// The output topic read as it grows: one consumer over every partition.
+struct Output {
+    consumer: BaseConsumer,
+    topic: String,
+    partitions: Vec<i32>,
+    /// Next offset to read, by partition.
+    next: BTreeMap<i32, i64>,
+    uuids: HashSet<String>,
+}
+
+impl Output {
+    fn open(bootstrap: &str, topic: &str) -> Self {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", "pluginflow-test-order-reader")
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "10")
+            .create()
+            .expect("consumer");
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+        let partitions: Vec<i32> = metadata.topics()[0].partitions().iter().map(|p| p.id()).collect();
+        let mut tpl = TopicPartitionList::new();
+        for &p in &partitions {
+            tpl.add_partition_offset(topic, p, Offset::Beginning).expect("offset");
+        }
+        consumer.assign(&tpl).expect("assign");
+        let next = partitions.iter().map(|&p| (p, 0)).collect();
+        Self { consumer, topic: topic.to_string(), partitions, next, uuids: HashSet::new() }
+    }
+
+    /// Reads every partition up to its high watermark as it is now (records below it are
+    /// acknowledged).
+    fn read_to_end(&mut self) {
+        let ends: BTreeMap<i32, i64> = self
+            .partitions
+            .iter()
+            .map(|&p| (p, self.consumer.fetch_watermarks(&self.topic, p, Duration::from_secs(10)).expect("watermarks").1))
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while ends.iter().any(|(p, end)| self.next[p] < *end) {
+            assert!(Instant::now() < deadline, "reading {} did not reach {ends:?}", self.topic);
+            match self.consumer.poll(Duration::from_millis(100)) {
+                None => {}
+                Some(Err(e)) => panic!("consume error: {e}"),
+                Some(Ok(m)) => {
+                    self.next.insert(m.partition(), m.offset() + 1);
+                    let value = String::from_utf8_lossy(m.payload().unwrap_or_default());
+                    self.uuids.extend(uuids([value.as_ref()]));
+                }
+            }
+        }
+    }
+}
