@@ -344,7 +344,7 @@ mod tests {
                     x ^= x << 13;
                     x ^= x >> 7;
                     x ^= x << 17;
-                    if x % 13 == 0 { alphabet[(x >> 8) as usize % 10] } else { alphabet[10 + (x >> 8) as usize % 6] }
+                    if x.is_multiple_of(13) { alphabet[(x >> 8) as usize % 10] } else { alphabet[10 + (x >> 8) as usize % 6] }
                 })
                 .collect();
             let first = text.iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20);
