@@ -24,8 +24,9 @@
 # counts as sent. TIMES=append makes the output topics with `message.timestamp.type =
 # LogAppendTime`: the span is then first to last message written by the broker, delivery included.
 #
-# Prints a Markdown table with each row's median and its ratio to its floor's median (the
-# idempotent raw loop without keys for unkeyed rows, with keys forwarded for keyed rows).
+# Prints a Markdown table with each row's median, its ratio to its floor's median (the
+# idempotent raw loop without keys for unkeyed rows, with keys forwarded for keyed rows), and
+# the median of its per-round ratios to that floor (rows of one round run back to back).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -90,9 +91,13 @@ names = {"baseunkeyed": "BASE_BIN, no plugins, unkeyed", "basepassthrough": "BAS
 floors = {"baseunkeyed": "idem", "basepassthrough": "idemkeyed", "raw": "idem", "idem": "idem", "idemkeyed": "idemkeyed", "unkeyed": "idem", "passthrough": "idemkeyed", "chain3": "idemkeyed"}
 clock = "the broker's append timestamps" if times == "append" else "the producers' create timestamps"
 print(f"Apache Kafka {os.environ.get('KAFKA_VERSION', '4.4.0')} on loopback, {n} events, {rounds} rounds, timed by {clock}, git `{rev}`, command `scripts/bench-kafka.sh`.\n")
-print("| row | median messages/s | vs its floor | runs (messages/s) | messages out |")
-print("|---|---:|---:|---|---|")
+print("| row | median messages/s | vs its floor | per round vs its floor, median | runs (messages/s) | messages out |")
+print("|---|---:|---:|---:|---|---|")
 for tag, (median, runs, counts) in rows.items():
     floor = f"{median / rows[floors[tag]][0]:.2f}×" if floors[tag] in rows else "–"
-    print(f"| {names[tag]} | {median:,.0f} | {floor} | {', '.join(f'{x:,.0f}' for x in runs)} | {', '.join(map(str, sorted(set(counts))))} |")
+    # Each round runs every row once, one after another: a row against its floor in the same
+    # round sees the same machine, so the median of those ratios moves less than the ratio of
+    # medians when the machine's load drifts.
+    paired = f"{statistics.median(x / f for x, f in zip(runs, rows[floors[tag]][1])):.2f}×" if floors[tag] in rows else "–"
+    print(f"| {names[tag]} | {median:,.0f} | {floor} | {paired} | {', '.join(f'{x:,.0f}' for x in runs)} | {', '.join(map(str, sorted(set(counts))))} |")
 PY

@@ -552,9 +552,14 @@ impl KafkaSource {
 
     /// Moves the epochs before `frontier` whose outputs are all acknowledged (at-least-once;
     /// exactly-once: all of them) into the ledger's ready set.
-    fn advance(&mut self, frontier: u64) {
-        let acknowledged = self.producer.borrow().acknowledged_below();
-        self.ledger.complete(frontier.min(acknowledged));
+    ///
+    /// Fails once a delivery failed for good: its epoch never counts as acknowledged, so
+    /// nothing after it would be committed and an exhausted input would wait for it for ever.
+    fn advance(&mut self, frontier: u64) -> anyhow::Result<()> {
+        let producer = self.producer.borrow();
+        producer.check()?;
+        self.ledger.complete(frontier.min(producer.acknowledged_below()));
+        Ok(())
     }
 
     /// Commits what is complete (everything below `frontier` for the last commit).
@@ -575,10 +580,7 @@ impl KafkaSource {
         if last {
             self.producer.borrow_mut().flush()?;
         }
-        self.advance(frontier);
-        // A failed delivery stops the run here, before any offset is committed (its epoch
-        // never counts as acknowledged either).
-        self.producer.borrow().check()?;
+        self.advance(frontier)?;
         if self.ledger.ready().is_empty() {
             return Ok(());
         }
@@ -698,7 +700,7 @@ impl EventSource for KafkaSource {
     }
 
     fn complete(&mut self, frontier: u64) -> anyhow::Result<()> {
-        self.advance(frontier);
+        self.advance(frontier)?;
         if frontier != u64::MAX && self.last_commit.elapsed() < self.commit_interval {
             return Ok(());
         }
@@ -711,7 +713,7 @@ impl EventSource for KafkaSource {
         if self.left {
             return Ok(Release::Done);
         }
-        self.advance(frontier);
+        self.advance(frontier)?;
         let since = *self.exhausted_since.get_or_insert_with(Instant::now);
         if !self.ledger.all_complete() {
             // Not polling holds up a rebalance (a member joining waits for this worker), but
