@@ -962,6 +962,10 @@ mod tests {
             "kafka.librdkafka.\"enable.auto.commit\""
         );
         assert_eq!(
+            field(&format!("{KAFKA}[kafka.producer]\n\"delivery.report.only.error\" = \"true\"\n")),
+            "kafka.producer.\"delivery.report.only.error\""
+        );
+        assert_eq!(
             field(&format!(
                 "{KAFKA}delivery = \"exactly-once\"\n[kafka.consumer]\n\"partition.assignment.strategy\" = \"cooperative-sticky\"\n"
             )),

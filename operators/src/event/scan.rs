@@ -259,11 +259,11 @@ impl Scan<'_> {
 #[inline(always)]
 pub(crate) fn special(b: &[u8], mut from: usize) -> Option<usize> {
     #[cfg(target_arch = "x86_64")]
-    while from + 16 <= b.len() {
+    while b.len().saturating_sub(from) >= 16 {
         use std::arch::x86_64::{__m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_max_epu8, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8};
         // SAFETY: SSE2 is part of the x86-64 baseline (the intrinsics are `unsafe` only for
         // that); the load is unaligned and reads b[from..from + 16], inside `b` by the loop's
-        // condition.
+        // condition (which cannot overflow, whatever `from` is).
         #[allow(unsafe_code)]
         let hits = unsafe {
             let v = _mm_loadu_si128(b.as_ptr().add(from).cast::<__m128i>());
@@ -319,6 +319,10 @@ mod tests {
         ] {
             assert_eq!(special(text, 0), want, "{}", String::from_utf8_lossy(text));
         }
+        // Starts at, past and far past the end: nothing, and no read outside the text.
+        assert_eq!(special(&[b'"'; 32], 32), None);
+        assert_eq!(special(&[b'"'; 32], 33), None);
+        assert_eq!(special(&[b'a'; 32], usize::MAX - 7), None);
         // Every byte value at every place of a few 16- and 8-byte blocks and a tail, against the
         // definition.
         for place in 0..45 {

@@ -102,6 +102,9 @@ const RESERVED: &[&str] = &[
     "isolation.level",
     "enable.partition.eof",
     "statistics.interval.ms",
+    // At-least-once commits count each epoch's acknowledgements from the delivery reports
+    // (producer.rs): with reports of failures only, no epoch would ever count as delivered.
+    "delivery.report.only.error",
 ];
 
 impl KafkaConfig {
