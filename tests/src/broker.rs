@@ -369,6 +369,17 @@ pub fn spawn_pipeline(config: &std::path::Path, workers: usize, log: &std::path:
         .expect("pluginflow starts")
 }
 
+/// A pipeline process that is killed if the test ends first (a failed assertion must not leave
+/// it running).
+pub struct Running(pub Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Waits for `child` to exit by itself, up to `timeout`; panics (after killing it) otherwise.
 pub fn wait_exit(child: &mut Child, timeout: Duration, log: &std::path::Path) -> std::process::ExitStatus {
     let deadline = Instant::now() + timeout;

@@ -20,8 +20,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use pluginflow_tests::broker::{
-    Broker, Isolation, Topics, consume_all, events_in, kafka_config, log_tail, pacing_plugin, produce_lines, spawn_pipeline, uuids,
-    wait_exit, wait_for_output, written,
+    Broker, Isolation, Running, Topics, consume_all, events_in, kafka_config, log_tail, pacing_plugin, produce_lines, spawn_pipeline,
+    uuids, wait_exit, wait_for_output, written,
 };
 use pluginflow_tests::{gen_events, txnlog};
 
@@ -199,17 +199,6 @@ fn trickle(bootstrap: String, topic: String, lines: Vec<Vec<u8>>, dry: Arc<Atomi
         std::thread::sleep(Duration::from_millis(20));
     }
     sent
-}
-
-/// A pipeline process that is killed if the test ends first (a failed assertion must not leave
-/// it running).
-struct Running(std::process::Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// See the module doc: (missing, repeats).
