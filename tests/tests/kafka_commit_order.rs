@@ -4,10 +4,11 @@
 //! second before sending (`linger.ms`), far longer than the commit interval, so a pipeline that
 //! committed an epoch once the graph was done with it (not once its outputs were acknowledged)
 //! would commit offsets whose outputs are not written yet. While the pipeline runs, the test
-//! reads the group's committed offsets, then the output topic, and checks that every input
-//! record below a committed offset has its output there.
+//! reads the group's committed offsets, then the output and dead-letter topics, and checks that
+//! every input record below a committed offset has its output there: its event, or (for the
+//! lines that are not events) its dead letter.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use pluginflow_tests::broker::{
@@ -16,6 +17,7 @@ use pluginflow_tests::broker::{
 };
 use pluginflow_tests::gen_events;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
 use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 
 const EVENTS: usize = 8_000;
@@ -26,15 +28,16 @@ fn committed_offsets_never_run_ahead_of_acknowledged_outputs() {
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("events.jsonl");
-    gen_events(&input, EVENTS, 31, &[]);
+    gen_events(&input, EVENTS, 31, &["--bad-rate", "0.03", "--bad-kinds", "truncated,non_object,missing_event"]);
     let broker = Broker::start();
     let topics = Topics::named("order");
     topics.create(&broker.bootstrap(), PARTITIONS);
     assert_eq!(produce_lines(&broker.bootstrap(), &topics.input, PARTITIONS, &input), EVENTS);
-    // The uuid of every input record, by (partition, offset).
-    let inputs: BTreeMap<(i32, i64), String> = consume_all(&broker.bootstrap(), &topics.input, Isolation::ReadUncommitted)
+    // The uuid of every input record (none for most lines that are not events), by (partition,
+    // offset).
+    let inputs: BTreeMap<(i32, i64), Option<String>> = consume_all(&broker.bootstrap(), &topics.input, Isolation::ReadUncommitted)
         .into_iter()
-        .map(|r| ((r.partition, r.offset), uuids([r.value.as_str()]).pop().expect("every input has a uuid")))
+        .map(|r| ((r.partition, r.offset), uuids([r.value.as_str()]).pop()))
         .collect();
     assert_eq!(inputs.len(), EVENTS);
 
@@ -44,6 +47,7 @@ fn committed_offsets_never_run_ahead_of_acknowledged_outputs() {
     let log = dir.path().join("pluginflow.log");
     let mut child = Running(spawn_pipeline(&config, 2, &log));
     let mut output = Output::open(&broker.bootstrap(), &topics.output);
+    let mut dead = Output::open(&broker.bootstrap(), &topics.dead);
 
     // Samples while the run goes on: committed offsets first, then the outputs up to the end
     // of each partition as it is right after (they only grow), read by one consumer that goes
@@ -61,16 +65,17 @@ fn committed_offsets_never_run_ahead_of_acknowledged_outputs() {
             continue;
         }
         output.read_to_end();
-        let written = &output.uuids;
-        let below: Vec<&String> =
-            inputs.iter().filter(|((p, o), _)| committed.get(p).is_some_and(|c| o < c)).map(|(_, uuid)| uuid).collect();
-        let missing = below.iter().filter(|u| !written.contains(**u)).count();
+        dead.read_to_end();
+        let below: Vec<(i64, Option<&String>)> =
+            inputs.iter().filter(|((p, o), _)| committed.get(p).is_some_and(|c| o < c)).map(|((_, o), uuid)| (*o, uuid.as_ref())).collect();
+        let missing = unaccounted(&below, &output.uuids, &dead.positions);
         assert_eq!(
             missing,
             0,
-            "committed offsets {committed:?} cover {} input records, {missing} of them without their output ({} outputs written)",
+            "committed offsets {committed:?} cover {} input records, {missing} of them without their output ({} events, {} dead letters written)",
             below.len(),
-            written.len()
+            output.uuids.len(),
+            dead.positions.values().sum::<usize>()
         );
         if !below.is_empty() && below.len() < EVENTS {
             samples += 1;
@@ -88,22 +93,39 @@ fn committed_offsets_never_run_ahead_of_acknowledged_outputs() {
         m
     });
     assert_eq!(end, ends, "at the end every partition is committed at its end");
-    let out: HashSet<String> =
-        uuids(consume_all(&broker.bootstrap(), &topics.output, Isolation::ReadUncommitted).iter().map(|r| r.value.as_str()))
-            .into_iter()
-            .collect();
-    assert!(inputs.values().all(|u| out.contains(u)), "every input has its output");
+    output.read_to_end();
+    dead.read_to_end();
+    let all: Vec<(i64, Option<&String>)> = inputs.iter().map(|((_, o), uuid)| (*o, uuid.as_ref())).collect();
+    assert_eq!(unaccounted(&all, &output.uuids, &dead.positions), 0, "every input has its output");
+    let letters: usize = dead.positions.values().sum();
+    assert!(letters > 0 && output.uuids.len() + letters == EVENTS, "{} events + {letters} dead letters", output.uuids.len());
     println!("commit order test took {:.1} s", started.elapsed().as_secs_f64());
 }
 
-/// The output topic read as it grows: one consumer over every partition.
+/// How many of `inputs` (offset, uuid) have neither their event among `events` nor a dead
+/// letter at their offset. Dead letters name the input offset, not the partition, so they are
+/// matched by offset as a multiset: an offset read from two partitions needs two letters.
+fn unaccounted(inputs: &[(i64, Option<&String>)], events: &HashSet<String>, letters: &HashMap<i64, usize>) -> usize {
+    let mut needed: HashMap<i64, usize> = HashMap::new();
+    for (offset, uuid) in inputs {
+        if !uuid.is_some_and(|u| events.contains(u)) {
+            *needed.entry(*offset).or_default() += 1;
+        }
+    }
+    needed.iter().map(|(offset, n)| n.saturating_sub(letters.get(offset).copied().unwrap_or(0))).sum()
+}
+
+/// An output topic read as it grows: one consumer over every partition.
 struct Output {
     consumer: BaseConsumer,
     topic: String,
     partitions: Vec<i32>,
     /// Next offset to read, by partition.
     next: BTreeMap<i32, i64>,
+    /// The uuids of the events read.
     uuids: HashSet<String>,
+    /// Dead letters read, by the input offset in their `position` header.
+    positions: HashMap<i64, usize>,
 }
 
 impl Output {
@@ -123,7 +145,7 @@ impl Output {
         }
         consumer.assign(&tpl).expect("assign");
         let next = partitions.iter().map(|&p| (p, 0)).collect();
-        Self { consumer, topic: topic.to_string(), partitions, next, uuids: HashSet::new() }
+        Self { consumer, topic: topic.to_string(), partitions, next, uuids: HashSet::new(), positions: HashMap::new() }
     }
 
     /// Reads every partition up to its high watermark as it is now (records below it are
@@ -142,8 +164,14 @@ impl Output {
                 Some(Err(e)) => panic!("consume error: {e}"),
                 Some(Ok(m)) => {
                     self.next.insert(m.partition(), m.offset() + 1);
-                    let value = String::from_utf8_lossy(m.payload().unwrap_or_default());
-                    self.uuids.extend(uuids([value.as_ref()]));
+                    let position = m.headers().and_then(|h| h.iter().find(|x| x.key == "position")?.value.map(<[u8]>::to_vec));
+                    match position {
+                        Some(p) => {
+                            let offset = String::from_utf8_lossy(&p).parse().expect("a numeric position");
+                            *self.positions.entry(offset).or_default() += 1;
+                        }
+                        None => self.uuids.extend(uuids([String::from_utf8_lossy(m.payload().unwrap_or_default()).as_ref()])),
+                    }
                 }
             }
         }
