@@ -353,10 +353,11 @@ pub fn kafka_config(dir: &std::path::Path, bootstrap: &str, group: &str, topics:
     path
 }
 
-/// Starts `pluginflow run CONFIG -w WORKERS`, its stderr appended to `log`.
-pub fn spawn_pipeline(config: &std::path::Path, workers: usize, log: &std::path::Path) -> Child {
+/// Starts `pluginflow run CONFIG -w WORKERS`, its stderr appended to `log`; the process is
+/// killed when the handle is dropped (a test that fails must not leave it running).
+pub fn spawn_pipeline(config: &std::path::Path, workers: usize, log: &std::path::Path) -> Running {
     let stderr = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("open log");
-    Command::new(pluginflow_bin())
+    let child = Command::new(pluginflow_bin())
         .args(["run", "--no-progress", "-w", &std::env::var("PF_TEST_WORKERS").unwrap_or_else(|_| workers.to_string())])
         .arg(config)
         .env(
@@ -366,12 +367,26 @@ pub fn spawn_pipeline(config: &std::path::Path, workers: usize, log: &std::path:
         .stdout(Stdio::null())
         .stderr(stderr)
         .spawn()
-        .expect("pluginflow starts")
+        .expect("pluginflow starts");
+    Running(child)
 }
 
 /// A pipeline process that is killed if the test ends first (a failed assertion must not leave
-/// it running).
+/// it running); used as the `Child` it holds.
 pub struct Running(pub Child);
+
+impl std::ops::Deref for Running {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Running {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
 
 impl Drop for Running {
     fn drop(&mut self) {

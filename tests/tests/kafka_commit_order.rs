@@ -12,8 +12,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use pluginflow_tests::broker::{
-    Broker, Isolation, Running, Topics, committed_offsets, consume_all, kafka_config, log_tail, pacing_plugin, produce_lines,
-    spawn_pipeline, uuids,
+    Broker, Isolation, Topics, committed_offsets, consume_all, kafka_config, log_tail, pacing_plugin, produce_lines, spawn_pipeline, uuids,
 };
 use pluginflow_tests::gen_events;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -45,7 +44,7 @@ fn committed_offsets_never_run_ahead_of_acknowledged_outputs() {
     let kafka = "stop_after_idle_ms = 3000\n[kafka.producer]\n\"linger.ms\" = \"1000\"\n";
     let config = kafka_config(dir.path(), &broker.bootstrap(), "order", &topics, kafka, &pacing_plugin(dir.path()));
     let log = dir.path().join("pluginflow.log");
-    let mut child = Running(spawn_pipeline(&config, 2, &log));
+    let mut child = spawn_pipeline(&config, 2, &log);
     let mut output = Output::open(&broker.bootstrap(), &topics.output);
     let mut dead = Output::open(&broker.bootstrap(), &topics.dead);
 
@@ -56,7 +55,7 @@ fn committed_offsets_never_run_ahead_of_acknowledged_outputs() {
     let (mut samples, mut checked) = (0, 0usize);
     let deadline = Instant::now() + Duration::from_secs(120);
     let status = loop {
-        if let Some(status) = child.0.try_wait().unwrap() {
+        if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
         assert!(Instant::now() < deadline, "the run did not end; log tail:\n{}", log_tail(&log, 30));

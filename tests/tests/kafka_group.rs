@@ -54,7 +54,7 @@ struct Group<'a> {
 
 impl Group<'_> {
     /// Starts process `p` of the group, with `workers` workers; returns it and its log.
-    fn start(&self, p: usize, workers: usize) -> (std::process::Child, std::path::PathBuf) {
+    fn start(&self, p: usize, workers: usize) -> (Running, std::path::PathBuf) {
         let sub = self.dir.join(format!("p{p}"));
         std::fs::create_dir_all(&sub).unwrap();
         // Independent processes need their own transactional ids.
@@ -228,10 +228,7 @@ fn late_join_run(delivery: &str) -> (usize, usize) {
         plugins: String::new(),
         stop_after_idle_ms: 1500,
     };
-    let start = |p: usize, workers: usize| {
-        let (child, log) = g.start(p, workers);
-        (Running(child), log)
-    };
+    let start = |p: usize, workers: usize| g.start(p, workers);
     // Two workers, one partition each (the first assignment may give one worker both: wait for
     // the rebalance that splits them).
     let (mut first, first_log) = start(0, 2);
@@ -365,8 +362,7 @@ fn held_run(leave: bool) -> (usize, usize, String) {
         plugins: String::new(),
         stop_after_idle_ms: 1000,
     };
-    let (child, log) = g.start(0, 1);
-    let mut run = Running(child);
+    let (mut run, log) = g.start(0, 1);
     // Its own partitions are read and it is idle: it must wait, not end.
     let waiting = "not read to its end: waiting for the group to finish it";
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -436,9 +432,8 @@ fn transactional_input_is_committed_to_its_end_and_a_group_ends_without_waiting(
         plugins: String::new(),
         stop_after_idle_ms: 1000,
     };
-    let (a, log_a) = g.start(0, 1);
-    let (b, log_b) = g.start(1, 1);
-    let (mut a, mut b) = (Running(a), Running(b));
+    let (mut a, log_a) = g.start(0, 1);
+    let (mut b, log_b) = g.start(1, 1);
     for (run, log) in [(&mut a, &log_a), (&mut b, &log_b)] {
         let status = wait_exit(&mut run.0, Duration::from_secs(90), log);
         assert!(status.success(), "a process failed:\n{}", log_tail(log, 30));
