@@ -259,7 +259,8 @@ pub fn consume_all(bootstrap: &str, topic: &str, isolation: Isolation) -> Vec<Re
     out
 }
 
-fn record_of(m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
+/// A consumed message as a [`Record`].
+pub fn record_of(m: &rdkafka::message::BorrowedMessage<'_>) -> Record {
     let text = |b: Option<&[u8]>| b.map(|b| String::from_utf8_lossy(b).into_owned());
     let headers =
         m.headers().map(|h| h.iter().map(|x| (x.key.to_string(), text(x.value).unwrap_or_default())).collect()).unwrap_or_default();

@@ -12,12 +12,12 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use pluginflow_tests::broker::{
-    Broker, Isolation, Topics, committed_offsets, consume_all, kafka_config, log_tail, pacing_plugin, produce_lines, spawn_pipeline, uuids,
+    Broker, Isolation, Topics, committed_offsets, consume_all, kafka_config, log_tail, pacing_plugin, produce_lines, record_of,
+    spawn_pipeline, uuids,
 };
 use pluginflow_tests::gen_events;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Headers;
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 const EVENTS: usize = 8_000;
 const PARTITIONS: i32 = 4;
@@ -162,14 +162,11 @@ impl Output {
                 None => {}
                 Some(Err(e)) => panic!("consume error: {e}"),
                 Some(Ok(m)) => {
-                    self.next.insert(m.partition(), m.offset() + 1);
-                    let position = m.headers().and_then(|h| h.iter().find(|x| x.key == "position")?.value.map(<[u8]>::to_vec));
-                    match position {
-                        Some(p) => {
-                            let offset = String::from_utf8_lossy(&p).parse().expect("a numeric position");
-                            *self.positions.entry(offset).or_default() += 1;
-                        }
-                        None => self.uuids.extend(uuids([String::from_utf8_lossy(m.payload().unwrap_or_default()).as_ref()])),
+                    let r = record_of(&m);
+                    self.next.insert(r.partition, r.offset + 1);
+                    match r.headers.get("position") {
+                        Some(p) => *self.positions.entry(p.parse().expect("a numeric position")).or_default() += 1,
+                        None => self.uuids.extend(uuids([r.value.as_str()])),
                     }
                 }
             }

@@ -185,7 +185,8 @@ impl KafkaConfig {
         // before it looks again (its default: a second). A worker drains the queue in a fraction
         // of that, then polled nothing for the rest: the passthrough spent a third of its run
         // so (98k-129k messages/s; 20 ms: 150k-170k).
-        c.set("fetch.queue.backoff.ms", FETCH_QUEUE_BACKOFF_MS);
+        // (kafka_bench loop --prefetch gives the benchmark floors the same value.)
+        c.set("fetch.queue.backoff.ms", "20");
         c.set("client.id", format!("pluginflow-{worker}"));
         c.extend_from(&self.base());
         c.extend_from(&self.consumer.iter().collect());
@@ -233,9 +234,6 @@ impl KafkaConfig {
         format!("{}-{worker}", self.transactional_id_prefix.as_deref().unwrap_or(&self.group_id))
     }
 }
-
-/// `fetch.queue.backoff.ms` of pluginflow's consumers (see [`KafkaConfig::consumer_config`]).
-pub const FETCH_QUEUE_BACKOFF_MS: &str = "20";
 
 /// Copies settings of `other` over `self` (later wins), as layering defaults then user settings.
 trait ExtendFrom {

@@ -577,12 +577,14 @@ impl KafkaSource {
     /// measured as the passthrough's largest wait. The `last` one (the end of the run, or of a
     /// released input) flushes first, so that everything below `frontier` is committed.
     fn commit_offsets(&mut self, frontier: u64, last: bool) -> anyhow::Result<()> {
-        self.advance(frontier)?;
         if last {
             // Every record sent so far is acknowledged once the flush returns without a
-            // failure: everything below the frontier is, whatever the counts say.
+            // failure (it checks for them): everything below the frontier is, whatever the
+            // counts say.
             self.producer.borrow_mut().flush()?;
             self.ledger.complete(frontier);
+        } else {
+            self.advance(frontier)?;
         }
         if self.ledger.ready().is_empty() {
             return Ok(());
