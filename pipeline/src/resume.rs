@@ -13,8 +13,9 @@
 //! happened once already (at least once, as Kafka's at-least-once mode replays them too), and
 //! the plugin log and app metrics are appended to, not cut (they record what happened).
 //!
-//! Events that plugins capture (`posthog.capture`) go back into the input in a later epoch than
-//! the event that captured them, and that event's epoch may complete first. So each worker tells
+//! Events that plugins capture (`posthog.capture`) outside `processEvent` (whose captures go
+//! through the chain in the capturing event's epoch) go back into the input in a later epoch
+//! than the event that captured them, and that event's epoch may complete first. So each worker tells
 //! the checkpointer a *floor* with every report: the probe's frontier as it last looked, before
 //! taking the plugins' captures. A capture it has not sent yet, or sent into an epoch not yet
 //! complete, was made by an event of an epoch at or after that floor (the event's operator held

@@ -5,9 +5,9 @@
 //!      │  epoch = one poll; the worker loop holds the input capability
 //!      ▼
 //!  parse + validate ──────────────────────────► dead letters (raw line + reason)
-//!      │ ValidEvent (events captured by plugins come back here, hop count beside them)
+//!      │ ValidEvent (what onEvent, jobs and schedules capture comes back here, hop count beside)
 //!      ▼ to the team's owner worker (operators::plugin::placement)
-//!  processEvent chain of the event's team
+//!  processEvent chain of the event's team, then of what it captured (same epoch)
 //!      │ ChainResult: kept, dropped or failed
 //!      ▼ back to the worker that read the line
 //!      ├──► events output (JSON lines or Kafka) ──► probe ◄── dead letters output
@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use differential_dataflow::input::InputSession;
-use operators::dataflow::chain::{ChainResult, RunChain};
+use operators::dataflow::chain::{CAPTURE_SOURCE, Captures, ChainResult, RunChain, within_hops};
 use operators::dataflow::deferred::RunDeferred;
 use operators::dataflow::placement::ToOwners;
 use operators::dataflow::write_events::WriteEvents;
@@ -374,32 +374,51 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
             .probe_with(&metrics_probe);
         let checks = event_limits(&shared.config);
         let reader = index as u32;
+        let stats = shared.stats.clone();
         let (events, dead) = input.to_stream(scope).ok_err(move |line: InputLine| {
             let hops = line.hops;
-            parse_owned_line(line.bytes, &source_name, line.position, &checks).map(|mut ev| {
-                ev.hops = hops;
-                ev.reader = reader;
-                ev
-            })
+            // A captured event (from onEvent, a job) that is no valid event: counted as captured
+            // here; those that are go through the chain and are counted with its results.
+            let source = if hops > 0 { CAPTURE_SOURCE } else { &source_name };
+            parse_owned_line(line.bytes, source, line.position, &checks)
+                .map(|mut ev| {
+                    ev.hops = hops;
+                    ev.reader = reader;
+                    ev
+                })
+                .inspect_err(|_| {
+                    if hops > 0 {
+                        stats.add_captured(1);
+                    }
+                })
         });
         // To the worker that runs the team's plugins (placement.rs), and what the chain made of
         // each event back to the worker that read it, to be written there.
         let events = events.to_owners(&placement, |ev: &ValidEvent| (ev.team_id, ev.reader));
+        let captures = Captures { limits: checks, max_hops: shared.config.runtime.max_capture_hops };
         let outcomes = match live {
-            None => events.run_chain(plugins.clone()),
+            None => events.run_chain(plugins.clone(), captures),
             Some(_) => {
                 let updates = config_input.to_stream(scope).broadcast();
                 let (registry, http) = (shared.registry.clone(), shared.http.clone());
                 let apply = move |plugins: &mut WorkerPlugins, update: crate::live::ConfigUpdate, epoch: u64| {
                     apply_update(plugins, &registry, &http, &update, epoch);
                 };
-                events.run_chain_with(updates, plugins.clone(), apply)
+                events.run_chain_with(updates, plugins.clone(), captures, apply)
             }
         };
         let outcomes = outcomes.to_readers(&placement, ChainResult::reader);
         let stats = shared.stats.clone();
-        let (processed, unprocessable): (timely::dataflow::Stream<'_, u64, Vec<FinalEvent>>, _) =
-            outcomes.flat_map(move |r: ChainResult| r.into_result(|| stats.add_dropped(1))).ok_err(|r: Result<FinalEvent, DeadLetter>| r);
+        // Events the chain captured are counted here, where their outcomes are (a cluster's
+        // processes each account for what they read and write).
+        let (processed, unprocessable): (timely::dataflow::Stream<'_, u64, Vec<FinalEvent>>, _) = outcomes
+            .flat_map(move |r: ChainResult| {
+                if r.hops() > 0 {
+                    stats.add_captured(1);
+                }
+                r.into_result(|| stats.add_dropped(1))
+            })
+            .ok_err(|r: Result<FinalEvent, DeadLetter>| r);
         // Processed events are written here, then passed on to onEvent and exportEvents only
         // when the team has a plugin with one of them: the test DeferredWork::event would make
         // first. A team whose plugins run on another worker is passed on to that worker, which
@@ -552,7 +571,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
     let late: Vec<DeadLetter> = late
         .into_iter()
         .map(|(json, _)| DeadLetter {
-            source: "posthog.capture".into(),
+            source: CAPTURE_SOURCE.into(),
             position: 0,
             reason: "captured after the input closed".into(),
             raw: json,
@@ -582,22 +601,15 @@ fn inject_captured(
 ) -> Vec<DeadLetter> {
     let mut looping = Vec::new();
     for (json, hops) in captured {
-        // Every captured event counts as captured, whether it goes in or to the dead letters:
-        // in + captured = out + dropped + dead letters.
-        stats.add_captured(1);
-        if hops > max_hops {
-            tracing::warn!(hops, max_hops, "posthog.capture loop stopped: the event goes to the dead-letter output");
-            looping.push(DeadLetter {
-                source: "posthog.capture".into(),
-                position: 0,
-                reason: format!("posthog.capture loop: this event is {hops} captures deep (runtime.max_capture_hops = {max_hops})"),
-                raw: json,
-                raw_base64: None,
-                failure: None,
-            });
-            continue;
+        // Every captured event counts once as captured, where it ends: in + captured = out +
+        // dropped + dead letters. Those sent in are counted by the graph (parse or chain).
+        match within_hops(json, hops, max_hops) {
+            Ok(json) => input.send(InputLine { position: 0, bytes: json.into_bytes(), hops }),
+            Err(letter) => {
+                stats.add_captured(1);
+                looping.push(letter);
+            }
         }
-        input.send(InputLine { position: 0, bytes: json.into_bytes(), hops });
     }
     looping
 }

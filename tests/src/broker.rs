@@ -442,6 +442,36 @@ module.exports = { processEvent }
     crate::plugin_entry("pace", &pace, 1, "")
 }
 
+/// Whether [`capturing_plugin`] captures an event for the event with this uuid (one in eight
+/// of the generator's).
+pub fn captures(uuid: &str) -> bool {
+    uuid.ends_with(['0', '8'])
+}
+
+/// A plugin that spends `pace_ms` per event and, for the events [`captures`] picks, captures a
+/// `follow-up` naming the event in its property `of`; a captured event takes `captured_ms`.
+pub fn capturing_plugin(dir: &Path, pace_ms: f64, captured_ms: f64) -> String {
+    let code = dir.join("capture");
+    std::fs::create_dir_all(&code).unwrap();
+    std::fs::write(code.join("plugin.json"), r#"{"name": "capture", "config": []}"#).unwrap();
+    std::fs::write(
+        code.join("index.js"),
+        format!(
+            "async function processEvent(event) {{
+  const followUp = event.event === 'follow-up'
+  const until = Date.now() + (followUp ? {captured_ms} : {pace_ms})
+  while (Date.now() < until) {{}}
+  if (!followUp && /[08]$/.test(event.uuid)) await posthog.capture('follow-up', {{ of: event.uuid, distinct_id: event.distinct_id }})
+  return event
+}}
+module.exports = {{ processEvent }}
+"
+        ),
+    )
+    .unwrap();
+    crate::plugin_entry("capture", &code, 1, "")
+}
+
 /// `events in:` from a run's summary.
 pub fn events_in(log: &Path) -> u64 {
     let text = std::fs::read_to_string(log).unwrap();

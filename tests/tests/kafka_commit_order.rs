@@ -7,13 +7,19 @@
 //! reads the group's committed offsets, then the output and dead-letter topics, and checks that
 //! every input record below a committed offset has its output there: its event, or (for the
 //! lines that are not events) its dead letter.
+//!
+//! Some events make a plugin capture another (`posthog.capture`), which goes back into the
+//! graph in a later epoch than the event that made it. A committed offset promises the capture
+//! too: a crash right after the commit would otherwise lose it for good (the event that made it
+//! is not read again). Captured events take a few milliseconds each, so the capturing event's
+//! epoch is done well before its capture is written.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use pluginflow_tests::broker::{
-    Broker, Isolation, Topics, committed_offsets, consume_all, kafka_config, log_tail, pacing_plugin, produce_lines, record_of,
-    spawn_pipeline, uuids,
+    Broker, Isolation, Topics, captures, capturing_plugin, committed_offsets, consume_all, kafka_config, log_tail, produce_lines,
+    record_of, spawn_pipeline, uuids,
 };
 use pluginflow_tests::gen_events;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -42,7 +48,8 @@ fn committed_offsets_never_run_ahead_of_acknowledged_outputs() {
 
     // Paced (half a millisecond per event) so that the run lasts a few seconds of commits.
     let kafka = "stop_after_idle_ms = 3000\n[kafka.producer]\n\"linger.ms\" = \"1000\"\n";
-    let config = kafka_config(dir.path(), &broker.bootstrap(), "order", &topics, kafka, &pacing_plugin(dir.path()));
+    let config = kafka_config(dir.path(), &broker.bootstrap(), "order", &topics, kafka, &capturing_plugin(dir.path(), 0.5, 4.0));
+
     let log = dir.path().join("pluginflow.log");
     let mut child = spawn_pipeline(&config, 2, &log);
     let mut output = Output::open(&broker.bootstrap(), &topics.output);
@@ -52,7 +59,7 @@ fn committed_offsets_never_run_ahead_of_acknowledged_outputs() {
     // of each partition as it is right after (they only grow), read by one consumer that goes
     // on where it stopped, so that a sample takes milliseconds, not the second of linger it
     // must catch.
-    let (mut samples, mut checked) = (0, 0usize);
+    let (mut samples, mut checked, mut captures_checked) = (0, 0usize, 0usize);
     let deadline = Instant::now() + Duration::from_secs(120);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -76,15 +83,23 @@ fn committed_offsets_never_run_ahead_of_acknowledged_outputs() {
             output.uuids.len(),
             dead.positions.values().sum::<usize>()
         );
+        // (A line with a uuid that is no event is a dead letter and captures nothing.)
+        let capturing: Vec<&String> = below.iter().filter_map(|(_, u)| *u).filter(|u| captures(u) && output.uuids.contains(*u)).collect();
+        let uncaptured = capturing.iter().filter(|u| !output.captured.contains(u)).count();
+        assert_eq!(uncaptured, 0, "committed offsets {committed:?} cover {uncaptured} events whose captures are not written");
         if !below.is_empty() && below.len() < EVENTS {
             samples += 1;
             checked += below.len();
+            captures_checked += capturing.len();
         }
     };
     assert!(status.success(), "pluginflow failed; log tail:\n{}", log_tail(&log, 40));
     // The check must have seen the run in the middle, several times, or it proved nothing.
-    println!("{samples} samples taken mid-run, {checked} committed records checked in all");
-    assert!(samples >= 3, "only {samples} samples with commits mid-run");
+    println!("{samples} samples taken mid-run, {checked} committed records checked in all, {captures_checked} of them capturing events");
+    assert!(
+        samples >= 3 && captures_checked > 0,
+        "only {samples} samples with commits mid-run, {captures_checked} capturing events in them"
+    );
 
     let end = committed_offsets(&broker.bootstrap(), "order", &topics.input, PARTITIONS);
     let ends: BTreeMap<i32, i64> = inputs.keys().fold(BTreeMap::new(), |mut m, &(p, o)| {
@@ -97,7 +112,16 @@ fn committed_offsets_never_run_ahead_of_acknowledged_outputs() {
     let all: Vec<(i64, Option<&String>)> = inputs.iter().map(|((_, o), uuid)| (*o, uuid.as_ref())).collect();
     assert_eq!(unaccounted(&all, &output.uuids, &dead.positions), 0, "every input has its output");
     let letters: usize = dead.positions.values().sum();
-    assert!(letters > 0 && output.uuids.len() + letters == EVENTS, "{} events + {letters} dead letters", output.uuids.len());
+    let capturers: HashSet<&String> = inputs.values().flatten().filter(|u| captures(u) && output.uuids.contains(*u)).collect();
+    assert!(capturers.len() > EVENTS / 20, "{} of the events capture", capturers.len());
+    let captured: HashSet<&String> = output.captured.iter().collect();
+    assert_eq!(captured, capturers, "each capturing event's capture is written, and no other");
+    // At-least-once may repeat what a rebalance at the start hands from one worker to the
+    // other: dead letters and captures (a new uuid each time) can then be there twice.
+    let written = output.uuids.len() - output.captured.len();
+    let repeats = (written + letters).saturating_sub(EVENTS) + (output.captured.len() - capturers.len());
+    assert!(letters > 0 && written + letters >= EVENTS, "{written} input events + {letters} dead letters");
+    println!("{written} input events, {letters} dead letters, {} captured events; {repeats} repeated", output.captured.len());
     println!("commit order test took {:.1} s", started.elapsed().as_secs_f64());
 }
 
@@ -123,6 +147,8 @@ struct Output {
     next: BTreeMap<i32, i64>,
     /// The uuids of the events read.
     uuids: HashSet<String>,
+    /// Of captured events read: the uuid of the event that captured each (`of`).
+    captured: Vec<String>,
     /// Dead letters read, by the input offset in their `position` header.
     positions: HashMap<i64, usize>,
 }
@@ -144,7 +170,15 @@ impl Output {
         }
         consumer.assign(&tpl).expect("assign");
         let next = partitions.iter().map(|&p| (p, 0)).collect();
-        Self { consumer, topic: topic.to_string(), partitions, next, uuids: HashSet::new(), positions: HashMap::new() }
+        Self {
+            consumer,
+            topic: topic.to_string(),
+            partitions,
+            next,
+            uuids: HashSet::new(),
+            captured: Vec::new(),
+            positions: HashMap::new(),
+        }
     }
 
     /// Reads every partition up to its high watermark as it is now (records below it are
@@ -166,7 +200,13 @@ impl Output {
                     self.next.insert(r.partition, r.offset + 1);
                     match r.headers.get("position") {
                         Some(p) => *self.positions.entry(p.parse().expect("a numeric position")).or_default() += 1,
-                        None => self.uuids.extend(uuids([r.value.as_str()])),
+                        None => {
+                            self.uuids.extend(uuids([r.value.as_str()]));
+                            let event: serde_json::Value = serde_json::from_str(&r.value).expect("an event");
+                            if let Some(of) = event["properties"]["of"].as_str() {
+                                self.captured.push(of.to_string());
+                            }
+                        }
                     }
                 }
             }

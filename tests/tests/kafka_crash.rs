@@ -4,13 +4,18 @@
 //! independent readers that must agree record for record: librdkafka's own `read_committed`
 //! consumer (Apache Kafka filters aborted transactions), and the test verifier [`txnlog`], which
 //! decides from the transaction markers in the raw log. Counts are printed.
+//!
+//! A plugin captures a `follow-up` event for one event in eight (`posthog.capture`); captured
+//! events carry a new uuid on each run, so they are counted by the event that captured them
+//! (`of`): at-least-once, each at least once; exactly-once, each exactly once.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use pluginflow_tests::broker::{
-    Broker, Isolation, Topics, consume_all, kafka_config, log_tail, produce_lines, spawn_pipeline, uuids, wait_exit, written,
+    Broker, Isolation, Topics, captures, capturing_plugin, consume_all, kafka_config, log_tail, produce_lines, spawn_pipeline, uuids,
+    wait_exit, written,
 };
 use pluginflow_tests::{gen_events, txnlog};
 
@@ -38,7 +43,7 @@ fn run_with_kills(dir: &Path, broker: &Broker, topics: &Topics, delivery: &str) 
         &format!("crash-{delivery}"),
         topics,
         &format!("stop_after_idle_ms = 4000\ndelivery = {delivery:?}"),
-        "",
+        &capturing_plugin(dir, 0.0, 0.0),
     );
     let log = dir.join(format!("pluginflow-{delivery}.log"));
     let mut kills = Vec::new();
@@ -112,6 +117,9 @@ struct Counts {
     values: Vec<String>,
     /// Kills that landed.
     kills: usize,
+    /// Capturing events without their capture, and captures seen more than once.
+    captures_missing: usize,
+    capture_repeats: usize,
 }
 
 /// Runs the crash test and counts the output as each of `readers` sees it.
@@ -142,10 +150,18 @@ fn crash_test(delivery: &str, readers: &[Reader]) -> Vec<Counts> {
                 (log.visible.iter().map(|r| r.value_text()).collect(), log.aborted, log.open, detail)
             }
         };
-        let mut seen: HashMap<String, usize> = HashMap::new();
-        for u in uuids(values.iter().map(String::as_str)) {
-            *seen.entry(u).or_default() += 1;
+        // Input events by uuid, captured ones by the event that captured them.
+        let (mut seen, mut captured): (HashMap<String, usize>, HashMap<String, usize>) = Default::default();
+        for value in &values {
+            let event: serde_json::Value = serde_json::from_str(value).expect("an event");
+            match event["properties"]["of"].as_str() {
+                Some(of) => *captured.entry(of.to_string()).or_default() += 1,
+                None => *seen.entry(event["uuid"].as_str().expect("a uuid").to_string()).or_default() += 1,
+            }
         }
+        let capturers = want.iter().filter(|u| captures(u)).count();
+        let captures_missing = want.iter().filter(|u| captures(u) && !captured.contains_key(*u)).count();
+        let capture_repeats: usize = captured.values().map(|n| n - 1).sum();
         let missing = want.iter().filter(|u| !seen.contains_key(*u)).count();
         if missing > 0 {
             // Input line i is record i / PARTITIONS of partition i % PARTITIONS: say which offsets
@@ -156,9 +172,10 @@ fn crash_test(delivery: &str, readers: &[Reader]) -> Vec<Counts> {
         let repeats: usize = seen.values().map(|n| n - 1).sum();
         println!(
             "crash test ({delivery}, {reader:?}): {EVENTS} in, {} visible{detail}, {} distinct, {missing} missing, {repeats} repeats; \
-             {} kills, at outputs {}; {:.1} s",
+             {capturers} captures due, {} made, {captures_missing} missing, {capture_repeats} repeats; {} kills, at outputs {}; {:.1} s",
             values.len(),
             seen.len(),
+            captured.len(),
             kills.len(),
             kills
                 .iter()
@@ -168,7 +185,17 @@ fn crash_test(delivery: &str, readers: &[Reader]) -> Vec<Counts> {
             started.elapsed().as_secs_f64()
         );
         values.sort();
-        all.push(Counts { missing, repeats, distinct: seen.len(), aborted, open, values, kills: kills.len() });
+        all.push(Counts {
+            missing,
+            repeats,
+            distinct: seen.len(),
+            aborted,
+            open,
+            values,
+            kills: kills.len(),
+            captures_missing,
+            capture_repeats,
+        });
     }
     keep_if_asked(dir);
     all
@@ -230,6 +257,7 @@ fn at_least_once_survives_kill_9() {
     assert!(c.kills > 0, "no kill landed before the input was read: the test proved nothing");
     assert_eq!(c.missing, 0, "at-least-once lost events");
     assert_eq!(c.distinct, EVENTS);
+    assert_eq!(c.captures_missing, 0, "at-least-once lost captured events");
 }
 
 /// The kills land inside transactions; the restarted workers fence their predecessors (same
@@ -246,6 +274,8 @@ fn exactly_once_survives_kill_9_without_duplicates() {
     assert_eq!(c.missing, 0, "exactly-once lost events");
     assert_eq!(c.repeats, 0, "read_committed (by the log's markers) saw duplicates");
     assert_eq!(c.distinct, EVENTS);
+    assert_eq!((librdkafka.captures_missing, librdkafka.capture_repeats), (0, 0), "captured events lost or repeated");
+    assert_eq!((c.captures_missing, c.capture_repeats), (0, 0), "captured events lost or repeated (by the log's markers)");
     assert!(c.aborted > 0, "no kill left an aborted transaction behind: the abort path was not exercised");
     assert_eq!(c.open, 0, "a transaction never ended: a restarted worker did not fence its predecessor");
 }

@@ -2,6 +2,13 @@
 //! its team's chain ([`WorkerPlugins::process`]) and becomes a [`ChainResult`]: kept, dropped by
 //! a plugin, or failed (a dead letter), addressed to the worker that read its line.
 //!
+//! Events the chain's plugins capture (`posthog.capture`) go through the chain right after the
+//! event that made them, in its epoch, and their results go to the same reader ([`Captures`]):
+//! so that event's epoch, its input offset with it, is complete only once its captures are
+//! written too, in every delivery mode and across processes, with nothing to track beside the
+//! dataflow's own progress. (What `onEvent`, `exportEvents`, jobs and schedules capture goes
+//! back through the worker loop: see the pipeline's `run.rs`.)
+//!
 //! `run_chain_with` also takes a stream of configuration changes (the pipeline's folder of
 //! configurations): events wait until every change up to their epoch is known, and a change at
 //! epoch `t` is applied after every event of the epochs before `t` and before any event of `t`
@@ -12,7 +19,7 @@
 //! use std::rc::Rc;
 //! use std::sync::{Arc, Mutex};
 //! use std::time::Duration;
-//! use operators::dataflow::chain::{ChainResult, RunChain};
+//! use operators::dataflow::chain::{Captures, ChainResult, RunChain};
 //! use operators::event::{EventLimits, parse_line};
 //! use operators::plugin::worker::{ConfigChange, PluginSpec, WorkerPlugins};
 //! use operators::plugin::{HostServices, Limits, MemoryLogSink, PluginDefinition};
@@ -34,7 +41,7 @@
 //!         let (changes, updates) = scope.new_input::<Vec<PluginSpec>>();
 //!         let apply = |plugins: &mut WorkerPlugins, spec: PluginSpec, _epoch: u64| plugins.apply_config(ConfigChange::Upsert(spec), 1);
 //!         let probe = events
-//!             .run_chain_with(updates, plugins, apply)
+//!             .run_chain_with(updates, plugins, Captures::default(), apply)
 //!             .inspect(move |r: &ChainResult| match r {
 //!                 ChainResult::Kept(ev) => sink.lock().unwrap().push((ev.position, ev.json.contains("stamped"))),
 //!                 other => panic!("{other:?}"),
@@ -62,16 +69,15 @@
 //! ```
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::rc::Rc;
 
 use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::operator::Operator;
-use timely::dataflow::operators::vec::Map;
 
-use crate::event::{DeadLetter, ValidEvent};
+use crate::event::{DeadLetter, EventLimits, ValidEvent, parse_owned_line};
 use crate::plugin::deferred::FinalEvent;
 use crate::plugin::worker::WorkerPlugins;
 
@@ -84,11 +90,15 @@ pub enum ChainResult {
     Dropped {
         /// The worker that read it.
         reader: u32,
+        /// Its capture hops (more than 0: a captured event).
+        hops: u32,
     },
-    /// The chain could not be completed: a dead letter.
+    /// The chain could not be completed, or a captured event was not let in: a dead letter.
     Failed {
         /// The worker that read it.
         reader: u32,
+        /// Its capture hops (more than 0: a captured event).
+        hops: u32,
         /// The event and why.
         letter: DeadLetter,
     },
@@ -99,7 +109,15 @@ impl ChainResult {
     pub fn reader(&self) -> u32 {
         match self {
             Self::Kept(ev) => ev.reader,
-            Self::Dropped { reader } | Self::Failed { reader, .. } => *reader,
+            Self::Dropped { reader, .. } | Self::Failed { reader, .. } => *reader,
+        }
+    }
+
+    /// Capture hops of the event: more than 0 for an event a plugin captured.
+    pub fn hops(&self) -> u32 {
+        match self {
+            Self::Kept(ev) => ev.hops,
+            Self::Dropped { hops, .. } | Self::Failed { hops, .. } => *hops,
         }
     }
 
@@ -116,10 +134,74 @@ impl ChainResult {
     }
 }
 
-/// Runs one event's chain: the final event (or none, when dropped), or a dead letter when the
-/// chain could not be completed. An event is never written out without its chain.
-pub fn run_event(chain: &Rc<RefCell<WorkerPlugins>>, ev: ValidEvent) -> ChainResult {
+/// How events captured in the chain are let back in.
+#[derive(Clone, Copy, Debug)]
+pub struct Captures {
+    /// The checks a captured event passes, as a line read from the input does.
+    pub limits: EventLimits,
+    /// Capture generations an event may be (`runtime.max_capture_hops`); a deeper one is a
+    /// dead letter, which ends a capture loop.
+    pub max_hops: u32,
+}
+
+impl Default for Captures {
+    fn default() -> Self {
+        Captures { limits: EventLimits::default(), max_hops: 3 }
+    }
+}
+
+/// The `source` of dead letters of captured events.
+pub const CAPTURE_SOURCE: &str = "posthog.capture";
+
+/// Runs one event's chain, then the chains of the events its plugins captured meanwhile (and
+/// of theirs, up to `captures.max_hops`), giving each result to `give`: the final event (or
+/// none, when dropped), or a dead letter when the chain could not be completed. An event is
+/// never written out without its chain. Captured events go to the event's reader.
+pub fn run_event(chain: &Rc<RefCell<WorkerPlugins>>, ev: ValidEvent, captures: &Captures, give: &mut impl FnMut(ChainResult)) {
     let mut plugins = chain.borrow_mut();
+    let reader = ev.reader;
+    // Captures already waiting (made by onEvent, a job) stay for the worker loop; those after
+    // them are this chain's.
+    let waiting = plugins.captured_pending();
+    give(chain_result(&mut plugins, ev));
+    let mut made: VecDeque<(String, u32)> = plugins.take_captured_since(waiting).into();
+    while let Some((json, hops)) = made.pop_front() {
+        give(match admit(json, hops, reader, captures) {
+            Ok(captured) => chain_result(&mut plugins, captured),
+            Err(letter) => ChainResult::Failed { reader, hops, letter },
+        });
+        made.extend(plugins.take_captured_since(waiting));
+    }
+}
+
+/// A captured event as the chain takes it, or its dead letter: too many captures deep, or not
+/// a valid event (a plugin's `distinct_id` of 2 MB, say).
+fn admit(json: String, hops: u32, reader: u32, captures: &Captures) -> Result<ValidEvent, DeadLetter> {
+    let json = within_hops(json, hops, captures.max_hops)?;
+    let mut ev = parse_owned_line(json.into_bytes(), CAPTURE_SOURCE, 0, &captures.limits)?;
+    ev.hops = hops;
+    ev.reader = reader;
+    Ok(ev)
+}
+
+/// A captured event `hops` captures deep, or its dead letter when that is more than `max_hops`.
+pub fn within_hops(json: String, hops: u32, max_hops: u32) -> Result<String, DeadLetter> {
+    if hops <= max_hops {
+        return Ok(json);
+    }
+    tracing::warn!(hops, max_hops, "posthog.capture loop stopped: the event goes to the dead-letter output");
+    Err(DeadLetter {
+        source: CAPTURE_SOURCE.into(),
+        position: 0,
+        reason: format!("posthog.capture loop: this event is {hops} captures deep (runtime.max_capture_hops = {max_hops})"),
+        raw: json,
+        raw_base64: None,
+        failure: None,
+    })
+}
+
+/// One event through its team's chain.
+fn chain_result(plugins: &mut WorkerPlugins, ev: ValidEvent) -> ChainResult {
     let (team, hops, position, reader) = (ev.team_id, ev.hops, ev.position, ev.reader);
     // A team without plugins gets its event as it came, moved rather than copied (a `$snapshot`
     // goes through `process`, which counts it as skipped).
@@ -129,12 +211,13 @@ pub fn run_event(chain: &Rc<RefCell<WorkerPlugins>>, ev: ValidEvent) -> ChainRes
     match plugins.process(team, ev.name(), ev.uuid(), &ev.json, hops) {
         Ok(outcome) => match outcome.event {
             Some(json) => ChainResult::Kept(FinalEvent { team, hops, position, reader, json }),
-            None => ChainResult::Dropped { reader },
+            None => ChainResult::Dropped { reader, hops },
         },
         Err(reason) => {
             tracing::error!(uuid = %ev.uuid(), error = %reason, "event could not complete its chain: dead-lettered");
             ChainResult::Failed {
                 reader,
+                hops,
                 letter: DeadLetter { source: "chain".into(), position, reason, raw: ev.json, raw_base64: None, failure: None },
             }
         }
@@ -143,8 +226,8 @@ pub fn run_event(chain: &Rc<RefCell<WorkerPlugins>>, ev: ValidEvent) -> ChainRes
 
 /// The `processEvent` chain stage.
 pub trait RunChain<'scope> {
-    /// Each event through its team's chain, as it comes.
-    fn run_chain(self, plugins: Rc<RefCell<WorkerPlugins>>) -> Stream<'scope, u64, Vec<ChainResult>>;
+    /// Each event through its team's chain, as it comes, and what it captured after it.
+    fn run_chain(self, plugins: Rc<RefCell<WorkerPlugins>>, captures: Captures) -> Stream<'scope, u64, Vec<ChainResult>>;
     /// Each event through its team's chain as the configuration `changes` up to its epoch made
     /// it: `apply(plugins, change, epoch)` runs for each change at epoch `t` after the events of
     /// the epochs before `t` and before those of `t`.
@@ -152,19 +235,30 @@ pub trait RunChain<'scope> {
         self,
         changes: Stream<'scope, u64, Vec<U>>,
         plugins: Rc<RefCell<WorkerPlugins>>,
+        captures: Captures,
         apply: impl FnMut(&mut WorkerPlugins, U, u64) + 'static,
     ) -> Stream<'scope, u64, Vec<ChainResult>>;
 }
 
 impl<'scope> RunChain<'scope> for Stream<'scope, u64, Vec<ValidEvent>> {
-    fn run_chain(self, plugins: Rc<RefCell<WorkerPlugins>>) -> Stream<'scope, u64, Vec<ChainResult>> {
-        self.map(move |ev| run_event(&plugins, ev))
+    fn run_chain(self, plugins: Rc<RefCell<WorkerPlugins>>, captures: Captures) -> Stream<'scope, u64, Vec<ChainResult>> {
+        self.unary(Pipeline, "Chain", move |_, _| {
+            move |input, output| {
+                input.for_each(|cap, data: &mut Vec<ValidEvent>| {
+                    let mut session = output.session(&cap);
+                    for ev in data.drain(..) {
+                        run_event(&plugins, ev, &captures, &mut |r| session.give(r));
+                    }
+                });
+            }
+        })
     }
 
     fn run_chain_with<U: Clone + 'static>(
         self,
         changes: Stream<'scope, u64, Vec<U>>,
         plugins: Rc<RefCell<WorkerPlugins>>,
+        captures: Captures,
         mut apply: impl FnMut(&mut WorkerPlugins, U, u64) + 'static,
     ) -> Stream<'scope, u64, Vec<ChainResult>> {
         self.binary_frontier(changes, Pipeline, Pipeline, "ChainWithChanges", move |_, _| {
@@ -201,7 +295,7 @@ impl<'scope> RunChain<'scope> for Stream<'scope, u64, Vec<ValidEvent>> {
                             let (cap, batch) = waiting.remove(&t).expect("listed above");
                             let mut session = output.session(&cap);
                             for ev in batch {
-                                session.give(run_event(&plugins, ev));
+                                run_event(&plugins, ev, &captures, &mut |r| session.give(r));
                             }
                         }
                         _ => break,

@@ -258,25 +258,31 @@ impl Scan<'_> {
 /// x86-64 processor has), then eight ([`special_bytes`]) near the end of the text.
 #[inline(always)]
 pub(crate) fn special(b: &[u8], mut from: usize) -> Option<usize> {
+    // Sixteen bytes at a time while they are inside `b`: `last` is the last place they start
+    // at, so the test cannot overflow, whatever `from` is.
     #[cfg(target_arch = "x86_64")]
-    while b.len().saturating_sub(from) >= 16 {
-        use std::arch::x86_64::{__m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_max_epu8, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8};
-        // SAFETY: SSE2 is part of the x86-64 baseline (the intrinsics are `unsafe` only for
-        // that); the load is unaligned and reads b[from..from + 16], inside `b` by the loop's
-        // condition (which cannot overflow, whatever `from` is).
-        #[allow(unsafe_code)]
-        let hits = unsafe {
-            let v = _mm_loadu_si128(b.as_ptr().add(from).cast::<__m128i>());
-            let quote = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'"' as i8));
-            let backslash = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8));
-            // Unsigned v <= 0x1f exactly when max(v, 0x1f) is 0x1f.
-            let control = _mm_cmpeq_epi8(_mm_max_epu8(v, _mm_set1_epi8(0x1f)), _mm_set1_epi8(0x1f));
-            _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(quote, backslash), control)) as u32
-        };
-        if hits != 0 {
-            return Some(from + hits.trailing_zeros() as usize);
+    if let Some(last) = b.len().checked_sub(16) {
+        while from <= last {
+            use std::arch::x86_64::{
+                __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_max_epu8, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
+            };
+            // SAFETY: SSE2 is part of the x86-64 baseline (the intrinsics are `unsafe` only for
+            // that); the load is unaligned and reads b[from..from + 16], inside `b` by the loop's
+            // condition.
+            #[allow(unsafe_code)]
+            let hits = unsafe {
+                let v = _mm_loadu_si128(b.as_ptr().add(from).cast::<__m128i>());
+                let quote = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'"' as i8));
+                let backslash = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8));
+                // Unsigned v <= 0x1f exactly when max(v, 0x1f) is 0x1f.
+                let control = _mm_cmpeq_epi8(_mm_max_epu8(v, _mm_set1_epi8(0x1f)), _mm_set1_epi8(0x1f));
+                _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(quote, backslash), control)) as u32
+            };
+            if hits != 0 {
+                return Some(from + hits.trailing_zeros() as usize);
+            }
+            from += 16;
         }
-        from += 16;
     }
     while let Some(chunk) = b.get(from..from + 8) {
         let hits = special_bytes(u64::from_le_bytes(chunk.try_into().expect("eight bytes")));

@@ -450,6 +450,11 @@ impl WorkerPlugins {
         std::mem::take(&mut self.captured)
     }
 
+    /// The captured events after the first `from` waiting (those are left).
+    pub fn take_captured_since(&mut self, from: usize) -> Vec<(String, u32)> {
+        self.captured.split_off(from.min(self.captured.len()))
+    }
+
     /// Background work due now: `setupPlugin` retries, scheduled tasks this worker owns, and due
     /// jobs. Returns jobs that failed for good.
     pub fn maintain(&mut self) -> Vec<Exhausted> {
