@@ -164,6 +164,9 @@ pub fn run_event(chain: &Rc<RefCell<WorkerPlugins>>, ev: ValidEvent, captures: &
     // them are this chain's.
     let waiting = plugins.captured_pending();
     give(chain_result(&mut plugins, ev));
+    if plugins.captured_pending() == waiting {
+        return;
+    }
     let mut made: VecDeque<(String, u32)> = plugins.take_captured_since(waiting).into();
     while let Some((json, hops)) = made.pop_front() {
         give(match admit(json, hops, reader, captures) {

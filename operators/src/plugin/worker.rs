@@ -452,7 +452,10 @@ impl WorkerPlugins {
 
     /// The captured events after the first `from` waiting (those are left).
     pub fn take_captured_since(&mut self, from: usize) -> Vec<(String, u32)> {
-        self.captured.split_off(from.min(self.captured.len()))
+        match from {
+            0 => std::mem::take(&mut self.captured),
+            _ => self.captured.split_off(from.min(self.captured.len())),
+        }
     }
 
     /// Background work due now: `setupPlugin` retries, scheduled tasks this worker owns, and due
