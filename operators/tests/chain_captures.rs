@@ -170,3 +170,49 @@ fn a_captured_event_that_is_no_valid_event_is_a_dead_letter_of_its_epoch() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn what_setup_plugin_captures_is_left_for_the_worker_loop() {
+    // setupPlugin runs when the first event creates the instance, inside the chain: its capture
+    // is no capture of that event (no hop of it, not in its batch), so it waits for the loop.
+    let fixture = plugin(
+        "setup",
+        &[(
+            "index.js",
+            "exports.setupPlugin = async () => { await posthog.capture('started', { distinct_id: 's' }) }\n\
+             exports.processEvent = (e) => e",
+        )],
+    );
+    let folder = fixture.path();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let left = timely::execute_directly(move |worker| {
+        let plugins = worker_plugins(&folder);
+        let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
+            let (input, events) = scope.new_input();
+            let probe = events
+                .run_chain(plugins.clone(), Captures::default())
+                .inspect_core(move |event| {
+                    if let Ok((_, results)) = event {
+                        sink.lock().unwrap().extend(results.iter().cloned());
+                    }
+                })
+                .probe()
+                .0;
+            (input, probe)
+        });
+        let line = r#"{"uuid":"u","event":"e","team_id":1,"distinct_id":"d","properties":{}}"#;
+        input.send(parse_line(line.as_bytes(), "test", 1, &EventLimits::default()).unwrap());
+        drop(input);
+        while !probe.done() {
+            worker.step();
+        }
+        plugins.borrow_mut().take_captured()
+    });
+    let results: Vec<ChainResult> = Arc::try_unwrap(seen).unwrap().into_inner().unwrap();
+    assert_eq!(results.len(), 1, "only the event itself: {results:#?}");
+    assert_eq!(results[0].hops(), 0);
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].0.contains("\"started\""), "{left:?}");
+    assert_eq!(left[0].1, 1, "one hop deeper than the team's deepest event so far (0)");
+}

@@ -551,6 +551,7 @@ impl PipelineConfig {
             ("runtime.max_timeouts", u64::from(r.max_timeouts), 1, 1_000_000),
             ("runtime.max_captures_per_call", u64::from(r.max_captures_per_call), 0, 1_000_000),
             ("runtime.max_captures_per_epoch", u64::from(r.max_captures_per_epoch), 0, 100_000_000),
+            ("runtime.max_capture_hops", u64::from(r.max_capture_hops), 0, 100),
             ("runtime.max_jobs_per_call", u64::from(r.max_jobs_per_call), 0, 1_000_000),
             ("runtime.max_log_bytes_per_call", r.max_log_bytes_per_call, 0, 1 << 30),
             ("runtime.max_host_bytes_per_call", r.max_host_bytes_per_call, 0, 1 << 34),

@@ -168,7 +168,7 @@ pub fn prometheus(state: &HttpState) -> String {
     );
     counter(
         "pluginflow_events_captured_total",
-        "Events plugins captured (sent back into the graph, or dead-lettered as capture loops).",
+        "Events plugins captured (posthog.capture), counted where their outcome is written: out, dropped or dead-lettered.",
         s.captured,
     );
     counter("pluginflow_instances_created_total", "Plugin instances (configuration x team) created.", s.instances_created);

@@ -49,8 +49,9 @@ pub struct Summary {
     /// event of an `exportEvents` batch) and of jobs: also in the dead-letter output, but not
     /// part of that account (the event itself is in `events_out`).
     pub work_given_up: u64,
-    /// Events plugins captured (`posthog.capture`): sent back into the graph, or dead-lettered
-    /// (capture loops, captures after the input closed).
+    /// Events plugins captured (`posthog.capture`), counted where their outcome is written: out,
+    /// dropped or dead-lettered (capture loops, invalid events, captures after the input
+    /// closed).
     pub captured: u64,
     /// Plugin instances (configuration × team) created, and evicted to keep within
     /// `runtime.instance_memory_budget_mb`.

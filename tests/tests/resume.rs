@@ -13,13 +13,17 @@ const EVENTS: usize = 12_000;
 
 /// Slow enough (a busy loop per event) that a kill lands mid-run; drops some events, captures a
 /// follow-up for others (with a fixed timestamp: only its uuid is new each time); `onEvent`
-/// fails for good for some (six attempts, then a dead letter).
+/// fails for good for some (six attempts, then a dead letter) and captures an echo of others:
+/// `processEvent`'s captures run in the epoch of the event that made them, `onEvent`'s go back
+/// through the worker loop in a later one (the checkpoints' floors must cover those).
 const PLUGIN: &str = "const { RetryError } = require('@posthog/plugin-scaffold')\n\
     exports.onEvent = (e) => {\n\
-      if (e.event !== 'follow-up' && e.uuid.charCodeAt(e.uuid.length - 2) % 13 === 0) throw new RetryError('down')\n\
+      if (e.event === 'follow-up' || e.event === 'echo') return\n\
+      if (e.uuid.charCodeAt(e.uuid.length - 2) % 13 === 0) throw new RetryError('down')\n\
+      if (e.uuid.charCodeAt(e.uuid.length - 1) % 5 === 0) posthog.capture('echo', { of: e.uuid, timestamp: '2024-01-01T00:00:00Z', distinct_id: 'g' })\n\
     }\n\
     exports.processEvent = (e) => {\n\
-      if (e.event === 'follow-up') return e\n\
+      if (e.event === 'follow-up' || e.event === 'echo') return e\n\
       let x = 0\n\
       for (let i = 0; i < 15000; i++) x = (x + i * 7) % 1000003\n\
       e.properties.work = x\n\
@@ -111,7 +115,7 @@ impl Setup {
             .lines()
             .map(|l| {
                 let mut v: serde_json::Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
-                if v["event"] == "follow-up" {
+                if v["event"] == "follow-up" || v["event"] == "echo" {
                     v.as_object_mut().unwrap().remove("uuid");
                 }
                 v.to_string()
@@ -178,7 +182,8 @@ fn a_run_killed_twice_stopped_and_resumed_writes_what_an_uninterrupted_run_write
     assert!(out.status.success(), "{}", stderr(&out));
     let (want_events, want_dead) = (oracle.events(), oracle.dead_letters());
     assert!(want_events.len() > EVENTS / 2 && !want_dead.is_empty(), "{} events, {} dead letters", want_events.len(), want_dead.len());
-    assert!(want_events.iter().any(|l| l.contains("follow-up")), "the plugin captured");
+    assert!(want_events.iter().any(|l| l.contains("follow-up")), "the plugin captured in processEvent");
+    assert!(want_events.iter().any(|l| l.contains("\"echo\"")), "the plugin captured in onEvent");
     assert!(want_dead.iter().any(|l| l.contains("onEvent of plugin")), "onEvent gave up for some");
 
     let crashed = Setup::new(&input);

@@ -160,20 +160,21 @@ pub const CAPTURE_SOURCE: &str = "posthog.capture";
 pub fn run_event(chain: &Rc<RefCell<WorkerPlugins>>, ev: ValidEvent, captures: &Captures, give: &mut impl FnMut(ChainResult)) {
     let mut plugins = chain.borrow_mut();
     let reader = ev.reader;
-    // Captures already waiting (made by onEvent, a job) stay for the worker loop; those after
-    // them are this chain's.
-    let waiting = plugins.captured_pending();
-    give(chain_result(&mut plugins, ev));
-    if plugins.captured_pending() == waiting {
+    let (result, made) = chain_result(&mut plugins, ev);
+    give(result);
+    if made.is_empty() {
         return;
     }
-    let mut made: VecDeque<(String, u32)> = plugins.take_captured_since(waiting).into();
+    let mut made = VecDeque::from(made);
     while let Some((json, hops)) = made.pop_front() {
         give(match admit(json, hops, reader, captures) {
-            Ok(captured) => chain_result(&mut plugins, captured),
+            Ok(captured) => {
+                let (result, more) = chain_result(&mut plugins, captured);
+                made.extend(more);
+                result
+            }
             Err(letter) => ChainResult::Failed { reader, hops, letter },
         });
-        made.extend(plugins.take_captured_since(waiting));
     }
 }
 
@@ -203,26 +204,26 @@ pub fn within_hops(json: String, hops: u32, max_hops: u32) -> Result<String, Dea
     })
 }
 
-/// One event through its team's chain.
-fn chain_result(plugins: &mut WorkerPlugins, ev: ValidEvent) -> ChainResult {
+/// One event through its team's chain, and what its plugins captured.
+fn chain_result(plugins: &mut WorkerPlugins, ev: ValidEvent) -> (ChainResult, Vec<(String, u32)>) {
     let (team, hops, position, reader) = (ev.team_id, ev.hops, ev.position, ev.reader);
     // A team without plugins gets its event as it came, moved rather than copied (a `$snapshot`
     // goes through `process`, which counts it as skipped).
     if ev.name() != "$snapshot" && !plugins.has_chain(team) {
-        return ChainResult::Kept(FinalEvent { team, hops, position, reader, json: ev.json });
+        return (ChainResult::Kept(FinalEvent { team, hops, position, reader, json: ev.json }), Vec::new());
     }
     match plugins.process(team, ev.name(), ev.uuid(), &ev.json, hops) {
-        Ok(outcome) => match outcome.event {
-            Some(json) => ChainResult::Kept(FinalEvent { team, hops, position, reader, json }),
-            None => ChainResult::Dropped { reader, hops },
-        },
+        Ok(outcome) => {
+            let result = match outcome.event {
+                Some(json) => ChainResult::Kept(FinalEvent { team, hops, position, reader, json }),
+                None => ChainResult::Dropped { reader, hops },
+            };
+            (result, outcome.captured)
+        }
         Err(reason) => {
             tracing::error!(uuid = %ev.uuid(), error = %reason, "event could not complete its chain: dead-lettered");
-            ChainResult::Failed {
-                reader,
-                hops,
-                letter: DeadLetter { source: "chain".into(), position, reason, raw: ev.json, raw_base64: None, failure: None },
-            }
+            let letter = DeadLetter { source: "chain".into(), position, reason, raw: ev.json, raw_base64: None, failure: None };
+            (ChainResult::Failed { reader, hops, letter }, Vec::new())
         }
     }
 }

@@ -24,6 +24,9 @@ pub struct ChainOutcome {
     pub failed: Vec<PluginError>,
     /// Labels of plugins with `onEvent` (their work is deferred until after the chain).
     pub deferred: Vec<String>,
+    /// Events the chain's plugins captured, with their capture hops (filled in by
+    /// `WorkerPlugins::process`).
+    pub captured: Vec<(String, u32)>,
 }
 
 /// Runs `event_json` (an event of team `team`) through `chain` (the team's instances in plugin

@@ -387,19 +387,38 @@ impl WorkerPlugins {
                 self.notices.push(PluginNotice::CallFailed(err.clone()));
             }
         }
+        // What the chain captured goes with its outcome (the chain stage runs it next, in the
+        // event's epoch); when the chain could not be completed, to the worker loop.
+        let mut made = Vec::new();
         for (i, inst) in taken {
-            self.collect_outbox(&inst, hops);
+            self.collect_outbox_into(&inst, hops, &mut made);
             self.instances.insert((i, team), Some(inst));
         }
-        outcome
+        match outcome {
+            Ok(mut o) => {
+                o.captured = made;
+                Ok(o)
+            }
+            Err(e) => {
+                self.captured.append(&mut made);
+                Err(e)
+            }
+        }
     }
 
     /// Moves what an instance captured and enqueued into the worker's loopback and the job
     /// queue. Captured events count one hop more than the event being handled (`hops`).
     pub fn collect_outbox(&mut self, inst: &PluginInstance, hops: u32) {
+        let mut captured = std::mem::take(&mut self.captured);
+        self.collect_outbox_into(inst, hops, &mut captured);
+        self.captured = captured;
+    }
+
+    /// [`Self::collect_outbox`], the captured events into `captured`.
+    fn collect_outbox_into(&mut self, inst: &PluginInstance, hops: u32, captured: &mut Vec<(String, u32)>) {
         let outbox = inst.take_outbox();
         for event in outbox.captured {
-            self.captured.push((event, hops.saturating_add(1)));
+            captured.push((event, hops.saturating_add(1)));
         }
         for job in outbox.jobs {
             // The job keeps the hop count of the call that enqueued it: what it captures is one
@@ -448,14 +467,6 @@ impl WorkerPlugins {
     /// Events captured since the last call, as JSON with their hop counts.
     pub fn take_captured(&mut self) -> Vec<(String, u32)> {
         std::mem::take(&mut self.captured)
-    }
-
-    /// The captured events after the first `from` waiting (those are left).
-    pub fn take_captured_since(&mut self, from: usize) -> Vec<(String, u32)> {
-        match from {
-            0 => std::mem::take(&mut self.captured),
-            _ => self.captured.split_off(from.min(self.captured.len())),
-        }
     }
 
     /// Background work due now: `setupPlugin` retries, scheduled tasks this worker owns, and due
@@ -970,6 +981,10 @@ impl WorkerPlugins {
                 self.notices.push(PluginNotice::CallFailed(e));
             }
         }
+        // What `setupPlugin` captured or enqueued goes on now, to the worker loop, not with the
+        // first event the instance handles (one hop deeper than the team's deepest, as teardown).
+        let hops = self.team_hops.get(&key.1).copied().unwrap_or(0);
+        self.collect_outbox(inst, hops);
     }
 
     /// Each configuration × team: plugin name, whether it loaded, why it is disabled.
