@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use pluginflow_tests::broker::pluginflow_bin;
+use pluginflow_tests::broker::{Running, pluginflow_bin};
 use pluginflow_tests::{gen_events, plugin_entry};
 
 const EVENTS: usize = 12_000;
@@ -92,10 +92,11 @@ impl Setup {
     }
 
     /// Starts a run in the background, its stderr appended to `stderr.log` (a pipe nobody reads
-    /// would fill up and block the run).
-    fn spawn(&self, extra: &[&str]) -> std::process::Child {
+    /// would fill up and block the run); killed when dropped, so a failed assertion leaves no
+    /// run behind.
+    fn spawn(&self, extra: &[&str]) -> Running {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.root.join("stderr.log")).unwrap();
-        self.command(extra).stderr(log).spawn().unwrap()
+        Running(self.command(extra).stderr(log).spawn().unwrap())
     }
 
     fn wait_for_lines(&self, child: &mut std::process::Child, at: usize) {

@@ -47,6 +47,7 @@ use operators::sync::lock;
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -70,6 +71,9 @@ enum Rebalanced {
 /// statistics to the health report.
 pub struct RebalanceContext {
     events: Mutex<Vec<Rebalanced>>,
+    /// Whether `events` may hold something: read for every polled record, so that the lock is
+    /// taken only after a rebalance (the callback runs on the polling thread, within a poll).
+    pending: AtomicBool,
     worker: usize,
     topic: String,
     health: Arc<KafkaHealth>,
@@ -94,6 +98,7 @@ impl ConsumerContext for RebalanceContext {
         };
         tracing::info!(worker = self.worker, ?event, "rebalance");
         lock(&self.events).push(event);
+        self.pending.store(true, Ordering::Release);
     }
 }
 
@@ -224,8 +229,13 @@ impl KafkaSource {
         worker: usize,
         health: Arc<KafkaHealth>,
     ) -> anyhow::Result<Self> {
-        let context =
-            RebalanceContext { events: Mutex::default(), worker, topic: config.input_topic().to_string(), health: health.clone() };
+        let context = RebalanceContext {
+            events: Mutex::default(),
+            pending: AtomicBool::new(false),
+            worker,
+            topic: config.input_topic().to_string(),
+            health: health.clone(),
+        };
         let consumer_config = config.consumer_config(worker);
         let no_commit = match consumer_config.get("auto.offset.reset") {
             Some("latest" | "largest" | "end") => Offset::End,
@@ -282,7 +292,11 @@ impl KafkaSource {
     /// Applies the rebalances recorded since the last call; `batch` holds the records already
     /// polled for `epoch`. False when there were none.
     fn apply_rebalances(&mut self, epoch: u64, batch: &mut Polled) -> bool {
-        let events = std::mem::take(&mut *lock(&self.consumer.context().events));
+        let context = self.consumer.context();
+        if !context.pending.swap(false, Ordering::Acquire) {
+            return false;
+        }
+        let events = std::mem::take(&mut *lock(&context.events));
         let any = !events.is_empty();
         for event in events {
             match event {
