@@ -268,8 +268,7 @@ if [ "$REPORT_ONLY" = 0 ]; then
     if [ "$KAFKA" = 1 ]; then
         KN=${KAFKA_N:-${SIZES[0]}}
         gen_log "$KN"
-        read -r KPORT KAFKA_CONTROLLER_PORT < <(python3 -c 'import socket; s=[socket.socket() for _ in (0, 1)]; [x.bind(("127.0.0.1", 0)) for x in s]; print(*(x.getsockname()[1] for x in s))')
-        export KAFKA_CONTROLLER_PORT # the broker's controller port: free too, not KPORT + 1
+        KPORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
         KB=127.0.0.1:$KPORT
         rm -rf "$WORK/kafka-broker"
         scripts/kafka.sh start "$WORK/kafka-broker" "$KPORT" >> "$RES/kafka.log"

@@ -24,8 +24,7 @@ scripts/setup.sh
 command -v valgrind >/dev/null 2>&1 || { [ "$(id -u)" -ne 0 ] && s=sudo || s=""; $s apt-get update -qq; $s apt-get install -y -qq valgrind; }
 cargo build --release -j2 -p pluginflow -p pluginflow-benches -p pluginflow-tests --bins >&2
 BIN=$CARGO_TARGET_DIR/release
-read -r PORT KAFKA_CONTROLLER_PORT < <(python3 -c 'import socket; s=[socket.socket() for _ in (0, 1)]; [x.bind(("127.0.0.1", 0)) for x in s]; print(*(x.getsockname()[1] for x in s))')
-export KAFKA_CONTROLLER_PORT # the broker's controller port: free too, not PORT + 1
+PORT="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 KB=127.0.0.1:$PORT
 scripts/kafka.sh start "$WORK/broker" "$PORT" >&2
 for n in "$SMALL" "$LARGE"; do

@@ -13,8 +13,9 @@
 #                                        # SIGKILL after 30 s)
 #
 # DIR keeps the broker's log (topics, offsets, transactions) across restarts: `run` or `start` on
-# the same DIR and PORT brings the same cluster back. The controller listens on PORT+1 unless
-# KAFKA_CONTROLLER_PORT is set. KAFKA_HEAP (default "-Xms256m -Xmx768m") sets the JVM heap.
+# the same DIR and PORT brings the same cluster back. The controller listens on
+# KAFKA_CONTROLLER_PORT when set, else on a free port picked the first time and kept in
+# DIR/controller.port for the restarts. KAFKA_HEAP (default "-Xms256m -Xmx768m") sets the JVM heap.
 #
 # Environment: KAFKA_VERSION (default 4.4.0), PLUGINFLOW_CACHE (default ~/.cache/pluginflow).
 set -euo pipefail
@@ -72,9 +73,16 @@ java_opts() {
 # Writes DIR/server.properties for PORT and formats DIR/data unless it already holds a cluster.
 prepare() {
     local dir="$1" port="$2"
-    local cport="${KAFKA_CONTROLLER_PORT:-$((port + 1))}"
     mkdir -p "$dir"
     dir="$(cd "$dir" && pwd)"
+    local cport="${KAFKA_CONTROLLER_PORT:-}"
+    if [ -z "$cport" ] && [ -f "$dir/controller.port" ]; then
+        cport="$(cat "$dir/controller.port")"
+    fi
+    if [ -z "$cport" ]; then
+        cport="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+    fi
+    echo "$cport" >"$dir/controller.port"
     cat >"$dir/server.properties" <<EOF
 process.roles=broker,controller
 node.id=1

@@ -36,16 +36,6 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind a free port").local_addr().expect("local addr").port()
 }
 
-/// Two consecutive free loopback ports (the broker's, and its controller's above it).
-fn free_port_pair() -> u16 {
-    loop {
-        let port = free_port();
-        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
-            return port;
-        }
-    }
-}
-
 /// The built `pluginflow` binary, beside this test binary's `deps/` folder.
 pub fn pluginflow_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
@@ -66,7 +56,8 @@ impl Broker {
     /// Starts a broker and waits until it answers metadata requests.
     pub fn start() -> Self {
         fetch_kafka();
-        let mut broker = Self { child: None, port: free_port_pair(), dir: tempfile::tempdir().expect("broker folder") };
+        // (scripts/kafka.sh picks the controller's port and keeps it in the folder for restarts.)
+        let mut broker = Self { child: None, port: free_port(), dir: tempfile::tempdir().expect("broker folder") };
         broker.resume();
         broker
     }
