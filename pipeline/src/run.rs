@@ -479,7 +479,8 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
                 input.send(InputLine { position, bytes: line, hops: 0 });
             }
         }
-        // Background plugin work, then events plugins captured: back into the graph.
+        // Background plugin work, then what plugins captured outside the chain (onEvent, jobs,
+        // schedules, setup and teardown): back into the graph.
         let gave_up = plugins.borrow_mut().maintain();
         write_now(
             &io.dead_letters,

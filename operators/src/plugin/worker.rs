@@ -139,7 +139,8 @@ pub struct WorkerPlugins {
     /// due (`place.clock`, ms).
     setup_retries: HashMap<InstanceKey, (u32, u64)>,
     schedules: HashMap<(InstanceKey, Hook), Schedule>,
-    /// Events plugins captured, ready to go back into the graph, with their hop counts.
+    /// Events plugins captured outside a `processEvent` chain (whose captures go with its
+    /// outcome), ready for the worker loop to send back into the graph, with their hop counts.
     captured: Vec<(String, u32)>,
     /// App-metric counts since the last `take_notices`.
     metric_counts: HashMap<(InstanceKey, Hook, Outcome), u64>,
