@@ -39,10 +39,14 @@ fn worker_plugins(fixture: &std::path::Path) -> Rc<RefCell<WorkerPlugins>> {
     Rc::new(RefCell::new(WorkerPlugins::new(Limits::default(), Arc::new(vec![spec]), services).unwrap()))
 }
 
-/// Runs `events` (name, uuid) at epochs 0, 1, ... as read by worker 7; returns each result with
-/// its epoch.
-fn run(events: &[(&str, &str)], max_hops: u32) -> Vec<(u64, ChainResult)> {
-    let fixture = plugin("echo", &[("index.js", ECHO)]);
+/// Each result with its epoch, and what was left for the worker loop.
+type Ran = (Vec<(u64, ChainResult)>, Vec<(String, u32)>);
+
+/// Runs `events` (name, uuid) of team 1, one per epoch 0, 1, ..., as read by worker 7, through
+/// the chain of one plugin (`index.js` = `code`); returns each result with its epoch, and what
+/// was left for the worker loop.
+fn chain_over(code: &str, events: &[(&str, &str)], captures: Captures) -> Ran {
+    let fixture = plugin("p", &[("index.js", code)]);
     let folder = fixture.path();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let sink = seen.clone();
@@ -50,9 +54,8 @@ fn run(events: &[(&str, &str)], max_hops: u32) -> Vec<(u64, ChainResult)> {
         .iter()
         .map(|(name, uuid)| format!(r#"{{"uuid":"{uuid}","event":"{name}","team_id":1,"distinct_id":"d","properties":{{}}}}"#))
         .collect();
-    timely::execute_directly(move |worker| {
+    let left = timely::execute_directly(move |worker| {
         let plugins = worker_plugins(&folder);
-        let captures = Captures { limits: EventLimits::default(), max_hops };
         let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
             let (input, events) = scope.new_input();
             let probe = events
@@ -77,9 +80,16 @@ fn run(events: &[(&str, &str)], max_hops: u32) -> Vec<(u64, ChainResult)> {
         while !probe.done() {
             worker.step();
         }
-        assert_eq!(plugins.borrow().captured_pending(), 0, "nothing captured is left for the worker loop");
+        plugins.borrow_mut().take_captured()
     });
-    Arc::try_unwrap(seen).unwrap().into_inner().unwrap()
+    (Arc::try_unwrap(seen).unwrap().into_inner().unwrap(), left)
+}
+
+/// The echo plugin over `events`; nothing may be left for the worker loop.
+fn run(events: &[(&str, &str)], max_hops: u32) -> Vec<(u64, ChainResult)> {
+    let (results, left) = chain_over(ECHO, events, Captures { limits: EventLimits::default(), max_hops });
+    assert!(left.is_empty(), "nothing captured is left for the worker loop: {left:?}");
+    results
 }
 
 fn json_of(r: &ChainResult) -> serde_json::Value {
@@ -124,42 +134,9 @@ fn captures_run_in_the_capturing_events_epoch_for_its_reader() {
 #[test]
 fn a_captured_event_that_is_no_valid_event_is_a_dead_letter_of_its_epoch() {
     // A captured event longer than the line limit (4 KiB here) is refused as a line would be.
-    let fixture = plugin(
-        "big",
-        &[(
-            "index.js",
-            "exports.processEvent = async (e) => { if (e.event === 'start') await posthog.capture('x', { distinct_id: 'd', pad: 'y'.repeat(5000) }); return e }",
-        )],
-    );
-    let folder = fixture.path();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let sink = seen.clone();
-    timely::execute_directly(move |worker| {
-        let plugins = worker_plugins(&folder);
-        let captures = Captures { limits: EventLimits { max_bytes: 4096, max_depth: 64 }, max_hops: 3 };
-        let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
-            let (input, events) = scope.new_input();
-            let probe = events
-                .run_chain(plugins.clone(), captures)
-                .inspect_core(move |event| {
-                    if let Ok((stamp, results)) = event {
-                        let time = *stamp.expect_singleton();
-                        sink.lock().unwrap().extend(results.iter().map(|r: &ChainResult| (time, r.clone())));
-                    }
-                })
-                .probe()
-                .0;
-            (input, probe)
-        });
-        let line = r#"{"uuid":"u","event":"start","team_id":1,"distinct_id":"d","properties":{}}"#;
-        input.send(parse_line(line.as_bytes(), "test", 1, &EventLimits::default()).unwrap());
-        input.advance_to(1);
-        drop(input);
-        while !probe.done() {
-            worker.step();
-        }
-    });
-    let results = Arc::try_unwrap(seen).unwrap().into_inner().unwrap();
+    let code = "exports.processEvent = async (e) => { if (e.event === 'start') await posthog.capture('x', { distinct_id: 'd', pad: 'y'.repeat(5000) }); return e }";
+    let captures = Captures { limits: EventLimits { max_bytes: 4096, max_depth: 64 }, max_hops: 3 };
+    let (results, _) = chain_over(code, &[("start", "u")], captures);
     assert_eq!(results.len(), 2, "{results:#?}");
     assert!(results.iter().all(|(t, _)| *t == 0));
     match &results[1].1 {
@@ -175,43 +152,11 @@ fn a_captured_event_that_is_no_valid_event_is_a_dead_letter_of_its_epoch() {
 fn what_setup_plugin_captures_is_left_for_the_worker_loop() {
     // setupPlugin runs when the first event creates the instance, inside the chain: its capture
     // is no capture of that event (no hop of it, not in its batch), so it waits for the loop.
-    let fixture = plugin(
-        "setup",
-        &[(
-            "index.js",
-            "exports.setupPlugin = async () => { await posthog.capture('started', { distinct_id: 's' }) }\n\
-             exports.processEvent = (e) => e",
-        )],
-    );
-    let folder = fixture.path();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let sink = seen.clone();
-    let left = timely::execute_directly(move |worker| {
-        let plugins = worker_plugins(&folder);
-        let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
-            let (input, events) = scope.new_input();
-            let probe = events
-                .run_chain(plugins.clone(), Captures::default())
-                .inspect_core(move |event| {
-                    if let Ok((_, results)) = event {
-                        sink.lock().unwrap().extend(results.iter().cloned());
-                    }
-                })
-                .probe()
-                .0;
-            (input, probe)
-        });
-        let line = r#"{"uuid":"u","event":"e","team_id":1,"distinct_id":"d","properties":{}}"#;
-        input.send(parse_line(line.as_bytes(), "test", 1, &EventLimits::default()).unwrap());
-        drop(input);
-        while !probe.done() {
-            worker.step();
-        }
-        plugins.borrow_mut().take_captured()
-    });
-    let results: Vec<ChainResult> = Arc::try_unwrap(seen).unwrap().into_inner().unwrap();
+    let code = "exports.setupPlugin = async () => { await posthog.capture('started', { distinct_id: 's' }) }\n\
+                exports.processEvent = (e) => e";
+    let (results, left) = chain_over(code, &[("e", "u")], Captures::default());
     assert_eq!(results.len(), 1, "only the event itself: {results:#?}");
-    assert_eq!(results[0].hops(), 0);
+    assert_eq!(results[0].1.hops(), 0);
     assert_eq!(left.len(), 1, "{left:?}");
     assert!(left[0].0.contains("\"started\""), "{left:?}");
     assert_eq!(left[0].1, 1, "one hop deeper than the team's deepest event so far (0)");

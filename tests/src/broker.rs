@@ -418,19 +418,22 @@ pub fn uuids<'a>(values: impl IntoIterator<Item = &'a str>) -> Vec<String> {
         .collect()
 }
 
+/// Writes plugin `name` (`index.js` = `code`) into `dir/name`; returns its configuration entry
+/// (first in the chain).
+fn plugin_in(dir: &Path, name: &str, code: &str) -> String {
+    let folder = dir.join(name);
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::write(folder.join("plugin.json"), format!(r#"{{"name": "{name}", "config": []}}"#)).unwrap();
+    std::fs::write(folder.join("index.js"), code).unwrap();
+    crate::plugin_entry(name, &folder, 1, "")
+}
+
 /// A plugin that spends about half a millisecond per event (busy: plugins have no timers).
 pub fn pacing_plugin(dir: &Path) -> String {
-    let pace = dir.join("pace");
-    std::fs::create_dir_all(&pace).unwrap();
-    std::fs::write(pace.join("plugin.json"), r#"{"name": "pace", "config": []}"#).unwrap();
-    std::fs::write(
-        pace.join("index.js"),
-        "function processEvent(event) { const until = Date.now() + 0.5; while (Date.now() < until) {} return event }
+    let code = "function processEvent(event) { const until = Date.now() + 0.5; while (Date.now() < until) {} return event }
 module.exports = { processEvent }
-",
-    )
-    .unwrap();
-    crate::plugin_entry("pace", &pace, 1, "")
+";
+    plugin_in(dir, "pace", code)
 }
 
 /// Whether [`capturing_plugin`] captures an event for the event with this uuid (one in eight
@@ -442,13 +445,8 @@ pub fn captures(uuid: &str) -> bool {
 /// A plugin that spends `pace_ms` per event and, for the events [`captures`] picks, captures a
 /// `follow-up` naming the event in its property `of`; a captured event takes `captured_ms`.
 pub fn capturing_plugin(dir: &Path, pace_ms: f64, captured_ms: f64) -> String {
-    let code = dir.join("capture");
-    std::fs::create_dir_all(&code).unwrap();
-    std::fs::write(code.join("plugin.json"), r#"{"name": "capture", "config": []}"#).unwrap();
-    std::fs::write(
-        code.join("index.js"),
-        format!(
-            "async function processEvent(event) {{
+    let code = format!(
+        "async function processEvent(event) {{
   const followUp = event.event === 'follow-up'
   const until = Date.now() + (followUp ? {captured_ms} : {pace_ms})
   while (Date.now() < until) {{}}
@@ -457,10 +455,8 @@ pub fn capturing_plugin(dir: &Path, pace_ms: f64, captured_ms: f64) -> String {
 }}
 module.exports = {{ processEvent }}
 "
-        ),
-    )
-    .unwrap();
-    crate::plugin_entry("capture", &code, 1, "")
+    );
+    plugin_in(dir, "capture", &code)
 }
 
 /// `events in:` from a run's summary.
