@@ -889,6 +889,7 @@ mod tests {
             ("max_timeouts = 0", "runtime.max_timeouts"),
             ("fetch_timeout_ms = 0", "runtime.fetch_timeout_ms"),
             ("retry_hold_ms = 86400001", "runtime.retry_hold_ms"),
+            ("max_capture_hops = 101", "runtime.max_capture_hops"),
         ] {
             let e = parse(dir.path(), &format!("[input]\npath = \"events.jsonl\"\n[runtime]\n{setting}\n")).unwrap_err();
             assert_eq!(e.field, field, "{setting}");
