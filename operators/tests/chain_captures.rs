@@ -11,7 +11,7 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::plugin;
+use common::{json_of, plugin};
 use operators::dataflow::chain::{CAPTURE_SOURCE, Captures, ChainResult, RunChain};
 use operators::event::{EventLimits, parse_line};
 use operators::plugin::worker::{PluginSpec, WorkerPlugins};
@@ -90,14 +90,6 @@ fn run(events: &[(&str, &str)], max_hops: u32) -> Vec<(u64, ChainResult)> {
     let (results, left) = chain_over(ECHO, events, Captures { limits: EventLimits::default(), max_hops });
     assert!(left.is_empty(), "nothing captured is left for the worker loop: {left:?}");
     results
-}
-
-fn json_of(r: &ChainResult) -> serde_json::Value {
-    match r {
-        ChainResult::Kept(ev) => serde_json::from_str(&ev.json).unwrap(),
-        ChainResult::Failed { letter, .. } => serde_json::from_str(&letter.raw).unwrap(),
-        ChainResult::Dropped { .. } => panic!("nothing is dropped here"),
-    }
 }
 
 #[test]

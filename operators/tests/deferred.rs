@@ -10,12 +10,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::plugin;
-use operators::dataflow::deferred::RunDeferred;
+use operators::dataflow::chain::Captures;
+use operators::dataflow::deferred::{DeferredOutput, RunDeferred};
 use operators::plugin::deferred::{DeferredWork, Exhausted, FinalEvent, RetryPolicies, RetryPolicy};
 use operators::plugin::worker::{Outcome, PluginNotice, PluginSpec, WorkerPlace, WorkerPlugins};
 use operators::plugin::{HostServices, Limits, LogSource, MemoryLogSink, PluginDefinition};
 use serde_json::json;
 use state::{Clock, ManualClock, MemoryStore, StateStore};
+use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::{Input, Inspect, Probe};
 
 const RECORDER: &str = "const { RetryError } = require('@posthog/plugin-scaffold')\n\
@@ -129,7 +131,8 @@ fn run_holding(h: &Harness, batches: Vec<Vec<String>>, hold_ms: u64, mut during:
         let worker = &mut worker;
         let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
             let (input, stream) = scope.new_input::<Vec<FinalEvent>>();
-            let probe = stream.run_deferred(work.clone()).inspect(move |e: &Exhausted| sink.borrow_mut().push(e.clone())).probe().0;
+            let given_up = stream.run_deferred(work.clone(), Captures::default()).flat_map(DeferredOutput::gave_up);
+            let probe = given_up.inspect(move |e: &Exhausted| sink.borrow_mut().push(e.clone())).probe().0;
             (input, probe)
         });
         let mut tick = |worker: &mut timely::worker::Worker| {

@@ -5,7 +5,7 @@
 //!      │  epoch = one poll; the worker loop holds the input capability
 //!      ▼
 //!  parse + validate ──────────────────────────► dead letters (raw line + reason)
-//!      │ ValidEvent (what onEvent, jobs and schedules capture comes back here, hop count beside)
+//!      │ ValidEvent (what jobs and schedules capture comes back here, hop count beside)
 //!      ▼ to the team's owner worker (operators::plugin::placement)
 //!  processEvent chain of the event's team, then of what it captured (same epoch)
 //!      │ ChainResult: kept, dropped or failed
@@ -13,7 +13,9 @@
 //!      ├──► events output (JSON lines or Kafka) ──► probe ◄── dead letters output
 //!      ▼ to the owner again
 //!  onEvent / exportEvents (dataflow::deferred: retries hold their epoch, for a while)
-//!      │ given-up work, one dead letter per event, back to the reader
+//!      │ given-up work, one dead letter per event, back to the reader; what the calls
+//!      │ captured, through its chain (and its own onEvent/exportEvents) there, in the same
+//!      ▼ epoch, back to the reader to be written
 //! ```
 //!
 //! The source reads `batch_size` lines per epoch and never runs more than `max_epochs_ahead`
@@ -32,7 +34,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use differential_dataflow::input::InputSession;
 use operators::dataflow::chain::{CAPTURE_SOURCE, Captures, ChainResult, RunChain, within_hops};
-use operators::dataflow::deferred::RunDeferred;
+use operators::dataflow::deferred::{DeferredOutput, RunDeferred};
 use operators::dataflow::placement::ToOwners;
 use operators::dataflow::write_events::WriteEvents;
 use operators::dataflow::write_letters::WriteDeadLetters;
@@ -377,7 +379,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
         let stats = shared.stats.clone();
         let (events, dead) = input.to_stream(scope).ok_err(move |line: InputLine| {
             let hops = line.hops;
-            // A captured event (from onEvent, a job) that is no valid event: counted as captured
+            // A captured event (from a job, a schedule) that is no valid event: counted as captured
             // here; those that are go through the chain and are counted with its results.
             let source = if hops > 0 { CAPTURE_SOURCE } else { &source_name };
             parse_owned_line(line.bytes, source, line.position, &checks)
@@ -408,17 +410,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
             }
         };
         let outcomes = outcomes.to_readers(&placement, ChainResult::reader);
-        let stats = shared.stats.clone();
-        // Events the chain captured are counted here, where their outcomes are (a cluster's
-        // processes each account for what they read and write).
-        let (processed, unprocessable): (timely::dataflow::Stream<'_, u64, Vec<FinalEvent>>, _) = outcomes
-            .flat_map(move |r: ChainResult| {
-                if r.hops() > 0 {
-                    stats.add_captured(1);
-                }
-                r.into_result(|| stats.add_dropped(1))
-            })
-            .ok_err(|r: Result<FinalEvent, DeadLetter>| r);
+        let (processed, unprocessable) = split_outcomes(outcomes, &shared.stats);
         // Processed events are written here, then passed on to onEvent and exportEvents only
         // when the team has a plugin with one of them: the test DeferredWork::event would make
         // first. A team whose plugins run on another worker is passed on to that worker, which
@@ -431,9 +423,19 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
         dead.write_dead_letters(&io.dead_letters, &failed, dead_count()).probe_with(&intake).probe_with(&probe);
         unprocessable.write_dead_letters(&io.dead_letters, &failed, dead_count()).probe_with(&intake).probe_with(&probe);
         let owed = owed.to_owners(&placement, |ev: &FinalEvent| (ev.team, ev.reader));
-        let given_up = owed.run_deferred(deferred.clone()).flat_map(move |e| e.returned_letters(reader));
+        let (captured, given_up) = owed.run_deferred(deferred.clone(), captures).ok_err(|o| match o {
+            DeferredOutput::Captured(r) => Ok(r),
+            DeferredOutput::GaveUp(e) => Err(e),
+        });
+        let given_up = given_up.flat_map(move |e| e.returned_letters(reader));
         let given_up = given_up.to_readers(&placement, |l: &ReturnedLetter| l.reader).map(|l: ReturnedLetter| l.letter);
         given_up.write_dead_letters(&io.dead_letters, &failed, counter(&shared.stats, Stats::add_given_up)).probe_with(&probe);
+        // What onEvent and exportEvents captured, through its chain and its own onEvent and
+        // exportEvents on the owner: written by the reader, in the epoch of the event it came
+        // from (nothing more is owed for it).
+        let (processed, unprocessable) = split_outcomes(captured.to_readers(&placement, ChainResult::reader), &shared.stats);
+        processed.write_events(&io.events, &failed, counter(&shared.stats, Stats::add_out), |_: &FinalEvent| false).probe_with(&probe);
+        unprocessable.write_dead_letters(&io.dead_letters, &failed, dead_count()).probe_with(&probe);
     });
     let batch_size = shared.config.runtime.batch_size;
     let ahead = shared.config.runtime.max_epochs_ahead;
@@ -479,7 +481,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
                 input.send(InputLine { position, bytes: line, hops: 0 });
             }
         }
-        // Background plugin work, then what plugins captured outside the chain (onEvent, jobs,
+        // Background plugin work, then what plugins captured outside the dataflow's calls (jobs,
         // schedules, setup and teardown): back into the graph.
         let gave_up = plugins.borrow_mut().maintain();
         write_now(
@@ -591,6 +593,24 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
     flush_shared(&shared.app_metrics)?;
     source.complete(u64::MAX)?;
     Ok(())
+}
+
+/// What a chain made of events, at their readers: the events to write and the dead letters,
+/// with the dropped ones and the captured ones (more than 0 hops) counted here, where their
+/// outcomes are (a cluster's processes each account for what they read and write).
+fn split_outcomes<'scope>(
+    outcomes: timely::dataflow::Stream<'scope, u64, Vec<ChainResult>>,
+    stats: &Arc<Stats>,
+) -> (timely::dataflow::Stream<'scope, u64, Vec<FinalEvent>>, timely::dataflow::Stream<'scope, u64, Vec<DeadLetter>>) {
+    let stats = stats.clone();
+    outcomes
+        .flat_map(move |r: ChainResult| {
+            if r.hops() > 0 {
+                stats.add_captured(1);
+            }
+            r.into_result(|| stats.add_dropped(1))
+        })
+        .ok_err(|r: Result<FinalEvent, DeadLetter>| r)
 }
 
 /// Sends captured events into the input; those past the hop limit become dead letters.

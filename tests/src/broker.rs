@@ -436,14 +436,15 @@ module.exports = { processEvent }
     plugin_in(dir, "pace", code)
 }
 
-/// Whether [`capturing_plugin`] captures an event for the event with this uuid (one in eight
-/// of the generator's).
+/// Whether [`capturing_plugin`] captures an event for the event with this uuid: one in eight
+/// of the generator's in `processEvent`, another one in eight in `onEvent`.
 pub fn captures(uuid: &str) -> bool {
-    uuid.ends_with(['0', '8'])
+    uuid.ends_with(['0', '8', '4', 'c'])
 }
 
 /// A plugin that spends `pace_ms` per event and, for the events [`captures`] picks, captures a
-/// `follow-up` naming the event in its property `of`; a captured event takes `captured_ms`.
+/// `follow-up` naming the event in its property `of`: from `processEvent` for uuids ending in
+/// 0 or 8, from `onEvent` for those ending in 4 or c. A captured event takes `captured_ms`.
 pub fn capturing_plugin(dir: &Path, pace_ms: f64, captured_ms: f64) -> String {
     let code = format!(
         "async function processEvent(event) {{
@@ -453,7 +454,10 @@ pub fn capturing_plugin(dir: &Path, pace_ms: f64, captured_ms: f64) -> String {
   if (!followUp && /[08]$/.test(event.uuid)) await posthog.capture('follow-up', {{ of: event.uuid, distinct_id: event.distinct_id }})
   return event
 }}
-module.exports = {{ processEvent }}
+async function onEvent(event) {{
+  if (event.event !== 'follow-up' && /[4c]$/.test(event.uuid)) await posthog.capture('follow-up', {{ of: event.uuid, distinct_id: event.distinct_id }})
+}}
+module.exports = {{ processEvent, onEvent }}
 "
     );
     plugin_in(dir, "capture", &code)

@@ -8,7 +8,7 @@
 //! every input record below a committed offset has its output there: its event, or (for the
 //! lines that are not events) its dead letter.
 //!
-//! Some events make a plugin capture another (`posthog.capture` in `processEvent`). A committed
+//! Some events make a plugin capture another (`posthog.capture` in `processEvent` or `onEvent`). A committed
 //! offset promises the capture too: a crash right after the commit would otherwise lose it for
 //! good (the event that made it is not read again). Captured events take a few milliseconds
 //! each, so a pipeline that sent them back into the graph in a later epoch than the event that

@@ -5,7 +5,8 @@
 //! consumer (Apache Kafka filters aborted transactions), and the test verifier [`txnlog`], which
 //! decides from the transaction markers in the raw log. Counts are printed.
 //!
-//! A plugin captures a `follow-up` event for one event in eight (`posthog.capture`); captured
+//! A plugin captures a `follow-up` event for one event in four (`posthog.capture`, half of them
+//! in `processEvent`, half in `onEvent`); captured
 //! events carry a new uuid on each run, so they are counted by the event that captured them
 //! (`of`): at-least-once, each at least once; exactly-once, each exactly once.
 

@@ -14,8 +14,7 @@ const EVENTS: usize = 12_000;
 /// Slow enough (a busy loop per event) that a kill lands mid-run; drops some events, captures a
 /// follow-up for others (with a fixed timestamp: only its uuid is new each time); `onEvent`
 /// fails for good for some (six attempts, then a dead letter) and captures an echo of others:
-/// `processEvent`'s captures run in the epoch of the event that made them, `onEvent`'s go back
-/// through the worker loop in a later one (the checkpoints' floors must cover those).
+/// both run in the epoch of the event that made them, so a checkpoint covers them with it.
 const PLUGIN: &str = "const { RetryError } = require('@posthog/plugin-scaffold')\n\
     exports.onEvent = (e) => {\n\
       if (e.event === 'follow-up' || e.event === 'echo') return\n\

@@ -6,8 +6,9 @@
 //! event that made them, in its epoch, and their results go to the same reader ([`Captures`]):
 //! so that event's epoch, its input offset with it, is complete only once its captures are
 //! written too, in every delivery mode and across processes, with nothing to track beside the
-//! dataflow's own progress. (What `onEvent`, `exportEvents`, jobs and schedules capture goes
-//! back through the worker loop: see the pipeline's `run.rs`.)
+//! dataflow's own progress. (What `onEvent` and `exportEvents` capture goes the same way in the
+//! deferred stage, [`crate::dataflow::deferred`]; what jobs and schedules capture, back through
+//! the worker loop: see the pipeline's `run.rs`.)
 //!
 //! `run_chain_with` also takes a stream of configuration changes (the pipeline's folder of
 //! configurations): events wait until every change up to their epoch is known, and a change at
@@ -158,23 +159,40 @@ pub const CAPTURE_SOURCE: &str = "posthog.capture";
 /// none, when dropped), or a dead letter when the chain could not be completed. An event is
 /// never written out without its chain. Captured events go to the event's reader.
 pub fn run_event(chain: &Rc<RefCell<WorkerPlugins>>, ev: ValidEvent, captures: &Captures, give: &mut impl FnMut(ChainResult)) {
-    let mut plugins = chain.borrow_mut();
     let reader = ev.reader;
-    let (result, made) = chain_result(&mut plugins, ev);
+    let (result, made) = chain_result(&mut chain.borrow_mut(), ev);
     give(result);
-    if made.is_empty() {
-        return;
+    if !made.is_empty() {
+        run_captured(chain, made, reader, captures, give, &mut |_| Vec::new());
     }
+}
+
+/// Runs the chains of captured events (`made`, JSON with hop counts) for the worker `reader`,
+/// then of what they capture in turn, up to `captures.max_hops`, giving each result to `give`.
+/// `then` runs for each kept one before its result is given (the deferred stage's `onEvent`
+/// and `exportEvents`) and returns what that captured, which goes the same way.
+pub fn run_captured(
+    chain: &Rc<RefCell<WorkerPlugins>>,
+    made: Vec<(String, u32)>,
+    reader: u32,
+    captures: &Captures,
+    give: &mut impl FnMut(ChainResult),
+    then: &mut impl FnMut(&FinalEvent) -> Vec<(String, u32)>,
+) {
     let mut made = VecDeque::from(made);
     while let Some((json, hops)) = made.pop_front() {
-        give(match admit(json, hops, reader, captures) {
+        let result = match admit(json, hops, reader, captures) {
             Ok(captured) => {
-                let (result, more) = chain_result(&mut plugins, captured);
+                let (result, more) = chain_result(&mut chain.borrow_mut(), captured);
                 made.extend(more);
+                if let ChainResult::Kept(ev) = &result {
+                    made.extend(then(ev));
+                }
                 result
             }
             Err(letter) => ChainResult::Failed { reader, hops, letter },
-        });
+        };
+        give(result);
     }
 }
 

@@ -16,6 +16,15 @@
 //! At the end of the input the floor stays while any retry is owed, so a run still ends only
 //! when every retry has succeeded or given up (or on a stop, which leaves them queued).
 //!
+//! What the calls capture (`posthog.capture` in `onEvent` or `exportEvents`) goes through its
+//! chain here, at once, and out at the epoch of the events the call was for, addressed to the
+//! reader of the first of them ([`DeferredOutput::Captured`]): that epoch, and so the input
+//! offsets it stands for, completes only once the captures are written — as the chain stage
+//! does with what `processEvent` captures. A captured event's own `onEvent` and `exportEvents`
+//! run here too (before it is written, unlike an input event's). A retry past its hold
+//! captures at the floor, in a later epoch; once the input is over and nothing is owed, what is
+//! captured is left to the worker loop.
+//!
 //! [`RetryPolicies::hold`]: crate::plugin::deferred::RetryPolicies::hold
 //!
 //! ```
@@ -23,11 +32,13 @@
 //! use std::rc::Rc;
 //! use std::sync::Arc;
 //! use std::time::Duration;
-//! use operators::dataflow::deferred::RunDeferred;
+//! use operators::dataflow::chain::Captures;
+//! use operators::dataflow::deferred::{DeferredOutput, RunDeferred};
 //! use operators::plugin::deferred::{DeferredWork, RetryPolicies};
 //! use operators::plugin::worker::WorkerPlugins;
 //! use operators::plugin::{HostServices, Limits, MemoryLogSink};
 //! use operators::plugin::deferred::FinalEvent;
+//! use timely::dataflow::operators::vec::Map;
 //! use timely::dataflow::operators::{Input, Inspect, Probe};
 //!
 //! timely::execute(timely::Config::thread(), |worker| {
@@ -39,7 +50,8 @@
 //!     let sink = letters.clone();
 //!     let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
 //!         let (input, events) = scope.new_input::<Vec<FinalEvent>>();
-//!         let probe = events.run_deferred(work).inspect(move |e| sink.borrow_mut().push(e.clone())).probe().0;
+//!         let given_up = events.run_deferred(work, Captures::default()).flat_map(DeferredOutput::gave_up);
+//!         let probe = given_up.inspect(move |e| sink.borrow_mut().push(e.clone())).probe().0;
 //!         (input, probe)
 //!     });
 //!     input.send(FinalEvent { team: 1, hops: 0, position: 0, reader: 0, json: r#"{"uuid":"u","event":"e","team_id":1}"#.to_string() });
@@ -62,12 +74,35 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::operator::Operator;
 
+use crate::dataflow::chain::{Captures, ChainResult, run_captured};
 use crate::plugin::deferred::{DeferredWork, Exhausted, FinalEvent, Step, Task, millis};
+use crate::plugin::worker::WorkerPlugins;
+
+/// What the deferred stage puts out, at the epoch of the events it came from.
+#[derive(Clone, Debug)]
+pub enum DeferredOutput {
+    /// A call that failed for good: its events' dead letters.
+    GaveUp(Exhausted),
+    /// An event `onEvent` or `exportEvents` captured, through its own chain (and its own
+    /// `onEvent` and `exportEvents`), for the reader of the event whose call captured it.
+    Captured(ChainResult),
+}
+
+impl DeferredOutput {
+    /// The call that failed for good, if this is one.
+    pub fn gave_up(self) -> Option<Exhausted> {
+        match self {
+            Self::GaveUp(e) => Some(e),
+            Self::Captured(_) => None,
+        }
+    }
+}
 
 /// Runs `onEvent` and `exportEvents` for final events, retrying on delayed capabilities.
 pub trait RunDeferred<'scope> {
-    /// Takes the events that left the chain and returns the calls that failed for good.
-    fn run_deferred(self, work: Rc<RefCell<DeferredWork>>) -> Stream<'scope, u64, Vec<Exhausted>>;
+    /// Takes the events that left the chain and returns the calls that failed for good and
+    /// what the calls captured, run through its chain as [`Captures`] says.
+    fn run_deferred(self, work: Rc<RefCell<DeferredWork>>, captures: Captures) -> Stream<'scope, u64, Vec<DeferredOutput>>;
 }
 
 /// A retry waiting for its time, holding its epoch open until `held_until` (then `cap` is
@@ -86,9 +121,111 @@ fn hold_ends(now: u64, hold: Duration) -> Option<u64> {
     now.checked_add(millis(hold))
 }
 
+/// The operator's state between activations.
+struct Stage {
+    work: Rc<RefCell<DeferredWork>>,
+    plugins: Rc<RefCell<WorkerPlugins>>,
+    captures: Captures,
+    hold: Duration,
+    /// This worker: the reader of what a retry recovered from the durable queue captures.
+    me: u32,
+    pending: Vec<Pending>,
+    /// What goes out at the end of this activation, at its capability (`None`: the floor's).
+    out: Vec<(Option<Capability<u64>>, DeferredOutput)>,
+    /// Held at the earliest epoch of the buffered export events.
+    buffer_cap: Option<Capability<u64>>,
+    /// Kept at the input frontier: where the dead letters of retries past their hold go.
+    floor: Option<Capability<u64>>,
+}
+
+impl Stage {
+    /// Steps of calls made for events of `epoch` or later (an event, a flushed buffer): each
+    /// retry holds its epoch from `now`, under the export buffers' capability.
+    fn place_new(&mut self, steps: Vec<Step>, epoch: u64, now: u64) {
+        for step in steps.into_iter().filter(|s| !matches!(s, Step::Done)) {
+            let held = self.buffer_cap.as_ref().expect("buffered events hold a capability").delayed(&step_epoch(&step, epoch));
+            place(step, Some(held), hold_ends(now, self.hold), &mut self.pending, &mut self.out);
+        }
+    }
+
+    /// One event that left the chain (`at`: a capability at its epoch): its `onEvent` and
+    /// export buffers, then what those calls captured.
+    fn event(&mut self, at: &Capability<u64>, event: &FinalEvent, now: u64) {
+        let epoch = *at.time();
+        if self.buffer_cap.as_ref().is_none_or(|b| *b.time() > epoch) {
+            self.buffer_cap = Some(at.clone());
+        }
+        let steps = self.work.borrow_mut().event(epoch, event);
+        self.place_new(steps, epoch, now);
+        self.settle(None, now);
+    }
+
+    /// A retry due now: called again; a further failure keeps its capability.
+    fn retry(&mut self, p: Pending, now: u64) {
+        let held = p.cap.clone();
+        let step = self.work.borrow_mut().run(p.task);
+        place(step, p.cap, p.held_until, &mut self.pending, &mut self.out);
+        self.settle(held, now);
+    }
+
+    /// Export buffers due by time (all of them with `force`), exported now.
+    fn flush(&mut self, now: u64, force: bool) {
+        let steps = self.work.borrow_mut().flush(now, force);
+        self.place_new(steps, 0, now);
+        self.settle(None, now);
+    }
+
+    /// A capability at `epoch` (`held`, a retry's, or the export buffers'), or the floor's when
+    /// neither reaches back to it: a retry past its hold, whose epoch may be complete.
+    fn cap_for(&self, epoch: u64, held: Option<&Capability<u64>>) -> Option<Capability<u64>> {
+        [held, self.buffer_cap.as_ref()]
+            .into_iter()
+            .flatten()
+            .find(|c| *c.time() <= epoch)
+            .map(|c| c.delayed(&epoch))
+            .or_else(|| self.floor.clone())
+    }
+
+    /// What the calls made so far captured: each event through its chain, then its own
+    /// `onEvent` and export buffers (and what those capture, up to the hop limit), all at the
+    /// epoch of the call's events and for the reader of its first event. So that epoch — and
+    /// the input offsets it stands for — completes only once they are written.
+    fn settle(&mut self, held: Option<Capability<u64>>, now: u64) {
+        let mut made = self.work.borrow_mut().take_made();
+        let (plugins, captures) = (self.plugins.clone(), self.captures);
+        while let Some(m) = made.pop() {
+            let Some(at) = self.cap_for(m.epoch, held.as_ref()) else {
+                // The operator is done (no input can come, nothing is owed): the worker loop
+                // takes them, as it takes what teardown captures.
+                plugins.borrow_mut().leave_captured(m.events);
+                continue;
+            };
+            let epoch = *at.time();
+            let reader = m.reader.unwrap_or(self.me);
+            let mut results = Vec::new();
+            run_captured(&plugins, m.events, reader, &captures, &mut |r| results.push(r), &mut |ev| {
+                if self.buffer_cap.as_ref().is_none_or(|b| *b.time() > epoch) {
+                    self.buffer_cap = Some(at.clone());
+                }
+                let steps = self.work.borrow_mut().event(epoch, ev);
+                self.place_new(steps, epoch, now);
+                // The captured event's own calls: those for this epoch go on here, a flushed
+                // buffer's (an earlier epoch) with the rest.
+                let mut same = Vec::new();
+                for call in self.work.borrow_mut().take_made() {
+                    if call.epoch == epoch { same.extend(call.events) } else { made.push(call) }
+                }
+                same
+            });
+            self.out.extend(results.into_iter().map(|r| (Some(at.clone()), DeferredOutput::Captured(r))));
+        }
+    }
+}
+
 impl<'scope> RunDeferred<'scope> for Stream<'scope, u64, Vec<FinalEvent>> {
-    fn run_deferred(self, work: Rc<RefCell<DeferredWork>>) -> Stream<'scope, u64, Vec<Exhausted>> {
+    fn run_deferred(self, work: Rc<RefCell<DeferredWork>>, captures: Captures) -> Stream<'scope, u64, Vec<DeferredOutput>> {
         let scope = self.scope();
+        let me = scope.index() as u32;
         self.unary_frontier(Pipeline, "RunDeferred", move |initial, info| {
             let activator = scope.activator_for(info.address.clone());
             let waker = activator.clone();
@@ -97,89 +234,79 @@ impl<'scope> RunDeferred<'scope> for Stream<'scope, u64, Vec<FinalEvent>> {
             // Retries left by an earlier run resume now, under the initial capability.
             let (recovered, unreadable) = work.borrow_mut().recover(*initial.time());
             let held_until = hold_ends(work.borrow().now_ms(), hold);
-            let mut pending: Vec<Pending> =
+            let pending: Vec<Pending> =
                 recovered.into_iter().map(|(due, task)| Pending { due, cap: Some(initial.clone()), held_until, task }).collect();
             // Unreadable ones leave as dead letters at the first activation.
-            let mut unreadable: Vec<(Option<Capability<u64>>, Exhausted)> =
-                unreadable.into_iter().map(|e| (Some(initial.clone()), e)).collect();
-            if !pending.is_empty() || !unreadable.is_empty() {
+            let out: Vec<_> = unreadable.into_iter().map(|e| (Some(initial.clone()), DeferredOutput::GaveUp(e))).collect();
+            if !pending.is_empty() || !out.is_empty() {
                 activator.activate();
             }
-            // Kept at the input frontier: where the dead letters of retries past their hold go.
-            let mut floor: Option<Capability<u64>> = Some(initial);
-            let mut buffer_cap: Option<Capability<u64>> = None;
+            let plugins = work.borrow().plugins();
+            let mut stage = Stage { work, plugins, captures, hold, me, pending, out, buffer_cap: None, floor: Some(initial) };
             move |(input, frontier), output| {
-                let mut gave_up: Vec<(Option<Capability<u64>>, Exhausted)> = std::mem::take(&mut unreadable);
-                let arrived = work.borrow().now_ms();
+                let arrived = stage.work.borrow().now_ms();
                 input.for_each(|cap, data| {
-                    let epoch = *cap.least().expect("a batch has a time");
-                    if buffer_cap.as_ref().is_none_or(|b| *b.time() > epoch) {
-                        buffer_cap = Some(cap.delayed(&epoch, 0));
-                    }
+                    let at = cap.retain_least(0).expect("a batch has a time");
                     for event in data.drain(..) {
-                        let steps = work.borrow_mut().event(epoch, &event);
-                        for step in steps.into_iter().filter(|s| !matches!(s, Step::Done)) {
-                            let held = buffer_cap.as_ref().expect("set above").delayed(&step_epoch(&step, epoch));
-                            place(step, Some(held), hold_ends(arrived, hold), &mut pending, &mut gave_up);
-                        }
+                        stage.event(&at, &event, arrived);
                     }
                 });
-                if work.borrow().stopping() {
+                let stopping = stage.work.borrow().stopping();
+                if stopping {
                     // Pending retries stay in the durable queue; their capabilities go.
-                    pending.clear();
+                    stage.pending.clear();
                 }
-                let now = work.borrow().now_ms();
+                let now = stage.work.borrow().now_ms();
                 // Due retries: run them now; a further failure keeps the same capability.
-                let (due, waiting): (Vec<Pending>, Vec<Pending>) = std::mem::take(&mut pending).into_iter().partition(|p| p.due <= now);
-                pending = waiting;
+                let (due, waiting): (Vec<Pending>, Vec<Pending>) =
+                    std::mem::take(&mut stage.pending).into_iter().partition(|p| p.due <= now);
+                stage.pending = waiting;
                 for p in due {
-                    let step = work.borrow_mut().run(p.task);
-                    place(step, p.cap, p.held_until, &mut pending, &mut gave_up);
+                    stage.retry(p, now);
                 }
-                // Export buffers due by time, or all of them once no input can come.
-                let stopping = work.borrow().stopping();
-                let steps = work.borrow_mut().flush(now, frontier.is_empty() || stopping);
-                for step in steps.into_iter().filter(|s| !matches!(s, Step::Done)) {
-                    let epoch = step_epoch(&step, 0);
-                    let held = buffer_cap.as_ref().expect("buffered events hold a capability").delayed(&epoch);
-                    place(step, Some(held), hold_ends(now, hold), &mut pending, &mut gave_up);
+                // Export buffers due by time, or all of them once no input can come (and again
+                // at once for what the flushed calls captured, buffered meanwhile).
+                let force = frontier.is_empty() || stopping;
+                stage.flush(now, force);
+                if force && stage.work.borrow().buffered_min_epoch().is_some() {
+                    activator.activate();
                 }
                 if stopping {
-                    pending.clear();
+                    stage.pending.clear();
                 }
                 // Retries past their hold let their epochs go (they stay in the durable queue).
-                let now = work.borrow().now_ms();
-                for p in pending.iter_mut().filter(|p| p.cap.is_some() && p.held_until.is_some_and(|t| t <= now)) {
+                let now = stage.work.borrow().now_ms();
+                for p in stage.pending.iter_mut().filter(|p| p.cap.is_some() && p.held_until.is_some_and(|t| t <= now)) {
                     tracing::debug!(config = %p.task.config_id, epoch = p.task.epoch, "a retry outlived its hold: its epoch may complete");
                     p.cap = None;
                 }
                 // The floor follows the input frontier.
-                if let (Some(t), Some(f)) = (frontier.frontier().iter().min(), floor.as_mut())
+                if let (Some(t), Some(f)) = (frontier.frontier().iter().min(), stage.floor.as_mut())
                     && f.time() < t
                 {
                     f.downgrade(t);
                 }
-                match work.borrow().buffered_min_epoch() {
-                    None => buffer_cap = None,
+                match stage.work.borrow().buffered_min_epoch() {
+                    None => stage.buffer_cap = None,
                     Some(min) => {
-                        if let Some(b) = buffer_cap.as_mut() {
+                        if let Some(b) = stage.buffer_cap.as_mut() {
                             b.downgrade(&min.max(*b.time()));
                         }
                     }
                 }
-                for (cap, exhausted) in gave_up {
-                    let cap = cap.as_ref().or(floor.as_ref()).expect("the floor outlives every released retry");
-                    output.session(cap).give(exhausted);
+                for (cap, item) in stage.out.drain(..) {
+                    let cap = cap.as_ref().or(stage.floor.as_ref()).expect("the floor outlives every released retry");
+                    output.session(cap).give(item);
                 }
                 // Once no input can come, the floor stays while any retry is owed: a retry that
                 // holds its epoch now may be released later and still need it.
-                if frontier.is_empty() && pending.is_empty() {
-                    floor = None;
+                if frontier.is_empty() && stage.pending.is_empty() {
+                    stage.floor = None;
                 }
-                let holds = pending.iter().filter(|p| p.cap.is_some()).filter_map(|p| p.held_until);
-                let next = pending.iter().map(|p| p.due).chain(holds).chain(work.borrow().next_flush()).min();
+                let holds = stage.pending.iter().filter(|p| p.cap.is_some()).filter_map(|p| p.held_until);
+                let next = stage.pending.iter().map(|p| p.due).chain(holds).chain(stage.work.borrow().next_flush()).min();
                 if let Some(next) = next {
-                    activator.activate_after(Duration::from_millis(next.saturating_sub(work.borrow().now_ms())));
+                    activator.activate_after(Duration::from_millis(next.saturating_sub(stage.work.borrow().now_ms())));
                 }
             }
         })
@@ -200,11 +327,11 @@ fn place(
     cap: Option<Capability<u64>>,
     held_until: Option<u64>,
     pending: &mut Vec<Pending>,
-    gave_up: &mut Vec<(Option<Capability<u64>>, Exhausted)>,
+    out: &mut Vec<(Option<Capability<u64>>, DeferredOutput)>,
 ) {
     match step {
         Step::Done => {}
         Step::Retry(due, task) => pending.push(Pending { due, cap, held_until, task }),
-        Step::GaveUp(e) => gave_up.push((cap, e)),
+        Step::GaveUp(e) => out.push((cap, DeferredOutput::GaveUp(e))),
     }
 }

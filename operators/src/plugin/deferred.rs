@@ -210,6 +210,19 @@ struct Batch {
     epoch: u64,
 }
 
+/// What one call captured (`posthog.capture`), for whoever drives the work to run and write
+/// with the events the call was for ([`DeferredWork::take_made`]).
+#[derive(Debug)]
+pub struct Made {
+    /// The earliest epoch of the call's events.
+    pub epoch: u64,
+    /// The worker that read the call's first event (`None` for a retry recovered from the
+    /// durable queue).
+    pub reader: Option<u32>,
+    /// The captured events, as JSON, with their hop counts.
+    pub events: Vec<(String, u32)>,
+}
+
 /// The deferred work of one worker.
 pub struct DeferredWork {
     plugins: Rc<RefCell<WorkerPlugins>>,
@@ -219,6 +232,7 @@ pub struct DeferredWork {
     stopping: bool,
     waker: Option<Box<dyn Fn()>>,
     recovery: Option<RecoveryPool>,
+    made: Vec<Made>,
 }
 
 /// Retries an earlier run left in a process's durable queue, taken out once before the workers
@@ -234,7 +248,7 @@ pub fn recovery_pool(store: &dyn StateStore) -> state::Result<RecoveryPool> {
 impl DeferredWork {
     /// Deferred work over a worker's plugins.
     pub fn new(plugins: Rc<RefCell<WorkerPlugins>>, policies: RetryPolicies, store: Arc<dyn StateStore>) -> Self {
-        Self { plugins, policies, store, buffers: HashMap::new(), stopping: false, waker: None, recovery: None }
+        Self { plugins, policies, store, buffers: HashMap::new(), stopping: false, waker: None, recovery: None, made: Vec::new() }
     }
 
     /// Recovers from `pool` (the process's retries, taken out before the workers started)
@@ -264,6 +278,16 @@ impl DeferredWork {
         if let Some(wake) = &self.waker {
             wake();
         }
+    }
+
+    /// The worker's plugins this work calls.
+    pub fn plugins(&self) -> Rc<RefCell<WorkerPlugins>> {
+        self.plugins.clone()
+    }
+
+    /// What the calls made since the last take captured, call by call.
+    pub fn take_made(&mut self) -> Vec<Made> {
+        std::mem::take(&mut self.made)
     }
 
     /// The current time on the worker's clock, in milliseconds.
@@ -403,11 +427,16 @@ impl DeferredWork {
         task.attempts = task.attempts.saturating_add(1);
         let result = self.call(&task);
         let key = self.plugins.borrow().key_of(&task.config_id, task.team);
-        // What the call captured and enqueued goes to the loopback and the job queue now,
-        // before the work is acknowledged: left in the instance until its next call, a crash
-        // lost it (a retry or a timed export flush has no event after it).
+        // What the call enqueued goes to the job queue now, before the work is acknowledged
+        // (left in the instance until its next call, a crash lost it: a retry or a timed export
+        // flush has no event after it); what it captured, to [`Self::take_made`].
         if let Some(k) = key {
+            let mark = self.plugins.borrow().captured_pending();
             self.plugins.borrow_mut().collect_outbox_of(k, task.hops);
+            let events = self.plugins.borrow_mut().take_captured_after(mark);
+            if !events.is_empty() {
+                self.made.push(Made { epoch: task.epoch, reader: task.readers.first().copied(), events });
+            }
         }
         let record = |plugins: &mut WorkerPlugins, outcome| {
             if let Some(k) = key {

@@ -139,8 +139,9 @@ pub struct WorkerPlugins {
     /// due (`place.clock`, ms).
     setup_retries: HashMap<InstanceKey, (u32, u64)>,
     schedules: HashMap<(InstanceKey, Hook), Schedule>,
-    /// Events plugins captured outside a `processEvent` chain (whose captures go with its
-    /// outcome), ready for the worker loop to send back into the graph, with their hop counts.
+    /// Events plugins captured outside the dataflow's calls (a chain's captures go with its
+    /// outcome, `onEvent`'s and `exportEvents'` are taken by the deferred stage), ready for the
+    /// worker loop to send back into the graph, with their hop counts.
     captured: Vec<(String, u32)>,
     /// App-metric counts since the last `take_notices`.
     metric_counts: HashMap<(InstanceKey, Hook, Outcome), u64>,
@@ -468,6 +469,17 @@ impl WorkerPlugins {
     /// Events captured since the last call, as JSON with their hop counts.
     pub fn take_captured(&mut self) -> Vec<(String, u32)> {
         std::mem::take(&mut self.captured)
+    }
+
+    /// Hands captured events to the worker loop ([`Self::take_captured`]).
+    pub fn leave_captured(&mut self, events: Vec<(String, u32)>) {
+        self.captured.extend(events);
+    }
+
+    /// Events captured since [`Self::captured_pending`] returned `mark`: what the calls made
+    /// since then captured, taken before the worker loop sees it.
+    pub fn take_captured_after(&mut self, mark: usize) -> Vec<(String, u32)> {
+        self.captured.split_off(mark.min(self.captured.len()))
     }
 
     /// Background work due now: `setupPlugin` retries, scheduled tasks this worker owns, and due

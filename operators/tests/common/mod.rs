@@ -115,3 +115,13 @@ pub fn geoip_db() -> PathBuf {
     );
     path
 }
+
+/// The event of a chain's result as JSON: the final event, or the one in its dead letter.
+pub fn json_of(r: &operators::dataflow::chain::ChainResult) -> Value {
+    use operators::dataflow::chain::ChainResult;
+    match r {
+        ChainResult::Kept(ev) => serde_json::from_str(&ev.json).unwrap(),
+        ChainResult::Failed { letter, .. } => serde_json::from_str(&letter.raw).unwrap(),
+        ChainResult::Dropped { .. } => panic!("nothing is dropped here"),
+    }
+}

@@ -1,0 +1,142 @@
+//! Events `onEvent` and `exportEvents` capture go through their chain in the deferred stage, in
+//! the epoch of the events the call was for, addressed to the reader of the (first) event: so
+//! that epoch, and the input offset a Kafka source commits with it, cannot complete before
+//! they are written. A captured event's own `onEvent` and `exportEvents` run there too; a
+//! capture loop ends at the hop limit with a dead letter of the same epoch.
+
+mod common;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{json_of, plugin};
+use operators::dataflow::chain::{CAPTURE_SOURCE, Captures, ChainResult};
+use operators::dataflow::deferred::{DeferredOutput, RunDeferred};
+use operators::event::EventLimits;
+use operators::plugin::deferred::{DeferredWork, FinalEvent, RetryPolicies};
+use operators::plugin::worker::{PluginSpec, WorkerPlugins};
+use operators::plugin::{HostServices, Limits, MemoryLogSink, PluginDefinition};
+use state::MemoryStore;
+use timely::dataflow::operators::{Input, Inspect, Probe};
+
+/// Each output with its epoch, and what was left for the worker loop.
+type Ran = (Vec<(u64, DeferredOutput)>, Vec<(String, u32)>);
+
+/// Runs `events` (name, uuid) of team 1, one per epoch 0, 1, ..., as read by worker 7, through
+/// the deferred stage of one plugin (`index.js` = `code`); returns each output with its epoch,
+/// and what was left for the worker loop.
+fn deferred_over(code: &str, events: &[(&str, &str)], max_hops: u32) -> Ran {
+    let fixture = plugin("p", &[("index.js", code)]);
+    let folder = fixture.path().to_path_buf();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    let lines: Vec<String> = events
+        .iter()
+        .map(|(name, uuid)| format!(r#"{{"uuid":"{uuid}","event":"{name}","team_id":1,"distinct_id":"d","properties":{{}}}}"#))
+        .collect();
+    let left = timely::execute_directly(move |worker| {
+        let store = Arc::new(MemoryStore::new());
+        let services = HostServices::new(store.clone(), None, Arc::new(MemoryLogSink::default()), Duration::from_secs(5));
+        let spec = PluginSpec {
+            id: "1".into(),
+            def: PluginDefinition::load(&folder).unwrap(),
+            teams: Some(vec![1]),
+            config: Default::default(),
+            attachments: Default::default(),
+            order: 0,
+        };
+        let plugins = Rc::new(RefCell::new(WorkerPlugins::new(Limits::default(), Arc::new(vec![spec]), services).unwrap()));
+        let work = Rc::new(RefCell::new(DeferredWork::new(plugins.clone(), RetryPolicies::default(), store)));
+        let captures = Captures { limits: EventLimits::default(), max_hops };
+        let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
+            let (input, events) = scope.new_input::<Vec<FinalEvent>>();
+            let probe = events
+                .run_deferred(work, captures)
+                .inspect_core(move |event| {
+                    if let Ok((stamp, outputs)) = event {
+                        let time = *stamp.expect_singleton();
+                        sink.lock().unwrap().extend(outputs.iter().map(|o| (time, o.clone())));
+                    }
+                })
+                .probe()
+                .0;
+            (input, probe)
+        });
+        for (epoch, json) in lines.into_iter().enumerate() {
+            input.send(FinalEvent { team: 1, hops: 0, position: epoch as u64 + 1, reader: 7, json });
+            input.advance_to(epoch as u64 + 1);
+        }
+        drop(input);
+        while !probe.done() {
+            worker.step();
+        }
+        plugins.borrow_mut().take_captured()
+    });
+    (Arc::try_unwrap(seen).unwrap().into_inner().unwrap(), left)
+}
+
+fn captured(o: &DeferredOutput) -> &ChainResult {
+    match o {
+        DeferredOutput::Captured(r) => r,
+        DeferredOutput::GaveUp(e) => panic!("no call fails here: {e:?}"),
+    }
+}
+
+#[test]
+fn what_on_event_captures_runs_its_chain_in_the_events_epoch_for_its_reader() {
+    // Every event but a `stop` makes onEvent capture an `echo`, one level deeper each time.
+    let code = "exports.processEvent = (e) => { e.properties.seen = true; return e }\n\
+                exports.onEvent = async (e) => {\n\
+                  if (e.event !== 'stop') await posthog.capture('echo', { distinct_id: 'x', depth: (e.properties.depth || 0) + 1, of: e.uuid })\n\
+                }";
+    let (outputs, left) = deferred_over(code, &[("start", "a"), ("stop", "b"), ("start", "c")], 2);
+    assert!(left.is_empty(), "nothing captured is left for the worker loop: {left:?}");
+    // Per "start": echo depth 1 and 2 (kept, through processEvent and onEvent), echo depth 3
+    // (past the limit of 2 captures deep: a dead letter), all in the start's epoch.
+    assert_eq!(outputs.len(), 3 + 3, "{outputs:#?}");
+    for (epoch, uuid) in [(0, "a"), (2, "c")] {
+        let here: Vec<&ChainResult> = outputs.iter().filter(|(t, _)| *t == epoch).map(|(_, o)| captured(o)).collect();
+        assert_eq!(here.len(), 3, "epoch {epoch}: {here:#?}");
+        assert!(here.iter().all(|r| r.reader() == 7), "every capture goes to the reader of the event it came from");
+        assert_eq!(here.iter().map(|r| r.hops()).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(json_of(here[0])["properties"]["of"], uuid);
+        for (depth, r) in here.iter().enumerate() {
+            assert_eq!(json_of(r)["properties"]["depth"], depth as u64 + 1);
+        }
+        for r in &here[..2] {
+            assert!(matches!(r, ChainResult::Kept(ev) if ev.json.contains("\"seen\":true")), "through processEvent: {r:?}");
+        }
+        match here[2] {
+            ChainResult::Failed { letter, .. } => {
+                assert_eq!(letter.source, CAPTURE_SOURCE);
+                assert!(letter.reason.starts_with("posthog.capture loop: this event is 3 captures deep"), "{}", letter.reason);
+            }
+            other => panic!("the third generation is a dead letter: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn what_export_events_captures_goes_out_at_the_batchs_earliest_epoch() {
+    // One batch (the buffer is flushed when the input ends) holds the three inputs of epochs
+    // 0, 1 and 2: its capture belongs to epoch 0, which may not complete before it is written.
+    // The captured `batch` is exported in turn, and that call captures `exported`.
+    let code = "exports.processEvent = (e) => { e.properties.seen = true; return e }\n\
+                exports.exportEvents = async (events) => {\n\
+                  const inputs = events.filter((e) => e.event === 'start').map((e) => e.uuid)\n\
+                  if (inputs.length) await posthog.capture('batch', { distinct_id: 'x', of: inputs.join(',') })\n\
+                  if (events.some((e) => e.event === 'batch')) await posthog.capture('exported', { distinct_id: 'x' })\n\
+                }";
+    let (outputs, left) = deferred_over(code, &[("start", "a"), ("start", "b"), ("start", "c")], 3);
+    assert!(left.is_empty(), "nothing captured is left for the worker loop: {left:?}");
+    assert_eq!(outputs.len(), 2, "{outputs:#?}");
+    let (epochs, results): (Vec<u64>, Vec<&ChainResult>) = outputs.iter().map(|(t, o)| (*t, captured(o))).unzip();
+    assert_eq!(epochs, [0, 0]);
+    assert!(results.iter().all(|r| r.reader() == 7 && matches!(r, ChainResult::Kept(ev) if ev.json.contains("\"seen\":true"))));
+    assert_eq!(json_of(results[0])["event"], "batch");
+    assert_eq!(json_of(results[0])["properties"]["of"], "a,b,c");
+    assert_eq!(json_of(results[1])["event"], "exported", "the captured event went to exportEvents too");
+    assert_eq!(results.iter().map(|r| r.hops()).collect::<Vec<_>>(), [1, 2]);
+}
