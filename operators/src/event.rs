@@ -312,6 +312,29 @@ pub fn parse_line(bytes: &[u8], source: &str, position: u64, limits: &EventLimit
 /// [`parse_line`] for a line the caller owns: a plain event keeps the line's own buffer as its
 /// text, so the event is not copied.
 pub fn parse_owned_line(bytes: Vec<u8>, source: &str, position: u64, limits: &EventLimits) -> Result<ValidEvent, DeadLetter> {
+    // A plain event, taken by the one-pass scan, which checks UTF-8 as it goes: the line's own
+    // buffer becomes its text with no second pass.
+    let end = bytes.len() - bytes.iter().rev().take_while(|&&c| c == b'\r' || c == b'\n').count();
+    if end <= limits.max_bytes
+        && let Some(h) = scan::plain_head(&bytes[..end], limits.max_depth)
+    {
+        let mut bytes = bytes;
+        bytes.truncate(end);
+        // SAFETY: `plain_head` returns a head only for UTF-8 text (scan.rs: every byte it reads
+        // outside strings is ASCII, and strings are read as ASCII up to the first byte past it,
+        // from where the rest is checked with `std::str::from_utf8`); `the_scan_takes_only_utf8`
+        // holds it to that over lines with bytes of every kind.
+        #[allow(unsafe_code)]
+        let json = unsafe { String::from_utf8_unchecked(bytes) };
+        return Ok(ValidEvent {
+            json,
+            team_id: h.team_id,
+            names: Names::InText { name: h.name, uuid: h.uuid },
+            hops: 0,
+            position,
+            reader: 0,
+        });
+    }
     let dead = |reason: String, raw: String, raw_base64: Option<String>| DeadLetter {
         source: source.to_string(),
         position,
@@ -341,17 +364,7 @@ pub fn parse_owned_line(bytes: Vec<u8>, source: &str, position: u64, limits: &Ev
             None,
         ));
     }
-    match scan::plain_head(&text, limits.max_depth) {
-        Some(h) => Ok(ValidEvent {
-            json: text,
-            team_id: h.team_id,
-            names: Names::InText { name: h.name, uuid: h.uuid },
-            hops: 0,
-            position,
-            reader: 0,
-        }),
-        None => check_fully(&text, limits).map(|ev| ValidEvent { position, ..ev }).map_err(|reason| dead(reason, text, None)),
-    }
+    check_fully(&text, limits).map(|ev| ValidEvent { position, ..ev }).map_err(|reason| dead(reason, text, None))
 }
 
 /// Every line the one-pass scan does not take: checked with serde_json, which words the errors.
@@ -674,7 +687,7 @@ mod tests {
     /// the same head from them.
     fn agree(line: &str, max_depth: usize) -> Option<bool> {
         let full = check_fully(line, &EventLimits { max_depth, ..EventLimits::default() });
-        let head = scan::plain_head(line, max_depth)?;
+        let head = scan::plain_head(line.as_bytes(), max_depth)?;
         let ev = full.unwrap_or_else(|e| panic!("the scan took a line the full check refuses ({e}): {line}"));
         assert_eq!((&line[head.name], head.team_id, &line[head.uuid]), (ev.name(), ev.team_id, ev.uuid()), "{line}");
         assert_eq!(ev.json, line);
@@ -696,6 +709,66 @@ mod tests {
         // The scan must also do its work: most valid lines are plain events it takes.
         eprintln!("{cases} lines, {valid} valid, {taken} taken by the scan");
         assert!(valid * 5 > cases && taken * 10 > valid * 6, "{cases} lines, {valid} valid, {taken} taken by the scan");
+    }
+
+    /// Up to three edits with bytes past ASCII: lone continuation bytes, lead bytes without
+    /// their continuations, bytes never in UTF-8, an encoded surrogate, a character cut short.
+    fn mangle_utf8(r: &mut Rng, line: String) -> Vec<u8> {
+        let mut b = line.into_bytes();
+        let pieces: [&[u8]; 9] =
+            [b"\x80", b"\xbf", b"\xc3", b"\xe2\x80", b"\xf0\x9f\x98", b"\xc0\xaf", b"\xff", b"\xed\xa0\x80", "é".as_bytes()];
+        for _ in 0..1 + r.below(3) {
+            let at = r.below(b.len() + 1);
+            let piece = pieces[r.below(pieces.len())];
+            match r.below(3) {
+                0 if at < b.len() => drop(b.splice(at..at + 1, piece.iter().copied())),
+                1 => drop(b.splice(at..at, piece.iter().copied())),
+                _ => b.truncate(at),
+            }
+        }
+        b
+    }
+
+    #[test]
+    fn the_scan_takes_only_utf8() {
+        // std's UTF-8 check is the oracle: a line the scan takes is UTF-8 (parse_owned_line
+        // keeps it as a String without a second pass), and one that is not UTF-8 is a dead
+        // letter saying so, whatever the scan thinks of its JSON.
+        let (mut cases, mut not_utf8, mut valid_past_ascii, mut taken_past_ascii) = (0, 0, 0, 0);
+        for seed in 1..=60_000u64 {
+            let mut r = Rng(seed.wrapping_mul(0x2545_f491_4f6c_dd1d) | 1);
+            let clean = event_line(&mut r);
+            let bytes = if r.below(2) == 0 { mangle_utf8(&mut r, clean) } else { clean.into_bytes() };
+            let max_depth = 2 + r.below(6);
+            cases += 1;
+            let utf8 = std::str::from_utf8(&bytes);
+            if let Ok(text) = utf8 {
+                valid_past_ascii +=
+                    usize::from(!text.is_ascii() && check_fully(text, &EventLimits { max_depth, ..EventLimits::default() }).is_ok());
+            }
+            if let Some(head) = scan::plain_head(&bytes, max_depth) {
+                let text = utf8.unwrap_or_else(|e| panic!("the scan took a line that is not UTF-8 ({e}): {bytes:?}"));
+                agree(text, max_depth).expect("taken");
+                assert_eq!(&text[head.uuid.clone()], &text[head.uuid]);
+                taken_past_ascii += usize::from(!text.is_ascii());
+            }
+            let limits = EventLimits { max_depth, ..EventLimits::default() };
+            match (utf8, parse_line(&bytes, "t", 1, &limits)) {
+                (Err(e), Ok(ev)) => panic!("a line that is not UTF-8 ({e}) was taken: {ev:?}"),
+                (Err(e), Err(letter)) => {
+                    not_utf8 += 1;
+                    assert_eq!(letter.reason, format!("invalid UTF-8 at byte {}", e.valid_up_to()));
+                }
+                (Ok(_), Ok(_)) => {}
+                (Ok(_), Err(letter)) => assert!(!letter.reason.starts_with("invalid UTF-8"), "{letter:?}"),
+            }
+        }
+        // Both kinds must be common, and the scan must take most valid lines past ASCII.
+        let counts = format!(
+            "{cases} lines, {not_utf8} not UTF-8, {valid_past_ascii} valid past ASCII, {taken_past_ascii} of them taken by the scan"
+        );
+        eprintln!("{counts}");
+        assert!(not_utf8 * 5 > cases && valid_past_ascii * 20 > cases && taken_past_ascii * 10 > valid_past_ascii * 6, "{counts}");
     }
 
     #[test]

@@ -5,6 +5,11 @@
 //! an escape), and the full check in `event.rs` then decides and words the reason. So it can make
 //! a valid line cheaper, never change a verdict: `the_scan_agrees_with_the_full_check` holds it to
 //! that over generated and mangled lines.
+//!
+//! The pass also checks UTF-8, so a taken line needs no second pass for it: every byte it reads
+//! outside strings is one of JSON's ASCII bytes, and inside strings [`special_or_high`] stops at
+//! the first byte past ASCII, from which on the rest of the text is checked once with
+//! `std::str::from_utf8` (`the_scan_takes_only_utf8` holds it to that).
 
 use std::ops::Range;
 
@@ -16,14 +21,15 @@ pub(super) struct PlainHead {
     pub uuid: Range<usize>,
 }
 
-/// Reads a plain event's head in one pass, or `None` when the full check must decide.
-pub(super) fn plain_head(text: &str, max_depth: usize) -> Option<PlainHead> {
+/// Reads a plain event's head in one pass, or `None` when the full check must decide. A head is
+/// returned only for text that is UTF-8.
+pub(super) fn plain_head(text: &[u8], max_depth: usize) -> Option<PlainHead> {
     // The scan recurses once per level: limits past the configurable ones (a library caller's
     // own) go to the full check, which does not.
     if max_depth > super::MAX_DEPTH_LIMIT {
         return None;
     }
-    let mut s = Scan { b: text.as_bytes(), i: 0 };
+    let mut s = Scan { b: text, i: 0, utf8: false };
     let inner = max_depth.checked_sub(1)?;
     let (mut name, mut team_id, mut uuid, mut properties_ok) = (None, None, None, true);
     s.ws();
@@ -72,6 +78,10 @@ pub(super) fn plain_head(text: &str, max_depth: usize) -> Option<PlainHead> {
 pub(crate) struct Scan<'a> {
     pub(crate) b: &'a [u8],
     pub(crate) i: usize,
+    /// Whether the text is known to be UTF-8 from the first byte past ASCII on (and so, as the
+    /// bytes before it were all read as ASCII, whole); until then strings are read with
+    /// [`special_or_high`].
+    pub(crate) utf8: bool,
 }
 
 impl Scan<'_> {
@@ -229,9 +239,17 @@ impl Scan<'_> {
     fn string(&mut self) -> Option<bool> {
         let mut escaped = false;
         loop {
-            self.i = special(self.b, self.i)?;
+            self.i = special_or_high(self.b, self.i)?;
             match self.next()? {
                 b'"' => return Some(escaped),
+                // A byte past ASCII. At the first (every byte before it was read as ASCII), the
+                // rest of the text, from this character on, is checked once.
+                0x80.. => {
+                    if !self.utf8 {
+                        std::str::from_utf8(&self.b[self.i - 1..]).ok()?;
+                        self.utf8 = true;
+                    }
+                }
                 b'\\' => {
                     escaped = true;
                     match self.next()? {
@@ -257,14 +275,26 @@ impl Scan<'_> {
 /// event's bytes are inside strings, so sixteen bytes are tested at a time (SSE2, which every
 /// x86-64 processor has), then eight ([`special_bytes`]) near the end of the text.
 #[inline(always)]
-pub(crate) fn special(b: &[u8], mut from: usize) -> Option<usize> {
+pub(crate) fn special(b: &[u8], from: usize) -> Option<usize> {
+    first_of::<false>(b, from)
+}
+
+/// [`special`], or the first byte past ASCII (0x80 and up) if that comes first.
+#[inline(always)]
+pub(crate) fn special_or_high(b: &[u8], from: usize) -> Option<usize> {
+    first_of::<true>(b, from)
+}
+
+/// [`special`] (`HIGH` false) or [`special_or_high`] (`HIGH` true).
+#[inline(always)]
+fn first_of<const HIGH: bool>(b: &[u8], mut from: usize) -> Option<usize> {
     // Sixteen bytes at a time while they are inside `b`: `last` is the last place they start
     // at, so the test cannot overflow, whatever `from` is.
     #[cfg(target_arch = "x86_64")]
     if let Some(last) = b.len().checked_sub(16) {
         while from <= last {
             use std::arch::x86_64::{
-                __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_max_epu8, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
+                __m128i, _mm_cmpeq_epi8, _mm_cmplt_epi8, _mm_loadu_si128, _mm_max_epu8, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
             };
             // SAFETY: SSE2 is part of the x86-64 baseline (the intrinsics are `unsafe` only for
             // that); the load is unaligned and reads b[from..from + 16], inside `b` by the loop's
@@ -274,8 +304,14 @@ pub(crate) fn special(b: &[u8], mut from: usize) -> Option<usize> {
                 let v = _mm_loadu_si128(b.as_ptr().add(from).cast::<__m128i>());
                 let quote = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'"' as i8));
                 let backslash = _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\\' as i8));
-                // Unsigned v <= 0x1f exactly when max(v, 0x1f) is 0x1f.
-                let control = _mm_cmpeq_epi8(_mm_max_epu8(v, _mm_set1_epi8(0x1f)), _mm_set1_epi8(0x1f));
+                let control = if HIGH {
+                    // As signed bytes, those from 0x80 up are negative: below 0x20 with the
+                    // control characters.
+                    _mm_cmplt_epi8(v, _mm_set1_epi8(0x20))
+                } else {
+                    // Unsigned v <= 0x1f exactly when max(v, 0x1f) is 0x1f.
+                    _mm_cmpeq_epi8(_mm_max_epu8(v, _mm_set1_epi8(0x1f)), _mm_set1_epi8(0x1f))
+                };
                 _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(quote, backslash), control)) as u32
             };
             if hits != 0 {
@@ -285,13 +321,15 @@ pub(crate) fn special(b: &[u8], mut from: usize) -> Option<usize> {
         }
     }
     while let Some(chunk) = b.get(from..from + 8) {
-        let hits = special_bytes(u64::from_le_bytes(chunk.try_into().expect("eight bytes")));
+        let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+        // A byte's own high bit marks it exactly, so the lowest mark is still the first hit.
+        let hits = special_bytes(word) | if HIGH { word & 0x8080_8080_8080_8080 } else { 0 };
         if hits != 0 {
             return Some(from + (hits.trailing_zeros() / 8) as usize);
         }
         from += 8;
     }
-    b.get(from..)?.iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20).map(|j| from + j)
+    b.get(from..)?.iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20 || (HIGH && c >= 0x80)).map(|j| from + j)
 }
 
 /// Non-zero when `word` holds a `"`, `\` or a byte below 0x20, and then its lowest set bit is the
@@ -338,6 +376,9 @@ mod tests {
                 let special_byte = b == b'"' || b == b'\\' || b < 0x20;
                 assert_eq!(special(&text, 0), special_byte.then_some(place), "byte {b:#x} at {place}");
                 assert_eq!(special(&text, 3), (special_byte && place >= 3).then_some(place), "byte {b:#x} at {place}, from 3");
+                let or_high = special_byte || b >= 0x80;
+                assert_eq!(special_or_high(&text, 0), or_high.then_some(place), "byte {b:#x} at {place}");
+                assert_eq!(special_or_high(&text, 3), (or_high && place >= 3).then_some(place), "byte {b:#x} at {place}, from 3");
             }
         }
     }
@@ -362,21 +403,23 @@ mod tests {
             let from = round % 5;
             let first_from = text.iter().skip(from).position(|&c| c == b'"' || c == b'\\' || c < 0x20).map(|j| j + from);
             assert_eq!(special(&text, from), first_from, "{text:?} from {from}");
+            let high_from = text.iter().skip(from).position(|&c| c == b'"' || c == b'\\' || !(0x20..0x80).contains(&c)).map(|j| j + from);
+            assert_eq!(special_or_high(&text, from), high_from, "{text:?} from {from}");
         }
     }
 
     #[test]
     fn a_plain_event_is_read_in_one_pass() {
         let line = r#" {"uuid":"u1","event":"$pageview","team_id":2,"properties":{"a":[1,-2.5e+3,true,null,{}],"b":"x\"y"}} "#;
-        let head = plain_head(line, 64).unwrap();
+        let head = plain_head(line.as_bytes(), 64).unwrap();
         assert_eq!((&line[head.name], head.team_id, &line[head.uuid]), ("$pageview", 2, "u1"));
         // The event object is level 1: properties' inner object is level 4.
-        assert!(plain_head(line, 4).is_some());
-        assert!(plain_head(line, 3).is_none());
+        assert!(plain_head(line.as_bytes(), 4).is_some());
+        assert!(plain_head(line.as_bytes(), 3).is_none());
         // A limit past the configurable ones is left to the full check, whatever the depth.
-        assert!(plain_head(line, super::super::MAX_DEPTH_LIMIT).is_some());
-        assert!(plain_head(line, usize::MAX).is_none());
+        assert!(plain_head(line.as_bytes(), super::super::MAX_DEPTH_LIMIT).is_some());
+        assert!(plain_head(line.as_bytes(), usize::MAX).is_none());
         let deep = format!(r#"{{"uuid":"u","event":"e","team_id":1,"p":{}"#, "[".repeat(1 << 20));
-        assert!(plain_head(&deep, usize::MAX).is_none());
+        assert!(plain_head(deep.as_bytes(), usize::MAX).is_none());
     }
 }

@@ -27,7 +27,7 @@ pub fn parse<'js>(ctx: &Ctx<'js>, text: &str, shapes: Option<&mut Shapes>) -> Op
     let mut shapes = shapes;
     let mut p = Parser {
         text,
-        s: Scan { b: text.as_bytes(), i: 0 },
+        s: Scan { b: text.as_bytes(), i: 0, utf8: true },
         ctx: ctx.as_raw().as_ptr(),
         stacks: Stacks::lend(shapes.as_deref_mut()),
         shapes,
