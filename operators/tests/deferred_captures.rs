@@ -15,7 +15,7 @@ use common::{json_of, plugin};
 use operators::dataflow::chain::{CAPTURE_SOURCE, Captures, ChainResult};
 use operators::dataflow::deferred::{DeferredOutput, RunDeferred};
 use operators::event::EventLimits;
-use operators::plugin::deferred::{DeferredWork, FinalEvent, RetryPolicies};
+use operators::plugin::deferred::{DeferredWork, FinalEvent, RetryPolicies, RetryPolicy};
 use operators::plugin::worker::{PluginSpec, WorkerPlugins};
 use operators::plugin::{HostServices, Limits, MemoryLogSink, PluginDefinition};
 use state::MemoryStore;
@@ -24,17 +24,19 @@ use timely::dataflow::operators::{Input, Inspect, Probe};
 /// Each output with its epoch, and what was left for the worker loop.
 type Ran = (Vec<(u64, DeferredOutput)>, Vec<(String, u32)>);
 
-/// Runs `events` (name, uuid) of team 1, one per epoch 0, 1, ..., as read by worker 7, through
-/// the deferred stage of one plugin (`index.js` = `code`); returns each output with its epoch,
-/// and what was left for the worker loop.
-fn deferred_over(code: &str, events: &[(&str, &str)], max_hops: u32) -> Ran {
+/// Runs `events` (name, uuid, the worker that read it) of team 1, one per epoch 0, 1, ...,
+/// through the deferred stage of one plugin (`index.js` = `code`); returns each output with its
+/// epoch, and what was left for the worker loop.
+fn deferred_over(code: &str, events: &[(&str, &str, u32)], max_hops: u32, policies: RetryPolicies) -> Ran {
     let fixture = plugin("p", &[("index.js", code)]);
     let folder = fixture.path().to_path_buf();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let sink = seen.clone();
-    let lines: Vec<String> = events
+    let lines: Vec<(String, u32)> = events
         .iter()
-        .map(|(name, uuid)| format!(r#"{{"uuid":"{uuid}","event":"{name}","team_id":1,"distinct_id":"d","properties":{{}}}}"#))
+        .map(|(name, uuid, reader)| {
+            (format!(r#"{{"uuid":"{uuid}","event":"{name}","team_id":1,"distinct_id":"d","properties":{{}}}}"#), *reader)
+        })
         .collect();
     let left = timely::execute_directly(move |worker| {
         let store = Arc::new(MemoryStore::new());
@@ -48,7 +50,7 @@ fn deferred_over(code: &str, events: &[(&str, &str)], max_hops: u32) -> Ran {
             order: 0,
         };
         let plugins = Rc::new(RefCell::new(WorkerPlugins::new(Limits::default(), Arc::new(vec![spec]), services).unwrap()));
-        let work = Rc::new(RefCell::new(DeferredWork::new(plugins.clone(), RetryPolicies::default(), store)));
+        let work = Rc::new(RefCell::new(DeferredWork::new(plugins.clone(), policies, store)));
         let captures = Captures { limits: EventLimits::default(), max_hops };
         let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
             let (input, events) = scope.new_input::<Vec<FinalEvent>>();
@@ -64,8 +66,8 @@ fn deferred_over(code: &str, events: &[(&str, &str)], max_hops: u32) -> Ran {
                 .0;
             (input, probe)
         });
-        for (epoch, json) in lines.into_iter().enumerate() {
-            input.send(FinalEvent { team: 1, hops: 0, position: epoch as u64 + 1, reader: 7, json });
+        for (epoch, (json, reader)) in lines.into_iter().enumerate() {
+            input.send(FinalEvent { team: 1, hops: 0, position: epoch as u64 + 1, reader, json });
             input.advance_to(epoch as u64 + 1);
         }
         drop(input);
@@ -91,7 +93,7 @@ fn what_on_event_captures_runs_its_chain_in_the_events_epoch_for_its_reader() {
                 exports.onEvent = async (e) => {\n\
                   if (e.event !== 'stop') await posthog.capture('echo', { distinct_id: 'x', depth: (e.properties.depth || 0) + 1, of: e.uuid })\n\
                 }";
-    let (outputs, left) = deferred_over(code, &[("start", "a"), ("stop", "b"), ("start", "c")], 2);
+    let (outputs, left) = deferred_over(code, &[("start", "a", 7), ("stop", "b", 7), ("start", "c", 7)], 2, RetryPolicies::default());
     assert!(left.is_empty(), "nothing captured is left for the worker loop: {left:?}");
     // Per "start": echo depth 1 and 2 (kept, through processEvent and onEvent), echo depth 3
     // (past the limit of 2 captures deep: a dead letter), all in the start's epoch.
@@ -129,7 +131,7 @@ fn what_export_events_captures_goes_out_at_the_batchs_earliest_epoch() {
                   if (inputs.length) await posthog.capture('batch', { distinct_id: 'x', of: inputs.join(',') })\n\
                   if (events.some((e) => e.event === 'batch')) await posthog.capture('exported', { distinct_id: 'x' })\n\
                 }";
-    let (outputs, left) = deferred_over(code, &[("start", "a"), ("start", "b"), ("start", "c")], 3);
+    let (outputs, left) = deferred_over(code, &[("start", "a", 7), ("start", "b", 7), ("start", "c", 7)], 3, RetryPolicies::default());
     assert!(left.is_empty(), "nothing captured is left for the worker loop: {left:?}");
     assert_eq!(outputs.len(), 2, "{outputs:#?}");
     let (epochs, results): (Vec<u64>, Vec<&ChainResult>) = outputs.iter().map(|(t, o)| (*t, captured(o))).unzip();
@@ -139,4 +141,49 @@ fn what_export_events_captures_goes_out_at_the_batchs_earliest_epoch() {
     assert_eq!(json_of(results[0])["properties"]["of"], "a,b,c");
     assert_eq!(json_of(results[1])["event"], "exported", "the captured event went to exportEvents too");
     assert_eq!(results.iter().map(|r| r.hops()).collect::<Vec<_>>(), [1, 2]);
+}
+
+#[test]
+fn an_export_batch_holds_one_readers_events_and_its_capture_goes_to_that_reader() {
+    // Workers 7 and 8 read events of one team: each gets batches of its own, so what a batch
+    // captures is written with the offsets of the worker that read its events.
+    let code = "exports.exportEvents = async (events) => {\n\
+                  const inputs = events.filter((e) => e.event === 'start').map((e) => e.uuid)\n\
+                  if (inputs.length) await posthog.capture('batch', { distinct_id: 'x', of: inputs.join(',') })\n\
+                }";
+    let (outputs, left) = deferred_over(code, &[("start", "a", 7), ("start", "b", 8), ("start", "c", 7)], 3, RetryPolicies::default());
+    assert!(left.is_empty(), "{left:?}");
+    let mut seen: Vec<(u64, u32, String)> = outputs
+        .iter()
+        .map(|(t, o)| (*t, captured(o).reader(), json_of(captured(o))["properties"]["of"].as_str().unwrap().to_string()))
+        .collect();
+    seen.sort();
+    assert_eq!(seen, [(0, 7, "a,c".to_string()), (1, 8, "b".to_string())]);
+}
+
+#[test]
+fn a_retry_of_what_the_last_flush_captured_still_runs_and_captures() {
+    // The input ends; the forced flush exports it and captures `batch`, which is buffered and
+    // exported in turn: that export fails once (RetryError) and the retry, past its hold (0 ms
+    // here), no longer holds the epoch. The run must still wait for it, and what it captures
+    // is written (at the floor, in a later epoch) rather than lost.
+    let code = "const { RetryError } = require('@posthog/plugin-scaffold')\n\
+                let failed = false\n\
+                exports.exportEvents = async (events) => {\n\
+                  if (events.some((e) => e.event === 'start')) await posthog.capture('batch', { distinct_id: 'x' })\n\
+                  if (events.some((e) => e.event === 'batch')) {\n\
+                    if (!failed) { failed = true; throw new RetryError('later') }\n\
+                    await posthog.capture('done', { distinct_id: 'x' })\n\
+                  }\n\
+                }";
+    let policies = RetryPolicies {
+        export_events: RetryPolicy { base: Duration::from_millis(1), ..RetryPolicy::export_events() },
+        hold: Duration::ZERO,
+        ..RetryPolicies::default()
+    };
+    let (outputs, left) = deferred_over(code, &[("start", "a", 7)], 3, policies);
+    assert!(left.is_empty(), "{left:?}");
+    let names: Vec<String> = outputs.iter().map(|(_, o)| json_of(captured(o))["event"].as_str().unwrap().to_string()).collect();
+    assert_eq!(names, ["batch", "done"], "{outputs:#?}");
+    assert_eq!(outputs[0].0, 0, "the batch's capture holds its epoch");
 }

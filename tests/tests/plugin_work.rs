@@ -186,6 +186,36 @@ fn capture_loops_stop_at_the_hop_limit() {
 }
 
 #[test]
+fn what_on_event_and_export_events_capture_is_written_and_counted() {
+    // onEvent captures an echo of the input event; exportEvents, for the batch holding it and
+    // the echo (1 hop), captures `exported`, which is 2 hops deep: past max_capture_hops = 1.
+    let dir = tempfile::tempdir().unwrap();
+    let p = write_plugin(
+        dir.path(),
+        "deferred-echo",
+        "exports.onEvent = async (e) => { if (e.event === 'start') await posthog.capture('echo of start', { distinct_id: 'x' }) }\n\
+         exports.exportEvents = async (events) => { if (events.some((e) => e.event === 'start')) await posthog.capture('exported', { distinct_id: 'x' }) }",
+    );
+    let cfg = config(
+        dir.path(),
+        "{\"uuid\":\"u1\",\"event\":\"start\",\"team_id\":5,\"properties\":{}}\n",
+        "memory = true",
+        "max_capture_hops = 1",
+        &plugin_entry("deferred-echo", &p, 1, ""),
+    );
+    let (summary, _) = run_until(&cfg, |_| false);
+    let events = read_json_lines(&cfg.output.events);
+    let names: Vec<&str> = events.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(names, ["start", "echo of start"]);
+    let dead = read_json_lines(&cfg.output.dead_letters);
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(dead[0]["reason"].as_str().unwrap().starts_with("posthog.capture loop: this event is 2 captures deep"), "{}", dead[0]);
+    assert!(dead[0]["raw"].as_str().unwrap().contains("\"exported\""), "{}", dead[0]);
+    assert_eq!(summary.captured, 2);
+    assert_eq!(summary.events_in + summary.captured, summary.events_out + summary.dropped + summary.dead_lettered);
+}
+
+#[test]
 fn an_input_line_cannot_claim_a_capture_hop_count() {
     // `$pluginflow_hops` once marked captured events inside their JSON: an input line carrying
     // it made every capture from it a "loop" (dead letters), or wrapped at u32::MAX. Now the

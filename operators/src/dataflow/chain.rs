@@ -13,7 +13,9 @@
 //! `run_chain_with` also takes a stream of configuration changes (the pipeline's folder of
 //! configurations): events wait until every change up to their epoch is known, and a change at
 //! epoch `t` is applied after every event of the epochs before `t` and before any event of `t`
-//! or later — so each event's chain is all of one version, never half a change.
+//! or later — so each event's chain is all of one version, never half a change. (Events that
+//! `onEvent` or `exportEvents` captured run their chain in the deferred stage, on the plugins
+//! as they are then, which may be a later version.)
 //!
 //! ```
 //! use std::cell::RefCell;

@@ -13,17 +13,20 @@
 //! it already is: a crash resumes it) and in memory, without a capability: its epoch may
 //! complete. Should it give up later, its dead letter goes out at a `floor` capability the
 //! operator keeps at its input frontier, so the dead letter is still written, in a later epoch.
-//! At the end of the input the floor stays while any retry is owed, so a run still ends only
-//! when every retry has succeeded or given up (or on a stop, which leaves them queued).
+//! At the end of the input the floor stays while any retry is owed or any export buffer holds
+//! events, so a run still ends only when every retry has succeeded or given up (or on a stop,
+//! which leaves them queued).
 //!
 //! What the calls capture (`posthog.capture` in `onEvent` or `exportEvents`) goes through its
-//! chain here, at once, and out at the epoch of the events the call was for, addressed to the
-//! reader of the first of them ([`DeferredOutput::Captured`]): that epoch, and so the input
-//! offsets it stands for, completes only once the captures are written — as the chain stage
-//! does with what `processEvent` captures. A captured event's own `onEvent` and `exportEvents`
-//! run here too (before it is written, unlike an input event's). A retry past its hold
-//! captures at the floor, in a later epoch; once the input is over and nothing is owed, what is
-//! captured is left to the worker loop.
+//! chain here, at once, and out at the epoch of the events the call was for (an export batch:
+//! its earliest), addressed to the worker that read them (export buffers are kept per reader,
+//! so a batch's events all have one) ([`DeferredOutput::Captured`]): that epoch, and so the
+//! input offsets it stands for, completes only once the captures are written — as the chain
+//! stage does with what `processEvent` captures. A captured event's own `onEvent` and
+//! `exportEvents` run here too (before it is written, unlike an input event's), on the plugins
+//! as they are now: the chain stage may have applied configuration changes of later epochs
+//! already. A retry past its hold captures at the floor, in a later epoch, with no tie to its
+//! event's commit.
 //!
 //! [`RetryPolicies::hold`]: crate::plugin::deferred::RetryPolicies::hold
 //!
@@ -195,8 +198,9 @@ impl Stage {
         let (plugins, captures) = (self.plugins.clone(), self.captures);
         while let Some(m) = made.pop() {
             let Some(at) = self.cap_for(m.epoch, held.as_ref()) else {
-                // The operator is done (no input can come, nothing is owed): the worker loop
-                // takes them, as it takes what teardown captures.
+                // No capability is left (no input can come, nothing is owed or buffered), so no
+                // call can have run; should one have, the run dead-letters what it captured, as
+                // it does what teardown captures ("captured after the input closed").
                 plugins.borrow_mut().leave_captured(m.events);
                 continue;
             };
@@ -209,11 +213,11 @@ impl Stage {
                 }
                 let steps = self.work.borrow_mut().event(epoch, ev);
                 self.place_new(steps, epoch, now);
-                // The captured event's own calls: those for this epoch go on here, a flushed
-                // buffer's (an earlier epoch) with the rest.
+                // The captured event's own calls: those for this epoch and reader go on here, a
+                // flushed buffer's (an earlier epoch) with the rest.
                 let mut same = Vec::new();
                 for call in self.work.borrow_mut().take_made() {
-                    if call.epoch == epoch { same.extend(call.events) } else { made.push(call) }
+                    if call.epoch == epoch && call.reader == Some(reader) { same.extend(call.events) } else { made.push(call) }
                 }
                 same
             });
@@ -300,7 +304,9 @@ impl<'scope> RunDeferred<'scope> for Stream<'scope, u64, Vec<FinalEvent>> {
                 }
                 // Once no input can come, the floor stays while any retry is owed: a retry that
                 // holds its epoch now may be released later and still need it.
-                if frontier.is_empty() && stage.pending.is_empty() {
+                // (Nor while export buffers hold events: captured during the forced flush, their
+                // export, or its retry, is still to come.)
+                if frontier.is_empty() && stage.pending.is_empty() && stage.work.borrow().buffered_min_epoch().is_none() {
                     stage.floor = None;
                 }
                 let holds = stage.pending.iter().filter(|p| p.cap.is_some()).filter_map(|p| p.held_until);

@@ -228,7 +228,10 @@ pub struct DeferredWork {
     plugins: Rc<RefCell<WorkerPlugins>>,
     policies: RetryPolicies,
     store: Arc<dyn StateStore>,
-    buffers: HashMap<InstanceKey, ExportBuffer>,
+    /// Export buffers per instance and reader: a batch holds the events one worker read (as
+    /// each PostHog process had buffers of its own), so what its call captures goes with that
+    /// worker's input offsets.
+    buffers: HashMap<(InstanceKey, u32), ExportBuffer>,
     stopping: bool,
     waker: Option<Box<dyn Fn()>>,
     recovery: Option<RecoveryPool>,
@@ -339,7 +342,8 @@ impl DeferredWork {
     }
 
     fn buffer(&mut self, key: InstanceKey, config_id: &str, epoch: u64, from: (u64, u32, u32), name: &str, processed: &str) -> Vec<Step> {
-        if !self.buffers.contains_key(&key) {
+        let slot = (key, from.1);
+        if !self.buffers.contains_key(&slot) {
             let settings = {
                 let mut plugins = self.plugins.borrow_mut();
                 let inst = plugins.instance_mut(key).expect("checked by the caller");
@@ -355,10 +359,10 @@ impl DeferredWork {
                 started: None,
                 min_epoch: None,
             };
-            self.buffers.insert(key, buffer);
+            self.buffers.insert(slot, buffer);
         }
         let now = self.plugins.borrow().now_ms();
-        let buffer = self.buffers.get_mut(&key).expect("inserted above");
+        let buffer = self.buffers.get_mut(&slot).expect("inserted above");
         if buffer.settings.ignore.iter().any(|n| n == name) {
             return Vec::new();
         }
@@ -389,18 +393,18 @@ impl DeferredWork {
 
     /// Export buffers due by `now_ms` (or all of them with `force`, at shutdown), exported now.
     pub fn flush(&mut self, now_ms: u64, force: bool) -> Vec<Step> {
-        let mut due: Vec<(InstanceKey, Batch)> = Vec::new();
-        for (key, buffer) in &mut self.buffers {
+        let mut due: Vec<((InstanceKey, u32), Batch)> = Vec::new();
+        for (slot, buffer) in &mut self.buffers {
             let expired = buffer.started.is_some_and(|t| now_ms >= t.saturating_add(millis(buffer.settings.max_age)));
             if (force || expired)
                 && let Some(batch) = buffer.take()
             {
-                due.push((*key, batch));
+                due.push((*slot, batch));
             }
         }
         due.sort_by_key(|(k, _)| *k);
         due.into_iter()
-            .map(|(key, batch)| {
+            .map(|((key, _), batch)| {
                 let config_id = self.plugins.borrow().config_id(key.0).to_string();
                 self.export(key, &config_id, batch)
             })

@@ -139,9 +139,10 @@ pub struct WorkerPlugins {
     /// due (`place.clock`, ms).
     setup_retries: HashMap<InstanceKey, (u32, u64)>,
     schedules: HashMap<(InstanceKey, Hook), Schedule>,
-    /// Events plugins captured outside the dataflow's calls (a chain's captures go with its
-    /// outcome, `onEvent`'s and `exportEvents'` are taken by the deferred stage), ready for the
-    /// worker loop to send back into the graph, with their hop counts.
+    /// Events plugins captured outside the dataflow's calls (jobs, schedules, setup, teardown),
+    /// ready for the worker loop to send back into the graph, with their hop counts. A chain's
+    /// captures go with its outcome; `onEvent`'s and `exportEvents'` pass through here only to
+    /// be taken by the deferred stage ([`Self::take_captured_after`]).
     captured: Vec<(String, u32)>,
     /// App-metric counts since the last `take_notices`.
     metric_counts: HashMap<(InstanceKey, Hook, Outcome), u64>,
