@@ -32,19 +32,23 @@ pub(super) fn plain_head(text: &[u8], max_depth: usize) -> Option<PlainHead> {
     let mut s = Scan { b: text, i: 0, utf8: false };
     let inner = max_depth.checked_sub(1)?;
     let (mut name, mut team_id, mut uuid, mut properties_ok) = (None, None, None, true);
-    s.ws();
-    s.eat(b'{')?;
-    s.ws();
-    if !s.eat_if(b'}') {
+    if s.token()? != b'{' {
+        return None;
+    }
+    let mut c = s.token()?;
+    if c != b'}' {
         loop {
-            s.eat(b'"')?;
+            if c != b'"' {
+                return None;
+            }
             let start = s.i;
             if s.string()? {
                 return None; // an escaped key may spell a head field
             }
             let key = &s.b[start..s.i - 1];
-            s.ws();
-            s.eat(b':')?;
+            if s.token()? != b':' {
+                return None;
+            }
             s.ws();
             // A repeated key counts as serde reads it: the last value wins.
             match key {
@@ -58,9 +62,8 @@ pub(super) fn plain_head(text: &[u8], max_depth: usize) -> Option<PlainHead> {
                 }
                 _ => s.value(inner)?,
             }
-            s.ws();
-            match s.next()? {
-                b',' => s.ws(),
+            match s.token()? {
+                b',' => c = s.token()?,
                 b'}' => break,
                 _ => return None,
             }
@@ -112,9 +115,27 @@ impl Scan<'_> {
         }
     }
 
+    /// The next byte that is not JSON whitespace, taken; the common case (the next token right
+    /// where the last ended) is one test: whitespace is at most `b' '`.
+    #[inline(always)]
+    fn token(&mut self) -> Option<u8> {
+        let c = self.next()?;
+        if c > b' ' || !matches!(c, b' ' | b'\n' | b'\t' | b'\r') {
+            return Some(c);
+        }
+        self.ws();
+        self.next()
+    }
+
     /// One value of any kind, nested at most `left` levels deep.
     fn value(&mut self, left: usize) -> Option<()> {
-        match self.next()? {
+        let c = self.next()?;
+        self.value_at(c, left)
+    }
+
+    /// [`Self::value`] whose first byte `c` was taken.
+    fn value_at(&mut self, c: u8, left: usize) -> Option<()> {
+        match c {
             b'"' => self.string().map(drop),
             b'{' => self.members(left.checked_sub(1)?),
             b'[' => self.items(left.checked_sub(1)?),
@@ -130,29 +151,29 @@ impl Scan<'_> {
         }
     }
 
-    /// A value inside an object or array: most are strings, read here without the call to the
-    /// (recursive, so never inlined) [`Self::value`].
+    /// A value inside an object or array, whose first byte `c` was taken: most are strings,
+    /// read here without the call to the (recursive, so never inlined) [`Self::value_at`].
     #[inline(always)]
-    fn member_value(&mut self, left: usize) -> Option<()> {
-        if self.eat_if(b'"') { self.string().map(drop) } else { self.value(left) }
+    fn member_value(&mut self, c: u8, left: usize) -> Option<()> {
+        if c == b'"' { self.string().map(drop) } else { self.value_at(c, left) }
     }
 
     /// The rest of an object after its `{`; its values get `left` levels.
     fn members(&mut self, left: usize) -> Option<()> {
-        self.ws();
-        if self.eat_if(b'}') {
-            return Some(());
+        match self.token()? {
+            b'}' => return Some(()),
+            b'"' => {}
+            _ => return None,
         }
         loop {
-            self.eat(b'"')?;
             self.string()?;
-            self.ws();
-            self.eat(b':')?;
-            self.ws();
-            self.member_value(left)?;
-            self.ws();
-            match self.next()? {
-                b',' => self.ws(),
+            if self.token()? != b':' {
+                return None;
+            }
+            let c = self.token()?;
+            self.member_value(c, left)?;
+            match self.token()? {
+                b',' if self.token()? == b'"' => {}
                 b'}' => return Some(()),
                 _ => return None,
             }
@@ -161,15 +182,14 @@ impl Scan<'_> {
 
     /// The rest of an array after its `[`; its items get `left` levels.
     fn items(&mut self, left: usize) -> Option<()> {
-        self.ws();
-        if self.eat_if(b']') {
+        let mut c = self.token()?;
+        if c == b']' {
             return Some(());
         }
         loop {
-            self.member_value(left)?;
-            self.ws();
-            match self.next()? {
-                b',' => self.ws(),
+            self.member_value(c, left)?;
+            match self.token()? {
+                b',' => c = self.token()?,
                 b']' => return Some(()),
                 _ => return None,
             }
