@@ -118,7 +118,7 @@ impl Scan<'_> {
     /// The next byte that is not JSON whitespace, taken; the common case (the next token right
     /// where the last ended) is one test: whitespace is at most `b' '`.
     #[inline(always)]
-    fn token(&mut self) -> Option<u8> {
+    pub(crate) fn token(&mut self) -> Option<u8> {
         let c = self.next()?;
         if c > b' ' || !matches!(c, b' ' | b'\n' | b'\t' | b'\r') {
             return Some(c);

@@ -71,7 +71,13 @@ impl Parser<'_, '_> {
     /// A value of any kind, nested at most `left` levels deep: one reference, or `None` (the
     /// parse fails; nothing of this value is left).
     fn value(&mut self, left: usize) -> Option<qjs::JSValue> {
-        match self.s.next()? {
+        let c = self.s.next()?;
+        self.value_at(c, left)
+    }
+
+    /// [`Self::value`] whose first byte `c` was taken.
+    fn value_at(&mut self, c: u8, left: usize) -> Option<qjs::JSValue> {
+        match c {
             b'"' => {
                 let ctx = self.ctx;
                 let s = self.string()?;
@@ -197,18 +203,15 @@ impl Parser<'_, '_> {
     }
 
     fn items(&mut self, left: usize) -> Option<()> {
-        self.s.ws();
-        if self.s.peek() == Some(b']') {
-            self.s.i += 1;
+        let mut c = self.s.token()?;
+        if c == b']' {
             return Some(());
         }
         loop {
-            self.s.ws();
-            let item = self.value(left)?;
+            let item = self.value_at(c, left)?;
             self.stacks.values.push(item);
-            self.s.ws();
-            match self.s.next()? {
-                b',' => {}
+            match self.s.token()? {
+                b',' => c = self.s.token()?,
                 b']' => return Some(()),
                 _ => return None,
             }
@@ -223,28 +226,24 @@ impl Parser<'_, '_> {
     }
 
     fn members(&mut self, left: usize) -> Option<()> {
-        self.s.ws();
-        if self.s.peek() == Some(b'}') {
-            self.s.i += 1;
+        let mut c = self.s.token()?;
+        if c == b'}' {
             return Some(());
         }
         loop {
-            self.s.ws();
-            if self.s.next()? != b'"' {
+            if c != b'"' {
                 return None;
             }
             let atom = self.key()?;
             self.stacks.atoms.push(atom);
-            self.s.ws();
-            if self.s.next()? != b':' {
+            if self.s.token()? != b':' {
                 return None;
             }
-            self.s.ws();
-            let value = self.value(left)?;
+            let first = self.s.token()?;
+            let value = self.value_at(first, left)?;
             self.stacks.values.push(value);
-            self.s.ws();
-            match self.s.next()? {
-                b',' => {}
+            match self.s.token()? {
+                b',' => c = self.s.token()?,
                 b'}' => return Some(()),
                 _ => return None,
             }
