@@ -806,10 +806,42 @@ mod tests {
             (format!(r#"{{"uuid":"u","event":"",{t}}}"#, t = r#""team_id":1"#), false),
             (format!("\u{feff}{{{h},\"team_id\":1}}"), false),
             (format!("\u{a0}{{{h},\"team_id\":1}}"), false),
+            // Control bytes between tokens are not whitespace; separators must separate.
+            (format!("{{{h},\"team_id\":1\u{b}}}"), false),
+            (format!("{{{h},\u{0}\"team_id\":1}}"), false),
+            (format!("{{{h},\"team_id\":1,\"p\":[1\u{1f}]}}"), false),
+            (format!("{{{h},\"team_id\":1,\"p\":{{\u{c}}}}}"), false),
+            (format!(r#"{{{h},,"team_id":1}}"#), false),
+            (format!(r#"{{{h},"team_id":1,"p":[,1]}}"#), false),
+            (format!(r#"{{{h},"team_id":1,"p":[1,,2]}}"#), false),
+            (format!(r#"{{{h},"team_id":1,"p":{{,"a":1}}}}"#), false),
         ];
         for (line, taken) in &cases {
             assert_eq!(agree(line, 64).is_some(), *taken, "{line}");
         }
+    }
+
+    #[test]
+    fn bytes_past_ascii_anywhere_after_a_valid_character_are_still_checked() {
+        // A line with a valid character before a bad sequence: the check of the rest must
+        // reach the end of the line, not stop at the string or the character.
+        let cases: [&[u8]; 6] = [
+            b"{\"event\":\"\xc3\xa9\",\"uuid\":\"\xff\",\"team_id\":1}",
+            b"{\"event\":\"\xc3\xa9\",\"uuid\":\"u\",\"team_id\":1,\"p\":\"\xed\xa0\x80\"}",
+            b"{\"event\":\"\xc3\xa9\",\"\xc3\":1,\"uuid\":\"u\",\"team_id\":1}",
+            b"{\"event\":\"e\",\"uuid\":\"u\",\"team_id\":1}\xff\r\n",
+            b"{\"event\":\"\xc3\xa9\",\"uuid\":\"u\",\"team_id\":1,\"p\":\"\xf0\x9f\x98\"}",
+            b"{\"event\":\"\xc3\xa9\",\"uuid\":\"u\",\"team_id\":1,\"p\":\"\xc0\xaf\"}",
+        ];
+        for line in cases {
+            assert!(scan::plain_head(line, 64).is_none(), "{line:?}");
+            let letter = parse_line(line, "t", 1, &EventLimits::default()).unwrap_err();
+            let valid = std::str::from_utf8(line).unwrap_err().valid_up_to();
+            assert_eq!(letter.reason, format!("invalid UTF-8 at byte {valid}"), "{line:?}");
+        }
+        // The same lines made valid are taken.
+        let fine: &[u8] = b"{\"event\":\"\xc3\xa9\",\"uuid\":\"\xf0\x9f\x98\x80\",\"team_id\":1,\"p\":\"\xe2\x80\x93\"}";
+        assert!(scan::plain_head(fine, 64).is_some());
     }
 
     #[test]
