@@ -24,18 +24,18 @@ use timely::dataflow::operators::{Input, Inspect, Probe};
 /// Each output with its epoch, and what was left for the worker loop.
 type Ran = (Vec<(u64, DeferredOutput)>, Vec<(String, u32)>);
 
-/// Runs `events` (name, uuid, the worker that read it) of team 1, one per epoch 0, 1, ...,
+/// Runs `events` (name, uuid, the worker that read it, capture hops) of team 1, one per epoch 0, 1, ...,
 /// through the deferred stage of one plugin (`index.js` = `code`); returns each output with its
 /// epoch, and what was left for the worker loop.
-fn deferred_over(code: &str, events: &[(&str, &str, u32)], max_hops: u32, policies: RetryPolicies) -> Ran {
+fn deferred_over(code: &str, events: &[(&str, &str, u32, u32)], max_hops: u32, policies: RetryPolicies) -> Ran {
     let fixture = plugin("p", &[("index.js", code)]);
     let folder = fixture.path().to_path_buf();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let sink = seen.clone();
-    let lines: Vec<(String, u32)> = events
+    let lines: Vec<(String, u32, u32)> = events
         .iter()
-        .map(|(name, uuid, reader)| {
-            (format!(r#"{{"uuid":"{uuid}","event":"{name}","team_id":1,"distinct_id":"d","properties":{{}}}}"#), *reader)
+        .map(|(name, uuid, reader, hops)| {
+            (format!(r#"{{"uuid":"{uuid}","event":"{name}","team_id":1,"distinct_id":"d","properties":{{}}}}"#), *reader, *hops)
         })
         .collect();
     let left = timely::execute_directly(move |worker| {
@@ -66,8 +66,8 @@ fn deferred_over(code: &str, events: &[(&str, &str, u32)], max_hops: u32, polici
                 .0;
             (input, probe)
         });
-        for (epoch, (json, reader)) in lines.into_iter().enumerate() {
-            input.send(FinalEvent { team: 1, hops: 0, position: epoch as u64 + 1, reader, json });
+        for (epoch, (json, reader, hops)) in lines.into_iter().enumerate() {
+            input.send(FinalEvent { team: 1, hops, position: epoch as u64 + 1, reader, json });
             input.advance_to(epoch as u64 + 1);
         }
         drop(input);
@@ -93,7 +93,8 @@ fn what_on_event_captures_runs_its_chain_in_the_events_epoch_for_its_reader() {
                 exports.onEvent = async (e) => {\n\
                   if (e.event !== 'stop') await posthog.capture('echo', { distinct_id: 'x', depth: (e.properties.depth || 0) + 1, of: e.uuid })\n\
                 }";
-    let (outputs, left) = deferred_over(code, &[("start", "a", 7), ("stop", "b", 7), ("start", "c", 7)], 2, RetryPolicies::default());
+    let (outputs, left) =
+        deferred_over(code, &[("start", "a", 7, 0), ("stop", "b", 7, 0), ("start", "c", 7, 0)], 2, RetryPolicies::default());
     assert!(left.is_empty(), "nothing captured is left for the worker loop: {left:?}");
     // Per "start": echo depth 1 and 2 (kept, through processEvent and onEvent), echo depth 3
     // (past the limit of 2 captures deep: a dead letter), all in the start's epoch.
@@ -123,19 +124,22 @@ fn what_on_event_captures_runs_its_chain_in_the_events_epoch_for_its_reader() {
 #[test]
 fn what_export_events_captures_goes_out_at_the_batchs_earliest_epoch() {
     // One batch (the buffer is flushed when the input ends) holds the three inputs of epochs
-    // 0, 1 and 2: its capture belongs to epoch 0, which may not complete before it is written.
-    // The captured `batch` is exported in turn, and that call captures `exported`.
+    // 0, 1 and 2: its capture is written in epoch 0, which may not complete before it is. The
+    // captured `batch` is exported in turn in the batch's latest epoch, 2 (were it exported in
+    // 0, every later batch holding a capture would hold epoch 0 again), and that call captures
+    // `exported`, written in epoch 2.
     let code = "exports.processEvent = (e) => { e.properties.seen = true; return e }\n\
                 exports.exportEvents = async (events) => {\n\
                   const inputs = events.filter((e) => e.event === 'start').map((e) => e.uuid)\n\
                   if (inputs.length) await posthog.capture('batch', { distinct_id: 'x', of: inputs.join(',') })\n\
                   if (events.some((e) => e.event === 'batch')) await posthog.capture('exported', { distinct_id: 'x' })\n\
                 }";
-    let (outputs, left) = deferred_over(code, &[("start", "a", 7), ("start", "b", 7), ("start", "c", 7)], 3, RetryPolicies::default());
+    let (outputs, left) =
+        deferred_over(code, &[("start", "a", 7, 0), ("start", "b", 7, 0), ("start", "c", 7, 0)], 3, RetryPolicies::default());
     assert!(left.is_empty(), "nothing captured is left for the worker loop: {left:?}");
     assert_eq!(outputs.len(), 2, "{outputs:#?}");
     let (epochs, results): (Vec<u64>, Vec<&ChainResult>) = outputs.iter().map(|(t, o)| (*t, captured(o))).unzip();
-    assert_eq!(epochs, [0, 0]);
+    assert_eq!(epochs, [0, 2]);
     assert!(results.iter().all(|r| r.reader() == 7 && matches!(r, ChainResult::Kept(ev) if ev.json.contains("\"seen\":true"))));
     assert_eq!(json_of(results[0])["event"], "batch");
     assert_eq!(json_of(results[0])["properties"]["of"], "a,b,c");
@@ -151,7 +155,8 @@ fn an_export_batch_holds_one_readers_events_and_its_capture_goes_to_that_reader(
                   const inputs = events.filter((e) => e.event === 'start').map((e) => e.uuid)\n\
                   if (inputs.length) await posthog.capture('batch', { distinct_id: 'x', of: inputs.join(',') })\n\
                 }";
-    let (outputs, left) = deferred_over(code, &[("start", "a", 7), ("start", "b", 8), ("start", "c", 7)], 3, RetryPolicies::default());
+    let (outputs, left) =
+        deferred_over(code, &[("start", "a", 7, 0), ("start", "b", 8, 0), ("start", "c", 7, 0)], 3, RetryPolicies::default());
     assert!(left.is_empty(), "{left:?}");
     let mut seen: Vec<(u64, u32, String)> = outputs
         .iter()
@@ -181,9 +186,26 @@ fn a_retry_of_what_the_last_flush_captured_still_runs_and_captures() {
         hold: Duration::ZERO,
         ..RetryPolicies::default()
     };
-    let (outputs, left) = deferred_over(code, &[("start", "a", 7)], 3, policies);
+    let (outputs, left) = deferred_over(code, &[("start", "a", 7, 0)], 3, policies);
     assert!(left.is_empty(), "{left:?}");
     let names: Vec<String> = outputs.iter().map(|(_, o)| json_of(captured(o))["event"].as_str().unwrap().to_string()).collect();
     assert_eq!(names, ["batch", "done"], "{outputs:#?}");
     assert_eq!(outputs[0].0, 0, "the batch's capture holds its epoch");
+}
+
+#[test]
+fn a_batch_counts_the_fewest_hops_among_its_events() {
+    // A batch mixing an input event (0 hops) with a captured one (2 hops) captures at 1 hop:
+    // with max_capture_hops = 1 its capture is kept (a batch of captured events only is what a
+    // loop through exportEvents makes, and that one is stopped: the second test here).
+    let code = "exports.exportEvents = async (events) => { if (events.some((e) => e.event === 'start')) await posthog.capture('batch', { distinct_id: 'x' }) }";
+    let (outputs, left) = deferred_over(code, &[("start", "a", 7, 0), ("start", "b", 7, 2)], 1, RetryPolicies::default());
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(outputs.len(), 1, "{outputs:#?}");
+    assert!(matches!(captured(&outputs[0].1), ChainResult::Kept(ev) if ev.hops == 1), "{outputs:#?}");
+    let (outputs, _) = deferred_over(code, &[("start", "b", 7, 1)], 1, RetryPolicies::default());
+    match captured(&outputs[0].1) {
+        ChainResult::Failed { hops: 2, letter, .. } => assert_eq!(letter.source, CAPTURE_SOURCE),
+        other => panic!("a batch of captured events only captures one hop deeper: {other:?}"),
+    }
 }

@@ -442,22 +442,34 @@ pub fn captures(uuid: &str) -> bool {
     uuid.ends_with(['0', '8', '4', 'c'])
 }
 
+/// Whether [`capturing_plugin`]'s `exportEvents` names the event with this uuid in the
+/// `batch_of` list of the `batch-follow-up` it captures for each batch: one in eight.
+pub fn batch_captures(uuid: &str) -> bool {
+    uuid.ends_with(['2', 'a'])
+}
+
 /// A plugin that spends `pace_ms` per event and, for the events [`captures`] picks, captures a
 /// `follow-up` naming the event in its property `of`: from `processEvent` for uuids ending in
-/// 0 or 8, from `onEvent` for those ending in 4 or c. A captured event takes `captured_ms`.
+/// 0 or 8, from `onEvent` for those ending in 4 or c. Its `exportEvents` captures, per batch, a
+/// `batch-follow-up` listing in `batch_of` the batch's events that [`batch_captures`] picks. A
+/// captured event takes `captured_ms` and captures nothing.
 pub fn capturing_plugin(dir: &Path, pace_ms: f64, captured_ms: f64) -> String {
     let code = format!(
         "async function processEvent(event) {{
-  const followUp = event.event === 'follow-up'
+  const followUp = event.event.endsWith('follow-up')
   const until = Date.now() + (followUp ? {captured_ms} : {pace_ms})
   while (Date.now() < until) {{}}
   if (!followUp && /[08]$/.test(event.uuid)) await posthog.capture('follow-up', {{ of: event.uuid, distinct_id: event.distinct_id }})
   return event
 }}
 async function onEvent(event) {{
-  if (event.event !== 'follow-up' && /[4c]$/.test(event.uuid)) await posthog.capture('follow-up', {{ of: event.uuid, distinct_id: event.distinct_id }})
+  if (!event.event.endsWith('follow-up') && /[4c]$/.test(event.uuid)) await posthog.capture('follow-up', {{ of: event.uuid, distinct_id: event.distinct_id }})
 }}
-module.exports = {{ processEvent, onEvent }}
+async function exportEvents(events) {{
+  const picked = events.filter((e) => !e.event.endsWith('follow-up') && /[2a]$/.test(e.uuid)).map((e) => e.uuid)
+  if (picked.length) await posthog.capture('batch-follow-up', {{ batch_of: picked.join(','), distinct_id: 'batch' }})
+}}
+module.exports = {{ processEvent, onEvent, exportEvents }}
 "
     );
     plugin_in(dir, "capture", &code)

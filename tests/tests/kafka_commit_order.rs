@@ -8,7 +8,8 @@
 //! every input record below a committed offset has its output there: its event, or (for the
 //! lines that are not events) its dead letter.
 //!
-//! Some events make a plugin capture another (`posthog.capture` in `processEvent` or `onEvent`). A committed
+//! Some events make a plugin capture another (`posthog.capture` in `processEvent` or `onEvent`;
+//! its `exportEvents` captures one per batch, listing some of the batch's events). A committed
 //! offset promises the capture too: a crash right after the commit would otherwise lose it for
 //! good (the event that made it is not read again). Captured events take a few milliseconds
 //! each, so a pipeline that sent them back into the graph in a later epoch than the event that
@@ -19,8 +20,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use pluginflow_tests::broker::{
-    Broker, Isolation, Topics, captures, capturing_plugin, committed_offsets, consume_all, kafka_config, log_tail, produce_lines,
-    record_of, spawn_pipeline, uuids,
+    Broker, Isolation, Topics, batch_captures, captures, capturing_plugin, committed_offsets, consume_all, kafka_config, log_tail,
+    produce_lines, record_of, spawn_pipeline, uuids,
 };
 use pluginflow_tests::gen_events;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -60,7 +61,7 @@ fn committed_offsets_never_run_ahead_of_acknowledged_outputs() {
     // of each partition as it is right after (they only grow), read by one consumer that goes
     // on where it stopped, so that a sample takes milliseconds, not the second of linger it
     // must catch.
-    let (mut samples, mut checked, mut captures_checked) = (0, 0usize, 0usize);
+    let (mut samples, mut checked, mut captures_checked, mut batch_checked) = (0, 0usize, 0usize, 0usize);
     let deadline = Instant::now() + Duration::from_secs(120);
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -88,18 +89,27 @@ fn committed_offsets_never_run_ahead_of_acknowledged_outputs() {
         let capturing: Vec<&String> = below.iter().filter_map(|(_, u)| *u).filter(|u| captures(u) && output.uuids.contains(*u)).collect();
         let uncaptured = capturing.iter().filter(|u| !output.captured.contains(u)).count();
         assert_eq!(uncaptured, 0, "committed offsets {committed:?} cover {uncaptured} events whose captures are not written");
+        // What exportEvents captured for a batch goes with its earliest event's commit.
+        let exported: Vec<&String> =
+            below.iter().filter_map(|(_, u)| *u).filter(|u| batch_captures(u) && output.uuids.contains(*u)).collect();
+        let unlisted = exported.iter().filter(|u| !output.batch_listed.contains(**u)).count();
+        assert_eq!(unlisted, 0, "committed offsets {committed:?} cover {unlisted} exported events whose batch capture is not written");
         if !below.is_empty() && below.len() < EVENTS {
             samples += 1;
             checked += below.len();
             captures_checked += capturing.len();
+            batch_checked += exported.len();
         }
     };
     assert!(status.success(), "pluginflow failed; log tail:\n{}", log_tail(&log, 40));
     // The check must have seen the run in the middle, several times, or it proved nothing.
-    println!("{samples} samples taken mid-run, {checked} committed records checked in all, {captures_checked} of them capturing events");
+    println!(
+        "{samples} samples taken mid-run, {checked} committed records checked in all, {captures_checked} of them capturing \
+         events, {batch_checked} exported in a capturing batch"
+    );
     assert!(
-        samples >= 3 && captures_checked > 0,
-        "only {samples} samples with commits mid-run, {captures_checked} capturing events in them"
+        samples >= 3 && captures_checked > 0 && batch_checked > 0,
+        "only {samples} samples with commits mid-run, {captures_checked} capturing events and {batch_checked} batch-captured in them"
     );
 
     let end = committed_offsets(&broker.bootstrap(), "order", &topics.input, PARTITIONS);
@@ -117,9 +127,12 @@ fn committed_offsets_never_run_ahead_of_acknowledged_outputs() {
     assert!(capturers.len() > EVENTS / 20, "{} of the events capture", capturers.len());
     let captured: HashSet<&String> = output.captured.iter().collect();
     assert_eq!(captured, capturers, "each capturing event's capture is written, and no other");
+    let exported: HashSet<&String> = inputs.values().flatten().filter(|u| batch_captures(u) && output.uuids.contains(*u)).collect();
+    let listed: HashSet<&String> = output.batch_listed.iter().collect();
+    assert_eq!(listed, exported, "each exported event is listed by its batch's capture, and no other");
     // At-least-once may repeat what a rebalance at the start hands from one worker to the
     // other: dead letters and captures (a new uuid each time) can then be there twice.
-    let written = output.uuids.len() - output.captured.len();
+    let written = output.uuids.len() - output.captured.len() - output.batch_events;
     let repeats = (written + letters).saturating_sub(EVENTS) + (output.captured.len() - capturers.len());
     assert!(letters > 0 && written + letters >= EVENTS, "{written} input events + {letters} dead letters");
     println!("{written} input events, {letters} dead letters, {} captured events; {repeats} repeated", output.captured.len());
@@ -150,6 +163,9 @@ struct Output {
     uuids: HashSet<String>,
     /// Of captured events read: the uuid of the event that captured each (`of`).
     captured: Vec<String>,
+    /// The uuids listed by the batch captures read (`batch_of`), and how many those were.
+    batch_listed: HashSet<String>,
+    batch_events: usize,
     /// Dead letters read, by the input offset in their `position` header.
     positions: HashMap<i64, usize>,
 }
@@ -178,6 +194,8 @@ impl Output {
             next,
             uuids: HashSet::new(),
             captured: Vec::new(),
+            batch_listed: HashSet::new(),
+            batch_events: 0,
             positions: HashMap::new(),
         }
     }
@@ -206,6 +224,10 @@ impl Output {
                             let event: serde_json::Value = serde_json::from_str(&r.value).expect("an event");
                             if let Some(of) = event["properties"]["of"].as_str() {
                                 self.captured.push(of.to_string());
+                            }
+                            if let Some(list) = event["properties"]["batch_of"].as_str() {
+                                self.batch_listed.extend(list.split(',').map(str::to_string));
+                                self.batch_events += 1;
                             }
                         }
                     }

@@ -8,15 +8,17 @@
 //! A plugin captures a `follow-up` event for one event in four (`posthog.capture`, half of them
 //! in `processEvent`, half in `onEvent`); captured
 //! events carry a new uuid on each run, so they are counted by the event that captured them
-//! (`of`): at-least-once, each at least once; exactly-once, each exactly once.
+//! (`of`): at-least-once, each at least once; exactly-once, each exactly once. Its
+//! `exportEvents` captures one event per batch listing some of the batch's events: each must be
+//! listed at least once at-least-once (exactly-once prints how many are not: see the test).
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use pluginflow_tests::broker::{
-    Broker, Isolation, Topics, captures, capturing_plugin, consume_all, kafka_config, log_tail, produce_lines, spawn_pipeline, uuids,
-    wait_exit, written,
+    Broker, Isolation, Topics, batch_captures, captures, capturing_plugin, consume_all, kafka_config, log_tail, produce_lines,
+    spawn_pipeline, uuids, wait_exit, written,
 };
 use pluginflow_tests::{gen_events, txnlog};
 
@@ -121,6 +123,9 @@ struct Counts {
     /// Capturing events without their capture, and captures seen more than once.
     captures_missing: usize,
     capture_repeats: usize,
+    /// Exported events no batch capture lists (repeats are allowed: a batch spanning epochs
+    /// commits its capture with the earliest, and a replay of the later ones exports them again).
+    batch_missing: usize,
 }
 
 /// Runs the crash test and counts the output as each of `readers` sees it.
@@ -151,15 +156,21 @@ fn crash_test(delivery: &str, readers: &[Reader]) -> Vec<Counts> {
                 (log.visible.iter().map(|r| r.value_text()).collect(), log.aborted, log.open, detail)
             }
         };
-        // Input events by uuid, captured ones by the event that captured them.
-        let (mut seen, mut captured): (HashMap<String, usize>, HashMap<String, usize>) = Default::default();
+        // Input events by uuid, captured ones by the event that captured them, and the events
+        // exportEvents' batch captures list.
+        let (mut seen, mut captured, mut listed): (HashMap<String, usize>, HashMap<String, usize>, HashMap<String, usize>) =
+            Default::default();
         for value in &values {
             let event: serde_json::Value = serde_json::from_str(value).expect("an event");
-            match event["properties"]["of"].as_str() {
-                Some(of) => *captured.entry(of.to_string()).or_default() += 1,
-                None => *seen.entry(event["uuid"].as_str().expect("a uuid").to_string()).or_default() += 1,
+            match (event["properties"]["of"].as_str(), event["properties"]["batch_of"].as_str()) {
+                (Some(of), _) => *captured.entry(of.to_string()).or_default() += 1,
+                (None, Some(list)) => list.split(',').for_each(|u| *listed.entry(u.to_string()).or_default() += 1),
+                (None, None) => *seen.entry(event["uuid"].as_str().expect("a uuid").to_string()).or_default() += 1,
             }
         }
+        let batch_due = want.iter().filter(|u| batch_captures(u)).count();
+        let batch_missing = want.iter().filter(|u| batch_captures(u) && !listed.contains_key(*u)).count();
+        let batch_repeats: usize = listed.values().map(|n| n - 1).sum();
         let capturers = want.iter().filter(|u| captures(u)).count();
         let captures_missing = want.iter().filter(|u| captures(u) && !captured.contains_key(*u)).count();
         let capture_repeats: usize = captured.values().map(|n| n - 1).sum();
@@ -173,7 +184,8 @@ fn crash_test(delivery: &str, readers: &[Reader]) -> Vec<Counts> {
         let repeats: usize = seen.values().map(|n| n - 1).sum();
         println!(
             "crash test ({delivery}, {reader:?}): {EVENTS} in, {} visible{detail}, {} distinct, {missing} missing, {repeats} repeats; \
-             {capturers} captures due, {} made, {captures_missing} missing, {capture_repeats} repeats; {} kills, at outputs {}; {:.1} s",
+             {capturers} captures due, {} made, {captures_missing} missing, {capture_repeats} repeats; \
+             {batch_due} to be listed by batch captures, {batch_missing} missing, {batch_repeats} repeats; {} kills, at outputs {}; {:.1} s",
             values.len(),
             seen.len(),
             captured.len(),
@@ -196,6 +208,7 @@ fn crash_test(delivery: &str, readers: &[Reader]) -> Vec<Counts> {
             kills: kills.len(),
             captures_missing,
             capture_repeats,
+            batch_missing,
         });
     }
     keep_if_asked(dir);
@@ -259,6 +272,7 @@ fn at_least_once_survives_kill_9() {
     assert_eq!(c.missing, 0, "at-least-once lost events");
     assert_eq!(c.distinct, EVENTS);
     assert_eq!(c.captures_missing, 0, "at-least-once lost captured events");
+    assert_eq!(c.batch_missing, 0, "at-least-once lost exportEvents' captures");
 }
 
 /// The kills land inside transactions; the restarted workers fence their predecessors (same
@@ -277,6 +291,11 @@ fn exactly_once_survives_kill_9_without_duplicates() {
     assert_eq!(c.distinct, EVENTS);
     assert_eq!((librdkafka.captures_missing, librdkafka.capture_repeats), (0, 0), "captured events lost or repeated");
     assert_eq!((c.captures_missing, c.capture_repeats), (0, 0), "captured events lost or repeated (by the log's markers)");
+    // Not asserted here, printed: an export batch holding events of epochs a restart's
+    // rebalance rewound (read again, their outputs dropped) as well as later ones writes its
+    // capture with its earliest epoch, so the rewound epochs' outputs take it along (README,
+    // "Kafka limitations"). The two readers must still agree.
+    assert_eq!(librdkafka.batch_missing, c.batch_missing, "the two readers disagree on exportEvents' captures");
     assert!(c.aborted > 0, "no kill left an aborted transaction behind: the abort path was not exercised");
     assert_eq!(c.open, 0, "a transaction never ended: a restarted worker did not fence its predecessor");
 }

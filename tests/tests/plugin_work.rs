@@ -187,21 +187,24 @@ fn capture_loops_stop_at_the_hop_limit() {
 
 #[test]
 fn what_on_event_and_export_events_capture_is_written_and_counted() {
-    // onEvent captures an echo of the input event; exportEvents, for the batch holding it and
-    // the echo (1 hop), captures `exported`, which is 2 hops deep: past max_capture_hops = 1.
+    // onEvent captures an echo of the input event (1 hop); `start` itself is not exported
+    // (exportEventsToIgnore), so the batch holds the echo alone and its capture, `exported`,
+    // is 2 hops deep: past max_capture_hops = 1, a dead letter. (A batch counts the fewest
+    // hops among its events: one with an input event in it captures at 1 hop; see
+    // operators/tests/deferred_captures.rs.)
     let dir = tempfile::tempdir().unwrap();
     let p = write_plugin(
         dir.path(),
         "deferred-echo",
         "exports.onEvent = async (e) => { if (e.event === 'start') await posthog.capture('echo of start', { distinct_id: 'x' }) }\n\
-         exports.exportEvents = async (events) => { if (events.some((e) => e.event === 'start')) await posthog.capture('exported', { distinct_id: 'x' }) }",
+         exports.exportEvents = async (events) => { if (events.some((e) => e.event.startsWith('echo'))) await posthog.capture('exported', { distinct_id: 'x' }) }",
     );
     let cfg = config(
         dir.path(),
         "{\"uuid\":\"u1\",\"event\":\"start\",\"team_id\":5,\"properties\":{}}\n",
         "memory = true",
         "max_capture_hops = 1",
-        &plugin_entry("deferred-echo", &p, 1, ""),
+        &plugin_entry("deferred-echo", &p, 1, "config = { exportEventsToIgnore = \"start\" }"),
     );
     let (summary, _) = run_until(&cfg, |_| false);
     let events = read_json_lines(&cfg.output.events);

@@ -204,20 +204,23 @@ impl Stage {
                 plugins.borrow_mut().leave_captured(m.events);
                 continue;
             };
-            let epoch = *at.time();
+            // Written at the call's earliest epoch (`at`); exported and given to `onEvent` at its
+            // latest (Task::latest), which a later batch holding them may hold without chaining
+            // every later batch back to this one's earliest epoch.
+            let latest = m.latest.max(*at.time());
             let reader = m.reader.unwrap_or(self.me);
             let mut results = Vec::new();
             run_captured(&plugins, m.events, reader, &captures, &mut |r| results.push(r), &mut |ev| {
-                if self.buffer_cap.as_ref().is_none_or(|b| *b.time() > epoch) {
-                    self.buffer_cap = Some(at.clone());
+                if self.buffer_cap.as_ref().is_none_or(|b| *b.time() > latest) {
+                    self.buffer_cap = Some(at.delayed(&latest));
                 }
-                let steps = self.work.borrow_mut().event(epoch, ev);
-                self.place_new(steps, epoch, now);
-                // The captured event's own calls: those for this epoch and reader go on here, a
-                // flushed buffer's (an earlier epoch) with the rest.
+                let steps = self.work.borrow_mut().event(latest, ev);
+                self.place_new(steps, latest, now);
+                // The captured event's own calls: those for this epoch and reader go on here (out
+                // at `at`), a flushed buffer's (an earlier epoch) with the rest.
                 let mut same = Vec::new();
                 for call in self.work.borrow_mut().take_made() {
-                    if call.epoch == epoch && call.reader == Some(reader) { same.extend(call.events) } else { made.push(call) }
+                    if call.epoch == latest && call.reader == Some(reader) { same.extend(call.events) } else { made.push(call) }
                 }
                 same
             });

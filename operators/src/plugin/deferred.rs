@@ -69,6 +69,11 @@ pub struct Task {
     pub attempts: u32,
     /// Earliest epoch of the events in the task (the caller holds this time open).
     pub epoch: u64,
+    /// Latest epoch of its events (`epoch` for one event). What the call captures is written
+    /// in `epoch` but exported (and given to `onEvent`) in this one: a batch's capture exported
+    /// in the earliest epoch would make the next batch's earliest epoch that one again, and so
+    /// on, holding every commit back until the input ends.
+    pub latest: u64,
     /// The task's entry in the durable queue, once it was retried.
     pub queue_id: Option<QueueItemId>,
     /// Where each of its events was in the input, in order.
@@ -76,7 +81,9 @@ pub struct Task {
     /// The worker that read each of its events, in order (empty for a retry recovered from the
     /// durable queue: its dead letters are written where it runs).
     pub readers: Vec<u32>,
-    /// Capture hops of its events (the most of a batch's): what the call captures is one deeper.
+    /// Capture hops of its events (the fewest of a batch's): what the call captures is one
+    /// deeper. (The fewest, so that a batch with fresh events in it is no deeper than they are:
+    /// a batch of captured events only is what a loop through `exportEvents` makes.)
     pub hops: u32,
 }
 
@@ -175,12 +182,13 @@ struct ExportBuffer {
     positions: Vec<u64>,
     /// The workers that read `events`, in order.
     readers: Vec<u32>,
-    /// The most capture hops among `events`.
+    /// The fewest capture hops among `events` (`u32::MAX` when there are none).
     hops: u32,
     chars: usize,
     /// When the first buffered event came (ms on the worker's clock).
     started: Option<u64>,
     min_epoch: Option<u64>,
+    max_epoch: Option<u64>,
 }
 
 impl ExportBuffer {
@@ -195,27 +203,33 @@ impl ExportBuffer {
             events: std::mem::take(&mut self.events),
             positions: std::mem::take(&mut self.positions),
             readers: std::mem::take(&mut self.readers),
-            hops: std::mem::take(&mut self.hops),
+            hops: std::mem::replace(&mut self.hops, u32::MAX),
+            latest: self.max_epoch.take().unwrap_or(epoch),
             epoch,
         })
     }
 }
 
-/// A flushed export buffer: its events, their input positions and readers, and its earliest epoch.
+/// A flushed export buffer: its events, their input positions and readers, the fewest hops
+/// among them, and its earliest and latest epochs.
 struct Batch {
     events: Vec<String>,
     positions: Vec<u64>,
     readers: Vec<u32>,
     hops: u32,
     epoch: u64,
+    latest: u64,
 }
 
 /// What one call captured (`posthog.capture`), for whoever drives the work to run and write
 /// with the events the call was for ([`DeferredWork::take_made`]).
 #[derive(Debug)]
 pub struct Made {
-    /// The earliest epoch of the call's events.
+    /// The earliest epoch of the call's events: the captured events are written in it.
     pub epoch: u64,
+    /// The latest epoch of the call's events: the captured events are exported and given to
+    /// `onEvent` in it ([`Task::latest`]).
+    pub latest: u64,
     /// The worker that read the call's first event (`None` for a retry recovered from the
     /// durable queue).
     pub reader: Option<u32>,
@@ -333,7 +347,7 @@ impl DeferredWork {
             if has_on_event {
                 let kind = TaskKind::OnEvent(processed.clone());
                 let (positions, readers) = (vec![position], vec![reader]);
-                let task = Task { config_id, team, kind, attempts: 0, epoch, queue_id: None, positions, readers, hops };
+                let task = Task { config_id, team, kind, attempts: 0, epoch, latest: epoch, queue_id: None, positions, readers, hops };
                 steps.push(self.run(task));
             }
             self.plugins.borrow_mut().collect_outbox_of(key, hops);
@@ -354,10 +368,11 @@ impl DeferredWork {
                 events: Vec::new(),
                 positions: Vec::new(),
                 readers: Vec::new(),
-                hops: 0,
+                hops: u32::MAX,
                 chars: 0,
                 started: None,
                 min_epoch: None,
+                max_epoch: None,
             };
             self.buffers.insert(slot, buffer);
         }
@@ -375,9 +390,10 @@ impl DeferredWork {
         buffer.events.push(processed.to_string());
         buffer.positions.push(from.0);
         buffer.readers.push(from.1);
-        buffer.hops = buffer.hops.max(from.2);
+        buffer.hops = buffer.hops.min(from.2);
         buffer.chars += size;
         buffer.min_epoch = Some(buffer.min_epoch.map_or(epoch, |m| m.min(epoch)));
+        buffer.max_epoch = Some(buffer.max_epoch.map_or(epoch, |m| m.max(epoch)));
         buffer.started.get_or_insert(now);
         if buffer.chars > buffer.settings.max_bytes {
             batches.extend(buffer.take());
@@ -386,9 +402,21 @@ impl DeferredWork {
     }
 
     fn export(&mut self, key: InstanceKey, config_id: &str, batch: Batch) -> Step {
-        let Batch { events, positions, readers, hops, epoch } = batch;
+        let Batch { events, positions, readers, hops, epoch, latest } = batch;
         let kind = TaskKind::Export(events);
-        self.run(Task { config_id: config_id.to_string(), team: key.1, kind, attempts: 0, epoch, queue_id: None, positions, readers, hops })
+        let task = Task {
+            config_id: config_id.to_string(),
+            team: key.1,
+            kind,
+            attempts: 0,
+            epoch,
+            latest,
+            queue_id: None,
+            positions,
+            readers,
+            hops,
+        };
+        self.run(task)
     }
 
     /// Export buffers due by `now_ms` (or all of them with `force`, at shutdown), exported now.
@@ -439,7 +467,7 @@ impl DeferredWork {
             self.plugins.borrow_mut().collect_outbox_of(k, task.hops);
             let events = self.plugins.borrow_mut().take_captured_after(mark);
             if !events.is_empty() {
-                self.made.push(Made { epoch: task.epoch, reader: task.readers.first().copied(), events });
+                self.made.push(Made { epoch: task.epoch, latest: task.latest, reader: task.readers.first().copied(), events });
             }
         }
         let record = |plugins: &mut WorkerPlugins, outcome| {
@@ -639,6 +667,7 @@ impl DeferredWork {
             kind,
             attempts: call.attempts,
             epoch,
+            latest: epoch,
             queue_id: Some(item.id),
             positions,
             // A worker index of the run that queued it would mean nothing in this one.
