@@ -30,6 +30,12 @@ pub trait RecordSink {
         let records: Vec<OutRecord> = values.map(|v| OutRecord { value: v.to_string(), headers: Vec::new() }).collect();
         self.write(epoch, &records)
     }
+    /// [`Self::write_values`] for values that stand for more than their epoch's input (what an
+    /// `exportEvents` batch captured: its events may be of later epochs too), so a sink that
+    /// drops a rewound epoch's outputs keeps these. The default writes them as any.
+    fn write_values_kept(&mut self, epoch: u64, values: &mut dyn Iterator<Item = &str>) -> anyhow::Result<()> {
+        self.write_values(epoch, values)
+    }
     /// Makes everything written so far durable (or at least handed over).
     fn flush(&mut self) -> anyhow::Result<()>;
 }

@@ -81,7 +81,7 @@ fn deferred_over(code: &str, events: &[(&str, &str, u32, u32)], max_hops: u32, p
 
 fn captured(o: &DeferredOutput) -> &ChainResult {
     match o {
-        DeferredOutput::Captured(r) => r,
+        DeferredOutput::Captured(r) | DeferredOutput::CapturedByBatch(r) => r,
         DeferredOutput::GaveUp(e) => panic!("no call fails here: {e:?}"),
     }
 }
@@ -99,6 +99,7 @@ fn what_on_event_captures_runs_its_chain_in_the_events_epoch_for_its_reader() {
     // Per "start": echo depth 1 and 2 (kept, through processEvent and onEvent), echo depth 3
     // (past the limit of 2 captures deep: a dead letter), all in the start's epoch.
     assert_eq!(outputs.len(), 3 + 3, "{outputs:#?}");
+    assert!(outputs.iter().all(|(_, o)| matches!(o, DeferredOutput::Captured(_))), "onEvent's captures stand for one event each");
     for (epoch, uuid) in [(0, "a"), (2, "c")] {
         let here: Vec<&ChainResult> = outputs.iter().filter(|(t, _)| *t == epoch).map(|(_, o)| captured(o)).collect();
         assert_eq!(here.len(), 3, "epoch {epoch}: {here:#?}");
@@ -140,6 +141,8 @@ fn what_export_events_captures_goes_out_at_the_batchs_earliest_epoch() {
     assert_eq!(outputs.len(), 2, "{outputs:#?}");
     let (epochs, results): (Vec<u64>, Vec<&ChainResult>) = outputs.iter().map(|(t, o)| (*t, captured(o))).unzip();
     assert_eq!(epochs, [0, 2]);
+    // A batch's captures stand for its later epochs too: a rewind of the earliest keeps them.
+    assert!(outputs.iter().all(|(_, o)| matches!(o, DeferredOutput::CapturedByBatch(_))), "{outputs:#?}");
     assert!(results.iter().all(|r| r.reader() == 7 && matches!(r, ChainResult::Kept(ev) if ev.json.contains("\"seen\":true"))));
     assert_eq!(json_of(results[0])["event"], "batch");
     assert_eq!(json_of(results[0])["properties"]["of"], "a,b,c");

@@ -423,10 +423,16 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
         dead.write_dead_letters(&io.dead_letters, &failed, dead_count()).probe_with(&intake).probe_with(&probe);
         unprocessable.write_dead_letters(&io.dead_letters, &failed, dead_count()).probe_with(&intake).probe_with(&probe);
         let owed = owed.to_owners(&placement, |ev: &FinalEvent| (ev.team, ev.reader));
-        let (captured, given_up) = owed.run_deferred(deferred.clone(), captures).ok_err(|o| match o {
-            DeferredOutput::Captured(r) => Ok(r),
-            DeferredOutput::GaveUp(e) => Err(e),
-        });
+        let (captured, given_up): (timely::dataflow::Stream<'_, u64, Vec<(ChainResult, bool)>>, _) =
+            owed.run_deferred(deferred.clone(), captures).ok_err(|o| match o {
+                DeferredOutput::Captured(r) => Ok((r, false)),
+                DeferredOutput::CapturedByBatch(r) => Ok((r, true)),
+                DeferredOutput::GaveUp(e) => Err(e),
+            });
+        let (by_batch, captured): (
+            timely::dataflow::Stream<'_, u64, Vec<ChainResult>>,
+            timely::dataflow::Stream<'_, u64, Vec<ChainResult>>,
+        ) = captured.ok_err(|(r, batch): (ChainResult, bool)| if batch { Ok(r) } else { Err(r) });
         let given_up = given_up.flat_map(move |e| e.returned_letters(reader));
         let given_up = given_up.to_readers(&placement, |l: &ReturnedLetter| l.reader).map(|l: ReturnedLetter| l.letter);
         given_up.write_dead_letters(&io.dead_letters, &failed, counter(&shared.stats, Stats::add_given_up)).probe_with(&probe);
@@ -435,6 +441,11 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
         // from (nothing more is owed for it).
         let (processed, unprocessable) = split_outcomes(captured.to_readers(&placement, ChainResult::reader), &shared.stats);
         processed.write_events(&io.events, &failed, counter(&shared.stats, Stats::add_out), |_: &FinalEvent| false).probe_with(&probe);
+        unprocessable.write_dead_letters(&io.dead_letters, &failed, dead_count()).probe_with(&probe);
+        // What an exportEvents batch captured also stands for the batch's later epochs: a
+        // rewind of its earliest must not drop it (RecordSink::write_values_kept).
+        let (processed, unprocessable) = split_outcomes(by_batch.to_readers(&placement, ChainResult::reader), &shared.stats);
+        processed.write_kept_events(&io.events, &failed, counter(&shared.stats, Stats::add_out)).probe_with(&probe);
         unprocessable.write_dead_letters(&io.dead_letters, &failed, dead_count()).probe_with(&probe);
     });
     let batch_size = shared.config.runtime.batch_size;

@@ -89,6 +89,10 @@ pub enum DeferredOutput {
     /// An event `onEvent` or `exportEvents` captured, through its own chain (and its own
     /// `onEvent` and `exportEvents`), for the reader of the event whose call captured it.
     Captured(ChainResult),
+    /// The same for what an `exportEvents` batch captured, which stands for the batch's later
+    /// epochs as well as its earliest: a rewind of that epoch must not drop it
+    /// (`RecordSink::write_values_kept`).
+    CapturedByBatch(ChainResult),
 }
 
 impl DeferredOutput {
@@ -96,7 +100,7 @@ impl DeferredOutput {
     pub fn gave_up(self) -> Option<Exhausted> {
         match self {
             Self::GaveUp(e) => Some(e),
-            Self::Captured(_) => None,
+            Self::Captured(_) | Self::CapturedByBatch(_) => None,
         }
     }
 }
@@ -224,7 +228,8 @@ impl Stage {
                 }
                 same
             });
-            self.out.extend(results.into_iter().map(|r| (Some(at.clone()), DeferredOutput::Captured(r))));
+            let wrap = if m.batch { DeferredOutput::CapturedByBatch } else { DeferredOutput::Captured };
+            self.out.extend(results.into_iter().map(|r| (Some(at.clone()), wrap(r))));
         }
     }
 }

@@ -72,6 +72,15 @@ pub trait WriteEvents<'scope> {
         written: impl Fn(u64) + 'static,
         pass_on: impl FnMut(&FinalEvent) -> bool + 'static,
     ) -> Stream<'scope, u64, Vec<FinalEvent>>;
+    /// [`Self::write_events`] with [`RecordSink::write_values_kept`], passing nothing on.
+    ///
+    /// [`RecordSink::write_values_kept`]: crate::output::RecordSink::write_values_kept
+    fn write_kept_events(
+        self,
+        sink: &SharedSink,
+        errors: &FirstError,
+        written: impl Fn(u64) + 'static,
+    ) -> Stream<'scope, u64, Vec<FinalEvent>>;
 }
 
 impl<'scope> WriteEvents<'scope> for Stream<'scope, u64, Vec<FinalEvent>> {
@@ -80,24 +89,48 @@ impl<'scope> WriteEvents<'scope> for Stream<'scope, u64, Vec<FinalEvent>> {
         sink: &SharedSink,
         errors: &FirstError,
         written: impl Fn(u64) + 'static,
-        mut pass_on: impl FnMut(&FinalEvent) -> bool + 'static,
+        pass_on: impl FnMut(&FinalEvent) -> bool + 'static,
     ) -> Stream<'scope, u64, Vec<FinalEvent>> {
-        let (sink, errors) = (sink.clone(), errors.clone());
-        self.unary(Pipeline, "WriteEvents", move |_, _| {
-            move |input, output| {
-                input.for_each(|cap, data: &mut Vec<FinalEvent>| {
-                    let Some(out) = cap.retain_least(0) else { return };
-                    let epoch = *out.time();
-                    errors.keep(sink.borrow_mut().write_values(epoch, &mut data.iter().map(|e| e.json.as_str())));
-                    written(data.len() as u64);
-                    let mut session = output.session(&out);
-                    for ev in data.drain(..) {
-                        if pass_on(&ev) {
-                            session.give(ev);
-                        }
-                    }
-                });
-            }
-        })
+        write(self, sink, errors, written, pass_on, false)
     }
+
+    fn write_kept_events(
+        self,
+        sink: &SharedSink,
+        errors: &FirstError,
+        written: impl Fn(u64) + 'static,
+    ) -> Stream<'scope, u64, Vec<FinalEvent>> {
+        write(self, sink, errors, written, |_| false, true)
+    }
+}
+
+fn write<'scope>(
+    events: Stream<'scope, u64, Vec<FinalEvent>>,
+    sink: &SharedSink,
+    errors: &FirstError,
+    written: impl Fn(u64) + 'static,
+    mut pass_on: impl FnMut(&FinalEvent) -> bool + 'static,
+    kept: bool,
+) -> Stream<'scope, u64, Vec<FinalEvent>> {
+    let (sink, errors) = (sink.clone(), errors.clone());
+    events.unary(Pipeline, if kept { "WriteKeptEvents" } else { "WriteEvents" }, move |_, _| {
+        move |input, output| {
+            input.for_each(|cap, data: &mut Vec<FinalEvent>| {
+                let Some(out) = cap.retain_least(0) else { return };
+                let epoch = *out.time();
+                {
+                    let mut values = data.iter().map(|e| e.json.as_str());
+                    let mut sink = sink.borrow_mut();
+                    errors.keep(if kept { sink.write_values_kept(epoch, &mut values) } else { sink.write_values(epoch, &mut values) });
+                }
+                written(data.len() as u64);
+                let mut session = output.session(&out);
+                for ev in data.drain(..) {
+                    if pass_on(&ev) {
+                        session.give(ev);
+                    }
+                }
+            });
+        }
+    })
 }

@@ -233,6 +233,8 @@ pub struct Made {
     /// The worker that read the call's first event (`None` for a retry recovered from the
     /// durable queue).
     pub reader: Option<u32>,
+    /// Whether the call was an `exportEvents` batch.
+    pub batch: bool,
     /// The captured events, as JSON, with their hop counts.
     pub events: Vec<(String, u32)>,
 }
@@ -467,7 +469,8 @@ impl DeferredWork {
             self.plugins.borrow_mut().collect_outbox_of(k, task.hops);
             let events = self.plugins.borrow_mut().take_captured_after(mark);
             if !events.is_empty() {
-                self.made.push(Made { epoch: task.epoch, latest: task.latest, reader: task.readers.first().copied(), events });
+                let batch = matches!(task.kind, TaskKind::Export(_));
+                self.made.push(Made { epoch: task.epoch, latest: task.latest, reader: task.readers.first().copied(), batch, events });
             }
         }
         let record = |plugins: &mut WorkerPlugins, outcome| {

@@ -45,6 +45,8 @@ struct Pending {
     key: Option<String>,
     value: String,
     headers: Vec<(&'static str, String)>,
+    /// Kept when its epoch is rewound ([`WorkerProducer::send_kept`]).
+    kept: bool,
 }
 
 /// Counts deliveries, per epoch those still unacknowledged (at-least-once), and keeps the first
@@ -176,16 +178,35 @@ impl WorkerProducer {
         value: &str,
         headers: &[(&'static str, String)],
     ) -> anyhow::Result<()> {
+        self.send_as(epoch, topic, key, value, headers, false)
+    }
+
+    /// [`Self::send`] for a record that stands for more than its epoch's input, so a rewind of
+    /// its epoch must not drop it: what an `exportEvents` batch captured, whose events may be of
+    /// later epochs too. Exactly-once, it goes out with the next transaction (a replay may write
+    /// it again; it is never lost).
+    pub fn send_kept(&mut self, epoch: u64, topic: &str, key: Option<&str>, value: &str) -> anyhow::Result<()> {
+        self.send_as(epoch, topic, key, value, &[], true)
+    }
+
+    fn send_as(
+        &mut self,
+        epoch: u64,
+        topic: &str,
+        key: Option<&str>,
+        value: &str,
+        headers: &[(&'static str, String)],
+        kept: bool,
+    ) -> anyhow::Result<()> {
         match self.delivery {
             Delivery::AtLeastOnce => {
                 self.producer.context().sending(epoch);
                 produce(&self.producer, topic, key, value, headers, epoch as usize)
             }
-            Delivery::ExactlyOnce if epoch < self.discard_below => Ok(()),
+            Delivery::ExactlyOnce if epoch < self.discard_below && !kept => Ok(()),
             Delivery::ExactlyOnce => {
-                let pending =
-                    Pending { topic: topic.to_string(), key: key.map(str::to_string), value: value.to_string(), headers: headers.to_vec() };
-                self.waiting.entry(epoch).or_default().push(pending);
+                let (topic, key, value, headers) = (topic.to_string(), key.map(str::to_string), value.to_string(), headers.to_vec());
+                self.waiting.entry(epoch).or_default().push(Pending { topic, key, value, headers, kept });
                 Ok(())
             }
         }
@@ -226,8 +247,14 @@ impl WorkerProducer {
     pub fn discard_below(&mut self, epoch: u64) {
         self.discard_below = self.discard_below.max(epoch);
         let keep = self.waiting.split_off(&epoch);
-        let dropped: usize = self.waiting.values().map(Vec::len).sum();
-        self.waiting = keep;
+        let mut dropped = 0;
+        for records in self.waiting.values_mut() {
+            let before = records.len();
+            records.retain(|r| r.kept);
+            dropped += before - records.len();
+        }
+        self.waiting.retain(|_, records| !records.is_empty());
+        self.waiting.extend(keep);
         if dropped > 0 {
             tracing::info!(worker = self.worker, dropped, "dropped uncommitted outputs of rewound epochs");
         }

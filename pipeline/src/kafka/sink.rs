@@ -58,6 +58,15 @@ impl RecordSink for KafkaSink {
         Ok(())
     }
 
+    fn write_values_kept(&mut self, epoch: u64, values: &mut dyn Iterator<Item = &str>) -> anyhow::Result<()> {
+        let mut producer = self.producer.borrow_mut();
+        producer.check()?;
+        for v in values {
+            producer.send_kept(epoch, &self.topic, self.key_of(v).as_deref(), v)?;
+        }
+        Ok(())
+    }
+
     fn flush(&mut self) -> anyhow::Result<()> {
         self.producer.borrow_mut().flush()
     }
