@@ -438,15 +438,19 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
         given_up.write_dead_letters(&io.dead_letters, &failed, counter(&shared.stats, Stats::add_given_up)).probe_with(&probe);
         // What onEvent and exportEvents captured, through its chain and its own onEvent and
         // exportEvents on the owner: written by the reader, in the epoch of the event it came
-        // from (nothing more is owed for it).
-        let (processed, unprocessable) = split_outcomes(captured.to_readers(&placement, ChainResult::reader), &shared.stats);
-        processed.write_events(&io.events, &failed, counter(&shared.stats, Stats::add_out), |_: &FinalEvent| false).probe_with(&probe);
-        unprocessable.write_dead_letters(&io.dead_letters, &failed, dead_count()).probe_with(&probe);
-        // What an exportEvents batch captured also stands for the batch's later epochs: a
-        // rewind of its earliest must not drop it (RecordSink::write_values_kept).
-        let (processed, unprocessable) = split_outcomes(by_batch.to_readers(&placement, ChainResult::reader), &shared.stats);
-        processed.write_kept_events(&io.events, &failed, counter(&shared.stats, Stats::add_out)).probe_with(&probe);
-        unprocessable.write_dead_letters(&io.dead_letters, &failed, dead_count()).probe_with(&probe);
+        // from (nothing more is owed for it). What an exportEvents batch captured also stands
+        // for the batch's later epochs: a rewind of its earliest must not drop it
+        // (RecordSink::write_values_kept).
+        for (captured, kept) in [(captured, false), (by_batch, true)] {
+            let (processed, unprocessable) = split_outcomes(captured.to_readers(&placement, ChainResult::reader), &shared.stats);
+            let written = counter(&shared.stats, Stats::add_out);
+            match kept {
+                false => processed.write_events(&io.events, &failed, written, |_: &FinalEvent| false),
+                true => processed.write_kept_events(&io.events, &failed, written),
+            }
+            .probe_with(&probe);
+            unprocessable.write_dead_letters(&io.dead_letters, &failed, dead_count()).probe_with(&probe);
+        }
     });
     let batch_size = shared.config.runtime.batch_size;
     let ahead = shared.config.runtime.max_epochs_ahead;

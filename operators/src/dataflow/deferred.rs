@@ -155,13 +155,19 @@ impl Stage {
         }
     }
 
+    /// Makes the export buffers' capability reach back to `epoch` (`at` is at or before it),
+    /// before an event of that epoch may be buffered.
+    fn hold_buffers(&mut self, at: &Capability<u64>, epoch: u64) {
+        if self.buffer_cap.as_ref().is_none_or(|b| *b.time() > epoch) {
+            self.buffer_cap = Some(at.delayed(&epoch));
+        }
+    }
+
     /// One event that left the chain (`at`: a capability at its epoch): its `onEvent` and
     /// export buffers, then what those calls captured.
     fn event(&mut self, at: &Capability<u64>, event: &FinalEvent, now: u64) {
         let epoch = *at.time();
-        if self.buffer_cap.as_ref().is_none_or(|b| *b.time() > epoch) {
-            self.buffer_cap = Some(at.clone());
-        }
+        self.hold_buffers(at, epoch);
         let steps = self.work.borrow_mut().event(epoch, event);
         self.place_new(steps, epoch, now);
         self.settle(None, now);
@@ -215,9 +221,7 @@ impl Stage {
             let reader = m.reader.unwrap_or(self.me);
             let mut results = Vec::new();
             run_captured(&plugins, m.events, reader, &captures, &mut |r| results.push(r), &mut |ev| {
-                if self.buffer_cap.as_ref().is_none_or(|b| *b.time() > latest) {
-                    self.buffer_cap = Some(at.delayed(&latest));
-                }
+                self.hold_buffers(&at, latest);
                 let steps = self.work.borrow_mut().event(latest, ev);
                 self.place_new(steps, latest, now);
                 // The captured event's own calls: those for this epoch and reader go on here (out

@@ -33,6 +33,22 @@ impl KafkaSink {
 }
 
 impl KafkaSink {
+    /// Sends values without headers, keyed; `kept` ones survive a rewind of their epoch
+    /// ([`WorkerProducer::send_kept`]).
+    fn send_values(&self, epoch: u64, values: &mut dyn Iterator<Item = &str>, kept: bool) -> anyhow::Result<()> {
+        let mut producer = self.producer.borrow_mut();
+        producer.check()?;
+        for v in values {
+            let key = self.key_of(v);
+            if kept {
+                producer.send_kept(epoch, &self.topic, key.as_deref(), v)?;
+            } else {
+                producer.send(epoch, &self.topic, key.as_deref(), v, &[])?;
+            }
+        }
+        Ok(())
+    }
+
     /// The record key of `value`: its `key_field`, when the sink has one.
     fn key_of<'v>(&self, value: &'v str) -> Option<Cow<'v, str>> {
         self.key_field.as_deref().and_then(|f| top_level_string(value, f))
@@ -50,21 +66,11 @@ impl RecordSink for KafkaSink {
     }
 
     fn write_values(&mut self, epoch: u64, values: &mut dyn Iterator<Item = &str>) -> anyhow::Result<()> {
-        let mut producer = self.producer.borrow_mut();
-        producer.check()?;
-        for v in values {
-            producer.send(epoch, &self.topic, self.key_of(v).as_deref(), v, &[])?;
-        }
-        Ok(())
+        self.send_values(epoch, values, false)
     }
 
     fn write_values_kept(&mut self, epoch: u64, values: &mut dyn Iterator<Item = &str>) -> anyhow::Result<()> {
-        let mut producer = self.producer.borrow_mut();
-        producer.check()?;
-        for v in values {
-            producer.send_kept(epoch, &self.topic, self.key_of(v).as_deref(), v)?;
-        }
-        Ok(())
+        self.send_values(epoch, values, true)
     }
 
     fn flush(&mut self) -> anyhow::Result<()> {
