@@ -454,3 +454,61 @@ fn jobs_that_enqueue_jobs_stay_bounded() {
     // The first two rounds find 1 and 100 jobs due; every later one a full page.
     assert_eq!(ran(&store), 1 + 100 + 38 * 256, "jobs kept running a page per round");
 }
+
+/// A job that captured events stays in the queue (taken) until the outputs of the epoch its
+/// captures went into are settled: a crash before that runs it again on restart (a new store on
+/// the same RocksDB folder takes it again), a rewind that dropped those outputs hands it back
+/// at once. A job that captured nothing is acknowledged at once.
+#[test]
+fn a_job_that_captured_is_acknowledged_only_once_its_captures_are_settled() {
+    let fx = plugin(
+        "jobs",
+        &[(
+            "index.js",
+            "exports.jobs = {\n\
+               tell: async (p, { cache }) => { await cache.incr('told'); await posthog.capture('told', { n: p.n, distinct_id: 'd' }) },\n\
+               quiet: async (p, { cache }) => { await cache.incr('quiet') },\n\
+             }",
+        )],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let open = || Arc::new(state::RocksStore::open(dir.path()).unwrap());
+    let job = |name: &str| format!(r#"{{"config_id":"j","team":1,"name":"{name}","payload":"{{\"n\":7}}","attempts":0}}"#);
+    let run = |store: Arc<state::RocksStore>, epoch: u64| {
+        let services = HostServices::new(store, None, Arc::new(MemoryLogSink::default()), Duration::from_secs(5));
+        let mut w = WorkerPlugins::new(Limits::default(), Arc::new(vec![spec(&fx, "j", vec![1])]), services).unwrap();
+        w.begin_epoch(epoch);
+        assert!(w.maintain().is_empty(), "no job fails");
+        w
+    };
+    let store = open();
+    store.queue_put(JOB_QUEUE, 0, job("tell").as_bytes()).unwrap();
+    store.queue_put(JOB_QUEUE, 0, job("quiet").as_bytes()).unwrap();
+    let mut w = run(store.clone(), 5);
+    let captured = w.take_captured();
+    assert_eq!(captured.len(), 1, "{captured:?}");
+    assert_eq!((w.unsettled_jobs(), store.queue_len(JOB_QUEUE).unwrap()), (1, 1), "quiet is acknowledged, tell waits");
+    w.jobs_settled_below(5);
+    assert_eq!(store.queue_len(JOB_QUEUE).unwrap(), 1, "epoch 5 is not settled yet");
+
+    // A crash now: the next process takes the job again and runs it again.
+    drop(w);
+    drop(store);
+    let store = open();
+    let mut w = run(store.clone(), 0);
+    assert_eq!(w.take_captured().len(), 1, "run again after the restart");
+
+    // Its captures were dropped by a rewind: handed back, run again, captured again.
+    w.jobs_dropped_below(1);
+    assert_eq!(w.unsettled_jobs(), 0);
+    w.begin_epoch(3);
+    w.maintain();
+    assert_eq!(w.take_captured().len(), 1, "run again after the rewind");
+    w.jobs_settled_below(3);
+    assert_eq!(store.queue_len(JOB_QUEUE).unwrap(), 1, "its captures went into epoch 3");
+    w.jobs_settled_below(4);
+    assert_eq!((w.unsettled_jobs(), store.queue_len(JOB_QUEUE).unwrap()), (0, 0), "settled: acknowledged");
+    let scope = PluginDefinition::load(&fx.path()).unwrap().cache_scope(Some(1));
+    assert_eq!(store.cache_get(&scope, "told").unwrap().as_deref(), Some("3"), "ran three times");
+    assert_eq!(store.cache_get(&scope, "quiet").unwrap().as_deref(), Some("1"), "ran once");
+}

@@ -39,6 +39,17 @@ pub enum Release {
     Resume,
 }
 
+/// What became of the outputs of earlier epochs ([`EventSource::take_settled`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Settled {
+    /// Every output of the epochs below this one survives a crash from now on.
+    Below(u64),
+    /// The outputs of the epochs below this one that had not settled were dropped (exactly-once
+    /// Kafka, after a rewind): their input is read again, but what jobs captured into them is
+    /// not made again unless the jobs run again.
+    DroppedBelow(u64),
+}
+
 /// A worker's input.
 pub trait EventSource {
     /// Names the source in dead letters (`source` field).
@@ -56,6 +67,13 @@ pub trait EventSource {
     /// a worker that no longer polls.
     fn release(&mut self, _epoch: u64, _frontier: u64) -> anyhow::Result<Release> {
         Ok(Release::Done)
+    }
+    /// What became of the outputs since the last call, in the order it happened; every epoch
+    /// before `frontier` is complete. A recorded log's outputs are settled once complete: a
+    /// crash redoes its whole run (a checkpointed run's worker loop asks the checkpoints
+    /// instead).
+    fn take_settled(&mut self, frontier: u64) -> Vec<Settled> {
+        vec![Settled::Below(frontier)]
     }
     /// Total input size in bytes, when known (for the progress line).
     fn size_hint(&self) -> Option<u64> {

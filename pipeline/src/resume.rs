@@ -379,6 +379,12 @@ impl Checkpointer {
         self.write(&mut inner, safe, false)
     }
 
+    /// Every output of the epochs below this one is in the last checkpoint written: a resumed
+    /// run keeps it.
+    pub fn settled_below(&self) -> u64 {
+        lock(&self.inner).written.map_or(0, |(frontier, _)| frontier)
+    }
+
     /// The run read its whole input and every epoch is complete.
     pub fn finish(&self) -> anyhow::Result<()> {
         let mut inner = lock(&self.inner);

@@ -52,7 +52,7 @@ use timely::dataflow::{InputHandle, ProbeHandle};
 
 use crate::config::InputKind;
 use crate::config::PipelineConfig;
-use crate::io::{EventSource, FileSink, Release, SharedFiles, SharedOutput, WorkerIo};
+use crate::io::{EventSource, FileSink, Release, Settled, SharedFiles, SharedOutput, WorkerIo};
 use crate::log_input::LogSource;
 use crate::resume::Checkpointer;
 use crate::stats::Stats;
@@ -541,6 +541,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
         if let Some(cp) = &shared.checkpoints {
             cp.complete(index, frontier(&probe), seen)?;
         }
+        settle_jobs(&mut plugins.borrow_mut(), shared.checkpoints.as_deref(), &mut *source, frontier(&probe));
         if source_done && !released {
             // Failing: keep what was written (the release's error is the one reported).
             let release = source.release(epoch, frontier(&probe)).inspect_err(|_| drop(flush_data(&io.events, &io.dead_letters)))?;
@@ -607,7 +608,29 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
     flush_data(&io.events, &io.dead_letters)?;
     flush_shared(&shared.app_metrics)?;
     source.complete(u64::MAX)?;
+    // Everything is written and committed, except after a stop of a checkpointed run: what it
+    // did past its last checkpoint is cut and done again by `--resume`, so are those jobs.
+    if !(shared.checkpoints.is_some() && shared.stop.load(Ordering::Relaxed)) {
+        plugins.borrow_mut().jobs_settled_below(u64::MAX);
+    }
     Ok(())
+}
+
+/// Acknowledges the jobs whose captures are settled (a checkpointed run: in its last
+/// checkpoint) and hands back those whose captures a rewind dropped.
+fn settle_jobs(plugins: &mut WorkerPlugins, checkpoints: Option<&Checkpointer>, source: &mut dyn EventSource, frontier: u64) {
+    if let Some(cp) = checkpoints {
+        if plugins.unsettled_jobs() > 0 {
+            plugins.jobs_settled_below(cp.settled_below());
+        }
+        return;
+    }
+    for settled in source.take_settled(frontier) {
+        match settled {
+            Settled::Below(epoch) => plugins.jobs_settled_below(epoch),
+            Settled::DroppedBelow(epoch) => plugins.jobs_dropped_below(epoch),
+        }
+    }
 }
 
 /// What a chain made of events, at their readers: the events to write and the dead letters,

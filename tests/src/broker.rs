@@ -448,12 +448,26 @@ pub fn batch_captures(uuid: &str) -> bool {
     uuid.ends_with(['2', 'a'])
 }
 
+/// Whether [`capturing_plugin`] with jobs enqueues, in `onEvent`, a job that captures a
+/// `job-follow-up` naming the event with this uuid (`job_of`): one in eight.
+pub fn job_captures(uuid: &str) -> bool {
+    uuid.ends_with(['6', 'e'])
+}
+
 /// A plugin that spends `pace_ms` per event and, for the events [`captures`] picks, captures a
 /// `follow-up` naming the event in its property `of`: from `processEvent` for uuids ending in
 /// 0 or 8, from `onEvent` for those ending in 4 or c. Its `exportEvents` captures, per batch, a
-/// `batch-follow-up` listing in `batch_of` the batch's events that [`batch_captures`] picks. A
-/// captured event takes `captured_ms` and captures nothing.
-pub fn capturing_plugin(dir: &Path, pace_ms: f64, captured_ms: f64) -> String {
+/// `batch-follow-up` listing in `batch_of` the batch's events that [`batch_captures`] picks.
+/// `with_jobs`: its `onEvent` also enqueues, for the events [`job_captures`] picks, a job that
+/// captures a `job-follow-up` naming the event in `job_of`. A captured event takes
+/// `captured_ms` and captures nothing.
+pub fn capturing_plugin(dir: &Path, pace_ms: f64, captured_ms: f64, with_jobs: bool) -> String {
+    let enqueue = if with_jobs {
+        "  if (!event.event.endsWith('follow-up') && /[6e]$/.test(event.uuid)) await meta.jobs.followUp({ of: event.uuid, distinct_id: event.distinct_id }).runNow()
+"
+    } else {
+        ""
+    };
     let code = format!(
         "async function processEvent(event) {{
   const followUp = event.event.endsWith('follow-up')
@@ -462,14 +476,17 @@ pub fn capturing_plugin(dir: &Path, pace_ms: f64, captured_ms: f64) -> String {
   if (!followUp && /[08]$/.test(event.uuid)) await posthog.capture('follow-up', {{ of: event.uuid, distinct_id: event.distinct_id }})
   return event
 }}
-async function onEvent(event) {{
+async function onEvent(event, meta) {{
   if (!event.event.endsWith('follow-up') && /[4c]$/.test(event.uuid)) await posthog.capture('follow-up', {{ of: event.uuid, distinct_id: event.distinct_id }})
+{enqueue}}}
+const jobs = {{
+  followUp: async (p) => {{ await posthog.capture('job-follow-up', {{ job_of: p.of, distinct_id: p.distinct_id }}) }},
 }}
 async function exportEvents(events) {{
   const picked = events.filter((e) => !e.event.endsWith('follow-up') && /[2a]$/.test(e.uuid)).map((e) => e.uuid)
   if (picked.length) await posthog.capture('batch-follow-up', {{ batch_of: picked.join(','), distinct_id: 'batch' }})
 }}
-module.exports = {{ processEvent, onEvent, exportEvents }}
+module.exports = {{ processEvent, onEvent, exportEvents, jobs }}
 "
     );
     plugin_in(dir, "capture", &code)

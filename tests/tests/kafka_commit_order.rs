@@ -50,7 +50,7 @@ fn committed_offsets_never_run_ahead_of_acknowledged_outputs() {
 
     // Paced (half a millisecond per event) so that the run lasts a few seconds of commits.
     let kafka = "stop_after_idle_ms = 3000\n[kafka.producer]\n\"linger.ms\" = \"1000\"\n";
-    let config = kafka_config(dir.path(), &broker.bootstrap(), "order", &topics, kafka, &capturing_plugin(dir.path(), 0.5, 4.0));
+    let config = kafka_config(dir.path(), &broker.bootstrap(), "order", &topics, kafka, &capturing_plugin(dir.path(), 0.5, 4.0, false));
 
     let log = dir.path().join("pluginflow.log");
     let mut child = spawn_pipeline(&config, 2, &log);

@@ -10,15 +10,19 @@
 //! events carry a new uuid on each run, so they are counted by the event that captured them
 //! (`of`): at-least-once, each at least once; exactly-once, each exactly once. Its
 //! `exportEvents` captures one event per batch listing some of the batch's events: each must be
-//! listed at least once in both modes.
+//! listed at least once in both modes. Its `onEvent` also enqueues, for one event in eight, a job
+//! that captures a `job-follow-up`: each at least once in both modes (a job is enqueued again when
+//! its event is read again, so repeats are allowed, and counted). The state (the job queue) is in
+//! RocksDB, kept across the kills; one more run after the last lets the jobs that run left
+//! queued run.
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use pluginflow_tests::broker::{
-    Broker, Isolation, Topics, batch_captures, captures, capturing_plugin, consume_all, kafka_config, log_tail, produce_lines,
-    spawn_pipeline, uuids, wait_exit, written,
+    Broker, Isolation, Topics, batch_captures, captures, capturing_plugin, consume_all, job_captures, kafka_config, log_tail,
+    produce_lines, spawn_pipeline, uuids, wait_exit, written,
 };
 use pluginflow_tests::{gen_events, txnlog};
 
@@ -46,8 +50,12 @@ fn run_with_kills(dir: &Path, broker: &Broker, topics: &Topics, delivery: &str) 
         &format!("crash-{delivery}"),
         topics,
         &format!("stop_after_idle_ms = 4000\ndelivery = {delivery:?}"),
-        &capturing_plugin(dir, 0.0, 0.0),
+        &capturing_plugin(dir, 0.0, 0.0, true),
     );
+    // The job queue must outlive the kills: RocksDB, not memory.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let state = format!("path = {:?}", dir.join("state").display().to_string());
+    std::fs::write(&config, text.replacen("memory = true", &state, 1)).unwrap();
     let log = dir.join(format!("pluginflow-{delivery}.log"));
     let mut kills = Vec::new();
     'kills: for kill in 0..KILLS {
@@ -93,6 +101,11 @@ fn run_with_kills(dir: &Path, broker: &Broker, topics: &Topics, delivery: &str) 
     let mut child = spawn_pipeline(&config, 2, &log);
     let status = wait_exit(&mut child, Duration::from_secs(180), &log);
     assert!(status.success(), "the last run failed: {}", std::fs::read_to_string(&log).unwrap());
+    // Jobs enqueued in a run's last batches stay queued when it ends (as after a shutdown): the
+    // next run, with no input left, runs them.
+    let mut child = spawn_pipeline(&config, 2, &log);
+    let status = wait_exit(&mut child, Duration::from_secs(180), &log);
+    assert!(status.success(), "the run after the last failed: {}", std::fs::read_to_string(&log).unwrap());
     kills
 }
 
@@ -123,6 +136,8 @@ struct Counts {
     /// Capturing events without their capture, and captures seen more than once.
     captures_missing: usize,
     capture_repeats: usize,
+    /// Events whose job's capture is missing (repeats are allowed, and printed).
+    jobs_missing: usize,
     /// Exported events no batch capture lists (repeats are allowed: a batch spanning epochs
     /// commits its capture with the earliest, and a replay of the later ones exports them again).
     batch_missing: usize,
@@ -156,18 +171,22 @@ fn crash_test(delivery: &str, readers: &[Reader]) -> Vec<Counts> {
                 (log.visible.iter().map(|r| r.value_text()).collect(), log.aborted, log.open, detail)
             }
         };
-        // Input events by uuid, captured ones by the event that captured them, and the events
-        // exportEvents' batch captures list.
-        let (mut seen, mut captured, mut listed): (HashMap<String, usize>, HashMap<String, usize>, HashMap<String, usize>) =
-            Default::default();
+        // Input events by uuid, captured ones by the event that captured them, the events
+        // exportEvents' batch captures list, and the events whose job captured.
+        let [mut seen, mut captured, mut listed, mut by_job]: [HashMap<String, usize>; 4] = Default::default();
         for value in &values {
             let event: serde_json::Value = serde_json::from_str(value).expect("an event");
-            match (event["properties"]["of"].as_str(), event["properties"]["batch_of"].as_str()) {
-                (Some(of), _) => *captured.entry(of.to_string()).or_default() += 1,
-                (None, Some(list)) => list.split(',').for_each(|u| *listed.entry(u.to_string()).or_default() += 1),
-                (None, None) => *seen.entry(event["uuid"].as_str().expect("a uuid").to_string()).or_default() += 1,
+            let p = &event["properties"];
+            match (p["of"].as_str(), p["batch_of"].as_str(), p["job_of"].as_str()) {
+                (Some(of), _, _) => *captured.entry(of.to_string()).or_default() += 1,
+                (None, Some(list), _) => list.split(',').for_each(|u| *listed.entry(u.to_string()).or_default() += 1),
+                (None, None, Some(of)) => *by_job.entry(of.to_string()).or_default() += 1,
+                (None, None, None) => *seen.entry(event["uuid"].as_str().expect("a uuid").to_string()).or_default() += 1,
             }
         }
+        let jobs_due = want.iter().filter(|u| job_captures(u)).count();
+        let jobs_missing = want.iter().filter(|u| job_captures(u) && !by_job.contains_key(*u)).count();
+        let job_repeats: usize = by_job.values().map(|n| n - 1).sum();
         let batch_due = want.iter().filter(|u| batch_captures(u)).count();
         let batch_missing = want.iter().filter(|u| batch_captures(u) && !listed.contains_key(*u)).count();
         let batch_repeats: usize = listed.values().map(|n| n - 1).sum();
@@ -185,7 +204,8 @@ fn crash_test(delivery: &str, readers: &[Reader]) -> Vec<Counts> {
         println!(
             "crash test ({delivery}, {reader:?}): {EVENTS} in, {} visible{detail}, {} distinct, {missing} missing, {repeats} repeats; \
              {capturers} captures due, {} made, {captures_missing} missing, {capture_repeats} repeats; \
-             {batch_due} to be listed by batch captures, {batch_missing} missing, {batch_repeats} repeats; {} kills, at outputs {}; {:.1} s",
+             {batch_due} to be listed by batch captures, {batch_missing} missing, {batch_repeats} repeats; \
+             {jobs_due} job captures due, {jobs_missing} missing, {job_repeats} repeats; {} kills, at outputs {}; {:.1} s",
             values.len(),
             seen.len(),
             captured.len(),
@@ -208,6 +228,7 @@ fn crash_test(delivery: &str, readers: &[Reader]) -> Vec<Counts> {
             kills: kills.len(),
             captures_missing,
             capture_repeats,
+            jobs_missing,
             batch_missing,
         });
     }
@@ -273,6 +294,7 @@ fn at_least_once_survives_kill_9() {
     assert_eq!(c.distinct, EVENTS);
     assert_eq!(c.captures_missing, 0, "at-least-once lost captured events");
     assert_eq!(c.batch_missing, 0, "at-least-once lost exportEvents' captures");
+    assert_eq!(c.jobs_missing, 0, "at-least-once lost what jobs captured");
 }
 
 /// The kills land inside transactions; the restarted workers fence their predecessors (same
@@ -294,6 +316,9 @@ fn exactly_once_survives_kill_9_without_duplicates() {
     // A batch's capture may repeat (a batch spanning epochs commits it with the earliest), but
     // none is lost, not even when a rebalance rewinds that earliest epoch.
     assert_eq!((librdkafka.batch_missing, c.batch_missing), (0, 0), "exportEvents' captures lost");
+    // A job may run again (its event read again enqueues it again), but what it captured is
+    // never lost.
+    assert_eq!((librdkafka.jobs_missing, c.jobs_missing), (0, 0), "what jobs captured was lost");
     assert!(c.aborted > 0, "no kill left an aborted transaction behind: the abort path was not exercised");
     assert_eq!(c.open, 0, "a transaction never ended: a restarted worker did not fence its predecessor");
 }

@@ -169,6 +169,24 @@ pub struct WorkerPlugins {
     /// leave without it from then on (until a new version), so a teardown that hangs costs one
     /// call deadline, not one per team at every eviction or change.
     slow_teardown: std::collections::HashSet<usize>,
+    /// The epoch the worker loop is in ([`Self::begin_epoch`]): what jobs capture now goes into
+    /// the graph at it.
+    epoch: u64,
+    /// Job attempts that captured events, oldest first: acknowledged in the queue only once the
+    /// outputs of the epoch their captures went into are settled ([`Self::jobs_settled_below`]),
+    /// handed back to run again if those outputs were dropped ([`Self::jobs_dropped_below`]).
+    /// Acknowledged at once, a crash before the captures were written lost them.
+    unsettled_jobs: std::collections::VecDeque<UnsettledJob>,
+}
+
+/// A job attempt whose captures are not settled yet.
+struct UnsettledJob {
+    /// The epoch its captures went into.
+    epoch: u64,
+    id: state::QueueItemId,
+    /// The configuration × team whose pending jobs it counts in, when this attempt was its last
+    /// (done or given up, not retried): counted out once it is acknowledged.
+    last_of: Option<(String, i64)>,
 }
 
 /// Where a worker sits and how its background work is paced.
@@ -244,11 +262,14 @@ impl WorkerPlugins {
             team_hops: HashMap::default(),
             disabled: HashMap::default(),
             slow_teardown: std::collections::HashSet::new(),
+            epoch: 0,
+            unsettled_jobs: std::collections::VecDeque::new(),
         })
     }
 
     /// Starts epoch `epoch` (per-epoch allowances such as captures start again).
     pub fn begin_epoch(&mut self, epoch: u64) {
+        self.epoch = epoch;
         self.runtime.begin_epoch(epoch);
     }
 
@@ -738,7 +759,9 @@ impl WorkerPlugins {
         if let Err(e) = &result {
             inst.log_error(e, None);
         }
+        let captured_before = self.captured.len();
         self.collect_outbox_of(key, job.hops);
+        let captured = self.captured.len() > captured_before;
         if result.is_err() && self.runtime.cancelled() {
             // Ended by the shutdown, not by the plugin: no attempt counted, the job stays
             // queued as it was for the next run.
@@ -755,9 +778,17 @@ impl WorkerPlugins {
                 tracing::error!(error = %err, "cannot re-enqueue a job for its retry");
             }
         }
-        ack(&store);
-        if !matches!(next, Next::Retry { .. }) {
-            self.job_finished(&config_id, job.team);
+        let last = !matches!(next, Next::Retry { .. });
+        if captured {
+            // Its captures go into the graph at this epoch: until they are written for good,
+            // the job stays in the queue (taken), so a crash meanwhile runs it again.
+            let last_of = last.then(|| (config_id.clone(), job.team));
+            self.unsettled_jobs.push_back(UnsettledJob { epoch: self.epoch, id: item.id, last_of });
+        } else {
+            ack(&store);
+            if last {
+                self.job_finished(&config_id, job.team);
+            }
         }
         match next {
             Next::Done(outcome) => {
@@ -782,6 +813,46 @@ impl WorkerPlugins {
                 })
             }
         }
+    }
+
+    /// The outputs of every epoch below `epoch` are settled (they survive a crash): the job
+    /// attempts whose captures went into those epochs are acknowledged.
+    pub fn jobs_settled_below(&mut self, epoch: u64) {
+        for job in self.unsettled_below(epoch) {
+            if let Err(e) = self.services.store.queue_ack(JOB_QUEUE, job.id) {
+                tracing::error!(error = %e, "cannot acknowledge a job; it may run again after a restart");
+            }
+            if let Some((config_id, team)) = job.last_of {
+                self.job_finished(&config_id, team);
+            }
+        }
+    }
+
+    /// The outputs of epochs below `epoch` that were not settled yet were dropped (exactly-once
+    /// Kafka, after a rewind: their input is read again, but nothing else makes a job's captures
+    /// again): those jobs go back to the queue and run again.
+    pub fn jobs_dropped_below(&mut self, epoch: u64) {
+        let mut released = 0;
+        for job in self.unsettled_below(epoch) {
+            match self.services.store.queue_release(JOB_QUEUE, job.id) {
+                Ok(()) => released += 1,
+                Err(e) => tracing::error!(error = %e, "cannot hand a job back to the queue; it runs again after a restart"),
+            }
+        }
+        if released > 0 {
+            tracing::info!(worker = self.place.index, released, "what jobs captured was dropped by a rewind: they run again");
+        }
+    }
+
+    /// Takes the unsettled job attempts whose captures went into epochs below `epoch`.
+    fn unsettled_below(&mut self, epoch: u64) -> Vec<UnsettledJob> {
+        let n = self.unsettled_jobs.iter().take_while(|job| job.epoch < epoch).count();
+        self.unsettled_jobs.drain(..n).collect()
+    }
+
+    /// Job attempts whose captures are not settled yet.
+    pub fn unsettled_jobs(&self) -> usize {
+        self.unsettled_jobs.len()
     }
 
     /// A job of `config_id` × `team` is done or given up: one fewer pending in the process.

@@ -58,7 +58,7 @@ use rdkafka::{ClientContext, Message as _, Offset, TopicPartitionList};
 use super::config::{Delivery, KafkaConfig};
 use super::health::{KafkaHealth, read_statistics};
 use super::producer::{Transaction, WorkerProducer};
-use crate::io::{EventSource, Polled, Release};
+use crate::io::{EventSource, Polled, Release, Settled};
 
 /// A partition assignment change, as seen by the rebalance callback.
 #[derive(Debug)]
@@ -211,6 +211,8 @@ pub struct KafkaSource {
     exhausted_since: Option<Instant>,
     /// The consumer has left the group (released, or dropped).
     left: bool,
+    /// Exactly-once: commits and rewinds since the last [`EventSource::take_settled`].
+    settled: Vec<Settled>,
 }
 
 /// Transactions aborted in a row before the worker gives up: a failure that comes back on
@@ -270,6 +272,7 @@ impl KafkaSource {
             release_tried: None,
             exhausted_since: None,
             left: false,
+            settled: Vec::new(),
         })
     }
 
@@ -326,6 +329,7 @@ impl KafkaSource {
                 // offsets, so all of it will be read again.
                 self.ledger.clear();
                 self.producer.borrow_mut().discard_below(epoch);
+                self.settled.push(Settled::DroppedBelow(epoch));
                 if !batch.records.is_empty() {
                     tracing::info!(
                         worker = self.worker,
@@ -627,6 +631,7 @@ impl KafkaSource {
         let outcome = self.producer.borrow_mut().commit_transaction(frontier, &tpl, &group)?;
         match outcome {
             Transaction::Committed(written) => {
+                self.settled.push(Settled::Below(frontier));
                 // An empty round (nothing complete) is no commit: the health report must keep
                 // seeing offsets wait when the frontier does not move.
                 let committed = written > 0 || tpl.count() > 0;
@@ -660,6 +665,7 @@ impl KafkaSource {
         self.ledger.clear();
         self.report_if_nothing_uncommitted();
         self.producer.borrow_mut().discard_below(self.polled_below);
+        self.settled.push(Settled::DroppedBelow(self.polled_below));
         self.idle_since = None;
         let committed = self.consumer.committed(REWIND_TIMEOUT).context("rewind: cannot read the committed offsets")?;
         let mut seek = TopicPartitionList::new();
@@ -726,6 +732,15 @@ impl EventSource for KafkaSource {
         self.commit(frontier)?;
         self.last_commit = Instant::now();
         Ok(())
+    }
+
+    fn take_settled(&mut self, frontier: u64) -> Vec<Settled> {
+        match self.delivery {
+            // Outputs are settled once the broker acknowledged them, committed or not.
+            Delivery::AtLeastOnce => vec![Settled::Below(frontier.min(self.producer.borrow().acknowledged_below()))],
+            // Once their transaction committed.
+            Delivery::ExactlyOnce => std::mem::take(&mut self.settled),
+        }
     }
 
     fn release(&mut self, epoch: u64, frontier: u64) -> anyhow::Result<Release> {
