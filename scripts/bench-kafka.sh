@@ -74,6 +74,9 @@ row() { # tag round
         unkeyed) "$BIN/pluginflow" run --no-progress -w 1 "$(pipeline_config "pfu-$r" bench-in "$out" "")" 2>>"$WORK/log" ;;
         # pluginflow with the raw loop's producer (not idempotent), against the `raw` row.
         noidem) "$BIN/pluginflow" run --no-progress -w 1 "$(PIPELINE_KAFKA_EXTRA="$RAW_PRODUCER" pipeline_config "pfn-$r" bench-in "$out" "")" 2>>"$WORK/log" ;;
+        # pluginflow with producer settings of one's own (TUNED_PRODUCER, librdkafka keys under
+        # [kafka.producer]), against the `raw` row: for trying settings.
+        tuned) "$BIN/pluginflow" run --no-progress -w 1 "$(PIPELINE_KAFKA_EXTRA="${TUNED_PRODUCER:?tuned needs TUNED_PRODUCER}" pipeline_config "pft-$r" bench-in "$out" "")" 2>>"$WORK/log" ;;
         baseunkeyed) "${BASE_BIN:?baseunkeyed needs BASE_BIN}" run --no-progress -w 1 "$(pipeline_config "bpfu-$r" bench-in "$out" "")" 2>>"$WORK/log" ;;
         basepassthrough) "${BASE_BIN:?basepassthrough needs BASE_BIN}" run --no-progress -w 1 "$(pipeline_config "bpf-$r" bench-in "$out" distinct_id)" 2>>"$WORK/log" ;;
         chain3) "$BIN/pluginflow" run --no-progress -w 1 "$(pipeline_config "chain-$r" bench-in "$out" distinct_id "$ROOT/benches/plugins/greet" "$ROOT/benches/plugins/screen" "$ROOT/benches/plugins/flatten")" 2>>"$WORK/log" ;;
@@ -96,8 +99,8 @@ rows = {}
 for tag in tags:
     runs = [json.load(open(os.path.join(work, f"{tag}.{r}.json"))) for r in range(1, rounds + 1)]
     rows[tag] = (statistics.median(x["messages_per_s"] for x in runs), [x["messages_per_s"] for x in runs], [x["messages"] for x in runs])
-names = {"baseunkeyed": "BASE_BIN, no plugins, unkeyed", "basepassthrough": "BASE_BIN, no plugins, keyed by distinct_id", "raw": "raw librdkafka loop, librdkafka's defaults, no key", "idem": "raw loop, idempotent producer, pluginflow's prefetch, no key (floor)", "idemkeyed": "raw loop, idempotent producer, pluginflow's prefetch, keys forwarded (keyed floor)", "unkeyed": "pluginflow, no plugins, unkeyed", "noidem": "pluginflow, no plugins, unkeyed, the raw loop's producer: not idempotent (floor: the raw loop)", "passthrough": "pluginflow, no plugins, keyed by distinct_id", "chain3": "pluginflow, greet+screen+flatten, keyed"}
-floors = {"baseunkeyed": "idem", "basepassthrough": "idemkeyed", "raw": "idem", "idem": "idem", "idemkeyed": "idemkeyed", "unkeyed": "idem", "noidem": "raw", "passthrough": "idemkeyed", "chain3": "idemkeyed"}
+names = {"baseunkeyed": "BASE_BIN, no plugins, unkeyed", "basepassthrough": "BASE_BIN, no plugins, keyed by distinct_id", "raw": "raw librdkafka loop, librdkafka's defaults, no key", "idem": "raw loop, idempotent producer, pluginflow's prefetch, no key (floor)", "idemkeyed": "raw loop, idempotent producer, pluginflow's prefetch, keys forwarded (keyed floor)", "unkeyed": "pluginflow, no plugins, unkeyed", "noidem": "pluginflow, no plugins, unkeyed, the raw loop's producer: not idempotent (floor: the raw loop)", "tuned": "pluginflow, no plugins, unkeyed, TUNED_PRODUCER (floor: the raw loop)", "passthrough": "pluginflow, no plugins, keyed by distinct_id", "chain3": "pluginflow, greet+screen+flatten, keyed"}
+floors = {"baseunkeyed": "idem", "basepassthrough": "idemkeyed", "raw": "idem", "idem": "idem", "idemkeyed": "idemkeyed", "unkeyed": "idem", "noidem": "raw", "tuned": "raw", "passthrough": "idemkeyed", "chain3": "idemkeyed"}
 clock = "the broker's append timestamps" if times == "append" else "the producers' create timestamps"
 print(f"Apache Kafka {os.environ.get('KAFKA_VERSION', '4.4.0')} on loopback, {n} events, {rounds} rounds, timed by {clock}, git `{rev}`, command `scripts/bench-kafka.sh`.\n")
 print("| row | median messages/s | vs its floor | per round vs its floor, median | runs (messages/s) | messages out |")
