@@ -244,6 +244,9 @@ fn jobs_that_cannot_run_are_given_up_not_dropped() {
     assert!(gave_up[4].error.message.contains("Task \"constructor\" not found"), "{:?}", gave_up[4].error);
     assert_eq!(gave_up[2].error.config_id, "gone");
     assert_eq!(gave_up[3].attempts, u32::MAX);
+    // Each stays in the queue until its dead letter, written at this epoch, is settled.
+    assert_eq!((w.unsettled_jobs(), store.queue_len(JOB_QUEUE).unwrap()), (6, 6));
+    w.jobs_settled_below(1);
     assert_eq!(store.queue_len(JOB_QUEUE).unwrap(), 0, "nothing is left taken or pending");
 }
 
@@ -430,6 +433,8 @@ fn jobs_that_enqueue_jobs_stay_bounded() {
     let mut refused_calls = 0;
     for round in 1..=40 {
         let gave_up = w.maintain();
+        // The worker loop writes the round's dead letters and settles them.
+        w.jobs_settled_below(u64::MAX);
         // A job whose enqueue was refused fails (the promise rejected): a dead letter.
         refused_calls += gave_up.iter().filter(|e| e.error.message.contains("pending already")).count();
         let queued = store.queue_len(JOB_QUEUE).unwrap() as usize;
@@ -511,4 +516,42 @@ fn a_job_that_captured_is_acknowledged_only_once_its_captures_are_settled() {
     let scope = PluginDefinition::load(&fx.path()).unwrap().cache_scope(Some(1));
     assert_eq!(store.cache_get(&scope, "told").unwrap().as_deref(), Some("3"), "ran three times");
     assert_eq!(store.cache_get(&scope, "quiet").unwrap().as_deref(), Some("1"), "ran once");
+}
+
+/// A job attempt that captured and failed with a `RetryError`: its retry is written only when
+/// its captures settle, so running it again after a rewind (or a crash) does not start a second
+/// chain of retries.
+#[test]
+fn a_capturing_attempts_retry_is_written_when_it_settles() {
+    let fx = plugin(
+        "jobs",
+        &[(
+            "index.js",
+            "exports.jobs = { flaky: async (p, { cache }) => { await cache.incr('ran'); await posthog.capture('tried', { distinct_id: 'd' }); throw new RetryError('later') } }",
+        )],
+    );
+    let store = Arc::new(MemoryStore::new());
+    store.queue_put(JOB_QUEUE, 0, br#"{"config_id":"j","team":1,"name":"flaky","payload":"{}","attempts":0}"#).unwrap();
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let place = WorkerPlace { clock: clock.clone(), job_policy: fast(1_000), ..WorkerPlace::default() };
+    let mut w = worker(vec![spec(&fx, "j", vec![1])], store.clone(), Arc::new(MemoryLogSink::default()), place);
+    w.begin_epoch(2);
+    let gave_up = w.maintain();
+    let scope = PluginDefinition::load(&fx.path()).unwrap().cache_scope(Some(1));
+    assert!(gave_up.is_empty(), "{gave_up:?} {:?}", store.cache_get(&scope, "ran"));
+    assert_eq!(w.take_captured().len(), 1);
+    assert_eq!(store.queue_len(JOB_QUEUE).unwrap(), 1, "no retry written yet");
+    // Dropped by a rewind: the same attempt runs again, still one item in the queue.
+    w.jobs_dropped_below(3);
+    w.begin_epoch(4);
+    w.maintain();
+    assert_eq!(w.take_captured().len(), 1);
+    assert_eq!(store.queue_len(JOB_QUEUE).unwrap(), 1, "still no retry: one chain");
+    w.jobs_settled_below(5);
+    let queued = store.queue_take_due(JOB_QUEUE, u64::MAX, 10).unwrap();
+    assert_eq!(queued.len(), 1, "the retry replaced the attempt");
+    let text = String::from_utf8(queued[0].payload.clone()).unwrap();
+    assert!(text.contains(r#""attempts":1"#), "{text}");
+    assert!(queued[0].due_ms >= 1_000_000 + 1_000, "due after its wait: {}", queued[0].due_ms);
+    assert_eq!(store.cache_get(&scope, "ran").unwrap().as_deref(), Some("2"));
 }

@@ -69,11 +69,10 @@ pub trait EventSource {
         Ok(Release::Done)
     }
     /// What became of the outputs since the last call, in the order it happened; every epoch
-    /// before `frontier` is complete. A recorded log's outputs are settled once complete: a
-    /// crash redoes its whole run (a checkpointed run's worker loop asks the checkpoints
-    /// instead).
-    fn take_settled(&mut self, frontier: u64) -> Vec<Settled> {
-        vec![Settled::Below(frontier)]
+    /// before `frontier` is complete. A recorded log says nothing: its outputs settle in a
+    /// checkpoint, or (a run without) when the worker loop flushes them.
+    fn take_settled(&mut self, _frontier: u64) -> Vec<Settled> {
+        Vec::new()
     }
     /// Total input size in bytes, when known (for the progress line).
     fn size_hint(&self) -> Option<u64> {

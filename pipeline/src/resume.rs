@@ -22,6 +22,7 @@
 //! its epoch open while it ran). Checkpoints never pass a floor still owed, so the events that
 //! captured are read again on resume instead of their captures being lost.
 
+use operators::plugin::worker::UnsettledJob;
 use operators::sync::lock;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs::OpenOptions;
@@ -312,6 +313,9 @@ struct Progress {
     floors: BTreeMap<usize, u64>,
     /// The frontier of the last checkpoint written, and when.
     written: Option<(u64, Instant)>,
+    /// Job attempts whose outputs are settled only by the final checkpoint (their workers
+    /// ended after the last one): acknowledged once [`Checkpointer::finish`] wrote it.
+    jobs: Vec<UnsettledJob>,
     /// Workers in the computation.
     peers: usize,
 }
@@ -385,10 +389,21 @@ impl Checkpointer {
         lock(&self.inner).written.map_or(0, |(frontier, _)| frontier)
     }
 
-    /// The run read its whole input and every epoch is complete.
+    /// Keeps job attempts whose outputs only the final checkpoint will hold: a worker that
+    /// ended hands over what it had not settled.
+    pub fn settle_at_finish(&self, jobs: Vec<UnsettledJob>) {
+        lock(&self.inner).jobs.extend(jobs);
+    }
+
+    /// The run read its whole input and every epoch is complete. Then the job attempts handed
+    /// over are acknowledged (not before: a crash in between runs them again).
     pub fn finish(&self) -> anyhow::Result<()> {
         let mut inner = lock(&self.inner);
-        self.write(&mut inner, u64::MAX, true)
+        self.write(&mut inner, u64::MAX, true)?;
+        for job in inner.jobs.drain(..) {
+            job.settle(&*self.store);
+        }
+        Ok(())
     }
 
     fn write(&self, inner: &mut Progress, frontier: u64, complete: bool) -> anyhow::Result<()> {

@@ -536,7 +536,10 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
         check_logs(&shared.services)?;
         complete(&mut *source, &probe)?;
         if std::mem::take(&mut caught_up) {
+            // A followed log keeps no checkpoints: its outputs settle as they are flushed.
+            let flushed = frontier(&probe);
             flush_data(&io.events, &io.dead_letters)?;
+            plugins.borrow_mut().jobs_settled_below(flushed);
         }
         if let Some(cp) = &shared.checkpoints {
             cp.complete(index, frontier(&probe), seen)?;
@@ -608,16 +611,21 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
     flush_data(&io.events, &io.dead_letters)?;
     flush_shared(&shared.app_metrics)?;
     source.complete(u64::MAX)?;
-    // Everything is written and committed, except after a stop of a checkpointed run: what it
-    // did past its last checkpoint is cut and done again by `--resume`, so are those jobs.
-    if !(shared.checkpoints.is_some() && shared.stop.load(Ordering::Relaxed)) {
-        plugins.borrow_mut().jobs_settled_below(u64::MAX);
+    // Everything is written and committed. A checkpointed run's jobs settle with its final
+    // checkpoint (never after a stop: `--resume` cuts and does again what the run did past its
+    // last one, those jobs too); Kafka's, as its source says (a rewind while releasing may have
+    // dropped some); a recorded log's without checkpoints, now that its outputs are flushed.
+    let mut plugins = plugins.borrow_mut();
+    match &shared.checkpoints {
+        Some(cp) => cp.settle_at_finish(plugins.take_unsettled_jobs()),
+        None if shared.config.input.kind == InputKind::Kafka => settle_jobs(&mut plugins, None, &mut *source, u64::MAX),
+        None => plugins.jobs_settled_below(u64::MAX),
     }
     Ok(())
 }
 
-/// Acknowledges the jobs whose captures are settled (a checkpointed run: in its last
-/// checkpoint) and hands back those whose captures a rewind dropped.
+/// Acknowledges the jobs whose outputs are settled (a checkpointed run: in its last
+/// checkpoint) and hands back those whose outputs a rewind dropped.
 fn settle_jobs(plugins: &mut WorkerPlugins, checkpoints: Option<&Checkpointer>, source: &mut dyn EventSource, frontier: u64) {
     if let Some(cp) = checkpoints {
         if plugins.unsettled_jobs() > 0 {

@@ -172,22 +172,42 @@ pub struct WorkerPlugins {
     /// The epoch the worker loop is in ([`Self::begin_epoch`]): what jobs capture now goes into
     /// the graph at it.
     epoch: u64,
-    /// Job attempts that captured events, oldest first: acknowledged in the queue only once the
-    /// outputs of the epoch their captures went into are settled ([`Self::jobs_settled_below`]),
-    /// handed back to run again if those outputs were dropped ([`Self::jobs_dropped_below`]).
-    /// Acknowledged at once, a crash before the captures were written lost them.
+    /// Job attempts that left outputs (captured events, or their own dead letter), oldest
+    /// first: acknowledged in the queue only once the outputs of the epoch those went into are
+    /// settled ([`Self::jobs_settled_below`]), handed back to run again if those outputs were
+    /// dropped ([`Self::jobs_dropped_below`]). Acknowledged at once, a crash before the outputs
+    /// were written lost them.
     unsettled_jobs: std::collections::VecDeque<UnsettledJob>,
 }
 
-/// A job attempt whose captures are not settled yet.
-struct UnsettledJob {
-    /// The epoch its captures went into.
+/// A job attempt whose outputs are not settled yet.
+pub struct UnsettledJob {
+    /// The epoch its outputs went into.
     epoch: u64,
     id: state::QueueItemId,
-    /// The configuration × team whose pending jobs it counts in, when this attempt was its last
-    /// (done or given up, not retried): counted out once it is acknowledged.
-    last_of: Option<(String, i64)>,
+    /// Its retry (due time, queued bytes), written when the attempt settles: written at once, an
+    /// attempt run again after a crash or a rewind would start a second chain of retries.
+    retry: Option<(u64, Vec<u8>)>,
 }
+
+impl UnsettledJob {
+    /// Its outputs are settled: writes its retry, if any, then acknowledges the attempt (a crash
+    /// in between runs the job twice rather than never).
+    pub fn settle(self, store: &dyn state::StateStore) {
+        if let Some((due_ms, bytes)) = &self.retry
+            && let Err(e) = store.queue_put(JOB_QUEUE, *due_ms, bytes)
+        {
+            tracing::error!(error = %e, "cannot re-enqueue a job for its retry");
+        }
+        if let Err(e) = store.queue_ack(JOB_QUEUE, self.id) {
+            tracing::error!(error = %e, "cannot acknowledge a job; it may run again after a restart");
+        }
+    }
+}
+
+/// Job attempts whose outputs wait to settle, per worker: past this many, the worker takes no
+/// more jobs until some settle (the queue is read from its head, where they sit, every round).
+pub const MAX_UNSETTLED_JOBS: usize = 10_000;
 
 /// Where a worker sits and how its background work is paced.
 #[derive(Clone)]
@@ -647,6 +667,10 @@ impl WorkerPlugins {
     }
 
     fn run_jobs(&mut self) -> Vec<Exhausted> {
+        if self.unsettled_jobs.len() >= MAX_UNSETTLED_JOBS {
+            tracing::debug!(worker = self.place.index, "job attempts wait for their outputs to settle: no more jobs this round");
+            return Vec::new();
+        }
         let now = self.place.clock.now_ms();
         // A bounded page per round: a plugin whose jobs enqueue more jobs grows the queue
         // without end, and taking all of it at once held the worker (and a shutdown) for as
@@ -707,12 +731,8 @@ impl WorkerPlugins {
 
     fn run_job(&mut self, item: state::QueueItem) -> Option<Exhausted> {
         let store = self.services.store.clone();
-        let ack = |store: &Arc<dyn state::StateStore>| {
-            if let Err(e) = store.queue_ack(JOB_QUEUE, item.id) {
-                tracing::error!(error = %e, "cannot acknowledge a job; it may run again after a restart");
-            }
-        };
-        // A job that cannot run is a dead letter (acknowledged, with its bytes), never dropped.
+        // A job that cannot run is a dead letter (acknowledged once that is written, with its
+        // bytes), never dropped.
         let undone = |config_id: &str, name: &str, why: &str, payload: String| {
             tracing::error!(config = %config_id, error = %why, "a job cannot run: dead-lettered");
             Some(Exhausted {
@@ -734,23 +754,23 @@ impl WorkerPlugins {
         };
         let raw = String::from_utf8_lossy(&item.payload).into_owned();
         let Some(mut job) = QueuedCall::read(&item.payload) else {
-            ack(&store);
+            self.settle_later(item.id, None);
             return undone("?", "UnreadableJob", "a job in the state store cannot be read", raw);
         };
         let Some(name) = job.name.clone() else {
-            ack(&store);
+            self.settle_later(item.id, None);
             return undone(&job.config_id, "UnreadableJob", "a job in the state store has no name", raw);
         };
         let config_id = job.config_id.clone();
         let Some(key) = self.key_of(&config_id, job.team) else {
-            ack(&store);
+            self.settle_later(item.id, None);
             self.job_finished(&config_id, job.team);
             return undone(&config_id, "Unavailable", "the plugin configuration is no longer configured", raw);
         };
         let payload = job.payload.clone().unwrap_or_else(|| "null".into());
         job.attempts = job.attempts.saturating_add(1);
         if self.instance_mut(key).is_none() {
-            ack(&store);
+            self.settle_later(item.id, None);
             self.job_finished(&config_id, job.team);
             return undone(&config_id, "Unavailable", "the plugin configuration no longer loads for this team", raw);
         }
@@ -771,24 +791,21 @@ impl WorkerPlugins {
             return None;
         }
         let next = self.place.job_policy.next(job.attempts, result.as_ref().map(|_| ()), self.place.clock.now_ms());
-        if let Next::Retry { due_ms, .. } = next {
-            // The retry is written before the attempt is acknowledged: a crash in between runs
-            // the job twice rather than never.
-            if let Err(err) = store.queue_put(JOB_QUEUE, due_ms, &job.to_bytes()) {
-                tracing::error!(error = %err, "cannot re-enqueue a job for its retry");
-            }
-        }
-        let last = !matches!(next, Next::Retry { .. });
-        if captured {
-            // Its captures go into the graph at this epoch: until they are written for good,
-            // the job stays in the queue (taken), so a crash meanwhile runs it again.
-            let last_of = last.then(|| (config_id.clone(), job.team));
-            self.unsettled_jobs.push_back(UnsettledJob { epoch: self.epoch, id: item.id, last_of });
+        let retry = match next {
+            Next::Retry { due_ms, .. } => Some((due_ms, job.to_bytes())),
+            _ => None,
+        };
+        let last = retry.is_none();
+        if captured || matches!(next, Next::GiveUp) {
+            // What it captured (or its dead letter) goes out at this epoch: until that is
+            // written for good, the job stays in the queue (taken), so a crash meanwhile runs it
+            // again; its retry is written then too.
+            self.settle_later(item.id, retry);
         } else {
-            ack(&store);
-            if last {
-                self.job_finished(&config_id, job.team);
-            }
+            UnsettledJob { epoch: self.epoch, id: item.id, retry }.settle(&*store);
+        }
+        if last {
+            self.job_finished(&config_id, job.team);
         }
         match next {
             Next::Done(outcome) => {
@@ -819,12 +836,7 @@ impl WorkerPlugins {
     /// attempts whose captures went into those epochs are acknowledged.
     pub fn jobs_settled_below(&mut self, epoch: u64) {
         for job in self.unsettled_below(epoch) {
-            if let Err(e) = self.services.store.queue_ack(JOB_QUEUE, job.id) {
-                tracing::error!(error = %e, "cannot acknowledge a job; it may run again after a restart");
-            }
-            if let Some((config_id, team)) = job.last_of {
-                self.job_finished(&config_id, team);
-            }
+            job.settle(&*self.services.store);
         }
     }
 
@@ -850,9 +862,21 @@ impl WorkerPlugins {
         self.unsettled_jobs.drain(..n).collect()
     }
 
-    /// Job attempts whose captures are not settled yet.
+    /// How many job attempts' outputs are not settled yet.
     pub fn unsettled_jobs(&self) -> usize {
         self.unsettled_jobs.len()
+    }
+
+    /// Hands over the job attempts whose outputs are not settled yet, for the caller to settle
+    /// when they are ([`UnsettledJob::settle`]): a checkpointed run's last checkpoint is
+    /// written after its workers end.
+    pub fn take_unsettled_jobs(&mut self) -> Vec<UnsettledJob> {
+        self.unsettled_jobs.drain(..).collect()
+    }
+
+    /// Keeps the taken job `id` until the outputs of this epoch settle.
+    fn settle_later(&mut self, id: state::QueueItemId, retry: Option<(u64, Vec<u8>)>) {
+        self.unsettled_jobs.push_back(UnsettledJob { epoch: self.epoch, id, retry });
     }
 
     /// A job of `config_id` × `team` is done or given up: one fewer pending in the process.
