@@ -245,8 +245,8 @@ fn jobs_that_cannot_run_are_given_up_not_dropped() {
     assert_eq!(gave_up[2].error.config_id, "gone");
     assert_eq!(gave_up[3].attempts, u32::MAX);
     // Each stays in the queue until its dead letter, written at this epoch, is settled.
-    assert_eq!((w.unsettled_jobs(), store.queue_len(JOB_QUEUE).unwrap()), (6, 6));
-    w.jobs_settled_below(1);
+    assert_eq!((w.unsettled(), store.queue_len(JOB_QUEUE).unwrap()), (6, 6));
+    w.settled_below(1);
     assert_eq!(store.queue_len(JOB_QUEUE).unwrap(), 0, "nothing is left taken or pending");
 }
 
@@ -434,7 +434,7 @@ fn jobs_that_enqueue_jobs_stay_bounded() {
     for round in 1..=40 {
         let gave_up = w.maintain();
         // The worker loop writes the round's dead letters and settles them.
-        w.jobs_settled_below(u64::MAX);
+        w.settled_below(u64::MAX);
         // A job whose enqueue was refused fails (the promise rejected): a dead letter.
         refused_calls += gave_up.iter().filter(|e| e.error.message.contains("pending already")).count();
         let queued = store.queue_len(JOB_QUEUE).unwrap() as usize;
@@ -492,8 +492,8 @@ fn a_job_that_captured_is_acknowledged_only_once_its_captures_are_settled() {
     let mut w = run(store.clone(), 5);
     let captured = w.take_captured();
     assert_eq!(captured.len(), 1, "{captured:?}");
-    assert_eq!((w.unsettled_jobs(), store.queue_len(JOB_QUEUE).unwrap()), (1, 1), "quiet is acknowledged, tell waits");
-    w.jobs_settled_below(5);
+    assert_eq!((w.unsettled(), store.queue_len(JOB_QUEUE).unwrap()), (1, 1), "quiet is acknowledged, tell waits");
+    w.settled_below(5);
     assert_eq!(store.queue_len(JOB_QUEUE).unwrap(), 1, "epoch 5 is not settled yet");
 
     // A crash now: the next process takes the job again and runs it again.
@@ -504,15 +504,15 @@ fn a_job_that_captured_is_acknowledged_only_once_its_captures_are_settled() {
     assert_eq!(w.take_captured().len(), 1, "run again after the restart");
 
     // Its captures were dropped by a rewind: handed back, run again, captured again.
-    w.jobs_dropped_below(1);
-    assert_eq!(w.unsettled_jobs(), 0);
+    w.dropped_below(1);
+    assert_eq!(w.unsettled(), 0);
     w.begin_epoch(3);
     w.maintain();
     assert_eq!(w.take_captured().len(), 1, "run again after the rewind");
-    w.jobs_settled_below(3);
+    w.settled_below(3);
     assert_eq!(store.queue_len(JOB_QUEUE).unwrap(), 1, "its captures went into epoch 3");
-    w.jobs_settled_below(4);
-    assert_eq!((w.unsettled_jobs(), store.queue_len(JOB_QUEUE).unwrap()), (0, 0), "settled: acknowledged");
+    w.settled_below(4);
+    assert_eq!((w.unsettled(), store.queue_len(JOB_QUEUE).unwrap()), (0, 0), "settled: acknowledged");
     let scope = PluginDefinition::load(&fx.path()).unwrap().cache_scope(Some(1));
     assert_eq!(store.cache_get(&scope, "told").unwrap().as_deref(), Some("3"), "ran three times");
     assert_eq!(store.cache_get(&scope, "quiet").unwrap().as_deref(), Some("1"), "ran once");
@@ -542,16 +542,63 @@ fn a_capturing_attempts_retry_is_written_when_it_settles() {
     assert_eq!(w.take_captured().len(), 1);
     assert_eq!(store.queue_len(JOB_QUEUE).unwrap(), 1, "no retry written yet");
     // Dropped by a rewind: the same attempt runs again, still one item in the queue.
-    w.jobs_dropped_below(3);
+    w.dropped_below(3);
     w.begin_epoch(4);
     w.maintain();
     assert_eq!(w.take_captured().len(), 1);
     assert_eq!(store.queue_len(JOB_QUEUE).unwrap(), 1, "still no retry: one chain");
-    w.jobs_settled_below(5);
+    w.settled_below(5);
     let queued = store.queue_take_due(JOB_QUEUE, u64::MAX, 10).unwrap();
     assert_eq!(queued.len(), 1, "the retry replaced the attempt");
     let text = String::from_utf8(queued[0].payload.clone()).unwrap();
     assert!(text.contains(r#""attempts":1"#), "{text}");
     assert!(queued[0].due_ms >= 1_000_000 + 1_000, "due after its wait: {}", queued[0].due_ms);
     assert_eq!(store.cache_get(&scope, "ran").unwrap().as_deref(), Some("2"));
+}
+
+/// What a call outside the dataflow's (here `setupPlugin`) captures is journaled before it goes
+/// into the graph and acknowledged once the outputs of its epoch settle: a crash before that
+/// leaves it in the journal for the next run (a new store on the same RocksDB folder finds it),
+/// and a rewind that dropped it sends it in again.
+#[test]
+fn what_setup_captures_is_journaled_until_its_output_settles() {
+    use operators::plugin::worker::CAPTURE_QUEUE;
+    let fx =
+        plugin("hello", &[("index.js", "exports.setupPlugin = async () => { await posthog.capture('started', { distinct_id: 'd' }) }")]);
+    let dir = tempfile::tempdir().unwrap();
+    let open = || Arc::new(state::RocksStore::open(dir.path()).unwrap());
+    let plugins = |store: Arc<state::RocksStore>| {
+        let services = HostServices::new(store, None, Arc::new(MemoryLogSink::default()), Duration::from_secs(5));
+        WorkerPlugins::new(Limits::default(), Arc::new(vec![spec(&fx, "h", vec![1])]), services).unwrap()
+    };
+    let store = open();
+    let mut w = plugins(store.clone());
+    w.preload();
+    w.begin_epoch(3);
+    let sent = w.take_loop_captured();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert!(sent[0].0.contains("\"started\""), "{sent:?}");
+    assert_eq!(store.queue_len(CAPTURE_QUEUE).unwrap(), 1, "journaled before it goes in");
+    w.settled_below(3);
+    assert_eq!(store.queue_len(CAPTURE_QUEUE).unwrap(), 1, "epoch 3 is not settled yet");
+
+    // Dropped by a rewind: it goes in again with the next captures, the same event.
+    w.dropped_below(4);
+    assert_eq!(w.captured_pending(), 1);
+    w.begin_epoch(5);
+    assert_eq!(w.take_loop_captured(), sent);
+    assert_eq!(store.queue_len(CAPTURE_QUEUE).unwrap(), 1, "journaled once");
+
+    // A crash now: the next run finds it in the journal and sends it in again.
+    drop(w);
+    drop(store);
+    let store = open();
+    let left = store.queue_take_due(CAPTURE_QUEUE, u64::MAX, usize::MAX).unwrap();
+    let mut w = plugins(store.clone());
+    w.recover_captures(left);
+    w.begin_epoch(0);
+    assert_eq!(w.take_loop_captured(), sent, "sent in again after the restart, hops and all");
+    w.settled_below(1);
+    assert_eq!(store.queue_len(CAPTURE_QUEUE).unwrap(), 0, "settled: acknowledged");
+    assert_eq!(w.unsettled(), 0);
 }

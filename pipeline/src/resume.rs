@@ -22,7 +22,7 @@
 //! its epoch open while it ran). Checkpoints never pass a floor still owed, so the events that
 //! captured are read again on resume instead of their captures being lost.
 
-use operators::plugin::worker::UnsettledJob;
+use operators::plugin::worker::Unsettled;
 use operators::sync::lock;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs::OpenOptions;
@@ -315,7 +315,7 @@ struct Progress {
     written: Option<(u64, Instant)>,
     /// Job attempts whose outputs are settled only by the final checkpoint (their workers
     /// ended after the last one): acknowledged once [`Checkpointer::finish`] wrote it.
-    jobs: Vec<UnsettledJob>,
+    jobs: Vec<Unsettled>,
     /// Workers in the computation.
     peers: usize,
 }
@@ -391,7 +391,7 @@ impl Checkpointer {
 
     /// Keeps job attempts whose outputs only the final checkpoint will hold: a worker that
     /// ended hands over what it had not settled.
-    pub fn settle_at_finish(&self, jobs: Vec<UnsettledJob>) {
+    pub fn settle_at_finish(&self, jobs: Vec<Unsettled>) {
         lock(&self.inner).jobs.extend(jobs);
     }
 

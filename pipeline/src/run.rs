@@ -93,6 +93,9 @@ pub struct Shared {
     pub recovery: operators::plugin::deferred::RecoveryPool,
     /// Whether each worker of this process still runs its loop (set by [`run`]).
     pub running: Arc<Vec<AtomicBool>>,
+    /// Captured events an earlier run journaled and did not settle, taken out before the
+    /// workers start; the first worker to start sends them in again.
+    pub recovered_captures: operators::plugin::deferred::RecoveryPool,
 }
 
 /// Loads and compiles every enabled plugin; a plugin that cannot load stops the start.
@@ -208,6 +211,13 @@ pub fn prepare_with_store(
         false => None,
     };
     let recovery = operators::plugin::deferred::recovery_pool(&*services.store).context("cannot read the pending retries")?;
+    let recovered_captures = services
+        .store
+        .queue_take_due(operators::plugin::worker::CAPTURE_QUEUE, u64::MAX, usize::MAX)
+        .context("cannot read the journal of captured events")?;
+    if !recovered_captures.is_empty() {
+        tracing::info!(events = recovered_captures.len(), "an earlier run left captured events unwritten: they go in again");
+    }
     Ok(Shared {
         http,
         files,
@@ -225,6 +235,7 @@ pub fn prepare_with_store(
         local_workers: 1,
         recovery,
         running: Arc::default(),
+        recovered_captures: Arc::new(std::sync::Mutex::new(recovered_captures)),
     })
 }
 
@@ -464,6 +475,12 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
     // The probe's frontier as seen before the last take of the plugins' captures: every capture
     // made since came from an event of this epoch or a later one (crate::resume).
     let mut seen = 0u64;
+    // A recorded log without checkpoints (followed, standard output, state in memory): job
+    // attempts and journaled captures settle once what their epoch wrote is flushed.
+    let logs_without_checkpoints = shared.checkpoints.is_none() && shared.config.input.kind != InputKind::Kafka;
+    // What an earlier run journaled and did not settle goes in with this worker's first
+    // captures (whichever worker starts first takes it all: the graph routes each to its team).
+    plugins.borrow_mut().recover_captures(std::mem::take(&mut *lock(&shared.recovered_captures)));
     // A followed log with nothing new: what its lines made is flushed to the output files then,
     // so they can be read while the run goes on (other runs flush at the end, or at checkpoints).
     let follow = shared.config.input.follow;
@@ -507,7 +524,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
             Stats::add_given_up,
         )?;
         let seen_before = std::mem::replace(&mut seen, frontier(&probe));
-        let captured = plugins.borrow_mut().take_captured();
+        let captured = plugins.borrow_mut().take_loop_captured();
         if let Some(cp) = shared.checkpoints.as_ref().filter(|_| !captured.is_empty()) {
             cp.injected(epoch, seen_before);
         }
@@ -536,13 +553,16 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
         check_logs(&shared.services)?;
         complete(&mut *source, &probe)?;
         if std::mem::take(&mut caught_up) {
-            // A followed log keeps no checkpoints: its outputs settle as they are flushed.
-            let flushed = frontier(&probe);
             flush_data(&io.events, &io.dead_letters)?;
-            plugins.borrow_mut().jobs_settled_below(flushed);
         }
         if let Some(cp) = &shared.checkpoints {
             cp.complete(index, frontier(&probe), seen)?;
+        }
+        if logs_without_checkpoints && plugins.borrow().unsettled() > 0 {
+            // Nothing else settles them: what the complete epochs wrote is flushed, then they are.
+            let flushed = frontier(&probe);
+            flush_data(&io.events, &io.dead_letters)?;
+            plugins.borrow_mut().settled_below(flushed);
         }
         settle_jobs(&mut plugins.borrow_mut(), shared.checkpoints.as_deref(), &mut *source, frontier(&probe));
         if source_done && !released {
@@ -617,9 +637,9 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
     // dropped some); a recorded log's without checkpoints, now that its outputs are flushed.
     let mut plugins = plugins.borrow_mut();
     match &shared.checkpoints {
-        Some(cp) => cp.settle_at_finish(plugins.take_unsettled_jobs()),
+        Some(cp) => cp.settle_at_finish(plugins.take_unsettled()),
         None if shared.config.input.kind == InputKind::Kafka => settle_jobs(&mut plugins, None, &mut *source, u64::MAX),
-        None => plugins.jobs_settled_below(u64::MAX),
+        None => plugins.settled_below(u64::MAX),
     }
     Ok(())
 }
@@ -628,15 +648,15 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
 /// checkpoint) and hands back those whose outputs a rewind dropped.
 fn settle_jobs(plugins: &mut WorkerPlugins, checkpoints: Option<&Checkpointer>, source: &mut dyn EventSource, frontier: u64) {
     if let Some(cp) = checkpoints {
-        if plugins.unsettled_jobs() > 0 {
-            plugins.jobs_settled_below(cp.settled_below());
+        if plugins.unsettled() > 0 {
+            plugins.settled_below(cp.settled_below());
         }
         return;
     }
     for settled in source.take_settled(frontier) {
         match settled {
-            Settled::Below(epoch) => plugins.jobs_settled_below(epoch),
-            Settled::DroppedBelow(epoch) => plugins.jobs_dropped_below(epoch),
+            Settled::Below(epoch) => plugins.settled_below(epoch),
+            Settled::DroppedBelow(epoch) => plugins.dropped_below(epoch),
         }
     }
 }

@@ -156,6 +156,15 @@ fn crash_test(delivery: &str, readers: &[Reader]) -> Vec<Counts> {
     topics.create(&broker.bootstrap(), PARTITIONS);
     produce_lines(&broker.bootstrap(), &topics.input, PARTITIONS, &input);
     let kills = run_with_kills(dir.path(), &broker, &topics, delivery);
+    // Every job attempt and journaled capture settled in the end: none is left for a next run
+    // (a settle that never acknowledged would pass the counts below, repeats being allowed).
+    {
+        use state::StateStore as _;
+        let store = state::RocksStore::open(dir.path().join("state")).expect("the run's state");
+        for queue in [operators::plugin::worker::JOB_QUEUE, operators::plugin::worker::CAPTURE_QUEUE] {
+            assert_eq!(store.queue_len(queue).unwrap(), 0, "items left in the {queue} queue after the last run");
+        }
+    }
 
     let mut all = Vec::new();
     for &reader in readers {

@@ -465,7 +465,7 @@ impl DeferredWork {
         // (left in the instance until its next call, a crash lost it: a retry or a timed export
         // flush has no event after it); what it captured, to [`Self::take_made`].
         if let Some(k) = key {
-            let mark = self.plugins.borrow().captured_pending();
+            let mark = self.plugins.borrow().captured_mark();
             self.plugins.borrow_mut().collect_outbox_of(k, task.hops);
             let events = self.plugins.borrow_mut().take_captured_after(mark);
             if !events.is_empty() {

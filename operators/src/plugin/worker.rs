@@ -172,41 +172,85 @@ pub struct WorkerPlugins {
     /// The epoch the worker loop is in ([`Self::begin_epoch`]): what jobs capture now goes into
     /// the graph at it.
     epoch: u64,
-    /// Job attempts that left outputs (captured events, or their own dead letter), oldest
-    /// first: acknowledged in the queue only once the outputs of the epoch those went into are
-    /// settled ([`Self::jobs_settled_below`]), handed back to run again if those outputs were
-    /// dropped ([`Self::jobs_dropped_below`]). Acknowledged at once, a crash before the outputs
-    /// were written lost them.
-    unsettled_jobs: std::collections::VecDeque<UnsettledJob>,
+    /// Job attempts that left outputs (captured events, or their own dead letter) and journaled
+    /// captures ([`CAPTURE_QUEUE`]), oldest first: acknowledged in their queue only once the
+    /// outputs of the epoch they went into are settled ([`Self::settled_below`]), sent in again
+    /// if those outputs were dropped ([`Self::dropped_below`]). Acknowledged at once, a crash
+    /// before the outputs were written lost them.
+    unsettled: std::collections::VecDeque<Unsettled>,
+    /// Captured events whose durability is already seen to, for the worker loop: a job
+    /// attempt's (its queue item holds them) and journaled ones sent in again (with their
+    /// journal entry).
+    journaled: Vec<(String, u32, Option<state::QueueItemId>)>,
 }
 
-/// A job attempt whose outputs are not settled yet.
-pub struct UnsettledJob {
+/// Durable journal of the events plugins capture outside the dataflow's calls (scheduled tasks,
+/// `setupPlugin`, `teardownPlugin`, a retry past its hold, a chain that could not complete):
+/// each is written here before it goes into the graph and removed once its output is settled,
+/// so a crash in between sends it in again at the next start. (A job's captures are held by
+/// the job itself.)
+pub const CAPTURE_QUEUE: &str = "captured";
+
+/// A job attempt, or a journaled capture, whose outputs are not settled yet.
+pub struct Unsettled {
     /// The epoch its outputs went into.
     epoch: u64,
     id: state::QueueItemId,
-    /// Its retry (due time, queued bytes), written when the attempt settles: written at once, an
-    /// attempt run again after a crash or a rewind would start a second chain of retries.
-    retry: Option<(u64, Vec<u8>)>,
+    what: Pending,
 }
 
-impl UnsettledJob {
-    /// Its outputs are settled: writes its retry, if any, then acknowledges the attempt (a crash
-    /// in between runs the job twice rather than never).
+enum Pending {
+    /// A job attempt, with its retry (due time, queued bytes), written when the attempt
+    /// settles: written at once, an attempt run again after a rewind would start a second
+    /// chain of retries. `last_of`: the configuration × team it was the last attempt of (counted
+    /// out of the pending jobs when it ended; counted in again if a rewind makes it run again).
+    Job { retry: Option<(u64, Vec<u8>)>, last_of: Option<(String, i64)> },
+    /// A journaled capture, kept to be sent in again if a rewind drops it.
+    Capture { json: String, hops: u32 },
+}
+
+impl Unsettled {
+    /// Its outputs are settled: a job's retry, if any, is queued, then the job attempt or the
+    /// journal entry acknowledged (a crash in between runs the job twice rather than never).
     pub fn settle(self, store: &dyn state::StateStore) {
-        if let Some((due_ms, bytes)) = &self.retry
-            && let Err(e) = store.queue_put(JOB_QUEUE, *due_ms, bytes)
-        {
-            tracing::error!(error = %e, "cannot re-enqueue a job for its retry");
-        }
-        if let Err(e) = store.queue_ack(JOB_QUEUE, self.id) {
-            tracing::error!(error = %e, "cannot acknowledge a job; it may run again after a restart");
+        let queue = match &self.what {
+            Pending::Job { retry, .. } => {
+                if let Some((due_ms, bytes)) = retry
+                    && let Err(e) = store.queue_put(JOB_QUEUE, *due_ms, bytes)
+                {
+                    // Not acknowledged either: the attempt stays (taken) and runs again after a
+                    // restart, rather than the job being lost.
+                    tracing::error!(error = %e, "cannot queue a job's retry: the attempt stays queued and runs again after a restart");
+                    return;
+                }
+                JOB_QUEUE
+            }
+            Pending::Capture { .. } => CAPTURE_QUEUE,
+        };
+        if let Err(e) = store.queue_ack(queue, self.id) {
+            tracing::error!(error = %e, queue, "cannot acknowledge a settled item; it may come back after a restart");
         }
     }
 }
 
-/// Job attempts whose outputs wait to settle, per worker: past this many, the worker takes no
-/// more jobs until some settle (the queue is read from its head, where they sit, every round).
+/// A journal entry: the hop count, a newline, the event's JSON.
+fn journal_entry(json: &str, hops: u32) -> Vec<u8> {
+    format!("{hops}\n{json}").into_bytes()
+}
+
+/// Reads a journal entry back; bytes that are not one go in whole, at 0 hops (the line check
+/// makes a dead letter of what is not an event).
+fn read_journal_entry(bytes: &[u8]) -> (String, u32) {
+    let text = String::from_utf8_lossy(bytes);
+    match text.split_once('\n').and_then(|(hops, json)| Some((json, hops.parse().ok()?))) {
+        Some((json, hops)) => (json.to_string(), hops),
+        None => (text.into_owned(), 0),
+    }
+}
+
+/// Job attempts and captures whose outputs wait to settle, per worker: past this many, the
+/// worker takes no more jobs until some settle (the job queue is read from its head, where the
+/// unsettled attempts sit, every round).
 pub const MAX_UNSETTLED_JOBS: usize = 10_000;
 
 /// Where a worker sits and how its background work is paced.
@@ -283,7 +327,8 @@ impl WorkerPlugins {
             disabled: HashMap::default(),
             slow_teardown: std::collections::HashSet::new(),
             epoch: 0,
-            unsettled_jobs: std::collections::VecDeque::new(),
+            unsettled: std::collections::VecDeque::new(),
+            journaled: Vec::new(),
         })
     }
 
@@ -505,12 +550,54 @@ impl WorkerPlugins {
 
     /// How many captured events wait for [`WorkerPlugins::take_captured`].
     pub fn captured_pending(&self) -> usize {
+        self.captured.len() + self.journaled.len()
+    }
+
+    /// Where the captures made from now on will start ([`Self::take_captured_after`]).
+    pub fn captured_mark(&self) -> usize {
         self.captured.len()
     }
 
-    /// Events captured since the last call, as JSON with their hop counts.
+    /// Events captured since the last call, as JSON with their hop counts, for a caller that
+    /// will not send them into the graph (the end of a run): journal entries among them stay
+    /// in the journal, for the next run.
     pub fn take_captured(&mut self) -> Vec<(String, u32)> {
-        std::mem::take(&mut self.captured)
+        let mut all = std::mem::take(&mut self.captured);
+        all.extend(std::mem::take(&mut self.journaled).into_iter().filter(|(_, _, id)| id.is_none()).map(|(json, hops, _)| (json, hops)));
+        all
+    }
+
+    /// Events captured since the last call, for the worker loop to send into the graph at this
+    /// epoch: each is journaled first ([`CAPTURE_QUEUE`]) unless its durability is seen to
+    /// already, and acknowledged once this epoch's outputs settle.
+    pub fn take_loop_captured(&mut self) -> Vec<(String, u32)> {
+        let fresh = std::mem::take(&mut self.captured);
+        let mut out = Vec::with_capacity(fresh.len() + self.journaled.len());
+        for (json, hops) in fresh {
+            match self.services.store.queue_put(CAPTURE_QUEUE, 0, &journal_entry(&json, hops)) {
+                Ok(id) => {
+                    self.unsettled.push_back(Unsettled { epoch: self.epoch, id, what: Pending::Capture { json: json.clone(), hops } })
+                }
+                Err(e) => tracing::error!(error = %e, "cannot journal a captured event: it goes in without"),
+            }
+            out.push((json, hops));
+        }
+        for (json, hops, id) in std::mem::take(&mut self.journaled) {
+            if let Some(id) = id {
+                self.unsettled.push_back(Unsettled { epoch: self.epoch, id, what: Pending::Capture { json: json.clone(), hops } });
+            }
+            out.push((json, hops));
+        }
+        out
+    }
+
+    /// Journal entries an earlier run left unsettled (taken out of [`CAPTURE_QUEUE`] before the
+    /// workers started): sent in again with this worker's next captures.
+    pub fn recover_captures(&mut self, items: Vec<state::QueueItem>) {
+        for item in items {
+            let (json, hops) = read_journal_entry(&item.payload);
+            self.journaled.push((json, hops, Some(item.id)));
+        }
     }
 
     /// Hands captured events to the worker loop ([`Self::take_captured`]).
@@ -518,7 +605,7 @@ impl WorkerPlugins {
         self.captured.extend(events);
     }
 
-    /// Events captured since [`Self::captured_pending`] returned `mark`: what the calls made
+    /// Events captured since [`Self::captured_mark`] returned `mark`: what the calls made
     /// since then captured, taken before the worker loop sees it.
     pub fn take_captured_after(&mut self, mark: usize) -> Vec<(String, u32)> {
         self.captured.split_off(mark.min(self.captured.len()))
@@ -667,7 +754,7 @@ impl WorkerPlugins {
     }
 
     fn run_jobs(&mut self) -> Vec<Exhausted> {
-        if self.unsettled_jobs.len() >= MAX_UNSETTLED_JOBS {
+        if self.unsettled.len() >= MAX_UNSETTLED_JOBS {
             tracing::debug!(worker = self.place.index, "job attempts wait for their outputs to settle: no more jobs this round");
             return Vec::new();
         }
@@ -754,23 +841,23 @@ impl WorkerPlugins {
         };
         let raw = String::from_utf8_lossy(&item.payload).into_owned();
         let Some(mut job) = QueuedCall::read(&item.payload) else {
-            self.settle_later(item.id, None);
+            self.settle_later(item.id, None, None);
             return undone("?", "UnreadableJob", "a job in the state store cannot be read", raw);
         };
         let Some(name) = job.name.clone() else {
-            self.settle_later(item.id, None);
+            self.settle_later(item.id, None, None);
             return undone(&job.config_id, "UnreadableJob", "a job in the state store has no name", raw);
         };
         let config_id = job.config_id.clone();
         let Some(key) = self.key_of(&config_id, job.team) else {
-            self.settle_later(item.id, None);
+            self.settle_later(item.id, None, Some((config_id.clone(), job.team)));
             self.job_finished(&config_id, job.team);
             return undone(&config_id, "Unavailable", "the plugin configuration is no longer configured", raw);
         };
         let payload = job.payload.clone().unwrap_or_else(|| "null".into());
         job.attempts = job.attempts.saturating_add(1);
         if self.instance_mut(key).is_none() {
-            self.settle_later(item.id, None);
+            self.settle_later(item.id, None, Some((config_id.clone(), job.team)));
             self.job_finished(&config_id, job.team);
             return undone(&config_id, "Unavailable", "the plugin configuration no longer loads for this team", raw);
         }
@@ -781,7 +868,10 @@ impl WorkerPlugins {
         }
         let captured_before = self.captured.len();
         self.collect_outbox_of(key, job.hops);
-        let captured = self.captured.len() > captured_before;
+        // Held by the job attempt (settled with it), not journaled.
+        let made = self.captured.split_off(captured_before);
+        let captured = !made.is_empty();
+        self.journaled.extend(made.into_iter().map(|(json, hops)| (json, hops, None)));
         if result.is_err() && self.runtime.cancelled() {
             // Ended by the shutdown, not by the plugin: no attempt counted, the job stays
             // queued as it was for the next run.
@@ -800,9 +890,9 @@ impl WorkerPlugins {
             // What it captured (or its dead letter) goes out at this epoch: until that is
             // written for good, the job stays in the queue (taken), so a crash meanwhile runs it
             // again; its retry is written then too.
-            self.settle_later(item.id, retry);
+            self.settle_later(item.id, retry, last.then(|| (config_id.clone(), job.team)));
         } else {
-            UnsettledJob { epoch: self.epoch, id: item.id, retry }.settle(&*store);
+            Unsettled { epoch: self.epoch, id: item.id, what: Pending::Job { retry, last_of: None } }.settle(&*store);
         }
         if last {
             self.job_finished(&config_id, job.team);
@@ -833,50 +923,68 @@ impl WorkerPlugins {
     }
 
     /// The outputs of every epoch below `epoch` are settled (they survive a crash): the job
-    /// attempts whose captures went into those epochs are acknowledged.
-    pub fn jobs_settled_below(&mut self, epoch: u64) {
-        for job in self.unsettled_below(epoch) {
-            job.settle(&*self.services.store);
+    /// attempts and journaled captures that went into those epochs are acknowledged.
+    pub fn settled_below(&mut self, epoch: u64) {
+        for item in self.unsettled_below(epoch) {
+            item.settle(&*self.services.store);
         }
     }
 
     /// The outputs of epochs below `epoch` that were not settled yet were dropped (exactly-once
-    /// Kafka, after a rewind: their input is read again, but nothing else makes a job's captures
-    /// again): those jobs go back to the queue and run again.
-    pub fn jobs_dropped_below(&mut self, epoch: u64) {
-        let mut released = 0;
-        for job in self.unsettled_below(epoch) {
-            match self.services.store.queue_release(JOB_QUEUE, job.id) {
-                Ok(()) => released += 1,
-                Err(e) => tracing::error!(error = %e, "cannot hand a job back to the queue; it runs again after a restart"),
+    /// Kafka, after a rewind: their input is read again, but nothing else makes what jobs and
+    /// the worker loop's calls captured again): those jobs go back to the queue and run again,
+    /// those captures go in again with the next ones.
+    pub fn dropped_below(&mut self, epoch: u64) {
+        let (mut jobs, mut captures) = (0, 0);
+        for item in self.unsettled_below(epoch) {
+            match item.what {
+                Pending::Job { last_of, .. } => {
+                    if let Some((config_id, team)) = last_of {
+                        // It runs again and ends again: counted in again (unless at the limit).
+                        let _ = self.services.pending_jobs.reserve(&config_id, team);
+                    }
+                    match self.services.store.queue_release(JOB_QUEUE, item.id) {
+                        Ok(()) => jobs += 1,
+                        Err(e) => tracing::error!(error = %e, "cannot hand a job back to the queue; it runs again after a restart"),
+                    }
+                }
+                Pending::Capture { json, hops } => {
+                    self.journaled.push((json, hops, Some(item.id)));
+                    captures += 1;
+                }
             }
         }
-        if released > 0 {
-            tracing::info!(worker = self.place.index, released, "what jobs captured was dropped by a rewind: they run again");
+        if jobs + captures > 0 {
+            tracing::info!(
+                worker = self.place.index,
+                jobs,
+                captures,
+                "a rewind dropped what jobs and scheduled or setup calls captured: the jobs run again, the captures go in again"
+            );
         }
     }
 
-    /// Takes the unsettled job attempts whose captures went into epochs below `epoch`.
-    fn unsettled_below(&mut self, epoch: u64) -> Vec<UnsettledJob> {
-        let n = self.unsettled_jobs.iter().take_while(|job| job.epoch < epoch).count();
-        self.unsettled_jobs.drain(..n).collect()
+    /// Takes the unsettled items whose outputs went into epochs below `epoch`.
+    fn unsettled_below(&mut self, epoch: u64) -> Vec<Unsettled> {
+        let n = self.unsettled.iter().take_while(|item| item.epoch < epoch).count();
+        self.unsettled.drain(..n).collect()
     }
 
-    /// How many job attempts' outputs are not settled yet.
-    pub fn unsettled_jobs(&self) -> usize {
-        self.unsettled_jobs.len()
+    /// How many job attempts and journaled captures wait for their outputs to settle.
+    pub fn unsettled(&self) -> usize {
+        self.unsettled.len()
     }
 
-    /// Hands over the job attempts whose outputs are not settled yet, for the caller to settle
-    /// when they are ([`UnsettledJob::settle`]): a checkpointed run's last checkpoint is
-    /// written after its workers end.
-    pub fn take_unsettled_jobs(&mut self) -> Vec<UnsettledJob> {
-        self.unsettled_jobs.drain(..).collect()
+    /// Hands over the items whose outputs are not settled yet, for the caller to settle when
+    /// they are ([`Unsettled::settle`]): a checkpointed run's last checkpoint is written after
+    /// its workers end.
+    pub fn take_unsettled(&mut self) -> Vec<Unsettled> {
+        self.unsettled.drain(..).collect()
     }
 
     /// Keeps the taken job `id` until the outputs of this epoch settle.
-    fn settle_later(&mut self, id: state::QueueItemId, retry: Option<(u64, Vec<u8>)>) {
-        self.unsettled_jobs.push_back(UnsettledJob { epoch: self.epoch, id, retry });
+    fn settle_later(&mut self, id: state::QueueItemId, retry: Option<(u64, Vec<u8>)>, last_of: Option<(String, i64)>) {
+        self.unsettled.push_back(Unsettled { epoch: self.epoch, id, what: Pending::Job { retry, last_of } });
     }
 
     /// A job of `config_id` × `team` is done or given up: one fewer pending in the process.
