@@ -490,8 +490,9 @@ fn a_job_that_captured_is_acknowledged_only_once_its_captures_are_settled() {
     store.queue_put(JOB_QUEUE, 0, job("tell").as_bytes()).unwrap();
     store.queue_put(JOB_QUEUE, 0, job("quiet").as_bytes()).unwrap();
     let mut w = run(store.clone(), 5);
-    let captured = w.take_captured();
+    let captured = w.take_loop_captured();
     assert_eq!(captured.len(), 1, "{captured:?}");
+    assert_eq!(store.queue_len(operators::plugin::worker::CAPTURE_QUEUE).unwrap(), 0, "held by the job, not journaled");
     assert_eq!((w.unsettled(), store.queue_len(JOB_QUEUE).unwrap()), (1, 1), "quiet is acknowledged, tell waits");
     w.settled_below(5);
     assert_eq!(store.queue_len(JOB_QUEUE).unwrap(), 1, "epoch 5 is not settled yet");
@@ -595,10 +596,21 @@ fn what_setup_captures_is_journaled_until_its_output_settles() {
     let store = open();
     let left = store.queue_take_due(CAPTURE_QUEUE, u64::MAX, usize::MAX).unwrap();
     let mut w = plugins(store.clone());
+    // A run that ends before sending it in (its loop over) leaves it in the journal.
+    w.recover_captures(left.clone());
+    assert!(w.take_captured().is_empty(), "not a late dead letter: it stays for the next run");
     w.recover_captures(left);
     w.begin_epoch(0);
     assert_eq!(w.take_loop_captured(), sent, "sent in again after the restart, hops and all");
     w.settled_below(1);
     assert_eq!(store.queue_len(CAPTURE_QUEUE).unwrap(), 0, "settled: acknowledged");
     assert_eq!(w.unsettled(), 0);
+
+    // One made and settled in the same process is acknowledged too.
+    w.preload();
+    w.begin_epoch(1);
+    assert_eq!(w.take_loop_captured().len(), 1);
+    assert_eq!(store.queue_len(CAPTURE_QUEUE).unwrap(), 1);
+    w.settled_below(2);
+    assert_eq!(store.queue_len(CAPTURE_QUEUE).unwrap(), 0, "acknowledged once settled");
 }

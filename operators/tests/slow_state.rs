@@ -59,6 +59,9 @@ impl StateStore for Slow {
     fn queue_put(&self, queue: &str, due_ms: u64, payload: &[u8]) -> state::Result<QueueItemId> {
         self.inner.queue_put(queue, due_ms, payload)
     }
+    fn queue_put_taken(&self, queue: &str, due_ms: u64, payload: &[u8]) -> state::Result<QueueItemId> {
+        self.inner.queue_put_taken(queue, due_ms, payload)
+    }
     fn queue_take_due(&self, queue: &str, now_ms: u64, limit: usize) -> state::Result<Vec<QueueItem>> {
         self.inner.queue_take_due(queue, now_ms, limit)
     }

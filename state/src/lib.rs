@@ -91,6 +91,9 @@ pub trait StateStore: Send + Sync {
 
     /// Puts an item in `queue`, due at `due_ms` (milliseconds since the Unix epoch).
     fn queue_put(&self, queue: &str, due_ms: u64, payload: &[u8]) -> Result<QueueItemId>;
+    /// [`Self::queue_put`] an item that this store instance holds as taken already: it is
+    /// handed out only after a restart, and acknowledging it does not search the queue.
+    fn queue_put_taken(&self, queue: &str, due_ms: u64, payload: &[u8]) -> Result<QueueItemId>;
     /// Up to `limit` items of `queue` due at or before `now_ms`, earliest first, that are not
     /// already taken and unacknowledged by this store instance. Taken items are handed out again
     /// only after a restart (that is how a pending item resumes).

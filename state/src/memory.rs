@@ -173,6 +173,16 @@ impl StateStore for MemoryStore {
         Ok(QueueItemId(id))
     }
 
+    fn queue_put_taken(&self, queue: &str, due_ms: u64, payload: &[u8]) -> Result<QueueItemId> {
+        let mut q = lock(&self.queues);
+        let id = q.next_id;
+        q.next_id += 1;
+        let key = keys::queue_key(queue, due_ms, id);
+        q.items.insert(key.clone(), payload.to_vec());
+        q.taken.insert(id, key);
+        Ok(QueueItemId(id))
+    }
+
     fn queue_take_due(&self, queue: &str, now_ms: u64, limit: usize) -> Result<Vec<QueueItem>> {
         let mut q = lock(&self.queues);
         let prefix = keys::queue_prefix(queue);

@@ -209,6 +209,10 @@ impl StateStore for RedisStore {
         self.local.queue_put(queue, due_ms, payload)
     }
 
+    fn queue_put_taken(&self, queue: &str, due_ms: u64, payload: &[u8]) -> Result<QueueItemId> {
+        self.local.queue_put_taken(queue, due_ms, payload)
+    }
+
     fn queue_take_due(&self, queue: &str, now_ms: u64, limit: usize) -> Result<Vec<QueueItem>> {
         self.local.queue_take_due(queue, now_ms, limit)
     }

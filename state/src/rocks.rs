@@ -422,6 +422,13 @@ impl StateStore for RocksStore {
         self.written()
     }
 
+    fn queue_put_taken(&self, queue: &str, due_ms: u64, payload: &[u8]) -> Result<QueueItemId> {
+        let mut taken = lock(&self.taken);
+        let id = self.queue_put(queue, due_ms, payload)?;
+        taken.insert(id.0, keys::queue_key(queue, due_ms, id.0));
+        Ok(id)
+    }
+
     fn queue_put(&self, queue: &str, due_ms: u64, payload: &[u8]) -> Result<QueueItemId> {
         let mut next_id = lock(&self.next_id);
         let id = *next_id;

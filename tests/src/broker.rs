@@ -459,14 +459,17 @@ pub fn job_captures(uuid: &str) -> bool {
 /// 0 or 8, from `onEvent` for those ending in 4 or c. Its `exportEvents` captures, per batch, a
 /// `batch-follow-up` listing in `batch_of` the batch's events that [`batch_captures`] picks.
 /// `with_jobs`: its `onEvent` also enqueues, for the events [`job_captures`] picks, a job that
-/// captures a `job-follow-up` naming the event in `job_of`. A captured event takes
-/// `captured_ms` and captures nothing.
+/// captures a `job-follow-up` naming the event in `job_of`, and its `setupPlugin` captures a
+/// `setup-follow-up` (property `started`) per instance. A captured event takes `captured_ms`
+/// and captures nothing.
 pub fn capturing_plugin(dir: &Path, pace_ms: f64, captured_ms: f64, with_jobs: bool) -> String {
-    let enqueue = if with_jobs {
-        "  if (!event.event.endsWith('follow-up') && /[6e]$/.test(event.uuid)) await meta.jobs.followUp({ of: event.uuid, distinct_id: event.distinct_id }).runNow()
-"
+    let (enqueue, setup) = if with_jobs {
+        (
+            "  if (!event.event.endsWith('follow-up') && /[6e]$/.test(event.uuid)) await meta.jobs.followUp({ of: event.uuid, distinct_id: event.distinct_id }).runNow()\n",
+            "async function setupPlugin() { await posthog.capture('setup-follow-up', { started: true, distinct_id: 'setup' }) }\n",
+        )
     } else {
-        ""
+        ("", "async function setupPlugin() {}\n")
     };
     let code = format!(
         "async function processEvent(event) {{
@@ -486,7 +489,7 @@ async function exportEvents(events) {{
   const picked = events.filter((e) => !e.event.endsWith('follow-up') && /[2a]$/.test(e.uuid)).map((e) => e.uuid)
   if (picked.length) await posthog.capture('batch-follow-up', {{ batch_of: picked.join(','), distinct_id: 'batch' }})
 }}
-module.exports = {{ processEvent, onEvent, exportEvents, jobs }}
+{setup}module.exports = {{ setupPlugin, processEvent, onEvent, exportEvents, jobs }}
 "
     );
     plugin_in(dir, "capture", &code)

@@ -138,6 +138,8 @@ struct Counts {
     capture_repeats: usize,
     /// Events whose job's capture is missing (repeats are allowed, and printed).
     jobs_missing: usize,
+    /// `setupPlugin`'s captures seen.
+    started: usize,
     /// Exported events no batch capture lists (repeats are allowed: a batch spanning epochs
     /// commits its capture with the earliest, and a replay of the later ones exports them again).
     batch_missing: usize,
@@ -183,9 +185,15 @@ fn crash_test(delivery: &str, readers: &[Reader]) -> Vec<Counts> {
         // Input events by uuid, captured ones by the event that captured them, the events
         // exportEvents' batch captures list, and the events whose job captured.
         let [mut seen, mut captured, mut listed, mut by_job]: [HashMap<String, usize>; 4] = Default::default();
+        // What the plugin's setupPlugin captured (per instance and run; journaled).
+        let mut setups = 0usize;
         for value in &values {
             let event: serde_json::Value = serde_json::from_str(value).expect("an event");
             let p = &event["properties"];
+            if p["started"] == true {
+                setups += 1;
+                continue;
+            }
             match (p["of"].as_str(), p["batch_of"].as_str(), p["job_of"].as_str()) {
                 (Some(of), _, _) => *captured.entry(of.to_string()).or_default() += 1,
                 (None, Some(list), _) => list.split(',').for_each(|u| *listed.entry(u.to_string()).or_default() += 1),
@@ -214,7 +222,8 @@ fn crash_test(delivery: &str, readers: &[Reader]) -> Vec<Counts> {
             "crash test ({delivery}, {reader:?}): {EVENTS} in, {} visible{detail}, {} distinct, {missing} missing, {repeats} repeats; \
              {capturers} captures due, {} made, {captures_missing} missing, {capture_repeats} repeats; \
              {batch_due} to be listed by batch captures, {batch_missing} missing, {batch_repeats} repeats; \
-             {jobs_due} job captures due, {jobs_missing} missing, {job_repeats} repeats; {} kills, at outputs {}; {:.1} s",
+             {jobs_due} job captures due, {jobs_missing} missing, {job_repeats} repeats; {setups} setup captures; \
+             {} kills, at outputs {}; {:.1} s",
             values.len(),
             seen.len(),
             captured.len(),
@@ -238,6 +247,7 @@ fn crash_test(delivery: &str, readers: &[Reader]) -> Vec<Counts> {
             captures_missing,
             capture_repeats,
             jobs_missing,
+            started: setups,
             batch_missing,
         });
     }
@@ -295,6 +305,14 @@ fn keep_if_asked(dir: tempfile::TempDir) {
     }
 }
 
+/// Each run that was killed or ran to the end of the input created the plugin's three instances
+/// (one per team), each capturing once in `setupPlugin`; what a killed run had not written was
+/// journaled and goes in at the next start, so none is missing (a repeat is allowed).
+fn assert_setup_captures(c: &Counts) {
+    let runs = c.kills + 1;
+    assert!(c.started >= 3 * runs, "{} setup captures for {runs} runs of three instances", c.started);
+}
+
 #[test]
 fn at_least_once_survives_kill_9() {
     let c = crash_test("at-least-once", &[Reader::Uncommitted]).remove(0);
@@ -304,6 +322,7 @@ fn at_least_once_survives_kill_9() {
     assert_eq!(c.captures_missing, 0, "at-least-once lost captured events");
     assert_eq!(c.batch_missing, 0, "at-least-once lost exportEvents' captures");
     assert_eq!(c.jobs_missing, 0, "at-least-once lost what jobs captured");
+    assert_setup_captures(&c);
 }
 
 /// The kills land inside transactions; the restarted workers fence their predecessors (same
@@ -328,6 +347,8 @@ fn exactly_once_survives_kill_9_without_duplicates() {
     // A job may run again (its event read again enqueues it again), but what it captured is
     // never lost.
     assert_eq!((librdkafka.jobs_missing, c.jobs_missing), (0, 0), "what jobs captured was lost");
+    assert_eq!(librdkafka.started, c.started);
+    assert_setup_captures(&c);
     assert!(c.aborted > 0, "no kill left an aborted transaction behind: the abort path was not exercised");
     assert_eq!(c.open, 0, "a transaction never ended: a restarted worker did not fence its predecessor");
 }

@@ -383,3 +383,40 @@ fn a_failed_export_of_events_with_lone_surrogates_is_one_dead_letter_per_event()
         assert!(raw.contains(&format!("\"uuid\":\"{uuid}\"")) && raw.contains(escaped), "{raw}");
     }
 }
+
+/// Captured events an earlier run journaled and never saw written (a crash) go in when the
+/// pipeline next starts: through the chain like any capture, counted as captured, and removed
+/// from the journal once written. An entry that cannot be read is a dead letter, not dropped.
+#[test]
+fn captures_an_earlier_run_left_unwritten_go_in_at_the_next_start() {
+    use operators::plugin::worker::CAPTURE_QUEUE;
+    use state::StateStore as _;
+    let dir = tempfile::tempdir().unwrap();
+    let p = write_plugin(dir.path(), "mark", "exports.processEvent = (e) => { e.properties.marked = true; return e }");
+    {
+        let store = state::RocksStore::open(dir.path().join("state")).unwrap();
+        store
+            .queue_put(
+                CAPTURE_QUEUE,
+                0,
+                b"1\n{\"uuid\":\"c1\",\"event\":\"left over\",\"team_id\":1,\"distinct_id\":\"d\",\"properties\":{}}",
+            )
+            .unwrap();
+        store.queue_put(CAPTURE_QUEUE, 0, b"{not an entry").unwrap();
+    }
+    let event = "{\"uuid\":\"u1\",\"event\":\"e\",\"team_id\":1,\"properties\":{}}\n";
+    let cfg = config(dir.path(), event, "path = \"state\"", "", &plugin_entry("m", &p, 1, "teams = [1]"));
+    let (summary, _) = run_until(&cfg, |_| false);
+    let out = read_json_lines(&cfg.output.events);
+    let mut names: Vec<(&str, bool)> = out.iter().map(|e| (e["event"].as_str().unwrap(), e["properties"]["marked"] == true)).collect();
+    names.sort();
+    assert_eq!(names, [("e", true), ("left over", true)], "{out:?}");
+    let dead = read_json_lines(&cfg.output.dead_letters);
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["raw"], "{not an entry");
+    // Every event accounted for: in + captured = out + dropped + dead letters.
+    assert_eq!((summary.events_in, summary.captured), (1, 2));
+    assert_eq!(summary.events_in + summary.captured, summary.events_out + summary.dropped + summary.dead_lettered);
+    let store = state::RocksStore::open(dir.path().join("state")).unwrap();
+    assert_eq!(store.queue_len(CAPTURE_QUEUE).unwrap(), 0, "written: removed from the journal");
+}

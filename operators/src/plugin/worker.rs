@@ -182,10 +182,12 @@ pub struct WorkerPlugins {
     /// attempt's (its queue item holds them) and journaled ones sent in again (with their
     /// journal entry).
     journaled: Vec<(String, u32, Option<state::QueueItemId>)>,
+    /// How many of `unsettled` are job attempts (what [`MAX_UNSETTLED_JOBS`] bounds).
+    unsettled_job_count: usize,
 }
 
 /// Durable journal of the events plugins capture outside the dataflow's calls (scheduled tasks,
-/// `setupPlugin`, `teardownPlugin`, a retry past its hold, a chain that could not complete):
+/// `setupPlugin`, `teardownPlugin`, a chain that could not complete):
 /// each is written here before it goes into the graph and removed once its output is settled,
 /// so a crash in between sends it in again at the next start. (A job's captures are held by
 /// the job itself.)
@@ -238,19 +240,19 @@ fn journal_entry(json: &str, hops: u32) -> Vec<u8> {
     format!("{hops}\n{json}").into_bytes()
 }
 
-/// Reads a journal entry back; bytes that are not one go in whole, at 0 hops (the line check
-/// makes a dead letter of what is not an event).
+/// Reads a journal entry back; bytes that are not one go in whole, as a capture of one hop
+/// (the line check makes a dead letter of what is not an event, counted as captured).
 fn read_journal_entry(bytes: &[u8]) -> (String, u32) {
     let text = String::from_utf8_lossy(bytes);
     match text.split_once('\n').and_then(|(hops, json)| Some((json, hops.parse().ok()?))) {
         Some((json, hops)) => (json.to_string(), hops),
-        None => (text.into_owned(), 0),
+        None => (text.into_owned(), 1),
     }
 }
 
-/// Job attempts and captures whose outputs wait to settle, per worker: past this many, the
-/// worker takes no more jobs until some settle (the job queue is read from its head, where the
-/// unsettled attempts sit, every round).
+/// Job attempts whose outputs wait to settle, per worker: past this many, the worker takes no
+/// more jobs until some settle (the job queue is read from its head, where the unsettled
+/// attempts sit, every round).
 pub const MAX_UNSETTLED_JOBS: usize = 10_000;
 
 /// Where a worker sits and how its background work is paced.
@@ -329,6 +331,7 @@ impl WorkerPlugins {
             epoch: 0,
             unsettled: std::collections::VecDeque::new(),
             journaled: Vec::new(),
+            unsettled_job_count: 0,
         })
     }
 
@@ -574,7 +577,7 @@ impl WorkerPlugins {
         let fresh = std::mem::take(&mut self.captured);
         let mut out = Vec::with_capacity(fresh.len() + self.journaled.len());
         for (json, hops) in fresh {
-            match self.services.store.queue_put(CAPTURE_QUEUE, 0, &journal_entry(&json, hops)) {
+            match self.services.store.queue_put_taken(CAPTURE_QUEUE, 0, &journal_entry(&json, hops)) {
                 Ok(id) => {
                     self.unsettled.push_back(Unsettled { epoch: self.epoch, id, what: Pending::Capture { json: json.clone(), hops } })
                 }
@@ -754,7 +757,7 @@ impl WorkerPlugins {
     }
 
     fn run_jobs(&mut self) -> Vec<Exhausted> {
-        if self.unsettled.len() >= MAX_UNSETTLED_JOBS {
+        if self.unsettled_job_count >= MAX_UNSETTLED_JOBS {
             tracing::debug!(worker = self.place.index, "job attempts wait for their outputs to settle: no more jobs this round");
             return Vec::new();
         }
@@ -868,18 +871,18 @@ impl WorkerPlugins {
         }
         let captured_before = self.captured.len();
         self.collect_outbox_of(key, job.hops);
-        // Held by the job attempt (settled with it), not journaled.
-        let made = self.captured.split_off(captured_before);
-        let captured = !made.is_empty();
-        self.journaled.extend(made.into_iter().map(|(json, hops)| (json, hops, None)));
         if result.is_err() && self.runtime.cancelled() {
             // Ended by the shutdown, not by the plugin: no attempt counted, the job stays
-            // queued as it was for the next run.
+            // queued as it was for the next run (what it captured is journaled by the loop).
             if let Err(e) = store.queue_release(JOB_QUEUE, item.id) {
                 tracing::error!(error = %e, "cannot hand a job cut short by the shutdown back to the queue");
             }
             return None;
         }
+        // Held by the job attempt (settled with it), not journaled.
+        let made = self.captured.split_off(captured_before);
+        let captured = !made.is_empty();
+        self.journaled.extend(made.into_iter().map(|(json, hops)| (json, hops, None)));
         let next = self.place.job_policy.next(job.attempts, result.as_ref().map(|_| ()), self.place.clock.now_ms());
         let retry = match next {
             Next::Retry { due_ms, .. } => Some((due_ms, job.to_bytes())),
@@ -967,7 +970,9 @@ impl WorkerPlugins {
     /// Takes the unsettled items whose outputs went into epochs below `epoch`.
     fn unsettled_below(&mut self, epoch: u64) -> Vec<Unsettled> {
         let n = self.unsettled.iter().take_while(|item| item.epoch < epoch).count();
-        self.unsettled.drain(..n).collect()
+        let items: Vec<Unsettled> = self.unsettled.drain(..n).collect();
+        self.unsettled_job_count -= items.iter().filter(|item| matches!(item.what, Pending::Job { .. })).count();
+        items
     }
 
     /// How many job attempts and journaled captures wait for their outputs to settle.
@@ -979,11 +984,13 @@ impl WorkerPlugins {
     /// they are ([`Unsettled::settle`]): a checkpointed run's last checkpoint is written after
     /// its workers end.
     pub fn take_unsettled(&mut self) -> Vec<Unsettled> {
+        self.unsettled_job_count = 0;
         self.unsettled.drain(..).collect()
     }
 
     /// Keeps the taken job `id` until the outputs of this epoch settle.
     fn settle_later(&mut self, id: state::QueueItemId, retry: Option<(u64, Vec<u8>)>, last_of: Option<(String, i64)>) {
+        self.unsettled_job_count += 1;
         self.unsettled.push_back(Unsettled { epoch: self.epoch, id, what: Pending::Job { retry, last_of } });
     }
 

@@ -652,7 +652,7 @@ impl KafkaSource {
             }
             Transaction::Aborted(e) => {
                 self.aborts_in_a_row += 1;
-                self.rewind(&e).map(|()| false)
+                self.rewind(&e, frontier).map(|()| false)
             }
         }
     }
@@ -661,11 +661,14 @@ impl KafkaSource {
     /// committed, so every epoch read so far is read again, as after a revoke. Their ledger
     /// entries and waiting outputs are dropped (outputs still in the dataflow are dropped when
     /// written), and each assigned partition goes back to its committed offset.
-    fn rewind(&mut self, error: &anyhow::Error) -> anyhow::Result<()> {
+    fn rewind(&mut self, error: &anyhow::Error, frontier: u64) -> anyhow::Result<()> {
         self.ledger.clear();
         self.report_if_nothing_uncommitted();
         self.producer.borrow_mut().discard_below(self.polled_below);
-        self.settled.push(Settled::DroppedBelow(self.polled_below));
+        // The aborted transaction held the outputs of every epoch below `frontier`, those the
+        // loop went on with after the input ran dry (no poll) included: what jobs and journaled
+        // captures put there is gone too.
+        self.settled.push(Settled::DroppedBelow(self.polled_below.max(frontier)));
         self.idle_since = None;
         let committed = self.consumer.committed(REWIND_TIMEOUT).context("rewind: cannot read the committed offsets")?;
         let mut seek = TopicPartitionList::new();
