@@ -36,8 +36,9 @@ pub struct HttpState {
     pub plugins: Mutex<BTreeMap<(String, i64, usize), PluginStatus>>,
     /// Latency per (configuration, hook, worker).
     pub latency: Mutex<BTreeMap<(String, String, usize), Histogram>>,
-    /// Pending retries, as counted by the durable queue.
-    pub pending_retries: Mutex<Option<Box<dyn Fn() -> u64 + Send>>>,
+    /// Items in a durable queue of the state store, by queue name (retries, jobs, journaled
+    /// captures).
+    pub queue_len: Mutex<Option<Box<dyn Fn(&str) -> u64 + Send>>>,
     /// What the Kafka workers report (lag, commits, brokers).
     pub kafka: Arc<KafkaHealth>,
     /// When `/healthz` fails.
@@ -194,8 +195,26 @@ pub fn prometheus(state: &HttpState) -> String {
     for ((config, what), n) in &s.refused {
         out.push_str(&format!("pluginflow_refused_total{{config=\"{}\",what=\"{what}\"}} {n}\n", label(config)));
     }
-    let pending = lock(&state.pending_retries).as_ref().map_or(0, |f| f());
-    out.push_str(&format!("# HELP pluginflow_pending_retries Retries waiting in the durable queue.\n# TYPE pluginflow_pending_retries gauge\npluginflow_pending_retries {pending}\n"));
+    {
+        use operators::plugin::{deferred::RETRY_QUEUE, worker::CAPTURE_QUEUE, worker::JOB_QUEUE};
+        let queue_len = lock(&state.queue_len);
+        for (metric, queue, help) in [
+            ("pluginflow_pending_retries", RETRY_QUEUE, "Retries waiting in the durable queue."),
+            (
+                "pluginflow_queued_jobs",
+                JOB_QUEUE,
+                "Jobs in the durable queue: waiting to be due, due, or run and waiting for their outputs to be written for good.",
+            ),
+            (
+                "pluginflow_journaled_captures",
+                CAPTURE_QUEUE,
+                "Events captured outside the dataflow's calls (scheduled tasks, setup, teardown), journaled until their outputs are written for good.",
+            ),
+        ] {
+            let n = queue_len.as_ref().map_or(0, |f| f(queue));
+            out.push_str(&format!("# HELP {metric} {help}\n# TYPE {metric} gauge\n{metric} {n}\n"));
+        }
+    }
     kafka_metrics(&mut out, &state.kafka, Instant::now());
     let mut merged: BTreeMap<(String, String), Histogram> = BTreeMap::new();
     for ((config, hook, _), h) in lock(&state.latency).iter() {
@@ -329,7 +348,11 @@ mod tests {
         h.observe(Duration::from_micros(70));
         h.observe(Duration::from_millis(3));
         state.latency.lock().unwrap().insert(("c1".into(), "onEvent".into(), 0), h);
-        *state.pending_retries.lock().unwrap() = Some(Box::new(|| 7));
+        *state.queue_len.lock().unwrap() = Some(Box::new(|queue| match queue {
+            operators::plugin::deferred::RETRY_QUEUE => 7,
+            operators::plugin::worker::JOB_QUEUE => 5,
+            _ => 3,
+        }));
         let server = HttpServer::start("127.0.0.1:0".parse().unwrap(), state).unwrap();
         assert_eq!(get(server.addr(), "/healthz"), ("HTTP/1.1 200 OK".into(), "ok\n".into()));
         let (status, metrics) = get(server.addr(), "/metrics");
@@ -340,6 +363,8 @@ mod tests {
             metrics.contains("pluginflow_plugin_calls_total{config=\"c1\",team=\"2\",hook=\"onEvent\",outcome=\"succeeded_on_retry\"} 3\n")
         );
         assert!(metrics.contains("pluginflow_pending_retries 7\n"));
+        assert!(metrics.contains("pluginflow_queued_jobs 5\n"));
+        assert!(metrics.contains("pluginflow_journaled_captures 3\n"));
         assert!(metrics.contains("pluginflow_plugin_call_seconds_bucket{config=\"c1\",hook=\"onEvent\",le=\"0.0001\"} 1\n"), "{metrics}");
         assert!(metrics.contains("pluginflow_plugin_call_seconds_count{config=\"c1\",hook=\"onEvent\"} 2\n"));
         let (_, plugins) = get(server.addr(), "/plugins");

@@ -196,7 +196,7 @@ pub fn prepare_with_store(
     let limits = config.http.as_ref().map(crate::config::HttpConfig::limits).unwrap_or_default();
     let http = Arc::new(crate::http::HttpState { stats: stats.clone(), limits, ..Default::default() });
     let queue_store = services.store.clone();
-    *lock(&http.pending_retries) = Some(Box::new(move || queue_store.queue_len(operators::plugin::deferred::RETRY_QUEUE).unwrap_or(0)));
+    *lock(&http.queue_len) = Some(Box::new(move |queue: &str| queue_store.queue_len(queue).unwrap_or(0)));
     let append = resume.is_some();
     let resumable = crate::resume::enabled(&config);
     if !append {
