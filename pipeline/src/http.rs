@@ -27,6 +27,9 @@ pub struct PluginStatus {
     pub disabled: Option<String>,
 }
 
+/// How many items a durable queue of the state store holds, by its name.
+pub type QueueLen = Box<dyn Fn(&str) -> u64 + Send>;
+
 /// What the endpoint shows; workers publish into it.
 #[derive(Default)]
 pub struct HttpState {
@@ -38,7 +41,7 @@ pub struct HttpState {
     pub latency: Mutex<BTreeMap<(String, String, usize), Histogram>>,
     /// Items in a durable queue of the state store, by queue name (retries, jobs, journaled
     /// captures).
-    pub queue_len: Mutex<Option<Box<dyn Fn(&str) -> u64 + Send>>>,
+    pub queue_len: Mutex<Option<QueueLen>>,
     /// What the Kafka workers report (lag, commits, brokers).
     pub kafka: Arc<KafkaHealth>,
     /// When `/healthz` fails.

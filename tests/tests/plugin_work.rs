@@ -403,6 +403,10 @@ fn captures_an_earlier_run_left_unwritten_go_in_at_the_next_start() {
             )
             .unwrap();
         store.queue_put(CAPTURE_QUEUE, 0, b"{not an entry").unwrap();
+        // An entry claiming 0 hops still counts as a capture, not as input.
+        store
+            .queue_put(CAPTURE_QUEUE, 0, b"0\n{\"uuid\":\"c2\",\"event\":\"zero\",\"team_id\":1,\"distinct_id\":\"d\",\"properties\":{}}")
+            .unwrap();
     }
     let event = "{\"uuid\":\"u1\",\"event\":\"e\",\"team_id\":1,\"properties\":{}}\n";
     let cfg = config(dir.path(), event, "path = \"state\"", "", &plugin_entry("m", &p, 1, "teams = [1]"));
@@ -410,12 +414,12 @@ fn captures_an_earlier_run_left_unwritten_go_in_at_the_next_start() {
     let out = read_json_lines(&cfg.output.events);
     let mut names: Vec<(&str, bool)> = out.iter().map(|e| (e["event"].as_str().unwrap(), e["properties"]["marked"] == true)).collect();
     names.sort();
-    assert_eq!(names, [("e", true), ("left over", true)], "{out:?}");
+    assert_eq!(names, [("e", true), ("left over", true), ("zero", true)], "{out:?}");
     let dead = read_json_lines(&cfg.output.dead_letters);
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert_eq!(dead[0]["raw"], "{not an entry");
     // Every event accounted for: in + captured = out + dropped + dead letters.
-    assert_eq!((summary.events_in, summary.captured), (1, 2));
+    assert_eq!((summary.events_in, summary.captured), (1, 3));
     assert_eq!(summary.events_in + summary.captured, summary.events_out + summary.dropped + summary.dead_lettered);
     let store = state::RocksStore::open(dir.path().join("state")).unwrap();
     assert_eq!(store.queue_len(CAPTURE_QUEUE).unwrap(), 0, "written: removed from the journal");

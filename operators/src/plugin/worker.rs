@@ -241,11 +241,12 @@ fn journal_entry(json: &str, hops: u32) -> Vec<u8> {
 }
 
 /// Reads a journal entry back; bytes that are not one go in whole, as a capture of one hop
-/// (the line check makes a dead letter of what is not an event, counted as captured).
+/// (the line check makes a dead letter of what is not an event, counted as captured). A
+/// capture is at least one hop deep, whatever the entry says: at 0 it would pass for input.
 fn read_journal_entry(bytes: &[u8]) -> (String, u32) {
     let text = String::from_utf8_lossy(bytes);
-    match text.split_once('\n').and_then(|(hops, json)| Some((json, hops.parse().ok()?))) {
-        Some((json, hops)) => (json.to_string(), hops),
+    match text.split_once('\n').and_then(|(hops, json)| Some((json, hops.parse::<u32>().ok()?))) {
+        Some((json, hops)) => (json.to_string(), hops.max(1)),
         None => (text.into_owned(), 1),
     }
 }
