@@ -313,9 +313,10 @@ struct Progress {
     floors: BTreeMap<usize, u64>,
     /// The frontier of the last checkpoint written, and when.
     written: Option<(u64, Instant)>,
-    /// Job attempts whose outputs are settled only by the final checkpoint (their workers
-    /// ended after the last one): acknowledged once [`Checkpointer::finish`] wrote it.
-    jobs: Vec<Unsettled>,
+    /// Job attempts and journaled captures whose outputs are settled only by the final
+    /// checkpoint (their workers ended after the last one): acknowledged once
+    /// [`Checkpointer::finish`] wrote it.
+    unsettled: Vec<Unsettled>,
     /// Workers in the computation.
     peers: usize,
 }
@@ -389,19 +390,20 @@ impl Checkpointer {
         lock(&self.inner).written.map_or(0, |(frontier, _)| frontier)
     }
 
-    /// Keeps job attempts whose outputs only the final checkpoint will hold: a worker that
-    /// ended hands over what it had not settled.
-    pub fn settle_at_finish(&self, jobs: Vec<Unsettled>) {
-        lock(&self.inner).jobs.extend(jobs);
+    /// Keeps job attempts and journaled captures whose outputs only the final checkpoint will
+    /// hold: a worker that ended hands over what it had not settled.
+    pub fn settle_at_finish(&self, unsettled: Vec<Unsettled>) {
+        lock(&self.inner).unsettled.extend(unsettled);
     }
 
-    /// The run read its whole input and every epoch is complete. Then the job attempts handed
-    /// over are acknowledged (not before: a crash in between runs them again).
+    /// The run read its whole input and every epoch is complete. Then what was handed over is
+    /// acknowledged (not before: a crash in between runs those jobs and sends those captures
+    /// in again).
     pub fn finish(&self) -> anyhow::Result<()> {
         let mut inner = lock(&self.inner);
         self.write(&mut inner, u64::MAX, true)?;
-        for job in inner.jobs.drain(..) {
-            job.settle(&*self.store);
+        for item in inner.unsettled.drain(..) {
+            item.settle(&*self.store);
         }
         Ok(())
     }

@@ -475,9 +475,11 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
     // The probe's frontier as seen before the last take of the plugins' captures: every capture
     // made since came from an event of this epoch or a later one (crate::resume).
     let mut seen = 0u64;
-    // A recorded log without checkpoints (followed, standard output, state in memory): job
-    // attempts and journaled captures settle once what their epoch wrote is flushed.
-    let logs_without_checkpoints = shared.checkpoints.is_none() && shared.config.input.kind != InputKind::Kafka;
+    let settling = match shared.checkpoints.as_deref() {
+        Some(cp) => Settling::Checkpoints(cp),
+        None if shared.config.input.kind == InputKind::Kafka => Settling::Source,
+        None => Settling::Flushes,
+    };
     // What an earlier run journaled and did not settle goes in with this worker's first
     // captures (whichever worker starts first takes it all: the graph routes each to its team).
     plugins.borrow_mut().recover_captures(std::mem::take(&mut *lock(&shared.recovered_captures)));
@@ -558,13 +560,7 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
         if let Some(cp) = &shared.checkpoints {
             cp.complete(index, frontier(&probe), seen)?;
         }
-        if logs_without_checkpoints && plugins.borrow().unsettled() > 0 {
-            // Nothing else settles them: what the complete epochs wrote is flushed, then they are.
-            let flushed = frontier(&probe);
-            flush_data(&io.events, &io.dead_letters)?;
-            plugins.borrow_mut().settled_below(flushed);
-        }
-        settle_jobs(&mut plugins.borrow_mut(), shared.checkpoints.as_deref(), &mut *source, frontier(&probe));
+        settle(&settling, &mut plugins.borrow_mut(), &mut *source, (&io.events, &io.dead_letters), frontier(&probe))?;
         if source_done && !released {
             // Failing: keep what was written (the release's error is the one reported).
             let release = source.release(epoch, frontier(&probe)).inspect_err(|_| drop(flush_data(&io.events, &io.dead_letters)))?;
@@ -631,34 +627,56 @@ fn run_worker(worker: &mut timely::worker::Worker, shared: &Shared, index: usize
     flush_data(&io.events, &io.dead_letters)?;
     flush_shared(&shared.app_metrics)?;
     source.complete(u64::MAX)?;
-    // Everything is written and committed. A checkpointed run's jobs settle with its final
-    // checkpoint (never after a stop: `--resume` cuts and does again what the run did past its
-    // last one, those jobs too); Kafka's, as its source says (a rewind while releasing may have
-    // dropped some); a recorded log's without checkpoints, now that its outputs are flushed.
+    // Everything is written and committed. A checkpointed run's jobs and journaled captures
+    // settle with its final checkpoint (never after a stop: `--resume` cuts and does again what
+    // the run did past its last one, those too); Kafka's, as its source says (a rewind while
+    // releasing may have dropped some); a recorded log's without checkpoints, flushed now.
     let mut plugins = plugins.borrow_mut();
-    match &shared.checkpoints {
-        Some(cp) => cp.settle_at_finish(plugins.take_unsettled()),
-        None if shared.config.input.kind == InputKind::Kafka => settle_jobs(&mut plugins, None, &mut *source, u64::MAX),
-        None => plugins.settled_below(u64::MAX),
+    match settling {
+        Settling::Checkpoints(cp) => cp.settle_at_finish(plugins.take_unsettled()),
+        _ => settle(&settling, &mut plugins, &mut *source, (&io.events, &io.dead_letters), u64::MAX)?,
     }
     Ok(())
 }
 
-/// Acknowledges the jobs whose outputs are settled (a checkpointed run: in its last
-/// checkpoint) and hands back those whose outputs a rewind dropped.
-fn settle_jobs(plugins: &mut WorkerPlugins, checkpoints: Option<&Checkpointer>, source: &mut dyn EventSource, frontier: u64) {
-    if let Some(cp) = checkpoints {
-        if plugins.unsettled() > 0 {
-            plugins.settled_below(cp.settled_below());
+/// Where a worker learns that the outputs of its epochs are written for good, which its job
+/// attempts and journaled captures wait for.
+enum Settling<'a> {
+    /// A checkpointed recorded-log run: in its last checkpoint.
+    Checkpoints(&'a Checkpointer),
+    /// Kafka: as the source says ([`EventSource::take_settled`]).
+    Source,
+    /// A recorded log without checkpoints (followed, standard output, state in memory): once
+    /// flushed.
+    Flushes,
+}
+
+/// Acknowledges the job attempts and journaled captures whose outputs are written for good
+/// (every epoch before `frontier` is complete) and hands back those a rewind dropped.
+fn settle(
+    how: &Settling<'_>,
+    plugins: &mut WorkerPlugins,
+    source: &mut dyn EventSource,
+    (events, dead_letters): (&SharedSink, &SharedSink),
+    frontier: u64,
+) -> anyhow::Result<()> {
+    match how {
+        Settling::Checkpoints(cp) if plugins.unsettled() > 0 => plugins.settled_below(cp.settled_below()),
+        Settling::Flushes if plugins.unsettled() > 0 => {
+            flush_data(events, dead_letters)?;
+            plugins.settled_below(frontier);
         }
-        return;
-    }
-    for settled in source.take_settled(frontier) {
-        match settled {
-            Settled::Below(epoch) => plugins.settled_below(epoch),
-            Settled::DroppedBelow(epoch) => plugins.dropped_below(epoch),
+        Settling::Checkpoints(_) | Settling::Flushes => {}
+        Settling::Source => {
+            for settled in source.take_settled(frontier) {
+                match settled {
+                    Settled::Below(epoch) => plugins.settled_below(epoch),
+                    Settled::DroppedBelow(epoch) => plugins.dropped_below(epoch),
+                }
+            }
         }
     }
+    Ok(())
 }
 
 /// What a chain made of events, at their readers: the events to write and the dead letters,

@@ -182,8 +182,6 @@ pub struct WorkerPlugins {
     /// attempt's (its queue item holds them) and journaled ones sent in again (with their
     /// journal entry).
     journaled: Vec<(String, u32, Option<state::QueueItemId>)>,
-    /// How many of `unsettled` are job attempts (what [`MAX_UNSETTLED_JOBS`] bounds).
-    unsettled_job_count: usize,
 }
 
 /// Durable journal of the events plugins capture outside the dataflow's calls (scheduled tasks,
@@ -332,7 +330,6 @@ impl WorkerPlugins {
             epoch: 0,
             unsettled: std::collections::VecDeque::new(),
             journaled: Vec::new(),
-            unsettled_job_count: 0,
         })
     }
 
@@ -579,16 +576,14 @@ impl WorkerPlugins {
         let mut out = Vec::with_capacity(fresh.len() + self.journaled.len());
         for (json, hops) in fresh {
             match self.services.store.queue_put_taken(CAPTURE_QUEUE, 0, &journal_entry(&json, hops)) {
-                Ok(id) => {
-                    self.unsettled.push_back(Unsettled { epoch: self.epoch, id, what: Pending::Capture { json: json.clone(), hops } })
-                }
+                Ok(id) => self.settle_capture_later(id, &json, hops),
                 Err(e) => tracing::error!(error = %e, "cannot journal a captured event: it goes in without"),
             }
             out.push((json, hops));
         }
         for (json, hops, id) in std::mem::take(&mut self.journaled) {
             if let Some(id) = id {
-                self.unsettled.push_back(Unsettled { epoch: self.epoch, id, what: Pending::Capture { json: json.clone(), hops } });
+                self.settle_capture_later(id, &json, hops);
             }
             out.push((json, hops));
         }
@@ -758,7 +753,7 @@ impl WorkerPlugins {
     }
 
     fn run_jobs(&mut self) -> Vec<Exhausted> {
-        if self.unsettled_job_count >= MAX_UNSETTLED_JOBS {
+        if self.unsettled.iter().filter(|item| matches!(item.what, Pending::Job { .. })).count() >= MAX_UNSETTLED_JOBS {
             tracing::debug!(worker = self.place.index, "job attempts wait for their outputs to settle: no more jobs this round");
             return Vec::new();
         }
@@ -971,9 +966,7 @@ impl WorkerPlugins {
     /// Takes the unsettled items whose outputs went into epochs below `epoch`.
     fn unsettled_below(&mut self, epoch: u64) -> Vec<Unsettled> {
         let n = self.unsettled.iter().take_while(|item| item.epoch < epoch).count();
-        let items: Vec<Unsettled> = self.unsettled.drain(..n).collect();
-        self.unsettled_job_count -= items.iter().filter(|item| matches!(item.what, Pending::Job { .. })).count();
-        items
+        self.unsettled.drain(..n).collect()
     }
 
     /// How many job attempts and journaled captures wait for their outputs to settle.
@@ -985,14 +978,18 @@ impl WorkerPlugins {
     /// they are ([`Unsettled::settle`]): a checkpointed run's last checkpoint is written after
     /// its workers end.
     pub fn take_unsettled(&mut self) -> Vec<Unsettled> {
-        self.unsettled_job_count = 0;
         self.unsettled.drain(..).collect()
     }
 
     /// Keeps the taken job `id` until the outputs of this epoch settle.
     fn settle_later(&mut self, id: state::QueueItemId, retry: Option<(u64, Vec<u8>)>, last_of: Option<(String, i64)>) {
-        self.unsettled_job_count += 1;
         self.unsettled.push_back(Unsettled { epoch: self.epoch, id, what: Pending::Job { retry, last_of } });
+    }
+
+    /// Keeps the journal entry `id` of the capture `json` until the outputs of this epoch
+    /// settle (sent in again if a rewind drops them).
+    fn settle_capture_later(&mut self, id: state::QueueItemId, json: &str, hops: u32) {
+        self.unsettled.push_back(Unsettled { epoch: self.epoch, id, what: Pending::Capture { json: json.to_string(), hops } });
     }
 
     /// A job of `config_id` × `team` is done or given up: one fewer pending in the process.
